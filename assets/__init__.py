@@ -1,0 +1,1 @@
+"""Dagster assets: one thin module per stage, each calling one engine function."""

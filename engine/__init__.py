@@ -1,0 +1,1 @@
+"""tuneline's engine: the work of every pipeline stage, as plain Python. Never imports dagster."""

@@ -1,0 +1,112 @@
+"""Artifacts: one directory per asset result, named by its fingerprint, written atomically.
+
+fingerprint = hash(parents' fingerprints, resolved config section, engine code version), so the
+same inputs return the stored artifact at once, and a crash never leaves a half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A finished artifact: where it lives, what made it, and what it measured."""
+    asset: str
+    fingerprint: str
+    path: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    cache_hit: bool = False
+
+
+def code_version(*modules: ModuleType) -> str:
+    """Hash of the source of the engine modules a stage runs: editing them invalidates its artifacts."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(inspect.getsource(module).encode())
+    return digest.hexdigest()[:12]
+
+
+def fingerprint(asset: str, parents: list[Artifact], config: Any, code: str) -> str:
+    payload = json.dumps(
+        {"asset": asset, "parents": sorted(p.fingerprint for p in parents), "config": config, "code": code},
+        sort_keys=True, default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class ArtifactStore:
+    """Directories under `root/<asset>/<fingerprint>/`, each complete once its manifest exists."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+
+    def path_for(self, asset: str, fp: str) -> Path:
+        return self.root / asset / fp
+
+    def lookup(self, asset: str, fp: str) -> Artifact | None:
+        manifest = self.path_for(asset, fp) / MANIFEST
+        if not manifest.is_file():
+            return None
+        data = json.loads(manifest.read_text())
+        return Artifact(asset, fp, manifest.parent, data.get("metrics", {}), cache_hit=True)
+
+    def find(self, fp_or_path: str) -> Artifact | None:
+        """An artifact by fingerprint (or a unique prefix of one), or by its directory."""
+        path = Path(fp_or_path)
+        if (path / MANIFEST).is_file():
+            return self.lookup(path.resolve().parent.name, path.resolve().name)
+        hits = sorted(self.root.glob(f"*/{fp_or_path}*/{MANIFEST}"))
+        return self.lookup(hits[0].parent.parent.name, hits[0].parent.name) if len(hits) == 1 else None
+
+    def build(
+        self,
+        asset: str,
+        parents: list[Artifact],
+        config: Any,
+        code: str,
+        work: Callable[[Path], dict[str, Any]],
+    ) -> Artifact:
+        """Return the stored artifact for these inputs, or run `work(tmp_dir) -> metrics` and publish it.
+
+        `work` writes into a private temp directory that is renamed into place only on success.
+        """
+        fp = fingerprint(asset, parents, config, code)
+        cached = self.lookup(asset, fp)
+        if cached is not None:
+            return cached
+        final = self.path_for(asset, fp)
+        tmp = final.parent / f".tmp-{fp}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            started = time.time()
+            metrics = work(tmp)
+            manifest = {
+                "asset": asset, "fingerprint": fp, "parents": [p.fingerprint for p in parents],
+                "config": config, "code_version": code, "metrics": metrics,
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started, 2),
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+            if final.exists():  # another run published the same fingerprint first: same inputs, same result
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return Artifact(asset, fp, final, metrics, cache_hit=False)
+
+    def manifest(self, artifact: Artifact) -> dict[str, Any]:
+        return json.loads((artifact.path / MANIFEST).read_text())

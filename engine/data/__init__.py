@@ -1,0 +1,1 @@
+"""Data stages: ingest registered sources, clean and deduplicate, format for training."""

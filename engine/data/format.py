@@ -1,0 +1,109 @@
+"""Formatting: chat-template rendering, tokenization with the prompt masked, seeded train/eval split.
+
+The SFT view holds input_ids and labels (-100 on every non-assistant token), tokenized turn by
+turn as LLaMA-Factory does, so the prompt tokens are exactly those the model sees when served.
+The preference view holds conversational prompt/chosen/rejected for TRL's reward and DPO trainers.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, Features, List, Value
+
+from engine.errors import DataError
+
+IGNORE = -100
+MESSAGES = List({"role": Value("string"), "content": Value("string")})
+VIEW_FEATURES = {
+    "sft": Features({"input_ids": List(Value("int32")), "labels": List(Value("int32")), "row_id": Value("string")}),
+    "preference": Features({"prompt": MESSAGES, "chosen": MESSAGES, "rejected": MESSAGES, "row_id": Value("string")}),
+}
+
+
+class TemplateMismatch(ValueError):
+    pass
+
+
+def assistant_segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
+    """Rendered text split into (segment, is_assistant) pieces, in order."""
+    pieces, done = [], ""
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prefix = tokenizer.apply_chat_template(messages[:k], add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(messages[: k + 1], tokenize=False)
+        if not (prefix.startswith(done) and full.startswith(prefix)):
+            raise TemplateMismatch("the chat template does not render conversations as growing prefixes")
+        pieces += [(prefix[len(done):], False), (full[len(prefix):], True)]
+        done = full
+    return pieces
+
+
+def tokenize_sft(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    input_ids, labels = [], []
+    for text, trainable in assistant_segments(tokenizer, messages):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        input_ids += ids
+        labels += ids if trainable else [IGNORE] * len(ids)
+    return input_ids, labels
+
+
+def split_of(content_hash: str, val_size: float, seed: int) -> str:
+    """Deterministic per row: the same row lands in the same split whatever else is in the data."""
+    return "eval" if random.Random(f"{seed}:{content_hash}").random() < val_size else "train"
+
+
+def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, seed: int, out: Path) -> tuple[list[dict], dict]:
+    """Write `out/sft` and `out/preference` (HF DatasetDicts with train/eval) and `out/splits.parquet`.
+
+    Returns (quarantined rows, report). A row longer than cutoff_len is quarantined, never truncated.
+    Raises DataError when a view's train or eval split would be empty.
+    """
+    views: dict[str, dict[str, list]] = {"sft": {"train": [], "eval": []}, "preference": {"train": [], "eval": []}}
+    quarantine, provenance, lengths = [], [], []
+    for row in rows:
+        messages = json.loads(row["messages"])
+        split = split_of(row["content_hash"], val_size, seed)
+        if row["kind"] == "sft":
+            input_ids, labels = tokenize_sft(tokenizer, messages)
+            length = len(input_ids)
+            record = {"input_ids": input_ids, "labels": labels, "row_id": row["row_id"]}
+        else:
+            prompt_len = len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                           return_dict=True)["input_ids"])
+            answer_len = max(len(tokenizer(row[c] + tokenizer.eos_token, add_special_tokens=False)["input_ids"])
+                             for c in ("chosen", "rejected"))
+            length = prompt_len + answer_len
+            record = {"prompt": messages, "chosen": [{"role": "assistant", "content": row["chosen"]}],
+                      "rejected": [{"role": "assistant", "content": row["rejected"]}], "row_id": row["row_id"]}
+        if length > cutoff_len:
+            quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": "format",
+                               "reason": "exceeds_cutoff_len", "detail": f"{length} tokens > cutoff_len {cutoff_len}"})
+            continue
+        lengths.append(length)
+        views[row["kind"]][split].append(record)
+        provenance.append({"source": row["source"], "row_id": row["row_id"], "content_hash": row["content_hash"],
+                           "view": row["kind"], "split": split})
+    for view, splits in views.items():
+        for split, records in splits.items():
+            if not records:
+                raise DataError(f"no {view} rows reached the {split} split: register {view} data "
+                                f"({'ranking: true' if view == 'preference' else 'instruction data'}) or adjust data.val_size")
+        features = VIEW_FEATURES[view]
+        DatasetDict({s: Dataset.from_dict({k: [r[k] for r in records] for k in features}, features=features)
+                     for s, records in splits.items()}).save_to_disk(out / view)
+    Dataset.from_list(provenance).to_parquet(out / "splits.parquet")
+    counts = Counter((p["view"], p["split"]) for p in provenance)
+    report = {
+        "sft_train": counts[("sft", "train")], "sft_eval": counts[("sft", "eval")],
+        "preference_train": counts[("preference", "train")], "preference_eval": counts[("preference", "eval")],
+        "max_tokens": max(lengths, default=0), "mean_tokens": round(sum(lengths) / max(len(lengths), 1), 1),
+        "cutoff_len": cutoff_len, "exceeds_cutoff_len": len(quarantine),
+        "sft_rows_without_labels": sum(all(l == IGNORE for l in r["labels"]) for s in views["sft"].values() for r in s),
+    }
+    return quarantine, report
+

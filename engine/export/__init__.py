@@ -1,0 +1,1 @@
+"""Exports: adapters merged into full weights, then 4-bit quantized checkpoints vLLM loads."""

@@ -1,0 +1,65 @@
+"""4-bit weight-only quantization (W4A16) with llm-compressor: GPTQ or AWQ, compressed-tensors output.
+
+The checkpoint carries a compressed-tensors quantization_config, which vLLM and transformers load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+from datasets import load_from_disk
+from llmcompressor import oneshot
+from llmcompressor.modifiers.gptq import GPTQModifier
+from llmcompressor.modifiers.quantization import QuantizationModifier
+from llmcompressor.modifiers.transform import AWQModifier
+
+from engine.evaluate import perplexity
+from engine.export.awq_cpu_shim import awq_cpu_compat
+from engine.export.merge import dir_size
+from engine.models import load_causal_lm, load_tokenizer, smoke_generate
+from engine.recipe import QuantizeSection
+
+Method = Literal["gptq", "awq"]
+
+
+def w4a16_scheme(group_size: int, symmetric: bool) -> dict:
+    weights = QuantizationArgs(num_bits=4, type="int", symmetric=symmetric, strategy="group", group_size=group_size)
+    return {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
+
+
+def recipe_for(method: Method, cfg: QuantizeSection) -> list:
+    if method == "gptq":
+        return [GPTQModifier(config_groups=w4a16_scheme(cfg.group_size, symmetric=True), ignore=["lm_head"])]
+    return [AWQModifier(), QuantizationModifier(config_groups=w4a16_scheme(cfg.group_size, symmetric=False),
+                                                ignore=["lm_head"])]
+
+
+def check_group_size(model, group_size: int) -> None:
+    widths = {m.in_features for name, m in model.named_modules() if hasattr(m, "in_features") and "lm_head" not in name}
+    bad = sorted(w for w in widths if w % group_size)
+    if bad:
+        raise ValueError(f"quantize.group_size {group_size} does not divide the input width of layers {bad}")
+
+
+def quantize(merged_dir: Path, formatted_dir: Path, method: Method, cfg: QuantizeSection, cutoff_len: int,
+             out: Path) -> dict:
+    """Calibrate on the formatted eval data, save the compressed checkpoint to `out`, reload and measure it."""
+    tokenizer = load_tokenizer(merged_dir)
+    evaluation = load_from_disk(formatted_dir / "sft")["eval"]
+    calibration = evaluation.select(range(min(cfg.calibration_samples, len(evaluation)))).map(
+        lambda row: {"attention_mask": [1] * len(row["input_ids"])}).select_columns(["input_ids", "attention_mask"])
+    model = load_causal_lm(merged_dir)
+    check_group_size(model, cfg.group_size)
+    with awq_cpu_compat():
+        oneshot(model=model, dataset=calibration, recipe=recipe_for(method, cfg), max_seq_length=cutoff_len,
+                num_calibration_samples=len(calibration), shuffle_calibration_samples=False)
+    model.save_pretrained(out, save_compressed=True)
+    tokenizer.save_pretrained(out)
+    reloaded = load_causal_lm(out)
+    merged_ppl = perplexity(load_causal_lm(merged_dir), evaluation, tokenizer.pad_token_id)
+    quant_ppl = perplexity(reloaded, evaluation, tokenizer.pad_token_id)
+    return {"method": method, "eval_perplexity": round(quant_ppl, 4), "merged_eval_perplexity": round(merged_ppl, 4),
+            "ppl_ratio": round(quant_ppl / merged_ppl, 4), "size_bytes": dir_size(out),
+            "merged_size_bytes": dir_size(merged_dir), "sample_answer": smoke_generate(reloaded, tokenizer)}

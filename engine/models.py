@@ -1,0 +1,115 @@
+"""Base models: the built-in `tiny` preset, or a local Hugging Face checkpoint directory.
+
+Loading is safetensors-only with trust_remote_code off: a checkpoint never runs code of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM)
+
+from engine.errors import RecipeError
+from engine.recipe import ModelSection, TinyModel
+
+# Qwen2's ChatML template: the same one the model is trained with, served with and exported with.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def is_tiny(cfg: ModelSection) -> bool:
+    return cfg.model_name_or_path == "tiny"
+
+
+def check_local_model(path: str) -> Path:
+    """The checkpoint directory, or RecipeError naming what is missing."""
+    model_dir = Path(path).expanduser()
+    if not model_dir.is_dir():
+        raise RecipeError(f"model.model_name_or_path: {model_dir} is not a directory "
+                          "(expected 'tiny' or a local Hugging Face checkpoint directory)")
+    if not (model_dir / "config.json").is_file():
+        raise RecipeError(f"model.model_name_or_path: {model_dir} has no config.json")
+    if not list(model_dir.glob("*.safetensors")):
+        raise RecipeError(f"model.model_name_or_path: {model_dir} has no *.safetensors weights (only safetensors load)")
+    return model_dir
+
+
+def local_model_identity(model_dir: Path) -> dict:
+    """What makes a local checkpoint itself, for its fingerprint: config and weight file sizes."""
+    config = hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest()[:16]
+    weights = {p.name: p.stat().st_size for p in sorted(model_dir.glob("*.safetensors"))}
+    return {"path": str(model_dir.resolve()), "config_sha": config, "weights": weights}
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `texts`, with ChatML special tokens and template."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   model_max_length=4096)
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def build_tiny(cfg: TinyModel, texts: list[str], out: Path) -> dict:
+    """Build the tiny preset into `out`: tokenizer trained on `texts`, random-init Qwen2 weights."""
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads, max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True, initializer_range=cfg.initializer_range, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(cfg.seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return {"parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tokenizer)}
+
+
+def model_dir(base_artifact_path: Path) -> Path:
+    """The directory holding the base model's weights: the artifact itself, or the local checkpoint it names."""
+    pointer = base_artifact_path / "local_model.json"
+    return Path(json.loads(pointer.read_text())["path"]) if pointer.is_file() else base_artifact_path
+
+
+def load_tokenizer(path: Path):
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    if not tokenizer.chat_template:
+        raise RecipeError(f"model at {path} has no chat template; tuneline renders every conversation with one")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: Path, **kwargs):
+    return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, dtype=torch.float32, **kwargs)
+
+
+def load_reward_model(path: Path):
+    return AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False, dtype=torch.float32)
+
+
+def smoke_generate(model, tokenizer, prompt: str = "Add the two numbers.\n120 + 345", max_new_tokens: int = 8) -> str:
+    """Greedy answer to one chat prompt: proves a model loads and generates."""
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)

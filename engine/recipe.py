@@ -1,0 +1,169 @@
+"""Recipes: one YAML file describes a whole run. Typed with pydantic, validated at load.
+
+Keys follow LLaMA-Factory's names where one exists (model_name_or_path, template, cutoff_len,
+lora_rank, lora_alpha, lora_target, learning_rate, num_train_epochs, per_device_train_batch_size,
+pref_beta, pref_loss, export_quantization_bit), so its users feel at home.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine.errors import RecipeError
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "pipelines" / "recipes"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TinyModel(Section):
+    """The built-in `tiny` preset: a random-init Qwen2-architecture model and a BPE tokenizer."""
+    hidden_size: int = Field(128, ge=32, le=1024)
+    intermediate_size: int = 384
+    num_hidden_layers: int = Field(2, ge=1, le=12)
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    vocab_size: int = Field(1024, ge=300, le=32000)
+    max_position_embeddings: int = 512
+    initializer_range: float = Field(0.1, gt=0)  # wider than Qwen2's 0.02: random logits must be able to sharpen
+    seed: int = 0
+
+
+class ModelSection(Section):
+    model_name_or_path: str = "tiny"  # "tiny", or a local HF checkpoint directory
+    tiny: TinyModel = TinyModel()
+
+
+class DataSection(Section):
+    dataset_dir: str = "data"
+    dataset_info: str = "datasets.yaml"  # a datasets.yaml or LLaMA-Factory dataset_info.json
+    dataset: list[str] = Field(default_factory=list)  # registry names; empty = every registered one
+    cutoff_len: int = Field(128, ge=8)
+    val_size: float = Field(0.1, gt=0, lt=1)
+    seed: int = 42
+
+
+class CleanSection(Section):
+    min_chars: int = Field(1, ge=0)
+    max_chars: int = Field(4000, ge=1)
+    scrub_pii: bool = True
+    near_dup_threshold: float = Field(0.8, gt=0, le=1)
+    num_perm: int = Field(128, ge=16)
+    shingle_size: int = Field(5, ge=1)
+    max_quarantine_ratio: float = Field(0.25, ge=0, le=1)  # the clean_data check fails above this
+
+
+class TrainSection(Section):
+    finetuning_type: Literal["lora"] = "lora"
+    lora_rank: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target: str = "all"  # "all" or comma-separated module names, as in LLaMA-Factory
+    learning_rate: float = Field(1e-3, gt=0)
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = -1
+    per_device_train_batch_size: int = Field(16, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    logging_steps: int = Field(10, ge=1)
+    seed: int = 42
+
+
+class SftSection(TrainSection):
+    pass
+
+
+class RewardSection(TrainSection):
+    min_accuracy: float = Field(0.6, ge=0, le=1)  # held-out pairwise accuracy the check demands
+
+
+class DpoSection(TrainSection):
+    pref_beta: float = Field(0.1, gt=0)
+    pref_loss: Literal["sigmoid"] = "sigmoid"
+    learning_rate: float = Field(5e-4, gt=0)
+
+
+class MergeSection(Section):
+    logits_atol: float = Field(1e-3, gt=0)  # merged vs adapter model logits, absolute tolerance
+
+
+class QuantizeSection(Section):
+    export_quantization_bit: Literal[4] = 4
+    group_size: int = Field(32, ge=8)
+    calibration_samples: int = Field(64, ge=1)
+    max_ppl_ratio: float = Field(1.5, ge=1)  # quantized eval perplexity may be at most this x merged
+
+
+class Recipe(Section):
+    name: str = "tiny"
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    clean: CleanSection = CleanSection()
+    sft: SftSection = SftSection()
+    reward: RewardSection = RewardSection()
+    dpo: DpoSection = DpoSection()
+    merge: MergeSection = MergeSection()
+    quantize: QuantizeSection = QuantizeSection()
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """A recipe is a YAML path, or the name of one shipped in pipelines/recipes/."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise RecipeError(f"recipe file {path} does not exist (expected a YAML recipe)")
+        return path
+    shipped = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        names = sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+        raise RecipeError(f"no recipe named {name_or_path!r}: expected a .yaml path or one of {names}")
+    return shipped
+
+
+def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None) -> tuple[Recipe, Path]:
+    """Load, override (dotted keys, e.g. {"sft.learning_rate": 1e-4}) and validate a recipe.
+
+    Returns the recipe and its file path. Raises RecipeError naming the key and what was expected.
+    """
+    path = resolve_recipe_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe {path}: expected a mapping of sections at the top level")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(raw, dotted, value)
+    try:
+        return Recipe.model_validate(raw), path
+    except ValidationError as exc:
+        raise RecipeError(f"recipe {path}:\n" + "\n".join(describe(e) for e in exc.errors())) from None
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
+
+
+def describe(error: dict) -> str:
+    """One line per validation error, with a did-you-mean for unknown keys."""
+    key = ".".join(str(p) for p in error["loc"])
+    if error["type"] != "extra_forbidden":
+        return f"  {key}: {error['msg']} (got {error.get('input')!r})"
+    model: type[BaseModel] = Recipe
+    for part in error["loc"][:-1]:
+        model = model.model_fields[str(part)].annotation
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+    hint = f"; did you mean {'.'.join([*map(str, error['loc'][:-1]), close[0]])!r}?" if close else ""
+    return f"  {key}: unknown key{hint} (expected one of: {', '.join(known)})"

@@ -1,0 +1,1 @@
+"""Training stages: TRL's SFT, reward and DPO trainers with PEFT LoRA adapters."""

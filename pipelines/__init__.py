@@ -1,0 +1,1 @@
+"""Dagster wiring: definitions, resources, recipes, and the `tuneline` CLI."""

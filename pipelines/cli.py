@@ -1,0 +1,103 @@
+"""The `tuneline` command: materialize the graph through Dagster and report what it made."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from engine.errors import TunelineError
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`--set sft.learning_rate=1e-4` pairs; values are parsed as YAML scalars."""
+    import yaml
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise TunelineError(f"--set {pair!r}: expected KEY=VALUE, e.g. sft.learning_rate=1e-4")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def quiet_libraries() -> None:
+    """Progress bars and beta notices from the libraries drown the report a person reads."""
+    import warnings
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    warnings.filterwarnings("ignore", category=Warning, module="dagster")
+    warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+
+
+def dagster_home(root: str) -> Path:
+    """The Dagster instance lives under the artifact root unless DAGSTER_HOME says otherwise."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(root) / "dagster")))
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").touch()
+    return home
+
+
+def run(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from pipelines.resources import validated_recipe
+    overrides_json = json.dumps(parse_overrides(args.set))
+    validated_recipe(args.recipe, overrides_json)  # a bad recipe, data path or model path stops here, before any work
+
+    import dagster as dg
+    from pipelines.definitions import ASSETS, resources
+    root = str(Path(args.artifact_root).resolve())
+    dagster_home(root)
+    started = time.time()
+    with dg.DagsterInstance.get() as instance:
+        log_level = "DEBUG" if args.verbose else "WARNING"
+        result = dg.materialize(ASSETS, resources=resources(args.recipe, root, overrides_json), instance=instance,
+                                selection=args.select or None, raise_on_error=False,
+                                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+    print(report(result, time.time() - started))
+    return 0 if result.success else 1
+
+
+def report(result, seconds: float) -> str:
+    """A table of every asset: materialized or cached, its artifact path, key metrics, and its checks."""
+    checks: dict[str, list[str]] = {}
+    for evaluation in result.get_asset_check_evaluations():
+        mark = "ok" if evaluation.passed else "FAILED"
+        checks.setdefault(evaluation.asset_key.to_user_string(), []).append(f"{evaluation.check_name} {mark}")
+    lines = [f"{'asset':<16} {'status':<8} {'summary':<58} checks", "-" * 120]
+    for event in result.get_asset_materialization_events():
+        meta = event.materialization.metadata
+        key = event.asset_key.to_user_string()
+        status = "cached" if meta["cache_hit"].value else "built"
+        lines.append(f"{key:<16} {status:<8} {meta['summary'].value[:58]:<58} {', '.join(checks.get(key, []))}")
+        lines.append(f"{'':<16} {'':<8} {meta['path'].value}")
+    built = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    failed = [e.step_key for e in result.get_step_failure_events()]
+    lines.append("-" * 120)
+    lines.append(f"{len(built)} assets in {seconds:.1f}s" + (f"; FAILED steps: {', '.join(failed)}" if failed else ""))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tuneline", description="Declarative fine-tuning pipeline on Dagster.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="materialize the asset graph (all of it, or --select)")
+    run_p.add_argument("--recipe", default="tiny", help="a recipe name in pipelines/recipes/ or a YAML path")
+    run_p.add_argument("--artifact-root", default=os.environ.get("TUNELINE_HOME", ".tuneline"))
+    run_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    run_p.add_argument("--verbose", action="store_true", help="show Dagster's step-by-step log")
+    run_p.add_argument("--select", help="Dagster asset selection, e.g. 'sft_adapter' or '*merged_model'")
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except TunelineError as exc:
+        print(f"tuneline: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Resources: the recipe and artifact store every asset uses, and the IO manager that passes artifacts."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import dagster as dg
+
+from engine.artifacts import Artifact, ArtifactStore
+from engine.catalog import Catalog
+from engine.data.registry import resolve_sources
+from engine.models import check_local_model, is_tiny
+from engine.recipe import Recipe, load_recipe
+
+
+@lru_cache(maxsize=8)
+def validated_recipe(name_or_path: str, overrides_json: str) -> Recipe:
+    """Load the recipe and check every path it names, before any work starts."""
+    recipe, _ = load_recipe(name_or_path, json.loads(overrides_json))
+    resolve_sources(recipe.data.dataset_dir, recipe.data.dataset_info, recipe.data.dataset)
+    if not is_tiny(recipe.model):
+        check_local_model(recipe.model.model_name_or_path)
+    return recipe
+
+
+class Tuneline(dg.ConfigurableResource):
+    """The run's recipe (name or YAML path, plus dotted-key overrides) and its artifact root."""
+    recipe_name: str = "tiny"
+    overrides_json: str = "{}"
+    artifact_root: str = ".tuneline"
+
+    def recipe(self) -> Recipe:
+        return validated_recipe(self.recipe_name, self.overrides_json)
+
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(Path(self.artifact_root) / "artifacts")
+
+    def catalog(self) -> Catalog:
+        return Catalog(Path(self.artifact_root) / "catalog.duckdb")
+
+    def build(self, asset: str, parents: list[Artifact], config: Any, code: str,
+              work: Callable[[Path], dict]) -> Artifact:
+        """The artifact for these inputs: stored if its fingerprint exists, else built and catalogued."""
+        store = self.store()
+        artifact = store.build(asset, parents, config, code, work)
+        if not artifact.cache_hit:
+            self.catalog().record_artifact(store.manifest(artifact), artifact.path)
+        return artifact
+
+
+class ArtifactIOManager(dg.ConfigurableIOManager):
+    """Artifacts are directories already on disk: this records which one each asset produced last,
+    and hands it to downstream assets (a small JSON pointer, never a pickle)."""
+    artifact_root: str = ".tuneline"
+
+    def pointer(self, asset_key: dg.AssetKey) -> Path:
+        return Path(self.artifact_root) / "pointers" / f"{asset_key.to_user_string()}.json"
+
+    def handle_output(self, context: dg.OutputContext, obj: Artifact) -> None:
+        path = self.pointer(context.asset_key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"asset": obj.asset, "fingerprint": obj.fingerprint, "path": str(obj.path)}))
+
+    def load_input(self, context: dg.InputContext) -> Artifact:
+        path = self.pointer(context.asset_key)
+        if not path.is_file():
+            raise FileNotFoundError(f"{context.asset_key.to_user_string()} has not been materialized yet "
+                                    f"(no artifact pointer at {path})")
+        pointer = json.loads(path.read_text())
+        store = ArtifactStore(Path(self.artifact_root) / "artifacts")
+        artifact = store.lookup(pointer["asset"], pointer["fingerprint"])
+        if artifact is None:
+            raise FileNotFoundError(f"artifact {pointer['path']} of {pointer['asset']} is gone; re-materialize it")
+        return artifact

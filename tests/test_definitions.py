@@ -1,0 +1,30 @@
+import dagster as dg
+
+from pipelines.definitions import ASSETS, build_definitions
+
+EXPECTED = {"base_model": "training", "raw_data": "data", "clean_data": "data", "formatted_data": "data",
+            "sft_adapter": "training", "reward_model": "training", "dpo_adapter": "training",
+            "merged_model": "export", "gptq_model": "export", "awq_model": "export"}
+
+
+def test_definitions_load_with_every_asset_in_its_group(tmp_path):
+    graph = build_definitions(artifact_root=str(tmp_path)).resolve_asset_graph()
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups == EXPECTED
+
+
+def test_quality_checks_block_downstream():
+    specs = {(spec.asset_key.to_user_string(), spec.name): spec.blocking
+             for asset in ASSETS for spec in asset.check_specs}
+    assert specs[("sft_adapter", "eval_loss_below_base")]
+    assert specs[("reward_model", "accuracy_above_chance")]
+    assert specs[("dpo_adapter", "reward_margin_positive")]
+    assert specs[("merged_model", "logits_match_adapters")]
+    assert specs[("gptq_model", "perplexity_within_bound")] and specs[("awq_model", "reloads_and_generates")]
+    assert all(specs.values())
+
+
+def test_merge_comes_before_quantization(tmp_path):
+    graph = build_definitions(artifact_root=str(tmp_path)).resolve_asset_graph()
+    assert dg.AssetKey("merged_model") in graph.get(dg.AssetKey("gptq_model")).parent_keys
+    assert dg.AssetKey("dpo_adapter") in graph.get(dg.AssetKey("merged_model")).parent_keys

@@ -1,0 +1,52 @@
+import json
+
+import pytest
+
+from datasets import load_from_disk
+
+from engine.data.format import IGNORE, format_rows, split_of, tokenize_sft
+from engine.errors import DataError
+from engine.models import load_tokenizer
+
+
+def test_labels_cover_exactly_the_assistant_turns(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Add. 1 + 2"},
+                {"role": "assistant", "content": "3"}, {"role": "user", "content": "Add. 2 + 2"},
+                {"role": "assistant", "content": "4"}]
+    input_ids, labels = tokenize_sft(tokenizer, messages)
+    trained = tokenizer.decode([t for t, l in zip(input_ids, labels) if l != IGNORE])
+    assert trained == "3<|im_end|>\n4<|im_end|>\n"
+    assert tokenizer.decode(input_ids) == tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def test_split_is_deterministic_per_row():
+    assert split_of("abc", 0.5, 1) == split_of("abc", 0.5, 1)
+    splits = [split_of(f"row{i}", 0.1, 42) for i in range(2000)]
+    assert 0.07 < splits.count("eval") / len(splits) < 0.13
+
+
+def sft_row(i, messages):
+    return {"source": "s", "row_id": f"s:{i}", "content_hash": f"h{i}", "kind": "sft",
+            "messages": json.dumps(messages), "chosen": None, "rejected": None}
+
+
+def test_format_quarantines_rows_over_cutoff(tiny_model_dir, tmp_path):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    short = [{"role": "user", "content": "Add. 1 + 2"}, {"role": "assistant", "content": "3"}]
+    long = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "3"}]
+    rows = [sft_row(i, short) for i in range(8)] + [sft_row(8, long)]
+    rows += [{**sft_row(i, short[:1]), "kind": "preference", "chosen": "3", "rejected": "4"} for i in range(9, 17)]
+    quarantine, report = format_rows(rows, tokenizer, 64, 0.5, 0, tmp_path)
+    assert [(q["row_id"], q["reason"]) for q in quarantine] == [("s:8", "exceeds_cutoff_len")]
+    assert report["max_tokens"] <= 64 and report["sft_rows_without_labels"] == 0
+    sft, pref = load_from_disk(tmp_path / "sft"), load_from_disk(tmp_path / "preference")
+    assert len(sft["train"]) + len(sft["eval"]) == 8 and len(pref["train"]) + len(pref["eval"]) == 8
+    assert pref["train"][0]["chosen"] == [{"role": "assistant", "content": "3"}]
+    assert pref["train"][0]["prompt"] == short[:1]
+
+
+def test_format_refuses_an_empty_split(tiny_model_dir, tmp_path):
+    short = [{"role": "user", "content": "Add. 1 + 2"}, {"role": "assistant", "content": "3"}]
+    with pytest.raises(DataError, match="no preference rows reached the train split"):
+        format_rows([sft_row(i, short) for i in range(8)], load_tokenizer(tiny_model_dir), 64, 0.5, 0, tmp_path)

@@ -1,0 +1,70 @@
+import json
+from collections import Counter
+
+import pytest
+
+from engine.data.ingest import ingest_source
+from engine.data.registry import DatasetEntry, resolve_sources
+from engine.errors import RecipeError
+
+
+def test_every_planted_malformed_row_is_quarantined_with_its_reason(sample_rows):
+    rows, quarantine, counts = sample_rows
+    reasons = Counter((q["source"], q["reason"]) for q in quarantine)
+    assert reasons[("alpaca_tasks", "missing_field")] == 1  # no output
+    assert reasons[("alpaca_tasks", "wrong_type")] == 1  # instruction is a number
+    assert reasons[("alpaca_tasks", "empty_field")] == 2  # empty output, empty instruction
+    assert reasons[("alpaca_tasks", "not_an_object")] == 1
+    assert reasons[("sharegpt_tasks", "no_assistant_turn")] == 1
+    assert reasons[("sharegpt_tasks", "bad_role")] == 1
+    assert reasons[("openai_tasks", "invalid_json")] == 1
+    assert reasons[("preference_tasks", "missing_field")] == 1
+    for name, c in counts.items():  # nothing dropped silently
+        assert c["rows_in"] == c["accepted"] + c["quarantined"]
+    assert len(rows) + len(quarantine) == sum(c["rows_in"] for c in counts.values())
+
+
+def test_formats_normalize_to_one_schema(sample_rows):
+    rows, _, _ = sample_rows
+    by_source = {r["source"]: r for r in rows}
+    for source in ("alpaca_tasks", "sharegpt_tasks", "openai_tasks"):
+        messages = json.loads(by_source[source]["messages"])
+        assert messages[-1]["role"] == "assistant" and by_source[source]["kind"] == "sft"
+    pref = by_source["preference_tasks"]
+    assert pref["kind"] == "preference" and pref["chosen"] and pref["rejected"]
+    assert json.loads(pref["messages"])[-1]["role"] == "user"
+
+
+def test_alpaca_columns_system_and_history(tmp_path):
+    file = tmp_path / "a.json"
+    file.write_text(json.dumps([{"q": "Add.", "i": "1 + 2", "a": "3", "sys": "Be brief.", "h": [["hi", "hello"]]}]))
+    entry = DatasetEntry(file_name="a.json", columns={"prompt": "q", "query": "i", "response": "a", "system": "sys",
+                                                      "history": "h"})
+    rows, quarantine = ingest_source("a", entry, file)
+    assert not quarantine
+    assert json.loads(rows[0]["messages"]) == [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"}, {"role": "user", "content": "Add.\n1 + 2"},
+        {"role": "assistant", "content": "3"}]
+
+
+def test_path_escaping_the_data_root_is_refused(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "secret.json").write_text("[]")
+    (tmp_path / "data" / "datasets.yaml").write_text("evil:\n  file_name: ../secret.json\n")
+    with pytest.raises(RecipeError, match="escapes the data root"):
+        resolve_sources(tmp_path / "data", "datasets.yaml", [])
+
+
+def test_missing_data_file_and_unknown_dataset_are_named(tmp_path):
+    (tmp_path / "datasets.yaml").write_text("gone:\n  file_name: gone.json\n")
+    with pytest.raises(RecipeError, match="gone.json does not exist"):
+        resolve_sources(tmp_path, "datasets.yaml", [])
+    with pytest.raises(RecipeError, match="'other' is not in"):
+        resolve_sources(tmp_path, "datasets.yaml", ["other"])
+
+
+def test_hub_datasets_get_a_clear_error(tmp_path):
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"alpaca_en": {"hf_hub_url": "llamafactory/alpaca_en"}}))
+    with pytest.raises(RecipeError, match="uses hf_hub_url; tuneline reads local files only"):
+        resolve_sources(tmp_path, "dataset_info.json", [])
