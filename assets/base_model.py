@@ -16,6 +16,12 @@ from pipelines.resources import Tuneline
 CODE = code_version(engine.models, engine.data.ingest)
 
 
+def point_at_local_model(out, identity: dict) -> dict:
+    """A local checkpoint is not copied: the artifact names it, and its identity is in the fingerprint."""
+    (out / "local_model.json").write_text(json.dumps(identity))
+    return identity
+
+
 @dg.asset(group_name="training", code_version=CODE, check_specs=blocking_checks("base_model", "loads_and_generates"))
 def base_model(tuneline: Tuneline):
     """The model every stage starts from: weights, tokenizer and chat template."""
@@ -27,7 +33,7 @@ def base_model(tuneline: Tuneline):
     else:
         identity = local_model_identity(engine.models.check_local_model(recipe.model.model_name_or_path))
         config = {"local": identity}
-        work = lambda out: (out / "local_model.json").write_text(json.dumps(identity)) and identity
+        work = lambda out: point_at_local_model(out, identity)
     artifact = tuneline.build("base_model", [], config, CODE, work)
     try:
         answer = smoke_generate(load_causal_lm(model_dir(artifact.path)), load_tokenizer(model_dir(artifact.path)))

@@ -36,8 +36,9 @@ def quantized_asset(method: str):
                         f" of merged), perplexity x{m['ppl_ratio']}",
                         {k: m[k] for k in ("eval_perplexity", "merged_eval_perplexity", "ppl_ratio", "size_bytes",
                                            "merged_size_bytes", "sample_answer")},
-                        {"reloads_and_generates": (isinstance(m["sample_answer"], str),
-                                                   f"reloaded and answered {m['sample_answer']!r}"),
+                        {"reloads_and_generates": (m["reloaded_quant_method"] == "compressed-tensors",
+                                                   f"reloaded as {m['reloaded_quant_method']}, answered "
+                                                   f"{m['sample_answer']!r}"),
                          "perplexity_within_bound": (m["ppl_ratio"] <= bound,
                                                      f"perplexity {m['eval_perplexity']} = x{m['ppl_ratio']} merged, "
                                                      f"bound x{bound}")})

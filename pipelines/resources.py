@@ -13,13 +13,18 @@ from engine.artifacts import Artifact, ArtifactStore
 from engine.catalog import Catalog
 from engine.data.registry import resolve_sources
 from engine.models import check_local_model, is_tiny
-from engine.recipe import Recipe, load_recipe
+from engine.recipe import Recipe, load_recipe, resolve_recipe_path
+
+
+def validated_recipe(name_or_path: str, overrides_json: str) -> Recipe:
+    """Load the recipe and check every path it names, before any work starts."""
+    path = resolve_recipe_path(name_or_path)
+    return _validated(str(path), overrides_json, path.read_text())
 
 
 @lru_cache(maxsize=8)
-def validated_recipe(name_or_path: str, overrides_json: str) -> Recipe:
-    """Load the recipe and check every path it names, before any work starts."""
-    recipe, _ = load_recipe(name_or_path, json.loads(overrides_json))
+def _validated(path: str, overrides_json: str, text: str) -> Recipe:  # keyed on the text: an edited recipe reloads
+    recipe, _ = load_recipe(path, json.loads(overrides_json))
     resolve_sources(recipe.data.dataset_dir, recipe.data.dataset_info, recipe.data.dataset)
     if not is_tiny(recipe.model):
         check_local_model(recipe.model.model_name_or_path)

@@ -62,4 +62,11 @@ def quantize(merged_dir: Path, formatted_dir: Path, method: Method, cfg: Quantiz
     quant_ppl = perplexity(reloaded, evaluation, tokenizer.pad_token_id)
     return {"method": method, "eval_perplexity": round(quant_ppl, 4), "merged_eval_perplexity": round(merged_ppl, 4),
             "ppl_ratio": round(quant_ppl / merged_ppl, 4), "size_bytes": dir_size(out),
-            "merged_size_bytes": dir_size(merged_dir), "sample_answer": smoke_generate(reloaded, tokenizer)}
+            "merged_size_bytes": dir_size(merged_dir), "sample_answer": smoke_generate(reloaded, tokenizer),
+            "reloaded_quant_method": quant_method(reloaded.config)}
+
+
+def quant_method(config) -> str | None:
+    """The quantization method a loaded model reports ("compressed-tensors"), or None if it loaded unquantized."""
+    method = getattr(getattr(config, "quantization_config", None), "quant_method", None)
+    return getattr(method, "value", method)
