@@ -9,7 +9,9 @@ export TUNELINE_HOME ?= $(CURDIR)/.tuneline
 export DAGSTER_HOME  ?= $(TUNELINE_HOME)/dagster
 export HF_HUB_OFFLINE := 1
 
-.PHONY: env run ui test clean-artifacts
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: env run ui test chromium instance clean-artifacts
 
 env: $(STAMP)
 
@@ -23,11 +25,21 @@ $(STAMP): pyproject.toml constraints.txt
 run: env
 	$(BIN)/tuneline run
 
-ui: env
-	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
+# the Dagster instance: sqlite under DAGSTER_HOME, training pools limited to one step at a time
+instance:
+	mkdir -p $(DAGSTER_HOME)
+	test -f $(DAGSTER_HOME)/dagster.yaml || cp pipelines/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+ui: env instance
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
-test: env
+# Debian's chromium, for the test that looks at the UI as a person does
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }
+
+test: env chromium
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean-artifacts:

@@ -10,6 +10,10 @@ from engine.artifacts import Artifact
 from pipelines.resources import Tuneline
 
 
+# a transient failure (a preempted node, a CUDA hiccup) is retried; upstream artifacts are cached, so only this stage redoes
+TRAINING_RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
+
+
 def blocking_checks(asset: str, *names: str) -> list[dg.AssetCheckSpec]:
     return [dg.AssetCheckSpec(name, asset=asset, blocking=True) for name in names]
 
@@ -35,3 +39,7 @@ def loss_table(curve: list[dict]) -> dg.MetadataValue:
 def counts_table(counts: dict[str, Any], key: str = "reason", value: str = "rows") -> dg.MetadataValue:
     rows = "\n".join(f"| {k} | {v} |" for k, v in counts.items())
     return dg.MetadataValue.md(f"| {key} | {value} |\n|---|---|\n{rows}")
+
+
+def passed(checks: dict[str, tuple[bool, str]]) -> dict[str, bool]:
+    return {name: ok for name, (ok, _) in checks.items()}

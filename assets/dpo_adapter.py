@@ -6,7 +6,7 @@ import engine.evaluate
 import engine.models
 import engine.train.common
 import engine.train.dpo
-from assets.common import blocking_checks, emit, loss_table
+from assets.common import TRAINING_RETRY, blocking_checks, emit, loss_table
 from engine.artifacts import Artifact, code_version
 from engine.models import model_dir
 from engine.train.dpo import train_dpo
@@ -15,7 +15,7 @@ from pipelines.resources import Tuneline
 CODE = code_version(engine.train.dpo, engine.train.common, engine.models, engine.evaluate)
 
 
-@dg.asset(group_name="training", code_version=CODE, pool="training",
+@dg.asset(group_name="training", code_version=CODE, pool="training", retry_policy=TRAINING_RETRY,
           check_specs=blocking_checks("dpo_adapter", "reward_margin_positive"))
 def dpo_adapter(tuneline: Tuneline, base_model: Artifact, sft_adapter: Artifact, reward_model: Artifact,
                 formatted_data: Artifact):

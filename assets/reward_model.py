@@ -6,7 +6,7 @@ import engine.evaluate
 import engine.models
 import engine.train.common
 import engine.train.reward
-from assets.common import blocking_checks, emit, loss_table
+from assets.common import TRAINING_RETRY, blocking_checks, emit, loss_table
 from engine.artifacts import Artifact, code_version
 from engine.models import model_dir
 from engine.train.reward import train_reward
@@ -15,7 +15,7 @@ from pipelines.resources import Tuneline
 CODE = code_version(engine.train.reward, engine.train.common, engine.models, engine.evaluate)
 
 
-@dg.asset(group_name="training", code_version=CODE, pool="training",
+@dg.asset(group_name="training", code_version=CODE, pool="training", retry_policy=TRAINING_RETRY,
           check_specs=blocking_checks("reward_model", "accuracy_above_chance"))
 def reward_model(tuneline: Tuneline, base_model: Artifact, formatted_data: Artifact):
     """Scores a conversation; judged by pairwise accuracy on held-out preference pairs."""

@@ -6,7 +6,7 @@ import engine.evaluate
 import engine.models
 import engine.train.common
 import engine.train.sft
-from assets.common import blocking_checks, emit, loss_table
+from assets.common import TRAINING_RETRY, blocking_checks, emit, loss_table
 from engine.artifacts import Artifact, code_version
 from engine.models import model_dir
 from engine.train.sft import train_sft
@@ -15,7 +15,7 @@ from pipelines.resources import Tuneline
 CODE = code_version(engine.train.sft, engine.train.common, engine.models, engine.evaluate)
 
 
-@dg.asset(group_name="training", code_version=CODE, pool="training",
+@dg.asset(group_name="training", code_version=CODE, pool="training", retry_policy=TRAINING_RETRY,
           check_specs=blocking_checks("sft_adapter", "eval_loss_below_base"))
 def sft_adapter(tuneline: Tuneline, base_model: Artifact, formatted_data: Artifact):
     """Supervised fine-tuning on the SFT view; eval loss is measured before and after."""

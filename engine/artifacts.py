@@ -7,6 +7,7 @@ same inputs return the stored artifact at once, and a crash never leaves a half-
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import inspect
 import json
 import os
@@ -19,6 +20,19 @@ from types import ModuleType
 from typing import Any, Callable
 
 MANIFEST = "manifest.json"
+RECORDED_LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "llmcompressor",
+                      "compressed-tensors", "duckdb", "dagster")
+
+
+def library_versions() -> dict[str, str | None]:
+    """The versions of the libraries that did the work, for the lineage record (not the fingerprint)."""
+    versions = {}
+    for name in RECORDED_LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 @dataclass(frozen=True)
@@ -50,8 +64,9 @@ def fingerprint(asset: str, parents: list[Artifact], config: Any, code: str) -> 
 class ArtifactStore:
     """Directories under `root/<asset>/<fingerprint>/`, each complete once its manifest exists."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, keep_last: int | None = None):
         self.root = Path(root).resolve()
+        self.keep_last = keep_last
 
     def path_for(self, asset: str, fp: str) -> Path:
         return self.root / asset / fp
@@ -86,6 +101,7 @@ class ArtifactStore:
         fp = fingerprint(asset, parents, config, code)
         cached = self.lookup(asset, fp)
         if cached is not None:
+            os.utime(cached.path / MANIFEST)  # retention keeps the most recently used artifacts
             return cached
         final = self.path_for(asset, fp)
         tmp = final.parent / f".tmp-{fp}-{uuid.uuid4().hex[:8]}"
@@ -97,6 +113,7 @@ class ArtifactStore:
                 "asset": asset, "fingerprint": fp, "parents": [p.fingerprint for p in parents],
                 "config": config, "code_version": code, "metrics": metrics,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started, 2),
+                "versions": library_versions(),
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
             if final.exists():  # another run published the same fingerprint first: same inputs, same result
@@ -106,7 +123,19 @@ class ArtifactStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        self.prune(asset, keep=final)
         return Artifact(asset, fp, final, metrics, cache_hit=False)
+
+    def prune(self, asset: str, keep: Path) -> list[Path]:
+        """Retention: remove all but the `keep_last` most recently used artifacts of an asset. Returns the removed."""
+        if self.keep_last is None:
+            return []
+        done = sorted((p.parent for p in (self.root / asset).glob(f"*/{MANIFEST}")),
+                      key=lambda d: (d == keep, (d / MANIFEST).stat().st_mtime), reverse=True)
+        removed = done[self.keep_last:]
+        for path in removed:
+            shutil.rmtree(path, ignore_errors=True)
+        return removed
 
     def manifest(self, artifact: Artifact) -> dict[str, Any]:
         return json.loads((artifact.path / MANIFEST).read_text())

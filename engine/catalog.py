@@ -13,7 +13,7 @@ import duckdb
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS artifacts (
     fingerprint VARCHAR PRIMARY KEY, asset VARCHAR, path VARCHAR, created_at VARCHAR,
-    code_version VARCHAR, config JSON, metrics JSON, parents JSON);
+    code_version VARCHAR, config JSON, metrics JSON, parents JSON, versions JSON);
 CREATE TABLE IF NOT EXISTS raw_rows (
     artifact VARCHAR, source VARCHAR, row_id VARCHAR, content_hash VARCHAR, format VARCHAR,
     kind VARCHAR, messages JSON, chosen VARCHAR, rejected VARCHAR);
@@ -51,10 +51,11 @@ class Catalog:
     def record_artifact(self, manifest: dict, path: Path) -> None:
         with self.connect() as con:
             con.execute(
-                "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [manifest["fingerprint"], manifest["asset"], str(path), manifest["created_at"],
                  manifest["code_version"], json.dumps(manifest["config"], default=str),
-                 json.dumps(manifest["metrics"], default=str), json.dumps(manifest["parents"])],
+                 json.dumps(manifest["metrics"], default=str), json.dumps(manifest["parents"]),
+                 json.dumps(manifest.get("versions", {}))],
             )
 
     def record_check(self, artifact: str, name: str, passed: bool, detail: str) -> None:

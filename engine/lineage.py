@@ -1,36 +1,129 @@
-"""Lineage: what made an artifact, from its ancestors' fingerprints down to data rows per source."""
+"""Lineage: what made an artifact, from an export down to raw sources, read from the DuckDB catalog."""
 
 from __future__ import annotations
 
-import duckdb
+import json
+from pathlib import Path
 
-from engine.artifacts import Artifact, ArtifactStore
 from engine.catalog import Catalog
+from engine.errors import TunelineError
+
+ANCESTRY_SQL = """
+WITH RECURSIVE tree(fingerprint, depth) AS (
+    SELECT fingerprint, 0 FROM artifacts WHERE fingerprint = ?
+    UNION
+    SELECT p.parent, t.depth + 1
+    FROM tree t JOIN (SELECT fingerprint, unnest(CAST(parents AS VARCHAR[])) AS parent FROM artifacts) p
+      ON p.fingerprint = t.fingerprint)
+SELECT a.fingerprint, a.asset, a.path, a.created_at, a.code_version, a.config, a.metrics, a.parents, a.versions,
+       min(t.depth) AS depth
+FROM tree t JOIN artifacts a USING (fingerprint)
+GROUP BY ALL ORDER BY depth, a.asset
+"""
 
 
-def ancestry(store: ArtifactStore, artifact: Artifact) -> dict[str, str]:
-    """{asset: fingerprint} for the artifact and every artifact it was made from."""
-    seen, todo = {}, [artifact.fingerprint]
-    while todo:
-        found = store.find(todo.pop())
-        if found is None or found.asset in seen:
-            continue
-        seen[found.asset] = found.fingerprint
-        todo += store.manifest(found)["parents"]
-    return seen
+class LineageError(TunelineError):
+    pass
 
 
-def build_lineage(store: ArtifactStore, catalog: Catalog, parents: list[Artifact], recipe: dict) -> dict:
-    """The lineage.json an export carries: recipe, ancestor artifacts, and training rows per source."""
-    artifacts: dict[str, str] = {}
-    for parent in parents:
-        artifacts.update(ancestry(store, parent))
-    formatted = store.find(artifacts["formatted_data"]) if "formatted_data" in artifacts else None
-    rows = {}
-    if formatted is not None:
-        query = "SELECT source, count(*) FROM read_parquet(?) GROUP BY source ORDER BY source"
-        rows = dict(duckdb.execute(query, [str(formatted.path / "splits.parquet")]).fetchall())
-    checks = catalog.checks_of(list(artifacts.values()))
-    return {"recipe": recipe, "base_model": recipe["model"]["model_name_or_path"], "artifacts": artifacts,
-            "data_rows_by_source": rows,
-            "checks": {a: checks.get(fp, {}) for a, fp in artifacts.items()}}
+def resolve(catalog: Catalog, artifact: str) -> str:
+    """A fingerprint (or unique prefix), or an artifact directory, -> the full fingerprint."""
+    key = Path(artifact).name if Path(artifact).is_dir() else artifact
+    hits = [r[0] for r in catalog.query("SELECT fingerprint FROM artifacts WHERE starts_with(fingerprint, ?)", [key])]
+    if len(hits) != 1:
+        problem = "matches several artifacts" if hits else "is not a known artifact"
+        raise LineageError(f"{artifact!r} {problem} in the catalog {catalog.path} "
+                           "(expected an artifact directory or a fingerprint from `tuneline run`)")
+    return hits[0]
+
+
+def ancestry(catalog: Catalog, fingerprint: str) -> list[dict]:
+    """The artifact and every artifact it was made from, nearest first."""
+    columns = ["fingerprint", "asset", "path", "created_at", "code_version", "config", "metrics", "parents",
+               "versions", "depth"]
+    rows = [dict(zip(columns, r)) for r in catalog.query(ANCESTRY_SQL, [fingerprint])]
+    for row in rows:
+        for key in ("config", "metrics", "parents", "versions"):
+            row[key] = json.loads(row[key]) if row[key] else None
+    return rows
+
+
+def data_counts(catalog: Catalog, nodes: list[dict]) -> dict:
+    """Rows per source at each data stage among the ancestors: read, quarantined (by reason), trained on."""
+    by_asset = {n["asset"]: n["fingerprint"] for n in nodes}
+    counts: dict[str, dict] = {}
+    if "raw_data" in by_asset:
+        for source, n in catalog.query("SELECT source, count(*) FROM raw_rows WHERE artifact = ? GROUP BY 1",
+                                       [by_asset["raw_data"]]):
+            counts.setdefault(source, {})["raw_rows"] = n
+    stages = [by_asset[a] for a in ("raw_data", "clean_data", "formatted_data") if a in by_asset]
+    for source, reason, n in catalog.query("SELECT source, reason, count(*) FROM quarantine "
+                                           "WHERE list_contains(?, artifact) GROUP BY 1, 2", [stages]):
+        counts.setdefault(source, {}).setdefault("quarantined", {})[reason] = n
+    if "formatted_data" in by_asset:
+        for source, split, n in catalog.query("SELECT source, split, count(*) FROM split_rows WHERE artifact = ? "
+                                              "GROUP BY 1, 2", [by_asset["formatted_data"]]):
+            counts.setdefault(source, {})[f"{split}_rows"] = n
+    return counts
+
+
+def lineage(catalog: Catalog, artifact: str) -> dict:
+    """The whole record of what made `artifact`: ancestors, their checks, and data rows per source."""
+    nodes = ancestry(catalog, resolve(catalog, artifact))
+    checks = catalog.checks_of([n["fingerprint"] for n in nodes])
+    for node in nodes:
+        node["checks"] = checks.get(node["fingerprint"], {})
+    return {"artifact": nodes[0], "ancestors": nodes[1:], "data": data_counts(catalog, nodes)}
+
+
+def write_training_rows(catalog: Catalog, artifact: str, out: Path) -> int:
+    """Write (source, row_id, content_hash, view, split) of the rows that trained `artifact`; returns the count."""
+    nodes = ancestry(catalog, resolve(catalog, artifact))
+    formatted = [n["fingerprint"] for n in nodes if n["asset"] == "formatted_data"]
+    if not formatted:
+        raise LineageError(f"{artifact!r} was not made from formatted data, so no training rows lead to it")
+    query = ("SELECT source, row_id, content_hash, view, split FROM split_rows WHERE artifact = ? "
+             "ORDER BY source, row_id")
+    rows = catalog.query(query, [formatted[0]])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as handle:
+        handle.write("source,row_id,content_hash,view,split\n")
+        handle.writelines(",".join(map(str, r)) + "\n" for r in rows)
+    return len(rows)
+
+
+def render(record: dict) -> str:
+    """The lineage as an indented tree, export first, down to the raw sources with their row counts."""
+    nodes = [record["artifact"], *record["ancestors"]]
+    by_fp = {n["fingerprint"]: n for n in nodes}
+    lines: list[str] = []
+    shown: set[str] = set()
+
+    def walk(node: dict, indent: str) -> None:
+        if node["fingerprint"] in shown:  # a DAG, not a tree: each artifact is described once
+            lines.append(f"{indent}{node['asset']} {node['fingerprint']}  (above)")
+            return
+        shown.add(node["fingerprint"])
+        checks = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in node["checks"].items())
+        lines.append(f"{indent}{node['asset']} {node['fingerprint']}  {node['created_at']}  {checks}")
+        lines.append(f"{indent}  {node['path']}")
+        for parent in node["parents"] or []:
+            if parent in by_fp:
+                walk(by_fp[parent], indent + "  ")
+    walk(nodes[0], "")
+    lines.append("data sources:")
+    for source, counts in sorted(record["data"].items()):
+        quarantined = ", ".join(f"{r} {n}" for r, n in sorted(counts.get("quarantined", {}).items())) or "none"
+        lines.append(f"  {source}: {counts.get('raw_rows', 0)} raw rows, train {counts.get('train_rows', 0)}, "
+                     f"eval {counts.get('eval_rows', 0)}; quarantined: {quarantined}")
+    return "\n".join(lines)
+
+
+def export_lineage(catalog: Catalog, parents: list[str], recipe: dict) -> dict:
+    """What an export carries in lineage.json: recipe, ancestor artifacts with their checks, rows per source."""
+    nodes = {n["fingerprint"]: n for p in parents for n in ancestry(catalog, p)}.values()
+    checks = catalog.checks_of([n["fingerprint"] for n in nodes])
+    return {"recipe": recipe, "base_model": recipe["model"]["model_name_or_path"],
+            "artifacts": {n["asset"]: {"fingerprint": n["fingerprint"], "path": n["path"], "versions": n["versions"],
+                                       "checks": checks.get(n["fingerprint"], {})} for n in nodes},
+            "data": data_counts(catalog, list(nodes))}

@@ -102,6 +102,16 @@ class QuantizeSection(Section):
     max_ppl_ratio: float = Field(1.5, ge=1)  # quantized eval perplexity may be at most this x merged
 
 
+class RetentionSection(Section):
+    keep_last: int = Field(5, ge=1)  # artifacts kept per asset, most recently used first; older ones are removed
+
+
+class ScheduleSection(Section):
+    cron: str = "0 3 * * 1"  # when the retrain schedule runs (it starts switched off in the UI)
+    timezone: str = "UTC"
+    watch_interval_seconds: int = Field(60, ge=5)  # how often the incoming-data sensor hashes the sources
+
+
 class Recipe(Section):
     name: str = "tiny"
     model: ModelSection = ModelSection()
@@ -112,6 +122,8 @@ class Recipe(Section):
     dpo: DpoSection = DpoSection()
     merge: MergeSection = MergeSection()
     quantize: QuantizeSection = QuantizeSection()
+    retention: RetentionSection = RetentionSection()
+    schedule: ScheduleSection = ScheduleSection()
 
 
 def resolve_recipe_path(name_or_path: str) -> Path:

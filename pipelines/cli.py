@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,15 +39,16 @@ def dagster_home(root: str) -> Path:
     """The Dagster instance lives under the artifact root unless DAGSTER_HOME says otherwise."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(root) / "dagster")))
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").touch()
+    if not (home / "dagster.yaml").exists():
+        shutil.copy(Path(__file__).with_name("dagster.yaml"), home / "dagster.yaml")
     return home
 
 
 def run(args: argparse.Namespace) -> int:
     quiet_libraries()
     from pipelines.resources import validated_recipe
-    overrides_json = json.dumps(parse_overrides(args.set))
-    validated_recipe(args.recipe, overrides_json)  # a bad recipe, data path or model path stops here, before any work
+    overrides = parse_overrides(args.set)
+    validated_recipe(args.recipe, json.dumps(overrides, sort_keys=True))  # a bad recipe, data path or model path stops here, before any work
 
     import dagster as dg
     from pipelines.definitions import ASSETS, resources
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     with dg.DagsterInstance.get() as instance:
         log_level = "DEBUG" if args.verbose else "WARNING"
-        result = dg.materialize(ASSETS, resources=resources(args.recipe, root, overrides_json), instance=instance,
+        result = dg.materialize(ASSETS, resources=resources(args.recipe, root, overrides), instance=instance,
                                 selection=args.select or None, raise_on_error=False,
                                 run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
     print(report(result, time.time() - started))
@@ -82,6 +84,23 @@ def report(result, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def lineage(args: argparse.Namespace) -> int:
+    from engine.catalog import Catalog
+    from engine.lineage import lineage as lineage_of
+    from engine.lineage import render, write_training_rows
+    path = Path(args.artifact_root) / "catalog.duckdb"
+    if not path.is_file():
+        raise TunelineError(f"no catalog at {path}: run `tuneline run` first, or pass --artifact-root")
+    catalog = Catalog(path)
+    record = lineage_of(catalog, args.artifact)
+    print(json.dumps(record, indent=2, default=str) if args.json else render(record))
+    if args.rows:
+        count = write_training_rows(catalog, args.artifact, Path(args.rows))
+        print(f"wrote {count} training rows (source, row_id, content_hash, view, split) to {args.rows}",
+              file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tuneline", description="Declarative fine-tuning pipeline on Dagster.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,9 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     run_p.add_argument("--verbose", action="store_true", help="show Dagster's step-by-step log")
     run_p.add_argument("--select", help="Dagster asset selection, e.g. 'sft_adapter' or '*merged_model'")
+    lineage_p = sub.add_parser("lineage", help="what made an artifact: ancestors, checks, data rows per source")
+    lineage_p.add_argument("artifact", help="an artifact directory or fingerprint (a unique prefix is enough)")
+    lineage_p.add_argument("--artifact-root", default=os.environ.get("TUNELINE_HOME", ".tuneline"))
+    lineage_p.add_argument("--json", action="store_true", help="print the record as JSON")
+    lineage_p.add_argument("--rows", metavar="FILE", help="write the training rows' ids and hashes to FILE (CSV)")
     args = parser.parse_args(argv)
     try:
-        return run(args)
+        return {"run": run, "lineage": lineage}[args.command](args)
     except TunelineError as exc:
         print(f"tuneline: {exc}", file=sys.stderr)
         return 2

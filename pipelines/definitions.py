@@ -6,8 +6,6 @@ recipe and artifact root through `build_definitions`.
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
 from assets.base_model import base_model
@@ -19,6 +17,8 @@ from assets.quantized_models import awq_model, gptq_model
 from assets.raw_data import raw_data
 from assets.reward_model import reward_model
 from assets.sft_adapter import sft_adapter
+from engine.recipe import load_recipe
+from pipelines.automation import incoming_data_sensor, retrain_schedule
 from pipelines.resources import ArtifactIOManager, Tuneline
 
 ASSETS = [base_model, raw_data, clean_data, formatted_data, sft_adapter, reward_model, dpo_adapter, merged_model,
@@ -28,16 +28,20 @@ full_pipeline = dg.define_asset_job("full_pipeline", selection=dg.AssetSelection
                                     description="Materialize every stage, data to quantized exports.")
 
 
-def resources(recipe: str, artifact_root: str, overrides_json: str = "{}") -> dict:
-    return {"tuneline": Tuneline(recipe_name=recipe, artifact_root=artifact_root, overrides_json=overrides_json),
-            "io_manager": ArtifactIOManager(artifact_root=artifact_root)}
+def resources(recipe: str | None = None, artifact_root: str | None = None, overrides: dict | None = None) -> dict:
+    """What is not given defaults from TUNELINE_RECIPE and TUNELINE_HOME (see pipelines/resources.py)."""
+    given = {k: v for k, v in (("recipe_name", recipe), ("artifact_root", artifact_root)) if v is not None}
+    tuneline = Tuneline(**given, overrides=overrides or {})
+    return {"tuneline": tuneline, "io_manager": ArtifactIOManager(artifact_root=tuneline.artifact_root)}
 
 
-def build_definitions(recipe: str = "tiny", artifact_root: str = ".tuneline") -> dg.Definitions:
+def build_definitions(recipe: str | None = None, artifact_root: str | None = None) -> dg.Definitions:
+    bound = resources(recipe, artifact_root)
+    loaded, _ = load_recipe(bound["tuneline"].recipe_name)
     # stages run one after another in one process: they share 2 CPU cores (or one GPU) and one DuckDB catalog
-    return dg.Definitions(assets=ASSETS, jobs=[full_pipeline], resources=resources(recipe, artifact_root),
-                          executor=dg.in_process_executor)
+    return dg.Definitions(assets=ASSETS, jobs=[full_pipeline], resources=bound,
+                          schedules=[retrain_schedule(full_pipeline, loaded)],
+                          sensors=[incoming_data_sensor(full_pipeline, loaded)], executor=dg.in_process_executor)
 
 
-defs = build_definitions(os.environ.get("TUNELINE_RECIPE", "tiny"),
-                         os.environ.get("TUNELINE_HOME", os.path.abspath(".tuneline")))
+defs = build_definitions()

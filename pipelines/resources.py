@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
 import dagster as dg
+from pydantic import Field
 
 from engine.artifacts import Artifact, ArtifactStore
 from engine.catalog import Catalog
@@ -31,17 +33,30 @@ def _validated(path: str, overrides_json: str, text: str) -> Recipe:  # keyed on
     return recipe
 
 
+# Run config (the Launchpad) replaces a resource's bound values, so defaults come from the code location's
+# environment: TUNELINE_RECIPE and TUNELINE_HOME, as `make ui` sets them.
+def default_recipe() -> str:
+    return os.environ.get("TUNELINE_RECIPE", "tiny")
+
+
+def default_root() -> str:
+    return os.environ.get("TUNELINE_HOME", os.path.abspath(".tuneline"))
+
+
 class Tuneline(dg.ConfigurableResource):
-    """The run's recipe (name or YAML path, plus dotted-key overrides) and its artifact root."""
-    recipe_name: str = "tiny"
-    overrides_json: str = "{}"
-    artifact_root: str = ".tuneline"
+    """The run's recipe (name or YAML path), recipe overrides by dotted key, and the artifact root.
+
+    In the Launchpad: resources: {tuneline: {config: {overrides: {sft.learning_rate: 1.0e-4}}}}
+    """
+    recipe_name: str = Field(default_factory=default_recipe)
+    overrides: dict[str, Any] = {}
+    artifact_root: str = Field(default_factory=default_root)
 
     def recipe(self) -> Recipe:
-        return validated_recipe(self.recipe_name, self.overrides_json)
+        return validated_recipe(self.recipe_name, json.dumps(self.overrides, sort_keys=True))
 
     def store(self) -> ArtifactStore:
-        return ArtifactStore(Path(self.artifact_root) / "artifacts")
+        return ArtifactStore(Path(self.artifact_root) / "artifacts", keep_last=self.recipe().retention.keep_last)
 
     def catalog(self) -> Catalog:
         return Catalog(Path(self.artifact_root) / "catalog.duckdb")
@@ -59,7 +74,7 @@ class Tuneline(dg.ConfigurableResource):
 class ArtifactIOManager(dg.ConfigurableIOManager):
     """Artifacts are directories already on disk: this records which one each asset produced last,
     and hands it to downstream assets (a small JSON pointer, never a pickle)."""
-    artifact_root: str = ".tuneline"
+    artifact_root: str = Field(default_factory=default_root)
 
     def pointer(self, asset_key: dg.AssetKey) -> Path:
         return Path(self.artifact_root) / "pointers" / f"{asset_key.to_user_string()}.json"

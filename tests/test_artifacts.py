@@ -41,3 +41,20 @@ def test_find_by_fingerprint_prefix_or_path(tmp_path):
     assert store.find(art.fingerprint[:8]).path == art.path
     assert store.find(str(art.path)).fingerprint == art.fingerprint
     assert store.find("ffffffffffff") is None
+
+
+def test_retention_keeps_the_most_recently_used_and_rebuilds_the_removed(tmp_path):
+    store = ArtifactStore(tmp_path, keep_last=2)
+    a1 = store.build("a", [], {"k": 1}, "v", write)
+    a2 = store.build("a", [], {"k": 2}, "v", write)
+    assert store.build("a", [], {"k": 1}, "v", write).cache_hit  # a1 is now the most recently used
+    a3 = store.build("a", [], {"k": 3}, "v", write)
+    assert a1.path.is_dir() and a3.path.is_dir() and not a2.path.exists()
+    again = store.build("a", [], {"k": 2}, "v", write)  # rebuilt on demand, same fingerprint
+    assert not again.cache_hit and again.fingerprint == a2.fingerprint
+
+
+def test_manifest_records_library_versions(tmp_path):
+    store = ArtifactStore(tmp_path)
+    manifest = store.manifest(store.build("a", [], {}, "v", write))
+    assert manifest["versions"]["torch"].startswith("2.13") and manifest["versions"]["trl"] == "1.16.0"

@@ -33,3 +33,20 @@ def test_model_path_that_does_not_exist(tmp_path, capsys):
 def test_bad_override(tmp_path, capsys):
     assert main(["run", "--set", "sft.lora_rank", "--artifact-root", str(tmp_path / "root")]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_lineage_of_an_unknown_fingerprint_says_so(tmp_path, capsys):
+    from engine.artifacts import ArtifactStore
+    from engine.catalog import Catalog
+    store, catalog = ArtifactStore(tmp_path / "artifacts"), Catalog(tmp_path / "catalog.duckdb")
+    known = store.build("raw_data", [], {}, "v", lambda out: {"rows": 0})
+    catalog.record_artifact(store.manifest(known), known.path)
+    assert main(["lineage", "0123456789", "--artifact-root", str(tmp_path)]) == 2
+    assert "'0123456789' is not a known artifact in the catalog" in capsys.readouterr().err
+    assert main(["lineage", known.fingerprint[:6], "--artifact-root", str(tmp_path)]) == 0
+    assert f"raw_data {known.fingerprint}" in capsys.readouterr().out
+
+
+def test_lineage_without_a_catalog_says_how_to_get_one(tmp_path, capsys):
+    assert main(["lineage", "abc", "--artifact-root", str(tmp_path)]) == 2
+    assert "no catalog at" in capsys.readouterr().err

@@ -28,3 +28,16 @@ def test_merge_comes_before_quantization(tmp_path):
     graph = build_definitions(artifact_root=str(tmp_path)).resolve_asset_graph()
     assert dg.AssetKey("merged_model") in graph.get(dg.AssetKey("gptq_model")).parent_keys
     assert dg.AssetKey("dpo_adapter") in graph.get(dg.AssetKey("merged_model")).parent_keys
+
+
+def test_training_stages_share_a_pool_limited_to_one_and_retry(tmp_path, monkeypatch):
+    training = {a.key.to_user_string(): a for a in ASSETS if a.key.to_user_string() in
+                ("sft_adapter", "reward_model", "dpo_adapter")}
+    for name, asset in training.items():
+        node = asset.node_def
+        assert node.pool == "training", name
+        assert node.retry_policy is not None and node.retry_policy.max_retries >= 1, name
+    (tmp_path / "dagster.yaml").write_text(open("pipelines/dagster.yaml").read())
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1

@@ -2,25 +2,33 @@
 
 import json
 
+import shutil
+
 import dagster as dg
 import pytest
+import yaml
 from pathlib import Path
 from datasets import load_from_disk
 from peft import PeftModel
 
 from engine.catalog import Catalog
+from engine.recipe import load_recipe
 from engine.evaluate import greedy_answers
 from engine.models import load_causal_lm, load_reward_model, load_tokenizer
-from pipelines.definitions import ASSETS, resources
+from engine.lineage import lineage, write_training_rows
+from pipelines.automation import incoming_data_sensor
+from pipelines.definitions import ASSETS, full_pipeline, resources
+from pipelines.resources import Tuneline
 
 pytestmark = pytest.mark.slow
 ALL_ASSETS = {"base_model", "raw_data", "clean_data", "formatted_data", "sft_adapter", "reward_model", "dpo_adapter",
               "merged_model", "gptq_model", "awq_model"}
 
 
-def materialize(root):
+def materialize(root, recipe, overrides=None):
     with dg.instance_for_test() as instance:
-        return dg.materialize(ASSETS, resources=resources("tiny", str(root)), instance=instance, raise_on_error=False)
+        return dg.materialize(ASSETS, resources=resources(recipe, str(root), overrides), instance=instance,
+                              raise_on_error=False)
 
 
 def artifacts_of(result) -> dict[str, dict]:
@@ -29,9 +37,25 @@ def artifacts_of(result) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tuneline")
-    return root, materialize(root)
+def project(tmp_path_factory):
+    """The shipped sample data in a temp folder, plus an empty incoming-data folder registered as a source."""
+    home = tmp_path_factory.mktemp("project")
+    shutil.copytree("data", home / "data")
+    (home / "data" / "incoming").mkdir()
+    with (home / "data" / "datasets.yaml").open("a") as registry:
+        registry.write("\nincoming:\n  file_name: incoming\n  formatting: sharegpt\n  columns: {messages: messages}\n"
+                       "  tags: {role_tag: role, content_tag: content, user_tag: user, assistant_tag: assistant}\n")
+    recipe = home / "recipe.yaml"
+    tiny = yaml.safe_load(Path("pipelines/recipes/tiny.yaml").read_text())
+    tiny["data"].update(dataset_dir=str(home / "data"), dataset=[])
+    recipe.write_text(yaml.safe_dump(tiny))
+    return home, str(recipe)
+
+
+@pytest.fixture(scope="module")
+def first_run(project):
+    root = project[0] / "tuneline"
+    return root, materialize(root, project[1])
 
 
 def test_every_asset_materializes_and_every_check_passes(first_run):
@@ -78,11 +102,18 @@ def test_every_artifact_loads(first_run):
 def test_lineage_and_catalog_account_for_every_row(first_run):
     root, result = first_run
     meta = artifacts_of(result)
-    lineage = json.loads((Path(meta["merged_model"]["path"]) / "lineage.json").read_text())
-    assert set(lineage["artifacts"]) == {"base_model", "raw_data", "clean_data", "formatted_data", "sft_adapter",
+    record = json.loads((Path(meta["merged_model"]["path"]) / "lineage.json").read_text())
+    assert set(record["artifacts"]) == {"base_model", "raw_data", "clean_data", "formatted_data", "sft_adapter",
                                          "reward_model", "dpo_adapter"}
-    assert set(lineage["data_rows_by_source"]) == {"alpaca_tasks", "sharegpt_tasks", "openai_tasks", "preference_tasks"}
-    assert lineage["checks"]["sft_adapter"] == {"eval_loss_below_base": True}
+    assert set(record["data"]) == {"alpaca_tasks", "sharegpt_tasks", "openai_tasks", "preference_tasks"}
+    assert record["artifacts"]["sft_adapter"]["checks"] == {"eval_loss_below_base": True}
+    assert record["artifacts"]["sft_adapter"]["versions"]["trl"] == "1.16.0"
+    assert record["export"]["checks"] == {"logits_match_adapters": True}
+    gptq = json.loads((Path(meta["gptq_model"]["path"]) / "lineage.json").read_text())
+    assert gptq["artifacts"]["merged_model"]["fingerprint"] == meta["merged_model"]["fingerprint"]
+    assert gptq["export"]["checks"] == {"reloads_and_generates": True, "perplexity_within_bound": True}
+    card = (Path(meta["gptq_model"]["path"]) / "README.md").read_text()
+    assert "| alpaca_tasks |" in card and "perplexity_within_bound | passed" in card
     catalog = Catalog(root / "catalog.duckdb")
     raw_fp, clean_fp = meta["raw_data"]["fingerprint"], meta["clean_data"]["fingerprint"]
     (raw_rows,), = catalog.query("SELECT count(*) FROM raw_rows WHERE artifact = ?", [raw_fp])
@@ -95,13 +126,60 @@ def test_lineage_and_catalog_account_for_every_row(first_run):
     assert artifacts == len(ALL_ASSETS)
 
 
-def test_second_materialization_is_a_cache_hit_for_every_asset(first_run):
+def test_second_materialization_is_a_cache_hit_for_every_asset(first_run, project):
     root, first = first_run
     dirs_before = sorted(p for p in (root / "artifacts").glob("*/*"))
-    second = materialize(root)
+    second = materialize(root, project[1])
     assert second.success
     meta = artifacts_of(second)
     assert {name: m["cache_hit"] for name, m in meta.items()} == {name: True for name in ALL_ASSETS}
     assert {n: m["fingerprint"] for n, m in meta.items()} == {n: m["fingerprint"] for n, m in artifacts_of(first).items()}
     assert sorted(p for p in (root / "artifacts").glob("*/*")) == dirs_before
     assert all(e.passed for e in second.get_asset_check_evaluations())
+
+
+def built(result) -> set[str]:
+    return {name for name, meta in artifacts_of(result).items() if not meta["cache_hit"]}
+
+
+def test_changing_the_sft_learning_rate_redoes_only_sft_and_downstream(first_run, project):
+    root, first = first_run
+    result = materialize(root, project[1], {"sft.learning_rate": 2.0e-3})
+    assert result.success
+    assert built(result) == {"sft_adapter", "dpo_adapter", "merged_model", "gptq_model", "awq_model"}
+    meta = artifacts_of(result)
+    assert meta["sft_adapter"]["fingerprint"] != artifacts_of(first)["sft_adapter"]["fingerprint"]
+    assert meta["reward_model"]["fingerprint"] == artifacts_of(first)["reward_model"]["fingerprint"]
+
+
+def test_new_incoming_data_starts_a_run_and_reaches_a_new_model(first_run, project):
+    home, recipe = project
+    root, first = first_run
+    sensor = incoming_data_sensor(full_pipeline, load_recipe(recipe)[0])
+    tuneline = Tuneline(recipe_name=recipe, artifact_root=str(root))
+    _, cursor = evaluate(sensor, tuneline, None)  # the state the first run was made from
+    new_rows = [{"messages": [{"role": "user", "content": f"Write the words in capitals. {w} zebra quokka"},
+                              {"role": "assistant", "content": f"{w.upper()} ZEBRA QUOKKA"}]}
+                for w in ("heron", "ibis", "stork", "crane", "egret", "bittern", "spoonbill", "flamingo")]
+    (home / "data" / "incoming" / "batch-001.jsonl").write_text("\n".join(json.dumps(r) for r in new_rows) + "\n")
+    request, _ = evaluate(sensor, tuneline, cursor)
+    assert isinstance(request, dg.RunRequest) and request.tags["tuneline/changed_sources"] == "incoming"
+
+    result = materialize(root, recipe)
+    assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
+    old, new = artifacts_of(first)["merged_model"], artifacts_of(result)["merged_model"]
+    assert new["fingerprint"] != old["fingerprint"]
+    assert Path(old["path"]).is_dir()  # the previous model stays retrievable
+    catalog = Catalog(root / "catalog.duckdb")
+    record = lineage(catalog, new["fingerprint"])
+    assert record["data"]["incoming"]["raw_rows"] == 8
+    rows_file = root / "rows.csv"
+    write_training_rows(catalog, new["path"], rows_file)
+    assert sum(line.startswith("incoming,incoming:batch-001.jsonl:") for line in rows_file.read_text().splitlines()) \
+        == record["data"]["incoming"].get("train_rows", 0) + record["data"]["incoming"].get("eval_rows", 0) > 0
+    assert "incoming" not in lineage(catalog, old["fingerprint"])["data"]
+
+
+def evaluate(sensor, tuneline, cursor):
+    context = dg.build_sensor_context(cursor=cursor, resources={"tuneline": tuneline})
+    return sensor(context), context.cursor

@@ -39,10 +39,16 @@ def row_texts(row: dict, with_system: bool = True) -> list[str]:
     return turns + [t for t in (row["chosen"], row["rejected"]) if t]
 
 
+def row_position(row_id: str) -> tuple[str, int]:
+    """`source[:file]:index` -> (file, index), so rows sort in file order, then numerically."""
+    head, index = row_id.rsplit(":", 1)
+    return head, int(index)
+
+
 def clean(rows: list[dict], cfg: CleanSection, source_order: list[str]) -> tuple[list[dict], list[dict], dict]:
     """(kept rows, quarantined rows, report). Input rows are ingest's normalized rows."""
     priority = {name: i for i, name in enumerate(source_order)}
-    rows = sorted(rows, key=lambda r: (priority.get(r["source"], len(priority)), int(r["row_id"].rsplit(":", 1)[1])))
+    rows = sorted(rows, key=lambda r: (priority.get(r["source"], len(priority)), *row_position(r["row_id"])))
     quarantine: list[dict] = []
     pii: Counter = Counter()
 

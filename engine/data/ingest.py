@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from engine.data.registry import DatasetEntry
+from engine.data.registry import DatasetEntry, source_files
+from engine.errors import DataError
 
 
 class BadRow(Exception):
@@ -32,7 +33,10 @@ def read_records(file: Path) -> Iterator[tuple[int, Any]]:
                 except json.JSONDecodeError as exc:
                     yield index, BadRow("invalid_json", f"line {index + 1}: {exc.msg}")
     else:
-        records = json.loads(file.read_text(encoding="utf-8"))
+        try:
+            records = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{file}: not a readable JSON document ({exc}); fix it or register it as .jsonl") from None
         if not isinstance(records, list):
             records = [records]
         yield from enumerate(records)
@@ -130,16 +134,22 @@ def preference_answer(record: dict, entry: DatasetEntry, column: str) -> str:
     return value
 
 
+def source_records(path: Path) -> Iterator[tuple[Path, int, Any]]:
+    for file in source_files(path):
+        for index, record in read_records(file):
+            yield file, index, record
+
+
 def content_hash(messages: list[dict], chosen: str | None, rejected: str | None) -> str:
     payload = json.dumps({"m": messages, "c": chosen, "r": rejected}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def ingest_source(name: str, entry: DatasetEntry, file: Path) -> tuple[list[dict], list[dict]]:
-    """All rows of one source: (normalized rows, quarantined rows with reason and detail)."""
+def ingest_source(name: str, entry: DatasetEntry, path: Path) -> tuple[list[dict], list[dict]]:
+    """All rows of one source (a file or a folder of files): (normalized rows, quarantined rows with reason)."""
     rows, quarantined = [], []
-    for index, record in read_records(file):
-        row_id = f"{name}:{index}"
+    for file, index, record in source_records(path):
+        row_id = f"{name}:{file.relative_to(path)}:{index}" if path.is_dir() else f"{name}:{index}"
         try:
             fields = normalize(record, entry)
         except BadRow as bad:
@@ -169,8 +179,16 @@ def ingest(sources: dict[str, tuple[DatasetEntry, Path]]) -> tuple[list[dict], l
 
 def source_identity(sources: dict[str, tuple[DatasetEntry, Path]]) -> dict[str, dict]:
     """What a source's rows depend on, for fingerprints: its registry entry and its file's content hash."""
-    return {name: {"entry": entry.model_dump(), "sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
-            for name, (entry, file) in sources.items()}
+    return {name: {"entry": entry.model_dump(), "sha256": content_digest(path)} for name, (entry, path) in sources.items()}
+
+
+def content_digest(path: Path) -> str:
+    """sha256 over a source's files (names and bytes): changes when a file is added, removed or edited."""
+    digest = hashlib.sha256()
+    for file in source_files(path):
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def message_texts(rows: list[dict]) -> list[str]:

@@ -59,7 +59,7 @@ def load_registry(dataset_dir: str | Path, info_file: str) -> dict[str, DatasetE
 
 
 def resolve_sources(dataset_dir: str | Path, info_file: str, names: list[str]) -> dict[str, tuple[DatasetEntry, Path]]:
-    """The recipe's datasets (all registered ones when `names` is empty), each with its checked file path."""
+    """The recipe's datasets (all registered ones when `names` is empty), each with its checked file or folder."""
     root = Path(dataset_dir).resolve()
     registry = load_registry(root, info_file)
     chosen = names or list(registry)
@@ -71,9 +71,19 @@ def resolve_sources(dataset_dir: str | Path, info_file: str, names: list[str]) -
         file = (root / entry.file_name).resolve()
         if not file.is_relative_to(root):
             raise RecipeError(f"dataset {name!r}: file_name {entry.file_name!r} escapes the data root {root}")
+        if file.is_dir():  # a folder source: every supported file in it, e.g. an incoming-data drop folder
+            resolved[name] = (entry, file)
+            continue
         if not file.is_file():
             raise RecipeError(f"dataset {name!r}: data file {file} does not exist")
         if file.suffix not in SUPPORTED_SUFFIXES:
             raise RecipeError(f"dataset {name!r}: {file.name} has an unsupported type (expected {SUPPORTED_SUFFIXES})")
         resolved[name] = (entry, file)
     return resolved
+
+
+def source_files(path: Path) -> list[Path]:
+    """The data files of a source: the file itself, or a folder's supported files in name order."""
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUPPORTED_SUFFIXES)
+    return [path]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -15,8 +14,8 @@ from engine.train.dpo import sft_model
 
 
 def merge(base_dir: Path, sft_adapter: Path, dpo_adapter: Path, formatted_dir: Path, out: Path,
-          lineage: dict, check_rows: int = 16) -> dict:
-    """Write the merged model, tokenizer, chat template, generation config, model card and lineage.json to `out`.
+          check_rows: int = 16) -> dict:
+    """Write the merged model, tokenizer, chat template and generation config to `out`.
 
     Returns the largest absolute logit difference between the adapter model and the reloaded merged model.
     """
@@ -30,48 +29,14 @@ def merge(base_dir: Path, sft_adapter: Path, dpo_adapter: Path, formatted_dir: P
     merged = adapter_model.merge_and_unload()
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / "lineage.json").write_text(json.dumps(lineage, indent=2, default=str))
     reloaded = load_causal_lm(out).eval()
     with torch.no_grad():
         diff = (reloaded(**inputs).logits - adapter_logits).abs().max().item()
     metrics = {"max_logit_diff": diff, "eval_perplexity": round(perplexity(reloaded, evaluation, tokenizer.pad_token_id), 4),
                "size_bytes": dir_size(out), "sample_answer": smoke_generate(reloaded, tokenizer)}
-    (out / "README.md").write_text(model_card(lineage, metrics))
     return metrics
 
 
 def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
-
-def model_card(lineage: dict, metrics: dict) -> str:
-    """A Hugging Face model card: what this model is, what made it, and how it measured."""
-    sources = "\n".join(f"| {name} | {n} |" for name, n in lineage.get("data_rows_by_source", {}).items())
-    parents = "\n".join(f"| {asset} | `{fp}` |" for asset, fp in lineage.get("artifacts", {}).items())
-    return f"""---
-library_name: transformers
-tags: [tuneline, sft, dpo, lora]
----
-# {lineage.get('recipe', {}).get('name', 'tuneline')} merged model
-
-Made by tuneline: base model `{lineage.get('base_model')}` + SFT LoRA + DPO LoRA, merged into full weights.
-The chat template travels with the tokenizer (`chat_template.jinja`).
-
-## Data (rows that reached formatting, by source)
-| source | rows |
-|---|---|
-{sources}
-
-## Artifacts this model was made from
-| asset | fingerprint |
-|---|---|
-{parents}
-
-## Metrics
-| metric | value |
-|---|---|
-| eval perplexity (assistant tokens) | {metrics['eval_perplexity']} |
-| max logit difference vs adapter model | {metrics['max_logit_diff']:.2e} |
-
-Full lineage, the recipe and every check result are in `lineage.json`.
-"""

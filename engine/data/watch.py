@@ -1,0 +1,37 @@
+"""Watching registered data for changes: content hashes per source, and whether changed files parse."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from engine.data.ingest import content_digest, read_records
+from engine.data.registry import DatasetEntry, source_files
+from engine.errors import DataError
+
+
+def snapshot(sources: dict[str, tuple[DatasetEntry, Path]]) -> dict[str, str]:
+    """{source: content digest}: compared between sensor ticks, by content, never by modification time."""
+    return {name: content_digest(path) for name, (_, path) in sources.items()}
+
+
+def changed_sources(previous: dict[str, str], current: dict[str, str]) -> list[str]:
+    return sorted(name for name, digest in current.items() if previous.get(name) != digest)
+
+
+def unreadable_files(sources: dict[str, tuple[DatasetEntry, Path]], names: list[str]) -> list[str]:
+    """A problem line per file of these sources that cannot be read at all (bad rows are quarantine's job)."""
+    problems = []
+    for name in names:
+        for file in source_files(sources[name][1]):
+            try:
+                for _ in read_records(file):
+                    pass
+            except DataError as exc:
+                problems.append(f"{name}: {exc}")
+    return problems
+
+
+def state_key(state: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]

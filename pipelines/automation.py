@@ -1,0 +1,42 @@
+"""Retraining on a schedule (cron from the recipe) and when registered data changes (by content hash)."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+
+from engine.data.registry import resolve_sources
+from engine.data.watch import changed_sources, snapshot, state_key, unreadable_files
+from engine.errors import TunelineError
+from engine.recipe import Recipe
+from pipelines.resources import Tuneline
+
+
+def retrain_schedule(job: dg.UnresolvedAssetJobDefinition, recipe: Recipe) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(name="retrain_schedule", job=job, cron_schedule=recipe.schedule.cron,
+                                 execution_timezone=recipe.schedule.timezone,
+                                 description="Re-materialize the graph; unchanged stages are cache hits.")
+
+
+def incoming_data_sensor(job: dg.UnresolvedAssetJobDefinition, recipe: Recipe) -> dg.SensorDefinition:
+    @dg.sensor(name="incoming_data_sensor", job=job, minimum_interval_seconds=recipe.schedule.watch_interval_seconds,
+               description="Starts a retraining run when a registered data file or folder changes content.")
+    def _sensor(context: dg.SensorEvaluationContext, tuneline: Tuneline):
+        try:
+            data = tuneline.recipe().data
+            sources = resolve_sources(data.dataset_dir, data.dataset_info, data.dataset)
+        except TunelineError as exc:
+            return dg.SkipReason(f"not starting a run: {exc}")
+        previous = json.loads(context.cursor) if context.cursor else {}
+        current = snapshot(sources)
+        changed = changed_sources(previous, current)
+        if not changed:
+            return dg.SkipReason("no registered data changed")
+        problems = unreadable_files(sources, changed)
+        if problems:  # the cursor stays, so the fixed file triggers the run on a later tick
+            return dg.SkipReason("not starting a run, malformed data: " + "; ".join(problems))
+        context.update_cursor(json.dumps(current))
+        return dg.RunRequest(run_key=f"data-{state_key(current)}", tags={"tuneline/changed_sources": ",".join(changed)})
+
+    return _sensor
