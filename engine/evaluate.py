@@ -56,7 +56,7 @@ def pairwise_accuracy(model, tokenizer, preference_rows) -> float:
     """Fraction of held-out pairs where the chosen answer scores above the rejected one."""
     chosen = reward_scores(model, tokenizer, [r["prompt"] + r["chosen"] for r in preference_rows])
     rejected = reward_scores(model, tokenizer, [r["prompt"] + r["rejected"] for r in preference_rows])
-    return sum(c > r for c, r in zip(chosen, rejected)) / max(len(chosen), 1)
+    return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / max(len(chosen), 1)
 
 
 @torch.no_grad()

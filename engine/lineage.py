@@ -41,7 +41,7 @@ def ancestry(catalog: Catalog, fingerprint: str) -> list[dict]:
     """The artifact and every artifact it was made from, nearest first."""
     columns = ["fingerprint", "asset", "path", "created_at", "code_version", "config", "metrics", "parents",
                "versions", "depth"]
-    rows = [dict(zip(columns, r)) for r in catalog.query(ANCESTRY_SQL, [fingerprint])]
+    rows = [dict(zip(columns, r, strict=True)) for r in catalog.query(ANCESTRY_SQL, [fingerprint])]
     for row in rows:
         for key in ("config", "metrics", "parents", "versions"):
             row[key] = json.loads(row[key]) if row[key] else None
@@ -76,18 +76,25 @@ def lineage(catalog: Catalog, artifact: str) -> dict:
     return {"artifact": nodes[0], "ancestors": nodes[1:], "data": data_counts(catalog, nodes)}
 
 
+TRAINING_ROWS_SQL = """
+SELECT s.source, s.row_id, r.content_hash AS raw_content_hash, s.content_hash AS clean_content_hash, s.view, s.split
+FROM split_rows s LEFT JOIN raw_rows r ON r.artifact = ? AND r.row_id = s.row_id
+WHERE s.artifact = ? ORDER BY s.source, s.row_id
+"""
+
+
 def write_training_rows(catalog: Catalog, artifact: str, out: Path) -> int:
-    """Write (source, row_id, content_hash, view, split) of the rows that trained `artifact`; returns the count."""
-    nodes = ancestry(catalog, resolve(catalog, artifact))
-    formatted = [n["fingerprint"] for n in nodes if n["asset"] == "formatted_data"]
-    if not formatted:
+    """Write the rows that trained `artifact` as CSV (source, row id, raw and cleaned content hash, view, split).
+
+    Returns how many rows were written. Raises LineageError if no formatted data leads to the artifact.
+    """
+    nodes = {n["asset"]: n["fingerprint"] for n in ancestry(catalog, resolve(catalog, artifact))}
+    if "formatted_data" not in nodes:
         raise LineageError(f"{artifact!r} was not made from formatted data, so no training rows lead to it")
-    query = ("SELECT source, row_id, content_hash, view, split FROM split_rows WHERE artifact = ? "
-             "ORDER BY source, row_id")
-    rows = catalog.query(query, [formatted[0]])
+    rows = catalog.query(TRAINING_ROWS_SQL, [nodes.get("raw_data"), nodes["formatted_data"]])
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as handle:
-        handle.write("source,row_id,content_hash,view,split\n")
+        handle.write("source,row_id,raw_content_hash,clean_content_hash,view,split\n")
         handle.writelines(",".join(map(str, r)) + "\n" for r in rows)
     return len(rows)
 

@@ -96,8 +96,8 @@ def lineage(args: argparse.Namespace) -> int:
     print(json.dumps(record, indent=2, default=str) if args.json else render(record))
     if args.rows:
         count = write_training_rows(catalog, args.artifact, Path(args.rows))
-        print(f"wrote {count} training rows (source, row_id, content_hash, view, split) to {args.rows}",
-              file=sys.stderr)
+        print(f"wrote {count} training rows (source, row_id, raw and clean content hash, view, split) "
+              f"to {args.rows}", file=sys.stderr)
     return 0
 
 

@@ -1,6 +1,5 @@
 import json
 
-import numpy as np
 
 from engine.data.clean import clean
 from engine.data.dedup import minhash_signatures, near_duplicate_clusters

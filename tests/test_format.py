@@ -15,7 +15,7 @@ def test_labels_cover_exactly_the_assistant_turns(tiny_model_dir):
                 {"role": "assistant", "content": "3"}, {"role": "user", "content": "Add. 2 + 2"},
                 {"role": "assistant", "content": "4"}]
     input_ids, labels = tokenize_sft(tokenizer, messages)
-    trained = tokenizer.decode([t for t, l in zip(input_ids, labels) if l != IGNORE])
+    trained = tokenizer.decode([t for t, l in zip(input_ids, labels, strict=True) if l != IGNORE])
     assert trained == "3<|im_end|>\n4<|im_end|>\n"
     assert tokenizer.decode(input_ids) == tokenizer.apply_chat_template(messages, tokenize=False)
 

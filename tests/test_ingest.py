@@ -19,7 +19,7 @@ def test_every_planted_malformed_row_is_quarantined_with_its_reason(sample_rows)
     assert reasons[("sharegpt_tasks", "bad_role")] == 1
     assert reasons[("openai_tasks", "invalid_json")] == 1
     assert reasons[("preference_tasks", "missing_field")] == 1
-    for name, c in counts.items():  # nothing dropped silently
+    for c in counts.values():  # nothing dropped silently
         assert c["rows_in"] == c["accepted"] + c["quarantined"]
     assert len(rows) + len(quarantine) == sum(c["rows_in"] for c in counts.values())
 

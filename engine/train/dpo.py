@@ -46,7 +46,7 @@ def judge(dpo_model, base_dir: Path, sft_adapter: Path, reward_dir: Path, tokeni
     scores = {}
     for name, model in (("sft", sft_model(base_dir, sft_adapter)), ("dpo", dpo_model)):
         answers = greedy_answers(model, tokenizer, prompts)
-        conversations = [p + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers)]
+        conversations = [p + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers, strict=True)]
         values = reward_scores(reward, tokenizer, conversations)
         scores[f"reward_score_{name}"] = round(sum(values) / max(len(values), 1), 4)
     return scores
