@@ -9,7 +9,7 @@ import engine.models
 from assets.common import blocking_checks, emit
 from engine.artifacts import code_version
 from engine.data.ingest import ingest, message_texts, source_identity
-from engine.data.registry import resolve_sources
+from engine.data.registry import recipe_sources
 from engine.models import build_tiny, is_tiny, load_causal_lm, load_tokenizer, local_model_identity, model_dir, smoke_generate
 from pipelines.resources import Tuneline
 
@@ -27,7 +27,7 @@ def base_model(tuneline: Tuneline):
     """The model every stage starts from: weights, tokenizer and chat template."""
     recipe = tuneline.recipe()
     if is_tiny(recipe.model):
-        sources = resolve_sources(recipe.data.dataset_dir, recipe.data.dataset_info, recipe.data.dataset)
+        sources = recipe_sources(recipe.data)
         config = {"tiny": recipe.model.tiny.model_dump(), "tokenizer_data": source_identity(sources)}
         work = lambda out: build_tiny(recipe.model.tiny, message_texts(ingest(sources)[0]), out)
     else:

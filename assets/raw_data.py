@@ -7,7 +7,7 @@ import engine.data.registry
 from assets.common import blocking_checks, counts_table, emit
 from engine.artifacts import code_version
 from engine.data.ingest import ingest, source_identity
-from engine.data.registry import resolve_sources
+from engine.data.registry import recipe_sources
 from engine.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, read_rows, write_rows
 from pipelines.resources import Tuneline
 
@@ -25,7 +25,7 @@ def ingest_to(out, sources) -> dict:
 def raw_data(tuneline: Tuneline):
     """One row per example (source, row id, content hash, format, messages, chosen/rejected), in catalog.duckdb."""
     recipe = tuneline.recipe()
-    sources = resolve_sources(recipe.data.dataset_dir, recipe.data.dataset_info, recipe.data.dataset)
+    sources = recipe_sources(recipe.data)
     artifact = tuneline.build("raw_data", [], source_identity(sources), CODE, lambda out: ingest_to(out, sources))
     if not artifact.cache_hit:
         tuneline.catalog().replace_rows("raw_rows", artifact.fingerprint, artifact.path / "rows.parquet")

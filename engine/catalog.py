@@ -16,7 +16,7 @@ CREATE TABLE IF NOT EXISTS artifacts (
     code_version VARCHAR, config JSON, metrics JSON, parents JSON, versions JSON);
 CREATE TABLE IF NOT EXISTS raw_rows (
     artifact VARCHAR, source VARCHAR, row_id VARCHAR, content_hash VARCHAR, format VARCHAR,
-    kind VARCHAR, messages JSON, chosen VARCHAR, rejected VARCHAR);
+    kind VARCHAR, messages JSON, chosen VARCHAR, rejected VARCHAR, tools JSON, label VARCHAR);
 CREATE TABLE IF NOT EXISTS quarantine (
     artifact VARCHAR, source VARCHAR, row_id VARCHAR, stage VARCHAR, reason VARCHAR, detail VARCHAR);
 CREATE TABLE IF NOT EXISTS check_results (

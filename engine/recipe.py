@@ -45,6 +45,7 @@ class DataSection(Section):
     dataset_dir: str = "data"
     dataset_info: str = "datasets.yaml"  # a datasets.yaml or LLaMA-Factory dataset_info.json
     dataset: list[str] = Field(default_factory=list)  # registry names; empty = every registered one
+    allowed_roots: list[str] = Field(default_factory=list)  # folders outside dataset_dir a file_name may use
     cutoff_len: int = Field(128, ge=8)
     val_size: float = Field(0.1, gt=0, lt=1)
     seed: int = 42

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ROW_COLUMNS = ["source", "row_id", "content_hash", "format", "kind", "messages", "chosen", "rejected"]
+ROW_COLUMNS = ["source", "row_id", "content_hash", "format", "kind", "messages", "chosen", "rejected", "tools", "label"]
 QUARANTINE_COLUMNS = ["source", "row_id", "stage", "reason", "detail"]
 
 

@@ -6,7 +6,7 @@ import json
 
 import dagster as dg
 
-from engine.data.registry import resolve_sources
+from engine.data.registry import recipe_sources
 from engine.data.watch import changed_sources, snapshot, state_key, unreadable_files
 from engine.errors import TunelineError
 from engine.recipe import Recipe
@@ -24,8 +24,7 @@ def incoming_data_sensor(job: dg.UnresolvedAssetJobDefinition, recipe: Recipe) -
                description="Starts a retraining run when a registered data file or folder changes content.")
     def _sensor(context: dg.SensorEvaluationContext, tuneline: Tuneline):
         try:
-            data = tuneline.recipe().data
-            sources = resolve_sources(data.dataset_dir, data.dataset_info, data.dataset)
+            sources = recipe_sources(tuneline.recipe().data)
         except TunelineError as exc:
             return dg.SkipReason(f"not starting a run: {exc}")
         previous = json.loads(context.cursor) if context.cursor else {}

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from engine.artifacts import Artifact, ArtifactStore
 from engine.catalog import Catalog
-from engine.data.registry import resolve_sources
+from engine.data.registry import recipe_sources
 from engine.models import check_local_model, is_tiny
 from engine.recipe import Recipe, load_recipe, resolve_recipe_path
 
@@ -27,7 +27,7 @@ def validated_recipe(name_or_path: str, overrides_json: str) -> Recipe:
 @lru_cache(maxsize=8)
 def _validated(path: str, overrides_json: str, text: str) -> Recipe:  # keyed on the text: an edited recipe reloads
     recipe, _ = load_recipe(path, json.loads(overrides_json))
-    resolve_sources(recipe.data.dataset_dir, recipe.data.dataset_info, recipe.data.dataset)
+    recipe_sources(recipe.data)
     if not is_tiny(recipe.model):
         check_local_model(recipe.model.model_name_or_path)
     return recipe

@@ -50,3 +50,24 @@ def test_format_refuses_an_empty_split(tiny_model_dir, tmp_path):
     short = [{"role": "user", "content": "Add. 1 + 2"}, {"role": "assistant", "content": "3"}]
     with pytest.raises(DataError, match="no preference rows reached the train split"):
         format_rows([sft_row(i, short) for i in range(8)], load_tokenizer(tiny_model_dir), 64, 0.5, 0, tmp_path)
+
+
+def test_tool_calls_are_trained_and_observations_are_not(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    messages = [{"role": "user", "content": "Weather?"}, {"role": "function_call", "content": '{"name": "w"}'},
+                {"role": "observation", "content": "3C"}, {"role": "assistant", "content": "3 degrees"}]
+    input_ids, labels = tokenize_sft(tokenizer, messages)
+    trained = tokenizer.decode([t for t, l in zip(input_ids, labels, strict=True) if l != IGNORE])
+    assert trained == '<tool_call>\n{"name": "w"}\n</tool_call><|im_end|>\n3 degrees<|im_end|>\n'
+
+
+def test_kto_rows_get_their_own_view(tiny_model_dir, tmp_path):
+    short = [{"role": "user", "content": "Add. 1 + 2"}, {"role": "assistant", "content": "3"}]
+    rows = [sft_row(i, short) for i in range(8)]
+    rows += [{**sft_row(i, short[:1]), "kind": "preference", "chosen": "3", "rejected": "4"} for i in range(8, 16)]
+    rows += [{**sft_row(i, short), "kind": "kto", "label": "true" if i % 2 else "false"} for i in range(16, 24)]
+    _, report = format_rows(rows, load_tokenizer(tiny_model_dir), 64, 0.5, 0, tmp_path)
+    kto = load_from_disk(tmp_path / "kto")
+    assert report["kto_train"] + report["kto_eval"] == 8 == len(kto["train"]) + len(kto["eval"])
+    assert kto["train"][0]["completion"] == [{"role": "assistant", "content": "3"}]
+    assert {r["label"] for r in list(kto["train"]) + list(kto["eval"])} == {True, False}

@@ -76,7 +76,8 @@ def clean(rows: list[dict], cfg: CleanSection, source_order: list[str]) -> tuple
             row["messages"] = [{**m, "content": scrub_pii(m["content"], pii)} for m in row["messages"]]
             row["chosen"], row["rejected"] = (scrub_pii(t, pii) if t else t for t in (row["chosen"], row["rejected"]))
     for row in kept:
-        row["content_hash"] = content_hash(row["messages"], row["chosen"], row["rejected"])
+        row["content_hash"] = content_hash(row["messages"], row["chosen"], row["rejected"], row.get("tools"),
+                                           row.get("label"))
 
     removed: set[int] = set()
     for first, dup in exact_duplicates([f"{r['kind']}:{r['content_hash']}" for r in kept]):
@@ -85,7 +86,7 @@ def clean(rows: list[dict], cfg: CleanSection, source_order: list[str]) -> tuple
     survivors = [r for i, r in enumerate(kept) if i not in removed]
 
     removed = set()
-    for kind in ("sft", "preference"):
+    for kind in ("sft", "preference", "kto"):
         idx = [i for i, r in enumerate(survivors) if r["kind"] == kind]
         # system prompts are boilerplate shared by design: they would make distinct short rows look alike
         texts = ["\n".join(row_texts(survivors[i], with_system=False)) for i in idx]

@@ -17,25 +17,44 @@ from datasets import Dataset, DatasetDict, Features, List, Value
 from engine.errors import DataError
 
 IGNORE = -100
+TRAINED_ROLES = ("assistant", "function_call")  # as LLaMA-Factory: the model learns its answers and its tool calls
 MESSAGES = List({"role": Value("string"), "content": Value("string")})
 VIEW_FEATURES = {
     "sft": Features({"input_ids": List(Value("int32")), "labels": List(Value("int32")), "row_id": Value("string")}),
     "preference": Features({"prompt": MESSAGES, "chosen": MESSAGES, "rejected": MESSAGES, "row_id": Value("string")}),
+    "kto": Features({"prompt": MESSAGES, "completion": MESSAGES, "label": Value("bool"), "row_id": Value("string")}),
 }
+REQUIRED_VIEWS = ("sft", "preference")  # what the SFT, reward and DPO stages train on; KTO data is optional
 
 
 class TemplateMismatch(ValueError):
     pass
 
 
-def assistant_segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
-    """Rendered text split into (segment, is_assistant) pieces, in order."""
+def chat_messages(messages: list[dict]) -> list[dict]:
+    """LLaMA-Factory's roles -> the roles HF chat templates render: a tool call is an assistant turn
+    (wrapped in <tool_call> as Qwen2.5's template does), a tool result is a `tool` turn."""
+    rendered = []
+    for message in messages:
+        if message["role"] == "function_call":
+            rendered.append({"role": "assistant", "content": f"<tool_call>\n{message['content']}\n</tool_call>"})
+        elif message["role"] == "observation":
+            rendered.append({"role": "tool", "content": message["content"]})
+        else:
+            rendered.append(message)
+    return rendered
+
+
+def assistant_segments(tokenizer, messages: list[dict], tools: list | None = None) -> list[tuple[str, bool]]:
+    """Rendered text split into (segment, is_trained) pieces, in order: answers and tool calls are trained."""
     pieces, done = [], ""
+    trained = [m["role"] in TRAINED_ROLES for m in messages]
+    messages = chat_messages(messages)
     for k, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if not trained[k]:
             continue
-        prefix = tokenizer.apply_chat_template(messages[:k], add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(messages[: k + 1], tokenize=False)
+        prefix = tokenizer.apply_chat_template(messages[:k], tools=tools, add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(messages[: k + 1], tools=tools, tokenize=False)
         if not (prefix.startswith(done) and full.startswith(prefix)):
             raise TemplateMismatch("the chat template does not render conversations as growing prefixes")
         pieces += [(prefix[len(done):], False), (full[len(prefix):], True)]
@@ -43,9 +62,9 @@ def assistant_segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]
     return pieces
 
 
-def tokenize_sft(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+def tokenize_sft(tokenizer, messages: list[dict], tools: list | None = None) -> tuple[list[int], list[int]]:
     input_ids, labels = [], []
-    for text, trainable in assistant_segments(tokenizer, messages):
+    for text, trainable in assistant_segments(tokenizer, messages, tools):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         input_ids += ids
         labels += ids if trainable else [IGNORE] * len(ids)
@@ -58,27 +77,34 @@ def split_of(content_hash: str, val_size: float, seed: int) -> str:
 
 
 def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, seed: int, out: Path) -> tuple[list[dict], dict]:
-    """Write `out/sft` and `out/preference` (HF DatasetDicts with train/eval) and `out/splits.parquet`.
+    """Write `out/sft`, `out/preference` and, with KTO rows, `out/kto` (HF DatasetDicts with train/eval),
+    and `out/splits.parquet`.
 
     Returns (quarantined rows, report). A row longer than cutoff_len is quarantined, never truncated.
     Raises DataError when a view's train or eval split would be empty.
     """
-    views: dict[str, dict[str, list]] = {"sft": {"train": [], "eval": []}, "preference": {"train": [], "eval": []}}
+    views: dict[str, dict[str, list]] = {view: {"train": [], "eval": []} for view in VIEW_FEATURES}
     quarantine, provenance, lengths = [], [], []
     for row in rows:
         messages = json.loads(row["messages"])
+        tools = json.loads(row["tools"]) if row.get("tools") else None
         split = split_of(row["content_hash"], val_size, seed)
         if row["kind"] == "sft":
-            input_ids, labels = tokenize_sft(tokenizer, messages)
+            input_ids, labels = tokenize_sft(tokenizer, messages, tools)
             length = len(input_ids)
             record = {"input_ids": input_ids, "labels": labels, "row_id": row["row_id"]}
+        elif row["kind"] == "kto":
+            length = len(tokenize_sft(tokenizer, messages, tools)[0])
+            rendered = chat_messages(messages)
+            record = {"prompt": rendered[:-1], "completion": rendered[-1:], "label": row["label"] == "true",
+                      "row_id": row["row_id"]}
         else:
-            prompt_len = len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+            prompt_len = len(tokenizer.apply_chat_template(chat_messages(messages), add_generation_prompt=True, tokenize=True,
                                                            return_dict=True)["input_ids"])
             answer_len = max(len(tokenizer(row[c] + tokenizer.eos_token, add_special_tokens=False)["input_ids"])
                              for c in ("chosen", "rejected"))
             length = prompt_len + answer_len
-            record = {"prompt": messages, "chosen": [{"role": "assistant", "content": row["chosen"]}],
+            record = {"prompt": chat_messages(messages), "chosen": [{"role": "assistant", "content": row["chosen"]}],
                       "rejected": [{"role": "assistant", "content": row["rejected"]}], "row_id": row["row_id"]}
         if length > cutoff_len:
             quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": "format",
@@ -89,6 +115,8 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
         provenance.append({"source": row["source"], "row_id": row["row_id"], "content_hash": row["content_hash"],
                            "view": row["kind"], "split": split})
     for view, splits in views.items():
+        if view not in REQUIRED_VIEWS and not any(splits.values()):
+            continue
         for split, records in splits.items():
             if not records:
                 raise DataError(f"no {view} rows reached the {split} split: register {view} data "
@@ -101,6 +129,7 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
     report = {
         "sft_train": counts[("sft", "train")], "sft_eval": counts[("sft", "eval")],
         "preference_train": counts[("preference", "train")], "preference_eval": counts[("preference", "eval")],
+        "kto_train": counts[("kto", "train")], "kto_eval": counts[("kto", "eval")],
         "max_tokens": max(lengths, default=0), "mean_tokens": round(sum(lengths) / max(len(lengths), 1), 1),
         "cutoff_len": cutoff_len, "exceeds_cutoff_len": len(quarantine),
         "sft_rows_without_labels": sum(all(l == IGNORE for l in r["labels"]) for s in views["sft"].values() for r in s),

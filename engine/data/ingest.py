@@ -1,45 +1,22 @@
 """Ingest: every registered source into one normalized schema, bad rows into quarantine.
 
-Normalized row: source, row_id, content_hash, format, kind ("sft" | "preference"),
-messages (JSON list of {role, content}; for preference rows the prompt), chosen, rejected.
+Normalized row: source, row_id, content_hash, format, kind ("sft" | "preference" | "kto"),
+messages (JSON list of {role, content}; for preference rows the prompt), chosen, rejected,
+tools (JSON text or null), label ("true"/"false" for KTO rows).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator
 
-from engine.data.registry import DatasetEntry, source_files
-from engine.errors import DataError
+from engine.data.readers import BadRow, read_records, source_files
+from engine.data.registry import DatasetEntry
 
-
-class BadRow(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-
-def read_records(file: Path) -> Iterator[tuple[int, Any]]:
-    """(index, record) pairs; a JSONL line that is not JSON comes back as a BadRow."""
-    if file.suffix == ".jsonl":
-        with file.open(encoding="utf-8") as handle:
-            for index, line in enumerate(handle):
-                if not line.strip():
-                    continue
-                try:
-                    yield index, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield index, BadRow("invalid_json", f"line {index + 1}: {exc.msg}")
-    else:
-        try:
-            records = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{file}: not a readable JSON document ({exc}); fix it or register it as .jsonl") from None
-        if not isinstance(records, list):
-            records = [records]
-        yield from enumerate(records)
+PROMPT_ROLES, ANSWER_ROLES = ("user", "observation"), ("assistant", "function_call")
 
 
 def text_field(record: dict, column: str, required: bool) -> str:
@@ -61,7 +38,7 @@ def alpaca_prompt(record: dict, entry: DatasetEntry) -> list[dict]:
     if system:
         messages.append({"role": "system", "content": system})
     for turn in record.get(entry.column("history")) or []:
-        if not (isinstance(turn, list) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
+        if not (isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
             raise BadRow("wrong_type", "history must be a list of [user, assistant] string pairs")
         messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
     prompt = text_field(record, entry.column("prompt"), required=True)
@@ -77,7 +54,9 @@ def sharegpt_messages(record: dict, entry: DatasetEntry) -> list[dict]:
         raise BadRow("missing_field", f"missing column {column!r}")
     if not isinstance(turns, list) or not turns:
         raise BadRow("wrong_type", f"column {column!r} must be a non-empty list of messages")
-    roles = {entry.tag("user_tag"): "user", entry.tag("assistant_tag"): "assistant", entry.tag("system_tag"): "system"}
+    roles = {entry.tag("user_tag"): "user", entry.tag("assistant_tag"): "assistant",
+             entry.tag("system_tag"): "system", entry.tag("observation_tag"): "observation",
+             entry.tag("function_tag"): "function_call"}
     messages = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
@@ -91,38 +70,42 @@ def sharegpt_messages(record: dict, entry: DatasetEntry) -> list[dict]:
     return messages
 
 
-def check_turns(messages: list[dict], needs_answer: bool) -> None:
-    body = messages[1:] if messages[0]["role"] == "system" else messages
-    expected = ["user", "assistant"] * len(body)
-    if [m["role"] for m in body] != expected[: len(body)] or not body:
-        raise BadRow("bad_role", "turns must alternate user/assistant after an optional system message")
-    if needs_answer and body[-1]["role"] != "assistant":
+def check_turns(messages: list[dict], ends_with_answer: bool) -> None:
+    """LLaMA-Factory's rule: after an optional system message, turns alternate between a prompt
+    (user or observation) and an answer (assistant or function_call), starting with the user."""
+    body = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    if not body or body[0]["role"] != "user":
+        raise BadRow("bad_role", "the conversation must start with a user message (after an optional system one)")
+    for i, message in enumerate(body):
+        expected = PROMPT_ROLES if i % 2 == 0 else ANSWER_ROLES
+        if message["role"] not in expected:
+            raise BadRow("bad_role", f"turn {i} is {message['role']!r}, expected one of {expected}")
+    if ends_with_answer and body[-1]["role"] not in ANSWER_ROLES:
         raise BadRow("no_assistant_turn", "the conversation does not end with an assistant answer")
+    if not ends_with_answer and body[-1]["role"] not in PROMPT_ROLES:
+        raise BadRow("bad_role", "a preference prompt must end with a user (or observation) turn")
 
 
-def normalize(record: Any, entry: DatasetEntry) -> dict:
-    """One record in the source's format -> normalized fields. Raises BadRow with a reason."""
-    if isinstance(record, BadRow):
-        raise record
-    if not isinstance(record, dict):
-        raise BadRow("not_an_object", f"expected a JSON object, got {type(record).__name__}")
-    if entry.ranking:
-        if entry.formatting == "alpaca":
-            prompt = alpaca_prompt(record, entry)
-            chosen = text_field(record, entry.column("chosen"), required=True)
-            rejected = text_field(record, entry.column("rejected"), required=True)
-        else:
-            prompt = sharegpt_messages(record, entry)
-            chosen, rejected = (preference_answer(record, entry, entry.column(c)) for c in ("chosen", "rejected"))
-        check_turns(prompt + [{"role": "assistant", "content": chosen}], needs_answer=True)
-        return {"kind": "preference", "messages": prompt, "chosen": chosen, "rejected": rejected}
-    if entry.formatting == "alpaca":
-        messages = alpaca_prompt(record, entry)
-        messages.append({"role": "assistant", "content": text_field(record, entry.column("response"), required=True)})
-    else:
-        messages = sharegpt_messages(record, entry)
-    check_turns(messages, needs_answer=True)
-    return {"kind": "sft", "messages": messages, "chosen": None, "rejected": None}
+def tools_field(record: dict, entry: DatasetEntry) -> str | None:
+    tools = record.get(entry.column("tools"))
+    if tools in (None, "", []):
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError:
+            raise BadRow("wrong_type", f"column {entry.column('tools')!r} must be JSON describing the tools") from None
+    return json.dumps(tools, ensure_ascii=False, sort_keys=True)
+
+
+def kto_label(record: dict, entry: DatasetEntry) -> str | None:
+    column = entry.column("kto_tag")
+    if column not in record or "kto_tag" not in entry.columns:
+        return None
+    value = record[column]
+    if not isinstance(value, bool):
+        raise BadRow("wrong_type", f"column {column!r} must be true or false, got {value!r}")
+    return "true" if value else "false"
 
 
 def preference_answer(record: dict, entry: DatasetEntry, column: str) -> str:
@@ -134,22 +117,55 @@ def preference_answer(record: dict, entry: DatasetEntry, column: str) -> str:
     return value
 
 
-def source_records(path: Path) -> Iterator[tuple[Path, int, Any]]:
-    for file in source_files(path):
-        for index, record in read_records(file):
-            yield file, index, record
+def normalize(record: Any, entry: DatasetEntry) -> dict:
+    """One record in the source's format -> normalized fields. Raises BadRow with a reason."""
+    if isinstance(record, BadRow):
+        raise record
+    if not isinstance(record, dict):
+        raise BadRow("not_an_object", f"expected a JSON object, got {type(record).__name__}")
+    tools = tools_field(record, entry)
+    if entry.ranking:
+        prompt = alpaca_prompt(record, entry) if entry.formatting == "alpaca" else sharegpt_messages(record, entry)
+        columns = (entry.column("chosen"), entry.column("rejected"))
+        if entry.formatting == "alpaca":
+            chosen, rejected = (text_field(record, c, required=True) for c in columns)
+        else:
+            chosen, rejected = (preference_answer(record, entry, c) for c in columns)
+        check_turns(prompt, ends_with_answer=False)
+        return {"kind": "preference", "messages": prompt, "chosen": chosen, "rejected": rejected, "tools": tools,
+                "label": None}
+    if entry.formatting == "alpaca":
+        messages = alpaca_prompt(record, entry)
+        messages.append({"role": "assistant", "content": text_field(record, entry.column("response"), required=True)})
+    else:
+        messages = sharegpt_messages(record, entry)
+    check_turns(messages, ends_with_answer=True)
+    label = kto_label(record, entry)
+    return {"kind": "kto" if label else "sft", "messages": messages, "chosen": None, "rejected": None,
+            "tools": tools, "label": label}
 
 
-def content_hash(messages: list[dict], chosen: str | None, rejected: str | None) -> str:
-    payload = json.dumps({"m": messages, "c": chosen, "r": rejected}, sort_keys=True, ensure_ascii=False)
+def content_hash(messages: list[dict], chosen: str | None, rejected: str | None, tools: str | None = None,
+                 label: str | None = None) -> str:
+    payload = json.dumps({"m": messages, "c": chosen, "r": rejected, "t": tools, "l": label},
+                         sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def source_records(name: str, entry: DatasetEntry, path: Path) -> Iterator[tuple[str, Any]]:
+    """(row_id, record) over a source's files; only the first num_samples when the registry says so."""
+    def all_records():
+        for unit in source_files(path):
+            prefix = f"{name}:{unit.relative_to(path)}" if path.is_dir() and unit != path else name
+            for index, record in read_records(unit, entry.split):
+                yield f"{prefix}:{index}", record
+    return islice(all_records(), entry.num_samples) if entry.num_samples else all_records()
+
+
 def ingest_source(name: str, entry: DatasetEntry, path: Path) -> tuple[list[dict], list[dict]]:
-    """All rows of one source (a file or a folder of files): (normalized rows, quarantined rows with reason)."""
+    """All rows of one source: (normalized rows, quarantined rows with reason and detail)."""
     rows, quarantined = [], []
-    for file, index, record in source_records(path):
-        row_id = f"{name}:{file.relative_to(path)}:{index}" if path.is_dir() else f"{name}:{index}"
+    for row_id, record in source_records(name, entry, path):
         try:
             fields = normalize(record, entry)
         except BadRow as bad:
@@ -157,11 +173,12 @@ def ingest_source(name: str, entry: DatasetEntry, path: Path) -> tuple[list[dict
                                 "reason": bad.reason, "detail": bad.detail})
             continue
         rows.append({
-            "source": name, "row_id": row_id,
-            "content_hash": content_hash(fields["messages"], fields["chosen"], fields["rejected"]),
-            "format": entry.formatting, "kind": fields["kind"],
+            "source": name, "row_id": row_id, "format": entry.formatting, "kind": fields["kind"],
+            "content_hash": content_hash(fields["messages"], fields["chosen"], fields["rejected"], fields["tools"],
+                                         fields["label"]),
             "messages": json.dumps(fields["messages"], ensure_ascii=False),
-            "chosen": fields["chosen"], "rejected": fields["rejected"],
+            "chosen": fields["chosen"], "rejected": fields["rejected"], "tools": fields["tools"],
+            "label": fields["label"],
         })
     return rows, quarantined
 
@@ -169,8 +186,8 @@ def ingest_source(name: str, entry: DatasetEntry, path: Path) -> tuple[list[dict
 def ingest(sources: dict[str, tuple[DatasetEntry, Path]]) -> tuple[list[dict], list[dict], dict[str, dict]]:
     """Every source: (rows, quarantine, per-source counts {rows_in, accepted, quarantined})."""
     rows, quarantine, counts = [], [], {}
-    for name, (entry, file) in sources.items():
-        good, bad = ingest_source(name, entry, file)
+    for name, (entry, path) in sources.items():
+        good, bad = ingest_source(name, entry, path)
         rows += good
         quarantine += bad
         counts[name] = {"rows_in": len(good) + len(bad), "accepted": len(good), "quarantined": len(bad)}
@@ -178,16 +195,18 @@ def ingest(sources: dict[str, tuple[DatasetEntry, Path]]) -> tuple[list[dict], l
 
 
 def source_identity(sources: dict[str, tuple[DatasetEntry, Path]]) -> dict[str, dict]:
-    """What a source's rows depend on, for fingerprints: its registry entry and its file's content hash."""
+    """What a source's rows depend on, for fingerprints: its registry entry and its content digest."""
     return {name: {"entry": entry.model_dump(), "sha256": content_digest(path)} for name, (entry, path) in sources.items()}
 
 
 def content_digest(path: Path) -> str:
     """sha256 over a source's files (names and bytes): changes when a file is added, removed or edited."""
     digest = hashlib.sha256()
-    for file in source_files(path):
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    files = [f for unit in source_files(path) for f in ([unit] if unit.is_file() else sorted(unit.rglob("*")))]
+    for file in files:
+        if file.is_file():
+            digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
     return digest.hexdigest()
 
 

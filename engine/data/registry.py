@@ -7,11 +7,17 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from engine.data.readers import SUPPORTED_SUFFIXES, is_hf_dataset
 from engine.errors import RecipeError
 
-SUPPORTED_SUFFIXES = (".json", ".jsonl")
+COLUMN_DEFAULTS = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
+                   "history": "history", "messages": "conversations", "tools": "tools", "chosen": "chosen",
+                   "rejected": "rejected", "kto_tag": "kto_tag"}
+TAG_DEFAULTS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+                "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
+MULTIMODAL_COLUMNS = ("images", "videos", "audios")
 
 
 class DatasetEntry(BaseModel):
@@ -20,18 +26,36 @@ class DatasetEntry(BaseModel):
     file_name: str
     formatting: Literal["alpaca", "sharegpt"] = "alpaca"
     ranking: bool = False
+    split: str = "train"  # for a save_to_disk DatasetDict folder
+    num_samples: int | None = None  # read only the first N records of the source
     columns: dict[str, str] = {}
     tags: dict[str, str] = {}
 
+    @field_validator("columns")
+    @classmethod
+    def known_columns(cls, columns: dict[str, str]) -> dict[str, str]:
+        for key in columns:
+            if key in MULTIMODAL_COLUMNS:
+                raise ValueError(f"column {key!r}: tuneline trains text-only models")
+            if key not in COLUMN_DEFAULTS:
+                raise ValueError(f"unknown column key {key!r} (expected one of {sorted(COLUMN_DEFAULTS)})")
+        return columns
+
+    @field_validator("tags")
+    @classmethod
+    def known_tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(tags) - set(TAG_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown tag keys {unknown} (expected some of {sorted(TAG_DEFAULTS)})")
+        return tags
+
     def column(self, name: str) -> str:
-        defaults = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
-                    "history": "history", "messages": "conversations", "chosen": "chosen", "rejected": "rejected"}
-        return self.columns.get(name, defaults[name])
+        if name == "messages" and "messages" not in self.columns and self.formatting == "sharegpt":
+            return "conversations"
+        return self.columns.get(name, COLUMN_DEFAULTS[name])
 
     def tag(self, name: str) -> str:
-        defaults = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-                    "system_tag": "system"}
-        return self.tags.get(name, defaults[name])
+        return self.tags.get(name, TAG_DEFAULTS[name])
 
 
 def load_registry(dataset_dir: str | Path, info_file: str) -> dict[str, DatasetEntry]:
@@ -40,13 +64,17 @@ def load_registry(dataset_dir: str | Path, info_file: str) -> dict[str, DatasetE
     if not path.is_file():
         raise RecipeError(f"data.dataset_info: registry {path} does not exist (expected datasets.yaml or dataset_info.json)")
     text = path.read_text()
-    raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise RecipeError(f"{path}: the registry is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}")
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: expected a mapping of dataset name to entry")
     entries = {}
     for name, body in raw.items():
         if isinstance(body, dict) and "file_name" not in body:
-            hub = next((k for k in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url") if k in body), None)
+            hub = next((k for k in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+                        if k in body), None)
             if hub:
                 raise RecipeError(f"{path}: dataset {name!r} uses {hub}; tuneline reads local files only "
                                   "(download it and set file_name)")
@@ -58,32 +86,34 @@ def load_registry(dataset_dir: str | Path, info_file: str) -> dict[str, DatasetE
     return entries
 
 
-def resolve_sources(dataset_dir: str | Path, info_file: str, names: list[str]) -> dict[str, tuple[DatasetEntry, Path]]:
-    """The recipe's datasets (all registered ones when `names` is empty), each with its checked file or folder."""
+def resolve_sources(dataset_dir: str | Path, info_file: str, names: list[str],
+                    allowed_roots: list[str] | None = None) -> dict[str, tuple[DatasetEntry, Path]]:
+    """The recipe's datasets (all registered ones when `names` is empty), each with its checked file or folder.
+
+    A file_name may not leave the data root (no `..`, no absolute path elsewhere) unless it stays inside
+    one of `allowed_roots` (the recipe's data.allowed_roots).
+    """
     root = Path(dataset_dir).resolve()
+    roots = [root, *(Path(r).resolve() for r in allowed_roots or [])]
     registry = load_registry(root, info_file)
-    chosen = names or list(registry)
     resolved = {}
-    for name in chosen:
+    for name in names or list(registry):
         if name not in registry:
             raise RecipeError(f"data.dataset: {name!r} is not in {root / info_file} (registered: {sorted(registry)})")
         entry = registry[name]
-        file = (root / entry.file_name).resolve()
-        if not file.is_relative_to(root):
-            raise RecipeError(f"dataset {name!r}: file_name {entry.file_name!r} escapes the data root {root}")
-        if file.is_dir():  # a folder source: every supported file in it, e.g. an incoming-data drop folder
-            resolved[name] = (entry, file)
-            continue
-        if not file.is_file():
-            raise RecipeError(f"dataset {name!r}: data file {file} does not exist")
-        if file.suffix not in SUPPORTED_SUFFIXES:
-            raise RecipeError(f"dataset {name!r}: {file.name} has an unsupported type (expected {SUPPORTED_SUFFIXES})")
-        resolved[name] = (entry, file)
+        path = (root / entry.file_name).resolve()
+        if not any(path.is_relative_to(r) for r in roots):
+            raise RecipeError(f"dataset {name!r}: file_name {entry.file_name!r} escapes the data root {root} "
+                              "(add its folder to data.allowed_roots to allow it)")
+        if not path.exists():
+            raise RecipeError(f"dataset {name!r}: data file {path} does not exist")
+        if path.is_file() and path.suffix not in SUPPORTED_SUFFIXES:
+            raise RecipeError(f"dataset {name!r}: {path.name} has an unsupported type "
+                              f"(expected {', '.join(SUPPORTED_SUFFIXES)}, a save_to_disk folder or a folder of these)")
+        resolved[name] = (entry, path)
     return resolved
 
 
-def source_files(path: Path) -> list[Path]:
-    """The data files of a source: the file itself, or a folder's supported files in name order."""
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUPPORTED_SUFFIXES)
-    return [path]
+def recipe_sources(data) -> dict[str, tuple[DatasetEntry, Path]]:
+    """resolve_sources for a recipe's `data` section."""
+    return resolve_sources(data.dataset_dir, data.dataset_info, data.dataset, data.allowed_roots)

@@ -6,8 +6,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from engine.data.ingest import content_digest, read_records
-from engine.data.registry import DatasetEntry, source_files
+from engine.data.ingest import content_digest
+from engine.data.readers import read_records, source_files
+from engine.data.registry import DatasetEntry
 from engine.errors import DataError
 
 
@@ -24,9 +25,10 @@ def unreadable_files(sources: dict[str, tuple[DatasetEntry, Path]], names: list[
     """A problem line per file of these sources that cannot be read at all (bad rows are quarantine's job)."""
     problems = []
     for name in names:
-        for file in source_files(sources[name][1]):
+        entry, path = sources[name]
+        for file in source_files(path):
             try:
-                for _ in read_records(file):
+                for _ in read_records(file, entry.split):
                     pass
             except DataError as exc:
                 problems.append(f"{name}: {exc}")
