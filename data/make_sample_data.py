@@ -84,7 +84,16 @@ def alpaca_rows(rng, words, n):
         "not an object",
     ]
     rng.shuffle(rows)
-    return rows
+    return rows + CLEANING_CASES  # appended after the shuffle: they leave the seeded rows as they were
+
+
+CLEANING_CASES = [  # one row for each cleaning step that must catch something
+    {"instruction": "Summarize the text. " + "buy cheap tickets now and save big today " * 12, "input": "",
+     "output": "Buy tickets."},  # repetition
+    {"instruction": "<p>Write the words in <b>capitals</b>.</p>", "input": "lamp desk", "output": "LAMP DESK"},  # HTML
+    {"instruction": "Charge card 4111 1111 1111 1111 and reply ok.", "input": "", "output": "ok"},  # Luhn-valid card
+    {"instruction": "Set api_key=sk-test1234567890abcdefXYZ and say done.", "input": "", "output": "done"},  # secret
+]
 
 
 def sharegpt_rows(rng, words, n):

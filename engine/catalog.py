@@ -21,6 +21,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
     artifact VARCHAR, source VARCHAR, row_id VARCHAR, stage VARCHAR, reason VARCHAR, detail VARCHAR);
 CREATE TABLE IF NOT EXISTS check_results (
     artifact VARCHAR, check_name VARCHAR, passed BOOLEAN, detail VARCHAR, PRIMARY KEY (artifact, check_name));
+CREATE TABLE IF NOT EXISTS duplicate_clusters (
+    artifact VARCHAR, cluster_id VARCHAR, kind VARCHAR, kept_row_id VARCHAR, removed_row_id VARCHAR,
+    similarity DOUBLE);
 CREATE TABLE IF NOT EXISTS split_rows (
     artifact VARCHAR, source VARCHAR, row_id VARCHAR, content_hash VARCHAR, view VARCHAR, split VARCHAR);
 """

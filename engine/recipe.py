@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from engine.errors import RecipeError
 
@@ -49,15 +49,74 @@ class DataSection(Section):
     cutoff_len: int = Field(128, ge=8)
     val_size: float = Field(0.1, gt=0, lt=1)
     seed: int = 42
+    decontamination_threshold: float | None = Field(0.8, gt=0, le=1)  # train rows this close to an eval row go; None: off
+
+
+class NormalizeStep(Section):
+    step: Literal["normalize"]
+    form: Literal["NFKC", "NFC"] = "NFKC"  # unicode normalization, then whitespace runs collapse to one space
+
+
+class StripHtmlStep(Section):
+    step: Literal["strip_html"]
+
+
+class LengthStep(Section):
+    step: Literal["length"]
+    min_chars: int = Field(1, ge=0)
+    max_chars: int = Field(4000, ge=1)
+
+
+class RepetitionStep(Section):
+    """Gopher's repetition filter: drop a row when too much of its text lies in repeated word n-grams."""
+    step: Literal["repetition"]
+    ngram: int = Field(5, ge=1)
+    max_duplicate_fraction: float = Field(0.3, gt=0, le=1)
+    min_words: int = Field(50, ge=1)  # shorter texts are not judged: chat turns repeat an instruction by design
+
+
+class PiiStep(Section):
+    step: Literal["pii"]
+    kinds: list[Literal["email", "phone", "ip", "credit_card", "secret"]] = ["email", "phone", "ip", "credit_card",
+                                                                             "secret"]
+
+
+class BlocklistStep(Section):
+    step: Literal["blocklist"]
+    words: list[str] = Field(default_factory=list)  # a row containing any of these (whole word, any case) is dropped
+
+
+class ExactDedupStep(Section):
+    step: Literal["exact_dedup"]
+
+
+class NearDedupStep(Section):
+    step: Literal["near_dedup"]
+    threshold: float = Field(0.8, gt=0, le=1)
+    num_perm: int = Field(128, ge=16)
+    shingle_size: int = Field(5, ge=1)  # characters per shingle
+    bands: int | None = Field(None, ge=1)  # bands x rows <= num_perm; unset: chosen from the threshold
+    rows: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def bands_and_rows_together(self):
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither")
+        if self.bands and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows = {self.bands * self.rows} exceeds num_perm {self.num_perm}")
+        return self
+
+
+CleanStep = Annotated[NormalizeStep | StripHtmlStep | LengthStep | RepetitionStep | PiiStep | BlocklistStep
+                      | ExactDedupStep | NearDedupStep, Field(discriminator="step")]
+DEFAULT_CLEAN_STEPS = [{"step": "normalize"}, {"step": "strip_html"}, {"step": "length"}, {"step": "repetition"},
+                       {"step": "pii"}, {"step": "exact_dedup"}, {"step": "near_dedup"}]
 
 
 class CleanSection(Section):
-    min_chars: int = Field(1, ge=0)
-    max_chars: int = Field(4000, ge=1)
-    scrub_pii: bool = True
-    near_dup_threshold: float = Field(0.8, gt=0, le=1)
-    num_perm: int = Field(128, ge=16)
-    shingle_size: int = Field(5, ge=1)
+    """Cleaning runs `steps` in order; each removes rows (to quarantine, with a reason) or rewrites them."""
+    steps: list[CleanStep] = Field(default_factory=lambda: [TypeAdapter(CleanStep).validate_python(s)
+                                                            for s in DEFAULT_CLEAN_STEPS])
     max_quarantine_ratio: float = Field(0.25, ge=0, le=1)  # the clean_data check fails above this
 
 

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 
 from engine.data.clean import clean
 from engine.data.dedup import minhash_signatures, near_duplicate_clusters
@@ -38,7 +40,7 @@ def test_clean_removes_exact_and_near_duplicates_and_scrubs_pii():
             row(4, "Mail bob@corp.example.com or call +1 (555) 123-4567 from 10.0.0.1", "ok"),
             row(5, "Add the two numbers. 101 + 202", "303"),
             row(6, "   ", "x")]  # empty once normalized
-    kept, quarantine, report = clean(rows, CleanSection(), ["s"])
+    kept, quarantine, clusters, report = clean(rows, CleanSection(), ["s"])
     reasons = {q["row_id"]: q["reason"] for q in quarantine}
     assert reasons == {"s:1": "exact_duplicate", "s:2": "exact_duplicate", "s:3": "near_duplicate",
                        "s:6": "empty_after_normalization"}
@@ -47,12 +49,71 @@ def test_clean_removes_exact_and_near_duplicates_and_scrubs_pii():
     assert pii_row == "Mail <EMAIL> or call <PHONE> from <IP>"
     assert report["pii_scrubbed"] == {"email": 1, "phone": 1, "ip": 1}
     assert report["rows_in"] == len(kept) + len(quarantine)
+    assert {(c["kind"], c["kept_row_id"], c["removed_row_id"]) for c in clusters} == {
+        ("exact", "s:0", "s:1"), ("exact", "s:0", "s:2"), ("near", "s:0", "s:3")}
+    assert [s["step"] for s in report["steps"]] == [s.step for s in CleanSection().steps]
 
 
 def test_sample_data_duplicates_are_found(sample_rows):
-    kept, quarantine, report = clean(sample_rows[0], CleanSection(), ["alpaca_tasks", "sharegpt_tasks",
-                                                                      "openai_tasks", "preference_tasks"])
+    kept, quarantine, _, report = clean(sample_rows[0], CleanSection(), ["alpaca_tasks", "sharegpt_tasks",
+                                                                         "openai_tasks", "preference_tasks"])
     assert report["quarantine_by_reason"]["exact_duplicate"] >= 100  # 40 + 20 + 15 + 15 + 20 planted, plus variants
     assert report["quarantine_by_reason"]["near_duplicate"] >= 20  # 20 planted near-duplicate pairs
     assert len({(r["kind"], r["content_hash"]) for r in kept}) == len(kept)
-    assert not any("@example.com" in r["messages"] for r in kept)
+    assert not any("@example.com" in r["messages"] or "4111 1111" in r["messages"] or "sk-test" in r["messages"]
+                   for r in kept)
+    assert report["quarantine_by_reason"]["repetitive"] == 1  # the planted spam row, and no chat turn
+    assert report["pii_scrubbed"] == {"email": 6, "phone": 7, "ip": 8, "credit_card": 1, "secret": 1}
+
+
+def sft(i, text):
+    return row(i, text, "ok")
+
+
+def run_steps(rows, *steps):
+    from pydantic import TypeAdapter
+
+    from engine.recipe import CleanStep
+    cfg = CleanSection(steps=[TypeAdapter(CleanStep).validate_python(s) for s in steps])
+    return clean(rows, cfg, ["s"])
+
+
+def test_pii_placeholders_replace_every_planted_secret():
+    planted = {
+        "mail a.b-c@mail.example.org now": "mail <EMAIL> now",
+        "call (555) 123-4567 or +44 20 7946 0958": "call <PHONE> or <PHONE>",
+        "from 10.20.30.40": "from <IP>",
+        "card 4539 1488 0343 6467 please": "card <CREDIT_CARD> please",
+        "not a card 1234 5678 9012 3456": "not a card 1234 5678 9012 3456",  # fails the Luhn check
+        "key AKIAIOSFODNN7EXAMPLE and ghp_" + "a" * 36: "key <SECRET> and <SECRET>",
+        "token: abcdef0123456789 set": "<SECRET> set",
+    }
+    kept, _, _, report = run_steps([sft(i, t) for i, t in enumerate(planted)], {"step": "pii"})
+    assert [json.loads(r["messages"])[0]["content"] for r in kept] == list(planted.values())
+    assert report["pii_scrubbed"] == {"email": 1, "phone": 2, "ip": 1, "credit_card": 1, "secret": 3}
+
+
+def test_each_step_is_configurable_and_reported():
+    rows = [sft(0, "<div>Hello&amp;welcome</div> to <b>the</b> show"), sft(1, "x"),
+            sft(2, "we sell crypto here"), sft(3, " ".join(["spam eggs ham"] * 30)), sft(4, "fine text")]
+    kept, quarantine, _, report = run_steps(
+        rows, {"step": "strip_html"}, {"step": "length", "min_chars": 4},
+        {"step": "blocklist", "words": ["Crypto"]}, {"step": "repetition", "ngram": 3, "min_words": 10})
+    assert json.loads(kept[0]["messages"])[0]["content"] == "Hello&welcome to the show"
+    assert {q["row_id"]: (q["stage"], q["reason"]) for q in quarantine} == {
+        "s:1": ("clean:length", "too_short"), "s:2": ("clean:blocklist", "blocklisted"),
+        "s:3": ("clean:repetition", "repetitive")}
+    assert [(s["step"], s["rows_in"], s["rows_out"]) for s in report["steps"]] == [
+        ("strip_html", 5, 5), ("length", 5, 4), ("blocklist", 4, 3), ("repetition", 3, 2)]
+
+
+def test_near_dedup_takes_explicit_bands_and_rows():
+    from pydantic import ValidationError
+
+    from engine.recipe import NearDedupStep
+    with pytest.raises(ValidationError, match="exceeds num_perm"):
+        NearDedupStep(step="near_dedup", num_perm=64, bands=16, rows=8)
+    base = "Sort the numbers in ascending order, then explain nothing: 512, 77, 903, 18, 260, 444"
+    kept, quarantine, _, _ = run_steps([sft(0, base), sft(1, base + "!")],
+                                       {"step": "near_dedup", "num_perm": 128, "bands": 32, "rows": 4})
+    assert [q["row_id"] for q in quarantine] == ["s:1"]

@@ -71,3 +71,23 @@ def test_kto_rows_get_their_own_view(tiny_model_dir, tmp_path):
     assert report["kto_train"] + report["kto_eval"] == 8 == len(kto["train"]) + len(kto["eval"])
     assert kto["train"][0]["completion"] == [{"role": "assistant", "content": "3"}]
     assert {r["label"] for r in list(kto["train"]) + list(kto["eval"])} == {True, False}
+
+
+def test_a_training_row_that_near_duplicates_an_eval_row_is_removed(tiny_model_dir, tmp_path):
+    long = "Reverse the order of the words and reply with the result only please: alpha beta gamma delta epsilon"
+    rows = [sft_row(i, [{"role": "user", "content": f"Add the numbers {i} and {i * 7 + 3}."},
+                        {"role": "assistant", "content": str(i * 8 + 3)}]) for i in range(12)]
+    twins = [sft_row(100 + i, [{"role": "user", "content": long + "!" * i},
+                               {"role": "assistant", "content": "epsilon delta gamma beta alpha"}]) for i in range(6)]
+    rows += [{**r, "content_hash": f"twin{i}"} for i, r in enumerate(twins)]
+    rows += [{**sft_row(i, [{"role": "user", "content": f"Pick {i}"}]), "kind": "preference", "chosen": str(i),
+              "rejected": "no"} for i in range(200, 208)]
+    splits = {r["row_id"]: split_of(r["content_hash"], 0.5, 0) for r in rows}
+    twin_splits = [splits[r["row_id"]] for r in twins]
+    assert "eval" in twin_splits and "train" in twin_splits  # the fixture really straddles the split
+    quarantine, report = format_rows(rows, load_tokenizer(tiny_model_dir), 96, 0.5, 0, tmp_path,
+                                     decontamination_threshold=0.8)
+    leaked = {q["row_id"] for q in quarantine if q["reason"] == "contaminates_eval"}
+    assert leaked == {r["row_id"] for r, s in zip(twins, twin_splits, strict=True) if s == "train"}
+    assert report["contaminates_eval"] == len(leaked)
+    assert all("eval row s:1" in q["detail"] for q in quarantine)

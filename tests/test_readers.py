@@ -143,7 +143,8 @@ row_like = st.fixed_dictionaries({}, optional={"instruction": json_values, "inpu
                                                "conversations": json_values}) | json_values
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(records=st.lists(row_like, max_size=8), sharegpt=st.booleans())
 def test_random_and_malformed_rows_never_crash_and_are_all_accounted(tmp_path, records, sharegpt):
     file = tmp_path / "fuzz.jsonl"

@@ -1,37 +1,81 @@
-"""Cleaning: normalize, filter by length, scrub PII, remove exact and near duplicates.
+"""Cleaning: the recipe's ordered steps, each rewriting rows or removing them to quarantine with a reason.
 
-Every removed row goes to quarantine with its stage, reason and detail; counts per reason go to
-the report. Rows are ordered (source priority, row index) first, so the kept member of each
-duplicate group is deterministic.
+Rows are ordered (source priority, file, row index) first, so the kept member of each duplicate
+group is deterministic. Every step is reported on its own: rows in, rows out, removals by reason.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import unicodedata
 from collections import Counter
+from typing import Callable
 
 from engine.data.dedup import exact_duplicates, near_duplicate_clusters
 from engine.data.ingest import content_hash
 from engine.recipe import CleanSection
 
-PII_PATTERNS = {
-    "EMAIL": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"),
-    "IP": re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b"),
-    "PHONE": re.compile(r"(?<!\w)\+?\d{1,3}[\s.-]?\(?\d{3}\)?[\s.-]?\d{3}[\s.-]?\d{4}(?!\w)"),
+PII_PATTERNS = {  # order matters: card numbers before phone numbers, which would match their digits
+    "secret": re.compile(r"\b(?:sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36}|xox[abprs]-[A-Za-z0-9-]{10,}"
+                         r"|AIza[0-9A-Za-z_-]{35})\b|(?i:\b(?:api[_-]?key|secret|token|password)\s*[:=]\s*)[^\s,;]{8,}"),
+    "email": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"),
+    "credit_card": re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)"),
+    "ip": re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b"),
+    "phone": re.compile(r"(?<![\w+])(?:\+\d{1,3}[\s.-]?(?:\(?\d{1,4}\)?[\s.-]?){1,4}\d{2,4}"  # international
+                        r"|\(?\d{3}\)?[\s.-]?\d{3}[\s.-]?\d{4})(?!\w)"),  # North American
 }
+HTML_TAG = re.compile(r"<(?:/?([A-Za-z][A-Za-z0-9-]*)(?:\s[^<>]*)?/?|!--.*?--)>", re.S)
+INLINE_TAGS = {"a", "abbr", "b", "code", "em", "i", "mark", "s", "small", "span", "strong", "sub", "sup", "u"}
+SPECIAL_TOKEN = re.compile(r"<\|[a-z_]+\|>|<[A-Z_]+>")  # chat-template markers and our PII placeholders stay
 
 
-def normalize_text(text: str) -> str:
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
+def luhn_valid(digits: str) -> bool:
+    total, parity = 0, len(digits) % 2
+    for i, ch in enumerate(digits):
+        d = int(ch)
+        if i % 2 == parity:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
 
 
-def scrub_pii(text: str, counts: Counter) -> str:
-    for label, pattern in PII_PATTERNS.items():
-        text, n = pattern.subn(f"<{label}>", text)
-        counts[label.lower()] += n
+def scrub_pii(text: str, kinds: list[str], counts: Counter) -> str:
+    """Replace each kind of personal data or secret with a typed placeholder such as <EMAIL>."""
+    for kind, pattern in PII_PATTERNS.items():
+        if kind not in kinds:
+            continue
+
+        def replace(match: re.Match, kind=kind) -> str:
+            if kind == "credit_card" and not luhn_valid(re.sub(r"\D", "", match.group())):
+                return match.group()  # a long number that is not a card number
+            counts[kind] += 1
+            return f"<{kind.upper()}>"
+        text = pattern.sub(replace, text)
     return text
+
+
+def strip_html(text: str) -> str:
+    """Markup out, entities decoded; inline tags vanish, block tags leave a space between the words they split."""
+    def replace(match: re.Match) -> str:
+        if SPECIAL_TOKEN.fullmatch(match.group()):
+            return match.group()
+        return "" if (match.group(1) or "").lower() in INLINE_TAGS else " "
+    return html.unescape(HTML_TAG.sub(replace, text))
+
+
+def repeated_fraction(text: str, n: int) -> float:
+    """Gopher: the share of characters in words covered by an n-gram that occurs more than once."""
+    words = text.split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    counts = Counter(grams)
+    covered = set()
+    for i, gram in enumerate(grams):
+        if counts[gram] > 1:
+            covered.update(range(i, i + n))
+    total = sum(len(w) for w in words)
+    return sum(len(words[i]) for i in covered) / total if total else 0.0
 
 
 def row_texts(row: dict, with_system: bool = True) -> list[str]:
@@ -39,68 +83,152 @@ def row_texts(row: dict, with_system: bool = True) -> list[str]:
     return turns + [t for t in (row["chosen"], row["rejected"]) if t]
 
 
+def rewrite(row: dict, fn: Callable[[str], str]) -> dict:
+    """The row with `fn` applied to every text; records whether anything changed."""
+    messages = [{**m, "content": fn(m["content"])} for m in row["messages"]]
+    chosen, rejected = (fn(t) if t else t for t in (row["chosen"], row["rejected"]))
+    changed = messages != row["messages"] or chosen != row["chosen"] or rejected != row["rejected"]
+    return {**row, "messages": messages, "chosen": chosen, "rejected": rejected, "_changed": changed}
+
+
 def row_position(row_id: str) -> tuple[str, int]:
-    """`source[:file]:index` -> (file, index), so rows sort in file order, then numerically."""
+    """`source[:file]:index` -> (source[:file], index), so rows sort in file order, then numerically."""
     head, index = row_id.rsplit(":", 1)
     return head, int(index)
 
 
-def clean(rows: list[dict], cfg: CleanSection, source_order: list[str]) -> tuple[list[dict], list[dict], dict]:
-    """(kept rows, quarantined rows, report). Input rows are ingest's normalized rows."""
+def current_hash(row: dict) -> str:
+    return content_hash(row["messages"], row["chosen"], row["rejected"], row.get("tools"), row.get("label"))
+
+
+class Cleaner:
+    """Runs the steps over rows, collecting quarantine, duplicate clusters and a per-step report."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = [{**r, "messages": json.loads(r["messages"])} for r in rows]
+        self.quarantine: list[dict] = []
+        self.clusters: list[dict] = []
+        self.pii_counts: Counter = Counter()
+        self.steps: list[dict] = []
+
+    def drop(self, row: dict, step: str, reason: str, detail: str) -> None:
+        self.quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": f"clean:{step}",
+                                "reason": reason, "detail": detail})
+
+    def run(self, step) -> None:
+        before, dropped_before = len(self.rows), len(self.quarantine)
+        modified = getattr(self, step.step)(step) or 0
+        removed = Counter(q["reason"] for q in self.quarantine[dropped_before:])
+        self.steps.append({"step": step.step, "rows_in": before, "rows_out": len(self.rows),
+                           "removed": dict(removed), "modified": modified})
+
+    def _map(self, fn: Callable[[str], str]) -> int:
+        self.rows = [rewrite(r, fn) for r in self.rows]
+        return sum(r.pop("_changed") for r in self.rows)
+
+    def _filter(self, step: str, verdict: Callable[[dict], tuple[str, str] | None]) -> None:
+        kept = []
+        for row in self.rows:
+            problem = verdict(row)
+            if problem:
+                self.drop(row, step, *problem)
+            else:
+                kept.append(row)
+        self.rows = kept
+
+    def normalize(self, cfg) -> int:
+        modified = self._map(lambda t: re.sub(r"\s+", " ", unicodedata.normalize(cfg.form, t)).strip())
+        self._filter("normalize", lambda r: ("empty_after_normalization", "a message is empty once whitespace is "
+                                             "normalized") if any(not t for t in row_texts(r)) else None)
+        return modified
+
+    def strip_html(self, cfg) -> int:
+        modified = self._map(lambda t: re.sub(r"\s+", " ", strip_html(t)).strip())
+        self._filter("strip_html", lambda r: ("empty_after_html_strip", "nothing but markup") if any(
+            not t for t in row_texts(r)) else None)
+        return modified
+
+    def length(self, cfg) -> None:
+        def verdict(row):
+            chars = sum(len(t) for t in row_texts(row))
+            if chars < cfg.min_chars:
+                return "too_short", f"{chars} characters < min_chars {cfg.min_chars}"
+            if chars > cfg.max_chars:
+                return "too_long", f"{chars} characters > max_chars {cfg.max_chars}"
+            return None
+        self._filter("length", verdict)
+
+    def repetition(self, cfg) -> None:
+        def verdict(row):
+            text = " ".join(row_texts(row, with_system=False))
+            if len(text.split()) < cfg.min_words:
+                return None
+            fraction = repeated_fraction(text, cfg.ngram)
+            if fraction > cfg.max_duplicate_fraction:
+                return "repetitive", f"{fraction:.0%} of characters in repeated {cfg.ngram}-grams " \
+                                     f"> {cfg.max_duplicate_fraction:.0%}"
+            return None
+        self._filter("repetition", verdict)
+
+    def pii(self, cfg) -> int:
+        return self._map(lambda t: scrub_pii(t, cfg.kinds, self.pii_counts))
+
+    def blocklist(self, cfg) -> None:
+        if not cfg.words:
+            return
+        pattern = re.compile(r"\b(" + "|".join(map(re.escape, cfg.words)) + r")\b", re.I)
+
+        def verdict(row):
+            hit = next((m.group() for t in row_texts(row) if (m := pattern.search(t))), None)
+            return ("blocklisted", f"contains {hit!r}") if hit else None
+        self._filter("blocklist", verdict)
+
+    def exact_dedup(self, cfg) -> None:
+        keys = [f"{r['kind']}:{current_hash(r)}" for r in self.rows]
+        removed = set()
+        for first, dup in exact_duplicates(keys):
+            removed.add(dup)
+            self.drop(self.rows[dup], "exact_dedup", "exact_duplicate",
+                      f"same normalized content as {self.rows[first]['row_id']}")
+            self.cluster("exact", self.rows[first], self.rows[dup], 1.0)
+        self.rows = [r for i, r in enumerate(self.rows) if i not in removed]
+
+    def near_dedup(self, cfg) -> None:
+        removed = set()
+        for kind in ("sft", "preference", "kto"):
+            idx = [i for i, r in enumerate(self.rows) if r["kind"] == kind]
+            # system prompts are boilerplate shared by design: they would make distinct short rows look alike
+            texts = ["\n".join(row_texts(self.rows[i], with_system=False)) for i in idx]
+            bands_rows = (cfg.bands, cfg.rows) if cfg.bands else None
+            for a, b, jaccard in near_duplicate_clusters(texts, cfg.threshold, cfg.num_perm, cfg.shingle_size,
+                                                         bands_rows):
+                kept, dup = self.rows[idx[a]], self.rows[idx[b]]
+                removed.add(idx[b])
+                self.drop(dup, "near_dedup", "near_duplicate", f"~{jaccard:.2f} Jaccard with {kept['row_id']}")
+                self.cluster("near", kept, dup, jaccard)
+        self.rows = [r for i, r in enumerate(self.rows) if i not in removed]
+
+    def cluster(self, kind: str, kept: dict, removed: dict, similarity: float) -> None:
+        self.clusters.append({"cluster_id": f"{kind}:{kept['row_id']}", "kind": kind, "kept_row_id": kept["row_id"],
+                              "removed_row_id": removed["row_id"], "similarity": round(similarity, 3)})
+
+
+def clean(rows: list[dict], cfg: CleanSection, source_order: list[str]) -> tuple[list[dict], list[dict], list[dict], dict]:
+    """(kept rows, quarantined rows, duplicate clusters, report). Input rows are ingest's normalized rows."""
     priority = {name: i for i, name in enumerate(source_order)}
-    rows = sorted(rows, key=lambda r: (priority.get(r["source"], len(priority)), *row_position(r["row_id"])))
-    quarantine: list[dict] = []
-    pii: Counter = Counter()
-
-    def drop(row: dict, reason: str, detail: str) -> None:
-        quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": "clean",
-                           "reason": reason, "detail": detail})
-
-    kept = []
-    for row in rows:
-        messages = [{**m, "content": normalize_text(m["content"])} for m in json.loads(row["messages"])]
-        chosen, rejected = (normalize_text(t) if t else t for t in (row["chosen"], row["rejected"]))
-        row = {**row, "messages": messages, "chosen": chosen, "rejected": rejected}
-        chars = sum(len(t) for t in row_texts(row))
-        if chars < cfg.min_chars:
-            drop(row, "too_short", f"{chars} characters < min_chars {cfg.min_chars}")
-        elif chars > cfg.max_chars:
-            drop(row, "too_long", f"{chars} characters > max_chars {cfg.max_chars}")
-        elif any(not t for t in row_texts(row)):
-            drop(row, "empty_after_normalization", "a message is empty once whitespace is normalized")
-        else:
-            kept.append(row)
-
-    if cfg.scrub_pii:
-        for row in kept:
-            row["messages"] = [{**m, "content": scrub_pii(m["content"], pii)} for m in row["messages"]]
-            row["chosen"], row["rejected"] = (scrub_pii(t, pii) if t else t for t in (row["chosen"], row["rejected"]))
-    for row in kept:
-        row["content_hash"] = content_hash(row["messages"], row["chosen"], row["rejected"], row.get("tools"),
-                                           row.get("label"))
-
-    removed: set[int] = set()
-    for first, dup in exact_duplicates([f"{r['kind']}:{r['content_hash']}" for r in kept]):
-        removed.add(dup)
-        drop(kept[dup], "exact_duplicate", f"same normalized content as {kept[first]['row_id']}")
-    survivors = [r for i, r in enumerate(kept) if i not in removed]
-
-    removed = set()
-    for kind in ("sft", "preference", "kto"):
-        idx = [i for i, r in enumerate(survivors) if r["kind"] == kind]
-        # system prompts are boilerplate shared by design: they would make distinct short rows look alike
-        texts = ["\n".join(row_texts(survivors[i], with_system=False)) for i in idx]
-        for a, b, jaccard in near_duplicate_clusters(texts, cfg.near_dup_threshold, cfg.num_perm, cfg.shingle_size):
-            removed.add(idx[b])
-            drop(survivors[idx[b]], "near_duplicate", f"~{jaccard:.2f} Jaccard with {survivors[idx[a]]['row_id']}")
-    final = [r for i, r in enumerate(survivors) if i not in removed]
-    for row in final:
-        row["messages"] = json.dumps(row["messages"], ensure_ascii=False)
-
+    ordered = sorted(rows, key=lambda r: (priority.get(r["source"], len(priority)), *row_position(r["row_id"])))
+    cleaner = Cleaner(ordered)
+    for step in cfg.steps:
+        cleaner.run(step)
+    final = [{**r, "content_hash": current_hash(r), "messages": json.dumps(r["messages"], ensure_ascii=False)}
+             for r in cleaner.rows]
     report = {
-        "rows_in": len(rows), "rows_out": len(final), "quarantined": len(quarantine),
-        "quarantine_by_reason": dict(Counter(q["reason"] for q in quarantine)),
-        "pii_scrubbed": dict(pii),
+        "rows_in": len(rows), "rows_out": len(final), "quarantined": len(cleaner.quarantine),
+        "quarantine_by_reason": dict(Counter(q["reason"] for q in cleaner.quarantine)),
+        "pii_scrubbed": dict(cleaner.pii_counts), "steps": cleaner.steps,
+        "rows_in_by_source": dict(Counter(r["source"] for r in rows)),
         "rows_out_by_source": dict(Counter(r["source"] for r in final)),
+        "top_quarantine_details": Counter(re.sub(r"\S+:\d+\b", "<row>", q["detail"])
+                                          for q in cleaner.quarantine).most_common(5),
     }
-    return final, quarantine, report
+    return final, cleaner.quarantine, cleaner.clusters, report

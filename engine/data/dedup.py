@@ -56,12 +56,16 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     return best
 
 
-def near_duplicate_clusters(texts: list[str], threshold: float, num_perm: int, k: int) -> list[tuple[int, int, float]]:
-    """(kept, removed, estimated jaccard) for every near duplicate; `kept` is the lowest index of its cluster."""
+def near_duplicate_clusters(texts: list[str], threshold: float, num_perm: int, k: int,
+                            bands_rows: tuple[int, int] | None = None) -> list[tuple[int, int, float]]:
+    """(kept, removed, estimated jaccard) for every near duplicate; `kept` is the lowest index of its cluster.
+
+    LSH uses `bands_rows` when given, else the bands and rows that best separate pairs around `threshold`.
+    """
     if len(texts) < 2:
         return []
     sig = minhash_signatures(texts, num_perm, k)
-    bands, rows = lsh_params(threshold, num_perm)
+    bands, rows = bands_rows or lsh_params(threshold, num_perm)
     parent = list(range(len(texts)))
 
     def root(i: int) -> int:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, Features, List, Value
 
+from engine.data.dedup import near_duplicate_clusters
+
 from engine.errors import DataError
 
 IGNORE = -100
@@ -50,7 +52,7 @@ def assistant_segments(tokenizer, messages: list[dict], tools: list | None = Non
     pieces, done = [], ""
     trained = [m["role"] in TRAINED_ROLES for m in messages]
     messages = chat_messages(messages)
-    for k, message in enumerate(messages):
+    for k in range(len(messages)):
         if not trained[k]:
             continue
         prefix = tokenizer.apply_chat_template(messages[:k], tools=tools, add_generation_prompt=True, tokenize=False)
@@ -76,7 +78,33 @@ def split_of(content_hash: str, val_size: float, seed: int) -> str:
     return "eval" if random.Random(f"{seed}:{content_hash}").random() < val_size else "train"
 
 
-def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, seed: int, out: Path) -> tuple[list[dict], dict]:
+def row_text(row: dict) -> str:
+    turns = [m["content"] for m in json.loads(row["messages"]) if m["role"] != "system"]
+    return "\n".join(turns + [t for t in (row["chosen"], row["rejected"]) if t])
+
+
+def contaminated(rows: list[dict], splits: list[str], threshold: float) -> dict[int, str]:
+    """{index of a train row: detail} for every train row that near-duplicates an eval row."""
+    evals = [i for i, s in enumerate(splits) if s == "eval"]
+    trains = [i for i, s in enumerate(splits) if s == "train"]
+    order = evals + trains  # eval rows first: a cluster that holds one is rooted at it
+    found = {}
+    for root, member, jaccard in near_duplicate_clusters([row_text(rows[i]) for i in order], threshold, 128, 5):
+        if root < len(evals) <= member:
+            found[order[member]] = f"~{jaccard:.2f} Jaccard with eval row {rows[order[root]]['row_id']}"
+    return found
+
+
+def length_histogram(lengths: list[int], cutoff_len: int, buckets: int = 8) -> list[tuple[str, int]]:
+    width = max(1, -(-cutoff_len // buckets))
+    counts = [0] * buckets
+    for n in lengths:
+        counts[min(n // width, buckets - 1)] += 1
+    return [(f"{i * width}-{(i + 1) * width - 1}", c) for i, c in enumerate(counts)]
+
+
+def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, seed: int, out: Path,
+                decontamination_threshold: float | None = None) -> tuple[list[dict], dict]:
     """Write `out/sft`, `out/preference` and, with KTO rows, `out/kto` (HF DatasetDicts with train/eval),
     and `out/splits.parquet`.
 
@@ -85,10 +113,15 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
     """
     views: dict[str, dict[str, list]] = {view: {"train": [], "eval": []} for view in VIEW_FEATURES}
     quarantine, provenance, lengths = [], [], []
-    for row in rows:
+    splits = [split_of(row["content_hash"], val_size, seed) for row in rows]
+    leaks = contaminated(rows, splits, decontamination_threshold) if decontamination_threshold else {}
+    for index, (row, split) in enumerate(zip(rows, splits, strict=True)):
+        if index in leaks:
+            quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": "format",
+                               "reason": "contaminates_eval", "detail": leaks[index]})
+            continue
         messages = json.loads(row["messages"])
         tools = json.loads(row["tools"]) if row.get("tools") else None
-        split = split_of(row["content_hash"], val_size, seed)
         if row["kind"] == "sft":
             input_ids, labels = tokenize_sft(tokenizer, messages, tools)
             length = len(input_ids)
@@ -131,7 +164,10 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
         "preference_train": counts[("preference", "train")], "preference_eval": counts[("preference", "eval")],
         "kto_train": counts[("kto", "train")], "kto_eval": counts[("kto", "eval")],
         "max_tokens": max(lengths, default=0), "mean_tokens": round(sum(lengths) / max(len(lengths), 1), 1),
-        "cutoff_len": cutoff_len, "exceeds_cutoff_len": len(quarantine),
+        "cutoff_len": cutoff_len, "exceeds_cutoff_len": sum(q["reason"] == "exceeds_cutoff_len" for q in quarantine),
+        "contaminates_eval": len(leaks), "length_histogram": length_histogram(lengths, cutoff_len),
+        "rows_in_by_source": dict(Counter(r["source"] for r in rows)),
+        "rows_out_by_source": dict(Counter(p["source"] for p in provenance)),
         "sft_rows_without_labels": sum(all(l == IGNORE for l in r["labels"]) for s in views["sft"].values() for r in s),
     }
     return quarantine, report

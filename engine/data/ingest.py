@@ -37,7 +37,10 @@ def alpaca_prompt(record: dict, entry: DatasetEntry) -> list[dict]:
     system = text_field(record, entry.column("system"), required=False)
     if system:
         messages.append({"role": "system", "content": system})
-    for turn in record.get(entry.column("history")) or []:
+    history = record.get(entry.column("history")) or []
+    if not isinstance(history, list):
+        raise BadRow("wrong_type", f"column {entry.column('history')!r} must be a list of [user, assistant] pairs")
+    for turn in history:
         if not (isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
             raise BadRow("wrong_type", "history must be a list of [user, assistant] string pairs")
         messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]

@@ -9,7 +9,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from engine.data.readers import SUPPORTED_SUFFIXES, is_hf_dataset
+from engine.data.readers import SUPPORTED_SUFFIXES
 from engine.errors import RecipeError
 
 COLUMN_DEFAULTS = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
@@ -67,7 +67,8 @@ def load_registry(dataset_dir: str | Path, info_file: str) -> dict[str, DatasetE
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise RecipeError(f"{path}: the registry is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}")
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise RecipeError(f"{path}: the registry is not valid {kind}: {exc}") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: expected a mapping of dataset name to entry")
     entries = {}
