@@ -1,10 +1,11 @@
 import json
 
+import numpy as np
 import pytest
 
 
 from engine.data.clean import clean
-from engine.data.dedup import minhash_signatures, near_duplicate_clusters
+from engine.data.dedup import near_duplicate_clusters, signatures
 from engine.data.ingest import content_hash
 from engine.recipe import CleanSection
 
@@ -18,7 +19,7 @@ def row(i, user, answer, source="s"):
 def test_minhash_estimates_jaccard():
     a = "the quick brown fox jumps over the lazy dog " * 3
     b = a.replace("lazy", "sleepy")
-    sig = minhash_signatures([a, b], num_perm=256, k=5)
+    sig = signatures([a, b], num_perm=256, k=5)
     grams = lambda t: {t[i:i + 5] for i in range(len(t) - 4)}
     true = len(grams(a) & grams(b)) / len(grams(a) | grams(b))
     assert abs((sig[0] == sig[1]).mean() - true) < 0.1
@@ -117,3 +118,20 @@ def test_near_dedup_takes_explicit_bands_and_rows():
     kept, quarantine, _, _ = run_steps([sft(0, base), sft(1, base + "!")],
                                        {"step": "near_dedup", "num_perm": 128, "bands": 32, "rows": 4})
     assert [q["row_id"] for q in quarantine] == ["s:1"]
+
+
+def test_signatures_do_not_depend_on_neighbours_or_chunking():
+    texts = ["abcdefgh", "ijklmnop", "abc", "", "naïve café — déjà vu ✓", "ijklmnop"] * 5
+    whole = signatures(texts, num_perm=64, k=5)
+    for chunk in (1, 2, 7):
+        assert np.array_equal(signatures(texts, num_perm=64, k=5, chunk=chunk), whole)
+    assert np.array_equal(whole[1], whole[5])  # the same text, wherever it stands
+    assert not np.array_equal(whole[0], whole[1])
+
+
+def test_clusters_keep_their_lowest_index_and_chain():
+    base = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma"
+    texts = ["unrelated text about sorting numbers 1 2 3", base + "!", "another unrelated line of words", base,
+             base + "!!"]
+    found = near_duplicate_clusters(texts, threshold=0.8, num_perm=128, k=5)
+    assert sorted((kept, removed) for kept, removed, _ in found) == [(1, 3), (1, 4)]

@@ -1,46 +1,83 @@
-"""Deduplication: exact by normalized hash, near-duplicate by MinHash LSH (vectorised with numpy)."""
+"""Deduplication: exact by normalized hash, near-duplicate by MinHash LSH, vectorised for millions of rows.
+
+Signatures are one-permutation MinHash (OPH, Li et al. 2012) with rotation densification
+(Shrivastava & Li 2014): each character k-gram is hashed once and lands in one of `num_perm` bins,
+whose minimum is kept. That is one hash per shingle instead of `num_perm`, computed with numpy over
+whole chunks of documents; LSH banding, candidate checks and clustering are numpy too. bench/dedup.py
+measures it against datasketch's MinHashLSH.
+"""
 
 from __future__ import annotations
 
-import zlib
-from collections import defaultdict
-
 import numpy as np
 
-MERSENNE = np.uint64((1 << 61) - 1)
+EMPTY = np.uint32(0xFFFFFFFF)
+MIX1, MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+MAX_SHINGLE = 8  # a shingle is read as one little-endian 8-byte word
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer: a nonlinear scramble, so the (linear) MinHash permutations act as random ones."""
+    """splitmix64's finalizer, in place: a nonlinear scramble of packed shingles into uniform 64-bit hashes."""
+    t = np.empty_like(x)
     with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
+        for shift, mult in ((30, MIX1), (27, MIX2)):
+            np.right_shift(x, np.uint64(shift), out=t)
+            np.bitwise_xor(x, t, out=x)
+            np.multiply(x, mult, out=x)
+        np.right_shift(x, np.uint64(31), out=t)
+        np.bitwise_xor(x, t, out=x)
+    return x
 
 
-def shingle_hashes(text: str, k: int) -> np.ndarray:
-    """32-bit hashes of the text's character k-grams (the whole text if shorter than k)."""
-    data = text.encode("utf-8")
-    if len(data) <= k:
-        return np.array([zlib.crc32(data)], dtype=np.uint64)
-    grams = np.lib.stride_tricks.sliding_window_view(np.frombuffer(data, dtype=np.uint8), k)
-    # polynomial hash of each k-gram in one pass over the window axis
-    weights = np.uint64(16777619) ** np.arange(k, dtype=np.uint64)
-    return np.unique(mix64((grams.astype(np.uint64) * weights).sum(axis=1)) & np.uint64(0xFFFFFFFF))
+def chunk_signatures(encoded: list[bytes], num_perm: int, k: int) -> np.ndarray:
+    """(len(encoded), num_perm) uint32 OPH signatures of one chunk of UTF-8 documents (before densification)."""
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    buf = np.frombuffer(b"".join(encoded) + b"\0" * MAX_SHINGLE, dtype=np.uint8)
+    n = int(lengths.sum())
+    sig = np.full(len(encoded) * num_perm + 1, EMPTY)  # the last slot takes shingles that cross a document end
+    if n == 0:
+        return sig[:-1].reshape(len(encoded), num_perm)
+    x = np.ndarray(shape=(n,), dtype="<u8", buffer=buf, strides=(1,)).copy()  # byte i..i+7 as one word
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    offset = np.arange(n) - starts  # position inside its document
+    doc_len = np.repeat(lengths, lengths)
+    width = np.minimum(doc_len, k)  # a document shorter than k is one shingle: itself
+    np.bitwise_and(x, (np.uint64(1) << (np.uint64(8) * width.astype(np.uint64))) - np.uint64(1), out=x)
+    mix64(x)
+    bins = ((x >> np.uint64(32)) * np.uint64(num_perm)) >> np.uint64(32)  # Lemire's range reduction
+    slot = bins.view(np.int64)
+    slot += np.repeat(np.arange(len(encoded), dtype=np.int64) * num_perm, lengths)
+    slot[offset > doc_len - width] = len(encoded) * num_perm
+    np.minimum.at(sig, slot, x.astype(np.uint32))
+    return sig[:-1].reshape(len(encoded), num_perm)
 
 
-def minhash_signatures(texts: list[str], num_perm: int, k: int, seed: int = 1) -> np.ndarray:
-    """(n, num_perm) MinHash signatures: the permutations (a*h + b) mod (2^61 - 1), truncated to 32 bits."""
-    rng = np.random.default_rng(seed)
-    a = rng.integers(1, MERSENNE, size=num_perm, dtype=np.uint64)
-    b = rng.integers(0, MERSENNE, size=num_perm, dtype=np.uint64)
-    signatures = np.empty((len(texts), num_perm), dtype=np.uint64)
-    with np.errstate(over="ignore"):  # the product wraps modulo 2^64, exactly as datasketch's does
-        for i, text in enumerate(texts):
-            hashes = shingle_hashes(text, k)
-            signatures[i] = (((np.outer(hashes, a) + b) % MERSENNE) & np.uint64(0xFFFFFFFF)).min(axis=0)
-    return signatures
+def densify(sig: np.ndarray) -> np.ndarray:
+    """Fill each empty bin from the next non-empty one to its right (circularly), offset by the distance."""
+    empty = sig == EMPTY
+    rows = np.flatnonzero(empty.any(axis=1) & ~empty.all(axis=1))
+    if len(rows) == 0:
+        return sig
+    part, k = sig[rows], sig.shape[1]
+    doubled = np.concatenate([part, part], axis=1)
+    index = np.where(np.concatenate([~empty[rows]] * 2, axis=1), np.arange(2 * k, dtype=np.int16), 2 * k)
+    nearest = np.minimum.accumulate(index[:, ::-1], axis=1)[:, ::-1][:, :k]  # next non-empty bin at or after j
+    filled = np.take_along_axis(doubled, nearest, axis=1)
+    distance = (nearest - np.arange(k)).astype(np.uint32)
+    with np.errstate(over="ignore"):
+        sig[rows] = np.where(empty[rows], filled + distance * np.uint32(0x9E3779B9), part)
+    return sig
+
+
+def signatures(texts: list[str], num_perm: int, k: int, chunk: int = 8192) -> np.ndarray:
+    """(len(texts), num_perm) uint32 signatures; equal bins estimate the Jaccard similarity of k-gram sets."""
+    if not 1 <= k <= MAX_SHINGLE:
+        raise ValueError(f"shingle size {k}: expected 1 to {MAX_SHINGLE} characters")
+    out = np.empty((len(texts), num_perm), dtype=np.uint32)
+    for start in range(0, len(texts), chunk):
+        encoded = [t.encode("utf-8") for t in texts[start:start + chunk]]
+        out[start:start + len(encoded)] = densify(chunk_signatures(encoded, num_perm, k))
+    return out
 
 
 def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
@@ -56,40 +93,70 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     return best
 
 
+def band_candidates(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(m, 2) index pairs (first member of a bucket, another member) that share at least one band."""
+    pairs = []
+    weights = np.uint64(0x100000001B3) ** np.arange(rows, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for band in range(bands):
+            keys = (sig[:, band * rows:(band + 1) * rows].astype(np.uint64) * weights).sum(axis=1)
+            order = np.argsort(keys, kind="stable")
+            sorted_keys = keys[order]
+            same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1]) + 1  # positions that repeat the previous key
+            if len(same) == 0:
+                continue
+            run_start = np.maximum.accumulate(np.where(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]],
+                                                       np.arange(len(keys)), 0))
+            pairs.append(np.stack([order[run_start[same]], order[same]], axis=1))
+    if not pairs:
+        return np.empty((0, 2), dtype=np.int64)
+    pairs = np.concatenate(pairs)
+    pairs.sort(axis=1)
+    return np.unique(pairs, axis=0)
+
+
+def agreement(sig: np.ndarray, pairs: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Estimated Jaccard similarity of each pair: the fraction of equal signature bins."""
+    out = np.empty(len(pairs))
+    for start in range(0, len(pairs), chunk):
+        a, b = pairs[start:start + chunk, 0], pairs[start:start + chunk, 1]
+        out[start:start + chunk] = (sig[a] == sig[b]).mean(axis=1)
+    return out
+
+
+def components(n: int, edges: np.ndarray) -> np.ndarray:
+    """Connected components by min-label propagation: each node's label is the lowest index in its component."""
+    labels = np.arange(n)
+    while len(edges):
+        low = np.minimum(labels[edges[:, 0]], labels[edges[:, 1]])
+        before = labels.copy()
+        np.minimum.at(labels, edges[:, 0], low)
+        np.minimum.at(labels, edges[:, 1], low)
+        labels = labels[labels]  # pointer jumping
+        if np.array_equal(labels, before):
+            break
+    return labels
+
+
 def near_duplicate_clusters(texts: list[str], threshold: float, num_perm: int, k: int,
                             bands_rows: tuple[int, int] | None = None) -> list[tuple[int, int, float]]:
     """(kept, removed, estimated jaccard) for every near duplicate; `kept` is the lowest index of its cluster.
 
     LSH uses `bands_rows` when given, else the bands and rows that best separate pairs around `threshold`.
+    Texts with no characters are never near duplicates.
     """
     if len(texts) < 2:
         return []
-    sig = minhash_signatures(texts, num_perm, k)
+    sig = signatures(texts, num_perm, k)
+    sig[np.fromiter((not t for t in texts), dtype=bool, count=len(texts))] = EMPTY  # empty texts match nothing
     bands, rows = bands_rows or lsh_params(threshold, num_perm)
-    parent = list(range(len(texts)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for band in range(bands):
-        _, bucket = np.unique(sig[:, band * rows:(band + 1) * rows], axis=0, return_inverse=True)
-        members = defaultdict(list)
-        for index in np.flatnonzero(np.bincount(bucket)[bucket] > 1):
-            members[bucket[index]].append(index)
-        for group in members.values():
-            for i in group[1:]:
-                if (sig[group[0]] == sig[i]).mean() >= threshold:
-                    ri, rj = root(group[0]), root(i)
-                    parent[max(ri, rj)] = min(ri, rj)
-    result = []
-    for i in range(len(texts)):
-        r = root(i)
-        if r != i:
-            result.append((r, i, float((sig[r] == sig[i]).mean())))
-    return result
+    pairs = band_candidates(sig, bands, rows)
+    pairs = pairs[(sig[pairs[:, 0], 0] != EMPTY)] if len(pairs) else pairs
+    similar = pairs[agreement(sig, pairs) >= threshold] if len(pairs) else pairs
+    labels = components(len(texts), similar)
+    removed = np.flatnonzero(labels != np.arange(len(texts)))
+    estimate = agreement(sig, np.stack([labels[removed], removed], axis=1)) if len(removed) else []
+    return [(int(labels[i]), int(i), float(j)) for i, j in zip(removed, estimate, strict=True)]
 
 
 def exact_duplicates(keys: list[str]) -> list[tuple[int, int]]:
