@@ -9,15 +9,22 @@ import engine.data.dedup
 from assets.common import blocking_checks, counts_table, emit
 from engine.artifacts import Artifact, code_version
 from engine.data.clean import clean
+from engine.models import load_tokenizer, model_dir
 from engine.tables import CLUSTER_COLUMNS, QUARANTINE_COLUMNS, ROW_COLUMNS, read_rows, write_rows
 from pipelines.resources import Tuneline
 
 CODE = code_version(engine.data.clean, engine.data.dedup)
 
 
-def clean_to(out, raw: Artifact, recipe) -> dict:
+def token_counter(base: Artifact):
+    tokenizer = load_tokenizer(model_dir(base.path))
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def clean_to(out, raw: Artifact, base: Artifact, recipe) -> dict:
+    count_tokens = token_counter(base) if recipe.clean.counts_tokens() else None
     rows, quarantine, clusters, report = clean(read_rows(raw.path / "rows.parquet"), recipe.clean,
-                                               list(raw.metrics["by_source"]))
+                                               list(raw.metrics["by_source"]), count_tokens)
     write_rows(rows, out / "rows.parquet", ROW_COLUMNS)
     write_rows(quarantine, out / "quarantine.parquet", QUARANTINE_COLUMNS)
     write_rows(clusters, out / "clusters.parquet", CLUSTER_COLUMNS)
@@ -32,11 +39,13 @@ def accounted_by_source(rows: list[dict], quarantine: list[dict], rows_in: dict[
 
 @dg.asset(group_name="data", code_version=CODE, check_specs=blocking_checks(
     "clean_data", "every_row_accounted", "no_exact_duplicates", "quarantine_ratio_within_bound"))
-def clean_data(tuneline: Tuneline, raw_data: Artifact):
+def clean_data(tuneline: Tuneline, raw_data: Artifact, base_model: Artifact):
     """Rows fit to train on; every removed row is in the quarantine table with its step, reason and detail."""
     recipe = tuneline.recipe()
-    artifact = tuneline.build("clean_data", [raw_data], recipe.clean.model_dump(), CODE,
-                              lambda out: clean_to(out, raw_data, recipe))
+    # the tokenizer is an input only when token limits are set: otherwise a new base model re-cleans nothing
+    parents = [raw_data, base_model] if recipe.clean.counts_tokens() else [raw_data]
+    artifact = tuneline.build("clean_data", parents, recipe.clean.model_dump(), CODE,
+                              lambda out: clean_to(out, raw_data, base_model, recipe))
     if not artifact.cache_hit:
         catalog = tuneline.catalog()
         catalog.replace_rows("quarantine", artifact.fingerprint, artifact.path / "quarantine.parquet")

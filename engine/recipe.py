@@ -65,6 +65,11 @@ class LengthStep(Section):
     step: Literal["length"]
     min_chars: int = Field(1, ge=0)
     max_chars: int = Field(4000, ge=1)
+    min_tokens: int | None = Field(None, ge=0)  # counted with the base model's tokenizer over all of a row's texts
+    max_tokens: int | None = Field(None, ge=1)
+
+    def counts_tokens(self) -> bool:
+        return self.min_tokens is not None or self.max_tokens is not None
 
 
 class RepetitionStep(Section):
@@ -118,6 +123,9 @@ class CleanSection(Section):
     steps: list[CleanStep] = Field(default_factory=lambda: [TypeAdapter(CleanStep).validate_python(s)
                                                             for s in DEFAULT_CLEAN_STEPS])
     max_quarantine_ratio: float = Field(0.25, ge=0, le=1)  # the clean_data check fails above this
+
+    def counts_tokens(self) -> bool:
+        return any(isinstance(s, LengthStep) and s.counts_tokens() for s in self.steps)
 
 
 class TrainSection(Section):

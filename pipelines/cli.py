@@ -33,6 +33,10 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     warnings.filterwarnings("ignore", category=Warning, module="dagster")
     warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+    import llmcompressor  # noqa: F401 - it sets up its loguru sink on import, so silence it after
+    from loguru import logger
+    for package in ("llmcompressor", "compressed_tensors"):
+        logger.disable(package)
 
 
 def dagster_home(root: str) -> Path:
@@ -45,7 +49,8 @@ def dagster_home(root: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    quiet_libraries()
+    if not args.verbose:
+        quiet_libraries()
     from pipelines.resources import validated_recipe
     overrides = parse_overrides(args.set)
     validated_recipe(args.recipe, json.dumps(overrides, sort_keys=True))  # a bad recipe, data path or model path stops here, before any work
@@ -54,14 +59,30 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.definitions import ASSETS, resources
     root = str(Path(args.artifact_root).resolve())
     dagster_home(root)
+    selection = selection_of(args.select, dg)
     started = time.time()
     with dg.DagsterInstance.get() as instance:
         log_level = "DEBUG" if args.verbose else "WARNING"
         result = dg.materialize(ASSETS, resources=resources(args.recipe, root, overrides), instance=instance,
-                                selection=args.select or None, raise_on_error=False,
+                                selection=selection, raise_on_error=False,
                                 run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
     print(report(result, time.time() - started))
     return 0 if result.success else 1
+
+
+def selection_of(select: str | None, dg):
+    """`--select`: comma-separated asset names, or one Dagster selection string such as '*merged_model'."""
+    if not select:
+        return None
+    names = [s.strip() for s in select.split(",") if s.strip()]
+    selection = names if len(names) > 1 else names[0]
+    try:
+        from pipelines.definitions import ASSETS
+        dg.AssetSelection.from_coercible(selection).resolve(ASSETS)
+    except Exception as exc:
+        raise TunelineError(f"--select {select!r}: {exc} (expected asset names separated by commas, or a Dagster "
+                            "selection such as '*merged_model' for an asset and everything upstream)") from None
+    return selection
 
 
 def report(result, seconds: float) -> str:
@@ -109,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--artifact-root", default=os.environ.get("TUNELINE_HOME", ".tuneline"))
     run_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     run_p.add_argument("--verbose", action="store_true", help="show Dagster's step-by-step log")
-    run_p.add_argument("--select", help="Dagster asset selection, e.g. 'sft_adapter' or '*merged_model'")
+    run_p.add_argument("--select", help="assets to materialize: 'raw_data,clean_data' or a Dagster selection such "
+                                        "as '*merged_model' (an asset and everything upstream)")
     lineage_p = sub.add_parser("lineage", help="what made an artifact: ancestors, checks, data rows per source")
     lineage_p.add_argument("artifact", help="an artifact directory or fingerprint (a unique prefix is enough)")
     lineage_p.add_argument("--artifact-root", default=os.environ.get("TUNELINE_HOME", ".tuneline"))

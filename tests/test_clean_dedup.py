@@ -135,3 +135,18 @@ def test_clusters_keep_their_lowest_index_and_chain():
              base + "!!"]
     found = near_duplicate_clusters(texts, threshold=0.8, num_perm=128, k=5)
     assert sorted((kept, removed) for kept, removed, _ in found) == [(1, 3), (1, 4)]
+
+
+def test_length_in_tokens_counts_with_the_given_tokenizer():
+    rows = [sft(0, "one two"), sft(1, "one two three four five six"), sft(2, " ".join(["w"] * 40))]
+    count_words = lambda text: len(text.split())  # noqa: E731 - a stand-in tokenizer: one token per word
+    from pydantic import TypeAdapter
+
+    from engine.recipe import CleanStep
+    cfg = CleanSection(steps=[TypeAdapter(CleanStep).validate_python(
+        {"step": "length", "min_tokens": 4, "max_tokens": 30})])
+    kept, quarantine, _, _ = clean(rows, cfg, ["s"], count_tokens=count_words)
+    assert {q["row_id"]: q["reason"] for q in quarantine} == {"s:0": "too_few_tokens", "s:2": "too_many_tokens"}
+    assert [r["row_id"] for r in kept] == ["s:1"]
+    with pytest.raises(ValueError, match="no tokenizer"):
+        clean(rows, cfg, ["s"])

@@ -50,3 +50,8 @@ def test_lineage_of_an_unknown_fingerprint_says_so(tmp_path, capsys):
 def test_lineage_without_a_catalog_says_how_to_get_one(tmp_path, capsys):
     assert main(["lineage", "abc", "--artifact-root", str(tmp_path)]) == 2
     assert "no catalog at" in capsys.readouterr().err
+
+
+def test_an_invalid_selection_is_named(tmp_path, capsys):
+    assert main(["run", "--select", "sft_adapter nonsense", "--artifact-root", str(tmp_path / "root")]) == 2
+    assert "--select 'sft_adapter nonsense'" in capsys.readouterr().err

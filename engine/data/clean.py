@@ -104,8 +104,9 @@ def current_hash(row: dict) -> str:
 class Cleaner:
     """Runs the steps over rows, collecting quarantine, duplicate clusters and a per-step report."""
 
-    def __init__(self, rows: list[dict]):
+    def __init__(self, rows: list[dict], count_tokens: Callable[[str], int] | None = None):
         self.rows = [{**r, "messages": json.loads(r["messages"])} for r in rows]
+        self.count_tokens = count_tokens
         self.quarantine: list[dict] = []
         self.clusters: list[dict] = []
         self.pii_counts: Counter = Counter()
@@ -149,12 +150,22 @@ class Cleaner:
         return modified
 
     def length(self, cfg) -> None:
+        if cfg.counts_tokens() and self.count_tokens is None:
+            raise ValueError("the length step has token limits but no tokenizer was given to count with")
+
         def verdict(row):
             chars = sum(len(t) for t in row_texts(row))
             if chars < cfg.min_chars:
                 return "too_short", f"{chars} characters < min_chars {cfg.min_chars}"
             if chars > cfg.max_chars:
                 return "too_long", f"{chars} characters > max_chars {cfg.max_chars}"
+            if not cfg.counts_tokens():
+                return None
+            tokens = sum(self.count_tokens(t) for t in row_texts(row))
+            if cfg.min_tokens is not None and tokens < cfg.min_tokens:
+                return "too_few_tokens", f"{tokens} tokens < min_tokens {cfg.min_tokens}"
+            if cfg.max_tokens is not None and tokens > cfg.max_tokens:
+                return "too_many_tokens", f"{tokens} tokens > max_tokens {cfg.max_tokens}"
             return None
         self._filter("length", verdict)
 
@@ -213,11 +224,15 @@ class Cleaner:
                               "removed_row_id": removed["row_id"], "similarity": round(similarity, 3)})
 
 
-def clean(rows: list[dict], cfg: CleanSection, source_order: list[str]) -> tuple[list[dict], list[dict], list[dict], dict]:
-    """(kept rows, quarantined rows, duplicate clusters, report). Input rows are ingest's normalized rows."""
+def clean(rows: list[dict], cfg: CleanSection, source_order: list[str],
+          count_tokens: Callable[[str], int] | None = None) -> tuple[list[dict], list[dict], list[dict], dict]:
+    """(kept rows, quarantined rows, duplicate clusters, report). Input rows are ingest's normalized rows.
+
+    `count_tokens` (text -> token count) is needed when a length step sets token limits.
+    """
     priority = {name: i for i, name in enumerate(source_order)}
     ordered = sorted(rows, key=lambda r: (priority.get(r["source"], len(priority)), *row_position(r["row_id"])))
-    cleaner = Cleaner(ordered)
+    cleaner = Cleaner(ordered, count_tokens)
     for step in cfg.steps:
         cleaner.run(step)
     final = [{**r, "content_hash": current_hash(r), "messages": json.dumps(r["messages"], ensure_ascii=False)}
