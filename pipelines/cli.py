@@ -33,7 +33,13 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     warnings.filterwarnings("ignore", category=Warning, module="dagster")
     warnings.filterwarnings("ignore", message=".*is currently in beta.*")
-    import llmcompressor  # noqa: F401 - it sets up its loguru sink on import, so silence it after
+
+
+def quiet_llmcompressor() -> None:
+    """llm-compressor binds its log sink to stdout when imported: bind it to stderr, then silence it."""
+    import contextlib
+    with contextlib.redirect_stdout(sys.stderr):
+        import llmcompressor  # noqa: F401
     from loguru import logger
     for package in ("llmcompressor", "compressed_tensors"):
         logger.disable(package)
@@ -51,6 +57,7 @@ def dagster_home(root: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         quiet_libraries()
+        quiet_llmcompressor()
     from pipelines.resources import validated_recipe
     overrides = parse_overrides(args.set)
     validated_recipe(args.recipe, json.dumps(overrides, sort_keys=True))  # a bad recipe, data path or model path stops here, before any work
@@ -122,6 +129,40 @@ def lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_path(model: str, artifact_root: str) -> Path:
+    """A model directory as given, or the artifact a fingerprint names in the catalog."""
+    path = Path(model)
+    if path.is_dir():
+        return path
+    from engine.catalog import Catalog
+    from engine.lineage import resolve
+    from engine.models import model_dir
+    catalog_path = Path(artifact_root) / "catalog.duckdb"
+    if not catalog_path.is_file():
+        raise TunelineError(f"{model!r} is not a directory, and there is no catalog at {catalog_path} to look it up")
+    catalog = Catalog(catalog_path)
+    (found,), = catalog.query("SELECT path FROM artifacts WHERE fingerprint = ?", [resolve(catalog, model)])
+    return model_dir(Path(found))
+
+
+def chat(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from engine.chat import chat_loop, load_chat_model, reply
+    model, tokenizer = load_chat_model(model_path(args.model, args.artifact_root))
+    generation = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+    if args.prompt is not None:
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        print(reply(model, tokenizer, messages + [{"role": "user", "content": args.prompt}], **generation))
+        return 0
+    print("Chat with the model; `clear` starts over, `exit` ends.", file=sys.stderr)
+    prompts = (line for line in iter(lambda: input("User: "), None)) if sys.stdin.isatty() else sys.stdin
+    try:
+        chat_loop(model, tokenizer, prompts, print, system=args.system, **generation)
+    except (EOFError, KeyboardInterrupt):
+        pass
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tuneline", description="Declarative fine-tuning pipeline on Dagster.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,9 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     lineage_p.add_argument("--artifact-root", default=os.environ.get("TUNELINE_HOME", ".tuneline"))
     lineage_p.add_argument("--json", action="store_true", help="print the record as JSON")
     lineage_p.add_argument("--rows", metavar="FILE", help="write the training rows' ids and hashes to FILE (CSV)")
+    chat_p = sub.add_parser("chat", help="chat with a model through its chat template (like llamafactory-cli chat)")
+    chat_p.add_argument("model", help="a model directory, or the fingerprint of a merged, quantized or base model")
+    chat_p.add_argument("--prompt", help="answer this one prompt and exit (for scripts)")
+    chat_p.add_argument("--system", help="a system message")
+    chat_p.add_argument("--max-new-tokens", type=int, default=128)
+    chat_p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    chat_p.add_argument("--artifact-root", default=os.environ.get("TUNELINE_HOME", ".tuneline"))
     args = parser.parse_args(argv)
     try:
-        return {"run": run, "lineage": lineage}[args.command](args)
+        return {"run": run, "lineage": lineage, "chat": chat}[args.command](args)
     except TunelineError as exc:
         print(f"tuneline: {exc}", file=sys.stderr)
         return 2

@@ -50,8 +50,6 @@ class DatasetEntry(BaseModel):
         return tags
 
     def column(self, name: str) -> str:
-        if name == "messages" and "messages" not in self.columns and self.formatting == "sharegpt":
-            return "conversations"
         return self.columns.get(name, COLUMN_DEFAULTS[name])
 
     def tag(self, name: str) -> str:

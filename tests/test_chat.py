@@ -1,0 +1,35 @@
+import io
+
+import pytest
+
+from engine.chat import chat_loop, load_chat_model, reply
+from engine.errors import TunelineError
+from pipelines.cli import main
+
+
+def test_one_shot_prompt_gives_the_templated_greedy_answer(tiny_model_dir, capsys):
+    prompt = "Add the two numbers.\n120 + 345"
+    assert main(["chat", str(tiny_model_dir), "--prompt", prompt, "--system", "Be brief.", "--max-new-tokens", "6"]) == 0
+    printed = capsys.readouterr().out
+    model, tokenizer = load_chat_model(tiny_model_dir)
+    expected = reply(model, tokenizer, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": prompt}],
+                     max_new_tokens=6)
+    assert printed == expected + "\n"
+    said = []
+    assert chat_loop(model, tokenizer, [prompt], said.append, system="Be brief.", max_new_tokens=6) == 1
+    assert said == [f"Assistant: {expected}"]
+
+
+def test_interactive_chat_keeps_history_clears_and_exits(tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\nclear\nagain\nexit\nnever read\n"))
+    assert main(["chat", str(tiny_model_dir), "--max-new-tokens", "3", "--system", "Be brief."]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["Assistant", "(history cleared)", "Assistant"]
+
+
+def test_chat_refuses_an_adapter_or_a_non_model(tmp_path, capsys):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(TunelineError, match="is a LoRA adapter"):
+        load_chat_model(tmp_path)
+    assert main(["chat", "0123abcd", "--artifact-root", str(tmp_path)]) == 2
+    assert "no catalog at" in capsys.readouterr().err
