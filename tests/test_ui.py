@@ -88,7 +88,8 @@ def test_materialize_through_the_webserver_with_launchpad_overrides(webserver):
     launched = graphql(url, """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
         __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""", {"p": {
         "selector": {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"],
-                     "jobName": "full_pipeline", "assetSelection": [{"path": ["raw_data"]}, {"path": ["clean_data"]}]},
+                     "jobName": "full_pipeline",
+                     "assetSelection": [{"path": ["base_model"]}, {"path": ["raw_data"]}, {"path": ["clean_data"]}]},
         "runConfigData": {"resources": {"tuneline": {"config": {"overrides": {"clean.max_quarantine_ratio": 0.3}}}}}}})
     assert launched["data"]["launchRun"]["__typename"] == "LaunchRunSuccess", launched
     run_id = launched["data"]["launchRun"]["run"]["runId"]
