@@ -6,19 +6,26 @@ import engine.data.ingest
 import engine.data.registry
 from assets.common import blocking_checks, counts_table, emit
 from engine.artifacts import code_version
-from engine.data.ingest import ingest, source_identity
+from engine.data.ingest import ingest_stream, source_identity
 from engine.data.registry import recipe_sources
-from engine.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, read_rows, write_rows
+from engine.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, RowWriter, read_rows
 from pipelines.resources import Tuneline
 
 CODE = code_version(engine.data.ingest, engine.data.registry)
 
 
 def ingest_to(out, sources) -> dict:
-    rows, quarantine, counts = ingest(sources)
-    write_rows(rows, out / "rows.parquet", ROW_COLUMNS)
-    write_rows(quarantine, out / "quarantine.parquet", QUARANTINE_COLUMNS)
-    return {"rows": len(rows), "quarantined": len(quarantine), "by_source": counts}
+    """Stream every source into rows.parquet and quarantine.parquet; returns counts per source."""
+    counts = {}
+    with RowWriter(out / "rows.parquet", ROW_COLUMNS) as rows, \
+            RowWriter(out / "quarantine.parquet", QUARANTINE_COLUMNS) as quarantine:
+        for name, (entry, path) in sources.items():
+            before = (rows.count, quarantine.count)
+            for good, item in ingest_stream(name, entry, path):
+                (rows if good else quarantine).add(item)
+            accepted, rejected = rows.count - before[0], quarantine.count - before[1]
+            counts[name] = {"rows_in": accepted + rejected, "accepted": accepted, "quarantined": rejected}
+    return {"rows": rows.count, "quarantined": quarantine.count, "by_source": counts}
 
 
 @dg.asset(group_name="data", code_version=CODE, check_specs=blocking_checks("raw_data", "every_row_accounted"))

@@ -12,10 +12,40 @@ QUARANTINE_COLUMNS = ["source", "row_id", "stage", "reason", "detail"]
 CLUSTER_COLUMNS = ["cluster_id", "kind", "kept_row_id", "removed_row_id", "similarity"]
 
 
+def schema_of(columns: list[str]) -> pa.Schema:
+    return pa.schema([(c, pa.float64() if c == "similarity" else pa.string()) for c in columns])
+
+
 def write_rows(rows: list[dict], path: Path, columns: list[str]) -> Path:
-    schema = pa.schema([(c, pa.float64() if c == "similarity" else pa.string()) for c in columns])
-    pq.write_table(pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=schema), path)
+    pq.write_table(pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=schema_of(columns)),
+                   path)
     return path
+
+
+class RowWriter:
+    """Appends rows to a Parquet file in batches, so a table never has to be whole in memory."""
+
+    def __init__(self, path: Path, columns: list[str], batch: int = 10_000):
+        self.columns, self.batch, self.pending, self.count = columns, batch, [], 0
+        self.writer = pq.ParquetWriter(path, schema_of(columns))
+
+    def add(self, row: dict) -> None:
+        self.pending.append({c: row.get(c) for c in self.columns})
+        self.count += 1
+        if len(self.pending) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.writer.write_table(pa.Table.from_pylist(self.pending, schema=self.writer.schema))
+            self.pending = []
+
+    def __enter__(self) -> "RowWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()
+        self.writer.close()
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -154,3 +154,16 @@ def test_random_and_malformed_rows_never_crash_and_are_all_accounted(tmp_path, r
     assert len(rows) + len(quarantine) == len(records) + 1
     assert quarantine[-1]["reason"] == "invalid_json"
     assert all(q["reason"] and q["detail"] for q in quarantine)
+
+
+def test_raw_data_streams_rows_to_parquet_in_batches(tmp_path, monkeypatch):
+    from assets.raw_data import ingest_to
+    from engine import tables
+    file = write_as(tmp_path / "d.jsonl", ALPACA * 12 + ["not an object"])
+    monkeypatch.setattr(tables.RowWriter.__init__, "__defaults__", (5,))  # batches of 5 rows
+    counts = ingest_to(tmp_path, {"s": (DatasetEntry(file_name="d.jsonl"), file)})
+    assert counts == {"rows": 24, "quarantined": 1, "by_source": {"s": {"rows_in": 25, "accepted": 24,
+                                                                          "quarantined": 1}}}
+    written = pq.ParquetFile(tmp_path / "rows.parquet")
+    assert written.metadata.num_rows == 24 and written.metadata.num_row_groups == 5  # 5 + 5 + 5 + 5 + 4
+    assert pq.read_table(tmp_path / "quarantine.parquet").to_pylist()[0]["reason"] == "not_an_object"

@@ -165,24 +165,30 @@ def source_records(name: str, entry: DatasetEntry, path: Path) -> Iterator[tuple
     return islice(all_records(), entry.num_samples) if entry.num_samples else all_records()
 
 
-def ingest_source(name: str, entry: DatasetEntry, path: Path) -> tuple[list[dict], list[dict]]:
-    """All rows of one source: (normalized rows, quarantined rows with reason and detail)."""
-    rows, quarantined = [], []
+def ingest_stream(name: str, entry: DatasetEntry, path: Path) -> Iterator[tuple[bool, dict]]:
+    """One source, record by record: (True, normalized row) or (False, quarantined row with reason and detail)."""
     for row_id, record in source_records(name, entry, path):
         try:
             fields = normalize(record, entry)
         except BadRow as bad:
-            quarantined.append({"source": name, "row_id": row_id, "stage": "ingest",
-                                "reason": bad.reason, "detail": bad.detail})
+            yield False, {"source": name, "row_id": row_id, "stage": "ingest", "reason": bad.reason,
+                          "detail": bad.detail}
             continue
-        rows.append({
+        yield True, {
             "source": name, "row_id": row_id, "format": entry.formatting, "kind": fields["kind"],
             "content_hash": content_hash(fields["messages"], fields["chosen"], fields["rejected"], fields["tools"],
                                          fields["label"]),
             "messages": json.dumps(fields["messages"], ensure_ascii=False),
             "chosen": fields["chosen"], "rejected": fields["rejected"], "tools": fields["tools"],
             "label": fields["label"],
-        })
+        }
+
+
+def ingest_source(name: str, entry: DatasetEntry, path: Path) -> tuple[list[dict], list[dict]]:
+    """All rows of one source in memory: (normalized rows, quarantined rows). For small data and tests."""
+    rows, quarantined = [], []
+    for good, item in ingest_stream(name, entry, path):
+        (rows if good else quarantined).append(item)
     return rows, quarantined
 
 
