@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from engine.data.dedup import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, MAX_SHINGLE
 from engine.errors import RecipeError
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "pipelines" / "recipes"
@@ -98,8 +99,8 @@ class ExactDedupStep(Section):
 class NearDedupStep(Section):
     step: Literal["near_dedup"]
     threshold: float = Field(0.8, gt=0, le=1)
-    num_perm: int = Field(128, ge=16)
-    shingle_size: int = Field(5, ge=1)  # characters per shingle
+    num_perm: int = Field(DEFAULT_NUM_PERM, ge=16)
+    shingle_size: int = Field(DEFAULT_SHINGLE, ge=1, le=MAX_SHINGLE)  # characters per shingle
     bands: int | None = Field(None, ge=1)  # bands x rows <= num_perm; unset: chosen from the threshold
     rows: int | None = Field(None, ge=1)
 

@@ -39,3 +39,11 @@ def test_missing_recipe_file_and_unknown_name():
         load_recipe("/nowhere/recipe.yaml")
     with pytest.raises(RecipeError, match="no recipe named 'tinny'"):
         load_recipe("tinny")
+
+
+def test_a_shingle_size_the_dedup_cannot_read_stops_at_load(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("clean:\n  steps:\n    - {step: near_dedup, shingle_size: 12}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(str(bad))
+    assert "clean.steps.0.near_dedup.shingle_size" in str(err.value) and "less than or equal to 8" in str(err.value)

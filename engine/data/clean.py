@@ -83,6 +83,12 @@ def row_texts(row: dict, with_system: bool = True) -> list[str]:
     return turns + [t for t in (row["chosen"], row["rejected"]) if t]
 
 
+def dedup_text(row: dict) -> str:
+    """The text near-duplicates are judged on (near_dedup and decontamination alike): every turn but the system
+    prompt, which is boilerplate shared by design and would make distinct short rows look alike."""
+    return "\n".join(row_texts(row, with_system=False))
+
+
 def rewrite(row: dict, fn: Callable[[str], str]) -> dict:
     """The row with `fn` applied to every text; records whether anything changed."""
     messages = [{**m, "content": fn(m["content"])} for m in row["messages"]]
@@ -111,12 +117,14 @@ class Cleaner:
         self.clusters: list[dict] = []
         self.pii_counts: Counter = Counter()
         self.steps: list[dict] = []
+        self.step = ""
 
-    def drop(self, row: dict, step: str, reason: str, detail: str) -> None:
-        self.quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": f"clean:{step}",
+    def drop(self, row: dict, reason: str, detail: str) -> None:
+        self.quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": f"clean:{self.step}",
                                 "reason": reason, "detail": detail})
 
     def run(self, step) -> None:
+        self.step = step.step
         before, dropped_before = len(self.rows), len(self.quarantine)
         modified = getattr(self, step.step)(step) or 0
         removed = Counter(q["reason"] for q in self.quarantine[dropped_before:])
@@ -127,27 +135,28 @@ class Cleaner:
         self.rows = [rewrite(r, fn) for r in self.rows]
         return sum(r.pop("_changed") for r in self.rows)
 
-    def _filter(self, step: str, verdict: Callable[[dict], tuple[str, str] | None]) -> None:
+    def _filter(self, verdict: Callable[[dict], tuple[str, str] | None]) -> None:
         kept = []
         for row in self.rows:
             problem = verdict(row)
             if problem:
-                self.drop(row, step, *problem)
+                self.drop(row, *problem)
             else:
                 kept.append(row)
         self.rows = kept
 
-    def normalize(self, cfg) -> int:
-        modified = self._map(lambda t: re.sub(r"\s+", " ", unicodedata.normalize(cfg.form, t)).strip())
-        self._filter("normalize", lambda r: ("empty_after_normalization", "a message is empty once whitespace is "
-                                             "normalized") if any(not t for t in row_texts(r)) else None)
+    def _rewrite_and_drop_emptied(self, fn: Callable[[str], str], reason: str, detail: str) -> int:
+        """Apply `fn` (whitespace collapsed after it) to every text; a row left with an empty text goes."""
+        modified = self._map(lambda t: re.sub(r"\s+", " ", fn(t)).strip())
+        self._filter(lambda r: (reason, detail) if any(not t for t in row_texts(r)) else None)
         return modified
 
+    def normalize(self, cfg) -> int:
+        return self._rewrite_and_drop_emptied(lambda t: unicodedata.normalize(cfg.form, t), "empty_after_normalization",
+                                              "a message is empty once whitespace is normalized")
+
     def strip_html(self, cfg) -> int:
-        modified = self._map(lambda t: re.sub(r"\s+", " ", strip_html(t)).strip())
-        self._filter("strip_html", lambda r: ("empty_after_html_strip", "nothing but markup") if any(
-            not t for t in row_texts(r)) else None)
-        return modified
+        return self._rewrite_and_drop_emptied(strip_html, "empty_after_html_strip", "nothing but markup")
 
     def length(self, cfg) -> None:
         if cfg.counts_tokens() and self.count_tokens is None:
@@ -167,7 +176,7 @@ class Cleaner:
             if cfg.max_tokens is not None and tokens > cfg.max_tokens:
                 return "too_many_tokens", f"{tokens} tokens > max_tokens {cfg.max_tokens}"
             return None
-        self._filter("length", verdict)
+        self._filter(verdict)
 
     def repetition(self, cfg) -> None:
         def verdict(row):
@@ -179,7 +188,7 @@ class Cleaner:
                 return "repetitive", f"{fraction:.0%} of characters in repeated {cfg.ngram}-grams " \
                                      f"> {cfg.max_duplicate_fraction:.0%}"
             return None
-        self._filter("repetition", verdict)
+        self._filter(verdict)
 
     def pii(self, cfg) -> int:
         return self._map(lambda t: scrub_pii(t, cfg.kinds, self.pii_counts))
@@ -192,30 +201,29 @@ class Cleaner:
         def verdict(row):
             hit = next((m.group() for t in row_texts(row) if (m := pattern.search(t))), None)
             return ("blocklisted", f"contains {hit!r}") if hit else None
-        self._filter("blocklist", verdict)
+        self._filter(verdict)
 
     def exact_dedup(self, cfg) -> None:
         keys = [f"{r['kind']}:{current_hash(r)}" for r in self.rows]
         removed = set()
         for first, dup in exact_duplicates(keys):
             removed.add(dup)
-            self.drop(self.rows[dup], "exact_dedup", "exact_duplicate",
+            self.drop(self.rows[dup], "exact_duplicate",
                       f"same normalized content as {self.rows[first]['row_id']}")
             self.cluster("exact", self.rows[first], self.rows[dup], 1.0)
         self.rows = [r for i, r in enumerate(self.rows) if i not in removed]
 
     def near_dedup(self, cfg) -> None:
         removed = set()
+        bands_rows = (cfg.bands, cfg.rows) if cfg.bands else None
         for kind in ("sft", "preference", "kto"):
             idx = [i for i, r in enumerate(self.rows) if r["kind"] == kind]
-            # system prompts are boilerplate shared by design: they would make distinct short rows look alike
-            texts = ["\n".join(row_texts(self.rows[i], with_system=False)) for i in idx]
-            bands_rows = (cfg.bands, cfg.rows) if cfg.bands else None
+            texts = [dedup_text(self.rows[i]) for i in idx]
             for a, b, jaccard in near_duplicate_clusters(texts, cfg.threshold, cfg.num_perm, cfg.shingle_size,
                                                          bands_rows):
                 kept, dup = self.rows[idx[a]], self.rows[idx[b]]
                 removed.add(idx[b])
-                self.drop(dup, "near_dedup", "near_duplicate", f"~{jaccard:.2f} Jaccard with {kept['row_id']}")
+                self.drop(dup, "near_duplicate", f"~{jaccard:.2f} Jaccard with {kept['row_id']}")
                 self.cluster("near", kept, dup, jaccard)
         self.rows = [r for i, r in enumerate(self.rows) if i not in removed]
 

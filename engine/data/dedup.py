@@ -14,6 +14,7 @@ import numpy as np
 EMPTY = np.uint32(0xFFFFFFFF)
 MIX1, MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 MAX_SHINGLE = 8  # a shingle is read as one little-endian 8-byte word
+DEFAULT_NUM_PERM, DEFAULT_SHINGLE = 128, 5
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -147,8 +148,7 @@ def near_duplicate_clusters(texts: list[str], threshold: float, num_perm: int, k
     """
     if len(texts) < 2:
         return []
-    sig = signatures(texts, num_perm, k)
-    sig[np.fromiter((not t for t in texts), dtype=bool, count=len(texts))] = EMPTY  # empty texts match nothing
+    sig = signatures(texts, num_perm, k)  # an empty text has no shingles: its row stays EMPTY and matches nothing
     bands, rows = bands_rows or lsh_params(threshold, num_perm)
     pairs = band_candidates(sig, bands, rows)
     pairs = pairs[(sig[pairs[:, 0], 0] != EMPTY)] if len(pairs) else pairs

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, Features, List, Value
 
-from engine.data.dedup import near_duplicate_clusters
-
+from engine.data.clean import dedup_text
+from engine.data.dedup import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, near_duplicate_clusters
 from engine.errors import DataError
 
 IGNORE = -100
@@ -78,18 +78,14 @@ def split_of(content_hash: str, val_size: float, seed: int) -> str:
     return "eval" if random.Random(f"{seed}:{content_hash}").random() < val_size else "train"
 
 
-def row_text(row: dict) -> str:
-    turns = [m["content"] for m in json.loads(row["messages"]) if m["role"] != "system"]
-    return "\n".join(turns + [t for t in (row["chosen"], row["rejected"]) if t])
-
-
 def contaminated(rows: list[dict], splits: list[str], threshold: float) -> dict[int, str]:
     """{index of a train row: detail} for every train row that near-duplicates an eval row."""
     evals = [i for i, s in enumerate(splits) if s == "eval"]
     trains = [i for i, s in enumerate(splits) if s == "train"]
     order = evals + trains  # eval rows first: a cluster that holds one is rooted at it
     found = {}
-    for root, member, jaccard in near_duplicate_clusters([row_text(rows[i]) for i in order], threshold, 128, 5):
+    texts = [dedup_text({**rows[i], "messages": json.loads(rows[i]["messages"])}) for i in order]
+    for root, member, jaccard in near_duplicate_clusters(texts, threshold, DEFAULT_NUM_PERM, DEFAULT_SHINGLE):
         if root < len(evals) <= member:
             found[order[member]] = f"~{jaccard:.2f} Jaccard with eval row {rows[order[root]]['row_id']}"
     return found
