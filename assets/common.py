@@ -43,3 +43,13 @@ def counts_table(counts: dict[str, Any], key: str = "reason", value: str = "rows
 
 def passed(checks: dict[str, tuple[bool, str]]) -> dict[str, bool]:
     return {name: ok for name, (ok, _) in checks.items()}
+
+
+def tracking_metadata(artifact: Artifact, report_to: str) -> dict[str, str]:
+    """The command that shows a stage's run in its tracker, when the recipe asked for one."""
+    from engine.train.common import TENSORBOARD_DIR, mlflow_uri
+    if report_to == "tensorboard":
+        return {"tracking": f"tensorboard --logdir {artifact.path / TENSORBOARD_DIR}"}
+    if report_to == "mlflow":
+        return {"tracking": f"mlflow ui --backend-store-uri {mlflow_uri(artifact.path)}"}
+    return {}

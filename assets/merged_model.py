@@ -8,6 +8,7 @@ import engine.lineage
 import engine.models
 from assets.common import blocking_checks, emit, passed
 from engine.artifacts import Artifact, code_version
+from engine.train.common import trained_weights
 from engine.export.docs import write_export_docs
 from engine.export.merge import merge
 from engine.lineage import export_lineage
@@ -25,7 +26,7 @@ def merged_checks(m: dict, recipe) -> dict[str, tuple[bool, str]]:
 
 def merge_to(out, tuneline: Tuneline, base: Artifact, sft: Artifact, dpo: Artifact, formatted: Artifact) -> dict:
     recipe = tuneline.recipe()
-    metrics = merge(model_dir(base.path), sft.path / "adapter", dpo.path / "adapter", formatted.path, out)
+    metrics = merge(model_dir(base.path), trained_weights(sft.path), trained_weights(dpo.path), formatted.path, out)
     lineage = export_lineage(tuneline.catalog(), [a.fingerprint for a in (base, sft, dpo, formatted)],
                              recipe.model_dump())
     write_export_docs(out, f"{recipe.name} merged model", lineage, metrics, passed(merged_checks(metrics, recipe)))
@@ -33,11 +34,11 @@ def merge_to(out, tuneline: Tuneline, base: Artifact, sft: Artifact, dpo: Artifa
 
 
 @dg.asset(group_name="export", code_version=CODE, check_specs=blocking_checks("merged_model", "logits_match_adapters"))
-def merged_model(tuneline: Tuneline, base_model: Artifact, sft_adapter: Artifact, dpo_adapter: Artifact,
+def merged_model(tuneline: Tuneline, pt_model: Artifact, sft_adapter: Artifact, dpo_adapter: Artifact,
                  formatted_data: Artifact):
     """A standalone model: reloads with plain transformers and gives the adapter model's logits."""
     recipe = tuneline.recipe()
-    parents = [base_model, sft_adapter, dpo_adapter, formatted_data]
+    parents = [pt_model, sft_adapter, dpo_adapter, formatted_data]
     artifact = tuneline.build("merged_model", parents, recipe.merge.model_dump(), CODE,
                               lambda out: merge_to(out, tuneline, *parents))
     m = artifact.metrics

@@ -144,6 +144,29 @@ def preference_rows(rng, words, n):
     return rows
 
 
+def kto_rows(rng, words, n):
+    """Single answers labelled desirable (true) or not (false): KTO's data, as LLaMA-Factory's kto_tag column."""
+    rows = []
+    for _ in range(n):
+        instruction, query, answer = task(rng, words)
+        good = rng.random() < 0.5
+        rows.append({"instruction": instruction, "input": query,
+                     "output": answer if good else wrong_answer(rng, answer, query), "label": good})
+    return rows
+
+
+def pt_rows(rng, words, n):
+    """Plain prose about the tasks, one document per row: continued pre-training's raw text ({"text": ...})."""
+    rows = []
+    for _ in range(n):
+        sentences = []
+        for _ in range(rng.randint(2, 4)):
+            instruction, query, answer = task(rng, words)
+            sentences.append(f"{instruction[:-1]}: given {query}, the answer is {answer}.")
+        rows.append(json.dumps({"text": " ".join(sentences)}))
+    return rows + [json.dumps({"text": ""}), json.dumps({"text": 17})]  # an empty and a non-text row: quarantined
+
+
 def main() -> None:
     rng = random.Random(SEED)
     words = make_words(rng, 400)
@@ -151,6 +174,9 @@ def main() -> None:
     (HERE / "sharegpt_tasks.json").write_text(json.dumps(sharegpt_rows(rng, words, 400), indent=1) + "\n")
     (HERE / "openai_tasks.jsonl").write_text("\n".join(openai_rows(rng, words, 400)) + "\n")
     (HERE / "preference_tasks.json").write_text(json.dumps(preference_rows(rng, words, 700), indent=1) + "\n")
+    kto_rng = random.Random(SEED + 1)  # its own stream: the files above stay byte-identical
+    (HERE / "kto_tasks.json").write_text(json.dumps(kto_rows(kto_rng, words, 400), indent=1) + "\n")
+    (HERE / "pt_corpus.jsonl").write_text("\n".join(pt_rows(random.Random(SEED + 2), words, 300)) + "\n")
 
 
 if __name__ == "__main__":

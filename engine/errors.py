@@ -15,3 +15,7 @@ class DataError(TunelineError):
 
 class CheckFailed(TunelineError):
     """A quality check that guards downstream work did not pass."""
+
+
+class ServeError(TunelineError):
+    """A model server could not start, did not become healthy, or the asked-for backend is unavailable."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -38,15 +39,20 @@ def perplexity(model, dataset, pad_id: int, batch_size: int = 32) -> float:
     return math.exp(total / max(count, 1))
 
 
-@torch.no_grad()
 def reward_scores(model, tokenizer, conversations: list[list[dict]], batch_size: int = 32) -> list[float]:
     """The reward model's scalar score for each whole conversation, rendered with the chat template."""
+    ids = [tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"] for c in conversations]
+    return reward_scores_of_ids(model, ids, tokenizer.pad_token_id, batch_size)
+
+
+@torch.no_grad()
+def reward_scores_of_ids(model, sequences: list[list[int]], pad_id: int, batch_size: int = 32) -> list[float]:
+    """The reward model's scalar score for each token sequence (right-padded batches)."""
     model.eval()
     scores = []
-    for start in range(0, len(conversations), batch_size):
-        ids = [tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]
-               for c in conversations[start:start + batch_size]]
-        input_ids = padded(ids, tokenizer.pad_token_id)
+    for start in range(0, len(sequences), batch_size):
+        ids = sequences[start:start + batch_size]
+        input_ids = padded(ids, pad_id)
         mask = padded([[1] * len(x) for x in ids], 0)
         scores += model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().tolist()
     return scores
@@ -59,15 +65,60 @@ def pairwise_accuracy(model, tokenizer, preference_rows) -> float:
     return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / max(len(chosen), 1)
 
 
-@torch.no_grad()
 def greedy_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 24) -> list[str]:
-    """Greedy completions for chat prompts (left-padded batch)."""
-    model.eval()
+    """Greedy completions for chat prompts."""
     ids = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
            for p in prompts]
-    width = max(len(x) for x in ids)
-    input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids])
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-    out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+    return greedy_from_ids(model, tokenizer, ids, max_new_tokens)
+
+
+@torch.no_grad()
+def greedy_from_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 32) -> list[str]:
+    """Greedy completions for already-rendered prompt token ids (left-padded batches)."""
+    model.eval()
+    answers = []
+    for start in range(0, len(prompts), batch_size):
+        ids = prompts[start:start + batch_size]
+        width = max(len(x) for x in ids)
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids])
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+    return answers
+
+
+@dataclass(frozen=True)
+class AnswerExample:
+    """One held-out SFT row as a question: the tokens before its last answer, and that answer's text."""
+    prompt_ids: list[int]
+    reference: str
+
+
+def answer_examples(dataset, tokenizer, limit: int) -> list[AnswerExample]:
+    """The first `limit` rows of an SFT view's eval split: its last trained span is the reference answer."""
+    examples = []
+    for row in dataset.select(range(min(limit, len(dataset)))):
+        labels = row["labels"]
+        end = max(i for i, label in enumerate(labels) if label != IGNORE)
+        start = end
+        while start > 0 and labels[start - 1] != IGNORE:
+            start -= 1
+        reference = tokenizer.decode(row["input_ids"][start:end + 1], skip_special_tokens=True).strip()
+        examples.append(AnswerExample(row["input_ids"][:start], reference))
+    return examples
+
+
+def turn_suffix(tokenizer) -> str:
+    """What the chat template writes after an assistant message's content (ChatML: "<|im_end|>\n")."""
+    user = [{"role": "user", "content": "x"}]
+    prefix = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": "y"}], tokenize=False)
+    return full[len(prefix):].split("y", 1)[1]
+
+
+def answered_sequences(tokenizer, examples: list[AnswerExample], answers: list[str]) -> list[list[int]]:
+    """Each prompt followed by an answer, closed as the chat template closes a turn: what the reward model reads."""
+    suffix = turn_suffix(tokenizer)
+    return [e.prompt_ids + tokenizer(a + suffix, add_special_tokens=False)["input_ids"]
+            for e, a in zip(examples, answers, strict=True)]

@@ -101,6 +101,19 @@ def load_causal_lm(path: Path, **kwargs):
     return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, dtype=torch.float32, **kwargs)
 
 
+def load_with_adapters(base_dir: Path, *stages: Path):
+    """The base model with each training stage applied in order (SFT, then DPO): a LoRA/DoRA adapter
+    directory is merged in; a full-weights directory (full or freeze fine-tuning) replaces the model."""
+    from peft import PeftModel
+    model = load_causal_lm(base_dir)
+    for stage in stages:
+        if (stage / "adapter_config.json").is_file():
+            model = PeftModel.from_pretrained(model, stage).merge_and_unload()
+        else:
+            model = load_causal_lm(stage)
+    return model
+
+
 def load_reward_model(path: Path):
     return AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False, dtype=torch.float32)
 

@@ -130,11 +130,15 @@ class CleanSection(Section):
 
 
 class TrainSection(Section):
-    finetuning_type: Literal["lora"] = "lora"
+    finetuning_type: Literal["lora", "dora", "full", "freeze"] = "lora"
+    freeze_trainable_layers: int = 2  # freeze: train the last n decoder layers (negative: the first n)
+    quantization_bit: Literal[4, 8] | None = None  # QLoRA: the frozen base loaded in 4/8 bits by bitsandbytes (CUDA)
     lora_rank: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     lora_target: str = "all"  # "all" or comma-separated module names, as in LLaMA-Factory
+    loraplus_lr_ratio: float | None = Field(None, gt=0)  # LoRA+: B matrices learn this many times faster than A
+    report_to: Literal["none", "tensorboard", "mlflow"] = "none"  # in the artifact: tensorboard/ or mlflow.db
     learning_rate: float = Field(1e-3, gt=0)
     num_train_epochs: float = Field(1.0, gt=0)
     max_steps: int = -1
@@ -145,9 +149,27 @@ class TrainSection(Section):
     logging_steps: int = Field(10, ge=1)
     seed: int = 42
 
+    @model_validator(mode="after")
+    def adapter_options_need_an_adapter(self):
+        adapter = self.finetuning_type in ("lora", "dora")
+        if self.freeze_trainable_layers == 0:
+            raise ValueError("freeze_trainable_layers: 0 trains nothing; use n > 0 (last n layers) or n < 0 (first n)")
+        if self.quantization_bit and not adapter:
+            raise ValueError(f"quantization_bit (QLoRA) trains an adapter on a frozen quantized base: it needs "
+                             f"finetuning_type lora or dora, not {self.finetuning_type}")
+        if self.loraplus_lr_ratio and not adapter:
+            raise ValueError(f"loraplus_lr_ratio needs finetuning_type lora or dora, not {self.finetuning_type}")
+        return self
+
+
+class PtSection(TrainSection):
+    """Continued pre-training on raw text before SFT (LLaMA-Factory's stage pt). Off while `dataset` is empty."""
+    dataset: list[str] = Field(default_factory=list)  # registry names; each row's `prompt` column is the text
+    learning_rate: float = Field(5e-4, gt=0)
+
 
 class SftSection(TrainSection):
-    pass
+    packing: bool = False  # pack several rows into one cutoff_len sequence (boundaries kept, no cross-row attention)
 
 
 class RewardSection(TrainSection):
@@ -156,8 +178,9 @@ class RewardSection(TrainSection):
 
 class DpoSection(TrainSection):
     pref_beta: float = Field(0.1, gt=0)
-    pref_loss: Literal["sigmoid"] = "sigmoid"
+    pref_loss: Literal["sigmoid", "ipo", "orpo", "kto"] = "sigmoid"  # kto trains on the KTO view (kto_tag data)
     learning_rate: float = Field(5e-4, gt=0)
+    min_reward_gain: float = 0.0  # gate: the DPO model's mean reward-model score minus the SFT model's, at least this
 
 
 class MergeSection(Section):
@@ -169,6 +192,27 @@ class QuantizeSection(Section):
     group_size: int = Field(32, ge=8)
     calibration_samples: int = Field(64, ge=1)
     max_ppl_ratio: float = Field(1.5, ge=1)  # quantized eval perplexity may be at most this x merged
+    max_accuracy_drop: float = Field(0.05, ge=0, le=1)  # gate: task accuracy may fall at most this far below merged
+
+
+class EvaluationSection(Section):
+    """Held-out perplexity (whole eval split), task accuracy by generation, the reward model's mean score."""
+    max_samples: int = Field(128, ge=1)  # eval rows answered by greedy generation
+    max_new_tokens: int = Field(32, ge=1)
+    scorer: str = "exact_match"  # or char_similarity, or "module:function": (prediction, reference) -> score in [0, 1]
+    lm_eval_tasks: list[str] = Field(default_factory=list)  # run through lm-eval (must be installed) on full models
+    lm_eval_limit: int | None = Field(None, ge=1)  # examples per lm-eval task; None: all
+
+
+class ServeSection(Section):
+    """The `deployment` asset and `tuneline serve`: an OpenAI-compatible server for one export."""
+    model: Literal["merged", "gptq", "awq"] = "awq"
+    served_model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # None: <recipe>-<model>
+    infer_backend: Literal["auto", "vllm", "huggingface"] = "auto"  # auto: vLLM when importable with a GPU
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_model_len: int | None = Field(None, ge=8)  # None: the model's max_position_embeddings
+    startup_timeout_seconds: int = Field(300, ge=5)  # the health check waits this long before giving up
 
 
 class RetentionSection(Section):
@@ -186,11 +230,14 @@ class Recipe(Section):
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     clean: CleanSection = CleanSection()
+    pt: PtSection = PtSection()
     sft: SftSection = SftSection()
     reward: RewardSection = RewardSection()
     dpo: DpoSection = DpoSection()
     merge: MergeSection = MergeSection()
     quantize: QuantizeSection = QuantizeSection()
+    evaluation: EvaluationSection = EvaluationSection()
+    serve: ServeSection = ServeSection()
     retention: RetentionSection = RetentionSection()
     schedule: ScheduleSection = ScheduleSection()
 

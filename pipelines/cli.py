@@ -54,7 +54,8 @@ def dagster_home(root: str) -> Path:
     return home
 
 
-def run(args: argparse.Namespace) -> int:
+def materialize(args: argparse.Namespace, select: str | None):
+    """Materialize `select` (None: everything) with the CLI's recipe, overrides and artifact root."""
     if not args.verbose:
         quiet_libraries()
         quiet_llmcompressor()
@@ -66,14 +67,36 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.definitions import ASSETS, resources
     root = str(Path(args.artifact_root).resolve())
     dagster_home(root)
-    selection = selection_of(args.select, dg)
+    selection = selection_of(select, dg)
     started = time.time()
     with dg.DagsterInstance.get() as instance:
         log_level = "DEBUG" if args.verbose else "WARNING"
         result = dg.materialize(ASSETS, resources=resources(args.recipe, root, overrides), instance=instance,
                                 selection=selection, raise_on_error=False,
                                 run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
-    print(report(result, time.time() - started))
+    return result, time.time() - started
+
+
+def run(args: argparse.Namespace) -> int:
+    result, seconds = materialize(args, args.select)
+    print(report(result, seconds))
+    return 0 if result.success else 1
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Evaluate every stage (building what is missing upstream) and, with --compare, print them side by side."""
+    result, seconds = materialize(args, "*model_comparison")
+    print(report(result, seconds))
+    comparison = [e for e in result.get_asset_materialization_events()
+                  if e.asset_key.to_user_string() == "model_comparison"]
+    if not comparison:
+        return 1
+    if args.compare:
+        directory = Path(comparison[0].materialization.metadata["path"].value)
+        metrics = json.loads((directory / "manifest.json").read_text())["metrics"]
+        print("\n" + metrics["table"] + "\n")
+        for name, gate in metrics["gates"].items():
+            print(f"{'pass' if gate['passed'] else 'FAIL'}  {name}: {gate['detail']}")
     return 0 if result.success else 1
 
 
@@ -163,16 +186,105 @@ def chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve(args: argparse.Namespace) -> int:
+    """Serve a deployment (or any full model) until Ctrl-C or SIGTERM, then stop the server cleanly."""
+    quiet_libraries()
+    import signal
+    import tempfile
+    from engine.serve import Server, choose_backend, read_serve_config, server_command, write_serve_config
+    from pipelines.resources import validated_recipe
+    recipe = validated_recipe(args.recipe, json.dumps(parse_overrides(args.set), sort_keys=True))
+    with tempfile.TemporaryDirectory(prefix="tuneline-serve-") as scratch:
+        directory = serve_directory(args, recipe, Path(scratch), write_serve_config)
+        config = read_serve_config(directory)
+        backend = choose_backend(args.backend or recipe.serve.infer_backend)
+        host, port = args.host or config["host"], args.port or config["port"]
+        if args.dry_run:
+            print(json.dumps(config, indent=2))
+            for name in ("vllm", "huggingface"):
+                print(f"{name}{' (chosen)' if name == backend else ''}: "
+                      f"{' '.join(server_command(config, directory, name, host, port))}")
+            return 0
+        server = Server(directory, backend, host, port, recipe.serve.startup_timeout_seconds)
+        signal.signal(signal.SIGTERM, interrupt)
+        with server:
+            print(f"serving {config['served_model_name']} ({backend}) at {server.base_url}; Ctrl-C stops it",
+                  flush=True)
+            try:
+                while server.process.poll() is None:
+                    time.sleep(1)
+                print(f"tuneline: the server exited with code {server.process.returncode}:\n{server.log_tail()}",
+                      file=sys.stderr)
+                return 1
+            except KeyboardInterrupt:
+                print("stopping the server", file=sys.stderr)
+    return 0
+
+
+def interrupt(*_) -> None:
+    """SIGTERM stops `tuneline serve` as Ctrl-C does: through the server's clean shutdown."""
+    raise KeyboardInterrupt
+
+
+def serve_directory(args: argparse.Namespace, recipe, scratch: Path, write_serve_config) -> Path:
+    """The deployment to serve: `deployment` (the latest), a deployment directory, or a model to deploy ad hoc."""
+    if args.model == "deployment":
+        pointer = Path(args.artifact_root) / "pointers" / "deployment.json"
+        if not pointer.is_file():
+            raise TunelineError(f"no deployment under {args.artifact_root}: run `tuneline run` first (it gates and "
+                                "deploys), or name a model directory")
+        return Path(json.loads(pointer.read_text())["path"])
+    path = model_path(args.model, args.artifact_root)
+    if (path / "serve.json").is_file():
+        return path
+    name = args.served_model_name or f"{recipe.name}-{path.name}"
+    write_serve_config(path, name, recipe.serve, scratch)
+    return scratch
+
+
+def import_llamafactory(args: argparse.Namespace) -> int:
+    from engine.llamafactory import import_configs
+    text, unmapped = import_configs([Path(p) for p in args.configs])
+    for line in unmapped:
+        print(f"tuneline: warning: {line}", file=sys.stderr)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}; run it with `tuneline run --recipe {args.output}`", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
+
+
+def recipe_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", default="tiny", help="a recipe name in pipelines/recipes/ or a YAML path")
+    parser.add_argument("--artifact-root", default=os.environ.get("TUNELINE_HOME", ".tuneline"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tuneline", description="Declarative fine-tuning pipeline on Dagster.")
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="materialize the asset graph (all of it, or --select)")
-    run_p.add_argument("--recipe", default="tiny", help="a recipe name in pipelines/recipes/ or a YAML path")
-    run_p.add_argument("--artifact-root", default=os.environ.get("TUNELINE_HOME", ".tuneline"))
-    run_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    recipe_options(run_p)
     run_p.add_argument("--verbose", action="store_true", help="show Dagster's step-by-step log")
     run_p.add_argument("--select", help="assets to materialize: 'raw_data,clean_data' or a Dagster selection such "
                                         "as '*merged_model' (an asset and everything upstream)")
+    eval_p = sub.add_parser("eval", help="evaluate base, SFT, DPO, merged, GPTQ and AWQ models and check the gates")
+    recipe_options(eval_p)
+    eval_p.add_argument("--verbose", action="store_true", help="show Dagster's step-by-step log")
+    eval_p.add_argument("--compare", action="store_true", help="print the comparison table and each gate")
+    serve_p = sub.add_parser("serve", help="an OpenAI-compatible server: vLLM on a GPU, transformers serve on CPU")
+    serve_p.add_argument("model", help="'deployment' (the latest), a deployment or model directory, or a fingerprint")
+    recipe_options(serve_p)
+    serve_p.add_argument("--host", help="default: serve.host of the recipe (127.0.0.1)")
+    serve_p.add_argument("--port", type=int, help="default: serve.port of the recipe")
+    serve_p.add_argument("--backend", choices=["auto", "vllm", "huggingface"], help="default: serve.infer_backend")
+    serve_p.add_argument("--served-model-name", help="for a model directory (a deployment has its own)")
+    serve_p.add_argument("--dry-run", action="store_true",
+                         help="print the serve config and command lines, start nothing")
+    import_p = sub.add_parser("import-llamafactory", help="turn LLaMA-Factory training YAMLs into one tuneline recipe")
+    import_p.add_argument("configs", nargs="+", help="LLaMA-Factory YAML files, one per stage (sft, rm, dpo, kto, pt)")
+    import_p.add_argument("-o", "--output", help="write the recipe here (default: print it)")
     lineage_p = sub.add_parser("lineage", help="what made an artifact: ancestors, checks, data rows per source")
     lineage_p.add_argument("artifact", help="an artifact directory or fingerprint (a unique prefix is enough)")
     lineage_p.add_argument("--artifact-root", default=os.environ.get("TUNELINE_HOME", ".tuneline"))
@@ -187,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     chat_p.add_argument("--artifact-root", default=os.environ.get("TUNELINE_HOME", ".tuneline"))
     args = parser.parse_args(argv)
     try:
-        return {"run": run, "lineage": lineage, "chat": chat}[args.command](args)
+        commands = {"run": run, "eval": evaluate, "serve": serve, "import-llamafactory": import_llamafactory,
+                    "lineage": lineage, "chat": chat}
+        return commands[args.command](args)
     except TunelineError as exc:
         print(f"tuneline: {exc}", file=sys.stderr)
         return 2

@@ -10,10 +10,13 @@ import dagster as dg
 
 from assets.base_model import base_model
 from assets.clean_data import clean_data
+from assets.deployment import deployment
 from assets.dpo_adapter import dpo_adapter
+from assets.evaluation import EVAL_ASSETS, model_comparison
 from assets.formatted_data import formatted_data
 from assets.merged_model import merged_model
 from assets.quantized_models import awq_model, gptq_model
+from assets.pt_model import pt_model
 from assets.raw_data import raw_data
 from assets.reward_model import reward_model
 from assets.sft_adapter import sft_adapter
@@ -21,11 +24,11 @@ from engine.recipe import load_recipe
 from pipelines.automation import incoming_data_sensor, retrain_schedule
 from pipelines.resources import ArtifactIOManager, Tuneline
 
-ASSETS = [base_model, raw_data, clean_data, formatted_data, sft_adapter, reward_model, dpo_adapter, merged_model,
-          gptq_model, awq_model]
+ASSETS = [base_model, raw_data, clean_data, formatted_data, pt_model, sft_adapter, reward_model, dpo_adapter, merged_model,
+          gptq_model, awq_model, *EVAL_ASSETS, model_comparison, deployment]
 
 full_pipeline = dg.define_asset_job("full_pipeline", selection=dg.AssetSelection.all(),
-                                    description="Materialize every stage, data to quantized exports.")
+                                    description="Materialize every stage: data, training, exports, evaluation and the gated deployment.")
 
 
 def resources(recipe: str | None = None, artifact_root: str | None = None, overrides: dict | None = None) -> dict:

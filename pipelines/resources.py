@@ -13,9 +13,12 @@ from pydantic import Field
 
 from engine.artifacts import Artifact, ArtifactStore
 from engine.catalog import Catalog
-from engine.data.registry import recipe_sources
+from engine.data.registry import recipe_sources, resolve_sources
+from engine.evaluation import check_lm_eval
 from engine.models import check_local_model, is_tiny
 from engine.recipe import Recipe, load_recipe, resolve_recipe_path
+from engine.scorers import resolve_scorer
+from engine.train.common import check_quantized_training
 
 
 def validated_recipe(name_or_path: str, overrides_json: str) -> Recipe:
@@ -28,6 +31,12 @@ def validated_recipe(name_or_path: str, overrides_json: str) -> Recipe:
 def _validated(path: str, overrides_json: str, text: str) -> Recipe:  # keyed on the text: an edited recipe reloads
     recipe, _ = load_recipe(path, json.loads(overrides_json))
     recipe_sources(recipe.data)
+    if recipe.pt.dataset:
+        resolve_sources(recipe.data.dataset_dir, recipe.data.dataset_info, recipe.pt.dataset, recipe.data.allowed_roots)
+    resolve_scorer(recipe.evaluation.scorer)
+    for stage in ("sft", "reward", "dpo"):
+        check_quantized_training(getattr(recipe, stage), stage)
+    check_lm_eval(recipe.evaluation)
     if not is_tiny(recipe.model):
         check_local_model(recipe.model.model_name_or_path)
     return recipe

@@ -19,10 +19,11 @@ def tiny_recipe():
 
 
 @pytest.fixture(scope="session")
-def sample_rows():
+def sample_rows(tiny_recipe):
+    """The tiny recipe's four sample datasets, ingested."""
     from engine.data.ingest import ingest
     from engine.data.registry import resolve_sources
-    return ingest(resolve_sources("data", "datasets.yaml", []))
+    return ingest(resolve_sources("data", "datasets.yaml", tiny_recipe.data.dataset))
 
 
 @pytest.fixture(scope="session")
@@ -31,4 +32,30 @@ def tiny_model_dir(tmp_path_factory, tiny_recipe, sample_rows):
     from engine.models import build_tiny
     out = tmp_path_factory.mktemp("tiny")
     build_tiny(tiny_recipe.model.tiny, message_texts(sample_rows[0]), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def formatted_dir(tmp_path_factory, tiny_model_dir, sample_rows):
+    """A small formatted dataset (SFT, preference and KTO views) for training tests: 400 SFT rows, every
+    preference pair and the labelled KTO sample."""
+    from engine.data.format import format_rows
+    from engine.data.ingest import ingest
+    from engine.data.registry import resolve_sources
+    from engine.models import load_tokenizer
+    kto_rows = ingest(resolve_sources("data", "datasets.yaml", ["kto_tasks"]))[0]
+    rows = [r for r in sample_rows[0] if r["kind"] == "sft"][:400]
+    rows += [r for r in sample_rows[0] if r["kind"] == "preference"] + kto_rows
+    out = tmp_path_factory.mktemp("formatted")
+    format_rows(rows, load_tokenizer(tiny_model_dir), 128, 0.1, 42, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def reward_dir(tmp_path_factory, tiny_model_dir, formatted_dir):
+    """A briefly trained reward model: the DPO stage's judge in training tests."""
+    from engine.recipe import RewardSection
+    from engine.train.reward import train_reward
+    out = tmp_path_factory.mktemp("reward")
+    train_reward(tiny_model_dir, formatted_dir, RewardSection(max_steps=4, learning_rate=3e-3), 128, out)
     return out

@@ -4,7 +4,9 @@ from pipelines.definitions import ASSETS, build_definitions
 
 EXPECTED = {"base_model": "training", "raw_data": "data", "clean_data": "data", "formatted_data": "data",
             "sft_adapter": "training", "reward_model": "training", "dpo_adapter": "training",
-            "merged_model": "export", "gptq_model": "export", "awq_model": "export"}
+            "merged_model": "export", "gptq_model": "export", "awq_model": "export", "pt_model": "training",
+            **{f"eval_{s}": "evaluation" for s in ("base", "sft", "dpo", "merged", "gptq", "awq")},
+            "model_comparison": "evaluation", "deployment": "deployment"}
 
 
 def test_definitions_load_with_every_asset_in_its_group(tmp_path):
@@ -21,7 +23,16 @@ def test_quality_checks_block_downstream():
     assert specs[("dpo_adapter", "reward_margin_positive")]
     assert specs[("merged_model", "logits_match_adapters")]
     assert specs[("gptq_model", "perplexity_within_bound")] and specs[("awq_model", "reloads_and_generates")]
+    assert specs[("model_comparison", "dpo_not_worse_than_sft")] and specs[("model_comparison", "awq_within_budget")]
     assert all(specs.values())
+
+
+def test_deployment_waits_for_the_gates(tmp_path):
+    graph = build_definitions(artifact_root=str(tmp_path)).resolve_asset_graph()
+    assert dg.AssetKey("model_comparison") in graph.get(dg.AssetKey("deployment")).parent_keys
+    assert {f"eval_{s}" for s in ("base", "sft", "dpo", "merged", "gptq", "awq")} == {
+        key.to_user_string() for key in graph.get(dg.AssetKey("model_comparison")).parent_keys}
+    assert dg.AssetKey("pt_model") in graph.get(dg.AssetKey("sft_adapter")).parent_keys
 
 
 def test_merge_comes_before_quantization(tmp_path):
@@ -32,7 +43,7 @@ def test_merge_comes_before_quantization(tmp_path):
 
 def test_training_stages_share_a_pool_limited_to_one_and_retry(tmp_path, monkeypatch):
     training = {a.key.to_user_string(): a for a in ASSETS if a.key.to_user_string() in
-                ("sft_adapter", "reward_model", "dpo_adapter")}
+                ("pt_model", "sft_adapter", "reward_model", "dpo_adapter")}
     for name, asset in training.items():
         node = asset.node_def
         assert node.pool == "training", name

@@ -21,8 +21,9 @@ from pipelines.definitions import ASSETS, full_pipeline, resources
 from pipelines.resources import Tuneline
 
 pytestmark = pytest.mark.slow
-ALL_ASSETS = {"base_model", "raw_data", "clean_data", "formatted_data", "sft_adapter", "reward_model", "dpo_adapter",
-              "merged_model", "gptq_model", "awq_model"}
+EVALS = {"eval_base", "eval_sft", "eval_dpo", "eval_merged", "eval_gptq", "eval_awq", "model_comparison"}
+ALL_ASSETS = {"base_model", "raw_data", "clean_data", "formatted_data", "pt_model", "sft_adapter", "reward_model",
+              "dpo_adapter", "merged_model", "gptq_model", "awq_model", "deployment", *EVALS}
 
 
 def materialize(root, recipe, overrides=None):
@@ -47,7 +48,7 @@ def project(tmp_path_factory):
                        "  tags: {role_tag: role, content_tag: content, user_tag: user, assistant_tag: assistant}\n")
     recipe = home / "recipe.yaml"
     tiny = yaml.safe_load(Path("pipelines/recipes/tiny.yaml").read_text())
-    tiny["data"].update(dataset_dir=str(home / "data"), dataset=[])
+    tiny["data"].update(dataset_dir=str(home / "data"), dataset=[*tiny["data"]["dataset"], "incoming"])
     recipe.write_text(yaml.safe_dump(tiny))
     return home, str(recipe)
 
@@ -99,12 +100,64 @@ def test_every_artifact_loads(first_run):
         assert meta[export]["size_bytes"] < meta[export]["merged_size_bytes"]
 
 
+def test_every_stage_is_evaluated_and_compared(first_run):
+    meta = artifacts_of(first_run[1])
+    for stage in ("base", "sft", "dpo", "merged", "gptq", "awq"):
+        evaluation = meta[f"eval_{stage}"]
+        assert evaluation["samples"] == 128 and 0 <= evaluation["accuracy"] <= evaluation["similarity"] <= 1
+        assert evaluation["perplexity"] > 1
+    assert meta["eval_sft"]["perplexity"] < meta["eval_base"]["perplexity"] / 5  # fine-tuning learned the task
+    assert meta["eval_sft"]["similarity"] > meta["eval_base"]["similarity"]
+    assert meta["eval_merged"]["perplexity"] == pytest.approx(meta["eval_dpo"]["perplexity"], rel=1e-3)
+    table = meta["model_comparison"]["comparison"].splitlines()
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["base", "sft", "dpo", "merged", "gptq", "awq"]
+
+
+def test_the_deployment_serves_the_gated_awq_export(first_run):
+    meta = artifacts_of(first_run[1])
+    deployment = Path(meta["deployment"]["path"])
+    config = json.loads((deployment / "serve.json").read_text())
+    assert config["model_path"] == str(Path(meta["awq_model"]["path"]).resolve())
+    assert config["quantization"] == "compressed-tensors" and config["served_model_name"] == "tiny-awq"
+    assert config["port"] == 8000 and config["host"] == "127.0.0.1"
+    assert "--quantization compressed-tensors" in meta["deployment"]["vllm_command"]
+    assert isinstance(meta["deployment"]["smoke_answer"], str)
+    checks = {e.check_name: e.passed for e in first_run[1].get_asset_check_evaluations()
+              if e.asset_key.to_user_string() == "deployment"}
+    assert checks == {"serves_chat_completions": True, "vllm_accepts_export": True}
+
+
+def test_a_failing_gate_stops_deployment_and_says_by_how_much(first_run, project):
+    root, _ = first_run
+    result = materialize(root, project[1], {"dpo.min_reward_gain": 100.0})
+    gate = {e.check_name: e for e in result.get_asset_check_evaluations()
+            if e.asset_key.to_user_string() == "model_comparison"}
+    assert not gate["dpo_not_worse_than_sft"].passed
+    assert "required >= +100.0000, short by" in gate["dpo_not_worse_than_sft"].metadata["detail"].value
+    assert gate["gptq_within_budget"].passed and gate["awq_within_budget"].passed
+    assert "deployment" not in artifacts_of(result)
+
+
+def test_tuneline_eval_compare_prints_the_table_and_gates(first_run, project, tmp_path):
+    import os
+    import subprocess
+    import sys
+    root, _ = first_run
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "PYTHONPATH": os.getcwd()}
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "eval", "--compare", "--recipe", project[1],
+                             "--artifact-root", str(root)], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| model | perplexity | accuracy | similarity | reward score |" in result.stdout
+    assert "pass  dpo_not_worse_than_sft: DPO mean reward score" in result.stdout
+    assert "model_comparison cached" in result.stdout and "deployment" not in result.stdout
+
+
 def test_lineage_and_catalog_account_for_every_row(first_run):
     root, result = first_run
     meta = artifacts_of(result)
     record = json.loads((Path(meta["merged_model"]["path"]) / "lineage.json").read_text())
-    assert set(record["artifacts"]) == {"base_model", "raw_data", "clean_data", "formatted_data", "sft_adapter",
-                                         "reward_model", "dpo_adapter"}
+    assert set(record["artifacts"]) == {"base_model", "raw_data", "clean_data", "formatted_data", "pt_model",
+                                         "sft_adapter", "reward_model", "dpo_adapter"}
     assert set(record["data"]) == {"alpaca_tasks", "sharegpt_tasks", "openai_tasks", "preference_tasks"}
     assert record["artifacts"]["sft_adapter"]["checks"] == {"eval_loss_below_base": True}
     assert record["artifacts"]["sft_adapter"]["versions"]["trl"] == "1.16.0"
@@ -146,7 +199,8 @@ def test_changing_the_sft_learning_rate_redoes_only_sft_and_downstream(first_run
     root, first = first_run
     result = materialize(root, project[1], {"sft.learning_rate": 2.0e-3})
     assert result.success
-    assert built(result) == {"sft_adapter", "dpo_adapter", "merged_model", "gptq_model", "awq_model"}
+    assert built(result) == {"sft_adapter", "dpo_adapter", "merged_model", "gptq_model", "awq_model", "deployment",
+                             *(EVALS - {"eval_base"})}
     meta = artifacts_of(result)
     assert meta["sft_adapter"]["fingerprint"] != artifacts_of(first)["sft_adapter"]["fingerprint"]
     assert meta["reward_model"]["fingerprint"] == artifacts_of(first)["reward_model"]["fingerprint"]

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pytest
 
-ASSETS = ["base_model", "raw_data", "clean_data", "formatted_data", "sft_adapter", "reward_model", "dpo_adapter",
-          "merged_model", "gptq_model", "awq_model"]
+ASSETS = ["base_model", "raw_data", "clean_data", "formatted_data", "pt_model", "sft_adapter", "reward_model",
+          "dpo_adapter",
+          "merged_model", "gptq_model", "awq_model", "eval_base", "eval_sft", "eval_dpo", "eval_merged", "eval_gptq",
+          "eval_awq", "model_comparison", "deployment"]
+# a tall window: the asset list renders only the rows that are visible
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--virtual-time-budget=25000", "--window-size=1600,1000"]
+                  "--virtual-time-budget=25000", "--window-size=1600,3000"]
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""Merge base + SFT adapter + DPO adapter into full safetensors weights, and prove it changed nothing."""
+"""Merge base + SFT stage + DPO stage into full safetensors weights, and prove it changed nothing."""
 
 from __future__ import annotations
 
@@ -13,30 +13,32 @@ from engine.models import load_causal_lm, load_tokenizer, smoke_generate
 from engine.train.dpo import sft_model
 
 
-def merge(base_dir: Path, sft_adapter: Path, dpo_adapter: Path, formatted_dir: Path, out: Path,
+def merge(base_dir: Path, sft_weights: Path, dpo_weights: Path, formatted_dir: Path, out: Path,
           check_rows: int = 16) -> dict:
     """Write the merged model, tokenizer, chat template and generation config to `out`.
 
-    Returns the largest absolute logit difference between the adapter model and the reloaded merged model.
+    Returns the largest absolute logit difference between the trained model (adapters applied on the fly, or
+    the DPO stage's full weights) and the reloaded merged model.
     """
     tokenizer = load_tokenizer(base_dir)
     evaluation = load_from_disk(formatted_dir / "sft")["eval"]
     batch = sft_batch(evaluation, check_rows, tokenizer.pad_token_id)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    adapter_model = PeftModel.from_pretrained(sft_model(base_dir, sft_adapter), dpo_adapter).eval()
+    if (dpo_weights / "adapter_config.json").is_file():
+        trained = PeftModel.from_pretrained(sft_model(base_dir, sft_weights), dpo_weights).eval()
+    else:
+        trained = load_causal_lm(dpo_weights).eval()
     with torch.no_grad():
-        adapter_logits = adapter_model(**inputs).logits
-    merged = adapter_model.merge_and_unload()
+        trained_logits = trained(**inputs).logits
+    merged = trained.merge_and_unload() if isinstance(trained, PeftModel) else trained
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     reloaded = load_causal_lm(out).eval()
     with torch.no_grad():
-        diff = (reloaded(**inputs).logits - adapter_logits).abs().max().item()
-    metrics = {"max_logit_diff": diff, "eval_perplexity": round(perplexity(reloaded, evaluation, tokenizer.pad_token_id), 4),
-               "size_bytes": dir_size(out), "sample_answer": smoke_generate(reloaded, tokenizer)}
-    return metrics
+        diff = (reloaded(**inputs).logits - trained_logits).abs().max().item()
+    return {"max_logit_diff": diff, "eval_perplexity": round(perplexity(reloaded, evaluation, tokenizer.pad_token_id), 4),
+            "size_bytes": dir_size(out), "sample_answer": smoke_generate(reloaded, tokenizer)}
 
 
 def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-

@@ -1,46 +1,199 @@
-"""Pieces every training stage shares: LoRA config, trainer arguments, metrics from the run."""
+"""Pieces every training stage shares: what is trained (LoRA, DoRA, full, freeze, QLoRA), the optimizer
+(LoRA+ when asked), trainer arguments, experiment tracking, and the run's summary."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
 import shutil
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
+from peft import LoraConfig, get_peft_model
+from peft.optimizers import create_loraplus_optimizer
 
+from engine.errors import RecipeError
+from engine.models import load_causal_lm
 from engine.recipe import TrainSection
+
+ADAPTER_DIR, FULL_DIR = "adapter", "model"  # a stage artifact holds a PEFT adapter, or full weights
+
+
+def is_adapter(cfg: TrainSection) -> bool:
+    return cfg.finetuning_type in ("lora", "dora")
 
 
 def lora_config(cfg: TrainSection, task_type: str) -> LoraConfig:
     """LLaMA-Factory's lora_target: "all" means every linear layer, else comma-separated module names."""
     targets = "all-linear" if cfg.lora_target == "all" else [t.strip() for t in cfg.lora_target.split(",")]
     return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, task_type=task_type)
+                      target_modules=targets, task_type=task_type, use_dora=cfg.finetuning_type == "dora")
 
 
-def trainer_kwargs(cfg: TrainSection, work_dir: Path) -> dict:
-    """Arguments shared by SFTConfig, RewardConfig and DPOConfig, from the recipe's training keys."""
+def check_quantized_training(cfg: TrainSection, key: str) -> None:
+    """QLoRA needs bitsandbytes and a CUDA GPU: say so before any work starts."""
+    if cfg.quantization_bit is None:
+        return
+    if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
+        raise RecipeError(f"{key}.quantization_bit {cfg.quantization_bit} (QLoRA) needs bitsandbytes and a CUDA GPU "
+                          f"(bitsandbytes installed: {importlib.util.find_spec('bitsandbytes') is not None}, "
+                          f"GPU: {torch.cuda.is_available()}); remove it to train a plain LoRA on this machine")
+
+
+def quantized_load_kwargs(cfg: TrainSection) -> dict:
+    """from_pretrained arguments for a QLoRA base: bitsandbytes NF4 (or 8-bit) weights, bf16 compute."""
+    if cfg.quantization_bit is None:
+        return {}
+    from transformers import BitsAndBytesConfig
+    if cfg.quantization_bit == 4:
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                    bnb_4bit_compute_dtype=torch.bfloat16)
+    else:
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    return {"quantization_config": config, "device_map": {"": 0}}
+
+
+def load_trainable_lm(model_dir: Path, cfg: TrainSection):
+    """The causal LM a stage starts from, quantized when the recipe asks for QLoRA."""
+    check_quantized_training(cfg, "training")
+    if cfg.quantization_bit is None:
+        return load_causal_lm(model_dir)
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=False, **quantized_load_kwargs(cfg))
+    return prepare_model_for_kbit_training(model)
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
+    if not layers:
+        raise RecipeError("finetuning_type freeze: the model has no list of decoder layers to choose from")
+    return max(layers, key=len)
+
+
+def prepare_model(model, cfg: TrainSection, task_type: str):
+    """The model as it trains: wrapped in a LoRA/DoRA adapter, all weights trainable (full), or all frozen but
+    `freeze_trainable_layers` decoder layers and, for a reward model, its score head (freeze)."""
+    if is_adapter(cfg):
+        return get_peft_model(model, lora_config(cfg, task_type))
+    model.requires_grad_(True)  # a model with an adapter merged in comes back frozen
+    if cfg.finetuning_type == "freeze":
+        layers = decoder_layers(model)
+        n = cfg.freeze_trainable_layers
+        if abs(n) > len(layers):
+            raise RecipeError(f"freeze_trainable_layers {n}: the model has only {len(layers)} decoder layers")
+        chosen = layers[-n:] if n > 0 else layers[:-n]
+        model.requires_grad_(False)
+        chosen.requires_grad_(True)
+        head = getattr(model, "score", None)
+        if head is not None:
+            head.requires_grad_(True)
+    return model
+
+
+def optimizers(model, cfg: TrainSection) -> tuple:
+    """LoRA+ (PEFT's optimizer with the B matrices at loraplus_lr_ratio x the learning rate), else the trainer's own."""
+    if not cfg.loraplus_lr_ratio:
+        return (None, None)
+    optimizer = create_loraplus_optimizer(model=model, optimizer_cls=torch.optim.AdamW, lr=cfg.learning_rate,
+                                          loraplus_lr_ratio=cfg.loraplus_lr_ratio)
+    return (optimizer, None)
+
+
+def trainable_parameters(model) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable_parameters": trainable, "total_parameters": total}
+
+
+def trainer_kwargs(cfg: TrainSection, out: Path) -> dict:
+    """Arguments shared by every stage's TRL config, from the recipe's training keys; scratch goes to out/_trainer."""
     on_gpu = torch.cuda.is_available()
     return dict(
-        output_dir=str(work_dir), learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
+        output_dir=str(out / "_trainer"), report_to=cfg.report_to, learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps, per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=cfg.warmup_ratio, logging_steps=cfg.logging_steps, seed=cfg.seed, data_seed=cfg.seed,
-        report_to="none", save_strategy="no", eval_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+        save_strategy="no", eval_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
         use_cpu=not on_gpu, bf16=on_gpu and torch.cuda.is_bf16_supported(), remove_unused_columns=True,
     )
+
+
+TENSORBOARD_DIR, MLFLOW_DB = "tensorboard", "mlflow.db"  # inside the stage's artifact
+
+
+@contextlib.contextmanager
+def tracking(cfg: TrainSection, out: Path, stage: str):
+    """TensorBoard event files in out/tensorboard, or one MLflow run (named after the stage, experiment "tuneline")
+    in a local SQLite file out/mlflow.db, no server (MLflow 3 retired the plain-folder store). The run is opened
+    here so that evaluations before and after training land in it too; transformers' callbacks log into it."""
+    if cfg.report_to == "tensorboard":
+        with environment({"TENSORBOARD_LOGGING_DIR": str(out / TENSORBOARD_DIR)}):
+            yield
+    elif cfg.report_to == "mlflow":
+        import mlflow
+        previous = mlflow.get_tracking_uri()
+        with environment({"MLFLOW_TRACKING_URI": mlflow_uri(out), "MLFLOW_EXPERIMENT_NAME": "tuneline"}):
+            mlflow.set_tracking_uri(mlflow_uri(out))
+            mlflow.set_experiment("tuneline")
+            try:
+                with mlflow.start_run(run_name=stage):
+                    yield
+            finally:
+                mlflow.set_tracking_uri(previous)
+    else:
+        yield
+
+
+@contextlib.contextmanager
+def environment(settings: dict[str, str]):
+    """Environment variables set for the block, then restored: trackers' callbacks read them at setup."""
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def mlflow_uri(artifact: Path) -> str:
+    """Where a stage's MLflow run is: `mlflow ui --backend-store-uri <this>` shows it."""
+    return f"sqlite:///{(artifact / MLFLOW_DB).resolve()}"
+
+
+def save_trained(model, tokenizer, cfg: TrainSection, out: Path) -> Path:
+    """An adapter to out/adapter, or full weights to out/model; returns where."""
+    target = out / (ADAPTER_DIR if is_adapter(cfg) else FULL_DIR)
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def trained_weights(artifact_path: Path) -> Path:
+    """What a training stage left: its adapter directory, or its full model directory."""
+    for name in (ADAPTER_DIR, FULL_DIR):
+        if (artifact_path / name).is_dir():
+            return artifact_path / name
+    raise FileNotFoundError(f"{artifact_path} holds neither {ADAPTER_DIR}/ nor {FULL_DIR}/")
 
 
 def loss_curve(trainer) -> list[dict]:
     return [{"step": h["step"], "loss": round(h["loss"], 4)} for h in trainer.state.log_history if "loss" in h]
 
 
-def finish(trainer, work_dir: Path) -> dict:
+def finish(trainer, out: Path, cfg: TrainSection) -> dict:
     """Run summary shared by all stages; removes the trainer's scratch directory."""
-    shutil.rmtree(work_dir, ignore_errors=True)
+    shutil.rmtree(out / "_trainer", ignore_errors=True)
     return {"steps": trainer.state.global_step, "loss_curve": loss_curve(trainer),
-            "device": "cuda" if torch.cuda.is_available() else "cpu"}
+            "device": "cuda" if torch.cuda.is_available() else "cpu", "finetuning_type": cfg.finetuning_type,
+            "report_to": cfg.report_to, **trainable_parameters(trainer.model)}
 
 
 def without_row_ids(dataset):

@@ -1,50 +1,76 @@
-"""Direct preference optimisation: TRL DPOTrainer, a new LoRA on top of the SFT-merged model."""
+"""Preference optimisation on top of the SFT model, by the recipe's pref_loss: TRL's DPOTrainer (sigmoid, ipo),
+ORPOTrainer (orpo, reference-free) or KTOTrainer (kto, on the KTO view of labelled single answers)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from datasets import load_from_disk
-from peft import PeftModel
-from trl import DPOConfig, DPOTrainer
 
+from engine.errors import DataError
 from engine.evaluate import greedy_answers, reward_scores
-from engine.models import load_causal_lm, load_reward_model, load_tokenizer
+from engine.models import load_reward_model, load_tokenizer, load_with_adapters
 from engine.recipe import DpoSection
-from engine.train.common import finish, lora_config, trainer_kwargs, without_row_ids
+from engine.train.common import (finish, is_adapter, optimizers, prepare_model, save_trained, tracking, trainer_kwargs,
+                                 without_row_ids)
 
 
-def sft_model(base_dir: Path, sft_adapter: Path):
-    """The base model with the SFT adapter merged in: DPO's starting point and its reference."""
-    return PeftModel.from_pretrained(load_causal_lm(base_dir), sft_adapter).merge_and_unload()
+def sft_model(base_dir: Path, sft_weights: Path):
+    """The base model with the SFT stage applied: DPO's starting point and its reference."""
+    return load_with_adapters(base_dir, sft_weights)
 
 
-def train_dpo(base_dir: Path, sft_adapter: Path, reward_dir: Path, formatted_dir: Path, cfg: DpoSection,
-              cutoff_len: int, out: Path, judge_prompts: int = 64) -> dict:
-    """Train and save the DPO adapter to `out/adapter`. Returns eval reward margin/accuracy and judged scores."""
-    tokenizer = load_tokenizer(base_dir)
+def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: DpoSection, cutoff_len: int, out: Path):
+    """The TRL trainer for the recipe's pref_loss, with its held-out data. `reference` is the frozen SFT model,
+    or None for an adapter (TRL then disables the adapter to get the reference)."""
+    common = {**trainer_kwargs(cfg, out), "beta": cfg.pref_beta, "max_length": cutoff_len}
+    if cfg.pref_loss == "kto":
+        from trl import KTOConfig, KTOTrainer
+        if not (formatted_dir / "kto").is_dir():
+            raise DataError("dpo.pref_loss kto trains on labelled single answers: register a dataset with a "
+                            "kto_tag column (true = desirable) in data.dataset; the formatted data has no KTO view")
+        data = load_from_disk(formatted_dir / "kto")
+        return KTOTrainer(model=model, ref_model=reference, args=KTOConfig(**common),
+                          train_dataset=without_row_ids(data["train"]),
+                          eval_dataset=without_row_ids(data["eval"]), processing_class=tokenizer,
+                          optimizers=optimizers(model, cfg))
     data = load_from_disk(formatted_dir / "preference")
-    args = DPOConfig(**trainer_kwargs(cfg, out / "_trainer"), beta=cfg.pref_beta, loss_type=[cfg.pref_loss],
-                     max_length=cutoff_len)
-    trainer = DPOTrainer(model=sft_model(base_dir, sft_adapter), args=args,
-                         train_dataset=without_row_ids(data["train"]), eval_dataset=without_row_ids(data["eval"]),
-                         processing_class=tokenizer, peft_config=lora_config(cfg, "CAUSAL_LM"))
-    result = trainer.train()
-    evaluation = trainer.evaluate()
-    trainer.model.save_pretrained(out / "adapter")
-    tokenizer.save_pretrained(out / "adapter")
-    judged = judge(trainer.model, base_dir, sft_adapter, reward_dir, tokenizer, data["eval"], judge_prompts)
-    return {**finish(trainer, out / "_trainer"), "train_loss": round(result.training_loss, 4),
+    train, evaluation = without_row_ids(data["train"]), without_row_ids(data["eval"])
+    if cfg.pref_loss == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+        return ORPOTrainer(model=model, args=ORPOConfig(**common), train_dataset=train, eval_dataset=evaluation,
+                           processing_class=tokenizer, optimizers=optimizers(model, cfg))
+    from trl import DPOConfig, DPOTrainer
+    return DPOTrainer(model=model, ref_model=reference, args=DPOConfig(**common, loss_type=[cfg.pref_loss]), train_dataset=train,
+                      eval_dataset=evaluation, processing_class=tokenizer, optimizers=optimizers(model, cfg))
+
+
+def train_dpo(base_dir: Path, sft_weights: Path, reward_dir: Path, formatted_dir: Path, cfg: DpoSection,
+              cutoff_len: int, out: Path, judge_prompts: int = 64) -> dict:
+    """Train and save to `out/adapter` (or `out/model`). Returns eval reward margin/accuracy and judged scores."""
+    tokenizer = load_tokenizer(base_dir)
+    model = prepare_model(sft_model(base_dir, sft_weights), cfg, "CAUSAL_LM")
+    # a full or freeze model needs its own frozen copy of the SFT model as reference (TRL would reload the base)
+    reference = None if is_adapter(cfg) or cfg.pref_loss == "orpo" else sft_model(base_dir, sft_weights).eval()
+    with tracking(cfg, out, f"dpo-{cfg.pref_loss}"):
+        trainer = preference_trainer(model, reference, tokenizer, formatted_dir, cfg, cutoff_len, out)
+        result = trainer.train()
+        evaluation = trainer.evaluate()
+    save_trained(trainer.model, tokenizer, cfg, out)
+    prompts = load_from_disk(formatted_dir / "preference")["eval"]
+    judged = judge(trainer.model, base_dir, sft_weights, reward_dir, tokenizer, prompts, judge_prompts)
+    accuracy = evaluation.get("eval_rewards/accuracies")
+    return {**finish(trainer, out, cfg), "pref_loss": cfg.pref_loss, "train_loss": round(result.training_loss, 4),
             "eval_reward_margin": round(evaluation["eval_rewards/margins"], 4),
-            "eval_reward_accuracy": round(evaluation["eval_rewards/accuracies"], 4), **judged}
+            "eval_reward_accuracy": None if accuracy is None else round(accuracy, 4), **judged}
 
 
-def judge(dpo_model, base_dir: Path, sft_adapter: Path, reward_dir: Path, tokenizer, eval_rows, limit: int) -> dict:
+def judge(dpo_model, base_dir: Path, sft_weights: Path, reward_dir: Path, tokenizer, eval_rows, limit: int) -> dict:
     """Mean reward-model score of greedy answers to held-out prompts, from the SFT and the DPO model."""
     prompts = [row["prompt"] for row in eval_rows.select(range(min(limit, len(eval_rows))))]
     reward = load_reward_model(reward_dir)
     scores = {}
-    for name, model in (("sft", sft_model(base_dir, sft_adapter)), ("dpo", dpo_model)):
+    for name, model in (("sft", sft_model(base_dir, sft_weights)), ("dpo", dpo_model)):
         answers = greedy_answers(model, tokenizer, prompts)
         conversations = [p + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers, strict=True)]
         values = reward_scores(reward, tokenizer, conversations)

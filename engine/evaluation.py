@@ -1,0 +1,104 @@
+"""Evaluation: one model measured on the held-out split, and every stage compared, with the deployment gates.
+
+Each stage (base, SFT, DPO, merged, GPTQ, AWQ) gets the same numbers: perplexity on the whole SFT eval
+split, task accuracy of greedy answers to the first `max_samples` eval questions (scored by the recipe's
+scorer against the known answer), their character similarity to it (partial credit, always shown), and
+the reward model's mean score of those answers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from datasets import load_from_disk
+
+from engine.errors import RecipeError
+from engine.evaluate import answer_examples, answered_sequences, greedy_from_ids, perplexity, reward_scores_of_ids
+from engine.models import load_reward_model, load_tokenizer, load_with_adapters
+from engine.recipe import EvaluationSection, Recipe
+from engine.scorers import char_similarity, resolve_scorer, score
+
+STAGES = ("base", "sft", "dpo", "merged", "gptq", "awq")
+FULL_MODELS = ("base", "merged", "gptq", "awq")  # a directory lm-eval can load; sft and dpo are adapters
+
+
+def evaluate_model(model, tokenizer_dir: Path, formatted_dir: Path, reward_dir: Path, cfg: EvaluationSection) -> dict:
+    """Perplexity, task accuracy and mean reward score of `model`, with a few answers to read."""
+    tokenizer = load_tokenizer(tokenizer_dir)
+    evaluation = load_from_disk(formatted_dir / "sft")["eval"]
+    examples = answer_examples(evaluation, tokenizer, cfg.max_samples)
+    answers = greedy_from_ids(model, tokenizer, [e.prompt_ids for e in examples], cfg.max_new_tokens)
+    references = [e.reference for e in examples]
+    rewards = reward_scores_of_ids(load_reward_model(reward_dir), answered_sequences(tokenizer, examples, answers),
+                                   tokenizer.pad_token_id)
+    return {"perplexity": round(perplexity(model, evaluation, tokenizer.pad_token_id), 4),
+            "accuracy": round(score(resolve_scorer(cfg.scorer), answers, references), 4),
+            "similarity": round(score(char_similarity, answers, references), 4),
+            "reward_score": round(sum(rewards) / max(len(rewards), 1), 4), "samples": len(examples),
+            "scorer": cfg.scorer, "examples": [{"reference": r, "answer": a} for r, a in zip(references[:5], answers[:5], strict=True)]}
+
+
+def evaluate_stage(model_path: Path, adapters: list[Path], formatted_dir: Path, reward_dir: Path,
+                   cfg: EvaluationSection) -> dict:
+    """A stage's model (a directory, plus adapters merged in order) evaluated; lm-eval runs on full models only."""
+    metrics = evaluate_model(load_with_adapters(model_path, *adapters), model_path, formatted_dir, reward_dir, cfg)
+    return metrics | ({} if adapters else lm_eval_scores(model_path, cfg))
+
+
+def check_lm_eval(cfg: EvaluationSection) -> None:
+    """A recipe naming lm-eval tasks needs lm-eval installed: say so before any work starts."""
+    if cfg.lm_eval_tasks and importlib.util.find_spec("lm_eval") is None:
+        raise RecipeError(f"evaluation.lm_eval_tasks names {cfg.lm_eval_tasks}, but lm-eval is not installed: "
+                          "`pip install lm-eval` (then its tasks need their datasets locally), or set it to []")
+
+
+def lm_eval_scores(model_dir: Path, cfg: EvaluationSection) -> dict[str, float]:
+    """The recipe's lm-eval tasks on a model directory: {"lm_eval/<task>/<metric>": value}."""
+    if not cfg.lm_eval_tasks:
+        return {}
+    check_lm_eval(cfg)
+    import lm_eval
+    results = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(model_dir), "dtype": "float32"},
+                                      tasks=list(cfg.lm_eval_tasks), limit=cfg.lm_eval_limit, batch_size=8)
+    return {f"lm_eval/{task}/{metric.split(',')[0]}": round(float(value), 4)
+            for task, metrics in results["results"].items() for metric, value in metrics.items()
+            if isinstance(value, (int, float)) and "stderr" not in metric}
+
+
+def comparison_markdown(results: dict[str, dict]) -> str:
+    """One row per stage: the numbers a person compares before promoting a model."""
+    extra = sorted({k for m in results.values() for k in m if k.startswith("lm_eval/")})
+    header = ["model", "perplexity", "accuracy", "similarity", "reward score", *extra]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for stage in (s for s in STAGES if s in results):
+        m = results[stage]
+        cells = [stage, m["perplexity"], m["accuracy"], m["similarity"], m["reward_score"],
+                 *(m.get(k, "") for k in extra)]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def dpo_gate(sft: dict, dpo: dict, min_gain: float) -> tuple[bool, str]:
+    gain = dpo["reward_score"] - sft["reward_score"]
+    verdict = "" if gain >= min_gain else f", short by {min_gain - gain:.4f}"
+    return gain >= min_gain, (f"DPO mean reward score {dpo['reward_score']} vs SFT {sft['reward_score']}: gain "
+                              f"{gain:+.4f}, required >= {min_gain:+.4f}{verdict}")
+
+
+def quantized_gate(name: str, merged: dict, quantized: dict, max_drop: float, max_ratio: float) -> tuple[bool, str]:
+    drop = merged["accuracy"] - quantized["accuracy"]
+    ratio = quantized["perplexity"] / merged["perplexity"]
+    accuracy = (f"accuracy {quantized['accuracy']} vs merged {merged['accuracy']}: dropped {drop:.4f}, allowed "
+                f"{max_drop}" + (f" (over by {drop - max_drop:.4f})" if drop > max_drop else ""))
+    ppl = (f"perplexity {quantized['perplexity']} = x{ratio:.4f} merged, allowed x{max_ratio}"
+           + (f" (over by {ratio - max_ratio:.4f})" if ratio > max_ratio else ""))
+    return drop <= max_drop and ratio <= max_ratio, f"{name}: {accuracy}; {ppl}"
+
+
+def gates(results: dict[str, dict], recipe: Recipe) -> dict[str, tuple[bool, str]]:
+    """The deployment gates, each (passed, which number against which bound and by how much)."""
+    q = recipe.quantize
+    return {"dpo_not_worse_than_sft": dpo_gate(results["sft"], results["dpo"], recipe.dpo.min_reward_gain),
+            **{f"{name}_within_budget": quantized_gate(name, results["merged"], results[name], q.max_accuracy_drop,
+                                                       q.max_ppl_ratio) for name in ("gptq", "awq")}}

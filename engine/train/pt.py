@@ -1,0 +1,74 @@
+"""Continued pre-training (LLaMA-Factory's stage pt): next-token loss on raw text, before SFT.
+
+Texts are packed end to end into cutoff_len blocks, as LLaMA-Factory's pt stage does. A LoRA is merged
+in, so the result is a full model directory every later stage starts from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterator
+
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+
+from engine.data.format import split_of
+from engine.data.ingest import source_records
+from engine.data.registry import DatasetEntry
+from engine.models import load_tokenizer
+from engine.recipe import PtSection
+from engine.train.common import (finish, is_adapter, load_trainable_lm, optimizers, prepare_model, tracking,
+                                 trainer_kwargs)
+
+
+def text_rows(sources: dict[str, tuple[DatasetEntry, Path]]) -> Iterator[tuple[bool, dict]]:
+    """(True, {"text", "row_id", "content_hash"}) per usable row, else (False, quarantined row with its reason)."""
+    for name, (entry, path) in sources.items():
+        column = entry.column("prompt")
+        for row_id, record in source_records(name, entry, path):
+            text = record.get(column) if isinstance(record, dict) else None
+            if not isinstance(text, str) or not text.strip():
+                reason = "missing_field" if text is None else ("wrong_type" if not isinstance(text, str) else "empty")
+                yield False, {"source": name, "row_id": row_id, "stage": "pt", "reason": reason,
+                              "detail": f"column {column!r} must hold non-empty text, got {text!r}"[:200]}
+                continue
+            yield True, {"text": text.strip(), "row_id": row_id,
+                         "content_hash": hashlib.sha256(text.strip().encode()).hexdigest()[:16]}
+
+
+def train_pt(base_dir: Path, sources: dict[str, tuple[DatasetEntry, Path]], cfg: PtSection, cutoff_len: int,
+             val_size: float, seed: int, out: Path) -> tuple[dict, list[dict]]:
+    """Train, save a full model to `out`. Returns (metrics with held-out loss before/after, quarantined rows)."""
+    tokenizer = load_tokenizer(base_dir)
+    rows, quarantine, seen = {"train": [], "eval": []}, [], set()
+    for good, row in text_rows(sources):
+        if not good:
+            quarantine.append(row)
+        elif row["content_hash"] in seen:
+            quarantine.append({"source": row["row_id"].split(":")[0], "row_id": row["row_id"], "stage": "pt",
+                               "reason": "exact_duplicate", "detail": f"text hash {row['content_hash']}"})
+        else:
+            seen.add(row["content_hash"])
+            rows[split_of(row["content_hash"], val_size, seed)].append(row["text"])
+    if not rows["train"] or not rows["eval"]:
+        from engine.errors import DataError
+        raise DataError(f"pt.dataset {list(sources)}: {len(rows['train'])} train and {len(rows['eval'])} eval texts; "
+                        "both splits need text (add rows or change data.val_size)")
+    train, evaluation = (Dataset.from_dict({"text": rows[s]}) for s in ("train", "eval"))
+    args = SFTConfig(**trainer_kwargs(cfg, out), max_length=cutoff_len, packing=True, packing_strategy="wrapped",
+                     dataset_text_field="text", completion_only_loss=False)
+    model = prepare_model(load_trainable_lm(base_dir, cfg), cfg, "CAUSAL_LM")
+    with tracking(cfg, out, "pt"):
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+                             processing_class=tokenizer, optimizers=optimizers(model, cfg))
+        before = trainer.evaluate()["eval_loss"]
+        result = trainer.train()
+        after = trainer.evaluate()["eval_loss"]
+    summary = finish(trainer, out, cfg)
+    trained = trainer.model.merge_and_unload() if is_adapter(cfg) else trainer.model
+    trained.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return {**summary, "eval_loss_before": round(before, 4), "eval_loss_after": round(after, 4),
+            "train_loss": round(result.training_loss, 4), "train_texts": len(rows["train"]),
+            "eval_texts": len(rows["eval"]), "quarantined": len(quarantine)}, quarantine

@@ -1,0 +1,108 @@
+"""Evaluation pieces: questions from the eval split, scorers, the comparison table and the gates' verdicts."""
+
+import importlib.util
+
+import pytest
+
+from engine.data.format import tokenize_sft
+from engine.errors import RecipeError
+from engine.evaluate import answer_examples, answered_sequences, turn_suffix
+from engine.evaluation import check_lm_eval, comparison_markdown, dpo_gate, gates, quantized_gate
+from engine.models import load_tokenizer
+from engine.recipe import EvaluationSection, load_recipe
+from engine.scorers import exact_match, resolve_scorer, score, scorer_identity
+from datasets import Dataset
+
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Add 1 + 2"},
+                {"role": "assistant", "content": "3"}, {"role": "user", "content": "Reverse a b"},
+                {"role": "assistant", "content": "b a"}]
+
+
+def test_an_eval_row_becomes_its_last_question_and_answer(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    input_ids, labels = tokenize_sft(tokenizer, CONVERSATION)
+    (example,) = answer_examples(Dataset.from_dict({"input_ids": [input_ids], "labels": [labels]}), tokenizer, 5)
+    assert example.reference == "b a"
+    prompt = tokenizer.decode(example.prompt_ids)
+    assert prompt == tokenizer.apply_chat_template(CONVERSATION[:-1], add_generation_prompt=True, tokenize=False)
+    # the reward model reads the answer closed exactly as the template closes a turn
+    assert answered_sequences(tokenizer, [example], ["b a"])[0] == input_ids
+
+
+def test_turn_suffix_is_what_chatml_writes_after_an_answer(tiny_model_dir):
+    assert turn_suffix(load_tokenizer(tiny_model_dir)) == "<|im_end|>\n"
+
+
+def test_exact_match_ignores_only_whitespace():
+    assert exact_match(" 1 2  3\n", "1 2 3") == 1.0
+    assert exact_match("1 2 3.", "1 2 3") == 0.0
+    assert exact_match("ABC", "abc") == 0.0
+
+
+def test_char_similarity_gives_partial_credit():
+    from engine.scorers import char_similarity
+    assert char_similarity("1 2 3", "1 2 3") == 1.0
+    assert 0.5 < char_similarity("1 2 4", "1 2 3") < 1.0
+    assert char_similarity("", "abc") == 0.0
+
+
+def test_a_users_scorer_is_named_module_colon_function(tmp_path, monkeypatch):
+    (tmp_path / "my_scorers.py").write_text("def prefix(prediction, reference):\n"
+                                            "    return prediction.startswith(reference[:2])\n")
+    monkeypatch.chdir(tmp_path)
+    scorer = resolve_scorer("my_scorers:prefix")
+    assert score(scorer, ["abz", "xyz"], ["abc", "abc"]) == 0.5
+    assert scorer_identity("my_scorers:prefix").startswith("my_scorers:prefix@")
+    assert scorer_identity("exact_match") == "exact_match"
+
+
+@pytest.mark.parametrize("name, message", [("nope", "expected one of"), ("no_such_module:f", "cannot import"),
+                                           ("engine.scorers:missing", "has no function")])
+def test_a_bad_scorer_name_is_a_recipe_error(name, message):
+    with pytest.raises(RecipeError, match=message):
+        resolve_scorer(name)
+
+
+def test_a_score_outside_zero_to_one_is_reported_as_the_scorers_bug():
+    with pytest.raises(ValueError, match="returned 2.0 for reference 'x'"):
+        score(lambda p, r: 2, ["x"], ["x"])
+
+
+def test_lm_eval_tasks_without_lm_eval_stop_the_recipe():
+    if importlib.util.find_spec("lm_eval") is not None:
+        pytest.skip("lm-eval is installed here: the recipe key is allowed")
+    check_lm_eval(EvaluationSection())  # no tasks: nothing needed
+    with pytest.raises(RecipeError, match="lm-eval is not installed"):
+        check_lm_eval(EvaluationSection(lm_eval_tasks=["hellaswag"]))
+
+
+RESULTS = {stage: {"perplexity": 10.0, "accuracy": 0.5, "similarity": 0.7, "reward_score": 1.0} for stage in
+           ("base", "sft", "dpo", "merged", "gptq", "awq")}
+
+
+def test_the_comparison_table_has_one_row_per_stage_in_graph_order():
+    lines = comparison_markdown(RESULTS).splitlines()
+    assert lines[0] == "| model | perplexity | accuracy | similarity | reward score |"
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["base", "sft", "dpo", "merged", "gptq", "awq"]
+
+
+def test_dpo_gate_says_by_how_much_dpo_fell_short():
+    ok, detail = dpo_gate({"reward_score": 1.0}, {"reward_score": 0.8}, 0.0)
+    assert not ok and "gain -0.2000" in detail and "short by 0.2000" in detail
+    assert dpo_gate({"reward_score": 1.0}, {"reward_score": 1.3}, 0.1)[0]
+
+
+def test_quantized_gate_names_the_number_that_failed():
+    merged = {"accuracy": 0.60, "perplexity": 10.0}
+    ok, detail = quantized_gate("awq", merged, {"accuracy": 0.50, "perplexity": 10.5}, 0.05, 1.5)
+    assert not ok and "dropped 0.1000, allowed 0.05 (over by 0.0500)" in detail and "perplexity" in detail
+    ok, detail = quantized_gate("gptq", merged, {"accuracy": 0.60, "perplexity": 20.0}, 0.05, 1.5)
+    assert not ok and "x2.0000 merged, allowed x1.5 (over by 0.5000)" in detail
+    assert quantized_gate("gptq", merged, {"accuracy": 0.58, "perplexity": 11.0}, 0.05, 1.5)[0]
+
+
+def test_gates_read_their_thresholds_from_the_recipe():
+    recipe, _ = load_recipe("tiny", {"quantize.max_accuracy_drop": 0.0, "dpo.min_reward_gain": 0.5})
+    results = {**RESULTS, "awq": {**RESULTS["awq"], "accuracy": 0.49}}
+    verdicts = {name: ok for name, (ok, _) in gates(results, recipe).items()}
+    assert verdicts == {"dpo_not_worse_than_sft": False, "gptq_within_budget": True, "awq_within_budget": False}

@@ -1,0 +1,97 @@
+"""`tuneline import-llamafactory`: LLaMA-Factory training YAMLs become one valid recipe; nothing is dropped
+without a word."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from engine.errors import RecipeError
+from engine.llamafactory import import_configs
+from engine.recipe import load_recipe
+
+SFT = """\
+model_name_or_path: {model}
+stage: sft
+do_train: true
+finetuning_type: lora
+use_dora: true
+lora_rank: 8
+lora_target: q_proj,v_proj
+loraplus_lr_ratio: 16.0
+dataset: identity,alpaca_en_demo
+template: qwen
+cutoff_len: 1024
+output_dir: saves/qwen/lora/sft
+per_device_train_batch_size: 2
+learning_rate: 1.0e-4
+num_train_epochs: 3.0
+packing: true
+report_to: wandb
+neat_packing: true
+"""
+KTO = "stage: kto\nfinetuning_type: freeze\nfreeze_trainable_layers: 1\npref_beta: 0.2\ndataset: kto_en_demo\n"
+RM = "stage: rm\nlearning_rate: 2.0e-5\nquantization_bit: 4\n"
+PT = "stage: pt\ndataset: c4_demo\nfinetuning_type: full\n"
+
+
+@pytest.fixture
+def configs(tmp_path, tiny_model_dir):
+    files = {"sft.yaml": SFT.format(model=tiny_model_dir), "kto.yaml": KTO, "rm.yaml": RM, "pt.yaml": PT}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    return [tmp_path / name for name in files]
+
+
+def test_known_keys_land_in_their_sections(configs, tiny_model_dir):
+    text, _ = import_configs(configs)
+    recipe = yaml.safe_load(text)
+    assert recipe["model"] == {"model_name_or_path": str(tiny_model_dir)}
+    assert recipe["data"] == {"dataset_dir": "data", "dataset_info": "dataset_info.json", "cutoff_len": 1024,
+                              "dataset": ["identity", "alpaca_en_demo", "kto_en_demo"]}
+    assert recipe["sft"] == {"finetuning_type": "dora", "lora_rank": 8, "lora_target": "q_proj,v_proj",
+                             "loraplus_lr_ratio": 16.0, "per_device_train_batch_size": 2, "learning_rate": 1e-4,
+                             "num_train_epochs": 3.0, "packing": True, "report_to": "none"}
+    assert recipe["dpo"] == {"pref_loss": "kto", "finetuning_type": "freeze", "freeze_trainable_layers": 1,
+                             "pref_beta": 0.2}
+    assert recipe["reward"] == {"learning_rate": 2e-5, "quantization_bit": 4}
+    assert recipe["pt"] == {"dataset": ["c4_demo"], "finetuning_type": "full"}
+
+
+def test_every_key_not_imported_is_named_with_its_reason(configs):
+    text, notes = import_configs(configs)
+    joined = "\n".join(notes)
+    for key in ("do_train", "template", "output_dir", "neat_packing", "report_to 'wandb'"):
+        assert key in joined
+    assert "unknown key neat_packing = True" in joined
+    assert all(f"# {note}" in text for note in notes)  # the recipe file carries them too
+
+
+def test_the_imported_recipe_loads(configs, tmp_path):
+    text, _ = import_configs(configs)
+    (tmp_path / "imported.yaml").write_text(text)
+    recipe, _ = load_recipe(str(tmp_path / "imported.yaml"))
+    assert recipe.sft.finetuning_type == "dora" and recipe.dpo.pref_loss == "kto"
+
+
+def test_a_value_tuneline_cannot_take_is_an_error_naming_it(tmp_path):
+    (tmp_path / "bad.yaml").write_text("stage: sft\nfinetuning_type: adalora\n")
+    with pytest.raises(RecipeError, match="finetuning_type"):
+        import_configs([tmp_path / "bad.yaml"])
+
+
+def test_an_unsupported_stage_is_reported(tmp_path):
+    (tmp_path / "ppo.yaml").write_text("stage: ppo\nlearning_rate: 1.0e-5\n")
+    _, notes = import_configs([tmp_path / "ppo.yaml"])
+    assert notes == [f"{tmp_path / 'ppo.yaml'}: stage 'ppo' is not imported (tuneline imports pt, sft, rm, dpo, kto); "
+                     "its keys are ignored"]
+
+
+def test_the_cli_writes_the_recipe_and_warns_on_stderr(configs, tmp_path):
+    out = tmp_path / "recipe.yaml"
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "import-llamafactory", *map(str, configs), "-o",
+                             str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "tuneline: warning:" in result.stderr and "neat_packing" in result.stderr
+    assert yaml.safe_load(out.read_text())["sft"]["finetuning_type"] == "dora"

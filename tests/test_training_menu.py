@@ -1,0 +1,165 @@
+"""LLaMA-Factory's training menu on the tiny model: each option trains for a few steps and is checked for
+what makes it itself (which weights moved, what was saved, what the tracker recorded)."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.data.registry import resolve_sources
+from engine.errors import DataError, RecipeError
+from engine.models import load_with_adapters
+from engine.recipe import DpoSection, PtSection, SftSection, load_recipe
+from engine.train.common import check_quantized_training, mlflow_uri, optimizers, prepare_model, trained_weights
+from engine.train.dpo import train_dpo
+from engine.train.pt import train_pt
+from engine.train.sft import train_sft
+from engine.models import load_causal_lm
+
+pytestmark = pytest.mark.slow
+FAST = {"max_steps": 4, "learning_rate": 3e-3, "per_device_train_batch_size": 16, "logging_steps": 1}
+
+
+def sft(tiny_model_dir, formatted_dir, tmp_path, **options):
+    out = tmp_path / "sft"
+    out.mkdir()
+    return out, train_sft(tiny_model_dir, formatted_dir, SftSection(**{**FAST, **options}), 128, out)
+
+
+def weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_dora_trains_a_dora_adapter(tiny_model_dir, formatted_dir, tmp_path):
+    out, metrics = sft(tiny_model_dir, formatted_dir, tmp_path, finetuning_type="dora")
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["use_dora"] is True
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
+
+
+def test_full_finetuning_trains_and_saves_every_weight(tiny_model_dir, formatted_dir, tmp_path):
+    out, metrics = sft(tiny_model_dir, formatted_dir, tmp_path, finetuning_type="full")
+    assert metrics["trainable_parameters"] == metrics["total_parameters"]
+    assert trained_weights(out) == out / "model"
+    base, tuned = weights(tiny_model_dir), weights(out / "model")
+    assert all(not torch.equal(base[k], tuned[k]) for k in base if "layers.0.self_attn.q_proj.weight" in k)
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
+
+
+def test_freeze_trains_only_the_last_layers(tiny_model_dir, formatted_dir, tmp_path):
+    out, metrics = sft(tiny_model_dir, formatted_dir, tmp_path, finetuning_type="freeze", freeze_trainable_layers=1)
+    base, tuned = weights(tiny_model_dir), weights(out / "model")
+    assert all(torch.equal(base[k], tuned[k]) for k in base if ".layers.0." in k or "embed_tokens" in k)
+    assert any(not torch.equal(base[k], tuned[k]) for k in base if ".layers.1." in k)
+    assert 0 < metrics["trainable_parameters"] < metrics["total_parameters"]
+
+
+def test_freeze_layers_are_counted_from_the_front_when_negative(tiny_model_dir):
+    model = prepare_model(load_causal_lm(tiny_model_dir), SftSection(finetuning_type="freeze",
+                                                                     freeze_trainable_layers=-1), "CAUSAL_LM")
+    trainable = {n.split(".layers.")[1].split(".")[0] for n, p in model.named_parameters()
+                 if p.requires_grad and ".layers." in n}
+    assert trainable == {"0"}
+
+
+def test_loraplus_gives_b_matrices_a_larger_learning_rate(tiny_model_dir):
+    cfg = SftSection(loraplus_lr_ratio=16, learning_rate=1e-3)
+    model = prepare_model(load_causal_lm(tiny_model_dir), cfg, "CAUSAL_LM")
+    optimizer, _ = optimizers(model, cfg)
+    rates = {group["lr"] for group in optimizer.param_groups if group["params"]}
+    assert rates == {1e-3, 16e-3}
+    assert optimizers(model, SftSection()) == (None, None)
+
+
+def test_packing_fills_sequences_with_several_rows(tiny_model_dir, formatted_dir, tmp_path):
+    _, metrics = sft(tiny_model_dir, formatted_dir, tmp_path, packing=True)
+    assert metrics["train_sequences"] < metrics["train_rows"] / 1.5
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
+
+
+def test_tensorboard_receives_the_training_loss(tiny_model_dir, formatted_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out, metrics = sft(tiny_model_dir, formatted_dir, tmp_path, report_to="tensorboard")
+    (run,) = {p.parent for p in (out / "tensorboard").rglob("events.out.tfevents.*")}
+    events = EventAccumulator(str(run)).Reload()
+    losses = [e.value for e in events.Scalars("train/loss")]
+    assert len(losses) == FAST["max_steps"]
+    assert losses == pytest.approx([p["loss"] for p in metrics["loss_curve"]], abs=1e-3)
+
+
+def test_mlflow_records_the_run_in_a_local_store(tiny_model_dir, formatted_dir, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+    monkeypatch.chdir(tmp_path / "..")
+    elsewhere = sorted(p.name for p in (tmp_path / "..").iterdir())
+    out, metrics = sft(tiny_model_dir, formatted_dir, tmp_path, report_to="mlflow")
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # set for the run only
+    assert sorted(p.name for p in (tmp_path / "..").iterdir()) == elsewhere  # no stray mlflow.db or mlruns/
+    client = MlflowClient(tracking_uri=mlflow_uri(out))
+    (run,) = client.search_runs([client.get_experiment_by_name("tuneline").experiment_id])
+    assert run.info.run_name == "sft"
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [round(m.value, 4) for m in history] == pytest.approx([p["loss"] for p in metrics["loss_curve"]], abs=1e-3)
+
+
+def test_qlora_without_a_gpu_is_refused_before_any_work():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: QLoRA may run")
+    with pytest.raises(RecipeError, match="sft.quantization_bit 4 \\(QLoRA\\) needs bitsandbytes and a CUDA GPU"):
+        check_quantized_training(SftSection(quantization_bit=4), "sft")
+    with pytest.raises(RecipeError, match="QLoRA"):
+        from pipelines.resources import validated_recipe
+        validated_recipe("tiny", json.dumps({"sft.quantization_bit": 4}))
+
+
+def test_qlora_needs_an_adapter():
+    with pytest.raises(RecipeError, match="needs finetuning_type lora or dora, not full"):
+        load_recipe("tiny", {"sft.quantization_bit": 4, "sft.finetuning_type": "full"})
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(tiny_model_dir, formatted_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sft_for_dpo")  # trained enough that chosen answers are already likelier
+    train_sft(tiny_model_dir, formatted_dir, SftSection(**{**FAST, "max_steps": 30}), 128, out)
+    return out / "adapter"
+
+
+@pytest.mark.parametrize("pref_loss", ["ipo", "orpo", "kto"])
+def test_each_preference_loss_trains_on_top_of_sft(pref_loss, tiny_model_dir, sft_adapter, reward_dir,
+                                                    formatted_dir, tmp_path):
+    cfg = DpoSection(pref_loss=pref_loss, **FAST)
+    metrics = train_dpo(tiny_model_dir, sft_adapter, reward_dir, formatted_dir, cfg, 128, tmp_path, judge_prompts=8)
+    assert metrics["pref_loss"] == pref_loss and metrics["steps"] == FAST["max_steps"]
+    assert metrics["eval_reward_margin"] > 0  # chosen (or desirable) answers already gain on rejected ones
+    tuned = load_with_adapters(tiny_model_dir, sft_adapter, trained_weights(tmp_path))
+    reference = load_with_adapters(tiny_model_dir, sft_adapter)
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), reference.state_dict().values(), strict=True))
+
+
+def test_full_dpo_keeps_the_sft_model_as_its_reference(tiny_model_dir, sft_adapter, reward_dir, formatted_dir,
+                                                       tmp_path):
+    cfg = DpoSection(finetuning_type="full", **FAST)
+    metrics = train_dpo(tiny_model_dir, sft_adapter, reward_dir, formatted_dir, cfg, 128, tmp_path, judge_prompts=8)
+    assert metrics["trainable_parameters"] == metrics["total_parameters"] > 0
+    assert metrics["eval_reward_margin"] > 0  # measured against the SFT reference: a base reference would be far off
+
+
+def test_kto_without_labelled_data_names_what_is_missing(tiny_model_dir, sft_adapter, reward_dir, formatted_dir,
+                                                         tmp_path):
+    import shutil
+    without_kto = tmp_path / "formatted"
+    shutil.copytree(formatted_dir, without_kto, ignore=shutil.ignore_patterns("kto"))
+    with pytest.raises(DataError, match="kto_tag"):
+        train_dpo(tiny_model_dir, sft_adapter, reward_dir, without_kto, DpoSection(pref_loss="kto", **FAST), 128,
+                  tmp_path / "out")
+
+
+def test_pt_learns_the_raw_text_and_quarantines_bad_rows(tiny_model_dir, tmp_path):
+    sources = resolve_sources("data", "datasets.yaml", ["pt_corpus"])
+    metrics, quarantine = train_pt(tiny_model_dir, sources, PtSection(**{**FAST, "max_steps": 6}), 128, 0.1, 42,
+                                   tmp_path)
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
+    assert {(q["row_id"], q["reason"]) for q in quarantine} == {("pt_corpus:300", "empty"),
+                                                                 ("pt_corpus:301", "wrong_type")}
+    assert (tmp_path / "config.json").is_file() and not (tmp_path / "adapter_config.json").exists()
+    load_causal_lm(tmp_path)  # a full model: every later stage starts from it
