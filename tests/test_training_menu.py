@@ -163,3 +163,22 @@ def test_pt_learns_the_raw_text_and_quarantines_bad_rows(tiny_model_dir, tmp_pat
                                                                  ("pt_corpus:301", "wrong_type")}
     assert (tmp_path / "config.json").is_file() and not (tmp_path / "adapter_config.json").exists()
     load_causal_lm(tmp_path)  # a full model: every later stage starts from it
+
+
+def test_the_pt_stage_runs_as_an_asset_with_its_quarantine_and_tracker(tmp_path):
+    import dagster as dg
+    from engine.catalog import Catalog
+    from pipelines.definitions import ASSETS, resources
+    overrides = {"pt.dataset": ["pt_corpus"], "pt.max_steps": 6, "pt.learning_rate": 3e-3, "pt.report_to": "tensorboard"}
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(ASSETS, resources=resources("tiny", str(tmp_path), overrides), instance=instance,
+                                selection=["base_model", "pt_model"])
+    assert result.success
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "pt_model"]
+    meta = {k: v.value for k, v in event.materialization.metadata.items()}
+    assert meta["continued_pretraining"] is True and meta["eval_loss_after"] < meta["eval_loss_before"]
+    assert meta["tracking"] == f"tensorboard --logdir {meta['path']}/tensorboard"
+    assert list((tmp_path / "artifacts" / "pt_model").glob("*/tensorboard/**/events.out.tfevents.*"))
+    reasons = Catalog(tmp_path / "catalog.duckdb").query(
+        "SELECT row_id, reason FROM quarantine WHERE artifact = ? ORDER BY row_id", [meta["fingerprint"]])
+    assert reasons == [("pt_corpus:300", "empty"), ("pt_corpus:301", "wrong_type")]
