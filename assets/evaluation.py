@@ -58,7 +58,7 @@ def eval_asset(stage: str):
                                                              recipe.evaluation))
         m = artifact.metrics
         yield from emit(tuneline, artifact, f"perplexity {m['perplexity']}, accuracy {m['accuracy']}, "
-                        f"reward score {m['reward_score']}",
+                        f"similarity {m['similarity']}, reward {m['reward_score']}",
                         {k: v for k, v in m.items() if k != "examples"} | {"examples": examples_table(m["examples"])},
                         {})
 

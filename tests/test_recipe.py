@@ -47,3 +47,17 @@ def test_a_shingle_size_the_dedup_cannot_read_stops_at_load(tmp_path):
     with pytest.raises(RecipeError) as err:
         load_recipe(str(bad))
     assert "clean.steps.0.near_dedup.shingle_size" in str(err.value) and "less than or equal to 8" in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"sft.finetuning_type": "adalora"}, "sft.finetuning_type"),
+    ({"sft.freeze_trainable_layers": 0}, "freeze_trainable_layers: 0 trains nothing"),
+    ({"dpo.loraplus_lr_ratio": 16, "dpo.finetuning_type": "full"}, "loraplus_lr_ratio needs finetuning_type lora"),
+    ({"dpo.pref_loss": "simpo"}, "dpo.pref_loss"),
+    ({"sft.report_to": "wandb"}, "sft.report_to"),
+    ({"serve.model": "gguf"}, "serve.model"),
+    ({"serve.served_model_name": "my/model"}, "serve.served_model_name"),
+])
+def test_training_and_serving_options_are_checked_at_load(overrides, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe("tiny", overrides)

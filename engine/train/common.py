@@ -14,7 +14,6 @@ from peft import LoraConfig, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
 
 from engine.errors import RecipeError
-from engine.models import load_causal_lm
 from engine.recipe import TrainSection
 
 ADAPTER_DIR, FULL_DIR = "adapter", "model"  # a stage artifact holds a PEFT adapter, or full weights
@@ -54,14 +53,16 @@ def quantized_load_kwargs(cfg: TrainSection) -> dict:
     return {"quantization_config": config, "device_map": {"": 0}}
 
 
-def load_trainable_lm(model_dir: Path, cfg: TrainSection):
-    """The causal LM a stage starts from, quantized when the recipe asks for QLoRA."""
-    check_quantized_training(cfg, "training")
-    if cfg.quantization_bit is None:
-        return load_causal_lm(model_dir)
-    from peft import prepare_model_for_kbit_training
+def load_trainable(model_dir: Path, cfg: TrainSection, model_class=None, **kwargs):
+    """The model a stage starts from (a causal LM unless `model_class` says otherwise), its frozen base
+    quantized by bitsandbytes when the recipe asks for QLoRA."""
     from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=False, **quantized_load_kwargs(cfg))
+    model_class = model_class or AutoModelForCausalLM
+    if cfg.quantization_bit is None:
+        return model_class.from_pretrained(model_dir, trust_remote_code=False, dtype=torch.float32, **kwargs)
+    check_quantized_training(cfg, "training")
+    from peft import prepare_model_for_kbit_training
+    model = model_class.from_pretrained(model_dir, trust_remote_code=False, **quantized_load_kwargs(cfg), **kwargs)
     return prepare_model_for_kbit_training(model)
 
 

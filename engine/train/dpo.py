@@ -11,13 +11,22 @@ from engine.errors import DataError
 from engine.evaluate import greedy_answers, reward_scores
 from engine.models import load_reward_model, load_tokenizer, load_with_adapters
 from engine.recipe import DpoSection
-from engine.train.common import (finish, is_adapter, optimizers, prepare_model, save_trained, tracking, trainer_kwargs,
-                                 without_row_ids)
+from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_trained,
+                                 tracking, trainer_kwargs, without_row_ids)
 
 
 def sft_model(base_dir: Path, sft_weights: Path):
     """The base model with the SFT stage applied: DPO's starting point and its reference."""
     return load_with_adapters(base_dir, sft_weights)
+
+
+def starting_model(base_dir: Path, sft_weights: Path, cfg: DpoSection, out: Path):
+    """The SFT model DPO trains; for QLoRA it is written out once and reloaded with its base quantized."""
+    model = sft_model(base_dir, sft_weights)
+    if cfg.quantization_bit is None:
+        return model
+    model.save_pretrained(out / "_trainer" / "sft_merged")
+    return load_trainable(out / "_trainer" / "sft_merged", cfg)
 
 
 def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: DpoSection, cutoff_len: int, out: Path):
@@ -49,7 +58,7 @@ def train_dpo(base_dir: Path, sft_weights: Path, reward_dir: Path, formatted_dir
               cutoff_len: int, out: Path, judge_prompts: int = 64) -> dict:
     """Train and save to `out/adapter` (or `out/model`). Returns eval reward margin/accuracy and judged scores."""
     tokenizer = load_tokenizer(base_dir)
-    model = prepare_model(sft_model(base_dir, sft_weights), cfg, "CAUSAL_LM")
+    model = prepare_model(starting_model(base_dir, sft_weights, cfg, out), cfg, "CAUSAL_LM")
     # a full or freeze model needs its own frozen copy of the SFT model as reference (TRL would reload the base)
     reference = None if is_adapter(cfg) or cfg.pref_loss == "orpo" else sft_model(base_dir, sft_weights).eval()
     with tracking(cfg, out, f"dpo-{cfg.pref_loss}"):

@@ -18,7 +18,7 @@ from engine.data.ingest import source_records
 from engine.data.registry import DatasetEntry
 from engine.models import load_tokenizer
 from engine.recipe import PtSection
-from engine.train.common import (finish, is_adapter, load_trainable_lm, optimizers, prepare_model, tracking,
+from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, tracking,
                                  trainer_kwargs)
 
 
@@ -58,7 +58,7 @@ def train_pt(base_dir: Path, sources: dict[str, tuple[DatasetEntry, Path]], cfg:
     train, evaluation = (Dataset.from_dict({"text": rows[s]}) for s in ("train", "eval"))
     args = SFTConfig(**trainer_kwargs(cfg, out), max_length=cutoff_len, packing=True, packing_strategy="wrapped",
                      dataset_text_field="text", completion_only_loss=False)
-    model = prepare_model(load_trainable_lm(base_dir, cfg), cfg, "CAUSAL_LM")
+    model = prepare_model(load_trainable(base_dir, cfg), cfg, "CAUSAL_LM")
     with tracking(cfg, out, "pt"):
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                              processing_class=tokenizer, optimizers=optimizers(model, cfg))

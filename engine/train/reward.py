@@ -11,16 +11,15 @@ from trl import RewardConfig, RewardTrainer
 from engine.evaluate import pairwise_accuracy
 from engine.models import load_tokenizer
 from engine.recipe import RewardSection
-from engine.train.common import (check_quantized_training, finish, is_adapter, optimizers, prepare_model, tracking,
+from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, tracking,
                                  trainer_kwargs, without_row_ids)
 
 
 def train_reward(base_dir: Path, formatted_dir: Path, cfg: RewardSection, cutoff_len: int, out: Path) -> dict:
     """Train and save a full reward model in `out` (a LoRA is merged in). Returns held-out pairwise accuracy."""
-    check_quantized_training(cfg, "reward")
     tokenizer = load_tokenizer(base_dir)
     data = load_from_disk(formatted_dir / "preference")
-    model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1, trust_remote_code=False)
+    model = load_trainable(base_dir, cfg, AutoModelForSequenceClassification, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     model = prepare_model(model, cfg, "SEQ_CLS")
     args = RewardConfig(**trainer_kwargs(cfg, out), max_length=cutoff_len)

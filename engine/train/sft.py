@@ -9,7 +9,7 @@ from trl import SFTConfig, SFTTrainer
 
 from engine.models import load_tokenizer
 from engine.recipe import SftSection
-from engine.train.common import (finish, load_trainable_lm, optimizers, prepare_model, save_trained, tracking,
+from engine.train.common import (finish, load_trainable, optimizers, prepare_model, save_trained, tracking,
                                  trainer_kwargs, without_row_ids)
 
 
@@ -20,7 +20,7 @@ def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: 
     train, evaluation = without_row_ids(data["train"]), without_row_ids(data["eval"])
     # the SFT view is pre-tokenized with labels already masked: TRL uses them as they are (and packs them if asked)
     args = SFTConfig(**trainer_kwargs(cfg, out), max_length=cutoff_len, packing=cfg.packing, eval_packing=False)
-    model = prepare_model(load_trainable_lm(base_dir, cfg), cfg, "CAUSAL_LM")
+    model = prepare_model(load_trainable(base_dir, cfg), cfg, "CAUSAL_LM")
     with tracking(cfg, out, "sft"):
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                              processing_class=tokenizer, optimizers=optimizers(model, cfg))
