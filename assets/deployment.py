@@ -19,7 +19,7 @@ SMOKE_PROMPT = "Add the two numbers.\n120 + 345"
 def deploy_to(out, export: Artifact, served_name: str, recipe) -> dict:
     config = write_serve_config(export.path, served_name, recipe.serve, out)
     vllm_line = server_command(config, out, "vllm", config["host"], config["port"])
-    smoke = smoke_serve(out, SMOKE_PROMPT, recipe.serve.startup_timeout_seconds)
+    smoke = smoke_serve(out, recipe.serve.infer_backend, SMOKE_PROMPT, recipe.serve.startup_timeout_seconds)
     return {"serve_config": config, "vllm_command": " ".join(vllm_line), "smoke": smoke,
             "vllm_problems": vllm_config_problems(export.path)}
 

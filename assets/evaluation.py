@@ -14,7 +14,7 @@ import engine.scorers
 from assets.common import blocking_checks, emit
 from engine.artifacts import Artifact, code_version
 from engine.train.common import trained_weights
-from engine.evaluation import STAGES, comparison_markdown, evaluate_stage, gates
+from engine.evaluation import STAGES, comparison_summary, evaluate_stage, gates, write_comparison
 from engine.models import model_dir
 from engine.scorers import scorer_identity
 from pipelines.resources import Tuneline
@@ -78,20 +78,8 @@ def model_comparison(tuneline: Tuneline, **evaluations: Artifact):
     recipe = tuneline.recipe()
     config = {"dpo.min_reward_gain": recipe.dpo.min_reward_gain, "quantize": recipe.quantize.model_dump()}
     results = {name.removeprefix("eval_"): artifact.metrics for name, artifact in evaluations.items()}
-    artifact = tuneline.build("model_comparison", list(evaluations.values()), config, CODE,
-                              lambda out: write_comparison(out, results, recipe))
     checks = gates(results, recipe)
-    merged = results["merged"]
-    quantized = ", ".join(f"{q} acc {results[q]['accuracy'] - merged['accuracy']:+.2f} ppl "
-                          f"x{results[q]['perplexity'] / merged['perplexity']:.3f}" for q in ("gptq", "awq"))
-    gain = results["dpo"]["reward_score"] - results["sft"]["reward_score"]
-    yield from emit(tuneline, artifact, f"dpo reward {gain:+.2f} vs sft; {quantized} vs merged",
+    artifact = tuneline.build("model_comparison", list(evaluations.values()), config, CODE,
+                              lambda out: write_comparison(out, results, checks))
+    yield from emit(tuneline, artifact, comparison_summary(results),
                     {"comparison": dg.MetadataValue.md(artifact.metrics["table"])}, checks)
-
-
-def write_comparison(out, results: dict[str, dict], recipe) -> dict:
-    table = comparison_markdown(results)
-    (out / "comparison.md").write_text(table + "\n")
-    (out / "comparison.json").write_text(json.dumps(results, indent=2))
-    return {"table": table, "results": results,
-            "gates": {name: {"passed": ok, "detail": detail} for name, (ok, detail) in gates(results, recipe).items()}}

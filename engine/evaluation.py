@@ -9,6 +9,7 @@ the reward model's mean score of those answers.
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 from datasets import load_from_disk
@@ -102,3 +103,21 @@ def gates(results: dict[str, dict], recipe: Recipe) -> dict[str, tuple[bool, str
     return {"dpo_not_worse_than_sft": dpo_gate(results["sft"], results["dpo"], recipe.dpo.min_reward_gain),
             **{f"{name}_within_budget": quantized_gate(name, results["merged"], results[name], q.max_accuracy_drop,
                                                        q.max_ppl_ratio) for name in ("gptq", "awq")}}
+
+
+def comparison_summary(results: dict[str, dict]) -> str:
+    """One line: DPO's reward gain over SFT, and each quantized export's accuracy and perplexity against merged."""
+    merged = results["merged"]
+    quantized = ", ".join(f"{q} acc {results[q]['accuracy'] - merged['accuracy']:+.2f} ppl "
+                          f"x{results[q]['perplexity'] / merged['perplexity']:.3f}" for q in ("gptq", "awq"))
+    gain = results["dpo"]["reward_score"] - results["sft"]["reward_score"]
+    return f"dpo reward {gain:+.2f} vs sft; {quantized} vs merged"
+
+
+def write_comparison(out: Path, results: dict[str, dict], checks: dict[str, tuple[bool, str]]) -> dict:
+    """comparison.md (the table) and comparison.json (every number) in `out`; the gates' verdicts in the metrics."""
+    table = comparison_markdown(results)
+    (out / "comparison.md").write_text(table + "\n")
+    (out / "comparison.json").write_text(json.dumps(results, indent=2))
+    return {"table": table, "results": results,
+            "gates": {name: {"passed": ok, "detail": detail} for name, (ok, detail) in checks.items()}}

@@ -179,10 +179,9 @@ def chat_completion(base_url: str, model: str, prompt: str, max_tokens: int = 16
     return response.choices[0].message.content
 
 
-def smoke_serve(directory: Path, prompt: str, timeout: float) -> dict:
+def smoke_serve(directory: Path, backend: str, prompt: str, timeout: float) -> dict:
     """Start the server on a free port, ask one question, stop it: proof the deployment serves."""
-    server = Server(directory, backend="huggingface" if not vllm_usable() else "auto", port=free_port(),
-                    timeout=timeout)
+    server = Server(directory, backend=backend, port=free_port(), timeout=timeout)
     started = time.monotonic()
     with server:
         ready = time.monotonic() - started

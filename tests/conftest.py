@@ -50,12 +50,3 @@ def formatted_dir(tmp_path_factory, tiny_model_dir, sample_rows):
     format_rows(rows, load_tokenizer(tiny_model_dir), 128, 0.1, 42, out)
     return out
 
-
-@pytest.fixture(scope="session")
-def reward_dir(tmp_path_factory, tiny_model_dir, formatted_dir):
-    """A briefly trained reward model: the DPO stage's judge in training tests."""
-    from engine.recipe import RewardSection
-    from engine.train.reward import train_reward
-    out = tmp_path_factory.mktemp("reward")
-    train_reward(tiny_model_dir, formatted_dir, RewardSection(max_steps=4, learning_rate=3e-3), 128, out)
-    return out

@@ -157,7 +157,7 @@ def test_lineage_and_catalog_account_for_every_row(first_run):
     meta = artifacts_of(result)
     record = json.loads((Path(meta["merged_model"]["path"]) / "lineage.json").read_text())
     assert set(record["artifacts"]) == {"base_model", "raw_data", "clean_data", "formatted_data", "pt_model",
-                                         "sft_adapter", "reward_model", "dpo_adapter"}
+                                         "sft_adapter", "dpo_adapter"}
     assert set(record["data"]) == {"alpaca_tasks", "sharegpt_tasks", "openai_tasks", "preference_tasks"}
     assert record["artifacts"]["sft_adapter"]["checks"] == {"eval_loss_below_base": True}
     assert record["artifacts"]["sft_adapter"]["versions"]["trl"] == "1.16.0"

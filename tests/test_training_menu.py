@@ -125,32 +125,33 @@ def sft_adapter(tiny_model_dir, formatted_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("pref_loss", ["ipo", "orpo", "kto"])
-def test_each_preference_loss_trains_on_top_of_sft(pref_loss, tiny_model_dir, sft_adapter, reward_dir,
+def test_each_preference_loss_trains_on_top_of_sft(pref_loss, tiny_model_dir, sft_adapter,
                                                     formatted_dir, tmp_path):
     cfg = DpoSection(pref_loss=pref_loss, **FAST)
-    metrics = train_dpo(tiny_model_dir, sft_adapter, reward_dir, formatted_dir, cfg, 128, tmp_path, judge_prompts=8)
+    metrics = train_dpo(tiny_model_dir, sft_adapter, formatted_dir, cfg, 128, tmp_path)
     assert metrics["pref_loss"] == pref_loss and metrics["steps"] == FAST["max_steps"]
     assert metrics["eval_reward_margin"] > 0  # chosen (or desirable) answers already gain on rejected ones
     tuned = load_with_adapters(tiny_model_dir, sft_adapter, trained_weights(tmp_path))
     reference = load_with_adapters(tiny_model_dir, sft_adapter)
-    assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), reference.state_dict().values(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), reference.state_dict().values(),
+                                                      strict=True))
 
 
-def test_full_dpo_keeps_the_sft_model_as_its_reference(tiny_model_dir, sft_adapter, reward_dir, formatted_dir,
+def test_full_dpo_keeps_the_sft_model_as_its_reference(tiny_model_dir, sft_adapter, formatted_dir,
                                                        tmp_path):
     cfg = DpoSection(finetuning_type="full", **FAST)
-    metrics = train_dpo(tiny_model_dir, sft_adapter, reward_dir, formatted_dir, cfg, 128, tmp_path, judge_prompts=8)
+    metrics = train_dpo(tiny_model_dir, sft_adapter, formatted_dir, cfg, 128, tmp_path)
     assert metrics["trainable_parameters"] == metrics["total_parameters"] > 0
     assert metrics["eval_reward_margin"] > 0  # measured against the SFT reference: a base reference would be far off
 
 
-def test_kto_without_labelled_data_names_what_is_missing(tiny_model_dir, sft_adapter, reward_dir, formatted_dir,
+def test_kto_without_labelled_data_names_what_is_missing(tiny_model_dir, sft_adapter, formatted_dir,
                                                          tmp_path):
     import shutil
     without_kto = tmp_path / "formatted"
     shutil.copytree(formatted_dir, without_kto, ignore=shutil.ignore_patterns("kto"))
     with pytest.raises(DataError, match="kto_tag"):
-        train_dpo(tiny_model_dir, sft_adapter, reward_dir, without_kto, DpoSection(pref_loss="kto", **FAST), 128,
+        train_dpo(tiny_model_dir, sft_adapter, without_kto, DpoSection(pref_loss="kto", **FAST), 128,
                   tmp_path / "out")
 
 

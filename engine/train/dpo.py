@@ -8,8 +8,7 @@ from pathlib import Path
 from datasets import load_from_disk
 
 from engine.errors import DataError
-from engine.evaluate import greedy_answers, reward_scores
-from engine.models import load_reward_model, load_tokenizer, load_with_adapters
+from engine.models import load_tokenizer, load_with_adapters
 from engine.recipe import DpoSection
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_trained,
                                  tracking, trainer_kwargs, without_row_ids)
@@ -54,9 +53,10 @@ def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: Dp
                       eval_dataset=evaluation, processing_class=tokenizer, optimizers=optimizers(model, cfg))
 
 
-def train_dpo(base_dir: Path, sft_weights: Path, reward_dir: Path, formatted_dir: Path, cfg: DpoSection,
-              cutoff_len: int, out: Path, judge_prompts: int = 64) -> dict:
-    """Train and save to `out/adapter` (or `out/model`). Returns eval reward margin/accuracy and judged scores."""
+def train_dpo(base_dir: Path, sft_weights: Path, formatted_dir: Path, cfg: DpoSection, cutoff_len: int,
+              out: Path) -> dict:
+    """Train and save to `out/adapter` (or `out/model`). Returns the held-out reward margin and accuracy.
+    (The reward model's verdict on DPO against SFT is the evaluation assets' job, and the gate's.)"""
     tokenizer = load_tokenizer(base_dir)
     model = prepare_model(starting_model(base_dir, sft_weights, cfg, out), cfg, "CAUSAL_LM")
     # a full or freeze model needs its own frozen copy of the SFT model as reference (TRL would reload the base)
@@ -66,22 +66,7 @@ def train_dpo(base_dir: Path, sft_weights: Path, reward_dir: Path, formatted_dir
         result = trainer.train()
         evaluation = trainer.evaluate()
     save_trained(trainer.model, tokenizer, cfg, out)
-    prompts = load_from_disk(formatted_dir / "preference")["eval"]
-    judged = judge(trainer.model, base_dir, sft_weights, reward_dir, tokenizer, prompts, judge_prompts)
     accuracy = evaluation.get("eval_rewards/accuracies")
     return {**finish(trainer, out, cfg), "pref_loss": cfg.pref_loss, "train_loss": round(result.training_loss, 4),
             "eval_reward_margin": round(evaluation["eval_rewards/margins"], 4),
-            "eval_reward_accuracy": None if accuracy is None else round(accuracy, 4), **judged}
-
-
-def judge(dpo_model, base_dir: Path, sft_weights: Path, reward_dir: Path, tokenizer, eval_rows, limit: int) -> dict:
-    """Mean reward-model score of greedy answers to held-out prompts, from the SFT and the DPO model."""
-    prompts = [row["prompt"] for row in eval_rows.select(range(min(limit, len(eval_rows))))]
-    reward = load_reward_model(reward_dir)
-    scores = {}
-    for name, model in (("sft", sft_model(base_dir, sft_weights)), ("dpo", dpo_model)):
-        answers = greedy_answers(model, tokenizer, prompts)
-        conversations = [p + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers, strict=True)]
-        values = reward_scores(reward, tokenizer, conversations)
-        scores[f"reward_score_{name}"] = round(sum(values) / max(len(values), 1), 4)
-    return scores
+            "eval_reward_accuracy": None if accuracy is None else round(accuracy, 4)}
