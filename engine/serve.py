@@ -28,12 +28,6 @@ from engine.recipe import ServeSection
 CONFIG_FILE = "serve.json"
 
 
-def quantization_of(model_dir: Path) -> str | None:
-    """The checkpoint's quantization format as vLLM reads it from config.json ("compressed-tensors"), or None."""
-    config = json.loads((model_dir / "config.json").read_text())
-    return (config.get("quantization_config") or {}).get("quant_method")
-
-
 def write_serve_config(model_dir: Path, served_model_name: str, cfg: ServeSection, out: Path) -> dict:
     """serve.json and chat_template.jinja in `out`, plus `out/<served_model_name>`, a link to the model:
     transformers serve answers to the name it loaded, so the link gives the server the served name."""
@@ -44,9 +38,11 @@ def write_serve_config(model_dir: Path, served_model_name: str, cfg: ServeSectio
     template = out / "chat_template.jinja"
     template.write_text(load_tokenizer(model_dir).chat_template)
     (out / served_model_name).symlink_to(model_dir, target_is_directory=True)
-    max_len = cfg.max_model_len or json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings")
+    model_config = json.loads((model_dir / "config.json").read_text())
+    quantization = (model_config.get("quantization_config") or {}).get("quant_method")  # as vLLM reads it
     config = {"model_path": str(model_dir), "served_model_name": served_model_name, "chat_template": template.name,
-              "max_model_len": max_len, "quantization": quantization_of(model_dir), "host": cfg.host,
+              "max_model_len": cfg.max_model_len or model_config.get("max_position_embeddings"),
+              "quantization": quantization, "host": cfg.host,
               "port": cfg.port, "infer_backend": cfg.infer_backend}
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     return config
@@ -127,7 +123,11 @@ class Server:
         with open(self.log_path or os.devnull, "w") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(self.command, cwd=self.directory, stdout=log, stderr=subprocess.STDOUT,
                                             env=env, start_new_session=True)
-        self.wait_healthy()
+        try:
+            self.wait_healthy()
+        except BaseException:  # Ctrl-C or SIGTERM while waiting, too: the child has its own session, so stop it
+            self.stop()
+            raise
         return self
 
     def wait_healthy(self) -> None:
@@ -143,7 +143,6 @@ class Server:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.5)
-        self.stop()
         raise ServeError(f"{self.backend} server was not healthy within {self.timeout:.0f} s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 20) -> str:

@@ -93,7 +93,8 @@ def evaluate(args: argparse.Namespace) -> int:
         return 1
     if args.compare:
         directory = Path(comparison[0].materialization.metadata["path"].value)
-        metrics = json.loads((directory / "manifest.json").read_text())["metrics"]
+        from engine.artifacts import MANIFEST
+        metrics = json.loads((directory / MANIFEST).read_text())["metrics"]
         print("\n" + metrics["table"] + "\n")
         for name, gate in metrics["gates"].items():
             print(f"{'pass' if gate['passed'] else 'FAIL'}  {name}: {gate['detail']}")
@@ -191,11 +192,11 @@ def serve(args: argparse.Namespace) -> int:
     quiet_libraries()
     import signal
     import tempfile
-    from engine.serve import Server, choose_backend, read_serve_config, server_command, write_serve_config
+    from engine.serve import Server, choose_backend, read_serve_config, server_command
     from pipelines.resources import validated_recipe
     recipe = validated_recipe(args.recipe, json.dumps(parse_overrides(args.set), sort_keys=True))
     with tempfile.TemporaryDirectory(prefix="tuneline-serve-") as scratch:
-        directory = serve_directory(args, recipe, Path(scratch), write_serve_config)
+        directory = serve_directory(args, recipe, Path(scratch))
         config = read_serve_config(directory)
         backend = choose_backend(args.backend or recipe.serve.infer_backend)
         host, port = args.host or config["host"], args.port or config["port"]
@@ -207,17 +208,17 @@ def serve(args: argparse.Namespace) -> int:
             return 0
         server = Server(directory, backend, host, port, recipe.serve.startup_timeout_seconds)
         signal.signal(signal.SIGTERM, interrupt)
-        with server:
-            print(f"serving {config['served_model_name']} ({backend}) at {server.base_url}; Ctrl-C stops it",
-                  flush=True)
-            try:
+        try:  # an interrupt at any moment, even while starting or announcing, goes through the clean stop
+            with server:
+                print(f"serving {config['served_model_name']} ({backend}) at {server.base_url}; Ctrl-C stops it",
+                      flush=True)
                 while server.process.poll() is None:
                     time.sleep(1)
                 print(f"tuneline: the server exited with code {server.process.returncode}:\n{server.log_tail()}",
                       file=sys.stderr)
                 return 1
-            except KeyboardInterrupt:
-                print("stopping the server", file=sys.stderr)
+        except KeyboardInterrupt:
+            print("the server is stopped", file=sys.stderr)
     return 0
 
 
@@ -226,8 +227,9 @@ def interrupt(*_) -> None:
     raise KeyboardInterrupt
 
 
-def serve_directory(args: argparse.Namespace, recipe, scratch: Path, write_serve_config) -> Path:
+def serve_directory(args: argparse.Namespace, recipe, scratch: Path) -> Path:
     """The deployment to serve: `deployment` (the latest), a deployment directory, or a model to deploy ad hoc."""
+    from engine.serve import write_serve_config
     if args.model == "deployment":
         pointer = Path(args.artifact_root) / "pointers" / "deployment.json"
         if not pointer.is_file():

@@ -100,7 +100,7 @@ def test_tuneline_serve_runs_until_sigterm_then_shuts_down(deployment_dir):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) == 0
         process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
+        assert process.wait(60) == 0, process.stderr.read()[-3000:]
     finally:
         process.kill()
     time.sleep(0.5)
