@@ -21,7 +21,6 @@ from engine.recipe import EvaluationSection, Recipe
 from engine.scorers import char_similarity, resolve_scorer, score
 
 STAGES = ("base", "sft", "dpo", "merged", "gptq", "awq")
-FULL_MODELS = ("base", "merged", "gptq", "awq")  # a directory lm-eval can load; sft and dpo are adapters
 
 
 def evaluate_model(model, tokenizer_dir: Path, formatted_dir: Path, reward_dir: Path, cfg: EvaluationSection) -> dict:
@@ -37,7 +36,8 @@ def evaluate_model(model, tokenizer_dir: Path, formatted_dir: Path, reward_dir: 
             "accuracy": round(score(resolve_scorer(cfg.scorer), answers, references), 4),
             "similarity": round(score(char_similarity, answers, references), 4),
             "reward_score": round(sum(rewards) / max(len(rewards), 1), 4), "samples": len(examples),
-            "scorer": cfg.scorer, "examples": [{"reference": r, "answer": a} for r, a in zip(references[:5], answers[:5], strict=True)]}
+            "scorer": cfg.scorer,
+            "examples": [{"reference": r, "answer": a} for r, a in zip(references[:5], answers[:5], strict=True)]}
 
 
 def evaluate_stage(model_path: Path, adapters: list[Path], formatted_dir: Path, reward_dir: Path,

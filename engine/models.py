@@ -105,12 +105,13 @@ def load_with_adapters(base_dir: Path, *stages: Path):
     """The base model with each training stage applied in order (SFT, then DPO): a LoRA/DoRA adapter
     directory is merged in; a full-weights directory (full or freeze fine-tuning) replaces the model."""
     from peft import PeftModel
-    model = load_causal_lm(base_dir)
-    for stage in stages:
-        if (stage / "adapter_config.json").is_file():
-            model = PeftModel.from_pretrained(model, stage).merge_and_unload()
-        else:
-            model = load_causal_lm(stage)
+    start, adapters = base_dir, list(stages)
+    for i, stage in enumerate(stages):
+        if not (stage / "adapter_config.json").is_file():  # full weights: what came before is not loaded at all
+            start, adapters = stage, list(stages[i + 1:])
+    model = load_causal_lm(start)
+    for adapter in adapters:
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return model
 
 

@@ -9,8 +9,7 @@ from datasets import load_from_disk
 from peft import PeftModel
 
 from engine.evaluate import perplexity, sft_batch
-from engine.models import load_causal_lm, load_tokenizer, smoke_generate
-from engine.train.dpo import sft_model
+from engine.models import load_causal_lm, load_tokenizer, load_with_adapters, smoke_generate
 
 
 def merge(base_dir: Path, sft_weights: Path, dpo_weights: Path, formatted_dir: Path, out: Path,
@@ -25,7 +24,7 @@ def merge(base_dir: Path, sft_weights: Path, dpo_weights: Path, formatted_dir: P
     batch = sft_batch(evaluation, check_rows, tokenizer.pad_token_id)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     if (dpo_weights / "adapter_config.json").is_file():
-        trained = PeftModel.from_pretrained(sft_model(base_dir, sft_weights), dpo_weights).eval()
+        trained = PeftModel.from_pretrained(load_with_adapters(base_dir, sft_weights), dpo_weights).eval()
     else:
         trained = load_causal_lm(dpo_weights).eval()
     with torch.no_grad():

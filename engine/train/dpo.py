@@ -14,14 +14,9 @@ from engine.train.common import (finish, is_adapter, load_trainable, optimizers,
                                  tracking, trainer_kwargs, without_row_ids)
 
 
-def sft_model(base_dir: Path, sft_weights: Path):
-    """The base model with the SFT stage applied: DPO's starting point and its reference."""
-    return load_with_adapters(base_dir, sft_weights)
-
-
 def starting_model(base_dir: Path, sft_weights: Path, cfg: DpoSection, out: Path):
     """The SFT model DPO trains; for QLoRA it is written out once and reloaded with its base quantized."""
-    model = sft_model(base_dir, sft_weights)
+    model = load_with_adapters(base_dir, sft_weights)
     if cfg.quantization_bit is None:
         return model
     model.save_pretrained(out / "_trainer" / "sft_merged")
@@ -49,8 +44,9 @@ def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: Dp
         return ORPOTrainer(model=model, args=ORPOConfig(**common), train_dataset=train, eval_dataset=evaluation,
                            processing_class=tokenizer, optimizers=optimizers(model, cfg))
     from trl import DPOConfig, DPOTrainer
-    return DPOTrainer(model=model, ref_model=reference, args=DPOConfig(**common, loss_type=[cfg.pref_loss]), train_dataset=train,
-                      eval_dataset=evaluation, processing_class=tokenizer, optimizers=optimizers(model, cfg))
+    return DPOTrainer(model=model, ref_model=reference, args=DPOConfig(**common, loss_type=[cfg.pref_loss]),
+                      train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
+                      optimizers=optimizers(model, cfg))
 
 
 def train_dpo(base_dir: Path, sft_weights: Path, formatted_dir: Path, cfg: DpoSection, cutoff_len: int,
@@ -60,7 +56,7 @@ def train_dpo(base_dir: Path, sft_weights: Path, formatted_dir: Path, cfg: DpoSe
     tokenizer = load_tokenizer(base_dir)
     model = prepare_model(starting_model(base_dir, sft_weights, cfg, out), cfg, "CAUSAL_LM")
     # a full or freeze model needs its own frozen copy of the SFT model as reference (TRL would reload the base)
-    reference = None if is_adapter(cfg) or cfg.pref_loss == "orpo" else sft_model(base_dir, sft_weights).eval()
+    reference = None if is_adapter(cfg) or cfg.pref_loss == "orpo" else load_with_adapters(base_dir, sft_weights).eval()
     with tracking(cfg, out, f"dpo-{cfg.pref_loss}"):
         trainer = preference_trainer(model, reference, tokenizer, formatted_dir, cfg, cutoff_len, out)
         result = trainer.train()

@@ -16,6 +16,7 @@ from trl import SFTConfig, SFTTrainer
 from engine.data.format import split_of
 from engine.data.ingest import source_records
 from engine.data.registry import DatasetEntry
+from engine.errors import DataError
 from engine.models import load_tokenizer
 from engine.recipe import PtSection
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, tracking,
@@ -23,7 +24,7 @@ from engine.train.common import (finish, is_adapter, load_trainable, optimizers,
 
 
 def text_rows(sources: dict[str, tuple[DatasetEntry, Path]]) -> Iterator[tuple[bool, dict]]:
-    """(True, {"text", "row_id", "content_hash"}) per usable row, else (False, quarantined row with its reason)."""
+    """(True, {"text", "source", "row_id", "content_hash"}) per usable row, else (False, quarantined row with its reason)."""
     for name, (entry, path) in sources.items():
         column = entry.column("prompt")
         for row_id, record in source_records(name, entry, path):
@@ -33,7 +34,7 @@ def text_rows(sources: dict[str, tuple[DatasetEntry, Path]]) -> Iterator[tuple[b
                 yield False, {"source": name, "row_id": row_id, "stage": "pt", "reason": reason,
                               "detail": f"column {column!r} must hold non-empty text, got {text!r}"[:200]}
                 continue
-            yield True, {"text": text.strip(), "row_id": row_id,
+            yield True, {"text": text.strip(), "source": name, "row_id": row_id,
                          "content_hash": hashlib.sha256(text.strip().encode()).hexdigest()[:16]}
 
 
@@ -46,13 +47,12 @@ def train_pt(base_dir: Path, sources: dict[str, tuple[DatasetEntry, Path]], cfg:
         if not good:
             quarantine.append(row)
         elif row["content_hash"] in seen:
-            quarantine.append({"source": row["row_id"].split(":")[0], "row_id": row["row_id"], "stage": "pt",
+            quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": "pt",
                                "reason": "exact_duplicate", "detail": f"text hash {row['content_hash']}"})
         else:
             seen.add(row["content_hash"])
             rows[split_of(row["content_hash"], val_size, seed)].append(row["text"])
     if not rows["train"] or not rows["eval"]:
-        from engine.errors import DataError
         raise DataError(f"pt.dataset {list(sources)}: {len(rows['train'])} train and {len(rows['eval'])} eval texts; "
                         "both splits need text (add rows or change data.val_size)")
     train, evaluation = (Dataset.from_dict({"text": rows[s]}) for s in ("train", "eval"))
