@@ -1,45 +1,39 @@
 """base_model: the tiny preset built from a seed, or a local Hugging Face checkpoint."""
 
-import json
-
-import dagster as dg
-
-import engine.data.ingest
-import engine.models
-from assets.common import blocking_checks, emit
-from engine.artifacts import code_version
-from engine.data.ingest import ingest, message_texts, source_identity
-from engine.data.registry import recipe_sources
-from engine.models import build_tiny, is_tiny, load_causal_lm, load_tokenizer, local_model_identity, model_dir, smoke_generate
-from pipelines.resources import Tuneline
-
-CODE = code_version(engine.models, engine.data.ingest)
+from assets.stage_asset import stage_asset
+from engine.content import checkpoint_identity
+from engine.base_model import build_base_model
+from engine.models import check_local_model, is_tiny, load_causal_lm, load_tokenizer, model_dir, smoke_generate
+from engine.stage import Stage
 
 
-def point_at_local_model(out, identity: dict) -> dict:
-    """A local checkpoint is not copied: the artifact names it, and its identity is in the fingerprint."""
-    (out / "local_model.json").write_text(json.dumps(identity))
-    return identity
-
-
-@dg.asset(group_name="training", code_version=CODE, check_specs=blocking_checks("base_model", "loads_and_generates"))
-def base_model(tuneline: Tuneline):
-    """The model every stage starts from: weights, tokenizer and chat template."""
-    recipe = tuneline.recipe()
+def reads(recipe):
+    """The tiny preset reads its shape and, for its tokenizer, the cleaned rows; a checkpoint is its files."""
     if is_tiny(recipe.model):
-        sources = recipe_sources(recipe.data)
-        config = {"tiny": recipe.model.tiny.model_dump(), "tokenizer_data": source_identity(sources)}
-        work = lambda out: build_tiny(recipe.model.tiny, message_texts(ingest(sources)[0]), out)
-    else:
-        identity = local_model_identity(engine.models.check_local_model(recipe.model.model_name_or_path))
-        config = {"local": identity}
-        work = lambda out: point_at_local_model(out, identity)
-    artifact = tuneline.build("base_model", [], config, CODE, work)
+        return ("clean_data",), ("model.model_name_or_path", "model.tiny")
+    return (), ("model.model_name_or_path",)
+
+
+def outside(recipe, hasher) -> dict:
+    if is_tiny(recipe.model):
+        return {}
+    return {"checkpoint": checkpoint_identity(check_local_model(recipe.model.model_name_or_path), hasher)}
+
+
+STAGE = Stage("base_model", entry=build_base_model, parents=("clean_data",), keys=("model",), outside=outside,
+              select=reads)
+
+
+def loads_and_generates(artifact, recipe) -> tuple[bool, str]:
     try:
-        answer = smoke_generate(load_causal_lm(model_dir(artifact.path)), load_tokenizer(model_dir(artifact.path)))
-        check = (True, f"greedy answer {answer!r}")
+        directory = model_dir(artifact.path)
+        return True, f"greedy answer {smoke_generate(load_causal_lm(directory), load_tokenizer(directory))!r}"
     except Exception as exc:  # reported as a failed check, which blocks every downstream stage
-        answer, check = None, (False, f"{type(exc).__name__}: {exc}")
-    yield from emit(tuneline, artifact, f"{recipe.model.model_name_or_path}: generates {answer!r}",
-                    {"model_dir": str(model_dir(artifact.path)), "parameters": artifact.metrics.get("parameters", 0)},
-                    {"loads_and_generates": check})
+        return False, f"{type(exc).__name__}: {exc}"
+
+
+base_model = stage_asset(
+    STAGE, group="training", description="The model every stage starts from: weights, tokenizer and chat template.",
+    summary=lambda a, r: f"{r.model.model_name_or_path}: {a.metrics.get('parameters', 'local')} parameters",
+    metadata=lambda a, r: {"model_dir": str(model_dir(a.path)), "parameters": a.metrics.get("parameters", 0)},
+    checks={"loads_and_generates": loads_and_generates})

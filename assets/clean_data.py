@@ -4,66 +4,49 @@ from collections import Counter
 
 import dagster as dg
 
-import engine.data.clean
-import engine.data.dedup
-from assets.common import blocking_checks, counts_table, emit
-from engine.artifacts import Artifact, code_version
-from engine.data.clean import clean
-from engine.models import load_tokenizer, model_dir
-from engine.tables import CLUSTER_COLUMNS, QUARANTINE_COLUMNS, ROW_COLUMNS, read_rows, write_rows
-from pipelines.resources import Tuneline
-
-CODE = code_version(engine.data.clean, engine.data.dedup)
+from assets.stage_asset import counts_table, stage_asset
+from engine.content import tokenizer_identity
+from engine.data.clean import build_clean_data
+from engine.stage import Stage
+from engine.tables import read_rows
 
 
-def token_counter(base: Artifact):
-    tokenizer = load_tokenizer(model_dir(base.path))
-    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+def reads(recipe):
+    """The model's tokenizer is read only when the length step counts tokens: otherwise a new model re-cleans
+    nothing."""
+    return ("raw_data",), (("clean", "model.model_name_or_path") if recipe.clean.counts_tokens() else ("clean",))
 
 
-def clean_to(out, raw: Artifact, base: Artifact, recipe) -> dict:
-    count_tokens = token_counter(base) if recipe.clean.counts_tokens() else None
-    rows, quarantine, clusters, report = clean(read_rows(raw.path / "rows.parquet"), recipe.clean,
-                                               list(raw.metrics["by_source"]), count_tokens)
-    write_rows(rows, out / "rows.parquet", ROW_COLUMNS)
-    write_rows(quarantine, out / "quarantine.parquet", QUARANTINE_COLUMNS)
-    write_rows(clusters, out / "clusters.parquet", CLUSTER_COLUMNS)
-    return report
+def outside(recipe, hasher) -> dict:
+    if not recipe.clean.counts_tokens():
+        return {}
+    return {"tokenizer": tokenizer_identity(recipe.model.model_name_or_path, hasher)}
 
 
-def accounted_by_source(rows: list[dict], quarantine: list[dict], rows_in: dict[str, int]) -> dict[str, tuple]:
+STAGE = Stage("clean_data", entry=build_clean_data, parents=("raw_data",), keys=("clean", "model.model_name_or_path"),
+              select=reads, outside=outside,
+              tables={"quarantine": "quarantine.parquet", "duplicate_clusters": "clusters.parquet"})
+
+
+def every_row_accounted(artifact, recipe) -> tuple[bool, str]:
     """Per source: rows in == rows kept + rows quarantined."""
-    kept, dropped = Counter(r["source"] for r in rows), Counter(q["source"] for q in quarantine)
-    return {s: (n == kept[s] + dropped[s], f"{n} in, {kept[s]} kept, {dropped[s]} quarantined") for s, n in rows_in.items()}
+    kept = Counter(r["source"] for r in read_rows(artifact.path / "rows.parquet"))
+    dropped = Counter(q["source"] for q in read_rows(artifact.path / "quarantine.parquet"))
+    accounted = {s: (n == kept[s] + dropped[s], f"{n} in, {kept[s]} kept, {dropped[s]} quarantined")
+                 for s, n in artifact.metrics["rows_in_by_source"].items()}
+    return all(ok for ok, _ in accounted.values()), "; ".join(f"{s}: {d}" for s, (_, d) in accounted.items())
 
 
-@dg.asset(group_name="data", code_version=CODE, check_specs=blocking_checks(
-    "clean_data", "every_row_accounted", "no_exact_duplicates", "quarantine_ratio_within_bound"))
-def clean_data(tuneline: Tuneline, raw_data: Artifact, base_model: Artifact):
-    """Rows fit to train on; every removed row is in the quarantine table with its step, reason and detail."""
-    recipe = tuneline.recipe()
-    # the tokenizer is an input only when token limits are set: otherwise a new base model re-cleans nothing
-    parents = [raw_data, base_model] if recipe.clean.counts_tokens() else [raw_data]
-    artifact = tuneline.build("clean_data", parents, recipe.clean.model_dump(), CODE,
-                              lambda out: clean_to(out, raw_data, base_model, recipe))
-    if not artifact.cache_hit:
-        catalog = tuneline.catalog()
-        catalog.replace_rows("quarantine", artifact.fingerprint, artifact.path / "quarantine.parquet")
-        catalog.replace_rows("duplicate_clusters", artifact.fingerprint, artifact.path / "clusters.parquet")
-    m = artifact.metrics
-    rows, quarantine = read_rows(artifact.path / "rows.parquet"), read_rows(artifact.path / "quarantine.parquet")
-    accounted = accounted_by_source(rows, quarantine, m["rows_in_by_source"])
+def no_exact_duplicates(artifact, recipe) -> tuple[bool, str]:
+    rows = read_rows(artifact.path / "rows.parquet")
     duplicates = len(rows) - len({(r["kind"], r["content_hash"]) for r in rows})
+    return duplicates == 0, f"{duplicates} exact duplicates left"
+
+
+def quarantine_ratio_within_bound(artifact, recipe) -> tuple[bool, str]:
+    m = artifact.metrics
     ratio, bound = m["quarantined"] / max(m["rows_in"], 1), recipe.clean.max_quarantine_ratio
-    yield from emit(tuneline, artifact, f"{m['rows_out']} of {m['rows_in']} rows kept", {
-        "rows_out": m["rows_out"], "quarantined": m["quarantined"],
-        "data_report": dg.MetadataValue.md(data_report(m, read_rows(artifact.path / "clusters.parquet"))),
-        "quarantine_by_reason": counts_table(m["quarantine_by_reason"]),
-        "pii_scrubbed": counts_table(m["pii_scrubbed"], "kind", "replaced")}, {
-        "every_row_accounted": (all(ok for ok, _ in accounted.values()),
-                                "; ".join(f"{s}: {detail}" for s, (_, detail) in accounted.items())),
-        "no_exact_duplicates": (duplicates == 0, f"{duplicates} exact duplicates left"),
-        "quarantine_ratio_within_bound": (ratio <= bound, f"quarantined {ratio:.1%}, bound {bound:.0%}")})
+    return ratio <= bound, f"quarantined {ratio:.1%}, bound {bound:.0%}"
 
 
 def data_report(m: dict, clusters: list[dict], sample: int = 5) -> str:
@@ -79,3 +62,19 @@ def data_report(m: dict, clusters: list[dict], sample: int = 5) -> str:
             f"### Most common quarantine details\n| detail | rows |\n|---|---|\n{details}\n\n"
             f"### Duplicate clusters (first {sample} of {len(clusters)})\n"
             f"| cluster | kind | kept | removed | similarity |\n|---|---|---|---|---|\n{shown}\n")
+
+
+def metadata(artifact, recipe) -> dict:
+    m = artifact.metrics
+    return {"rows_out": m["rows_out"], "quarantined": m["quarantined"],
+            "data_report": dg.MetadataValue.md(data_report(m, read_rows(artifact.path / "clusters.parquet"))),
+            "quarantine_by_reason": counts_table(m["quarantine_by_reason"]),
+            "pii_scrubbed": counts_table(m["pii_scrubbed"], "kind", "replaced")}
+
+
+clean_data = stage_asset(
+    STAGE, group="data",
+    description="Rows fit to train on; every removed row is in the quarantine table with its step, reason and detail.",
+    summary=lambda a, r: f"{a.metrics['rows_out']} of {a.metrics['rows_in']} rows kept", metadata=metadata,
+    checks={"every_row_accounted": every_row_accounted, "no_exact_duplicates": no_exact_duplicates,
+            "quarantine_ratio_within_bound": quarantine_ratio_within_bound})

@@ -4,50 +4,51 @@ from __future__ import annotations
 
 import dagster as dg
 
-import engine.export.vllm_compat
-import engine.serve
-from assets.common import blocking_checks, emit
-from engine.artifacts import Artifact, code_version
-from engine.export.vllm_compat import vllm_config_problems
-from engine.serve import choose_backend, server_command, smoke_serve, write_serve_config
-from pipelines.resources import Tuneline
-
-CODE = code_version(engine.serve, engine.export.vllm_compat)
-SMOKE_PROMPT = "Add the two numbers.\n120 + 345"
+from assets.stage_asset import stage_asset
+from engine.serve import build_deployment, choose_backend
+from engine.stage import Stage
 
 
-def deploy_to(out, export: Artifact, served_name: str, recipe) -> dict:
-    config = write_serve_config(export.path, served_name, recipe.serve, out)
-    vllm_line = server_command(config, out, "vllm", config["host"], config["port"])
-    smoke = smoke_serve(out, recipe.serve.infer_backend, SMOKE_PROMPT, recipe.serve.startup_timeout_seconds)
-    return {"serve_config": config, "vllm_command": " ".join(vllm_line), "smoke": smoke,
-            "vllm_problems": vllm_config_problems(export.path)}
+def reads(recipe):
+    """Only the export it serves; the recipe's name only when it names the served model."""
+    keys = ("serve",) if recipe.serve.served_model_name else ("serve", "name")
+    return ("model_comparison", f"{recipe.serve.model}_model"), keys
 
 
-@dg.asset(group_name="deployment", code_version=CODE,
-          check_specs=blocking_checks("deployment", "serves_chat_completions", "vllm_accepts_export"))
-def deployment(tuneline: Tuneline, model_comparison: Artifact, merged_model: Artifact, gptq_model: Artifact,
-               awq_model: Artifact):
-    """Runs only when the comparison's gates pass. `tuneline serve deployment` starts the server it describes."""
-    recipe = tuneline.recipe()
-    export = {"merged": merged_model, "gptq": gptq_model, "awq": awq_model}[recipe.serve.model]
-    served_name = recipe.serve.served_model_name or f"{recipe.name}-{recipe.serve.model}"
-    config = {"serve": recipe.serve.model_dump(), "served_model_name": served_name}
-    artifact = tuneline.build("deployment", [model_comparison, export], config, CODE,
-                              lambda out: deploy_to(out, export, served_name, recipe))
+STAGE = Stage("deployment", entry=build_deployment,
+              parents=("model_comparison", "merged_model", "gptq_model", "awq_model"), keys=("serve", "name"),
+              select=reads)
+
+
+def summary(artifact, recipe) -> str:
+    config = artifact.metrics["serve_config"]
+    return (f"{config['served_model_name']} ({recipe.serve.model}) on {choose_backend(recipe.serve.infer_backend)} at "
+            f"http://{config['host']}:{config['port']}/v1")
+
+
+def metadata(artifact, recipe) -> dict:
     m = artifact.metrics
-    smoke, problems = m["smoke"], m["vllm_problems"]
-    backend = choose_backend(recipe.serve.infer_backend)
-    yield from emit(tuneline, artifact, f"{served_name} ({recipe.serve.model}) on {backend} at "
-                    f"http://{recipe.serve.host}:{recipe.serve.port}/v1",
-                    {"served_model_name": served_name, "model_path": m["serve_config"]["model_path"],
-                     "quantization": str(m["serve_config"]["quantization"]),
-                     "max_model_len": m["serve_config"]["max_model_len"],
-                     "backend_now": backend, "vllm_command": dg.MetadataValue.md(f"```\n{m['vllm_command']}\n```"),
-                     "smoke_answer": smoke["answer"], "smoke_startup_seconds": smoke["startup_seconds"]},
-                    {"serves_chat_completions": (isinstance(smoke["answer"], str) and smoke["stopped_cleanly"],
-                                                 f"{smoke['backend']} answered {smoke['answer']!r} after "
-                                                 f"{smoke['startup_seconds']} s start-up; stopped cleanly: "
-                                                 f"{smoke['stopped_cleanly']}"),
-                     "vllm_accepts_export": (not problems, "; ".join(problems) or
-                                             f"quantization {m['serve_config']['quantization']} loads in vLLM")})
+    config, smoke = m["serve_config"], m["smoke"]
+    return {"served_model_name": config["served_model_name"], "model_path": config["model_path"],
+            "quantization": str(config["quantization"]), "max_model_len": config["max_model_len"],
+            "backend_now": choose_backend(recipe.serve.infer_backend),
+            "vllm_command": dg.MetadataValue.md(f"```\n{m['vllm_command']}\n```"),
+            "smoke_answer": smoke["answer"], "smoke_startup_seconds": smoke["startup_seconds"]}
+
+
+def serves_chat_completions(artifact, recipe) -> tuple[bool, str]:
+    smoke = artifact.metrics["smoke"]
+    return (isinstance(smoke["answer"], str) and smoke["stopped_cleanly"],
+            f"{smoke['backend']} answered {smoke['answer']!r} after {smoke['startup_seconds']} s start-up; "
+            f"stopped cleanly: {smoke['stopped_cleanly']}")
+
+
+def vllm_accepts_export(artifact, recipe) -> tuple[bool, str]:
+    problems, quantization = artifact.metrics["vllm_problems"], artifact.metrics["serve_config"]["quantization"]
+    return not problems, "; ".join(problems) or f"quantization {quantization} loads in vLLM"
+
+
+deployment = stage_asset(
+    STAGE, group="deployment", summary=summary, metadata=metadata,
+    description="Runs only when the comparison's gates pass. `tuneline serve deployment` starts the server it describes.",
+    checks={"serves_chat_completions": serves_chat_completions, "vllm_accepts_export": vllm_accepts_export})

@@ -7,34 +7,10 @@ import json
 
 import dagster as dg
 
-import engine.evaluate
-import engine.evaluation
-import engine.models
-import engine.scorers
-from assets.common import blocking_checks, emit
-from engine.artifacts import Artifact, code_version
-from engine.train.common import trained_weights
-from engine.evaluation import STAGES, comparison_summary, evaluate_stage, gates, write_comparison
-from engine.models import model_dir
+from assets.stage_asset import stage_asset
+from engine.evaluation import STAGE_MODELS, STAGES, build, build_comparison, comparison_summary, gates
 from engine.scorers import scorer_identity
-from pipelines.resources import Tuneline
-
-CODE = code_version(engine.evaluation, engine.evaluate, engine.scorers, engine.models)
-
-# the model each stage means: base plus adapters (applied in order), or an export directory
-STAGE_INPUTS = {"base": ("base_model",), "sft": ("pt_model", "sft_adapter"),
-                "dpo": ("pt_model", "sft_adapter", "dpo_adapter"), "merged": ("merged_model",),
-                "gptq": ("gptq_model",), "awq": ("awq_model",)}
-
-
-def stage_paths(inputs: dict[str, Artifact]):
-    """(model directory, adapter directories) of a stage's inputs."""
-    start = inputs.get("base_model") or inputs.get("pt_model")
-    if start is None:
-        (export,) = inputs.values()
-        return export.path, []
-    adapters = [trained_weights(inputs[name].path) for name in ("sft_adapter", "dpo_adapter") if name in inputs]
-    return model_dir(start.path), adapters
+from engine.stage import Stage
 
 
 def examples_table(examples: list[dict]) -> dg.MetadataValue:
@@ -43,43 +19,32 @@ def examples_table(examples: list[dict]) -> dg.MetadataValue:
 
 
 def eval_asset(stage: str):
-    name = f"eval_{stage}"
-    ins = {model: dg.AssetIn() for model in STAGE_INPUTS[stage]} | {"formatted_data": dg.AssetIn(),
-                                                                     "reward_model": dg.AssetIn()}
-
-    @dg.asset(name=name, group_name="evaluation", code_version=CODE, ins=ins)
-    def _asset(tuneline: Tuneline, **inputs: Artifact):
-        recipe = tuneline.recipe()
-        formatted, reward = inputs.pop("formatted_data"), inputs.pop("reward_model")
-        model_path, adapters = stage_paths(inputs)
-        config = {"evaluation": recipe.evaluation.model_dump(), "scorer": scorer_identity(recipe.evaluation.scorer)}
-        artifact = tuneline.build(name, [*inputs.values(), formatted, reward], config, CODE,
-                                  lambda out: evaluate_stage(model_path, adapters, formatted.path, reward.path,
-                                                             recipe.evaluation))
-        m = artifact.metrics
-        yield from emit(tuneline, artifact, f"perplexity {m['perplexity']}, accuracy {m['accuracy']}, "
-                        f"similarity {m['similarity']}, reward {m['reward_score']}",
-                        {k: v for k, v in m.items() if k != "examples"} | {"examples": examples_table(m["examples"])},
-                        {})
-
-    _asset.__doc__ = (f"The {stage} model on the held-out split: perplexity, task accuracy of greedy answers, "
-                      "and the reward model's mean score of them.")
-    return _asset
+    declared = Stage(f"eval_{stage}", entry=build, parents=(*STAGE_MODELS[stage], "formatted_data", "reward_model"),
+                     keys=("evaluation",),
+                     outside=lambda recipe, hasher: {"scorer": scorer_identity(recipe.evaluation.scorer)})
+    return stage_asset(
+        declared, group="evaluation",
+        description=(f"The {stage} model on the held-out split: perplexity, task accuracy of greedy answers, and the "
+                     "reward model's mean score of them."),
+        summary=lambda a, r: (f"perplexity {a.metrics['perplexity']}, accuracy {a.metrics['accuracy']}, similarity "
+                              f"{a.metrics['similarity']}, reward {a.metrics['reward_score']}"),
+        metadata=lambda a, r: {k: v for k, v in a.metrics.items() if k != "examples"}
+        | {"examples": examples_table(a.metrics["examples"])})
 
 
 EVAL_ASSETS = [eval_asset(stage) for stage in STAGES]
 GATES = ("dpo_not_worse_than_sft", "gptq_within_budget", "awq_within_budget")
+COMPARISON = Stage("model_comparison", entry=build_comparison, parents=tuple(f"eval_{s}" for s in STAGES))
 
 
-@dg.asset(group_name="evaluation", code_version=CODE, ins={f"eval_{s}": dg.AssetIn() for s in STAGES},
-          check_specs=blocking_checks("model_comparison", *GATES))
-def model_comparison(tuneline: Tuneline, **evaluations: Artifact):
-    """Every stage side by side; the gates decide whether an export may be deployed."""
-    recipe = tuneline.recipe()
-    config = {"dpo.min_reward_gain": recipe.dpo.min_reward_gain, "quantize": recipe.quantize.model_dump()}
-    results = {name.removeprefix("eval_"): artifact.metrics for name, artifact in evaluations.items()}
-    checks = gates(results, recipe)
-    artifact = tuneline.build("model_comparison", list(evaluations.values()), config, CODE,
-                              lambda out: write_comparison(out, results, checks))
-    yield from emit(tuneline, artifact, comparison_summary(results),
-                    {"comparison": dg.MetadataValue.md(artifact.metrics["table"])}, checks)
+def gate(name: str):
+    """A gate is a check: evaluated with the recipe's thresholds each time, so a new threshold rebuilds nothing."""
+    return lambda artifact, recipe: gates(artifact.metrics["results"], recipe)[name]
+
+
+model_comparison = stage_asset(
+    COMPARISON, group="evaluation",
+    description="Every stage side by side; the gates decide whether an export may be deployed.",
+    summary=lambda a, r: comparison_summary(a.metrics["results"]),
+    metadata=lambda a, r: {"comparison": dg.MetadataValue.md(a.metrics["table"])},
+    checks={name: gate(name) for name in GATES})

@@ -2,48 +2,15 @@
 
 import dagster as dg
 
-import engine.data.format
-from assets.common import blocking_checks, emit
-from engine.artifacts import Artifact, code_version
-from engine.data.format import format_rows
-from engine.models import load_tokenizer, model_dir
-from engine.tables import QUARANTINE_COLUMNS, read_rows, write_rows
-from pipelines.resources import Tuneline
+from assets.stage_asset import stage_asset
+from engine.data.format import build_formatted_data
+from engine.stage import Stage
 
-CODE = code_version(engine.data.format)
-
-
-def format_to(out, base: Artifact, clean: Artifact, data_cfg) -> dict:
-    quarantine, report = format_rows(read_rows(clean.path / "rows.parquet"), load_tokenizer(model_dir(base.path)),
-                                     data_cfg.cutoff_len, data_cfg.val_size, data_cfg.seed, out,
-                                     data_cfg.decontamination_threshold)
-    write_rows(quarantine, out / "quarantine.parquet", QUARANTINE_COLUMNS)
-    return report
-
-
-@dg.asset(group_name="data", code_version=CODE,
-          check_specs=blocking_checks("formatted_data", "labels_not_empty", "lengths_within_cutoff"))
-def formatted_data(tuneline: Tuneline, base_model: Artifact, clean_data: Artifact):
-    """An SFT view (input_ids, labels) and a preference view (prompt, chosen, rejected), as HF datasets."""
-    recipe = tuneline.recipe()
-    config = recipe.data.model_dump(include={"cutoff_len", "val_size", "seed", "decontamination_threshold"})
-    artifact = tuneline.build("formatted_data", [base_model, clean_data], config, CODE,
-                              lambda out: format_to(out, base_model, clean_data, recipe.data))
-    if not artifact.cache_hit:
-        catalog = tuneline.catalog()
-        catalog.replace_rows("split_rows", artifact.fingerprint, artifact.path / "splits.parquet")
-        catalog.replace_rows("quarantine", artifact.fingerprint, artifact.path / "quarantine.parquet")
-    m = artifact.metrics
-    yield from emit(tuneline, artifact, f"sft {m['sft_train']}/{m['sft_eval']}, preference "
-                    f"{m['preference_train']}/{m['preference_eval']} (train/eval)",
-                    {**{k: m[k] for k in ("sft_train", "sft_eval", "preference_train", "preference_eval", "kto_train",
-                                          "kto_eval", "max_tokens", "mean_tokens", "exceeds_cutoff_len",
-                                          "contaminates_eval")},
-                     "data_report": dg.MetadataValue.md(format_report(m))},
-                    {"labels_not_empty": (m["sft_rows_without_labels"] == 0,
-                                          f"{m['sft_rows_without_labels']} SFT rows with no assistant token"),
-                     "lengths_within_cutoff": (m["max_tokens"] <= m["cutoff_len"],
-                                               f"longest {m['max_tokens']} tokens, cutoff_len {m['cutoff_len']}")})
+STAGE = Stage("formatted_data", entry=build_formatted_data, parents=("base_model", "clean_data"),
+              keys=("data.cutoff_len", "data.val_size", "data.seed", "data.decontamination_threshold"),
+              tables={"split_rows": "splits.parquet", "quarantine": "quarantine.parquet"})
+VIEW_COUNTS = ("sft_train", "sft_eval", "preference_train", "preference_eval", "kto_train", "kto_eval", "max_tokens",
+               "mean_tokens", "exceeds_cutoff_len", "contaminates_eval")
 
 
 def format_report(m: dict) -> str:
@@ -53,3 +20,17 @@ def format_report(m: dict) -> str:
     bars = "\n".join(f"| {bucket} | {n} | {'█' * round(30 * n / top)} |" for bucket, n in m["length_histogram"])
     return (f"### Rows per source\n| source | in | in a split |\n|---|---|---|\n{sources}\n\n"
             f"### Token lengths (cutoff_len {m['cutoff_len']})\n| tokens | rows | |\n|---|---|---|\n{bars}\n")
+
+
+formatted_data = stage_asset(
+    STAGE, group="data",
+    description="An SFT view (input_ids, labels) and a preference view (prompt, chosen, rejected), as HF datasets.",
+    summary=lambda a, r: (f"sft {a.metrics['sft_train']}/{a.metrics['sft_eval']}, preference "
+                          f"{a.metrics['preference_train']}/{a.metrics['preference_eval']} (train/eval)"),
+    metadata=lambda a, r: {**{k: a.metrics[k] for k in VIEW_COUNTS},
+                           "data_report": dg.MetadataValue.md(format_report(a.metrics))},
+    checks={"labels_not_empty": lambda a, r: (a.metrics["sft_rows_without_labels"] == 0,
+                                              f"{a.metrics['sft_rows_without_labels']} SFT rows with no assistant token"),
+            "lengths_within_cutoff": lambda a, r: (a.metrics["max_tokens"] <= a.metrics["cutoff_len"],
+                                                   f"longest {a.metrics['max_tokens']} tokens, cutoff_len "
+                                                   f"{a.metrics['cutoff_len']}")})

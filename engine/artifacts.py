@@ -1,22 +1,18 @@
-"""Artifacts: one directory per asset result, named by its fingerprint, written atomically.
+"""Artifacts: one directory per stage result, named by its fingerprint, published whole or not at all.
 
-fingerprint = hash(parents' fingerprints, resolved config section, engine code version), so the
-same inputs return the stored artifact at once, and a crash never leaves a half-written one.
+A stage is built in its work directory and renamed into `<asset>/<fingerprint>/` once its manifest is
+written, so a reader never sees half an artifact, and the same fingerprint is a cache hit.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import importlib.metadata
-import inspect
 import json
 import os
 import shutil
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable
 
 MANIFEST = "manifest.json"
@@ -45,37 +41,27 @@ class Artifact:
     cache_hit: bool = False
 
 
-def code_version(*modules: ModuleType) -> str:
-    """Hash of the source of the engine modules a stage runs: editing them invalidates its artifacts."""
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update(inspect.getsource(module).encode())
-    return digest.hexdigest()[:12]
-
-
-def fingerprint(asset: str, parents: list[Artifact], config: Any, code: str) -> str:
-    payload = json.dumps(
-        {"asset": asset, "parents": sorted(p.fingerprint for p in parents), "config": config, "code": code},
-        sort_keys=True, default=str,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+# the artifact's own exclusive lock, if free now (None: someone builds or reads it, so retention keeps it)
+TryLock = Callable[[str, str], "contextlib.AbstractContextManager | None"]
 
 
 class ArtifactStore:
     """Directories under `root/<asset>/<fingerprint>/`, each complete once its manifest exists."""
 
-    def __init__(self, root: str | Path, keep_last: int | None = None):
+    def __init__(self, root: str | Path, keep_last: int | None = None, lock: TryLock | None = None):
         self.root = Path(root).resolve()
         self.keep_last = keep_last
+        self.try_lock = lock
 
     def path_for(self, asset: str, fp: str) -> Path:
         return self.root / asset / fp
 
     def lookup(self, asset: str, fp: str) -> Artifact | None:
         manifest = self.path_for(asset, fp) / MANIFEST
-        if not manifest.is_file():
+        try:
+            data = json.loads(manifest.read_text())
+        except FileNotFoundError:
             return None
-        data = json.loads(manifest.read_text())
         return Artifact(asset, fp, manifest.parent, data.get("metrics", {}), cache_hit=True)
 
     def find(self, fp_or_path: str) -> Artifact | None:
@@ -86,55 +72,47 @@ class ArtifactStore:
         hits = sorted(self.root.glob(f"*/{fp_or_path}*/{MANIFEST}"))
         return self.lookup(hits[0].parent.parent.name, hits[0].parent.name) if len(hits) == 1 else None
 
-    def build(
-        self,
-        asset: str,
-        parents: list[Artifact],
-        config: Any,
-        code: str,
-        work: Callable[[Path], dict[str, Any]],
-    ) -> Artifact:
-        """Return the stored artifact for these inputs, or run `work(tmp_dir) -> metrics` and publish it.
+    def manifests(self) -> list[dict]:
+        """Every finished artifact's manifest (the catalog heals from these)."""
+        found = []
+        for path in sorted(self.root.glob(f"*/*/{MANIFEST}")):
+            with contextlib.suppress(OSError, ValueError):
+                found.append({**json.loads(path.read_text()), "path": str(path.parent)})
+        return found
 
-        `work` writes into a private temp directory that is renamed into place only on success.
-        """
-        fp = fingerprint(asset, parents, config, code)
-        cached = self.lookup(asset, fp)
-        if cached is not None:
-            os.utime(cached.path / MANIFEST)  # retention keeps the most recently used artifacts
-            return cached
+    def touch(self, artifact: Artifact) -> None:
+        """Mark as used now: retention keeps the most recently used artifacts."""
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(artifact.path / MANIFEST)
+
+    def publish(self, asset: str, fp: str, work: Path, manifest: dict) -> Artifact:
+        """Write the manifest into `work` and rename it into place: the artifact appears whole or not at all."""
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
         final = self.path_for(asset, fp)
-        tmp = final.parent / f".tmp-{fp}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-        try:
-            started = time.time()
-            metrics = work(tmp)
-            manifest = {
-                "asset": asset, "fingerprint": fp, "parents": [p.fingerprint for p in parents],
-                "config": config, "code_version": code, "metrics": metrics,
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started, 2),
-                "versions": library_versions(),
-            }
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-            if final.exists():  # another run published the same fingerprint first: same inputs, same result
-                shutil.rmtree(tmp)
-            else:
-                os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        self.prune(asset, keep=final)
-        return Artifact(asset, fp, final, metrics, cache_hit=False)
+        if final.exists():  # published meanwhile by a run that did not hold the lock (never, with Home's locks)
+            shutil.rmtree(work)
+        else:
+            os.replace(work, final)
+        return Artifact(asset, fp, final, manifest.get("metrics", {}), cache_hit=False)
 
     def prune(self, asset: str, keep: Path) -> list[Path]:
-        """Retention: remove all but the `keep_last` most recently used artifacts of an asset. Returns the removed."""
+        """Retention: remove all but the `keep_last` most recently used artifacts of an asset, never one that a
+        running stage holds. Returns the removed."""
         if self.keep_last is None:
             return []
-        done = sorted((p.parent for p in (self.root / asset).glob(f"*/{MANIFEST}")),
-                      key=lambda d: (d == keep, (d / MANIFEST).stat().st_mtime), reverse=True)
-        removed = done[self.keep_last:]
-        for path in removed:
-            shutil.rmtree(path, ignore_errors=True)
+        used = {}
+        for manifest in (self.root / asset).glob(f"*/{MANIFEST}"):
+            with contextlib.suppress(FileNotFoundError):  # another run's retention may remove it meanwhile
+                used[manifest.parent] = manifest.stat().st_mtime
+        done = sorted(used, key=lambda d: (d == keep, used[d]), reverse=True)
+        removed = []
+        for path in done[self.keep_last:]:
+            held = self.try_lock(asset, path.name) if self.try_lock else contextlib.nullcontext()
+            if held is None:
+                continue
+            with held:
+                shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
         return removed
 
     def manifest(self, artifact: Artifact) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""The DuckDB catalog (catalog.duckdb under the artifact root): artifacts, data rows, quarantine."""
+"""The DuckDB catalog (catalog.duckdb under the artifact root): artifacts, data rows, quarantine, checks.
+
+The catalog is derived data. Every artifact's manifest names the row tables it fills, so a missing, deleted
+or corrupted catalog is re-recorded from the artifacts themselves; every write is idempotent.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS artifacts (
     fingerprint VARCHAR PRIMARY KEY, asset VARCHAR, path VARCHAR, created_at VARCHAR,
     code_version VARCHAR, config JSON, metrics JSON, parents JSON, versions JSON);
+CREATE TABLE IF NOT EXISTS recorded (
+    artifact VARCHAR, table_name VARCHAR, row_count BIGINT, PRIMARY KEY (artifact, table_name));
 CREATE TABLE IF NOT EXISTS raw_rows (
     artifact VARCHAR, source VARCHAR, row_id VARCHAR, content_hash VARCHAR, format VARCHAR,
     kind VARCHAR, messages JSON, chosen VARCHAR, rejected VARCHAR, tools JSON, label VARCHAR);
@@ -27,6 +33,13 @@ CREATE TABLE IF NOT EXISTS duplicate_clusters (
 CREATE TABLE IF NOT EXISTS split_rows (
     artifact VARCHAR, source VARCHAR, row_id VARCHAR, content_hash VARCHAR, view VARCHAR, split VARCHAR);
 """
+ROW_TABLES = ("raw_rows", "quarantine", "duplicate_clusters", "split_rows")
+
+
+def parents_of(manifest: dict) -> list[str]:
+    """Parent fingerprints, from a manifest's {name: fingerprint} (or an old manifest's plain list)."""
+    parents = manifest.get("parents") or []
+    return sorted(parents.values()) if isinstance(parents, dict) else list(parents)
 
 
 class Catalog:
@@ -35,21 +48,34 @@ class Catalog:
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A short-lived connection; waits for another process's write lock instead of failing."""
+        """A short-lived connection; waits for another process's write lock instead of failing, and sets a
+        corrupted catalog aside (it is re-recorded from the artifacts) instead of failing the run."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for attempt in range(60):
+        for attempt in range(240):
             try:
                 con = duckdb.connect(str(self.path))
                 break
-            except duckdb.IOException:
-                if attempt == 59:
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():
+                    self.set_aside(exc)
+                elif attempt == 239:
                     raise
-                time.sleep(0.5)
+                time.sleep(0.25)
+            except duckdb.Error as exc:  # not a database, or a damaged one
+                self.set_aside(exc)
         try:
             con.execute(SCHEMA)
             yield con
         finally:
             con.close()
+
+    def set_aside(self, problem: Exception) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for path in (self.path, self.path.with_name(self.path.name + ".wal")):
+            if path.exists():
+                path.rename(path.with_name(f"{path.name}.corrupt-{stamp}"))
+        print(f"tuneline: the catalog {self.path} could not be opened ({str(problem).splitlines()[0]}); it was set "
+              "aside and is re-recorded from the artifacts", flush=True)
 
     def record_artifact(self, manifest: dict, path: Path) -> None:
         with self.connect() as con:
@@ -57,9 +83,30 @@ class Catalog:
                 "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [manifest["fingerprint"], manifest["asset"], str(path), manifest["created_at"],
                  manifest["code_version"], json.dumps(manifest["config"], default=str),
-                 json.dumps(manifest["metrics"], default=str), json.dumps(manifest["parents"]),
+                 json.dumps(manifest["metrics"], default=str), json.dumps(parents_of(manifest)),
                  json.dumps(manifest.get("versions", {}))],
             )
+
+    def ensure_recorded(self, manifest: dict, path: Path) -> bool:
+        """Record an artifact and its row tables unless the catalog already holds all of them. Returns whether
+        anything was (re-)recorded."""
+        fingerprint, tables = manifest["fingerprint"], manifest.get("tables", {})
+        with self.connect() as con:
+            known = con.execute("SELECT count(*) FROM artifacts WHERE fingerprint = ?", [fingerprint]).fetchone()[0]
+            done = {r[0] for r in con.execute("SELECT table_name FROM recorded WHERE artifact = ?",
+                                              [fingerprint]).fetchall()}
+        missing = [t for t in tables if t not in done]
+        if known and not missing:
+            return False
+        if not known:
+            self.record_artifact(manifest, path)
+        for table in missing:
+            self.replace_rows(table, fingerprint, path / tables[table])
+        return True
+
+    def heal_from(self, manifests: list[dict]) -> int:
+        """Re-record every artifact (and its rows) the catalog lacks. Returns how many were re-recorded."""
+        return sum(self.ensure_recorded(m, Path(m["path"])) for m in manifests)
 
     def record_check(self, artifact: str, name: str, passed: bool, detail: str) -> None:
         with self.connect() as con:
@@ -74,7 +121,9 @@ class Catalog:
         return result
 
     def replace_rows(self, table: str, artifact: str, parquet: Path) -> None:
-        """(Re)load one artifact's rows of `table` from its Parquet file, idempotently."""
+        """(Re)load one artifact's rows of `table` from its Parquet file, idempotently, in one transaction."""
+        if table not in ROW_TABLES:
+            raise ValueError(f"{table!r} is not a row table of the catalog (expected one of {ROW_TABLES})")
         with self.connect() as con:
             con.execute("BEGIN")
             con.execute(f"DELETE FROM {table} WHERE artifact = ?", [artifact])
@@ -83,6 +132,8 @@ class Catalog:
                 f"INSERT INTO {table} SELECT ? AS artifact, {', '.join(columns)} FROM read_parquet(?)",
                 [artifact, str(parquet)],
             )
+            count = con.execute(f"SELECT count(*) FROM {table} WHERE artifact = ?", [artifact]).fetchone()[0]
+            con.execute("INSERT OR REPLACE INTO recorded VALUES (?, ?, ?)", [artifact, table, count])
             con.execute("COMMIT")
 
     def query(self, sql: str, params: list | None = None) -> list[tuple]:

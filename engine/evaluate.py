@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from engine.data.format import IGNORE
+from engine.constants import IGNORE
 
 
 def padded(sequences: list[list[int]], value: int) -> torch.Tensor:

@@ -11,16 +11,24 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from datasets import load_from_disk
 
 from engine.errors import RecipeError
 from engine.evaluate import answer_examples, answered_sequences, greedy_from_ids, perplexity, reward_scores_of_ids
-from engine.models import load_reward_model, load_tokenizer, load_with_adapters
-from engine.recipe import EvaluationSection, Recipe
+from engine.models import load_reward_model, load_tokenizer, load_with_adapters, model_dir
 from engine.scorers import char_similarity, resolve_scorer, score
 
+if TYPE_CHECKING:
+    from engine.recipe import EvaluationSection, Recipe
+    from engine.stage import StageRun
+
 STAGES = ("base", "sft", "dpo", "merged", "gptq", "awq")
+# the model each stage means: a base model plus training stages (applied in order), or an export directory
+STAGE_MODELS = {"base": ("base_model",), "sft": ("pt_model", "sft_adapter"),
+                "dpo": ("pt_model", "sft_adapter", "dpo_adapter"), "merged": ("merged_model",),
+                "gptq": ("gptq_model",), "awq": ("awq_model",)}
 
 
 def evaluate_model(model, tokenizer_dir: Path, formatted_dir: Path, reward_dir: Path, cfg: EvaluationSection) -> dict:
@@ -114,10 +122,30 @@ def comparison_summary(results: dict[str, dict]) -> str:
     return f"dpo reward {gain:+.2f} vs sft; {quantized} vs merged"
 
 
-def write_comparison(out: Path, results: dict[str, dict], checks: dict[str, tuple[bool, str]]) -> dict:
-    """comparison.md (the table) and comparison.json (every number) in `out`; the gates' verdicts in the metrics."""
+def write_comparison(out: Path, results: dict[str, dict]) -> dict:
+    """comparison.md (the table) and comparison.json (every number) in `out`. The gates are not in the artifact:
+    they are checks, evaluated with the recipe's thresholds each time (a new threshold rebuilds nothing)."""
     table = comparison_markdown(results)
     (out / "comparison.md").write_text(table + "\n")
     (out / "comparison.json").write_text(json.dumps(results, indent=2))
-    return {"table": table, "results": results,
-            "gates": {name: {"passed": ok, "detail": detail} for name, (ok, detail) in checks.items()}}
+    return {"table": table, "results": results}
+
+
+def build(run: "StageRun") -> dict:
+    """eval_<stage>'s entry point: that stage's model measured on the held-out split."""
+    from engine.train.common import trained_weights
+    stage = run.stage.removeprefix("eval_")
+    first, *later = (run.inputs[name] for name in STAGE_MODELS[stage])
+    if stage in ("base", "sft", "dpo"):
+        model_path, adapters = model_dir(first), [trained_weights(path) for path in later]
+    else:
+        model_path, adapters = first, []
+    return evaluate_stage(model_path, adapters, run.inputs["formatted_data"], run.inputs["reward_model"],
+                          run.recipe.evaluation)
+
+
+def build_comparison(run: "StageRun") -> dict:
+    """model_comparison's entry point: every stage's evaluation in one table."""
+    results = {name.removeprefix("eval_"): json.loads((path / "manifest.json").read_text())["metrics"]
+               for name, path in run.inputs.items()}
+    return write_comparison(run.out, results)

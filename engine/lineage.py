@@ -126,11 +126,18 @@ def render(record: dict) -> str:
     return "\n".join(lines)
 
 
-def export_lineage(catalog: Catalog, parents: list[str], recipe: dict) -> dict:
-    """What an export carries in lineage.json: recipe, ancestor artifacts with their checks, rows per source."""
-    nodes = {n["fingerprint"]: n for p in parents for n in ancestry(catalog, p)}.values()
+def export_lineage(catalog: Catalog, parents: list[str]) -> dict:
+    """What an export carries in lineage.json: every ancestor artifact with the recipe keys it read, its checks
+    as recorded when the export was made, and rows per source."""
+    nodes = list({n["fingerprint"]: n for p in parents for n in ancestry(catalog, p)}.values())
+    missing = [p for p in parents if p not in {n["fingerprint"] for n in nodes}]
+    if missing:
+        raise LineageError(f"the catalog {catalog.path} does not know the artifacts {missing} this export is made "
+                           "from; their lineage cannot be written")
     checks = catalog.checks_of([n["fingerprint"] for n in nodes])
-    return {"recipe": recipe, "base_model": recipe["model"]["model_name_or_path"],
-            "artifacts": {n["asset"]: {"fingerprint": n["fingerprint"], "path": n["path"], "versions": n["versions"],
-                                       "checks": checks.get(n["fingerprint"], {})} for n in nodes},
-            "data": data_counts(catalog, list(nodes))}
+    base = next((n for n in nodes if n["asset"] == "base_model"), {"config": {}})
+    return {"base_model": (base["config"] or {}).get("model.model_name_or_path"),
+            "artifacts": {n["asset"]: {"fingerprint": n["fingerprint"], "path": n["path"], "config": n["config"],
+                                       "versions": n["versions"], "checks": checks.get(n["fingerprint"], {})}
+                          for n in nodes},
+            "data": data_counts(catalog, nodes)}

@@ -5,9 +5,9 @@ Loading is safetensors-only with trust_remote_code off: a checkpoint never runs 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -15,7 +15,11 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
                           GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM)
 
 from engine.errors import RecipeError
-from engine.recipe import ModelSection, TinyModel
+
+if TYPE_CHECKING:
+    from engine.recipe import ModelSection, TinyModel
+
+LOCAL_MODEL = "local_model.json"  # an artifact that names a model directory instead of holding one
 
 # Qwen2's ChatML template: the same one the model is trained with, served with and exported with.
 CHATML_TEMPLATE = (
@@ -42,11 +46,6 @@ def check_local_model(path: str) -> Path:
     return model_dir
 
 
-def local_model_identity(model_dir: Path) -> dict:
-    """What makes a local checkpoint itself, for its fingerprint: config and weight file sizes."""
-    config = hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest()[:16]
-    weights = {p.name: p.stat().st_size for p in sorted(model_dir.glob("*.safetensors"))}
-    return {"path": str(model_dir.resolve()), "config_sha": config, "weights": weights}
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -84,8 +83,15 @@ def build_tiny(cfg: TinyModel, texts: list[str], out: Path) -> dict:
 
 def model_dir(base_artifact_path: Path) -> Path:
     """The directory holding the base model's weights: the artifact itself, or the local checkpoint it names."""
-    pointer = base_artifact_path / "local_model.json"
+    pointer = base_artifact_path / LOCAL_MODEL
     return Path(json.loads(pointer.read_text())["path"]) if pointer.is_file() else base_artifact_path
+
+
+def point_at(out: Path, directory: Path, **facts) -> dict:
+    """An artifact that names a model directory (a local checkpoint is not copied); returns its metrics."""
+    record = {"path": str(Path(directory).resolve()), **facts}
+    (out / LOCAL_MODEL).write_text(json.dumps(record))
+    return record
 
 
 def load_tokenizer(path: Path):

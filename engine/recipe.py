@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from engine.data.dedup import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, MAX_SHINGLE
+from engine.constants import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, MAX_SHINGLE
 from engine.errors import RecipeError
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "pipelines" / "recipes"
@@ -22,6 +22,37 @@ RECIPE_DIR = Path(__file__).resolve().parent.parent / "pipelines" / "recipes"
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_threshold(default: Any, **constraints: Any) -> Any:
+    """A field that only a check or gate reads: it is not part of any artifact's fingerprint, so changing it
+    re-runs the check, never the stage."""
+    return Field(default, json_schema_extra={"threshold": True}, **constraints)
+
+
+def is_threshold(section: type[BaseModel], name: str) -> bool:
+    extra = section.model_fields[name].json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("threshold"))
+
+
+def fingerprint_value(value: Any) -> Any:
+    """A recipe value as a fingerprint sees it: a section without its check thresholds, in JSON form."""
+    if isinstance(value, BaseModel):
+        return {name: fingerprint_value(getattr(value, name)) for name in type(value).model_fields
+                if not is_threshold(type(value), name)}
+    if isinstance(value, (list, tuple)):
+        return [fingerprint_value(v) for v in value]
+    return value
+
+
+def get_dotted(recipe: BaseModel, dotted: str) -> Any:
+    """The value at a dotted key such as "sft.learning_rate" (KeyError naming the key when there is none)."""
+    value: Any = recipe
+    for part in dotted.split("."):
+        if not isinstance(value, BaseModel) or part not in type(value).model_fields:
+            raise KeyError(f"recipe key {dotted!r} does not exist")
+        value = getattr(value, part)
+    return value
 
 
 class TinyModel(Section):
@@ -123,7 +154,7 @@ class CleanSection(Section):
     """Cleaning runs `steps` in order; each removes rows (to quarantine, with a reason) or rewrites them."""
     steps: list[CleanStep] = Field(default_factory=lambda: [TypeAdapter(CleanStep).validate_python(s)
                                                             for s in DEFAULT_CLEAN_STEPS])
-    max_quarantine_ratio: float = Field(0.25, ge=0, le=1)  # the clean_data check fails above this
+    max_quarantine_ratio: float = check_threshold(0.25, ge=0, le=1)  # the clean_data check fails above this
 
     def counts_tokens(self) -> bool:
         return any(isinstance(s, LengthStep) and s.counts_tokens() for s in self.steps)
@@ -173,26 +204,26 @@ class SftSection(TrainSection):
 
 
 class RewardSection(TrainSection):
-    min_accuracy: float = Field(0.6, ge=0, le=1)  # held-out pairwise accuracy the check demands
+    min_accuracy: float = check_threshold(0.6, ge=0, le=1)  # held-out pairwise accuracy the check demands
 
 
 class DpoSection(TrainSection):
     pref_beta: float = Field(0.1, gt=0)
     pref_loss: Literal["sigmoid", "ipo", "orpo", "kto"] = "sigmoid"  # kto trains on the KTO view (kto_tag data)
     learning_rate: float = Field(5e-4, gt=0)
-    min_reward_gain: float = 0.0  # gate: the DPO model's mean reward-model score minus the SFT model's, at least this
+    min_reward_gain: float = check_threshold(0.0)  # gate: the DPO model's mean reward-model score minus the SFT model's, at least this
 
 
 class MergeSection(Section):
-    logits_atol: float = Field(1e-3, gt=0)  # merged vs adapter model logits, absolute tolerance
+    logits_atol: float = check_threshold(1e-3, gt=0)  # merged vs adapter model logits, absolute tolerance
 
 
 class QuantizeSection(Section):
     export_quantization_bit: Literal[4] = 4
     group_size: int = Field(32, ge=8)
     calibration_samples: int = Field(64, ge=1)
-    max_ppl_ratio: float = Field(1.5, ge=1)  # quantized eval perplexity may be at most this x merged
-    max_accuracy_drop: float = Field(0.05, ge=0, le=1)  # gate: task accuracy may fall at most this far below merged
+    max_ppl_ratio: float = check_threshold(1.5, ge=1)  # quantized eval perplexity may be at most this x merged
+    max_accuracy_drop: float = check_threshold(0.05, ge=0, le=1)  # gate: task accuracy may fall at most this far below merged
 
 
 class EvaluationSection(Section):
@@ -240,6 +271,14 @@ class Recipe(Section):
     serve: ServeSection = ServeSection()
     retention: RetentionSection = RetentionSection()
     schedule: ScheduleSection = ScheduleSection()
+
+    @model_validator(mode="after")
+    def token_limits_need_a_real_tokenizer(self):
+        if self.clean.counts_tokens() and self.model.model_name_or_path == "tiny":
+            raise ValueError("clean: the length step's min_tokens/max_tokens count with the model's tokenizer, and the "
+                             "tiny preset trains its tokenizer on the cleaned rows; use min_chars/max_chars, or set "
+                             "model.model_name_or_path to a local checkpoint")
+        return self
 
 
 def resolve_recipe_path(name_or_path: str) -> Path:

@@ -18,12 +18,16 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from engine.errors import ServeError
 from engine.models import load_tokenizer
-from engine.recipe import ServeSection
+
+if TYPE_CHECKING:
+    from engine.recipe import ServeSection
+    from engine.stage import StageRun
 
 CONFIG_FILE = "serve.json"
 
@@ -187,3 +191,23 @@ def smoke_serve(directory: Path, backend: str, prompt: str, timeout: float) -> d
         answer = chat_completion(server.base_url, server.config["served_model_name"], prompt)
     return {"backend": server.backend, "startup_seconds": round(ready, 1), "answer": answer,
             "stopped_cleanly": not server.killed}
+
+
+SMOKE_PROMPT = "Add the two numbers.\n120 + 345"
+
+
+def served_name(recipe) -> str:
+    """The name clients ask for: serve.served_model_name, else <recipe name>-<export>."""
+    return recipe.serve.served_model_name or f"{recipe.name}-{recipe.serve.model}"
+
+
+def build_deployment(run: "StageRun") -> dict:
+    """deployment's entry point: serve.json for the recipe's export, proven by serving one chat completion."""
+    from engine.export.vllm_compat import vllm_config_problems
+    cfg = run.recipe.serve
+    export = run.inputs[f"{cfg.model}_model"]
+    config = write_serve_config(export, served_name(run.recipe), cfg, run.out)
+    vllm_line = server_command(config, run.out, "vllm", config["host"], config["port"])
+    smoke = smoke_serve(run.out, cfg.infer_backend, SMOKE_PROMPT, cfg.startup_timeout_seconds)
+    return {"serve_config": config, "vllm_command": " ".join(vllm_line), "smoke": smoke,
+            "vllm_problems": vllm_config_problems(export)}

@@ -6,11 +6,10 @@ import json
 
 import dagster as dg
 
-from engine.data.registry import recipe_sources
-from engine.data.watch import changed_sources, snapshot, state_key, unreadable_files
+from assets.resource import Tuneline
+from engine.data.watch import changed_sources, snapshot, state_key, unreadable_files, watched_sources
 from engine.errors import TunelineError
 from engine.recipe import Recipe
-from pipelines.resources import Tuneline
 
 
 def retrain_schedule(job: dg.UnresolvedAssetJobDefinition, recipe: Recipe) -> dg.ScheduleDefinition:
@@ -21,14 +20,15 @@ def retrain_schedule(job: dg.UnresolvedAssetJobDefinition, recipe: Recipe) -> dg
 
 def incoming_data_sensor(job: dg.UnresolvedAssetJobDefinition, recipe: Recipe) -> dg.SensorDefinition:
     @dg.sensor(name="incoming_data_sensor", job=job, minimum_interval_seconds=recipe.schedule.watch_interval_seconds,
-               description="Starts a retraining run when a registered data file or folder changes content.")
+               description="Starts a retraining run when a data file or folder the recipe reads (its datasets and "
+                           "the pt corpus) changes content.")
     def _sensor(context: dg.SensorEvaluationContext, tuneline: Tuneline):
         try:
-            sources = recipe_sources(tuneline.recipe().data)
+            sources = watched_sources(tuneline.recipe())
         except TunelineError as exc:
             return dg.SkipReason(f"not starting a run: {exc}")
         previous = json.loads(context.cursor) if context.cursor else {}
-        current = snapshot(sources)
+        current = snapshot(sources, tuneline.home().hasher())
         changed = changed_sources(previous, current)
         if not changed:
             return dg.SkipReason("no registered data changed")

@@ -59,15 +59,19 @@ def materialize(args: argparse.Namespace, select: str | None):
     if not args.verbose:
         quiet_libraries()
         quiet_llmcompressor()
-    from pipelines.resources import validated_recipe
+    from assets.resource import validated_recipe
     overrides = parse_overrides(args.set)
     validated_recipe(args.recipe, json.dumps(overrides, sort_keys=True))  # a bad recipe, data path or model path stops here, before any work
 
     import dagster as dg
+    from engine.build import remove_stale_temporaries
     from pipelines.definitions import ASSETS, resources
     root = str(Path(args.artifact_root).resolve())
     dagster_home(root)
     selection = selection_of(select, dg)
+    tuneline = resources(args.recipe, root, overrides)["tuneline"]
+    check_upstream_built(tuneline, selection, dg)
+    remove_stale_temporaries(tuneline.home())
     started = time.time()
     with dg.DagsterInstance.get() as instance:
         log_level = "DEBUG" if args.verbose else "WARNING"
@@ -94,11 +98,26 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.compare:
         directory = Path(comparison[0].materialization.metadata["path"].value)
         from engine.artifacts import MANIFEST
-        metrics = json.loads((directory / MANIFEST).read_text())["metrics"]
-        print("\n" + metrics["table"] + "\n")
-        for name, gate in metrics["gates"].items():
-            print(f"{'pass' if gate['passed'] else 'FAIL'}  {name}: {gate['detail']}")
+        print("\n" + json.loads((directory / MANIFEST).read_text())["metrics"]["table"] + "\n")
+        for check in result.get_asset_check_evaluations():
+            if check.asset_key.to_user_string() == "model_comparison":
+                print(f"{'pass' if check.passed else 'FAIL'}  {check.check_name}: {check.metadata['detail'].value}")
     return 0 if result.success else 1
+
+
+def check_upstream_built(tuneline, selection, dg) -> None:
+    """A selection whose upstream was never built for this recipe stops before any work, saying what to add."""
+    if selection is None:
+        return
+    from engine.build import NotBuilt
+    from pipelines.definitions import ASSETS
+    selected = {key.to_user_string() for key in dg.AssetSelection.from_coercible(selection).resolve(ASSETS)}
+    plan, store = tuneline.plan(), tuneline.home().store()
+    for name in selected:
+        for parent, fingerprint in plan[name].parents.items():
+            if parent not in selected and store.lookup(parent, fingerprint) is None:
+                raise NotBuilt(f"--select {','.join(sorted(selected))}: {name} needs {parent} {fingerprint}, which is "
+                               f"not built for this recipe; select '*{name}' to build it and everything upstream")
 
 
 def selection_of(select: str | None, dg):
@@ -137,13 +156,14 @@ def report(result, seconds: float) -> str:
 
 
 def lineage(args: argparse.Namespace) -> int:
-    from engine.catalog import Catalog
+    from engine.home import Home
     from engine.lineage import lineage as lineage_of
     from engine.lineage import render, write_training_rows
-    path = Path(args.artifact_root) / "catalog.duckdb"
-    if not path.is_file():
-        raise TunelineError(f"no catalog at {path}: run `tuneline run` first, or pass --artifact-root")
-    catalog = Catalog(path)
+    home = Home(args.artifact_root)
+    if not home.artifacts.is_dir():
+        raise TunelineError(f"no artifacts under {home.root}: run `tuneline run` first, or pass --artifact-root")
+    catalog = home.catalog()
+    catalog.heal_from(home.store().manifests())  # the catalog is derived: what it lacks, the artifacts tell
     record = lineage_of(catalog, args.artifact)
     print(json.dumps(record, indent=2, default=str) if args.json else render(record))
     if args.rows:
@@ -158,15 +178,13 @@ def model_path(model: str, artifact_root: str) -> Path:
     path = Path(model)
     if path.is_dir():
         return path
-    from engine.catalog import Catalog
-    from engine.lineage import resolve
+    from engine.home import Home
     from engine.models import model_dir
-    catalog_path = Path(artifact_root) / "catalog.duckdb"
-    if not catalog_path.is_file():
-        raise TunelineError(f"{model!r} is not a directory, and there is no catalog at {catalog_path} to look it up")
-    catalog = Catalog(catalog_path)
-    (found,), = catalog.query("SELECT path FROM artifacts WHERE fingerprint = ?", [resolve(catalog, model)])
-    return model_dir(Path(found))
+    found = Home(artifact_root).store().find(model)
+    if found is None:
+        raise TunelineError(f"{model!r} is neither a model directory nor the fingerprint (or a unique prefix of one) "
+                            f"of an artifact under {Path(artifact_root).resolve()}")
+    return model_dir(found.path)
 
 
 def chat(args: argparse.Namespace) -> int:
@@ -193,10 +211,11 @@ def serve(args: argparse.Namespace) -> int:
     import signal
     import tempfile
     from engine.serve import Server, choose_backend, read_serve_config, server_command
-    from pipelines.resources import validated_recipe
-    recipe = validated_recipe(args.recipe, json.dumps(parse_overrides(args.set), sort_keys=True))
+    from assets.resource import validated_recipe
+    overrides = parse_overrides(args.set)
+    recipe = validated_recipe(args.recipe, json.dumps(overrides, sort_keys=True))
     with tempfile.TemporaryDirectory(prefix="tuneline-serve-") as scratch:
-        directory = serve_directory(args, recipe, Path(scratch))
+        directory = serve_directory(args, recipe, overrides, Path(scratch))
         config = read_serve_config(directory)
         backend = choose_backend(args.backend or recipe.serve.infer_backend)
         host, port = args.host or config["host"], args.port or config["port"]
@@ -227,21 +246,46 @@ def interrupt(*_) -> None:
     raise KeyboardInterrupt
 
 
-def serve_directory(args: argparse.Namespace, recipe, scratch: Path) -> Path:
-    """The deployment to serve: `deployment` (the latest), a deployment directory, or a model to deploy ad hoc."""
+def serve_directory(args: argparse.Namespace, recipe, overrides: dict, scratch: Path) -> Path:
+    """The deployment to serve: `deployment` (the one the recipe implies), a deployment directory, or a model to
+    deploy ad hoc."""
     from engine.serve import write_serve_config
     if args.model == "deployment":
-        pointer = Path(args.artifact_root) / "pointers" / "deployment.json"
-        if not pointer.is_file():
-            raise TunelineError(f"no deployment under {args.artifact_root}: run `tuneline run` first (it gates and "
-                                "deploys), or name a model directory")
-        return Path(json.loads(pointer.read_text())["path"])
+        from pipelines.definitions import resources
+        tuneline = resources(args.recipe, str(Path(args.artifact_root).resolve()), overrides)["tuneline"]
+        fingerprint = tuneline.plan()["deployment"].fingerprint
+        built = tuneline.home().store().lookup("deployment", fingerprint)
+        if built is None:
+            raise TunelineError(f"the deployment recipe {args.recipe!r} implies ({fingerprint}) is not built under "
+                                f"{tuneline.home().root}: run `tuneline run` first (it gates and deploys), or name a "
+                                "deployment or model directory")
+        return built.path
     path = model_path(args.model, args.artifact_root)
     if (path / "serve.json").is_file():
         return path
     name = args.served_model_name or f"{recipe.name}-{path.name}"
     write_serve_config(path, name, recipe.serve, scratch)
     return scratch
+
+
+def plan(args: argparse.Namespace) -> int:
+    """Every stage's fingerprint under the recipe, before any work, and whether its artifact is built."""
+    from assets.resource import validated_recipe
+    from pipelines.definitions import resources
+    overrides = parse_overrides(args.set)
+    validated_recipe(args.recipe, json.dumps(overrides, sort_keys=True))
+    tuneline = resources(args.recipe, str(Path(args.artifact_root).resolve()), overrides)["tuneline"]
+    planned, store = tuneline.plan(), tuneline.home().store()
+    rows = [{"stage": name, "fingerprint": p.fingerprint, "built": store.lookup(name, p.fingerprint) is not None,
+             "parents": p.parents, "keys": list(p.keys), "code_version": p.code} for name, p in planned.items()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'stage':<17} {'fingerprint':<17} {'built':<6} reads")
+    for row in rows:
+        reads = ", ".join([*row["parents"], *row["keys"]]) or "-"
+        print(f"{row['stage']:<17} {row['fingerprint']:<17} {'yes' if row['built'] else 'no':<6} {reads}")
+    return 0
 
 
 def import_llamafactory(args: argparse.Namespace) -> int:
@@ -284,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     serve_p.add_argument("--served-model-name", help="for a model directory (a deployment has its own)")
     serve_p.add_argument("--dry-run", action="store_true",
                          help="print the serve config and command lines, start nothing")
+    plan_p = sub.add_parser("plan", help="print the fingerprint of every stage the recipe implies, before any work")
+    recipe_options(plan_p)
+    plan_p.add_argument("--json", action="store_true", help="print the plan as JSON")
     import_p = sub.add_parser("import-llamafactory", help="turn LLaMA-Factory training YAMLs into one tuneline recipe")
     import_p.add_argument("configs", nargs="+", help="LLaMA-Factory YAML files, one per stage (sft, rm, dpo, kto, pt)")
     import_p.add_argument("-o", "--output", help="write the recipe here (default: print it)")
@@ -302,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         commands = {"run": run, "eval": evaluate, "serve": serve, "import-llamafactory": import_llamafactory,
-                    "lineage": lineage, "chat": chat}
+                    "lineage": lineage, "chat": chat, "plan": plan}
         return commands[args.command](args)
     except TunelineError as exc:
         print(f"tuneline: {exc}", file=sys.stderr)

@@ -1,7 +1,7 @@
-"""The tuneline code location: every asset, the resources they share, and the job that runs them all.
+"""The tuneline code location: every asset, the resource they share, the job, schedule and sensor.
 
 `dagster dev -w workspace.yaml` loads `defs`; the `tuneline` CLI builds the same thing with its own
-recipe and artifact root through `build_definitions`.
+recipe and artifact root through `resources`.
 """
 
 from __future__ import annotations
@@ -15,27 +15,28 @@ from assets.dpo_adapter import dpo_adapter
 from assets.evaluation import EVAL_ASSETS, model_comparison
 from assets.formatted_data import formatted_data
 from assets.merged_model import merged_model
-from assets.quantized_models import awq_model, gptq_model
 from assets.pt_model import pt_model
+from assets.quantized_models import awq_model, gptq_model
 from assets.raw_data import raw_data
+from assets.resource import Tuneline
 from assets.reward_model import reward_model
 from assets.sft_adapter import sft_adapter
+from assets.stage_asset import DECLARED
 from engine.recipe import load_recipe
 from pipelines.automation import incoming_data_sensor, retrain_schedule
-from pipelines.resources import ArtifactIOManager, Tuneline
 
-ASSETS = [base_model, raw_data, clean_data, formatted_data, pt_model, sft_adapter, reward_model, dpo_adapter, merged_model,
-          gptq_model, awq_model, *EVAL_ASSETS, model_comparison, deployment]
+ASSETS = [base_model, raw_data, clean_data, formatted_data, pt_model, sft_adapter, reward_model, dpo_adapter,
+          merged_model, gptq_model, awq_model, *EVAL_ASSETS, model_comparison, deployment]
+STAGES = [DECLARED[asset.key.to_user_string()] for asset in ASSETS]  # what a recipe's plan is computed over
 
 full_pipeline = dg.define_asset_job("full_pipeline", selection=dg.AssetSelection.all(),
                                     description="Materialize every stage: data, training, exports, evaluation and the gated deployment.")
 
 
 def resources(recipe: str | None = None, artifact_root: str | None = None, overrides: dict | None = None) -> dict:
-    """What is not given defaults from TUNELINE_RECIPE and TUNELINE_HOME (see pipelines/resources.py)."""
+    """What is not given defaults from TUNELINE_RECIPE and TUNELINE_HOME (see assets/resource.py)."""
     given = {k: v for k, v in (("recipe_name", recipe), ("artifact_root", artifact_root)) if v is not None}
-    tuneline = Tuneline(**given, overrides=overrides or {})
-    return {"tuneline": tuneline, "io_manager": ArtifactIOManager(artifact_root=tuneline.artifact_root)}
+    return {"tuneline": Tuneline(**given, overrides=overrides or {})}
 
 
 def build_definitions(recipe: str | None = None, artifact_root: str | None = None) -> dg.Definitions:

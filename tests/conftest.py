@@ -28,7 +28,7 @@ def sample_rows(tiny_recipe):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_recipe, sample_rows):
-    from engine.data.ingest import message_texts
+    from engine.base_model import message_texts
     from engine.models import build_tiny
     out = tmp_path_factory.mktemp("tiny")
     build_tiny(tiny_recipe.model.tiny, message_texts(sample_rows[0]), out)

@@ -9,7 +9,7 @@ import pytest
 from engine.recipe import load_recipe
 from pipelines.automation import incoming_data_sensor, retrain_schedule
 from pipelines.definitions import full_pipeline
-from pipelines.resources import Tuneline
+from assets.resource import Tuneline
 
 ROW = {"instruction": "Add the two numbers.", "input": "101 + 202", "output": "303"}
 

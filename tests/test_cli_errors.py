@@ -36,20 +36,31 @@ def test_bad_override(tmp_path, capsys):
 
 
 def test_lineage_of_an_unknown_fingerprint_says_so(tmp_path, capsys):
-    from engine.artifacts import ArtifactStore
-    from engine.catalog import Catalog
-    store, catalog = ArtifactStore(tmp_path / "artifacts"), Catalog(tmp_path / "catalog.duckdb")
-    known = store.build("raw_data", [], {}, "v", lambda out: {"rows": 0})
-    catalog.record_artifact(store.manifest(known), known.path)
+    from engine.build import build_stage
+    from engine.home import Home
+    from engine.plan import make_plan
+    from engine.recipe import load_recipe
+    from engine.stage import Stage
+    recipe = load_recipe("tiny")[0]
+    stage = Stage("raw_data", entry=lambda run: {"rows": 0})
+    known = build_stage(Home(tmp_path), make_plan([stage], recipe), "raw_data", recipe)
     assert main(["lineage", "0123456789", "--artifact-root", str(tmp_path)]) == 2
     assert "'0123456789' is not a known artifact in the catalog" in capsys.readouterr().err
     assert main(["lineage", known.fingerprint[:6], "--artifact-root", str(tmp_path)]) == 0
     assert f"raw_data {known.fingerprint}" in capsys.readouterr().out
 
 
-def test_lineage_without_a_catalog_says_how_to_get_one(tmp_path, capsys):
+def test_lineage_without_artifacts_says_how_to_get_them(tmp_path, capsys):
     assert main(["lineage", "abc", "--artifact-root", str(tmp_path)]) == 2
-    assert "no catalog at" in capsys.readouterr().err
+    assert "no artifacts under" in capsys.readouterr().err
+
+
+def test_a_selection_whose_upstream_is_not_built_stops_before_any_work(tmp_path, capsys):
+    assert main(["run", "--select", "sft_adapter", "--artifact-root", str(tmp_path / "root")]) == 2
+    err = capsys.readouterr().err
+    assert "sft_adapter needs" in err and "not built for this recipe; select '*sft_adapter'" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "root" / "artifacts").exists()
 
 
 def test_an_invalid_selection_is_named(tmp_path, capsys):

@@ -18,7 +18,7 @@ from engine.models import load_causal_lm, load_reward_model, load_tokenizer
 from engine.lineage import lineage, write_training_rows
 from pipelines.automation import incoming_data_sensor
 from pipelines.definitions import ASSETS, full_pipeline, resources
-from pipelines.resources import Tuneline
+from assets.resource import Tuneline
 
 pytestmark = pytest.mark.slow
 EVALS = {"eval_base", "eval_sft", "eval_dpo", "eval_merged", "eval_gptq", "eval_awq", "model_comparison"}
@@ -136,6 +136,7 @@ def test_a_failing_gate_stops_deployment_and_says_by_how_much(first_run, project
     assert "required >= +100.0000, short by" in gate["dpo_not_worse_than_sft"].metadata["detail"].value
     assert gate["gptq_within_budget"].passed and gate["awq_within_budget"].passed
     assert "deployment" not in artifacts_of(result)
+    assert built(result) == set()  # a gate's threshold re-runs the gate, never a stage
 
 
 def test_tuneline_eval_compare_prints_the_table_and_gates(first_run, project, tmp_path):
@@ -161,12 +162,14 @@ def test_lineage_and_catalog_account_for_every_row(first_run):
     assert set(record["data"]) == {"alpaca_tasks", "sharegpt_tasks", "openai_tasks", "preference_tasks"}
     assert record["artifacts"]["sft_adapter"]["checks"] == {"eval_loss_below_base": True}
     assert record["artifacts"]["sft_adapter"]["versions"]["trl"] == "1.16.0"
-    assert record["export"]["checks"] == {"logits_match_adapters": True}
+    assert record["artifacts"]["sft_adapter"]["config"]["sft"]["learning_rate"] == 3.0e-3  # the keys it was made with
+    assert record["export"]["metrics"]["max_logit_diff"] == meta["merged_model"]["max_logit_diff"]
+    assert record["base_model"] == "tiny"
     gptq = json.loads((Path(meta["gptq_model"]["path"]) / "lineage.json").read_text())
     assert gptq["artifacts"]["merged_model"]["fingerprint"] == meta["merged_model"]["fingerprint"]
-    assert gptq["export"]["checks"] == {"reloads_and_generates": True, "perplexity_within_bound": True}
+    assert gptq["artifacts"]["merged_model"]["checks"] == {"logits_match_adapters": True}
     card = (Path(meta["gptq_model"]["path"]) / "README.md").read_text()
-    assert "| alpaca_tasks |" in card and "perplexity_within_bound | passed" in card
+    assert "| alpaca_tasks |" in card and "logits_match_adapters ✓" in card
     catalog = Catalog(root / "catalog.duckdb")
     raw_fp, clean_fp = meta["raw_data"]["fingerprint"], meta["clean_data"]["fingerprint"]
     (raw_rows,), = catalog.query("SELECT count(*) FROM raw_rows WHERE artifact = ?", [raw_fp])
@@ -189,6 +192,20 @@ def test_second_materialization_is_a_cache_hit_for_every_asset(first_run, projec
     assert {n: m["fingerprint"] for n, m in meta.items()} == {n: m["fingerprint"] for n, m in artifacts_of(first).items()}
     assert sorted(p for p in (root / "artifacts").glob("*/*")) == dirs_before
     assert all(e.passed for e in second.get_asset_check_evaluations())
+
+
+def test_a_deleted_catalog_is_re_recorded_and_lineage_is_unchanged(first_run, project, tmp_path):
+    root, first = first_run
+    catalog = Catalog(root / "catalog.duckdb")
+    merged = artifacts_of(first)["merged_model"]["fingerprint"]
+    before = lineage(catalog, merged)
+    write_training_rows(catalog, merged, tmp_path / "before.csv")
+    (root / "catalog.duckdb").unlink()
+    again = materialize(root, project[1])
+    assert again.success and built(again) == set()
+    assert lineage(catalog, merged) == before
+    write_training_rows(catalog, merged, tmp_path / "after.csv")
+    assert (tmp_path / "after.csv").read_text() == (tmp_path / "before.csv").read_text()
 
 
 def built(result) -> set[str]:

@@ -1,7 +1,6 @@
-import pytest
+import json
 
-from engine.artifacts import ArtifactStore
-from pipelines.resources import validated_recipe
+from assets.resource import Tuneline, validated_recipe
 
 
 def test_an_edited_recipe_is_reloaded_not_served_from_cache(tmp_path):
@@ -13,14 +12,15 @@ def test_an_edited_recipe_is_reloaded_not_served_from_cache(tmp_path):
     assert validated_recipe(str(recipe), '{"sft.lora_rank": 2}').sft.lora_rank == 2
 
 
-def test_io_manager_refuses_an_asset_that_was_never_materialized(tmp_path):
-    import dagster as dg
-
-    from pipelines.resources import ArtifactIOManager
-    manager = ArtifactIOManager(artifact_root=str(tmp_path))
-    artifact = ArtifactStore(tmp_path / "artifacts").build("raw_data", [], {}, "v", lambda out: {"n": 1})
-    manager.handle_output(dg.build_output_context(asset_key=dg.AssetKey("raw_data")), artifact)
-    loaded = manager.load_input(dg.build_input_context(asset_key=dg.AssetKey("raw_data")))
-    assert loaded.fingerprint == artifact.fingerprint and loaded.metrics == {"n": 1}
-    with pytest.raises(FileNotFoundError, match="clean_data has not been materialized yet"):
-        manager.load_input(dg.build_input_context(asset_key=dg.AssetKey("clean_data")))
+def test_a_run_keeps_one_plan_even_when_data_changes_under_it(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "rows.json").write_text(json.dumps([{"instruction": "Add.", "input": "1 + 1", "output": "2"}]))
+    (data / "datasets.yaml").write_text("rows:\n  file_name: rows.json\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data:\n  dataset_dir: {data}\n")
+    tuneline = Tuneline(recipe_name=str(recipe), artifact_root=str(tmp_path / "home"))
+    first = tuneline.plan("run-1")["raw_data"].fingerprint
+    (data / "rows.json").write_text(json.dumps([{"instruction": "Add.", "input": "2 + 2", "output": "4"}]))
+    assert tuneline.plan("run-1")["raw_data"].fingerprint == first  # the run that started keeps its inputs
+    assert tuneline.plan("run-2")["raw_data"].fingerprint != first  # the next run sees the new data

@@ -108,7 +108,7 @@ def test_qlora_without_a_gpu_is_refused_before_any_work():
     with pytest.raises(RecipeError, match="sft.quantization_bit 4 \\(QLoRA\\) needs bitsandbytes and a CUDA GPU"):
         check_quantized_training(SftSection(quantization_bit=4), "sft")
     with pytest.raises(RecipeError, match="QLoRA"):
-        from pipelines.resources import validated_recipe
+        from assets.resource import validated_recipe
         validated_recipe("tiny", json.dumps({"sft.quantization_bit": 4}))
 
 

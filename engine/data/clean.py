@@ -11,11 +11,15 @@ import json
 import re
 import unicodedata
 from collections import Counter
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from engine.data.dedup import exact_duplicates, near_duplicate_clusters
 from engine.data.ingest import content_hash
-from engine.recipe import CleanSection
+from engine.tables import CLUSTER_COLUMNS, QUARANTINE_COLUMNS, ROW_COLUMNS, read_rows, write_rows
+
+if TYPE_CHECKING:
+    from engine.recipe import CleanSection
+    from engine.stage import StageRun
 
 PII_PATTERNS = {  # order matters: card numbers before phone numbers, which would match their digits
     "secret": re.compile(r"\b(?:sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36}|xox[abprs]-[A-Za-z0-9-]{10,}"
@@ -255,3 +259,25 @@ def clean(rows: list[dict], cfg: CleanSection, source_order: list[str],
                                           for q in cleaner.quarantine).most_common(5),
     }
     return final, cleaner.quarantine, cleaner.clusters, report
+
+
+def token_counter(model_path):
+    """text -> number of tokens of the base model's tokenizer, for the length step's token limits."""
+    from engine.models import load_tokenizer
+    tokenizer = load_tokenizer(model_path)
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def build_clean_data(run: "StageRun") -> dict:
+    """clean_data's entry point: the recipe's cleaning steps over raw_data's rows; kept rows, quarantine and
+    duplicate clusters to Parquet. Returns the cleaning report. Token limits count with the recipe's local
+    checkpoint's tokenizer (the tiny preset's tokenizer is trained on this stage's output)."""
+    cfg = run.recipe.clean
+    raw = run.inputs["raw_data"]
+    source_order = list(json.loads((raw / "manifest.json").read_text())["metrics"]["by_source"])
+    count_tokens = token_counter(run.recipe.model.model_name_or_path) if cfg.counts_tokens() else None
+    rows, quarantine, clusters, report = clean(read_rows(raw / "rows.parquet"), cfg, source_order, count_tokens)
+    write_rows(rows, run.out / "rows.parquet", ROW_COLUMNS)
+    write_rows(quarantine, run.out / "quarantine.parquet", QUARANTINE_COLUMNS)
+    write_rows(clusters, run.out / "clusters.parquet", CLUSTER_COLUMNS)
+    return report

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.constants import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, MAX_SHINGLE  # noqa: F401  (re-exported)
+
 EMPTY = np.uint32(0xFFFFFFFF)
 MIX1, MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-MAX_SHINGLE = 8  # a shingle is read as one little-endian 8-byte word
-DEFAULT_NUM_PERM, DEFAULT_SHINGLE = 128, 5
 
 
 def mix64(x: np.ndarray) -> np.ndarray:

@@ -8,17 +8,21 @@ The preference view holds conversational prompt/chosen/rejected for TRL's reward
 from __future__ import annotations
 
 import json
-import random
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from datasets import Dataset, DatasetDict, Features, List, Value
 
 from engine.data.clean import dedup_text
-from engine.data.dedup import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, near_duplicate_clusters
+from engine.constants import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, IGNORE
+from engine.data.dedup import near_duplicate_clusters
+from engine.data.split import split_of
 from engine.errors import DataError
 
-IGNORE = -100
+if TYPE_CHECKING:
+    from engine.stage import StageRun
+
 TRAINED_ROLES = ("assistant", "function_call")  # as LLaMA-Factory: the model learns its answers and its tool calls
 MESSAGES = List({"role": Value("string"), "content": Value("string")})
 VIEW_FEATURES = {
@@ -71,11 +75,6 @@ def tokenize_sft(tokenizer, messages: list[dict], tools: list | None = None) -> 
         input_ids += ids
         labels += ids if trainable else [IGNORE] * len(ids)
     return input_ids, labels
-
-
-def split_of(content_hash: str, val_size: float, seed: int) -> str:
-    """Deterministic per row: the same row lands in the same split whatever else is in the data."""
-    return "eval" if random.Random(f"{seed}:{content_hash}").random() < val_size else "train"
 
 
 def contaminated(rows: list[dict], splits: list[str], threshold: float) -> dict[int, str]:
@@ -168,3 +167,16 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
     }
     return quarantine, report
 
+
+
+def build_formatted_data(run: "StageRun") -> dict:
+    """formatted_data's entry point: clean_data's rows rendered with the base model's chat template, tokenized,
+    split; the views as HF datasets, the split of every row and the quarantine as Parquet. Returns the report."""
+    from engine.models import load_tokenizer, model_dir
+    from engine.tables import QUARANTINE_COLUMNS, read_rows, write_rows
+    data = run.recipe.data
+    quarantine, report = format_rows(read_rows(run.inputs["clean_data"] / "rows.parquet"),
+                                     load_tokenizer(model_dir(run.inputs["base_model"])), data.cutoff_len,
+                                     data.val_size, data.seed, run.out, data.decontamination_threshold)
+    write_rows(quarantine, run.out / "quarantine.parquet", QUARANTINE_COLUMNS)
+    return report

@@ -11,10 +11,14 @@ import hashlib
 import json
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from engine.data.readers import BadRow, read_records, source_files
-from engine.data.registry import DatasetEntry
+from engine.data.registry import DatasetEntry, recipe_sources
+from engine.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, RowWriter
+
+if TYPE_CHECKING:
+    from engine.stage import StageRun
 
 PROMPT_ROLES, ANSWER_ROLES = ("user", "observation"), ("assistant", "function_call")
 
@@ -203,26 +207,16 @@ def ingest(sources: dict[str, tuple[DatasetEntry, Path]]) -> tuple[list[dict], l
     return rows, quarantine, counts
 
 
-def source_identity(sources: dict[str, tuple[DatasetEntry, Path]]) -> dict[str, dict]:
-    """What a source's rows depend on, for fingerprints: its registry entry and its content digest."""
-    return {name: {"entry": entry.model_dump(), "sha256": content_digest(path)} for name, (entry, path) in sources.items()}
-
-
-def content_digest(path: Path) -> str:
-    """sha256 over a source's files (names and bytes): changes when a file is added, removed or edited."""
-    digest = hashlib.sha256()
-    files = [f for unit in source_files(path) for f in ([unit] if unit.is_file() else sorted(unit.rglob("*")))]
-    for file in files:
-        if file.is_file():
-            digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-            digest.update(hashlib.sha256(file.read_bytes()).digest())
-    return digest.hexdigest()
-
-
-def message_texts(rows: list[dict]) -> list[str]:
-    """Every text of normalized rows (messages, chosen, rejected): what a tokenizer is trained on."""
-    texts = []
-    for row in rows:
-        texts += [m["content"] for m in json.loads(row["messages"])]
-        texts += [t for t in (row["chosen"], row["rejected"]) if t]
-    return texts
+def build_raw_data(run: "StageRun") -> dict:
+    """raw_data's entry point: every registered source streamed into rows.parquet and quarantine.parquet.
+    Returns counts, in total and per source."""
+    counts = {}
+    with RowWriter(run.out / "rows.parquet", ROW_COLUMNS) as rows, \
+            RowWriter(run.out / "quarantine.parquet", QUARANTINE_COLUMNS) as quarantine:
+        for name, (entry, path) in recipe_sources(run.recipe.data).items():
+            before = (rows.count, quarantine.count)
+            for good, item in ingest_stream(name, entry, path):
+                (rows if good else quarantine).add(item)
+            accepted, rejected = rows.count - before[0], quarantine.count - before[1]
+            counts[name] = {"rows_in": accepted + rejected, "accepted": accepted, "quarantined": rejected}
+    return {"rows": rows.count, "quarantined": quarantine.count, "by_source": counts}

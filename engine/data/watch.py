@@ -6,15 +6,24 @@ import hashlib
 import json
 from pathlib import Path
 
-from engine.data.ingest import content_digest
+from engine.content import ContentHasher, source_identity
 from engine.data.readers import read_records, source_files
-from engine.data.registry import DatasetEntry
+from engine.data.registry import DatasetEntry, recipe_sources, resolve_sources
 from engine.errors import DataError
 
 
-def snapshot(sources: dict[str, tuple[DatasetEntry, Path]]) -> dict[str, str]:
+def watched_sources(recipe) -> dict[str, tuple[DatasetEntry, Path]]:
+    """Every source a recipe reads from outside: its datasets and its pt corpus."""
+    data = recipe.data
+    sources = recipe_sources(data)
+    if recipe.pt.dataset:
+        sources |= resolve_sources(data.dataset_dir, data.dataset_info, recipe.pt.dataset, data.allowed_roots)
+    return sources
+
+
+def snapshot(sources: dict[str, tuple[DatasetEntry, Path]], hasher: ContentHasher | None = None) -> dict[str, str]:
     """{source: content digest}: compared between sensor ticks, by content, never by modification time."""
-    return {name: content_digest(path) for name, (_, path) in sources.items()}
+    return {name: identity["sha256"] for name, identity in source_identity(sources, hasher or ContentHasher()).items()}
 
 
 def changed_sources(previous: dict[str, str], current: dict[str, str]) -> list[str]:

@@ -8,8 +8,10 @@ from pathlib import Path
 import yaml
 
 
-def write_export_docs(out: Path, title: str, lineage: dict, metrics: dict, checks: dict[str, bool]) -> None:
-    record = {**lineage, "export": {"title": title, "metrics": metrics, "checks": checks}}
+def write_export_docs(out: Path, title: str, lineage: dict, metrics: dict) -> None:
+    """lineage.json and README.md in `out`. The export's own checks are not written: their thresholds are not part
+    of its fingerprint, so `tuneline lineage` reports them as last evaluated."""
+    record = {**lineage, "export": {"title": title, "metrics": metrics}}
     (out / "lineage.json").write_text(json.dumps(record, indent=2, default=str))
     (out / "README.md").write_text(model_card(title, record))
 
@@ -22,16 +24,17 @@ def model_card(title: str, record: dict) -> str:
                           for asset, a in record["artifacts"].items())
     export = record["export"]
     metrics = "\n".join(f"| {k} | {v} |" for k, v in export["metrics"].items() if not isinstance(v, (list, dict)))
-    checks = "\n".join(f"| {k} | {'passed' if v else 'FAILED'} |" for k, v in export["checks"].items())
+    settings = {asset: a["config"] for asset, a in record["artifacts"].items() if a.get("config")}
     return f"""---
 library_name: transformers
 tags: [tuneline, sft, dpo, lora]
 ---
 # {title}
 
-Made by tuneline from base model `{record['base_model']}`: SFT LoRA, then DPO LoRA, merged into full weights
-(and, for a quantized export, quantized after the merge). The chat template travels with the tokenizer
-(`chat_template.jinja`). The whole record is in `lineage.json`.
+Made by tuneline from base model `{record['base_model']}`: SFT, then preference optimisation, merged into full
+weights (and, for a quantized export, quantized after the merge). The chat template travels with the tokenizer
+(`chat_template.jinja`). The whole record is in `lineage.json`; `tuneline lineage <this directory>` prints it
+with this export's own checks.
 
 ## Data sources
 | source | raw rows | train rows | eval rows | quarantined |
@@ -43,17 +46,12 @@ Made by tuneline from base model `{record['base_model']}`: SFT LoRA, then DPO Lo
 |---|---|
 {metrics}
 
-## Checks
-| check | result |
-|---|---|
-{checks}
-
-## Made from
+## Made from (checks as recorded when this export was made)
 | asset | fingerprint | checks |
 |---|---|---|
 {artifacts}
 
-## Recipe
+## Recipe keys each stage read
 ```yaml
-{yaml.safe_dump(record['recipe'], sort_keys=False)}```
+{yaml.safe_dump(settings, sort_keys=False)}```
 """

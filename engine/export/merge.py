@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from datasets import load_from_disk
 from peft import PeftModel
 
 from engine.evaluate import perplexity, sft_batch
-from engine.models import load_causal_lm, load_tokenizer, load_with_adapters, smoke_generate
+from engine.models import load_causal_lm, load_tokenizer, load_with_adapters, model_dir, smoke_generate
+
+if TYPE_CHECKING:
+    from engine.stage import StageRun
 
 
 def merge(base_dir: Path, sft_weights: Path, dpo_weights: Path, formatted_dir: Path, out: Path,
@@ -41,3 +45,16 @@ def merge(base_dir: Path, sft_weights: Path, dpo_weights: Path, formatted_dir: P
 
 def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def build(run: "StageRun") -> dict:
+    """merged_model's entry point: the merge, with lineage.json and a model card naming what made it."""
+    from engine.export.docs import write_export_docs
+    from engine.lineage import export_lineage
+    from engine.train.common import trained_weights
+    base = model_dir(run.inputs["pt_model"])
+    metrics = merge(base, trained_weights(run.inputs["sft_adapter"]), trained_weights(run.inputs["dpo_adapter"]),
+                    run.inputs["formatted_data"], run.out)
+    parents = [p.name for p in run.inputs.values()]
+    write_export_docs(run.out, f"Merged model of {base.name}", export_lineage(run.home.catalog(), parents), metrics)
+    return metrics

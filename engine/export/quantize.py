@@ -6,7 +6,7 @@ The checkpoint carries a compressed-tensors quantization_config, which vLLM and 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 from datasets import load_from_disk
@@ -19,7 +19,10 @@ from engine.evaluate import perplexity
 from engine.export.awq_cpu_shim import awq_cpu_compat
 from engine.export.merge import dir_size
 from engine.models import load_causal_lm, load_tokenizer, smoke_generate
-from engine.recipe import QuantizeSection
+
+if TYPE_CHECKING:
+    from engine.recipe import QuantizeSection
+    from engine.stage import StageRun
 
 Method = Literal["gptq", "awq"]
 
@@ -70,3 +73,26 @@ def quant_method(config) -> str | None:
     """The quantization method a loaded model reports ("compressed-tensors"), or None if it loaded unquantized."""
     method = getattr(getattr(config, "quantization_config", None), "quant_method", None)
     return getattr(method, "value", method)
+
+
+def build(run: "StageRun", method: Method) -> dict:
+    """gptq_model's and awq_model's entry point: the merged model quantized, with lineage.json and a model card."""
+    from engine.export.docs import write_export_docs
+    from engine.lineage import export_lineage
+    merged = run.inputs["merged_model"]
+    metrics = quantize(merged, run.inputs["formatted_data"], method, run.recipe.quantize, run.recipe.data.cutoff_len,
+                       run.out)
+    parents = [p.name for p in run.inputs.values()]
+    write_export_docs(run.out, f"{method.upper()} 4-bit export of {merged.name}",
+                      export_lineage(run.home.catalog(), parents), metrics)
+    return metrics
+
+
+def build_gptq(run: "StageRun") -> dict:
+    """gptq_model's entry point."""
+    return build(run, "gptq")
+
+
+def build_awq(run: "StageRun") -> dict:
+    """awq_model's entry point."""
+    return build(run, "awq")

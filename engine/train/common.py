@@ -8,13 +8,16 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from peft import LoraConfig, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
 
 from engine.errors import RecipeError
-from engine.recipe import TrainSection
+
+if TYPE_CHECKING:
+    from engine.recipe import TrainSection
 
 ADAPTER_DIR, FULL_DIR = "adapter", "model"  # a stage artifact holds a PEFT adapter, or full weights
 

@@ -4,14 +4,18 @@ ORPOTrainer (orpo, reference-free) or KTOTrainer (kto, on the KTO view of labell
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from datasets import load_from_disk
 
 from engine.errors import DataError
-from engine.models import load_tokenizer, load_with_adapters
-from engine.recipe import DpoSection
+from engine.models import load_tokenizer, load_with_adapters, model_dir
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_trained,
-                                 tracking, trainer_kwargs, without_row_ids)
+                                 tracking, trained_weights, trainer_kwargs, without_row_ids)
+
+if TYPE_CHECKING:
+    from engine.recipe import DpoSection
+    from engine.stage import StageRun
 
 
 def starting_model(base_dir: Path, sft_weights: Path, cfg: DpoSection, out: Path):
@@ -66,3 +70,9 @@ def train_dpo(base_dir: Path, sft_weights: Path, formatted_dir: Path, cfg: DpoSe
     return {**finish(trainer, out, cfg), "pref_loss": cfg.pref_loss, "train_loss": round(result.training_loss, 4),
             "eval_reward_margin": round(evaluation["eval_rewards/margins"], 4),
             "eval_reward_accuracy": None if accuracy is None else round(accuracy, 4)}
+
+
+def build(run: "StageRun") -> dict:
+    """dpo_adapter's entry point: on top of the SFT stage's weights."""
+    return train_dpo(model_dir(run.inputs["pt_model"]), trained_weights(run.inputs["sft_adapter"]),
+                     run.inputs["formatted_data"], run.recipe.dpo, run.recipe.data.cutoff_len, run.out)

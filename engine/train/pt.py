@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from engine.data.format import split_of
 from engine.data.ingest import source_records
-from engine.data.registry import DatasetEntry
+from engine.data.registry import DatasetEntry, resolve_sources
+from engine.data.split import split_of
 from engine.errors import DataError
-from engine.models import load_tokenizer
-from engine.recipe import PtSection
+from engine.models import load_tokenizer, model_dir, point_at
+from engine.tables import QUARANTINE_COLUMNS, write_rows
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, tracking,
                                  trainer_kwargs)
+
+if TYPE_CHECKING:
+    from engine.recipe import PtSection
+    from engine.stage import StageRun
 
 
 def text_rows(sources: dict[str, tuple[DatasetEntry, Path]]) -> Iterator[tuple[bool, dict]]:
@@ -72,3 +76,24 @@ def train_pt(base_dir: Path, sources: dict[str, tuple[DatasetEntry, Path]], cfg:
     return {**summary, "eval_loss_before": round(before, 4), "eval_loss_after": round(after, 4),
             "train_loss": round(result.training_loss, 4), "train_texts": len(rows["train"]),
             "eval_texts": len(rows["eval"]), "quarantined": len(quarantine)}, quarantine
+
+
+def pt_sources(recipe) -> dict[str, tuple[DatasetEntry, Path]]:
+    """The registered raw-text sources of pt.dataset (none while continued pre-training is off)."""
+    data = recipe.data
+    if not recipe.pt.dataset:
+        return {}
+    return resolve_sources(data.dataset_dir, data.dataset_info, recipe.pt.dataset, data.allowed_roots)
+
+
+def build(run: "StageRun") -> dict:
+    """pt_model's entry point: continued pre-training into a full model, or, while pt.dataset is empty, the base
+    model named unchanged."""
+    base = model_dir(run.inputs["base_model"])
+    if not run.recipe.pt.dataset:
+        return {**point_at(run.out, base), "continued_pretraining": False}
+    data = run.recipe.data
+    metrics, quarantine = train_pt(base, pt_sources(run.recipe), run.recipe.pt, data.cutoff_len, data.val_size,
+                                   data.seed, run.out)
+    write_rows(quarantine, run.out / "quarantine.parquet", QUARANTINE_COLUMNS)
+    return {**metrics, "continued_pretraining": True}

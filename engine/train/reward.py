@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from datasets import load_from_disk
 from transformers import AutoModelForSequenceClassification
 from trl import RewardConfig, RewardTrainer
 
 from engine.evaluate import pairwise_accuracy
-from engine.models import load_tokenizer
-from engine.recipe import RewardSection
+from engine.models import load_tokenizer, model_dir
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, tracking,
                                  trainer_kwargs, without_row_ids)
+
+if TYPE_CHECKING:
+    from engine.recipe import RewardSection
+    from engine.stage import StageRun
 
 
 def train_reward(base_dir: Path, formatted_dir: Path, cfg: RewardSection, cutoff_len: int, out: Path) -> dict:
@@ -36,3 +40,9 @@ def train_reward(base_dir: Path, formatted_dir: Path, cfg: RewardSection, cutoff
             "eval_accuracy_before": round(accuracy_before, 4),
             "eval_accuracy": round(pairwise_accuracy(merged, tokenizer, data["eval"]), 4),
             "train_pairs": len(data["train"]), "eval_pairs": len(data["eval"])}
+
+
+def build(run: "StageRun") -> dict:
+    """reward_model's entry point."""
+    return train_reward(model_dir(run.inputs["pt_model"]), run.inputs["formatted_data"], run.recipe.reward,
+                        run.recipe.data.cutoff_len, run.out)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from datasets import load_from_disk
 from trl import SFTConfig, SFTTrainer
 
-from engine.models import load_tokenizer
-from engine.recipe import SftSection
+from engine.models import load_tokenizer, model_dir
 from engine.train.common import (finish, load_trainable, optimizers, prepare_model, save_trained, tracking,
                                  trainer_kwargs, without_row_ids)
+
+if TYPE_CHECKING:
+    from engine.recipe import SftSection
+    from engine.stage import StageRun
 
 
 def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: int, out: Path) -> dict:
@@ -33,3 +37,9 @@ def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: 
             "train_loss": round(result.training_loss, 4), "train_rows": len(train), "eval_rows": len(evaluation),
             "train_sequences": len(trainer.train_dataset), "packing": cfg.packing,
             "tokens_per_second": round(tokens / result.metrics["train_runtime"], 1)}
+
+
+def build(run: "StageRun") -> dict:
+    """sft_adapter's entry point."""
+    return train_sft(model_dir(run.inputs["pt_model"]), run.inputs["formatted_data"], run.recipe.sft,
+                     run.recipe.data.cutoff_len, run.out)

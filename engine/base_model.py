@@ -1,0 +1,30 @@
+"""base_model's entry point: the model every stage starts from."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from engine.models import build_tiny, check_local_model, is_tiny, point_at
+from engine.tables import read_rows
+
+if TYPE_CHECKING:
+    from engine.stage import StageRun
+
+
+def message_texts(rows: list[dict]) -> list[str]:
+    """Every text of normalized rows (messages, chosen, rejected): what a tokenizer is trained on."""
+    texts = []
+    for row in rows:
+        texts += [m["content"] for m in json.loads(row["messages"])]
+        texts += [t for t in (row["chosen"], row["rejected"]) if t]
+    return texts
+
+
+def build_base_model(run: "StageRun") -> dict:
+    """base_model's entry point: the tiny preset built from a seed, its tokenizer trained on the cleaned rows
+    (never on rows the cleaning removed), or the recipe's local checkpoint, named in place."""
+    model = run.recipe.model
+    if not is_tiny(model):
+        return point_at(run.out, check_local_model(model.model_name_or_path))
+    return build_tiny(model.tiny, message_texts(read_rows(run.inputs["clean_data"] / "rows.parquet")), run.out)

@@ -1,0 +1,115 @@
+"""Building one planned stage: its parents by identity, its own lock, build-or-reuse, publish, catalog.
+
+The parents are the artifacts the plan names, held with shared locks while the stage reads them (retention
+never removes an artifact in use). The stage's own exclusive lock makes a second run of the same fingerprint
+wait and reuse the result. The catalog is healed on every visit, cache hit or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from engine.artifacts import Artifact, library_versions
+from engine.errors import DataError, TunelineError
+from engine.home import Home
+from engine.plan import Planned, ancestors
+from engine.recipe import Recipe
+from engine.stage import Stage, StageRun, view
+
+EntryRunner = Callable[[Stage, StageRun], dict]
+
+
+class NotBuilt(TunelineError):
+    """A stage's parent has no artifact for this recipe's fingerprint."""
+
+
+def call_entry(stage: Stage, run: StageRun) -> dict:
+    return stage.entry(run)
+
+
+def require(home: Home, planned: Planned, parent: str) -> Artifact:
+    """The parent artifact this plan names, or NotBuilt saying what to materialize."""
+    fingerprint = planned.parents[parent]
+    artifact = home.store().lookup(parent, fingerprint)
+    if artifact is None:
+        raise NotBuilt(f"{planned.stage.name} needs {parent} {fingerprint}, the artifact this recipe implies, and it "
+                       f"is not built: materialize it too (select '*{planned.stage.name}' for the stage and "
+                       "everything upstream)")
+    return artifact
+
+
+def heal(home: Home, plan: dict[str, Planned], names: list[str]) -> None:
+    """Re-record in the catalog any of these stages' artifacts (and rows) it lacks."""
+    catalog, store = home.catalog(), home.store()
+    for name in names:
+        artifact = store.lookup(name, plan[name].fingerprint)
+        if artifact is not None:
+            catalog.ensure_recorded(store.manifest(artifact), artifact.path)
+
+
+def manifest_of(planned: Planned, metrics: dict, started: float) -> dict:
+    return {"asset": planned.stage.name, "fingerprint": planned.fingerprint, "parents": planned.parents,
+            "config": planned.config, "outside": planned.outside, "code_version": planned.code,
+            "tables": dict(planned.stage.tables), "metrics": metrics,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started, 2),
+            "versions": library_versions()}
+
+
+def build_stage(home: Home, plan: dict[str, Planned], name: str, recipe: Recipe, log: Callable[[str], None] = print,
+                run_entry: EntryRunner = call_entry) -> Artifact:
+    """The artifact of `name` under `plan`: stored if built, else built now (or by a concurrent run we wait for)."""
+    planned = plan[name]
+    stage, fp = planned.stage, planned.fingerprint
+    parents = {p: require(home, planned, p) for p in planned.parents}
+    heal(home, plan, ancestors(plan, name))  # lineage written by this stage reads its ancestors from the catalog
+    store = home.store(recipe.retention.keep_last)
+    with contextlib.ExitStack() as held:
+        for parent in parents.values():
+            held.enter_context(home.lock(parent.asset, parent.fingerprint, shared=True))
+            store.touch(parent)
+        held.enter_context(home.lock(name, fp, waiting=log))
+        artifact = store.lookup(name, fp)
+        if artifact is None:
+            artifact = run_and_publish(home, planned, recipe, parents, log, run_entry)
+        else:
+            store.touch(artifact)
+        home.catalog().ensure_recorded(store.manifest(artifact), artifact.path)
+    store.prune(name, keep=artifact.path)
+    return artifact
+
+
+def run_and_publish(home: Home, planned: Planned, recipe: Recipe, parents: dict[str, Artifact],
+                    log: Callable[[str], None], run_entry: EntryRunner) -> Artifact:
+    """Run the entry point in the fingerprint's work directory and publish it; called under the stage's lock."""
+    stage, fp = planned.stage, planned.fingerprint
+    work = home.work_dir(stage.name, fp)
+    if work.exists():  # left by a build that died: this stage starts over
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    started = time.time()
+    recipe_view = view(recipe, stage, planned.keys)
+    run = StageRun(stage.name, fp, recipe_view, {p: a.path for p, a in parents.items()}, work, home, log)
+    try:
+        metrics = run_entry(stage, run)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if stage.outside and stage.outside(recipe_view, home.hasher()) != planned.outside:
+        shutil.rmtree(work, ignore_errors=True)
+        raise DataError(f"{stage.name}: content it reads from outside changed while it was being read "
+                        "(a data file or the model was edited during the run); run it again")
+    manifest = manifest_of(planned, metrics, started)
+    manifest["tables"] = {t: f for t, f in manifest["tables"].items() if (work / f).is_file()}
+    return home.store().publish(stage.name, fp, work, manifest)
+
+
+def remove_stale_temporaries(home: Home) -> list[Path]:
+    """Temporary directories of an older layout (.tmp-*), left by processes that died: never resumable."""
+    stale = list(home.artifacts.glob("*/.tmp-*"))
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale

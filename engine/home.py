@@ -1,0 +1,99 @@
+"""The artifact root (TUNELINE_HOME): the one object that knows every path under it.
+
+    <root>/artifacts/<asset>/<fingerprint>/     finished artifacts (complete once manifest.json exists)
+    <root>/artifacts/<asset>/.work-<fp>/         the one work directory of a fingerprint being built
+    <root>/locks/<asset>-<fp>.lock               per-fingerprint lock: exclusive to build, shared to read
+    <root>/catalog.duckdb                        the catalog, derived from the artifacts
+    <root>/digests.json                          remembered content digests of outside files
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from engine.artifacts import ArtifactStore
+from engine.catalog import Catalog
+from engine.content import ContentHasher
+
+
+class Home:
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.artifacts = self.root / "artifacts"
+        self.locks = self.root / "locks"
+        self.catalog_path = self.root / "catalog.duckdb"
+        self.digests_path = self.root / "digests.json"
+
+    def store(self, keep_last: int | None = None) -> ArtifactStore:
+        return ArtifactStore(self.artifacts, keep_last=keep_last, lock=self.try_lock_exclusive)
+
+    def catalog(self) -> Catalog:
+        return Catalog(self.catalog_path)
+
+    def hasher(self) -> ContentHasher:
+        return ContentHasher(self.digests_path)
+
+    def artifact_dir(self, asset: str, fingerprint: str) -> Path:
+        return self.artifacts / asset / fingerprint
+
+    def work_dir(self, asset: str, fingerprint: str) -> Path:
+        """Fixed per fingerprint (so an interrupted build finds its own work again), private under its lock."""
+        return self.artifacts / asset / f".work-{fingerprint}"
+
+    def lock_path(self, asset: str, fingerprint: str) -> Path:
+        return self.locks / f"{asset}-{fingerprint}.lock"
+
+    @contextlib.contextmanager
+    def lock(self, asset: str, fingerprint: str, shared: bool = False,
+             waiting: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the fingerprint's lock: exclusive to build it, shared to read it. The kernel releases a lock
+        when its holder dies (even by kill -9), so a crashed run never blocks the next one. `waiting` is told
+        who holds it, once, when the lock is not free at once."""
+        path = self.lock_path(asset, fingerprint)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as handle:
+            mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+            try:
+                fcntl.flock(handle, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waiting:
+                    handle.seek(0)
+                    waiting(f"{asset} {fingerprint} is being built by {handle.read().strip() or 'another run'}; "
+                            "waiting for it, then reusing it")
+                fcntl.flock(handle, mode)  # blocks in the kernel: no busy loop
+            if not shared:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                         "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+                handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def try_lock_exclusive(self, asset: str, fingerprint: str) -> contextlib.AbstractContextManager | None:
+        """The fingerprint's exclusive lock if it is free now (retention uses it to skip artifacts in use)."""
+        path = self.lock_path(asset, fingerprint)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+
+        @contextlib.contextmanager
+        def held() -> Iterator[None]:
+            try:
+                yield
+            finally:
+                handle.close()
+        return held()

@@ -1,0 +1,115 @@
+"""A stage, declared once: its parents, the recipe keys it reads, the content it reads from outside the
+artifact root, its engine entry point, and the catalog tables it fills.
+
+Everything else follows from the declaration: the fingerprint and the plan (engine/plan.py), the code
+version (the import closure of the entry point), the build with its locks, publish and catalog record
+(engine/build.py), and on the Dagster side the asset itself (assets/stage_asset.py). The entry point sees the
+recipe only through a view of the declared keys, so a stage cannot read a key its fingerprint misses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from pydantic import BaseModel
+
+from engine.errors import TunelineError
+from engine.recipe import Recipe, get_dotted, is_threshold
+
+if TYPE_CHECKING:
+    from engine.content import ContentHasher
+    from engine.home import Home
+
+
+class UndeclaredKey(TunelineError):
+    """A stage read a recipe key its declaration does not name: its fingerprint would miss it."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the graph, declared once.
+
+    parents:  every stage whose artifact it may read (Dagster draws these edges).
+    keys:     the recipe keys it reads ("sft" is the whole section but its check thresholds, "data.cutoff_len"
+              one key); they are fingerprinted.
+    locate:   keys it reads only to find outside content (data.dataset_dir, ...): not fingerprinted themselves,
+              the content's identity is.
+    outside:  (recipe view, hasher) -> the identity of the content it reads from outside (file digests).
+    select:   recipe -> (parents, keys) it actually reads under that recipe, when that depends on the recipe
+              (pt off reads no pt keys); default: all of them.
+    entry:    the engine entry point, entry(run: StageRun) -> metrics; it writes the artifact into run.out.
+    tables:   catalog row table -> Parquet file in the artifact that fills it.
+    """
+    name: str
+    entry: Callable[["StageRun"], dict]
+    parents: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
+    locate: tuple[str, ...] = ()
+    outside: Callable[[Any, "ContentHasher"], dict] | None = None
+    select: Callable[[Recipe], tuple[tuple[str, ...], tuple[str, ...]]] | None = None
+    tables: Mapping[str, str] = field(default_factory=dict)
+
+    def reads(self, recipe: Recipe) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(parents, keys) this stage reads under `recipe`."""
+        if self.select is None:
+            return self.parents, self.keys
+        parents, keys = self.select(recipe)
+        unknown = [p for p in parents if p not in self.parents]
+        if unknown:
+            raise ValueError(f"stage {self.name}: select() names parents {unknown} it does not declare")
+        return tuple(parents), tuple(keys)
+
+
+@dataclass
+class StageRun:
+    """What an entry point gets: the recipe (declared keys only), its parents' artifact directories by stage
+    name, the directory to write its artifact into, and where to say what it is doing."""
+    stage: str
+    fingerprint: str
+    recipe: Any  # a RecipeView
+    inputs: dict[str, Path]
+    out: Path
+    home: "Home"
+    log: Callable[[str], None] = print
+
+
+class RecipeView:
+    """The recipe as one stage may read it: its declared keys, and below a declared section every key but the
+    check thresholds. Anything else raises UndeclaredKey naming the stage and the key."""
+
+    def __init__(self, value: BaseModel, allowed: tuple[str, ...], stage: str, path: str = ""):
+        self._value, self._allowed, self._stage, self._path = value, allowed, stage, path
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        section = type(self._value)
+        if name not in section.model_fields:
+            return getattr(self._value, name)  # a method of the section, such as counts_tokens()
+        key = f"{self._path}.{name}" if self._path else name
+        value = getattr(self._value, name)
+        covered = any(key == a or key.startswith(a + ".") for a in self._allowed)
+        if covered and is_threshold(section, name) and key not in self._allowed:
+            raise UndeclaredKey(f"stage {self._stage} read {key}, a check threshold: checks read thresholds, a "
+                                "stage's build never does (its fingerprint leaves them out)")
+        if covered:
+            return RecipeView(value, self._allowed, self._stage, key) if isinstance(value, BaseModel) else value
+        if any(a.startswith(key + ".") for a in self._allowed):
+            return RecipeView(value, self._allowed, self._stage, key)
+        raise UndeclaredKey(f"stage {self._stage} read recipe key {key!r}, which its declaration does not name "
+                            f"(it reads {', '.join(self._allowed) or 'no keys'}): add it to the stage's keys")
+
+    def __repr__(self) -> str:
+        return f"RecipeView({self._path or 'recipe'} for {self._stage})"
+
+
+def view(recipe: Recipe, stage: Stage, keys: tuple[str, ...]) -> RecipeView:
+    return RecipeView(recipe, tuple(keys) + stage.locate, stage.name)
+
+
+def keyed_values(recipe: Recipe, keys: tuple[str, ...]) -> dict[str, Any]:
+    """{key: value} of the keys a stage reads, as its fingerprint sees them (sections without thresholds)."""
+    from engine.recipe import fingerprint_value
+    return {key: fingerprint_value(get_dotted(recipe, key)) for key in sorted(keys)}
