@@ -21,7 +21,11 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep:
             raise TunelineError(f"--set {pair!r}: expected KEY=VALUE, e.g. sft.learning_rate=1e-4")
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise TunelineError(f"--set {pair!r}: the value is not a YAML scalar, list or mapping "
+                                f"({getattr(exc, 'problem', None) or exc})") from None
     return overrides
 
 
