@@ -263,8 +263,11 @@ class ServeSection(Section):
     model: Literal["merged", "gptq", "awq"] = "awq"
     served_model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # None: <recipe>-<model>
     infer_backend: Literal["auto", "vllm", "huggingface"] = "auto"  # auto: vLLM when importable with a GPU
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # another address exposes the model to the network: set an API key (api_key_env)
     port: Int = Field(8000, ge=1, le=65535)
+    # the environment variable holding the API key (never the key itself in YAML); when it is set, every request
+    # but /health needs `Authorization: Bearer <key>`. `tuneline serve --api-key` wins over it. null: no key.
+    api_key_env: str | None = Field("TUNELINE_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     max_model_len: Int | None = Field(None, ge=8)  # None: the model's max_position_embeddings
     startup_timeout_seconds: Int = Field(300, ge=5)  # the health check waits this long before giving up
 
