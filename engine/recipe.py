@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter,
-                      ValidationError, field_validator, model_validator)
+                      ValidationError, model_validator)
 
 from engine.data.dedup import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, MAX_SHINGLE
 from engine.errors import RecipeError

@@ -28,3 +28,15 @@ def wait(process: subprocess.Popen, timeout: float) -> int | None:
         return process.wait(timeout)
     except subprocess.TimeoutExpired:
         return None
+
+
+def run(command: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run in a session of its own: on timeout the whole group (a browser's helpers too) is stopped,
+    then TimeoutExpired is raised as subprocess.run raises it."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                               **kwargs)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        stop_process_group(process, grace=5)  # the leader may be gone while its helpers still run
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -20,7 +19,7 @@ from engine.recipe import ServeSection, load_recipe
 from engine.serve import (Server, choose_backend, exposure_warning, free_port, read_serve_config, resolve_api_key,
                           vllm_command, write_serve_config)
 from pipelines.cli import main
-from tests.processes import readline, stop_process_group, wait
+from tests.processes import readline, run, stop_process_group, wait
 
 KEY = "test-key-0123456789"
 
@@ -149,9 +148,8 @@ def test_tuneline_serve_runs_until_sigterm_then_shuts_down(deployment_dir):
 
 
 def test_serve_dry_run_prints_both_command_lines(deployment_dir):
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "serve", str(deployment_dir), "--dry-run",
-                             "--port", "8555"], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    result = run([sys.executable, "-m", "pipelines.cli", "serve", str(deployment_dir), "--dry-run", "--port", "8555"],
+                 timeout=300, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert result.returncode == 0, result.stderr
     assert "vllm: vllm serve" in result.stdout and "--port 8555" in result.stdout
     assert "tuneline's API-key proxy on 127.0.0.1:8555 -> " in result.stdout
