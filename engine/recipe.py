@@ -104,7 +104,8 @@ class DataSection(Section):
     cutoff_len: Int = Field(128, ge=8)
     val_size: Float = Field(0.1, gt=0, lt=1)
     seed: Int = 42
-    decontamination_threshold: Float | None = Field(0.8, gt=0, le=1)  # train rows this close to an eval row go; None: off
+    # train rows this close (Jaccard) to an eval row go; None: off
+    decontamination_threshold: Float | None = Field(0.8, gt=0, le=1)
 
 
 class NormalizeStep(Section):

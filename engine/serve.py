@@ -114,7 +114,8 @@ def is_loopback(host: str) -> bool:
     return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
-def exposure_warning(host: str, port: int, api_key: str | None, key_env: str | None = "TUNELINE_API_KEY") -> str | None:
+def exposure_warning(host: str, port: int, api_key: str | None,
+                     key_env: str | None = "TUNELINE_API_KEY") -> str | None:
     """What serving on a non-loopback address risks (None on loopback)."""
     if is_loopback(host):
         return None
@@ -160,10 +161,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-              "transfer-encoding", "upgrade", "host", "content-length", "authorization"}
+# hop-by-hop headers, the ones httpx and uvicorn set again, and the client's key (the backend has no use for it)
+NOT_FORWARDED = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+                 "transfer-encoding", "upgrade", "host", "content-length", "authorization"}
 
 
+# hand-written because transformers serve has no API-key option and no reverse proxy ships with the project's
+# dependencies; Starlette, httpx and uvicorn (already there for serving) do all the HTTP
 def proxy_app(backend_url: str, api_key: str | None, served_model_name: str):
     """The ASGI app in front of transformers serve: the bearer key on everything but /health, /v1/models from the
     serve config (transformers serve lists the Hugging Face cache there, which a local export is not in, and fails
@@ -197,7 +201,7 @@ def proxy_app(backend_url: str, api_key: str | None, served_model_name: str):
                 return JSONResponse(model)
             return error(404, f"the model {path.removeprefix('/v1/models/')!r} does not exist; this server serves "
                               f"{served_model_name!r}", "not_found_error")
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED]
         upstream = client.build_request(request.method, path, params=request.query_params, headers=headers,
                                         content=await request.body())
         try:
@@ -205,7 +209,7 @@ def proxy_app(backend_url: str, api_key: str | None, served_model_name: str):
         except httpx.HTTPError as exc:
             return error(502, f"the model server did not answer: {type(exc).__name__}", "server_error")
         return StreamingResponse(response.aiter_raw(), response.status_code,
-                                 headers={k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP},
+                                 headers={k: v for k, v in response.headers.items() if k.lower() not in NOT_FORWARDED},
                                  background=BackgroundTask(response.aclose))
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]

@@ -33,8 +33,8 @@ def test_a_child_that_stops_on_sigint_gets_nothing_harder():
 
 
 def test_sigint_ignored_then_sigterm():
-    code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(60)"
-    process = start(code)
+    process = start("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                    "print('ready', flush=True)\ntime.sleep(60)")
     try:
         assert readline(process.stdout, 30) == "ready\n"
         assert stop_process_group(process, grace=0.5) == signal.SIGTERM and process.returncode == -signal.SIGTERM

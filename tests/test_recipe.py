@@ -164,4 +164,5 @@ def test_an_override_reaches_into_a_list_of_steps():
 
 def test_an_unknown_key_inside_a_clean_step_is_named(tmp_path):
     message = one_line_error(write(tmp_path, "clean:\n  steps:\n    - {step: near_dedup, treshold: 0.5}\n"))
-    assert "clean.steps.0.near_dedup.treshold: unknown key; did you mean 'clean.steps.0.near_dedup.threshold'" in message
+    assert ("clean.steps.0.near_dedup.treshold: unknown key; did you mean 'clean.steps.0.near_dedup.threshold'"
+            in message)
