@@ -12,6 +12,7 @@ import dagster as dg
 from pydantic import Field
 
 from engine.data.registry import recipe_sources
+from engine.errors import RecipeError
 from engine.evaluation import check_lm_eval
 from engine.home import Home
 from engine.models import check_local_model, is_tiny
@@ -25,12 +26,21 @@ from engine.train.pt import pt_sources
 def validated_recipe(name_or_path: str, overrides_json: str) -> Recipe:
     """Load the recipe and check every path it names, before any work starts."""
     path = resolve_recipe_path(name_or_path)
-    return _validated(str(path), overrides_json, path.read_text())
+    return _validated(str(path), overrides_json, path.read_bytes())
+
+
+def check_schedule(recipe: Recipe) -> None:
+    """The retrain schedule is Dagster's, so Dagster's own cron parser decides (engine/ never imports dagster)."""
+    from dagster._utils.schedules import is_valid_cron_string
+    if not is_valid_cron_string(recipe.schedule.cron):
+        raise RecipeError(f"schedule.cron {recipe.schedule.cron!r}: expected a 5-field cron string Dagster accepts, "
+                          'such as "0 3 * * 1" (Mondays 03:00)')
 
 
 @lru_cache(maxsize=8)
-def _validated(path: str, overrides_json: str, text: str) -> Recipe:  # keyed on the text: an edited recipe reloads
+def _validated(path: str, overrides_json: str, text: bytes) -> Recipe:  # keyed on the text: an edited recipe reloads
     recipe, _ = load_recipe(path, json.loads(overrides_json))
+    check_schedule(recipe)
     recipe_sources(recipe.data)
     pt_sources(recipe)
     resolve_scorer(recipe.evaluation.scorer)

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from engine.errors import RecipeError
-from engine.recipe import Recipe
+from engine.recipe import Recipe, describe, read_yaml
 
 STAGE_SECTIONS = {"pt": "pt", "sft": "sft", "rm": "reward", "dpo": "dpo", "kto": "dpo"}
 MODEL_KEYS = {"model_name_or_path"}
@@ -97,14 +98,15 @@ def import_configs(paths: list[Path]) -> tuple[str, list[str]]:
     for path in paths:
         if not path.is_file():
             raise RecipeError(f"{path} does not exist (expected a LLaMA-Factory training YAML)")
-        config = yaml.safe_load(path.read_text()) or {}
+        config = read_yaml(path, "LLaMA-Factory config") or {}
         if not isinstance(config, dict):
             raise RecipeError(f"{path}: expected a mapping of keys, as llamafactory-cli train takes")
         merge_stage(recipe, config, path, notes)
     try:
         Recipe.model_validate(recipe)
-    except Exception as exc:
-        raise RecipeError(f"the imported recipe is not valid:\n{exc}") from None
+    except ValidationError as exc:
+        problems = (f"the imported recipe is not valid: {describe(e)}" for e in exc.errors())
+        raise RecipeError("\n".join(problems)) from None
     header = "# Imported from LLaMA-Factory: " + ", ".join(str(p) for p in paths) + "\n"
     header += "".join(f"# {note}\n" for note in notes)
     return header + yaml.safe_dump(recipe, sort_keys=False), notes

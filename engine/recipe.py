@@ -8,11 +8,16 @@ pref_beta, pref_loss, export_quantization_bit), so its users feel at home.
 from __future__ import annotations
 
 import difflib
+import re
+import types
+import typing
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter,
+                      ValidationError, model_validator)
 
 from engine.constants import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, MAX_SHINGLE
 from engine.errors import RecipeError
@@ -20,8 +25,49 @@ from engine.errors import RecipeError
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "pipelines" / "recipes"
 
 
+def _not_a_boolean(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true/false")
+    return value
+
+
+# YAML's `true` is not 1: integers are strict (no booleans, no 3.0, no "3"). Floats take ints (`learning_rate: 1`)
+# and numeric strings, because PyYAML reads `1e-4` (no dot) as a string; booleans are refused there too.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, BeforeValidator(_not_a_boolean)]
+
+IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
+LORA_TARGET = re.compile(rf"all|{IDENTIFIER}(\.{IDENTIFIER})*(\s*,\s*{IDENTIFIER}(\.{IDENTIFIER})*)*")
+
+
+def _lora_target_syntax(value: str) -> str:
+    """"all", or comma-separated module names (PEFT matches each as a name suffix); which names the model has
+    is checked when the model is loaded."""
+    if not LORA_TARGET.fullmatch(value.strip()) or (value.strip() != "all" and "all" in
+                                                     [t.strip() for t in value.split(",")]):
+        raise ValueError('expected "all" or comma-separated module names such as "q_proj,v_proj"')
+    return value.strip()
+
+
+def _scheduler_type(value: str) -> str:
+    from transformers.trainer_utils import SchedulerType  # imported only when a recipe names one: it loads torch
+    names = [s.value for s in SchedulerType]
+    if value not in names:
+        raise ValueError(f"expected one of transformers' schedulers: {', '.join(names)}")
+    return value
+
+
+def _timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError('expected an IANA time zone name such as "UTC" or "Europe/Berlin"') from None
+    return value
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # every float is finite: a recipe's .inf or .nan would only fail hours later, inside training
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def check_threshold(default: Any, **constraints: Any) -> Any:
@@ -57,15 +103,15 @@ def get_dotted(recipe: BaseModel, dotted: str) -> Any:
 
 class TinyModel(Section):
     """The built-in `tiny` preset: a random-init Qwen2-architecture model and a BPE tokenizer."""
-    hidden_size: int = Field(128, ge=32, le=1024)
-    intermediate_size: int = 384
-    num_hidden_layers: int = Field(2, ge=1, le=12)
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    vocab_size: int = Field(1024, ge=300, le=32000)
-    max_position_embeddings: int = 512
-    initializer_range: float = Field(0.1, gt=0)  # wider than Qwen2's 0.02: random logits must be able to sharpen
-    seed: int = 0
+    hidden_size: Int = Field(128, ge=32, le=1024)
+    intermediate_size: Int = 384
+    num_hidden_layers: Int = Field(2, ge=1, le=12)
+    num_attention_heads: Int = 4
+    num_key_value_heads: Int = 2
+    vocab_size: Int = Field(1024, ge=300, le=32000)
+    max_position_embeddings: Int = 512
+    initializer_range: Float = Field(0.1, gt=0)  # wider than Qwen2's 0.02: random logits must be able to sharpen
+    seed: Int = 0
 
 
 class ModelSection(Section):
@@ -78,10 +124,11 @@ class DataSection(Section):
     dataset_info: str = "datasets.yaml"  # a datasets.yaml or LLaMA-Factory dataset_info.json
     dataset: list[str] = Field(default_factory=list)  # registry names; empty = every registered one
     allowed_roots: list[str] = Field(default_factory=list)  # folders outside dataset_dir a file_name may use
-    cutoff_len: int = Field(128, ge=8)
-    val_size: float = Field(0.1, gt=0, lt=1)
-    seed: int = 42
-    decontamination_threshold: float | None = Field(0.8, gt=0, le=1)  # train rows this close to an eval row go; None: off
+    cutoff_len: Int = Field(128, ge=8)
+    val_size: Float = Field(0.1, gt=0, lt=1)
+    seed: Int = 42
+    # train rows this close (Jaccard) to an eval row go; None: off
+    decontamination_threshold: Float | None = Field(0.8, gt=0, le=1)
 
 
 class NormalizeStep(Section):
@@ -95,10 +142,10 @@ class StripHtmlStep(Section):
 
 class LengthStep(Section):
     step: Literal["length"]
-    min_chars: int = Field(1, ge=0)
-    max_chars: int = Field(4000, ge=1)
-    min_tokens: int | None = Field(None, ge=0)  # counted with the base model's tokenizer over all of a row's texts
-    max_tokens: int | None = Field(None, ge=1)
+    min_chars: Int = Field(1, ge=0)
+    max_chars: Int = Field(4000, ge=1)
+    min_tokens: Int | None = Field(None, ge=0)  # counted with the base model's tokenizer over all of a row's texts
+    max_tokens: Int | None = Field(None, ge=1)
 
     def counts_tokens(self) -> bool:
         return self.min_tokens is not None or self.max_tokens is not None
@@ -107,9 +154,9 @@ class LengthStep(Section):
 class RepetitionStep(Section):
     """Gopher's repetition filter: drop a row when too much of its text lies in repeated word n-grams."""
     step: Literal["repetition"]
-    ngram: int = Field(5, ge=1)
-    max_duplicate_fraction: float = Field(0.3, gt=0, le=1)
-    min_words: int = Field(50, ge=1)  # shorter texts are not judged: chat turns repeat an instruction by design
+    ngram: Int = Field(5, ge=1)
+    max_duplicate_fraction: Float = Field(0.3, gt=0, le=1)
+    min_words: Int = Field(50, ge=1)  # shorter texts are not judged: chat turns repeat an instruction by design
 
 
 class PiiStep(Section):
@@ -129,11 +176,11 @@ class ExactDedupStep(Section):
 
 class NearDedupStep(Section):
     step: Literal["near_dedup"]
-    threshold: float = Field(0.8, gt=0, le=1)
-    num_perm: int = Field(DEFAULT_NUM_PERM, ge=16)
-    shingle_size: int = Field(DEFAULT_SHINGLE, ge=1, le=MAX_SHINGLE)  # characters per shingle
-    bands: int | None = Field(None, ge=1)  # bands x rows <= num_perm; unset: chosen from the threshold
-    rows: int | None = Field(None, ge=1)
+    threshold: Float = Field(0.8, gt=0, le=1)
+    num_perm: Int = Field(DEFAULT_NUM_PERM, ge=16)
+    shingle_size: Int = Field(DEFAULT_SHINGLE, ge=1, le=MAX_SHINGLE)  # characters per shingle
+    bands: Int | None = Field(None, ge=1)  # bands x rows <= num_perm; unset: chosen from the threshold
+    rows: Int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def bands_and_rows_together(self):
@@ -154,7 +201,7 @@ class CleanSection(Section):
     """Cleaning runs `steps` in order; each removes rows (to quarantine, with a reason) or rewrites them."""
     steps: list[CleanStep] = Field(default_factory=lambda: [TypeAdapter(CleanStep).validate_python(s)
                                                             for s in DEFAULT_CLEAN_STEPS])
-    max_quarantine_ratio: float = check_threshold(0.25, ge=0, le=1)  # the clean_data check fails above this
+    max_quarantine_ratio: Float = check_threshold(0.25, ge=0, le=1)  # the clean_data check fails above this
 
     def counts_tokens(self) -> bool:
         return any(isinstance(s, LengthStep) and s.counts_tokens() for s in self.steps)
@@ -162,23 +209,23 @@ class CleanSection(Section):
 
 class TrainSection(Section):
     finetuning_type: Literal["lora", "dora", "full", "freeze"] = "lora"
-    freeze_trainable_layers: int = 2  # freeze: train the last n decoder layers (negative: the first n)
+    freeze_trainable_layers: Int = 2  # freeze: train the last n decoder layers (negative: the first n)
     quantization_bit: Literal[4, 8] | None = None  # QLoRA: the frozen base loaded in 4/8 bits by bitsandbytes (CUDA)
-    lora_rank: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_target: str = "all"  # "all" or comma-separated module names, as in LLaMA-Factory
-    loraplus_lr_ratio: float | None = Field(None, gt=0)  # LoRA+: B matrices learn this many times faster than A
+    lora_rank: Int = Field(16, ge=1)
+    lora_alpha: Int = Field(32, ge=1)
+    lora_dropout: Float = Field(0.0, ge=0, lt=1)
+    lora_target: Annotated[str, AfterValidator(_lora_target_syntax)] = "all"  # "all" or comma-separated module names
+    loraplus_lr_ratio: Float | None = Field(None, gt=0)  # LoRA+: B matrices learn this many times faster than A
     report_to: Literal["none", "tensorboard", "mlflow"] = "none"  # in the artifact: tensorboard/ or mlflow.db
-    learning_rate: float = Field(1e-3, gt=0)
-    num_train_epochs: float = Field(1.0, gt=0)
-    max_steps: int = -1
-    per_device_train_batch_size: int = Field(16, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    logging_steps: int = Field(10, ge=1)
-    seed: int = 42
+    learning_rate: Float = Field(1e-3, gt=0)
+    num_train_epochs: Float = Field(1.0, gt=0)
+    max_steps: Int = -1
+    per_device_train_batch_size: Int = Field(16, ge=1)
+    gradient_accumulation_steps: Int = Field(1, ge=1)
+    lr_scheduler_type: Annotated[str, AfterValidator(_scheduler_type)] = "cosine"  # transformers' SchedulerType
+    warmup_ratio: Float = Field(0.05, ge=0, lt=1)
+    logging_steps: Int = Field(10, ge=1)
+    seed: Int = 42
 
     @model_validator(mode="after")
     def adapter_options_need_an_adapter(self):
@@ -196,7 +243,7 @@ class TrainSection(Section):
 class PtSection(TrainSection):
     """Continued pre-training on raw text before SFT (LLaMA-Factory's stage pt). Off while `dataset` is empty."""
     dataset: list[str] = Field(default_factory=list)  # registry names; each row's `prompt` column is the text
-    learning_rate: float = Field(5e-4, gt=0)
+    learning_rate: Float = Field(5e-4, gt=0)
 
 
 class SftSection(TrainSection):
@@ -204,35 +251,35 @@ class SftSection(TrainSection):
 
 
 class RewardSection(TrainSection):
-    min_accuracy: float = check_threshold(0.6, ge=0, le=1)  # held-out pairwise accuracy the check demands
+    min_accuracy: Float = check_threshold(0.6, ge=0, le=1)  # held-out pairwise accuracy the check demands
 
 
 class DpoSection(TrainSection):
-    pref_beta: float = Field(0.1, gt=0)
+    pref_beta: Float = Field(0.1, gt=0)
     pref_loss: Literal["sigmoid", "ipo", "orpo", "kto"] = "sigmoid"  # kto trains on the KTO view (kto_tag data)
-    learning_rate: float = Field(5e-4, gt=0)
-    min_reward_gain: float = check_threshold(0.0)  # gate: the DPO model's mean reward-model score minus the SFT model's, at least this
+    learning_rate: Float = Field(5e-4, gt=0)
+    min_reward_gain: Float = check_threshold(0.0)  # gate: the DPO model's mean reward-model score minus SFT's, at least this
 
 
 class MergeSection(Section):
-    logits_atol: float = check_threshold(1e-3, gt=0)  # merged vs adapter model logits, absolute tolerance
+    logits_atol: Float = check_threshold(1e-3, gt=0)  # merged vs adapter model logits, absolute tolerance
 
 
 class QuantizeSection(Section):
     export_quantization_bit: Literal[4] = 4
-    group_size: int = Field(32, ge=8)
-    calibration_samples: int = Field(64, ge=1)
-    max_ppl_ratio: float = check_threshold(1.5, ge=1)  # quantized eval perplexity may be at most this x merged
-    max_accuracy_drop: float = check_threshold(0.05, ge=0, le=1)  # gate: task accuracy may fall at most this far below merged
+    group_size: Int = Field(32, ge=8)
+    calibration_samples: Int = Field(64, ge=1)
+    max_ppl_ratio: Float = check_threshold(1.5, ge=1)  # quantized eval perplexity may be at most this x merged
+    max_accuracy_drop: Float = check_threshold(0.05, ge=0, le=1)  # gate: task accuracy may fall at most this far below merged
 
 
 class EvaluationSection(Section):
     """Held-out perplexity (whole eval split), task accuracy by generation, the reward model's mean score."""
-    max_samples: int = Field(128, ge=1)  # eval rows answered by greedy generation
-    max_new_tokens: int = Field(32, ge=1)
+    max_samples: Int = Field(128, ge=1)  # eval rows answered by greedy generation
+    max_new_tokens: Int = Field(32, ge=1)
     scorer: str = "exact_match"  # or char_similarity, or "module:function": (prediction, reference) -> score in [0, 1]
     lm_eval_tasks: list[str] = Field(default_factory=list)  # run through lm-eval (must be installed) on full models
-    lm_eval_limit: int | None = Field(None, ge=1)  # examples per lm-eval task; None: all
+    lm_eval_limit: Int | None = Field(None, ge=1)  # examples per lm-eval task; None: all
 
 
 class ServeSection(Section):
@@ -240,20 +287,23 @@ class ServeSection(Section):
     model: Literal["merged", "gptq", "awq"] = "awq"
     served_model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # None: <recipe>-<model>
     infer_backend: Literal["auto", "vllm", "huggingface"] = "auto"  # auto: vLLM when importable with a GPU
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    max_model_len: int | None = Field(None, ge=8)  # None: the model's max_position_embeddings
-    startup_timeout_seconds: int = Field(300, ge=5)  # the health check waits this long before giving up
+    host: str = "127.0.0.1"  # another address exposes the model to the network: set an API key (api_key_env)
+    port: Int = Field(8000, ge=1, le=65535)
+    # the environment variable holding the API key (never the key itself in YAML); when it is set, every request
+    # but /health needs `Authorization: Bearer <key>`. `tuneline serve --api-key` wins over it. null: no key.
+    api_key_env: str | None = Field("TUNELINE_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    max_model_len: Int | None = Field(None, ge=8)  # None: the model's max_position_embeddings
+    startup_timeout_seconds: Int = Field(300, ge=5)  # the health check waits this long before giving up
 
 
 class RetentionSection(Section):
-    keep_last: int = Field(5, ge=1)  # artifacts kept per asset, most recently used first; older ones are removed
+    keep_last: Int = Field(5, ge=1)  # artifacts kept per asset, most recently used first; older ones are removed
 
 
 class ScheduleSection(Section):
-    cron: str = "0 3 * * 1"  # when the retrain schedule runs (it starts switched off in the UI)
-    timezone: str = "UTC"
-    watch_interval_seconds: int = Field(60, ge=5)  # how often the incoming-data sensor hashes the sources
+    cron: str = "0 3 * * 1"  # when the retrain schedule runs (switched off at first)
+    timezone: Annotated[str, AfterValidator(_timezone)] = "UTC"
+    watch_interval_seconds: Int = Field(60, ge=5)  # how often the incoming-data sensor hashes the sources
 
 
 class Recipe(Section):
@@ -295,16 +345,62 @@ def resolve_recipe_path(name_or_path: str) -> Path:
     return shipped
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    pass
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys silently; a recipe that sets a key twice is refused instead."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` merges, and keys beside it may override what it brings
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    earlier = first_line.get(key)
+                except TypeError:
+                    continue  # an unhashable key: the base constructor reports it
+                if earlier is not None:
+                    raise DuplicateKeyError(None, None, f"key {key!r} appears twice, at line {earlier} and "
+                                                        f"line {line}", key_node.start_mark)
+                first_line[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path, what: str = "recipe") -> Any:
+    """A YAML file as Python data; a non-UTF-8 byte, a syntax error or a repeated key is a one-line RecipeError."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise RecipeError(f"{what} {path} is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start} "
+                          f"(line {line}); save the file as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except DuplicateKeyError as exc:
+        raise RecipeError(f"{what} {path}: {exc.problem}; a key may be set once") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = " ".join(p for p in (exc.context, exc.problem) if p)
+        raise RecipeError(f"{what} {path} is not valid YAML: {where}{problem}") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{what} {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+
+
 def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None) -> tuple[Recipe, Path]:
     """Load, override (dotted keys, e.g. {"sft.learning_rate": 1e-4}) and validate a recipe.
 
-    Returns the recipe and its file path. Raises RecipeError naming the key and what was expected.
+    Returns the recipe and its file path. Raises RecipeError naming the key and what was expected, one line per
+    problem.
     """
     path = resolve_recipe_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from exc
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise RecipeError(f"recipe {path}: expected a mapping of sections at the top level")
     for dotted, value in (overrides or {}).items():
@@ -312,25 +408,78 @@ def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None) -> t
     try:
         return Recipe.model_validate(raw), path
     except ValidationError as exc:
-        raise RecipeError(f"recipe {path}:\n" + "\n".join(describe(e) for e in exc.errors())) from None
+        raise RecipeError("\n".join(f"recipe {path}: {describe(e)}" for e in exc.errors())) from None
 
 
 def set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        tree = tree.setdefault(key, {})
-    tree[leaf] = value
+    """Set `sft.learning_rate` (or `clean.steps.6.threshold`: a number picks a list item) in a raw recipe."""
+    parts = dotted.split(".")
+    if not all(parts):
+        raise RecipeError(f"override {dotted!r}: expected a dotted recipe key such as sft.learning_rate")
+    node: Any = tree
+    for depth, key in enumerate(parts):
+        path = ".".join(parts[:depth])
+        if isinstance(node, list):
+            if not (key.isdigit() and int(key) < len(node)):
+                raise RecipeError(f"override {dotted!r}: {path} is a list of {len(node)} items; "
+                                  f"expected an index from 0 to {len(node) - 1}, not {key!r}")
+            key = int(key)
+        elif not isinstance(node, dict):
+            raise RecipeError(f"override {dotted!r}: {path} is {node!r}, a value, not a section with keys")
+        if depth == len(parts) - 1:
+            node[key] = value
+        else:
+            if isinstance(node, dict) and node.get(key) is None:  # absent, or an empty section (`sft:`)
+                parent = section_at(tuple(parts[:depth]))
+                if parent is not None and key in parent.model_fields and section_at(tuple(parts[:depth + 1])) is None:
+                    raise RecipeError(f"override {dotted!r}: {'.'.join(parts[:depth + 1])} is a value, "
+                                      "not a section with keys")
+                node[key] = {}
+            node = node[key]
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Annotated[X, ...] -> X; X | None -> X."""
+    while True:
+        if typing.get_origin(annotation) is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(members) != 1:
+                return annotation
+            annotation = members[0]
+        else:
+            return annotation
+
+
+def section_at(loc: tuple) -> type[BaseModel] | None:
+    """The recipe section a validation error's location points into (None where it cannot tell)."""
+    node: Any = Recipe
+    for part in loc:
+        node = _unwrap(node)
+        if isinstance(part, int) and typing.get_origin(node) is list:
+            node = typing.get_args(node)[0]
+        elif isinstance(node, type) and issubclass(node, BaseModel) and str(part) in node.model_fields:
+            node = node.model_fields[str(part)].annotation
+        elif typing.get_origin(node) in (typing.Union, types.UnionType):  # a clean step, named by its `step` tag
+            node = next((m for m in typing.get_args(node) if isinstance(m, type) and issubclass(m, BaseModel)
+                         and part in typing.get_args(m.model_fields["step"].annotation)), None)
+        else:
+            return None
+    node = _unwrap(node)
+    return node if isinstance(node, type) and issubclass(node, BaseModel) else None
 
 
 def describe(error: dict) -> str:
     """One line per validation error, with a did-you-mean for unknown keys."""
     key = ".".join(str(p) for p in error["loc"])
     if error["type"] != "extra_forbidden":
-        return f"  {key}: {error['msg']} (got {error.get('input')!r})"
-    model: type[BaseModel] = Recipe
-    for part in error["loc"][:-1]:
-        model = model.model_fields[str(part)].annotation
-    known = list(model.model_fields)
+        message = error["msg"].removeprefix("Value error, ")
+        return f"{key}: {message} (got {error.get('input')!r})"
+    section = section_at(error["loc"][:-1])
+    if section is None:
+        return f"{key}: unknown key"
+    known = list(section.model_fields)
     close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
     hint = f"; did you mean {'.'.join([*map(str, error['loc'][:-1]), close[0]])!r}?" if close else ""
-    return f"  {key}: unknown key{hint} (expected one of: {', '.join(known)})"
+    return f"{key}: unknown key{hint} (expected one of: {', '.join(known)})"

@@ -3,17 +3,25 @@ present, otherwise `transformers serve` on the CPU. Bound to 127.0.0.1 unless th
 
 The serve config (serve.json) names everything a server needs: model path, served model name, chat
 template, max model length, quantization format, and the command line of each backend.
+
+With an API key every request but /health needs `Authorization: Bearer <key>`: vLLM checks it itself
+(VLLM_API_KEY, as `vllm serve --api-key` does); `transformers serve` has no such option, so it listens on a
+private loopback port behind AuthProxy, which checks the key, answers /v1/models and forwards the rest.
 """
 
 from __future__ import annotations
 
+import hmac
 import importlib.util
+import ipaddress
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +32,7 @@ import torch
 
 from engine.errors import ServeError
 from engine.models import load_tokenizer
+from engine.processes import stop_process_group
 
 if TYPE_CHECKING:
     from engine.recipe import ServeSection
@@ -81,6 +90,47 @@ def vllm_command(config: dict, directory: Path, host: str, port: int) -> list[st
     return command + (["--quantization", config["quantization"]] if config["quantization"] else [])
 
 
+def resolve_api_key(cfg: ServeSection, flag: str | None = None, environ: dict | None = None) -> str | None:
+    """The server's API key: `--api-key` wins over the variable the recipe's serve.api_key_env names.
+    None: no key, and anyone who reaches the port may use the model."""
+    environ = os.environ if environ is None else environ
+    if flag is not None:
+        if not flag.strip():
+            raise ServeError("--api-key is empty: pass a key, or leave the flag out")
+        return flag
+    if cfg.api_key_env is None or cfg.api_key_env not in environ:
+        return None
+    if not environ[cfg.api_key_env].strip():
+        raise ServeError(f"serve.api_key_env: {cfg.api_key_env} is set but empty; export a key in it, or unset it "
+                         "to serve without one")
+    return environ[cfg.api_key_env]
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def exposure_warning(host: str, port: int, api_key: str | None,
+                     key_env: str | None = "TUNELINE_API_KEY") -> str | None:
+    """What serving on a non-loopback address risks (None on loopback)."""
+    if is_loopback(host):
+        return None
+    if api_key is None:
+        how = f"export {key_env} (serve.api_key_env) or pass --api-key" if key_env else "pass --api-key"
+        return (f"serving on {host}:{port} without an API key: anyone who can reach this port on the network can use "
+                f"the model; {how}, or bind serve.host to 127.0.0.1")
+    return (f"serving on {host}:{port} over plain HTTP: the API key and every conversation cross the network "
+            "unencrypted; put a TLS-terminating proxy in front of it")
+
+
 def transformers_command(config: dict, host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "transformers.cli.transformers", "serve", config["served_model_name"],
             "--host", host, "--port", str(port), "--device", "cuda" if torch.cuda.is_available() else "cpu",
@@ -88,9 +138,25 @@ def transformers_command(config: dict, host: str, port: int) -> list[str]:
 
 
 def server_command(config: dict, directory: Path, backend: str, host: str, port: int) -> list[str]:
+    """The backend's command line. transformers serve listens on `host`:`port` only when run by hand: Server runs
+    it on a private loopback port behind AuthProxy."""
     if backend == "vllm":
         return vllm_command(config, directory, host, port)
     return transformers_command(config, host, port)
+
+
+def describe_commands(config: dict, directory: Path, chosen: str, host: str, port: int) -> list[str]:
+    """One line per backend: what Server would run for `host`:`port` (for `tuneline serve --dry-run`)."""
+    lines = []
+    for name in ("vllm", "huggingface"):
+        mark = " (chosen)" if name == chosen else ""
+        if name == "vllm":
+            lines.append(f"{name}{mark}: {' '.join(vllm_command(config, directory, host, port))}"
+                         "  (the API key, if any, in VLLM_API_KEY)")
+        else:
+            backend = " ".join(transformers_command(config, "127.0.0.1", "<private port>"))
+            lines.append(f"{name}{mark}: tuneline's API-key proxy on {host}:{port} -> {backend}")
+    return lines
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -99,35 +165,157 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+# hop-by-hop headers, the ones httpx and uvicorn set again, and the client's key (the backend has no use for it)
+NOT_FORWARDED = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+                 "transfer-encoding", "upgrade", "host", "content-length", "authorization"}
+
+
+# hand-written because transformers serve has no API-key option and no reverse proxy ships with the project's
+# dependencies; Starlette, httpx and uvicorn (already there for serving) do all the HTTP
+def proxy_app(backend_url: str, api_key: str | None, served_model_name: str):
+    """The ASGI app in front of transformers serve: the bearer key on everything but /health, /v1/models from the
+    serve config (transformers serve lists the Hugging Face cache there, which a local export is not in, and fails
+    when there is no cache), the rest streamed through (server-sent events included)."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    client = httpx.AsyncClient(base_url=backend_url, timeout=httpx.Timeout(None, connect=5))
+    created = int(time.time())
+    model = {"id": served_model_name, "object": "model", "created": created, "owned_by": "tuneline"}
+
+    def error(status: int, message: str, kind: str, **headers) -> JSONResponse:
+        return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status, headers=headers)
+
+    async def handle(request):
+        path = request.url.path
+        if path != "/health" and api_key is not None:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+                return error(401, "a valid API key is required: send `Authorization: Bearer <key>`",
+                             "invalid_request_error", **{"WWW-Authenticate": "Bearer"})
+        if not (path == "/health" or path.startswith("/v1/")):  # transformers serve's /load_model and /reset
+            return error(404, f"{path} is not served", "not_found_error")
+        if request.method == "GET" and path.rstrip("/") == "/v1/models":
+            return JSONResponse({"object": "list", "data": [model]})
+        if request.method == "GET" and path.startswith("/v1/models/"):
+            if path.removeprefix("/v1/models/") == served_model_name:
+                return JSONResponse(model)
+            return error(404, f"the model {path.removeprefix('/v1/models/')!r} does not exist; this server serves "
+                              f"{served_model_name!r}", "not_found_error")
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED]
+        upstream = client.build_request(request.method, path, params=request.query_params, headers=headers,
+                                        content=await request.body())
+        try:
+            response = await client.send(upstream, stream=True)
+        except httpx.HTTPError as exc:
+            return error(502, f"the model server did not answer: {type(exc).__name__}", "server_error")
+        return StreamingResponse(response.aiter_raw(), response.status_code,
+                                 headers={k: v for k, v in response.headers.items() if k.lower() not in NOT_FORWARDED},
+                                 background=BackgroundTask(response.aclose))
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
+    return Starlette(routes=[Route("/{path:path}", handle, methods=methods)])
+
+
+class AuthProxy:
+    """proxy_app on its own thread, served by uvicorn on a socket bound before the backend starts."""
+
+    def __init__(self, host: str, port: int, backend_url: str, api_key: str | None, served_model_name: str):
+        self.host, self.port = host, port
+        self.app = proxy_app(backend_url, api_key, served_model_name)
+        self.sock: socket.socket | None = None
+        self.server = None
+        self.thread: threading.Thread | None = None
+
+    def bind(self) -> None:
+        family, kind, proto, _, address = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            raise ServeError(f"port {self.port} on {self.host} is already in use: set serve.port or pass --port "
+                             f"({exc.strerror})") from None
+        sock.listen(128)
+        self.sock = sock
+
+    def start(self, timeout: float = 30) -> None:
+        import uvicorn
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
+                                       name=f"tuneline-proxy-{self.port}")
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not self.server.started:
+            raise ServeError(f"the API-key proxy on {self.host}:{self.port} did not start within {timeout:.0f} s")
+
+    def stop(self, timeout: float = 5) -> None:
+        if self.server is not None and self.thread is not None:
+            self.server.should_exit = True
+            self.thread.join(timeout)
+            if self.thread.is_alive():
+                self.server.force_exit = True  # open streams do not hold the stop up for long
+                self.thread.join(timeout)
+        if self.sock is not None:
+            self.sock.close()
+
+
 class Server:
-    """A model server as a child process: started, health-checked before it counts as ready, stopped cleanly."""
+    """A model server as a child process: started, health-checked before it counts as ready, stopped cleanly.
+
+    `api_key`: every request but /health must carry `Authorization: Bearer <api_key>` (None: no key)."""
 
     def __init__(self, directory: Path, backend: str = "auto", host: str | None = None, port: int | None = None,
-                 timeout: float = 300):
+                 timeout: float = 300, api_key: str | None = None):
         self.directory = directory.resolve()
         self.config = read_serve_config(self.directory)
         self.backend = choose_backend(backend)
         self.host = host or self.config["host"]
         self.port = self.config["port"] if port is None else port
         self.timeout = timeout
-        self.command = server_command(self.config, self.directory, self.backend, self.host, self.port)
+        self.api_key = api_key
+        self.proxy: AuthProxy | None = None
+        if self.backend == "vllm":
+            self.command = server_command(self.config, self.directory, self.backend, self.host, self.port)
+        else:  # transformers serve has no API key option: it listens privately, behind AuthProxy
+            self.backend_port = free_port()
+            self.command = server_command(self.config, self.directory, self.backend, "127.0.0.1", self.backend_port)
+            self.proxy = AuthProxy(self.host, self.port, f"http://127.0.0.1:{self.backend_port}", api_key,
+                                   self.config["served_model_name"])
         self.log_path = self.directory / f"server-{self.port}.log" if os.access(self.directory, os.W_OK) else None
         self.process: subprocess.Popen | None = None
-        self.killed = False  # True when the server ignored SIGTERM and had to be killed
+        self.stop_signal = None  # the signal that ended the server (SIGINT when it stopped as asked)
+        self.killed = False  # True when the server ignored SIGINT and SIGTERM and had to be killed
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
     def start(self) -> "Server":
-        with socket.socket() as sock:
-            if sock.connect_ex((self.host, self.port)) == 0:
-                raise ServeError(f"port {self.port} on {self.host} is already in use: set serve.port or pass --port")
+        if self.proxy is not None:
+            self.proxy.bind()  # the public port is ours before anything starts, or the start stops here
+        else:
+            with socket.socket() as sock:
+                if sock.connect_ex((self.host, self.port)) == 0:
+                    raise ServeError(f"port {self.port} on {self.host} is already in use: set serve.port or "
+                                     "pass --port")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
-        with open(self.log_path or os.devnull, "w") as log:  # the child keeps its own copy of the descriptor
-            self.process = subprocess.Popen(self.command, cwd=self.directory, stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, start_new_session=True)
+        env.pop("VLLM_API_KEY", None)  # the key is this Server's to decide
+        if self.backend == "vllm" and self.api_key is not None:
+            env["VLLM_API_KEY"] = self.api_key  # `vllm serve --api-key`, kept out of the process list
         try:
+            with open(self.log_path or os.devnull, "w") as log:  # the child keeps its own copy of the descriptor
+                self.process = subprocess.Popen(self.command, cwd=self.directory, stdout=log,
+                                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            if self.proxy is not None:
+                self.proxy.start()
             self.wait_healthy()
         except BaseException:  # Ctrl-C or SIGTERM while waiting, too: the child has its own session, so stop it
             self.stop()
@@ -155,16 +343,17 @@ class Server:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, grace: float = 15) -> int | None:
-        """SIGTERM to the server's process group, SIGKILL after `grace` seconds; returns its exit code."""
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            return self.process.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.killed = True
-            os.killpg(self.process.pid, signal.SIGKILL)
-            return self.process.wait()
+        """The proxy, then the server's whole process group: SIGINT, then SIGTERM, then SIGKILL, each after `grace`
+        seconds in which it did not end. Returns the server's exit code."""
+        if self.proxy is not None:
+            self.proxy.stop()
+        if self.process is None:
+            return None
+        stopped_by = stop_process_group(self.process, grace)
+        if stopped_by is not None:
+            self.stop_signal = stopped_by
+            self.killed = stopped_by == signal.SIGKILL
+        return self.process.returncode
 
     def __enter__(self) -> "Server":
         return self.start()
@@ -173,10 +362,10 @@ class Server:
         self.stop()
 
 
-def chat_completion(base_url: str, model: str, prompt: str, max_tokens: int = 16) -> str:
+def chat_completion(base_url: str, model: str, prompt: str, max_tokens: int = 16, api_key: str = "unused") -> str:
     """One chat completion through the OpenAI client: what any user's application would send."""
     from openai import OpenAI
-    client = OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+    client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
     response = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
                                               max_tokens=max_tokens, temperature=0)
     return response.choices[0].message.content
@@ -184,11 +373,12 @@ def chat_completion(base_url: str, model: str, prompt: str, max_tokens: int = 16
 
 def smoke_serve(directory: Path, backend: str, prompt: str, timeout: float) -> dict:
     """Start the server on a free port, ask one question, stop it: proof the deployment serves."""
-    server = Server(directory, backend=backend, port=free_port(), timeout=timeout)
+    key = secrets.token_urlsafe(24)  # a key of its own: the smoke test goes through the same door as users
+    server = Server(directory, backend=backend, port=free_port(), timeout=timeout, api_key=key)
     started = time.monotonic()
     with server:
         ready = time.monotonic() - started
-        answer = chat_completion(server.base_url, server.config["served_model_name"], prompt)
+        answer = chat_completion(server.base_url, server.config["served_model_name"], prompt, api_key=key)
     return {"backend": server.backend, "startup_seconds": round(ready, 1), "answer": answer,
             "stopped_cleanly": not server.killed}
 

@@ -21,7 +21,11 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep:
             raise TunelineError(f"--set {pair!r}: expected KEY=VALUE, e.g. sft.learning_rate=1e-4")
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise TunelineError(f"--set {pair!r}: the value is not a YAML scalar, list or mapping "
+                                f"({getattr(exc, 'problem', None) or exc})") from None
     return overrides
 
 
@@ -210,22 +214,25 @@ def serve(args: argparse.Namespace) -> int:
     quiet_libraries()
     import signal
     import tempfile
-    from engine.serve import Server, choose_backend, read_serve_config, server_command
     from assets.resource import validated_recipe
+    from engine.serve import Server, choose_backend, describe_commands, exposure_warning, read_serve_config
+    from engine.serve import resolve_api_key
     overrides = parse_overrides(args.set)
     recipe = validated_recipe(args.recipe, json.dumps(overrides, sort_keys=True))
+    api_key = resolve_api_key(recipe.serve, args.api_key)
     with tempfile.TemporaryDirectory(prefix="tuneline-serve-") as scratch:
         directory = serve_directory(args, recipe, overrides, Path(scratch))
         config = read_serve_config(directory)
         backend = choose_backend(args.backend or recipe.serve.infer_backend)
         host, port = args.host or config["host"], args.port or config["port"]
+        if warning := exposure_warning(host, port, api_key, recipe.serve.api_key_env):
+            print(f"tuneline: warning: {warning}", file=sys.stderr)
         if args.dry_run:
             print(json.dumps(config, indent=2))
-            for name in ("vllm", "huggingface"):
-                print(f"{name}{' (chosen)' if name == backend else ''}: "
-                      f"{' '.join(server_command(config, directory, name, host, port))}")
+            print("\n".join(describe_commands(config, directory, backend, host, port)))
+            print(f"API key: {'required' if api_key else 'none'}")
             return 0
-        server = Server(directory, backend, host, port, recipe.serve.startup_timeout_seconds)
+        server = Server(directory, backend, host, port, recipe.serve.startup_timeout_seconds, api_key=api_key)
         signal.signal(signal.SIGTERM, interrupt)
         try:  # an interrupt at any moment, even while starting or announcing, goes through the clean stop
             with server:
@@ -326,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     serve_p.add_argument("--port", type=int, help="default: serve.port of the recipe")
     serve_p.add_argument("--backend", choices=["auto", "vllm", "huggingface"], help="default: serve.infer_backend")
     serve_p.add_argument("--served-model-name", help="for a model directory (a deployment has its own)")
+    serve_p.add_argument("--api-key", help="require `Authorization: Bearer KEY` (wins over the variable the recipe's "
+                                           "serve.api_key_env names, TUNELINE_API_KEY; that variable keeps the key "
+                                           "out of the process list)")
     serve_p.add_argument("--dry-run", action="store_true",
                          help="print the serve config and command lines, start nothing")
     plan_p = sub.add_parser("plan", help="print the fingerprint of every stage the recipe implies, before any work")

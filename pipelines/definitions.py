@@ -18,7 +18,7 @@ from assets.merged_model import merged_model
 from assets.pt_model import pt_model
 from assets.quantized_models import awq_model, gptq_model
 from assets.raw_data import raw_data
-from assets.resource import Tuneline
+from assets.resource import Tuneline, check_schedule
 from assets.reward_model import reward_model
 from assets.sft_adapter import sft_adapter
 from assets.stage_asset import DECLARED
@@ -42,6 +42,7 @@ def resources(recipe: str | None = None, artifact_root: str | None = None, overr
 def build_definitions(recipe: str | None = None, artifact_root: str | None = None) -> dg.Definitions:
     bound = resources(recipe, artifact_root)
     loaded, _ = load_recipe(bound["tuneline"].recipe_name)
+    check_schedule(loaded)
     # stages run one after another in one process: they share 2 CPU cores (or one GPU) and one DuckDB catalog
     return dg.Definitions(assets=ASSETS, jobs=[full_pipeline], resources=bound,
                           schedules=[retrain_schedule(full_pipeline, loaded)],

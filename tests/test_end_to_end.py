@@ -141,12 +141,12 @@ def test_a_failing_gate_stops_deployment_and_says_by_how_much(first_run, project
 
 def test_tuneline_eval_compare_prints_the_table_and_gates(first_run, project, tmp_path):
     import os
-    import subprocess
     import sys
+    from tests.processes import run
     root, _ = first_run
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "PYTHONPATH": os.getcwd()}
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "eval", "--compare", "--recipe", project[1],
-                             "--artifact-root", str(root)], capture_output=True, text=True, env=env)
+    result = run([sys.executable, "-m", "pipelines.cli", "eval", "--compare", "--recipe", project[1],
+                  "--artifact-root", str(root)], timeout=600, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| model | perplexity | accuracy | similarity | reward score |" in result.stdout
     assert "pass  dpo_not_worse_than_sft: DPO mean reward score" in result.stdout

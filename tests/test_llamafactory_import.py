@@ -1,7 +1,6 @@
 """`tuneline import-llamafactory`: LLaMA-Factory training YAMLs become one valid recipe; nothing is dropped
 without a word."""
 
-import subprocess
 import sys
 
 import pytest
@@ -10,6 +9,7 @@ import yaml
 from engine.errors import RecipeError
 from engine.llamafactory import import_configs
 from engine.recipe import load_recipe
+from tests.processes import run
 
 SFT = """\
 model_name_or_path: {model}
@@ -90,8 +90,25 @@ def test_an_unsupported_stage_is_reported(tmp_path):
 
 def test_the_cli_writes_the_recipe_and_warns_on_stderr(configs, tmp_path):
     out = tmp_path / "recipe.yaml"
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "import-llamafactory", *map(str, configs), "-o",
-                             str(out)], capture_output=True, text=True)
+    result = run([sys.executable, "-m", "pipelines.cli", "import-llamafactory", *map(str, configs), "-o", str(out)],
+                 timeout=300, text=True)
     assert result.returncode == 0, result.stderr
     assert "tuneline: warning:" in result.stderr and "neat_packing" in result.stderr
     assert yaml.safe_load(out.read_text())["sft"]["finetuning_type"] == "dora"
+
+
+def test_a_key_set_twice_in_a_llamafactory_config_is_named(tmp_path):
+    (tmp_path / "sft.yaml").write_text("stage: sft\nlora_rank: 8\nlearning_rate: 1.0e-4\nlora_rank: 16\n")
+    with pytest.raises(RecipeError, match=f"LLaMA-Factory config {tmp_path / 'sft.yaml'}: key 'lora_rank' appears "
+                                          "twice, at line 2 and line 4"):
+        import_configs([tmp_path / "sft.yaml"])
+
+
+def test_an_imported_value_of_the_wrong_kind_is_one_line(tmp_path):
+    (tmp_path / "sft.yaml").write_text("stage: sft\nlora_rank: true\nlr_scheduler_type: cosine_annealing\n")
+    with pytest.raises(RecipeError) as err:
+        import_configs([tmp_path / "sft.yaml"])
+    lines = str(err.value).splitlines()
+    assert len(lines) == 2 and all(line.startswith("the imported recipe is not valid: sft.") for line in lines)
+    assert "sft.lora_rank: Input should be a valid integer" in lines[0]
+    assert "sft.lr_scheduler_type: expected one of transformers' schedulers" in lines[1]

@@ -7,15 +7,21 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import urllib.error
+import urllib.request
 
 import pytest
 import torch
 
-from engine.errors import ServeError
+from engine.errors import RecipeError, ServeError
 from engine.export.vllm_compat import vllm_config_problems
-from engine.recipe import ServeSection
-from engine.serve import Server, choose_backend, free_port, read_serve_config, vllm_command, write_serve_config
+from engine.recipe import ServeSection, load_recipe
+from engine.serve import (Server, choose_backend, exposure_warning, free_port, read_serve_config, resolve_api_key,
+                          vllm_command, write_serve_config)
+from pipelines.cli import main
+from tests.processes import readline, run, stop_process_group, wait
+
+KEY = "test-key-0123456789"
 
 pytestmark = pytest.mark.slow
 
@@ -73,46 +79,125 @@ def test_a_taken_port_is_reported_not_fought_over(deployment_dir):
             Server(deployment_dir, "huggingface", port=sock.getsockname()[1]).start()
 
 
-def test_the_cpu_server_answers_the_openai_client_and_stops_cleanly(deployment_dir, tiny_model_dir):
-    from openai import OpenAI
+def get(url: str, key: str | None = None) -> tuple[int, dict, dict]:
+    """(status, JSON body, headers) of a GET, without raising on 4xx."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), dict(exc.headers)
+
+
+def test_the_cpu_server_answers_only_with_the_key_and_stops_cleanly(deployment_dir, tiny_model_dir):
+    from openai import AuthenticationError, OpenAI
     from engine.chat import load_chat_model, reply
-    server = Server(deployment_dir, "auto", port=free_port(), timeout=120)
-    with server:
+    server = Server(deployment_dir, "auto", port=free_port(), timeout=120, api_key=KEY)
+    try:
+        server.start()
         assert server.backend == "huggingface" and "transformers.cli.transformers" in server.command
-        client = OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+        assert str(server.port) not in server.command  # the backend is private, behind the key
+        root = f"http://127.0.0.1:{server.port}"
+        assert get(f"{root}/health")[0] == 200  # a load balancer's probe needs no key
+        status, body, headers = get(f"{server.base_url}/models")
+        assert status == 401 and "Authorization: Bearer" in body["error"]["message"]
+        assert headers.get("www-authenticate") == "Bearer"
+        assert get(f"{server.base_url}/models", "wrong-key")[0] == 401
+        with pytest.raises(AuthenticationError):
+            OpenAI(base_url=server.base_url, api_key="wrong-key", max_retries=0).chat.completions.create(
+                model="tiny-base", max_tokens=8, messages=[{"role": "user", "content": "Add 1 + 2"}])
+        assert get(f"{root}/load_model", KEY)[0] == 404  # transformers serve's own admin routes stay private
+        client = OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0)
+        assert [m.id for m in client.models.list()] == ["tiny-base"]
+        assert client.models.retrieve("tiny-base").id == "tiny-base"
         response = client.chat.completions.create(model="tiny-base", max_tokens=8, temperature=0,
                                                   messages=[{"role": "user", "content": "Add 1 + 2"}])
         text = response.choices[0].message.content
-    assert server.process.poll() is not None and not server.killed
+        stream = client.chat.completions.create(model="tiny-base", max_tokens=8, temperature=0, stream=True,
+                                                messages=[{"role": "user", "content": "Add 1 + 2"}])
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    finally:
+        server.stop()
+    assert server.process.poll() is not None and server.stop_signal == signal.SIGINT and not server.killed
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", server.port)) != 0  # the proxy went with it
     model, tokenizer = load_chat_model(tiny_model_dir)
     expected = reply(model, tokenizer, [{"role": "user", "content": "Add 1 + 2"}], max_new_tokens=8)
     assert isinstance(text, str) and text.strip() == expected.strip()  # the server ran our model, greedily
+    assert streamed.strip() == expected.strip()  # server-sent events pass through the proxy
 
 
 def test_tuneline_serve_runs_until_sigterm_then_shuts_down(deployment_dir):
     port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env.pop("TUNELINE_API_KEY", None)  # no key: on loopback the server is open, and /v1/models answers
     process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", str(deployment_dir), "--port",
-                                str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": os.getcwd()})
+                                str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
     try:
-        ready = process.stdout.readline()
+        ready = readline(process.stdout, 150)
         assert f"serving tiny-base (huggingface) at http://127.0.0.1:{port}/v1" in ready
-        with socket.socket() as sock:
-            assert sock.connect_ex(("127.0.0.1", port)) == 0
+        status, body, _ = get(f"http://127.0.0.1:{port}/v1/models")
+        assert status == 200 and [m["id"] for m in body["data"]] == ["tiny-base"]
         process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0, process.stderr.read()[-3000:]
+        assert wait(process, 60) == 0
     finally:
-        process.kill()
-    time.sleep(0.5)
+        stop_process_group(process, grace=10)
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0  # the server went with it
 
 
 def test_serve_dry_run_prints_both_command_lines(deployment_dir):
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "serve", str(deployment_dir), "--dry-run",
-                             "--port", "8555"], capture_output=True, text=True, env={**os.environ,
-                                                                                   "PYTHONPATH": os.getcwd()})
+    result = run([sys.executable, "-m", "pipelines.cli", "serve", str(deployment_dir), "--dry-run", "--port", "8555"],
+                 timeout=300, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert result.returncode == 0, result.stderr
     assert "vllm: vllm serve" in result.stdout and "--port 8555" in result.stdout
+    assert "tuneline's API-key proxy on 127.0.0.1:8555 -> " in result.stdout
     if not torch.cuda.is_available():
         assert "huggingface (chosen):" in result.stdout
+
+
+@pytest.mark.parametrize("host, key, expected", [
+    ("127.0.0.1", None, None), ("localhost", None, None), ("::1", None, None),
+    ("0.0.0.0", None, "anyone who can reach this port on the network can use the model; export TUNELINE_API_KEY"),
+    ("0.0.0.0", KEY, "plain HTTP: the API key and every conversation cross the network unencrypted"),
+])
+def test_a_host_beyond_loopback_is_named_as_a_risk(host, key, expected):
+    warning = exposure_warning(host, 8000, key)
+    assert warning is None if expected is None else expected in warning
+
+
+def test_serve_warns_before_exposing_a_model_without_a_key(deployment_dir, capsys, monkeypatch):
+    monkeypatch.delenv("TUNELINE_API_KEY", raising=False)
+    assert main(["serve", str(deployment_dir), "--dry-run", "--host", "0.0.0.0", "--port", "8555"]) == 0
+    out, err = capsys.readouterr()
+    assert "tuneline: warning: serving on 0.0.0.0:8555 without an API key: anyone who can reach" in err
+    assert "API key: none" in out
+    monkeypatch.setenv("TUNELINE_API_KEY", KEY)
+    assert main(["serve", str(deployment_dir), "--dry-run", "--host", "0.0.0.0", "--port", "8555"]) == 0
+    out, err = capsys.readouterr()
+    assert "without an API key" not in err and "over plain HTTP" in err and "API key: required" in out
+    assert KEY not in out + err  # the key itself is never printed
+    assert main(["serve", str(deployment_dir), "--dry-run", "--port", "8555"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_the_api_key_comes_from_the_flag_then_the_named_variable():
+    cfg = ServeSection()
+    assert cfg.api_key_env == "TUNELINE_API_KEY"
+    assert resolve_api_key(cfg, None, {}) is None
+    assert resolve_api_key(cfg, None, {"TUNELINE_API_KEY": "from-env"}) == "from-env"
+    assert resolve_api_key(cfg, "from-flag", {"TUNELINE_API_KEY": "from-env"}) == "from-flag"
+    assert resolve_api_key(ServeSection(api_key_env="TEAM_KEY"), None, {"TEAM_KEY": "team"}) == "team"
+    assert resolve_api_key(ServeSection(api_key_env=None), None, {"TUNELINE_API_KEY": "from-env"}) is None
+    with pytest.raises(ServeError, match="serve.api_key_env: TUNELINE_API_KEY is set but empty"):
+        resolve_api_key(cfg, None, {"TUNELINE_API_KEY": " "})
+    with pytest.raises(ServeError, match="--api-key is empty"):
+        resolve_api_key(cfg, "", {})
+
+
+def test_the_recipe_names_the_variable_never_the_key():
+    with pytest.raises(RecipeError, match="serve.api_key: unknown key; did you mean 'serve.api_key_env'"):
+        load_recipe("tiny", {"serve.api_key": KEY})
+    with pytest.raises(RecipeError, match="serve.api_key_env"):
+        load_recipe("tiny", {"serve.api_key_env": "not a variable"})

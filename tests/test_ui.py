@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import run, stop_process_group
+
 ASSETS = ["base_model", "raw_data", "clean_data", "formatted_data", "pt_model", "sft_adapter", "reward_model",
           "dpo_adapter",
           "merged_model", "gptq_model", "awq_model", "eval_base", "eval_sft", "eval_dpo", "eval_merged", "eval_gptq",
@@ -29,10 +31,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def graphql(url: str, query: str, variables: dict | None = None) -> dict:
+def graphql(url: str, query: str, variables: dict | None = None, timeout: float = 30) -> dict:
     body = json.dumps({"query": query, "variables": variables or {}}).encode()
     request = urllib.request.Request(f"{url}/graphql", body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
 
@@ -50,19 +52,19 @@ def webserver(tmp_path_factory):
                               stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):  # the webserver answers first, the code location loads after
+        deadline = time.monotonic() + 120
+        while True:  # the webserver answers first, the code location loads after
             try:
-                if len(graphql(url, "{ assetNodes { id } }")["data"]["assetNodes"]) == len(ASSETS):
+                if len(graphql(url, "{ assetNodes { id } }", timeout=10)["data"]["assetNodes"]) == len(ASSETS):
                     break
             except Exception:
                 pass
+            if time.monotonic() > deadline:
+                pytest.fail("the Dagster webserver did not serve the tuneline assets within 120 s")
             time.sleep(1)
-        else:
-            pytest.fail("the Dagster webserver did not serve the tuneline assets within 120 s")
         yield url, home
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+    finally:  # dagster dev stops its webserver and daemon on SIGINT; SIGTERM, then SIGKILL, if it hangs
+        stop_process_group(server, grace=30)
 
 
 def chromium() -> str:
@@ -74,13 +76,11 @@ def chromium() -> str:
 def test_every_asset_is_on_the_page_and_a_screenshot_is_saved(webserver, tmp_path):
     url, _ = webserver
     profile = ["--user-data-dir=" + str(tmp_path / "profile")]
-    dom = subprocess.run([chromium(), *CHROMIUM_FLAGS, *profile, "--dump-dom", f"{url}/assets"],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = run([chromium(), *CHROMIUM_FLAGS, *profile, "--dump-dom", f"{url}/assets"], timeout=120, text=True).stdout
     missing = [name for name in ASSETS if name not in dom]
     assert missing == [], f"not on the asset page: {missing}"
     shot = tmp_path / "asset-graph.png"
-    subprocess.run([chromium(), *CHROMIUM_FLAGS, *profile, f"--screenshot={shot}", f"{url}/asset-groups"],
-                   capture_output=True, timeout=120)
+    run([chromium(), *CHROMIUM_FLAGS, *profile, f"--screenshot={shot}", f"{url}/asset-groups"], timeout=120)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 
@@ -96,8 +96,9 @@ def test_materialize_through_the_webserver_with_launchpad_overrides(webserver):
         "runConfigData": {"resources": {"tuneline": {"config": {"overrides": {"clean.max_quarantine_ratio": 0.3}}}}}}})
     assert launched["data"]["launchRun"]["__typename"] == "LaunchRunSuccess", launched
     run_id = launched["data"]["launchRun"]["run"]["runId"]
-    for _ in range(180):
-        status = graphql(url, f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ status }} }} }}')
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        status = graphql(url, f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ status }} }} }}', timeout=10)
         status = status["data"]["runOrError"]["status"]
         if status in ("SUCCESS", "FAILURE", "CANCELED"):
             break
