@@ -158,7 +158,7 @@ def content_hash(messages: list[dict], chosen: str | None, rejected: str | None,
 def source_records(name: str, entry: DatasetEntry, path: Path) -> Iterator[tuple[str, Any]]:
     """(row_id, record) over a source's files; only the first num_samples when the registry says so."""
     def all_records():
-        for unit in source_files(path):
+        for unit in source_files(path, entry.allowed_roots):
             prefix = f"{name}:{unit.relative_to(path)}" if path.is_dir() and unit != path else name
             for index, record in read_records(unit, entry.split):
                 yield f"{prefix}:{index}", record
@@ -166,22 +166,56 @@ def source_records(name: str, entry: DatasetEntry, path: Path) -> Iterator[tuple
 
 
 def ingest_stream(name: str, entry: DatasetEntry, path: Path) -> Iterator[tuple[bool, dict]]:
-    """One source, record by record: (True, normalized row) or (False, quarantined row with reason and detail)."""
+    """One source, record by record: (True, normalized row) or (False, quarantined row with reason and detail).
+
+    Whatever goes wrong with one record (a BadRow from the reader, a record that does not fit the format, a
+    text that is not valid Unicode, any exception while normalizing it) quarantines that record alone.
+    """
     for row_id, record in source_records(name, entry, path):
         try:
-            fields = normalize(record, entry)
+            row = normalized_row(name, entry, row_id, record)
         except BadRow as bad:
-            yield False, {"source": name, "row_id": row_id, "stage": "ingest", "reason": bad.reason,
-                          "detail": bad.detail}
+            yield False, quarantined(name, row_id, bad.reason, bad.detail)
             continue
-        yield True, {
-            "source": name, "row_id": row_id, "format": entry.formatting, "kind": fields["kind"],
-            "content_hash": content_hash(fields["messages"], fields["chosen"], fields["rejected"], fields["tools"],
-                                         fields["label"]),
-            "messages": json.dumps(fields["messages"], ensure_ascii=False),
-            "chosen": fields["chosen"], "rejected": fields["rejected"], "tools": fields["tools"],
-            "label": fields["label"],
-        }
+        except Exception as exc:  # noqa: BLE001 - one record never takes the stage down
+            yield False, quarantined(name, row_id, "unreadable_record", f"{type(exc).__name__}: {exc}")
+            continue
+        yield True, row
+
+
+def normalized_row(name: str, entry: DatasetEntry, row_id: str, record: Any) -> dict:
+    fields = normalize(record, entry)
+    row = {
+        "source": name, "row_id": row_id, "format": entry.formatting, "kind": fields["kind"],
+        "messages": json.dumps(fields["messages"], ensure_ascii=False),
+        "chosen": fields["chosen"], "rejected": fields["rejected"], "tools": fields["tools"],
+        "label": fields["label"],
+    }
+    check_utf8(fields)
+    row["content_hash"] = content_hash(fields["messages"], fields["chosen"], fields["rejected"], fields["tools"],
+                                       fields["label"])
+    return row
+
+
+def check_utf8(fields: dict) -> None:
+    """Every text must encode as UTF-8 (Parquet and tokenizers need it): a lone surrogate such as "\\ud800",
+    which JSON can spell, raises BadRow naming the field."""
+    texts = [(f"messages[{i}].{key}", m[key]) for i, m in enumerate(fields["messages"]) for key in ("role", "content")]
+    texts += [(key, fields[key]) for key in ("chosen", "rejected", "tools", "label")]
+    for field, text in texts:
+        if text is None:
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRow("invalid_unicode", f"{field}: character {exc.start} is {text[exc.start]!r}, a lone "
+                                            "surrogate that UTF-8 cannot encode") from None
+
+
+def quarantined(name: str, row_id: str, reason: str, detail: str) -> dict:
+    """A quarantine row; its texts are made UTF-8-safe (backslash escapes) so the table can always be written."""
+    safe = lambda text: text.encode("utf-8", "backslashreplace").decode("utf-8")  # noqa: E731
+    return {"source": name, "row_id": safe(row_id), "stage": "ingest", "reason": reason, "detail": safe(detail)[:500]}
 
 
 def ingest_source(name: str, entry: DatasetEntry, path: Path) -> tuple[list[dict], list[dict]]:
@@ -205,17 +239,19 @@ def ingest(sources: dict[str, tuple[DatasetEntry, Path]]) -> tuple[list[dict], l
 
 def source_identity(sources: dict[str, tuple[DatasetEntry, Path]]) -> dict[str, dict]:
     """What a source's rows depend on, for fingerprints: its registry entry and its content digest."""
-    return {name: {"entry": entry.model_dump(), "sha256": content_digest(path)} for name, (entry, path) in sources.items()}
+    return {name: {"entry": entry.model_dump(), "sha256": content_digest(path, entry.allowed_roots)} for name, (entry, path) in sources.items()}
 
 
-def content_digest(path: Path) -> str:
+def content_digest(path: Path, roots: list[Path] | None = None) -> str:
     """sha256 over a source's files (names and bytes): changes when a file is added, removed or edited."""
     digest = hashlib.sha256()
-    files = [f for unit in source_files(path) for f in ([unit] if unit.is_file() else sorted(unit.rglob("*")))]
+    files = [f for unit in source_files(path, roots)
+             for f in ([unit] if unit.is_file() else sorted(unit.rglob("*")))]
     for file in files:
         if file.is_file():
             digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-            digest.update(hashlib.sha256(file.read_bytes()).digest())
+            with file.open("rb") as handle:
+                digest.update(hashlib.file_digest(handle, "sha256").digest())
     return digest.hexdigest()
 
 

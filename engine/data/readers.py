@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
-import ijson
 import pyarrow.parquet as pq
 
 from engine.errors import DataError
@@ -27,21 +29,65 @@ def is_hf_dataset(path: Path) -> bool:
     return path.is_dir() and any((path / marker).is_file() for marker in HF_MARKERS)
 
 
-def source_files(path: Path) -> list[Path]:
-    """The units a source is read from: the file, an HF dataset folder, or a folder's files and HF datasets."""
-    if not path.is_dir() or is_hf_dataset(path):
+def source_files(path: Path, roots: list[Path] | None = None) -> list[Path]:
+    """The units a source is read from: the file, an HF dataset folder, or a folder's files and HF datasets.
+
+    Every symbolic link under a folder must resolve inside `roots` (default: the folder itself), and a link
+    that points nowhere is refused: DataError naming the link. A folder reached twice through links is read once.
+    """
+    if not path.is_dir():
+        return [path]
+    check_links(path, roots or [path.resolve()])
+    return _units(path, set())
+
+
+def _units(path: Path, seen: set[Path]) -> list[Path]:
+    real = path.resolve()
+    if real in seen:
+        return []
+    seen.add(real)
+    if is_hf_dataset(path):
         return [path]
     units = []
     for child in sorted(path.iterdir()):
         if child.is_dir():
-            units += source_files(child)
+            units += _units(child, seen)
         elif child.suffix in SUPPORTED_SUFFIXES:
             units.append(child)
     return units
 
 
+def check_links(folder: Path, roots: list[Path]) -> None:
+    """Raise DataError for the first symbolic link under `folder` that leaves `roots` or points nowhere."""
+    seen = set()
+    for current, dirs, files in os.walk(folder, followlinks=True):
+        real = Path(current).resolve()
+        if real in seen:  # a link loop, or a folder linked twice: walked once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in dirs + files:
+            entry = Path(current) / name
+            if not entry.is_symlink():
+                continue
+            target = entry.resolve()
+            if not any(target.is_relative_to(root) for root in roots):
+                raise DataError(f"{entry}: symbolic link to {target} leaves the allowed roots "
+                                f"({', '.join(map(str, roots))}); add its folder to data.allowed_roots or remove the link")
+            if not target.exists():
+                raise DataError(f"{entry}: symbolic link to {target}, which does not exist")
+
+
 def read_records(unit: Path, split: str = "train") -> Iterator[tuple[int, Any]]:
-    """(index, record) pairs of one file or HF dataset folder. Raises DataError if the unit is unreadable."""
+    """(index, record) pairs of one file or HF dataset folder; a bad record comes back as a BadRow in place of
+    its value. Raises DataError if the unit cannot be read at all."""
+    try:
+        yield from _records(unit, split)
+    except OSError as exc:
+        raise DataError(f"{unit}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _records(unit: Path, split: str) -> Iterator[tuple[int, Any]]:
     if is_hf_dataset(unit):
         yield from enumerate(hf_records(unit, split))
     elif unit.suffix == ".jsonl":
@@ -56,29 +102,168 @@ def read_records(unit: Path, split: str = "train") -> Iterator[tuple[int, Any]]:
         raise DataError(f"{unit}: unsupported file type (expected one of {SUPPORTED_SUFFIXES} or a save_to_disk folder)")
 
 
+def strict_loads(text: str) -> Any:
+    """json.loads that refuses what JSON forbids or what later breaks Parquet: NaN and Infinity, numbers out of
+    range, duplicate keys, control characters in strings; raises BadRow with the reason."""
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int,
+                          object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
+        reason = "control_character" if exc.msg.startswith("Invalid control character") else "invalid_json"
+        raise BadRow(reason, f"{exc.msg.removesuffix(' at')} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise BadRow("too_deeply_nested", "nesting exceeds Python's recursion limit") from None
+    except ValueError as exc:  # int() over its digit limit
+        raise BadRow("invalid_number", str(exc).split(";")[0]) from None
+
+
+def _no_constant(name: str):
+    raise BadRow("non_finite_number", f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadRow("non_finite_number", f"{text[:40]} overflows a float")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise BadRow("invalid_number", f"an integer of {len(text.lstrip('-'))} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen, duplicate = set(), None
+        for key, _ in pairs:
+            if key in seen:
+                duplicate = key
+                break
+            seen.add(key)
+        raise BadRow("duplicate_key", f"key {duplicate!r} appears more than once in an object")
+    return record
+
+
+def decode_record(raw: bytes, where: str) -> Any:
+    """One record's bytes -> its JSON value, or a BadRow whose detail starts with `where`."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return BadRow("invalid_utf8", f"{where}: byte {exc.start} is not UTF-8 ({raw[exc.start:exc.start + 1]!r})")
+    try:
+        return strict_loads(text)
+    except BadRow as bad:
+        bad.detail = f"{where}: {bad.detail}"
+        return bad
+
+
 def jsonl_records(file: Path) -> Iterator[tuple[int, Any]]:
-    with file.open(encoding="utf-8", errors="replace") as handle:
+    """One record per line, read as bytes: a line that is not UTF-8 or not strict JSON comes back as BadRow."""
+    with file.open("rb") as handle:
         for index, line in enumerate(handle):
+            if index == 0 and line.startswith(BOM):
+                line = line[len(BOM):]
             if not line.strip():
                 continue
-            try:
-                yield index, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield index, BadRow("invalid_json", f"line {index + 1}: {exc.msg}")
+            yield index, decode_record(line.rstrip(b"\r\n"), f"{file.name} line {index + 1}")
 
 
 def json_records(file: Path) -> Iterator[tuple[int, Any]]:
-    """A JSON array is streamed item by item; a single top-level object is one record."""
+    """A JSON array is split into items by a byte scanner and each item parsed on its own, so one bad item
+    (NaN, a huge number, invalid UTF-8, duplicate keys) is quarantined and the rest go on; a single top-level
+    object is one record. A file whose structure is broken (unbalanced brackets or quotes, truncated) raises
+    DataError naming the file and byte offset, after the items before the break were served.
+
+    (ijson cannot resume after a bad token, and its C backend crashes on some inputs, so it is not used here.)
+    """
     with file.open("rb") as handle:
-        head = handle.read(4096).lstrip()
-        handle.seek(0)
-        try:
-            if head.startswith(b"["):
-                yield from enumerate(ijson.items(handle, "item", use_float=True))
-            else:
-                yield 0, json.load(handle)
-        except (ijson.JSONError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{file}: not a readable JSON document ({exc}); fix it or register it as .jsonl") from None
+        head = handle.read(4096)
+        offset = len(BOM) if head.startswith(BOM) else 0
+        stripped = head[offset:].lstrip()
+        handle.seek(offset + len(head[offset:]) - len(stripped))
+        if stripped.startswith(b"["):
+            yield from array_items(handle, file)
+            return
+        raw = handle.read(MAX_SINGLE_OBJECT + 1)
+    if len(raw) > MAX_SINGLE_OBJECT:
+        raise DataError(f"{file}: a single JSON document over {MAX_SINGLE_OBJECT} bytes; register it as .jsonl "
+                        "or as a JSON array")
+    record = decode_record(raw, f"{file.name}")
+    if isinstance(record, BadRow) and record.reason in ("invalid_json", "control_character"):
+        raise DataError(f"{file}: not a readable JSON document ({record.detail}); fix it or register it as .jsonl")
+    yield 0, record
+
+
+MAX_INT_DIGITS = 4300  # Python's own int() limit for decimal strings
+MAX_SINGLE_OBJECT = 256 * 1024 * 1024
+BOM = b"\xef\xbb\xbf"
+_STRUCTURAL = re.compile(rb'["\\\[\]{},]')
+
+
+def array_items(handle, file: Path, block_size: int = 1 << 20) -> Iterator[tuple[int, Any]]:
+    """Items of a top-level JSON array read from `handle` (positioned at its `[`), as (index, value or BadRow)."""
+    buffer, base, scan = b"", handle.tell(), 0  # base: the file offset of buffer[0]
+    depth, in_string, skip_to = 0, False, -1  # skip_to: the byte after a backslash escape (absolute)
+    item_start, index, end = 0, 0, None
+    while end is None:
+        block = handle.read(block_size)
+        if not block:
+            where = "inside a string" if in_string else f"with {depth} bracket(s) open"
+            raise DataError(f"{file}: not a readable JSON document (it ends at byte {base + len(buffer)} {where}, "
+                            f"in item {index}); fix it or register it as .jsonl")
+        buffer += block
+        for match in _STRUCTURAL.finditer(buffer, scan):
+            pos = match.start()
+            if base + pos < skip_to:
+                continue
+            char = buffer[pos:pos + 1]
+            if in_string:
+                if char == b"\\":
+                    skip_to = base + pos + 2
+                elif char == b'"':
+                    in_string = False
+            elif char == b'"':
+                in_string = True
+            elif char in b"[{":
+                depth += 1
+                if depth == 1:
+                    item_start = pos + 1
+            elif depth == 1 and char in b",]":
+                raw = buffer[item_start:pos]
+                if char == b"," or raw.strip() or index:
+                    yield index, item_of(raw, file, index, base + item_start)
+                    index += 1
+                item_start = pos + 1
+                if char == b"]":
+                    depth, end = 0, pos + 1
+                    break
+            elif char in b"]}":
+                depth -= 1
+                if depth == 0:
+                    raise DataError(f"{file}: not a readable JSON document (unbalanced {char.decode()!r} at byte "
+                                    f"{base + pos}); fix it or register it as .jsonl")
+        else:
+            buffer, base, scan = buffer[item_start:], base + item_start, len(buffer) - item_start
+            item_start = 0
+    rest, at = buffer[end:], base + end
+    while True:
+        if rest.strip():
+            at += len(rest) - len(rest.lstrip())
+            raise DataError(f"{file}: not a readable JSON document (data after the closing ']' at byte {at}); "
+                            "fix it or register it as .jsonl")
+        at += len(rest)
+        rest = handle.read(block_size)
+        if not rest:
+            return
+
+
+def item_of(raw: bytes, file: Path, index: int, offset: int) -> Any:
+    if not raw.strip():
+        return BadRow("invalid_json", f"{file.name} item {index} (byte {offset}): empty array item")
+    return decode_record(raw, f"{file.name} item {index} (byte {offset})")
 
 
 def parquet_records(file: Path, batch_size: int = 1024) -> Iterator[dict]:
@@ -90,9 +275,35 @@ def parquet_records(file: Path, batch_size: int = 1024) -> Iterator[dict]:
         yield from batch.to_pylist()
 
 
-def csv_records(file: Path) -> Iterator[dict]:
-    with file.open(encoding="utf-8", errors="replace", newline="") as handle:
-        yield from csv.DictReader(handle)
+def csv_records(file: Path) -> Iterator[Any]:
+    """Rows of a CSV file as dicts; a row with bytes that are not UTF-8, or that the csv module refuses,
+    comes back as BadRow and the rest of the file goes on."""
+    with file.open(encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        reader = csv.DictReader(handle)
+        while True:
+            line = reader.line_num
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                if reader.line_num == line:  # nothing consumed: the reader cannot go on
+                    raise DataError(f"{file}: not a readable CSV file at line {line + 1} ({exc})") from None
+                yield BadRow("invalid_csv", f"{file.name} line {reader.line_num}: {exc}")
+                continue
+            bad = next((v for v in record.values() if isinstance(v, str) and _has_surrogate(v)), None)
+            if bad is not None or any(isinstance(k, str) and _has_surrogate(k) for k in record):
+                yield BadRow("invalid_utf8", f"{file.name} line {reader.line_num}: bytes that are not UTF-8")
+            else:
+                yield record
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def hf_records(folder: Path, split: str) -> Iterator[dict]:

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator
 
-from engine.data.readers import SUPPORTED_SUFFIXES
+from engine.data.readers import SUPPORTED_SUFFIXES, check_links
 from engine.errors import RecipeError
 
 COLUMN_DEFAULTS = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
@@ -30,6 +30,12 @@ class DatasetEntry(BaseModel):
     num_samples: int | None = None  # read only the first N records of the source
     columns: dict[str, str] = {}
     tags: dict[str, str] = {}
+    _allowed_roots: list[Path] | None = PrivateAttr(default=None)  # set by resolve_sources
+
+    @property
+    def allowed_roots(self) -> list[Path] | None:
+        """Where symbolic links under this source's folder may point (the data root and data.allowed_roots)."""
+        return self._allowed_roots
 
     @field_validator("columns")
     @classmethod
@@ -99,7 +105,8 @@ def resolve_sources(dataset_dir: str | Path, info_file: str, names: list[str],
     for name in names or list(registry):
         if name not in registry:
             raise RecipeError(f"data.dataset: {name!r} is not in {root / info_file} (registered: {sorted(registry)})")
-        entry = registry[name]
+        entry = registry[name].model_copy()
+        entry._allowed_roots = roots
         path = (root / entry.file_name).resolve()
         if not any(path.is_relative_to(r) for r in roots):
             raise RecipeError(f"dataset {name!r}: file_name {entry.file_name!r} escapes the data root {root} "
@@ -109,6 +116,8 @@ def resolve_sources(dataset_dir: str | Path, info_file: str, names: list[str],
         if path.is_file() and path.suffix not in SUPPORTED_SUFFIXES:
             raise RecipeError(f"dataset {name!r}: {path.name} has an unsupported type "
                               f"(expected {', '.join(SUPPORTED_SUFFIXES)}, a save_to_disk folder or a folder of these)")
+        if path.is_dir():
+            check_links(path, roots)  # DataError naming a link that leaves the roots or points nowhere
         resolved[name] = (entry, path)
     return resolved
 

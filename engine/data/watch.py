@@ -14,7 +14,7 @@ from engine.errors import DataError
 
 def snapshot(sources: dict[str, tuple[DatasetEntry, Path]]) -> dict[str, str]:
     """{source: content digest}: compared between sensor ticks, by content, never by modification time."""
-    return {name: content_digest(path) for name, (_, path) in sources.items()}
+    return {name: content_digest(path, entry.allowed_roots) for name, (entry, path) in sources.items()}
 
 
 def changed_sources(previous: dict[str, str], current: dict[str, str]) -> list[str]:
@@ -26,7 +26,12 @@ def unreadable_files(sources: dict[str, tuple[DatasetEntry, Path]], names: list[
     problems = []
     for name in names:
         entry, path = sources[name]
-        for file in source_files(path):
+        try:
+            files = source_files(path, entry.allowed_roots)
+        except DataError as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        for file in files:
             try:
                 for _ in read_records(file, entry.split):
                     pass
