@@ -54,11 +54,17 @@ class DataSection(Section):
 
 
 class NormalizeStep(Section):
+    """Unicode normalization and line endings only: indentation, blank lines and spacing stay as they are.
+
+    `form: NFC` (default) is lossless for text; `NFKC` is opt-in and folds compatibility characters, among them
+    CJK full-width punctuation and letters (，→ ,  ！→ !  Ａ→ A), ligatures and superscripts (x² → x2)."""
     step: Literal["normalize"]
-    form: Literal["NFKC", "NFC"] = "NFKC"  # unicode normalization, then whitespace runs collapse to one space
+    form: Literal["NFC", "NFKC"] = "NFC"
+    strip_trailing_spaces: bool = False  # spaces/tabs at line ends; off by default: Markdown's hard line break
 
 
 class StripHtmlStep(Section):
+    """Opt-in: removes well-formed markup of real HTML elements from prose, never code, JSX or <placeholders>."""
     step: Literal["strip_html"]
 
 
@@ -82,9 +88,20 @@ class RepetitionStep(Section):
 
 
 class PiiStep(Section):
+    """Personal data in prose becomes <EMAIL>, <PHONE>, <IP>, <CREDIT_CARD>, <SECRET>; code, arithmetic and tool
+    calls keep their digits (real API-key formats are scrubbed everywhere)."""
     step: Literal["pii"]
     kinds: list[Literal["email", "phone", "ip", "credit_card", "secret"]] = ["email", "phone", "ip", "credit_card",
                                                                              "secret"]
+    phone_region: str = "US"  # where numbers without a +country code are dialled (phonenumbers' region code)
+
+    @model_validator(mode="after")
+    def known_region(self):
+        import phonenumbers
+        if self.phone_region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"phone_region {self.phone_region!r} is not a region code phonenumbers knows "
+                             "(two letters, e.g. US, GB, DE, CN)")
+        return self
 
 
 class BlocklistStep(Section):
@@ -94,6 +111,7 @@ class BlocklistStep(Section):
 
 class ExactDedupStep(Section):
     step: Literal["exact_dedup"]
+    ignore_whitespace: bool = True  # compare texts with whitespace runs as one space (the kept text is unchanged)
 
 
 class NearDedupStep(Section):
@@ -115,7 +133,7 @@ class NearDedupStep(Section):
 
 CleanStep = Annotated[NormalizeStep | StripHtmlStep | LengthStep | RepetitionStep | PiiStep | BlocklistStep
                       | ExactDedupStep | NearDedupStep, Field(discriminator="step")]
-DEFAULT_CLEAN_STEPS = [{"step": "normalize"}, {"step": "strip_html"}, {"step": "length"}, {"step": "repetition"},
+DEFAULT_CLEAN_STEPS = [{"step": "normalize"}, {"step": "length"}, {"step": "repetition"},  # strip_html is opt-in
                        {"step": "pii"}, {"step": "exact_dedup"}, {"step": "near_dedup"}]
 
 
