@@ -13,7 +13,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator
 
-from engine.data.readers import BadRow, read_records, source_files
+from engine.data.readers import BadRow, hub_records, read_records, source_files
 from engine.data.registry import DatasetEntry
 
 PROMPT_ROLES, ANSWER_ROLES = ("user", "observation"), ("assistant", "function_call")
@@ -155,14 +155,20 @@ def content_hash(messages: list[dict], chosen: str | None, rejected: str | None,
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def source_records(name: str, entry: DatasetEntry, path: Path) -> Iterator[tuple[str, Any]]:
-    """(row_id, record) over a source's files; only the first num_samples when the registry says so."""
+def source_records(name: str, entry: DatasetEntry, path: Path, limit: int | None = None) -> Iterator[tuple[str, Any]]:
+    """(row_id, record) over a source's files, or over its hf_hub_url dataset (datasets.load_dataset); only the
+    first num_samples (or `limit`, if smaller) records."""
     def all_records():
+        if entry.hub_key == "hf_hub_url":
+            for index, record in hub_records(entry, path):
+                yield f"{name}:{index}", record
+            return
         for unit in source_files(path, entry.allowed_roots):
             prefix = f"{name}:{unit.relative_to(path)}" if path.is_dir() and unit != path else name
             for index, record in read_records(unit, entry.split):
                 yield f"{prefix}:{index}", record
-    return islice(all_records(), entry.num_samples) if entry.num_samples else all_records()
+    stop = min(n for n in (entry.num_samples, limit) if n) if entry.num_samples or limit else None
+    return islice(all_records(), stop) if stop else all_records()
 
 
 def ingest_stream(name: str, entry: DatasetEntry, path: Path) -> Iterator[tuple[bool, dict]]:
@@ -239,7 +245,17 @@ def ingest(sources: dict[str, tuple[DatasetEntry, Path]]) -> tuple[list[dict], l
 
 def source_identity(sources: dict[str, tuple[DatasetEntry, Path]]) -> dict[str, dict]:
     """What a source's rows depend on, for fingerprints: its registry entry and its content digest."""
-    return {name: {"entry": entry.model_dump(), "sha256": content_digest(path, entry.allowed_roots)} for name, (entry, path) in sources.items()}
+    return {name: {"entry": entry.model_dump(), "sha256": source_digest(entry, path)}
+            for name, (entry, path) in sources.items()}
+
+
+def source_digest(entry: DatasetEntry, path: Path) -> str:
+    """content_digest of a local source; for a hub dataset (hf_hub_url that is no local directory) a digest of
+    its id, subset, folder, split and revision: pin `revision` to make its content part of the fingerprint."""
+    if entry.hub_key == "hf_hub_url" and not path.is_dir():
+        ident = json.dumps([entry.hf_hub_url, entry.subset, entry.folder, entry.split, entry.revision])
+        return hashlib.sha256(ident.encode()).hexdigest()
+    return content_digest(path, entry.allowed_roots)
 
 
 def content_digest(path: Path, roots: list[Path] | None = None) -> str:

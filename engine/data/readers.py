@@ -314,3 +314,17 @@ def hf_records(folder: Path, split: str) -> Iterator[dict]:
             raise DataError(f"{folder}: no split {split!r} (has {sorted(dataset)}); set `split` in the registry")
         dataset = dataset[split]
     yield from dataset  # memory-mapped Arrow: rows are read as they are iterated
+
+
+def hub_records(entry, path: Path) -> Iterator[tuple[int, Any]]:
+    """Records of an hf_hub_url entry through datasets.load_dataset, as LLaMA-Factory loads it (path, subset as
+    name, folder as data_dir, split, revision); `path` is a local dataset directory or the hub id. A dataset
+    that cannot be loaded raises DataError naming it."""
+    from datasets import load_dataset  # heavy, and only this reader needs it
+    try:
+        dataset = load_dataset(str(path), name=entry.subset, data_dir=entry.folder, split=entry.split,
+                               revision=entry.revision)
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types; the user needs the one line
+        raise DataError(f"hf_hub_url {entry.hf_hub_url!r}: datasets.load_dataset failed "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    yield from enumerate(dataset)

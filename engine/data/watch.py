@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from engine.data.ingest import content_digest
+from engine.data.ingest import source_digest
 from engine.data.readers import read_records, source_files
 from engine.data.registry import DatasetEntry
 from engine.errors import DataError
@@ -14,7 +14,7 @@ from engine.errors import DataError
 
 def snapshot(sources: dict[str, tuple[DatasetEntry, Path]]) -> dict[str, str]:
     """{source: content digest}: compared between sensor ticks, by content, never by modification time."""
-    return {name: content_digest(path, entry.allowed_roots) for name, (entry, path) in sources.items()}
+    return {name: source_digest(entry, path) for name, (entry, path) in sources.items()}
 
 
 def changed_sources(previous: dict[str, str], current: dict[str, str]) -> list[str]:
@@ -26,6 +26,8 @@ def unreadable_files(sources: dict[str, tuple[DatasetEntry, Path]], names: list[
     problems = []
     for name in names:
         entry, path = sources[name]
+        if entry.hub_key:
+            continue  # a hub dataset is checked when it loads
         try:
             files = source_files(path, entry.allowed_roots)
         except DataError as exc:
