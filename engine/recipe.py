@@ -48,6 +48,7 @@ class DataSection(Section):
     dataset: list[str] = Field(default_factory=list)  # registry names; empty = every registered one
     allowed_roots: list[str] = Field(default_factory=list)  # folders outside dataset_dir a file_name may use
     cutoff_len: int = Field(128, ge=8)
+    overlength: Literal["truncate", "drop"] = "truncate"  # rows over cutoff_len: cut as LLaMA-Factory cuts, or quarantine
     val_size: float = Field(0.1, gt=0, lt=1)
     seed: int = 42
     decontamination_threshold: float | None = Field(0.8, gt=0, le=1)  # train rows this close to an eval row go; None: off
