@@ -45,13 +45,21 @@ def test_every_kind_of_bad_jsonl_line_is_quarantined_and_the_rest_goes_on(tmp_pa
     assert len(rows) == len(POISON) + 1
     assert [q["reason"] for q in quarantine] == list(POISON.values())
     assert [q["row_id"] for q in quarantine] == [f"s:{2 * i + 1}" for i in range(len(POISON))]
-    for i, q in enumerate(quarantine):
-        if q["reason"] != "invalid_unicode":  # the reader's findings name the file and line
-            assert q["detail"].startswith(f"d.jsonl line {2 * i + 2}: "), q
+    for i, q in enumerate(quarantine):  # the reader's findings name the file and line
+        assert q["detail"].startswith(f"d.jsonl line {2 * i + 2}: "), q
     utf8 = next(q for q in quarantine if q["reason"] == "invalid_utf8")
     assert "byte" in utf8["detail"] and "\\xe9" in utf8["detail"]
     surrogate = next(q for q in quarantine if q["reason"] == "invalid_unicode")
-    assert surrogate["detail"].startswith("messages[1].content")
+    assert surrogate["detail"].endswith("output holds a lone surrogate that UTF-8 cannot encode")
+
+
+def test_a_lone_surrogate_from_any_reader_is_refused_at_normalize():
+    """Readers other than JSON's (a save_to_disk folder, a caller's records) meet the same check in normalize."""
+    from engine.data.ingest import normalized_row
+    from engine.data.readers import BadRow
+    with pytest.raises(BadRow) as caught:
+        normalized_row("s", DatasetEntry(file_name="x.parquet"), "s:0", {"instruction": "a\ud800", "output": "b"})
+    assert caught.value.reason == "invalid_unicode" and caught.value.detail.startswith("messages[0].content")
 
 
 def test_json_array_items_are_parsed_one_by_one(tmp_path):
@@ -202,3 +210,13 @@ def test_fuzz_is_not_vacuous(tmp_path):
     rows, quarantine = ingest_bytes(tmp_path, "p.jsonl", b"\n".join(POISON) + b"\n")
     assert rows == [] and len(quarantine) == len(POISON)
     assert os.path.getsize(tmp_path / "p.jsonl") > len(DEEP)
+
+
+def test_a_corrupt_parquet_file_stops_with_its_name(tmp_path):
+    import pyarrow as pa
+    file = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist([GOOD] * 3), file)
+    data = file.read_bytes()
+    file.write_bytes(data[:4] + b"\0" * (len(data) - 8) + data[-4:])  # magic bytes kept, everything else zeroed
+    with pytest.raises(DataError, match="d.parquet: not a readable Parquet file"):
+        ingest_source("s", DatasetEntry(file_name="d.parquet"), file)

@@ -154,10 +154,34 @@ def decode_record(raw: bytes, where: str) -> Any:
     except UnicodeDecodeError as exc:
         return BadRow("invalid_utf8", f"{where}: byte {exc.start} is not UTF-8 ({raw[exc.start:exc.start + 1]!r})")
     try:
-        return strict_loads(text)
+        value = strict_loads(text)
+        if SURROGATE_ESCAPE.search(text):  # cheap screen: only a record that spells \udXXX is walked
+            lone_surrogate(value)
+        return value
     except BadRow as bad:
         bad.detail = f"{where}: {bad.detail}"
         return bad
+
+
+SURROGATE_ESCAPE = re.compile(r"\\[uU][dD][89a-fA-F]")
+
+
+def lone_surrogate(value: Any, path: str = "") -> None:
+    """Raise BadRow("invalid_unicode") naming the first string (or key) holding a lone surrogate such as
+    "\\ud800": JSON can spell one, but UTF-8 (Parquet, tokenizers) cannot encode it."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if _has_surrogate(item):
+                raise BadRow("invalid_unicode", f"{where or 'value'} holds a lone surrogate that UTF-8 cannot encode")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if _has_surrogate(key):
+                    raise BadRow("invalid_unicode", f"a key in {where or 'the record'} holds a lone surrogate")
+                stack.append((child, f"{where}.{key}" if where else key))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
 
 
 def jsonl_records(file: Path) -> Iterator[tuple[int, Any]]:
@@ -271,7 +295,16 @@ def parquet_records(file: Path, batch_size: int = 1024) -> Iterator[dict]:
         parquet = pq.ParquetFile(file)
     except Exception as exc:
         raise DataError(f"{file}: not a readable Parquet file ({exc})") from None
-    for batch in parquet.iter_batches(batch_size=batch_size):
+    done = 0
+    batches = parquet.iter_batches(batch_size=batch_size)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: BLE001 - a corrupt page: the rest of the file cannot be located
+            raise DataError(f"{file}: not a readable Parquet file after row {done} ({type(exc).__name__}: {exc})") from None
+        done += batch.num_rows
         yield from batch.to_pylist()
 
 
@@ -308,7 +341,10 @@ def _has_surrogate(text: str) -> bool:
 
 def hf_records(folder: Path, split: str) -> Iterator[dict]:
     from datasets import DatasetDict, load_from_disk  # imported here: heavy, and only this reader needs it
-    dataset = load_from_disk(str(folder))
+    try:
+        dataset = load_from_disk(str(folder))
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types; the user needs the one line
+        raise DataError(f"{folder}: not a readable save_to_disk folder ({type(exc).__name__}: {exc})") from None
     if isinstance(dataset, DatasetDict):
         if split not in dataset:
             raise DataError(f"{folder}: no split {split!r} (has {sorted(dataset)}); set `split` in the registry")
