@@ -110,7 +110,7 @@ PII_KEEPS = [
     "Compute 4111 1111 1111 1111 + 1 now.", "pi is 3.14159265358 roughly", "order id 4539148803436467 shipped",
     "Set your new password in the settings.", "Type `mail bob@corp.example.com` in code.",
     "```\ncall +1 415 555 2671\nip 10.0.0.1\n```", "Upgrade to v1.2.3.4 today", "2024-01-15 at 10:30",
-    "1234 + 5678 = 6912", "x = 4155552671", "the token is valid",
+    "1234 + 5678 = 6912", "x = 4155552671", "the token is valid", "The secret: always write tests first.",
 ]
 
 
@@ -127,6 +127,7 @@ def test_pii_leaves_numbers_code_and_words_alone(text):
     ("call (415) 555-2671 today", "call <PHONE> today"),
     ("ring +49 30 901820", "ring <PHONE>"),
     ("password: hunter22x", "password: <SECRET>"),
+    ("password = 'correcthorse'", "password = '<SECRET>'"),
     ("api_key=abcdef123456", "api_key=<SECRET>"),
     ("`OPENAI_API_KEY = 'sk-abcdefghijklmnopqrstuvwx'`", "`OPENAI_API_KEY = '<SECRET>'`"),
     ("write to jane@example.com", "write to <EMAIL>"),
@@ -169,3 +170,10 @@ def test_clean_result_shape():
     assert isinstance(result, CleanResult)
     rows, quarantine, clusters, report = result  # the four-tuple unpacking still works
     assert rows is result.rows and report["rewritten"] == len(result.rewrites) == 1
+
+
+def test_no_rewriting_step_touches_a_tool_call():
+    call = '{"name": "render", "arguments": {"html": "<b>bold</b>", "text": "cafe\u0301\\r\\n", "to": "a@b.org"}}'
+    row = sft(0, "Render it.", call, "done", "Rendered.", roles=["user", "function_call", "observation", "assistant"])
+    result = clean([row], steps({"step": "normalize", "form": "NFKC"}, {"step": "strip_html"}, {"step": "pii"}), ["s"])
+    assert texts(result)["s:0"][1] == call and result.rewrites == []

@@ -19,6 +19,7 @@ from engine.data.ingest import content_hash
 from engine.recipe import CleanSection
 
 TRAILING_SPACE = re.compile(r"[ \t]+$", re.M)
+TOOL_CALL_ROLES = ("function_call",)  # a tool call's JSON is passed to a tool: no rewriting step touches it
 
 # --- where text is prose: code spans and fences are never rewritten by strip_html or PII (but secrets)
 
@@ -49,8 +50,8 @@ def on_prose(text: str, fn: Callable[[str], str]) -> str:
 
 SECRET_KEYS = re.compile(r"(?<![A-Za-z0-9_-])(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}"
                          r"|gh[pousr]_[A-Za-z0-9]{36}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})(?![A-Za-z0-9_-])")
-SECRET_ASSIGNMENT = re.compile(r"(?i)\b(?:password|passwd|api[_-]?key|secret|token)\s*[:=]\s*"
-                               r"(?P<value>[\"']?[^\s\"',;]{6,}[\"']?)")
+SECRET_ASSIGNMENT = re.compile(r"(?i)\b(?:password|passwd|api[_-]?key|secret|token)\s*(?P<sep>[:=])\s*[\"']?"
+                               r"(?P<value>[^\s\"',;]{6,})")
 EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}\b")
 CARD = re.compile(r"(?<![\d.,-])(?:(?P<grouped>\d{4}(?P<sep>[ -])\d{4}(?P=sep)\d{4}(?P=sep)\d{4}(?:(?P=sep)\d{3})?"
@@ -109,7 +110,7 @@ class PiiScrubber:
 
     def scrub_prose(self, text: str) -> str:
         if "secret" in self.kinds:
-            text = self._sub(SECRET_ASSIGNMENT, text, "secret", group="value")
+            text = self._sub(SECRET_ASSIGNMENT, text, "secret", group="value", keep=self._a_word_not_a_secret)
         if "email" in self.kinds:
             text = self._sub(EMAIL, text, "email")
         if "credit_card" in self.kinds:
@@ -133,6 +134,11 @@ class PiiScrubber:
             at = end
             self.counts[kind] += 1
         return "".join(out) + text[at:] if out else text
+
+    @staticmethod
+    def _a_word_not_a_secret(text: str, match: re.Match) -> bool:
+        """`The secret: remember...` is prose: after a colon, a plain lowercase word is not a secret value."""
+        return match["sep"] == ":" and match["value"].isalpha() and match["value"].islower()
 
     @staticmethod
     def _not_a_card(text: str, match: re.Match) -> bool:
@@ -271,11 +277,11 @@ def rewrite(row: dict, fn: Callable[[str], str], skip_roles: tuple[str, ...] = (
             message = {**message, "content": new}
         messages.append(message)
     out = {**row, "messages": messages}
-    for field in TEXT_FIELDS:
-        if row[field]:
-            out[field] = fn(row[field])
-            if out[field] != row[field]:
-                changes.append((field, row[field], out[field]))
+    for name in TEXT_FIELDS:
+        if row[name]:
+            out[name] = fn(row[name])
+            if out[name] != row[name]:
+                changes.append((name, row[name], out[name]))
     return (out, changes) if changes else (row, [])
 
 
@@ -338,10 +344,10 @@ class Cleaner:
             new, changes = rewrite(row, fn, skip_roles)
             rows.append(new)
             modified += bool(changes)
-            for field, before, after in changes:
+            for where, before, after in changes:
                 short_before, short_after = excerpt_pair(before, after)
                 self.rewrites.append({"source": row["source"], "row_id": row["row_id"], "step": self.step,
-                                      "field": field, "before": short_before, "after": short_after})
+                                      "field": where, "before": short_before, "after": short_after})
         self.rows = rows
         return modified
 
@@ -360,16 +366,17 @@ class Cleaner:
 
     def normalize(self, cfg) -> int:
         """Unicode form (NFC by default), CRLF and CR to LF, trailing spaces per line only when asked.
-        Indentation, blank lines and inner spacing stay; a text left with nothing but whitespace drops its row."""
+        Indentation, blank lines and inner spacing stay, tool calls are left as they are; a text left with
+        nothing but whitespace drops its row."""
         def fn(text: str) -> str:
             text = unicodedata.normalize(cfg.form, text.replace("\r\n", "\n").replace("\r", "\n"))
             return TRAILING_SPACE.sub("", text) if cfg.strip_trailing_spaces else text
-        modified = self._map(fn)
+        modified = self._map(fn, skip_roles=TOOL_CALL_ROLES)
         self._drop_emptied("empty_after_normalization", "a text is empty or only whitespace")
         return modified
 
     def strip_html(self, cfg) -> int:
-        modified = self._map(strip_html)
+        modified = self._map(strip_html, skip_roles=TOOL_CALL_ROLES)
         self._drop_emptied("empty_after_html_strip", "nothing but markup")
         return modified
 
@@ -397,13 +404,13 @@ class Cleaner:
         """Each message (and answer) is judged on its own: a row goes when one of its texts is repetitive."""
         def verdict(row):
             fields = [(f"messages[{i}]", m["content"]) for i, m in enumerate(row["messages"]) if m["role"] != "system"]
-            fields += [(f, row[f]) for f in TEXT_FIELDS if row[f]]
-            for field, text in fields:
+            fields += [(name, row[name]) for name in TEXT_FIELDS if row[name]]
+            for where, text in fields:
                 if len(text.split()) < cfg.min_words:
                     continue
                 fraction = repeated_fraction(text, cfg.ngram)
                 if fraction > cfg.max_duplicate_fraction:
-                    return "repetitive", f"{field}: {fraction:.0%} of characters in repeated {cfg.ngram}-grams " \
+                    return "repetitive", f"{where}: {fraction:.0%} of characters in repeated {cfg.ngram}-grams " \
                                          f"> {cfg.max_duplicate_fraction:.0%}"
             return None
         self._filter(verdict)
@@ -411,7 +418,7 @@ class Cleaner:
     def pii(self, cfg) -> int:
         """Tool calls (function_call turns) keep their arguments: they are JSON a tool must receive unchanged."""
         scrubber = PiiScrubber(cfg.kinds, cfg.phone_region, self.pii_counts)
-        return self._map(scrubber.scrub, skip_roles=("function_call",))
+        return self._map(scrubber.scrub, skip_roles=TOOL_CALL_ROLES)
 
     def blocklist(self, cfg) -> None:
         if not cfg.words:
