@@ -67,16 +67,19 @@ def test_json_array_items_are_parsed_one_by_one(tmp_path):
     rows, quarantine = ingest_bytes(tmp_path, "d.json", b"[\n" + b",\n".join(items) + b"\n]\n")
     assert len(rows) == 2 and [r["row_id"] for r in rows] == ["s:0", f"s:{len(items) - 1}"]
     assert [q["reason"] for q in quarantine] == list(POISON.values())
-    assert quarantine[0]["detail"].startswith("d.json item 1 (byte ")
+    assert quarantine[0]["detail"].startswith("d.json item 1 (line 3 column 1): NaN is not a JSON number")
+    utf8 = next(q for q in quarantine if q["reason"] == "invalid_utf8")
+    assert utf8["detail"].endswith("byte 0xe9 is not UTF-8")
 
 
 def test_a_json_array_whose_structure_breaks_stops_with_file_and_byte(tmp_path):
     file = tmp_path / "d.json"
     file.write_bytes(b"[" + GOOD_LINE + b", " + GOOD_LINE + b"] trailing")
-    with pytest.raises(DataError, match=r"d.json: not a readable JSON document \(data after the closing '\]' at byte"):
+    with pytest.raises(DataError, match=r"d.json: not a readable JSON document \(data after the array's closing '\]' "
+                                        r"at line 1 column \d+\)"):
         ingest_source("s", DatasetEntry(file_name="d.json"), file)
     file.write_bytes(b"[" + GOOD_LINE + b', {"instruction": "unterminated')
-    with pytest.raises(DataError, match=r"d.json: .*ends at byte \d+ inside a string, in item 1"):
+    with pytest.raises(DataError, match=r"d.json: .*ends at line 1 column \d+ inside a string, in item 1"):
         ingest_source("s", DatasetEntry(file_name="d.json"), file)
 
 
@@ -220,3 +223,24 @@ def test_a_corrupt_parquet_file_stops_with_its_name(tmp_path):
     file.write_bytes(data[:4] + b"\0" * (len(data) - 8) + data[-4:])  # magic bytes kept, everything else zeroed
     with pytest.raises(DataError, match="d.parquet: not a readable Parquet file"):
         ingest_source("s", DatasetEntry(file_name="d.parquet"), file)
+
+
+def outcome(file, block_size):
+    from engine.data.readers import BadRow, array_items
+    with file.open("rb") as handle:
+        try:
+            return [(i, (v.reason, v.detail) if isinstance(v, BadRow) else v)
+                    for i, v in array_items(handle, file, block_size)]
+        except DataError as exc:
+            return str(exc)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(items=st.lists(record_bytes.filter(lambda b: len(b) < 1000), max_size=8), tail=st.sampled_from([b"]", b"] x", b""]))
+def test_json_array_items_do_not_depend_on_block_boundaries(tmp_path, items, tail):
+    file = tmp_path / "b.json"
+    file.write_bytes(b"[\n" + b",\n".join(items) + b"\n" + tail)
+    expected = outcome(file, 1 << 20)
+    for block_size in (1, 3, 16):
+        assert outcome(file, block_size) == expected

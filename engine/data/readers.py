@@ -3,6 +3,7 @@ these, one at a time, never a whole file in memory. A record that cannot be pars
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import math
@@ -196,10 +197,10 @@ def jsonl_records(file: Path) -> Iterator[tuple[int, Any]]:
 
 
 def json_records(file: Path) -> Iterator[tuple[int, Any]]:
-    """A JSON array is split into items by a byte scanner and each item parsed on its own, so one bad item
-    (NaN, a huge number, invalid UTF-8, duplicate keys) is quarantined and the rest go on; a single top-level
-    object is one record. A file whose structure is broken (unbalanced brackets or quotes, truncated) raises
-    DataError naming the file and byte offset, after the items before the break were served.
+    """A JSON array is read block by block and parsed item by item, so one bad item (NaN, a huge number,
+    invalid UTF-8, duplicate keys) is quarantined and the rest go on; a single top-level object is one record.
+    A file whose structure is broken (unbalanced brackets or quotes, truncated) raises DataError naming the
+    file, line and column, after the items before the break were served.
 
     (ijson cannot resume after a bad token, and its C backend crashes on some inputs, so it is not used here.)
     """
@@ -215,79 +216,157 @@ def json_records(file: Path) -> Iterator[tuple[int, Any]]:
     if len(raw) > MAX_SINGLE_OBJECT:
         raise DataError(f"{file}: a single JSON document over {MAX_SINGLE_OBJECT} bytes; register it as .jsonl "
                         "or as a JSON array")
-    record = decode_record(raw, f"{file.name}")
+    record = decode_record(raw, file.name)
     if isinstance(record, BadRow) and record.reason in ("invalid_json", "control_character"):
-        raise DataError(f"{file}: not a readable JSON document ({record.detail}); fix it or register it as .jsonl")
+        raise DataError(f"{file}: not a readable JSON document ({record.detail.removeprefix(file.name + ': ')}); "
+                        "fix it or register it as .jsonl")
     yield 0, record
 
 
 MAX_INT_DIGITS = 4300  # Python's own int() limit for decimal strings
 MAX_SINGLE_OBJECT = 256 * 1024 * 1024
 BOM = b"\xef\xbb\xbf"
-_STRUCTURAL = re.compile(rb'["\\\[\]{},]')
+_STRUCTURAL = re.compile(r'["\\\[\]{},]')
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int,
+                            object_pairs_hook=_unique_keys)
+
+
+class _ArrayText:
+    """The decoded text of a JSON array, read block by block; positions are characters of the whole file."""
+
+    def __init__(self, handle, block_size: int):
+        self.handle, self.block_size = handle, block_size
+        self.decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        self.text, self.base, self.lines, self.eof = "", 0, 0, False
+        self.line_start = 0  # where the line holding text[0] starts (a character position of the file)
+
+    def more(self) -> bool:
+        """Append a block; False once the file is exhausted."""
+        if self.eof:
+            return False
+        data = self.handle.read(self.block_size)
+        self.text += self.decoder.decode(data, final=not data)
+        self.eof = not data
+        return bool(data)
+
+    def drop_before(self, pos: int) -> int:
+        """Forget the text before `pos`; returns pos in the trimmed text."""
+        self.lines += self.text.count("\n", 0, pos)
+        newline = self.text.rfind("\n", 0, pos)
+        if newline >= 0:
+            self.line_start = self.base + newline + 1
+        self.text, self.base = self.text[pos:], self.base + pos
+        return 0
+
+    def where(self, pos: int) -> str:
+        """`line L column C` of text[pos] in the file (columns count characters)."""
+        newline = self.text.rfind("\n", 0, pos)
+        line_start = self.base + newline + 1 if newline >= 0 else self.line_start
+        return f"line {self.lines + self.text.count(chr(10), 0, pos) + 1} column {self.base + pos - line_start + 1}"
 
 
 def array_items(handle, file: Path, block_size: int = 1 << 20) -> Iterator[tuple[int, Any]]:
-    """Items of a top-level JSON array read from `handle` (positioned at its `[`), as (index, value or BadRow)."""
-    buffer, base, scan = b"", handle.tell(), 0  # base: the file offset of buffer[0]
-    depth, in_string, skip_to = 0, False, -1  # skip_to: the byte after a backslash escape (absolute)
-    item_start, index, end = 0, 0, None
-    while end is None:
-        block = handle.read(block_size)
-        if not block:
-            where = "inside a string" if in_string else f"with {depth} bracket(s) open"
-            raise DataError(f"{file}: not a readable JSON document (it ends at byte {base + len(buffer)} {where}, "
-                            f"in item {index}); fix it or register it as .jsonl")
-        buffer += block
-        for match in _STRUCTURAL.finditer(buffer, scan):
-            pos = match.start()
-            if base + pos < skip_to:
-                continue
-            char = buffer[pos:pos + 1]
-            if in_string:
-                if char == b"\\":
-                    skip_to = base + pos + 2
-                elif char == b'"':
-                    in_string = False
-            elif char == b'"':
-                in_string = True
-            elif char in b"[{":
-                depth += 1
-                if depth == 1:
-                    item_start = pos + 1
-            elif depth == 1 and char in b",]":
-                raw = buffer[item_start:pos]
-                if char == b"," or raw.strip() or index:
-                    yield index, item_of(raw, file, index, base + item_start)
-                    index += 1
-                item_start = pos + 1
-                if char == b"]":
-                    depth, end = 0, pos + 1
-                    break
-            elif char in b"]}":
-                depth -= 1
-                if depth == 0:
-                    raise DataError(f"{file}: not a readable JSON document (unbalanced {char.decode()!r} at byte "
-                                    f"{base + pos}); fix it or register it as .jsonl")
-        else:
-            buffer, base, scan = buffer[item_start:], base + item_start, len(buffer) - item_start
-            item_start = 0
-    rest, at = buffer[end:], base + end
+    """Items of a top-level JSON array read from `handle` (positioned at its `[`), as (index, value or BadRow).
+
+    Each item is parsed by the C JSON decoder where it stands; an item it refuses is delimited by a scanner that
+    tracks strings and brackets, then parsed on its own for its reason, so the items after it still come.
+    """
+    doc = _ArrayText(handle, block_size)
+    doc.more()
+    pos, index = 1, 0  # just after the `[`
     while True:
-        if rest.strip():
-            at += len(rest) - len(rest.lstrip())
-            raise DataError(f"{file}: not a readable JSON document (data after the closing ']' at byte {at}); "
-                            "fix it or register it as .jsonl")
-        at += len(rest)
-        rest = handle.read(block_size)
-        if not rest:
+        if not doc.eof and len(doc.text) - pos < block_size // 2:
+            pos = doc.drop_before(pos)
+            doc.more()
+        pos = _WHITESPACE.match(doc.text, pos).end()
+        if pos >= len(doc.text):
+            if doc.more():
+                continue
+            raise DataError(f"{file}: not a readable JSON document (it ends at {doc.where(pos)} before the "
+                            f"array's closing ']', in item {index}); fix it or register it as .jsonl")
+        if index == 0 and doc.text[pos] == "]":
+            end = pos  # []
+            break
+        start, value = pos, None
+        try:
+            value, stop = _DECODER.raw_decode(doc.text, pos)
+            after = _WHITESPACE.match(doc.text, stop).end()
+        except (BadRow, json.JSONDecodeError, RecursionError, ValueError):
+            after = None
+        if after is not None and after >= len(doc.text) and doc.more():
+            continue  # the value may go on in the next block: parse it again with more text
+        if after is not None and after < len(doc.text) and doc.text[after] in ",]":
+            end, raw = after, doc.text[start:stop]
+            if _ESCAPED_BYTE.search(raw) or SURROGATE_ESCAPE.search(raw):
+                value = _item_value(raw, file, index, doc.where(start))
+        else:  # refused, or not followed by `,` or `]`: find where the item ends, then judge it alone
+            end = _item_end(doc, start, file, index)
+            value = _item_value(doc.text[start:end], file, index, doc.where(start))
+        yield index, value
+        index, pos = index + 1, end + 1
+        if doc.text[end] == "]":
+            break
+    pos = end + 1
+    while True:  # only whitespace may follow the array
+        pos = _WHITESPACE.match(doc.text, pos).end()
+        if pos < len(doc.text):
+            raise DataError(f"{file}: not a readable JSON document (data after the array's closing ']' at "
+                            f"{doc.where(pos)}); fix it or register it as .jsonl")
+        pos = doc.drop_before(pos)
+        if not doc.more():
             return
 
 
-def item_of(raw: bytes, file: Path, index: int, offset: int) -> Any:
+def _item_end(doc: _ArrayText, start: int, file: Path, index: int) -> int:
+    """The position of the `,` or `]` that ends the item starting at `start`, reading more text as needed."""
+    depth, in_string, skip_to, scan = 0, False, -1, start
+    while True:
+        for match in _STRUCTURAL.finditer(doc.text, scan):
+            pos = match.start()
+            if pos < skip_to:
+                continue
+            char = doc.text[pos]
+            if in_string:
+                if char == "\\":
+                    skip_to = pos + 2
+                elif char == '"':
+                    in_string = False
+            elif char == '"':
+                in_string = True
+            elif char in "[{":
+                depth += 1
+            elif depth == 0 and char in ",]":
+                return pos
+            elif char in "]}":
+                depth -= 1
+                if depth < 0:
+                    raise DataError(f"{file}: not a readable JSON document (unbalanced {char!r} at {doc.where(pos)}, "
+                                    f"in item {index}); fix it or register it as .jsonl")
+        scan = len(doc.text)
+        if not doc.more():
+            state = "inside a string" if in_string else f"with {depth + 1} bracket(s) open"
+            raise DataError(f"{file}: not a readable JSON document (it ends at {doc.where(len(doc.text))} {state}, "
+                            f"in item {index}); fix it or register it as .jsonl")
+
+
+def _item_value(raw: str, file: Path, index: int, where: str) -> Any:
+    """One array item's text -> its value, or a BadRow naming the file, the item and its line."""
+    label = f"{file.name} item {index} ({where})"
     if not raw.strip():
-        return BadRow("invalid_json", f"{file.name} item {index} (byte {offset}): empty array item")
-    return decode_record(raw, f"{file.name} item {index} (byte {offset})")
+        return BadRow("invalid_json", f"{label}: empty array item")
+    bad_byte = _ESCAPED_BYTE.search(raw)
+    if bad_byte:
+        return BadRow("invalid_utf8", f"{label}: byte {ord(bad_byte.group()) - 0xDC00:#04x} is not UTF-8")
+    try:
+        value = strict_loads(raw)
+        if SURROGATE_ESCAPE.search(raw):
+            lone_surrogate(value)
+        return value
+    except BadRow as bad:
+        bad.detail = f"{label}: {bad.detail}"
+        return bad
 
 
 def parquet_records(file: Path, batch_size: int = 1024) -> Iterator[dict]:
