@@ -145,7 +145,8 @@ def test_dangling_links_and_link_loops(tmp_path):
         resolve_sources(data, "datasets.yaml", [])
 
 
-# --- fuzz: random and poisoned records in every text format; nothing crashes, every raw row is accounted for
+# --- fuzz: random and poisoned records in every text format (about 9,500 rows over the three tests); nothing
+# crashes, every raw row is kept or quarantined, and both tables can always be written to Parquet
 
 texts = st.text(max_size=30) | st.sampled_from(["\ud800", "a\udfffb", "\x00", "\u2028", "日本語。", "\r\n"])
 values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | texts,
@@ -169,7 +170,7 @@ def assert_accounted_and_writable(tmp_path, rows, quarantine, raw):
 
 
 @FUZZ
-@given(lines=st.lists(record_bytes | st.binary(min_size=1, max_size=40), max_size=40),
+@given(lines=st.lists(record_bytes | st.binary(min_size=1, max_size=40), min_size=15, max_size=50),
        sharegpt=st.booleans())
 def test_fuzz_jsonl(tmp_path, lines, sharegpt):
     lines = [line.replace(b"\n", b" ") for line in lines if line.replace(b"\n", b" ").strip()]
@@ -179,7 +180,7 @@ def test_fuzz_jsonl(tmp_path, lines, sharegpt):
 
 
 @FUZZ
-@given(items=st.lists(record_bytes, max_size=40), sharegpt=st.booleans())
+@given(items=st.lists(record_bytes, min_size=15, max_size=50), sharegpt=st.booleans())
 def test_fuzz_json_array(tmp_path, items, sharegpt):
     rows, quarantine = ingest_bytes(tmp_path, "f.json", b"[" + b",".join(items) + b"]",
                                     formatting="sharegpt" if sharegpt else "alpaca")
@@ -190,7 +191,7 @@ cells = texts.filter(lambda t: "\x00" not in t) | st.binary(max_size=12).map(lam
 
 
 @FUZZ
-@given(cells=st.lists(st.tuples(cells, cells), max_size=40), raw_bytes=st.booleans())
+@given(cells=st.lists(st.tuples(cells, cells), min_size=15, max_size=50), raw_bytes=st.booleans())
 def test_fuzz_csv(tmp_path, cells, raw_bytes):
     import csv
     import io
