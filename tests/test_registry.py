@@ -117,3 +117,9 @@ def test_check_columns_looks_past_rows_without_an_optional_column(tmp_path):
     check_columns("qa", entry, path)
     with pytest.raises(RecipeError, match="columns.system is 'sys'"):
         check_columns("qa", entry, path, records=5)
+
+
+def test_sources_come_in_the_recipes_order(tmp_path):
+    registry(tmp_path, {"a": {"file_name": "qa.json"}, "b": {"file_name": "qa.json"}, "c": {"file_name": "qa.json"}})
+    assert list(resolve_sources(tmp_path, "dataset_info.json", ["c", "a"])) == ["c", "a"]
+    assert list(resolve_sources(tmp_path, "dataset_info.json", [])) == ["a", "b", "c"]

@@ -166,11 +166,10 @@ def select_sources(dataset_dir: str | Path, info_file: str, names: list[str],
     for name in names:
         if name not in raw:
             raise RecipeError(f"data.dataset: {name!r} is not in {registry_path} (registered: {sorted(raw)})")
-    selection = Selection({})
-    for name, body in raw.items():
-        if names and name not in names:
-            selection.not_used.append({"name": name, "reason": "not in data.dataset"})
-            continue
+    selection = Selection({}, [{"name": name, "reason": "not in data.dataset"} for name in raw if name not in names]
+                          if names else [])
+    for name in dict.fromkeys(names or raw):  # the recipe's order: the first-listed source wins a duplicate group
+        body = raw[name]
         if not names:
             reason = unusable_reason(registry_path, name, body, root)
             if reason:
