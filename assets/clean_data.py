@@ -25,7 +25,8 @@ def outside(recipe, hasher) -> dict:
 
 STAGE = Stage("clean_data", entry=build_clean_data, parents=("raw_data",), keys=("clean", "model.model_name_or_path"),
               select=reads, outside=outside,
-              tables={"quarantine": "quarantine.parquet", "duplicate_clusters": "clusters.parquet"})
+              tables={"quarantine": "quarantine.parquet", "duplicate_clusters": "clusters.parquet",
+                      "rewrites": "rewrites.parquet"})
 
 
 def every_row_accounted(artifact, recipe) -> tuple[bool, str]:

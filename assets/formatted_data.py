@@ -7,10 +7,11 @@ from engine.data.format import build_formatted_data
 from engine.stage import Stage
 
 STAGE = Stage("formatted_data", entry=build_formatted_data, parents=("base_model", "clean_data"),
-              keys=("data.cutoff_len", "data.val_size", "data.seed", "data.decontamination_threshold"),
+              keys=("data.cutoff_len", "data.overlength", "data.val_size", "data.seed",
+                    "data.decontamination_threshold"),
               tables={"split_rows": "splits.parquet", "quarantine": "quarantine.parquet"})
 VIEW_COUNTS = ("sft_train", "sft_eval", "preference_train", "preference_eval", "kto_train", "kto_eval", "max_tokens",
-               "mean_tokens", "exceeds_cutoff_len", "contaminates_eval")
+               "mean_tokens", "truncated", "exceeds_cutoff_len", "contaminates_eval")
 
 
 def format_report(m: dict) -> str:

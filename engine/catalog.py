@@ -30,10 +30,12 @@ CREATE TABLE IF NOT EXISTS check_results (
 CREATE TABLE IF NOT EXISTS duplicate_clusters (
     artifact VARCHAR, cluster_id VARCHAR, kind VARCHAR, kept_row_id VARCHAR, removed_row_id VARCHAR,
     similarity DOUBLE);
+CREATE TABLE IF NOT EXISTS rewrites (
+    artifact VARCHAR, source VARCHAR, row_id VARCHAR, step VARCHAR, field VARCHAR, before VARCHAR, after VARCHAR);
 CREATE TABLE IF NOT EXISTS split_rows (
     artifact VARCHAR, source VARCHAR, row_id VARCHAR, content_hash VARCHAR, view VARCHAR, split VARCHAR);
 """
-ROW_TABLES = ("raw_rows", "quarantine", "duplicate_clusters", "split_rows")
+ROW_TABLES = ("raw_rows", "quarantine", "duplicate_clusters", "rewrites", "split_rows")
 
 
 def parents_of(manifest: dict) -> list[str]:

@@ -75,10 +75,19 @@ def source_files_under(path: Path, units: list[Path]) -> list[Path]:
 
 
 def source_identity(sources: dict, hasher: ContentHasher) -> dict[str, dict]:
-    """What a set of registered sources' rows depend on: each registry entry and the digest of its files."""
+    """What a set of registered sources' rows depend on: each registry entry and the digest of its files. A hub
+    dataset that is no local directory is known by its id, subset, folder, split and revision: pin `revision` to
+    make its content part of the fingerprint."""
     from engine.data.readers import source_files
-    return {name: {"entry": entry.model_dump(), "sha256": hasher.tree(path, source_files_under(path, source_files(path)))}
-            for name, (entry, path) in sources.items()}
+    identity = {}
+    for name, (entry, path) in sources.items():
+        if entry.hub_key == "hf_hub_url" and not path.is_dir():
+            digest = hashlib.sha256(json.dumps([entry.hf_hub_url, entry.subset, entry.folder, entry.split,
+                                                entry.revision]).encode()).hexdigest()
+        else:
+            digest = hasher.tree(path, source_files_under(path, source_files(path, entry.allowed_roots)))
+        identity[name] = {"entry": entry.model_dump(), "sha256": digest}
+    return identity
 
 
 def checkpoint_identity(model_dir: Path, hasher: ContentHasher) -> dict:

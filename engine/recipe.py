@@ -125,6 +125,7 @@ class DataSection(Section):
     dataset: list[str] = Field(default_factory=list)  # registry names; empty = every registered one
     allowed_roots: list[str] = Field(default_factory=list)  # folders outside dataset_dir a file_name may use
     cutoff_len: Int = Field(128, ge=8)
+    overlength: Literal["truncate", "drop"] = "truncate"  # rows over cutoff_len: cut as LLaMA-Factory cuts, or quarantine
     val_size: Float = Field(0.1, gt=0, lt=1)
     seed: Int = 42
     # train rows this close (Jaccard) to an eval row go; None: off
@@ -132,11 +133,17 @@ class DataSection(Section):
 
 
 class NormalizeStep(Section):
+    """Unicode normalization and line endings only: indentation, blank lines and spacing stay as they are.
+
+    `form: NFC` (default) is lossless for text; `NFKC` is opt-in and folds compatibility characters, among them
+    CJK full-width punctuation and letters (，→ ,  ！→ !  Ａ→ A), ligatures and superscripts (x² → x2)."""
     step: Literal["normalize"]
-    form: Literal["NFKC", "NFC"] = "NFKC"  # unicode normalization, then whitespace runs collapse to one space
+    form: Literal["NFC", "NFKC"] = "NFC"
+    strip_trailing_spaces: bool = False  # spaces/tabs at line ends; off by default: Markdown's hard line break
 
 
 class StripHtmlStep(Section):
+    """Opt-in: removes well-formed markup of real HTML elements from prose, never code, JSX or <placeholders>."""
     step: Literal["strip_html"]
 
 
@@ -160,9 +167,20 @@ class RepetitionStep(Section):
 
 
 class PiiStep(Section):
+    """Personal data in prose becomes <EMAIL>, <PHONE>, <IP>, <CREDIT_CARD>, <SECRET>; code, arithmetic and tool
+    calls keep their digits (real API-key formats are scrubbed everywhere)."""
     step: Literal["pii"]
     kinds: list[Literal["email", "phone", "ip", "credit_card", "secret"]] = ["email", "phone", "ip", "credit_card",
                                                                              "secret"]
+    phone_region: str = "US"  # where numbers without a +country code are dialled (phonenumbers' region code)
+
+    @model_validator(mode="after")
+    def known_region(self):
+        import phonenumbers
+        if self.phone_region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"phone_region {self.phone_region!r} is not a region code phonenumbers knows "
+                             "(two letters, e.g. US, GB, DE, CN)")
+        return self
 
 
 class BlocklistStep(Section):
@@ -172,6 +190,7 @@ class BlocklistStep(Section):
 
 class ExactDedupStep(Section):
     step: Literal["exact_dedup"]
+    ignore_whitespace: bool = True  # compare texts with whitespace runs as one space (the kept text is unchanged)
 
 
 class NearDedupStep(Section):
@@ -193,7 +212,7 @@ class NearDedupStep(Section):
 
 CleanStep = Annotated[NormalizeStep | StripHtmlStep | LengthStep | RepetitionStep | PiiStep | BlocklistStep
                       | ExactDedupStep | NearDedupStep, Field(discriminator="step")]
-DEFAULT_CLEAN_STEPS = [{"step": "normalize"}, {"step": "strip_html"}, {"step": "length"}, {"step": "repetition"},
+DEFAULT_CLEAN_STEPS = [{"step": "normalize"}, {"step": "length"}, {"step": "repetition"},  # strip_html is opt-in
                        {"step": "pii"}, {"step": "exact_dedup"}, {"step": "near_dedup"}]
 
 

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 
 ROW_COLUMNS = ["source", "row_id", "content_hash", "format", "kind", "messages", "chosen", "rejected", "tools", "label"]
 QUARANTINE_COLUMNS = ["source", "row_id", "stage", "reason", "detail"]
+REWRITE_COLUMNS = ["source", "row_id", "step", "field", "before", "after"]  # one row per text a clean step changed
 CLUSTER_COLUMNS = ["cluster_id", "kind", "kept_row_id", "removed_row_id", "similarity"]
 
 

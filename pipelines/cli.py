@@ -277,6 +277,8 @@ def serve_directory(args: argparse.Namespace, recipe, overrides: dict, scratch: 
 
 def plan(args: argparse.Namespace) -> int:
     """Every stage's fingerprint under the recipe, before any work, and whether its artifact is built."""
+    quiet_libraries()
+    quiet_llmcompressor()
     from assets.resource import validated_recipe
     from pipelines.definitions import resources
     overrides = parse_overrides(args.set)

@@ -79,3 +79,16 @@ def test_schedule_runs_the_retraining_job_on_the_recipes_cron(project):
     assert schedule.cron_schedule == "15 4 * * *" and schedule.job_name == "full_pipeline"
     result = schedule.evaluate_tick(dg.build_schedule_context())
     assert len(result.run_requests) == 1
+
+
+def test_sensor_watches_the_pt_corpus_too(project):
+    data, recipe = project
+    (data / "corpus.jsonl").write_text(json.dumps({"text": "raw text to continue pre-training on"}) + "\n")
+    with open(data / "datasets.yaml", "a") as registry:
+        registry.write("corpus:\n  file_name: corpus.jsonl\n  columns: {prompt: text}\n")
+    with open(recipe, "w") as handle:
+        handle.write(f"data:\n  dataset_dir: {data}\n  dataset: [base, incoming]\npt:\n  dataset: [corpus]\n")
+    _, cursor = tick(recipe, None)
+    (data / "corpus.jsonl").write_text(json.dumps({"text": "an edited corpus line"}) + "\n")
+    edited, _ = tick(recipe, cursor)
+    assert isinstance(edited, dg.RunRequest) and edited.tags["tuneline/changed_sources"] == "corpus"

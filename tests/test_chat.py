@@ -32,4 +32,4 @@ def test_chat_refuses_an_adapter_or_a_non_model(tmp_path, capsys):
     with pytest.raises(TunelineError, match="is a LoRA adapter"):
         load_chat_model(tmp_path)
     assert main(["chat", "0123abcd", "--artifact-root", str(tmp_path)]) == 2
-    assert "no catalog at" in capsys.readouterr().err
+    assert "is neither a model directory nor the fingerprint" in capsys.readouterr().err

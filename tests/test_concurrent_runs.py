@@ -30,7 +30,8 @@ def plan(root: Path, learning_rate: str) -> dict[str, dict]:
 
 def test_two_recipes_at_once_each_get_their_own_lineage(tmp_path):
     root = tmp_path / "home"
-    env = os.environ | {"PYTHONPATH": os.getcwd(), "DAGSTER_HOME": str(tmp_path / "dagster")}
+    # one thread each: two runs share the 2 cores instead of oversubscribing them
+    env = os.environ | {"PYTHONPATH": os.getcwd(), "DAGSTER_HOME": str(tmp_path / "dagster"), "OMP_NUM_THREADS": "1"}
     runs = {lr: subprocess.Popen(cli("run", "--set", f"sft.learning_rate={lr}", root=root), env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
             for lr in ("3.0e-3", "2.0e-3")}

@@ -31,15 +31,15 @@ def sft_row(i, messages):
             "messages": json.dumps(messages), "chosen": None, "rejected": None}
 
 
-def test_format_quarantines_rows_over_cutoff(tiny_model_dir, tmp_path):
+def test_format_quarantines_rows_over_cutoff_when_told_to_drop(tiny_model_dir, tmp_path):
     tokenizer = load_tokenizer(tiny_model_dir)
     short = [{"role": "user", "content": "Add. 1 + 2"}, {"role": "assistant", "content": "3"}]
     long = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "3"}]
     rows = [sft_row(i, short) for i in range(8)] + [sft_row(8, long)]
     rows += [{**sft_row(i, short[:1]), "kind": "preference", "chosen": "3", "rejected": "4"} for i in range(9, 17)]
-    quarantine, report = format_rows(rows, tokenizer, 64, 0.5, 0, tmp_path)
+    quarantine, report = format_rows(rows, tokenizer, 64, 0.5, 0, tmp_path, overlength="drop")
     assert [(q["row_id"], q["reason"]) for q in quarantine] == [("s:8", "exceeds_cutoff_len")]
-    assert report["max_tokens"] <= 64 and report["sft_rows_without_labels"] == 0
+    assert report["max_tokens"] <= 64 and report["sft_rows_without_labels"] == 0 and report["truncated"] == 0
     sft, pref = load_from_disk(tmp_path / "sft"), load_from_disk(tmp_path / "preference")
     assert len(sft["train"]) + len(sft["eval"]) == 8 and len(pref["train"]) + len(pref["eval"]) == 8
     assert pref["train"][0]["chosen"] == [{"role": "assistant", "content": "3"}]

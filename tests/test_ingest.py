@@ -64,7 +64,10 @@ def test_missing_data_file_and_unknown_dataset_are_named(tmp_path):
         resolve_sources(tmp_path, "datasets.yaml", ["other"])
 
 
-def test_hub_datasets_get_a_clear_error(tmp_path):
+def test_a_selected_hub_dataset_gets_a_clear_error_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "dataset_info.json").write_text(json.dumps({"alpaca_en": {"hf_hub_url": "llamafactory/alpaca_en"}}))
-    with pytest.raises(RecipeError, match="uses hf_hub_url; tuneline reads local files only"):
-        resolve_sources(tmp_path, "dataset_info.json", [])
+    assert resolve_sources(tmp_path, "dataset_info.json", []) == {}  # not selected: listed as not used
+    with pytest.raises(RecipeError, match="'alpaca_en': hf_hub_url 'llamafactory/alpaca_en' is a hub dataset and "
+                                          "HF_HUB_OFFLINE=1 is set"):
+        resolve_sources(tmp_path, "dataset_info.json", ["alpaca_en"])

@@ -117,11 +117,12 @@ def test_llamafactory_dataset_info_loads_unchanged(tmp_path):
 
 
 def test_registry_errors_name_the_entry(tmp_path):
+    write_as(tmp_path / "p.json", ALPACA)
     (tmp_path / "dataset_info.json").write_text(json.dumps({"pics": {"file_name": "p.json", "columns": {"images": "i"}}}))
-    with pytest.raises(RecipeError, match="dataset 'pics': columns: .*'images': tuneline trains text-only models"):
-        load_registry(tmp_path, "dataset_info.json")
+    with pytest.raises(RecipeError, match="dataset 'pics': columns images: tuneline trains text-only models"):
+        resolve_sources(tmp_path, "dataset_info.json", ["pics"])
     (tmp_path / "dataset_info.json").write_text(json.dumps({"x": {"file_name": "p.json", "columns": {"answer": "a"}}}))
-    with pytest.raises(RecipeError, match="unknown column key 'answer'"):
+    with pytest.raises(RecipeError, match="dataset 'x': columns: unknown column key 'answer'"):
         load_registry(tmp_path, "dataset_info.json")
 
 
@@ -157,7 +158,7 @@ def test_random_and_malformed_rows_never_crash_and_are_all_accounted(tmp_path, r
 
 
 def test_raw_data_streams_rows_to_parquet_in_batches(tmp_path, monkeypatch):
-    from assets.raw_data import ingest_to
+    from engine.data.ingest import ingest_to
     from engine import tables
     file = write_as(tmp_path / "d.jsonl", ALPACA * 12 + ["not an object"])
     monkeypatch.setattr(tables.RowWriter.__init__, "__defaults__", (5,))  # batches of 5 rows

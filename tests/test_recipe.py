@@ -148,7 +148,7 @@ def test_a_syntax_error_is_one_line_with_its_position(tmp_path):
     ({"sft.lora_rank.x": 1}, "override 'sft.lora_rank.x': sft.lora_rank is 32, a value, not a section"),
     ({"sft.warmup_ratio.x": 1}, "override 'sft.warmup_ratio.x': sft.warmup_ratio is a value, not a section"),
     ({"name.x": 1}, "override 'name.x': name is 'tiny', a value, not a section"),
-    ({"clean.steps.99.threshold": 0.5}, "override 'clean.steps.99.threshold': clean.steps is a list of 8 items"),
+    ({"clean.steps.99.threshold": 0.5}, "override 'clean.steps.99.threshold': clean.steps is a list of 7 items"),
     ({"sft..lora_rank": 1}, "expected a dotted recipe key"),
 ])
 def test_a_bad_override_is_one_line(overrides, expected):
@@ -156,8 +156,8 @@ def test_a_bad_override_is_one_line(overrides, expected):
 
 
 def test_an_override_reaches_into_a_list_of_steps():
-    recipe, _ = load_recipe("tiny", {"clean.steps.7.threshold": 0.9})
-    assert recipe.clean.steps[7].step == "near_dedup" and recipe.clean.steps[7].threshold == 0.9
+    recipe, _ = load_recipe("tiny", {"clean.steps.6.threshold": 0.9})
+    assert recipe.clean.steps[6].step == "near_dedup" and recipe.clean.steps[6].threshold == 0.9
 
 
 def test_an_unknown_key_inside_a_clean_step_is_named(tmp_path):

@@ -68,13 +68,108 @@ def assistant_segments(tokenizer, messages: list[dict], tools: list | None = Non
     return pieces
 
 
-def tokenize_sft(tokenizer, messages: list[dict], tools: list | None = None) -> tuple[list[int], list[int]]:
-    input_ids, labels = [], []
-    for text, trainable in assistant_segments(tokenizer, messages, tools):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        input_ids += ids
-        labels += ids if trainable else [IGNORE] * len(ids)
+def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
+    """LLaMA-Factory's budget split (data/processor/processor_utils.py): how many prompt and answer tokens
+    stay when a (prompt, answer) pair must fit `cutoff_len`. A short answer is kept whole and the prompt cut;
+    a short prompt is kept whole and the answer cut; otherwise both are cut in proportion."""
+    if target_len * 2 < cutoff_len:
+        max_target_len = cutoff_len
+    elif source_len * 2 < cutoff_len:
+        max_target_len = cutoff_len - source_len
+    else:
+        max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
+    new_target_len = min(max_target_len, target_len)
+    new_source_len = min(max(cutoff_len - new_target_len, 0), source_len)
+    return new_source_len, new_target_len
+
+
+def sft_pairs(tokenizer, messages: list[dict], tools: list | None = None) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, answer ids) per trained turn, in order: the rendered conversation, tokenized piece by piece."""
+    pieces = assistant_segments(tokenizer, messages, tools)
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text, _ in pieces]
+    return list(zip(ids[0::2], ids[1::2], strict=True))
+
+
+def truncate_pairs(pairs: list[tuple[list[int], list[int]]], cutoff_len: int | None
+                   ) -> tuple[list[int], list[int], bool]:
+    """input_ids and labels from (prompt, answer) pairs, cut to `cutoff_len` turn by turn as LLaMA-Factory's
+    supervised processor does: each turn gets infer_seqlen's split of what is left, its prompt and answer keep
+    their beginnings, and turns after the budget is spent are dropped. Returns (input_ids, labels, truncated)."""
+    input_ids, labels, total, truncated = [], [], 0, False
+    for source, target in pairs:
+        if cutoff_len is not None:
+            if total >= cutoff_len:
+                truncated = True
+                break
+            source_len, target_len = infer_seqlen(len(source), len(target), cutoff_len - total)
+            truncated |= source_len < len(source) or target_len < len(target)
+            source, target = source[:source_len], target[:target_len]
+        input_ids += source + target
+        labels += [IGNORE] * len(source) + target
+        total += len(source) + len(target)
+    return input_ids, labels, truncated
+
+
+def tokenize_sft(tokenizer, messages: list[dict], tools: list | None = None,
+                 cutoff_len: int | None = None) -> tuple[list[int], list[int]]:
+    """input_ids and labels (-100 on every prompt token); cut to `cutoff_len` as LLaMA-Factory cuts when given."""
+    input_ids, labels, _ = truncate_pairs(sft_pairs(tokenizer, messages, tools), cutoff_len)
     return input_ids, labels
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def cut_text(tokenizer, text: str, max_tokens: int) -> str:
+    """The longest beginning of `text` that is at most `max_tokens` tokens (measured again after decoding)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return text
+    keep = max(max_tokens, 0)
+    while keep > 0:
+        piece = tokenizer.decode(ids[:keep], skip_special_tokens=False)
+        if count_tokens(tokenizer, piece) <= max_tokens and text.startswith(piece):
+            return piece
+        keep -= 1
+    return ""
+
+
+def prompt_length(tokenizer, messages: list[dict], tools: list | None = None) -> int:
+    return len(tokenizer.apply_chat_template(chat_messages(messages), tools=tools, add_generation_prompt=True,
+                                             tokenize=True, return_dict=True)["input_ids"])
+
+
+def answer_length(tokenizer, text: str) -> int:
+    return count_tokens(tokenizer, text + tokenizer.eos_token)
+
+
+def cut_prompt(tokenizer, messages: list[dict], budget: int, tools: list | None = None) -> list[dict] | None:
+    """The prompt with its end cut until its rendering is at most `budget` tokens, as LLaMA-Factory keeps a
+    prompt's beginning; the template's markup stays whole. None when the markup alone is over the budget."""
+    messages = [dict(m) for m in messages]
+    for i in range(len(messages) - 1, -1, -1):
+        excess = prompt_length(tokenizer, messages, tools) - budget
+        if excess <= 0:
+            return messages
+        content = messages[i]["content"]
+        messages[i]["content"] = cut_text(tokenizer, content, max(count_tokens(tokenizer, content) - excess, 0))
+    return messages if prompt_length(tokenizer, messages, tools) <= budget else None
+
+
+def truncate_pair_row(tokenizer, prompt: list[dict], answers: list[str], cutoff_len: int,
+                      tools: list | None = None) -> tuple[list[dict], list[str]] | None:
+    """A preference (or KTO) row cut as LLaMA-Factory's pairwise processor cuts it: infer_seqlen over the prompt
+    and the longest answer; the prompt keeps its beginning, every answer its first target_len tokens.
+    None when the row cannot fit (the template's markup alone is over cutoff_len)."""
+    source_len, target_len = infer_seqlen(prompt_length(tokenizer, prompt, tools),
+                                          max(answer_length(tokenizer, a) for a in answers), cutoff_len)
+    eos = count_tokens(tokenizer, tokenizer.eos_token)
+    cut_answers = [cut_text(tokenizer, a, target_len - eos) for a in answers]
+    cut = cut_prompt(tokenizer, prompt, source_len, tools)
+    if cut is None or not all(a.strip() for a in cut_answers):
+        return None
+    return cut, cut_answers
 
 
 def contaminated(rows: list[dict], splits: list[str], threshold: float) -> dict[int, str]:
@@ -99,17 +194,30 @@ def length_histogram(lengths: list[int], cutoff_len: int, buckets: int = 8) -> l
 
 
 def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, seed: int, out: Path,
-                decontamination_threshold: float | None = None) -> tuple[list[dict], dict]:
+                decontamination_threshold: float | None = None,
+                overlength: str = "truncate") -> tuple[list[dict], dict]:
     """Write `out/sft`, `out/preference` and, with KTO rows, `out/kto` (HF DatasetDicts with train/eval),
     and `out/splits.parquet`.
 
-    Returns (quarantined rows, report). A row longer than cutoff_len is quarantined, never truncated.
-    Raises DataError when a view's train or eval split would be empty.
+    A row longer than cutoff_len is truncated as LLaMA-Factory truncates it (`overlength: truncate`, the
+    recipe's data.overlength; counted in the report as `truncated`) or quarantined (`drop`, reason
+    exceeds_cutoff_len). A row that cannot be cut to fit (the template's markup alone is longer, or no answer
+    token would stay) is quarantined as exceeds_cutoff_len either way.
+
+    Returns (quarantined rows, report). Raises DataError when a view's train or eval split would be empty.
     """
+    if overlength not in ("truncate", "drop"):
+        raise ValueError(f"overlength must be 'truncate' or 'drop', got {overlength!r}")
     views: dict[str, dict[str, list]] = {view: {"train": [], "eval": []} for view in VIEW_FEATURES}
-    quarantine, provenance, lengths = [], [], []
+    quarantine, provenance, lengths, truncated = [], [], [], []
     splits = [split_of(row["content_hash"], val_size, seed) for row in rows]
     leaks = contaminated(rows, splits, decontamination_threshold) if decontamination_threshold else {}
+
+    def too_long(row: dict, length: int, why: str = "") -> None:
+        quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": "format",
+                           "reason": "exceeds_cutoff_len",
+                           "detail": f"{length} tokens > cutoff_len {cutoff_len}{why}"})
+
     for index, (row, split) in enumerate(zip(rows, splits, strict=True)):
         if index in leaks:
             quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": "format",
@@ -117,27 +225,42 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
             continue
         messages = json.loads(row["messages"])
         tools = json.loads(row["tools"]) if row.get("tools") else None
+        was_cut = False
         if row["kind"] == "sft":
-            input_ids, labels = tokenize_sft(tokenizer, messages, tools)
+            pairs = sft_pairs(tokenizer, messages, tools)
+            full = sum(len(a) + len(b) for a, b in pairs)
+            if full > cutoff_len and overlength == "drop":
+                too_long(row, full)
+                continue
+            input_ids, labels, was_cut = truncate_pairs(pairs, cutoff_len)
+            if all(label == IGNORE for label in labels):
+                too_long(row, full, "; no answer token is left after truncation")
+                continue
             length = len(input_ids)
             record = {"input_ids": input_ids, "labels": labels, "row_id": row["row_id"]}
-        elif row["kind"] == "kto":
-            length = len(tokenize_sft(tokenizer, messages, tools)[0])
-            rendered = chat_messages(messages)
-            record = {"prompt": rendered[:-1], "completion": rendered[-1:], "label": row["label"] == "true",
-                      "row_id": row["row_id"]}
         else:
-            prompt_len = len(tokenizer.apply_chat_template(chat_messages(messages), add_generation_prompt=True, tokenize=True,
-                                                           return_dict=True)["input_ids"])
-            answer_len = max(len(tokenizer(row[c] + tokenizer.eos_token, add_special_tokens=False)["input_ids"])
-                             for c in ("chosen", "rejected"))
-            length = prompt_len + answer_len
-            record = {"prompt": chat_messages(messages), "chosen": [{"role": "assistant", "content": row["chosen"]}],
-                      "rejected": [{"role": "assistant", "content": row["rejected"]}], "row_id": row["row_id"]}
-        if length > cutoff_len:
-            quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": "format",
-                               "reason": "exceeds_cutoff_len", "detail": f"{length} tokens > cutoff_len {cutoff_len}"})
-            continue
+            prompt = messages[:-1] if row["kind"] == "kto" else messages
+            answers = [messages[-1]["content"]] if row["kind"] == "kto" else [row["chosen"], row["rejected"]]
+            length = prompt_length(tokenizer, prompt, tools) + max(answer_length(tokenizer, a) for a in answers)
+            if length > cutoff_len:
+                if overlength == "drop":
+                    too_long(row, length)
+                    continue
+                cut = truncate_pair_row(tokenizer, prompt, answers, cutoff_len, tools)
+                if cut is None:
+                    too_long(row, length, "; the template's markup alone does not fit")
+                    continue
+                (prompt, answers), was_cut = cut, True
+                length = prompt_length(tokenizer, prompt, tools) + max(answer_length(tokenizer, a) for a in answers)
+            if row["kind"] == "kto":
+                record = {"prompt": chat_messages(prompt),
+                          "completion": chat_messages([{**messages[-1], "content": answers[0]}]),
+                          "label": row["label"] == "true", "row_id": row["row_id"]}
+            else:
+                record = {"prompt": chat_messages(prompt), "chosen": [{"role": "assistant", "content": answers[0]}],
+                          "rejected": [{"role": "assistant", "content": answers[1]}], "row_id": row["row_id"]}
+        if was_cut:
+            truncated.append(row["row_id"])
         lengths.append(length)
         views[row["kind"]][split].append(record)
         provenance.append({"source": row["source"], "row_id": row["row_id"], "content_hash": row["content_hash"],
@@ -159,7 +282,8 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
         "preference_train": counts[("preference", "train")], "preference_eval": counts[("preference", "eval")],
         "kto_train": counts[("kto", "train")], "kto_eval": counts[("kto", "eval")],
         "max_tokens": max(lengths, default=0), "mean_tokens": round(sum(lengths) / max(len(lengths), 1), 1),
-        "cutoff_len": cutoff_len, "exceeds_cutoff_len": sum(q["reason"] == "exceeds_cutoff_len" for q in quarantine),
+        "cutoff_len": cutoff_len, "overlength": overlength, "truncated": len(truncated),
+        "exceeds_cutoff_len": sum(q["reason"] == "exceeds_cutoff_len" for q in quarantine),
         "contaminates_eval": len(leaks), "length_histogram": length_histogram(lengths, cutoff_len),
         "rows_in_by_source": dict(Counter(r["source"] for r in rows)),
         "rows_out_by_source": dict(Counter(p["source"] for p in provenance)),
@@ -177,6 +301,7 @@ def build_formatted_data(run: "StageRun") -> dict:
     data = run.recipe.data
     quarantine, report = format_rows(read_rows(run.inputs["clean_data"] / "rows.parquet"),
                                      load_tokenizer(model_dir(run.inputs["base_model"])), data.cutoff_len,
-                                     data.val_size, data.seed, run.out, data.decontamination_threshold)
+                                     data.val_size, data.seed, run.out, data.decontamination_threshold,
+                                     data.overlength)
     write_rows(quarantine, run.out / "quarantine.parquet", QUARANTINE_COLUMNS)
     return report

@@ -13,7 +13,7 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from engine.data.readers import BadRow, read_records, source_files
+from engine.data.readers import BadRow, hub_records, read_records, source_files
 from engine.data.registry import DatasetEntry, recipe_sources
 from engine.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, RowWriter
 
@@ -159,33 +159,73 @@ def content_hash(messages: list[dict], chosen: str | None, rejected: str | None,
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def source_records(name: str, entry: DatasetEntry, path: Path) -> Iterator[tuple[str, Any]]:
-    """(row_id, record) over a source's files; only the first num_samples when the registry says so."""
+def source_records(name: str, entry: DatasetEntry, path: Path, limit: int | None = None) -> Iterator[tuple[str, Any]]:
+    """(row_id, record) over a source's files, or over its hf_hub_url dataset (datasets.load_dataset); only the
+    first num_samples (or `limit`, if smaller) records."""
     def all_records():
-        for unit in source_files(path):
+        if entry.hub_key == "hf_hub_url":
+            for index, record in hub_records(entry, path):
+                yield f"{name}:{index}", record
+            return
+        for unit in source_files(path, entry.allowed_roots):
             prefix = f"{name}:{unit.relative_to(path)}" if path.is_dir() and unit != path else name
             for index, record in read_records(unit, entry.split):
                 yield f"{prefix}:{index}", record
-    return islice(all_records(), entry.num_samples) if entry.num_samples else all_records()
+    stop = min(n for n in (entry.num_samples, limit) if n) if entry.num_samples or limit else None
+    return islice(all_records(), stop) if stop else all_records()
 
 
 def ingest_stream(name: str, entry: DatasetEntry, path: Path) -> Iterator[tuple[bool, dict]]:
-    """One source, record by record: (True, normalized row) or (False, quarantined row with reason and detail)."""
+    """One source, record by record: (True, normalized row) or (False, quarantined row with reason and detail).
+
+    Whatever goes wrong with one record (a BadRow from the reader, a record that does not fit the format, a
+    text that is not valid Unicode, any exception while normalizing it) quarantines that record alone.
+    """
     for row_id, record in source_records(name, entry, path):
         try:
-            fields = normalize(record, entry)
+            row = normalized_row(name, entry, row_id, record)
         except BadRow as bad:
-            yield False, {"source": name, "row_id": row_id, "stage": "ingest", "reason": bad.reason,
-                          "detail": bad.detail}
+            yield False, quarantined(name, row_id, bad.reason, bad.detail)
             continue
-        yield True, {
-            "source": name, "row_id": row_id, "format": entry.formatting, "kind": fields["kind"],
-            "content_hash": content_hash(fields["messages"], fields["chosen"], fields["rejected"], fields["tools"],
-                                         fields["label"]),
-            "messages": json.dumps(fields["messages"], ensure_ascii=False),
-            "chosen": fields["chosen"], "rejected": fields["rejected"], "tools": fields["tools"],
-            "label": fields["label"],
-        }
+        except Exception as exc:  # noqa: BLE001 - one record never takes the stage down
+            yield False, quarantined(name, row_id, "unreadable_record", f"{type(exc).__name__}: {exc}")
+            continue
+        yield True, row
+
+
+def normalized_row(name: str, entry: DatasetEntry, row_id: str, record: Any) -> dict:
+    fields = normalize(record, entry)
+    row = {
+        "source": name, "row_id": row_id, "format": entry.formatting, "kind": fields["kind"],
+        "messages": json.dumps(fields["messages"], ensure_ascii=False),
+        "chosen": fields["chosen"], "rejected": fields["rejected"], "tools": fields["tools"],
+        "label": fields["label"],
+    }
+    check_utf8(fields)
+    row["content_hash"] = content_hash(fields["messages"], fields["chosen"], fields["rejected"], fields["tools"],
+                                       fields["label"])
+    return row
+
+
+def check_utf8(fields: dict) -> None:
+    """Every text must encode as UTF-8 (Parquet and tokenizers need it): a lone surrogate such as "\\ud800",
+    which JSON can spell, raises BadRow naming the field."""
+    texts = [(f"messages[{i}].{key}", m[key]) for i, m in enumerate(fields["messages"]) for key in ("role", "content")]
+    texts += [(key, fields[key]) for key in ("chosen", "rejected", "tools", "label")]
+    for field, text in texts:
+        if text is None:
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRow("invalid_unicode", f"{field}: character {exc.start} is {text[exc.start]!r}, a lone "
+                                            "surrogate that UTF-8 cannot encode") from None
+
+
+def quarantined(name: str, row_id: str, reason: str, detail: str) -> dict:
+    """A quarantine row; its texts are made UTF-8-safe (backslash escapes) so the table can always be written."""
+    safe = lambda text: text.encode("utf-8", "backslashreplace").decode("utf-8")  # noqa: E731
+    return {"source": name, "row_id": safe(row_id), "stage": "ingest", "reason": reason, "detail": safe(detail)[:500]}
 
 
 def ingest_source(name: str, entry: DatasetEntry, path: Path) -> tuple[list[dict], list[dict]]:
@@ -207,16 +247,21 @@ def ingest(sources: dict[str, tuple[DatasetEntry, Path]]) -> tuple[list[dict], l
     return rows, quarantine, counts
 
 
-def build_raw_data(run: "StageRun") -> dict:
-    """raw_data's entry point: every registered source streamed into rows.parquet and quarantine.parquet.
-    Returns counts, in total and per source."""
+def ingest_to(out: Path, sources: dict[str, tuple[DatasetEntry, Path]]) -> dict:
+    """Stream every source into out/rows.parquet and out/quarantine.parquet. Returns counts, in total and per
+    source."""
     counts = {}
-    with RowWriter(run.out / "rows.parquet", ROW_COLUMNS) as rows, \
-            RowWriter(run.out / "quarantine.parquet", QUARANTINE_COLUMNS) as quarantine:
-        for name, (entry, path) in recipe_sources(run.recipe.data).items():
+    with RowWriter(out / "rows.parquet", ROW_COLUMNS) as rows, \
+            RowWriter(out / "quarantine.parquet", QUARANTINE_COLUMNS) as quarantine:
+        for name, (entry, path) in sources.items():
             before = (rows.count, quarantine.count)
             for good, item in ingest_stream(name, entry, path):
                 (rows if good else quarantine).add(item)
             accepted, rejected = rows.count - before[0], quarantine.count - before[1]
             counts[name] = {"rows_in": accepted + rejected, "accepted": accepted, "quarantined": rejected}
     return {"rows": rows.count, "quarantined": quarantine.count, "by_source": counts}
+
+
+def build_raw_data(run: "StageRun") -> dict:
+    """raw_data's entry point: every registered source the recipe selects, streamed into Parquet."""
+    return ingest_to(run.out, recipe_sources(run.recipe.data))

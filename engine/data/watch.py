@@ -35,7 +35,14 @@ def unreadable_files(sources: dict[str, tuple[DatasetEntry, Path]], names: list[
     problems = []
     for name in names:
         entry, path = sources[name]
-        for file in source_files(path):
+        if entry.hub_key:
+            continue  # a hub dataset is checked when it loads
+        try:
+            files = source_files(path, entry.allowed_roots)
+        except DataError as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        for file in files:
             try:
                 for _ in read_records(file, entry.split):
                     pass
