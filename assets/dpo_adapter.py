@@ -5,7 +5,7 @@ from engine.stage import Stage
 from engine.train.dpo import build
 
 STAGE = Stage("dpo_adapter", entry=build, parents=("pt_model", "sft_adapter", "formatted_data"),
-              keys=("dpo", "data.cutoff_len"))
+              keys=("dpo", "data.cutoff_len"), training=True)
 
 
 def metadata(artifact, recipe) -> dict:
@@ -15,7 +15,7 @@ def metadata(artifact, recipe) -> dict:
 
 
 dpo_adapter = stage_asset(
-    STAGE, group="training", training=True, metadata=metadata,
+    STAGE, group="training", metadata=metadata,
     description="Preference optimisation; the SFT model is the reference. The reward model judges it in eval_dpo.",
     summary=lambda a, r: (f"{a.metrics['pref_loss']}: eval reward margin {a.metrics['eval_reward_margin']}, "
                           f"accuracy {a.metrics['eval_reward_accuracy']}"),

@@ -17,7 +17,7 @@ def reads(recipe):
 STAGE = Stage("pt_model", entry=build, parents=("base_model",), keys=PT_KEYS, select=reads,
               locate=("data.dataset_dir", "data.dataset_info", "data.allowed_roots"),
               outside=lambda recipe, hasher: {"corpus": source_identity(pt_sources(recipe), hasher)},
-              tables={"quarantine": "quarantine.parquet"})
+              tables={"quarantine": "quarantine.parquet"}, training=True)
 
 
 def summary(artifact, recipe) -> str:
@@ -44,7 +44,7 @@ def eval_loss_below_base(artifact, recipe) -> tuple[bool, str]:
     return m["eval_loss_after"] < m["eval_loss_before"], f"held-out loss {m['eval_loss_after']} vs base {m['eval_loss_before']}"
 
 
-pt_model = stage_asset(STAGE, group="training", training=True, summary=summary, metadata=metadata,
+pt_model = stage_asset(STAGE, group="training", summary=summary, metadata=metadata,
                        description="The base model after continued pre-training on pt.dataset, or the base model "
                                    "unchanged when pt is off.",
                        checks={"eval_loss_below_base": eval_loss_below_base})

@@ -4,7 +4,7 @@ from assets.stage_asset import loss_table, stage_asset, tracking_metadata
 from engine.stage import Stage
 from engine.train.reward import build
 
-STAGE = Stage("reward_model", entry=build, parents=("pt_model", "formatted_data"), keys=("reward", "data.cutoff_len"))
+STAGE = Stage("reward_model", entry=build, parents=("pt_model", "formatted_data"), keys=("reward", "data.cutoff_len"), training=True)
 
 
 def accuracy_above_chance(artifact, recipe) -> tuple[bool, str]:
@@ -13,7 +13,7 @@ def accuracy_above_chance(artifact, recipe) -> tuple[bool, str]:
 
 
 reward_model = stage_asset(
-    STAGE, group="training", training=True,
+    STAGE, group="training",
     description="Scores a conversation; judged by pairwise accuracy on held-out preference pairs.",
     summary=lambda a, r: f"held-out pairwise accuracy {a.metrics['eval_accuracy']:.2f}",
     metadata=lambda a, r: {**{k: a.metrics[k] for k in ("eval_accuracy", "eval_accuracy_before", "eval_pairs")},

@@ -4,7 +4,7 @@ from assets.stage_asset import loss_table, stage_asset, tracking_metadata
 from engine.stage import Stage
 from engine.train.sft import build
 
-STAGE = Stage("sft_adapter", entry=build, parents=("pt_model", "formatted_data"), keys=("sft", "data.cutoff_len"))
+STAGE = Stage("sft_adapter", entry=build, parents=("pt_model", "formatted_data"), keys=("sft", "data.cutoff_len"), training=True)
 
 
 def metadata(artifact, recipe) -> dict:
@@ -14,7 +14,7 @@ def metadata(artifact, recipe) -> dict:
 
 
 sft_adapter = stage_asset(
-    STAGE, group="training", training=True, metadata=metadata,
+    STAGE, group="training", metadata=metadata,
     description="Supervised fine-tuning on the SFT view; eval loss is measured before and after.",
     summary=lambda a, r: f"eval loss {a.metrics['eval_loss_before']} -> {a.metrics['eval_loss_after']}",
     checks={"eval_loss_below_base": lambda a, r: (a.metrics["eval_loss_after"] < a.metrics["eval_loss_before"],

@@ -6,39 +6,72 @@ in the catalog, evaluates the checks with the recipe's thresholds and returns th
 """
 
 
+import shutil
+import sys
 from typing import Any, Callable
 
 import dagster as dg
 
 from assets.resource import Tuneline
 from engine.artifacts import Artifact
-from engine.build import build_stage
+from engine.build import build_stage, call_entry
 from engine.codeversion import code_version
 from engine.recipe import Recipe
-from engine.stage import Stage
+from engine.errors import TunelineError
+from engine.stage import Stage, StageRun
+from engine.train.child import read_error, read_result, spec_of, write_spec
 
 Check = Callable[[Artifact, Recipe], tuple[bool, str]]  # (passed, detail naming the number and its bound)
 Metadata = Callable[[Artifact, Recipe], dict[str, Any]]
 
 DECLARED: dict[str, Stage] = {}  # every stage an asset was made from: what plans are computed over
 
-# a transient failure (a preempted node, a CUDA hiccup) is retried; upstream artifacts are cached, so only this stage redoes
-TRAINING_RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
+
+
+def out_of_process(context: dg.AssetExecutionContext):
+    """Runs a training stage's entry point as `python -m engine.train <stage> --spec spec.json` through Dagster
+    Pipes: its log and progress stream into this run's log, its metrics come back, and terminating the run
+    stops it (SIGINT: it saves a checkpoint first)."""
+    client = dg.PipesSubprocessClient(termination_timeout_seconds=120)
+
+    def run_entry(stage: Stage, run: StageRun) -> dict:
+        spec = spec_of(stage.name, run.fingerprint, stage.entry, run.recipe.declared_keys(),
+                       run.recipe.whole_recipe(), run.inputs, run.out, run.home.root)
+        path = write_spec(spec, run.home.run_dir(stage.name, run.fingerprint))
+        try:
+            client.run(context=context, command=[sys.executable, "-m", "engine.train", stage.name, "--spec", str(path)])
+        except dg.DagsterPipesExecutionError:
+            error = read_error(path)
+            if error["kind"] == "transient":  # retried after 30 s, resuming from its last checkpoint
+                raise dg.RetryRequested(max_retries=2, seconds_to_wait=30) from None
+            raise TrainingFailed(f"{stage.name}: {error['message']} (a rerun resumes from its last complete "
+                                 "checkpoint)") from None
+        metrics = read_result(path)
+        shutil.rmtree(path.parent, ignore_errors=True)
+        return metrics
+    return run_entry
+
+
+class TrainingFailed(TunelineError):
+    """A training process exited with an error (its own message is in the run's log)."""
 
 
 def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable[[Artifact, Recipe], str],
-                metadata: Metadata | None = None, checks: dict[str, Check] | None = None,
-                training: bool = False) -> dg.AssetsDefinition:
-    """The Dagster asset of `stage`. Its checks block everything downstream when they fail."""
+                metadata: Metadata | None = None, checks: dict[str, Check] | None = None) -> dg.AssetsDefinition:
+    """The Dagster asset of `stage`. Its checks block everything downstream when they fail; a training stage runs
+    out of process, one at a time per machine, and only a transient failure (out of memory on a shared GPU, a
+    lost connection) is retried; an interrupt or a recipe or data error never is."""
     checks = checks or {}
+    training = stage.training
 
     @dg.asset(name=stage.name, deps=list(stage.parents), group_name=group, description=description,
               code_version=code_version(stage.entry),
-              check_specs=[dg.AssetCheckSpec(name, asset=stage.name, blocking=True) for name in checks],
-              pool="training" if training else None, retry_policy=TRAINING_RETRY if training else None)
+              check_specs=[dg.AssetCheckSpec(name, asset=stage.name, blocking=True) for name in checks])
     def _asset(context: dg.AssetExecutionContext, tuneline: Tuneline) -> dg.MaterializeResult:
         recipe, home = tuneline.recipe(), tuneline.home()
-        artifact = build_stage(home, tuneline.plan(context.run_id), stage.name, recipe, log=context.log.warning)
+        runner = out_of_process(context) if training else call_entry
+        artifact = build_stage(home, tuneline.plan(context.run_id), stage.name, recipe, log=context.log.warning,
+                               run_entry=runner)
         catalog = home.catalog()
         results = []
         for name, check in checks.items():

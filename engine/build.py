@@ -87,16 +87,18 @@ def run_and_publish(home: Home, planned: Planned, recipe: Recipe, parents: dict[
     """Run the entry point in the fingerprint's work directory and publish it; called under the stage's lock."""
     stage, fp = planned.stage, planned.fingerprint
     work = home.work_dir(stage.name, fp)
-    if work.exists():  # left by a build that died: this stage starts over
+    if work.exists() and not stage.training:  # left by a build that died: this stage starts over
         shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)  # a training stage resumes from the checkpoints it left there
     started = time.time()
     recipe_view = view(recipe, stage, planned.keys)
     run = StageRun(stage.name, fp, recipe_view, {p: a.path for p, a in parents.items()}, work, home, log)
     try:
-        metrics = run_entry(stage, run)
+        with home.training_slot(stage.name, waiting=log) if stage.training else contextlib.nullcontext():
+            metrics = run_entry(stage, run)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        if not stage.training:
+            shutil.rmtree(work, ignore_errors=True)
         raise
     if stage.outside and stage.outside(recipe_view, home.hasher()) != planned.outside:
         shutil.rmtree(work, ignore_errors=True)
@@ -107,9 +109,18 @@ def run_and_publish(home: Home, planned: Planned, recipe: Recipe, parents: dict[
     return home.store().publish(stage.name, fp, work, manifest)
 
 
-def remove_stale_temporaries(home: Home) -> list[Path]:
-    """Temporary directories of an older layout (.tmp-*), left by processes that died: never resumable."""
-    stale = list(home.artifacts.glob("*/.tmp-*"))
-    for path in stale:
+def remove_stale_temporaries(home: Home, stages: list[Stage]) -> list[Path]:
+    """What processes that died left behind and nobody will resume: temporary directories of an older layout
+    (.tmp-*), and the work directories of stages that are not training stages, whose lock nobody holds (a
+    training stage's work directory holds its checkpoints: the next build of that fingerprint resumes there)."""
+    training = {s.name for s in stages if s.training}
+    removed = list(home.artifacts.glob("*/.tmp-*"))
+    for path in removed:
         shutil.rmtree(path, ignore_errors=True)
-    return stale
+    for work in home.artifacts.glob("*/.work-*"):
+        asset, fingerprint = work.parent.name, work.name.removeprefix(".work-")
+        if asset not in training and (held := home.try_lock_exclusive(asset, fingerprint)) is not None:
+            with held:
+                shutil.rmtree(work, ignore_errors=True)
+            removed.append(work)
+    return removed

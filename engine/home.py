@@ -2,7 +2,9 @@
 
     <root>/artifacts/<asset>/<fingerprint>/     finished artifacts (complete once manifest.json exists)
     <root>/artifacts/<asset>/.work-<fp>/         the one work directory of a fingerprint being built
+    <root>/artifacts/<asset>/.run-<fp>/          a training process's spec.json and result.json
     <root>/locks/<asset>-<fp>.lock               per-fingerprint lock: exclusive to build, shared to read
+    <root>/locks/training.lock                   one training at a time on this machine (freed when its holder dies)
     <root>/catalog.duckdb                        the catalog, derived from the artifacts
     <root>/digests.json                          remembered content digests of outside files
 """
@@ -47,12 +49,21 @@ class Home:
         """Fixed per fingerprint (so an interrupted build finds its own work again), private under its lock."""
         return self.artifacts / asset / f".work-{fingerprint}"
 
+    def run_dir(self, asset: str, fingerprint: str) -> Path:
+        """Where the orchestrator and a training process exchange the spec and the result (never published)."""
+        return self.artifacts / asset / f".run-{fingerprint}"
+
     def lock_path(self, asset: str, fingerprint: str) -> Path:
-        return self.locks / f"{asset}-{fingerprint}.lock"
+        return self.locks / ("training.lock" if asset == "training" else f"{asset}-{fingerprint}.lock")
+
+    def training_slot(self, stage: str, waiting: Callable[[str], None] | None = None):
+        """The machine's one training slot, held while a training stage trains (a cache hit never asks for it).
+        A file lock, not a Dagster pool slot: the kernel frees it when its holder dies, even by kill -9."""
+        return self.lock("training", "slot", waiting=waiting, what=f"training ({stage} waits)")
 
     @contextlib.contextmanager
     def lock(self, asset: str, fingerprint: str, shared: bool = False,
-             waiting: Callable[[str], None] | None = None) -> Iterator[None]:
+             waiting: Callable[[str], None] | None = None, what: str | None = None) -> Iterator[None]:
         """Hold the fingerprint's lock: exclusive to build it, shared to read it. The kernel releases a lock
         when its holder dies (even by kill -9), so a crashed run never blocks the next one. `waiting` is told
         who holds it, once, when the lock is not free at once."""
@@ -65,8 +76,9 @@ class Home:
             except BlockingIOError:
                 if waiting:
                     handle.seek(0)
-                    waiting(f"{asset} {fingerprint} is being built by {handle.read().strip() or 'another run'}; "
-                            "waiting for it, then reusing it")
+                    holder = handle.read().strip() or "another run"
+                    waiting(f"{what} is held by {holder}; waiting for it" if what else
+                            f"{asset} {fingerprint} is being built by {holder}; waiting for it, then reusing it")
                 fcntl.flock(handle, mode)  # blocks in the kernel: no busy loop
             if not shared:
                 handle.seek(0)

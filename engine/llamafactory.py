@@ -19,7 +19,7 @@ DATA_KEYS = {"dataset_dir", "cutoff_len", "val_size"}
 TRAIN_KEYS = {"finetuning_type", "freeze_trainable_layers", "quantization_bit", "lora_rank", "lora_alpha",
               "lora_dropout", "lora_target", "loraplus_lr_ratio", "report_to", "learning_rate", "num_train_epochs",
               "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type",
-              "warmup_ratio", "logging_steps", "seed"}
+              "warmup_ratio", "logging_steps", "seed", "save_steps", "save_total_limit"}
 STAGE_KEYS = {"sft": {"packing"}, "dpo": {"pref_beta", "pref_loss"}, "kto": {"pref_beta"}, "rm": set(), "pt": set()}
 # keys tuneline answers itself: each is reported with what takes its place
 HANDLED = {
@@ -27,8 +27,6 @@ HANDLED = {
     "output_dir": "artifacts are fingerprinted directories under the artifact root",
     "overwrite_output_dir": "artifacts are immutable; a changed input makes a new one",
     "overwrite_cache": "datasets are cached by fingerprint", "plot_loss": "loss curves are in each asset's metadata",
-    "save_steps": "a stage saves once, when it has passed its checks",
-    "save_total_limit": "retention.keep_last prunes old artifacts",
     "template": "the model's own chat template renders every conversation",
     "preprocessing_num_workers": "formatting streams rows in one process",
     "bf16": "bf16 is used on a GPU that supports it, float32 on the CPU",

@@ -76,16 +76,28 @@ def check_threshold(default: Any, **constraints: Any) -> Any:
     return Field(default, json_schema_extra={"threshold": True}, **constraints)
 
 
+def operational(default: Any, **constraints: Any) -> Any:
+    """A field that says how a stage runs, never what it makes (how often it checkpoints): the stage reads it,
+    its fingerprint leaves it out, so changing it rebuilds nothing."""
+    return Field(default, json_schema_extra={"operational": True}, **constraints)
+
+
 def is_threshold(section: type[BaseModel], name: str) -> bool:
     extra = section.model_fields[name].json_schema_extra
     return isinstance(extra, dict) and bool(extra.get("threshold"))
 
 
+def is_fingerprinted(section: type[BaseModel], name: str) -> bool:
+    extra = section.model_fields[name].json_schema_extra
+    return not (isinstance(extra, dict) and (extra.get("threshold") or extra.get("operational")))
+
+
 def fingerprint_value(value: Any) -> Any:
-    """A recipe value as a fingerprint sees it: a section without its check thresholds, in JSON form."""
+    """A recipe value as a fingerprint sees it: a section without its check thresholds and operational keys, in
+    JSON form."""
     if isinstance(value, BaseModel):
         return {name: fingerprint_value(getattr(value, name)) for name in type(value).model_fields
-                if not is_threshold(type(value), name)}
+                if is_fingerprinted(type(value), name)}
     if isinstance(value, (list, tuple)):
         return [fingerprint_value(v) for v in value]
     return value
@@ -245,6 +257,9 @@ class TrainSection(Section):
     warmup_ratio: Float = Field(0.05, ge=0, lt=1)
     logging_steps: Int = Field(10, ge=1)
     seed: Int = 42
+    # a checkpoint every save_steps optimizer steps; a run that dies resumes from the last complete one
+    save_steps: Int = operational(500, ge=1)
+    save_total_limit: Int | None = operational(None, ge=1)  # checkpoints kept while training; None: all
 
     @model_validator(mode="after")
     def adapter_options_need_an_adapter(self):

@@ -41,6 +41,8 @@ class Stage:
               (pt off reads no pt keys); default: all of them.
     entry:    the engine entry point, entry(run: StageRun) -> metrics; it writes the artifact into run.out.
     tables:   catalog row table -> Parquet file in the artifact that fills it.
+    training: a training stage: it runs in a process of its own (under torchrun or accelerate when the recipe
+              asks), keeps its work directory when it fails, and resumes from its last complete checkpoint.
     """
     name: str
     entry: Callable[["StageRun"], dict]
@@ -50,6 +52,7 @@ class Stage:
     outside: Callable[[Any, "ContentHasher"], dict] | None = None
     select: Callable[[Recipe], tuple[tuple[str, ...], tuple[str, ...]]] | None = None
     tables: Mapping[str, str] = field(default_factory=dict)
+    training: bool = False
 
     def reads(self, recipe: Recipe) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(parents, keys) this stage reads under `recipe`."""
@@ -103,6 +106,15 @@ class RecipeView:
 
     def __repr__(self) -> str:
         return f"RecipeView({self._path or 'recipe'} for {self._stage})"
+
+    def declared_keys(self) -> tuple[str, ...]:
+        """The keys this view lets its stage read (what a training process's spec carries)."""
+        return self._allowed
+
+    def whole_recipe(self) -> BaseModel:
+        """The recipe behind the view, to hand to a training process with the declared keys (it reads it through
+        a view of its own)."""
+        return self._value
 
 
 def view(recipe: Recipe, stage: Stage, keys: tuple[str, ...]) -> RecipeView:

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -69,20 +70,53 @@ def materialize(args: argparse.Namespace, select: str | None):
 
     import dagster as dg
     from engine.build import remove_stale_temporaries
-    from pipelines.definitions import ASSETS, resources
+    from pipelines.definitions import ASSETS, STAGES, resources
     root = str(Path(args.artifact_root).resolve())
     dagster_home(root)
     selection = selection_of(select, dg)
     tuneline = resources(args.recipe, root, overrides)["tuneline"]
     check_upstream_built(tuneline, selection, dg)
-    remove_stale_temporaries(tuneline.home())
+    remove_stale_temporaries(tuneline.home(), STAGES)
     started = time.time()
     with dg.DagsterInstance.get() as instance:
+        reap_dead_runs(instance)
         log_level = "DEBUG" if args.verbose else "WARNING"
         result = dg.materialize(ASSETS, resources=resources(args.recipe, root, overrides), instance=instance,
-                                selection=selection, raise_on_error=False,
+                                selection=selection, raise_on_error=False, tags=RUN_TAGS,
                                 run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
     return result, time.time() - started
+
+
+# which process runs a `tuneline run`: a later one marks the run failed if that process is gone
+RUN_TAGS = {"tuneline/host": socket.gethostname(), "tuneline/pid": str(os.getpid())}
+
+
+def reap_dead_runs(instance) -> list[str]:
+    """Mark failed every run of this machine whose `tuneline` process is gone (kill -9, OOM), freeing whatever
+    Dagster concurrency slots it held, and say so. Returns their ids."""
+    import dagster as dg
+    alive = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+    reaped = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(alive),
+                                                       tags={"tuneline/host": RUN_TAGS["tuneline/host"]})):
+        pid = int(run.tags.get("tuneline/pid", "0"))
+        if pid and not process_exists(pid):
+            instance.report_run_failed(run, f"its process {pid} is gone (killed?); marked failed by a later run")
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            print(f"tuneline: run {run.run_id} was left running by process {pid}, which is gone: marked failed",
+                  file=sys.stderr)
+            reaped.append(run.run_id)
+    return reaped
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -275,6 +309,11 @@ def serve_directory(args: argparse.Namespace, recipe, overrides: dict, scratch: 
     return scratch
 
 
+def train(args: argparse.Namespace) -> int:
+    from engine.train.child import main as train_main
+    return train_main([args.stage, "--spec", args.spec, *(["--verbose"] if args.verbose else [])])
+
+
 def plan(args: argparse.Namespace) -> int:
     """Every stage's fingerprint under the recipe, before any work, and whether its artifact is built."""
     quiet_libraries()
@@ -340,6 +379,11 @@ def main(argv: list[str] | None = None) -> int:
                                            "out of the process list)")
     serve_p.add_argument("--dry-run", action="store_true",
                          help="print the serve config and command lines, start nothing")
+    train_p = sub.add_parser("train", help="run one training stage from its spec.json, in this process (what the "
+                                           "orchestrator launches, alone or under torchrun / accelerate launch)")
+    train_p.add_argument("stage", help="the stage the spec is for")
+    train_p.add_argument("--spec", required=True, help="the spec.json the orchestrator wrote")
+    train_p.add_argument("--verbose", action="store_true", help="show a traceback on errors")
     plan_p = sub.add_parser("plan", help="print the fingerprint of every stage the recipe implies, before any work")
     recipe_options(plan_p)
     plan_p.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -361,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         commands = {"run": run, "eval": evaluate, "serve": serve, "import-llamafactory": import_llamafactory,
-                    "lineage": lineage, "chat": chat, "plan": plan}
+                    "lineage": lineage, "chat": chat, "plan": plan, "train": train}
         return commands[args.command](args)
     except TunelineError as exc:
         print(f"tuneline: {exc}", file=sys.stderr)

@@ -173,7 +173,7 @@ def test_the_pt_stage_runs_as_an_asset_with_its_quarantine_and_tracker(tmp_path)
     overrides = {"pt.dataset": ["pt_corpus"], "pt.max_steps": 6, "pt.learning_rate": 3e-3, "pt.report_to": "tensorboard"}
     with dg.instance_for_test() as instance:
         result = dg.materialize(ASSETS, resources=resources("tiny", str(tmp_path), overrides), instance=instance,
-                                selection=["base_model", "pt_model"])
+                                selection="*pt_model")
     assert result.success
     (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "pt_model"]
     meta = {k: v.value for k, v in event.materialization.metadata.items()}

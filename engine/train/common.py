@@ -59,7 +59,8 @@ def quantized_load_kwargs(cfg: TrainSection) -> dict:
 def load_trainable(model_dir: Path, cfg: TrainSection, model_class=None, **kwargs):
     """The model a stage starts from (a causal LM unless `model_class` says otherwise), its frozen base
     quantized by bitsandbytes when the recipe asks for QLoRA."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, set_seed
+    set_seed(cfg.seed)  # a new head and the adapter's initial weights come from the recipe's seed, in any process
     model_class = model_class or AutoModelForCausalLM
     if cfg.quantization_bit is None:
         return model_class.from_pretrained(model_dir, trust_remote_code=False, dtype=torch.float32, **kwargs)
@@ -121,7 +122,8 @@ def trainer_kwargs(cfg: TrainSection, out: Path) -> dict:
         per_device_eval_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=cfg.warmup_ratio, logging_steps=cfg.logging_steps, seed=cfg.seed, data_seed=cfg.seed,
-        save_strategy="no", eval_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        eval_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
         use_cpu=not on_gpu, bf16=on_gpu and torch.cuda.is_bf16_supported(), remove_unused_columns=True,
     )
 
@@ -192,10 +194,11 @@ def loss_curve(trainer) -> list[dict]:
     return [{"step": h["step"], "loss": round(h["loss"], 4)} for h in trainer.state.log_history if "loss" in h]
 
 
-def finish(trainer, out: Path, cfg: TrainSection) -> dict:
-    """Run summary shared by all stages; removes the trainer's scratch directory."""
+def finish(trainer, out: Path, cfg: TrainSection, resumed_from: int | None = None) -> dict:
+    """Run summary shared by all stages; removes the trainer's scratch directory (checkpoints included: the
+    finished stage is the artifact)."""
     shutil.rmtree(out / "_trainer", ignore_errors=True)
-    return {"steps": trainer.state.global_step, "loss_curve": loss_curve(trainer),
+    return {"steps": trainer.state.global_step, "resumed_from_step": resumed_from, "loss_curve": loss_curve(trainer),
             "device": "cuda" if torch.cuda.is_available() else "cpu", "finetuning_type": cfg.finetuning_type,
             "report_to": cfg.report_to, **trainable_parameters(trainer.model)}
 

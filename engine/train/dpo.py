@@ -4,12 +4,13 @@ ORPOTrainer (orpo, reference-free) or KTOTrainer (kto, on the KTO view of labell
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from datasets import load_from_disk
 
 from engine.errors import DataError
 from engine.models import load_tokenizer, load_with_adapters, model_dir
+from engine.train.checkpoints import train_resumably
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_trained,
                                  tracking, trained_weights, trainer_kwargs, without_row_ids)
 
@@ -54,7 +55,7 @@ def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: Dp
 
 
 def train_dpo(base_dir: Path, sft_weights: Path, formatted_dir: Path, cfg: DpoSection, cutoff_len: int,
-              out: Path) -> dict:
+              out: Path, say: Callable[[str], None] = print) -> dict:
     """Train and save to `out/adapter` (or `out/model`). Returns the held-out reward margin and accuracy.
     (The reward model's verdict on DPO against SFT is the evaluation assets' job, and the gate's.)"""
     tokenizer = load_tokenizer(base_dir)
@@ -63,11 +64,11 @@ def train_dpo(base_dir: Path, sft_weights: Path, formatted_dir: Path, cfg: DpoSe
     reference = None if is_adapter(cfg) or cfg.pref_loss == "orpo" else load_with_adapters(base_dir, sft_weights).eval()
     with tracking(cfg, out, f"dpo-{cfg.pref_loss}"):
         trainer = preference_trainer(model, reference, tokenizer, formatted_dir, cfg, cutoff_len, out)
-        result = trainer.train()
+        result, resumed = train_resumably(trainer, "dpo", say)
         evaluation = trainer.evaluate()
     save_trained(trainer.model, tokenizer, cfg, out)
     accuracy = evaluation.get("eval_rewards/accuracies")
-    return {**finish(trainer, out, cfg), "pref_loss": cfg.pref_loss, "train_loss": round(result.training_loss, 4),
+    return {**finish(trainer, out, cfg, resumed), "pref_loss": cfg.pref_loss, "train_loss": round(result.training_loss, 4),
             "eval_reward_margin": round(evaluation["eval_rewards/margins"], 4),
             "eval_reward_accuracy": None if accuracy is None else round(accuracy, 4)}
 
@@ -75,4 +76,4 @@ def train_dpo(base_dir: Path, sft_weights: Path, formatted_dir: Path, cfg: DpoSe
 def build(run: "StageRun") -> dict:
     """dpo_adapter's entry point: on top of the SFT stage's weights."""
     return train_dpo(model_dir(run.inputs["pt_model"]), trained_weights(run.inputs["sft_adapter"]),
-                     run.inputs["formatted_data"], run.recipe.dpo, run.recipe.data.cutoff_len, run.out)
+                     run.inputs["formatted_data"], run.recipe.dpo, run.recipe.data.cutoff_len, run.out, run.log)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
@@ -19,6 +19,7 @@ from engine.data.split import split_of
 from engine.errors import DataError
 from engine.models import load_tokenizer, model_dir, point_at
 from engine.tables import QUARANTINE_COLUMNS, write_rows
+from engine.train.checkpoints import quiet, train_resumably
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, tracking,
                                  trainer_kwargs)
 
@@ -43,7 +44,8 @@ def text_rows(sources: dict[str, tuple[DatasetEntry, Path]]) -> Iterator[tuple[b
 
 
 def train_pt(base_dir: Path, sources: dict[str, tuple[DatasetEntry, Path]], cfg: PtSection, cutoff_len: int,
-             val_size: float, seed: int, out: Path) -> tuple[dict, list[dict]]:
+             val_size: float, seed: int, out: Path,
+             say: Callable[[str], None] = print) -> tuple[dict, list[dict]]:
     """Train, save a full model to `out`. Returns (metrics with held-out loss before/after, quarantined rows)."""
     tokenizer = load_tokenizer(base_dir)
     rows, quarantine, seen = {"train": [], "eval": []}, [], set()
@@ -66,10 +68,10 @@ def train_pt(base_dir: Path, sources: dict[str, tuple[DatasetEntry, Path]], cfg:
     with tracking(cfg, out, "pt"):
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                              processing_class=tokenizer, optimizers=optimizers(model, cfg))
-        before = trainer.evaluate()["eval_loss"]
-        result = trainer.train()
+        before = quiet(trainer).evaluate()["eval_loss"]
+        result, resumed = train_resumably(trainer, "pt", say)
         after = trainer.evaluate()["eval_loss"]
-    summary = finish(trainer, out, cfg)
+    summary = finish(trainer, out, cfg, resumed)
     trained = trainer.model.merge_and_unload() if is_adapter(cfg) else trainer.model
     trained.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
@@ -94,6 +96,6 @@ def build(run: "StageRun") -> dict:
         return {**point_at(run.out, base), "continued_pretraining": False}
     data = run.recipe.data
     metrics, quarantine = train_pt(base, pt_sources(run.recipe), run.recipe.pt, data.cutoff_len, data.val_size,
-                                   data.seed, run.out)
+                                   data.seed, run.out, run.log)
     write_rows(quarantine, run.out / "quarantine.parquet", QUARANTINE_COLUMNS)
     return {**metrics, "continued_pretraining": True}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from datasets import load_from_disk
 from transformers import AutoModelForSequenceClassification
@@ -11,6 +11,7 @@ from trl import RewardConfig, RewardTrainer
 
 from engine.evaluate import pairwise_accuracy
 from engine.models import load_tokenizer, model_dir
+from engine.train.checkpoints import train_resumably
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, tracking,
                                  trainer_kwargs, without_row_ids)
 
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
     from engine.stage import StageRun
 
 
-def train_reward(base_dir: Path, formatted_dir: Path, cfg: RewardSection, cutoff_len: int, out: Path) -> dict:
+def train_reward(base_dir: Path, formatted_dir: Path, cfg: RewardSection, cutoff_len: int, out: Path,
+                 say: Callable[[str], None] = print) -> dict:
     """Train and save a full reward model in `out` (a LoRA is merged in). Returns held-out pairwise accuracy."""
     tokenizer = load_tokenizer(base_dir)
     data = load_from_disk(formatted_dir / "preference")
@@ -31,8 +33,8 @@ def train_reward(base_dir: Path, formatted_dir: Path, cfg: RewardSection, cutoff
         trainer = RewardTrainer(model=model, args=args, train_dataset=without_row_ids(data["train"]),
                                 processing_class=tokenizer, optimizers=optimizers(model, cfg))
         accuracy_before = pairwise_accuracy(trainer.model, tokenizer, data["eval"])
-        result = trainer.train()
-    summary = finish(trainer, out, cfg)
+        result, resumed = train_resumably(trainer, "reward", say)
+    summary = finish(trainer, out, cfg, resumed)
     merged = trainer.model.merge_and_unload() if is_adapter(cfg) else trainer.model
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
@@ -45,4 +47,4 @@ def train_reward(base_dir: Path, formatted_dir: Path, cfg: RewardSection, cutoff
 def build(run: "StageRun") -> dict:
     """reward_model's entry point."""
     return train_reward(model_dir(run.inputs["pt_model"]), run.inputs["formatted_data"], run.recipe.reward,
-                        run.recipe.data.cutoff_len, run.out)
+                        run.recipe.data.cutoff_len, run.out, run.log)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from datasets import load_from_disk
 from trl import SFTConfig, SFTTrainer
 
 from engine.models import load_tokenizer, model_dir
+from engine.train.checkpoints import quiet, train_resumably
 from engine.train.common import (finish, load_trainable, optimizers, prepare_model, save_trained, tracking,
                                  trainer_kwargs, without_row_ids)
 
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
     from engine.stage import StageRun
 
 
-def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: int, out: Path) -> dict:
+def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: int, out: Path,
+              say: Callable[[str], None] = print) -> dict:
     """Train and save to `out/adapter` (or `out/model`). Returns eval loss before/after, loss curve, tokens/s."""
     tokenizer = load_tokenizer(base_dir)
     data = load_from_disk(formatted_dir / "sft")
@@ -28,12 +30,12 @@ def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: 
     with tracking(cfg, out, "sft"):
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                              processing_class=tokenizer, optimizers=optimizers(model, cfg))
-        before = trainer.evaluate()["eval_loss"]  # nothing trained yet (LoRA starts as a no-op): the base model's loss
-        result = trainer.train()
+        before = quiet(trainer).evaluate()["eval_loss"]  # nothing trained yet (LoRA starts as a no-op): the base model's loss
+        result, resumed = train_resumably(trainer, "sft", say)
         after = trainer.evaluate()["eval_loss"]
     save_trained(trainer.model, tokenizer, cfg, out)
     tokens = sum(len(ids) for ids in train["input_ids"]) * cfg.num_train_epochs
-    return {**finish(trainer, out, cfg), "eval_loss_before": round(before, 4), "eval_loss_after": round(after, 4),
+    return {**finish(trainer, out, cfg, resumed), "eval_loss_before": round(before, 4), "eval_loss_after": round(after, 4),
             "train_loss": round(result.training_loss, 4), "train_rows": len(train), "eval_rows": len(evaluation),
             "train_sequences": len(trainer.train_dataset), "packing": cfg.packing,
             "tokens_per_second": round(tokens / result.metrics["train_runtime"], 1)}
@@ -42,4 +44,4 @@ def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: 
 def build(run: "StageRun") -> dict:
     """sft_adapter's entry point."""
     return train_sft(model_dir(run.inputs["pt_model"]), run.inputs["formatted_data"], run.recipe.sft,
-                     run.recipe.data.cutoff_len, run.out)
+                     run.recipe.data.cutoff_len, run.out, run.log)

@@ -1,0 +1,128 @@
+"""Training that survives a crash: checkpoints that count only once complete, resume from the last complete
+one, a checkpoint on SIGINT/SIGTERM before exiting, and one progress line per logging step.
+
+transformers' Trainer already saves and restores everything a resume needs (weights, optimizer, scheduler,
+RNG states, global step, position in the epoch). What it lacks, and this module adds: a checkpoint it wrote
+half (the process was killed mid-save) is indistinguishable from a whole one, so each checkpoint gets a
+COMPLETE marker once its files are flushed, and only marked checkpoints are resumed from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Callable
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+
+COMPLETE = "COMPLETE"
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped training after a checkpoint was saved; a rerun resumes from it."""
+
+
+def last_complete_checkpoint(trainer_dir: Path) -> Path | None:
+    """The newest checkpoint-N under `trainer_dir` that carries its COMPLETE marker (a half-written one never)."""
+    if not trainer_dir.is_dir():
+        return None
+    done = [(int(m.group(1)), p) for p in trainer_dir.iterdir()
+            if (m := CHECKPOINT.match(p.name)) and (p / COMPLETE).is_file()]
+    return max(done)[1] if done else None
+
+
+def flush_tree(directory: Path) -> None:
+    """fsync every file, then the directory: the marker written after this is never ahead of the data."""
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class CrashSafeCheckpoints(TrainerCallback):
+    """Marks each saved checkpoint complete, and turns SIGINT/SIGTERM into "save a checkpoint, then stop"."""
+
+    def __init__(self):
+        self.interrupted: str | None = None
+        self.previous: dict[int, object] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, self.request_stop)
+
+    def request_stop(self, signum, frame) -> None:
+        self.interrupted = signal.Signals(signum).name
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.interrupted:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if checkpoint.is_dir() and state.is_world_process_zero:
+            flush_tree(checkpoint)
+            (checkpoint / COMPLETE).write_text(str(state.global_step))
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+
+class ProgressLines(TrainerCallback):
+    """One line per logging step: step / total, loss, tokens per second, ETA."""
+
+    def __init__(self, stage: str, say: Callable[[str], None], tokens_per_step: float | None = None):
+        self.stage, self.say, self.tokens_per_step = stage, say, tokens_per_step
+        self.started, self.first_step = time.monotonic(), 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.first_step = time.monotonic(), state.global_step  # a resumed run counts from its start
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return control
+        done = max(state.global_step - self.first_step, 1)
+        per_step = (time.monotonic() - self.started) / done
+        eta = per_step * max(state.max_steps - state.global_step, 0)
+        speed = f", {self.tokens_per_step / per_step:,.0f} tokens/s" if self.tokens_per_step else ""
+        self.say(f"{self.stage}: step {state.global_step}/{state.max_steps}, loss {logs['loss']:.4f}{speed}, "
+                 f"ETA {int(eta // 60)}:{int(eta % 60):02d}")
+        return control
+
+
+def quiet(trainer):
+    """The trainer without transformers' PrinterCallback: its raw log dicts give way to ProgressLines."""
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def train_resumably(trainer, stage: str, say: Callable[[str], None] = print):
+    """trainer.train(), resumed from the last complete checkpoint of a previous attempt if there is one.
+    Returns (TrainOutput, the step it resumed from or None). Raises TrainingInterrupted after a SIGINT/SIGTERM
+    (a checkpoint was saved first)."""
+    guard = CrashSafeCheckpoints()
+    quiet(trainer).add_callback(guard)
+    trainer.add_callback(ProgressLines(stage, say))
+    checkpoint = last_complete_checkpoint(Path(trainer.args.output_dir))
+    resumed = int(CHECKPOINT.match(checkpoint.name).group(1)) if checkpoint else None
+    if checkpoint:
+        say(f"{stage}: resuming from {checkpoint.name} (step {resumed})")
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if guard.interrupted:
+        raise TrainingInterrupted(f"{stage}: stopped by {guard.interrupted} at step {trainer.state.global_step} "
+                                  "after saving a checkpoint; run it again to resume")
+    return result, resumed

@@ -1,0 +1,148 @@
+"""A stage run as a process of its own: `tuneline train <stage> --spec spec.json` or `python -m engine.train`.
+
+The spec names the entry point, the recipe, the keys the stage may read, its parents' artifacts and its work
+directory: everything the stage needs, nothing it should not read. The child reports through Dagster Pipes
+when a Pipes session launched it (the `dagster-pipes` package, not dagster itself), else on stderr. Only the
+process of rank 0 reports or writes; the orchestrator publishes the work directory and records the catalog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+from engine.errors import TunelineError
+
+RESULT_FILE = "result.json"  # beside the spec, outside the work directory: never part of the artifact
+ERROR_FILE = "error.json"  # why it failed, and whether trying again may help
+# failures that another attempt may not meet: a GPU shared with another job, a lost connection
+TRANSIENT = ("OutOfMemoryError", "ConnectionError", "TimeoutError", "DistBackendError", "DistNetworkError")
+INTERRUPTED = 130  # the exit code of a stage stopped by SIGINT/SIGTERM after saving a checkpoint
+
+
+def spec_of(stage: str, fingerprint: str, entry: Callable, keys: tuple[str, ...], recipe, inputs: dict[str, Path],
+            out: Path, home: Path) -> dict:
+    return {"stage": stage, "fingerprint": fingerprint, "entry": f"{entry.__module__}:{entry.__name__}",
+            "keys": list(keys), "recipe": recipe.model_dump(mode="json"),
+            "inputs": {name: str(path) for name, path in inputs.items()}, "out": str(out), "home": str(home)}
+
+
+def write_spec(spec: dict, directory: Path) -> Path:
+    """spec.json in `directory` (created), with no result left from an earlier attempt."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / RESULT_FILE).unlink(missing_ok=True)
+    (directory / ERROR_FILE).unlink(missing_ok=True)
+    path = directory / "spec.json"
+    path.write_text(json.dumps(spec, indent=2))
+    return path
+
+
+def read_result(spec_path: Path) -> dict:
+    path = spec_path.parent / RESULT_FILE
+    if not path.is_file():
+        raise TunelineError(f"the training process of {json.loads(spec_path.read_text())['stage']} exited without "
+                            f"a result ({path} is missing)")
+    return json.loads(path.read_text())
+
+
+def read_error(spec_path: Path) -> dict:
+    """{"kind": "transient" | "interrupted" | "error", "message"} of a failed training process."""
+    path = spec_path.parent / ERROR_FILE
+    return json.loads(path.read_text()) if path.is_file() else {"kind": "error", "message": "no error recorded"}
+
+
+def record_error(spec_path: Path, kind: str, message: str) -> None:
+    if rank() == 0:
+        (spec_path.parent / ERROR_FILE).write_text(json.dumps({"kind": kind, "message": message}))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def die_with_parent() -> None:
+    """Linux: SIGTERM when the launching process dies (even by kill -9), so no orphan keeps training or holds a
+    GPU; the SIGTERM saves a checkpoint first."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def reporter() -> Iterator[tuple[Callable[[str], None], Callable[[dict], None]]]:
+    """(say, report_metrics): through Dagster Pipes when it launched us, else stderr and nothing."""
+    if rank() == 0 and os.environ.get("DAGSTER_PIPES_CONTEXT"):
+        from dagster_pipes import open_dagster_pipes
+        with open_dagster_pipes() as pipes:
+            def say(line: str) -> None:  # into the run's log, and onto the terminal of a `tuneline run`
+                pipes.log.info(line)
+                print(line, file=sys.stderr, flush=True)
+            yield say, lambda metrics: pipes.report_custom_message(json.loads(json.dumps(metrics, default=str)))
+        return
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if rank() == 0 else (lambda line: None)
+    yield say, lambda metrics: None
+
+
+def run_spec(spec_path: Path) -> dict:
+    """Run the stage a spec describes, in this process. Returns its metrics (also written beside the spec)."""
+    from engine.home import Home
+    from engine.recipe import Recipe
+    from engine.stage import RecipeView, StageRun
+    spec = json.loads(spec_path.read_text())
+    module, _, name = spec["entry"].partition(":")
+    entry = getattr(importlib.import_module(module), name)
+    recipe = Recipe.model_validate(spec["recipe"])
+    with reporter() as (say, report):
+        run = StageRun(spec["stage"], spec["fingerprint"], RecipeView(recipe, tuple(spec["keys"]), spec["stage"]),
+                       {k: Path(v) for k, v in spec["inputs"].items()}, Path(spec["out"]), Home(spec["home"]), say)
+        metrics = entry(run)
+        if rank() == 0:
+            (spec_path.parent / RESULT_FILE).write_text(json.dumps(metrics, default=str))
+            report(metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    from engine.train.checkpoints import TrainingInterrupted
+    parser = argparse.ArgumentParser(prog="tuneline train", description="Run one training stage from its spec.")
+    parser.add_argument("stage", nargs="?", help="the stage the spec is for (checked against it)")
+    parser.add_argument("--spec", required=True, type=Path, help="spec.json written by the orchestrator")
+    parser.add_argument("--verbose", action="store_true", help="show a traceback on errors")
+    args = parser.parse_args(argv)
+    die_with_parent()
+    try:
+        if not args.spec.is_file():
+            raise TunelineError(f"--spec {args.spec}: no such file (expected the spec.json of a stage)")
+        stage = json.loads(args.spec.read_text())["stage"]
+        if args.stage and args.stage != stage:
+            raise TunelineError(f"--spec {args.spec} is for stage {stage}, not {args.stage}")
+        run_spec(args.spec)
+    except TrainingInterrupted as stopped:
+        record_error(args.spec, "interrupted", str(stopped))
+        print(f"tuneline: {stopped}", file=sys.stderr)
+        return INTERRUPTED
+    except TunelineError as exc:
+        record_error(args.spec, "error", str(exc))
+        if args.verbose:
+            raise
+        print(f"tuneline: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        kind = "transient" if any(type(e).__name__ in TRANSIENT for e in causes(exc)) else "error"
+        record_error(args.spec, kind, f"{type(exc).__name__}: {exc}")
+        raise
+    return 0
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__

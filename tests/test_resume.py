@@ -1,0 +1,131 @@
+"""Crash-safe training: a training process killed with kill -9 resumes from its last complete checkpoint and
+ends with the same adapter as an uninterrupted run; a half-written checkpoint is skipped; SIGTERM saves a
+checkpoint before the process exits."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import engine.train.sft
+from engine.home import Home
+from engine.recipe import load_recipe
+from engine.train.checkpoints import COMPLETE, last_complete_checkpoint
+from engine.train.child import read_result, spec_of, write_spec
+from tests.processes import stop_process_group
+
+pytestmark = pytest.mark.slow
+STEPS = {"sft.max_steps": 24, "sft.save_steps": 4, "sft.logging_steps": 1, "sft.per_device_train_batch_size": 8,
+         "sft.learning_rate": 3e-3}
+KEYS = ("sft", "data.cutoff_len")
+
+
+def spec_for(tmp_path: Path, name: str, tiny_model_dir: Path, formatted_dir: Path) -> Path:
+    recipe = load_recipe("tiny", STEPS)[0]
+    out = tmp_path / name / "work"
+    out.mkdir(parents=True)
+    spec = spec_of("sft_adapter", name, engine.train.sft.build, KEYS, recipe,
+                   {"pt_model": tiny_model_dir, "formatted_data": formatted_dir}, out, tmp_path / "home")
+    return write_spec(spec, tmp_path / name / "run")
+
+
+def start(spec: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "engine.train", "sft_adapter", "--spec", str(spec)],
+                            env=os.environ | {"PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish(spec: Path) -> dict:
+    process = start(spec)
+    try:
+        _, err = process.communicate(timeout=600)
+    finally:
+        stop_process_group(process)
+    assert process.returncode == 0, err[-3000:]
+    return read_result(spec)
+
+
+def wait_for_checkpoint(trainer_dir: Path, at_least: int, process: subprocess.Popen, timeout: float = 300) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = last_complete_checkpoint(trainer_dir)
+        if found and int(found.name.split("-")[1]) >= at_least:
+            return found
+        assert process.poll() is None, f"the training process ended early: {process.stderr.read()[-2000:]}"
+        time.sleep(0.05)
+    pytest.fail(f"no complete checkpoint >= {at_least} under {trainer_dir} within {timeout} s")
+
+
+def adapter(spec: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(spec.parent.parent / "work" / "adapter" / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_dir, formatted_dir):
+    spec = spec_for(tmp_path_factory.mktemp("resume"), "whole", tiny_model_dir, formatted_dir)
+    return spec, finish(spec)
+
+
+def test_kill_9_mid_training_resumes_from_the_last_complete_checkpoint(tmp_path, uninterrupted, tiny_model_dir,
+                                                                       formatted_dir):
+    whole_spec, whole = uninterrupted
+    spec = spec_for(tmp_path, "killed", tiny_model_dir, formatted_dir)
+    trainer_dir = tmp_path / "killed" / "work" / "_trainer"
+    process = start(spec)
+    try:
+        checkpoint = wait_for_checkpoint(trainer_dir, 8, process)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # an OOM kill, a lost node: no chance to clean up
+        process.wait(30)
+    step = int(checkpoint.name.split("-")[1])
+    half = trainer_dir / f"checkpoint-{step + 100}"  # what a kill in the middle of a save leaves
+    half.mkdir()
+    (half / "trainer_state.json").write_text("{")
+    resumed = finish(spec)
+    assert resumed["resumed_from_step"] >= step and resumed["steps"] == whole["steps"] == 24
+    assert [p["step"] for p in resumed["loss_curve"]][-1] == 24
+    mine, theirs = adapter(spec), adapter(whole_spec)
+    assert mine.keys() == theirs.keys()
+    assert max((mine[k] - theirs[k]).abs().max().item() for k in mine) < 1e-4  # the same adapter
+    assert resumed["eval_loss_after"] == pytest.approx(whole["eval_loss_after"], abs=1e-3)
+    assert not trainer_dir.exists()  # the checkpoints go once the stage is done
+
+
+def test_sigterm_saves_a_checkpoint_then_stops_and_a_rerun_finishes(tmp_path, tiny_model_dir, formatted_dir):
+    spec = spec_for(tmp_path, "stopped", tiny_model_dir, formatted_dir)
+    trainer_dir = tmp_path / "stopped" / "work" / "_trainer"
+    process = start(spec)
+    try:
+        wait_for_checkpoint(trainer_dir, 4, process)
+        os.killpg(process.pid, signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        stop_process_group(process)
+    assert process.returncode == 130, err[-2000:]
+    assert "stopped by SIGTERM" in err
+    saved = last_complete_checkpoint(trainer_dir)
+    assert saved is not None and (saved / COMPLETE).is_file() and int(saved.name.split("-")[1]) < 24
+    assert finish(spec)["steps"] == 24
+
+
+def test_the_orchestrator_keeps_a_training_stage_s_work_directory_when_it_fails(tmp_path):
+    from engine.build import build_stage
+    from engine.plan import make_plan
+    from engine.stage import Stage
+
+    def fails_after_a_checkpoint(run):
+        (run.out / "_trainer" / "checkpoint-4").mkdir(parents=True)
+        raise RuntimeError("the GPU fell over")
+    stage = Stage("flaky", entry=fails_after_a_checkpoint, training=True)
+    recipe = load_recipe("tiny")[0]
+    plan = make_plan([stage], recipe)
+    home = Home(tmp_path)
+    with pytest.raises(RuntimeError):
+        build_stage(home, plan, "flaky", recipe)
+    assert (home.work_dir("flaky", plan["flaky"].fingerprint) / "_trainer" / "checkpoint-4").is_dir()
