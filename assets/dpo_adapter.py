@@ -1,11 +1,13 @@
 """dpo_adapter: preference optimisation (DPO, IPO, ORPO or KTO with TRL) on top of the SFT model."""
 
+from assets.training import LAUNCHER, processes
 from assets.stage_asset import loss_table, stage_asset, tracking_metadata
 from engine.stage import Stage
 from engine.train.dpo import build
 
 STAGE = Stage("dpo_adapter", entry=build, parents=("pt_model", "sft_adapter", "formatted_data"),
-              keys=("dpo", "data.cutoff_len"), training=True)
+              keys=("dpo", "data.cutoff_len"), locate=LAUNCHER, outside=lambda recipe, hasher: processes(recipe),
+              training=True)
 
 
 def metadata(artifact, recipe) -> dict:

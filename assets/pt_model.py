@@ -1,6 +1,7 @@
 """pt_model: continued pre-training on raw text (LLaMA-Factory's stage pt), the model SFT, reward and DPO
 start from. While the recipe's pt.dataset is empty it is the base model itself, and says so."""
 
+from assets.training import LAUNCHER, processes
 from assets.stage_asset import loss_table, stage_asset, tracking_metadata
 from engine.content import source_identity
 from engine.stage import Stage
@@ -15,8 +16,9 @@ def reads(recipe):
 
 
 STAGE = Stage("pt_model", entry=build, parents=("base_model",), keys=PT_KEYS, select=reads,
-              locate=("data.dataset_dir", "data.dataset_info", "data.allowed_roots"),
-              outside=lambda recipe, hasher: {"corpus": source_identity(pt_sources(recipe), hasher)},
+              locate=("data.dataset_dir", "data.dataset_info", "data.allowed_roots", *LAUNCHER),
+              outside=lambda recipe, hasher: {"corpus": source_identity(pt_sources(recipe), hasher),
+                                              **processes(recipe)},
               tables={"quarantine": "quarantine.parquet"}, training=True)
 
 

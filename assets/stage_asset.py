@@ -7,7 +7,6 @@ in the catalog, evaluates the checks with the recipe's thresholds and returns th
 
 
 import shutil
-import sys
 from typing import Any, Callable
 
 import dagster as dg
@@ -20,6 +19,7 @@ from engine.recipe import Recipe
 from engine.errors import TunelineError
 from engine.stage import Stage, StageRun
 from engine.train.child import read_error, read_result, spec_of, write_spec
+from engine.train.launch import launch_command
 
 Check = Callable[[Artifact, Recipe], tuple[bool, str]]  # (passed, detail naming the number and its bound)
 Metadata = Callable[[Artifact, Recipe], dict[str, Any]]
@@ -39,7 +39,7 @@ def out_of_process(context: dg.AssetExecutionContext):
                        run.recipe.whole_recipe(), run.inputs, run.out, run.home.root)
         path = write_spec(spec, run.home.run_dir(stage.name, run.fingerprint))
         try:
-            client.run(context=context, command=[sys.executable, "-m", "engine.train", stage.name, "--spec", str(path)])
+            client.run(context=context, command=launch_command(run.recipe.whole_recipe().launcher, stage.name, path))
         except dg.DagsterPipesExecutionError:
             error = read_error(path)
             if error["kind"] == "transient":  # retried after 30 s, resuming from its last checkpoint

@@ -334,6 +334,29 @@ class RetentionSection(Section):
     keep_last: Int = Field(5, ge=1)  # artifacts kept per asset, most recently used first; older ones are removed
 
 
+class LauncherSection(Section):
+    """How a training stage's processes start: one process (`local`; with several visible GPUs it starts torchrun
+    itself, as LLaMA-Factory does), `torchrun`, or `accelerate launch` with an accelerate config (DeepSpeed ZeRO-2/3,
+    FSDP). Only the process of rank 0 writes and reports."""
+    type: Literal["local", "torchrun", "accelerate"] = "local"
+    nproc_per_node: Int | None = Field(None, ge=1)  # None: one per visible GPU (one on a CPU)
+    nnodes: Int = Field(1, ge=1)
+    node_rank: Int = Field(0, ge=0)
+    rdzv_endpoint: str | None = None  # host:port of node 0, for nnodes > 1
+    accelerate_config: str | None = None  # an accelerate config YAML (type accelerate)
+
+    @model_validator(mode="after")
+    def complete(self):
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of node 0, reachable from every node)")
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} must be below nnodes {self.nnodes}")
+        if self.type == "accelerate" and not self.accelerate_config:
+            raise ValueError("type accelerate needs accelerate_config (a YAML from `accelerate config`, e.g. a "
+                             "DeepSpeed ZeRO-3 or FSDP2 one)")
+        return self
+
+
 class ScheduleSection(Section):
     cron: str = "0 3 * * 1"  # when the retrain schedule runs (switched off at first)
     timezone: Annotated[str, AfterValidator(_timezone)] = "UTC"
@@ -355,6 +378,7 @@ class Recipe(Section):
     serve: ServeSection = ServeSection()
     retention: RetentionSection = RetentionSection()
     schedule: ScheduleSection = ScheduleSection()
+    launcher: LauncherSection = LauncherSection()
 
     @model_validator(mode="after")
     def token_limits_need_a_real_tokenizer(self):

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
@@ -71,6 +72,8 @@ class CrashSafeCheckpoints(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # every rank has written its part (its RNG state) before the marker
         if checkpoint.is_dir() and state.is_world_process_zero:
             flush_tree(checkpoint)
             (checkpoint / COMPLETE).write_text(str(state.global_step))

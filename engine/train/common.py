@@ -174,12 +174,22 @@ def mlflow_uri(artifact: Path) -> str:
     return f"sqlite:///{(artifact / MLFLOW_DB).resolve()}"
 
 
+def is_main_process() -> bool:
+    """Rank 0 (or the only process): the one that writes the artifact and reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def save_model(model, tokenizer, target: Path) -> Path:
+    """Weights (safetensors) and tokenizer to `target`, by rank 0 only."""
+    if is_main_process():
+        model.save_pretrained(target, safe_serialization=True)
+        tokenizer.save_pretrained(target)
+    return target
+
+
 def save_trained(model, tokenizer, cfg: TrainSection, out: Path) -> Path:
     """An adapter to out/adapter, or full weights to out/model; returns where."""
-    target = out / (ADAPTER_DIR if is_adapter(cfg) else FULL_DIR)
-    model.save_pretrained(target, safe_serialization=True)
-    tokenizer.save_pretrained(target)
-    return target
+    return save_model(model, tokenizer, out / (ADAPTER_DIR if is_adapter(cfg) else FULL_DIR))
 
 
 def trained_weights(artifact_path: Path) -> Path:
@@ -197,8 +207,9 @@ def loss_curve(trainer) -> list[dict]:
 def finish(trainer, out: Path, cfg: TrainSection, resumed_from: int | None = None) -> dict:
     """Run summary shared by all stages; removes the trainer's scratch directory (checkpoints included: the
     finished stage is the artifact)."""
-    shutil.rmtree(out / "_trainer", ignore_errors=True)
-    return {"steps": trainer.state.global_step, "resumed_from_step": resumed_from, "loss_curve": loss_curve(trainer),
+    if is_main_process():
+        shutil.rmtree(out / "_trainer", ignore_errors=True)
+    return {"processes": int(os.environ.get("WORLD_SIZE", "1")), "steps": trainer.state.global_step, "resumed_from_step": resumed_from, "loss_curve": loss_curve(trainer),
             "device": "cuda" if torch.cuda.is_available() else "cpu", "finetuning_type": cfg.finetuning_type,
             "report_to": cfg.report_to, **trainable_parameters(trainer.model)}
 

@@ -20,7 +20,7 @@ from engine.errors import DataError
 from engine.models import load_tokenizer, model_dir, point_at
 from engine.tables import QUARANTINE_COLUMNS, write_rows
 from engine.train.checkpoints import quiet, train_resumably
-from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, tracking,
+from engine.train.common import (save_model, finish, is_adapter, load_trainable, optimizers, prepare_model, tracking,
                                  trainer_kwargs)
 
 if TYPE_CHECKING:
@@ -73,8 +73,7 @@ def train_pt(base_dir: Path, sources: dict[str, tuple[DatasetEntry, Path]], cfg:
         after = trainer.evaluate()["eval_loss"]
     summary = finish(trainer, out, cfg, resumed)
     trained = trainer.model.merge_and_unload() if is_adapter(cfg) else trainer.model
-    trained.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    save_model(trained, tokenizer, out)
     return {**summary, "eval_loss_before": round(before, 4), "eval_loss_after": round(after, 4),
             "train_loss": round(result.training_loss, 4), "train_texts": len(rows["train"]),
             "eval_texts": len(rows["eval"]), "quarantined": len(quarantine)}, quarantine

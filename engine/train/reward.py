@@ -12,7 +12,7 @@ from trl import RewardConfig, RewardTrainer
 from engine.evaluate import pairwise_accuracy
 from engine.models import load_tokenizer, model_dir
 from engine.train.checkpoints import train_resumably
-from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, tracking,
+from engine.train.common import (save_model, finish, is_adapter, load_trainable, optimizers, prepare_model, tracking,
                                  trainer_kwargs, without_row_ids)
 
 if TYPE_CHECKING:
@@ -36,8 +36,7 @@ def train_reward(base_dir: Path, formatted_dir: Path, cfg: RewardSection, cutoff
         result, resumed = train_resumably(trainer, "reward", say)
     summary = finish(trainer, out, cfg, resumed)
     merged = trainer.model.merge_and_unload() if is_adapter(cfg) else trainer.model
-    merged.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    save_model(merged, tokenizer, out)
     return {**summary, "train_loss": round(result.training_loss, 4),
             "eval_accuracy_before": round(accuracy_before, 4),
             "eval_accuracy": round(pairwise_accuracy(merged, tokenizer, data["eval"]), 4),

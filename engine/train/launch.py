@@ -1,0 +1,45 @@
+"""The command that starts a training stage's processes: one Python process, torchrun, or accelerate launch.
+
+torchrun and accelerate start the ranks and forward signals to them; the stage's code finds its rank in the
+environment they set (RANK, WORLD_SIZE, LOCAL_RANK), and transformers' Trainer joins the process group.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+
+def processes_per_node(launcher) -> int:
+    """The recipe's nproc_per_node, else one per visible GPU (one on a CPU)."""
+    return launcher.nproc_per_node or max(torch.cuda.device_count(), 1)
+
+
+def world_size(launcher) -> int:
+    """How many processes train together: part of every training stage's fingerprint, as it sets the global
+    batch (processes x per-device batch x accumulation)."""
+    return processes_per_node(launcher) * launcher.nnodes
+
+
+def launch_command(launcher, stage: str, spec: Path) -> list[str]:
+    """argv for the stage: `python -m engine.train <stage> --spec <spec>`, under torchrun or accelerate when the
+    recipe asks, or when one process would see several GPUs (TRL's trainers refuse to train on them in one)."""
+    stage_argv = ["-m", "engine.train", stage, "--spec", str(spec)]
+    processes = processes_per_node(launcher)
+    if launcher.type == "accelerate":
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", launcher.accelerate_config,
+                "--num_processes", str(processes * launcher.nnodes), "--num_machines", str(launcher.nnodes),
+                "--machine_rank", str(launcher.node_rank),
+                *(["--main_process_ip", launcher.rdzv_endpoint.rsplit(":", 1)[0], "--main_process_port",
+                   launcher.rdzv_endpoint.rsplit(":", 1)[1]] if launcher.rdzv_endpoint else []), *stage_argv]
+    if launcher.type == "torchrun" or processes > 1:
+        if launcher.nnodes == 1:
+            where = ["--standalone"]
+        else:
+            where = ["--nnodes", str(launcher.nnodes), "--node_rank", str(launcher.node_rank), "--rdzv_backend",
+                     "c10d", "--rdzv_endpoint", launcher.rdzv_endpoint]
+        return [sys.executable, "-m", "torch.distributed.run", *where, "--nproc_per_node", str(processes),
+                *stage_argv]
+    return [sys.executable, *stage_argv]
