@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import dagster as dg
 
+from assets.kubernetes import run_in_pod
 from assets.resource import Tuneline
 from engine.artifacts import Artifact
 from engine.build import build_stage, call_entry
@@ -39,13 +40,17 @@ def out_of_process(context: dg.AssetExecutionContext):
                        run.recipe.whole_recipe(), run.inputs, run.out, run.home.root)
         path = write_spec(spec, run.home.run_dir(stage.name, run.fingerprint))
         try:
-            client.run(context=context, command=launch_command(run.recipe.whole_recipe().launcher, stage.name, path))
-        except dg.DagsterPipesExecutionError:
+            launcher = run.recipe.whole_recipe().launcher
+            if launcher.type == "kubernetes":
+                run_in_pod(context, launcher, stage.name, path, run.home.root)
+            else:
+                client.run(context=context, command=launch_command(launcher, stage.name, path))
+        except Exception as exc:  # the process or pod failed: its own error record says why
             error = read_error(path)
             if error["kind"] == "transient":  # retried after 30 s, resuming from its last checkpoint
                 raise dg.RetryRequested(max_retries=2, seconds_to_wait=30) from None
-            raise TrainingFailed(f"{stage.name}: {error['message']} (a rerun resumes from its last complete "
-                                 "checkpoint)") from None
+            reason = error["message"] if error["message"] != "no error recorded" else str(exc)
+            raise TrainingFailed(f"{stage.name}: {reason} (a rerun resumes from its last complete checkpoint)") from exc
         metrics = read_result(path)
         shutil.rmtree(path.parent, ignore_errors=True)
         return metrics

@@ -334,16 +334,28 @@ class RetentionSection(Section):
     keep_last: Int = Field(5, ge=1)  # artifacts kept per asset, most recently used first; older ones are removed
 
 
+class KubernetesSection(Section):
+    """A pod per training stage (launcher.type kubernetes, through dagster-k8s' PipesK8sClient). Every pod mounts
+    the artifact root at the same path (a ReadWriteMany volume): the spec, parents and work directory are there."""
+    image: str | None = None  # an image with this project installed (the same versions as the orchestrator)
+    namespace: str | None = None  # None: the current one, else "default"
+    gpus_per_pod: Int = Field(1, ge=0)  # nvidia.com/gpu; more than 1 starts torchrun inside the pod
+    volume_claim: str | None = None  # the PersistentVolumeClaim holding the artifact root
+    service_account: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+
+
 class LauncherSection(Section):
     """How a training stage's processes start: one process (`local`; with several visible GPUs it starts torchrun
     itself, as LLaMA-Factory does), `torchrun`, or `accelerate launch` with an accelerate config (DeepSpeed ZeRO-2/3,
     FSDP). Only the process of rank 0 writes and reports."""
-    type: Literal["local", "torchrun", "accelerate"] = "local"
+    type: Literal["local", "torchrun", "accelerate", "kubernetes"] = "local"
     nproc_per_node: Int | None = Field(None, ge=1)  # None: one per visible GPU (one on a CPU)
     nnodes: Int = Field(1, ge=1)
     node_rank: Int = Field(0, ge=0)
     rdzv_endpoint: str | None = None  # host:port of node 0, for nnodes > 1
     accelerate_config: str | None = None  # an accelerate config YAML (type accelerate)
+    kubernetes: KubernetesSection = KubernetesSection()
 
     @model_validator(mode="after")
     def complete(self):
@@ -351,6 +363,9 @@ class LauncherSection(Section):
             raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of node 0, reachable from every node)")
         if self.node_rank >= self.nnodes:
             raise ValueError(f"node_rank {self.node_rank} must be below nnodes {self.nnodes}")
+        if self.type == "kubernetes" and not (self.kubernetes.image and self.kubernetes.volume_claim):
+            raise ValueError("type kubernetes needs kubernetes.image (this project installed) and "
+                             "kubernetes.volume_claim (the volume every pod mounts the artifact root from)")
         if self.type == "accelerate" and not self.accelerate_config:
             raise ValueError("type accelerate needs accelerate_config (a YAML from `accelerate config`, e.g. a "
                              "DeepSpeed ZeRO-3 or FSDP2 one)")

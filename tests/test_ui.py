@@ -104,5 +104,7 @@ def test_materialize_through_the_webserver_with_launchpad_overrides(webserver):
             break
         time.sleep(1)
     assert status == "SUCCESS"
-    manifests = list((home / "tuneline" / "artifacts" / "clean_data").glob("*/manifest.json"))
-    assert [json.loads(m.read_text())["config"]["max_quarantine_ratio"] for m in manifests] == [0.3]
+    from engine.catalog import Catalog  # the override reached the run: its check used the Launchpad's bound
+    (detail,), = Catalog(home / "tuneline" / "catalog.duckdb").query(
+        "SELECT detail FROM check_results WHERE check_name = 'quarantine_ratio_within_bound'")
+    assert detail.endswith("bound 30%")

@@ -209,7 +209,8 @@ def finish(trainer, out: Path, cfg: TrainSection, resumed_from: int | None = Non
     finished stage is the artifact)."""
     if is_main_process():
         shutil.rmtree(out / "_trainer", ignore_errors=True)
-    return {"processes": int(os.environ.get("WORLD_SIZE", "1")), "steps": trainer.state.global_step, "resumed_from_step": resumed_from, "loss_curve": loss_curve(trainer),
+    peak = {"peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)} if torch.cuda.is_available() else {}
+    return {**peak, "processes": int(os.environ.get("WORLD_SIZE", "1")), "steps": trainer.state.global_step, "resumed_from_step": resumed_from, "loss_curve": loss_curve(trainer),
             "device": "cuda" if torch.cuda.is_available() else "cpu", "finetuning_type": cfg.finetuning_type,
             "report_to": cfg.report_to, **trainable_parameters(trainer.model)}
 

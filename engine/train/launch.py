@@ -13,7 +13,10 @@ import torch
 
 
 def processes_per_node(launcher) -> int:
-    """The recipe's nproc_per_node, else one per visible GPU (one on a CPU)."""
+    """The recipe's nproc_per_node, else one per GPU (a pod's GPUs on Kubernetes; the visible ones, or one on a
+    CPU, here)."""
+    if launcher.type == "kubernetes":
+        return launcher.nproc_per_node or max(launcher.kubernetes.gpus_per_pod, 1)
     return launcher.nproc_per_node or max(torch.cuda.device_count(), 1)
 
 
@@ -34,6 +37,9 @@ def launch_command(launcher, stage: str, spec: Path) -> list[str]:
                 "--machine_rank", str(launcher.node_rank),
                 *(["--main_process_ip", launcher.rdzv_endpoint.rsplit(":", 1)[0], "--main_process_port",
                    launcher.rdzv_endpoint.rsplit(":", 1)[1]] if launcher.rdzv_endpoint else []), *stage_argv]
+    if launcher.type == "kubernetes":  # inside the pod: its own interpreter, torchrun for several GPUs
+        return (["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+                 *stage_argv] if processes > 1 else ["python", *stage_argv])
     if launcher.type == "torchrun" or processes > 1:
         if launcher.nnodes == 1:
             where = ["--standalone"]

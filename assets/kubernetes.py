@@ -1,0 +1,36 @@
+"""A training stage as a Kubernetes pod, through dagster-k8s' PipesK8sClient: the same spec and entry point as
+a local process, with the artifact root mounted at the same path in every pod."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from engine.train.launch import launch_command
+
+ROOT_VOLUME = "tuneline-home"
+
+
+def pod_spec(cfg, root: Path) -> dict:
+    """The pod spec beyond image and command: GPUs, the artifact root's volume at the same path, placement."""
+    limits = {"nvidia.com/gpu": str(cfg.gpus_per_pod)} if cfg.gpus_per_pod else {}
+    spec = {"containers": [{"resources": {"limits": limits},
+                            "volume_mounts": [{"name": ROOT_VOLUME, "mount_path": str(root)}]}],
+            "volumes": [{"name": ROOT_VOLUME, "persistent_volume_claim": {"claim_name": cfg.volume_claim}}],
+            "restart_policy": "Never"}
+    if cfg.service_account:
+        spec["service_account_name"] = cfg.service_account
+    if cfg.node_selector:
+        spec["node_selector"] = dict(cfg.node_selector)
+    return spec
+
+
+def run_in_pod(context: dg.AssetExecutionContext, launcher, stage: str, spec_path: Path, root: Path,
+               client: dg.PipesClient | None = None) -> None:
+    """Start the stage's pod and wait for it; its log and messages come back through Pipes."""
+    from dagster_k8s import PipesK8sClient
+    cfg = launcher.kubernetes
+    (client or PipesK8sClient()).run(context=context, image=cfg.image, namespace=cfg.namespace,
+                                     command=launch_command(launcher, stage, spec_path),
+                                     base_pod_spec=pod_spec(cfg, root))

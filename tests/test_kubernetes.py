@@ -1,0 +1,77 @@
+"""The cluster path: a training stage's spec runs as a pod through dagster-k8s' PipesK8sClient. The pod is built
+and submitted against a fake Kubernetes client (no cluster here): image, command, GPUs, the artifact root's
+volume at the same path, and the Pipes bootstrap environment."""
+
+import contextlib
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from assets.kubernetes import run_in_pod
+from engine.errors import RecipeError
+from engine.recipe import LauncherSection, load_recipe
+
+
+class FakeCoreApi:
+    def __init__(self):
+        self.created, self.deleted = [], []
+
+    def create_namespaced_pod(self, namespace, body):
+        self.created.append((namespace, body))
+
+    def delete_namespaced_pod(self, name, namespace):
+        self.deleted.append((namespace, name))
+
+
+class FakeKubernetes:
+    def __init__(self):
+        self.core_api = FakeCoreApi()
+        self.waited = []
+
+    def wait_for_pod(self, name, namespace, **kwargs):
+        self.waited.append((namespace, name))
+
+
+@pytest.fixture
+def fake_cluster(monkeypatch):
+    from dagster_k8s import PipesK8sClient, client
+    fake = FakeKubernetes()
+    monkeypatch.setattr(client.DagsterKubernetesClient, "production_client", staticmethod(lambda *a, **k: fake))
+    monkeypatch.setattr(PipesK8sClient, "_load_k8s_config", lambda self: None)
+    monkeypatch.setattr(PipesK8sClient, "consume_pod_logs", lambda self, **kwargs: contextlib.nullcontext())
+    return fake
+
+
+def test_a_training_stage_becomes_a_pod_with_its_gpus_and_the_shared_artifact_root(fake_cluster, tmp_path):
+    launcher = LauncherSection(type="kubernetes", kubernetes={
+        "image": "registry.example/tuneline:0.1", "namespace": "ml", "gpus_per_pod": 2,
+        "volume_claim": "tuneline-home", "node_selector": {"gpu": "h100"}})
+    spec = tmp_path / "artifacts" / "sft_adapter" / ".run-abc" / "spec.json"
+
+    @dg.asset
+    def sft_adapter(context: dg.AssetExecutionContext):
+        run_in_pod(context, launcher, "sft_adapter", spec, tmp_path)
+        return dg.MaterializeResult()
+
+    assert dg.materialize([sft_adapter]).success
+    ((namespace, pod),) = fake_cluster.core_api.created
+    assert namespace == "ml" and fake_cluster.waited and fake_cluster.core_api.deleted
+    (container,) = pod.spec.containers
+    assert container.image == "registry.example/tuneline:0.1"
+    assert container.command == ["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                                 "-m", "engine.train", "sft_adapter", "--spec", str(spec)]
+    assert container.resources.limits == {"nvidia.com/gpu": "2"}
+    assert [(m.name, m.mount_path) for m in container.volume_mounts] == [("tuneline-home", str(tmp_path))]
+    assert pod.spec.volumes[0].persistent_volume_claim.claim_name == "tuneline-home"
+    assert pod.spec.node_selector == {"gpu": "h100"} and pod.spec.restart_policy == "Never"
+    assert "DAGSTER_PIPES_CONTEXT" in {e.name for e in container.env}
+
+
+def test_a_kubernetes_launcher_needs_an_image_and_a_shared_volume():
+    with pytest.raises(RecipeError, match="kubernetes.image"):
+        load_recipe("tiny", {"launcher.type": "kubernetes"})
+    one_gpu = LauncherSection(type="kubernetes", kubernetes={"image": "i", "volume_claim": "v"})
+    from engine.train.launch import launch_command
+    assert launch_command(one_gpu, "dpo_adapter", Path("s.json")) == ["python", "-m", "engine.train", "dpo_adapter",
+                                                                      "--spec", "s.json"]
