@@ -63,7 +63,7 @@ def build_stage(home: Home, plan: dict[str, Planned], name: str, recipe: Recipe,
                 run_entry: EntryRunner = call_entry) -> Artifact:
     """The artifact of `name` under `plan`: stored if built, else built now (or by a concurrent run we wait for)."""
     planned = plan[name]
-    stage, fp = planned.stage, planned.fingerprint
+    fp = planned.fingerprint
     parents = {p: require(home, planned, p) for p in planned.parents}
     heal(home, plan, ancestors(plan, name))  # lineage written by this stage reads its ancestors from the catalog
     store = home.store(recipe.retention.keep_last)

@@ -36,6 +36,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")  # its "No accelerator available" on every import
     warnings.filterwarnings("ignore", category=Warning, module="dagster")
     warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
@@ -403,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     chat_p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     chat_p.add_argument("--artifact-root", default=os.environ.get("TUNELINE_HOME", ".tuneline"))
     args = parser.parse_args(argv)
+    if not getattr(args, "verbose", False):
+        quiet_libraries()  # before anything imports llm-compressor or transformers (training children inherit it)
     try:
         commands = {"run": run, "eval": evaluate, "serve": serve, "import-llamafactory": import_llamafactory,
                     "lineage": lineage, "chat": chat, "plan": plan, "train": train}

@@ -20,7 +20,7 @@ from engine.errors import DataError
 from engine.models import load_tokenizer, model_dir, point_at
 from engine.tables import QUARANTINE_COLUMNS, write_rows
 from engine.train.checkpoints import quiet, train_resumably
-from engine.train.common import (save_model, finish, is_adapter, load_trainable, optimizers, prepare_model, tracking,
+from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_model, tracking,
                                  trainer_kwargs)
 
 if TYPE_CHECKING:

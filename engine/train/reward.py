@@ -12,7 +12,7 @@ from trl import RewardConfig, RewardTrainer
 from engine.evaluate import pairwise_accuracy
 from engine.models import load_tokenizer, model_dir
 from engine.train.checkpoints import train_resumably
-from engine.train.common import (save_model, finish, is_adapter, load_trainable, optimizers, prepare_model, tracking,
+from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_model, tracking,
                                  trainer_kwargs, without_row_ids)
 
 if TYPE_CHECKING:
