@@ -6,18 +6,20 @@ import dagster as dg
 
 from assets.stage_asset import stage_asset
 from engine.serve import build_deployment, choose_backend
+from engine.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
 
 
 def reads(recipe):
-    """Only the export it serves; the recipe's name only when it names the served model."""
+    """Only the export it serves; the recipe's name only when it names the served model; the precision keys (its
+    smoke test loads the model)."""
     keys = ("serve",) if recipe.serve.served_model_name else ("serve", "name")
-    return ("model_comparison", f"{recipe.serve.model}_model"), keys
+    return ("model_comparison", f"{recipe.serve.model}_model"), (*keys, *PRECISION_KEYS)
 
 
 STAGE = Stage("deployment", entry=build_deployment,
-              parents=("model_comparison", "merged_model", "gptq_model", "awq_model"), keys=("serve", "name"),
-              select=reads)
+              parents=("model_comparison", "merged_model", "gptq_model", "awq_model"),
+              keys=("serve", "name", *PRECISION_KEYS), select=reads, outside=with_precision())
 
 
 def summary(artifact, recipe) -> str:

@@ -1,11 +1,12 @@
 """dpo_adapter: preference optimisation (DPO, IPO, ORPO or KTO with TRL) on top of the SFT model."""
 
 from assets.stage_asset import loss_table, stage_asset, tracking_metadata
+from engine.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
 from engine.train.dpo import build
 
 STAGE = Stage("dpo_adapter", entry=build, parents=("pt_model", "sft_adapter", "formatted_data"),
-              keys=("dpo", "data.cutoff_len"))
+              keys=("dpo", "data.cutoff_len", *PRECISION_KEYS), outside=with_precision())
 
 
 def metadata(artifact, recipe) -> dict:

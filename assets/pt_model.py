@@ -3,10 +3,11 @@ start from. While the recipe's pt.dataset is empty it is the base model itself, 
 
 from assets.stage_asset import loss_table, stage_asset, tracking_metadata
 from engine.content import source_identity
+from engine.device import PRECISION_KEYS, precision_identity
 from engine.stage import Stage
 from engine.train.pt import build, pt_sources
 
-PT_KEYS = ("pt", "data.cutoff_len", "data.val_size", "data.seed")
+PT_KEYS = ("pt", "data.cutoff_len", "data.val_size", "data.seed", *PRECISION_KEYS)
 
 
 def reads(recipe):
@@ -14,9 +15,15 @@ def reads(recipe):
     return ("base_model",), (PT_KEYS if recipe.pt.dataset else ("pt.dataset",))
 
 
+def outside(recipe, hasher) -> dict:
+    """Its corpus; on, also the device and dtypes it trains in (off, it loads no model)."""
+    identity = {"corpus": source_identity(pt_sources(recipe), hasher)}
+    return {**identity, "precision": precision_identity(recipe.model)} if recipe.pt.dataset else identity
+
+
 STAGE = Stage("pt_model", entry=build, parents=("base_model",), keys=PT_KEYS, select=reads,
               locate=("data.dataset_dir", "data.dataset_info", "data.allowed_roots"),
-              outside=lambda recipe, hasher: {"corpus": source_identity(pt_sources(recipe), hasher)},
+              outside=outside,
               tables={"quarantine": "quarantine.parquet"})
 
 

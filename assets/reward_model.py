@@ -1,10 +1,12 @@
 """reward_model: a sequence-classification reward model trained with TRL's RewardTrainer."""
 
 from assets.stage_asset import loss_table, stage_asset, tracking_metadata
+from engine.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
 from engine.train.reward import build
 
-STAGE = Stage("reward_model", entry=build, parents=("pt_model", "formatted_data"), keys=("reward", "data.cutoff_len"))
+STAGE = Stage("reward_model", entry=build, parents=("pt_model", "formatted_data"),
+              keys=("reward", "data.cutoff_len", *PRECISION_KEYS), outside=with_precision())
 
 
 def accuracy_above_chance(artifact, recipe) -> tuple[bool, str]:

@@ -1,10 +1,12 @@
 """sft_adapter: a LoRA adapter trained with TRL's SFTTrainer, loss on assistant tokens only."""
 
 from assets.stage_asset import loss_table, stage_asset, tracking_metadata
+from engine.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
 from engine.train.sft import build
 
-STAGE = Stage("sft_adapter", entry=build, parents=("pt_model", "formatted_data"), keys=("sft", "data.cutoff_len"))
+STAGE = Stage("sft_adapter", entry=build, parents=("pt_model", "formatted_data"),
+              keys=("sft", "data.cutoff_len", *PRECISION_KEYS), outside=with_precision())
 
 
 def metadata(artifact, recipe) -> dict:
