@@ -71,7 +71,7 @@ def test_the_policy_on_a_cpu(keys, train, infer, bf16, fp16):
 
 @pytest.mark.parametrize(("keys", "train", "infer", "bf16", "fp16"), GPU_TABLE, ids=[str(r[0]) for r in GPU_TABLE])
 def test_the_policy_on_a_gpu_with_bf16(gpu, keys, train, infer, bf16, fp16):
-    assert policy.device() == torch.device("cuda")
+    assert policy.device() == torch.device("cuda", 0)
     assert_row(keys, train, infer, bf16, fp16, cpu=False)
 
 
@@ -226,10 +226,12 @@ def test_the_whole_tiny_graph_runs_in_bf16_on_the_cpu(tmp_path):
     from pipelines.definitions import ASSETS, resources
     shutil.copytree("data", tmp_path / "data")
     overrides = {"model.bf16": True, "model.infer_dtype": "bfloat16", "data.dataset_dir": str(tmp_path / "data"),
-                 # the merged model's logits against the adapter model's: the adapter model adds its LoRA products
-                 # to bf16 activations, the merged one multiplies by bf16-rounded W + BA; bf16 keeps 8 bits of
-                 # mantissa, so logits of size ~10 differ by ~0.05 (1e-3 is the float32 tolerance)
-                 "merge.logits_atol": 0.25}
+                 # merge.logits_atol 1e-3 is a float32 tolerance. In bf16 the adapter model adds its LoRA products to
+                 # bf16 activations while the merged model multiplies by bf16-rounded W + BA: logits up to ~12, where
+                 # bf16's spacing is 0.0625, differ by ~0.3 (measured: 0.30; the unmerged adapter model run in bf16
+                 # differs from its own float32 run by 0.27 already). The merge itself is exact: that is the float32
+                 # test above (test_a_float32_checkpoint_stays_float32_unless_infer_dtype_says).
+                 "merge.logits_atol": 0.5}
     started = time.monotonic()
     with dg.instance_for_test() as instance:
         result = dg.materialize(ASSETS, resources=resources("tiny", str(tmp_path / "tuneline"), overrides),
@@ -251,3 +253,11 @@ def test_the_whole_tiny_graph_runs_in_bf16_on_the_cpu(tmp_path):
     merged = next((tmp_path / "tuneline" / "artifacts" / "merged_model").glob("*/"))
     assert safetensors_dtypes(merged) == {"bfloat16"}
     assert meta["merged_model"]["saved_dtype"] == "bfloat16"
+
+
+def test_chat_takes_llamafactory_s_infer_dtype(tiny_model_dir, capsys):
+    from pipelines.cli import main
+    assert main(["chat", str(tiny_model_dir), "--prompt", "Add 1 + 2", "--max-new-tokens", "3",
+                 "--infer-dtype", "bfloat16"]) == 0
+    assert main(["chat", str(tiny_model_dir), "--prompt", "Add 1 + 2", "--infer-dtype", "float16"]) == 2
+    assert "model.infer_dtype: float16 asks for float16, which needs a CUDA GPU" in capsys.readouterr().err

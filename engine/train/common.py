@@ -14,7 +14,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
 
-from engine.device import (Precision, device_type, load_kwargs, mixed_precision, train_dtype, upcast_trainable,
+from engine.device import (Precision, device, device_type, load_kwargs, mixed_precision, train_dtype, upcast_trainable,
                            upcast_trainable_parameters)
 from engine.errors import RecipeError
 
@@ -56,7 +56,7 @@ def quantized_load_kwargs(cfg: TrainSection, precision: Precision | None = None)
                                     bnb_4bit_compute_dtype=train_dtype(precision or Precision()))
     else:
         config = BitsAndBytesConfig(load_in_8bit=True)
-    return {"quantization_config": config, "device_map": {"": 0}}
+    return {"quantization_config": config, "device_map": {"": device()}}
 
 
 def load_trainable(model_dir: Path, cfg: TrainSection, model_class=None, *, precision: Precision | None = None,
