@@ -33,7 +33,7 @@ def metadata(artifact, recipe) -> dict:
     config, smoke = m["serve_config"], m["smoke"]
     return {"served_model_name": config["served_model_name"], "model_path": config["model_path"],
             "quantization": str(config["quantization"]), "max_model_len": config["max_model_len"],
-            "backend_now": choose_backend(recipe.serve.infer_backend),
+            "backend_now": choose_backend(recipe.serve.infer_backend), "device": m["device"], "dtype": m["dtype"],
             "vllm_command": dg.MetadataValue.md(f"```\n{m['vllm_command']}\n```"),
             "smoke_answer": smoke["answer"], "smoke_startup_seconds": smoke["startup_seconds"]}
 

@@ -11,7 +11,8 @@ STAGE = Stage("dpo_adapter", entry=build, parents=("pt_model", "sft_adapter", "f
 
 def metadata(artifact, recipe) -> dict:
     m = artifact.metrics
-    return {**{k: m[k] for k in ("pref_loss", "eval_reward_margin", "eval_reward_accuracy")},
+    return {**{k: m[k] for k in ("pref_loss", "eval_reward_margin", "eval_reward_accuracy", "device",
+                                  "dtype")},
             "loss_curve": loss_table(m["loss_curve"]), **tracking_metadata(artifact, recipe.dpo.report_to)}
 
 

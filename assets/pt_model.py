@@ -40,7 +40,7 @@ def metadata(artifact, recipe) -> dict:
         return {"continued_pretraining": False}
     return {"continued_pretraining": True, "loss_curve": loss_table(m["loss_curve"]),
             **{k: m[k] for k in ("eval_loss_before", "eval_loss_after", "train_texts", "eval_texts", "quarantined",
-                                 "steps")},
+                                 "steps", "device", "dtype")},
             **tracking_metadata(artifact, recipe.pt.report_to)}
 
 

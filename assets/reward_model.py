@@ -18,7 +18,8 @@ reward_model = stage_asset(
     STAGE, group="training", training=True,
     description="Scores a conversation; judged by pairwise accuracy on held-out preference pairs.",
     summary=lambda a, r: f"held-out pairwise accuracy {a.metrics['eval_accuracy']:.2f}",
-    metadata=lambda a, r: {**{k: a.metrics[k] for k in ("eval_accuracy", "eval_accuracy_before", "eval_pairs")},
+    metadata=lambda a, r: {**{k: a.metrics[k] for k in ("eval_accuracy", "eval_accuracy_before", "eval_pairs",
+                                                                    "device", "dtype")},
                            "loss_curve": loss_table(a.metrics["loss_curve"]),
                            **tracking_metadata(a, r.reward.report_to)},
     checks={"accuracy_above_chance": accuracy_above_chance})

@@ -11,7 +11,8 @@ STAGE = Stage("sft_adapter", entry=build, parents=("pt_model", "formatted_data")
 
 def metadata(artifact, recipe) -> dict:
     m = artifact.metrics
-    return {**{k: m[k] for k in ("eval_loss_before", "eval_loss_after", "tokens_per_second", "steps")},
+    return {**{k: m[k] for k in ("eval_loss_before", "eval_loss_after", "tokens_per_second", "steps",
+                                  "device", "dtype")},
             "loss_curve": loss_table(m["loss_curve"]), **tracking_metadata(artifact, recipe.sft.report_to)}
 
 

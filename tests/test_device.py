@@ -253,6 +253,7 @@ def test_the_whole_tiny_graph_runs_in_bf16_on_the_cpu(tmp_path):
     merged = next((tmp_path / "tuneline" / "artifacts" / "merged_model").glob("*/"))
     assert safetensors_dtypes(merged) == {"bfloat16"}
     assert meta["merged_model"]["saved_dtype"] == "bfloat16"
+    assert (meta["sft_adapter"]["device"], meta["sft_adapter"]["dtype"]) == ("cpu", "bfloat16")  # Dagster's metadata
 
 
 def test_chat_takes_llamafactory_s_infer_dtype(tiny_model_dir, capsys):
