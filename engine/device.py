@@ -168,6 +168,7 @@ def check_precision(model_section: Any) -> None:
         key = "model.fp16: true" if p.fp16 else "model.infer_dtype: float16"
         raise RecipeError(f"{key} asks for float16, which needs a CUDA GPU (transformers refuses fp16 on a CPU); "
                           "use model.bf16: true (bfloat16 runs on a CPU), or leave it out for float32")
+    # LLaMA-Factory refuses pure_bf16 without a bf16 GPU; a CPU computes bf16 for real, so bf16 and pure_bf16 run there
     if not bf16_supported():
         for key, asked in (("model.bf16: true", p.bf16), ("model.pure_bf16: true", p.pure_bf16),
                            ("model.infer_dtype: bfloat16", p.infer_dtype == "bfloat16")):
