@@ -170,7 +170,7 @@ def test_a_bf16_checkpoint_merges_into_bf16_weights(bf16_base, formatted_dir, tm
     assert safetensors_dtypes(tmp_path / "merged") == {"bfloat16"}
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["dtype"] == "bfloat16"
     assert (metrics["device"], metrics["dtype"], metrics["saved_dtype"]) == ("cpu", "float32", "bfloat16")
-    # the float32 merge rounded to bfloat16: close to the adapter model, not within float32's 1e-3
+    # the float32 merge rounded to bfloat16: close to the adapter model (measured 0.094), not within float32's 1e-3
     assert metrics["max_logit_diff"] < 0.25
 
 
