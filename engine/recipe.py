@@ -293,8 +293,9 @@ class DpoSection(TrainSection):
 
 
 class MergeSection(Section):
-    # merged vs adapter model logits, absolute tolerance; a float32 one: bf16 arithmetic alone moves logits of ~10 by
-    # ~0.3 (the tiny model), so a bf16 run (model.bf16, infer_dtype bfloat16) needs about 0.5
+    # merged vs adapter model logits, absolute tolerance; a float32 one. Half precision moves logits of ~10 by ~0.1-0.3
+    # (the tiny model): a bf16 run (model.bf16, infer_dtype bfloat16), or a bf16 checkpoint merged back into bf16
+    # (the merge writes the base's dtype), needs about 0.5; model.infer_dtype: float32 writes float32 instead
     logits_atol: Float = check_threshold(1e-3, gt=0)
 
 
