@@ -3,6 +3,7 @@
 from assets.stage_asset import stage_asset
 from engine.content import checkpoint_identity
 from engine.base_model import build_base_model
+from engine.device import Precision, infer_dtype
 from engine.models import check_local_model, is_tiny, load_causal_lm, load_tokenizer, model_dir, smoke_generate
 from engine.stage import Stage
 
@@ -27,7 +28,8 @@ STAGE = Stage("base_model", entry=build_base_model, parents=("clean_data",), key
 def loads_and_generates(artifact, recipe) -> tuple[bool, str]:
     try:
         directory = model_dir(artifact.path)
-        return True, f"greedy answer {smoke_generate(load_causal_lm(directory), load_tokenizer(directory))!r}"
+        model = load_causal_lm(directory, infer_dtype(Precision.of(recipe.model)))  # as evaluation will load it
+        return True, f"greedy answer {smoke_generate(model, load_tokenizer(directory))!r}"
     except Exception as exc:  # reported as a failed check, which blocks every downstream stage
         return False, f"{type(exc).__name__}: {exc}"
 

@@ -6,18 +6,20 @@ import dagster as dg
 
 from assets.stage_asset import stage_asset
 from engine.serve import build_deployment, choose_backend
+from engine.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
 
 
 def reads(recipe):
-    """Only the export it serves; the recipe's name only when it names the served model."""
+    """Only the export it serves; the recipe's name only when it names the served model; the precision keys (its
+    smoke test loads the model)."""
     keys = ("serve",) if recipe.serve.served_model_name else ("serve", "name")
-    return ("model_comparison", f"{recipe.serve.model}_model"), keys
+    return ("model_comparison", f"{recipe.serve.model}_model"), (*keys, *PRECISION_KEYS)
 
 
 STAGE = Stage("deployment", entry=build_deployment,
-              parents=("model_comparison", "merged_model", "gptq_model", "awq_model"), keys=("serve", "name"),
-              select=reads)
+              parents=("model_comparison", "merged_model", "gptq_model", "awq_model"),
+              keys=("serve", "name", *PRECISION_KEYS), select=reads, outside=with_precision())
 
 
 def summary(artifact, recipe) -> str:
@@ -31,7 +33,7 @@ def metadata(artifact, recipe) -> dict:
     config, smoke = m["serve_config"], m["smoke"]
     return {"served_model_name": config["served_model_name"], "model_path": config["model_path"],
             "quantization": str(config["quantization"]), "max_model_len": config["max_model_len"],
-            "backend_now": choose_backend(recipe.serve.infer_backend),
+            "backend_now": choose_backend(recipe.serve.infer_backend), "device": m["device"], "dtype": m["dtype"],
             "vllm_command": dg.MetadataValue.md(f"```\n{m['vllm_command']}\n```"),
             "smoke_answer": smoke["answer"], "smoke_startup_seconds": smoke["startup_seconds"]}
 

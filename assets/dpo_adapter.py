@@ -2,17 +2,19 @@
 
 from assets.training import LAUNCHER, processes
 from assets.stage_asset import loss_table, stage_asset, tracking_metadata
+from engine.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
 from engine.train.dpo import build
 
 STAGE = Stage("dpo_adapter", entry=build, parents=("pt_model", "sft_adapter", "formatted_data"),
-              keys=("dpo", "data.cutoff_len"), locate=LAUNCHER, outside=lambda recipe, hasher: processes(recipe),
-              training=True)
+              keys=("dpo", "data.cutoff_len", *PRECISION_KEYS), locate=LAUNCHER,
+              outside=with_precision(lambda recipe, hasher: processes(recipe)), training=True)
 
 
 def metadata(artifact, recipe) -> dict:
     m = artifact.metrics
-    return {**{k: m[k] for k in ("pref_loss", "eval_reward_margin", "eval_reward_accuracy")},
+    return {**{k: m[k] for k in ("pref_loss", "eval_reward_margin", "eval_reward_accuracy", "device",
+                                  "dtype")},
             "loss_curve": loss_table(m["loss_curve"]), **tracking_metadata(artifact, recipe.dpo.report_to)}
 
 

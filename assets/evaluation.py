@@ -8,6 +8,7 @@ import json
 import dagster as dg
 
 from assets.stage_asset import stage_asset
+from engine.device import PRECISION_KEYS, with_precision
 from engine.evaluation import STAGE_MODELS, STAGES, build, build_comparison, comparison_summary, gates
 from engine.scorers import scorer_identity
 from engine.stage import Stage
@@ -20,8 +21,9 @@ def examples_table(examples: list[dict]) -> dg.MetadataValue:
 
 def eval_asset(stage: str):
     declared = Stage(f"eval_{stage}", entry=build, parents=(*STAGE_MODELS[stage], "formatted_data", "reward_model"),
-                     keys=("evaluation",),
-                     outside=lambda recipe, hasher: {"scorer": scorer_identity(recipe.evaluation.scorer)})
+                     keys=("evaluation", *PRECISION_KEYS),
+                     outside=with_precision(lambda recipe, hasher: {"scorer": scorer_identity(
+                         recipe.evaluation.scorer)}))
     return stage_asset(
         declared, group="evaluation",
         description=(f"The {stage} model on the held-out split: perplexity, task accuracy of greedy answers, and the "

@@ -2,14 +2,18 @@
 
 from assets.stage_asset import stage_asset
 from engine.export.merge import build
+from engine.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
 
-STAGE = Stage("merged_model", entry=build, parents=("pt_model", "sft_adapter", "dpo_adapter", "formatted_data"))
+STAGE = Stage("merged_model", entry=build, parents=("pt_model", "sft_adapter", "dpo_adapter", "formatted_data"),
+              keys=PRECISION_KEYS, outside=with_precision())
 
 
 def logits_match_adapters(artifact, recipe) -> tuple[bool, str]:
     diff, atol = artifact.metrics["max_logit_diff"], recipe.merge.logits_atol
-    return diff <= atol, f"max |logit difference| {diff:.2e}, tolerance {atol}"
+    saved = artifact.metrics.get("saved_dtype")
+    return diff <= atol, (f"max |logit difference| {diff:.2e}, tolerance {atol}"
+                          + (f" (computed in {artifact.metrics['dtype']}, saved in {saved})" if saved else ""))
 
 
 merged_model = stage_asset(
@@ -17,5 +21,5 @@ merged_model = stage_asset(
     description="A standalone model: reloads with plain transformers and gives the adapter model's logits.",
     summary=lambda a, r: f"eval perplexity {a.metrics['eval_perplexity']}, {a.metrics['size_bytes']:,} bytes",
     metadata=lambda a, r: {k: a.metrics[k] for k in ("eval_perplexity", "max_logit_diff", "size_bytes",
-                                                      "sample_answer")},
+                                                      "sample_answer", "device", "dtype", "saved_dtype")},
     checks={"logits_match_adapters": logits_match_adapters})

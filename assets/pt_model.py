@@ -4,10 +4,11 @@ start from. While the recipe's pt.dataset is empty it is the base model itself, 
 from assets.training import LAUNCHER, processes
 from assets.stage_asset import loss_table, stage_asset, tracking_metadata
 from engine.content import source_identity
+from engine.device import PRECISION_KEYS, precision_identity
 from engine.stage import Stage
 from engine.train.pt import build, pt_sources
 
-PT_KEYS = ("pt", "data.cutoff_len", "data.val_size", "data.seed")
+PT_KEYS = ("pt", "data.cutoff_len", "data.val_size", "data.seed", *PRECISION_KEYS)
 
 
 def reads(recipe):
@@ -15,10 +16,16 @@ def reads(recipe):
     return ("base_model",), (PT_KEYS if recipe.pt.dataset else ("pt.dataset",))
 
 
+def outside(recipe, hasher) -> dict:
+    """Its corpus; on, also the device and dtypes it trains in and how many processes (off, it loads no model)."""
+    identity = {"corpus": source_identity(pt_sources(recipe), hasher)}
+    if not recipe.pt.dataset:
+        return identity
+    return {**identity, "precision": precision_identity(recipe.model), **processes(recipe)}
+
+
 STAGE = Stage("pt_model", entry=build, parents=("base_model",), keys=PT_KEYS, select=reads,
-              locate=("data.dataset_dir", "data.dataset_info", "data.allowed_roots", *LAUNCHER),
-              outside=lambda recipe, hasher: {"corpus": source_identity(pt_sources(recipe), hasher),
-                                              **processes(recipe)},
+              locate=("data.dataset_dir", "data.dataset_info", "data.allowed_roots", *LAUNCHER), outside=outside,
               tables={"quarantine": "quarantine.parquet"}, training=True)
 
 
@@ -35,7 +42,7 @@ def metadata(artifact, recipe) -> dict:
         return {"continued_pretraining": False}
     return {"continued_pretraining": True, "loss_curve": loss_table(m["loss_curve"]),
             **{k: m[k] for k in ("eval_loss_before", "eval_loss_after", "train_texts", "eval_texts", "quarantined",
-                                 "steps")},
+                                 "steps", "device", "dtype")},
             **tracking_metadata(artifact, recipe.pt.report_to)}
 
 

@@ -2,10 +2,11 @@
 
 from assets.stage_asset import stage_asset
 from engine.export.quantize import build_awq, build_gptq
+from engine.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
 
 QUANTIZED_METRICS = ("eval_perplexity", "merged_eval_perplexity", "ppl_ratio", "size_bytes", "merged_size_bytes",
-                     "sample_answer")
+                     "sample_answer", "device", "dtype")
 
 
 def reloads_and_generates(artifact, recipe) -> tuple[bool, str]:
@@ -21,7 +22,7 @@ def perplexity_within_bound(artifact, recipe) -> tuple[bool, str]:
 
 def quantized_asset(method: str, entry):
     stage = Stage(f"{method}_model", entry=entry, parents=("merged_model", "formatted_data"),
-                  keys=("quantize", "data.cutoff_len"))
+                  keys=("quantize", "data.cutoff_len", *PRECISION_KEYS), outside=with_precision())
     return stage_asset(
         stage, group="export",
         description=f"The merged model quantized to 4 bits with {method.upper()}, as a compressed-tensors checkpoint.",

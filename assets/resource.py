@@ -12,6 +12,7 @@ import dagster as dg
 from pydantic import Field
 
 from engine.data.registry import recipe_sources
+from engine.device import check_precision
 from engine.errors import RecipeError
 from engine.evaluation import check_lm_eval
 from engine.home import Home
@@ -41,6 +42,7 @@ def check_schedule(recipe: Recipe) -> None:
 def _validated(path: str, overrides_json: str, text: bytes) -> Recipe:  # keyed on the text: an edited recipe reloads
     recipe, _ = load_recipe(path, json.loads(overrides_json))
     check_schedule(recipe)
+    check_precision(recipe.model)
     recipe_sources(recipe.data)
     pt_sources(recipe)
     resolve_scorer(recipe.evaluation.scorer)

@@ -2,11 +2,13 @@
 
 from assets.training import LAUNCHER, processes
 from assets.stage_asset import loss_table, stage_asset, tracking_metadata
+from engine.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
 from engine.train.reward import build
 
-STAGE = Stage("reward_model", entry=build, parents=("pt_model", "formatted_data"), keys=("reward", "data.cutoff_len"),
-              locate=LAUNCHER, outside=lambda recipe, hasher: processes(recipe), training=True)
+STAGE = Stage("reward_model", entry=build, parents=("pt_model", "formatted_data"),
+              keys=("reward", "data.cutoff_len", *PRECISION_KEYS), locate=LAUNCHER,
+              outside=with_precision(lambda recipe, hasher: processes(recipe)), training=True)
 
 
 def accuracy_above_chance(artifact, recipe) -> tuple[bool, str]:
@@ -18,7 +20,8 @@ reward_model = stage_asset(
     STAGE, group="training",
     description="Scores a conversation; judged by pairwise accuracy on held-out preference pairs.",
     summary=lambda a, r: f"held-out pairwise accuracy {a.metrics['eval_accuracy']:.2f}",
-    metadata=lambda a, r: {**{k: a.metrics[k] for k in ("eval_accuracy", "eval_accuracy_before", "eval_pairs")},
+    metadata=lambda a, r: {**{k: a.metrics[k] for k in ("eval_accuracy", "eval_accuracy_before", "eval_pairs",
+                                                                    "device", "dtype")},
                            "loss_curve": loss_table(a.metrics["loss_curve"]),
                            **tracking_metadata(a, r.reward.report_to)},
     checks={"accuracy_above_chance": accuracy_above_chance})

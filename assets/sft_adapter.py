@@ -2,16 +2,19 @@
 
 from assets.training import LAUNCHER, processes
 from assets.stage_asset import loss_table, stage_asset, tracking_metadata
+from engine.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
 from engine.train.sft import build
 
-STAGE = Stage("sft_adapter", entry=build, parents=("pt_model", "formatted_data"), keys=("sft", "data.cutoff_len"),
-              locate=LAUNCHER, outside=lambda recipe, hasher: processes(recipe), training=True)
+STAGE = Stage("sft_adapter", entry=build, parents=("pt_model", "formatted_data"),
+              keys=("sft", "data.cutoff_len", *PRECISION_KEYS), locate=LAUNCHER,
+              outside=with_precision(lambda recipe, hasher: processes(recipe)), training=True)
 
 
 def metadata(artifact, recipe) -> dict:
     m = artifact.metrics
-    return {**{k: m[k] for k in ("eval_loss_before", "eval_loss_after", "tokens_per_second", "steps")},
+    return {**{k: m[k] for k in ("eval_loss_before", "eval_loss_after", "tokens_per_second", "steps",
+                                  "device", "dtype")},
             "loss_curve": loss_table(m["loss_curve"]), **tracking_metadata(artifact, recipe.sft.report_to)}
 
 

@@ -13,19 +13,21 @@ from engine.models import load_causal_lm, load_tokenizer
 RESET, QUIT = {"clear", "/clear"}, {"exit", "quit", "/exit", "/quit"}
 
 
-def load_chat_model(path: Path):
-    """(model, tokenizer) of a full model directory: a base, merged or quantized model."""
+def load_chat_model(path: Path, dtype: torch.dtype | None = None):
+    """(model, tokenizer) of a full model directory: a base, merged or quantized model, on the policy's device in
+    `dtype` (None: the policy's default, engine/device.py)."""
     if (path / "adapter_config.json").is_file() or (path / "adapter" / "adapter_config.json").is_file():
         raise TunelineError(f"{path} is a LoRA adapter; chat needs a full model (merged_model, gptq_model or awq_model)")
     if not (path / "config.json").is_file():
         raise TunelineError(f"{path} is not a model directory (expected config.json and safetensors weights)")
-    return load_causal_lm(path).eval(), load_tokenizer(path)
+    return load_causal_lm(path, dtype).eval(), load_tokenizer(path)
 
 
 @torch.no_grad()
 def reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 128, temperature: float = 0.0) -> str:
     """The model's answer to the conversation so far (greedy unless temperature > 0)."""
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True).to(model.device)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, **sampling)

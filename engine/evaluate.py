@@ -9,6 +9,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from engine.constants import IGNORE
+from engine.device import mixed_autocast, to_device
 
 
 def padded(sequences: list[list[int]], value: int) -> torch.Tensor:
@@ -25,11 +26,13 @@ def sft_batch(dataset, limit: int, pad_id: int) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def perplexity(model, dataset, pad_id: int, batch_size: int = 32) -> float:
-    """exp(mean NLL) over the assistant (labelled) tokens of an SFT view."""
+    """exp(mean NLL) over the assistant (labelled) tokens of an SFT view. The model runs in its own dtype on its own
+    device; the log-softmax and the sum are float32 per batch, the total a Python float (double)."""
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(dataset), batch_size):
-        batch = sft_batch(dataset.select(range(start, min(start + batch_size, len(dataset)))), batch_size, pad_id)
+        batch = to_device(sft_batch(dataset.select(range(start, min(start + batch_size, len(dataset)))), batch_size,
+                                    pad_id), model)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         labels = batch["labels"][:, 1:]
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
@@ -52,9 +55,10 @@ def reward_scores_of_ids(model, sequences: list[list[int]], pad_id: int, batch_s
     scores = []
     for start in range(0, len(sequences), batch_size):
         ids = sequences[start:start + batch_size]
-        input_ids = padded(ids, pad_id)
-        mask = padded([[1] * len(x) for x in ids], 0)
-        scores += model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().tolist()
+        input_ids = padded(ids, pad_id).to(model.device)
+        mask = padded([[1] * len(x) for x in ids], 0).to(model.device)
+        with mixed_autocast(model):
+            scores += model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().tolist()
     return scores
 
 
@@ -80,8 +84,8 @@ def greedy_from_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     for start in range(0, len(prompts), batch_size):
         ids = prompts[start:start + batch_size]
         width = max(len(x) for x in ids)
-        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids], device=model.device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=model.device)
         out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]

@@ -13,8 +13,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from datasets import load_from_disk
 
+from engine.device import Precision, device_type, infer_dtype, name, precision_metrics
 from engine.errors import RecipeError
 from engine.evaluate import answer_examples, answered_sequences, greedy_from_ids, perplexity, reward_scores_of_ids
 from engine.models import load_reward_model, load_tokenizer, load_with_adapters, model_dir
@@ -31,15 +33,17 @@ STAGE_MODELS = {"base": ("base_model",), "sft": ("pt_model", "sft_adapter"),
                 "gptq": ("gptq_model",), "awq": ("awq_model",)}
 
 
-def evaluate_model(model, tokenizer_dir: Path, formatted_dir: Path, reward_dir: Path, cfg: EvaluationSection) -> dict:
-    """Perplexity, task accuracy and mean reward score of `model`, with a few answers to read."""
+def evaluate_model(model, tokenizer_dir: Path, formatted_dir: Path, reward_dir: Path, cfg: EvaluationSection,
+                   dtype: torch.dtype | None = None) -> dict:
+    """Perplexity, task accuracy and mean reward score of `model`, with a few answers to read; the reward model is
+    loaded in `dtype` (None: the policy's default)."""
     tokenizer = load_tokenizer(tokenizer_dir)
     evaluation = load_from_disk(formatted_dir / "sft")["eval"]
     examples = answer_examples(evaluation, tokenizer, cfg.max_samples)
     answers = greedy_from_ids(model, tokenizer, [e.prompt_ids for e in examples], cfg.max_new_tokens)
     references = [e.reference for e in examples]
-    rewards = reward_scores_of_ids(load_reward_model(reward_dir), answered_sequences(tokenizer, examples, answers),
-                                   tokenizer.pad_token_id)
+    rewards = reward_scores_of_ids(load_reward_model(reward_dir, dtype),
+                                   answered_sequences(tokenizer, examples, answers), tokenizer.pad_token_id)
     return {"perplexity": round(perplexity(model, evaluation, tokenizer.pad_token_id), 4),
             "accuracy": round(score(resolve_scorer(cfg.scorer), answers, references), 4),
             "similarity": round(score(char_similarity, answers, references), 4),
@@ -49,10 +53,13 @@ def evaluate_model(model, tokenizer_dir: Path, formatted_dir: Path, reward_dir: 
 
 
 def evaluate_stage(model_path: Path, adapters: list[Path], formatted_dir: Path, reward_dir: Path,
-                   cfg: EvaluationSection) -> dict:
-    """A stage's model (a directory, plus adapters merged in order) evaluated; lm-eval runs on full models only."""
-    metrics = evaluate_model(load_with_adapters(model_path, *adapters), model_path, formatted_dir, reward_dir, cfg)
-    return metrics | ({} if adapters else lm_eval_scores(model_path, cfg))
+                   cfg: EvaluationSection, precision: Precision | None = None) -> dict:
+    """A stage's model (a directory, plus adapters merged in order) evaluated in the policy's inference dtype on
+    its device, the reward model too; lm-eval runs on full models only."""
+    dtype = infer_dtype(precision or Precision())
+    metrics = evaluate_model(load_with_adapters(model_path, *adapters, dtype=dtype), model_path, formatted_dir,
+                             reward_dir, cfg, dtype)
+    return metrics | ({} if adapters else lm_eval_scores(model_path, cfg, dtype)) | precision_metrics(dtype)
 
 
 def check_lm_eval(cfg: EvaluationSection) -> None:
@@ -62,13 +69,15 @@ def check_lm_eval(cfg: EvaluationSection) -> None:
                           "`pip install lm-eval` (then its tasks need their datasets locally), or set it to []")
 
 
-def lm_eval_scores(model_dir: Path, cfg: EvaluationSection) -> dict[str, float]:
-    """The recipe's lm-eval tasks on a model directory: {"lm_eval/<task>/<metric>": value}."""
+def lm_eval_scores(model_dir: Path, cfg: EvaluationSection, dtype: torch.dtype | None = None) -> dict[str, float]:
+    """The recipe's lm-eval tasks on a model directory, in `dtype` on the policy's device (None: float32):
+    {"lm_eval/<task>/<metric>": value}."""
     if not cfg.lm_eval_tasks:
         return {}
     check_lm_eval(cfg)
     import lm_eval
-    results = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(model_dir), "dtype": "float32"},
+    model_args = {"pretrained": str(model_dir), "dtype": name(dtype or torch.float32), "device": device_type()}
+    results = lm_eval.simple_evaluate(model="hf", model_args=model_args,
                                       tasks=list(cfg.lm_eval_tasks), limit=cfg.lm_eval_limit, batch_size=8)
     return {f"lm_eval/{task}/{metric.split(',')[0]}": round(float(value), 4)
             for task, metrics in results["results"].items() for metric, value in metrics.items()
@@ -141,7 +150,7 @@ def build(run: "StageRun") -> dict:
     else:
         model_path, adapters = first, []
     return evaluate_stage(model_path, adapters, run.inputs["formatted_data"], run.inputs["reward_model"],
-                          run.recipe.evaluation)
+                          run.recipe.evaluation, Precision.of(run.recipe.model))
 
 
 def build_comparison(run: "StageRun") -> dict:

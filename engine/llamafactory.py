@@ -14,7 +14,7 @@ from engine.errors import RecipeError
 from engine.recipe import Recipe, describe, read_yaml
 
 STAGE_SECTIONS = {"pt": "pt", "sft": "sft", "rm": "reward", "dpo": "dpo", "kto": "dpo"}
-MODEL_KEYS = {"model_name_or_path"}
+MODEL_KEYS = {"model_name_or_path", "bf16", "fp16", "pure_bf16", "infer_dtype"}  # precision: one for every stage
 DATA_KEYS = {"dataset_dir", "cutoff_len", "val_size"}
 TRAIN_KEYS = {"finetuning_type", "freeze_trainable_layers", "quantization_bit", "lora_rank", "lora_alpha",
               "lora_dropout", "lora_target", "loraplus_lr_ratio", "report_to", "learning_rate", "num_train_epochs",
@@ -29,8 +29,6 @@ HANDLED = {
     "overwrite_cache": "datasets are cached by fingerprint", "plot_loss": "loss curves are in each asset's metadata",
     "template": "the model's own chat template renders every conversation",
     "preprocessing_num_workers": "formatting streams rows in one process",
-    "bf16": "bf16 is used on a GPU that supports it, float32 on the CPU",
-    "fp16": "bf16 is used on a GPU that supports it, float32 on the CPU",
     "trust_remote_code": "checkpoints never run code of their own (safetensors only)",
     "eval_strategy": "each stage evaluates on the held-out split when it finishes",
     "per_device_eval_batch_size": "evaluation uses the training batch size",
@@ -55,7 +53,8 @@ def merge_stage(recipe: dict, config: dict, source: Path, notes: list[str]) -> N
         if key in MODEL_KEYS:
             if recipe.get("model", {}).get(key) not in (None, value):
                 notes.append(f"{source}: {key} {value!r} differs from an earlier file's; the last one is kept")
-            elif key not in recipe.get("model", {}) and not Path(str(value)).expanduser().is_dir():
+            elif (key == "model_name_or_path" and key not in recipe.get("model", {})
+                  and not Path(str(value)).expanduser().is_dir()):
                 notes.append(f"{source}: {key} {value!r} is imported but is not a local directory: tuneline loads "
                              "local checkpoints only (download it, e.g. with `hf download`, and point the recipe "
                              "there)")

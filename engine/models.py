@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                           GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM)
 
+from engine.device import Precision, infer_dtype, load_kwargs
 from engine.errors import RecipeError
 
 if TYPE_CHECKING:
@@ -94,6 +95,11 @@ def point_at(out: Path, directory: Path, **facts) -> dict:
     return record
 
 
+def default_dtype() -> torch.dtype:
+    """The inference dtype of a recipe that sets no precision key, on this machine."""
+    return infer_dtype(Precision())
+
+
 def load_tokenizer(path: Path):
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if not tokenizer.chat_template:
@@ -103,32 +109,37 @@ def load_tokenizer(path: Path):
     return tokenizer
 
 
-def load_causal_lm(path: Path, **kwargs):
-    return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, dtype=torch.float32, **kwargs)
+def load_causal_lm(path: Path, dtype: torch.dtype | None = None, **kwargs):
+    """A causal LM on the policy's device (engine/device.py) in `dtype` (None: the policy's default)."""
+    return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **load_kwargs(dtype or default_dtype()),
+                                                **kwargs)
 
 
-def load_with_adapters(base_dir: Path, *stages: Path):
+def load_with_adapters(base_dir: Path, *stages: Path, dtype: torch.dtype | None = None):
     """The base model with each training stage applied in order (SFT, then DPO): a LoRA/DoRA adapter
-    directory is merged in; a full-weights directory (full or freeze fine-tuning) replaces the model."""
+    directory is merged in; a full-weights directory (full or freeze fine-tuning) replaces the model.
+    Loaded in `dtype` (None: the policy's default) on the policy's device."""
     from peft import PeftModel
     start, adapters = base_dir, list(stages)
     for i, stage in enumerate(stages):
         if not (stage / "adapter_config.json").is_file():  # full weights: what came before is not loaded at all
             start, adapters = stage, list(stages[i + 1:])
-    model = load_causal_lm(start)
+    model = load_causal_lm(start, dtype)
     for adapter in adapters:
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return model
 
 
-def load_reward_model(path: Path):
-    return AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False, dtype=torch.float32)
+def load_reward_model(path: Path, dtype: torch.dtype | None = None):
+    """A sequence-classification reward model on the policy's device in `dtype` (None: the policy's default)."""
+    return AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False,
+                                                              **load_kwargs(dtype or default_dtype()))
 
 
 def smoke_generate(model, tokenizer, prompt: str = "Add the two numbers.\n120 + 345", max_new_tokens: int = 8) -> str:
     """Greedy answer to one chat prompt: proves a model loads and generates."""
     ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)
+                                        return_tensors="pt", return_dict=True).to(model.device)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)

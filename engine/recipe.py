@@ -127,8 +127,20 @@ class TinyModel(Section):
 
 
 class ModelSection(Section):
+    """The model, and LLaMA-Factory's precision keys (engine/device.py holds the whole policy): every stage that
+    loads a model reads them. None set: float32 on a CPU, bf16 frozen weights on a GPU that has it (else fp16)."""
     model_name_or_path: str = "tiny"  # "tiny", or a local HF checkpoint directory
     tiny: TinyModel = TinyModel()
+    bf16: bool = False  # bfloat16 weights, bf16 mixed-precision training (a CPU runs it too)
+    fp16: bool = False  # float16 weights, fp16 mixed-precision training (a GPU only)
+    pure_bf16: bool = False  # bfloat16 everywhere, trainable weights too, no mixed precision
+    infer_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # inference loads and the merged export
+
+    @model_validator(mode="after")
+    def one_half_precision(self):
+        if self.fp16 and (self.bf16 or self.pure_bf16):
+            raise ValueError(f"fp16 and {'bf16' if self.bf16 else 'pure_bf16'} are both set; choose one half precision")
+        return self
 
 
 class DataSection(Section):
@@ -296,7 +308,10 @@ class DpoSection(TrainSection):
 
 
 class MergeSection(Section):
-    logits_atol: Float = check_threshold(1e-3, gt=0)  # merged vs adapter model logits, absolute tolerance
+    # merged vs adapter model logits, absolute tolerance; a float32 one. Half precision moves logits of ~10 by ~0.1-0.3
+    # (the tiny model): a bf16 run (model.bf16, infer_dtype bfloat16), or a bf16 checkpoint merged back into bf16
+    # (the merge writes the base's dtype), needs about 0.5; model.infer_dtype: float32 writes float32 instead
+    logits_atol: Float = check_threshold(1e-3, gt=0)
 
 
 class QuantizeSection(Section):

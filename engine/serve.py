@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from engine.device import Precision, device_type, infer_dtype, name
 from engine.errors import ServeError
 from engine.models import load_tokenizer
 from engine.processes import stop_process_group
@@ -41,9 +42,11 @@ if TYPE_CHECKING:
 CONFIG_FILE = "serve.json"
 
 
-def write_serve_config(model_dir: Path, served_model_name: str, cfg: ServeSection, out: Path) -> dict:
+def write_serve_config(model_dir: Path, served_model_name: str, cfg: ServeSection, out: Path,
+                       precision: Precision | None = None) -> dict:
     """serve.json and chat_template.jinja in `out`, plus `out/<served_model_name>`, a link to the model:
-    transformers serve answers to the name it loaded, so the link gives the server the served name."""
+    transformers serve answers to the name it loaded, so the link gives the server the served name. The dtype is
+    the policy's inference dtype on this machine (engine/device.py), which both servers get as --dtype."""
     model_dir = model_dir.resolve()
     if not (model_dir / "config.json").is_file():
         raise ServeError(f"{model_dir} is not a model directory (expected config.json): "
@@ -56,7 +59,8 @@ def write_serve_config(model_dir: Path, served_model_name: str, cfg: ServeSectio
     config = {"model_path": str(model_dir), "served_model_name": served_model_name, "chat_template": template.name,
               "max_model_len": cfg.max_model_len or model_config.get("max_position_embeddings"),
               "quantization": quantization, "host": cfg.host,
-              "port": cfg.port, "infer_backend": cfg.infer_backend}
+              "port": cfg.port, "infer_backend": cfg.infer_backend,
+              "dtype": name(infer_dtype(precision or Precision())), "device": device_type()}
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     return config
 
@@ -86,7 +90,8 @@ def choose_backend(preference: str) -> str:
 def vllm_command(config: dict, directory: Path, host: str, port: int) -> list[str]:
     command = ["vllm", "serve", config["model_path"], "--served-model-name", config["served_model_name"],
                "--host", host, "--port", str(port), "--max-model-len", str(config["max_model_len"]),
-               "--chat-template", str(directory / config["chat_template"]), "--generation-config", "auto"]
+               "--chat-template", str(directory / config["chat_template"]), "--generation-config", "auto",
+               "--dtype", config.get("dtype", "auto")]
     return command + (["--quantization", config["quantization"]] if config["quantization"] else [])
 
 
@@ -133,7 +138,7 @@ def exposure_warning(host: str, port: int, api_key: str | None,
 
 def transformers_command(config: dict, host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "transformers.cli.transformers", "serve", config["served_model_name"],
-            "--host", host, "--port", str(port), "--device", "cuda" if torch.cuda.is_available() else "cpu",
+            "--host", host, "--port", str(port), "--device", device_type(), "--dtype", config.get("dtype", "auto"),
             "--log-level", "warning"]
 
 
@@ -148,14 +153,14 @@ def server_command(config: dict, directory: Path, backend: str, host: str, port:
 def describe_commands(config: dict, directory: Path, chosen: str, host: str, port: int) -> list[str]:
     """One line per backend: what Server would run for `host`:`port` (for `tuneline serve --dry-run`)."""
     lines = []
-    for name in ("vllm", "huggingface"):
-        mark = " (chosen)" if name == chosen else ""
-        if name == "vllm":
-            lines.append(f"{name}{mark}: {' '.join(vllm_command(config, directory, host, port))}"
+    for backend in ("vllm", "huggingface"):
+        mark = " (chosen)" if backend == chosen else ""
+        if backend == "vllm":
+            lines.append(f"{backend}{mark}: {' '.join(vllm_command(config, directory, host, port))}"
                          "  (the API key, if any, in VLLM_API_KEY)")
         else:
-            backend = " ".join(transformers_command(config, "127.0.0.1", "<private port>"))
-            lines.append(f"{name}{mark}: tuneline's API-key proxy on {host}:{port} -> {backend}")
+            command = " ".join(transformers_command(config, "127.0.0.1", "<private port>"))
+            lines.append(f"{backend}{mark}: tuneline's API-key proxy on {host}:{port} -> {command}")
     return lines
 
 
@@ -396,8 +401,8 @@ def build_deployment(run: "StageRun") -> dict:
     from engine.export.vllm_compat import vllm_config_problems
     cfg = run.recipe.serve
     export = run.inputs[f"{cfg.model}_model"]
-    config = write_serve_config(export, served_name(run.recipe), cfg, run.out)
+    config = write_serve_config(export, served_name(run.recipe), cfg, run.out, Precision.of(run.recipe.model))
     vllm_line = server_command(config, run.out, "vllm", config["host"], config["port"])
     smoke = smoke_serve(run.out, cfg.infer_backend, SMOKE_PROMPT, cfg.startup_timeout_seconds)
     return {"serve_config": config, "vllm_command": " ".join(vllm_line), "smoke": smoke,
-            "vllm_problems": vllm_config_problems(export)}
+            "vllm_problems": vllm_config_problems(export), "device": config["device"], "dtype": config["dtype"]}

@@ -229,7 +229,10 @@ def model_path(model: str, artifact_root: str) -> Path:
 def chat(args: argparse.Namespace) -> int:
     quiet_libraries()
     from engine.chat import chat_loop, load_chat_model, reply
-    model, tokenizer = load_chat_model(model_path(args.model, args.artifact_root))
+    from engine.device import Precision, check_precision, infer_dtype
+    precision = Precision(infer_dtype=args.infer_dtype)
+    check_precision(precision)
+    model, tokenizer = load_chat_model(model_path(args.model, args.artifact_root), infer_dtype(precision))
     generation = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
     if args.prompt is not None:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
@@ -291,6 +294,7 @@ def interrupt(*_) -> None:
 def serve_directory(args: argparse.Namespace, recipe, overrides: dict, scratch: Path) -> Path:
     """The deployment to serve: `deployment` (the one the recipe implies), a deployment directory, or a model to
     deploy ad hoc."""
+    from engine.device import Precision
     from engine.serve import write_serve_config
     if args.model == "deployment":
         from pipelines.definitions import resources
@@ -306,7 +310,7 @@ def serve_directory(args: argparse.Namespace, recipe, overrides: dict, scratch: 
     if (path / "serve.json").is_file():
         return path
     name = args.served_model_name or f"{recipe.name}-{path.name}"
-    write_serve_config(path, name, recipe.serve, scratch)
+    write_serve_config(path, name, recipe.serve, scratch, Precision.of(recipe.model))
     return scratch
 
 
@@ -402,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     chat_p.add_argument("--system", help="a system message")
     chat_p.add_argument("--max-new-tokens", type=int, default=128)
     chat_p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    chat_p.add_argument("--infer-dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                        help="LLaMA-Factory's infer_dtype; auto: float32 on a CPU, bf16 (else fp16) on a GPU")
     chat_p.add_argument("--artifact-root", default=os.environ.get("TUNELINE_HOME", ".tuneline"))
     args = parser.parse_args(argv)
     if not getattr(args, "verbose", False):

@@ -30,9 +30,10 @@ num_train_epochs: 3.0
 packing: true
 report_to: wandb
 neat_packing: true
+bf16: true
 """
 KTO = "stage: kto\nfinetuning_type: freeze\nfreeze_trainable_layers: 1\npref_beta: 0.2\ndataset: kto_en_demo\n"
-RM = "stage: rm\nlearning_rate: 2.0e-5\nquantization_bit: 4\n"
+RM = "stage: rm\nlearning_rate: 2.0e-5\nquantization_bit: 4\nbf16: true\ninfer_dtype: bfloat16\n"
 PT = "stage: pt\ndataset: c4_demo\nfinetuning_type: full\n"
 
 
@@ -47,7 +48,7 @@ def configs(tmp_path, tiny_model_dir):
 def test_known_keys_land_in_their_sections(configs, tiny_model_dir):
     text, _ = import_configs(configs)
     recipe = yaml.safe_load(text)
-    assert recipe["model"] == {"model_name_or_path": str(tiny_model_dir)}
+    assert recipe["model"] == {"model_name_or_path": str(tiny_model_dir), "bf16": True, "infer_dtype": "bfloat16"}
     assert recipe["data"] == {"dataset_dir": "data", "dataset_info": "dataset_info.json", "cutoff_len": 1024,
                               "dataset": ["identity", "alpaca_en_demo", "kto_en_demo"]}
     assert recipe["sft"] == {"finetuning_type": "dora", "lora_rank": 8, "lora_target": "q_proj,v_proj",
@@ -112,3 +113,11 @@ def test_an_imported_value_of_the_wrong_kind_is_one_line(tmp_path):
     assert len(lines) == 2 and all(line.startswith("the imported recipe is not valid: sft.") for line in lines)
     assert "sft.lora_rank: Input should be a valid integer" in lines[0]
     assert "sft.lr_scheduler_type: expected one of transformers' schedulers" in lines[1]
+
+
+def test_precision_keys_are_one_for_every_stage(tmp_path):
+    (tmp_path / "sft.yaml").write_text("stage: sft\nbf16: true\n")
+    (tmp_path / "dpo.yaml").write_text("stage: dpo\nbf16: false\npure_bf16: true\n")
+    text, notes = import_configs([tmp_path / "sft.yaml", tmp_path / "dpo.yaml"])
+    assert yaml.safe_load(text)["model"] == {"bf16": False, "pure_bf16": True}
+    assert notes == [f"{tmp_path / 'dpo.yaml'}: bf16 False differs from an earlier file's; the last one is kept"]

@@ -26,6 +26,8 @@ AFTER_FORMAT = ALL - {"base_model", "raw_data", "clean_data", "pt_model"}
 AFTER_CLEAN = AFTER_FORMAT | {"clean_data"}
 AFTER_RAW = AFTER_CLEAN | {"raw_data"}
 AFTER_EVAL = EVALS | {"model_comparison", "deployment"}
+# every stage that loads a model reads the precision keys (pt_model only when continued pre-training is on)
+LOADS_A_MODEL = AFTER_FORMAT - {"formatted_data"}
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,9 @@ KEY_CHANGES = [  # (recipe key, new value, the stages whose artifact changes)
     ("data.val_size", 0.2, AFTER_FORMAT),
     ("clean.steps", [{"step": "exact_dedup"}], AFTER_CLEAN),
     ("serve.port", 8123, {"deployment"}),
+    ("model.infer_dtype", "bfloat16", LOADS_A_MODEL),
+    ("model.bf16", True, LOADS_A_MODEL),
+    ("model.pure_bf16", True, LOADS_A_MODEL),
     ("serve.model", "gptq", {"deployment"}),
     ("name", "renamed", {"deployment"}),  # the served model's default name
     # thresholds of checks and gates: the check runs again, nothing is rebuilt
@@ -124,6 +129,12 @@ def test_the_pt_corpus_rebuilds_from_pt_model_on(project):
             ALL - {"base_model", "raw_data", "clean_data", "formatted_data"}
     finally:
         corpus.write_text(original)
+
+
+def test_with_pt_on_the_precision_keys_rebuild_pt_model_too(project):
+    recipe, on = str(project / "recipe.yaml"), {"pt.dataset": ["pt_corpus"]}
+    assert rebuilt(plan_of(recipe, on), plan_of(recipe, {**on, "model.bf16": True})) == \
+        ALL - {"base_model", "raw_data", "clean_data", "formatted_data"}
 
 
 def test_the_local_checkpoint_s_weights_rebuild_everything_that_reads_the_model(project):

@@ -38,6 +38,8 @@ def test_the_serve_config_names_everything_a_server_needs(deployment_dir, tiny_m
     assert config["model_path"] == str(tiny_model_dir.resolve())
     assert config["served_model_name"] == "tiny-base" and config["quantization"] is None
     assert config["max_model_len"] == 512 and config["host"] == "127.0.0.1"
+    if not torch.cuda.is_available():
+        assert (config["device"], config["dtype"]) == ("cpu", "float32")  # the precision policy's CPU default
     assert (deployment_dir / "chat_template.jinja").read_text().startswith("{% for message in messages %}")
     assert (deployment_dir / "tiny-base").resolve() == tiny_model_dir.resolve()
 
@@ -49,7 +51,7 @@ def test_the_vllm_command_line_carries_the_config(deployment_dir):
     flags = dict(zip(command[3::2], command[4::2], strict=True))
     assert flags == {"--served-model-name": "tiny-base", "--host": "127.0.0.1", "--port": "8123",
                      "--max-model-len": "512", "--chat-template": str(deployment_dir / "chat_template.jinja"),
-                     "--generation-config": "auto", "--quantization": "compressed-tensors"}
+                     "--generation-config": "auto", "--dtype": config["dtype"], "--quantization": "compressed-tensors"}
 
 
 def test_vllm_is_chosen_only_where_it_can_run():

@@ -15,6 +15,7 @@ from llmcompressor.modifiers.gptq import GPTQModifier
 from llmcompressor.modifiers.quantization import QuantizationModifier
 from llmcompressor.modifiers.transform import AWQModifier
 
+from engine.device import Precision, infer_dtype, precision_metrics
 from engine.evaluate import perplexity
 from engine.export.awq_cpu_shim import awq_cpu_compat
 from engine.export.merge import dir_size
@@ -47,26 +48,28 @@ def check_group_size(model, group_size: int) -> None:
 
 
 def quantize(merged_dir: Path, formatted_dir: Path, method: Method, cfg: QuantizeSection, cutoff_len: int,
-             out: Path) -> dict:
-    """Calibrate on the formatted eval data, save the compressed checkpoint to `out`, reload and measure it."""
+             out: Path, precision: Precision | None = None) -> dict:
+    """Calibrate on the formatted eval data, save the compressed checkpoint to `out`, reload and measure it. The
+    merged model is calibrated on the policy's device in its inference dtype, and both models are measured so."""
+    dtype = infer_dtype(precision or Precision())
     tokenizer = load_tokenizer(merged_dir)
     evaluation = load_from_disk(formatted_dir / "sft")["eval"]
     calibration = evaluation.select(range(min(cfg.calibration_samples, len(evaluation)))).map(
         lambda row: {"attention_mask": [1] * len(row["input_ids"])}).select_columns(["input_ids", "attention_mask"])
-    model = load_causal_lm(merged_dir)
+    model = load_causal_lm(merged_dir, dtype)
     check_group_size(model, cfg.group_size)
     with awq_cpu_compat():
         oneshot(model=model, dataset=calibration, recipe=recipe_for(method, cfg), max_seq_length=cutoff_len,
                 num_calibration_samples=len(calibration), shuffle_calibration_samples=False)
     model.save_pretrained(out, save_compressed=True)
     tokenizer.save_pretrained(out)
-    reloaded = load_causal_lm(out)
-    merged_ppl = perplexity(load_causal_lm(merged_dir), evaluation, tokenizer.pad_token_id)
+    reloaded = load_causal_lm(out, dtype)
+    merged_ppl = perplexity(load_causal_lm(merged_dir, dtype), evaluation, tokenizer.pad_token_id)
     quant_ppl = perplexity(reloaded, evaluation, tokenizer.pad_token_id)
     return {"method": method, "eval_perplexity": round(quant_ppl, 4), "merged_eval_perplexity": round(merged_ppl, 4),
             "ppl_ratio": round(quant_ppl / merged_ppl, 4), "size_bytes": dir_size(out),
             "merged_size_bytes": dir_size(merged_dir), "sample_answer": smoke_generate(reloaded, tokenizer),
-            "reloaded_quant_method": quant_method(reloaded.config)}
+            "reloaded_quant_method": quant_method(reloaded.config), **precision_metrics(dtype)}
 
 
 def quant_method(config) -> str | None:
@@ -81,7 +84,7 @@ def build(run: "StageRun", method: Method) -> dict:
     from engine.lineage import export_lineage
     merged = run.inputs["merged_model"]
     metrics = quantize(merged, run.inputs["formatted_data"], method, run.recipe.quantize, run.recipe.data.cutoff_len,
-                       run.out)
+                       run.out, Precision.of(run.recipe.model))
     parents = [p.name for p in run.inputs.values()]
     write_export_docs(run.out, f"{method.upper()} 4-bit export of {merged.name}",
                       export_lineage(run.home.catalog(), parents), metrics)

@@ -14,6 +14,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
 
+from engine.device import (Precision, device, device_type, load_kwargs, mixed_precision, train_dtype, upcast_trainable,
+                           upcast_trainable_parameters)
 from engine.errors import RecipeError
 
 if TYPE_CHECKING:
@@ -43,30 +45,35 @@ def check_quantized_training(cfg: TrainSection, key: str) -> None:
                           f"GPU: {torch.cuda.is_available()}); remove it to train a plain LoRA on this machine")
 
 
-def quantized_load_kwargs(cfg: TrainSection) -> dict:
-    """from_pretrained arguments for a QLoRA base: bitsandbytes NF4 (or 8-bit) weights, bf16 compute."""
+def quantized_load_kwargs(cfg: TrainSection, precision: Precision | None = None) -> dict:
+    """from_pretrained arguments for a QLoRA base: bitsandbytes NF4 (or 8-bit) weights, computing in the policy's
+    training dtype (on a GPU: bf16 where supported, else fp16, unless the recipe says)."""
     if cfg.quantization_bit is None:
         return {}
     from transformers import BitsAndBytesConfig
     if cfg.quantization_bit == 4:
         config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                    bnb_4bit_compute_dtype=torch.bfloat16)
+                                    bnb_4bit_compute_dtype=train_dtype(precision or Precision()))
     else:
         config = BitsAndBytesConfig(load_in_8bit=True)
-    return {"quantization_config": config, "device_map": {"": 0}}
+    return {"quantization_config": config, "device_map": {"": device()}}
 
 
-def load_trainable(model_dir: Path, cfg: TrainSection, model_class=None, **kwargs):
-    """The model a stage starts from (a causal LM unless `model_class` says otherwise), its frozen base
-    quantized by bitsandbytes when the recipe asks for QLoRA."""
+def load_trainable(model_dir: Path, cfg: TrainSection, model_class=None, *, precision: Precision | None = None,
+                   **kwargs):
+    """The model a stage starts from (a causal LM unless `model_class` says otherwise) on the policy's device, its
+    frozen weights in the policy's training dtype, or quantized by bitsandbytes when the recipe asks for QLoRA."""
     from transformers import AutoModelForCausalLM, set_seed
     set_seed(cfg.seed)  # a new head and the adapter's initial weights come from the recipe's seed, in any process
     model_class = model_class or AutoModelForCausalLM
+    precision = precision or Precision()
     if cfg.quantization_bit is None:
-        return model_class.from_pretrained(model_dir, trust_remote_code=False, dtype=torch.float32, **kwargs)
+        return model_class.from_pretrained(model_dir, trust_remote_code=False, **load_kwargs(train_dtype(precision)),
+                                           **kwargs)
     check_quantized_training(cfg, "training")
     from peft import prepare_model_for_kbit_training
-    model = model_class.from_pretrained(model_dir, trust_remote_code=False, **quantized_load_kwargs(cfg), **kwargs)
+    model = model_class.from_pretrained(model_dir, trust_remote_code=False, dtype=train_dtype(precision),
+                                        **quantized_load_kwargs(cfg, precision), **kwargs)
     return prepare_model_for_kbit_training(model)
 
 
@@ -77,11 +84,16 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     return max(layers, key=len)
 
 
-def prepare_model(model, cfg: TrainSection, task_type: str):
+def prepare_model(model, cfg: TrainSection, task_type: str, precision: Precision | None = None):
     """The model as it trains: wrapped in a LoRA/DoRA adapter, all weights trainable (full), or all frozen but
-    `freeze_trainable_layers` decoder layers and, for a reward model, its score head (freeze)."""
+    `freeze_trainable_layers` decoder layers and, for a reward model, its score head (freeze). Trainable weights
+    are float32 unless the recipe says pure_bf16 (frozen ones stay in the dtype they were loaded in)."""
+    upcast = upcast_trainable(precision or Precision())
     if is_adapter(cfg):
-        return get_peft_model(model, lora_config(cfg, task_type))
+        model = get_peft_model(model, lora_config(cfg, task_type), autocast_adapter_dtype=upcast)
+        if upcast:
+            upcast_trainable_parameters(model)  # a reward model's new score head, too
+        return model
     model.requires_grad_(True)  # a model with an adapter merged in comes back frozen
     if cfg.finetuning_type == "freeze":
         layers = decoder_layers(model)
@@ -94,6 +106,8 @@ def prepare_model(model, cfg: TrainSection, task_type: str):
         head = getattr(model, "score", None)
         if head is not None:
             head.requires_grad_(True)
+    if upcast:
+        upcast_trainable_parameters(model)
     return model
 
 
@@ -112,9 +126,9 @@ def trainable_parameters(model) -> dict:
     return {"trainable_parameters": trainable, "total_parameters": total}
 
 
-def trainer_kwargs(cfg: TrainSection, out: Path) -> dict:
-    """Arguments shared by every stage's TRL config, from the recipe's training keys; scratch goes to out/_trainer."""
-    on_gpu = torch.cuda.is_available()
+def trainer_kwargs(cfg: TrainSection, out: Path, precision: Precision | None = None) -> dict:
+    """Arguments shared by every stage's TRL config, from the recipe's training keys and the device and precision
+    policy (engine/device.py); scratch goes to out/_trainer."""
     return dict(
         output_dir=str(out / "_trainer"), report_to=cfg.report_to, learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_train_epochs,
@@ -124,7 +138,7 @@ def trainer_kwargs(cfg: TrainSection, out: Path) -> dict:
         warmup_steps=cfg.warmup_ratio, logging_steps=cfg.logging_steps, seed=cfg.seed, data_seed=cfg.seed,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         eval_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
-        use_cpu=not on_gpu, bf16=on_gpu and torch.cuda.is_bf16_supported(), remove_unused_columns=True,
+        remove_unused_columns=True, **mixed_precision(precision or Precision()),
     )
 
 
@@ -210,8 +224,9 @@ def finish(trainer, out: Path, cfg: TrainSection, resumed_from: int | None = Non
     if is_main_process():
         shutil.rmtree(out / "_trainer", ignore_errors=True)
     peak = {"peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)} if torch.cuda.is_available() else {}
-    return {**peak, "processes": int(os.environ.get("WORLD_SIZE", "1")), "steps": trainer.state.global_step, "resumed_from_step": resumed_from, "loss_curve": loss_curve(trainer),
-            "device": "cuda" if torch.cuda.is_available() else "cpu", "finetuning_type": cfg.finetuning_type,
+    return {**peak, "processes": int(os.environ.get("WORLD_SIZE", "1")), "steps": trainer.state.global_step,
+            "resumed_from_step": resumed_from, "loss_curve": loss_curve(trainer),
+            "device": device_type(), "finetuning_type": cfg.finetuning_type,
             "report_to": cfg.report_to, **trainable_parameters(trainer.model)}
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Callable
 
 from datasets import load_from_disk
 
+from engine.device import Precision, precision_metrics, train_dtype
 from engine.errors import DataError
 from engine.models import load_tokenizer, load_with_adapters, model_dir
 from engine.train.checkpoints import train_resumably
@@ -19,19 +20,21 @@ if TYPE_CHECKING:
     from engine.stage import StageRun
 
 
-def starting_model(base_dir: Path, sft_weights: Path, cfg: DpoSection, out: Path):
-    """The SFT model DPO trains; for QLoRA it is written out once and reloaded with its base quantized."""
-    model = load_with_adapters(base_dir, sft_weights)
+def starting_model(base_dir: Path, sft_weights: Path, cfg: DpoSection, out: Path, precision: Precision | None = None):
+    """The SFT model DPO trains, in the policy's training dtype; for QLoRA it is written out once and reloaded with
+    its base quantized."""
+    model = load_with_adapters(base_dir, sft_weights, dtype=train_dtype(precision or Precision()))
     if cfg.quantization_bit is None:
         return model
     model.save_pretrained(out / "_trainer" / "sft_merged")
-    return load_trainable(out / "_trainer" / "sft_merged", cfg)
+    return load_trainable(out / "_trainer" / "sft_merged", cfg, precision=precision)
 
 
-def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: DpoSection, cutoff_len: int, out: Path):
+def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: DpoSection, cutoff_len: int, out: Path,
+                       precision: Precision | None = None):
     """The TRL trainer for the recipe's pref_loss, with its held-out data. `reference` is the frozen SFT model,
     or None for an adapter (TRL then disables the adapter to get the reference)."""
-    common = {**trainer_kwargs(cfg, out), "beta": cfg.pref_beta, "max_length": cutoff_len}
+    common = {**trainer_kwargs(cfg, out, precision), "beta": cfg.pref_beta, "max_length": cutoff_len}
     if cfg.pref_loss == "kto":
         from trl import KTOConfig, KTOTrainer
         if not (formatted_dir / "kto").is_dir():
@@ -55,15 +58,16 @@ def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: Dp
 
 
 def train_dpo(base_dir: Path, sft_weights: Path, formatted_dir: Path, cfg: DpoSection, cutoff_len: int,
-              out: Path, say: Callable[[str], None] = print) -> dict:
+              out: Path, precision: Precision | None = None, say: Callable[[str], None] = print) -> dict:
     """Train and save to `out/adapter` (or `out/model`). Returns the held-out reward margin and accuracy.
     (The reward model's verdict on DPO against SFT is the evaluation assets' job, and the gate's.)"""
     tokenizer = load_tokenizer(base_dir)
-    model = prepare_model(starting_model(base_dir, sft_weights, cfg, out), cfg, "CAUSAL_LM")
+    model = prepare_model(starting_model(base_dir, sft_weights, cfg, out, precision), cfg, "CAUSAL_LM", precision)
     # a full or freeze model needs its own frozen copy of the SFT model as reference (TRL would reload the base)
-    reference = None if is_adapter(cfg) or cfg.pref_loss == "orpo" else load_with_adapters(base_dir, sft_weights).eval()
+    reference = None if is_adapter(cfg) or cfg.pref_loss == "orpo" else load_with_adapters(
+        base_dir, sft_weights, dtype=train_dtype(precision or Precision())).eval()
     with tracking(cfg, out, f"dpo-{cfg.pref_loss}"):
-        trainer = preference_trainer(model, reference, tokenizer, formatted_dir, cfg, cutoff_len, out)
+        trainer = preference_trainer(model, reference, tokenizer, formatted_dir, cfg, cutoff_len, out, precision)
         result, resumed = train_resumably(trainer, "dpo", say)
         evaluation = trainer.evaluate()
     save_trained(trainer.model, tokenizer, cfg, out)
@@ -75,5 +79,8 @@ def train_dpo(base_dir: Path, sft_weights: Path, formatted_dir: Path, cfg: DpoSe
 
 def build(run: "StageRun") -> dict:
     """dpo_adapter's entry point: on top of the SFT stage's weights."""
-    return train_dpo(model_dir(run.inputs["pt_model"]), trained_weights(run.inputs["sft_adapter"]),
-                     run.inputs["formatted_data"], run.recipe.dpo, run.recipe.data.cutoff_len, run.out, run.log)
+    precision = Precision.of(run.recipe.model)
+    return {**train_dpo(model_dir(run.inputs["pt_model"]), trained_weights(run.inputs["sft_adapter"]),
+                        run.inputs["formatted_data"], run.recipe.dpo, run.recipe.data.cutoff_len, run.out, precision,
+                        run.log),
+            **precision_metrics(train_dtype(precision))}

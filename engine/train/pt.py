@@ -17,6 +17,7 @@ from engine.data.ingest import source_records
 from engine.data.registry import DatasetEntry, resolve_sources
 from engine.data.split import split_of
 from engine.errors import DataError
+from engine.device import Precision, precision_metrics, train_dtype
 from engine.models import load_tokenizer, model_dir, point_at
 from engine.tables import QUARANTINE_COLUMNS, write_rows
 from engine.train.checkpoints import quiet, train_resumably
@@ -44,7 +45,7 @@ def text_rows(sources: dict[str, tuple[DatasetEntry, Path]]) -> Iterator[tuple[b
 
 
 def train_pt(base_dir: Path, sources: dict[str, tuple[DatasetEntry, Path]], cfg: PtSection, cutoff_len: int,
-             val_size: float, seed: int, out: Path,
+             val_size: float, seed: int, out: Path, precision: Precision | None = None,
              say: Callable[[str], None] = print) -> tuple[dict, list[dict]]:
     """Train, save a full model to `out`. Returns (metrics with held-out loss before/after, quarantined rows)."""
     tokenizer = load_tokenizer(base_dir)
@@ -62,9 +63,9 @@ def train_pt(base_dir: Path, sources: dict[str, tuple[DatasetEntry, Path]], cfg:
         raise DataError(f"pt.dataset {list(sources)}: {len(rows['train'])} train and {len(rows['eval'])} eval texts; "
                         "both splits need text (add rows or change data.val_size)")
     train, evaluation = (Dataset.from_dict({"text": rows[s]}) for s in ("train", "eval"))
-    args = SFTConfig(**trainer_kwargs(cfg, out), max_length=cutoff_len, packing=True, packing_strategy="wrapped",
-                     dataset_text_field="text", completion_only_loss=False)
-    model = prepare_model(load_trainable(base_dir, cfg), cfg, "CAUSAL_LM")
+    args = SFTConfig(**trainer_kwargs(cfg, out, precision), max_length=cutoff_len, packing=True,
+                     packing_strategy="wrapped", dataset_text_field="text", completion_only_loss=False)
+    model = prepare_model(load_trainable(base_dir, cfg, precision=precision), cfg, "CAUSAL_LM", precision)
     with tracking(cfg, out, "pt"):
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                              processing_class=tokenizer, optimizers=optimizers(model, cfg))
@@ -93,8 +94,8 @@ def build(run: "StageRun") -> dict:
     base = model_dir(run.inputs["base_model"])
     if not run.recipe.pt.dataset:
         return {**point_at(run.out, base), "continued_pretraining": False}
-    data = run.recipe.data
+    data, precision = run.recipe.data, Precision.of(run.recipe.model)
     metrics, quarantine = train_pt(base, pt_sources(run.recipe), run.recipe.pt, data.cutoff_len, data.val_size,
-                                   data.seed, run.out, run.log)
+                                   data.seed, run.out, precision, run.log)
     write_rows(quarantine, run.out / "quarantine.parquet", QUARANTINE_COLUMNS)
-    return {**metrics, "continued_pretraining": True}
+    return {**metrics, "continued_pretraining": True, **precision_metrics(train_dtype(precision))}

@@ -9,6 +9,7 @@ from datasets import load_from_disk
 from transformers import AutoModelForSequenceClassification
 from trl import RewardConfig, RewardTrainer
 
+from engine.device import Precision, precision_metrics, train_dtype
 from engine.evaluate import pairwise_accuracy
 from engine.models import load_tokenizer, model_dir
 from engine.train.checkpoints import train_resumably
@@ -21,14 +22,14 @@ if TYPE_CHECKING:
 
 
 def train_reward(base_dir: Path, formatted_dir: Path, cfg: RewardSection, cutoff_len: int, out: Path,
-                 say: Callable[[str], None] = print) -> dict:
+                 precision: Precision | None = None, say: Callable[[str], None] = print) -> dict:
     """Train and save a full reward model in `out` (a LoRA is merged in). Returns held-out pairwise accuracy."""
     tokenizer = load_tokenizer(base_dir)
     data = load_from_disk(formatted_dir / "preference")
-    model = load_trainable(base_dir, cfg, AutoModelForSequenceClassification, num_labels=1)
+    model = load_trainable(base_dir, cfg, AutoModelForSequenceClassification, precision=precision, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
-    model = prepare_model(model, cfg, "SEQ_CLS")
-    args = RewardConfig(**trainer_kwargs(cfg, out), max_length=cutoff_len)
+    model = prepare_model(model, cfg, "SEQ_CLS", precision)
+    args = RewardConfig(**trainer_kwargs(cfg, out, precision), max_length=cutoff_len)
     with tracking(cfg, out, "reward"):
         trainer = RewardTrainer(model=model, args=args, train_dataset=without_row_ids(data["train"]),
                                 processing_class=tokenizer, optimizers=optimizers(model, cfg))
@@ -45,5 +46,7 @@ def train_reward(base_dir: Path, formatted_dir: Path, cfg: RewardSection, cutoff
 
 def build(run: "StageRun") -> dict:
     """reward_model's entry point."""
-    return train_reward(model_dir(run.inputs["pt_model"]), run.inputs["formatted_data"], run.recipe.reward,
-                        run.recipe.data.cutoff_len, run.out, run.log)
+    precision = Precision.of(run.recipe.model)
+    return {**train_reward(model_dir(run.inputs["pt_model"]), run.inputs["formatted_data"], run.recipe.reward,
+                           run.recipe.data.cutoff_len, run.out, precision, run.log),
+            **precision_metrics(train_dtype(precision))}

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Callable
 from datasets import load_from_disk
 from trl import SFTConfig, SFTTrainer
 
+from engine.device import Precision, precision_metrics, train_dtype
 from engine.models import load_tokenizer, model_dir
 from engine.train.checkpoints import quiet, train_resumably
 from engine.train.common import (finish, load_trainable, optimizers, prepare_model, save_trained, tracking,
@@ -19,14 +20,15 @@ if TYPE_CHECKING:
 
 
 def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: int, out: Path,
-              say: Callable[[str], None] = print) -> dict:
+              precision: Precision | None = None, say: Callable[[str], None] = print) -> dict:
     """Train and save to `out/adapter` (or `out/model`). Returns eval loss before/after, loss curve, tokens/s."""
     tokenizer = load_tokenizer(base_dir)
     data = load_from_disk(formatted_dir / "sft")
     train, evaluation = without_row_ids(data["train"]), without_row_ids(data["eval"])
     # the SFT view is pre-tokenized with labels already masked: TRL uses them as they are (and packs them if asked)
-    args = SFTConfig(**trainer_kwargs(cfg, out), max_length=cutoff_len, packing=cfg.packing, eval_packing=False)
-    model = prepare_model(load_trainable(base_dir, cfg), cfg, "CAUSAL_LM")
+    args = SFTConfig(**trainer_kwargs(cfg, out, precision), max_length=cutoff_len, packing=cfg.packing,
+                     eval_packing=False)
+    model = prepare_model(load_trainable(base_dir, cfg, precision=precision), cfg, "CAUSAL_LM", precision)
     with tracking(cfg, out, "sft"):
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                              processing_class=tokenizer, optimizers=optimizers(model, cfg))
@@ -43,5 +45,7 @@ def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: 
 
 def build(run: "StageRun") -> dict:
     """sft_adapter's entry point."""
-    return train_sft(model_dir(run.inputs["pt_model"]), run.inputs["formatted_data"], run.recipe.sft,
-                     run.recipe.data.cutoff_len, run.out, run.log)
+    precision = Precision.of(run.recipe.model)
+    return {**train_sft(model_dir(run.inputs["pt_model"]), run.inputs["formatted_data"], run.recipe.sft,
+                        run.recipe.data.cutoff_len, run.out, precision, run.log),
+            **precision_metrics(train_dtype(precision))}

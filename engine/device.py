@@ -1,0 +1,197 @@
+"""One device and precision policy for every model load: training, evaluation, reward scoring, merge,
+quantization, chat and serving. One policy, one place.
+
+Device: CUDA when present, else the CPU; batches go to the model's device. Dtype: the recipe's `model` section
+holds LLaMA-Factory's keys (`bf16`, `fp16`, `pure_bf16`, `infer_dtype`), and they decide when given:
+
+| recipe (model.*)         | CPU                                | GPU with bf16                    | GPU without bf16   |
+|--------------------------|------------------------------------|----------------------------------|--------------------|
+| none set (default)       | float32, no mixed precision        | bfloat16 frozen weights, bf16 AMP | float16, fp16 AMP |
+| bf16: true               | bfloat16 frozen weights, bf16 AMP  | bfloat16, bf16 AMP               | refused at load    |
+| fp16: true               | refused at load                    | float16, fp16 AMP                | float16, fp16 AMP  |
+| pure_bf16: true          | bfloat16 weights, trainable too, no AMP (unless bf16 too) | same          | refused at load    |
+| infer_dtype: X (not auto)| inference loads in X; training unaffected; the merge writes X | same       | bfloat16 refused   |
+
+Trainable parameters (LoRA/DoRA weights, the layers full or freeze fine-tuning trains) are upcast to float32
+unless pure_bf16, as LLaMA-Factory's init_adapter does. The merge writes the base checkpoint's dtype unless
+infer_dtype names one (LLaMA-Factory's export: explicit infer_dtype wins).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from engine.errors import RecipeError
+
+# the recipe keys every stage that loads a model reads (its fingerprint covers them)
+PRECISION_KEYS = ("model.bf16", "model.fp16", "model.pure_bf16", "model.infer_dtype")
+HALF = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The recipe's precision keys: what a stage passes down instead of the whole recipe."""
+    bf16: bool = False
+    fp16: bool = False
+    pure_bf16: bool = False
+    infer_dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+
+    @classmethod
+    def of(cls, model_section: Any) -> "Precision":
+        """From the recipe's `model` section (or a stage's view of it: reads exactly PRECISION_KEYS)."""
+        return cls(bf16=model_section.bf16, fp16=model_section.fp16, pure_bf16=model_section.pure_bf16,
+                   infer_dtype=model_section.infer_dtype)
+
+    @property
+    def asks(self) -> bool:
+        """Whether any training precision key is set (else the device decides)."""
+        return self.bf16 or self.fp16 or self.pure_bf16
+
+
+def device() -> torch.device:
+    """CUDA when present (this process's GPU under torchrun/accelerate: LOCAL_RANK, as LLaMA-Factory's
+    get_current_device), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def device_type() -> str:
+    return device().type
+
+
+def bf16_supported() -> bool:
+    """bfloat16 compute here: every CPU torch runs it; a GPU only from Ampere on."""
+    return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True
+
+
+def device_default() -> torch.dtype:
+    """The dtype when the recipe names none: float32 on a CPU; on a GPU bfloat16 where supported, else float16.
+    (LLaMA-Factory's infer_optim_dtype picks float16 for a float32 checkpoint even on a bf16 GPU; we take bfloat16
+    there: float32's range, so nothing overflows.)"""
+    if device_type() == "cpu":
+        return torch.float32
+    return torch.bfloat16 if bf16_supported() else torch.float16
+
+
+def train_dtype(p: Precision) -> torch.dtype:
+    """The dtype a training stage loads its (frozen) weights in: bf16/pure_bf16, fp16, else the device's default
+    (LLaMA-Factory's compute_dtype: infer_dtype is not read for a trainable model)."""
+    if p.bf16 or p.pure_bf16:
+        return torch.bfloat16
+    if p.fp16:
+        return torch.float16
+    return device_default()
+
+
+def infer_dtype(p: Precision) -> torch.dtype:
+    """The dtype inference loads use (evaluation, reward scoring, merge, quantization, chat, serving): an explicit
+    infer_dtype wins, else what training uses. (LLaMA-Factory's training flags win over infer_dtype inside a
+    training run; one recipe carries both here, and a key set for inference should act on inference.)"""
+    if p.infer_dtype != "auto":
+        return getattr(torch, p.infer_dtype)
+    return train_dtype(p)
+
+
+def upcast_trainable(p: Precision) -> bool:
+    """Trainable parameters in float32 unless pure_bf16 (LLaMA-Factory's cast_trainable_params_to_fp32)."""
+    return not p.pure_bf16
+
+
+def mixed_precision(p: Precision) -> dict:
+    """TrainingArguments' device and autocast flags: bf16/fp16 AMP as the recipe asks; with no key set, AMP in the
+    device default's half dtype on a GPU and none on a CPU; pure_bf16 alone trains without AMP.
+    (LLaMA-Factory trains without AMP unless told; its example configs all set bf16: true on a GPU, as we do.)"""
+    cpu = device_type() == "cpu"
+    default = None if cpu or p.asks else device_default()
+    return {"use_cpu": cpu, "bf16": p.bf16 or default == torch.bfloat16, "fp16": p.fp16 or default == torch.float16}
+
+
+def name(dtype: torch.dtype) -> str:
+    """"bfloat16" for torch.bfloat16: how metrics, fingerprints and command lines spell a dtype."""
+    return str(dtype).removeprefix("torch.")
+
+
+def checkpoint_dtype(model_dir: Path) -> torch.dtype:
+    """The dtype a checkpoint's config.json declares (`dtype`, or the older `torch_dtype`); float32 if none."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    declared = config.get("dtype") or config.get("torch_dtype")
+    dtype = getattr(torch, declared, None) if isinstance(declared, str) else None
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
+def export_dtype(p: Precision, base_dir: Path) -> torch.dtype:
+    """The dtype the merge writes: an explicit infer_dtype, else the base checkpoint's own. (LLaMA-Factory's
+    export turns a float32 checkpoint into half precision on a GPU; we keep it: the merge changes no precision
+    the user did not ask for.)"""
+    return getattr(torch, p.infer_dtype) if p.infer_dtype != "auto" else checkpoint_dtype(base_dir)
+
+
+def load_kwargs(dtype: torch.dtype) -> dict:
+    """from_pretrained arguments that put a model on the policy's device in `dtype`."""
+    return {"dtype": dtype, **({"device_map": {"": device()}} if device_type() == "cuda" else {})}
+
+
+def to_device(batch: dict, model) -> dict:
+    """A batch of tensors on the model's device."""
+    return {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def mixed_autocast(model):
+    """Autocast in the model's half dtype when its weights mix dtypes (a half-precision base under float32 trainable
+    layers or score head, as training leaves it), as the trainer's own evaluation runs; else nothing."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    half = [d for d in HALF if d in dtypes]
+    if len(dtypes) < 2 or not half:
+        return contextlib.nullcontext()
+    return torch.autocast(model.device.type, dtype=half[0])
+
+
+def upcast_trainable_parameters(model) -> None:
+    """Every trainable half-precision parameter to float32 (frozen weights stay as loaded)."""
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype in HALF:
+            parameter.data = parameter.data.float()
+
+
+def check_precision(model_section: Any) -> None:
+    """A request the hardware cannot honour is refused before any work, naming the key."""
+    p = Precision.of(model_section)
+    if device_type() == "cpu" and (p.fp16 or p.infer_dtype == "float16"):
+        key = "model.fp16: true" if p.fp16 else "model.infer_dtype: float16"
+        raise RecipeError(f"{key} asks for float16, which needs a CUDA GPU (transformers refuses fp16 on a CPU); "
+                          "use model.bf16: true (bfloat16 runs on a CPU), or leave it out for float32")
+    # LLaMA-Factory refuses pure_bf16 without a bf16 GPU; a CPU computes bf16 for real, so bf16 and pure_bf16 run there
+    if not bf16_supported():
+        for key, asked in (("model.bf16: true", p.bf16), ("model.pure_bf16: true", p.pure_bf16),
+                           ("model.infer_dtype: bfloat16", p.infer_dtype == "bfloat16")):
+            if asked:
+                raise RecipeError(f"{key} asks for bfloat16, which this GPU ({torch.cuda.get_device_name()}) does "
+                                  "not support (Ampere or newer does); use model.fp16: true instead")
+
+
+def precision_identity(model_section: Any) -> dict:
+    """What a model-loading stage's fingerprint adds: the device type and the dtypes the policy resolves to there,
+    so that an artifact made on a CPU is not reused on a GPU (or in another dtype)."""
+    p = Precision.of(model_section)
+    return {"device": device_type(), "train_dtype": name(train_dtype(p)), "infer_dtype": name(infer_dtype(p)),
+            "pure_bf16": p.pure_bf16, "amp": {k: v for k, v in mixed_precision(p).items() if k != "use_cpu"}}
+
+
+def with_precision(outside: Callable[[Any, Any], dict] | None = None) -> Callable[[Any, Any], dict]:
+    """A Stage's `outside` that adds the precision identity to what `outside` (if any) returns."""
+    def identity(recipe, hasher) -> dict:
+        return {**(outside(recipe, hasher) if outside else {}), "precision": precision_identity(recipe.model)}
+    return identity
+
+
+def precision_metrics(dtype: torch.dtype, **more: Any) -> dict:
+    """`device` and `dtype` for a stage's metrics (the manifest and Dagster metadata)."""
+    return {"device": device_type(), "dtype": name(dtype), **more}
