@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import engine.train.sft
+from engine.device import PRECISION_KEYS
 from engine.home import Home
 from engine.recipe import load_recipe
 from engine.train.checkpoints import COMPLETE, last_complete_checkpoint
@@ -23,7 +24,7 @@ from tests.processes import stop_process_group
 pytestmark = pytest.mark.slow
 STEPS = {"sft.max_steps": 24, "sft.save_steps": 4, "sft.logging_steps": 1, "sft.per_device_train_batch_size": 8,
          "sft.learning_rate": 3e-3}
-KEYS = ("sft", "data.cutoff_len")
+KEYS = ("sft", "data.cutoff_len", *PRECISION_KEYS)
 
 
 def spec_for(tmp_path: Path, name: str, tiny_model_dir: Path, formatted_dir: Path) -> Path:
