@@ -5,7 +5,6 @@ its DataVersion the fingerprint. Its body builds (or reuses) the artifact its ru
 in the catalog, evaluates the checks with the recipe's thresholds and returns the metadata.
 """
 
-
 import shutil
 from typing import Any, Callable
 
@@ -16,8 +15,8 @@ from assets.resource import Tuneline
 from engine.artifacts import Artifact
 from engine.build import build_stage, call_entry
 from engine.codeversion import code_version
-from engine.recipe import Recipe
 from engine.errors import TunelineError
+from engine.recipe import Recipe
 from engine.stage import Stage, StageRun
 from engine.train.child import read_error, read_result, spec_of, write_spec
 from engine.train.launch import launch_command
@@ -26,7 +25,6 @@ Check = Callable[[Artifact, Recipe], tuple[bool, str]]  # (passed, detail naming
 Metadata = Callable[[Artifact, Recipe], dict[str, Any]]
 
 DECLARED: dict[str, Stage] = {}  # every stage an asset was made from: what plans are computed over
-
 
 
 def out_of_process(context: dg.AssetExecutionContext):
@@ -50,7 +48,8 @@ def out_of_process(context: dg.AssetExecutionContext):
             if error["kind"] == "transient":  # retried after 30 s, resuming from its last checkpoint
                 raise dg.RetryRequested(max_retries=2, seconds_to_wait=30) from None
             reason = error["message"] if error["message"] != "no error recorded" else str(exc)
-            raise TrainingFailed(f"{stage.name}: {reason} (a rerun resumes from its last complete checkpoint)") from exc
+            raise TrainingFailed(f"{stage.name}: {reason} (a rerun resumes from its last complete "
+                                 "checkpoint)") from exc
         metrics = read_result(path)
         shutil.rmtree(path.parent, ignore_errors=True)
         return metrics
