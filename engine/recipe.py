@@ -594,6 +594,8 @@ def describe(error: dict) -> str:
     key = ".".join(str(p) for p in error["loc"])
     if error["type"] != "extra_forbidden":
         message = error["msg"].removeprefix("Value error, ")
+        if not key:  # a check across sections: its message names the keys, the input is the whole recipe
+            return message
         return f"{key}: {message} (got {error.get('input')!r})"
     section = section_at(error["loc"][:-1])
     if section is None:
