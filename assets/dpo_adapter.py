@@ -6,8 +6,19 @@ from engine.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
 from engine.train.dpo import build
 
-STAGE = Stage("dpo_adapter", entry=build, parents=("pt_model", "sft_adapter", "formatted_data"),
-              keys=("dpo", "data.cutoff_len", *PRECISION_KEYS), locate=LAUNCHER,
+PARENTS, KEYS = ("pt_model", "sft_adapter", "formatted_data"), ("dpo", "data.cutoff_len", *PRECISION_KEYS)
+
+
+def off(recipe) -> str | None:
+    return None if recipe.runs("dpo") else "dpo (or kto) is not in the recipe's stages"
+
+
+def reads(recipe):
+    """Off, it reads only the stages list: its own section cannot change what it records."""
+    return (PARENTS, KEYS) if recipe.runs("dpo") else ((), ("stages",))
+
+
+STAGE = Stage("dpo_adapter", entry=build, parents=PARENTS, keys=KEYS, select=reads, off=off, locate=LAUNCHER,
               outside=with_precision(lambda recipe, hasher: processes(recipe)), training=True)
 
 

@@ -19,10 +19,26 @@ def examples_table(examples: list[dict]) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"| reference | answer |\n|---|---|\n{rows}")
 
 
+def off(stage: str):
+    """eval_dpo is not configured while the recipe runs no dpo stage; every other evaluation always is."""
+    if stage != "dpo":
+        return None
+    return lambda recipe: None if recipe.runs("dpo") else "dpo (or kto) is not in the recipe's stages"
+
+
+def reads(stage: str, parents: tuple[str, ...], keys: tuple[str, ...]):
+    """Off, only the stages list; without the rm stage, no reward model (the reward score is then None)."""
+    def select(recipe):
+        if stage == "dpo" and not recipe.runs("dpo"):
+            return (), ("stages",)
+        return (parents if recipe.runs("rm") else tuple(p for p in parents if p != "reward_model")), keys
+    return select
+
+
 def eval_asset(stage: str):
-    declared = Stage(f"eval_{stage}", entry=build, parents=(*STAGE_MODELS[stage], "formatted_data", "reward_model"),
-                     keys=("evaluation", *PRECISION_KEYS),
-                     outside=with_precision(lambda recipe, hasher: {"scorer": scorer_identity(
+    parents, keys = (*STAGE_MODELS[stage], "formatted_data", "reward_model"), ("evaluation", *PRECISION_KEYS)
+    declared = Stage(f"eval_{stage}", entry=build, parents=parents, keys=keys, select=reads(stage, parents, keys),
+                     off=off(stage), outside=with_precision(lambda recipe, hasher: {"scorer": scorer_identity(
                          recipe.evaluation.scorer)}))
     return stage_asset(
         declared, group="evaluation",

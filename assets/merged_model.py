@@ -1,12 +1,20 @@
-"""merged_model: base + SFT + DPO merged into full safetensors weights, with model card and lineage."""
+"""merged_model: base + SFT (+ DPO when the recipe runs it) merged into full safetensors weights, with model card and lineage."""
 
 from assets.stage_asset import stage_asset
 from engine.export.merge import build
 from engine.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
 
-STAGE = Stage("merged_model", entry=build, parents=("pt_model", "sft_adapter", "dpo_adapter", "formatted_data"),
-              keys=PRECISION_KEYS, outside=with_precision())
+PARENTS = ("pt_model", "sft_adapter", "dpo_adapter", "formatted_data")
+
+
+def reads(recipe):
+    """Without the dpo stage it merges the SFT stage alone: dpo_adapter is not a parent then."""
+    parents = PARENTS if recipe.runs("dpo") else tuple(p for p in PARENTS if p != "dpo_adapter")
+    return parents, PRECISION_KEYS
+
+
+STAGE = Stage("merged_model", entry=build, parents=PARENTS, keys=PRECISION_KEYS, select=reads, outside=with_precision())
 
 
 def logits_match_adapters(artifact, recipe) -> tuple[bool, str]:

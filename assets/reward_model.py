@@ -6,8 +6,19 @@ from engine.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
 from engine.train.reward import build
 
-STAGE = Stage("reward_model", entry=build, parents=("pt_model", "formatted_data"),
-              keys=("reward", "data.cutoff_len", *PRECISION_KEYS), locate=LAUNCHER,
+PARENTS, KEYS = ("pt_model", "formatted_data"), ("reward", "data.cutoff_len", *PRECISION_KEYS)
+
+
+def off(recipe) -> str | None:
+    return None if recipe.runs("rm") else "rm is not in the recipe's stages"
+
+
+def reads(recipe):
+    """Off, it reads only the stages list: its own section cannot change what it records."""
+    return (PARENTS, KEYS) if recipe.runs("rm") else ((), ("stages",))
+
+
+STAGE = Stage("reward_model", entry=build, parents=PARENTS, keys=KEYS, select=reads, off=off, locate=LAUNCHER,
               outside=with_precision(lambda recipe, hasher: processes(recipe)), training=True)
 
 

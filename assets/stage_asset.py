@@ -17,7 +17,7 @@ from engine.build import build_stage, call_entry
 from engine.codeversion import code_version
 from engine.errors import TunelineError
 from engine.recipe import Recipe
-from engine.stage import Stage, StageRun
+from engine.stage import Stage, StageRun, is_configured
 from engine.train.child import read_error, read_result, spec_of, write_spec
 from engine.train.launch import launch_command
 
@@ -77,20 +77,28 @@ def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable
         artifact = build_stage(home, tuneline.plan(context.run_id), stage.name, recipe, log=context.log.warning,
                                run_entry=runner)
         catalog = home.catalog()
+        configured = is_configured(artifact.metrics)
         results = []
         for name, check in checks.items():
-            passed, detail = check(artifact, recipe)
+            passed, detail = check(artifact, recipe) if configured else (True, off_detail(artifact))
             catalog.record_check(artifact.fingerprint, name, passed, detail)
             results.append(dg.AssetCheckResult(check_name=name, passed=passed, metadata={"detail": detail},
                                                severity=dg.AssetCheckSeverity.ERROR))
         return dg.MaterializeResult(
-            metadata={"summary": summary(artifact, recipe), "path": dg.MetadataValue.path(str(artifact.path)),
+            metadata={"summary": summary(artifact, recipe) if configured else off_detail(artifact),
+                      "path": dg.MetadataValue.path(str(artifact.path)),
                       "fingerprint": artifact.fingerprint, "cache_hit": artifact.cache_hit,
-                      **(metadata(artifact, recipe) if metadata else {})},
+                      **(metadata(artifact, recipe) if metadata and configured else {}),
+                      **({} if configured else {"configured": False, "reason": artifact.metrics["reason"]})},
             data_version=dg.DataVersion(artifact.fingerprint), check_results=results)
 
     DECLARED[stage.name] = stage
     return _asset
+
+
+def off_detail(artifact: Artifact) -> str:
+    """What an off stage's checks and summary say: there is nothing to judge."""
+    return f"not configured: {artifact.metrics['reason']}"
 
 
 def counts_table(counts: dict[str, Any], key: str = "reason", value: str = "rows") -> dg.MetadataValue:

@@ -18,7 +18,7 @@ from engine.errors import DataError, TunelineError
 from engine.home import Home
 from engine.plan import Planned, ancestors
 from engine.recipe import Recipe
-from engine.stage import Stage, StageRun, view
+from engine.stage import Stage, StageRun, not_configured, view
 
 EntryRunner = Callable[[Stage, StageRun], dict]
 
@@ -91,6 +91,10 @@ def run_and_publish(home: Home, planned: Planned, recipe: Recipe, parents: dict[
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)  # a training stage resumes from the checkpoints it left there
     started = time.time()
+    if planned.off:  # no entry point, no model, no training slot: a record of why it did not run
+        log(f"{stage.name}: not configured: {planned.off}")
+        return home.store().publish(stage.name, fp, work, manifest_of(planned, not_configured(planned.off), started)
+                                    | {"tables": {}})
     recipe_view = view(recipe, stage, planned.keys)
     run = StageRun(stage.name, fp, recipe_view, {p: a.path for p, a in parents.items()}, work, home, log)
     try:

@@ -33,26 +33,28 @@ STAGE_MODELS = {"base": ("base_model",), "sft": ("pt_model", "sft_adapter"),
                 "gptq": ("gptq_model",), "awq": ("awq_model",)}
 
 
-def evaluate_model(model, tokenizer_dir: Path, formatted_dir: Path, reward_dir: Path, cfg: EvaluationSection,
+def evaluate_model(model, tokenizer_dir: Path, formatted_dir: Path, reward_dir: Path | None, cfg: EvaluationSection,
                    dtype: torch.dtype | None = None) -> dict:
     """Perplexity, task accuracy and mean reward score of `model`, with a few answers to read; the reward model is
-    loaded in `dtype` (None: the policy's default)."""
+    loaded in `dtype` (None: the policy's default). No reward model (rm is not in the recipe's stages): the reward
+    score is None."""
     tokenizer = load_tokenizer(tokenizer_dir)
     evaluation = load_from_disk(formatted_dir / "sft")["eval"]
     examples = answer_examples(evaluation, tokenizer, cfg.max_samples)
     answers = greedy_from_ids(model, tokenizer, [e.prompt_ids for e in examples], cfg.max_new_tokens)
     references = [e.reference for e in examples]
-    rewards = reward_scores_of_ids(load_reward_model(reward_dir, dtype),
-                                   answered_sequences(tokenizer, examples, answers), tokenizer.pad_token_id)
+    rewards = None if reward_dir is None else reward_scores_of_ids(
+        load_reward_model(reward_dir, dtype), answered_sequences(tokenizer, examples, answers), tokenizer.pad_token_id)
     return {"perplexity": round(perplexity(model, evaluation, tokenizer.pad_token_id), 4),
             "accuracy": round(score(resolve_scorer(cfg.scorer), answers, references), 4),
             "similarity": round(score(char_similarity, answers, references), 4),
-            "reward_score": round(sum(rewards) / max(len(rewards), 1), 4), "samples": len(examples),
+            "reward_score": None if rewards is None else round(sum(rewards) / max(len(rewards), 1), 4),
+            "samples": len(examples),
             "scorer": cfg.scorer,
             "examples": [{"reference": r, "answer": a} for r, a in zip(references[:5], answers[:5], strict=True)]}
 
 
-def evaluate_stage(model_path: Path, adapters: list[Path], formatted_dir: Path, reward_dir: Path,
+def evaluate_stage(model_path: Path, adapters: list[Path], formatted_dir: Path, reward_dir: Path | None,
                    cfg: EvaluationSection, precision: Precision | None = None) -> dict:
     """A stage's model (a directory, plus adapters merged in order) evaluated in the policy's inference dtype on
     its device, the reward model too; lm-eval runs on full models only."""
@@ -91,13 +93,16 @@ def comparison_markdown(results: dict[str, dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for stage in (s for s in STAGES if s in results):
         m = results[stage]
-        cells = [stage, m["perplexity"], m["accuracy"], m["similarity"], m["reward_score"],
-                 *(m.get(k, "") for k in extra)]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+        cells = [stage, *(m.get(k) for k in ("perplexity", "accuracy", "similarity", "reward_score", *extra))]
+        lines.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")  # -: not measured
     return "\n".join(lines)
 
 
 def dpo_gate(sft: dict, dpo: dict, min_gain: float) -> tuple[bool, str]:
+    if dpo.get("configured") is False:
+        return True, f"not configured: {dpo['reason']}"
+    if dpo["reward_score"] is None or sft["reward_score"] is None:  # nothing to judge DPO by
+        return True, "not configured: rm is not in the recipe's stages, so no reward model scores DPO against SFT"
     gain = dpo["reward_score"] - sft["reward_score"]
     verdict = "" if gain >= min_gain else f", short by {min_gain - gain:.4f}"
     return gain >= min_gain, (f"DPO mean reward score {dpo['reward_score']} vs SFT {sft['reward_score']}: gain "
@@ -127,8 +132,9 @@ def comparison_summary(results: dict[str, dict]) -> str:
     merged = results["merged"]
     quantized = ", ".join(f"{q} acc {results[q]['accuracy'] - merged['accuracy']:+.2f} ppl "
                           f"x{results[q]['perplexity'] / merged['perplexity']:.3f}" for q in ("gptq", "awq"))
-    gain = results["dpo"]["reward_score"] - results["sft"]["reward_score"]
-    return f"dpo reward {gain:+.2f} vs sft; {quantized} vs merged"
+    sft, dpo = results["sft"].get("reward_score"), results["dpo"].get("reward_score")
+    gain = "not configured" if sft is None or dpo is None else f"{dpo - sft:+.2f} vs sft"
+    return f"dpo reward {gain}; {quantized} vs merged"
 
 
 def write_comparison(out: Path, results: dict[str, dict]) -> dict:
@@ -149,7 +155,7 @@ def build(run: "StageRun") -> dict:
         model_path, adapters = model_dir(first), [trained_weights(path) for path in later]
     else:
         model_path, adapters = first, []
-    return evaluate_stage(model_path, adapters, run.inputs["formatted_data"], run.inputs["reward_model"],
+    return evaluate_stage(model_path, adapters, run.inputs["formatted_data"], run.inputs.get("reward_model"),
                           run.recipe.evaluation, Precision.of(run.recipe.model))
 
 

@@ -86,12 +86,23 @@ def merge_stage(recipe: dict, config: dict, source: Path, notes: list[str]) -> N
             notes.append(f"{source}: unknown key {key} = {value!r} not imported (tuneline has no equivalent)")
 
 
+def stages_of(configs: list[tuple[Path, dict]], notes: list[str]) -> list[str]:
+    """The recipe's stages from the files' `stage:` values, in training order; sft always runs (merge, evaluation
+    and serving start from it), pt has its own switch (pt.dataset)."""
+    named = {config.get("stage", "sft") for _, config in configs}
+    if "sft" not in named and named & {"rm", "dpo", "kto"}:  # DPO starts from the SFT model: say which one
+        notes.append("no stage sft was imported: tuneline runs sft in every recipe, with the defaults of the sft "
+                     "section")
+    return ["sft", *(s for s in ("rm", "dpo", "kto") if s in named)]
+
+
 def import_configs(paths: list[Path]) -> tuple[str, list[str]]:
     """(recipe YAML text, notes on every key not imported). Raises RecipeError if the result is not a valid recipe."""
     # LLaMA-Factory names datasets in <dataset_dir>/dataset_info.json, which tuneline reads unchanged
     recipe: dict[str, Any] = {"name": paths[0].stem,
                               "data": {"dataset_dir": "data", "dataset_info": "dataset_info.json"}}
     notes: list[str] = []
+    configs = []
     for path in paths:
         if not path.is_file():
             raise RecipeError(f"{path} does not exist (expected a LLaMA-Factory training YAML)")
@@ -99,6 +110,8 @@ def import_configs(paths: list[Path]) -> tuple[str, list[str]]:
         if not isinstance(config, dict):
             raise RecipeError(f"{path}: expected a mapping of keys, as llamafactory-cli train takes")
         merge_stage(recipe, config, path, notes)
+        configs.append((path, config))
+    recipe = {"name": recipe.pop("name"), "stages": stages_of(configs, notes), **recipe}
     try:
         Recipe.model_validate(recipe)
     except ValidationError as exc:

@@ -29,6 +29,7 @@ class Planned:
     config: dict
     outside: dict
     code: str
+    off: str | None = None  # why the stage is not configured under this recipe (None: it is)
 
 
 def fingerprint(name: str, parents: dict[str, str], config: dict, outside: dict, code: str) -> str:
@@ -69,10 +70,11 @@ def make_plan(stages: Iterable[Stage], recipe: Recipe, hasher: ContentHasher | N
         parent_names, keys = stage.reads(recipe)
         parents = {p: plan[p].fingerprint for p in parent_names}
         config = keyed_values(recipe, keys)
-        outside = stage.outside(view(recipe, stage, keys), hasher) if stage.outside else {}
+        off = stage.off(recipe) if stage.off else None
+        outside = stage.outside(view(recipe, stage, keys), hasher) if stage.outside and not off else {}
         code = code_version(stage.entry)
         plan[stage.name] = Planned(stage, fingerprint(stage.name, parents, config, outside, code), parents, keys,
-                                   config, outside, code)
+                                   config, outside, code, off)
     hasher.save()
     return plan
 

@@ -393,8 +393,12 @@ class ScheduleSection(Section):
     watch_interval_seconds: Int = Field(60, ge=5)  # how often the incoming-data sensor hashes the sources
 
 
+StageName = Literal["sft", "rm", "dpo", "kto"]  # LLaMA-Factory's stage names (pt has its own switch: pt.dataset)
+
+
 class Recipe(Section):
     name: str = "tiny"
+    stages: list[StageName] = ["sft", "rm", "dpo"]  # the training stages that run; the others say "not configured"
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     clean: CleanSection = CleanSection()
@@ -409,6 +413,33 @@ class Recipe(Section):
     retention: RetentionSection = RetentionSection()
     schedule: ScheduleSection = ScheduleSection()
     launcher: LauncherSection = LauncherSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def kto_is_dpo(cls, data: Any) -> Any:
+        """LLaMA-Factory's stage kto is the dpo stage with the KTO loss: stored as such, so that one model has one
+        fingerprint however it was asked for; a dpo.pref_loss other than kto next to it is an error."""
+        stages = data.get("stages") if isinstance(data, dict) else None
+        if not isinstance(stages, list) or "kto" not in stages or "dpo" in stages:
+            return data
+        dpo = data.get("dpo") or {}
+        if isinstance(dpo, dict) and dpo.get("pref_loss", "kto") != "kto":
+            raise ValueError(f"stages names kto but dpo.pref_loss is {dpo['pref_loss']}: set it to kto, or name dpo "
+                             "in stages")
+        dpo = {**dpo, "pref_loss": "kto"} if isinstance(dpo, dict) else dpo
+        return {**data, "stages": ["dpo" if s == "kto" else s for s in stages], "dpo": dpo}
+
+    @model_validator(mode="after")
+    def known_stages(self):
+        if "sft" not in self.stages:  # merge, evaluation and serving start from the SFT model
+            raise ValueError(f"stages {self.stages} has no sft: tuneline runs sft in every recipe (add it)")
+        if len(set(self.stages)) != len(self.stages) or {"dpo", "kto"} <= set(self.stages):
+            raise ValueError(f"stages {self.stages}: name each stage once (kto is dpo with dpo.pref_loss kto)")
+        return self
+
+    def runs(self, stage: str) -> bool:
+        """Whether a LLaMA-Factory stage (sft, rm, dpo) is in the recipe's stages."""
+        return stage in self.stages
 
     @model_validator(mode="after")
     def token_limits_need_a_real_tokenizer(self):
@@ -563,6 +594,8 @@ def describe(error: dict) -> str:
     key = ".".join(str(p) for p in error["loc"])
     if error["type"] != "extra_forbidden":
         message = error["msg"].removeprefix("Value error, ")
+        if not key:  # a check across sections: its message names the keys, the input is the whole recipe
+            return message
         return f"{key}: {message} (got {error.get('input')!r})"
     section = section_at(error["loc"][:-1])
     if section is None:

@@ -43,6 +43,9 @@ class Stage:
     tables:   catalog row table -> Parquet file in the artifact that fills it.
     training: a training stage: it runs in a process of its own (under torchrun or accelerate when the recipe
               asks), keeps its work directory when it fails, and resumes from its last complete checkpoint.
+    off:      recipe -> why the stage is not configured under that recipe (None: it is). An off stage's artifact
+              is a tiny "not configured" record made in process, without its entry point; its select should then
+              read only the keys that turn it off.
     """
     name: str
     entry: Callable[["StageRun"], dict]
@@ -53,6 +56,7 @@ class Stage:
     select: Callable[[Recipe], tuple[tuple[str, ...], tuple[str, ...]]] | None = None
     tables: Mapping[str, str] = field(default_factory=dict)
     training: bool = False
+    off: Callable[[Recipe], str | None] | None = None
 
     def reads(self, recipe: Recipe) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(parents, keys) this stage reads under `recipe`."""
@@ -115,6 +119,15 @@ class RecipeView:
         """The recipe behind the view, to hand to a training process with the declared keys (it reads it through
         a view of its own)."""
         return self._value
+
+
+def not_configured(reason: str) -> dict:
+    """The metrics of an off stage's artifact."""
+    return {"configured": False, "reason": reason}
+
+
+def is_configured(metrics: dict) -> bool:
+    return metrics.get("configured", True) is not False
 
 
 def view(recipe: Recipe, stage: Stage, keys: tuple[str, ...]) -> RecipeView:

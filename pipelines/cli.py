@@ -330,13 +330,15 @@ def plan(args: argparse.Namespace) -> int:
     tuneline = resources(args.recipe, str(Path(args.artifact_root).resolve()), overrides)["tuneline"]
     planned, store = tuneline.plan(), tuneline.home().store()
     rows = [{"stage": name, "fingerprint": p.fingerprint, "built": store.lookup(name, p.fingerprint) is not None,
-             "parents": p.parents, "keys": list(p.keys), "code_version": p.code} for name, p in planned.items()]
+             "parents": p.parents, "keys": list(p.keys), "code_version": p.code, "not_configured": p.off}
+            for name, p in planned.items()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'stage':<17} {'fingerprint':<17} {'built':<6} reads")
     for row in rows:
         reads = ", ".join([*row["parents"], *row["keys"]]) or "-"
+        reads += f" (not configured: {row['not_configured']})" if row["not_configured"] else ""
         print(f"{row['stage']:<17} {row['fingerprint']:<17} {'yes' if row['built'] else 'no':<6} {reads}")
     return 0
 

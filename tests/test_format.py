@@ -4,7 +4,7 @@ import pytest
 
 from datasets import load_from_disk
 
-from engine.data.format import IGNORE, format_rows, split_of, tokenize_sft
+from engine.data.format import IGNORE, format_rows, require_view, split_of, tokenize_sft
 from engine.errors import DataError
 from engine.models import load_tokenizer
 
@@ -46,10 +46,23 @@ def test_format_quarantines_rows_over_cutoff_when_told_to_drop(tiny_model_dir, t
     assert pref["train"][0]["prompt"] == short[:1]
 
 
-def test_format_refuses_an_empty_split(tiny_model_dir, tmp_path):
+def test_format_refuses_an_empty_sft_split(tiny_model_dir, tmp_path):
     short = [{"role": "user", "content": "Add. 1 + 2"}, {"role": "assistant", "content": "3"}]
-    with pytest.raises(DataError, match="no preference rows reached the train split"):
-        format_rows([sft_row(i, short) for i in range(8)], load_tokenizer(tiny_model_dir), 64, 0.5, 0, tmp_path)
+    with pytest.raises(DataError, match="no sft rows reached the (train|eval) split"):
+        format_rows([sft_row(0, short)], load_tokenizer(tiny_model_dir), 64, 0.5, 0, tmp_path)
+
+
+def test_sft_only_data_writes_no_preference_view_and_the_stages_that_need_one_say_so(tiny_model_dir, tmp_path):
+    short = [{"role": "user", "content": "Add. 1 + 2"}, {"role": "assistant", "content": "3"}]
+    rows = [sft_row(i, short) for i in range(8)]
+    rows.append({**sft_row(8, short[:1]), "kind": "preference", "chosen": "3", "rejected": "4"})  # one split only
+    _, report = format_rows(rows, load_tokenizer(tiny_model_dir), 64, 0.5, 0, tmp_path)
+    assert (tmp_path / "sft").is_dir() and not (tmp_path / "preference").exists() and not (tmp_path / "kto").exists()
+    assert report["preference_train"] + report["preference_eval"] == 1
+    with pytest.raises(DataError, match="^reward_model: no preference rows reached both .* take rm out of"):
+        require_view(tmp_path, "preference", "reward_model")
+    with pytest.raises(DataError, match=r"^dpo_adapter: no kto rows .* take dpo \(or kto\) out of"):
+        require_view(tmp_path, "kto", "dpo_adapter")
 
 
 def test_tool_calls_are_trained_and_observations_are_not(tiny_model_dir):

@@ -8,7 +8,7 @@ import yaml
 
 from engine.errors import RecipeError
 from engine.llamafactory import import_configs
-from engine.recipe import load_recipe
+from engine.recipe import Recipe, load_recipe
 from tests.processes import run
 
 SFT = """\
@@ -121,3 +121,16 @@ def test_precision_keys_are_one_for_every_stage(tmp_path):
     text, notes = import_configs([tmp_path / "sft.yaml", tmp_path / "dpo.yaml"])
     assert yaml.safe_load(text)["model"] == {"bf16": False, "pure_bf16": True}
     assert notes == [f"{tmp_path / 'dpo.yaml'}: bf16 False differs from an earlier file's; the last one is kept"]
+
+
+def test_stages_follow_the_imported_files(tmp_path):
+    (tmp_path / "sft.yaml").write_text("stage: sft\nlora_rank: 8\n")
+    (tmp_path / "kto.yaml").write_text(KTO)
+    (tmp_path / "rm.yaml").write_text(RM)
+    text, _ = import_configs([tmp_path / "sft.yaml"])
+    assert yaml.safe_load(text)["stages"] == ["sft"]
+    text, notes = import_configs([tmp_path / "kto.yaml", tmp_path / "rm.yaml"])
+    assert yaml.safe_load(text)["stages"] == ["sft", "rm", "kto"]
+    assert any("no stage sft was imported" in note for note in notes)
+    recipe = Recipe.model_validate(yaml.safe_load(text))
+    assert recipe.stages == ["sft", "rm", "dpo"] and recipe.dpo.pref_loss == "kto"  # kto is dpo with the KTO loss

@@ -88,6 +88,46 @@ def test_a_recipe_key_rebuilds_exactly_the_stages_that_read_it(project, key, val
     assert rebuilt(plan_of(recipe), plan_of(recipe, {key: value})) == expected
 
 
+OFF = {"reward_model", "dpo_adapter", "eval_dpo"}  # not configured under `stages: [sft]`
+SFT_ONLY = {"stages": ["sft"]}
+SFT_ONLY_KEY_CHANGES = [  # (recipe key, new value, the stages whose artifact changes) under `stages: [sft]`
+    ("dpo.pref_beta", 0.2, set()),
+    ("dpo.learning_rate", 1.0e-4, set()),
+    ("dpo.finetuning_type", "full", set()),
+    ("reward.learning_rate", 1.0e-3, set()),
+    ("reward.lora_rank", 8, set()),
+    ("sft.learning_rate", 2.0e-3, AFTER_SFT - OFF),
+    ("data.cutoff_len", 256, AFTER_FORMAT - OFF),
+    ("model.bf16", True, LOADS_A_MODEL - OFF),
+    ("evaluation.max_samples", 16, AFTER_EVAL - OFF),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), SFT_ONLY_KEY_CHANGES, ids=[k for k, _, _ in SFT_ONLY_KEY_CHANGES])
+def test_with_only_sft_the_off_stages_sections_rebuild_nothing(project, key, value, expected):
+    recipe = str(project / "recipe.yaml")
+    assert rebuilt(plan_of(recipe, SFT_ONLY), plan_of(recipe, {**SFT_ONLY, key: value})) == expected
+
+
+def test_an_off_stage_reads_only_the_stages_list(project):
+    plan = make_plan(STAGES, load_recipe(str(project / "recipe.yaml"), SFT_ONLY)[0])
+    for name in OFF:
+        assert (plan[name].parents, plan[name].keys, plan[name].outside) == ({}, ("stages",), {})
+        assert plan[name].off
+    assert "dpo_adapter" not in plan["merged_model"].parents
+    assert not any("reward_model" in plan[f"eval_{s}"].parents for s in ("base", "sft", "merged", "gptq", "awq"))
+
+
+def test_turning_rm_and_dpo_off_keeps_the_data_and_sft(project):
+    recipe = str(project / "recipe.yaml")
+    everything = plan_of(recipe)
+    assert rebuilt(everything, plan_of(recipe, SFT_ONLY)) == \
+        ALL - {"base_model", "raw_data", "clean_data", "formatted_data", "pt_model", "sft_adapter"}
+    # without rm, DPO and the exports made from it stay; only what the reward model scored changes
+    assert rebuilt(everything, plan_of(recipe, {"stages": ["sft", "dpo"]})) == \
+        {"reward_model", *EVALS, "model_comparison", "deployment"}
+
+
 def test_on_the_tiny_preset_the_model_shape_rebuilds_all_but_the_data(tmp_path):
     before, after = plan_of("tiny"), plan_of("tiny", {"model.tiny.hidden_size": 64})
     assert rebuilt(before, after) == ALL - {"raw_data", "clean_data"}

@@ -1,7 +1,7 @@
 import pytest
 
 from engine.errors import RecipeError
-from engine.recipe import load_recipe
+from engine.recipe import Recipe, load_recipe
 
 
 def test_tiny_recipe_loads_with_llamafactory_keys():
@@ -57,6 +57,10 @@ def test_a_shingle_size_the_dedup_cannot_read_stops_at_load(tmp_path):
     ({"sft.report_to": "wandb"}, "sft.report_to"),
     ({"serve.model": "gguf"}, "serve.model"),
     ({"serve.served_model_name": "my/model"}, "serve.served_model_name"),
+    ({"stages": ["sft", "ppo"]}, r"stages\.1: Input should be 'sft', 'rm', 'dpo' or 'kto'"),
+    ({"stages": ["dpo"]}, "has no sft: tuneline runs sft in every recipe"),
+    ({"stages": ["sft", "dpo", "kto"]}, "name each stage once"),
+    ({"stages": ["sft", "kto"], "dpo.pref_loss": "ipo"}, "tiny.yaml: stages names kto but dpo.pref_loss is ipo: set"),
 ])
 def test_training_and_serving_options_are_checked_at_load(overrides, message):
     with pytest.raises(RecipeError, match=message):
@@ -172,3 +176,9 @@ def test_a_cron_dagster_would_refuse_stops_the_recipe_before_any_work(tmp_path, 
     with pytest.raises(RecipeError) as err:
         validated_recipe(write(tmp_path, f"schedule:\n  cron: '{cron}'\n"), "{}")
     assert f"schedule.cron '{cron}': expected a 5-field cron string Dagster accepts" in str(err.value)
+
+
+def test_stages_default_to_all_and_kto_is_the_dpo_stage_with_the_kto_loss():
+    assert load_recipe("tiny")[0].stages == ["sft", "rm", "dpo"]
+    recipe = Recipe.model_validate({"stages": ["sft", "kto"]})
+    assert recipe.stages == ["sft", "dpo"] and recipe.dpo.pref_loss == "kto" and not recipe.runs("rm")

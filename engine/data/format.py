@@ -30,7 +30,10 @@ VIEW_FEATURES = {
     "preference": Features({"prompt": MESSAGES, "chosen": MESSAGES, "rejected": MESSAGES, "row_id": Value("string")}),
     "kto": Features({"prompt": MESSAGES, "completion": MESSAGES, "label": Value("bool"), "row_id": Value("string")}),
 }
-REQUIRED_VIEWS = ("sft", "preference")  # what the SFT, reward and DPO stages train on; KTO data is optional
+# every recipe trains SFT, and merge and evaluation read its eval split. The preference and KTO views are written
+# when both splits have rows; reward_model and dpo_adapter say so when they run and theirs is absent. (Kept here,
+# not read from the recipe's stages: formatted_data's fingerprint then does not change with them.)
+REQUIRED_VIEWS = ("sft",)
 
 
 class TemplateMismatch(ValueError):
@@ -204,7 +207,8 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
     exceeds_cutoff_len). A row that cannot be cut to fit (the template's markup alone is longer, or no answer
     token would stay) is quarantined as exceeds_cutoff_len either way.
 
-    Returns (quarantined rows, report). Raises DataError when a view's train or eval split would be empty.
+    Returns (quarantined rows, report). Raises DataError when the SFT view's train or eval split would be empty;
+    the preference and KTO views are written only when both of their splits have rows.
     """
     if overlength not in ("truncate", "drop"):
         raise ValueError(f"overlength must be 'truncate' or 'drop', got {overlength!r}")
@@ -266,12 +270,12 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
         provenance.append({"source": row["source"], "row_id": row["row_id"], "content_hash": row["content_hash"],
                            "view": row["kind"], "split": split})
     for view, splits in views.items():
-        if view not in REQUIRED_VIEWS and not any(splits.values()):
-            continue
+        if view not in REQUIRED_VIEWS and not all(splits.values()):
+            continue  # only a stage that trains on it needs it (engine.data.format.require_view)
         for split, records in splits.items():
             if not records:
                 raise DataError(f"no {view} rows reached the {split} split: register {view} data "
-                                f"({'ranking: true' if view == 'preference' else 'instruction data'}) or adjust data.val_size")
+                                "(instruction data) or adjust data.val_size")
         features = VIEW_FEATURES[view]
         DatasetDict({s: Dataset.from_dict({k: [r[k] for r in records] for k in features}, features=features)
                      for s, records in splits.items()}).save_to_disk(out / view)
@@ -291,6 +295,16 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
     }
     return quarantine, report
 
+
+
+def require_view(formatted_dir: Path, view: str, stage: str) -> Path:
+    """The formatted data's `view` that `stage` trains on, or a DataError saying how to get it or turn it off."""
+    if not (formatted_dir / view).is_dir():
+        data = {"preference": "ranking data (ranking: true)", "kto": "KTO data (a kto_tag column)"}[view]
+        switch = "rm" if stage == "reward_model" else "dpo (or kto)"
+        raise DataError(f"{stage}: no {view} rows reached both the train and eval splits: register {data} in "
+                        f"data.dataset, adjust data.val_size, or take {switch} out of the recipe's stages")
+    return formatted_dir / view
 
 
 def build_formatted_data(run: "StageRun") -> dict:

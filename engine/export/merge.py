@@ -1,4 +1,4 @@
-"""Merge base + SFT stage + DPO stage into full safetensors weights, and prove it changed nothing."""
+"""Merge base + SFT stage (+ DPO stage, when the recipe runs it) into full safetensors weights, and prove it changed nothing."""
 
 from __future__ import annotations
 
@@ -17,14 +17,26 @@ if TYPE_CHECKING:
     from engine.stage import StageRun
 
 
-def merge(base_dir: Path, sft_weights: Path, dpo_weights: Path, formatted_dir: Path, out: Path,
+def trained_model(base_dir: Path, sft_weights: Path, dpo_weights: Path | None, dtype: torch.dtype):
+    """The model the stages trained, adapters applied on the fly: the last stage's full weights when it trained
+    a full model, else base + SFT (+ DPO) adapters."""
+    *earlier, last = [sft_weights] if dpo_weights is None else [sft_weights, dpo_weights]
+    if not (last / "adapter_config.json").is_file():
+        return load_causal_lm(last, dtype).eval()
+    # the last adapter stays unmerged, so that the reference logits are the adapter model's own
+    return PeftModel.from_pretrained(load_with_adapters(base_dir, *earlier, dtype=dtype), last).eval()
+
+
+def merge(base_dir: Path, sft_weights: Path, dpo_weights: Path | None, formatted_dir: Path, out: Path,
           check_rows: int = 16, precision: Precision | None = None) -> dict:
     """Write the merged model, tokenizer, chat template and generation config to `out`, its weights in the base
     checkpoint's dtype (or the recipe's explicit infer_dtype); the merge itself computes in the policy's inference
     dtype on its device.
 
+    `dpo_weights` None: the recipe runs no dpo stage, and the SFT stage alone is merged.
+
     Returns the largest absolute logit difference between the trained model (adapters applied on the fly, or
-    the DPO stage's full weights) and the reloaded merged model, both run in the inference dtype. (Weights saved
+    the last stage's full weights) and the reloaded merged model, both run in the inference dtype. (Weights saved
     in a lower precision than they were computed in differ by that rounding: about 1e-2 in bfloat16.)
     """
     precision = precision or Precision()
@@ -32,10 +44,7 @@ def merge(base_dir: Path, sft_weights: Path, dpo_weights: Path, formatted_dir: P
     tokenizer = load_tokenizer(base_dir)
     evaluation = load_from_disk(formatted_dir / "sft")["eval"]
     batch = sft_batch(evaluation, check_rows, tokenizer.pad_token_id)
-    if (dpo_weights / "adapter_config.json").is_file():
-        trained = PeftModel.from_pretrained(load_with_adapters(base_dir, sft_weights, dtype=dtype), dpo_weights).eval()
-    else:
-        trained = load_causal_lm(dpo_weights, dtype).eval()
+    trained = trained_model(base_dir, sft_weights, dpo_weights, dtype)
     inputs = to_device({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, trained)
     with torch.no_grad():
         trained_logits = trained(**inputs).logits.float()
@@ -60,8 +69,9 @@ def build(run: "StageRun") -> dict:
     from engine.lineage import export_lineage
     from engine.train.common import trained_weights
     base = model_dir(run.inputs["pt_model"])
-    metrics = merge(base, trained_weights(run.inputs["sft_adapter"]), trained_weights(run.inputs["dpo_adapter"]),
-                    run.inputs["formatted_data"], run.out, precision=Precision.of(run.recipe.model))
+    dpo = trained_weights(run.inputs["dpo_adapter"]) if "dpo_adapter" in run.inputs else None  # off: SFT alone
+    metrics = merge(base, trained_weights(run.inputs["sft_adapter"]), dpo, run.inputs["formatted_data"], run.out,
+                    precision=Precision.of(run.recipe.model))
     parents = [p.name for p in run.inputs.values()]
     write_export_docs(run.out, f"Merged model of {base.name}", export_lineage(run.home.catalog(), parents), metrics)
     return metrics

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable
 from datasets import load_from_disk
 
 from engine.device import Precision, precision_metrics, train_dtype
-from engine.errors import DataError
+from engine.data.format import require_view
 from engine.models import load_tokenizer, load_with_adapters, model_dir
 from engine.train.checkpoints import train_resumably
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_trained,
@@ -37,15 +37,12 @@ def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: Dp
     common = {**trainer_kwargs(cfg, out, precision), "beta": cfg.pref_beta, "max_length": cutoff_len}
     if cfg.pref_loss == "kto":
         from trl import KTOConfig, KTOTrainer
-        if not (formatted_dir / "kto").is_dir():
-            raise DataError("dpo.pref_loss kto trains on labelled single answers: register a dataset with a "
-                            "kto_tag column (true = desirable) in data.dataset; the formatted data has no KTO view")
-        data = load_from_disk(formatted_dir / "kto")
+        data = load_from_disk(require_view(formatted_dir, "kto", "dpo_adapter"))
         return KTOTrainer(model=model, ref_model=reference, args=KTOConfig(**common),
                           train_dataset=without_row_ids(data["train"]),
                           eval_dataset=without_row_ids(data["eval"]), processing_class=tokenizer,
                           optimizers=optimizers(model, cfg))
-    data = load_from_disk(formatted_dir / "preference")
+    data = load_from_disk(require_view(formatted_dir, "preference", "dpo_adapter"))
     train, evaluation = without_row_ids(data["train"]), without_row_ids(data["eval"])
     if cfg.pref_loss == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
