@@ -32,9 +32,59 @@ HANDLED = {
     "trust_remote_code": "checkpoints never run code of their own (safetensors only)",
     "eval_strategy": "each stage evaluates on the held-out split when it finishes",
     "per_device_eval_batch_size": "evaluation uses the training batch size",
-    "ddp_timeout": "stages run in one process", "deepspeed": "stages run in one process (no DeepSpeed)",
+    "ddp_timeout": "torchrun and accelerate keep their own timeouts",
     "max_samples": "use evaluation.max_samples for generation; training uses every clean row",
 }
+# keys of `llamafactory-cli export` configs: the merge and the 4-bit exports are assets of every recipe
+EXPORT_NOTES = {
+    "export_dir": "the merged and quantized exports are artifacts (merged_model, gptq_model, awq_model)",
+    "adapter_name_or_path": "the adapters merged are the recipe's own sft (and dpo) stages",
+    "export_size": "exports are written as one safetensors checkpoint", "export_device": "the merge runs on the "
+    "device policy's device", "export_legacy_format": "exports are safetensors",
+    "export_quantization_dataset": "quantization calibrates on the formatted eval split",
+    "export_quantization_nsamples": "set quantize.calibration_samples",
+    "export_quantization_maxlen": "quantization calibrates at data.cutoff_len",
+    "export_hub_model_id": "exports are not pushed to a hub",
+}
+# keys only a multimodal (vision, audio, video) config has: tuneline trains text-only models
+MULTIMODAL_KEYS = ("image_max_pixels", "image_min_pixels", "video_max_pixels", "video_min_pixels", "video_fps",
+                   "video_maxlen", "audio_sampling_rate", "freeze_vision_tower", "freeze_multi_modal_projector",
+                   "freeze_language_model", "train_mm_proj_only", "image_resolution", "video_resolution")
+
+
+def refuse_multimodal(config: dict, source: Path) -> None:
+    found = [k for k in MULTIMODAL_KEYS if k in config]
+    if found:
+        raise RecipeError(f"{source} is a multimodal config ({', '.join(found)}): tuneline trains text-only models")
+
+
+def is_export(config: dict) -> bool:
+    """An `llamafactory-cli export` config: it names an export directory, not a training stage."""
+    return "stage" not in config and ("export_dir" in config or "adapter_name_or_path" in config)
+
+
+def merge_export(recipe: dict, config: dict, source: Path, notes: list[str]) -> None:
+    """Map an export (merge, quantize) config: its quantization bits into quantize, the rest is said."""
+    for key, value in config.items():
+        if key == "export_quantization_bit":
+            recipe.setdefault("quantize", {})[key] = value
+        elif key == "model_name_or_path":
+            recipe.setdefault("model", {}).setdefault(key, value)
+        elif key in EXPORT_NOTES:
+            notes.append(f"{source}: {key} not imported: {EXPORT_NOTES[key]}")
+        elif key in HANDLED:
+            notes.append(f"{source}: {key} not imported: {HANDLED[key]}")
+        elif key != "finetuning_type":
+            notes.append(f"{source}: unknown export key {key} = {value!r} not imported")
+
+
+def lora_alpha_defaults(recipe: dict) -> None:
+    """LLaMA-Factory's lora_alpha defaults to twice lora_rank (and lora_rank to 8) when the YAML sets neither."""
+    for name in ("pt", "sft", "reward", "dpo"):
+        section = recipe.get(name)
+        if section is not None and section.get("finetuning_type", "lora") in ("lora", "dora"):
+            section.setdefault("lora_rank", 8)
+            section.setdefault("lora_alpha", 2 * section["lora_rank"])
 
 
 def merge_stage(recipe: dict, config: dict, source: Path, notes: list[str]) -> None:
@@ -80,6 +130,10 @@ def merge_stage(recipe: dict, config: dict, source: Path, notes: list[str]) -> N
             section[key] = value
         elif key == "export_quantization_bit":
             recipe.setdefault("quantize", {})[key] = value
+        elif key == "deepspeed":  # a DeepSpeed JSON: accelerate launch starts the ranks with it
+            recipe.setdefault("launcher", {}).update(type="accelerate", deepspeed=value)
+            notes.append(f"{source}: deepspeed {value!r} imported as launcher.deepspeed (accelerate launch); a "
+                         "relative path is read from where tuneline runs")
         elif key in HANDLED:
             notes.append(f"{source}: {key} not imported: {HANDLED[key]}")
         else:
@@ -89,7 +143,7 @@ def merge_stage(recipe: dict, config: dict, source: Path, notes: list[str]) -> N
 def stages_of(configs: list[tuple[Path, dict]], notes: list[str]) -> list[str]:
     """The recipe's stages from the files' `stage:` values, in training order; sft always runs (merge, evaluation
     and serving start from it), pt has its own switch (pt.dataset)."""
-    named = {config.get("stage", "sft") for _, config in configs}
+    named = {config.get("stage", "sft") for _, config in configs if not is_export(config)}
     if "sft" not in named and named & {"rm", "dpo", "kto"}:  # DPO starts from the SFT model: say which one
         notes.append("no stage sft was imported: tuneline runs sft in every recipe, with the defaults of the sft "
                      "section")
@@ -109,8 +163,10 @@ def import_configs(paths: list[Path]) -> tuple[str, list[str]]:
         config = read_yaml(path, "LLaMA-Factory config") or {}
         if not isinstance(config, dict):
             raise RecipeError(f"{path}: expected a mapping of keys, as llamafactory-cli train takes")
-        merge_stage(recipe, config, path, notes)
+        refuse_multimodal(config, path)
+        (merge_export if is_export(config) else merge_stage)(recipe, config, path, notes)
         configs.append((path, config))
+    lora_alpha_defaults(recipe)
     recipe = {"name": recipe.pop("name"), "stages": stages_of(configs, notes), **recipe}
     try:
         Recipe.model_validate(recipe)

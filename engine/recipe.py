@@ -370,6 +370,7 @@ class LauncherSection(Section):
     node_rank: Int = Field(0, ge=0)
     rdzv_endpoint: str | None = None  # host:port of node 0, for nnodes > 1
     accelerate_config: str | None = None  # an accelerate config YAML (type accelerate)
+    deepspeed: str | None = None  # LLaMA-Factory's key: a DeepSpeed JSON (ZeRO-2/3), run by accelerate launch
     kubernetes: KubernetesSection = KubernetesSection()
 
     @model_validator(mode="after")
@@ -381,9 +382,9 @@ class LauncherSection(Section):
         if self.type == "kubernetes" and not (self.kubernetes.image and self.kubernetes.volume_claim):
             raise ValueError("type kubernetes needs kubernetes.image (this project installed) and "
                              "kubernetes.volume_claim (the volume every pod mounts the artifact root from)")
-        if self.type == "accelerate" and not self.accelerate_config:
+        if self.type == "accelerate" and not (self.accelerate_config or self.deepspeed):
             raise ValueError("type accelerate needs accelerate_config (a YAML from `accelerate config`, e.g. a "
-                             "DeepSpeed ZeRO-3 or FSDP2 one)")
+                             "DeepSpeed ZeRO-3 or FSDP2 one) or deepspeed (a DeepSpeed JSON)")
         return self
 
 

@@ -53,10 +53,11 @@ def test_known_keys_land_in_their_sections(configs, tiny_model_dir):
                               "dataset": ["identity", "alpaca_en_demo", "kto_en_demo"]}
     assert recipe["sft"] == {"finetuning_type": "dora", "lora_rank": 8, "lora_target": "q_proj,v_proj",
                              "loraplus_lr_ratio": 16.0, "per_device_train_batch_size": 2, "learning_rate": 1e-4,
-                             "num_train_epochs": 3.0, "packing": True, "report_to": "none"}
+                             "num_train_epochs": 3.0, "packing": True, "report_to": "none",
+                             "lora_alpha": 16}  # LLaMA-Factory's default: twice the rank
     assert recipe["dpo"] == {"pref_loss": "kto", "finetuning_type": "freeze", "freeze_trainable_layers": 1,
                              "pref_beta": 0.2}
-    assert recipe["reward"] == {"learning_rate": 2e-5, "quantization_bit": 4}
+    assert recipe["reward"] == {"learning_rate": 2e-5, "quantization_bit": 4, "lora_rank": 8, "lora_alpha": 16}
     assert recipe["pt"] == {"dataset": ["c4_demo"], "finetuning_type": "full"}
 
 
@@ -134,3 +135,44 @@ def test_stages_follow_the_imported_files(tmp_path):
     assert any("no stage sft was imported" in note for note in notes)
     recipe = Recipe.model_validate(yaml.safe_load(text))
     assert recipe.stages == ["sft", "rm", "dpo"] and recipe.dpo.pref_loss == "kto"  # kto is dpo with the KTO loss
+
+
+MERGE = """\
+model_name_or_path: {model}
+adapter_name_or_path: saves/qwen/lora/sft
+template: qwen
+finetuning_type: lora
+export_dir: output/qwen_lora_sft
+export_size: 5
+export_device: cpu
+export_quantization_bit: 4
+"""
+
+
+def test_an_export_config_maps_to_the_quantize_section_not_to_an_sft_stage(tmp_path, tiny_model_dir):
+    (tmp_path / "sft.yaml").write_text("stage: sft\ndataset: identity\nlora_rank: 16\n")
+    (tmp_path / "merge.yaml").write_text(MERGE.format(model=tiny_model_dir))
+    text, notes = import_configs([tmp_path / "sft.yaml", tmp_path / "merge.yaml"])
+    recipe = yaml.safe_load(text)
+    assert recipe["stages"] == ["sft"] and recipe["quantize"] == {"export_quantization_bit": 4}
+    assert recipe["sft"] == {"lora_rank": 16, "lora_alpha": 32}
+    joined = "\n".join(notes)
+    assert "export_dir not imported: the merged and quantized exports are artifacts" in joined
+    assert "adapter_name_or_path not imported: the adapters merged are the recipe's own" in joined
+    Recipe.model_validate(recipe)
+
+
+def test_a_multimodal_config_is_refused_naming_its_keys(tmp_path):
+    (tmp_path / "vl.yaml").write_text("stage: sft\nimage_max_pixels: 262144\nfreeze_vision_tower: true\n")
+    with pytest.raises(RecipeError, match="is a multimodal config \\(image_max_pixels, freeze_vision_tower\\)"):
+        import_configs([tmp_path / "vl.yaml"])
+
+
+def test_deepspeed_becomes_an_accelerate_launcher(tmp_path):
+    (tmp_path / "sft.yaml").write_text("stage: sft\ndeepspeed: examples/deepspeed/ds_z3_config.json\n")
+    recipe = yaml.safe_load(import_configs([tmp_path / "sft.yaml"])[0])
+    assert recipe["launcher"] == {"type": "accelerate", "deepspeed": "examples/deepspeed/ds_z3_config.json"}
+    from engine.train.launch import launch_command
+    from pathlib import Path
+    command = launch_command(Recipe.model_validate(recipe).launcher, "sft_adapter", Path("s.json"))
+    assert command[3:6] == ["--use_deepspeed", "--deepspeed_config_file", "examples/deepspeed/ds_z3_config.json"]

@@ -32,7 +32,9 @@ def launch_command(launcher, stage: str, spec: Path) -> list[str]:
     stage_argv = ["-m", "engine.train", stage, "--spec", str(spec)]
     processes = processes_per_node(launcher)
     if launcher.type == "accelerate":
-        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", launcher.accelerate_config,
+        config = (["--use_deepspeed", "--deepspeed_config_file", launcher.deepspeed] if launcher.deepspeed
+                  else ["--config_file", launcher.accelerate_config])
+        return [sys.executable, "-m", "accelerate.commands.launch", *config,
                 "--num_processes", str(processes * launcher.nnodes), "--num_machines", str(launcher.nnodes),
                 "--machine_rank", str(launcher.node_rank),
                 *(["--main_process_ip", launcher.rdzv_endpoint.rsplit(":", 1)[0], "--main_process_port",
