@@ -11,7 +11,7 @@ STAGE = Stage("formatted_data", entry=build_formatted_data, parents=("base_model
                     "data.decontamination_threshold"),
               tables={"split_rows": "splits.parquet", "quarantine": "quarantine.parquet"})
 VIEW_COUNTS = ("sft_train", "sft_eval", "preference_train", "preference_eval", "kto_train", "kto_eval", "max_tokens",
-               "mean_tokens", "truncated", "exceeds_cutoff_len", "contaminates_eval")
+               "mean_tokens", "truncated", "exceeds_cutoff_len", "contaminates_eval", "tools_dropped_by_template")
 
 
 def format_report(m: dict) -> str:
@@ -20,7 +20,10 @@ def format_report(m: dict) -> str:
     top = max((n for _, n in m["length_histogram"]), default=1) or 1
     bars = "\n".join(f"| {bucket} | {n} | {'█' * round(30 * n / top)} |" for bucket, n in m["length_histogram"])
     return (f"### Rows per source\n| source | in | in a split |\n|---|---|---|\n{sources}\n\n"
-            f"### Token lengths (cutoff_len {m['cutoff_len']})\n| tokens | rows | |\n|---|---|---|\n{bars}\n")
+            f"### Token lengths (cutoff_len {m['cutoff_len']})\n| tokens | rows | |\n|---|---|---|\n{bars}\n"
+            + (f"\n**{m['tools_dropped_by_template']} rows have tools the chat template does not render**: the model "
+               "would learn to call functions it is never shown; use a template that renders `tools`.\n"
+               if m.get("tools_dropped_by_template") else ""))
 
 
 formatted_data = stage_asset(

@@ -104,3 +104,25 @@ def test_a_training_row_that_near_duplicates_an_eval_row_is_removed(tiny_model_d
     assert leaked == {r["row_id"] for r, s in zip(twins, twin_splits, strict=True) if s == "train"}
     assert report["contaminates_eval"] == len(leaked)
     assert all("eval row s:1" in q["detail"] for q in quarantine)
+
+
+def test_the_tiny_template_renders_the_tools_and_a_template_that_drops_them_is_flagged(tiny_model_dir, tmp_path):
+    import json as jsonlib
+
+    from engine.data.format import format_rows, template_drops_tools
+    from engine.models import load_tokenizer
+    tokenizer = load_tokenizer(tiny_model_dir)
+    tools = [{"name": "send_email", "parameters": {"recipient": {"type": "string"}}}]
+    messages = [{"role": "user", "content": "Mail bob@example.com"},
+                {"role": "function_call", "content": '{"name": "send_email", "arguments": {"recipient": "bob@example.com"}}'}]
+    rendered = tokenizer.apply_chat_template(messages[:1], tools=tools, tokenize=False)
+    assert '<tools>\n{"name": "send_email"' in rendered and not template_drops_tools(tokenizer, messages, tools)
+    tokenizer.chat_template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+                               "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+                               "{% endif %}")
+    assert template_drops_tools(tokenizer, messages, tools)
+    row = {"source": "s", "row_id": "s:0", "content_hash": "h0", "kind": "sft", "label": None, "chosen": None,
+           "rejected": None, "tools": jsonlib.dumps(tools[0]), "messages": jsonlib.dumps(messages)}
+    rows = [dict(row, row_id=f"s:{i}", content_hash=f"h{i}") for i in range(40)]
+    _, report = format_rows(rows, tokenizer, 256, 0.2, 0, tmp_path)
+    assert report["tools_dropped_by_template"] == 40

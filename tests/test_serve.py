@@ -40,7 +40,7 @@ def test_the_serve_config_names_everything_a_server_needs(deployment_dir, tiny_m
     assert config["max_model_len"] == 512 and config["host"] == "127.0.0.1"
     if not torch.cuda.is_available():
         assert (config["device"], config["dtype"]) == ("cpu", "float32")  # the precision policy's CPU default
-    assert (deployment_dir / "chat_template.jinja").read_text().startswith("{% for message in messages %}")
+    assert (deployment_dir / "chat_template.jinja").read_text().startswith("{% if tools %}")
     assert (deployment_dir / "tiny-base").resolve() == tiny_model_dir.resolve()
 
 

@@ -138,6 +138,21 @@ def cut_text(tokenizer, text: str, max_tokens: int) -> str:
     return ""
 
 
+def tool_list(tools_json: str | None) -> list | None:
+    """A row's tools as the list of function schemas a chat template iterates (one schema becomes a list of one)."""
+    if not tools_json:
+        return None
+    tools = json.loads(tools_json)
+    return [tools] if isinstance(tools, dict) else tools
+
+
+def template_drops_tools(tokenizer, messages: list[dict], tools: list) -> bool:
+    """True when the chat template renders the conversation the same with and without its tools: the model would
+    be trained to call functions it was never shown."""
+    rendered = [tokenizer.apply_chat_template(chat_messages(messages), tools=t, tokenize=False) for t in (tools, None)]
+    return rendered[0] == rendered[1]
+
+
 def prompt_length(tokenizer, messages: list[dict], tools: list | None = None) -> int:
     return len(tokenizer.apply_chat_template(chat_messages(messages), tools=tools, add_generation_prompt=True,
                                              tokenize=True, return_dict=True)["input_ids"])
@@ -213,7 +228,7 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
     if overlength not in ("truncate", "drop"):
         raise ValueError(f"overlength must be 'truncate' or 'drop', got {overlength!r}")
     views: dict[str, dict[str, list]] = {view: {"train": [], "eval": []} for view in VIEW_FEATURES}
-    quarantine, provenance, lengths, truncated = [], [], [], []
+    quarantine, provenance, lengths, truncated, tools_dropped = [], [], [], [], 0
     splits = [split_of(row["content_hash"], val_size, seed) for row in rows]
     leaks = contaminated(rows, splits, decontamination_threshold) if decontamination_threshold else {}
 
@@ -228,7 +243,9 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
                                "reason": "contaminates_eval", "detail": leaks[index]})
             continue
         messages = json.loads(row["messages"])
-        tools = json.loads(row["tools"]) if row.get("tools") else None
+        tools = tool_list(row.get("tools"))
+        if tools and template_drops_tools(tokenizer, messages, tools):
+            tools_dropped += 1
         was_cut = False
         if row["kind"] == "sft":
             pairs = sft_pairs(tokenizer, messages, tools)
@@ -287,6 +304,7 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
         "kto_train": counts[("kto", "train")], "kto_eval": counts[("kto", "eval")],
         "max_tokens": max(lengths, default=0), "mean_tokens": round(sum(lengths) / max(len(lengths), 1), 1),
         "cutoff_len": cutoff_len, "overlength": overlength, "truncated": len(truncated),
+        "tools_dropped_by_template": tools_dropped,
         "exceeds_cutoff_len": sum(q["reason"] == "exceeds_cutoff_len" for q in quarantine),
         "contaminates_eval": len(leaks), "length_histogram": length_histogram(lengths, cutoff_len),
         "rows_in_by_source": dict(Counter(r["source"] for r in rows)),
