@@ -52,11 +52,21 @@ def quiet_llmcompressor() -> None:
 
 
 def dagster_home(root: str) -> Path:
-    """The Dagster instance lives under the artifact root unless DAGSTER_HOME says otherwise."""
+    """The Dagster instance lives under the artifact root unless DAGSTER_HOME says otherwise. Two runs starting at
+    once on a new home must not see half a dagster.yaml or create its sqlite schema twice: the config is written
+    atomically and the instance is first opened under a lock."""
+    import fcntl
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(root) / "dagster")))
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        shutil.copy(Path(__file__).with_name("dagster.yaml"), home / "dagster.yaml")
+    with open(home / ".tuneline-init.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (home / "dagster.yaml").exists():
+            partial = home / f".dagster.yaml.{os.getpid()}"
+            shutil.copy(Path(__file__).with_name("dagster.yaml"), partial)
+            os.replace(partial, home / "dagster.yaml")
+        import dagster as dg
+        with dg.DagsterInstance.get():  # creates the storage's schema once, while the other run waits
+            pass
     return home
 
 
