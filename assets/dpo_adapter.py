@@ -1,25 +1,13 @@
 """dpo_adapter: preference optimisation (DPO, IPO, ORPO or KTO with TRL) on top of the SFT model."""
 
-from assets.training import LAUNCHER, processes
 from assets.stage_asset import loss_table, stage_asset, tracking_metadata
-from engine.device import PRECISION_KEYS, with_precision
-from engine.stage import Stage
+from assets.training import switchable_training_stage
+from engine.device import PRECISION_KEYS
 from engine.train.dpo import build
 
 PARENTS, KEYS = ("pt_model", "sft_adapter", "formatted_data"), ("dpo", "data.cutoff_len", *PRECISION_KEYS)
-
-
-def off(recipe) -> str | None:
-    return None if recipe.runs("dpo") else "dpo (or kto) is not in the recipe's stages"
-
-
-def reads(recipe):
-    """Off, it reads only the stages list: its own section cannot change what it records."""
-    return (PARENTS, KEYS) if recipe.runs("dpo") else ((), ("stages",))
-
-
-STAGE = Stage("dpo_adapter", entry=build, parents=PARENTS, keys=KEYS, select=reads, off=off, locate=LAUNCHER,
-              outside=with_precision(lambda recipe, hasher: processes(recipe)), training=True)
+STAGE = switchable_training_stage("dpo_adapter", build, PARENTS, KEYS, switch="dpo",
+                                 off_reason="dpo (or kto) is not in the recipe's stages")
 
 
 def metadata(artifact, recipe) -> dict:

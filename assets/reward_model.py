@@ -1,25 +1,13 @@
 """reward_model: a sequence-classification reward model trained with TRL's RewardTrainer."""
 
-from assets.training import LAUNCHER, processes
 from assets.stage_asset import loss_table, stage_asset, tracking_metadata
-from engine.device import PRECISION_KEYS, with_precision
-from engine.stage import Stage
+from assets.training import switchable_training_stage
+from engine.device import PRECISION_KEYS
 from engine.train.reward import build
 
 PARENTS, KEYS = ("pt_model", "formatted_data"), ("reward", "data.cutoff_len", *PRECISION_KEYS)
-
-
-def off(recipe) -> str | None:
-    return None if recipe.runs("rm") else "rm is not in the recipe's stages"
-
-
-def reads(recipe):
-    """Off, it reads only the stages list: its own section cannot change what it records."""
-    return (PARENTS, KEYS) if recipe.runs("rm") else ((), ("stages",))
-
-
-STAGE = Stage("reward_model", entry=build, parents=PARENTS, keys=KEYS, select=reads, off=off, locate=LAUNCHER,
-              outside=with_precision(lambda recipe, hasher: processes(recipe)), training=True)
+STAGE = switchable_training_stage("reward_model", build, PARENTS, KEYS, switch="rm",
+                                 off_reason="rm is not in the recipe's stages")
 
 
 def accuracy_above_chance(artifact, recipe) -> tuple[bool, str]:

@@ -1,5 +1,7 @@
 """What every training stage reads beyond its own keys: how many processes train together (the launcher)."""
 
+from engine.device import with_precision
+from engine.stage import Stage
 from engine.train.launch import world_size
 
 # the launcher section says how processes start; only their number changes what is learned (the global batch)
@@ -8,3 +10,13 @@ LAUNCHER = ("launcher",)
 
 def processes(recipe) -> dict:
     return {"processes": world_size(recipe.launcher)}
+
+
+def switchable_training_stage(name: str, entry, parents: tuple[str, ...], keys: tuple[str, ...], switch: str,
+                              off_reason: str) -> Stage:
+    """A training stage the recipe's `stages` list turns on or off (rm, dpo): off, it reads only that list, since
+    its own section cannot change what it records."""
+    return Stage(name, entry=entry, parents=parents, keys=keys, locate=LAUNCHER, training=True,
+                 select=lambda recipe: (parents, keys) if recipe.runs(switch) else ((), ("stages",)),
+                 off=lambda recipe: None if recipe.runs(switch) else off_reason,
+                 outside=with_precision(lambda recipe, hasher: processes(recipe)))

@@ -3,12 +3,13 @@ the stages they share are built once (the second run waits on the fingerprint's 
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.processes import stop_process_group
 
 pytestmark = pytest.mark.slow
 SMALL = ["--set", "sft.num_train_epochs=1", "--set", "evaluation.max_samples=16",
@@ -39,9 +40,7 @@ def test_two_recipes_at_once_each_get_their_own_lineage(tmp_path):
         outputs = {lr: run.communicate(timeout=1500)[0] for lr, run in runs.items()}
     finally:
         for run in runs.values():
-            if run.poll() is None:
-                os.killpg(run.pid, signal.SIGKILL)
-                run.wait(30)
+            stop_process_group(run)
     for lr, run in runs.items():
         assert run.returncode == 0, outputs[lr][-3000:]
     plans = {lr: plan(root, lr) for lr in runs}
