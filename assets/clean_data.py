@@ -69,7 +69,6 @@ def metadata(artifact, recipe) -> dict:
     m = artifact.metrics
     return {"rows_out": m["rows_out"], "quarantined": m["quarantined"],
             "data_report": dg.MetadataValue.md(data_report(m, read_rows(artifact.path / "clusters.parquet"))),
-            "quarantine_by_reason": counts_table(m["quarantine_by_reason"]),
             "pii_scrubbed": counts_table(m["pii_scrubbed"], "kind", "replaced")}
 
 

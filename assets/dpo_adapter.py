@@ -1,6 +1,6 @@
 """dpo_adapter: preference optimisation (DPO, IPO, ORPO or KTO with TRL) on top of the SFT model."""
 
-from assets.stage_asset import loss_table, stage_asset, tracking_metadata
+from assets.stage_asset import stage_asset, tracking_metadata
 from assets.training import switchable_training_stage
 from engine.device import PRECISION_KEYS
 from engine.train.dpo import build
@@ -14,7 +14,7 @@ def metadata(artifact, recipe) -> dict:
     m = artifact.metrics
     return {**{k: m[k] for k in ("pref_loss", "eval_reward_margin", "eval_reward_accuracy", "device",
                                   "dtype")},
-            "loss_curve": loss_table(m["loss_curve"]), **tracking_metadata(artifact, recipe.dpo.report_to)}
+            **tracking_metadata(artifact, recipe.dpo.report_to)}
 
 
 dpo_adapter = stage_asset(

@@ -15,12 +15,10 @@ VIEW_COUNTS = ("sft_train", "sft_eval", "preference_train", "preference_eval", "
 
 
 def format_report(m: dict) -> str:
-    """Rows per source in and out, and the token-length distribution as a bar chart."""
+    """Rows per source in and out (the token-length histogram is a picture: token_lengths)."""
     sources = "\n".join(f"| {s} | {n} | {m['rows_out_by_source'].get(s, 0)} |" for s, n in m["rows_in_by_source"].items())
-    top = max((n for _, n in m["length_histogram"]), default=1) or 1
-    bars = "\n".join(f"| {bucket} | {n} | {'█' * round(30 * n / top)} |" for bucket, n in m["length_histogram"])
     return (f"### Rows per source\n| source | in | in a split |\n|---|---|---|\n{sources}\n\n"
-            f"### Token lengths (cutoff_len {m['cutoff_len']})\n| tokens | rows | |\n|---|---|---|\n{bars}\n"
+            f"cutoff_len {m['cutoff_len']}: {m['truncated']} rows truncated, longest {m['max_tokens']} tokens\n"
             + (f"\n**{m['tools_dropped_by_template']} rows have tools the chat template does not render**: the model "
                "would learn to call functions it is never shown; use a template that renders `tools`.\n"
                if m.get("tools_dropped_by_template") else ""))

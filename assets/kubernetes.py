@@ -10,6 +10,7 @@ import dagster as dg
 from engine.train.launch import launch_command
 
 ROOT_VOLUME = "tuneline-home"
+TRAIN_PROCESS = "pipelines.train_process"  # the training child that reports through Dagster Pipes, in a pod or here
 
 
 def pod_spec(cfg, root: Path) -> dict:
@@ -32,5 +33,5 @@ def run_in_pod(context: dg.AssetExecutionContext, launcher, stage: str, spec_pat
     from dagster_k8s import PipesK8sClient
     cfg = launcher.kubernetes
     (client or PipesK8sClient()).run(context=context, image=cfg.image, namespace=cfg.namespace,
-                                     command=launch_command(launcher, stage, spec_path),
+                                     command=launch_command(launcher, stage, spec_path, TRAIN_PROCESS),
                                      base_pod_spec=pod_spec(cfg, root))

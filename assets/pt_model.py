@@ -2,7 +2,7 @@
 start from. While the recipe's pt.dataset is empty it is the base model itself, and says so."""
 
 from assets.training import LAUNCHER, processes
-from assets.stage_asset import loss_table, stage_asset, tracking_metadata
+from assets.stage_asset import perplexity, stage_asset, tracking_metadata
 from engine.content import source_identity
 from engine.device import PRECISION_KEYS, precision_identity
 from engine.stage import Stage
@@ -40,9 +40,9 @@ def metadata(artifact, recipe) -> dict:
     m = artifact.metrics
     if not m["continued_pretraining"]:
         return {"continued_pretraining": False}
-    return {"continued_pretraining": True, "loss_curve": loss_table(m["loss_curve"]),
+    return {"continued_pretraining": True,
             **{k: m[k] for k in ("eval_loss_before", "eval_loss_after", "train_texts", "eval_texts", "quarantined",
-                                 "steps", "device", "dtype")},
+                                 "steps", "device", "dtype")}, "eval_perplexity": perplexity(m["eval_loss_after"]),
             **tracking_metadata(artifact, recipe.pt.report_to)}
 
 

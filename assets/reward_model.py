@@ -1,6 +1,6 @@
 """reward_model: a sequence-classification reward model trained with TRL's RewardTrainer."""
 
-from assets.stage_asset import loss_table, stage_asset, tracking_metadata
+from assets.stage_asset import stage_asset, tracking_metadata
 from assets.training import switchable_training_stage
 from engine.device import PRECISION_KEYS
 from engine.train.reward import build
@@ -21,6 +21,5 @@ reward_model = stage_asset(
     summary=lambda a, r: f"held-out pairwise accuracy {a.metrics['eval_accuracy']:.2f}",
     metadata=lambda a, r: {**{k: a.metrics[k] for k in ("eval_accuracy", "eval_accuracy_before", "eval_pairs",
                                                                     "device", "dtype")},
-                           "loss_curve": loss_table(a.metrics["loss_curve"]),
                            **tracking_metadata(a, r.reward.report_to)},
     checks={"accuracy_above_chance": accuracy_above_chance})

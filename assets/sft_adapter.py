@@ -1,7 +1,7 @@
 """sft_adapter: a LoRA adapter trained with TRL's SFTTrainer, loss on assistant tokens only."""
 
 from assets.training import LAUNCHER, processes
-from assets.stage_asset import loss_table, stage_asset, tracking_metadata
+from assets.stage_asset import perplexity, stage_asset, tracking_metadata
 from engine.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
 from engine.train.sft import build
@@ -15,7 +15,7 @@ def metadata(artifact, recipe) -> dict:
     m = artifact.metrics
     return {**{k: m[k] for k in ("eval_loss_before", "eval_loss_after", "tokens_per_second", "steps",
                                   "device", "dtype")},
-            "loss_curve": loss_table(m["loss_curve"]), **tracking_metadata(artifact, recipe.sft.report_to)}
+            "eval_perplexity": perplexity(m["eval_loss_after"]), **tracking_metadata(artifact, recipe.sft.report_to)}
 
 
 sft_adapter = stage_asset(

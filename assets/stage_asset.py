@@ -5,17 +5,20 @@ its DataVersion the fingerprint. Its body builds (or reuses) the artifact its ru
 in the catalog, evaluates the checks with the recipe's thresholds and returns the metadata.
 """
 
+import base64
+import math
 import shutil
 from typing import Any, Callable
 
 import dagster as dg
 
-from assets.kubernetes import run_in_pod
+from assets.kubernetes import TRAIN_PROCESS, run_in_pod
 from assets.resource import Tuneline
 from engine.artifacts import Artifact
 from engine.build import build_stage, call_entry
 from engine.codeversion import code_version
 from engine.errors import TunelineError
+from engine.plots import LENGTHS_PNG, LOSS_PNG, PLOTS_DIR, QUARANTINE_PNG
 from engine.recipe import Recipe
 from engine.stage import Stage, StageRun, is_configured
 from engine.train.child import read_error, read_result, spec_of, write_spec
@@ -28,8 +31,8 @@ DECLARED: dict[str, Stage] = {}  # every stage an asset was made from: what plan
 
 
 def out_of_process(context: dg.AssetExecutionContext):
-    """Runs a training stage's entry point as `python -m engine.train <stage> --spec spec.json` through Dagster
-    Pipes: its log and progress stream into this run's log, its metrics come back, and terminating the run
+    """Runs a training stage's entry point as `python -m pipelines.train_process <stage> --spec spec.json` through
+    Dagster Pipes: its log and progress stream into this run's log, its metrics come back, and terminating the run
     stops it (SIGINT: it saves a checkpoint first)."""
     client = dg.PipesSubprocessClient(termination_timeout_seconds=120)
 
@@ -42,7 +45,7 @@ def out_of_process(context: dg.AssetExecutionContext):
             if launcher.type == "kubernetes":
                 run_in_pod(context, launcher, stage.name, path, run.home.root)
             else:
-                client.run(context=context, command=launch_command(launcher, stage.name, path))
+                client.run(context=context, command=launch_command(launcher, stage.name, path, TRAIN_PROCESS))
         except Exception as exc:  # the process or pod failed: its own error record says why
             error = read_error(path)
             if error["kind"] == "transient":  # retried after 30 s, resuming from its last checkpoint
@@ -88,7 +91,7 @@ def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable
             metadata={"summary": summary(artifact, recipe) if configured else off_detail(artifact),
                       "path": dg.MetadataValue.path(str(artifact.path)),
                       "fingerprint": artifact.fingerprint, "cache_hit": artifact.cache_hit,
-                      **(metadata(artifact, recipe) if metadata and configured else {}),
+                      **(metadata(artifact, recipe) if metadata and configured else {}), **pictures(artifact),
                       **({} if configured else {"configured": False, "reason": artifact.metrics["reason"]})},
             data_version=dg.DataVersion(artifact.fingerprint), check_results=results)
 
@@ -106,9 +109,24 @@ def counts_table(counts: dict[str, Any], key: str = "reason", value: str = "rows
     return dg.MetadataValue.md(f"| {key} | {value} |\n|---|---|\n{rows}")
 
 
-def loss_table(curve: list[dict]) -> dg.MetadataValue:
-    rows = "\n".join(f"| {point['step']} | {point['loss']} |" for point in curve)
-    return dg.MetadataValue.md(f"| step | loss |\n|---|---|\n{rows}")
+PICTURES = {LOSS_PNG: "loss_curve", QUARANTINE_PNG: "quarantine_reasons", LENGTHS_PNG: "token_lengths"}
+
+
+def pictures(artifact: Artifact) -> dict[str, dg.MetadataValue]:
+    """The PNGs the stage drew into its artifact (engine/plots.py), as images in the asset's metadata (Markdown
+    with a data URI: Dagster has no image metadata type)."""
+    found = {}
+    for name, key in PICTURES.items():
+        path = artifact.path / PLOTS_DIR / name
+        if path.is_file():
+            encoded = base64.b64encode(path.read_bytes()).decode()
+            found[key] = dg.MetadataValue.md(f"![{key}](data:image/png;base64,{encoded})")
+    return found
+
+
+def perplexity(eval_loss: float) -> float:
+    """exp(eval loss), a number Dagster plots across materializations."""
+    return round(math.exp(min(eval_loss, 50.0)), 3)
 
 
 def tracking_metadata(artifact: Artifact, report_to: str) -> dict[str, str]:

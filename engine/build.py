@@ -17,6 +17,7 @@ from engine.artifacts import Artifact, library_versions
 from engine.errors import DataError, TunelineError
 from engine.home import Home
 from engine.plan import Planned, ancestors
+from engine.plots import draw_stage_plots
 from engine.recipe import Recipe
 from engine.stage import Stage, StageRun, not_configured, view
 
@@ -108,9 +109,18 @@ def run_and_publish(home: Home, planned: Planned, recipe: Recipe, parents: dict[
         shutil.rmtree(work, ignore_errors=True)
         raise DataError(f"{stage.name}: content it reads from outside changed while it was being read "
                         "(a data file or the model was edited during the run); run it again")
+    draw_plots(work, stage.name, metrics, log)
     manifest = manifest_of(planned, metrics, started)
     manifest["tables"] = {t: f for t, f in manifest["tables"].items() if (work / f).is_file()}
     return home.store().publish(stage.name, fp, work, manifest)
+
+
+def draw_plots(work: Path, stage: str, metrics: dict, log: Callable[[str], None]) -> None:
+    """The stage's pictures into its artifact; one that cannot be drawn is said, and never fails the stage."""
+    try:
+        draw_stage_plots(work, stage, metrics)
+    except Exception as exc:  # noqa: BLE001 - a picture is a view of numbers the manifest keeps anyway
+        log(f"{stage}: no plots ({type(exc).__name__}: {exc})")
 
 
 def remove_stale_temporaries(home: Home, stages: list[Stage]) -> list[Path]:

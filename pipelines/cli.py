@@ -325,8 +325,8 @@ def serve_directory(args: argparse.Namespace, recipe, overrides: dict, scratch: 
 
 
 def train(args: argparse.Namespace) -> int:
-    from engine.train.child import main as train_main
-    return train_main([args.stage, "--spec", args.spec, *(["--verbose"] if args.verbose else [])])
+    from pipelines.train_process import main as train_main, pipes_reporter
+    return train_main([args.stage, "--spec", args.spec, *(["--verbose"] if args.verbose else [])], pipes_reporter)
 
 
 def plan(args: argparse.Namespace) -> int:

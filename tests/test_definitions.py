@@ -49,3 +49,17 @@ def test_training_stages_run_out_of_process_and_no_step_waits_in_a_dagster_pool(
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     with dg.DagsterInstance.get() as instance:
         assert instance.run_monitoring_enabled
+
+
+def test_the_engine_never_imports_dagster():
+    """engine/ is plain Python: no module of it imports dagster or a dagster_* package (Pipes included)."""
+    import ast
+    from pathlib import Path
+    offenders = []
+    for path in sorted(Path("engine").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path}:{node.lineno} {n}" for n in names if n.split(".")[0].startswith("dagster")]
+    assert offenders == []
+    assert list(Path("engine").rglob("*.py"))  # the walk saw the engine

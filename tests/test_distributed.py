@@ -1,5 +1,6 @@
 """Many processes through torchrun (gloo on the CPU, as NCCL would on GPUs): two processes with a per-device
-batch of 8 train the SFT stage as one process with a batch of 16 does, and only rank 0 writes."""
+batch of 8 train the SFT stage as one process with a batch of 16 does (the same loss at every step, the same
+adapter), and only rank 0 writes."""
 
 import json
 import os
@@ -7,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 import engine.train.sft
@@ -47,12 +49,15 @@ def test_two_torchrun_processes_match_one_process_with_twice_the_batch(tmp_path,
     double, double_adapter, out = train(tmp_path, "two", two, 8, tiny_model_dir, formatted_dir)
     assert double["processes"] == 2 and single["processes"] == 1
     losses = ([p["loss"] for p in single["loss_curve"]], [p["loss"] for p in double["loss_curve"]])
-    assert len(losses[0]) == len(losses[1]) == 8 and losses[1][0] == pytest.approx(losses[0][0], abs=0.01)
-    # both learn; two processes do not yet match one step for step (measured: final eval loss 6.08 vs 5.78 after
-    # 8 steps; the eval split is padded to an even shard per rank, and the sample order differs): a known gap
-    assert double["eval_loss_after"] < double["eval_loss_before"] - 1.0
-    assert double["eval_loss_after"] == pytest.approx(single["eval_loss_after"], abs=0.5)
+    # the same rows make each global batch and the ranks average their gradients: the same steps
+    assert losses[1] == pytest.approx(losses[0], abs=1e-3)
     assert set(double_adapter) == set(single_adapter)
+    for name, weight in single_adapter.items():
+        assert torch.allclose(double_adapter[name], weight, atol=1e-4), name  # measured: at most 2.6e-5 apart
+    # the eval loss is a mean of per-batch means, and each rank's batch is half as large: close, not equal
+    # (measured 5.864 vs 5.782; before ranks shared gradients it was 6.08)
+    assert double["eval_loss_after"] < double["eval_loss_before"] - 1.0
+    assert double["eval_loss_after"] == pytest.approx(single["eval_loss_after"], abs=0.15)
     assert sorted(p.name for p in out.iterdir()) == ["adapter"]  # rank 0 wrote it; no checkpoints left
     assert json.loads((out.parent / "run" / "spec.json").read_text())["stage"] == "sft_adapter"
 

@@ -1,6 +1,7 @@
 """The whole graph on the tiny recipe through Dagster's materialize(), in a temporary artifact root."""
 
 import json
+import math
 
 import shutil
 
@@ -26,10 +27,15 @@ ALL_ASSETS = {"base_model", "raw_data", "clean_data", "formatted_data", "pt_mode
               "dpo_adapter", "merged_model", "gptq_model", "awq_model", "deployment", *EVALS}
 
 
+RUN_LOGS: dict[str, list[str]] = {}  # run id -> the run's log messages (what the UI's run log shows)
+
+
 def materialize(root, recipe, overrides=None):
     with dg.instance_for_test() as instance:
-        return dg.materialize(ASSETS, resources=resources(recipe, str(root), overrides), instance=instance,
-                              raise_on_error=False)
+        result = dg.materialize(ASSETS, resources=resources(recipe, str(root), overrides), instance=instance,
+                                raise_on_error=False)
+        RUN_LOGS[result.run_id] = [entry.user_message for entry in instance.all_logs(result.run_id)]
+        return result
 
 
 def artifacts_of(result) -> dict[str, dict]:
@@ -61,7 +67,7 @@ def first_run(project):
 
 def test_every_asset_materializes_and_every_check_passes(first_run):
     _, result = first_run
-    assert result.success
+    assert result.success, [(e.step_key, e.message, e.event_specific_data) for e in result.all_events if e.is_failure]
     assert set(artifacts_of(result)) == ALL_ASSETS
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) == sum(len(a.check_specs) for a in ASSETS)
@@ -70,9 +76,34 @@ def test_every_asset_materializes_and_every_check_passes(first_run):
     assert not any(meta["cache_hit"] for meta in artifacts_of(result).values())
 
 
+def test_training_progress_reaches_the_run_log_through_pipes(first_run):
+    """The training child's progress lines (pipelines/train_process.py) arrive in the Dagster run's log."""
+    logs = RUN_LOGS[first_run[1].run_id]
+    for stage in ("sft", "reward", "dpo"):
+        assert any(f"{stage}: step " in line and "loss" in line for line in logs), stage
+
+
+@pytest.mark.parametrize("asset, picture", [("sft_adapter", "loss_curve"), ("reward_model", "loss_curve"),
+                                            ("dpo_adapter", "loss_curve"), ("raw_data", "quarantine_reasons"),
+                                            ("clean_data", "quarantine_reasons"), ("formatted_data", "token_lengths")])
+def test_each_stage_shows_its_picture(first_run, asset, picture):
+    """The PNG a stage drew into its artifact is the image in its metadata (what the UI shows)."""
+    import base64
+    meta = artifacts_of(first_run[1])[asset]
+    prefix = f"![{picture}](data:image/png;base64,"
+    assert meta[picture].startswith(prefix) and meta[picture].endswith(")")
+    png = base64.b64decode(meta[picture][len(prefix):-1])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
+    name = {"loss_curve": "loss.png", "quarantine_reasons": "quarantine.png", "token_lengths": "token_lengths.png"}
+    assert (Path(meta["path"]) / "plots" / name[picture]).read_bytes() == png
+
+
 def test_training_really_learned(first_run):
     meta = artifacts_of(first_run[1])
     assert meta["sft_adapter"]["eval_loss_after"] < meta["sft_adapter"]["eval_loss_before"] - 1.0
+    # numbers Dagster plots across materializations (floats, not text)
+    assert meta["sft_adapter"]["eval_perplexity"] == pytest.approx(math.exp(meta["sft_adapter"]["eval_loss_after"]),
+                                                                   rel=1e-3)
     assert meta["reward_model"]["eval_accuracy"] > 0.6
     assert meta["dpo_adapter"]["eval_reward_margin"] > 0
 

@@ -50,7 +50,7 @@ def training_processes(spec_dir_marker: str) -> list[int]:
                 command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if "engine.train" in command and spec_dir_marker in command:
+            if "pipelines.train_process" in command and spec_dir_marker in command:
                 found.append(int(proc.name))
     return found
 

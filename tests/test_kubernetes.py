@@ -60,7 +60,7 @@ def test_a_training_stage_becomes_a_pod_with_its_gpus_and_the_shared_artifact_ro
     (container,) = pod.spec.containers
     assert container.image == "registry.example/tuneline:0.1"
     assert container.command == ["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                                 "-m", "engine.train", "sft_adapter", "--spec", str(spec)]
+                                 "-m", "pipelines.train_process", "sft_adapter", "--spec", str(spec)]
     assert container.resources.limits == {"nvidia.com/gpu": "2"}
     assert [(m.name, m.mount_path) for m in container.volume_mounts] == [("tuneline-home", str(tmp_path))]
     assert pod.spec.volumes[0].persistent_volume_claim.claim_name == "tuneline-home"

@@ -137,6 +137,19 @@ def test_each_preference_loss_trains_on_top_of_sft(pref_loss, tiny_model_dir, sf
                                                       strict=True))
 
 
+def test_dpo_is_reproducible_from_the_recipe_seed(tiny_model_dir, sft_adapter, formatted_dir, tmp_path):
+    """The adapter DPO adds starts from the recipe's seed, whatever random numbers were drawn before it (a gate
+    comparing DPO with SFT would otherwise pass or fail by chance)."""
+    cfg = DpoSection(**{**FAST, "max_steps": 2})
+    adapters = []
+    for attempt in ("one", "two"):
+        torch.rand(1000 if attempt == "one" else 7)  # different random state before each training
+        train_dpo(tiny_model_dir, sft_adapter, formatted_dir, cfg, 128, tmp_path / attempt)
+        adapters.append(load_file(str(tmp_path / attempt / "adapter" / "adapter_model.safetensors")))
+    assert adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+
+
 def test_full_dpo_keeps_the_sft_model_as_its_reference(tiny_model_dir, sft_adapter, formatted_dir,
                                                        tmp_path):
     cfg = DpoSection(finetuning_type="full", **FAST)

@@ -4,7 +4,6 @@ and a materialization launched through the webserver (with Launchpad-style recip
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,22 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import FLAGS, Browser, chromium, free_port
 from tests.processes import run, stop_process_group
 
 ASSETS = ["base_model", "raw_data", "clean_data", "formatted_data", "pt_model", "sft_adapter", "reward_model",
           "dpo_adapter",
           "merged_model", "gptq_model", "awq_model", "eval_base", "eval_sft", "eval_dpo", "eval_merged", "eval_gptq",
           "eval_awq", "model_comparison", "deployment"]
-# a tall window: the asset list renders only the rows that are visible
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--virtual-time-budget=25000", "--window-size=1600,3000"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+CHROMIUM_FLAGS = [*FLAGS, "--virtual-time-budget=25000"]  # a tall window: the asset list renders visible rows only
 
 
 def graphql(url: str, query: str, variables: dict | None = None, timeout: float = 30) -> dict:
@@ -67,12 +58,6 @@ def webserver(tmp_path_factory):
         stop_process_group(server, grace=30)
 
 
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert path, "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
-    return path
-
-
 def test_every_asset_is_on_the_page_and_a_screenshot_is_saved(webserver, tmp_path):
     url, _ = webserver
     profile = ["--user-data-dir=" + str(tmp_path / "profile")]
@@ -84,8 +69,11 @@ def test_every_asset_is_on_the_page_and_a_screenshot_is_saved(webserver, tmp_pat
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 
-def test_materialize_through_the_webserver_with_launchpad_overrides(webserver):
-    url, home = webserver
+@pytest.fixture(scope="module")
+def materialized(webserver):
+    """base_model, raw_data and clean_data materialized through the webserver, with a Launchpad-style override;
+    the run's id and final status."""
+    url, _ = webserver
     locations = graphql(url, "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }")
     repo = locations["data"]["repositoriesOrError"]["nodes"][0]
     launched = graphql(url, """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
@@ -103,8 +91,38 @@ def test_materialize_through_the_webserver_with_launchpad_overrides(webserver):
         if status in ("SUCCESS", "FAILURE", "CANCELED"):
             break
         time.sleep(1)
-    assert status == "SUCCESS"
+    return run_id, status
+
+
+def test_materialize_through_the_webserver_with_launchpad_overrides(webserver, materialized):
+    _, home = webserver
+    assert materialized[1] == "SUCCESS"
     from engine.catalog import Catalog  # the override reached the run: its check used the Launchpad's bound
     (detail,), = Catalog(home / "tuneline" / "catalog.duckdb").query(
         "SELECT detail FROM check_results WHERE check_name = 'quarantine_ratio_within_bound'")
     assert detail.endswith("bound 30%")
+
+
+SHOW_PICTURE = """(() => { for (const row of document.querySelectorAll('tr')) {
+    const cells = row.querySelectorAll('td');
+    if (cells.length && cells[0].innerText.trim() === 'quarantine_reasons') {
+      const link = [...row.querySelectorAll('*')].find(e => !e.children.length && e.innerText === '[Show Markdown]');
+      if (link) { link.click(); return true; } } } return false; })()"""
+PICTURE = """(() => { const i = [...document.querySelectorAll('img')].find(i => i.src.startsWith('data:image/png;base64,'));
+    return i && i.complete && i.naturalWidth > 0 ? {width: i.naturalWidth, alt: i.alt} : null; })()"""
+
+
+def test_the_asset_page_shows_the_quarantine_picture(webserver, materialized, tmp_path):
+    """A person opens clean_data, clicks its quarantine_reasons entry and sees the bar chart (a PNG the stage
+    drew into its artifact), decoded by the browser."""
+    url, _ = webserver
+    assert materialized[1] == "SUCCESS"
+    browser = Browser(tmp_path / "profile")
+    try:
+        browser.goto(f"{url}/assets/clean_data")
+        browser.wait_for(SHOW_PICTURE, 90, "the quarantine_reasons entry on the clean_data page")
+        picture = browser.wait_for(PICTURE, 30, "the quarantine picture to be shown and decoded")
+        assert picture == {"width": 600, "alt": "quarantine_reasons"}
+        browser.screenshot(tmp_path / "clean_data.png")
+    finally:
+        browser.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -250,16 +251,19 @@ def ingest(sources: dict[str, tuple[DatasetEntry, Path]]) -> tuple[list[dict], l
 def ingest_to(out: Path, sources: dict[str, tuple[DatasetEntry, Path]]) -> dict:
     """Stream every source into out/rows.parquet and out/quarantine.parquet. Returns counts, in total and per
     source."""
-    counts = {}
+    counts, reasons = {}, Counter()
     with RowWriter(out / "rows.parquet", ROW_COLUMNS) as rows, \
             RowWriter(out / "quarantine.parquet", QUARANTINE_COLUMNS) as quarantine:
         for name, (entry, path) in sources.items():
             before = (rows.count, quarantine.count)
             for good, item in ingest_stream(name, entry, path):
                 (rows if good else quarantine).add(item)
+                if not good:
+                    reasons[item["reason"]] += 1
             accepted, rejected = rows.count - before[0], quarantine.count - before[1]
             counts[name] = {"rows_in": accepted + rejected, "accepted": accepted, "quarantined": rejected}
-    return {"rows": rows.count, "quarantined": quarantine.count, "by_source": counts}
+    return {"rows": rows.count, "quarantined": quarantine.count, "by_source": counts,
+            "quarantine_by_reason": dict(reasons)}
 
 
 def build_raw_data(run: "StageRun") -> dict:

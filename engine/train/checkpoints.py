@@ -113,6 +113,22 @@ def quiet(trainer):
     return trainer
 
 
+def evaluate_before_training(trainer) -> float:
+    """The eval loss before any step. transformers' evaluate() on an untrained Trainer prepares the model for
+    evaluation only and marks it prepared, so train() would then skip DistributedDataParallel and every rank
+    would train on its own gradients; the mark is taken back here (no library option does it)."""
+    loss = quiet(trainer).evaluate()["eval_loss"]
+    model = trainer.model
+    if "_is_accelerate_prepared" in vars(model):
+        del model._is_accelerate_prepared
+        if "_original_forward" in vars(model):  # the evaluation's autocast wrapper: train() puts its own
+            model.forward = model._original_forward
+            del model._original_forward
+        trainer.accelerator._models[:] = [m for m in trainer.accelerator._models if m is not model]
+    trainer.model_wrapped = model
+    return loss
+
+
 def train_resumably(trainer, stage: str, say: Callable[[str], None] = print):
     """trainer.train(), resumed from the last complete checkpoint of a previous attempt if there is one.
     Returns (TrainOutput, the step it resumed from or None). Raises TrainingInterrupted after a SIGINT/SIGTERM

@@ -1,9 +1,9 @@
 """A stage run as a process of its own: `tuneline train <stage> --spec spec.json` or `python -m engine.train`.
 
 The spec names the entry point, the recipe, the keys the stage may read, its parents' artifacts and its work
-directory: everything the stage needs, nothing it should not read. The child reports through Dagster Pipes
-when a Pipes session launched it (the `dagster-pipes` package, not dagster itself), else on stderr. Only the
-process of rank 0 reports or writes; the orchestrator publishes the work directory and records the catalog.
+directory: everything the stage needs, nothing it should not read. The child reports its lines on stderr, or
+through the reporter its caller hands in (pipelines/train_process.py: Dagster Pipes). Only the process of
+rank 0 reports or writes; the orchestrator publishes the work directory and records the catalog.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 from engine.errors import TunelineError
 
@@ -75,22 +75,17 @@ def die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+Reporter = Callable[[], ContextManager[tuple[Callable[[str], None], Callable[[dict], None]]]]
+
+
 @contextlib.contextmanager
-def reporter() -> Iterator[tuple[Callable[[str], None], Callable[[dict], None]]]:
-    """(say, report_metrics): through Dagster Pipes when it launched us, else stderr and nothing."""
-    if rank() == 0 and os.environ.get("DAGSTER_PIPES_CONTEXT"):
-        from dagster_pipes import open_dagster_pipes
-        with open_dagster_pipes() as pipes:
-            def say(line: str) -> None:  # into the run's log, and onto the terminal of a `tuneline run`
-                pipes.log.info(line)
-                print(line, file=sys.stderr, flush=True)
-            yield say, lambda metrics: pipes.report_custom_message(json.loads(json.dumps(metrics, default=str)))
-        return
+def stderr_reporter() -> Iterator[tuple[Callable[[str], None], Callable[[dict], None]]]:
+    """(say, report_metrics): lines on stderr from rank 0; metrics only in result.json."""
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if rank() == 0 else (lambda line: None)
     yield say, lambda metrics: None
 
 
-def run_spec(spec_path: Path) -> dict:
+def run_spec(spec_path: Path, reporter: Reporter = stderr_reporter) -> dict:
     """Run the stage a spec describes, in this process. Returns its metrics (also written beside the spec)."""
     from engine.home import Home
     from engine.recipe import Recipe
@@ -109,7 +104,7 @@ def run_spec(spec_path: Path) -> dict:
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, reporter: Reporter = stderr_reporter) -> int:
     import argparse
     from engine.train.checkpoints import TrainingInterrupted
     parser = argparse.ArgumentParser(prog="tuneline train", description="Run one training stage from its spec.")
@@ -124,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         stage = json.loads(args.spec.read_text())["stage"]
         if args.stage and args.stage != stage:
             raise TunelineError(f"--spec {args.spec} is for stage {stage}, not {args.stage}")
-        run_spec(args.spec)
+        run_spec(args.spec, reporter)
     except TrainingInterrupted as stopped:
         record_error(args.spec, "interrupted", str(stopped))
         print(f"tuneline: {stopped}", file=sys.stderr)

@@ -64,7 +64,7 @@ def load_trainable(model_dir: Path, cfg: TrainSection, model_class=None, *, prec
     """The model a stage starts from (a causal LM unless `model_class` says otherwise) on the policy's device, its
     frozen weights in the policy's training dtype, or quantized by bitsandbytes when the recipe asks for QLoRA."""
     from transformers import AutoModelForCausalLM, set_seed
-    set_seed(cfg.seed)  # a new head and the adapter's initial weights come from the recipe's seed, in any process
+    set_seed(cfg.seed)  # a new head (the reward model's score) comes from the recipe's seed, in any process
     model_class = model_class or AutoModelForCausalLM
     precision = precision or Precision()
     if cfg.quantization_bit is None:
@@ -88,6 +88,8 @@ def prepare_model(model, cfg: TrainSection, task_type: str, precision: Precision
     """The model as it trains: wrapped in a LoRA/DoRA adapter, all weights trainable (full), or all frozen but
     `freeze_trainable_layers` decoder layers and, for a reward model, its score head (freeze). Trainable weights
     are float32 unless the recipe says pure_bf16 (frozen ones stay in the dtype they were loaded in)."""
+    from transformers import set_seed
+    set_seed(cfg.seed)  # the adapter's initial weights, whichever way the model was loaded (DPO: SFT merged in)
     upcast = upcast_trainable(precision or Precision())
     if is_adapter(cfg):
         model = get_peft_model(model, lora_config(cfg, task_type), autocast_adapter_dtype=upcast)

@@ -26,10 +26,11 @@ def world_size(launcher) -> int:
     return processes_per_node(launcher) * launcher.nnodes
 
 
-def launch_command(launcher, stage: str, spec: Path) -> list[str]:
-    """argv for the stage: `python -m engine.train <stage> --spec <spec>`, under torchrun or accelerate when the
-    recipe asks, or when one process would see several GPUs (TRL's trainers refuse to train on them in one)."""
-    stage_argv = ["-m", "engine.train", stage, "--spec", str(spec)]
+def launch_command(launcher, stage: str, spec: Path, module: str = "engine.train") -> list[str]:
+    """argv for the stage: `python -m <module> <stage> --spec <spec>` (engine.train, or a module that wraps it
+    with a reporter), under torchrun or accelerate when the recipe asks, or when one process would see several
+    GPUs (TRL's trainers refuse to train on them in one)."""
+    stage_argv = ["-m", module, stage, "--spec", str(spec)]
     processes = processes_per_node(launcher)
     if launcher.type == "accelerate":
         config = (["--use_deepspeed", "--deepspeed_config_file", launcher.deepspeed] if launcher.deepspeed

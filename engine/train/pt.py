@@ -20,7 +20,7 @@ from engine.errors import DataError
 from engine.device import Precision, precision_metrics, train_dtype
 from engine.models import load_tokenizer, model_dir, point_at
 from engine.tables import QUARANTINE_COLUMNS, write_rows
-from engine.train.checkpoints import quiet, train_resumably
+from engine.train.checkpoints import evaluate_before_training, train_resumably
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_model, tracking,
                                  trainer_kwargs)
 
@@ -69,7 +69,7 @@ def train_pt(base_dir: Path, sources: dict[str, tuple[DatasetEntry, Path]], cfg:
     with tracking(cfg, out, "pt"):
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                              processing_class=tokenizer, optimizers=optimizers(model, cfg))
-        before = quiet(trainer).evaluate()["eval_loss"]
+        before = evaluate_before_training(trainer)
         result, resumed = train_resumably(trainer, "pt", say)
         after = trainer.evaluate()["eval_loss"]
     summary = finish(trainer, out, cfg, resumed)

@@ -10,7 +10,7 @@ from trl import SFTConfig, SFTTrainer
 
 from engine.device import Precision, precision_metrics, train_dtype
 from engine.models import load_tokenizer, model_dir
-from engine.train.checkpoints import quiet, train_resumably
+from engine.train.checkpoints import evaluate_before_training, train_resumably
 from engine.train.common import (finish, load_trainable, optimizers, prepare_model, save_trained, tracking,
                                  trainer_kwargs, without_row_ids)
 
@@ -32,7 +32,7 @@ def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: 
     with tracking(cfg, out, "sft"):
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                              processing_class=tokenizer, optimizers=optimizers(model, cfg))
-        before = quiet(trainer).evaluate()["eval_loss"]  # nothing trained yet (LoRA starts as a no-op): the base model's loss
+        before = evaluate_before_training(trainer)  # nothing trained yet (LoRA starts as a no-op): the base model's loss
         result, resumed = train_resumably(trainer, "sft", say)
         after = trainer.evaluate()["eval_loss"]
     save_trained(trainer.model, tokenizer, cfg, out)
