@@ -77,16 +77,33 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     return fast
 
 
+def tiny_config(cfg: TinyModel, vocab_size: int, **token_ids) -> Qwen2Config:
+    """The tiny preset's Qwen2 shape."""
+    return Qwen2Config(
+        vocab_size=vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads, max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True, initializer_range=cfg.initializer_range, bos_token_id=None, **token_ids)
+
+
+def module_names(model_cfg: ModelSection) -> dict[str, str] | None:
+    """Every module of the recipe's model, {name: class name}, read from its config on the meta device (no weights
+    are loaded); None when transformers cannot build the architecture from its config alone."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    try:
+        config = (tiny_config(model_cfg.tiny, 64) if is_tiny(model_cfg)
+                  else AutoConfig.from_pretrained(model_cfg.model_name_or_path, trust_remote_code=False))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except (ValueError, KeyError, OSError, ImportError):  # an architecture this transformers does not know
+        return None
+    return {name: type(module).__name__ for name, module in model.named_modules() if name}
+
+
 def build_tiny(cfg: TinyModel, texts: list[str], out: Path) -> dict:
     """Build the tiny preset into `out`: tokenizer trained on `texts`, random-init Qwen2 weights."""
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads, max_position_embeddings=cfg.max_position_embeddings,
-        tie_word_embeddings=True, initializer_range=cfg.initializer_range, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = tiny_config(cfg, len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(cfg.seed)
     model = Qwen2ForCausalLM(config)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,

@@ -145,7 +145,8 @@ class ModelSection(Section):
 
 class DataSection(Section):
     dataset_dir: str = "data"
-    dataset_info: str = "datasets.yaml"  # a datasets.yaml or LLaMA-Factory dataset_info.json
+    # a datasets.yaml or LLaMA-Factory's dataset_info.json (found by itself where no datasets.yaml is)
+    dataset_info: str = "datasets.yaml"
     dataset: list[str] = Field(default_factory=list)  # registry names; empty = every registered one
     allowed_roots: list[str] = Field(default_factory=list)  # folders outside dataset_dir a file_name may use
     cutoff_len: Int = Field(128, ge=8)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import socket
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from engine.errors import TunelineError
@@ -39,6 +41,23 @@ def quiet_libraries() -> None:
     os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")  # its "No accelerator available" on every import
     warnings.filterwarnings("ignore", category=Warning, module="dagster")
     warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+    warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)  # is_fx_tracing's notice, per export
+    progress_bars_off()
+
+
+def progress_bars_off() -> None:
+    """compressed-tensors and llm-compressor pass disable=False to tqdm themselves, so TQDM_DISABLE does not reach
+    their bars: every tqdm made in this process is turned off instead (no library option does it)."""
+    import tqdm
+    if getattr(tqdm.tqdm.__init__, "tuneline_off", False):
+        return
+    original = tqdm.tqdm.__init__
+
+    def off(self, *args, **kwargs):
+        original(self, *args, **{**kwargs, "disable": True})
+    off.tuneline_off = True
+    tqdm.tqdm.__init__ = off
 
 
 def quiet_llmcompressor() -> None:
@@ -77,12 +96,16 @@ def materialize(args: argparse.Namespace, select: str | None):
         quiet_llmcompressor()
     from assets.resource import validated_recipe
     overrides = parse_overrides(args.set)
-    validated_recipe(args.recipe, json.dumps(overrides, sort_keys=True))  # a bad recipe, data path or model path stops here, before any work
+    # a bad recipe, data path or model path stops here, before any work
+    validated_recipe(args.recipe, json.dumps(overrides, sort_keys=True))
 
     import dagster as dg
     from engine.build import remove_stale_temporaries
     from pipelines.definitions import ASSETS, STAGES, resources
     root = str(Path(args.artifact_root).resolve())
+    Path(root).mkdir(parents=True, exist_ok=True)  # an unusable --artifact-root is said before any work
+    if not os.access(root, os.W_OK):
+        raise TunelineError(f"--artifact-root {root}: not writable (expected a folder this user can write)")
     dagster_home(root)
     selection = selection_of(select, dg)
     tuneline = resources(args.recipe, root, overrides)["tuneline"]
@@ -91,7 +114,7 @@ def materialize(args: argparse.Namespace, select: str | None):
     started = time.time()
     with dg.DagsterInstance.get() as instance:
         reap_dead_runs(instance)
-        log_level = "DEBUG" if args.verbose else "WARNING"
+        log_level = "DEBUG" if args.verbose else "CRITICAL"  # a failed step is said in one line after the table
         result = dg.materialize(ASSETS, resources=resources(args.recipe, root, overrides), instance=instance,
                                 selection=selection, raise_on_error=False, tags=RUN_TAGS,
                                 run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
@@ -133,7 +156,35 @@ def process_exists(pid: int) -> bool:
 def run(args: argparse.Namespace) -> int:
     result, seconds = materialize(args, args.select)
     print(report(result, seconds))
-    return 0 if result.success else 1
+    return outcome(result)
+
+
+def outcome(result) -> int:
+    """0 when the run succeeded; else one line per failed step on stderr (its own error, not Dagster's
+    traceback, which --verbose shows) and 2 when every failure is one a user can fix (recipe, data, a failed
+    check), 1 for anything else."""
+    if result.success:
+        return 0
+    user_errors, names = True, user_error_names()
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        while error.cause is not None:  # Dagster wraps the stage's own error
+            error = error.cause
+        user_errors &= error.cls_name in names
+        message = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
+        message = message.removeprefix(f"{error.cls_name}: ").removeprefix(f"engine.errors.{error.cls_name}: ")
+        print(f"tuneline: {event.step_key}: {message}", file=sys.stderr)
+    return 2 if user_errors else 1
+
+
+def user_error_names() -> set[str]:
+    """Class names of the errors a user causes and fixes: tuneline's own, and a blocking check that failed."""
+    found, pending = set(), [TunelineError]
+    while pending:
+        cls = pending.pop()
+        found.add(cls.__name__)
+        pending += cls.__subclasses__()
+    return found | {"DagsterAssetCheckFailedError"}
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -143,7 +194,7 @@ def evaluate(args: argparse.Namespace) -> int:
     comparison = [e for e in result.get_asset_materialization_events()
                   if e.asset_key.to_user_string() == "model_comparison"]
     if not comparison:
-        return 1
+        return outcome(result) or 1
     if args.compare:
         directory = Path(comparison[0].materialization.metadata["path"].value)
         from engine.artifacts import MANIFEST
@@ -151,7 +202,7 @@ def evaluate(args: argparse.Namespace) -> int:
         for check in result.get_asset_check_evaluations():
             if check.asset_key.to_user_string() == "model_comparison":
                 print(f"{'pass' if check.passed else 'FAIL'}  {check.check_name}: {check.metadata['detail'].value}")
-    return 0 if result.success else 1
+    return outcome(result)
 
 
 def check_upstream_built(tuneline, selection, dg) -> None:
@@ -375,16 +426,19 @@ def recipe_options(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tuneline", description="Declarative fine-tuning pipeline on Dagster.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run_p = sub.add_parser("run", help="materialize the asset graph (all of it, or --select)")
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("--verbose", action="store_true", help="show tracebacks, and Dagster's step-by-step log")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[verbose], help=summary)
+    run_p = command("run", "materialize the asset graph (all of it, or --select)")
     recipe_options(run_p)
-    run_p.add_argument("--verbose", action="store_true", help="show Dagster's step-by-step log")
     run_p.add_argument("--select", help="assets to materialize: 'raw_data,clean_data' or a Dagster selection such "
                                         "as '*merged_model' (an asset and everything upstream)")
-    eval_p = sub.add_parser("eval", help="evaluate base, SFT, DPO, merged, GPTQ and AWQ models and check the gates")
+    eval_p = command("eval", "evaluate base, SFT, DPO, merged, GPTQ and AWQ models and check the gates")
     recipe_options(eval_p)
-    eval_p.add_argument("--verbose", action="store_true", help="show Dagster's step-by-step log")
     eval_p.add_argument("--compare", action="store_true", help="print the comparison table and each gate")
-    serve_p = sub.add_parser("serve", help="an OpenAI-compatible server: vLLM on a GPU, transformers serve on CPU")
+    serve_p = command("serve", "an OpenAI-compatible server: vLLM on a GPU, transformers serve on CPU")
     serve_p.add_argument("model", help="'deployment' (the latest), a deployment or model directory, or a fingerprint")
     recipe_options(serve_p)
     serve_p.add_argument("--host", help="default: serve.host of the recipe (127.0.0.1)")
@@ -396,23 +450,22 @@ def main(argv: list[str] | None = None) -> int:
                                            "out of the process list)")
     serve_p.add_argument("--dry-run", action="store_true",
                          help="print the serve config and command lines, start nothing")
-    train_p = sub.add_parser("train", help="run one training stage from its spec.json, in this process (what the "
-                                           "orchestrator launches, alone or under torchrun / accelerate launch)")
+    train_p = command("train", "run one training stage from its spec.json, in this process (what the "
+                               "orchestrator launches, alone or under torchrun / accelerate launch)")
     train_p.add_argument("stage", help="the stage the spec is for")
     train_p.add_argument("--spec", required=True, help="the spec.json the orchestrator wrote")
-    train_p.add_argument("--verbose", action="store_true", help="show a traceback on errors")
-    plan_p = sub.add_parser("plan", help="print the fingerprint of every stage the recipe implies, before any work")
+    plan_p = command("plan", "print the fingerprint of every stage the recipe implies, before any work")
     recipe_options(plan_p)
     plan_p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    import_p = sub.add_parser("import-llamafactory", help="turn LLaMA-Factory training YAMLs into one tuneline recipe")
+    import_p = command("import-llamafactory", "turn LLaMA-Factory training YAMLs into one tuneline recipe")
     import_p.add_argument("configs", nargs="+", help="LLaMA-Factory YAML files, one per stage (sft, rm, dpo, kto, pt)")
     import_p.add_argument("-o", "--output", help="write the recipe here (default: print it)")
-    lineage_p = sub.add_parser("lineage", help="what made an artifact: ancestors, checks, data rows per source")
+    lineage_p = command("lineage", "what made an artifact: ancestors, checks, data rows per source")
     lineage_p.add_argument("artifact", help="an artifact directory or fingerprint (a unique prefix is enough)")
     lineage_p.add_argument("--artifact-root", default=os.environ.get("TUNELINE_HOME", ".tuneline"))
     lineage_p.add_argument("--json", action="store_true", help="print the record as JSON")
     lineage_p.add_argument("--rows", metavar="FILE", help="write the training rows' ids and hashes to FILE (CSV)")
-    chat_p = sub.add_parser("chat", help="chat with a model through its chat template (like llamafactory-cli chat)")
+    chat_p = command("chat", "chat with a model through its chat template (like llamafactory-cli chat)")
     chat_p.add_argument("model", help="a model directory, or the fingerprint of a merged, quantized or base model")
     chat_p.add_argument("--prompt", help="answer this one prompt and exit (for scripts)")
     chat_p.add_argument("--system", help="a system message")
@@ -429,7 +482,15 @@ def main(argv: list[str] | None = None) -> int:
                     "lineage": lineage, "chat": chat, "plan": plan, "train": train}
         return commands[args.command](args)
     except TunelineError as exc:
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
         print(f"tuneline: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the user gave that cannot be read or written
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f) or "a file"
+        print(f"tuneline: {where}: {exc.strerror or exc} (check the path and its permissions)", file=sys.stderr)
         return 2
 
 

@@ -111,11 +111,24 @@ class Selection:
     not_used: list[dict[str, str]] = field(default_factory=list)
 
 
+DEFAULT_REGISTRY, LLAMAFACTORY_REGISTRY = "datasets.yaml", "dataset_info.json"
+
+
+def registry_file(dataset_dir: str | Path, info_file: str) -> Path:
+    """The registry a recipe names; with the default name, a folder that has only LLaMA-Factory's dataset_info.json
+    uses it, as LLaMA-Factory would."""
+    path = Path(dataset_dir) / info_file
+    if info_file == DEFAULT_REGISTRY and not path.exists() and (Path(dataset_dir) / LLAMAFACTORY_REGISTRY).is_file():
+        return Path(dataset_dir) / LLAMAFACTORY_REGISTRY
+    return path
+
+
 def read_registry(dataset_dir: str | Path, info_file: str) -> dict[str, object]:
     """The registry file as a mapping of dataset name to raw entry; RecipeError when the file is unusable."""
-    path = Path(dataset_dir) / info_file
+    path = registry_file(dataset_dir, info_file)
     if not path.is_file():
-        raise RecipeError(f"data.dataset_info: registry {path} does not exist (expected datasets.yaml or dataset_info.json)")
+        raise RecipeError(f"data.dataset_info: registry {path} does not exist (expected {DEFAULT_REGISTRY} or "
+                          f"{LLAMAFACTORY_REGISTRY})")
     text = path.read_text()
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
@@ -140,7 +153,7 @@ def load_registry(dataset_dir: str | Path, info_file: str, names: list[str] | No
     """The registry's entries, parsed: those in `names`, or every entry when `names` is None. An entry that is
     not asked for is never validated, so a registry with entries tuneline cannot use still serves the rest."""
     raw = read_registry(dataset_dir, info_file)
-    path = Path(dataset_dir) / info_file
+    path = registry_file(dataset_dir, info_file)
     return {name: parse_entry(path, name, body) for name, body in raw.items() if names is None or name in names}
 
 
@@ -161,7 +174,7 @@ def select_sources(dataset_dir: str | Path, info_file: str, names: list[str],
     """
     root = Path(dataset_dir).resolve()
     roots = [root, *(Path(r).resolve() for r in allowed_roots or [])]
-    registry_path = root / info_file
+    registry_path = registry_file(root, info_file)
     raw = read_registry(root, info_file)
     for name in names:
         if name not in raw:

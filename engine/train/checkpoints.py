@@ -86,14 +86,16 @@ class CrashSafeCheckpoints(TrainerCallback):
 
 
 class ProgressLines(TrainerCallback):
-    """One line per logging step: step / total, loss, tokens per second, ETA."""
+    """One line per logging step: step / total, loss, tokens per second (where the trainer counts the tokens it
+    sees: include_num_input_tokens_seen), ETA."""
 
-    def __init__(self, stage: str, say: Callable[[str], None], tokens_per_step: float | None = None):
-        self.stage, self.say, self.tokens_per_step = stage, say, tokens_per_step
-        self.started, self.first_step = time.monotonic(), 0
+    def __init__(self, stage: str, say: Callable[[str], None]):
+        self.stage, self.say = stage, say
+        self.started, self.first_step, self.first_tokens = time.monotonic(), 0, 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.started, self.first_step = time.monotonic(), state.global_step  # a resumed run counts from its start
+        self.started = time.monotonic()  # a resumed run counts from its own start
+        self.first_step, self.first_tokens = state.global_step, state.num_input_tokens_seen
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "loss" not in logs:
@@ -101,7 +103,8 @@ class ProgressLines(TrainerCallback):
         done = max(state.global_step - self.first_step, 1)
         per_step = (time.monotonic() - self.started) / done
         eta = per_step * max(state.max_steps - state.global_step, 0)
-        speed = f", {self.tokens_per_step / per_step:,.0f} tokens/s" if self.tokens_per_step else ""
+        tokens = state.num_input_tokens_seen - self.first_tokens
+        speed = f", {tokens / (time.monotonic() - self.started):,.0f} tokens/s" if tokens > 0 else ""
         self.say(f"{self.stage}: step {state.global_step}/{state.max_steps}, loss {logs['loss']:.4f}{speed}, "
                  f"ETA {int(eta // 60)}:{int(eta % 60):02d}")
         return control

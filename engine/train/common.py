@@ -35,6 +35,27 @@ def lora_config(cfg: TrainSection, task_type: str) -> LoraConfig:
                       target_modules=targets, task_type=task_type, use_dora=cfg.finetuning_type == "dora")
 
 
+def check_lora_targets(recipe, stages: tuple[str, ...] = ("pt", "sft", "reward", "dpo")) -> None:
+    """Each named lora_target (PEFT's rule: a module name or its dotted suffix) must be a module of the recipe's
+    model: a misspelt one would otherwise leave those layers untrained without a word."""
+    names = None
+    for stage in stages:
+        cfg = getattr(recipe, stage)
+        if not is_adapter(cfg) or cfg.lora_target == "all":
+            continue
+        if names is None:
+            from engine.models import module_names
+            names = module_names(recipe.model) or {}
+        if not names:
+            return  # transformers cannot build this architecture from its config: PEFT checks at training
+        targets = [t.strip() for t in cfg.lora_target.split(",") if t.strip()]
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+        if missing:
+            linear = sorted({n.rsplit(".", 1)[-1] for n, kind in names.items() if kind == "Linear"})
+            raise RecipeError(f"{stage}.lora_target: {', '.join(missing)} is not a module of the model (its linear "
+                              f"layers: {', '.join(linear)}; or 'all')")
+
+
 def check_quantized_training(cfg: TrainSection, key: str) -> None:
     """QLoRA needs bitsandbytes and a CUDA GPU: say so before any work starts."""
     if cfg.quantization_bit is None:

@@ -63,7 +63,8 @@ def train_pt(base_dir: Path, sources: dict[str, tuple[DatasetEntry, Path]], cfg:
         raise DataError(f"pt.dataset {list(sources)}: {len(rows['train'])} train and {len(rows['eval'])} eval texts; "
                         "both splits need text (add rows or change data.val_size)")
     train, evaluation = (Dataset.from_dict({"text": rows[s]}) for s in ("train", "eval"))
-    args = SFTConfig(**trainer_kwargs(cfg, out, precision), max_length=cutoff_len, packing=True,
+    args = SFTConfig(**trainer_kwargs(cfg, out, precision), include_num_input_tokens_seen="non_padding",
+                     max_length=cutoff_len, packing=True,
                      packing_strategy="wrapped", dataset_text_field="text", completion_only_loss=False)
     model = prepare_model(load_trainable(base_dir, cfg, precision=precision), cfg, "CAUSAL_LM", precision)
     with tracking(cfg, out, "pt"):

@@ -26,7 +26,8 @@ def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: 
     data = load_from_disk(formatted_dir / "sft")
     train, evaluation = without_row_ids(data["train"]), without_row_ids(data["eval"])
     # the SFT view is pre-tokenized with labels already masked: TRL uses them as they are (and packs them if asked)
-    args = SFTConfig(**trainer_kwargs(cfg, out, precision), max_length=cutoff_len, packing=cfg.packing,
+    args = SFTConfig(**trainer_kwargs(cfg, out, precision), include_num_input_tokens_seen="non_padding",
+                     max_length=cutoff_len, packing=cfg.packing,
                      eval_packing=False)
     model = prepare_model(load_trainable(base_dir, cfg, precision=precision), cfg, "CAUSAL_LM", precision)
     with tracking(cfg, out, "sft"):
