@@ -20,7 +20,7 @@ from engine.models import check_local_model, is_tiny
 from engine.plan import Planned, make_plan
 from engine.recipe import Recipe, load_recipe, resolve_recipe_path
 from engine.scorers import resolve_scorer
-from engine.train.common import check_lora_targets, check_quantized_training
+from engine.train.common import check_lora_targets, check_quantized_training, check_speed_levers
 from engine.train.pt import pt_sources
 
 
@@ -46,8 +46,9 @@ def _validated(path: str, overrides_json: str, text: bytes) -> Recipe:  # keyed 
     recipe_sources(recipe.data)
     pt_sources(recipe)
     resolve_scorer(recipe.evaluation.scorer)
-    for stage in ("sft", "reward", "dpo"):
+    for stage in ("pt", "sft", "reward", "dpo"):
         check_quantized_training(getattr(recipe, stage), stage)
+        check_speed_levers(getattr(recipe, stage), stage)
     check_lora_targets(recipe)
     check_lm_eval(recipe.evaluation)
     if not is_tiny(recipe.model):

@@ -270,6 +270,11 @@ class TrainSection(Section):
     warmup_ratio: Float = Field(0.05, ge=0, lt=1)
     logging_steps: Int = Field(10, ge=1)
     seed: Int = 42
+    # speed levers (bench/train_throughput.py measures them): recompute activations in the backward pass only when
+    # asked (saves memory, costs 20-50% time; TRL would turn it on by default), the attention kernel, Liger kernels
+    gradient_checkpointing: bool = False
+    attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2"] = "sdpa"
+    enable_liger_kernel: bool = False  # LLaMA-Factory's key: Liger's fused kernels (liger-kernel, a CUDA GPU)
     # a checkpoint every save_steps optimizer steps; a run that dies resumes from the last complete one
     save_steps: Int = operational(500, ge=1)
     save_total_limit: Int | None = operational(None, ge=1)  # checkpoints kept while training; None: all
@@ -306,6 +311,8 @@ class DpoSection(TrainSection):
     pref_loss: Literal["sigmoid", "ipo", "orpo", "kto"] = "sigmoid"  # kto trains on the KTO view (kto_tag data)
     learning_rate: Float = Field(5e-4, gt=0)
     min_reward_gain: Float = check_threshold(0.0)  # gate: the DPO model's mean reward-model score minus SFT's, at least this
+    # the reference model's log-probs computed once, before training (sigmoid/ipo/kto), not at every step of every epoch
+    precompute_ref_log_probs: bool = True
 
 
 class MergeSection(Section):

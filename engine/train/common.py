@@ -56,6 +56,21 @@ def check_lora_targets(recipe, stages: tuple[str, ...] = ("pt", "sft", "reward",
                               f"layers: {', '.join(linear)}; or 'all')")
 
 
+def check_speed_levers(cfg: TrainSection, key: str) -> None:
+    """The attention kernel and Liger kernels the recipe asks for must work here: say so before any work starts."""
+    cuda = torch.cuda.is_available()
+    if cfg.attn_implementation == "flash_attention_2" and (importlib.util.find_spec("flash_attn") is None or not cuda):
+        raise RecipeError(f"{key}.attn_implementation flash_attention_2 needs the flash-attn package and a CUDA GPU "
+                          f"(flash-attn installed: {importlib.util.find_spec('flash_attn') is not None}, GPU: {cuda}); "
+                          "use sdpa")
+    if cfg.attn_implementation == "flex_attention" and not cuda:
+        raise RecipeError(f"{key}.attn_implementation flex_attention trains on a GPU only (PyTorch's FlexAttention has "
+                          "no backward pass on a CPU); use sdpa")
+    if cfg.enable_liger_kernel and (importlib.util.find_spec("liger_kernel") is None or not cuda):
+        raise RecipeError(f"{key}.enable_liger_kernel needs the liger-kernel package and a CUDA GPU (installed: "
+                          f"{importlib.util.find_spec('liger_kernel') is not None}, GPU: {cuda}); set it to false")
+
+
 def check_quantized_training(cfg: TrainSection, key: str) -> None:
     """QLoRA needs bitsandbytes and a CUDA GPU: say so before any work starts."""
     if cfg.quantization_bit is None:
@@ -111,6 +126,8 @@ def prepare_model(model, cfg: TrainSection, task_type: str, precision: Precision
     are float32 unless the recipe says pure_bf16 (frozen ones stay in the dtype they were loaded in)."""
     from transformers import set_seed
     set_seed(cfg.seed)  # the adapter's initial weights, whichever way the model was loaded (DPO: SFT merged in)
+    check_speed_levers(cfg, "training")
+    model.set_attn_implementation(cfg.attn_implementation)  # however it was loaded (DPO: the SFT model merged)
     upcast = upcast_trainable(precision or Precision())
     if is_adapter(cfg):
         model = get_peft_model(model, lora_config(cfg, task_type), autocast_adapter_dtype=upcast)
@@ -160,6 +177,7 @@ def trainer_kwargs(cfg: TrainSection, out: Path, precision: Precision | None = N
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=cfg.warmup_ratio, logging_steps=cfg.logging_steps, seed=cfg.seed, data_seed=cfg.seed,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        gradient_checkpointing=cfg.gradient_checkpointing, use_liger_kernel=cfg.enable_liger_kernel,
         eval_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
         remove_unused_columns=True, **mixed_precision(precision or Precision()),
     )

@@ -38,7 +38,8 @@ def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: Dp
     if cfg.pref_loss == "kto":
         from trl import KTOConfig, KTOTrainer
         data = load_from_disk(require_view(formatted_dir, "kto", "dpo_adapter"))
-        return KTOTrainer(model=model, ref_model=reference, args=KTOConfig(**common),
+        config = KTOConfig(**common, precompute_ref_log_probs=cfg.precompute_ref_log_probs)
+        return KTOTrainer(model=model, ref_model=reference, args=config,
                           train_dataset=without_row_ids(data["train"]),
                           eval_dataset=without_row_ids(data["eval"]), processing_class=tokenizer,
                           optimizers=optimizers(model, cfg))
@@ -49,7 +50,8 @@ def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: Dp
         return ORPOTrainer(model=model, args=ORPOConfig(**common), train_dataset=train, eval_dataset=evaluation,
                            processing_class=tokenizer, optimizers=optimizers(model, cfg))
     from trl import DPOConfig, DPOTrainer
-    return DPOTrainer(model=model, ref_model=reference, args=DPOConfig(**common, loss_type=[cfg.pref_loss]),
+    config = DPOConfig(**common, loss_type=[cfg.pref_loss], precompute_ref_log_probs=cfg.precompute_ref_log_probs)
+    return DPOTrainer(model=model, ref_model=reference, args=config,
                       train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
                       optimizers=optimizers(model, cfg))
 

@@ -1,0 +1,229 @@
+"""Training speed: plain TRL with its defaults against tuneline's own training setup, in one process.
+
+Same model, same data, same LoRA (r16 on every linear layer), same learning rate and tokens per optimizer step:
+  (a) plain TRL: SFTTrainer / DPOTrainer with their defaults (gradient checkpointing on, every batch padded to its
+      longest row, the DPO reference recomputed at every step);
+  (b) tuneline: the trainer arguments engine/train/common.py builds from the recipe's defaults (gradient
+      checkpointing off, SFT rows packed into cutoff_len sequences with per-row attention, DPO reference
+      log-probs computed once).
+Prints non-padding tokens per second, peak memory, the ratio (b)/(a), and the held-out loss after the same number
+of training tokens (it must agree within the stated tolerance: speed may not change what is learned).
+
+On a CPU the model is a Qwen2 shape a few times larger than `tiny` (compute dominates; a few minutes); with a
+CUDA GPU, the Qwen2.5-0.5B shape in bf16. Goals: CPU SFT >= 2x and DPO >= 1.5x; GPU SFT >= 3x.
+
+Usage: .venv/bin/python bench/train_throughput.py [--steps 30] [--stage sft|dpo|both]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import PrinterCallback
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.recipe import DpoSection, SftSection, load_recipe  # noqa: E402
+from engine.train.common import lora_config, trainer_kwargs  # noqa: E402
+
+LOSS_TOLERANCE = 0.05  # relative: held-out loss of (b) within 5% of (a) after the same tokens
+CPU_SHAPE = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
+                 num_key_value_heads=2)
+GPU_SHAPE = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2)  # Qwen2.5-0.5B
+
+
+def prepare(work: Path, cutoff_len: int) -> tuple[Path, Path]:
+    """The shipped sample data through tuneline's own ingest and format steps, and a random-init Qwen2 model of
+    the bench's shape with a tokenizer trained on that data: (model dir, formatted dir)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from engine.base_model import message_texts
+    from engine.data.format import format_rows
+    from engine.data.ingest import ingest
+    from engine.data.registry import resolve_sources
+    from engine.models import train_tokenizer
+    recipe = load_recipe("tiny")[0]
+    rows = ingest(resolve_sources("data", "datasets.yaml", recipe.data.dataset))[0]
+    tokenizer = train_tokenizer(message_texts(rows), 4096)
+    shape = GPU_SHAPE if torch.cuda.is_available() else CPU_SHAPE
+    config = Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=True,
+                         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         **shape)
+    torch.manual_seed(0)
+    model_dir = work / "model"
+    Qwen2ForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    format_rows(rows, tokenizer, cutoff_len, 0.1, 42, work / "formatted")
+    return model_dir, work / "formatted"
+
+
+def load(model_dir: Path):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    return get_peft_model(model, lora_config(SftSection(lora_rank=16, lora_alpha=32), "CAUSAL_LM"))
+
+
+def heldout_loss(model, rows, batch: int = 16) -> float:
+    """Mean token loss over the labelled tokens of the held-out rows, however the trainer batched them."""
+    from engine.device import to_device
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(rows), batch):
+            chunk = rows[start:start + batch]
+            width = max(len(r["input_ids"]) for r in chunk)
+            ids = torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in chunk])
+            labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in chunk])
+            mask = (torch.arange(width)[None] < torch.tensor([len(r["input_ids"]) for r in chunk])[:, None]).long()
+            logits = model(**to_device({"input_ids": ids, "attention_mask": mask}, model)).logits.float()
+            shifted = labels[:, 1:].to(logits.device)
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), shifted, ignore_index=-100,
+                                                     reduction="sum")
+            total, count = total + float(loss), count + int((shifted != -100).sum())
+    return total / count
+
+
+def timed(trainer) -> tuple[float, float]:
+    """(seconds, peak GB) of trainer.train()."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
+    return seconds, peak
+
+
+class TokenBudget:
+    """Stops training once it has seen `budget` non-padding tokens: both setups learn from the same amount."""
+
+    def __init__(self, budget: int):
+        from transformers import TrainerCallback
+
+        class Stop(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                control.should_training_stop = state.num_input_tokens_seen >= budget
+                return control
+        self.callback = Stop()
+
+
+def sft_run(model_dir: Path, formatted: Path, out: Path, steps: int, batch: int, tuneline: bool, cutoff_len: int,
+            budget: int | None = None):
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+    data = load_from_disk(formatted / "sft")
+    train = data["train"].remove_columns(["row_id"])
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tuneline:  # the trainer arguments the sft stage builds from the recipe's defaults
+        cfg = SftSection(max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3,
+                         lr_scheduler_type="constant", warmup_ratio=0.0, logging_steps=steps, save_steps=10**6)
+        args = SFTConfig(**trainer_kwargs(cfg, out), include_num_input_tokens_seen="non_padding",
+                         max_length=cutoff_len, packing=True, eval_packing=False)
+    else:  # plain TRL: its defaults, with only what any run must say
+        args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3,
+                         lr_scheduler_type="constant", report_to="none", logging_steps=steps, save_strategy="no",
+                         max_length=cutoff_len, include_num_input_tokens_seen="non_padding", seed=42,
+                         use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
+    model = load(model_dir)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)
+    if budget:
+        trainer.add_callback(TokenBudget(budget).callback)
+    seconds, peak = timed(trainer)
+    tokens = trainer.state.num_input_tokens_seen
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds, "peak_gb": peak,
+            "heldout_loss": heldout_loss(trainer.model, list(data["eval"])),
+            "gradient_checkpointing": args.gradient_checkpointing, "packing": args.packing}
+
+
+def dpo_run(model_dir: Path, formatted: Path, out: Path, steps: int, batch: int, tuneline: bool, cutoff_len: int):
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+    data = load_from_disk(formatted / "preference")
+    train = data["train"].remove_columns(["row_id"])
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tuneline:
+        cfg = DpoSection(max_steps=steps, per_device_train_batch_size=batch, learning_rate=5e-4,
+                         lr_scheduler_type="constant", warmup_ratio=0.0, logging_steps=steps, save_steps=10**6)
+        args = DPOConfig(**trainer_kwargs(cfg, out), beta=cfg.pref_beta, max_length=cutoff_len,
+                         loss_type=[cfg.pref_loss], precompute_ref_log_probs=cfg.precompute_ref_log_probs)
+    else:
+        args = DPOConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=5e-4,
+                         lr_scheduler_type="constant", report_to="none", logging_steps=steps, save_strategy="no",
+                         max_length=cutoff_len, seed=42, use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
+    model = load(model_dir)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
+                         eval_dataset=data["eval"].remove_columns(["row_id"]))
+    trainer.remove_callback(PrinterCallback)
+    seconds, peak = timed(trainer)
+    # non-padding tokens of the pairs trained on: prompt + chosen + rejected of each row seen
+    seen = [train[i % len(train)] for i in range(steps * batch)]
+    tokens = sum(len(tokenizer(r["prompt"] + r["chosen"])["input_ids"]) +
+                 len(tokenizer(r["prompt"] + r["rejected"])["input_ids"]) for r in seen)
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds, "peak_gb": peak,
+            "heldout_loss": trainer.evaluate()["eval_loss"], "gradient_checkpointing": args.gradient_checkpointing,
+            "precompute_ref_log_probs": args.precompute_ref_log_probs}
+
+
+def compare(name: str, plain: dict, ours: dict, goal: float) -> bool:
+    ratio = ours["tokens_per_second"] / plain["tokens_per_second"]
+    drift = abs(ours["heldout_loss"] - plain["heldout_loss"]) / plain["heldout_loss"]
+    print(f"\n{name}: {'':<10} {'tokens':>8} {'seconds':>8} {'tokens/s':>9} {'peak GB':>8} {'loss':>7}  settings")
+    for label, r in (("plain TRL", plain), ("tuneline", ours)):
+        settings = ", ".join(f"{k}={r[k]}" for k in r if k not in ("tokens", "seconds", "tokens_per_second",
+                                                                   "peak_gb", "heldout_loss"))
+        print(f"{'':<{len(name) + 2}}{label:<10} {r['tokens']:>8,} {r['seconds']:>8.1f} "
+              f"{r['tokens_per_second']:>9,.0f} {r['peak_gb']:>8.2f} {r['heldout_loss']:>7.4f}  {settings}")
+    met = ratio >= goal and drift <= LOSS_TOLERANCE
+    print(f"{name} ratio tuneline/plain TRL: {ratio:.2f}x (goal >= {goal}x); loss differs by {drift:.1%} "
+          f"(tolerance {LOSS_TOLERANCE:.0%})  {'met' if met else 'MISSED'}")
+    return met
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--stage", choices=["sft", "dpo", "both"], default="both")
+    parser.add_argument("--cutoff-len", type=int, default=256)
+    args = parser.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    gpu = torch.cuda.is_available()
+    print(f"device: {torch.cuda.get_device_name() if gpu else f'CPU, {torch.get_num_threads()} threads'}; "
+          f"shape: {GPU_SHAPE if gpu else CPU_SHAPE}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model_dir, formatted = prepare(work, args.cutoff_len)
+        if args.stage in ("sft", "both"):
+            from datasets import load_from_disk
+            lengths = [len(ids) for ids in load_from_disk(formatted / "sft")["train"]["input_ids"]]
+            rows_per_step = 16
+            # the same tokens per optimizer step: (b)'s packed sequences hold about cutoff_len tokens each
+            packed_batch = max(1, round(rows_per_step * (sum(lengths) / len(lengths)) / args.cutoff_len))
+            print(f"SFT rows: {len(lengths)}, mean {sum(lengths) / len(lengths):.0f} tokens; plain TRL batch "
+                  f"{rows_per_step} rows, tuneline batch {packed_batch} packed sequences of <= {args.cutoff_len}")
+            plain = sft_run(model_dir, formatted, work / "a", args.steps, rows_per_step, False, args.cutoff_len)
+            ours = sft_run(model_dir, formatted, work / "b", 10 * args.steps, packed_batch, True, args.cutoff_len,
+                           budget=plain["tokens"])
+            compare("SFT", plain, ours, 3.0 if gpu else 2.0)
+        if args.stage in ("dpo", "both"):
+            plain = dpo_run(model_dir, formatted, work / "c", args.steps, 8, False, args.cutoff_len)
+            ours = dpo_run(model_dir, formatted, work / "d", args.steps, 8, True, args.cutoff_len)
+            compare("DPO", plain, ours, 1.5)
+
+
+if __name__ == "__main__":
+    main()
