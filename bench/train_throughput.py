@@ -35,8 +35,8 @@ from engine.recipe import DpoSection, SftSection, load_recipe  # noqa: E402
 from engine.train.common import lora_config, trainer_kwargs  # noqa: E402
 
 LOSS_TOLERANCE = 0.05  # relative: held-out loss of (b) within 5% of (a) after the same tokens
-CPU_SHAPE = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
-                 num_key_value_heads=2)
+CPU_SHAPE = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
+                 num_key_value_heads=2)  # about 8x the tiny preset's compute per token
 GPU_SHAPE = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2)  # Qwen2.5-0.5B
 
@@ -94,11 +94,14 @@ def heldout_loss(model, rows, batch: int = 16) -> float:
     return total / count
 
 
-def timed(trainer) -> tuple[float, float]:
-    """(seconds, peak GB) of trainer.train()."""
+def reset_peak_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
+
+
+def timed(trainer, started: float) -> tuple[float, float]:
+    """(seconds, peak GB) from `started` (before the trainer was built: whatever it computes up front, such as
+    precomputed reference log-probs, counts) to the end of trainer.train()."""
     trainer.train()
     seconds = time.perf_counter() - started
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
@@ -138,11 +141,13 @@ def sft_run(model_dir: Path, formatted: Path, out: Path, steps: int, batch: int,
                          max_length=cutoff_len, include_num_input_tokens_seen="non_padding", seed=42,
                          use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
     model = load(model_dir)
+    reset_peak_memory()
+    started = time.perf_counter()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)
     if budget:
         trainer.add_callback(TokenBudget(budget).callback)
-    seconds, peak = timed(trainer)
+    seconds, peak = timed(trainer, started)
     tokens = trainer.state.num_input_tokens_seen
     return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds, "peak_gb": peak,
             "heldout_loss": heldout_loss(trainer.model, list(data["eval"])),
@@ -166,14 +171,17 @@ def dpo_run(model_dir: Path, formatted: Path, out: Path, steps: int, batch: int,
                          lr_scheduler_type="constant", report_to="none", logging_steps=steps, save_strategy="no",
                          max_length=cutoff_len, seed=42, use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
     model = load(model_dir)
+    reset_peak_memory()
+    started = time.perf_counter()
     trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                          eval_dataset=data["eval"].remove_columns(["row_id"]))
     trainer.remove_callback(PrinterCallback)
-    seconds, peak = timed(trainer)
-    # non-padding tokens of the pairs trained on: prompt + chosen + rejected of each row seen
-    seen = [train[i % len(train)] for i in range(steps * batch)]
-    tokens = sum(len(tokenizer(r["prompt"] + r["chosen"])["input_ids"]) +
-                 len(tokenizer(r["prompt"] + r["rejected"])["input_ids"]) for r in seen)
+    seconds, peak = timed(trainer, started)
+    # non-padding tokens of the pairs trained on (prompt + chosen, prompt + rejected), as TRL tokenized them
+    tokenized = trainer.train_dataset
+    pair_tokens = [2 * len(p) + len(c) + len(r) for p, c, r in zip(
+        tokenized["prompt_ids"], tokenized["chosen_ids"], tokenized["rejected_ids"], strict=True)]
+    tokens = sum(pair_tokens[i % len(pair_tokens)] for i in range(steps * batch))
     return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds, "peak_gb": peak,
             "heldout_loss": trainer.evaluate()["eval_loss"], "gradient_checkpointing": args.gradient_checkpointing,
             "precompute_ref_log_probs": args.precompute_ref_log_probs}

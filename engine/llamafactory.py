@@ -21,6 +21,8 @@ TRAIN_KEYS = {"finetuning_type", "freeze_trainable_layers", "quantization_bit", 
               "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type",
               "warmup_ratio", "logging_steps", "seed", "save_steps", "save_total_limit"}
 STAGE_KEYS = {"sft": {"packing"}, "dpo": {"pref_beta", "pref_loss"}, "kto": {"pref_beta"}, "rm": set(), "pt": set()}
+# LLaMA-Factory's flash_attn values as transformers' attention implementations
+FLASH_ATTN = {"auto": "sdpa", "sdpa": "sdpa", "disabled": "eager", "fa2": "flash_attention_2"}
 # keys tuneline answers itself: each is reported with what takes its place
 HANDLED = {
     "do_train": "the asset graph runs every stage",
@@ -128,6 +130,17 @@ def merge_stage(recipe: dict, config: dict, source: Path, notes: list[str]) -> N
             if key == "finetuning_type" and section.get("finetuning_type") == "dora":
                 continue
             section[key] = value
+        elif key == "disable_gradient_checkpointing":  # LLaMA-Factory checkpoints unless told not to; tuneline
+            section["gradient_checkpointing"] = not value  # does not unless told to (absent: tuneline's default, off)
+        elif key == "flash_attn":
+            if value not in FLASH_ATTN:
+                notes.append(f"{source}: flash_attn {value!r} has no equivalent ({', '.join(FLASH_ATTN)}); sdpa is "
+                             "used")
+            section["attn_implementation"] = FLASH_ATTN.get(value, "sdpa")
+        elif key == "enable_liger_kernel":
+            section[key] = bool(value)
+        elif key == "neat_packing":  # packing without cross-row attention: what tuneline's packing always is
+            section["packing"] = bool(value) or section.get("packing", False)
         elif key == "export_quantization_bit":
             recipe.setdefault("quantize", {})[key] = value
         elif key == "deepspeed":  # a DeepSpeed JSON: accelerate launch starts the ranks with it

@@ -299,7 +299,9 @@ class PtSection(TrainSection):
 
 
 class SftSection(TrainSection):
-    packing: bool = False  # pack several rows into one cutoff_len sequence (boundaries kept, no cross-row attention)
+    # several rows in one cutoff_len sequence, no padding; each row attends to itself only (tests/test_packing.py).
+    # On by default, unlike LLaMA-Factory: the same rows learn the same, faster (bench/train_throughput.py)
+    packing: bool = True
 
 
 class RewardSection(TrainSection):

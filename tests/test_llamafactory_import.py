@@ -29,7 +29,7 @@ learning_rate: 1.0e-4
 num_train_epochs: 3.0
 packing: true
 report_to: wandb
-neat_packing: true
+mask_history: true
 bf16: true
 """
 KTO = "stage: kto\nfinetuning_type: freeze\nfreeze_trainable_layers: 1\npref_beta: 0.2\ndataset: kto_en_demo\n"
@@ -64,9 +64,9 @@ def test_known_keys_land_in_their_sections(configs, tiny_model_dir):
 def test_every_key_not_imported_is_named_with_its_reason(configs):
     text, notes = import_configs(configs)
     joined = "\n".join(notes)
-    for key in ("do_train", "template", "output_dir", "neat_packing", "report_to 'wandb'"):
+    for key in ("do_train", "template", "output_dir", "mask_history", "report_to 'wandb'"):
         assert key in joined
-    assert "unknown key neat_packing = True" in joined
+    assert "unknown key mask_history = True" in joined
     assert all(f"# {note}" in text for note in notes)  # the recipe file carries them too
 
 
@@ -95,7 +95,7 @@ def test_the_cli_writes_the_recipe_and_warns_on_stderr(configs, tmp_path):
     result = run([sys.executable, "-m", "pipelines.cli", "import-llamafactory", *map(str, configs), "-o", str(out)],
                  timeout=300, text=True)
     assert result.returncode == 0, result.stderr
-    assert "tuneline: warning:" in result.stderr and "neat_packing" in result.stderr
+    assert "tuneline: warning:" in result.stderr and "mask_history" in result.stderr
     assert yaml.safe_load(out.read_text())["sft"]["finetuning_type"] == "dora"
 
 
@@ -176,3 +176,28 @@ def test_deepspeed_becomes_an_accelerate_launcher(tmp_path):
     from pathlib import Path
     command = launch_command(Recipe.model_validate(recipe).launcher, "sft_adapter", Path("s.json"))
     assert command[3:6] == ["--use_deepspeed", "--deepspeed_config_file", "examples/deepspeed/ds_z3_config.json"]
+
+
+def test_speed_keys_map_to_tuneline_levers(tmp_path):
+    (tmp_path / "sft.yaml").write_text("stage: sft\nflash_attn: disabled\ndisable_gradient_checkpointing: false\n"
+                                       "enable_liger_kernel: false\nneat_packing: true\n")
+    (tmp_path / "dpo.yaml").write_text("stage: dpo\nflash_attn: fa3\ndisable_gradient_checkpointing: true\n")
+    text, notes = import_configs([tmp_path / "sft.yaml", tmp_path / "dpo.yaml"])
+    recipe = yaml.safe_load(text)
+    assert recipe["sft"] | {"attn_implementation": "eager", "gradient_checkpointing": True,
+                            "enable_liger_kernel": False, "packing": True} == recipe["sft"]
+    assert recipe["dpo"]["attn_implementation"] == "sdpa" and recipe["dpo"]["gradient_checkpointing"] is False
+    assert any("flash_attn 'fa3' has no equivalent" in n for n in notes)
+    assert Recipe.model_validate(recipe).sft.attn_implementation == "eager"
+
+
+def test_a_lever_that_cannot_work_here_is_refused_before_any_work():
+    import torch
+    from assets.resource import validated_recipe
+    if torch.cuda.is_available():
+        pytest.skip("these levers work on a GPU")
+    for key, value, reason in (("sft.attn_implementation", "flex_attention", "no backward pass on a CPU"),
+                               ("dpo.attn_implementation", "flash_attention_2", "needs the flash-attn package"),
+                               ("reward.enable_liger_kernel", "true", "needs the liger-kernel package")):
+        with pytest.raises(RecipeError, match=reason):
+            validated_recipe("tiny", f'{{"{key}": "{value}"}}' if value != "true" else f'{{"{key}": true}}')
