@@ -4,8 +4,8 @@ Same model, same data, same LoRA (r16 on every linear layer), same learning rate
   (a) plain TRL: SFTTrainer / DPOTrainer with their defaults (gradient checkpointing on, every batch padded to its
       longest row, the DPO reference recomputed at every step);
   (b) tuneline: the trainer arguments engine/train/common.py builds from the recipe's defaults (gradient
-      checkpointing off, SFT rows packed into cutoff_len sequences with per-row attention, DPO reference
-      log-probs computed once).
+      checkpointing off, DPO reference log-probs computed once; `--packing` adds SFT rows packed into
+      cutoff_len sequences with per-row attention, off by default: with sdpa on a CPU it does not pay).
 Prints non-padding tokens per second, peak memory, the ratio (b)/(a), and the held-out loss after the same number
 of training tokens (it must agree within the stated tolerance: speed may not change what is learned).
 
@@ -123,7 +123,7 @@ class TokenBudget:
 
 
 def sft_run(model_dir: Path, formatted: Path, out: Path, steps: int, batch: int, tuneline: bool, cutoff_len: int,
-            budget: int | None = None):
+            budget: int | None = None, packing: bool = False):
     from datasets import load_from_disk
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -134,7 +134,7 @@ def sft_run(model_dir: Path, formatted: Path, out: Path, steps: int, batch: int,
         cfg = SftSection(max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3,
                          lr_scheduler_type="constant", warmup_ratio=0.0, logging_steps=steps, save_steps=10**6)
         args = SFTConfig(**trainer_kwargs(cfg, out), include_num_input_tokens_seen="non_padding",
-                         max_length=cutoff_len, packing=True, eval_packing=False)
+                         max_length=cutoff_len, packing=packing, eval_packing=False)
     else:  # plain TRL: its defaults, with only what any run must say
         args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3,
                          lr_scheduler_type="constant", report_to="none", logging_steps=steps, save_strategy="no",
@@ -207,6 +207,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--stage", choices=["sft", "dpo", "both"], default="both")
     parser.add_argument("--cutoff-len", type=int, default=256)
+    parser.add_argument("--packing", action="store_true", help="tuneline side with sft.packing on")
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     gpu = torch.cuda.is_available()
@@ -218,14 +219,15 @@ def main() -> None:
         if args.stage in ("sft", "both"):
             from datasets import load_from_disk
             lengths = [len(ids) for ids in load_from_disk(formatted / "sft")["train"]["input_ids"]]
-            rows_per_step = 16
+            rows_per_step, packing = 16, args.packing or SftSection().packing
             # the same tokens per optimizer step: (b)'s packed sequences hold about cutoff_len tokens each
-            packed_batch = max(1, round(rows_per_step * (sum(lengths) / len(lengths)) / args.cutoff_len))
+            batch = (max(1, round(rows_per_step * (sum(lengths) / len(lengths)) / args.cutoff_len)) if packing
+                     else rows_per_step)
             print(f"SFT rows: {len(lengths)}, mean {sum(lengths) / len(lengths):.0f} tokens; plain TRL batch "
-                  f"{rows_per_step} rows, tuneline batch {packed_batch} packed sequences of <= {args.cutoff_len}")
+                  f"{rows_per_step} rows, tuneline batch {batch} {'packed sequences' if packing else 'rows'}")
             plain = sft_run(model_dir, formatted, work / "a", args.steps, rows_per_step, False, args.cutoff_len)
-            ours = sft_run(model_dir, formatted, work / "b", 10 * args.steps, packed_batch, True, args.cutoff_len,
-                           budget=plain["tokens"])
+            ours = sft_run(model_dir, formatted, work / "b", 10 * args.steps, batch, True, args.cutoff_len,
+                           budget=plain["tokens"], packing=packing)
             compare("SFT", plain, ours, 3.0 if gpu else 2.0)
         if args.stage in ("dpo", "both"):
             plain = dpo_run(model_dir, formatted, work / "c", args.steps, 8, False, args.cutoff_len)

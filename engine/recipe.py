@@ -300,8 +300,9 @@ class PtSection(TrainSection):
 
 class SftSection(TrainSection):
     # several rows in one cutoff_len sequence, no padding; each row attends to itself only (tests/test_packing.py).
-    # On by default, unlike LLaMA-Factory: the same rows learn the same, faster (bench/train_throughput.py)
-    packing: bool = True
+    # Off by default: with sdpa, TRL flattens a packed batch into one sequence and attention spans all of it
+    # (FlashAttention-2's varlen kernel does not), which on a CPU costs more than the padding it saves
+    packing: bool = False
 
 
 class RewardSection(TrainSection):

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -171,8 +172,8 @@ def outcome(result) -> int:
         while error.cause is not None:  # Dagster wraps the stage's own error
             error = error.cause
         user_errors &= error.cls_name in names
-        message = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
-        message = message.removeprefix(f"{error.cls_name}: ").removeprefix(f"engine.errors.{error.cls_name}: ")
+        message = " ".join(line.strip() for line in error.message.splitlines() if line.strip()) or error.cls_name
+        message = re.sub(rf"^[\w.]*{error.cls_name}: ", "", message)  # the error's own words, not its module path
         print(f"tuneline: {event.step_key}: {message}", file=sys.stderr)
     return 2 if user_errors else 1
 
