@@ -19,6 +19,14 @@ def examples_table(examples: list[dict]) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"| reference | answer |\n|---|---|\n{rows}")
 
 
+PER_QUESTION = ("examples", "example_scores", "example_rewards")  # per-question lists, not numbers Dagster plots
+
+
+def interval_text(bounds: list[float] | None, n: int) -> str:
+    """"(95% CI 0.1800..0.3300, n=128)", or the sample size alone when there is no interval."""
+    return f"(95% CI {bounds[0]:.4f}..{bounds[1]:.4f}, n={n})" if bounds else f"(n={n})"
+
+
 def off(stage: str):
     """eval_dpo is not configured while the recipe runs no dpo stage; every other evaluation always is."""
     if stage != "dpo":
@@ -44,9 +52,10 @@ def eval_asset(stage: str):
         declared, group="evaluation",
         description=(f"The {stage} model on the held-out split: perplexity, task accuracy of greedy answers, and the "
                      "reward model's mean score of them."),
-        summary=lambda a, r: (f"perplexity {a.metrics['perplexity']}, accuracy {a.metrics['accuracy']}, similarity "
+        summary=lambda a, r: (f"perplexity {a.metrics['perplexity']}, accuracy {a.metrics['accuracy']} "
+                              f"{interval_text(a.metrics['accuracy_ci'], a.metrics['samples'])}, similarity "
                               f"{a.metrics['similarity']}, reward {a.metrics['reward_score']}"),
-        metadata=lambda a, r: {k: v for k, v in a.metrics.items() if k != "examples"}
+        metadata=lambda a, r: {k: v for k, v in a.metrics.items() if k not in PER_QUESTION}
         | {"examples": examples_table(a.metrics["examples"])})
 
 
