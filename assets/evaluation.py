@@ -22,11 +22,6 @@ def examples_table(examples: list[dict]) -> dg.MetadataValue:
 PER_QUESTION = ("examples", "example_scores", "example_rewards")  # per-question lists, not numbers Dagster plots
 
 
-def interval_text(bounds: list[float] | None, n: int) -> str:
-    """"(95% CI 0.1800..0.3300, n=128)", or the sample size alone when there is no interval."""
-    return f"(95% CI {bounds[0]:.4f}..{bounds[1]:.4f}, n={n})" if bounds else f"(n={n})"
-
-
 def off(stage: str):
     """eval_dpo is not configured while the recipe runs no dpo stage; every other evaluation always is."""
     if stage != "dpo":
@@ -52,9 +47,9 @@ def eval_asset(stage: str):
         declared, group="evaluation",
         description=(f"The {stage} model on the held-out split: perplexity, task accuracy of greedy answers, and the "
                      "reward model's mean score of them."),
-        summary=lambda a, r: (f"perplexity {a.metrics['perplexity']}, accuracy {a.metrics['accuracy']} "
-                              f"{interval_text(a.metrics['accuracy_ci'], a.metrics['samples'])}, similarity "
-                              f"{a.metrics['similarity']}, reward {a.metrics['reward_score']}"),
+        summary=lambda a, r: (f"perplexity {a.metrics['perplexity']}, accuracy {a.metrics['accuracy']}, similarity "
+                              f"{a.metrics['similarity']}, reward {a.metrics['reward_score']}, "
+                              f"n={a.metrics['samples']}"),
         metadata=lambda a, r: {k: v for k, v in a.metrics.items() if k not in PER_QUESTION}
         | {"examples": examples_table(a.metrics["examples"])})
 

@@ -65,20 +65,39 @@ def mean_interval(values: Sequence[float]) -> Interval:
     return Interval(mean, mean - half, mean + half, int(x.size))
 
 
+def right_or_wrong(x: np.ndarray) -> bool:
+    """Whether every score is 0 or 1 (exact match, a pairwise win), so that share intervals apply."""
+    return bool(x.size) and bool(np.isin(x, (0.0, 1.0)).all())
+
+
 def score_interval(scores: Sequence[float]) -> Interval:
-    """The mean of per-example scores in [0, 1]: Wilson's interval when every score is 0 or 1 (exact match, a
-    pairwise win), the normal one when a scorer gives partial credit."""
+    """The mean of per-example scores in [0, 1]: Wilson's interval when every score is 0 or 1, the normal one when
+    a scorer gives partial credit."""
     x = np.asarray(scores, dtype=float)
-    if x.size and np.isin(x, (0.0, 1.0)).all():
+    if right_or_wrong(x):
         return wilson_interval(int(x.sum()), int(x.size))
     return mean_interval(x)
 
 
 def paired_difference(after: Sequence[float], before: Sequence[float]) -> Interval:
-    """The mean of after - before over the same examples, with its normal-approximation interval: pairing takes
-    each example's own difficulty out of the spread. Raises ValueError when the two are not the same examples'
-    values (their lengths differ)."""
+    """mean(after) - mean(before) over the same examples, with its interval: pairing takes each example's own
+    difficulty out of the spread. Right-or-wrong scores get Bonett and Price's interval for paired shares, other
+    values the normal approximation of the mean difference. Raises ValueError when the two are not the same
+    examples' values (their lengths differ) or there are none."""
     a, b = np.asarray(after, dtype=float), np.asarray(before, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"paired values need the same examples: {a.size} values against {b.size}")
+    if right_or_wrong(a) and right_or_wrong(b):
+        return paired_share_difference(a, b)
     return mean_interval(a - b)
+
+
+def paired_share_difference(after: np.ndarray, before: np.ndarray) -> Interval:
+    """The change in the share right, from 0/1 scores on the same examples, with Bonett and Price's (2012) adjusted
+    Wald interval: unlike the normal one it does not shrink to a point when the two agree on every example."""
+    n = after.size
+    gained, lost = int(((after == 1) & (before == 0)).sum()), int(((after == 0) & (before == 1)).sum())
+    # Bonett-Price: one pseudo-count per discordant cell, p = (f + 1)/(n + 2); Wald half-width on p12 - p21
+    p12, p21 = (gained + 1) / (n + 2), (lost + 1) / (n + 2)
+    half = Z95 * math.sqrt((p12 + p21 - (p12 - p21) ** 2) / (n + 2))
+    return Interval((gained - lost) / n, max(-1.0, p12 - p21 - half), min(1.0, p12 - p21 + half), n)

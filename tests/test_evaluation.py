@@ -107,14 +107,16 @@ def test_dpo_gate_refuses_scores_of_different_questions():
 
 
 def test_quantized_gate_names_the_number_that_failed_with_n_and_the_paired_interval():
-    # one question of ten lost: differences mean 0.1, s = 0.3162, half-width 1.96 * 0.1 = 0.1960
+    # one question of ten lost, none gained; Bonett-Price: p12 = 2/12, p21 = 1/12,
+    # half-width 1.96 * sqrt((3/12 - (1/12)²) / 12) = 0.2789 around 1/12
     merged = {"accuracy": 0.60, "perplexity": 10.0, "example_scores": [1.0] * 6 + [0.0] * 4}
     awq = {"accuracy": 0.50, "perplexity": 10.5, "example_scores": [1.0] * 5 + [0.0] * 5}
     ok, detail = quantized_gate("awq", merged, awq, 0.05, 1.5)
-    assert not ok and "dropped 0.1000 (95% CI -0.0960..+0.2960, n=10), allowed 0.05 (over by 0.0500)" in detail
+    assert not ok and "dropped 0.1000 (95% CI -0.1956..+0.3623, n=10), allowed 0.05 (over by 0.0500)" in detail
     assert detail.endswith("perplexity 10.5 = x1.0500 merged, allowed x1.5")
+    # the same answers to all ten: no drop, and still an interval as wide as ten questions leave it
     ok, detail = quantized_gate("gptq", merged, {**merged, "perplexity": 20.0}, 0.05, 1.5)
-    assert not ok and "dropped 0.0000 (95% CI +0.0000..+0.0000, n=10)" in detail
+    assert not ok and "dropped 0.0000 (95% CI -0.2310..+0.2310, n=10)" in detail
     assert "x2.0000 merged, allowed x1.5 (over by 0.5000)" in detail
     assert quantized_gate("gptq", merged, {**merged, "accuracy": 0.58, "perplexity": 11.0}, 0.05, 1.5)[0]
 

@@ -52,3 +52,15 @@ def test_pairing_takes_each_questions_difficulty_out_of_the_spread():
     assert paired.describe(signed=True) == "95% CI +0.1284..+0.2716, n=6"
     with pytest.raises(ValueError, match="same examples: 2 values against 3"):
         paired_difference([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+def test_a_paired_change_in_right_or_wrong_answers_has_an_interval_even_when_nothing_changed():
+    # Bonett-Price with no discordant question among 128: p12 = p21 = 1/130, half-width 1.96 * sqrt(2/130/130)
+    unchanged = paired_difference([0.0] * 128, [0.0] * 128)
+    assert unchanged.estimate == 0.0 and unchanged.describe(signed=True) == "95% CI -0.0213..+0.0213, n=128"
+    # 3 questions gained, 1 lost of 20: estimate 2/20; p12 = 4/22, p21 = 2/22, centre 2/22 = 0.0909,
+    # half-width 1.96 * sqrt((6/22 - (2/22)²) / 22) = 0.2149
+    before = [1.0] * 5 + [0.0] * 15
+    after = [1.0] * 4 + [0.0] + [1.0] * 3 + [0.0] * 12
+    changed = paired_difference(after, before)
+    assert changed.estimate == pytest.approx(0.1) and changed.bounds() == [-0.124, 0.3058]
