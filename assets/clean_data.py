@@ -50,6 +50,33 @@ def quarantine_ratio_within_bound(artifact, recipe) -> tuple[bool, str]:
     return ratio <= bound, f"quarantined {ratio:.1%}, bound {bound:.0%}"
 
 
+def source_losses(m: dict) -> dict[str, tuple[int, int, float]]:
+    """Per source: rows in, rows out, share of its rows cleaning removed (0.0 for a selected source with no rows:
+    it had nothing to lose)."""
+    out = m["rows_out_by_source"]
+    return {s: (n, out.get(s, 0), (n - out.get(s, 0)) / n if n else 0.0) for s, n in m["rows_in_by_source"].items()}
+
+
+def every_source_within_loss_bound(artifact, recipe) -> tuple[bool, str, dict]:
+    """No source loses more than clean.max_source_loss_ratio of its rows; the result's metadata lists every
+    source's loss."""
+    bound, losses = recipe.clean.max_source_loss_ratio, source_losses(artifact.metrics)
+    over = [f"{s}: lost {lost:.1%} ({n_in} in, {n_out} out), bound {bound:.1%}, over by {lost - bound:.1%}"
+            for s, (n_in, n_out, lost) in losses.items() if lost > bound]
+    worst = max(losses, key=lambda s: losses[s][2], default=None)
+    within = (f"every source within {bound:.1%}; most lost: {worst} {losses[worst][2]:.1%}" if worst
+              else "no source selected")
+    return not over, "; ".join(over) or within, {"source_losses": loss_table(losses, bound)}
+
+
+def loss_table(losses: dict[str, tuple[int, int, float]], bound: float) -> dg.MetadataValue:
+    columns = [dg.TableColumn("source"), dg.TableColumn("rows_in", "int"), dg.TableColumn("rows_out", "int"),
+               dg.TableColumn("share_lost", "float"), dg.TableColumn("within_bound", "bool")]
+    records = [dg.TableRecord({"source": s, "rows_in": n_in, "rows_out": n_out, "share_lost": round(lost, 4),
+                               "within_bound": lost <= bound}) for s, (n_in, n_out, lost) in losses.items()]
+    return dg.MetadataValue.table(records, dg.TableSchema(columns))
+
+
 def data_report(m: dict, clusters: list[dict], sample: int = 5) -> str:
     """The cleaning report a person reads in the UI: per source, per step, top reasons, some clusters."""
     sources = "\n".join(f"| {s} | {n} | {m['rows_out_by_source'].get(s, 0)} |" for s, n in m["rows_in_by_source"].items())
@@ -77,4 +104,5 @@ clean_data = stage_asset(
     description="Rows fit to train on; every removed row is in the quarantine table with its step, reason and detail.",
     summary=lambda a, r: f"{a.metrics['rows_out']} of {a.metrics['rows_in']} rows kept", metadata=metadata,
     checks={"every_row_accounted": every_row_accounted, "no_exact_duplicates": no_exact_duplicates,
-            "quarantine_ratio_within_bound": quarantine_ratio_within_bound})
+            "quarantine_ratio_within_bound": quarantine_ratio_within_bound,
+            "every_source_within_loss_bound": every_source_within_loss_bound})

@@ -19,6 +19,9 @@ def examples_table(examples: list[dict]) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"| reference | answer |\n|---|---|\n{rows}")
 
 
+PER_QUESTION = ("examples", "example_scores", "example_rewards")  # per-question lists, not numbers Dagster plots
+
+
 def off(stage: str):
     """eval_dpo is not configured while the recipe runs no dpo stage; every other evaluation always is."""
     if stage != "dpo":
@@ -45,8 +48,9 @@ def eval_asset(stage: str):
         description=(f"The {stage} model on the held-out split: perplexity, task accuracy of greedy answers, and the "
                      "reward model's mean score of them."),
         summary=lambda a, r: (f"perplexity {a.metrics['perplexity']}, accuracy {a.metrics['accuracy']}, similarity "
-                              f"{a.metrics['similarity']}, reward {a.metrics['reward_score']}"),
-        metadata=lambda a, r: {k: v for k, v in a.metrics.items() if k != "examples"}
+                              f"{a.metrics['similarity']}, reward {a.metrics['reward_score']}, "
+                              f"n={a.metrics['samples']}"),
+        metadata=lambda a, r: {k: v for k, v in a.metrics.items() if k not in PER_QUESTION}
         | {"examples": examples_table(a.metrics["examples"])})
 
 

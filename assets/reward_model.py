@@ -3,6 +3,7 @@
 from assets.stage_asset import stage_asset, tracking_metadata
 from assets.training import switchable_training_stage
 from engine.device import PRECISION_KEYS
+from engine.stats import wilson_interval
 from engine.train.reward import build
 
 PARENTS, KEYS = ("pt_model", "formatted_data"), ("reward", "data.cutoff_len", *PRECISION_KEYS)
@@ -11,8 +12,13 @@ STAGE = switchable_training_stage("reward_model", build, PARENTS, KEYS, switch="
 
 
 def accuracy_above_chance(artifact, recipe) -> tuple[bool, str]:
+    """Held-out pairwise accuracy above reward.min_accuracy (the point estimate decides), with its Wilson interval."""
     m, bound = artifact.metrics, recipe.reward.min_accuracy
-    return m["eval_accuracy"] > bound, f"accuracy {m['eval_accuracy']:.3f} on {m['eval_pairs']} pairs, needs > {bound}"
+    # the pairs won, back from the 4-digit accuracy: exact while eval_pairs < 10,000
+    interval = wilson_interval(round(m["eval_accuracy"] * m["eval_pairs"]), m["eval_pairs"])
+    verdict = "" if m["eval_accuracy"] > bound else f", short by {bound - m['eval_accuracy']:.4f}"
+    return m["eval_accuracy"] > bound, (f"accuracy {m['eval_accuracy']:.4f} ({interval.describe()} pairs), "
+                                        f"needs > {bound}{verdict}")
 
 
 reward_model = stage_asset(

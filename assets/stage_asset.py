@@ -24,7 +24,8 @@ from engine.stage import Stage, StageRun, is_configured
 from engine.train.child import read_error, read_result, spec_of, write_spec
 from engine.train.launch import launch_command
 
-Check = Callable[[Artifact, Recipe], tuple[bool, str]]  # (passed, detail naming the number and its bound)
+# (passed, detail naming the number and its bound), or with a third item: more metadata for the check's result
+Check = Callable[[Artifact, Recipe], tuple[bool, str] | tuple[bool, str, dict[str, Any]]]
 Metadata = Callable[[Artifact, Recipe], dict[str, Any]]
 
 DECLARED: dict[str, Stage] = {}  # every stage an asset was made from: what plans are computed over
@@ -83,9 +84,10 @@ def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable
         configured = is_configured(artifact.metrics)
         results = []
         for name, check in checks.items():
-            passed, detail = check(artifact, recipe) if configured else (True, off_detail(artifact))
+            passed, detail, *more = check(artifact, recipe) if configured else (True, off_detail(artifact))
             catalog.record_check(artifact.fingerprint, name, passed, detail)
-            results.append(dg.AssetCheckResult(check_name=name, passed=passed, metadata={"detail": detail},
+            results.append(dg.AssetCheckResult(check_name=name, passed=passed,
+                                               metadata={"detail": detail, **(more[0] if more else {})},
                                                severity=dg.AssetCheckSeverity.ERROR))
         return dg.MaterializeResult(
             metadata={"summary": summary(artifact, recipe) if configured else off_detail(artifact),

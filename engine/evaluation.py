@@ -20,7 +20,8 @@ from engine.device import Precision, device_type, infer_dtype, name, precision_m
 from engine.errors import RecipeError
 from engine.evaluate import answer_examples, answered_sequences, greedy_from_ids, perplexity, reward_scores_of_ids
 from engine.models import load_reward_model, load_tokenizer, load_with_adapters, model_dir
-from engine.scorers import char_similarity, resolve_scorer, score
+from engine.scorers import char_similarity, resolve_scorer, score, scores
+from engine.stats import mean_interval, paired_difference, score_interval
 
 if TYPE_CHECKING:
     from engine.recipe import EvaluationSection, Recipe
@@ -45,12 +46,18 @@ def evaluate_model(model, tokenizer_dir: Path, formatted_dir: Path, reward_dir: 
     references = [e.reference for e in examples]
     rewards = None if reward_dir is None else reward_scores_of_ids(
         load_reward_model(reward_dir, dtype), answered_sequences(tokenizer, examples, answers), tokenizer.pad_token_id)
+    task_scores = scores(resolve_scorer(cfg.scorer), answers, references)
+    accuracy, reward = score_interval(task_scores), None if rewards is None else mean_interval(rewards)
     return {"perplexity": round(perplexity(model, evaluation, tokenizer.pad_token_id), 4),
-            "accuracy": round(score(resolve_scorer(cfg.scorer), answers, references), 4),
+            "accuracy": round(accuracy.estimate, 4), "accuracy_ci": accuracy.bounds(),
             "similarity": round(score(char_similarity, answers, references), 4),
-            "reward_score": None if rewards is None else round(sum(rewards) / max(len(rewards), 1), 4),
+            "reward_score": None if reward is None else round(reward.estimate, 4),
+            "reward_score_ci": None if reward is None else reward.bounds(),
             "samples": len(examples),
             "scorer": cfg.scorer,
+            # per question, in order: the gates compare two stages on the same questions (paired intervals)
+            "example_scores": [round(s, 4) for s in task_scores],
+            "example_rewards": None if rewards is None else [round(r, 4) for r in rewards],
             "examples": [{"reference": r, "answer": a} for r, a in zip(references[:5], answers[:5], strict=True)]}
 
 
@@ -99,21 +106,28 @@ def comparison_markdown(results: dict[str, dict]) -> str:
 
 
 def dpo_gate(sft: dict, dpo: dict, min_gain: float) -> tuple[bool, str]:
+    """DPO's mean reward score minus SFT's against `min_gain`, with the paired interval of that gain over the same
+    questions (the verdict is the point estimate's; the interval says how much n = samples can tell)."""
     if dpo.get("configured") is False:
         return True, f"not configured: {dpo['reason']}"
     if dpo["reward_score"] is None or sft["reward_score"] is None:  # nothing to judge DPO by
         return True, "not configured: rm is not in the recipe's stages, so no reward model scores DPO against SFT"
     gain = dpo["reward_score"] - sft["reward_score"]
+    spread = paired_difference(dpo["example_rewards"], sft["example_rewards"])
     verdict = "" if gain >= min_gain else f", short by {min_gain - gain:.4f}"
     return gain >= min_gain, (f"DPO mean reward score {dpo['reward_score']} vs SFT {sft['reward_score']}: gain "
-                              f"{gain:+.4f}, required >= {min_gain:+.4f}{verdict}")
+                              f"{gain:+.4f} ({spread.describe(signed=True)}), required >= {min_gain:+.4f}{verdict}")
 
 
 def quantized_gate(name: str, merged: dict, quantized: dict, max_drop: float, max_ratio: float) -> tuple[bool, str]:
+    """A quantized export's accuracy drop below merged (with its paired interval over the same questions) and its
+    perplexity ratio, each against its bound."""
     drop = merged["accuracy"] - quantized["accuracy"]
+    spread = paired_difference(merged["example_scores"], quantized["example_scores"])
     ratio = quantized["perplexity"] / merged["perplexity"]
-    accuracy = (f"accuracy {quantized['accuracy']} vs merged {merged['accuracy']}: dropped {drop:.4f}, allowed "
-                f"{max_drop}" + (f" (over by {drop - max_drop:.4f})" if drop > max_drop else ""))
+    accuracy = (f"accuracy {quantized['accuracy']} vs merged {merged['accuracy']}: dropped {drop:.4f} "
+                f"({spread.describe(signed=True)}), allowed {max_drop}"
+                + (f" (over by {drop - max_drop:.4f})" if drop > max_drop else ""))
     ppl = (f"perplexity {quantized['perplexity']} = x{ratio:.4f} merged, allowed x{max_ratio}"
            + (f" (over by {ratio - max_ratio:.4f})" if ratio > max_ratio else ""))
     return drop <= max_drop and ratio <= max_ratio, f"{name}: {accuracy}; {ppl}"

@@ -155,6 +155,9 @@ class DataSection(Section):
     seed: Int = 42
     # train rows this close (Jaccard) to an eval row go; None: off
     decontamination_threshold: Float | None = Field(0.8, gt=0, le=1)
+    # the fewest rows the eval split a preference stage is judged on may hold (preference pairs for rm and dpo, KTO
+    # rows for kto): below it the formatted_data check fails, since an accuracy from a handful of pairs means nothing
+    min_eval_pairs: Int = check_threshold(32, ge=1)
 
 
 class NormalizeStep(Section):
@@ -246,6 +249,9 @@ class CleanSection(Section):
     steps: list[CleanStep] = Field(default_factory=lambda: [TypeAdapter(CleanStep).validate_python(s)
                                                             for s in DEFAULT_CLEAN_STEPS])
     max_quarantine_ratio: Float = check_threshold(0.25, ge=0, le=1)  # the clean_data check fails above this
+    # the share of one source's rows cleaning may remove: losing more than half usually means a wrong column mapping
+    # or a format the steps misjudge, not dirty data (the shipped sources each lose under 7%)
+    max_source_loss_ratio: Float = check_threshold(0.5, ge=0, le=1)
 
     def counts_tokens(self) -> bool:
         return any(isinstance(s, LengthStep) and s.counts_tokens() for s in self.steps)

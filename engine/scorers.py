@@ -49,8 +49,9 @@ def resolve_scorer(name: str) -> Scorer:
     return scorer
 
 
-def score(scorer: Scorer, predictions: list[str], references: list[str]) -> float:
-    """Mean score; a scorer returning something outside [0, 1] is a bug in the scorer, reported as such."""
+def scores(scorer: Scorer, predictions: list[str], references: list[str]) -> list[float]:
+    """Each prediction's score; a scorer returning something outside [0, 1] is a bug in the scorer, reported as
+    such."""
     values = []
     for prediction, reference in zip(predictions, references, strict=True):
         value = float(scorer(prediction, reference))
@@ -58,6 +59,12 @@ def score(scorer: Scorer, predictions: list[str], references: list[str]) -> floa
             raise ValueError(f"scorer {getattr(scorer, '__name__', scorer)!r} returned {value} for reference "
                              f"{reference!r}; expected a number in [0, 1]")
         values.append(value)
+    return values
+
+
+def score(scorer: Scorer, predictions: list[str], references: list[str]) -> float:
+    """Mean score (0 for no predictions); see `scores`."""
+    values = scores(scorer, predictions, references)
     return sum(values) / max(len(values), 1)
 
 

@@ -76,7 +76,8 @@ def test_lm_eval_tasks_without_lm_eval_stop_the_recipe():
         check_lm_eval(EvaluationSection(lm_eval_tasks=["hellaswag"]))
 
 
-RESULTS = {stage: {"perplexity": 10.0, "accuracy": 0.5, "similarity": 0.7, "reward_score": 1.0} for stage in
+RESULTS = {stage: {"perplexity": 10.0, "accuracy": 0.5, "similarity": 0.7, "reward_score": 1.0,
+                   "example_scores": [1.0, 0.0] * 4, "example_rewards": [0.5, 1.5] * 4} for stage in
            ("base", "sft", "dpo", "merged", "gptq", "awq")}
 
 
@@ -86,19 +87,38 @@ def test_the_comparison_table_has_one_row_per_stage_in_graph_order():
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["base", "sft", "dpo", "merged", "gptq", "awq"]
 
 
-def test_dpo_gate_says_by_how_much_dpo_fell_short():
-    ok, detail = dpo_gate({"reward_score": 1.0}, {"reward_score": 0.8}, 0.0)
-    assert not ok and "gain -0.2000" in detail and "short by 0.2000" in detail
-    assert dpo_gate({"reward_score": 1.0}, {"reward_score": 1.3}, 0.1)[0]
+def test_dpo_gate_says_by_how_much_dpo_fell_short_with_n_and_the_paired_interval():
+    # per-question differences -0.1, -0.3, -0.2, -0.2: mean -0.2, s = 0.0816, half-width 1.96 * s / 2 = 0.0800
+    sft = {"reward_score": 1.0, "example_rewards": [0.5, 1.0, 1.5, 1.0]}
+    dpo = {"reward_score": 0.8, "example_rewards": [0.4, 0.7, 1.3, 0.8]}
+    ok, detail = dpo_gate(sft, dpo, 0.0)
+    assert not ok
+    assert detail == ("DPO mean reward score 0.8 vs SFT 1.0: gain -0.2000 (95% CI -0.2800..-0.1200, n=4), "
+                      "required >= +0.0000, short by 0.2000")
+    better = {"reward_score": 1.3, "example_rewards": [0.8, 1.4, 1.7, 1.3]}
+    assert dpo_gate(sft, better, 0.1) == (True, "DPO mean reward score 1.3 vs SFT 1.0: gain +0.3000 (95% CI "
+                                                "+0.2200..+0.3800, n=4), required >= +0.1000")
 
 
-def test_quantized_gate_names_the_number_that_failed():
-    merged = {"accuracy": 0.60, "perplexity": 10.0}
-    ok, detail = quantized_gate("awq", merged, {"accuracy": 0.50, "perplexity": 10.5}, 0.05, 1.5)
-    assert not ok and "dropped 0.1000, allowed 0.05 (over by 0.0500)" in detail and "perplexity" in detail
-    ok, detail = quantized_gate("gptq", merged, {"accuracy": 0.60, "perplexity": 20.0}, 0.05, 1.5)
-    assert not ok and "x2.0000 merged, allowed x1.5 (over by 0.5000)" in detail
-    assert quantized_gate("gptq", merged, {"accuracy": 0.58, "perplexity": 11.0}, 0.05, 1.5)[0]
+def test_dpo_gate_refuses_scores_of_different_questions():
+    sft = {"reward_score": 1.0, "example_rewards": [1.0, 1.0]}
+    with pytest.raises(ValueError, match="same examples: 3 values against 2"):
+        dpo_gate(sft, {"reward_score": 1.0, "example_rewards": [1.0, 1.0, 1.0]}, 0.0)
+
+
+def test_quantized_gate_names_the_number_that_failed_with_n_and_the_paired_interval():
+    # one question of ten lost, none gained; Bonett-Price: p12 = 2/12, p21 = 1/12,
+    # half-width 1.96 * sqrt((3/12 - (1/12)²) / 12) = 0.2789 around 1/12
+    merged = {"accuracy": 0.60, "perplexity": 10.0, "example_scores": [1.0] * 6 + [0.0] * 4}
+    awq = {"accuracy": 0.50, "perplexity": 10.5, "example_scores": [1.0] * 5 + [0.0] * 5}
+    ok, detail = quantized_gate("awq", merged, awq, 0.05, 1.5)
+    assert not ok and "dropped 0.1000 (95% CI -0.1956..+0.3623, n=10), allowed 0.05 (over by 0.0500)" in detail
+    assert detail.endswith("perplexity 10.5 = x1.0500 merged, allowed x1.5")
+    # the same answers to all ten: no drop, and still an interval as wide as ten questions leave it
+    ok, detail = quantized_gate("gptq", merged, {**merged, "perplexity": 20.0}, 0.05, 1.5)
+    assert not ok and "dropped 0.0000 (95% CI -0.2310..+0.2310, n=10)" in detail
+    assert "x2.0000 merged, allowed x1.5 (over by 0.5000)" in detail
+    assert quantized_gate("gptq", merged, {**merged, "accuracy": 0.58, "perplexity": 11.0}, 0.05, 1.5)[0]
 
 
 def test_gates_read_their_thresholds_from_the_recipe():
@@ -106,3 +126,25 @@ def test_gates_read_their_thresholds_from_the_recipe():
     results = {**RESULTS, "awq": {**RESULTS["awq"], "accuracy": 0.49}}
     verdicts = {name: ok for name, (ok, _) in gates(results, recipe).items()}
     assert verdicts == {"dpo_not_worse_than_sft": False, "gptq_within_budget": True, "awq_within_budget": False}
+
+
+def test_an_evaluation_records_each_questions_score_and_reward_and_their_intervals(tiny_model_dir, formatted_dir,
+                                                                                  tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from engine.evaluation import evaluate_model
+    from engine.models import load_causal_lm
+    from engine.stats import mean_interval, wilson_interval
+    torch.manual_seed(0)  # a random reward head: scores that differ per answer, so their interval has a width
+    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).save_pretrained(tmp_path)
+    cfg = EvaluationSection(max_samples=12, max_new_tokens=4)
+    m = evaluate_model(load_causal_lm(tiny_model_dir, torch.float32), tiny_model_dir, formatted_dir, tmp_path, cfg,
+                       torch.float32)
+    assert m["samples"] == len(m["example_scores"]) == len(m["example_rewards"]) == 12
+    assert set(m["example_scores"]) <= {0.0, 1.0}  # exact match: each question right or wrong
+    wins = int(sum(m["example_scores"]))
+    assert m["accuracy"] == round(wins / 12, 4)
+    assert m["accuracy_ci"] == wilson_interval(wins, 12).bounds()
+    rewards = mean_interval(m["example_rewards"])
+    assert m["reward_score"] == pytest.approx(rewards.estimate, abs=1e-4)
+    assert m["reward_score_ci"] == pytest.approx(rewards.bounds(), abs=1e-4) and rewards.high > rewards.low

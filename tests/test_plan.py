@@ -75,6 +75,8 @@ KEY_CHANGES = [  # (recipe key, new value, the stages whose artifact changes)
     ("quantize.max_ppl_ratio", 3.0, set()),
     ("quantize.max_accuracy_drop", 0.5, set()),
     ("clean.max_quarantine_ratio", 0.9, set()),
+    ("clean.max_source_loss_ratio", 0.1, set()),
+    ("data.min_eval_pairs", 64, set()),
     # keys no stage reads
     ("retention.keep_last", 2, set()),
     ("schedule.cron", "0 4 * * *", set()),

@@ -510,8 +510,9 @@ def clean(rows: list[dict], cfg: CleanSection, source_order: list[str],
         "quarantine_by_reason": dict(Counter(q["reason"] for q in cleaner.quarantine)),
         "pii_scrubbed": dict(cleaner.pii_counts), "steps": cleaner.steps,
         "rewritten": len(cleaner.rewrites), "rewritten_by_step": dict(Counter(r["step"] for r in cleaner.rewrites)),
-        "rows_in_by_source": dict(Counter(r["source"] for r in rows)),
-        "rows_out_by_source": dict(Counter(r["source"] for r in final)),
+        # every selected source, an empty one too (0 in): the per-source checks and reports list it
+        "rows_in_by_source": {s: 0 for s in source_order} | dict(Counter(r["source"] for r in rows)),
+        "rows_out_by_source": {s: 0 for s in source_order} | dict(Counter(r["source"] for r in final)),
         "top_quarantine_details": Counter(re.sub(r"\S+:\d+\b", "<row>", q["detail"])
                                           for q in cleaner.quarantine).most_common(5),
     }
