@@ -11,8 +11,15 @@ from tests.processes import readline, stop_process_group
 IGNORE = "import signal\n" + "".join(f"signal.signal(signal.{s}, signal.SIG_IGN)\n" for s in ("SIGINT", "SIGTERM"))
 
 
+# the child's own dispositions, whatever its launcher left ignored (a background job of a non-interactive shell
+# inherits SIGINT ignored, and Python then keeps it ignored)
+DEFAULTS = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n" \
+           "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+
+
 def start(code: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-c", DEFAULTS + code], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def gone(pid: int) -> bool:
@@ -65,8 +72,8 @@ def test_an_ended_child_is_left_alone_and_nothing_raises():
 
 
 def test_a_child_in_our_own_group_is_signalled_alone():
-    process = subprocess.Popen([sys.executable, "-c", "import time\nprint('ready', flush=True)\ntime.sleep(60)"],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", DEFAULTS + "import time\nprint('ready', flush=True)\n"
+                                "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
         assert os.getpgid(process.pid) == os.getpgid(0)
         assert readline(process.stdout, 30) == "ready\n"
