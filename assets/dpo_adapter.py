@@ -22,5 +22,6 @@ dpo_adapter = stage_asset(
     description="Preference optimisation; the SFT model is the reference. The reward model judges it in eval_dpo.",
     summary=lambda a, r: (f"{a.metrics['pref_loss']}: eval reward margin {a.metrics['eval_reward_margin']}, "
                           f"accuracy {a.metrics['eval_reward_accuracy']}"),
-    checks={"reward_margin_positive": lambda a, r: (a.metrics["eval_reward_margin"] > 0,
-                                                    f"mean chosen-minus-rejected reward {a.metrics['eval_reward_margin']}")})
+    checks={"reward_margin_positive": lambda a, r: (a.metrics["eval_reward_margin"] > r.dpo.min_reward_margin,
+                                                    f"mean chosen-minus-rejected reward {a.metrics['eval_reward_margin']}, "
+                                                    f"needs > {r.dpo.min_reward_margin}")})

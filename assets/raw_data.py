@@ -21,5 +21,7 @@ raw_data = stage_asset(
     description="One row per example (source, row id, content hash, format, messages, chosen/rejected), in the catalog.",
     summary=lambda a, r: f"{a.metrics['rows']} rows, {a.metrics['quarantined']} quarantined",
     metadata=lambda a, r: {"rows": a.metrics["rows"], "quarantined": a.metrics["quarantined"], "by_source": counts_table(
-        {k: f"{v['accepted']} / {v['rows_in']}" for k, v in a.metrics["by_source"].items()}, "source", "accepted / read")},
+        {k: f"{v['accepted']} / {v['rows_in']}" for k, v in a.metrics["by_source"].items()}, "source", "accepted / read"),
+        # registered entries the recipe does not read (a stock dataset_info.json's hub and multimodal ones): listed, never an error
+        "not_used": counts_table({u["name"]: u["reason"] for u in a.metrics.get("not_used", [])}, "dataset", "reason")},
     checks={"every_row_accounted": every_row_accounted})

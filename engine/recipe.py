@@ -320,6 +320,7 @@ class DpoSection(TrainSection):
     pref_loss: Literal["sigmoid", "ipo", "orpo", "kto"] = "sigmoid"  # kto trains on the KTO view (kto_tag data)
     learning_rate: Float = Field(5e-4, gt=0)
     min_reward_gain: Float = check_threshold(0.0)  # gate: the DPO model's mean reward-model score minus SFT's, at least this
+    min_reward_margin: Float = check_threshold(0.0)  # check: held-out mean chosen-minus-rejected reward above this
     # the reference model's log-probs computed once, before training (sigmoid/ipo/kto), not at every step of every epoch
     precompute_ref_log_probs: bool = True
 

@@ -111,6 +111,7 @@ PII_KEEPS = [
     "Set your new password in the settings.", "Type `mail bob@corp.example.com` in code.",
     "```\ncall +1 415 555 2671\nip 10.0.0.1\n```", "Upgrade to v1.2.3.4 today", "2024-01-15 at 10:30",
     "1234 + 5678 = 6912", "x = 4155552671", "the token is valid", "The secret: always write tests first.",
+    "i = -223905 / 3245", "y = +4155552671",  # signed operands (LLaMA-Factory's dpo_en_demo.json has the first)
 ]
 
 
@@ -127,6 +128,7 @@ def test_pii_leaves_numbers_code_and_words_alone(text):
     ("call (415) 555-2671 today", "call <PHONE> today"),
     ("ring +49 30 901820", "ring <PHONE>"),
     ("password: hunter22x", "password: <SECRET>"),
+    ("your new password: aB3#fG7!kL9@. Save it.", "your new password: <SECRET>. Save it."),  # the period stays
     ("password = 'correcthorse'", "password = '<SECRET>'"),
     ("api_key=abcdef123456", "api_key=<SECRET>"),
     ("`OPENAI_API_KEY = 'sk-abcdefghijklmnopqrstuvwx'`", "`OPENAI_API_KEY = '<SECRET>'`"),

@@ -71,3 +71,15 @@ def test_a_selected_hub_dataset_gets_a_clear_error_offline(tmp_path, monkeypatch
     with pytest.raises(RecipeError, match="'alpaca_en': hf_hub_url 'llamafactory/alpaca_en' is a hub dataset and "
                                           "HF_HUB_OFFLINE=1 is set"):
         resolve_sources(tmp_path, "dataset_info.json", ["alpaca_en"])
+
+
+def test_tools_keep_the_file_s_key_order(tmp_path):
+    """The chat template renders the tools JSON: its keys stay in the file's order (name, description,
+    parameters), as LLaMA-Factory passes them, never re-sorted."""
+    tools = '[{"name": "get_weather", "description": "Weather.", "parameters": {"type": "object", "properties": {}}}]'
+    file = tmp_path / "t.json"
+    file.write_text(json.dumps([{"conversations": [{"from": "human", "value": "Weather?"},
+                                                   {"from": "gpt", "value": "Sunny."}], "tools": tools}]))
+    entry = DatasetEntry(file_name="t.json", formatting="sharegpt", columns={"messages": "conversations", "tools": "tools"})
+    rows, _ = ingest_source("t", entry, file)
+    assert rows[0]["tools"] == tools

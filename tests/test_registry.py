@@ -42,6 +42,9 @@ def test_unselected_hub_multimodal_and_odd_entries_never_stop_a_run(tmp_path):
     selection = select_sources(tmp_path, "dataset_info.json", ["qa"])
     assert list(selection.sources) == ["qa"]
     assert {u["name"] for u in selection.not_used} == set(LLAMAFACTORY_INFO) - {"qa"}
+    reasons = {u["name"]: u["reason"] for u in selection.not_used}  # and why each could not be used anyway
+    assert reasons["mllm_demo"] == "not in data.dataset; multimodal (images columns)"
+    assert reasons["alpaca_en"].startswith("not in data.dataset; hf_hub_url")
     rows, _ = ingest_source("qa", *selection.sources["qa"])
     assert len(rows) == 1  # num_samples
     everything = select_sources(tmp_path, "dataset_info.json", [])  # empty = every usable entry

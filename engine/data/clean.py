@@ -55,7 +55,7 @@ def on_prose(text: str, fn: Callable[[str], str]) -> str:
 SECRET_KEYS = re.compile(r"(?<![A-Za-z0-9_-])(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}"
                          r"|gh[pousr]_[A-Za-z0-9]{36}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})(?![A-Za-z0-9_-])")
 SECRET_ASSIGNMENT = re.compile(r"(?i)\b(?:password|passwd|api[_-]?key|secret|token)\s*(?P<sep>[:=])\s*[\"']?"
-                               r"(?P<value>[^\s\"',;]{6,})")
+                               r"(?P<value>[^\s\"',;]{5,}[^\s\"',;.])")  # a sentence's final period is not the secret's
 EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}\b")
 CARD = re.compile(r"(?<![\d.,-])(?:(?P<grouped>\d{4}(?P<sep>[ -])\d{4}(?P=sep)\d{4}(?P=sep)\d{4}(?:(?P=sep)\d{3})?"
@@ -88,7 +88,7 @@ def in_arithmetic(text: str, start: int, end: int) -> bool:
     """True when the number at text[start:end] is an operand: an operator joins it to another number
     (`1234 5678 + 1`, `(2) * 4111...`), or it is assigned (`x = 4111...`)."""
     before, after = text[:start].rstrip(), text[end:].lstrip()
-    if before.endswith("=") or after.startswith("="):
+    if before.endswith("=") or after.startswith("=") or re.search(r"=\s*[-+]$", before):  # signed: `i = -223905 / 3245`
         return True
     if before[-1:] in OPERATOR:
         operand = before[:-1].rstrip()[-1:]

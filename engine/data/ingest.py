@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from engine.data.readers import BadRow, hub_records, read_records, source_files
-from engine.data.registry import DatasetEntry, recipe_sources
+from engine.data.registry import DatasetEntry, recipe_selection
 from engine.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, RowWriter
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def tools_field(record: dict, entry: DatasetEntry) -> str | None:
             tools = json.loads(tools)
         except json.JSONDecodeError:
             raise BadRow("wrong_type", f"column {entry.column('tools')!r} must be JSON describing the tools") from None
-    return json.dumps(tools, ensure_ascii=False, sort_keys=True)
+    return json.dumps(tools, ensure_ascii=False)  # the file's key order: the template renders it, as LLaMA-Factory's
 
 
 def kto_label(record: dict, entry: DatasetEntry) -> str | None:
@@ -267,5 +267,8 @@ def ingest_to(out: Path, sources: dict[str, tuple[DatasetEntry, Path]]) -> dict:
 
 
 def build_raw_data(run: "StageRun") -> dict:
-    """raw_data's entry point: every registered source the recipe selects, streamed into Parquet."""
-    return ingest_to(run.out, recipe_sources(run.recipe.data))
+    """raw_data's entry point: every registered source the recipe selects, streamed into Parquet; the registered
+    entries it does not use are listed with the reason (`not_used`), so a stock registry's hub or multimodal
+    entries are reported, never an error."""
+    selection = recipe_selection(run.recipe.data)
+    return {**ingest_to(run.out, selection.sources), "not_used": selection.not_used}

@@ -179,8 +179,9 @@ def select_sources(dataset_dir: str | Path, info_file: str, names: list[str],
     for name in names:
         if name not in raw:
             raise RecipeError(f"data.dataset: {name!r} is not in {registry_path} (registered: {sorted(raw)})")
-    selection = Selection({}, [{"name": name, "reason": "not in data.dataset"} for name in raw if name not in names]
-                          if names else [])
+    selection = Selection({}, [{"name": name, "reason": "; ".join(filter(None, (
+        "not in data.dataset", unusable_reason(registry_path, name, raw[name], root))))}  # and why it could not be
+        for name in raw if name not in names] if names else [])
     for name in dict.fromkeys(names or raw):  # the recipe's order: the first-listed source wins a duplicate group
         body = raw[name]
         if not names:
