@@ -2,17 +2,19 @@
 
 Same model, same data, same LoRA (r16 on every linear layer), same learning rate and tokens per optimizer step:
   (a) plain TRL: SFTTrainer / DPOTrainer with their defaults (gradient checkpointing on, every batch padded to its
-      longest row, the DPO reference recomputed at every step);
-  (b) tuneline: the trainer arguments engine/train/common.py builds from the recipe's defaults (gradient
-      checkpointing off, DPO reference log-probs computed once; `--packing` adds SFT rows packed into
-      cutoff_len sequences with per-row attention, off by default: with sdpa on a CPU it does not pay).
+      longest row, the DPO reference recomputed at every step of every epoch; bf16 autocast, on a CPU too);
+  (b) tuneline: the trainer arguments the sft and dpo stages build from the recipe's defaults (engine/train/sft.py
+      `sft_arguments`, engine/train/dpo.py `dpo_arguments`: gradient checkpointing off, padding-free SFT batches
+      (the same rows per step, no padding), DPO reference log-probs computed once; the device policy's bf16
+      autocast on a CPU with native bf16). `--packing` adds sft.packing (rows packed into cutoff_len sequences).
+DPO trains --dpo-epochs (3, as LLaMA-Factory's DPO examples) over --dpo-pairs pairs.
 Prints non-padding tokens per second, peak memory, the ratio (b)/(a), and the held-out loss after the same number
 of training tokens (it must agree within the stated tolerance: speed may not change what is learned).
 
 On a CPU the model is a Qwen2 shape a few times larger than `tiny` (compute dominates; a few minutes); with a
 CUDA GPU, the Qwen2.5-0.5B shape in bf16. Goals: CPU SFT >= 2x and DPO >= 1.5x; GPU SFT >= 3x.
 
-Usage: .venv/bin/python bench/train_throughput.py [--steps 30] [--stage sft|dpo|both]
+Usage: .venv/bin/python bench/train_throughput.py [--steps 30] [--stage sft|dpo|both] [--packing]
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from transformers import PrinterCallback
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.recipe import DpoSection, SftSection, load_recipe  # noqa: E402
-from engine.train.common import lora_config, trainer_kwargs  # noqa: E402
+from engine.train.common import lora_config  # noqa: E402
+from engine.train.dpo import dpo_arguments  # noqa: E402
+from engine.train.sft import sft_arguments  # noqa: E402
 
 LOSS_TOLERANCE = 0.05  # relative: held-out loss of (b) within 5% of (a) after the same tokens
 CPU_SHAPE = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
@@ -132,9 +136,9 @@ def sft_run(model_dir: Path, formatted: Path, out: Path, steps: int, batch: int,
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tuneline:  # the trainer arguments the sft stage builds from the recipe's defaults
         cfg = SftSection(max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3,
-                         lr_scheduler_type="constant", warmup_ratio=0.0, logging_steps=steps, save_steps=10**6)
-        args = SFTConfig(**trainer_kwargs(cfg, out), include_num_input_tokens_seen="non_padding",
-                         max_length=cutoff_len, packing=packing, eval_packing=False)
+                         lr_scheduler_type="constant", warmup_ratio=0.0, logging_steps=steps, save_steps=10**6,
+                         packing=packing)
+        args = sft_arguments(cfg, cutoff_len, out)
     else:  # plain TRL: its defaults, with only what any run must say
         args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3,
                          lr_scheduler_type="constant", report_to="none", logging_steps=steps, save_strategy="no",
@@ -151,25 +155,27 @@ def sft_run(model_dir: Path, formatted: Path, out: Path, steps: int, batch: int,
     tokens = trainer.state.num_input_tokens_seen
     return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds, "peak_gb": peak,
             "heldout_loss": heldout_loss(trainer.model, list(data["eval"])),
-            "gradient_checkpointing": args.gradient_checkpointing, "packing": args.packing}
+            "gradient_checkpointing": args.gradient_checkpointing, "bf16": args.bf16,
+            "padding_free": args.padding_free, "packing": args.packing}
 
 
-def dpo_run(model_dir: Path, formatted: Path, out: Path, steps: int, batch: int, tuneline: bool, cutoff_len: int):
+def dpo_run(model_dir: Path, formatted: Path, out: Path, pairs: int, epochs: int, batch: int, tuneline: bool,
+            cutoff_len: int):
     from datasets import load_from_disk
     from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
     data = load_from_disk(formatted / "preference")
-    train = data["train"].remove_columns(["row_id"])
+    train = data["train"].remove_columns(["row_id"]).select(range(pairs))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tuneline:
-        cfg = DpoSection(max_steps=steps, per_device_train_batch_size=batch, learning_rate=5e-4,
-                         lr_scheduler_type="constant", warmup_ratio=0.0, logging_steps=steps, save_steps=10**6)
-        args = DPOConfig(**trainer_kwargs(cfg, out), beta=cfg.pref_beta, max_length=cutoff_len,
-                         loss_type=[cfg.pref_loss], precompute_ref_log_probs=cfg.precompute_ref_log_probs)
+        cfg = DpoSection(num_train_epochs=epochs, per_device_train_batch_size=batch, learning_rate=5e-4,
+                         lr_scheduler_type="constant", warmup_ratio=0.0, logging_steps=10**6, save_steps=10**6)
+        args = dpo_arguments(cfg, cutoff_len, out)
     else:
-        args = DPOConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=5e-4,
-                         lr_scheduler_type="constant", report_to="none", logging_steps=steps, save_strategy="no",
-                         max_length=cutoff_len, seed=42, use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
+        args = DPOConfig(output_dir=str(out), num_train_epochs=epochs, per_device_train_batch_size=batch,
+                         learning_rate=5e-4, lr_scheduler_type="constant", report_to="none", logging_steps=10**6,
+                         save_strategy="no", max_length=cutoff_len, seed=42, use_cpu=not torch.cuda.is_available(),
+                         disable_tqdm=True)
     model = load(model_dir)
     reset_peak_memory()
     started = time.perf_counter()
@@ -181,10 +187,10 @@ def dpo_run(model_dir: Path, formatted: Path, out: Path, steps: int, batch: int,
     tokenized = trainer.train_dataset
     pair_tokens = [2 * len(p) + len(c) + len(r) for p, c, r in zip(
         tokenized["prompt_ids"], tokenized["chosen_ids"], tokenized["rejected_ids"], strict=True)]
-    tokens = sum(pair_tokens[i % len(pair_tokens)] for i in range(steps * batch))
+    tokens = sum(pair_tokens) * epochs
     return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds, "peak_gb": peak,
             "heldout_loss": trainer.evaluate()["eval_loss"], "gradient_checkpointing": args.gradient_checkpointing,
-            "precompute_ref_log_probs": args.precompute_ref_log_probs}
+            "bf16": args.bf16, "precompute_ref_log_probs": args.precompute_ref_log_probs}
 
 
 def compare(name: str, plain: dict, ours: dict, goal: float) -> bool:
@@ -208,6 +214,8 @@ def main() -> None:
     parser.add_argument("--stage", choices=["sft", "dpo", "both"], default="both")
     parser.add_argument("--cutoff-len", type=int, default=256)
     parser.add_argument("--packing", action="store_true", help="tuneline side with sft.packing on")
+    parser.add_argument("--dpo-pairs", type=int, default=160, help="preference pairs DPO trains on")
+    parser.add_argument("--dpo-epochs", type=int, default=3, help="epochs over them (LLaMA-Factory's examples: 3)")
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     gpu = torch.cuda.is_available()
@@ -230,8 +238,8 @@ def main() -> None:
                            budget=plain["tokens"], packing=packing)
             compare("SFT", plain, ours, 3.0 if gpu else 2.0)
         if args.stage in ("dpo", "both"):
-            plain = dpo_run(model_dir, formatted, work / "c", args.steps, 8, False, args.cutoff_len)
-            ours = dpo_run(model_dir, formatted, work / "d", args.steps, 8, True, args.cutoff_len)
+            plain = dpo_run(model_dir, formatted, work / "c", args.dpo_pairs, args.dpo_epochs, 8, False, args.cutoff_len)
+            ours = dpo_run(model_dir, formatted, work / "d", args.dpo_pairs, args.dpo_epochs, 8, True, args.cutoff_len)
             compare("DPO", plain, ours, 1.5)
 
 

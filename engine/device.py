@@ -6,11 +6,14 @@ holds LLaMA-Factory's keys (`bf16`, `fp16`, `pure_bf16`, `infer_dtype`), and the
 
 | recipe (model.*)         | CPU                                | GPU with bf16                    | GPU without bf16   |
 |--------------------------|------------------------------------|----------------------------------|--------------------|
-| none set (default)       | float32, no mixed precision        | bfloat16 frozen weights, bf16 AMP | float16, fp16 AMP |
+| none set (default)       | float32, bf16 AMP if native bf16 * | bfloat16 frozen weights, bf16 AMP | float16, fp16 AMP |
 | bf16: true               | bfloat16 frozen weights, bf16 AMP  | bfloat16, bf16 AMP               | refused at load    |
 | fp16: true               | refused at load                    | float16, fp16 AMP                | float16, fp16 AMP  |
 | pure_bf16: true          | bfloat16 weights, trainable too, no AMP (unless bf16 too) | same          | refused at load    |
 | infer_dtype: X (not auto)| inference loads in X; training unaffected; the merge writes X | same       | bfloat16 refused   |
+
+* a CPU with AVX512-BF16 or AMX (bf16 matmuls 2-3x float32's speed) trains under bf16 autocast, as TRL's own
+default does; its weights and every inference stay float32. `bf16: false` turns it off.
 
 Trainable parameters (LoRA/DoRA weights, the layers full or freeze fine-tuning trains) are upcast to float32
 unless pure_bf16, as LLaMA-Factory's init_adapter does. The merge writes the base checkpoint's dtype unless
@@ -38,7 +41,7 @@ HALF = (torch.float16, torch.bfloat16)
 @dataclass(frozen=True)
 class Precision:
     """The recipe's precision keys: what a stage passes down instead of the whole recipe."""
-    bf16: bool = False
+    bf16: bool | None = None  # None: the device decides
     fp16: bool = False
     pure_bf16: bool = False
     infer_dtype: str = "auto"  # auto | bfloat16 | float16 | float32
@@ -52,7 +55,7 @@ class Precision:
     @property
     def asks(self) -> bool:
         """Whether any training precision key is set (else the device decides)."""
-        return self.bf16 or self.fp16 or self.pure_bf16
+        return bool(self.bf16) or self.fp16 or self.pure_bf16
 
 
 def device() -> torch.device:
@@ -70,6 +73,11 @@ def device_type() -> str:
 def bf16_supported() -> bool:
     """bfloat16 compute here: every CPU torch runs it; a GPU only from Ampere on."""
     return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True
+
+
+def cpu_native_bf16() -> bool:
+    """The CPU computes bf16 in hardware (AVX512-BF16 or AMX): there bf16 matmuls run 2-3x float32's speed."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def device_default() -> torch.dtype:
@@ -107,11 +115,16 @@ def upcast_trainable(p: Precision) -> bool:
 
 def mixed_precision(p: Precision) -> dict:
     """TrainingArguments' device and autocast flags: bf16/fp16 AMP as the recipe asks; with no key set, AMP in the
-    device default's half dtype on a GPU and none on a CPU; pure_bf16 alone trains without AMP.
+    device default's half dtype on a GPU, bf16 AMP on a CPU that computes bf16 natively (TRL's default; float32
+    weights), else none; pure_bf16 alone trains without AMP; bf16: false turns the CPU's default off.
     (LLaMA-Factory trains without AMP unless told; its example configs all set bf16: true on a GPU, as we do.)"""
     cpu = device_type() == "cpu"
-    default = None if cpu or p.asks else device_default()
-    return {"use_cpu": cpu, "bf16": p.bf16 or default == torch.bfloat16, "fp16": p.fp16 or default == torch.float16}
+    if cpu:
+        default = torch.bfloat16 if p.bf16 is None and not p.asks and cpu_native_bf16() else None
+    else:
+        default = None if p.asks else device_default()
+    return {"use_cpu": cpu, "bf16": bool(p.bf16) or default == torch.bfloat16,
+            "fp16": p.fp16 or default == torch.float16}
 
 
 def name(dtype: torch.dtype) -> str:

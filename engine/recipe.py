@@ -128,10 +128,13 @@ class TinyModel(Section):
 
 class ModelSection(Section):
     """The model, and LLaMA-Factory's precision keys (engine/device.py holds the whole policy): every stage that
-    loads a model reads them. None set: float32 on a CPU, bf16 frozen weights on a GPU that has it (else fp16)."""
+    loads a model reads them. None set: float32 weights on a CPU (training under bf16 autocast where the CPU computes
+    bf16 natively, as TRL does), bf16 frozen weights on a GPU that has it (else fp16)."""
     model_name_or_path: str = "tiny"  # "tiny", or a local HF checkpoint directory
     tiny: TinyModel = TinyModel()
-    bf16: bool = False  # bfloat16 weights, bf16 mixed-precision training (a CPU runs it too)
+    # true: bfloat16 weights, bf16 mixed-precision training (a CPU runs it too); false: neither, not even the CPU's
+    # default autocast; unset: the device decides
+    bf16: bool | None = None
     fp16: bool = False  # float16 weights, fp16 mixed-precision training (a GPU only)
     pure_bf16: bool = False  # bfloat16 everywhere, trainable weights too, no mixed precision
     infer_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # inference loads and the merged export
@@ -305,9 +308,11 @@ class PtSection(TrainSection):
 
 
 class SftSection(TrainSection):
-    # several rows in one cutoff_len sequence, no padding; each row attends to itself only (tests/test_packing.py).
-    # Off by default: with sdpa, TRL flattens a packed batch into one sequence and attention spans all of it
-    # (FlashAttention-2's varlen kernel does not), which on a CPU costs more than the padding it saves
+    # each batch's rows laid end to end in one sequence with per-row positions, no padding: the same rows in the same
+    # order as padded batches, the same losses (tests/test_packing.py), none of the padding's compute
+    padding_free: bool = True
+    # rows packed into cutoff_len sequences (best fit, none split), no padding; each attends to itself only. Off by
+    # default: it changes which rows share an optimizer step (LLaMA-Factory's neat_packing turns it on)
     packing: bool = False
 
 

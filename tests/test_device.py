@@ -33,12 +33,13 @@ def model_section(**keys):
 
 
 # (recipe keys, train dtype, inference dtype, TrainingArguments bf16, fp16)
-CPU_TABLE = [
-    ({}, torch.float32, torch.float32, False, False),
+CPU_TABLE = [  # a CPU that computes bf16 natively (AVX512-BF16 or AMX): TRL's default bf16 autocast, float32 weights
+    ({}, torch.float32, torch.float32, True, False),
+    ({"bf16": False}, torch.float32, torch.float32, False, False),
     ({"bf16": True}, torch.bfloat16, torch.bfloat16, True, False),
     ({"pure_bf16": True}, torch.bfloat16, torch.bfloat16, False, False),
     ({"bf16": True, "pure_bf16": True}, torch.bfloat16, torch.bfloat16, True, False),
-    ({"infer_dtype": "bfloat16"}, torch.float32, torch.bfloat16, False, False),
+    ({"infer_dtype": "bfloat16"}, torch.float32, torch.bfloat16, True, False),
     ({"bf16": True, "infer_dtype": "float32"}, torch.bfloat16, torch.float32, True, False),
 ]
 GPU_TABLE = [
@@ -64,9 +65,15 @@ def assert_row(keys, train, infer, bf16, fp16, cpu):
 
 
 @pytest.mark.parametrize(("keys", "train", "infer", "bf16", "fp16"), CPU_TABLE, ids=[str(r[0]) for r in CPU_TABLE])
-def test_the_policy_on_a_cpu(keys, train, infer, bf16, fp16):
+def test_the_policy_on_a_cpu(monkeypatch, keys, train, infer, bf16, fp16):
     assert policy.device() == torch.device("cpu")
+    monkeypatch.setattr(policy, "cpu_native_bf16", lambda: True)
     assert_row(keys, train, infer, bf16, fp16, cpu=True)
+
+
+def test_a_cpu_without_native_bf16_trains_in_float32(monkeypatch):
+    monkeypatch.setattr(policy, "cpu_native_bf16", lambda: False)
+    assert_row({}, torch.float32, torch.float32, False, False, cpu=True)
 
 
 @pytest.mark.parametrize(("keys", "train", "infer", "bf16", "fp16"), GPU_TABLE, ids=[str(r[0]) for r in GPU_TABLE])

@@ -30,6 +30,13 @@ def starting_model(base_dir: Path, sft_weights: Path, cfg: DpoSection, out: Path
     return load_trainable(out / "_trainer" / "sft_merged", cfg, precision=precision)
 
 
+def dpo_arguments(cfg: DpoSection, cutoff_len: int, out: Path, precision: Precision | None = None):
+    """DPOTrainer's arguments (sigmoid, ipo) from the recipe's keys."""
+    from trl import DPOConfig
+    return DPOConfig(**trainer_kwargs(cfg, out, precision), beta=cfg.pref_beta, max_length=cutoff_len,
+                     loss_type=[cfg.pref_loss], precompute_ref_log_probs=cfg.precompute_ref_log_probs)
+
+
 def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: DpoSection, cutoff_len: int, out: Path,
                        precision: Precision | None = None):
     """The TRL trainer for the recipe's pref_loss, with its held-out data. `reference` is the frozen SFT model,
@@ -49,9 +56,8 @@ def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: Dp
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
         return ORPOTrainer(model=model, args=ORPOConfig(**common), train_dataset=train, eval_dataset=evaluation,
                            processing_class=tokenizer, optimizers=optimizers(model, cfg))
-    from trl import DPOConfig, DPOTrainer
-    config = DPOConfig(**common, loss_type=[cfg.pref_loss], precompute_ref_log_probs=cfg.precompute_ref_log_probs)
-    return DPOTrainer(model=model, ref_model=reference, args=config,
+    from trl import DPOTrainer
+    return DPOTrainer(model=model, ref_model=reference, args=dpo_arguments(cfg, cutoff_len, out, precision),
                       train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
                       optimizers=optimizers(model, cfg))
 

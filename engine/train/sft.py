@@ -19,16 +19,21 @@ if TYPE_CHECKING:
     from engine.stage import StageRun
 
 
+def sft_arguments(cfg: SftSection, cutoff_len: int, out: Path, precision: Precision | None = None) -> SFTConfig:
+    """The SFT trainer's arguments from the recipe's keys. The SFT view is pre-tokenized, truncated to cutoff_len and
+    labelled: TRL uses it as it is (packs it if asked; a padding-free batch needs no max_length of its own)."""
+    return SFTConfig(**trainer_kwargs(cfg, out, precision), include_num_input_tokens_seen="non_padding",
+                     max_length=None if cfg.padding_free and not cfg.packing else cutoff_len, packing=cfg.packing,
+                     padding_free=cfg.padding_free, eval_packing=False)
+
+
 def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: int, out: Path,
               precision: Precision | None = None, say: Callable[[str], None] = print) -> dict:
     """Train and save to `out/adapter` (or `out/model`). Returns eval loss before/after, loss curve, tokens/s."""
     tokenizer = load_tokenizer(base_dir)
     data = load_from_disk(formatted_dir / "sft")
     train, evaluation = without_row_ids(data["train"]), without_row_ids(data["eval"])
-    # the SFT view is pre-tokenized with labels already masked: TRL uses them as they are (and packs them if asked)
-    args = SFTConfig(**trainer_kwargs(cfg, out, precision), include_num_input_tokens_seen="non_padding",
-                     max_length=cutoff_len, packing=cfg.packing,
-                     eval_packing=False)
+    args = sft_arguments(cfg, cutoff_len, out, precision)
     model = prepare_model(load_trainable(base_dir, cfg, precision=precision), cfg, "CAUSAL_LM", precision)
     with tracking(cfg, out, "sft"):
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
@@ -41,6 +46,7 @@ def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: 
     return {**finish(trainer, out, cfg, resumed), "eval_loss_before": round(before, 4), "eval_loss_after": round(after, 4),
             "train_loss": round(result.training_loss, 4), "train_rows": len(train), "eval_rows": len(evaluation),
             "train_sequences": len(trainer.train_dataset), "packing": cfg.packing,
+            "padding_free": cfg.padding_free,
             "tokens_per_second": round(tokens / result.metrics["train_runtime"], 1)}
 
 
