@@ -9,7 +9,8 @@ import dagster as dg
 
 from assets.stage_asset import stage_asset
 from engine.device import PRECISION_KEYS, with_precision
-from engine.evaluation import STAGE_MODELS, STAGES, build, build_comparison, comparison_summary, gates
+from engine.evaluation import (STAGE_MODELS, STAGES, build, build_comparison, comparison_summary, gates,
+                               generation_backend)
 from engine.scorers import scorer_identity
 from engine.stage import Stage
 
@@ -38,11 +39,17 @@ def reads(stage: str, parents: tuple[str, ...], keys: tuple[str, ...]):
     return select
 
 
+def outside_identity(recipe, hasher) -> dict:
+    """What an evaluation depends on beyond its keys (the whole evaluation section, infer_backend included): the
+    scorer's code, and the backend that generates on this machine (auto picks vLLM only where it can run)."""
+    return {"scorer": scorer_identity(recipe.evaluation.scorer),
+            "generation_backend": generation_backend(recipe.evaluation)}
+
+
 def eval_asset(stage: str):
     parents, keys = (*STAGE_MODELS[stage], "formatted_data", "reward_model"), ("evaluation", *PRECISION_KEYS)
     declared = Stage(f"eval_{stage}", entry=build, parents=parents, keys=keys, select=reads(stage, parents, keys),
-                     off=off(stage), outside=with_precision(lambda recipe, hasher: {"scorer": scorer_identity(
-                         recipe.evaluation.scorer)}))
+                     off=off(stage), outside=with_precision(outside_identity))
     return stage_asset(
         declared, group="evaluation",
         description=(f"The {stage} model on the held-out split: perplexity, task accuracy of greedy answers, and the "

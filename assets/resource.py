@@ -14,7 +14,7 @@ from pydantic import Field
 from engine.data.registry import recipe_sources
 from engine.device import check_precision
 from engine.errors import RecipeError
-from engine.evaluation import check_lm_eval
+from engine.evaluation import check_generation_backend, check_lm_eval
 from engine.home import Home
 from engine.models import check_local_model, is_tiny
 from engine.plan import Planned, make_plan
@@ -51,6 +51,7 @@ def _validated(path: str, overrides_json: str, text: bytes) -> Recipe:  # keyed 
         check_speed_levers(getattr(recipe, stage), stage)
     check_lora_targets(recipe)
     check_lm_eval(recipe.evaluation)
+    check_generation_backend(recipe.evaluation)
     if not is_tiny(recipe.model):
         check_local_model(recipe.model.model_name_or_path)
     return recipe

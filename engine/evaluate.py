@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -14,6 +15,24 @@ from engine.device import mixed_autocast, to_device
 
 def padded(sequences: list[list[int]], value: int) -> torch.Tensor:
     return pad_sequence([torch.tensor(s) for s in sequences], batch_first=True, padding_value=value)
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of `batch_size`, longest rows first: a batch is padded to its longest row, so rows of
+    like length together pad little. Ties keep file order, so the batches are the same on every run."""
+    # transformers' get_length_grouped_indices shuffles (a training sampler); evaluation wants one fixed order
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def in_file_order(lengths: list[int], batch_size: int, run: Callable[[list[int]], list]) -> list:
+    """`run` over length-grouped batches of row indices (one result per index), its results put back in the rows'
+    original order."""
+    results: list = [None] * len(lengths)
+    for batch in length_batches(lengths, batch_size):
+        for index, result in zip(batch, run(batch), strict=True):
+            results[index] = result
+    return results
 
 
 def sft_batch(dataset, limit: int, pad_id: int) -> dict[str, torch.Tensor]:
@@ -30,9 +49,8 @@ def perplexity(model, dataset, pad_id: int, batch_size: int = 32) -> float:
     device; the log-softmax and the sum are float32 per batch, the total a Python float (double)."""
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, len(dataset), batch_size):
-        batch = to_device(sft_batch(dataset.select(range(start, min(start + batch_size, len(dataset)))), batch_size,
-                                    pad_id), model)
+    for indices in length_batches([len(ids) for ids in dataset["input_ids"]], batch_size):
+        batch = to_device(sft_batch(dataset.select(indices), batch_size, pad_id), model)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         labels = batch["labels"][:, 1:]
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
@@ -50,16 +68,16 @@ def reward_scores(model, tokenizer, conversations: list[list[dict]], batch_size:
 
 @torch.no_grad()
 def reward_scores_of_ids(model, sequences: list[list[int]], pad_id: int, batch_size: int = 32) -> list[float]:
-    """The reward model's scalar score for each token sequence (right-padded batches)."""
+    """The reward model's scalar score for each token sequence (right-padded, length-grouped batches), in order."""
     model.eval()
-    scores = []
-    for start in range(0, len(sequences), batch_size):
-        ids = sequences[start:start + batch_size]
+
+    def score_batch(indices: list[int]) -> list[float]:
+        ids = [sequences[i] for i in indices]
         input_ids = padded(ids, pad_id).to(model.device)
         mask = padded([[1] * len(x) for x in ids], 0).to(model.device)
         with mixed_autocast(model):
-            scores += model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().tolist()
-    return scores
+            return model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().tolist()
+    return in_file_order([len(s) for s in sequences], batch_size, score_batch)
 
 
 def pairwise_accuracy(model, tokenizer, preference_rows) -> float:
@@ -78,18 +96,24 @@ def greedy_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
 
 @torch.no_grad()
 def greedy_from_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 32) -> list[str]:
-    """Greedy completions for already-rendered prompt token ids (left-padded batches)."""
+    """Greedy completions for already-rendered prompt token ids (left-padded, length-grouped batches on the model's
+    device), in order."""
     model.eval()
-    answers = []
-    for start in range(0, len(prompts), batch_size):
-        ids = prompts[start:start + batch_size]
+
+    def answer_batch(indices: list[int]) -> list[str]:
+        ids = [prompts[i] for i in indices]
         width = max(len(x) for x in ids)
         input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids], device=model.device)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=model.device)
         out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
-    return answers
+        return [decoded_answer(tokenizer, row[width:]) for row in out]
+    return in_file_order([len(p) for p in prompts], batch_size, answer_batch)
+
+
+def decoded_answer(tokenizer, token_ids) -> str:
+    """A generated answer's text as every backend reports it: special tokens dropped, whitespace stripped."""
+    return tokenizer.decode(token_ids, skip_special_tokens=True).strip()
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,22 @@ the reward model's mean score of those answers.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from datasets import load_from_disk
 
+from engine.backends import choose_backend
 from engine.device import Precision, device_type, infer_dtype, name, precision_metrics
 from engine.errors import RecipeError
-from engine.evaluate import answer_examples, answered_sequences, greedy_from_ids, perplexity, reward_scores_of_ids
+from engine.evaluate import (answer_examples, answered_sequences, decoded_answer, greedy_from_ids, perplexity,
+                             reward_scores_of_ids)
 from engine.models import load_reward_model, load_tokenizer, load_with_adapters, model_dir
 from engine.scorers import char_similarity, resolve_scorer, score, scores
 from engine.stats import mean_interval, paired_difference, score_interval
@@ -34,15 +39,44 @@ STAGE_MODELS = {"base": ("base_model",), "sft": ("pt_model", "sft_adapter"),
                 "gptq": ("gptq_model",), "awq": ("awq_model",)}
 
 
+def generation_backend(cfg: EvaluationSection) -> str:
+    """"vllm" or "huggingface": what generates the greedy answers under evaluation.infer_backend on this machine."""
+    return choose_backend(cfg.infer_backend, "evaluation.infer_backend", RecipeError)
+
+
+def check_generation_backend(cfg: EvaluationSection) -> None:
+    """evaluation.infer_backend vllm needs vLLM and a CUDA GPU: say so before any work starts."""
+    generation_backend(cfg)
+
+
+def vllm_answers(model_dir: Path, tokenizer, prompts: list[list[int]], max_new_tokens: int,
+                 dtype: torch.dtype | None) -> list[str]:
+    """Greedy completions by vLLM of the model in `model_dir`, in order, decoded as transformers' are."""
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+    # vLLM asks for a fraction of the whole GPU and refuses to start when that much is not free: the transformers
+    # model evaluated beside it already holds some, so ask for most of what is free now
+    free, total = torch.cuda.mem_get_info()
+    llm = LLM(model=str(model_dir), dtype=name(dtype) if dtype else "auto", seed=0,
+              gpu_memory_utilization=0.8 * free / total)
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts],
+                           SamplingParams(temperature=0, max_tokens=max_new_tokens), use_tqdm=False)
+    del llm
+    gc.collect()  # let the engine and its GPU memory go before the reward model loads
+    return [decoded_answer(tokenizer, output.outputs[0].token_ids) for output in outputs]
+
+
 def evaluate_model(model, tokenizer_dir: Path, formatted_dir: Path, reward_dir: Path | None, cfg: EvaluationSection,
-                   dtype: torch.dtype | None = None) -> dict:
+                   dtype: torch.dtype | None = None, vllm_dir: Path | None = None) -> dict:
     """Perplexity, task accuracy and mean reward score of `model`, with a few answers to read; the reward model is
     loaded in `dtype` (None: the policy's default). No reward model (rm is not in the recipe's stages): the reward
-    score is None."""
+    score is None. With `vllm_dir` (the same model as a directory) vLLM generates the answers, else `model` does."""
     tokenizer = load_tokenizer(tokenizer_dir)
     evaluation = load_from_disk(formatted_dir / "sft")["eval"]
     examples = answer_examples(evaluation, tokenizer, cfg.max_samples)
-    answers = greedy_from_ids(model, tokenizer, [e.prompt_ids for e in examples], cfg.max_new_tokens)
+    prompts = [e.prompt_ids for e in examples]
+    answers = (greedy_from_ids(model, tokenizer, prompts, cfg.max_new_tokens) if vllm_dir is None
+               else vllm_answers(vllm_dir, tokenizer, prompts, cfg.max_new_tokens, dtype))
     references = [e.reference for e in examples]
     rewards = None if reward_dir is None else reward_scores_of_ids(
         load_reward_model(reward_dir, dtype), answered_sequences(tokenizer, examples, answers), tokenizer.pad_token_id)
@@ -55,6 +89,7 @@ def evaluate_model(model, tokenizer_dir: Path, formatted_dir: Path, reward_dir: 
             "reward_score_ci": None if reward is None else reward.bounds(),
             "samples": len(examples),
             "scorer": cfg.scorer,
+            "generation_backend": "huggingface" if vllm_dir is None else "vllm",
             # per question, in order: the gates compare two stages on the same questions (paired intervals)
             "example_scores": [round(s, 4) for s in task_scores],
             "example_rewards": None if rewards is None else [round(r, 4) for r in rewards],
@@ -64,11 +99,28 @@ def evaluate_model(model, tokenizer_dir: Path, formatted_dir: Path, reward_dir: 
 def evaluate_stage(model_path: Path, adapters: list[Path], formatted_dir: Path, reward_dir: Path | None,
                    cfg: EvaluationSection, precision: Precision | None = None) -> dict:
     """A stage's model (a directory, plus adapters merged in order) evaluated in the policy's inference dtype on
-    its device, the reward model too; lm-eval runs on full models only."""
+    its device, the reward model too; its answers generated as evaluation.infer_backend picks here; lm-eval runs
+    on full models only."""
     dtype = infer_dtype(precision or Precision())
-    metrics = evaluate_model(load_with_adapters(model_path, *adapters, dtype=dtype), model_path, formatted_dir,
-                             reward_dir, cfg, dtype)
+    model = load_with_adapters(model_path, *adapters, dtype=dtype)
+    with vllm_model_dir(cfg, model, model_path, adapters) as vllm_dir:
+        metrics = evaluate_model(model, model_path, formatted_dir, reward_dir, cfg, dtype, vllm_dir)
     return metrics | ({} if adapters else lm_eval_scores(model_path, cfg, dtype)) | precision_metrics(dtype)
+
+
+@contextmanager
+def vllm_model_dir(cfg: EvaluationSection, model, model_path: Path, adapters: list[Path]) -> Iterator[Path | None]:
+    """The directory vLLM loads the stage's model from, or None when transformers generates: an export or the base
+    model as it is; base + adapters (merged in memory) saved with the tokenizer to a temporary directory."""
+    if generation_backend(cfg) != "vllm":
+        yield None
+    elif not adapters:
+        yield model_path
+    else:
+        with tempfile.TemporaryDirectory(prefix="tuneline-vllm-") as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            load_tokenizer(model_path).save_pretrained(tmp)
+            yield Path(tmp)
 
 
 def check_lm_eval(cfg: EvaluationSection) -> None:

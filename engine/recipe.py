@@ -349,6 +349,9 @@ class EvaluationSection(Section):
     """Held-out perplexity (whole eval split), task accuracy by generation, the reward model's mean score."""
     max_samples: Int = Field(128, ge=1)  # eval rows answered by greedy generation
     max_new_tokens: Int = Field(32, ge=1)
+    # what generates the greedy answers (LLaMA-Factory's key): auto: vLLM when importable with a CUDA GPU, else
+    # transformers; vllm where it cannot run stops the recipe before any work
+    infer_backend: Literal["auto", "vllm", "huggingface"] = "auto"
     scorer: str = "exact_match"  # or char_similarity, or "module:function": (prediction, reference) -> score in [0, 1]
     lm_eval_tasks: list[str] = Field(default_factory=list)  # run through lm-eval (must be installed) on full models
     lm_eval_limit: Int | None = Field(None, ge=1)  # examples per lm-eval task; None: all

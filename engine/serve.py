@@ -12,7 +12,6 @@ private loopback port behind AuthProxy, which checks the key, answers /v1/models
 from __future__ import annotations
 
 import hmac
-import importlib.util
 import ipaddress
 import json
 import os
@@ -28,8 +27,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
+from engine.backends import choose_backend
 from engine.device import Precision, device_type, infer_dtype, name
 from engine.errors import ServeError
 from engine.models import load_tokenizer
@@ -70,21 +68,6 @@ def read_serve_config(directory: Path) -> dict:
     if not path.is_file():
         raise ServeError(f"{directory} has no {CONFIG_FILE}: expected a deployment artifact")
     return json.loads(path.read_text())
-
-
-def vllm_usable() -> bool:
-    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
-
-
-def choose_backend(preference: str) -> str:
-    """"vllm" or "huggingface" for the recipe's infer_backend; asking for vLLM where it cannot run is an error."""
-    if preference == "vllm" and not vllm_usable():
-        raise ServeError("serve.infer_backend is vllm, but vLLM needs its package and a CUDA GPU "
-                         f"(vllm importable: {importlib.util.find_spec('vllm') is not None}, "
-                         f"GPU: {torch.cuda.is_available()}); use infer_backend auto or huggingface")
-    if preference == "auto":
-        return "vllm" if vllm_usable() else "huggingface"
-    return preference
 
 
 def vllm_command(config: dict, directory: Path, host: str, port: int) -> list[str]:

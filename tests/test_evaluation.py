@@ -3,6 +3,7 @@
 import importlib.util
 
 import pytest
+import torch
 
 from engine.data.format import tokenize_sft
 from engine.errors import RecipeError
@@ -76,6 +77,29 @@ def test_lm_eval_tasks_without_lm_eval_stop_the_recipe():
         check_lm_eval(EvaluationSection(lm_eval_tasks=["hellaswag"]))
 
 
+def test_evaluation_infer_backend_is_a_recipe_key_and_auto_picks_transformers_without_vllm():
+    from engine.evaluation import generation_backend
+    assert load_recipe("tiny", {"evaluation.infer_backend": "vllm"})[0].evaluation.infer_backend == "vllm"
+    with pytest.raises(RecipeError, match="evaluation.infer_backend"):
+        load_recipe("tiny", {"evaluation.infer_backend": "sglang"})
+    if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
+        pytest.skip("vLLM can run here: auto picks it")
+    assert generation_backend(EvaluationSection()) == "huggingface"
+    assert generation_backend(EvaluationSection(infer_backend="huggingface")) == "huggingface"
+
+
+def test_evaluation_on_vllm_where_it_cannot_run_stops_the_recipe_before_any_work():
+    import json
+    from assets.resource import validated_recipe
+    if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
+        pytest.skip("vLLM can run here: the recipe key is allowed")
+    with pytest.raises(RecipeError) as stopped:
+        validated_recipe("tiny", json.dumps({"evaluation.infer_backend": "vllm"}))
+    message = str(stopped.value)
+    assert message.startswith("evaluation.infer_backend is vllm, but vLLM needs its package and a CUDA GPU")
+    assert "\n" not in message
+
+
 RESULTS = {stage: {"perplexity": 10.0, "accuracy": 0.5, "similarity": 0.7, "reward_score": 1.0,
                    "example_scores": [1.0, 0.0] * 4, "example_rewards": [0.5, 1.5] * 4} for stage in
            ("base", "sft", "dpo", "merged", "gptq", "awq")}
@@ -130,7 +154,6 @@ def test_gates_read_their_thresholds_from_the_recipe():
 
 def test_an_evaluation_records_each_questions_score_and_reward_and_their_intervals(tiny_model_dir, formatted_dir,
                                                                                   tmp_path):
-    import torch
     from transformers import AutoModelForSequenceClassification
     from engine.evaluation import evaluate_model
     from engine.models import load_causal_lm
@@ -141,6 +164,7 @@ def test_an_evaluation_records_each_questions_score_and_reward_and_their_interva
     m = evaluate_model(load_causal_lm(tiny_model_dir, torch.float32), tiny_model_dir, formatted_dir, tmp_path, cfg,
                        torch.float32)
     assert m["samples"] == len(m["example_scores"]) == len(m["example_rewards"]) == 12
+    assert m["generation_backend"] == "huggingface"
     assert set(m["example_scores"]) <= {0.0, 1.0}  # exact match: each question right or wrong
     wins = int(sum(m["example_scores"]))
     assert m["accuracy"] == round(wins / 12, 4)

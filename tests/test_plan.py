@@ -59,6 +59,7 @@ KEY_CHANGES = [  # (recipe key, new value, the stages whose artifact changes)
     ("reward.learning_rate", 1.0e-3, AFTER_REWARD),
     ("quantize.group_size", 64, AFTER_QUANTIZE),
     ("evaluation.max_samples", 16, AFTER_EVAL),
+    ("evaluation.infer_backend", "huggingface", AFTER_EVAL),
     ("data.cutoff_len", 256, AFTER_FORMAT),
     ("data.val_size", 0.2, AFTER_FORMAT),
     ("clean.steps", [{"step": "exact_dedup"}], AFTER_CLEAN),
