@@ -26,7 +26,7 @@ def outside(recipe, hasher) -> dict:
 
 STAGE = Stage("pt_model", entry=build, parents=("base_model",), keys=PT_KEYS, select=reads,
               locate=("data.dataset_dir", "data.dataset_info", "data.allowed_roots", *LAUNCHER), outside=outside,
-              tables={"quarantine": "quarantine.parquet"}, training=True)
+              tables={"quarantine": "quarantine.parquet"}, training=True, trains=lambda recipe: bool(recipe.pt.dataset))
 
 
 def summary(artifact, recipe) -> str:

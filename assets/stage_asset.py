@@ -70,14 +70,13 @@ def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable
     out of process, one at a time per machine, and only a transient failure (out of memory on a shared GPU, a
     lost connection) is retried; an interrupt or a recipe or data error never is."""
     checks = checks or {}
-    training = stage.training
 
     @dg.asset(name=stage.name, deps=list(stage.parents), group_name=group, description=description,
               code_version=code_version(stage.entry),
               check_specs=[dg.AssetCheckSpec(name, asset=stage.name, blocking=True) for name in checks])
     def _asset(context: dg.AssetExecutionContext, tuneline: Tuneline) -> dg.MaterializeResult:
         recipe, home = tuneline.recipe(), tuneline.home()
-        runner = out_of_process(context) if training else call_entry
+        runner = out_of_process(context) if stage.runs_out_of_process(recipe) else call_entry
         artifact = build_stage(home, tuneline.plan(context.run_id), stage.name, recipe, log=context.log.warning,
                                run_entry=runner)
         catalog = home.catalog()

@@ -20,6 +20,7 @@ Usage: .venv/bin/python bench/train_throughput.py [--steps 30] [--stage sft|dpo|
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import resource
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.recipe import DpoSection, SftSection, load_recipe  # noqa: E402
 from engine.train.common import lora_config  # noqa: E402
 from engine.train.dpo import dpo_arguments  # noqa: E402
-from engine.train.sft import sft_arguments  # noqa: E402
+from engine.train.sft import padding_free, sft_arguments  # noqa: E402
 
 LOSS_TOLERANCE = 0.05  # relative: held-out loss of (b) within 5% of (a) after the same tokens
 CPU_SHAPE = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
@@ -138,7 +139,8 @@ def sft_run(model_dir: Path, formatted: Path, out: Path, steps: int, batch: int,
         cfg = SftSection(max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3,
                          lr_scheduler_type="constant", warmup_ratio=0.0, logging_steps=steps, save_steps=10**6,
                          packing=packing)
-        args = sft_arguments(cfg, cutoff_len, out)
+        hidden = json.loads((model_dir / "config.json").read_text())["hidden_size"]
+        args = sft_arguments(cfg, cutoff_len, out, flat=padding_free(cfg, [len(i) for i in train["input_ids"]], hidden))
     else:  # plain TRL: its defaults, with only what any run must say
         args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3,
                          lr_scheduler_type="constant", report_to="none", logging_steps=steps, save_strategy="no",

@@ -18,38 +18,56 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 SYSTEM = "You are a precise assistant. Answer with the result only."
 
 
+FRENCH = {"red": "rouge", "blue": "bleu", "green": "vert", "black": "noir", "white": "blanc", "gray": "gris",
+          "cat": "chat", "dog": "chien", "cow": "vache", "pig": "cochon", "hen": "poule", "fox": "renard",
+          "sun": "soleil", "moon": "lune", "star": "etoile", "rain": "pluie", "snow": "neige", "wind": "vent",
+          "tree": "arbre", "leaf": "feuille", "lake": "lac", "road": "route", "ship": "navire", "key": "cle"}
+OPPOSITE = {"hot": "cold", "cold": "hot", "big": "small", "small": "big", "up": "down", "down": "up",
+            "fast": "slow", "slow": "fast", "old": "new", "new": "old", "dark": "light", "light": "dark",
+            "wet": "dry", "dry": "wet", "open": "shut", "shut": "open", "high": "low", "low": "high"}
+WORDS = sorted(FRENCH)
+
+
 def make_words(rng: random.Random, n: int) -> list[str]:
-    words: set[str] = set()
-    while len(words) < n:
-        words.add("".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 7))))
-    return sorted(words)
+    """A closed vocabulary: every word recurs often enough to be one token of the tiny model's tokenizer."""
+    return list(WORDS)
 
 
 def task(rng: random.Random, words: list[str]) -> tuple[str, str, str]:
-    """One (instruction, input, answer) triple; the variable part dominates, so distinct rows stay distinct."""
-    kind = rng.choice(["reverse", "upper", "add", "sort", "initials"])
-    phrase = rng.sample(words, rng.randint(3, 5))
-    if kind == "reverse":
-        return "Reverse the order of the words.", " ".join(phrase), " ".join(reversed(phrase))
-    if kind == "upper":
-        return "Write the words in capitals.", " ".join(phrase), " ".join(phrase).upper()
-    if kind == "initials":
-        return "Give the first letter of each word.", " ".join(phrase), "".join(w[0] for w in phrase)
-    if kind == "sort":
-        numbers = rng.sample(range(1, 1000), rng.randint(3, 5))
-        return "Sort the numbers in ascending order.", ", ".join(map(str, numbers)), ", ".join(map(str, sorted(numbers)))
-    a, b = rng.randint(100, 999), rng.randint(100, 999)
-    return "Add the two numbers.", f"{a} + {b}", str(a + b)
+    """One (instruction, input, answer) triple with exactly one right answer. Each answer hangs on the input's last
+    word (a lookup a 2-layer model learns in a minute on a CPU), so the demo shows training working: the base model
+    scores 0, SFT well above half."""
+    kind = rng.choice(["last", "capital", "french", "opposite"])
+    phrase = rng.sample(words, rng.randint(2, 4))
+    if kind == "last":
+        return "Give the last word.", " ".join(phrase), phrase[-1]
+    if kind == "capital":
+        return "Write the last word in capitals.", " ".join(phrase), phrase[-1].upper()
+    if kind == "french":
+        return "Translate the last word into French.", " ".join(phrase), FRENCH[phrase[-1]]
+    phrase = rng.sample(sorted(OPPOSITE), rng.randint(2, 4))
+    return "Give the opposite of the last word.", " ".join(phrase), OPPOSITE[phrase[-1]]
+
+
+def near_miss(answer: str, query: str) -> str:
+    """The mistake a half-trained model makes: the right operation on the wrong word (the first, not the last), or
+    the opposite's word itself."""
+    words = query.split()
+    first = words[0]
+    if answer == OPPOSITE.get(words[-1]):
+        return words[-1]
+    if answer == FRENCH.get(words[-1]):
+        return FRENCH[first]
+    return first.upper() if answer.isupper() else first
 
 
 def wrong_answer(rng: random.Random, answer: str, query: str) -> str:
     """A plausible but wrong answer, or a refusal: what preference data contrasts with the right one."""
     return rng.choice([
+        near_miss(answer, query),
         "Sorry, I cannot help with that.",
-        "I am not sure, maybe ask someone else.",
         query,  # echoes the input unchanged
-        answer[: max(1, len(answer) // 2)],  # stops halfway
-    ])
+    ])  # (never a prefix of the right answer: DPO would push down the right answer's first tokens with it)
 
 
 PII = [
@@ -167,17 +185,18 @@ def pt_rows(rng, words, n):
     return rows + [json.dumps({"text": ""}), json.dumps({"text": 17})]  # an empty and a non-text row: quarantined
 
 
-def main() -> None:
+def main(out: Path = HERE) -> None:
     rng = random.Random(SEED)
     words = make_words(rng, 400)
-    (HERE / "alpaca_tasks.json").write_text(json.dumps(alpaca_rows(rng, words, 1200), indent=1) + "\n")
-    (HERE / "sharegpt_tasks.json").write_text(json.dumps(sharegpt_rows(rng, words, 400), indent=1) + "\n")
-    (HERE / "openai_tasks.jsonl").write_text("\n".join(openai_rows(rng, words, 400)) + "\n")
-    (HERE / "preference_tasks.json").write_text(json.dumps(preference_rows(rng, words, 700), indent=1) + "\n")
+    (out / "alpaca_tasks.json").write_text(json.dumps(alpaca_rows(rng, words, 1200), indent=1) + "\n")
+    (out / "sharegpt_tasks.json").write_text(json.dumps(sharegpt_rows(rng, words, 400), indent=1) + "\n")
+    (out / "openai_tasks.jsonl").write_text("\n".join(openai_rows(rng, words, 400)) + "\n")
+    (out / "preference_tasks.json").write_text(json.dumps(preference_rows(rng, words, 700), indent=1) + "\n")
     kto_rng = random.Random(SEED + 1)  # its own stream: the files above stay byte-identical
-    (HERE / "kto_tasks.json").write_text(json.dumps(kto_rows(kto_rng, words, 400), indent=1) + "\n")
-    (HERE / "pt_corpus.jsonl").write_text("\n".join(pt_rows(random.Random(SEED + 2), words, 300)) + "\n")
+    (out / "kto_tasks.json").write_text(json.dumps(kto_rows(kto_rng, words, 400), indent=1) + "\n")
+    (out / "pt_corpus.jsonl").write_text("\n".join(pt_rows(random.Random(SEED + 2), words, 300)) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)

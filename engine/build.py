@@ -45,11 +45,9 @@ def require(home: Home, planned: Planned, parent: str) -> Artifact:
 
 def heal(home: Home, plan: dict[str, Planned], names: list[str]) -> None:
     """Re-record in the catalog any of these stages' artifacts (and rows) it lacks."""
-    catalog, store = home.catalog(), home.store()
-    for name in names:
-        artifact = store.lookup(name, plan[name].fingerprint)
-        if artifact is not None:
-            catalog.ensure_recorded(store.manifest(artifact), artifact.path)
+    store = home.store()
+    found = [a for a in (store.lookup(name, plan[name].fingerprint) for name in names) if a is not None]
+    home.catalog().record_missing([(store.manifest(a), a.path) for a in found])
 
 
 def manifest_of(planned: Planned, metrics: dict, started: float) -> dict:

@@ -309,8 +309,10 @@ class PtSection(TrainSection):
 
 class SftSection(TrainSection):
     # each batch's rows laid end to end in one sequence with per-row positions, no padding: the same rows in the same
-    # order as padded batches, the same losses (tests/test_packing.py), none of the padding's compute
-    padding_free: bool = True
+    # order as padded batches, the same losses (tests/test_packing.py), none of the padding's compute. Unset: on with
+    # flash_attention_2 (its varlen kernel attends within rows), and with sdpa/eager only where the flattened batch's
+    # attention (quadratic in the batch's tokens) costs less than the padding it saves (engine/train/sft.py)
+    padding_free: bool | None = None
     # rows packed into cutoff_len sequences (best fit, none split), no padding; each attends to itself only. Off by
     # default: it changes which rows share an optimizer step (LLaMA-Factory's neat_packing turns it on)
     packing: bool = False
@@ -323,6 +325,9 @@ class RewardSection(TrainSection):
 class DpoSection(TrainSection):
     pref_beta: Float = Field(0.1, gt=0)
     pref_loss: Literal["sigmoid", "ipo", "orpo", "kto"] = "sigmoid"  # kto trains on the KTO view (kto_tag data)
+    # LLaMA-Factory's pref_ftx: weight of the SFT loss on the chosen answers added to sigmoid/ipo (TRL's "sft"
+    # loss), which keeps DPO from lowering the likelihood of the very answers it prefers
+    pref_ftx: Float = Field(0.0, ge=0)
     learning_rate: Float = Field(5e-4, gt=0)
     min_reward_gain: Float = check_threshold(0.0)  # gate: the DPO model's mean reward-model score minus SFT's, at least this
     min_reward_margin: Float = check_threshold(0.0)  # check: held-out mean chosen-minus-rejected reward above this

@@ -43,6 +43,8 @@ class Stage:
     tables:   catalog row table -> Parquet file in the artifact that fills it.
     training: a training stage: it runs in a process of its own (under torchrun or accelerate when the recipe
               asks), keeps its work directory when it fails, and resumes from its last complete checkpoint.
+    trains:   recipe -> whether a training stage trains anything under it (pt off only names the base model): where
+              not, its entry point runs in process, without a training process's start-up.
     off:      recipe -> why the stage is not configured under that recipe (None: it is). An off stage's artifact
               is a tiny "not configured" record made in process, without its entry point; its select should then
               read only the keys that turn it off.
@@ -56,7 +58,11 @@ class Stage:
     select: Callable[[Recipe], tuple[tuple[str, ...], tuple[str, ...]]] | None = None
     tables: Mapping[str, str] = field(default_factory=dict)
     training: bool = False
+    trains: Callable[[Recipe], bool] | None = None
     off: Callable[[Recipe], str | None] | None = None
+
+    def runs_out_of_process(self, recipe: Recipe) -> bool:
+        return self.training and (self.trains is None or self.trains(recipe))
 
     def reads(self, recipe: Recipe) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(parents, keys) this stage reads under `recipe`."""

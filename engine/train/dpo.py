@@ -33,8 +33,10 @@ def starting_model(base_dir: Path, sft_weights: Path, cfg: DpoSection, out: Path
 def dpo_arguments(cfg: DpoSection, cutoff_len: int, out: Path, precision: Precision | None = None):
     """DPOTrainer's arguments (sigmoid, ipo) from the recipe's keys."""
     from trl import DPOConfig
+    losses = {cfg.pref_loss: 1.0, **({"sft": cfg.pref_ftx} if cfg.pref_ftx else {})}
     return DPOConfig(**trainer_kwargs(cfg, out, precision), beta=cfg.pref_beta, max_length=cutoff_len,
-                     loss_type=[cfg.pref_loss], precompute_ref_log_probs=cfg.precompute_ref_log_probs)
+                     loss_type=list(losses), loss_weights=list(losses.values()),
+                     precompute_ref_log_probs=cfg.precompute_ref_log_probs)
 
 
 def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: DpoSection, cutoff_len: int, out: Path,
