@@ -72,6 +72,12 @@ def with_parents(name: str) -> list[str]:
 
 
 @lru_cache(maxsize=None)
+def module_imports(name: str, path: Path) -> frozenset[str]:
+    """imported_names of one project module, parsed once per process (every stage's closure shares most)."""
+    return frozenset(imported_names(read_source(path), name, path.name == "__init__.py"))
+
+
+@lru_cache(maxsize=None)
 def module_closure(root: str) -> tuple[str, ...]:
     """The project modules `root` can import, itself included, sorted."""
     seen: set[str] = set()
@@ -84,7 +90,7 @@ def module_closure(root: str) -> tuple[str, ...]:
         if path is None:
             continue
         seen.add(name)
-        for imported in imported_names(read_source(path), name, path.name == "__init__.py"):
+        for imported in module_imports(name, path):
             pending += [n for n in with_parents(imported) if n not in seen]
     return tuple(sorted(seen))
 

@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 from engine.errors import TunelineError
+from engine.startup import collector_paused
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -92,10 +93,12 @@ def dagster_home(root: str) -> Path:
 
 def materialize(args: argparse.Namespace, select: str | None):
     """Materialize `select` (None: everything) with the CLI's recipe, overrides and artifact root."""
-    if not args.verbose:
-        quiet_libraries()
-        quiet_llmcompressor()
-    from assets.resource import validated_recipe
+    with collector_paused():
+        if not args.verbose:
+            quiet_libraries()
+            quiet_llmcompressor()
+        from assets.resource import validated_recipe
+        import pipelines.definitions  # noqa: F401
     overrides = parse_overrides(args.set)
     # a bad recipe, data path or model path stops here, before any work
     validated_recipe(args.recipe, json.dumps(overrides, sort_keys=True))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
 from engine.errors import TunelineError
+from engine.startup import collector_paused
 
 RESULT_FILE = "result.json"  # beside the spec, outside the work directory: never part of the artifact
 ERROR_FILE = "error.json"  # why it failed, and whether trying again may help
@@ -92,7 +93,8 @@ def run_spec(spec_path: Path, reporter: Reporter = stderr_reporter) -> dict:
     from engine.stage import RecipeView, StageRun
     spec = json.loads(spec_path.read_text())
     module, _, name = spec["entry"].partition(":")
-    entry = getattr(importlib.import_module(module), name)
+    with collector_paused():
+        entry = getattr(importlib.import_module(module), name)
     recipe = Recipe.model_validate(spec["recipe"])
     with reporter() as (say, report):
         run = StageRun(spec["stage"], spec["fingerprint"], RecipeView(recipe, tuple(spec["keys"]), spec["stage"]),
