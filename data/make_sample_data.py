@@ -67,6 +67,7 @@ def wrong_answer(rng: random.Random, answer: str, query: str) -> str:
         near_miss(answer, query),
         "Sorry, I cannot help with that.",
         query,  # echoes the input unchanged
+        "".join(rng.choice(LETTERS + "  ,.") for _ in range(rng.randint(8, 30))).strip() or "x",  # noise
     ])  # (never a prefix of the right answer: DPO would push down the right answer's first tokens with it)
 
 

@@ -20,7 +20,7 @@ TRAIN_KEYS = {"finetuning_type", "freeze_trainable_layers", "quantization_bit", 
               "lora_dropout", "lora_target", "loraplus_lr_ratio", "report_to", "learning_rate", "num_train_epochs",
               "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type",
               "warmup_ratio", "logging_steps", "seed", "save_steps", "save_total_limit"}
-STAGE_KEYS = {"sft": {"packing"}, "dpo": {"pref_beta", "pref_loss"}, "kto": {"pref_beta"}, "rm": set(), "pt": set()}
+STAGE_KEYS = {"sft": {"packing"}, "dpo": {"pref_beta", "pref_loss", "pref_ftx"}, "kto": {"pref_beta"}, "rm": set(), "pt": set()}
 # LLaMA-Factory's flash_attn values as transformers' attention implementations
 FLASH_ATTN = {"auto": "sdpa", "sdpa": "sdpa", "disabled": "eager", "fa2": "flash_attention_2"}
 # keys tuneline answers itself: each is reported with what takes its place

@@ -326,7 +326,8 @@ class DpoSection(TrainSection):
     pref_beta: Float = Field(0.1, gt=0)
     pref_loss: Literal["sigmoid", "ipo", "orpo", "kto"] = "sigmoid"  # kto trains on the KTO view (kto_tag data)
     # LLaMA-Factory's pref_ftx: weight of the SFT loss on the chosen answers added to sigmoid/ipo (TRL's "sft"
-    # loss), which keeps DPO from lowering the likelihood of the very answers it prefers
+    # loss), which keeps DPO from lowering the likelihood of the very answers it prefers. orpo's loss holds its own
+    # SFT term and TRL's kto has none: there it is not used (dpo_adapter's metrics say pref_ftx_applied: false)
     pref_ftx: Float = Field(0.0, ge=0)
     learning_rate: Float = Field(5e-4, gt=0)
     min_reward_gain: Float = check_threshold(0.0)  # gate: the DPO model's mean reward-model score minus SFT's, at least this

@@ -123,7 +123,7 @@ def test_the_fingerprint_sees_the_device_and_the_resolved_dtype(gpu):
     assert gpu_identity["device"] == "cuda" and gpu_identity["train_dtype"] == "bfloat16"
     assert policy.precision_identity(recipe.model) == {"device": "cpu", "train_dtype": "float32",
                                                        "infer_dtype": "float32", "pure_bf16": False,
-                                                       "amp": {"bf16": False, "fp16": False}}
+                                                       "amp": {"bf16": policy.cpu_native_bf16(), "fp16": False}}
     changed = {n for n in on_cpu if on_cpu[n] != on_gpu[n]}
     loads_a_model = {"sft_adapter", "reward_model", "dpo_adapter", "merged_model", "gptq_model", "awq_model",
                      "deployment", *(f"eval_{s}" for s in ("base", "sft", "dpo", "merged", "gptq", "awq"))}

@@ -116,9 +116,10 @@ def test_every_artifact_loads(first_run):
     for view in ("sft", "preference"):
         data = load_from_disk(f"{path['formatted_data']}/{view}")
         assert len(data["train"]) > 0 and len(data["eval"]) > 0
-    PeftModel.from_pretrained(load_causal_lm(base), f"{path['sft_adapter']}/adapter")
+    sft = load_causal_lm(f"{path['sft_adapter']}/model")  # the tiny recipe fine-tunes SFT fully (random weights)
+    PeftModel.from_pretrained(sft, f"{path['dpo_adapter']}/adapter")  # and DPO as a LoRA adapter on top
     assert load_reward_model(path["reward_model"]).config.num_labels == 1
-    prompt = [[{"role": "user", "content": "Add the two numbers.\n120 + 345"}]]
+    prompt = [[{"role": "user", "content": "Translate the last word into French.\nred cat"}]]
     for export in ("merged_model", "gptq_model", "awq_model"):
         model = load_causal_lm(path[export])
         assert isinstance(greedy_answers(model, tokenizer, prompt, max_new_tokens=4)[0], str)
@@ -140,6 +141,11 @@ def test_every_stage_is_evaluated_and_compared(first_run):
     assert meta["eval_sft"]["perplexity"] < meta["eval_base"]["perplexity"] / 5  # fine-tuning learned the task
     assert meta["eval_sft"]["similarity"] > meta["eval_base"]["similarity"]
     assert meta["eval_merged"]["perplexity"] == pytest.approx(meta["eval_dpo"]["perplexity"], rel=1e-3)
+    # the demo shows learning: exact match on held-out questions from none to most, and kept through DPO and 4 bits
+    assert meta["eval_base"]["accuracy"] <= 0.05 and meta["eval_sft"]["accuracy"] >= 0.5
+    assert meta["eval_dpo"]["accuracy"] >= meta["eval_sft"]["accuracy"]
+    for export in ("gptq", "awq"):
+        assert meta[f"eval_{export}"]["accuracy"] >= meta["eval_merged"]["accuracy"] - 0.05  # quantize.max_accuracy_drop
     table = meta["model_comparison"]["comparison"].splitlines()
     assert [row.split("|")[1].strip() for row in table[2:]] == ["base", "sft", "dpo", "merged", "gptq", "awq"]
 

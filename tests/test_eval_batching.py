@@ -80,5 +80,5 @@ def test_reward_scores_in_batches_equal_scores_one_row_at_a_time(tiny_model_dir,
     sequences = mixed_lengths(evaluation["input_ids"], 12)
     batched = reward_scores_of_ids(reward_model, sequences, tokenizer.pad_token_id, batch_size=BATCH)
     alone = [reward_scores_of_ids(reward_model, [s], tokenizer.pad_token_id, batch_size=1)[0] for s in sequences]
-    assert batched == pytest.approx(alone, rel=1e-5, abs=1e-6)
+    assert batched == pytest.approx(alone, rel=1e-4, abs=1e-5)  # a padded batch sums in another order
     assert len({round(s, 4) for s in alone}) > 1

@@ -181,12 +181,14 @@ def test_deepspeed_becomes_an_accelerate_launcher(tmp_path):
 def test_speed_keys_map_to_tuneline_levers(tmp_path):
     (tmp_path / "sft.yaml").write_text("stage: sft\nflash_attn: disabled\ndisable_gradient_checkpointing: false\n"
                                        "enable_liger_kernel: false\nneat_packing: true\n")
-    (tmp_path / "dpo.yaml").write_text("stage: dpo\nflash_attn: fa3\ndisable_gradient_checkpointing: true\n")
+    (tmp_path / "dpo.yaml").write_text("stage: dpo\nflash_attn: fa3\ndisable_gradient_checkpointing: true\n"
+                                       "pref_ftx: 0.5\n")
     text, notes = import_configs([tmp_path / "sft.yaml", tmp_path / "dpo.yaml"])
     recipe = yaml.safe_load(text)
     assert recipe["sft"] | {"attn_implementation": "eager", "gradient_checkpointing": True,
                             "enable_liger_kernel": False, "packing": True} == recipe["sft"]
     assert recipe["dpo"]["attn_implementation"] == "sdpa" and recipe["dpo"]["gradient_checkpointing"] is False
+    assert recipe["dpo"]["pref_ftx"] == 0.5  # LLaMA-Factory's SFT-loss weight in DPO
     assert any("flash_attn 'fa3' has no equivalent" in n for n in notes)
     assert Recipe.model_validate(recipe).sft.attn_implementation == "eager"
 

@@ -149,7 +149,7 @@ def test_a_syntax_error_is_one_line_with_its_position(tmp_path):
     ({"sft": 3}, "sft: Input should be a valid dictionary"),
     ({"nosuch.key": 1}, "nosuch: unknown key"),
     ({"sft.lora_rnak": 1}, "did you mean 'sft.lora_rank'?"),
-    ({"sft.lora_rank.x": 1}, "override 'sft.lora_rank.x': sft.lora_rank is 32, a value, not a section"),
+    ({"dpo.pref_beta.x": 1}, "override 'dpo.pref_beta.x': dpo.pref_beta is 0.1, a value, not a section"),
     ({"sft.warmup_ratio.x": 1}, "override 'sft.warmup_ratio.x': sft.warmup_ratio is a value, not a section"),
     ({"name.x": 1}, "override 'name.x': name is 'tiny', a value, not a section"),
     ({"clean.steps.99.threshold": 0.5}, "override 'clean.steps.99.threshold': clean.steps is a list of 7 items"),

@@ -80,6 +80,7 @@ def train_dpo(base_dir: Path, sft_weights: Path, formatted_dir: Path, cfg: DpoSe
     save_trained(trainer.model, tokenizer, cfg, out)
     accuracy = evaluation.get("eval_rewards/accuracies")
     return {**finish(trainer, out, cfg, resumed), "pref_loss": cfg.pref_loss, "train_loss": round(result.training_loss, 4),
+            "pref_ftx_applied": bool(cfg.pref_ftx) and cfg.pref_loss in ("sigmoid", "ipo"),
             "eval_reward_margin": round(evaluation["eval_rewards/margins"], 4),
             "eval_reward_accuracy": None if accuracy is None else round(accuracy, 4)}
 

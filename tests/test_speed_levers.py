@@ -1,0 +1,74 @@
+"""The speed levers' decisions, as the trainers receive them: padding-free SFT batches where they pay, the
+SFT loss beside DPO's (pref_ftx), no training process where nothing is trained, and the start-up's imports
+without the cycle collector. (Their speed is measured by bench/train_throughput.py, never in a test.)"""
+
+import gc
+import random
+
+import pytest
+
+from engine.recipe import DpoSection, SftSection, load_recipe
+from engine.startup import collector_paused
+from engine.train.dpo import dpo_arguments
+from engine.train.sft import padding_free, sft_arguments
+
+
+def row_lengths(n: int, low: int, high: int) -> list[int]:
+    generator = random.Random(0)
+    return [generator.randint(low, high) for _ in range(n)]
+
+
+def test_an_explicit_padding_free_key_wins():
+    lengths = row_lengths(256, 20, 80)
+    assert padding_free(SftSection(padding_free=True), lengths, 128) is True
+    assert padding_free(SftSection(padding_free=False), lengths, 4096) is False
+    assert padding_free(SftSection(packing=True), lengths, 128) is True  # packed sequences carry no padding either
+
+
+def test_unset_padding_free_follows_the_cost_of_attention_over_the_flattened_batch():
+    short_rows = row_lengths(512, 20, 70)
+    # a wide model: the padding's linear-layer compute outweighs attention over 16 rows laid end to end
+    assert padding_free(SftSection(per_device_train_batch_size=16), short_rows, 512) is True
+    # the tiny model: 32 rows end to end make attention (quadratic in the batch's tokens) the larger cost
+    assert padding_free(SftSection(per_device_train_batch_size=32), short_rows, 128) is False
+    # rows of one length have no padding to save
+    assert padding_free(SftSection(per_device_train_batch_size=16), [40] * 64, 512) is False
+    # FlashAttention-2's varlen kernel attends within rows: always worth it
+    assert padding_free(SftSection(per_device_train_batch_size=32, attn_implementation="flash_attention_2"),
+                        short_rows, 128) is True
+
+
+def test_sft_arguments_carry_the_decision(tmp_path):
+    flat = sft_arguments(SftSection(), 128, tmp_path, flat=True)
+    assert flat.padding_free and flat.max_length is None  # rows are truncated to cutoff_len by formatted_data
+    padded = sft_arguments(SftSection(), 128, tmp_path, flat=False)
+    assert not padded.padding_free and padded.max_length == 128 and not padded.gradient_checkpointing
+
+
+def test_pref_ftx_adds_the_sft_loss_on_chosen_answers(tmp_path):
+    plain = dpo_arguments(DpoSection(), 128, tmp_path)
+    assert plain.loss_type == ["sigmoid"] and plain.loss_weights == [1.0] and plain.precompute_ref_log_probs
+    mixed = dpo_arguments(DpoSection(pref_loss="ipo", pref_ftx=0.5), 128, tmp_path)
+    assert mixed.loss_type == ["ipo", "sft"] and mixed.loss_weights == [1.0, 0.5]
+
+
+def test_continued_pretraining_off_starts_no_training_process():
+    from assets.pt_model import STAGE
+    recipe = load_recipe("tiny")[0]
+    assert not recipe.pt.dataset and not STAGE.runs_out_of_process(recipe)  # it only names the base model
+    assert STAGE.runs_out_of_process(load_recipe("tiny", {"pt.dataset": ["pt_corpus"]})[0])
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_collector_is_paused_for_the_imports_and_restored(enabled):
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert gc.isenabled() is enabled
+        with pytest.raises(ImportError), collector_paused():
+            import a_module_that_does_not_exist  # noqa: F401
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
