@@ -67,7 +67,7 @@ def wrong_answer(rng: random.Random, answer: str, query: str) -> str:
         near_miss(answer, query),
         "Sorry, I cannot help with that.",
         query,  # echoes the input unchanged
-        "".join(rng.choice(LETTERS + "  ,.") for _ in range(rng.randint(8, 30))).strip() or "x",  # noise
+        "".join(rng.choice(LETTERS + " ") for _ in range(rng.randint(6, 14))).strip() or "x",  # noise
     ])  # (never a prefix of the right answer: DPO would push down the right answer's first tokens with it)
 
 
@@ -189,7 +189,7 @@ def pt_rows(rng, words, n):
 def main(out: Path = HERE) -> None:
     rng = random.Random(SEED)
     words = make_words(rng, 400)
-    (out / "alpaca_tasks.json").write_text(json.dumps(alpaca_rows(rng, words, 1200), indent=1) + "\n")
+    (out / "alpaca_tasks.json").write_text(json.dumps(alpaca_rows(rng, words, 900), indent=1) + "\n")
     (out / "sharegpt_tasks.json").write_text(json.dumps(sharegpt_rows(rng, words, 400), indent=1) + "\n")
     (out / "openai_tasks.jsonl").write_text("\n".join(openai_rows(rng, words, 400)) + "\n")
     (out / "preference_tasks.json").write_text(json.dumps(preference_rows(rng, words, 700), indent=1) + "\n")
