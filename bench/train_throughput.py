@@ -15,6 +15,7 @@ On a CPU the model is a Qwen2 shape a few times larger than `tiny` (compute domi
 CUDA GPU, the Qwen2.5-0.5B shape in bf16. Goals: CPU SFT >= 2x and DPO >= 1.5x; GPU SFT >= 3x.
 
 Usage: .venv/bin/python bench/train_throughput.py [--steps 30] [--stage sft|dpo|both] [--packing]
+                                                  [--data sample|llamafactory]
 """
 
 from __future__ import annotations
@@ -46,17 +47,26 @@ GPU_SHAPE = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, 
                  num_key_value_heads=2)  # Qwen2.5-0.5B
 
 
-def prepare(work: Path, cutoff_len: int) -> tuple[Path, Path]:
-    """The shipped sample data through tuneline's own ingest and format steps, and a random-init Qwen2 model of
-    the bench's shape with a tokenizer trained on that data: (model dir, formatted dir)."""
+DATA = {  # (registry folder, registry file, datasets): what the bench trains on
+    # LLaMA-Factory's own demo files, unchanged (real alpaca answers, identity, DPO pairs): rows of real lengths
+    "llamafactory": ("tests/fixtures/llamafactory/data", "dataset_info.json",
+                     ["alpaca_en_demo", "identity", "dpo_en_demo"]),
+    # tuneline's sample task: one-word answers, rows of ~30 tokens (little padding for any setup to save)
+    "sample": ("data", "datasets.yaml", None),
+}
+
+
+def prepare(work: Path, cutoff_len: int, data: str) -> tuple[Path, Path]:
+    """The bench's data through tuneline's own ingest and format steps, and a random-init Qwen2 model of the
+    bench's shape with a tokenizer trained on that data: (model dir, formatted dir)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from engine.base_model import message_texts
     from engine.data.format import format_rows
     from engine.data.ingest import ingest
     from engine.data.registry import resolve_sources
     from engine.models import train_tokenizer
-    recipe = load_recipe("tiny")[0]
-    rows = ingest(resolve_sources("data", "datasets.yaml", recipe.data.dataset))[0]
+    folder, registry, names = DATA[data]
+    rows = ingest(resolve_sources(folder, registry, names or load_recipe("tiny")[0].data.dataset))[0]
     tokenizer = train_tokenizer(message_texts(rows), 4096)
     shape = GPU_SHAPE if torch.cuda.is_available() else CPU_SHAPE
     config = Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=True,
@@ -215,6 +225,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--stage", choices=["sft", "dpo", "both"], default="both")
     parser.add_argument("--cutoff-len", type=int, default=256)
+    parser.add_argument("--data", choices=sorted(DATA), default="sample",
+                        help="tuneline's sample task (default: about a minute), or LLaMA-Factory's demo files "
+                             "(rows of real lengths: about 9 minutes; use --cutoff-len 512)")
     parser.add_argument("--packing", action="store_true", help="tuneline side with sft.packing on")
     parser.add_argument("--dpo-pairs", type=int, default=160, help="preference pairs DPO trains on")
     parser.add_argument("--dpo-epochs", type=int, default=3, help="epochs over them (LLaMA-Factory's examples: 3)")
@@ -225,7 +238,7 @@ def main() -> None:
           f"shape: {GPU_SHAPE if gpu else CPU_SHAPE}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model_dir, formatted = prepare(work, args.cutoff_len)
+        model_dir, formatted = prepare(work, args.cutoff_len, args.data)
         if args.stage in ("sft", "both"):
             from datasets import load_from_disk
             lengths = [len(ids) for ids in load_from_disk(formatted / "sft")["train"]["input_ids"]]
