@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.recipe import DpoSection, SftSection, load_recipe  # noqa: E402
 from engine.train.common import lora_config  # noqa: E402
-from engine.train.dpo import dpo_arguments  # noqa: E402
+from engine.train.dpo import dpo_arguments, dpo_trainer  # noqa: E402
 from engine.train.sft import padding_free, sft_arguments  # noqa: E402
 
 LOSS_TOLERANCE = 0.05  # relative: held-out loss of (b) within 5% of (a) after the same tokens
@@ -191,8 +191,10 @@ def dpo_run(model_dir: Path, formatted: Path, out: Path, pairs: int, epochs: int
     model = load(model_dir)
     reset_peak_memory()
     started = time.perf_counter()
-    trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
-                         eval_dataset=data["eval"].remove_columns(["row_id"]))
+    evaluation = data["eval"].remove_columns(["row_id"])
+    trainer = (dpo_trainer(model, None, tokenizer, train, evaluation, args) if tuneline else  # as the dpo stage
+               DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
+                          eval_dataset=evaluation))
     trainer.remove_callback(PrinterCallback)
     seconds, peak = timed(trainer, started)
     # non-padding tokens of the pairs trained on (prompt + chosen, prompt + rejected), as TRL tokenized them

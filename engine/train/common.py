@@ -151,6 +151,14 @@ def prepare_model(model, cfg: TrainSection, task_type: str, precision: Precision
     return model
 
 
+def training_autocast(args):
+    """The autocast a trainer with these arguments trains under (bf16 or fp16 AMP), for work done outside its
+    steps; nothing without AMP."""
+    if not (args.bf16 or args.fp16):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type(), dtype=torch.bfloat16 if args.bf16 else torch.float16)
+
+
 def optimizers(model, cfg: TrainSection) -> tuple:
     """LoRA+ (PEFT's optimizer with the B matrices at loraplus_lr_ratio x the learning rate), else the trainer's own."""
     if not cfg.loraplus_lr_ratio:

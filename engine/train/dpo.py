@@ -13,7 +13,7 @@ from engine.data.format import require_view
 from engine.models import load_tokenizer, load_with_adapters, model_dir
 from engine.train.checkpoints import train_resumably
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_trained,
-                                 tracking, trained_weights, trainer_kwargs, without_row_ids)
+                                 tracking, trained_weights, trainer_kwargs, training_autocast, without_row_ids)
 
 if TYPE_CHECKING:
     from engine.recipe import DpoSection
@@ -48,20 +48,29 @@ def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: Dp
         from trl import KTOConfig, KTOTrainer
         data = load_from_disk(require_view(formatted_dir, "kto", "dpo_adapter"))
         config = KTOConfig(**common, precompute_ref_log_probs=cfg.precompute_ref_log_probs)
-        return KTOTrainer(model=model, ref_model=reference, args=config,
-                          train_dataset=without_row_ids(data["train"]),
-                          eval_dataset=without_row_ids(data["eval"]), processing_class=tokenizer,
-                          optimizers=optimizers(model, cfg))
+        with training_autocast(config):  # its reference pass, too, runs while it is built (see dpo_trainer)
+            return KTOTrainer(model=model, ref_model=reference, args=config,
+                              train_dataset=without_row_ids(data["train"]),
+                              eval_dataset=without_row_ids(data["eval"]), processing_class=tokenizer,
+                              optimizers=optimizers(model, cfg))
     data = load_from_disk(require_view(formatted_dir, "preference", "dpo_adapter"))
     train, evaluation = without_row_ids(data["train"]), without_row_ids(data["eval"])
     if cfg.pref_loss == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
         return ORPOTrainer(model=model, args=ORPOConfig(**common), train_dataset=train, eval_dataset=evaluation,
                            processing_class=tokenizer, optimizers=optimizers(model, cfg))
+    return dpo_trainer(model, reference, tokenizer, train, evaluation, dpo_arguments(cfg, cutoff_len, out, precision),
+                       optimizers(model, cfg))
+
+
+def dpo_trainer(model, reference, tokenizer, train, evaluation, args, optimizer_pair=(None, None)):
+    """TRL's DPOTrainer, built under the autocast its training steps run in: with precompute_ref_log_probs it
+    computes the reference log-probs while it is built, before the trainer enters its own autocast, and would
+    otherwise make that pass in float32 (on a CPU with native bf16, 2.4x the cost of a training step's)."""
     from trl import DPOTrainer
-    return DPOTrainer(model=model, ref_model=reference, args=dpo_arguments(cfg, cutoff_len, out, precision),
-                      train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
-                      optimizers=optimizers(model, cfg))
+    with training_autocast(args):
+        return DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=train, eval_dataset=evaluation,
+                          processing_class=tokenizer, optimizers=optimizer_pair)
 
 
 def train_dpo(base_dir: Path, sft_weights: Path, formatted_dir: Path, cfg: DpoSection, cutoff_len: int,
