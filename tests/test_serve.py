@@ -125,8 +125,12 @@ def test_the_cpu_server_answers_only_with_the_key_and_stops_cleanly(deployment_d
         assert sock.connect_ex(("127.0.0.1", server.port)) != 0  # the proxy went with it
     model, tokenizer = load_chat_model(tiny_model_dir)
     expected = reply(model, tokenizer, [{"role": "user", "content": "Add 1 + 2"}], max_new_tokens=8)
-    assert isinstance(text, str) and text.strip() == expected.strip()  # the server ran our model, greedily
-    assert streamed.strip() == expected.strip()  # server-sent events pass through the proxy
+    # max_tokens can cut the random model's answer inside a multi-byte character, whose bytes a decoder shows as
+    # U+FFFD or holds back: the answers are compared without such a tail
+    def whole(answer: str) -> str:
+        return answer.strip().rstrip("\ufffd").strip()
+    assert isinstance(text, str) and whole(text) == whole(expected)  # the server ran our model, greedily
+    assert whole(streamed) == whole(expected)  # server-sent events pass through the proxy
 
 
 def test_tuneline_serve_runs_until_sigterm_then_shuts_down(deployment_dir):
