@@ -98,7 +98,7 @@ def materialize(args: argparse.Namespace, select: str | None):
             quiet_libraries()
             quiet_llmcompressor()
         from assets.resource import validated_recipe
-        import pipelines.definitions  # noqa: F401
+        import pipelines.definitions  # noqa: F401  (the asset modules: the rest of the heavy imports)
     overrides = parse_overrides(args.set)
     # a bad recipe, data path or model path stops here, before any work
     validated_recipe(args.recipe, json.dumps(overrides, sort_keys=True))
