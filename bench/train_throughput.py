@@ -6,7 +6,9 @@ Same model, same data, same LoRA (r16 on every linear layer), same learning rate
   (b) tuneline: the trainer arguments the sft and dpo stages build from the recipe's defaults (engine/train/sft.py
       `sft_arguments`, engine/train/dpo.py `dpo_arguments`: gradient checkpointing off, padding-free SFT batches
       (the same rows per step, no padding), DPO reference log-probs computed once; the device policy's bf16
-      autocast on a CPU with native bf16). `--packing` adds sft.packing (rows packed into cutoff_len sequences).
+      autocast on a CPU with native bf16), and the attention the stages train with (engine/attention.py: each row
+      of a padding-free batch attends within itself, in float32 on a CPU). `--packing` adds sft.packing (rows
+      packed into cutoff_len sequences).
 DPO trains --dpo-epochs (3, as LLaMA-Factory's DPO examples) over --dpo-pairs pairs.
 Prints non-padding tokens per second, peak memory, the ratio (b)/(a), and the held-out loss after the same number
 of training tokens (it must agree within the stated tolerance: speed may not change what is learned).
@@ -34,11 +36,16 @@ from transformers import PrinterCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.attention import training_attention  # noqa: E402
 from engine.recipe import DpoSection, SftSection, load_recipe  # noqa: E402
 from engine.train.common import lora_config  # noqa: E402
 from engine.train.dpo import dpo_arguments, dpo_trainer  # noqa: E402
 from engine.train.sft import padding_free, sft_arguments  # noqa: E402
 
+# DPO's learning rate: at 5e-4 this bench's held-out DPO loss is chaotic (plain TRL's own moves 9% when only its
+# attention runs in float32 instead of bf16), so it could not tell a lever's effect from rounding; at 1e-4 it moves
+# under 0.1%, and the comparison means something
+DPO_LR = 1e-4
 LOSS_TOLERANCE = 0.05  # relative: held-out loss of (b) within 5% of (a) after the same tokens
 CPU_SHAPE = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
                  num_key_value_heads=2)  # about 8x the tiny preset's compute per token
@@ -79,11 +86,14 @@ def prepare(work: Path, cutoff_len: int, data: str) -> tuple[Path, Path]:
     return model_dir, work / "formatted"
 
 
-def load(model_dir: Path):
+def load(model_dir: Path, tuneline: bool):
+    """The model with a LoRA: plain TRL's with transformers' default attention (sdpa), tuneline's with the attention
+    the stages train with for the recipe's default attn_implementation (engine/attention.py)."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+    attention = training_attention(SftSection().attn_implementation) if tuneline else "sdpa"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attention)
     torch.manual_seed(0)
     return get_peft_model(model, lora_config(SftSection(lora_rank=16, lora_alpha=32), "CAUSAL_LM"))
 
@@ -155,7 +165,7 @@ def sft_run(model_dir: Path, formatted: Path, out: Path, steps: int, batch: int,
                          lr_scheduler_type="constant", report_to="none", logging_steps=steps, save_strategy="no",
                          max_length=cutoff_len, include_num_input_tokens_seen="non_padding", seed=42,
                          use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
-    model = load(model_dir)
+    model = load(model_dir, tuneline)
     reset_peak_memory()
     started = time.perf_counter()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
@@ -179,15 +189,15 @@ def dpo_run(model_dir: Path, formatted: Path, out: Path, pairs: int, epochs: int
     train = data["train"].remove_columns(["row_id"]).select(range(pairs))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tuneline:
-        cfg = DpoSection(num_train_epochs=epochs, per_device_train_batch_size=batch, learning_rate=5e-4,
+        cfg = DpoSection(num_train_epochs=epochs, per_device_train_batch_size=batch, learning_rate=DPO_LR,
                          lr_scheduler_type="constant", warmup_ratio=0.0, logging_steps=10**6, save_steps=10**6)
         args = dpo_arguments(cfg, cutoff_len, out)
     else:
         args = DPOConfig(output_dir=str(out), num_train_epochs=epochs, per_device_train_batch_size=batch,
-                         learning_rate=5e-4, lr_scheduler_type="constant", report_to="none", logging_steps=10**6,
+                         learning_rate=DPO_LR, lr_scheduler_type="constant", report_to="none", logging_steps=10**6,
                          save_strategy="no", max_length=cutoff_len, seed=42, use_cpu=not torch.cuda.is_available(),
                          disable_tqdm=True)
-    model = load(model_dir)
+    model = load(model_dir, tuneline)
     reset_peak_memory()
     started = time.perf_counter()
     evaluation = data["eval"].remove_columns(["row_id"])

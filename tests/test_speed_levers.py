@@ -25,17 +25,26 @@ def test_an_explicit_padding_free_key_wins():
     assert padding_free(SftSection(packing=True), lengths, 128) is True  # packed sequences carry no padding either
 
 
-def test_unset_padding_free_follows_the_cost_of_attention_over_the_flattened_batch():
+def test_unset_padding_free_is_on_where_rows_attend_within_themselves():
+    short_rows = row_lengths(512, 20, 70)
+    # sdpa trains as the row attention (engine/attention.py), FlashAttention-2 has its varlen kernel and FlexAttention
+    # a block-sparse mask: each row attends at its own cost, so flattening only saves the padding
+    for implementation in ("sdpa", "flash_attention_2", "flex_attention"):
+        cfg = SftSection(per_device_train_batch_size=32, attn_implementation=implementation)
+        assert padding_free(cfg, short_rows, 128) is True, implementation
+
+
+def test_unset_padding_free_with_eager_follows_the_cost_of_attention_over_the_flattened_batch():
     short_rows = row_lengths(512, 20, 70)
     # a wide model: the padding's linear-layer compute outweighs attention over 16 rows laid end to end
-    assert padding_free(SftSection(per_device_train_batch_size=16), short_rows, 512) is True
-    # the tiny model: 32 rows end to end make attention (quadratic in the batch's tokens) the larger cost
-    assert padding_free(SftSection(per_device_train_batch_size=32), short_rows, 128) is False
+    assert padding_free(SftSection(per_device_train_batch_size=16, attn_implementation="eager"), short_rows,
+                        512) is True
+    # a narrow one: 32 rows end to end make attention (quadratic in the batch's tokens) the larger cost
+    assert padding_free(SftSection(per_device_train_batch_size=32, attn_implementation="eager"), short_rows,
+                        128) is False
     # rows of one length have no padding to save
-    assert padding_free(SftSection(per_device_train_batch_size=16), [40] * 64, 512) is False
-    # FlashAttention-2's varlen kernel attends within rows: always worth it
-    assert padding_free(SftSection(per_device_train_batch_size=32, attn_implementation="flash_attention_2"),
-                        short_rows, 128) is True
+    assert padding_free(SftSection(per_device_train_batch_size=16, attn_implementation="eager"), [40] * 64,
+                        512) is False
 
 
 def test_sft_arguments_carry_the_decision(tmp_path):

@@ -14,6 +14,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
 
+from engine.attention import training_attention
 from engine.device import (Precision, device, device_type, load_kwargs, mixed_precision, train_dtype, upcast_trainable,
                            upcast_trainable_parameters)
 from engine.errors import RecipeError
@@ -127,7 +128,8 @@ def prepare_model(model, cfg: TrainSection, task_type: str, precision: Precision
     from transformers import set_seed
     set_seed(cfg.seed)  # the adapter's initial weights, whichever way the model was loaded (DPO: SFT merged in)
     check_speed_levers(cfg, "training")
-    model.set_attn_implementation(cfg.attn_implementation)  # however it was loaded (DPO: the SFT model merged)
+    # however it was loaded (DPO: the SFT model merged); sdpa trains as the row attention (engine/attention.py)
+    model.set_attn_implementation(training_attention(cfg.attn_implementation, model))
     upcast = upcast_trainable(precision or Precision())
     if is_adapter(cfg):
         model = get_peft_model(model, lora_config(cfg, task_type), autocast_adapter_dtype=upcast)

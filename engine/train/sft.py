@@ -20,12 +20,14 @@ if TYPE_CHECKING:
 
 
 def padding_free(cfg: SftSection, lengths: list[int], hidden_size: int) -> bool:
-    """sft.padding_free, or where unset what is faster. flash_attention_2 attends within rows (varlen): on. sdpa and
-    eager attend over the whole flattened batch of L tokens under a block mask: ~4·L²·d FLOPs a layer, against the
-    ~24·d² a layer each padding token costs in the linear layers (d: hidden size) that padding-free saves."""
+    """sft.padding_free, or where unset what is faster. sdpa (trained as tuneline's row attention,
+    engine/attention.py), flash_attention_2 (varlen) and flex_attention (a block-sparse mask) attend within each
+    row at each row's own cost: on. eager attends over the whole flattened batch of L tokens under a block mask:
+    ~4·L²·d FLOPs a layer, against the ~24·d² a layer each padding token costs in the linear layers (d: hidden
+    size) that padding-free saves; on only where that is less."""
     if cfg.padding_free is not None or cfg.packing:
         return bool(cfg.padding_free) or cfg.packing
-    if cfg.attn_implementation == "flash_attention_2":
+    if cfg.attn_implementation != "eager":
         return True
     batch = cfg.per_device_train_batch_size
     batches = [lengths[i:i + batch] for i in range(0, len(lengths), batch)]
