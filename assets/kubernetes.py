@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from engine.train.launch import launch_command
+from engine.train.launch import launch_command, training_environment
 
 ROOT_VOLUME = "tuneline-home"
 TRAIN_PROCESS = "pipelines.train_process"  # the training child that reports through Dagster Pipes, in a pod or here
@@ -34,4 +34,4 @@ def run_in_pod(context: dg.AssetExecutionContext, launcher, stage: str, spec_pat
     cfg = launcher.kubernetes
     (client or PipesK8sClient()).run(context=context, image=cfg.image, namespace=cfg.namespace,
                                      command=launch_command(launcher, stage, spec_path, TRAIN_PROCESS),
-                                     base_pod_spec=pod_spec(cfg, root))
+                                     base_pod_spec=pod_spec(cfg, root), env=training_environment())

@@ -22,7 +22,7 @@ from engine.plots import LENGTHS_PNG, LOSS_PNG, PLOTS_DIR, QUARANTINE_PNG
 from engine.recipe import Recipe
 from engine.stage import Stage, StageRun, is_configured
 from engine.train.child import read_error, read_result, spec_of, write_spec
-from engine.train.launch import launch_command
+from engine.train.launch import launch_command, training_environment
 
 # (passed, detail naming the number and its bound), or with a third item: more metadata for the check's result
 Check = Callable[[Artifact, Recipe], tuple[bool, str] | tuple[bool, str, dict[str, Any]]]
@@ -46,7 +46,8 @@ def out_of_process(context: dg.AssetExecutionContext):
             if launcher.type == "kubernetes":
                 run_in_pod(context, launcher, stage.name, path, run.home.root)
             else:
-                client.run(context=context, command=launch_command(launcher, stage.name, path, TRAIN_PROCESS))
+                client.run(context=context, command=launch_command(launcher, stage.name, path, TRAIN_PROCESS),
+                           env=training_environment())
         except Exception as exc:  # the process or pod failed: its own error record says why
             error = read_error(path)
             if error["kind"] == "transient":  # retried after 30 s, resuming from its last checkpoint

@@ -13,11 +13,16 @@ DPO trains --dpo-epochs (3, as LLaMA-Factory's DPO examples) over --dpo-pairs pa
 Prints non-padding tokens per second, peak memory, the ratio (b)/(a), and the held-out loss after the same number
 of training tokens (it must agree within the stated tolerance: speed may not change what is learned).
 
-On a CPU the model is a Qwen2 shape a few times larger than `tiny` (compute dominates; a few minutes); with a
+On a CPU the model is a Qwen2 shape a few times larger than `tiny` (with the default data's rows, compute
+dominates; about 13 minutes); with a
 CUDA GPU, the Qwen2.5-0.5B shape in bf16. Goals: CPU SFT >= 2x and DPO >= 1.5x; GPU SFT >= 3x.
 
+Both setups run under the allocator settings tuneline's training processes get (engine/train/launch.py; the
+bench starts itself again with them), plain TRL too: the comparison is between training setups, in one process.
+
 Usage: .venv/bin/python bench/train_throughput.py [--steps 30] [--stage sft|dpo|both] [--packing]
-                                                  [--data sample|llamafactory]
+                                                  [--data llamafactory|sample] [--cutoff-len 512]
+                                                  [--system-allocator]
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from engine.attention import training_attention  # noqa: E402
 from engine.recipe import DpoSection, SftSection, load_recipe  # noqa: E402
 from engine.train.common import lora_config  # noqa: E402
 from engine.train.dpo import dpo_arguments, dpo_trainer  # noqa: E402
+from engine.train.launch import training_environment  # noqa: E402
 from engine.train.sft import padding_free, sft_arguments  # noqa: E402
 
 # DPO's learning rate: at 5e-4 this bench's held-out DPO loss is chaotic (plain TRL's own moves 9% when only its
@@ -233,20 +239,27 @@ def compare(name: str, plain: dict, ours: dict, goal: float) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=30, help="plain TRL's SFT steps (16 rows each)")
     parser.add_argument("--stage", choices=["sft", "dpo", "both"], default="both")
-    parser.add_argument("--cutoff-len", type=int, default=256)
-    parser.add_argument("--data", choices=sorted(DATA), default="sample",
-                        help="tuneline's sample task (default: about a minute), or LLaMA-Factory's demo files "
-                             "(rows of real lengths: about 9 minutes; use --cutoff-len 512)")
+    parser.add_argument("--cutoff-len", type=int, default=512)
+    parser.add_argument("--data", choices=sorted(DATA), default="llamafactory",
+                        help="LLaMA-Factory's demo files (default: rows of real lengths, ~220 tokens, where compute "
+                             "dominates; about 13 minutes), or tuneline's sample task (rows of ~30 tokens, where "
+                             "per-step overhead both setups share dominates; about 2 minutes)")
     parser.add_argument("--packing", action="store_true", help="tuneline side with sft.packing on")
     parser.add_argument("--dpo-pairs", type=int, default=160, help="preference pairs DPO trains on")
     parser.add_argument("--dpo-epochs", type=int, default=3, help="epochs over them (LLaMA-Factory's examples: 3)")
+    parser.add_argument("--system-allocator", action="store_true",
+                        help="keep the environment's allocator settings (default: both setups run under the ones "
+                             "tuneline's training processes get, engine/train/launch.py)")
     args = parser.parse_args()
+    if not args.system_allocator and training_environment():  # glibc reads them at start-up: start again with them
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **training_environment()})
     os.environ.setdefault("TQDM_DISABLE", "1")
     gpu = torch.cuda.is_available()
     print(f"device: {torch.cuda.get_device_name() if gpu else f'CPU, {torch.get_num_threads()} threads'}; "
-          f"shape: {GPU_SHAPE if gpu else CPU_SHAPE}")
+          f"shape: {GPU_SHAPE if gpu else CPU_SHAPE}; allocator: "
+          f"{'as the environment set it' if args.system_allocator else 'as for tuneline training processes'}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_dir, formatted = prepare(work, args.cutoff_len, args.data)

@@ -2,10 +2,11 @@
 with two changes that keep every result and cut its cost.
 
 - A padding-free batch (all rows flattened into one sequence, `cu_seq_lens_q` marking where each starts) is
-  attended row by row: the rows are laid side by side, right-padded, and run causally without a mask, so each row
-  costs its own length squared. transformers' sdpa would attend over the whole flattened sequence under a
-  block-diagonal mask (the batch's total length squared); flash-attn's varlen kernel and PyTorch's varlen_attn,
-  which do this, run on CUDA only.
+  attended row by row: rows of similar length are laid side by side, right-padded, and run causally without a
+  mask, one call per group, so each row costs about its own length squared. transformers' sdpa would attend over
+  the whole flattened sequence under a block-diagonal mask (the batch's total length squared); flash-attn's
+  varlen kernel and PyTorch's varlen_attn, which do this, run on CUDA only. (Models with a sliding window keep
+  that masked path.)
 - On a CPU, attention runs in float32 under bf16/fp16 autocast: PyTorch's CPU flash kernel takes longer in bf16
   than in float32 (measured on a 2-core EPYC, rows of 64-384 tokens: 1.1-2.3x, the backward pass most).
 """

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import torch
-from datasets import load_from_disk
 
 from engine.backends import choose_backend
+from engine.data.format import read_view
 from engine.device import Precision, device_type, infer_dtype, name, precision_metrics
 from engine.errors import RecipeError
 from engine.evaluate import (answer_examples, answered_sequences, decoded_answer, greedy_from_ids, perplexity,
@@ -72,7 +72,7 @@ def evaluate_model(model, tokenizer_dir: Path, formatted_dir: Path, reward_dir: 
     loaded in `dtype` (None: the policy's default). No reward model (rm is not in the recipe's stages): the reward
     score is None. With `vllm_dir` (the same model as a directory) vLLM generates the answers, else `model` does."""
     tokenizer = load_tokenizer(tokenizer_dir)
-    evaluation = load_from_disk(formatted_dir / "sft")["eval"]
+    evaluation = read_view(formatted_dir, "sft")["eval"]
     examples = answer_examples(evaluation, tokenizer, cfg.max_samples)
     prompts = [e.prompt_ids for e in examples]
     answers = (greedy_from_ids(model, tokenizer, prompts, cfg.max_new_tokens) if vllm_dir is None

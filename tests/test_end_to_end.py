@@ -132,6 +132,14 @@ def test_every_artifact_loads(first_run):
         assert meta[export]["size_bytes"] < meta[export]["merged_size_bytes"]
 
 
+def test_later_stages_leave_formatted_data_as_it_was_published(first_run):
+    """SFT, the reward model and DPO train on formatted_data's views; the maps TRL runs on them (tokenization,
+    reference log-probs) must not write datasets cache files into that shared, published artifact."""
+    formatted = Path(artifacts_of(first_run[1])["formatted_data"]["path"])
+    assert (formatted / "preference" / "train").is_dir()
+    assert sorted(p.relative_to(formatted) for p in formatted.rglob("cache-*")) == []
+
+
 def test_every_stage_is_evaluated_and_compared(first_run):
     meta = artifacts_of(first_run[1])
     for stage in ("base", "sft", "dpo", "merged", "gptq", "awq"):

@@ -35,6 +35,8 @@ class FakeKubernetes:
 
 @pytest.fixture
 def fake_cluster(monkeypatch):
+    for name in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(name, raising=False)
     from dagster_k8s import PipesK8sClient, client
     fake = FakeKubernetes()
     monkeypatch.setattr(client.DagsterKubernetesClient, "production_client", staticmethod(lambda *a, **k: fake))
@@ -65,7 +67,9 @@ def test_a_training_stage_becomes_a_pod_with_its_gpus_and_the_shared_artifact_ro
     assert [(m.name, m.mount_path) for m in container.volume_mounts] == [("tuneline-home", str(tmp_path))]
     assert pod.spec.volumes[0].persistent_volume_claim.claim_name == "tuneline-home"
     assert pod.spec.node_selector == {"gpu": "h100"} and pod.spec.restart_policy == "Never"
-    assert "DAGSTER_PIPES_CONTEXT" in {e.name for e in container.env}
+    env = {e.name: e.value for e in container.env}
+    assert "DAGSTER_PIPES_CONTEXT" in env
+    assert env["MALLOC_MMAP_MAX_"] == "0"  # the allocator settings of every training process (engine/train/launch)
 
 
 def test_a_kubernetes_launcher_needs_an_image_and_a_shared_volume():

@@ -54,6 +54,15 @@ def test_sft_arguments_carry_the_decision(tmp_path):
     assert not padded.padding_free and padded.max_length == 128 and not padded.gradient_checkpointing
 
 
+def test_training_processes_keep_freed_memory_for_reuse_unless_the_caller_says_otherwise(monkeypatch):
+    from engine.train.launch import training_environment
+    for name in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(name, raising=False)
+    assert training_environment() == {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")
+    assert "MALLOC_MMAP_MAX_" not in training_environment()  # the caller's own setting stands
+
+
 def test_pref_ftx_adds_the_sft_loss_on_chosen_answers(tmp_path):
     plain = dpo_arguments(DpoSection(), 128, tmp_path)
     assert plain.loss_type == ["sigmoid"] and plain.loss_weights == [1.0] and plain.precompute_ref_log_probs

@@ -325,6 +325,16 @@ def require_view(formatted_dir: Path, view: str, stage: str) -> Path:
     return formatted_dir / view
 
 
+def read_view(formatted_dir: Path, view: str, stage: str | None = None) -> DatasetDict:
+    """A formatted view (its train and eval splits) for a later stage to read; `stage` names the stage that needs an
+    optional view (require_view). Caching is off for the process: the maps trainers run on it (TRL's tokenization,
+    its reference log-probs) write their cache files to a temporary directory, never into formatted_data's
+    published artifact, which other runs share."""
+    from datasets import disable_caching, load_from_disk
+    disable_caching()
+    return load_from_disk(require_view(formatted_dir, view, stage) if stage else formatted_dir / view)
+
+
 def build_formatted_data(run: "StageRun") -> dict:
     """formatted_data's entry point: clean_data's rows rendered with the base model's chat template, tokenized,
     split; the views as HF datasets, the split of every row and the quarantine as Parquet. Returns the report."""

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from datasets import load_from_disk
 from peft import PeftModel
 
+from engine.data.format import read_view
 from engine.device import Precision, export_dtype, infer_dtype, name, precision_metrics, to_device
 from engine.evaluate import perplexity, sft_batch
 from engine.models import load_causal_lm, load_tokenizer, load_with_adapters, model_dir, smoke_generate
@@ -42,7 +42,7 @@ def merge(base_dir: Path, sft_weights: Path, dpo_weights: Path | None, formatted
     precision = precision or Precision()
     dtype, saved = infer_dtype(precision), export_dtype(precision, base_dir)
     tokenizer = load_tokenizer(base_dir)
-    evaluation = load_from_disk(formatted_dir / "sft")["eval"]
+    evaluation = read_view(formatted_dir, "sft")["eval"]
     batch = sft_batch(evaluation, check_rows, tokenizer.pad_token_id)
     trained = trained_model(base_dir, sft_weights, dpo_weights, dtype)
     inputs = to_device({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, trained)

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-from datasets import load_from_disk
 from llmcompressor import oneshot
 from llmcompressor.modifiers.gptq import GPTQModifier
 from llmcompressor.modifiers.quantization import QuantizationModifier
 from llmcompressor.modifiers.transform import AWQModifier
 
+from engine.data.format import read_view
 from engine.device import Precision, infer_dtype, precision_metrics
 from engine.evaluate import perplexity
 from engine.export.awq_cpu_shim import awq_cpu_compat
@@ -53,7 +53,7 @@ def quantize(merged_dir: Path, formatted_dir: Path, method: Method, cfg: Quantiz
     merged model is calibrated on the policy's device in its inference dtype, and both models are measured so."""
     dtype = infer_dtype(precision or Precision())
     tokenizer = load_tokenizer(merged_dir)
-    evaluation = load_from_disk(formatted_dir / "sft")["eval"]
+    evaluation = read_view(formatted_dir, "sft")["eval"]
     calibration = evaluation.select(range(min(cfg.calibration_samples, len(evaluation)))).map(
         lambda row: {"attention_mask": [1] * len(row["input_ids"])}).select_columns(["input_ids", "attention_mask"])
     model = load_causal_lm(merged_dir, dtype)

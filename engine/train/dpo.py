@@ -6,10 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from datasets import load_from_disk
-
 from engine.device import Precision, precision_metrics, train_dtype
-from engine.data.format import require_view
+from engine.data.format import read_view
 from engine.models import load_tokenizer, load_with_adapters, model_dir
 from engine.train.checkpoints import train_resumably
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_trained,
@@ -46,14 +44,14 @@ def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: Dp
     common = {**trainer_kwargs(cfg, out, precision), "beta": cfg.pref_beta, "max_length": cutoff_len}
     if cfg.pref_loss == "kto":
         from trl import KTOConfig, KTOTrainer
-        data = load_from_disk(require_view(formatted_dir, "kto", "dpo_adapter"))
+        data = read_view(formatted_dir, "kto", "dpo_adapter")
         config = KTOConfig(**common, precompute_ref_log_probs=cfg.precompute_ref_log_probs)
         with training_autocast(config):  # its reference pass, too, runs while it is built (see dpo_trainer)
             return KTOTrainer(model=model, ref_model=reference, args=config,
                               train_dataset=without_row_ids(data["train"]),
                               eval_dataset=without_row_ids(data["eval"]), processing_class=tokenizer,
                               optimizers=optimizers(model, cfg))
-    data = load_from_disk(require_view(formatted_dir, "preference", "dpo_adapter"))
+    data = read_view(formatted_dir, "preference", "dpo_adapter")
     train, evaluation = without_row_ids(data["train"]), without_row_ids(data["eval"])
     if cfg.pref_loss == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer

@@ -6,6 +6,7 @@ environment they set (RANK, WORLD_SIZE, LOCAL_RANK), and transformers' Trainer j
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,18 @@ def world_size(launcher) -> int:
     """How many processes train together: part of every training stage's fingerprint, as it sets the global
     batch (processes x per-device batch x accumulation)."""
     return processes_per_node(launcher) * launcher.nnodes
+
+
+# glibc's allocator: keep freed memory for reuse (no mmap'd blocks, no trimming) instead of handing each large block
+# back to the system. TRL's LM head on a CPU allocates and frees tiles of tens of MB many times a step, and each
+# fresh mmap page-faults all over again: a DPO step here took 36 s of wall time that way, 21 s this way, at 13% more
+# peak memory (sys time 13 s -> 4 s). Other allocators ignore these variables.
+ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
+
+
+def training_environment() -> dict[str, str]:
+    """Environment variables a training process gets beyond its caller's (which win where both set one)."""
+    return {name: value for name, value in ALLOCATOR.items() if name not in os.environ}
 
 
 def launch_command(launcher, stage: str, spec: Path, module: str = "engine.train") -> list[str]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from datasets import load_from_disk
 from transformers import AutoModelForSequenceClassification
 from trl import RewardConfig, RewardTrainer
 
-from engine.data.format import require_view
+from engine.data.format import read_view
 from engine.device import Precision, precision_metrics, train_dtype
 from engine.evaluate import pairwise_accuracy
 from engine.models import load_tokenizer, model_dir
@@ -26,7 +25,7 @@ def train_reward(base_dir: Path, formatted_dir: Path, cfg: RewardSection, cutoff
                  precision: Precision | None = None, say: Callable[[str], None] = print) -> dict:
     """Train and save a full reward model in `out` (a LoRA is merged in). Returns held-out pairwise accuracy."""
     tokenizer = load_tokenizer(base_dir)
-    data = load_from_disk(require_view(formatted_dir, "preference", "reward_model"))
+    data = read_view(formatted_dir, "preference", "reward_model")
     model = load_trainable(base_dir, cfg, AutoModelForSequenceClassification, precision=precision, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     model = prepare_model(model, cfg, "SEQ_CLS", precision)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from datasets import load_from_disk
 from trl import SFTConfig, SFTTrainer
 
+from engine.data.format import read_view
 from engine.device import Precision, precision_metrics, train_dtype
 from engine.models import load_tokenizer, model_dir
 from engine.train.checkpoints import evaluate_before_training, train_resumably
@@ -50,7 +50,7 @@ def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: 
               precision: Precision | None = None, say: Callable[[str], None] = print) -> dict:
     """Train and save to `out/adapter` (or `out/model`). Returns eval loss before/after, loss curve, tokens/s."""
     tokenizer = load_tokenizer(base_dir)
-    data = load_from_disk(formatted_dir / "sft")
+    data = read_view(formatted_dir, "sft")
     train, evaluation = without_row_ids(data["train"]), without_row_ids(data["eval"])
     model = prepare_model(load_trainable(base_dir, cfg, precision=precision), cfg, "CAUSAL_LM", precision)
     flat = padding_free(cfg, [len(ids) for ids in train["input_ids"]], model.config.get_text_config().hidden_size)
