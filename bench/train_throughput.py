@@ -14,8 +14,7 @@ Prints non-padding tokens per second, peak memory, the ratio (b)/(a), and the he
 of training tokens (it must agree within the stated tolerance: speed may not change what is learned).
 
 On a CPU the model is a Qwen2 shape a few times larger than `tiny` (with the default data's rows, compute
-dominates; about 13 minutes); with a
-CUDA GPU, the Qwen2.5-0.5B shape in bf16. Goals: CPU SFT >= 2x and DPO >= 1.5x; GPU SFT >= 3x.
+dominates; about 13 minutes); with a CUDA GPU, the Qwen2.5-0.5B shape in bf16. Goals: CPU SFT >= 2x and DPO >= 1.5x; GPU SFT >= 3x.
 
 Both setups run under the allocator settings tuneline's training processes get (engine/train/launch.py; the
 bench starts itself again with them), plain TRL too: the comparison is between training setups, in one process.
@@ -42,6 +41,7 @@ from transformers import PrinterCallback
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.attention import training_attention  # noqa: E402
+from engine.data.format import read_view  # noqa: E402
 from engine.recipe import DpoSection, SftSection, load_recipe  # noqa: E402
 from engine.train.common import lora_config  # noqa: E402
 from engine.train.dpo import dpo_arguments, dpo_trainer  # noqa: E402
@@ -154,10 +154,9 @@ class TokenBudget:
 
 def sft_run(model_dir: Path, formatted: Path, out: Path, steps: int, batch: int, tuneline: bool, cutoff_len: int,
             budget: int | None = None, packing: bool = False):
-    from datasets import load_from_disk
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
-    data = load_from_disk(formatted / "sft")
+    data = read_view(formatted, "sft")  # as the stages read it: no cache a later run could reuse
     train = data["train"].remove_columns(["row_id"])
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tuneline:  # the trainer arguments the sft stage builds from the recipe's defaults
@@ -188,10 +187,9 @@ def sft_run(model_dir: Path, formatted: Path, out: Path, steps: int, batch: int,
 
 def dpo_run(model_dir: Path, formatted: Path, out: Path, pairs: int, epochs: int, batch: int, tuneline: bool,
             cutoff_len: int):
-    from datasets import load_from_disk
     from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
-    data = load_from_disk(formatted / "preference")
+    data = read_view(formatted, "preference")  # each run tokenizes its pairs itself
     train = data["train"].remove_columns(["row_id"]).select(range(pairs))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tuneline:
@@ -253,8 +251,9 @@ def main() -> None:
                         help="keep the environment's allocator settings (default: both setups run under the ones "
                              "tuneline's training processes get, engine/train/launch.py)")
     args = parser.parse_args()
-    if not args.system_allocator and training_environment():  # glibc reads them at start-up: start again with them
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **training_environment()})
+    allocator = {} if args.system_allocator else training_environment()
+    if allocator:  # glibc reads them at start-up: start again with them
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **allocator})
     os.environ.setdefault("TQDM_DISABLE", "1")
     gpu = torch.cuda.is_available()
     print(f"device: {torch.cuda.get_device_name() if gpu else f'CPU, {torch.get_num_threads()} threads'}; "
@@ -264,8 +263,7 @@ def main() -> None:
         work = Path(tmp)
         model_dir, formatted = prepare(work, args.cutoff_len, args.data)
         if args.stage in ("sft", "both"):
-            from datasets import load_from_disk
-            lengths = [len(ids) for ids in load_from_disk(formatted / "sft")["train"]["input_ids"]]
+            lengths = [len(ids) for ids in read_view(formatted, "sft")["train"]["input_ids"]]
             rows_per_step, packing = 16, args.packing or SftSection().packing
             # the same tokens per optimizer step: (b)'s packed sequences hold about cutoff_len tokens each
             batch = (max(1, round(rows_per_step * (sum(lengths) / len(lengths)) / args.cutoff_len)) if packing

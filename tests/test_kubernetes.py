@@ -11,6 +11,7 @@ import pytest
 from assets.kubernetes import run_in_pod
 from engine.errors import RecipeError
 from engine.recipe import LauncherSection, load_recipe
+from engine.train.launch import ALLOCATOR
 
 
 class FakeCoreApi:
@@ -35,7 +36,7 @@ class FakeKubernetes:
 
 @pytest.fixture
 def fake_cluster(monkeypatch):
-    for name in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"):
+    for name in ALLOCATOR:  # the caller's own settings would win
         monkeypatch.delenv(name, raising=False)
     from dagster_k8s import PipesK8sClient, client
     fake = FakeKubernetes()

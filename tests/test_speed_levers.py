@@ -55,8 +55,8 @@ def test_sft_arguments_carry_the_decision(tmp_path):
 
 
 def test_training_processes_keep_freed_memory_for_reuse_unless_the_caller_says_otherwise(monkeypatch):
-    from engine.train.launch import training_environment
-    for name in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"):
+    from engine.train.launch import ALLOCATOR, training_environment
+    for name in ALLOCATOR:  # the caller's own settings would win
         monkeypatch.delenv(name, raising=False)
     assert training_environment() == {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
     monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")
