@@ -7,14 +7,15 @@ Same model, same data, same LoRA (r16 on every linear layer), same learning rate
       `sft_arguments`, engine/train/dpo.py `dpo_arguments`: gradient checkpointing off, padding-free SFT batches
       (the same rows per step, no padding), DPO reference log-probs computed once; the device policy's bf16
       autocast on a CPU with native bf16), and the attention the stages train with (engine/attention.py: each row
-      of a padding-free batch attends within itself, in float32 on a CPU). `--packing` adds sft.packing (rows
-      packed into cutoff_len sequences).
+      of a padding-free batch attends within itself, in float32 on a CPU), under what their training processes
+      run under (engine/train/child.py: TRL's fused LM head projects only the labelled positions on a CPU too,
+      engine/train/lm_head.py). `--packing` adds sft.packing (rows packed into cutoff_len sequences).
 DPO trains --dpo-epochs (3, as LLaMA-Factory's DPO examples) over --dpo-pairs pairs.
 Prints non-padding tokens per second, peak memory, the ratio (b)/(a), and the held-out loss after the same number
 of training tokens (it must agree within the stated tolerance: speed may not change what is learned).
 
 On a CPU the model is a Qwen2 shape a few times larger than `tiny` (with the default data's rows, compute
-dominates; about 13 minutes); with a CUDA GPU, the Qwen2.5-0.5B shape in bf16. Goals: CPU SFT >= 2x and DPO >= 1.5x; GPU SFT >= 3x.
+dominates; about 12 minutes); with a CUDA GPU, the Qwen2.5-0.5B shape in bf16. Goals: CPU SFT >= 2x and DPO >= 1.5x; GPU SFT >= 3x.
 
 Both setups run under the allocator settings tuneline's training processes get (engine/train/launch.py; the
 bench starts itself again with them), plain TRL too: the comparison is between training setups, in one process.
@@ -27,6 +28,7 @@ Usage: .venv/bin/python bench/train_throughput.py [--steps 30] [--stage sft|dpo|
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -46,6 +48,7 @@ from engine.recipe import DpoSection, SftSection, load_recipe  # noqa: E402
 from engine.train.common import lora_config  # noqa: E402
 from engine.train.dpo import dpo_arguments, dpo_trainer  # noqa: E402
 from engine.train.launch import training_environment  # noqa: E402
+from engine.train.lm_head import labelled_positions_only  # noqa: E402
 from engine.train.sft import padding_free, sft_arguments  # noqa: E402
 
 # DPO's learning rate: at 5e-4 this bench's held-out DPO loss is chaotic (plain TRL's own moves 9% when only its
@@ -124,6 +127,12 @@ def heldout_loss(model, rows, batch: int = 16) -> float:
     return total / count
 
 
+def as_trained(tuneline: bool):
+    """What a tuneline training process runs under (engine/train/child.py): TRL's fused LM head scoring only the
+    labelled positions (engine/train/lm_head.py); nothing for plain TRL."""
+    return labelled_positions_only() if tuneline else contextlib.nullcontext()
+
+
 def reset_peak_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -172,12 +181,13 @@ def sft_run(model_dir: Path, formatted: Path, out: Path, steps: int, batch: int,
                          use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
     model = load(model_dir, tuneline)
     reset_peak_memory()
-    started = time.perf_counter()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
-    trainer.remove_callback(PrinterCallback)
-    if budget:
-        trainer.add_callback(TokenBudget(budget).callback)
-    seconds, peak = timed(trainer, started)
+    with as_trained(tuneline):
+        started = time.perf_counter()
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+        trainer.remove_callback(PrinterCallback)
+        if budget:
+            trainer.add_callback(TokenBudget(budget).callback)
+        seconds, peak = timed(trainer, started)
     tokens = trainer.state.num_input_tokens_seen
     return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds, "peak_gb": peak,
             "heldout_loss": heldout_loss(trainer.model, list(data["eval"])),
@@ -203,13 +213,14 @@ def dpo_run(model_dir: Path, formatted: Path, out: Path, pairs: int, epochs: int
                          disable_tqdm=True)
     model = load(model_dir, tuneline)
     reset_peak_memory()
-    started = time.perf_counter()
     evaluation = data["eval"].remove_columns(["row_id"])
-    trainer = (dpo_trainer(model, None, tokenizer, train, evaluation, args) if tuneline else  # as the dpo stage
-               DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
-                          eval_dataset=evaluation))
-    trainer.remove_callback(PrinterCallback)
-    seconds, peak = timed(trainer, started)
+    with as_trained(tuneline):
+        started = time.perf_counter()
+        trainer = (dpo_trainer(model, None, tokenizer, train, evaluation, args) if tuneline else  # as the dpo stage
+                   DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
+                              eval_dataset=evaluation))
+        trainer.remove_callback(PrinterCallback)
+        seconds, peak = timed(trainer, started)
     # non-padding tokens of the pairs trained on (prompt + chosen, prompt + rejected), as TRL tokenized them
     tokenized = trainer.train_dataset
     pair_tokens = [2 * len(p) + len(c) + len(r) for p, c, r in zip(
@@ -242,7 +253,7 @@ def main() -> None:
     parser.add_argument("--cutoff-len", type=int, default=512)
     parser.add_argument("--data", choices=sorted(DATA), default="llamafactory",
                         help="LLaMA-Factory's demo files (default: rows of real lengths, ~220 tokens, where compute "
-                             "dominates; about 13 minutes), or tuneline's sample task (rows of ~30 tokens, where "
+                             "dominates; about 12 minutes), or tuneline's sample task (rows of ~30 tokens, where "
                              "per-step overhead both setups share dominates; about 2 minutes)")
     parser.add_argument("--packing", action="store_true", help="tuneline side with sft.packing on")
     parser.add_argument("--dpo-pairs", type=int, default=160, help="preference pairs DPO trains on")

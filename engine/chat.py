@@ -31,7 +31,11 @@ def reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 128, tem
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, **sampling)
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    answer = out[0, inputs["input_ids"].shape[1]:]
+    text = tokenizer.decode(answer, skip_special_tokens=True)
+    if len(answer) >= max_new_tokens:  # cut by the limit, perhaps inside a character whose bytes decode as U+FFFD
+        text = text.rstrip("\ufffd")
+    return text.strip()
 
 
 def chat_loop(model, tokenizer, lines: Iterable[str], say: Callable[[str], None], system: str | None = None,

@@ -33,3 +33,27 @@ def test_chat_refuses_an_adapter_or_a_non_model(tmp_path, capsys):
         load_chat_model(tmp_path)
     assert main(["chat", "0123abcd", "--artifact-root", str(tmp_path)]) == 2
     assert "is neither a model directory nor the fingerprint" in capsys.readouterr().err
+
+
+class Answers:
+    """A stand-in model whose answer is fixed token ids, to see what reply() makes of them."""
+    device = "cpu"
+
+    def __init__(self, ids: list[int]):
+        self.ids = ids
+
+    def generate(self, input_ids, **kwargs):
+        import torch
+        return torch.cat([input_ids, torch.tensor([self.ids])], dim=1)
+
+
+def test_an_answer_cut_inside_a_character_ends_at_the_last_whole_one(tiny_model_dir):
+    _, tokenizer = load_chat_model(tiny_model_dir)
+    ok, face = (tokenizer.encode(text, add_special_tokens=False) for text in ("ok ", "\U0001F600"))
+    assert len(face) > 1  # the emoji's 4 bytes are several byte-level tokens
+    question = [{"role": "user", "content": "hi"}]
+    cut = ok + face[:-1]
+    assert tokenizer.decode(cut).endswith("\ufffd")  # what a plain decode shows for the cut bytes
+    assert reply(Answers(cut), tokenizer, question, max_new_tokens=len(cut)) == "ok"
+    whole = ok + face
+    assert reply(Answers(whole), tokenizer, question, max_new_tokens=len(whole)) == "ok \U0001F600"

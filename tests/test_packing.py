@@ -156,3 +156,43 @@ def test_without_row_positions_rows_would_see_each_other(model, rows):
     first = LENGTHS[0]
     assert torch.allclose(running_on[:first], alone[:first], atol=1e-4)  # the first row sees nothing before it
     assert not torch.allclose(running_on[first:], alone[first:], atol=1e-2)
+
+
+def padded_batch(rows: list[dict], side: str) -> dict:
+    width = max(len(r["input_ids"]) for r in rows)
+    ids, mask = torch.zeros(len(rows), width, dtype=torch.long), torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        place = slice(0, len(row["input_ids"])) if side == "right" else slice(width - len(row["input_ids"]), width)
+        ids[i, place], mask[i, place] = torch.tensor(row["input_ids"]), 1
+    return {"input_ids": ids, "attention_mask": mask, "use_cache": False}
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_right_padded_batch_attends_causally_without_a_mask_and_keeps_its_results(model, side, monkeypatch):
+    """DPO's and the reward model's batches are right-padded: under a causal mask a row's tokens never see the
+    padding after them, so the row attention drops the padding mask (sdpa then runs its causal kernel, which on
+    CUDA is FlashAttention; with a mask it is not) and every real token's logits and gradients are unchanged.
+    A left-padded batch (generation) keeps its mask."""
+    rows = make_rows(MIXED)
+    batch = padded_batch(rows, side)
+    real = batch["attention_mask"].bool()
+    masks = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, attn_mask=None, is_causal=False, **kwargs):
+        masks.append((attn_mask is None, is_causal))
+        return sdpa(query, key, value, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
+
+    def logits_and_gradients(implementation):
+        model.set_attn_implementation(implementation)
+        logits = model(**batch).logits
+        loss = (logits.log_softmax(-1)[..., 0] * real).sum()  # only the real tokens count
+        return logits[real].detach(), torch.autograd.grad(loss, list(model.parameters()))
+    plain, plain_gradients = logits_and_gradients("sdpa")
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    ours, our_gradients = logits_and_gradients(ROW_SDPA)
+    unmasked = side == "right"
+    assert masks == [(unmasked, unmasked)] * model.config.num_hidden_layers
+    assert torch.allclose(ours, plain, atol=1e-4)
+    for mine, theirs in zip(our_gradients, plain_gradients, strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-4)
