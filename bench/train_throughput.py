@@ -7,9 +7,8 @@ Same model, same data, same LoRA (r16 on every linear layer), same learning rate
       `sft_arguments`, engine/train/dpo.py `dpo_arguments`: gradient checkpointing off, padding-free SFT batches
       (the same rows per step, no padding), DPO reference log-probs computed once; the device policy's bf16
       autocast on a CPU with native bf16), and the attention the stages train with (engine/attention.py: each row
-      of a padding-free batch attends within itself, in float32 on a CPU), under what their training processes
-      run under (engine/train/child.py: TRL's fused LM head projects only the labelled positions on a CPU too,
-      engine/train/lm_head.py). `--packing` adds sft.packing (rows packed into cutoff_len sequences).
+      of a padding-free batch attends within itself, in float32 on a CPU), with TRL's fused LM head projecting
+      only the labelled positions on a CPU too, as the stages train (engine/train/lm_head.py). `--packing` adds sft.packing (rows packed into cutoff_len sequences).
 DPO trains --dpo-epochs (3, as LLaMA-Factory's DPO examples) over --dpo-pairs pairs.
 Prints non-padding tokens per second, peak memory, the ratio (b)/(a), and the held-out loss after the same number
 of training tokens (it must agree within the stated tolerance: speed may not change what is learned).
@@ -128,8 +127,8 @@ def heldout_loss(model, rows, batch: int = 16) -> float:
 
 
 def as_trained(tuneline: bool):
-    """What a tuneline training process runs under (engine/train/child.py): TRL's fused LM head scoring only the
-    labelled positions (engine/train/lm_head.py); nothing for plain TRL."""
+    """What the sft and dpo stages train under: TRL's fused LM head projecting only the labelled positions
+    (engine/train/lm_head.py); nothing for plain TRL."""
     return labelled_positions_only() if tuneline else contextlib.nullcontext()
 
 

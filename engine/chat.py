@@ -8,6 +8,7 @@ from typing import Callable, Iterable
 import torch
 
 from engine.errors import TunelineError
+from engine.evaluate import decoded_answer
 from engine.models import load_causal_lm, load_tokenizer
 
 RESET, QUIT = {"clear", "/clear"}, {"exit", "quit", "/exit", "/quit"}
@@ -31,11 +32,7 @@ def reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 128, tem
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, **sampling)
-    answer = out[0, inputs["input_ids"].shape[1]:]
-    text = tokenizer.decode(answer, skip_special_tokens=True)
-    if len(answer) >= max_new_tokens:  # cut by the limit, perhaps inside a character whose bytes decode as U+FFFD
-        text = text.rstrip("\ufffd")
-    return text.strip()
+    return decoded_answer(tokenizer, out[0, inputs["input_ids"].shape[1]:])
 
 
 def chat_loop(model, tokenizer, lines: Iterable[str], say: Callable[[str], None], system: str | None = None,

@@ -112,8 +112,13 @@ def greedy_from_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
 
 
 def decoded_answer(tokenizer, token_ids) -> str:
-    """A generated answer's text as every backend reports it: special tokens dropped, whitespace stripped."""
-    return tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+    """A generated answer's text as every backend reports it: special tokens dropped, whitespace stripped. An
+    answer that stopped without its end token (cut by the token limit) ends at its last whole character: a
+    character cut between its bytes would decode as U+FFFD."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    if tokenizer.eos_token_id not in [int(t) for t in token_ids]:
+        text = text.rstrip("\ufffd")
+    return text.strip()
 
 
 @dataclass(frozen=True)

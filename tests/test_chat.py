@@ -4,6 +4,7 @@ import pytest
 
 from engine.chat import chat_loop, load_chat_model, reply
 from engine.errors import TunelineError
+from engine.evaluate import decoded_answer
 from pipelines.cli import main
 
 
@@ -57,3 +58,8 @@ def test_an_answer_cut_inside_a_character_ends_at_the_last_whole_one(tiny_model_
     assert reply(Answers(cut), tokenizer, question, max_new_tokens=len(cut)) == "ok"
     whole = ok + face
     assert reply(Answers(whole), tokenizer, question, max_new_tokens=len(whole)) == "ok \U0001F600"
+    # evaluation reads generated answers the same way: a cut one ends at its last whole character, a finished
+    # one (its end token, then the batch's padding) is kept as decoded
+    assert decoded_answer(tokenizer, cut) == "ok"
+    finished = cut + [tokenizer.eos_token_id, tokenizer.pad_token_id]
+    assert decoded_answer(tokenizer, finished) == tokenizer.decode(cut, skip_special_tokens=True).strip()

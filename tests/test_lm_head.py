@@ -1,6 +1,9 @@
 """TRL's fused LM head under engine/train/lm_head.py: on a CPU it projects only the labelled positions (as it does
-on CUDA), and every output and gradient is what it was when it projected them all. Training processes run under
-it (engine/train/child.py)."""
+on CUDA), and every output and gradient is what it was when it projected them all, up to rounding. The training
+stages that use the head run under it."""
+
+import importlib
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,10 +12,9 @@ from trl.trainer import utils as trl_utils
 from trl.trainer.utils import add_fused_lm_head
 
 from engine.recipe import load_recipe
-from engine.train.child import run_spec, spec_of, write_spec
 from engine.train.lm_head import labelled_positions_only
 
-OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")  # what TRL's DPOTrainer asks its head for
+OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")  # all DPOTrainer may ask for
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def batch() -> dict:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def scored(model, monkeypatch) -> tuple[list[int], dict, list[torch.Tensor]]:
+def scored(model, monkeypatch, inputs: dict | None = None, autocast: bool = False):
     """(positions each head call projected, the head's per-token outputs, gradients of the log-probs' sum)."""
     projected = []
     function = trl_utils._ChunkedLogProbFunction
@@ -49,24 +51,36 @@ def scored(model, monkeypatch) -> tuple[list[int], dict, list[torch.Tensor]]:
             projected.append(hidden.shape[0])
             return function.apply(hidden, *args)
     monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Spy)
-    out = model(**batch(), fused_lm_head=True, use_cache=False)
-    weights = [p for p in model.parameters()]
-    gradients = torch.autograd.grad(out.log_probs.sum(), weights)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = model(**(inputs or batch()), fused_lm_head=True, use_cache=False)
+        weights = [p for p in model.parameters()]
+        gradients = torch.autograd.grad(out.log_probs.sum(), weights)
     monkeypatch.undo()
     return projected, {name: getattr(out, name).detach() for name in OUTPUTS}, gradients
 
 
-def test_on_a_cpu_only_the_labelled_positions_are_projected_and_nothing_else_changes(model, monkeypatch):
-    every, every_out, every_grads = scored(model, monkeypatch)
+@pytest.mark.parametrize("autocast, tolerance", [(False, 1e-5), (True, 2e-2)])  # bf16: another summing order
+def test_on_a_cpu_only_the_labelled_positions_are_projected_and_nothing_else_changes(model, monkeypatch, autocast,
+                                                                                     tolerance):
+    every, every_out, every_grads = scored(model, monkeypatch, autocast=autocast)
     with labelled_positions_only():
-        labelled, out, grads = scored(model, monkeypatch)
+        labelled, out, grads = scored(model, monkeypatch, autocast=autocast)
     labels = batch()["labels"][:, 1:]
     assert every == [2 * 15] and labelled == [int((labels != -100).sum())] == [11]
     for name in OUTPUTS:
-        assert torch.allclose(out[name].float(), every_out[name].float(), atol=1e-5), name
+        assert torch.allclose(out[name].float(), every_out[name].float(), atol=tolerance), name
         assert (out[name][labels == -100] == 0).all(), name  # unscored positions read as zero, as before
     for mine, theirs in zip(grads, every_grads, strict=True):
-        assert torch.allclose(mine, theirs, atol=1e-5)
+        assert torch.allclose(mine, theirs, atol=tolerance)
+
+
+def test_a_batch_without_a_label_gives_zeros_and_zero_gradients(model, monkeypatch):
+    """Truncation can leave a micro-batch with no answer token: nothing is projected, and training goes on."""
+    inputs = batch() | {"labels": torch.full((2, 16), -100)}
+    with labelled_positions_only():
+        projected, out, gradients = scored(model, monkeypatch, inputs)
+    assert projected == [0] and (out["log_probs"] == 0).all()
+    assert all((g == 0).all() for g in gradients)
 
 
 def test_the_switch_is_put_back(model, monkeypatch):
@@ -78,14 +92,35 @@ def test_the_switch_is_put_back(model, monkeypatch):
     assert scored(model, monkeypatch)[0] == [2 * 15]
 
 
-def what_the_stage_sees(run) -> dict:
-    """A stage entry point that reports how TRL's head would treat a CPU batch inside a training process."""
-    return {"labelled_only": trl_utils._use_triton(torch.device("cpu"))}
+class Stop(Exception):
+    pass
 
 
-def test_training_processes_run_under_it(tmp_path):
-    recipe = load_recipe("tiny")[0]
-    spec = write_spec(spec_of("sft_adapter", "probe", what_the_stage_sees, (), recipe, {}, tmp_path / "work",
-                              tmp_path / "home"), tmp_path / "run")
-    assert run_spec(spec) == {"labelled_only": True}
-    assert not trl_utils._use_triton(torch.device("cpu"))  # and only there
+@pytest.mark.parametrize("stage, trains", [("sft", "train_sft"), ("dpo", "train_dpo")])
+def test_training_stages_train_under_it(stage, trains, tmp_path, monkeypatch):
+    module = importlib.import_module(f"engine.train.{stage}")
+    seen = []
+
+    def probe(*args, **kwargs):
+        seen.append(trl_utils._use_triton(torch.device("cpu")))
+        raise Stop
+    monkeypatch.setattr(module, trains, probe)
+    (tmp_path / "adapter").mkdir()
+    run = SimpleNamespace(recipe=load_recipe("tiny")[0], out=tmp_path, log=print,
+                          inputs={"pt_model": tmp_path, "formatted_data": tmp_path, "sft_adapter": tmp_path})
+    with pytest.raises(Stop):
+        module.build(run)
+    assert seen == [True] and not trl_utils._use_triton(torch.device("cpu"))  # and only while they train
+    import engine.train.pt
+    assert engine.train.pt.build.__wrapped__  # continued pre-training (TRL's SFTTrainer) too
+
+
+def test_the_switch_holds_until_the_last_of_overlapping_uses_closes():
+    cpu = torch.device("cpu")
+    first, second = labelled_positions_only(), labelled_positions_only()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # closed out of order, as two threads may
+    assert trl_utils._use_triton(cpu)
+    second.__exit__(None, None, None)
+    assert not trl_utils._use_triton(cpu)

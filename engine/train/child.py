@@ -91,13 +91,12 @@ def run_spec(spec_path: Path, reporter: Reporter = stderr_reporter) -> dict:
     from engine.home import Home
     from engine.recipe import Recipe
     from engine.stage import RecipeView, StageRun
-    from engine.train.lm_head import labelled_positions_only
     spec = json.loads(spec_path.read_text())
     module, _, name = spec["entry"].partition(":")
     with collector_paused():
         entry = getattr(importlib.import_module(module), name)
     recipe = Recipe.model_validate(spec["recipe"])
-    with reporter() as (say, report), labelled_positions_only():
+    with reporter() as (say, report):
         run = StageRun(spec["stage"], spec["fingerprint"], RecipeView(recipe, tuple(spec["keys"]), spec["stage"]),
                        {k: Path(v) for k, v in spec["inputs"].items()}, Path(spec["out"]), Home(spec["home"]), say)
         metrics = entry(run)

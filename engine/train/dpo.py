@@ -12,6 +12,7 @@ from engine.models import load_tokenizer, load_with_adapters, model_dir
 from engine.train.checkpoints import train_resumably
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_trained,
                                  tracking, trained_weights, trainer_kwargs, training_autocast, without_row_ids)
+from engine.train.lm_head import trains_on_labelled_positions
 
 if TYPE_CHECKING:
     from engine.recipe import DpoSection
@@ -92,6 +93,7 @@ def train_dpo(base_dir: Path, sft_weights: Path, formatted_dir: Path, cfg: DpoSe
             "eval_reward_accuracy": None if accuracy is None else round(accuracy, 4)}
 
 
+@trains_on_labelled_positions
 def build(run: "StageRun") -> dict:
     """dpo_adapter's entry point: on top of the SFT stage's weights."""
     precision = Precision.of(run.recipe.model)

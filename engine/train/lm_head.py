@@ -1,29 +1,54 @@
-"""TRL's fused LM head, scoring only the positions that have a label on every device.
+"""TRL's fused LM head, projecting only the positions that have a label on a CPU too.
 
-TRL's SFT, DPO and KTO trainers compute per-token log-probabilities through a fused
-LM head (trl.trainer.utils.add_fused_lm_head) that projects hidden states onto the vocabulary in tiles. On CUDA
-it projects only the positions whose label is not -100; elsewhere it projects every position, prompt and padding
-included, so that an ahead-of-time compiler (Neuron) sees the same tile shapes on every batch. Eager PyTorch on a
-CPU compiles nothing, and there the prompt and padding make up most of a batch's positions (DPO on LLaMA-Factory's
-demo pairs: about half), each costing a full row of the vocabulary projection and its softmax. The positions
-left out are zeroed in TRL's output either way, so the results are the same.
+TRL's SFT and DPO (and KTO) trainers compute per-token log-probabilities through a fused LM head
+(trl.trainer.utils.add_fused_lm_head) that projects hidden states onto the vocabulary in tiles. On CUDA with
+Triton it projects only the positions whose label is not -100; elsewhere it projects every position, prompt and
+padding included, so that an ahead-of-time compiler (Neuron) sees the same tile shapes on every batch. Eager
+PyTorch on a CPU compiles nothing, and there the prompt and padding make up much of a batch (DPO on
+LLaMA-Factory's demo pairs: about half), each position costing a full row of the vocabulary projection and its
+softmax. TRL zeroes the positions left out either way, so every output and gradient is the same, up to
+floating-point rounding (other matrix shapes sum in another order). TRL's RewardTrainer and ORPOTrainer do not
+use this head.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import functools
+import threading
+from typing import Callable, Iterator
+
+_lock = threading.Lock()
+_open: list = []  # TRL's own decision while the switch is on, once per open context (one process-wide switch)
 
 
 @contextlib.contextmanager
 def labelled_positions_only() -> Iterator[None]:
-    """While open, TRL's fused LM head projects only the labelled positions on a CPU too (as it does on CUDA).
-    TRL decides this with one module-level test (`_use_triton(device)`, read at each call); only that decision
-    changes: its kernels still run as torch code on a CPU."""
+    """While open (in any thread), TRL's fused LM head projects only the labelled positions on a CPU, as it does
+    on CUDA. TRL takes this decision in one module-level test (`_use_triton(device)`, read at each call; it has no
+    public switch); only that decision changes: its kernels still run as torch code on a CPU."""
     from trl.trainer import utils
-    decide = utils._use_triton  # TRL has no public switch for this
-    utils._use_triton = lambda device: device.type == "cpu" or decide(device)
+    with _lock:
+        if not _open:
+            decide = utils._use_triton
+            utils._use_triton = lambda device: device.type == "cpu" or decide(device)
+            _open.append(decide)
+        else:
+            _open.append(_open[0])
     try:
         yield
     finally:
-        utils._use_triton = decide
+        with _lock:
+            decide = _open.pop()
+            if not _open:
+                utils._use_triton = decide
+
+
+def trains_on_labelled_positions(entry: Callable) -> Callable:
+    """A training stage's entry point, run with labelled_positions_only (in its code version's closure, so
+    changing this module rebuilds the stages that train under it)."""
+    @functools.wraps(entry)
+    def run(*args, **kwargs):
+        with labelled_positions_only():
+            return entry(*args, **kwargs)
+    return run

@@ -23,6 +23,7 @@ from engine.tables import QUARANTINE_COLUMNS, write_rows
 from engine.train.checkpoints import evaluate_before_training, train_resumably
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_model, tracking,
                                  trainer_kwargs)
+from engine.train.lm_head import trains_on_labelled_positions
 
 if TYPE_CHECKING:
     from engine.recipe import PtSection
@@ -89,6 +90,7 @@ def pt_sources(recipe) -> dict[str, tuple[DatasetEntry, Path]]:
     return resolve_sources(data.dataset_dir, data.dataset_info, recipe.pt.dataset, data.allowed_roots)
 
 
+@trains_on_labelled_positions
 def build(run: "StageRun") -> dict:
     """pt_model's entry point: continued pre-training into a full model, or, while pt.dataset is empty, the base
     model named unchanged."""

@@ -13,6 +13,7 @@ from engine.models import load_tokenizer, model_dir
 from engine.train.checkpoints import evaluate_before_training, train_resumably
 from engine.train.common import (finish, load_trainable, optimizers, prepare_model, save_trained, tracking,
                                  trainer_kwargs, without_row_ids)
+from engine.train.lm_head import trains_on_labelled_positions
 
 if TYPE_CHECKING:
     from engine.recipe import SftSection
@@ -70,6 +71,7 @@ def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: 
             "tokens_per_second": round(tokens / result.metrics["train_runtime"], 1)}
 
 
+@trains_on_labelled_positions
 def build(run: "StageRun") -> dict:
     """sft_adapter's entry point."""
     precision = Precision.of(run.recipe.model)
