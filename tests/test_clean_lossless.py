@@ -112,6 +112,7 @@ PII_KEEPS = [
     "```\ncall +1 415 555 2671\nip 10.0.0.1\n```", "Upgrade to v1.2.3.4 today", "2024-01-15 at 10:30",
     "1234 + 5678 = 6912", "x = 4155552671", "the token is valid", "The secret: always write tests first.",
     "i = -223905 / 3245", "y = +4155552671",  # signed operands (LLaMA-Factory's dpo_en_demo.json has the first)
+    "clone https://git@github.com/org/repo.git now",  # a URL's login, not an email address
 ]
 
 
@@ -133,6 +134,7 @@ def test_pii_leaves_numbers_code_and_words_alone(text):
     ("api_key=abcdef123456", "api_key=<SECRET>"),
     ("`OPENAI_API_KEY = 'sk-abcdefghijklmnopqrstuvwx'`", "`OPENAI_API_KEY = '<SECRET>'`"),
     ("write to jane@example.com", "write to <EMAIL>"),
+    ("get ftp://user:hunter22@files.example.com/a.txt", "get ftp://user:<SECRET>@files.example.com/a.txt"),
     ("server 192.168.1.20 is down", "server <IP> is down"),
 ])
 def test_pii_scrubs_real_personal_data(text, expected):

@@ -56,6 +56,8 @@ SECRET_KEYS = re.compile(r"(?<![A-Za-z0-9_-])(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{
                          r"|gh[pousr]_[A-Za-z0-9]{36}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})(?![A-Za-z0-9_-])")
 SECRET_ASSIGNMENT = re.compile(r"(?i)\b(?:password|passwd|api[_-]?key|secret|token)\s*(?P<sep>[:=])\s*[\"']?"
                                r"(?P<value>[^\s\"',;]{5,}[^\s\"',;.])")  # a sentence's final period is not the secret's
+URL_PASSWORD = re.compile(r"(?<=://)[^\s/?#@:]+:(?P<value>[^\s/?#@]+)@")  # scheme://user:password@host
+URL_AUTHORITY_BEFORE = re.compile(r"://[^\s/?#@]*$")  # text ending inside a URL's user:password@ part
 EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}\b")
 CARD = re.compile(r"(?<![\d.,-])(?:(?P<grouped>\d{4}(?P<sep>[ -])\d{4}(?P=sep)\d{4}(?P=sep)\d{4}(?:(?P=sep)\d{3})?"
@@ -115,8 +117,9 @@ class PiiScrubber:
     def scrub_prose(self, text: str) -> str:
         if "secret" in self.kinds:
             text = self._sub(SECRET_ASSIGNMENT, text, "secret", group="value", keep=self._a_word_not_a_secret)
-        if "email" in self.kinds:
-            text = self._sub(EMAIL, text, "email")
+            text = self._sub(URL_PASSWORD, text, "secret", group="value")
+        if "email" in self.kinds:  # a URL's user@host or user:password@host is a login, not an address
+            text = self._sub(EMAIL, text, "email", keep=lambda t, m: bool(URL_AUTHORITY_BEFORE.search(t[:m.start()])))
         if "credit_card" in self.kinds:
             text = self._sub(CARD, text, "credit_card", keep=self._not_a_card)
         if "ip" in self.kinds:
