@@ -18,8 +18,11 @@ import functools
 import threading
 from typing import Callable, Iterator
 
-_lock = threading.Lock()
-_open: list = []  # TRL's own decision while the switch is on, once per open context (one process-wide switch)
+class _Switch:
+    """One process-wide switch, on while any context holds it: TRL's own decision, kept while it is replaced."""
+    lock = threading.Lock()
+    holders = 0
+    trl_decision: Callable | None = None
 
 
 @contextlib.contextmanager
@@ -28,20 +31,18 @@ def labelled_positions_only() -> Iterator[None]:
     on CUDA. TRL takes this decision in one module-level test (`_use_triton(device)`, read at each call; it has no
     public switch); only that decision changes: its kernels still run as torch code on a CPU."""
     from trl.trainer import utils
-    with _lock:
-        if not _open:
-            decide = utils._use_triton
+    with _Switch.lock:
+        if _Switch.holders == 0:
+            decide = _Switch.trl_decision = utils._use_triton
             utils._use_triton = lambda device: device.type == "cpu" or decide(device)
-            _open.append(decide)
-        else:
-            _open.append(_open[0])
+        _Switch.holders += 1
     try:
         yield
     finally:
-        with _lock:
-            decide = _open.pop()
-            if not _open:
-                utils._use_triton = decide
+        with _Switch.lock:
+            _Switch.holders -= 1
+            if _Switch.holders == 0:
+                utils._use_triton = _Switch.trl_decision
 
 
 def trains_on_labelled_positions(entry: Callable) -> Callable:
