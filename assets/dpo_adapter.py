@@ -3,7 +3,8 @@
 from assets.stage_asset import stage_asset, tracking_metadata
 from assets.training import switchable_training_stage
 from engine.device import PRECISION_KEYS
-from engine.train.dpo import build
+from engine.train.accounting import all_trained
+from engine.train.dpo import build, unit_of
 
 PARENTS, KEYS = ("pt_model", "sft_adapter", "formatted_data"), ("dpo", "data.cutoff_len", *PRECISION_KEYS)
 STAGE = switchable_training_stage("dpo_adapter", build, PARENTS, KEYS, switch="dpo",
@@ -24,4 +25,5 @@ dpo_adapter = stage_asset(
                           f"accuracy {a.metrics['eval_reward_accuracy']}"),
     checks={"reward_margin_positive": lambda a, r: (a.metrics["eval_reward_margin"] > r.dpo.min_reward_margin,
                                                     f"mean chosen-minus-rejected reward {a.metrics['eval_reward_margin']}, "
-                                                    f"needs > {r.dpo.min_reward_margin}")})
+                                                    f"needs > {r.dpo.min_reward_margin}"),
+            "every_example_trained": lambda a, r: all_trained(a.metrics, unit_of(a.metrics["pref_loss"]))})

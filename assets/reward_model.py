@@ -4,6 +4,7 @@ from assets.stage_asset import stage_asset, tracking_metadata
 from assets.training import switchable_training_stage
 from engine.device import PRECISION_KEYS
 from engine.stats import wilson_interval
+from engine.train.accounting import all_trained
 from engine.train.reward import build
 
 PARENTS, KEYS = ("pt_model", "formatted_data"), ("reward", "data.cutoff_len", *PRECISION_KEYS)
@@ -28,4 +29,5 @@ reward_model = stage_asset(
     metadata=lambda a, r: {**{k: a.metrics[k] for k in ("eval_accuracy", "eval_accuracy_before", "eval_pairs",
                                                                     "device", "dtype")},
                            **tracking_metadata(a, r.reward.report_to)},
-    checks={"accuracy_above_chance": accuracy_above_chance})
+    checks={"accuracy_above_chance": accuracy_above_chance,
+            "every_pair_trained": lambda a, r: all_trained(a.metrics, "pairs")})

@@ -4,6 +4,7 @@ from assets.training import LAUNCHER, processes
 from assets.stage_asset import perplexity, stage_asset, tracking_metadata
 from engine.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
+from engine.train.accounting import all_trained
 from engine.train.sft import build
 
 STAGE = Stage("sft_adapter", entry=build, parents=("pt_model", "formatted_data"),
@@ -24,4 +25,5 @@ sft_adapter = stage_asset(
     summary=lambda a, r: f"eval loss {a.metrics['eval_loss_before']} -> {a.metrics['eval_loss_after']}",
     checks={"eval_loss_below_base": lambda a, r: (a.metrics["eval_loss_after"] < a.metrics["eval_loss_before"],
                                                   f"eval loss {a.metrics['eval_loss_after']} vs base "
-                                                  f"{a.metrics['eval_loss_before']}")})
+                                                  f"{a.metrics['eval_loss_before']}"),
+            "every_row_trained": lambda a, r: all_trained(a.metrics, "rows")})

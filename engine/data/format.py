@@ -154,12 +154,21 @@ def template_drops_tools(tokenizer, messages: list[dict], tools: list) -> bool:
 
 
 def prompt_length(tokenizer, messages: list[dict], tools: list | None = None) -> int:
+    """The prompt's tokens as a preference trainer tokenizes it: rendered with the generation prompt."""
     return len(tokenizer.apply_chat_template(chat_messages(messages), tools=tools, add_generation_prompt=True,
                                              tokenize=True, return_dict=True)["input_ids"])
 
 
-def answer_length(tokenizer, text: str) -> int:
-    return count_tokens(tokenizer, text + tokenizer.eos_token)
+def conversation_length(tokenizer, messages: list[dict], tools: list | None = None) -> int:
+    """A whole conversation's tokens as TRL's reward, DPO and KTO trainers tokenize prompt + answer: one rendering,
+    the template's end-of-turn markup included (Qwen's `<|im_end|>` and the newline after it)."""
+    return len(tokenizer.apply_chat_template(chat_messages(messages), tools=tools, tokenize=True,
+                                             return_dict=True)["input_ids"])
+
+
+def pair_lengths(tokenizer, prompt: list[dict], answers: list[dict], tools: list | None = None) -> list[int]:
+    """Each prompt + answer conversation's length in tokens, as the trainer that reads the row will see it."""
+    return [conversation_length(tokenizer, [*prompt, answer], tools) for answer in answers]
 
 
 def cut_prompt(tokenizer, messages: list[dict], budget: int, tools: list | None = None) -> list[dict] | None:
@@ -175,17 +184,41 @@ def cut_prompt(tokenizer, messages: list[dict], budget: int, tools: list | None 
     return messages if prompt_length(tokenizer, messages, tools) <= budget else None
 
 
-def truncate_pair_row(tokenizer, prompt: list[dict], answers: list[str], cutoff_len: int,
-                      tools: list | None = None) -> tuple[list[dict], list[str]] | None:
+def truncate_pair_row(tokenizer, prompt: list[dict], answers: list[dict], cutoff_len: int,
+                      tools: list | None = None) -> tuple[list[dict], list[dict]] | None:
     """A preference (or KTO) row cut as LLaMA-Factory's pairwise processor cuts it: infer_seqlen over the prompt
-    and the longest answer; the prompt keeps its beginning, every answer its first target_len tokens.
-    None when the row cannot fit (the template's markup alone is over cutoff_len)."""
-    source_len, target_len = infer_seqlen(prompt_length(tokenizer, prompt, tools),
-                                          max(answer_length(tokenizer, a) for a in answers), cutoff_len)
-    eos = count_tokens(tokenizer, tokenizer.eos_token)
-    cut_answers = [cut_text(tokenizer, a, target_len - eos) for a in answers]
+    and the longest answer (its end-of-turn markup included); the prompt keeps its beginning, every answer its
+    first target_len tokens. Measured again as the trainer tokenizes the whole conversation, so that every answer
+    with its prompt fits `cutoff_len` (TRL's RewardTrainer drops a pair that does not; DPO and KTO would cut it).
+    None when the row cannot fit (the template's markup alone is over cutoff_len, or no answer text would stay)."""
+    source = prompt_length(tokenizer, prompt, tools)
+    fulls = pair_lengths(tokenizer, prompt, answers, tools)
+    source_len, target_len = infer_seqlen(source, max(fulls) - source, cutoff_len)
+    # LLaMA-Factory cuts token ids through the template's markup; here the prompt keeps its markup whole, so where
+    # the markup alone is over the prompt's share, the prompt takes that much and the answers the rest
+    # each answer keeps target_len tokens with its end-of-turn markup: the markup's share is what the rendering adds;
+    # every answer keeps at least one token of its own (infer_seqlen can leave a long prompt's answers only markup)
+    overheads = [full - source - count_tokens(tokenizer, a["content"]) for a, full in zip(answers, fulls)]
+    if target_len <= max(overheads):
+        source_len, target_len = cutoff_len - max(overheads) - 1, max(overheads) + 1
+    markup = prompt_length(tokenizer, [{**m, "content": ""} for m in prompt], tools)
+    if markup > source_len:
+        source_len, target_len = markup, cutoff_len - markup
     cut = cut_prompt(tokenizer, prompt, source_len, tools)
-    if cut is None or not all(a.strip() for a in cut_answers):
+    if cut is None:
+        return None
+    budgets = [target_len - overhead for overhead in overheads]
+    cut_answers = [{**a, "content": cut_text(tokenizer, a["content"], b)} for a, b in zip(answers, budgets)]
+    for _ in range(4):  # a cut can merge tokens across the boundary: shrink an answer by what is still over
+        excess = [n - cutoff_len for n in pair_lengths(tokenizer, cut, cut_answers, tools)]
+        if max(excess) <= 0:
+            break
+        cut_answers = [{**a, "content": cut_text(tokenizer, a["content"],
+                                                 count_tokens(tokenizer, a["content"]) - max(e, 0))}
+                       for a, e in zip(cut_answers, excess)]
+    else:
+        return None
+    if not all(a["content"].strip() for a in cut_answers):
         return None
     return cut, cut_answers
 
@@ -261,8 +294,9 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
             record = {"input_ids": input_ids, "labels": labels, "row_id": row["row_id"]}
         else:
             prompt = messages[:-1] if row["kind"] == "kto" else messages
-            answers = [messages[-1]["content"]] if row["kind"] == "kto" else [row["chosen"], row["rejected"]]
-            length = prompt_length(tokenizer, prompt, tools) + max(answer_length(tokenizer, a) for a in answers)
+            answers = ([messages[-1]] if row["kind"] == "kto" else
+                       [{"role": "assistant", "content": row["chosen"]}, {"role": "assistant", "content": row["rejected"]}])
+            length = max(pair_lengths(tokenizer, prompt, answers, tools))
             if length > cutoff_len:
                 if overlength == "drop":
                     too_long(row, length)
@@ -272,14 +306,13 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
                     too_long(row, length, "; the template's markup alone does not fit")
                     continue
                 (prompt, answers), was_cut = cut, True
-                length = prompt_length(tokenizer, prompt, tools) + max(answer_length(tokenizer, a) for a in answers)
+                length = max(pair_lengths(tokenizer, prompt, answers, tools))
             if row["kind"] == "kto":
-                record = {"prompt": chat_messages(prompt),
-                          "completion": chat_messages([{**messages[-1], "content": answers[0]}]),
+                record = {"prompt": chat_messages(prompt), "completion": chat_messages(answers),
                           "label": row["label"] == "true", "row_id": row["row_id"]}
             else:
-                record = {"prompt": chat_messages(prompt), "chosen": [{"role": "assistant", "content": answers[0]}],
-                          "rejected": [{"role": "assistant", "content": answers[1]}], "row_id": row["row_id"]}
+                record = {"prompt": chat_messages(prompt), "chosen": answers[:1], "rejected": answers[1:],
+                          "row_id": row["row_id"]}
         if was_cut:
             truncated.append(row["row_id"])
         lengths.append(length)

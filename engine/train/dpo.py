@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable
 from engine.device import Precision, precision_metrics, train_dtype
 from engine.data.format import read_view
 from engine.models import load_tokenizer, load_with_adapters, model_dir
+from engine.train.accounting import trained_examples
 from engine.train.checkpoints import train_resumably
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_trained,
                                  tracking, trained_weights, trainer_kwargs, training_autocast, without_row_ids)
@@ -17,6 +18,11 @@ from engine.train.lm_head import trains_on_labelled_positions
 if TYPE_CHECKING:
     from engine.recipe import DpoSection
     from engine.stage import StageRun
+
+
+def unit_of(pref_loss: str) -> str:
+    """What the preference stage trains on: labelled single answers for KTO, pairs otherwise."""
+    return "rows" if pref_loss == "kto" else "pairs"
 
 
 def starting_model(base_dir: Path, sft_weights: Path, cfg: DpoSection, out: Path, precision: Precision | None = None):
@@ -87,7 +93,9 @@ def train_dpo(base_dir: Path, sft_weights: Path, formatted_dir: Path, cfg: DpoSe
         evaluation = trainer.evaluate()
     save_trained(trainer.model, tokenizer, cfg, out)
     accuracy = evaluation.get("eval_rewards/accuracies")
+    view = read_view(formatted_dir, "kto" if cfg.pref_loss == "kto" else "preference")
     return {**finish(trainer, out, cfg, resumed), "pref_loss": cfg.pref_loss, "train_loss": round(result.training_loss, 4),
+            **trained_examples(trainer, len(view["train"]), unit_of(cfg.pref_loss)),
             "pref_ftx_applied": bool(cfg.pref_ftx) and cfg.pref_loss in ("sigmoid", "ipo"),
             "eval_reward_margin": round(evaluation["eval_rewards/margins"], 4),
             "eval_reward_accuracy": None if accuracy is None else round(accuracy, 4)}

@@ -12,6 +12,7 @@ from engine.data.format import read_view
 from engine.device import Precision, precision_metrics, train_dtype
 from engine.evaluate import pairwise_accuracy
 from engine.models import load_tokenizer, model_dir
+from engine.train.accounting import trained_examples
 from engine.train.checkpoints import train_resumably
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_model, tracking,
                                  trainer_kwargs, without_row_ids)
@@ -41,7 +42,7 @@ def train_reward(base_dir: Path, formatted_dir: Path, cfg: RewardSection, cutoff
     return {**summary, "train_loss": round(result.training_loss, 4),
             "eval_accuracy_before": round(accuracy_before, 4),
             "eval_accuracy": round(pairwise_accuracy(merged, tokenizer, data["eval"]), 4),
-            "train_pairs": len(data["train"]), "eval_pairs": len(data["eval"])}
+            **trained_examples(trainer, len(data["train"]), "pairs"), "eval_pairs": len(data["eval"])}
 
 
 def build(run: "StageRun") -> dict:

@@ -10,6 +10,7 @@ from trl import SFTConfig, SFTTrainer
 from engine.data.format import read_view
 from engine.device import Precision, precision_metrics, train_dtype
 from engine.models import load_tokenizer, model_dir
+from engine.train.accounting import trained_examples
 from engine.train.checkpoints import evaluate_before_training, train_resumably
 from engine.train.common import (finish, load_trainable, optimizers, prepare_model, save_trained, tracking,
                                  trainer_kwargs, without_row_ids)
@@ -65,7 +66,8 @@ def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: 
     save_trained(trainer.model, tokenizer, cfg, out)
     tokens = sum(len(ids) for ids in train["input_ids"]) * cfg.num_train_epochs
     return {**finish(trainer, out, cfg, resumed), "eval_loss_before": round(before, 4), "eval_loss_after": round(after, 4),
-            "train_loss": round(result.training_loss, 4), "train_rows": len(train), "eval_rows": len(evaluation),
+            "train_loss": round(result.training_loss, 4), **trained_examples(trainer, len(train), "rows"),
+            "eval_rows": len(evaluation),
             "train_sequences": len(trainer.train_dataset), "packing": cfg.packing,
             "padding_free": flat,
             "tokens_per_second": round(tokens / result.metrics["train_runtime"], 1)}
