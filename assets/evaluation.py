@@ -23,19 +23,26 @@ def examples_table(examples: list[dict]) -> dg.MetadataValue:
 PER_QUESTION = ("examples", "example_scores", "example_rewards")  # per-question lists, not numbers Dagster plots
 
 
+TRAINED = {"sft": "sft is not in the recipe's stages", "dpo": "dpo (or kto) is not in the recipe's stages"}
+
+
 def off(stage: str):
-    """eval_dpo is not configured while the recipe runs no dpo stage; every other evaluation always is."""
-    if stage != "dpo":
+    """eval_sft and eval_dpo are not configured while the recipe does not run that stage; every other evaluation
+    always is."""
+    if stage not in TRAINED:
         return None
-    return lambda recipe: None if recipe.runs("dpo") else "dpo (or kto) is not in the recipe's stages"
+    return lambda recipe: None if recipe.runs(stage) else TRAINED[stage]
 
 
 def reads(stage: str, parents: tuple[str, ...], keys: tuple[str, ...]):
-    """Off, only the stages list; without the rm stage, no reward model (the reward score is then None)."""
+    """Off, only the stages list; without the rm stage, no reward model (the reward score is then None); without
+    sft, DPO's model is pt_model + DPO."""
     def select(recipe):
-        if stage == "dpo" and not recipe.runs("dpo"):
+        if stage in TRAINED and not recipe.runs(stage):
             return (), ("stages",)
-        return (parents if recipe.runs("rm") else tuple(p for p in parents if p != "reward_model")), keys
+        dropped = {"reward_model"} - ({"reward_model"} if recipe.runs("rm") else set())
+        dropped |= set() if recipe.runs("sft") else {"sft_adapter"}
+        return tuple(p for p in parents if p not in dropped), keys
     return select
 
 

@@ -8,7 +8,7 @@ from engine.stage import Stage
 
 STAGE = Stage("formatted_data", entry=build_formatted_data, parents=("base_model", "clean_data"),
               keys=("data.cutoff_len", "data.overlength", "data.val_size", "data.seed",
-                    "data.decontamination_threshold"),
+                    "data.decontamination_threshold", "data.template"),
               tables={"split_rows": "splits.parquet", "quarantine": "quarantine.parquet"})
 VIEW_COUNTS = ("sft_train", "sft_eval", "preference_train", "preference_eval", "kto_train", "kto_eval", "max_tokens",
                "mean_tokens", "truncated", "exceeds_cutoff_len", "contaminates_eval", "tools_dropped_by_template")

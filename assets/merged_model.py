@@ -1,4 +1,4 @@
-"""merged_model: base + SFT (+ DPO when the recipe runs it) merged into full safetensors weights, with model card and lineage."""
+"""merged_model: base + SFT + DPO (those the recipe runs) merged into full safetensors weights, with model card and lineage."""
 
 from assets.stage_asset import stage_asset
 from engine.export.merge import build
@@ -9,9 +9,10 @@ PARENTS = ("pt_model", "sft_adapter", "dpo_adapter", "formatted_data")
 
 
 def reads(recipe):
-    """Without the dpo stage it merges the SFT stage alone: dpo_adapter is not a parent then."""
-    parents = PARENTS if recipe.runs("dpo") else tuple(p for p in PARENTS if p != "dpo_adapter")
-    return parents, PRECISION_KEYS
+    """It merges the training stages the recipe runs (sft, dpo; neither: pt_model alone, the base model with its
+    adapters): a stage that does not run is not a parent."""
+    off = {f"{stage}_adapter" for stage in ("sft", "dpo") if not recipe.runs(stage)}
+    return tuple(p for p in PARENTS if p not in off), PRECISION_KEYS
 
 
 STAGE = Stage("merged_model", entry=build, parents=PARENTS, keys=PRECISION_KEYS, select=reads, outside=with_precision())

@@ -3,8 +3,9 @@ start from. While the recipe's pt.dataset is empty it is the base model itself, 
 
 from assets.training import LAUNCHER, processes
 from assets.stage_asset import perplexity, stage_asset, tracking_metadata
-from engine.content import source_identity
+from engine.content import checkpoint_identity, source_identity
 from engine.device import PRECISION_KEYS, precision_identity
+from engine.models import check_adapter
 from engine.stage import Stage
 from engine.train.pt import build, pt_sources
 
@@ -17,21 +18,27 @@ def reads(recipe):
 
 
 def outside(recipe, hasher) -> dict:
-    """Its corpus; on, also the device and dtypes it trains in and how many processes (off, it loads no model)."""
+    """Its corpus and the adapters merged into the base (by content); on, also the device and dtypes it trains in
+    and how many processes (off, it loads no model)."""
     identity = {"corpus": source_identity(pt_sources(recipe), hasher)}
+    if recipe.model.adapters():
+        identity["adapters"] = [checkpoint_identity(check_adapter(a), hasher) for a in recipe.model.adapters()]
     if not recipe.pt.dataset:
         return identity
     return {**identity, "precision": precision_identity(recipe.model), **processes(recipe)}
 
 
 STAGE = Stage("pt_model", entry=build, parents=("base_model",), keys=PT_KEYS, select=reads,
-              locate=("data.dataset_dir", "data.dataset_info", "data.allowed_roots", *LAUNCHER), outside=outside,
+              locate=("data.dataset_dir", "data.dataset_info", "data.allowed_roots", "model.adapter_name_or_path",
+                      *LAUNCHER), outside=outside,
               tables={"quarantine": "quarantine.parquet"}, training=True, trains=lambda recipe: bool(recipe.pt.dataset))
 
 
 def summary(artifact, recipe) -> str:
     m = artifact.metrics
     if not m["continued_pretraining"]:
+        if m.get("adapters_merged"):
+            return f"off (pt.dataset is empty): the base model with {len(m['adapters_merged'])} adapter(s) merged in"
         return "off (pt.dataset is empty): the base model, unchanged"
     return f"held-out loss {m['eval_loss_before']} -> {m['eval_loss_after']} on {m['train_texts']} texts"
 
@@ -39,7 +46,7 @@ def summary(artifact, recipe) -> str:
 def metadata(artifact, recipe) -> dict:
     m = artifact.metrics
     if not m["continued_pretraining"]:
-        return {"continued_pretraining": False}
+        return {"continued_pretraining": False, "adapters_merged": m.get("adapters_merged", [])}
     return {"continued_pretraining": True,
             **{k: m[k] for k in ("eval_loss_before", "eval_loss_after", "train_texts", "eval_texts", "quarantined",
                                  "steps", "device", "dtype")}, "eval_perplexity": perplexity(m["eval_loss_after"]),

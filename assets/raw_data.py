@@ -6,7 +6,8 @@ from engine.data.ingest import build_raw_data
 from engine.stage import Stage
 from engine.tables import read_rows
 
-STAGE = Stage("raw_data", entry=build_raw_data, locate=DATA_LOCATION, outside=registered_sources,
+STAGE = Stage("raw_data", entry=build_raw_data, keys=("data.max_samples",), locate=DATA_LOCATION,
+              outside=registered_sources,
               tables={"raw_rows": "rows.parquet", "quarantine": "quarantine.parquet"})
 
 

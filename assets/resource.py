@@ -16,7 +16,7 @@ from engine.device import check_precision
 from engine.errors import RecipeError
 from engine.evaluation import check_generation_backend, check_lm_eval
 from engine.home import Home
-from engine.models import check_local_model, is_tiny
+from engine.models import check_adapter, check_local_model, is_tiny
 from engine.plan import Planned, make_plan
 from engine.recipe import Recipe, load_recipe, resolve_recipe_path
 from engine.scorers import resolve_scorer
@@ -54,6 +54,8 @@ def _validated(path: str, overrides_json: str, text: bytes) -> Recipe:  # keyed 
     check_generation_backend(recipe.evaluation)
     if not is_tiny(recipe.model):
         check_local_model(recipe.model.model_name_or_path)
+    for adapter in recipe.model.adapters():
+        check_adapter(adapter)
     return recipe
 
 

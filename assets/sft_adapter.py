@@ -1,15 +1,14 @@
 """sft_adapter: a LoRA adapter trained with TRL's SFTTrainer, loss on assistant tokens only."""
 
-from assets.training import LAUNCHER, processes
+from assets.training import switchable_training_stage
 from assets.stage_asset import perplexity, stage_asset, tracking_metadata
-from engine.device import PRECISION_KEYS, with_precision
-from engine.stage import Stage
+from engine.device import PRECISION_KEYS
 from engine.train.accounting import all_trained
 from engine.train.sft import build
 
-STAGE = Stage("sft_adapter", entry=build, parents=("pt_model", "formatted_data"),
-              keys=("sft", "data.cutoff_len", *PRECISION_KEYS), locate=LAUNCHER,
-              outside=with_precision(lambda recipe, hasher: processes(recipe)), training=True)
+STAGE = switchable_training_stage("sft_adapter", build, ("pt_model", "formatted_data"),
+                                  ("sft", "data.cutoff_len", *PRECISION_KEYS), switch="sft",
+                                  off_reason="sft is not in the recipe's stages")
 
 
 def metadata(artifact, recipe) -> dict:

@@ -12,11 +12,17 @@ def processes(recipe) -> dict:
     return {"processes": world_size(recipe.launcher)}
 
 
+def after_sft(parents: tuple[str, ...]):
+    """Parents for a stage that starts from the SFT model when the recipe runs sft, else from pt_model alone (the
+    base model, with model.adapter_name_or_path merged in)."""
+    return lambda recipe: parents if recipe.runs("sft") else tuple(p for p in parents if p != "sft_adapter")
+
+
 def switchable_training_stage(name: str, entry, parents: tuple[str, ...], keys: tuple[str, ...], switch: str,
                               off_reason: str) -> Stage:
-    """A training stage the recipe's `stages` list turns on or off (rm, dpo): off, it reads only that list, since
-    its own section cannot change what it records."""
+    """A training stage the recipe's `stages` list turns on or off (sft, rm, dpo): off, it reads only that list,
+    since its own section cannot change what it records. On, it starts from the SFT model only where sft runs."""
     return Stage(name, entry=entry, parents=parents, keys=keys, locate=LAUNCHER, training=True,
-                 select=lambda recipe: (parents, keys) if recipe.runs(switch) else ((), ("stages",)),
+                 select=lambda recipe: (after_sft(parents)(recipe), keys) if recipe.runs(switch) else ((), ("stages",)),
                  off=lambda recipe: None if recipe.runs(switch) else off_reason,
                  outside=with_precision(lambda recipe, hasher: processes(recipe)))

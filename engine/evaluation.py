@@ -157,17 +157,18 @@ def comparison_markdown(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def dpo_gate(sft: dict, dpo: dict, min_gain: float) -> tuple[bool, str]:
-    """DPO's mean reward score minus SFT's against `min_gain`, with the paired interval of that gain over the same
-    questions (the verdict is the point estimate's; the interval says how much n = samples can tell)."""
+def dpo_gate(sft: dict, dpo: dict, min_gain: float, before: str = "SFT") -> tuple[bool, str]:
+    """DPO's mean reward score minus that of the model it started from (`before`: SFT, or the base model where the
+    recipe runs no sft) against `min_gain`, with the paired interval of that gain over the same questions (the
+    verdict is the point estimate's; the interval says how much n = samples can tell)."""
     if dpo.get("configured") is False:
         return True, f"not configured: {dpo['reason']}"
     if dpo["reward_score"] is None or sft["reward_score"] is None:  # nothing to judge DPO by
-        return True, "not configured: rm is not in the recipe's stages, so no reward model scores DPO against SFT"
+        return True, f"not configured: rm is not in the recipe's stages, so no reward model scores DPO against {before}"
     gain = dpo["reward_score"] - sft["reward_score"]
     spread = paired_difference(dpo["example_rewards"], sft["example_rewards"])
     verdict = "" if gain >= min_gain else f", short by {min_gain - gain:.4f}"
-    return gain >= min_gain, (f"DPO mean reward score {dpo['reward_score']} vs SFT {sft['reward_score']}: gain "
+    return gain >= min_gain, (f"DPO mean reward score {dpo['reward_score']} vs {before} {sft['reward_score']}: gain "
                               f"{gain:+.4f} ({spread.describe(signed=True)}), required >= {min_gain:+.4f}{verdict}")
 
 
@@ -188,7 +189,9 @@ def quantized_gate(name: str, merged: dict, quantized: dict, max_drop: float, ma
 def gates(results: dict[str, dict], recipe: Recipe) -> dict[str, tuple[bool, str]]:
     """The deployment gates, each (passed, which number against which bound and by how much)."""
     q = recipe.quantize
-    return {"dpo_not_worse_than_sft": dpo_gate(results["sft"], results["dpo"], recipe.dpo.min_reward_gain),
+    before = "sft" if results["sft"].get("configured") is not False else "base"  # DPO without sft starts from base
+    return {"dpo_not_worse_than_sft": dpo_gate(results[before], results["dpo"], recipe.dpo.min_reward_gain,
+                                               "SFT" if before == "sft" else "the base model"),
             **{f"{name}_within_budget": quantized_gate(name, results["merged"], results[name], q.max_accuracy_drop,
                                                        q.max_ppl_ratio) for name in ("gptq", "awq")}}
 
@@ -198,8 +201,9 @@ def comparison_summary(results: dict[str, dict]) -> str:
     merged = results["merged"]
     quantized = ", ".join(f"{q} acc {results[q]['accuracy'] - merged['accuracy']:+.2f} ppl "
                           f"x{results[q]['perplexity'] / merged['perplexity']:.3f}" for q in ("gptq", "awq"))
-    sft, dpo = results["sft"].get("reward_score"), results["dpo"].get("reward_score")
-    gain = "not configured" if sft is None or dpo is None else f"{dpo - sft:+.2f} vs sft"
+    before = "sft" if results["sft"].get("configured") is not False else "base"
+    sft, dpo = results[before].get("reward_score"), results["dpo"].get("reward_score")
+    gain = "not configured" if sft is None or dpo is None else f"{dpo - sft:+.2f} vs {before}"
     return f"dpo reward {gain}; {quantized} vs merged"
 
 
@@ -216,7 +220,7 @@ def build(run: "StageRun") -> dict:
     """eval_<stage>'s entry point: that stage's model measured on the held-out split."""
     from engine.train.common import trained_weights
     stage = run.stage.removeprefix("eval_")
-    first, *later = (run.inputs[name] for name in STAGE_MODELS[stage])
+    first, *later = (run.inputs[name] for name in STAGE_MODELS[stage] if name in run.inputs)  # sft may be off
     if stage in ("base", "sft", "dpo"):
         model_path, adapters = model_dir(first), [trained_weights(path) for path in later]
     else:

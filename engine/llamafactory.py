@@ -4,12 +4,14 @@ silently."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from engine.data.templates import MULTIMODAL_TEMPLATES, USER_MARKERS
 from engine.errors import RecipeError
 from engine.recipe import Recipe, describe, read_yaml
 
@@ -25,22 +27,23 @@ STAGE_KEYS = {"sft": {"packing"}, "dpo": {"pref_beta", "pref_loss", "pref_ftx"},
 FLASH_ATTN = {"auto": "sdpa", "sdpa": "sdpa", "disabled": "eager", "fa2": "flash_attention_2"}
 # keys tuneline answers itself: each is reported with what takes its place
 HANDLED = {
-    "do_train": "the asset graph runs every stage",
+    "do_train": "the asset graph runs every stage", "do_predict": "every model is evaluated by its eval_* asset",
+    "predict_with_generate": "evaluation generates greedy answers to the eval split",
     "output_dir": "artifacts are fingerprinted directories under the artifact root",
     "overwrite_output_dir": "artifacts are immutable; a changed input makes a new one",
     "overwrite_cache": "datasets are cached by fingerprint", "plot_loss": "loss curves are in each asset's metadata",
-    "template": "the model's own chat template renders every conversation",
     "preprocessing_num_workers": "formatting streams rows in one process",
     "trust_remote_code": "checkpoints never run code of their own (safetensors only)",
     "eval_strategy": "each stage evaluates on the held-out split when it finishes",
     "per_device_eval_batch_size": "evaluation uses the training batch size",
     "ddp_timeout": "torchrun and accelerate keep their own timeouts",
-    "max_samples": "use evaluation.max_samples for generation; training uses every clean row",
+    "create_new_adapter": "a stage after sft always trains a new adapter on the merged model",
 }
 # keys of `llamafactory-cli export` configs: the merge and the 4-bit exports are assets of every recipe
 EXPORT_NOTES = {
     "export_dir": "the merged and quantized exports are artifacts (merged_model, gptq_model, awq_model)",
-    "adapter_name_or_path": "the adapters merged are the recipe's own sft (and dpo) stages",
+    "adapter_name_or_path": "the adapters merged are the recipe's own training stages (imported alone, an export "
+                            "config's adapter becomes model.adapter_name_or_path)",
     "export_size": "exports are written as one safetensors checkpoint", "export_device": "the merge runs on the "
     "device policy's device", "export_legacy_format": "exports are safetensors",
     "export_quantization_dataset": "quantization calibrates on the formatted eval split",
@@ -54,10 +57,31 @@ MULTIMODAL_KEYS = ("image_max_pixels", "image_min_pixels", "video_max_pixels", "
                    "freeze_language_model", "train_mm_proj_only", "image_resolution", "video_resolution")
 
 
+# words that name vision, audio or video checkpoints
+MULTIMODAL_MODEL = re.compile(r"(?i)([-_/]vl\b|[-_]vl[-_]|llava|vision|paligemma|pixtral|idefics|intern-?vl|"
+                              r"minicpm-[vo]|qwen2-audio|omni|mllama|cogvlm|video)")
+
+
 def refuse_multimodal(config: dict, source: Path) -> None:
     found = [k for k in MULTIMODAL_KEYS if k in config]
     if found:
         raise RecipeError(f"{source} is a multimodal config ({', '.join(found)}): tuneline trains text-only models")
+    if str(config.get("template", "")) in MULTIMODAL_TEMPLATES:
+        raise RecipeError(f"{source}: template {config['template']!r} is a multimodal LLaMA-Factory template: "
+                          "tuneline trains text-only models")
+    for key in ("model_name_or_path", "adapter_name_or_path"):
+        if isinstance(config.get(key), str) and MULTIMODAL_MODEL.search(config[key]):
+            raise RecipeError(f"{source}: {key} {config[key]!r} names a multimodal (vision, audio or video) "
+                              "checkpoint: tuneline trains text-only models")
+
+
+def note_remote(key: str, value: Any, source: Path, notes: list[str]) -> None:
+    """A model or adapter that is not a local directory: tuneline loads local checkpoints only (said for every kind
+    of config alike)."""
+    for item in str(value).split(","):
+        if item.strip() and not Path(item.strip()).expanduser().exists():
+            notes.append(f"{source}: {key} {item.strip()!r} is imported but is not a local path: tuneline loads local "
+                         "checkpoints only (download it, e.g. with `hf download`, and point the recipe there)")
 
 
 def is_export(config: dict) -> bool:
@@ -65,18 +89,28 @@ def is_export(config: dict) -> bool:
     return "stage" not in config and ("export_dir" in config or "adapter_name_or_path" in config)
 
 
-def merge_export(recipe: dict, config: dict, source: Path, notes: list[str]) -> None:
-    """Map an export (merge, quantize) config: its quantization bits into quantize, the rest is said."""
+def merge_export(recipe: dict, config: dict, source: Path, notes: list[str], alone: bool) -> None:
+    """Map an export (merge, quantize) config: its quantization bits into quantize, and, imported without training
+    configs (`alone`), its adapter into model.adapter_name_or_path; the rest is said."""
     for key, value in config.items():
         if key == "export_quantization_bit":
             recipe.setdefault("quantize", {})[key] = value
+            recipe.setdefault("serve", {})["model"] = "gptq"  # LLaMA-Factory's quantized export is GPTQ
+            notes.append(f"{source}: export_quantization_bit {value} imported: the GPTQ export is served (an AWQ "
+                         "export is built beside it)")
         elif key == "model_name_or_path":
+            note_remote(key, value, source, notes)
             recipe.setdefault("model", {}).setdefault(key, value)
+        elif key == "adapter_name_or_path" and alone:
+            note_remote(key, value, source, notes)
+            recipe.setdefault("model", {})[key] = value
+        elif key in LOOK_KEYS and (key != "template" or value in USER_MARKERS):
+            recipe.setdefault("data", {})[key] = value
         elif key in EXPORT_NOTES:
             notes.append(f"{source}: {key} not imported: {EXPORT_NOTES[key]}")
         elif key in HANDLED:
             notes.append(f"{source}: {key} not imported: {HANDLED[key]}")
-        elif key != "finetuning_type":
+        elif key not in ("finetuning_type", "stage"):
             notes.append(f"{source}: unknown export key {key} = {value!r} not imported")
 
 
@@ -87,6 +121,10 @@ def lora_alpha_defaults(recipe: dict) -> None:
         if section is not None and section.get("finetuning_type", "lora") in ("lora", "dora"):
             section.setdefault("lora_rank", 8)
             section.setdefault("lora_alpha", 2 * section["lora_rank"])
+
+
+# keys of how conversations look and which rows are read: the same for every stage, in the data section
+LOOK_KEYS = {"template": "template", "default_system": "default_system", "max_samples": "max_samples"}
 
 
 def merge_stage(recipe: dict, config: dict, source: Path, notes: list[str]) -> None:
@@ -105,12 +143,19 @@ def merge_stage(recipe: dict, config: dict, source: Path, notes: list[str]) -> N
         if key in MODEL_KEYS:
             if recipe.get("model", {}).get(key) not in (None, value):
                 notes.append(f"{source}: {key} {value!r} differs from an earlier file's; the last one is kept")
-            elif (key == "model_name_or_path" and key not in recipe.get("model", {})
-                  and not Path(str(value)).expanduser().is_dir()):
-                notes.append(f"{source}: {key} {value!r} is imported but is not a local directory: tuneline loads "
-                             "local checkpoints only (download it, e.g. with `hf download`, and point the recipe "
-                             "there)")
+            elif key == "model_name_or_path" and key not in recipe.get("model", {}):
+                note_remote(key, value, source, notes)
             recipe.setdefault("model", {})[key] = value
+        elif key == "adapter_name_or_path":  # the SFT adapter a later stage starts from (kept only without sft)
+            note_remote(key, value, source, notes)
+            recipe.setdefault("_adapters", []).append((source, value))
+        elif key == "template" and value not in USER_MARKERS:
+            notes.append(f"{source}: template {value!r} not imported: not a LLaMA-Factory text template tuneline can "
+                         "compare with the checkpoint's own (which renders every row either way)")
+        elif key in LOOK_KEYS:
+            if recipe.get("data", {}).get(key) not in (None, value):
+                notes.append(f"{source}: {key} {value!r} differs from an earlier file's; the last one is kept")
+            recipe.setdefault("data", {})[LOOK_KEYS[key]] = value
         elif key in DATA_KEYS:
             recipe.setdefault("data", {})[key] = value
         elif key == "dataset" and stage == "pt":  # raw text for continued pre-training, not chat data
@@ -153,18 +198,34 @@ def merge_stage(recipe: dict, config: dict, source: Path, notes: list[str]) -> N
             notes.append(f"{source}: unknown key {key} = {value!r} not imported (tuneline has no equivalent)")
 
 
-def stages_of(configs: list[tuple[Path, dict]], notes: list[str]) -> list[str]:
-    """The recipe's stages from the files' `stage:` values, in training order; sft always runs (merge, evaluation
-    and serving start from it), pt has its own switch (pt.dataset)."""
+TRAINING_ORDER = ("pt", "sft", "rm", "dpo", "kto")
+
+
+def stages_of(configs: list[tuple[Path, dict]]) -> list[str]:
+    """The recipe's stages: the files' `stage:` values, in training order, as LLaMA-Factory runs them (an export
+    config adds none)."""
     named = {config.get("stage", "sft") for _, config in configs if not is_export(config)}
-    if "sft" not in named and named & {"rm", "dpo", "kto"}:  # DPO starts from the SFT model: say which one
-        notes.append("no stage sft was imported: tuneline runs sft in every recipe, with the defaults of the sft "
-                     "section")
-    return ["sft", *(s for s in ("rm", "dpo", "kto") if s in named)]
+    return [s for s in TRAINING_ORDER if s in named]
 
 
-def import_configs(paths: list[Path]) -> tuple[str, list[str]]:
-    """(recipe YAML text, notes on every key not imported). Raises RecipeError if the result is not a valid recipe."""
+def starting_adapters(recipe: dict, stages: list[str], notes: list[str]) -> None:
+    """A training config's adapter_name_or_path: the model a later stage starts from. Beside an imported sft stage it
+    is that stage's output (the recipe's own sft adapter); without one it becomes model.adapter_name_or_path."""
+    for source, value in recipe.pop("_adapters", []):
+        if "sft" in stages:
+            notes.append(f"{source}: adapter_name_or_path {value!r} not imported: the stage starts from the "
+                         "recipe's own sft stage")
+        else:
+            recipe.setdefault("model", {})["adapter_name_or_path"] = value
+            notes.append(f"{source}: adapter_name_or_path {value!r} imported as model.adapter_name_or_path: merged "
+                         "into the base, and a new adapter trained on top (LLaMA-Factory's create_new_adapter: true)")
+
+
+def import_configs(paths: list[Path], eval_dataset: list[str] | None = None) -> tuple[str, list[str]]:
+    """(recipe YAML text, notes on every key not imported). Raises RecipeError if the result is not a valid recipe.
+
+    `eval_dataset`: registry names of chat data to evaluate (and calibrate quantization) on, for configs that name
+    none (pre-training alone, an export alone): every export is evaluated on held-out chat rows."""
     # LLaMA-Factory names datasets in <dataset_dir>/dataset_info.json, which tuneline reads unchanged
     recipe: dict[str, Any] = {"name": paths[0].stem,
                               "data": {"dataset_dir": "data", "dataset_info": "dataset_info.json"}}
@@ -177,15 +238,29 @@ def import_configs(paths: list[Path]) -> tuple[str, list[str]]:
         if not isinstance(config, dict):
             raise RecipeError(f"{path}: expected a mapping of keys, as llamafactory-cli train takes")
         refuse_multimodal(config, path)
-        (merge_export if is_export(config) else merge_stage)(recipe, config, path, notes)
         configs.append((path, config))
+    alone = all(is_export(config) for _, config in configs)
+    for path, config in configs:
+        if is_export(config):
+            merge_export(recipe, config, path, notes, alone)
+        else:
+            merge_stage(recipe, config, path, notes)
+    stages = stages_of(configs)
+    starting_adapters(recipe, stages, notes)
+    data = recipe["data"]
+    if eval_dataset:
+        data["dataset"] = list(dict.fromkeys([*data.get("dataset", []), *eval_dataset]))
     lora_alpha_defaults(recipe)
-    recipe = {"name": recipe.pop("name"), "stages": stages_of(configs, notes), **recipe}
+    recipe = {"name": recipe.pop("name"), "stages": stages, **recipe}
     try:
         Recipe.model_validate(recipe)
     except ValidationError as exc:
         problems = (f"the imported recipe is not valid: {describe(e)}" for e in exc.errors())
         raise RecipeError("\n".join(problems)) from None
+    if not data.get("dataset"):  # an empty list would mean every registered dataset
+        raise RecipeError(f"{', '.join(str(p) for p in paths)}: no config names a chat dataset, and tuneline "
+                          "evaluates (and calibrates quantization) on held-out chat rows: pass --eval-dataset NAME[,NAME] "
+                          "(names from dataset_info.json)")
     header = "# Imported from LLaMA-Factory: " + ", ".join(str(p) for p in paths) + "\n"
     header += "".join(f"# {note}\n" for note in notes)
     return header + yaml.safe_dump(recipe, sort_keys=False), notes

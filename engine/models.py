@@ -116,12 +116,16 @@ def build_tiny(cfg: TinyModel, texts: list[str], out: Path) -> dict:
 def model_dir(base_artifact_path: Path) -> Path:
     """The directory holding the base model's weights: the artifact itself, or the local checkpoint it names."""
     pointer = base_artifact_path / LOCAL_MODEL
-    return Path(json.loads(pointer.read_text())["path"]) if pointer.is_file() else base_artifact_path
+    # a relative path is inside the artifact itself (it was written in a work directory, then published)
+    return base_artifact_path / json.loads(pointer.read_text())["path"] if pointer.is_file() else base_artifact_path
 
 
 def point_at(out: Path, directory: Path, **facts) -> dict:
-    """An artifact that names a model directory (a local checkpoint is not copied); returns its metrics."""
-    record = {"path": str(Path(directory).resolve()), **facts}
+    """An artifact that names a model directory (a local checkpoint is not copied; one inside the artifact is named
+    relative to it); returns its metrics."""
+    directory = Path(directory).resolve()
+    inside = directory.is_relative_to(Path(out).resolve())
+    record = {"path": str(directory.relative_to(Path(out).resolve()) if inside else directory), **facts}
     (out / LOCAL_MODEL).write_text(json.dumps(record))
     return record
 
@@ -159,6 +163,28 @@ def load_with_adapters(base_dir: Path, *stages: Path, dtype: torch.dtype | None 
     for adapter in adapters:
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return model
+
+
+def check_adapter(path: str) -> Path:
+    """A local PEFT adapter directory (model.adapter_name_or_path), or RecipeError naming what is missing."""
+    adapter = Path(path).expanduser()
+    if not (adapter / "adapter_config.json").is_file():
+        raise RecipeError(f"model.adapter_name_or_path: {adapter} is not a PEFT adapter directory (expected "
+                          "adapter_config.json and adapter weights, as save_pretrained writes them)")
+    if not list(adapter.glob("adapter_model.safetensors")):
+        raise RecipeError(f"model.adapter_name_or_path: {adapter} has no adapter_model.safetensors (only safetensors "
+                          "load)")
+    return adapter
+
+
+def merge_adapters(base_dir: Path, adapters: list[Path], out: Path, dtype: torch.dtype | None = None) -> Path:
+    """The base with the adapters merged in order, saved to `out` as a full checkpoint in the base's own dtype
+    (a later stage starts from it as from any checkpoint)."""
+    from engine.device import checkpoint_dtype
+    model = load_with_adapters(base_dir, *adapters, dtype=dtype)
+    model.to(checkpoint_dtype(base_dir)).save_pretrained(out, safe_serialization=True)
+    load_tokenizer(base_dir).save_pretrained(out)
+    return out
 
 
 def load_reward_model(path: Path, dtype: torch.dtype | None = None):

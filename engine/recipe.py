@@ -131,6 +131,11 @@ class ModelSection(Section):
     loads a model reads them. None set: float32 weights on a CPU (training under bf16 autocast where the CPU computes
     bf16 natively, as TRL does), bf16 frozen weights on a GPU that has it (else fp16)."""
     model_name_or_path: str = "tiny"  # "tiny", or a local HF checkpoint directory
+    # LLaMA-Factory's key: local PEFT adapter directories (comma-separated) merged into the base, in order, before any
+    # stage trains (pt_model is then base + adapters): a preference stage without sft starts from an SFT adapter made
+    # elsewhere, and a recipe without training stages exports base + adapters. LLaMA-Factory goes on training the last
+    # adapter; tuneline trains a new one on the merged model (LLaMA-Factory's create_new_adapter: true)
+    adapter_name_or_path: str | None = None
     tiny: TinyModel = TinyModel()
     # true: bfloat16 weights, bf16 mixed-precision training (a CPU runs it too); false: neither, not even the CPU's
     # default autocast; unset: the device decides
@@ -145,6 +150,10 @@ class ModelSection(Section):
             raise ValueError(f"fp16 and {'bf16' if self.bf16 else 'pure_bf16'} are both set; choose one half precision")
         return self
 
+    def adapters(self) -> list[str]:
+        """adapter_name_or_path as a list of directories, in the order they are merged."""
+        return [a.strip() for a in (self.adapter_name_or_path or "").split(",") if a.strip()]
+
 
 class DataSection(Section):
     dataset_dir: str = "data"
@@ -153,6 +162,12 @@ class DataSection(Section):
     dataset: list[str] = Field(default_factory=list)  # registry names; empty = every registered one
     allowed_roots: list[str] = Field(default_factory=list)  # folders outside dataset_dir a file_name may use
     cutoff_len: Int = Field(128, ge=8)
+    # LLaMA-Factory's key: read only each dataset's first max_samples records (the rest are counted, never read)
+    max_samples: Int | None = Field(None, ge=1)
+    # LLaMA-Factory's template name: the checkpoint's own chat template renders every row, and formatted_data stops
+    # when it does not render turns as this LLaMA-Factory template does (None: no such check). tuneline never swaps
+    # in another template: a model is served with the template it was trained with
+    template: str | None = None
     overlength: Literal["truncate", "drop"] = "truncate"  # rows over cutoff_len: cut as LLaMA-Factory cuts, or quarantine
     val_size: Float = Field(0.1, gt=0, lt=1)
     seed: Int = 42
@@ -427,12 +442,16 @@ class ScheduleSection(Section):
     watch_interval_seconds: Int = Field(60, ge=5)  # how often the incoming-data sensor hashes the sources
 
 
-StageName = Literal["sft", "rm", "dpo", "kto"]  # LLaMA-Factory's stage names (pt has its own switch: pt.dataset)
+# LLaMA-Factory's stage names. pt runs whenever pt.dataset names a corpus (naming pt here then only confirms it)
+StageName = Literal["pt", "sft", "rm", "dpo", "kto"]
 
 
 class Recipe(Section):
     name: str = "tiny"
-    stages: list[StageName] = ["sft", "rm", "dpo"]  # the training stages that run; the others say "not configured"
+    # the training stages that run, as LLaMA-Factory's `stage:` names them; the others say "not configured". Any
+    # list: [dpo] alone trains DPO on the base model (or model.adapter_name_or_path); [] exports the base model
+    # (with its adapters) through merge, quantization, evaluation and deployment
+    stages: list[StageName] = ["sft", "rm", "dpo"]
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     clean: CleanSection = CleanSection()
@@ -465,15 +484,16 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def known_stages(self):
-        if "sft" not in self.stages:  # merge, evaluation and serving start from the SFT model
-            raise ValueError(f"stages {self.stages} has no sft: tuneline runs sft in every recipe (add it)")
+        if "pt" in self.stages and not self.pt.dataset:
+            raise ValueError(f"stages {self.stages} names pt, but pt.dataset is empty: name its raw-text corpus "
+                             "(registry names), or take pt out of stages")
         if len(set(self.stages)) != len(self.stages) or {"dpo", "kto"} <= set(self.stages):
             raise ValueError(f"stages {self.stages}: name each stage once (kto is dpo with dpo.pref_loss kto)")
         return self
 
     def runs(self, stage: str) -> bool:
-        """Whether a LLaMA-Factory stage (sft, rm, dpo) is in the recipe's stages."""
-        return stage in self.stages
+        """Whether a LLaMA-Factory stage (pt, sft, rm, dpo) runs: named in stages (pt: or given a corpus)."""
+        return stage in self.stages or (stage == "pt" and bool(self.pt.dataset))
 
     @model_validator(mode="after")
     def token_limits_need_a_real_tokenizer(self):

@@ -410,7 +410,8 @@ def plan(args: argparse.Namespace) -> int:
 
 def import_llamafactory(args: argparse.Namespace) -> int:
     from engine.llamafactory import import_configs
-    text, unmapped = import_configs([Path(p) for p in args.configs])
+    names = [n.strip() for n in (args.eval_dataset or "").split(",") if n.strip()]
+    text, unmapped = import_configs([Path(p) for p in args.configs], names)
     for line in unmapped:
         print(f"tuneline: warning: {line}", file=sys.stderr)
     if args.output:
@@ -462,8 +463,11 @@ def main(argv: list[str] | None = None) -> int:
     recipe_options(plan_p)
     plan_p.add_argument("--json", action="store_true", help="print the plan as JSON")
     import_p = command("import-llamafactory", "turn LLaMA-Factory training YAMLs into one tuneline recipe")
-    import_p.add_argument("configs", nargs="+", help="LLaMA-Factory YAML files, one per stage (sft, rm, dpo, kto, pt)")
+    import_p.add_argument("configs", nargs="+", help="LLaMA-Factory YAML files, one per stage (pt, sft, rm, dpo, kto) or export")
     import_p.add_argument("-o", "--output", help="write the recipe here (default: print it)")
+    import_p.add_argument("--eval-dataset", metavar="NAME[,NAME]",
+                          help="chat datasets (dataset_info.json names) to evaluate every export on, for configs that "
+                               "name none (pre-training or an export alone)")
     lineage_p = command("lineage", "what made an artifact: ancestors, checks, data rows per source")
     lineage_p.add_argument("artifact", help="an artifact directory or fingerprint (a unique prefix is enough)")
     lineage_p.add_argument("--artifact-root", default=os.environ.get("TUNELINE_HOME", ".tuneline"))

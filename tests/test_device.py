@@ -173,7 +173,7 @@ def test_a_bf16_checkpoint_merges_into_bf16_weights(bf16_base, formatted_dir, tm
     from engine.export.merge import merge
     sft, dpo = random_adapter(bf16_base, tmp_path / "sft", 1), random_adapter(bf16_base, tmp_path / "dpo", 2)
     assert json.loads((bf16_base / "config.json").read_text())["dtype"] == "bfloat16"
-    metrics = merge(bf16_base, sft, dpo, formatted_dir, tmp_path / "merged")
+    metrics = merge(bf16_base, [sft, dpo], formatted_dir, tmp_path / "merged")
     assert safetensors_dtypes(tmp_path / "merged") == {"bfloat16"}
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["dtype"] == "bfloat16"
     assert (metrics["device"], metrics["dtype"], metrics["saved_dtype"]) == ("cpu", "float32", "bfloat16")
@@ -184,9 +184,9 @@ def test_a_bf16_checkpoint_merges_into_bf16_weights(bf16_base, formatted_dir, tm
 def test_a_float32_checkpoint_stays_float32_unless_infer_dtype_says(tiny_model_dir, formatted_dir, tmp_path):
     from engine.export.merge import merge
     sft, dpo = random_adapter(tiny_model_dir, tmp_path / "sft", 1), random_adapter(tiny_model_dir, tmp_path / "dpo", 2)
-    metrics = merge(tiny_model_dir, sft, dpo, formatted_dir, tmp_path / "fp32")
+    metrics = merge(tiny_model_dir, [sft, dpo], formatted_dir, tmp_path / "fp32")
     assert safetensors_dtypes(tmp_path / "fp32") == {"float32"} and metrics["max_logit_diff"] < 1e-3
-    metrics = merge(tiny_model_dir, sft, dpo, formatted_dir, tmp_path / "bf16", precision=Precision(
+    metrics = merge(tiny_model_dir, [sft, dpo], formatted_dir, tmp_path / "bf16", precision=Precision(
         infer_dtype="bfloat16"))
     assert safetensors_dtypes(tmp_path / "bf16") == {"bfloat16"}
     assert (metrics["dtype"], metrics["saved_dtype"]) == ("bfloat16", "bfloat16")

@@ -33,7 +33,7 @@ mask_history: true
 bf16: true
 """
 KTO = "stage: kto\nfinetuning_type: freeze\nfreeze_trainable_layers: 1\npref_beta: 0.2\ndataset: kto_en_demo\n"
-RM = "stage: rm\nlearning_rate: 2.0e-5\nquantization_bit: 4\nbf16: true\ninfer_dtype: bfloat16\n"
+RM = "stage: rm\ndataset: dpo_en_demo\nlearning_rate: 2.0e-5\nquantization_bit: 4\nbf16: true\ninfer_dtype: bfloat16\n"
 PT = "stage: pt\ndataset: c4_demo\nfinetuning_type: full\n"
 
 
@@ -50,7 +50,7 @@ def test_known_keys_land_in_their_sections(configs, tiny_model_dir):
     recipe = yaml.safe_load(text)
     assert recipe["model"] == {"model_name_or_path": str(tiny_model_dir), "bf16": True, "infer_dtype": "bfloat16"}
     assert recipe["data"] == {"dataset_dir": "data", "dataset_info": "dataset_info.json", "cutoff_len": 1024,
-                              "dataset": ["identity", "alpaca_en_demo", "kto_en_demo"]}
+                              "template": "qwen", "dataset": ["identity", "alpaca_en_demo", "kto_en_demo", "dpo_en_demo"]}
     assert recipe["sft"] == {"finetuning_type": "dora", "lora_rank": 8, "lora_target": "q_proj,v_proj",
                              "loraplus_lr_ratio": 16.0, "per_device_train_batch_size": 2, "learning_rate": 1e-4,
                              "num_train_epochs": 3.0, "packing": True, "report_to": "none",
@@ -64,7 +64,7 @@ def test_known_keys_land_in_their_sections(configs, tiny_model_dir):
 def test_every_key_not_imported_is_named_with_its_reason(configs):
     text, notes = import_configs(configs)
     joined = "\n".join(notes)
-    for key in ("do_train", "template", "output_dir", "mask_history", "report_to 'wandb'"):
+    for key in ("do_train", "output_dir", "mask_history", "report_to 'wandb'"):
         assert key in joined
     assert "unknown key mask_history = True" in joined
     assert all(f"# {note}" in text for note in notes)  # the recipe file carries them too
@@ -78,14 +78,14 @@ def test_the_imported_recipe_loads(configs, tmp_path):
 
 
 def test_a_value_tuneline_cannot_take_is_an_error_naming_it(tmp_path):
-    (tmp_path / "bad.yaml").write_text("stage: sft\nfinetuning_type: adalora\n")
+    (tmp_path / "bad.yaml").write_text("stage: sft\nfinetuning_type: adalora\ndataset: identity\n")
     with pytest.raises(RecipeError, match="finetuning_type"):
         import_configs([tmp_path / "bad.yaml"])
 
 
 def test_an_unsupported_stage_is_reported(tmp_path):
     (tmp_path / "ppo.yaml").write_text("stage: ppo\nlearning_rate: 1.0e-5\n")
-    _, notes = import_configs([tmp_path / "ppo.yaml"])
+    _, notes = import_configs([tmp_path / "ppo.yaml"], ["identity"])
     assert notes == [f"{tmp_path / 'ppo.yaml'}: stage 'ppo' is not imported (tuneline imports pt, sft, rm, dpo, kto); "
                      "its keys are ignored"]
 
@@ -117,7 +117,7 @@ def test_an_imported_value_of_the_wrong_kind_is_one_line(tmp_path):
 
 
 def test_precision_keys_are_one_for_every_stage(tmp_path):
-    (tmp_path / "sft.yaml").write_text("stage: sft\nbf16: true\n")
+    (tmp_path / "sft.yaml").write_text("stage: sft\nbf16: true\ndataset: identity\n")
     (tmp_path / "dpo.yaml").write_text("stage: dpo\nbf16: false\npure_bf16: true\n")
     text, notes = import_configs([tmp_path / "sft.yaml", tmp_path / "dpo.yaml"])
     assert yaml.safe_load(text)["model"] == {"bf16": False, "pure_bf16": True}
@@ -125,16 +125,15 @@ def test_precision_keys_are_one_for_every_stage(tmp_path):
 
 
 def test_stages_follow_the_imported_files(tmp_path):
-    (tmp_path / "sft.yaml").write_text("stage: sft\nlora_rank: 8\n")
+    (tmp_path / "sft.yaml").write_text("stage: sft\nlora_rank: 8\ndataset: identity\n")
     (tmp_path / "kto.yaml").write_text(KTO)
     (tmp_path / "rm.yaml").write_text(RM)
     text, _ = import_configs([tmp_path / "sft.yaml"])
     assert yaml.safe_load(text)["stages"] == ["sft"]
     text, notes = import_configs([tmp_path / "kto.yaml", tmp_path / "rm.yaml"])
-    assert yaml.safe_load(text)["stages"] == ["sft", "rm", "kto"]
-    assert any("no stage sft was imported" in note for note in notes)
+    assert yaml.safe_load(text)["stages"] == ["rm", "kto"]  # as LLaMA-Factory runs them: no sft stage added
     recipe = Recipe.model_validate(yaml.safe_load(text))
-    assert recipe.stages == ["sft", "rm", "dpo"] and recipe.dpo.pref_loss == "kto"  # kto is dpo with the KTO loss
+    assert recipe.stages == ["rm", "dpo"] and recipe.dpo.pref_loss == "kto"  # kto is dpo with the KTO loss
 
 
 MERGE = """\
@@ -169,7 +168,7 @@ def test_a_multimodal_config_is_refused_naming_its_keys(tmp_path):
 
 
 def test_deepspeed_becomes_an_accelerate_launcher(tmp_path):
-    (tmp_path / "sft.yaml").write_text("stage: sft\ndeepspeed: examples/deepspeed/ds_z3_config.json\n")
+    (tmp_path / "sft.yaml").write_text("stage: sft\ndeepspeed: examples/deepspeed/ds_z3_config.json\ndataset: identity\n")
     recipe = yaml.safe_load(import_configs([tmp_path / "sft.yaml"])[0])
     assert recipe["launcher"] == {"type": "accelerate", "deepspeed": "examples/deepspeed/ds_z3_config.json"}
     from engine.train.launch import launch_command
@@ -179,7 +178,7 @@ def test_deepspeed_becomes_an_accelerate_launcher(tmp_path):
 
 
 def test_speed_keys_map_to_tuneline_levers(tmp_path):
-    (tmp_path / "sft.yaml").write_text("stage: sft\nflash_attn: disabled\ndisable_gradient_checkpointing: false\n"
+    (tmp_path / "sft.yaml").write_text("stage: sft\ndataset: identity\nflash_attn: disabled\ndisable_gradient_checkpointing: false\n"
                                        "enable_liger_kernel: false\nneat_packing: true\n")
     (tmp_path / "dpo.yaml").write_text("stage: dpo\nflash_attn: fa3\ndisable_gradient_checkpointing: true\n"
                                        "pref_ftx: 0.5\n")

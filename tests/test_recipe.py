@@ -57,8 +57,8 @@ def test_a_shingle_size_the_dedup_cannot_read_stops_at_load(tmp_path):
     ({"sft.report_to": "wandb"}, "sft.report_to"),
     ({"serve.model": "gguf"}, "serve.model"),
     ({"serve.served_model_name": "my/model"}, "serve.served_model_name"),
-    ({"stages": ["sft", "ppo"]}, r"stages\.1: Input should be 'sft', 'rm', 'dpo' or 'kto'"),
-    ({"stages": ["dpo"]}, "has no sft: tuneline runs sft in every recipe"),
+    ({"stages": ["sft", "ppo"]}, r"stages\.1: Input should be 'pt', 'sft', 'rm', 'dpo' or 'kto'"),
+    ({"stages": ["pt", "sft"]}, "names pt, but pt.dataset is empty"),
     ({"stages": ["sft", "dpo", "kto"]}, "name each stage once"),
     ({"stages": ["sft", "kto"], "dpo.pref_loss": "ipo"}, "tiny.yaml: stages names kto but dpo.pref_loss is ipo: set"),
 ])
@@ -182,3 +182,11 @@ def test_stages_default_to_all_and_kto_is_the_dpo_stage_with_the_kto_loss():
     assert load_recipe("tiny")[0].stages == ["sft", "rm", "dpo"]
     recipe = Recipe.model_validate({"stages": ["sft", "kto"]})
     assert recipe.stages == ["sft", "dpo"] and recipe.dpo.pref_loss == "kto" and not recipe.runs("rm")
+
+
+@pytest.mark.parametrize("stages", [["pt"], ["sft"], ["rm"], ["dpo"], ["kto"], ["pt", "sft", "rm", "dpo"], []])
+def test_stages_may_be_any_llamafactory_stage_list(stages):
+    recipe = Recipe.model_validate({"stages": stages, "pt": {"dataset": ["pt_corpus"]} if "pt" in stages else {}})
+    named = {"kto": "dpo"}
+    assert [named.get(s, s) for s in stages] == recipe.stages
+    assert recipe.runs("sft") == ("sft" in stages) and recipe.runs("pt") == ("pt" in stages)

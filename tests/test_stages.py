@@ -22,7 +22,7 @@ def test_merge_with_only_the_sft_stage_gives_the_adapter_model_s_logits(tiny_mod
     from engine.export.merge import merge
     from engine.models import load_causal_lm
     sft = random_adapter(tiny_model_dir, tmp_path / "sft", 1)
-    metrics = merge(tiny_model_dir, sft, None, formatted_dir, tmp_path / "merged")
+    metrics = merge(tiny_model_dir, [sft], formatted_dir, tmp_path / "merged")
     assert metrics["max_logit_diff"] < 1e-3
     ids = torch.tensor([[1, 2, 3, 4]])
     base, merged = load_causal_lm(tiny_model_dir, torch.float32), load_causal_lm(tmp_path / "merged", torch.float32)

@@ -34,6 +34,14 @@ VIEW_FEATURES = {
 # when both splits have rows; reward_model and dpo_adapter say so when they run and theirs is absent. (Kept here,
 # not read from the recipe's stages: formatted_data's fingerprint then does not change with them.)
 REQUIRED_VIEWS = ("sft",)
+VIEWS_FILE = "views.json"  # where the SFT view's rows come from: "sft" rows, or "preference"/"kto" rows' chosen answers
+
+
+def sft_view_source(formatted_dir: Path) -> str:
+    """"sft" when the SFT view holds SFT rows; "preference" or "kto" when, the data holding none, it holds those
+    rows' prompts with their chosen (desirable) answers."""
+    path = formatted_dir / VIEWS_FILE
+    return json.loads(path.read_text())["sft_view_from"] if path.is_file() else "sft"
 
 
 class TemplateMismatch(ValueError):
@@ -261,6 +269,10 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
     if overlength not in ("truncate", "drop"):
         raise ValueError(f"overlength must be 'truncate' or 'drop', got {overlength!r}")
     views: dict[str, dict[str, list]] = {view: {"train": [], "eval": []} for view in VIEW_FEATURES}
+    # without SFT rows (a DPO, reward or KTO dataset alone), the SFT view merge, quantization and evaluation read is
+    # each pair's prompt with its chosen answer (a KTO row's, where it is desirable): what pref_ftx trains on
+    derive_sft = not any(row["kind"] == "sft" for row in rows)
+    derived: dict[str, list] = {"train": [], "eval": []}
     quarantine, provenance, lengths, truncated, tools_dropped = [], [], [], [], 0
     splits = [split_of(row["content_hash"], val_size, seed) for row in rows]
     leaks = contaminated(rows, splits, decontamination_threshold) if decontamination_threshold else {}
@@ -307,6 +319,9 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
                     continue
                 (prompt, answers), was_cut = cut, True
                 length = max(pair_lengths(tokenizer, prompt, answers, tools))
+            if derive_sft and (row["kind"] == "preference" or row["label"] == "true"):
+                ids, labels = tokenize_sft(tokenizer, [*prompt, answers[0]], tools, cutoff_len)
+                derived[split].append({"input_ids": ids, "labels": labels, "row_id": row["row_id"]})
             if row["kind"] == "kto":
                 record = {"prompt": chat_messages(prompt), "completion": chat_messages(answers),
                           "label": row["label"] == "true", "row_id": row["row_id"]}
@@ -319,6 +334,11 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
         views[row["kind"]][split].append(record)
         provenance.append({"source": row["source"], "row_id": row["row_id"], "content_hash": row["content_hash"],
                            "view": row["kind"], "split": split})
+    sft_view_from = "sft"
+    if derive_sft and any(derived.values()):
+        views["sft"], sft_view_from = derived, ("preference" if any(r["kind"] == "preference" for r in rows) else "kto")
+    (out / VIEWS_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (out / VIEWS_FILE).write_text(json.dumps({"sft_view_from": sft_view_from}))
     for view, splits in views.items():
         if view not in REQUIRED_VIEWS and not all(splits.values()):
             continue  # only a stage that trains on it needs it (engine.data.format.require_view)
@@ -342,6 +362,7 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
         "contaminates_eval": len(leaks), "length_histogram": length_histogram(lengths, cutoff_len),
         "rows_in_by_source": dict(Counter(r["source"] for r in rows)),
         "rows_out_by_source": dict(Counter(p["source"] for p in provenance)),
+        "sft_view_from": sft_view_from,
         "sft_rows_without_labels": sum(all(l == IGNORE for l in r["labels"]) for s in views["sft"].values() for r in s),
     }
     return quarantine, report
@@ -373,9 +394,11 @@ def build_formatted_data(run: "StageRun") -> dict:
     split; the views as HF datasets, the split of every row and the quarantine as Parquet. Returns the report."""
     from engine.models import load_tokenizer, model_dir
     from engine.tables import QUARANTINE_COLUMNS, read_rows, write_rows
+    from engine.data.templates import check_template
     data = run.recipe.data
-    quarantine, report = format_rows(read_rows(run.inputs["clean_data"] / "rows.parquet"),
-                                     load_tokenizer(model_dir(run.inputs["base_model"])), data.cutoff_len,
+    tokenizer = load_tokenizer(model_dir(run.inputs["base_model"]))
+    check_template(tokenizer, data.template)
+    quarantine, report = format_rows(read_rows(run.inputs["clean_data"] / "rows.parquet"), tokenizer, data.cutoff_len,
                                      data.val_size, data.seed, run.out, data.decontamination_threshold,
                                      data.overlength)
     write_rows(quarantine, run.out / "quarantine.parquet", QUARANTINE_COLUMNS)

@@ -248,20 +248,25 @@ def ingest(sources: dict[str, tuple[DatasetEntry, Path]]) -> tuple[list[dict], l
     return rows, quarantine, counts
 
 
-def ingest_to(out: Path, sources: dict[str, tuple[DatasetEntry, Path]]) -> dict:
-    """Stream every source into out/rows.parquet and out/quarantine.parquet. Returns counts, in total and per
-    source."""
+def ingest_to(out: Path, sources: dict[str, tuple[DatasetEntry, Path]], max_samples: int | None = None) -> dict:
+    """Stream every source into out/rows.parquet and out/quarantine.parquet; with `max_samples` (LLaMA-Factory's
+    key), only each source's first that many records, the rest counted as `beyond_max_samples`, never read. Returns
+    counts, in total and per source."""
     counts, reasons = {}, Counter()
     with RowWriter(out / "rows.parquet", ROW_COLUMNS) as rows, \
             RowWriter(out / "quarantine.parquet", QUARANTINE_COLUMNS) as quarantine:
         for name, (entry, path) in sources.items():
-            before = (rows.count, quarantine.count)
+            before, beyond = (rows.count, quarantine.count), 0
             for good, item in ingest_stream(name, entry, path):
+                if max_samples is not None and rows.count + quarantine.count - sum(before) >= max_samples:
+                    beyond += 1
+                    continue
                 (rows if good else quarantine).add(item)
                 if not good:
                     reasons[item["reason"]] += 1
             accepted, rejected = rows.count - before[0], quarantine.count - before[1]
-            counts[name] = {"rows_in": accepted + rejected, "accepted": accepted, "quarantined": rejected}
+            counts[name] = {"rows_in": accepted + rejected, "accepted": accepted, "quarantined": rejected,
+                            **({"beyond_max_samples": beyond} if max_samples is not None else {})}
     return {"rows": rows.count, "quarantined": quarantine.count, "by_source": counts,
             "quarantine_by_reason": dict(reasons)}
 
@@ -271,4 +276,4 @@ def build_raw_data(run: "StageRun") -> dict:
     entries it does not use are listed with the reason (`not_used`), so a stock registry's hub or multimodal
     entries are reported, never an error."""
     selection = recipe_selection(run.recipe.data)
-    return {**ingest_to(run.out, selection.sources), "not_used": selection.not_used}
+    return {**ingest_to(run.out, selection.sources, run.recipe.data.max_samples), "not_used": selection.not_used}

@@ -17,23 +17,26 @@ if TYPE_CHECKING:
     from engine.stage import StageRun
 
 
-def trained_model(base_dir: Path, sft_weights: Path, dpo_weights: Path | None, dtype: torch.dtype):
+def trained_model(base_dir: Path, stages: list[Path], dtype: torch.dtype):
     """The model the stages trained, adapters applied on the fly: the last stage's full weights when it trained
-    a full model, else base + SFT (+ DPO) adapters."""
-    *earlier, last = [sft_weights] if dpo_weights is None else [sft_weights, dpo_weights]
+    a full model, else base + the stages' adapters in order (no stage: the base model itself)."""
+    if not stages:
+        return load_causal_lm(base_dir, dtype).eval()
+    *earlier, last = stages
     if not (last / "adapter_config.json").is_file():
         return load_causal_lm(last, dtype).eval()
     # the last adapter stays unmerged, so that the reference logits are the adapter model's own
     return PeftModel.from_pretrained(load_with_adapters(base_dir, *earlier, dtype=dtype), last).eval()
 
 
-def merge(base_dir: Path, sft_weights: Path, dpo_weights: Path | None, formatted_dir: Path, out: Path,
-          check_rows: int = 16, precision: Precision | None = None) -> dict:
+def merge(base_dir: Path, stages: list[Path], formatted_dir: Path, out: Path, check_rows: int = 16,
+          precision: Precision | None = None) -> dict:
     """Write the merged model, tokenizer, chat template and generation config to `out`, its weights in the base
     checkpoint's dtype (or the recipe's explicit infer_dtype); the merge itself computes in the policy's inference
     dtype on its device.
 
-    `dpo_weights` None: the recipe runs no dpo stage, and the SFT stage alone is merged.
+    `stages`: the training stages' weights in order (SFT, DPO), those the recipe runs; none: the base model (pt_model:
+    with model.adapter_name_or_path merged in) is exported as it is.
 
     Returns the largest absolute logit difference between the trained model (adapters applied on the fly, or
     the last stage's full weights) and the reloaded merged model, both run in the inference dtype. (Weights saved
@@ -44,7 +47,7 @@ def merge(base_dir: Path, sft_weights: Path, dpo_weights: Path | None, formatted
     tokenizer = load_tokenizer(base_dir)
     evaluation = read_view(formatted_dir, "sft")["eval"]
     batch = sft_batch(evaluation, check_rows, tokenizer.pad_token_id)
-    trained = trained_model(base_dir, sft_weights, dpo_weights, dtype)
+    trained = trained_model(base_dir, stages, dtype)
     inputs = to_device({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, trained)
     with torch.no_grad():
         trained_logits = trained(**inputs).logits.float()
@@ -69,9 +72,8 @@ def build(run: "StageRun") -> dict:
     from engine.lineage import export_lineage
     from engine.train.common import trained_weights
     base = model_dir(run.inputs["pt_model"])
-    dpo = trained_weights(run.inputs["dpo_adapter"]) if "dpo_adapter" in run.inputs else None  # off: SFT alone
-    metrics = merge(base, trained_weights(run.inputs["sft_adapter"]), dpo, run.inputs["formatted_data"], run.out,
-                    precision=Precision.of(run.recipe.model))
+    stages = [trained_weights(run.inputs[s]) for s in ("sft_adapter", "dpo_adapter") if s in run.inputs]
+    metrics = merge(base, stages, run.inputs["formatted_data"], run.out, precision=Precision.of(run.recipe.model))
     parents = [p.name for p in run.inputs.values()]
     write_export_docs(run.out, f"Merged model of {base.name}", export_lineage(run.home.catalog(), parents), metrics)
     return metrics

@@ -25,10 +25,12 @@ def unit_of(pref_loss: str) -> str:
     return "rows" if pref_loss == "kto" else "pairs"
 
 
-def starting_model(base_dir: Path, sft_weights: Path, cfg: DpoSection, out: Path, precision: Precision | None = None):
-    """The SFT model DPO trains, in the policy's training dtype; for QLoRA it is written out once and reloaded with
-    its base quantized."""
-    model = load_with_adapters(base_dir, sft_weights, dtype=train_dtype(precision or Precision()))
+def starting_model(base_dir: Path, sft_weights: Path | None, cfg: DpoSection, out: Path,
+                   precision: Precision | None = None):
+    """The SFT model DPO trains (without sft in the recipe, the base model), in the policy's training dtype; for
+    QLoRA it is written out once and reloaded with its base quantized."""
+    sft = [] if sft_weights is None else [sft_weights]
+    model = load_with_adapters(base_dir, *sft, dtype=train_dtype(precision or Precision()))
     if cfg.quantization_bit is None:
         return model
     model.save_pretrained(out / "_trainer" / "sft_merged")
@@ -78,7 +80,7 @@ def dpo_trainer(model, reference, tokenizer, train, evaluation, args, optimizer_
                           processing_class=tokenizer, optimizers=optimizer_pair)
 
 
-def train_dpo(base_dir: Path, sft_weights: Path, formatted_dir: Path, cfg: DpoSection, cutoff_len: int,
+def train_dpo(base_dir: Path, sft_weights: Path | None, formatted_dir: Path, cfg: DpoSection, cutoff_len: int,
               out: Path, precision: Precision | None = None, say: Callable[[str], None] = print) -> dict:
     """Train and save to `out/adapter` (or `out/model`). Returns the held-out reward margin and accuracy.
     (The reward model's verdict on DPO against SFT is the evaluation assets' job, and the gate's.)"""
@@ -86,7 +88,7 @@ def train_dpo(base_dir: Path, sft_weights: Path, formatted_dir: Path, cfg: DpoSe
     model = prepare_model(starting_model(base_dir, sft_weights, cfg, out, precision), cfg, "CAUSAL_LM", precision)
     # a full or freeze model needs its own frozen copy of the SFT model as reference (TRL would reload the base)
     reference = None if is_adapter(cfg) or cfg.pref_loss == "orpo" else load_with_adapters(
-        base_dir, sft_weights, dtype=train_dtype(precision or Precision())).eval()
+        base_dir, *([] if sft_weights is None else [sft_weights]), dtype=train_dtype(precision or Precision())).eval()
     with tracking(cfg, out, f"dpo-{cfg.pref_loss}"):
         trainer = preference_trainer(model, reference, tokenizer, formatted_dir, cfg, cutoff_len, out, precision)
         result, resumed = train_resumably(trainer, "dpo", say)
@@ -103,9 +105,10 @@ def train_dpo(base_dir: Path, sft_weights: Path, formatted_dir: Path, cfg: DpoSe
 
 @trains_on_labelled_positions
 def build(run: "StageRun") -> dict:
-    """dpo_adapter's entry point: on top of the SFT stage's weights."""
+    """dpo_adapter's entry point: on top of the SFT stage's weights (without sft in the recipe, of pt_model's)."""
     precision = Precision.of(run.recipe.model)
-    return {**train_dpo(model_dir(run.inputs["pt_model"]), trained_weights(run.inputs["sft_adapter"]),
+    sft = trained_weights(run.inputs["sft_adapter"]) if "sft_adapter" in run.inputs else None
+    return {**train_dpo(model_dir(run.inputs["pt_model"]), sft,
                         run.inputs["formatted_data"], run.recipe.dpo, run.recipe.data.cutoff_len, run.out, precision,
                         run.log),
             **precision_metrics(train_dtype(precision))}

@@ -7,6 +7,7 @@ in, so the result is a full model directory every later stage starts from.
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -18,7 +19,7 @@ from engine.data.registry import DatasetEntry, resolve_sources
 from engine.data.split import split_of
 from engine.errors import DataError
 from engine.device import Precision, precision_metrics, train_dtype
-from engine.models import load_tokenizer, model_dir, point_at
+from engine.models import check_adapter, load_tokenizer, merge_adapters, model_dir, point_at
 from engine.tables import QUARANTINE_COLUMNS, write_rows
 from engine.train.checkpoints import evaluate_before_training, train_resumably
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_model, tracking,
@@ -90,15 +91,31 @@ def pt_sources(recipe) -> dict[str, tuple[DatasetEntry, Path]]:
     return resolve_sources(data.dataset_dir, data.dataset_info, recipe.pt.dataset, data.allowed_roots)
 
 
+def starting_point(run: "StageRun") -> tuple[Path, dict]:
+    """The model continued pre-training (or, when it is off, every later stage) starts from: the base model, or the
+    base with model.adapter_name_or_path merged in, written into this artifact."""
+    base = model_dir(run.inputs["base_model"])
+    adapters = [check_adapter(a) for a in run.recipe.model.adapters()]
+    if not adapters:
+        return base, {}
+    merged = merge_adapters(base, adapters, run.out / START_DIR)
+    return merged, {"adapters_merged": [str(a.resolve()) for a in adapters]}
+
+
+START_DIR = "start"  # base + model.adapter_name_or_path, inside pt_model's artifact
+
+
 @trains_on_labelled_positions
 def build(run: "StageRun") -> dict:
     """pt_model's entry point: continued pre-training into a full model, or, while pt.dataset is empty, the base
-    model named unchanged."""
-    base = model_dir(run.inputs["base_model"])
+    model named unchanged (or merged with model.adapter_name_or_path)."""
+    base, merged = starting_point(run)
     if not run.recipe.pt.dataset:
-        return {**point_at(run.out, base), "continued_pretraining": False}
+        return {**point_at(run.out, base), **merged, "continued_pretraining": False}
     data, precision = run.recipe.data, Precision.of(run.recipe.model)
     metrics, quarantine = train_pt(base, pt_sources(run.recipe), run.recipe.pt, data.cutoff_len, data.val_size,
                                    data.seed, run.out, precision, run.log)
+    if merged:
+        shutil.rmtree(run.out / START_DIR)  # the trained model holds it
     write_rows(quarantine, run.out / "quarantine.parquet", QUARANTINE_COLUMNS)
-    return {**metrics, "continued_pretraining": True, **precision_metrics(train_dtype(precision))}
+    return {**metrics, **merged, "continued_pretraining": True, **precision_metrics(train_dtype(precision))}

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Callable
 
 from trl import SFTConfig, SFTTrainer
 
-from engine.data.format import read_view
+from engine.data.format import read_view, sft_view_source
+from engine.errors import DataError
 from engine.device import Precision, precision_metrics, train_dtype
 from engine.models import load_tokenizer, model_dir
 from engine.train.accounting import trained_examples
@@ -51,6 +52,11 @@ def sft_arguments(cfg: SftSection, cutoff_len: int, out: Path, precision: Precis
 def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: int, out: Path,
               precision: Precision | None = None, say: Callable[[str], None] = print) -> dict:
     """Train and save to `out/adapter` (or `out/model`). Returns eval loss before/after, loss curve, tokens/s."""
+    source = sft_view_source(formatted_dir)
+    if source != "sft":  # as LLaMA-Factory, which refuses ranking data for stage sft
+        raise DataError(f"sft: the selected datasets hold no SFT rows, only {source} rows (its SFT view is their "
+                        "chosen answers, for evaluation): register instruction data in data.dataset, or take sft out "
+                        "of the recipe's stages")
     tokenizer = load_tokenizer(base_dir)
     data = read_view(formatted_dir, "sft")
     train, evaluation = without_row_ids(data["train"]), without_row_ids(data["eval"])
