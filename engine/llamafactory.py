@@ -79,7 +79,7 @@ def note_remote(key: str, value: Any, source: Path, notes: list[str]) -> None:
     """A model or adapter that is not a local directory: tuneline loads local checkpoints only (said for every kind
     of config alike)."""
     for item in str(value).split(","):
-        if item.strip() and not Path(item.strip()).expanduser().exists():
+        if item.strip() and item.strip() != "tiny" and not Path(item.strip()).expanduser().exists():
             notes.append(f"{source}: {key} {item.strip()!r} is imported but is not a local path: tuneline loads local "
                          "checkpoints only (download it, e.g. with `hf download`, and point the recipe there)")
 

@@ -126,3 +126,25 @@ def test_the_tiny_template_renders_the_tools_and_a_template_that_drops_them_is_f
     rows = [dict(row, row_id=f"s:{i}", content_hash=f"h{i}") for i in range(40)]
     _, report = format_rows(rows, tokenizer, 256, 0.2, 0, tmp_path)
     assert report["tools_dropped_by_template"] == 40
+
+
+def test_preference_only_data_gives_an_sft_view_of_chosen_answers_that_sft_refuses(tiny_model_dir, tmp_path):
+    """A DPO dataset alone (LLaMA-Factory's dpo_en_demo) still gives merge, quantization and evaluation held-out
+    conversations: each pair's prompt with its chosen answer. The sft stage will not train on them, as LLaMA-Factory
+    refuses ranking data for stage sft."""
+    from engine.data.format import sft_view_source
+    from engine.recipe import SftSection
+    from engine.train.sft import train_sft
+    rows = [{**sft_row(i, [{"role": "user", "content": f"Pick {i}"}]), "kind": "preference", "chosen": f"{i}",
+             "rejected": "no"} for i in range(16)]
+    _, report = format_rows(rows, load_tokenizer(tiny_model_dir), 64, 0.5, 0, tmp_path)
+    assert report["sft_view_from"] == "preference" and sft_view_source(tmp_path) == "preference"
+    sft = load_from_disk(tmp_path / "sft")
+    assert len(sft["train"]) + len(sft["eval"]) == 16 == report["preference_train"] + report["preference_eval"]
+    tokenizer = load_tokenizer(tiny_model_dir)
+    row = sft["train"][0]
+    trained = tokenizer.decode([t for t, l in zip(row["input_ids"], row["labels"], strict=True) if l != IGNORE])
+    pair = next(r for r in rows if r["row_id"] == row["row_id"])
+    assert trained == pair["chosen"] + "<|im_end|>\n"
+    with pytest.raises(DataError, match="^sft: the selected datasets hold no SFT rows, only preference rows"):
+        train_sft(tiny_model_dir, tmp_path, SftSection(), 64, tmp_path / "out")

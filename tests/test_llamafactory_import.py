@@ -202,3 +202,67 @@ def test_a_lever_that_cannot_work_here_is_refused_before_any_work():
                                ("reward.enable_liger_kernel", "true", "needs the liger-kernel package")):
         with pytest.raises(RecipeError, match=reason):
             validated_recipe("tiny", f'{{"{key}": "{value}"}}' if value != "true" else f'{{"{key}": true}}')
+
+
+@pytest.mark.parametrize("config, named", [
+    ("stage: sft\ntemplate: qwen2_vl\ndataset: identity\n", "template 'qwen2_vl' is a multimodal"),
+    ("stage: sft\nmodel_name_or_path: Qwen/Qwen2.5-VL-7B-Instruct\ndataset: identity\n", "names a multimodal"),
+    ("model_name_or_path: llava-hf/llava-1.5-7b-hf\nexport_dir: out\n", "names a multimodal"),
+])
+def test_a_multimodal_template_or_model_is_refused_without_image_keys(tmp_path, config, named):
+    (tmp_path / "vl.yaml").write_text(config)
+    with pytest.raises(RecipeError, match=named):
+        import_configs([tmp_path / "vl.yaml"], ["identity"])
+
+
+def test_hub_ids_are_said_for_every_kind_of_config(tmp_path):
+    (tmp_path / "dpo.yaml").write_text("stage: dpo\nmodel_name_or_path: org/model\nadapter_name_or_path: org/sft-lora\n"
+                                       "dataset: dpo_en_demo\n")
+    (tmp_path / "export.yaml").write_text("model_name_or_path: org/model\nexport_dir: out\n")
+    for path in (tmp_path / "dpo.yaml", tmp_path / "export.yaml"):
+        _, notes = import_configs([path], ["identity"])
+        assert any("'org/model' is imported but is not a local path" in n for n in notes)
+    _, notes = import_configs([tmp_path / "dpo.yaml"])
+    assert any("'org/sft-lora' is imported but is not a local path" in n for n in notes)
+
+
+def test_a_preference_stage_without_sft_starts_from_its_adapter(tmp_path):
+    (tmp_path / "dpo.yaml").write_text("stage: dpo\nadapter_name_or_path: saves/sft\ndataset: dpo_en_demo\n")
+    recipe = yaml.safe_load(import_configs([tmp_path / "dpo.yaml"])[0])
+    assert recipe["stages"] == ["dpo"] and recipe["model"]["adapter_name_or_path"] == "saves/sft"
+    (tmp_path / "sft.yaml").write_text("stage: sft\ndataset: identity\n")  # beside an sft stage: that stage's output
+    text, notes = import_configs([tmp_path / "sft.yaml", tmp_path / "dpo.yaml"])
+    assert "adapter_name_or_path" not in yaml.safe_load(text).get("model", {})
+    assert any("starts from the recipe's own sft stage" in n for n in notes)
+
+
+def test_configs_that_name_no_chat_data_need_an_eval_dataset(tmp_path):
+    (tmp_path / "pt.yaml").write_text("stage: pt\ndataset: c4_demo\n")
+    with pytest.raises(RecipeError, match="pass --eval-dataset"):
+        import_configs([tmp_path / "pt.yaml"])
+    recipe = yaml.safe_load(import_configs([tmp_path / "pt.yaml"], ["identity"])[0])
+    assert recipe["stages"] == ["pt"] and recipe["pt"]["dataset"] == ["c4_demo"]
+    assert recipe["data"]["dataset"] == ["identity"]
+
+
+def test_template_max_samples_are_imported_and_an_unknown_template_is_said(tmp_path):
+    (tmp_path / "sft.yaml").write_text("stage: sft\ndataset: identity\ntemplate: llama3\nmax_samples: 50\n")
+    recipe = yaml.safe_load(import_configs([tmp_path / "sft.yaml"])[0])
+    assert recipe["data"]["template"] == "llama3" and recipe["data"]["max_samples"] == 50
+    (tmp_path / "sft.yaml").write_text("stage: sft\ndataset: identity\ntemplate: my_own\n")
+    text, notes = import_configs([tmp_path / "sft.yaml"])
+    assert "template" not in yaml.safe_load(text)["data"]
+    assert any("template 'my_own' not imported" in n for n in notes)
+
+
+def test_the_checkpoint_template_is_checked_against_the_named_one(tiny_model_dir):
+    from engine.data.templates import check_template
+    from engine.models import load_tokenizer
+    tokenizer = load_tokenizer(tiny_model_dir)  # ChatML, as LLaMA-Factory's qwen template
+    for name in ("qwen", "chatml", "smollm2", None):
+        check_template(tokenizer, name)
+    with pytest.raises(RecipeError, match="starts a user turn with '<\\|im_start\\|>user\\\\n', LLaMA-Factory's "
+                                          "llama3 template with '<\\|start_header_id\\|>user"):
+        check_template(tokenizer, "llama3")
+    with pytest.raises(RecipeError, match="multimodal"):
+        check_template(tokenizer, "qwen2_vl")
