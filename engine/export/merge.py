@@ -73,5 +73,6 @@ def build(run: "StageRun") -> dict:
     metrics = merge(base, trained_weights(run.inputs["sft_adapter"]), dpo, run.inputs["formatted_data"], run.out,
                     precision=Precision.of(run.recipe.model))
     parents = [p.name for p in run.inputs.values()]
-    write_export_docs(run.out, f"Merged model of {base.name}", export_lineage(run.home.catalog(), parents), metrics)
+    write_export_docs(run.out, f"Merged model of {base.name}", export_lineage(run.home.catalog(), parents), metrics,
+                      run.stage)
     return metrics
