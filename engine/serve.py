@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from engine.backends import choose_backend
 from engine.device import Precision, device_type, infer_dtype, name
@@ -377,22 +377,37 @@ CHAT_ROLES = ("system", "user", "assistant")  # what any OpenAI-compatible clien
 def smoke_question(formatted_dir: Path, clean_dir: Path, scan: int = 64) -> dict:
     """The deployment's smoke question, from the recipe's own data: the first row of formatted_data's SFT eval split
     (the held-out questions evaluation answers first) whose turns are plain chat, as the messages before its last
-    answer (from clean_data's rows: the formatted view keeps only token ids). {"row_id", "messages"}."""
+    answer (from clean_data's rows: the SFT view keeps only token ids); without an SFT view, the first plain-chat
+    prompt of the preference (else KTO) eval split. {"row_id", "messages"}."""
+    for row_id, messages in eval_conversations(formatted_dir, clean_dir, scan):
+        if messages and all(m["role"] in CHAT_ROLES and isinstance(m["content"], str) for m in messages):
+            return {"row_id": row_id, "messages": messages}
+    raise ServeError(f"{formatted_dir}: none of the first {scan} eval rows is a plain chat question (system, user "
+                     "and assistant turns) to ask the deployment's smoke question with")
+
+
+def eval_conversations(formatted_dir: Path, clean_dir: Path, scan: int) -> Iterator[tuple[str, list[dict]]]:
+    """(row_id, the conversation before its answer) of the first `scan` rows of the first eval split there is."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     from engine.data.format import read_view
-    eval_ids = read_view(formatted_dir, "sft")["eval"]["row_id"][:scan]
-    table = pq.read_table(clean_dir / "rows.parquet", columns=["row_id", "messages"])
-    rows = {r["row_id"]: json.loads(r["messages"])
-            for r in table.filter(pc.is_in(table["row_id"], value_set=pa.array(eval_ids, pa.string()))).to_pylist()}
-    for row_id in eval_ids:
-        messages = rows.get(row_id, [])
-        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=0)
-        if last and all(m["role"] in CHAT_ROLES and isinstance(m["content"], str) for m in messages[:last]):
-            return {"row_id": row_id, "messages": messages[:last]}
-    raise ServeError(f"{formatted_dir}: none of the first {len(eval_ids)} SFT eval rows is plain chat (system, user "
-                     "and assistant turns) to ask the deployment's smoke question with")
+    if (formatted_dir / "sft").is_dir():
+        eval_ids = read_view(formatted_dir, "sft")["eval"]["row_id"][:scan]
+        table = pq.read_table(clean_dir / "rows.parquet", columns=["row_id", "messages"])
+        rows = {r["row_id"]: json.loads(r["messages"])
+                for r in table.filter(pc.is_in(table["row_id"], value_set=pa.array(eval_ids, pa.string()))).to_pylist()}
+        for row_id in eval_ids:
+            messages = rows.get(row_id, [])
+            last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=0)
+            yield row_id, messages[:last]
+        return
+    for view in ("preference", "kto"):
+        if (formatted_dir / view).is_dir():
+            evaluation = read_view(formatted_dir, view)["eval"]
+            for row in evaluation.select(range(min(scan, len(evaluation)))):
+                yield row["row_id"], row["prompt"]
+            return
 
 
 def served_name(recipe) -> str:

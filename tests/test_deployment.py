@@ -62,6 +62,13 @@ def test_a_tool_conversation_is_not_a_smoke_question(two_recipes_data, tmp_path)
     assert smoke_question(formatted, tmp_path / "clean")["row_id"] == eval_ids[1]
 
 
+def test_without_an_sft_view_the_question_is_a_preference_prompt(formatted_dir, tmp_path):
+    shutil.copytree(formatted_dir / "preference", tmp_path / "formatted" / "preference")
+    first = read_view(tmp_path / "formatted", "preference")["eval"][0]
+    assert smoke_question(tmp_path / "formatted", tmp_path / "no-clean-data-needed") == {
+        "row_id": first["row_id"], "messages": first["prompt"]}
+
+
 def artifact(metrics: dict) -> Artifact:
     return Artifact("deployment", "f" * 16, None, metrics)
 
