@@ -79,8 +79,8 @@ def test_the_vllm_config_check_says_vllm_was_not_run():
     assert config_compatible_with_vllm(artifact({**quantized, "vllm_config_problems": []}), recipe) == (
         True, "config.json quantization compressed-tensors is a format vLLM loads; vLLM was not run here (it needs "
               "its package and a CUDA GPU)")
-    passed, detail = config_compatible_with_vllm(
-        artifact({**quantized, "vllm_config_problems": ["format 'bitmask', expected one of ['int-quantized']"]}), recipe)
+    refused = {**quantized, "vllm_config_problems": ["format 'bitmask', expected one of ['int-quantized']"]}
+    passed, detail = config_compatible_with_vllm(artifact(refused), recipe)
     assert not passed and detail.startswith("config.json: format 'bitmask'") and "vLLM was not run here" in detail
     ran = {**quantized, "vllm_config_problems": [], "vllm_load": {"answer": "chat", "startup_seconds": 40.0,
                                                                    "error": None}}

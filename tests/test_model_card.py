@@ -39,8 +39,8 @@ def test_each_export_names_its_base_its_relation_and_its_data(tmp_path, export, 
     [entry] = meta["model-index"]
     assert entry["name"] == f"{export} of smol"
     [result] = entry["results"]
-    assert result["dataset"] == {"type": "tuneline/formatted_data", "name": "held-out SFT split of dpo_en_demo, identity",
-                                 "split": "eval", "revision": "f" * 16}
+    assert result["dataset"] == {"type": "tuneline/formatted_data", "split": "eval", "revision": "f" * 16,
+                                 "name": "held-out SFT split of dpo_en_demo, identity"}
     assert result["metrics"][0]["type"] == "perplexity" and result["metrics"][0]["value"] == 3.25
     card = ModelCard.load(tmp_path / "README.md")  # the Hub client's own parser accepts it, model-index included
     assert card.data.base_model == BASE and card.data.eval_results[0].metric_value == 3.25
