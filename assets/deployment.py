@@ -5,21 +5,29 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.stage_asset import stage_asset
+from engine.backends import vllm_usable
 from engine.serve import build_deployment, choose_backend
 from engine.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
 
+SMOKE_DATA = ("formatted_data", "clean_data")  # the smoke question: the first plain-chat row of the SFT eval split
+
 
 def reads(recipe):
-    """Only the export it serves; the recipe's name only when it names the served model; the precision keys (its
-    smoke test loads the model)."""
+    """Only the export it serves, and the data its smoke question comes from; the recipe's name only when it names
+    the served model; the precision keys (its smoke test loads the model)."""
     keys = ("serve",) if recipe.serve.served_model_name else ("serve", "name")
-    return ("model_comparison", f"{recipe.serve.model}_model"), (*keys, *PRECISION_KEYS)
+    return ("model_comparison", f"{recipe.serve.model}_model", *SMOKE_DATA), (*keys, *PRECISION_KEYS)
+
+
+def outside_identity(recipe, hasher) -> dict:
+    """Whether vLLM can run here: where it can, the deployment also serves the export with vLLM (loads_in_vllm)."""
+    return {"vllm_runs_here": vllm_usable()}
 
 
 STAGE = Stage("deployment", entry=build_deployment,
-              parents=("model_comparison", "merged_model", "gptq_model", "awq_model"),
-              keys=("serve", "name", *PRECISION_KEYS), select=reads, outside=with_precision())
+              parents=("model_comparison", "merged_model", "gptq_model", "awq_model", *SMOKE_DATA),
+              keys=("serve", "name", *PRECISION_KEYS), select=reads, outside=with_precision(outside_identity))
 
 
 def summary(artifact, recipe) -> str:
@@ -35,22 +43,45 @@ def metadata(artifact, recipe) -> dict:
             "quantization": str(config["quantization"]), "max_model_len": config["max_model_len"],
             "backend_now": choose_backend(recipe.serve.infer_backend), "device": m["device"], "dtype": m["dtype"],
             "vllm_command": dg.MetadataValue.md(f"```\n{m['vllm_command']}\n```"),
+            "smoke_row_id": smoke["row_id"], "smoke_question": smoke["messages"][-1]["content"],
             "smoke_answer": smoke["answer"], "smoke_startup_seconds": smoke["startup_seconds"]}
 
 
 def serves_chat_completions(artifact, recipe) -> tuple[bool, str]:
     smoke = artifact.metrics["smoke"]
     return (isinstance(smoke["answer"], str) and smoke["stopped_cleanly"],
-            f"{smoke['backend']} answered {smoke['answer']!r} after {smoke['startup_seconds']} s start-up; "
-            f"stopped cleanly: {smoke['stopped_cleanly']}")
+            f"{smoke['backend']} answered {smoke['answer']!r} to eval row {smoke['row_id']} after "
+            f"{smoke['startup_seconds']} s start-up; stopped cleanly: {smoke['stopped_cleanly']}")
 
 
-def vllm_accepts_export(artifact, recipe) -> tuple[bool, str]:
-    problems, quantization = artifact.metrics["vllm_problems"], artifact.metrics["serve_config"]["quantization"]
-    return not problems, "; ".join(problems) or f"quantization {quantization} loads in vLLM"
+def config_compatible_with_vllm(artifact, recipe) -> tuple[bool, str]:
+    """The export's config.json against the quantization formats vLLM loads: a reading, not a run of vLLM."""
+    problems = artifact.metrics["vllm_config_problems"]
+    quantization = artifact.metrics["serve_config"]["quantization"] or "none (unquantized)"
+    ran = ("vLLM itself served it too (loads_in_vllm)" if artifact.metrics["vllm_load"] is not None
+           else "vLLM was not run here (it needs its package and a CUDA GPU)")
+    if problems:
+        return False, f"config.json: {'; '.join(problems)}; {ran}"
+    return True, f"config.json quantization {quantization} is a format vLLM loads; {ran}"
 
+
+def loads_in_vllm(artifact, recipe) -> tuple[bool, str]:
+    """vLLM served the export with the recorded command line and answered the smoke question (declared only where
+    vLLM can run)."""
+    load = artifact.metrics["vllm_load"]
+    if load is None:
+        return False, "vLLM was not run for this artifact (built where vLLM cannot run)"
+    if load["error"]:
+        return False, f"vllm serve failed: {load['error']}"
+    return bool(load["answer"]), (f"vllm serve answered {load['answer']!r} after {load['startup_seconds']} s "
+                                  "start-up" + ("" if load["answer"] else ": an empty answer"))
+
+
+CHECKS = {"serves_chat_completions": serves_chat_completions,
+          "config_compatible_with_vllm": config_compatible_with_vllm,
+          **({"loads_in_vllm": loads_in_vllm} if vllm_usable() else {})}  # a check of vLLM only where it runs
 
 deployment = stage_asset(
     STAGE, group="deployment", summary=summary, metadata=metadata,
     description="Runs only when the comparison's gates pass. `tuneline serve deployment` starts the server it describes.",
-    checks={"serves_chat_completions": serves_chat_completions, "vllm_accepts_export": vllm_accepts_export})
+    checks=CHECKS)

@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from engine.backends import choose_backend
 from engine.device import Precision, device_type, infer_dtype, name
@@ -350,28 +350,64 @@ class Server:
         self.stop()
 
 
-def chat_completion(base_url: str, model: str, prompt: str, max_tokens: int = 16, api_key: str = "unused") -> str:
+def chat_completion(base_url: str, model: str, messages: list[dict], max_tokens: int = 16,
+                    api_key: str = "unused") -> str:
     """One chat completion through the OpenAI client: what any user's application would send."""
     from openai import OpenAI
     client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
-    response = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
-                                              max_tokens=max_tokens, temperature=0)
+    response = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0)
     return response.choices[0].message.content
 
 
-def smoke_serve(directory: Path, backend: str, prompt: str, timeout: float) -> dict:
-    """Start the server on a free port, ask one question, stop it: proof the deployment serves."""
+def smoke_serve(directory: Path, backend: str, messages: list[dict], timeout: float) -> dict:
+    """Start the server on a free port, send one conversation, stop it: proof the deployment serves."""
     key = secrets.token_urlsafe(24)  # a key of its own: the smoke test goes through the same door as users
     server = Server(directory, backend=backend, port=free_port(), timeout=timeout, api_key=key)
     started = time.monotonic()
     with server:
         ready = time.monotonic() - started
-        answer = chat_completion(server.base_url, server.config["served_model_name"], prompt, api_key=key)
+        answer = chat_completion(server.base_url, server.config["served_model_name"], messages, api_key=key)
     return {"backend": server.backend, "startup_seconds": round(ready, 1), "answer": answer,
             "stopped_cleanly": not server.killed}
 
 
-SMOKE_PROMPT = "Translate the last word into French.\nred cat"  # the sample data's task: the tiny model says "chat"
+CHAT_ROLES = ("system", "user", "assistant")  # what any OpenAI-compatible client sends; tool turns are not
+
+
+def smoke_question(formatted_dir: Path, clean_dir: Path, scan: int = 64) -> dict:
+    """The deployment's smoke question, from the recipe's own data: the first row of formatted_data's SFT eval split
+    (the held-out questions evaluation answers first) whose turns are plain chat, as the messages before its last
+    answer (from clean_data's rows: the SFT view keeps only token ids); without an SFT view, the first plain-chat
+    prompt of the preference (else KTO) eval split. {"row_id", "messages"}."""
+    for row_id, messages in eval_conversations(formatted_dir, clean_dir, scan):
+        if messages and all(m["role"] in CHAT_ROLES and isinstance(m["content"], str) for m in messages):
+            return {"row_id": row_id, "messages": messages}
+    raise ServeError(f"{formatted_dir}: none of the first {scan} eval rows is a plain chat question (system, user "
+                     "and assistant turns) to ask the deployment's smoke question with")
+
+
+def eval_conversations(formatted_dir: Path, clean_dir: Path, scan: int) -> Iterator[tuple[str, list[dict]]]:
+    """(row_id, the conversation before its answer) of the first `scan` rows of the first eval split there is."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from engine.data.format import read_view
+    if (formatted_dir / "sft").is_dir():
+        eval_ids = read_view(formatted_dir, "sft")["eval"]["row_id"][:scan]
+        table = pq.read_table(clean_dir / "rows.parquet", columns=["row_id", "messages"])
+        rows = {r["row_id"]: json.loads(r["messages"])
+                for r in table.filter(pc.is_in(table["row_id"], value_set=pa.array(eval_ids, pa.string()))).to_pylist()}
+        for row_id in eval_ids:
+            messages = rows.get(row_id, [])
+            last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=0)
+            yield row_id, messages[:last]
+        return
+    for view in ("preference", "kto"):
+        if (formatted_dir / view).is_dir():
+            evaluation = read_view(formatted_dir, view)["eval"]
+            for row in evaluation.select(range(min(scan, len(evaluation)))):
+                yield row["row_id"], row["prompt"]
+            return
 
 
 def served_name(recipe) -> str:
@@ -379,13 +415,32 @@ def served_name(recipe) -> str:
     return recipe.serve.served_model_name or f"{recipe.name}-{recipe.serve.model}"
 
 
+def write_deployment_card(run: "StageRun", export: Path) -> None:
+    """README.md: the served export's model card with its evaluation and the deployment gates in its model-index
+    (the gates as the catalog recorded them for this comparison: they passed, or this stage would not run)."""
+    from engine.export.docs import deployment_card
+    comparison = run.inputs["model_comparison"]
+    evaluation = json.loads((comparison / "comparison.json").read_text())[run.recipe.serve.model]
+    gates = {name: (passed, detail) for name, passed, detail in run.home.catalog().query(
+        "SELECT check_name, passed, detail FROM check_results WHERE artifact = ? ORDER BY check_name",
+        [comparison.name])}
+    (run.out / "README.md").write_text(deployment_card(export, evaluation, gates))
+
+
 def build_deployment(run: "StageRun") -> dict:
-    """deployment's entry point: serve.json for the recipe's export, proven by serving one chat completion."""
-    from engine.export.vllm_compat import vllm_config_problems
+    """deployment's entry point: serve.json for the recipe's export, proven by serving the first plain-chat question
+    of the recipe's eval split; where vLLM can run, by vLLM too. The recorded command names the published
+    directory (the work directory is renamed at publish)."""
+    from engine.export.vllm_compat import vllm_config_problems, vllm_load
     cfg = run.recipe.serve
     export = run.inputs[f"{cfg.model}_model"]
     config = write_serve_config(export, served_name(run.recipe), cfg, run.out, Precision.of(run.recipe.model))
-    vllm_line = server_command(config, run.out, "vllm", config["host"], config["port"])
-    smoke = smoke_serve(run.out, cfg.infer_backend, SMOKE_PROMPT, cfg.startup_timeout_seconds)
-    return {"serve_config": config, "vllm_command": " ".join(vllm_line), "smoke": smoke,
-            "vllm_problems": vllm_config_problems(export), "device": config["device"], "dtype": config["dtype"]}
+    vllm_line = server_command(config, run.published, "vllm", config["host"], config["port"])
+    write_deployment_card(run, export)
+    question = smoke_question(run.inputs["formatted_data"], run.inputs["clean_data"])
+    smoke = smoke_serve(run.out, cfg.infer_backend, question["messages"], cfg.startup_timeout_seconds)
+    return {"serve_config": config, "vllm_command": " ".join(vllm_line),
+            "smoke": {**smoke, "row_id": question["row_id"], "messages": question["messages"]},
+            "vllm_config_problems": vllm_config_problems(export),
+            "vllm_load": vllm_load(run.out, smoke, question["messages"], cfg.startup_timeout_seconds),
+            "device": config["device"], "dtype": config["dtype"]}

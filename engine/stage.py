@@ -87,6 +87,11 @@ class StageRun:
     home: "Home"
     log: Callable[[str], None] = print
 
+    @property
+    def published(self) -> Path:
+        """Where `out` will be once the artifact is published (a rename): what a path recorded in it must name."""
+        return self.home.artifact_dir(self.stage, self.fingerprint)
+
 
 class RecipeView:
     """The recipe as one stage may read it: its declared keys, and below a declared section every key but the

@@ -170,6 +170,7 @@ def outcome(result) -> int:
     if result.success:
         return 0
     user_errors, names = True, user_error_names()
+    failed_checks = failed_check_details(result)
     for event in result.get_step_failure_events():
         error = event.step_failure_data.error
         while error.cause is not None:  # Dagster wraps the stage's own error
@@ -177,8 +178,22 @@ def outcome(result) -> int:
         user_errors &= error.cls_name in names
         message = " ".join(line.strip() for line in error.message.splitlines() if line.strip()) or error.cls_name
         message = re.sub(rf"^[\w.]*{error.cls_name}: ", "", message)  # the error's own words, not its module path
+        if error.cls_name == "DagsterAssetCheckFailedError" and failed_checks.get(event.step_key):
+            message = "; ".join(failed_checks[event.step_key])  # Dagster's message names the checks, not why
         print(f"tuneline: {event.step_key}: {message}", file=sys.stderr)
     return 2 if user_errors else 1
+
+
+def failed_check_details(result) -> dict[str, list[str]]:
+    """Per step, each failed check as "check <name> failed: <its detail>" (the numbers and the bound it missed)."""
+    found: dict[str, list[str]] = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION" and not event.event_specific_data.passed:
+            evaluation = event.event_specific_data
+            detail = evaluation.metadata.get("detail")
+            found.setdefault(event.step_key, []).append(
+                f"check {evaluation.check_name} failed: {detail.value if detail else 'no detail recorded'}")
+    return found
 
 
 def user_error_names() -> set[str]:

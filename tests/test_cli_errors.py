@@ -142,3 +142,16 @@ def test_verbose_adds_the_traceback(tmp_path, monkeypatch, capfd):
     err = capfd.readouterr().err
     assert "Traceback (most recent call last)" in err and err.strip().splitlines()[-1].endswith(
         "a key may be set once")
+
+
+def test_a_failed_check_says_its_source_value_and_bound_in_one_line(tmp_path, monkeypatch, capfd):
+    """A blocking check that fails stops the run with exit 2 and one line carrying the check's detail (Dagster's own
+    message names only the check)."""
+    import re
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    code = main(["run", "--select", "raw_data,clean_data", "--set", "clean.max_source_loss_ratio=0.01",
+                 "--artifact-root", str(tmp_path / "root")])
+    err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1, err
+    assert re.match(r"tuneline: clean_data: check every_source_within_loss_bound failed: alpaca_tasks: lost "
+                    r"\d+\.\d% \(\d+ in, \d+ out\), bound 1\.0%, over by \d+\.\d%", err[0]), err[0]

@@ -1,5 +1,6 @@
 """The whole graph on the tiny recipe through Dagster's materialize(), in a temporary artifact root."""
 
+import importlib.util
 import json
 import math
 
@@ -7,6 +8,7 @@ import shutil
 
 import dagster as dg
 import pytest
+import torch
 import yaml
 from pathlib import Path
 from datasets import load_from_disk
@@ -166,10 +168,26 @@ def test_the_deployment_serves_the_gated_awq_export(first_run):
     assert config["quantization"] == "compressed-tensors" and config["served_model_name"] == "tiny-awq"
     assert config["port"] == 8000 and config["host"] == "127.0.0.1"
     assert "--quantization compressed-tensors" in meta["deployment"]["vllm_command"]
+    command = meta["deployment"]["vllm_command"].strip("`\n").split()
+    flags = dict(zip(command[3::2], command[4::2]))
+    assert Path(command[2]).is_dir() and Path(flags["--chat-template"]).is_file()  # published paths, not .work-
+    assert Path(flags["--chat-template"]).parent == deployment
     assert isinstance(meta["deployment"]["smoke_answer"], str)
-    checks = {e.check_name: e.passed for e in first_run[1].get_asset_check_evaluations()
+    formatted = Path(meta["formatted_data"]["path"])
+    assert meta["deployment"]["smoke_row_id"] == load_from_disk(formatted / "sft")["eval"]["row_id"][0]
+    checks = {e.check_name: e for e in first_run[1].get_asset_check_evaluations()
               if e.asset_key.to_user_string() == "deployment"}
-    assert checks == {"serves_chat_completions": True, "vllm_accepts_export": True}
+    vllm_runs = {"loads_in_vllm"} if torch.cuda.is_available() and importlib.util.find_spec("vllm") else set()
+    assert set(checks) == {"serves_chat_completions", "config_compatible_with_vllm", *vllm_runs}
+    assert all(c.passed for c in checks.values())
+    if not vllm_runs:
+        assert "vLLM was not run here" in checks["config_compatible_with_vllm"].metadata["detail"].value
+    card = yaml.safe_load((deployment / "README.md").read_text().split("---\n", 2)[1])
+    assert "base_model" not in card  # the tiny preset has no Hub id (a Hub checkpoint: tests/test_model_card.py)
+    assert card["datasets"] == ["alpaca_tasks", "openai_tasks", "preference_tasks", "sharegpt_tasks"]
+    gates = {m["type"]: m["value"] for m in card["model-index"][0]["results"][0]["metrics"]}
+    assert {g: gates[g] for g in ("dpo_not_worse_than_sft", "gptq_within_budget", "awq_within_budget")} == {
+        "dpo_not_worse_than_sft": "passed", "gptq_within_budget": "passed", "awq_within_budget": "passed"}
 
 
 def test_a_failing_gate_stops_deployment_and_says_by_how_much(first_run, project):

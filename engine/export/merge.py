@@ -75,5 +75,6 @@ def build(run: "StageRun") -> dict:
     stages = [trained_weights(run.inputs[s]) for s in ("sft_adapter", "dpo_adapter") if s in run.inputs]
     metrics = merge(base, stages, run.inputs["formatted_data"], run.out, precision=Precision.of(run.recipe.model))
     parents = [p.name for p in run.inputs.values()]
-    write_export_docs(run.out, f"Merged model of {base.name}", export_lineage(run.home.catalog(), parents), metrics)
+    write_export_docs(run.out, f"Merged model of {base.name}", export_lineage(run.home.catalog(), parents), metrics,
+                      run.stage)
     return metrics

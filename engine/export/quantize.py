@@ -87,7 +87,7 @@ def build(run: "StageRun", method: Method) -> dict:
                        run.out, Precision.of(run.recipe.model))
     parents = [p.name for p in run.inputs.values()]
     write_export_docs(run.out, f"{method.upper()} 4-bit export of {merged.name}",
-                      export_lineage(run.home.catalog(), parents), metrics)
+                      export_lineage(run.home.catalog(), parents), metrics, run.stage)
     return metrics
 
 

@@ -1,9 +1,13 @@
-"""What vLLM needs from an export's config.json, checked where vLLM itself cannot run (no GPU here)."""
+"""What vLLM makes of an export: its config.json compared with the quantization formats vLLM loads (on any machine,
+without running vLLM), and, where vLLM can run (its package and a CUDA GPU), the export served by `vllm serve`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from engine.backends import vllm_usable
+from engine.errors import ServeError
 
 # compressed-tensors formats vLLM's CompressedTensorsConfig loads for weight-only int quantization
 VLLM_WEIGHT_FORMATS = {"pack-quantized", "naive-quantized", "int-quantized"}
@@ -30,3 +34,20 @@ def vllm_config_problems(model_dir: Path) -> list[str]:
     if not quant.get("config_groups"):
         problems.append("no config_groups")
     return problems
+
+
+def vllm_load(deployment_dir: Path, smoke: dict, messages: list[dict], timeout: float) -> dict | None:
+    """The deployment served by `vllm serve` (its recorded command line) and asked `messages`, where vLLM can run;
+    None where it cannot (nothing was run). The smoke test's own answer when vLLM is what served it. A server that
+    does not start or answer is recorded as {"error": ...}, for the check to fail with."""
+    if not vllm_usable():
+        return None
+    if smoke["backend"] == "vllm":
+        return {"answer": smoke["answer"], "startup_seconds": smoke["startup_seconds"], "error": None}
+    from openai import OpenAIError
+    from engine.serve import smoke_serve
+    try:
+        served = smoke_serve(deployment_dir, "vllm", messages, timeout)
+    except (ServeError, OpenAIError) as exc:  # it did not start, or did not answer
+        return {"answer": None, "startup_seconds": None, "error": " ".join(str(exc).split())}
+    return {"answer": served["answer"], "startup_seconds": served["startup_seconds"], "error": None}
