@@ -399,7 +399,8 @@ def eval_conversations(formatted_dir: Path, clean_dir: Path, scan: int) -> Itera
                 for r in table.filter(pc.is_in(table["row_id"], value_set=pa.array(eval_ids, pa.string()))).to_pylist()}
         for row_id in eval_ids:
             messages = rows.get(row_id, [])
-            last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=0)
+            # a preference row's messages are its prompt (an SFT view made of chosen answers: engine/data/format.py)
+            last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
             yield row_id, messages[:last]
         return
     for view in ("preference", "kto"):
