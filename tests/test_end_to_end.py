@@ -223,7 +223,7 @@ def test_lineage_and_catalog_account_for_every_row(first_run):
     assert set(record["artifacts"]) == {"base_model", "raw_data", "clean_data", "formatted_data", "pt_model",
                                          "sft_adapter", "dpo_adapter"}
     assert set(record["data"]) == {"alpaca_tasks", "sharegpt_tasks", "openai_tasks", "preference_tasks"}
-    assert record["artifacts"]["sft_adapter"]["checks"] == {"eval_loss_below_base": True}
+    assert record["artifacts"]["sft_adapter"]["checks"] == {"eval_loss_below_base": True, "every_row_trained": True}
     assert record["artifacts"]["sft_adapter"]["versions"]["trl"] == "1.16.0"
     assert record["artifacts"]["sft_adapter"]["config"]["sft"]["learning_rate"] == 3.0e-3  # the keys it was made with
     assert record["export"]["metrics"]["max_logit_diff"] == meta["merged_model"]["max_logit_diff"]
