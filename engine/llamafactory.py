@@ -180,6 +180,8 @@ def import_configs(paths: list[Path]) -> tuple[str, list[str]]:
         (merge_export if is_export(config) else merge_stage)(recipe, config, path, notes)
         configs.append((path, config))
     lora_alpha_defaults(recipe)
+    from engine.recipe import llamafactory_clean_section  # LLaMA-Factory cleans nothing: keep every row it trains on
+    recipe["clean"] = llamafactory_clean_section()
     recipe = {"name": recipe.pop("name"), "stages": stages_of(configs, notes), **recipe}
     try:
         Recipe.model_validate(recipe)
