@@ -208,8 +208,10 @@ class RowScrubber:
                 out[name] = on_prose(text, lambda piece: pattern.sub(placeholder, piece))
                 left = pattern.search(out[name])
                 if left:
-                    raise Inconsistent(f"{name}: the {kinds[left.group(1)]} found in {first_seen[left.group(1)]} "
-                                       "also stands in code here, and code is never rewritten")
+                    value = left.group(1)
+                    where = "" if first_seen[value] == name else f" found in {first_seen[value]} also"
+                    raise Inconsistent(f"{name}: the {kinds[value]}{where} stands in code here, and code is never "
+                                       "rewritten")
         missed = next((v for v in kinds if v not in replaced), None)
         if missed is not None:  # found, yet it stands nowhere as a whole token: glued to the text around it
             raise Inconsistent(f"{first_seen[missed]}: the {kinds[missed]} found there cannot be replaced as a whole "
