@@ -139,6 +139,7 @@ def test_pii_leaves_numbers_code_and_words_alone(text):
     ("write to jane@example.com", "write to <EMAIL>"),
     ("get ftp://user:hunter22@files.example.com/a.txt", "get ftp://user:<SECRET>@files.example.com/a.txt"),
     ("server 192.168.1.20 is down", "server <IP> is down"),
+    ("ssh admin@10.0.0.7, then ping 10.0.0.7-10.0.0.9", "ssh admin@<IP>, then ping <IP>-<IP>"),
 ])
 def test_pii_scrubs_real_personal_data(text, expected):
     result = clean([sft(0, text, "ok")], steps({"step": "pii"}), ["s"])

@@ -39,7 +39,7 @@ PLACEHOLDER = re.compile(r"<[A-Z_]+>")
 # a stand-in, not a secret: a plain word or words (password, your_password), a template variable or a mask
 NOT_A_SECRET = re.compile(r"[A-Za-z_-]+|[<{$%\[].*|(.)\1*")
 # a found value is replaced where it stands as a whole token, not inside a longer word, address or number
-BEFORE, AFTER = r"(?<![\w@.%+-])", r"(?![\w]|[.%+-]\w)"
+BEFORE, AFTER = r"(?<![\w.])", r"(?!\w|\.\w)"
 JSON_ROLES = ("function_call", "observation")  # a tool call's arguments and a tool's result are JSON
 
 
