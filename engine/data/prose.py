@@ -15,17 +15,32 @@ from typing import Callable
 CODE = re.compile(r"(?ms)^[ \t]*(?P<fence>`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]*(?P=fence)[ \t]*$|\Z)"  # fenced block
                   r"|(?P<ticks>`+)(?!`).+?(?<!`)(?P=ticks)(?!`)", re.S)  # inline code span
 
-# a line that is a statement of a programming language (lowercase keywords: prose starts sentences uppercase)
-CODE_LINE = re.compile(r"""[ \t]*(?:
+# a line that opens like a statement of a programming language (lowercase keywords: prose starts sentences uppercase)
+CODE_START = re.compile(r"""[ \t]*(?:
     (?:async[ \t]+)?def[ \t]+\w+[ \t]*\( | class[ \t]+\w+[ \t]*[(:{] | import[ \t]+[\w.]+ | from[ \t]+[\w.]+[ \t]+import\b
-  | (?:(?:if|elif|while|except)\b | for\b[^\n]*\bin\b | with\b[^\n]*(?:\bas\b|\())[^\n]*:[ \t]*(?:\#[^\n]*)?$
-  | (?:else|try|finally)[ \t]*:
-  | return\b[^\n]*$ | (?:\#include|\#define|\#!/)
+  | (?:else|try|finally)[ \t]*: | return\b | \#include\b | \#define\b | \#!/ | //
   | (?:public|private|protected)[ \t]+\w | (?:function|func|fn)[ \t]+\w+[ \t]*\( | (?:const|let|var)[ \t]+\w+[ \t]*=
   | [A-Za-z_][\w.]*(?:\[[^\]\n]*\])*[ \t]*(?:[-+*/%|&^]|//|\*\*)?=(?!=)[ \t]*[^\s=]   # an assignment
-  | [A-Za-z_][\w.]*\([^\n]*\)[ \t]*;?[ \t]*$                                          # a call on a line of its own
-  | [^\n]*[(=][^\n]*;[ \t]*$ | [^\n]*\{[ \t]*$ | [})\]]+[ \t;,)]*$ | //
 )""", re.X)
+BLOCK_OPENER = re.compile(r"[ \t]*(?:if|elif|while|except|for|with)\b")  # a code line when it ends with a colon
+CALL = re.compile(r"[ \t]*[A-Za-z_][\w.]*\(")  # a code line when it ends with `)` or `);`
+CLOSING = re.compile(r"[ \t]*[})\]]+[ \t;,)]*")
+
+
+def code_line(line: str) -> bool:
+    """Whether one line (no line break) reads as a statement of a programming language. Linear in its length:
+    the endings are tested in Python, not by backtracking patterns."""
+    end = line.rstrip()
+    if CODE_START.match(line) or CLOSING.fullmatch(line) or end.endswith("{"):
+        return True
+    if end.endswith(";") and ("(" in end or "=" in end):
+        return True
+    if end.endswith(":") and BLOCK_OPENER.match(line):
+        keyword = line.split()[0]
+        return keyword not in ("for", "with") or (" in " if keyword == "for" else " as ") in end or "(" in end
+    return bool(end.endswith((")", ");")) and CALL.match(line))
+
+
 CONTINUATION = re.compile(r"[ \t]+\S|[ \t]*(?:\#|//|[})\]])")  # indented, a comment or a closing bracket
 LIST_ITEM = re.compile(r"[ \t]*(?:[-*+•◦▪]|\d{1,3}[.)]|[A-Za-z][.)]|\(\w{1,3}\))[ \t]+|[ \t]*\|")  # or a table row
 FORMULA = re.compile(r"=|\d[\d.,]*[ \t]*[-+*/×÷^<>%][ \t]*[-(]?\d|\d[ \t]*[a-zA-Z]?[ \t]*[*/×÷^][ \t]*\(?[a-zA-Z\d]")
@@ -39,7 +54,7 @@ def code_line_spans(text: str) -> list[tuple[int, int]]:
     for i, line in enumerate(lines):
         end = at + len(line)
         bare = line.rstrip("\r\n")
-        if CODE_LINE.match(bare) or (block is not None and bare.strip() and CONTINUATION.match(bare)):
+        if code_line(bare) or (block is not None and bare.strip() and CONTINUATION.match(bare)):
             block = (block[0] if block else at, end)
         elif block is not None and not bare.strip() and continues(lines, i + 1):
             block = (block[0], end)
@@ -55,7 +70,7 @@ def code_line_spans(text: str) -> list[tuple[int, int]]:
 def continues(lines: list[str], i: int) -> bool:
     """Whether the next non-blank line from lines[i] carries a code block on."""
     following = next((line.rstrip("\r\n") for line in lines[i:] if line.strip()), None)
-    return following is not None and bool(CODE_LINE.match(following) or CONTINUATION.match(following))
+    return following is not None and (code_line(following) or bool(CONTINUATION.match(following)))
 
 
 def segments(text: str) -> list[tuple[str, bool]]:
