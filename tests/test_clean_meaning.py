@@ -252,13 +252,14 @@ def test_an_email_gets_one_placeholder_in_the_user_turn_and_the_tool_call():
     assert sent == call.replace("boss@company.com", "<EMAIL>")  # in place: spacing and key order as written
     assert observation == '{"status": "success"}' and answer == "The email has been sent to <EMAIL>."
     assert result.rows[0]["tools"] == tools
-    assert [r["field"] for r in result.rewrites] == ["messages[0].content", "messages[1].content", "messages[3].content"]
+    assert [r["field"] for r in result.rewrites] == ["messages[0].content", "messages[1].content",
+                                                      "messages[3].content"]
     assert result.report["pii_scrubbed"] == {"email": 3}
 
 
 def test_a_password_a_tool_returned_gets_the_same_placeholder_in_the_answer():
-    chat = row(0, "I would like it to be 12 characters long.", '{"name": "generate_password", "arguments": {"length": 12}}',
-               '{"password": "aB3#fG7!kL9@"}', "Here is your new password: aB3#fG7!kL9@. Please save it.",
+    chat = row(0, "I would like it to be 12 characters long.",
+               '{"name": "generate_password", "arguments": {"length": 12}}', '{"password": "aB3#fG7!kL9@"}', "Here is your new password: aB3#fG7!kL9@. Please save it.",
                roles=TOOL_ROLES)
     result = clean([chat], PII, ["s"])
     _, call, observation, answer = texts(result)["s:0"]

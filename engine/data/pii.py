@@ -190,7 +190,8 @@ class RowScrubber:
                 first_seen.setdefault(value, name)
         if not kinds:
             return fields, Counter()
-        pattern = re.compile(BEFORE + "(" + "|".join(map(re.escape, sorted(kinds, key=len, reverse=True))) + ")" + AFTER)
+        longest_first = sorted(kinds, key=len, reverse=True)
+        pattern = re.compile(BEFORE + "(" + "|".join(map(re.escape, longest_first)) + ")" + AFTER)
         counts: Counter = Counter()
         replaced = set()
 

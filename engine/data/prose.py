@@ -17,8 +17,8 @@ CODE = re.compile(r"(?ms)^[ \t]*(?P<fence>`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]*(?P=f
 
 # a line that opens like a statement of a programming language (lowercase keywords: prose starts sentences uppercase)
 CODE_START = re.compile(r"""[ \t]*(?:
-    (?:async[ \t]+)?def[ \t]+\w+[ \t]*\( | class[ \t]+\w+[ \t]*[(:{] | import[ \t]+[\w.]+ | from[ \t]+[\w.]+[ \t]+import\b
-  | (?:else|try|finally)[ \t]*: | return\b | \#include\b | \#define\b | \#!/ | //
+    (?:async[ \t]+)?def[ \t]+\w+[ \t]*\( | class[ \t]+\w+[ \t]*[(:{] | import[ \t]+[\w.]+
+  | from[ \t]+[\w.]+[ \t]+import\b | (?:else|try|finally)[ \t]*: | return\b | \#include\b | \#define\b | \#!/ | //
   | (?:public|private|protected)[ \t]+\w | (?:function|func|fn)[ \t]+\w+[ \t]*\( | (?:const|let|var)[ \t]+\w+[ \t]*=
   | [A-Za-z_][\w.]*(?:\[[^\]\n]*\])*[ \t]*(?:[-+*/%|&^]|//|\*\*)?=(?!=)[ \t]*[^\s=]   # an assignment
 )""", re.X)
@@ -37,12 +37,15 @@ def code_line(line: str) -> bool:
         return True
     if end.endswith(":") and BLOCK_OPENER.match(line):
         keyword = line.split()[0]
-        return keyword not in ("for", "with") or (" in " if keyword == "for" else " as ") in end or "(" in end
+        if keyword == "for":  # `for example:` is prose, `for x in xs:` code
+            return " in " in end
+        return keyword != "with" or " as " in end or "(" in end
     return bool(end.endswith((")", ");")) and CALL.match(line))
 
 
 CONTINUATION = re.compile(r"[ \t]+\S|[ \t]*(?:\#|//|[})\]])")  # indented, a comment or a closing bracket
 LIST_ITEM = re.compile(r"[ \t]*(?:[-*+•◦▪]|\d{1,3}[.)]|[A-Za-z][.)]|\(\w{1,3}\))[ \t]+|[ \t]*\|")  # or a table row
+# an equation, or an operator between numbers (3/4 + 2/3, 6h * 2): arithmetic, not prose
 FORMULA = re.compile(r"=|\d[\d.,]*[ \t]*[-+*/×÷^<>%][ \t]*[-(]?\d|\d[ \t]*[a-zA-Z]?[ \t]*[*/×÷^][ \t]*\(?[a-zA-Z\d]")
 
 
