@@ -201,7 +201,8 @@ class RepetitionStep(Section):
     # passage once stays under 0.5, three copies of one sentence are 0.67 (LLaMA-Factory's demo files: at most 0.36)
     max_duplicate_fraction: Float = Field(0.5, gt=0, le=1)
     min_words: Int = Field(50, ge=1)  # texts with less prose are not judged: chat turns repeat an instruction by design
-    max_line_repeats: Int = Field(8, ge=1)  # a line (outside code) may recur this often: a song's chorus, not a loop
+    # a prose line of ngram or more words may recur this often: a song's chorus (the demo files: at most 4), not a loop
+    max_line_repeats: Int = Field(8, ge=1)
 
 
 class PiiStep(Section):
@@ -242,7 +243,8 @@ class NearDedupStep(Section):
     shingle_size: Int = Field(DEFAULT_SHINGLE, ge=1, le=MAX_SHINGLE)  # characters per shingle
     bands: Int | None = Field(None, ge=1)  # bands x rows <= num_perm; unset: chosen from the threshold
     rows: Int | None = Field(None, ge=1)
-    # shorter rows are never near-duplicates: there one changed word is another question (`hi` / `hello`, identity.json)
+    # characters (every turn but the system prompt) below which a row is never a near-duplicate: there one changed
+    # word is another question (identity.json's `hi` / `hello` rows, 93 characters)
     min_chars: Int = Field(256, ge=0)
 
     @model_validator(mode="after")
@@ -262,8 +264,8 @@ DEFAULT_CLEAN_STEPS = [{"step": "normalize"}, {"step": "length"}, {"step": "repe
 
 
 def llamafactory_clean_section() -> dict:
-    """The clean section of a recipe imported from LLaMA-Factory configs: the default steps, every key written out
-    so the imported YAML shows what runs."""
+    """The clean section of a recipe imported from LLaMA-Factory configs: the default steps with every key that has
+    a value written out, so the imported YAML shows what runs."""
     return {"steps": [TypeAdapter(CleanStep).validate_python(s).model_dump(exclude_none=True)
                       for s in DEFAULT_CLEAN_STEPS]}
 
