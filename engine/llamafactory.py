@@ -251,6 +251,8 @@ def import_configs(paths: list[Path], eval_dataset: list[str] | None = None) -> 
     if eval_dataset:
         data["dataset"] = list(dict.fromkeys([*data.get("dataset", []), *eval_dataset]))
     lora_alpha_defaults(recipe)
+    from engine.recipe import llamafactory_clean_section  # LLaMA-Factory cleans nothing: keep every row it trains on
+    recipe["clean"] = llamafactory_clean_section()
     recipe = {"name": recipe.pop("name"), "stages": stages, **recipe}
     try:
         Recipe.model_validate(recipe)

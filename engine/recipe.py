@@ -194,9 +194,11 @@ class StripHtmlStep(Section):
 
 
 class LengthStep(Section):
+    """Drops rows by length. No maximum unless set: formatted_data truncates a long row at data.cutoff_len as
+    LLaMA-Factory does (data.overlength), so a long row is cut, not lost."""
     step: Literal["length"]
     min_chars: Int = Field(1, ge=0)
-    max_chars: Int = Field(4000, ge=1)
+    max_chars: Int | None = Field(None, ge=1)  # None: no maximum (the row is truncated at cutoff_len instead)
     min_tokens: Int | None = Field(None, ge=0)  # counted with the base model's tokenizer over all of a row's texts
     max_tokens: Int | None = Field(None, ge=1)
 
@@ -205,16 +207,24 @@ class LengthStep(Section):
 
 
 class RepetitionStep(Section):
-    """Gopher's repetition filter: drop a row when too much of its text lies in repeated word n-grams."""
+    """A loop filter on prose only: a request or an answer goes when most of its prose repeats its own earlier word
+    n-grams, or one of its prose lines recurs more than max_line_repeats times. Code, list items, formulas, tool
+    JSON, rejected answers and undesirable KTO answers are never judged; a recurring line (a chorus) counts once."""
     step: Literal["repetition"]
     ngram: Int = Field(5, ge=1)
-    max_duplicate_fraction: Float = Field(0.3, gt=0, le=1)
-    min_words: Int = Field(50, ge=1)  # shorter texts are not judged: chat turns repeat an instruction by design
+    # share of prose characters that repeat an earlier n-gram (its copies, not its first occurrence): quoting a
+    # passage once stays under 0.5, three copies of one sentence are 0.67 (LLaMA-Factory's demo files: at most 0.36)
+    max_duplicate_fraction: Float = Field(0.5, gt=0, le=1)
+    min_words: Int = Field(50, ge=1)  # texts with less prose are not judged: chat turns repeat an instruction by design
+    # a prose line of ngram or more words may recur this often: a song's chorus (the demo files: at most 4), not a loop
+    max_line_repeats: Int = Field(8, ge=1)
 
 
 class PiiStep(Section):
-    """Personal data in prose becomes <EMAIL>, <PHONE>, <IP>, <CREDIT_CARD>, <SECRET>; code, arithmetic and tool
-    calls keep their digits (real API-key formats are scrubbed everywhere)."""
+    """Opt-in. Personal data in prose becomes <EMAIL>, <PHONE>, <IP>, <CREDIT_CARD>, <SECRET>, the same value with
+    the same placeholder in every text of the row (tool calls, tool results and tools too); code and arithmetic
+    keep their text. A row where a found value cannot be replaced everywhere (it stands in code, or in a tool's
+    JSON as a number) is quarantined as pii_inconsistent."""
     step: Literal["pii"]
     kinds: list[Literal["email", "phone", "ip", "credit_card", "secret"]] = ["email", "phone", "ip", "credit_card",
                                                                              "secret"]
@@ -240,12 +250,17 @@ class ExactDedupStep(Section):
 
 
 class NearDedupStep(Section):
+    """Opt-in. Drops all but the first of rows whose texts (every turn but the system prompt) are near-duplicates
+    by MinHash; rows shorter than min_chars are never judged."""
     step: Literal["near_dedup"]
     threshold: Float = Field(0.8, gt=0, le=1)
     num_perm: Int = Field(DEFAULT_NUM_PERM, ge=16)
     shingle_size: Int = Field(DEFAULT_SHINGLE, ge=1, le=MAX_SHINGLE)  # characters per shingle
     bands: Int | None = Field(None, ge=1)  # bands x rows <= num_perm; unset: chosen from the threshold
     rows: Int | None = Field(None, ge=1)
+    # characters (every turn but the system prompt) below which a row is never a near-duplicate: there one changed
+    # word is another question (identity.json's `hi` / `hello` rows, 93 characters)
+    min_chars: Int = Field(256, ge=0)
 
     @model_validator(mode="after")
     def bands_and_rows_together(self):
@@ -258,8 +273,16 @@ class NearDedupStep(Section):
 
 CleanStep = Annotated[NormalizeStep | StripHtmlStep | LengthStep | RepetitionStep | PiiStep | BlocklistStep
                       | ExactDedupStep | NearDedupStep, Field(discriminator="step")]
-DEFAULT_CLEAN_STEPS = [{"step": "normalize"}, {"step": "length"}, {"step": "repetition"},  # strip_html is opt-in
-                       {"step": "pii"}, {"step": "exact_dedup"}, {"step": "near_dedup"}]
+# LLaMA-Factory cleans nothing: the default steps keep every row it would train on (text as written, no length cap,
+# repetition judged on prose only) but exact duplicates. strip_html, pii, blocklist and near_dedup are opt-in.
+DEFAULT_CLEAN_STEPS = [{"step": "normalize"}, {"step": "length"}, {"step": "repetition"}, {"step": "exact_dedup"}]
+
+
+def llamafactory_clean_section() -> dict:
+    """The clean section of a recipe imported from LLaMA-Factory configs: the default steps with every key that has
+    a value written out, so the imported YAML shows what runs."""
+    return {"steps": [TypeAdapter(CleanStep).validate_python(s).model_dump(exclude_none=True)
+                      for s in DEFAULT_CLEAN_STEPS]}
 
 
 class CleanSection(Section):
@@ -268,8 +291,8 @@ class CleanSection(Section):
                                                             for s in DEFAULT_CLEAN_STEPS])
     max_quarantine_ratio: Float = check_threshold(0.25, ge=0, le=1)  # the clean_data check fails above this
     # the share of one source's rows cleaning may remove: losing more than half usually means a wrong column mapping
-    # or a format the steps misjudge, not dirty data (the shipped sources each lose under 18%, alpaca_tasks with its
-    # planted duplicates the most)
+    # or a format the steps misjudge, not dirty data (the shipped sources each lose at most 10%, alpaca_tasks with
+    # its planted duplicates the most; LLaMA-Factory's demo files at most 18% under the tiny recipe)
     max_source_loss_ratio: Float = check_threshold(0.5, ge=0, le=1)
 
     def counts_tokens(self) -> bool:

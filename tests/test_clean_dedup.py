@@ -7,7 +7,7 @@ import pytest
 from engine.data.clean import clean
 from engine.data.dedup import near_duplicate_clusters, signatures
 from engine.data.ingest import content_hash
-from engine.recipe import CleanSection
+from engine.recipe import CleanSection, load_recipe
 
 
 def row(i, user, answer, source="s"):
@@ -41,7 +41,8 @@ def test_clean_removes_exact_and_near_duplicates_and_scrubs_pii():
             row(4, "Mail bob@corp.example.com or call +1 (415) 555-2671 from 10.0.0.1", "ok"),
             row(5, "Add the two numbers. 101 + 202", "303"),
             row(6, "   ", "x")]  # empty once normalized
-    kept, quarantine, clusters, report = clean(rows, CleanSection(), ["s"])
+    tiny = load_recipe("tiny")[0].clean  # pii and near_dedup are opt-in: the tiny recipe turns them on
+    kept, quarantine, clusters, report = clean(rows, tiny, ["s"])
     reasons = {q["row_id"]: q["reason"] for q in quarantine}
     assert reasons == {"s:1": "exact_duplicate", "s:2": "exact_duplicate", "s:3": "near_duplicate",
                        "s:6": "empty_after_normalization"}
@@ -52,12 +53,12 @@ def test_clean_removes_exact_and_near_duplicates_and_scrubs_pii():
     assert report["rows_in"] == len(kept) + len(quarantine)
     assert {(c["kind"], c["kept_row_id"], c["removed_row_id"]) for c in clusters} == {
         ("exact", "s:0", "s:1"), ("exact", "s:0", "s:2"), ("near", "s:0", "s:3")}
-    assert [s["step"] for s in report["steps"]] == [s.step for s in CleanSection().steps]
+    assert [s["step"] for s in report["steps"]] == [s.step for s in tiny.steps]
 
 
 def test_sample_data_duplicates_are_found(sample_rows):
-    kept, quarantine, _, report = clean(sample_rows[0], CleanSection(), ["alpaca_tasks", "sharegpt_tasks",
-                                                                         "openai_tasks", "preference_tasks"])
+    kept, quarantine, _, report = clean(sample_rows[0], load_recipe("tiny")[0].clean,
+                                        ["alpaca_tasks", "sharegpt_tasks", "openai_tasks", "preference_tasks"])
     assert report["quarantine_by_reason"]["exact_duplicate"] >= 100  # 40 + 20 + 15 + 15 + 20 planted, plus variants
     assert report["quarantine_by_reason"]["near_duplicate"] >= 20  # 20 planted near-duplicate pairs
     assert len({(r["kind"], r["content_hash"]) for r in kept}) == len(kept)
@@ -118,7 +119,8 @@ def test_near_dedup_takes_explicit_bands_and_rows():
         NearDedupStep(step="near_dedup", num_perm=64, bands=16, rows=8)
     base = "Sort the numbers in ascending order, then explain nothing: 512, 77, 903, 18, 260, 444"
     kept, quarantine, _, _ = run_steps([sft(0, base), sft(1, base + "!")],
-                                       {"step": "near_dedup", "num_perm": 128, "bands": 32, "rows": 4})
+                                       {"step": "near_dedup", "num_perm": 128, "bands": 32, "rows": 4,
+                                        "min_chars": 50})
     assert [q["row_id"] for q in quarantine] == ["s:1"]
 
 

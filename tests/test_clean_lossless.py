@@ -113,6 +113,10 @@ PII_KEEPS = [
     "1234 + 5678 = 6912", "x = 4155552671", "the token is valid", "The secret: always write tests first.",
     "i = -223905 / 3245", "y = +4155552671",  # signed operands (LLaMA-Factory's dpo_en_demo.json has the first)
     "clone https://git@github.com/org/repo.git now",  # a URL's login, not an email address
+    "git ftp -u anonymous ftp://username:password@ftp.example.com/Repository",  # a stand-in (kto_en_demo.json)
+    "EMAIL_ADDRESS = 'your_email@example.com'\nEMAIL_PASSWORD = 'your_email_pa55'\n",  # unfenced Python (dpo_en_demo)
+    "password = 'correcthorse1'", "api_key=abcdef123456",  # a line of code or configuration is code
+    "Set DB_PASSWORD=$DB_PASS and token: ${TOKEN} first.",  # template variables, not secrets
 ]
 
 
@@ -130,12 +134,12 @@ def test_pii_leaves_numbers_code_and_words_alone(text):
     ("ring +49 30 901820", "ring <PHONE>"),
     ("password: hunter22x", "password: <SECRET>"),
     ("your new password: aB3#fG7!kL9@. Save it.", "your new password: <SECRET>. Save it."),  # the period stays
-    ("password = 'correcthorse'", "password = '<SECRET>'"),
-    ("api_key=abcdef123456", "api_key=<SECRET>"),
-    ("`OPENAI_API_KEY = 'sk-abcdefghijklmnopqrstuvwx'`", "`OPENAI_API_KEY = '<SECRET>'`"),
+    ("the password = 'c0rrect-h0rse' for now", "the password = '<SECRET>' for now"),
+    ("send api_key=abcdef123456 in the header", "send api_key=<SECRET> in the header"),
     ("write to jane@example.com", "write to <EMAIL>"),
     ("get ftp://user:hunter22@files.example.com/a.txt", "get ftp://user:<SECRET>@files.example.com/a.txt"),
     ("server 192.168.1.20 is down", "server <IP> is down"),
+    ("ssh admin@10.0.0.7, then ping 10.0.0.7-10.0.0.9", "ssh admin@<IP>, then ping <IP>-<IP>"),
 ])
 def test_pii_scrubs_real_personal_data(text, expected):
     result = clean([sft(0, text, "ok")], steps({"step": "pii"}), ["s"])
@@ -143,12 +147,14 @@ def test_pii_scrubs_real_personal_data(text, expected):
     assert result.rewrites[0]["field"] == "messages[0].content" and result.rewrites[0]["step"] == "pii"
 
 
-def test_pii_never_touches_tool_call_arguments():
-    row = sft(0, "Charge it.", TOOL_CALL, '{"ok": true}', "Charged jane@example.com.",
-              roles=["user", "function_call", "observation", "assistant"])
+def test_pii_replaces_a_value_only_in_the_tool_call_there_and_keeps_the_json_valid():
+    row = sft(0, "Charge it.", TOOL_CALL, '{"ok": true}', "Charged.", roles=["user", "function_call", "observation",
+                                                                             "assistant"])
     result = clean([row], steps({"step": "pii"}), ["s"])
-    assert texts(result)["s:0"] == ["Charge it.", TOOL_CALL, '{"ok": true}', "Charged <EMAIL>."]
-    assert [r["field"] for r in result.rewrites] == ["messages[3].content"]
+    call = texts(result)["s:0"][1]
+    assert json.loads(call) == {"name": "charge", "arguments": {"card": "<CREDIT_CARD>", "phone": "<PHONE>"}}
+    assert call == TOOL_CALL.replace("4111 1111 1111 1111", "<CREDIT_CARD>").replace("+1 415 555 2671", "<PHONE>")
+    assert [r["field"] for r in result.rewrites] == ["messages[1].content"]
 
 
 def test_phone_region_is_a_recipe_key():
@@ -176,8 +182,8 @@ def test_clean_result_shape():
     assert rows is result.rows and report["rewritten"] == len(result.rewrites) == 1
 
 
-def test_no_rewriting_step_touches_a_tool_call():
+def test_normalize_and_strip_html_never_touch_a_tool_call():
     call = '{"name": "render", "arguments": {"html": "<b>bold</b>", "text": "cafe\u0301\\r\\n", "to": "a@b.org"}}'
     row = sft(0, "Render it.", call, "done", "Rendered.", roles=["user", "function_call", "observation", "assistant"])
-    result = clean([row], steps({"step": "normalize", "form": "NFKC"}, {"step": "strip_html"}, {"step": "pii"}), ["s"])
+    result = clean([row], steps({"step": "normalize", "form": "NFKC"}, {"step": "strip_html"}), ["s"])
     assert texts(result)["s:0"][1] == call and result.rewrites == []

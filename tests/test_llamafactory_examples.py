@@ -81,7 +81,6 @@ def imported(home: Path, kind: str, text: str, eval_dataset=None) -> tuple[Path,
     recipe_text, _ = import_configs([config], eval_dataset)
     recipe = yaml.safe_load(recipe_text)
     recipe["data"]["dataset_dir"] = str(home / "data")
-    recipe.setdefault("clean", {"steps": [{"step": "normalize"}, {"step": "exact_dedup"}]})  # TEMP
     path = home / f"{kind}-recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path, recipe

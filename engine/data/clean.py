@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from engine.data.dedup import exact_duplicates, near_duplicate_clusters
 from engine.data.ingest import content_hash
+from engine.data.pii import JSON_ROLES, Inconsistent, RowScrubber
+from engine.data.prose import on_prose, prose_lines, repeated_lines
 from engine.tables import CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS, read_rows, write_rows
 
 if TYPE_CHECKING:
@@ -23,155 +25,7 @@ if TYPE_CHECKING:
     from engine.stage import StageRun
 
 TRAILING_SPACE = re.compile(r"[ \t]+$", re.M)
-TOOL_CALL_ROLES = ("function_call",)  # a tool call's JSON is passed to a tool: no rewriting step touches it
-
-# --- where text is prose: code spans and fences are never rewritten by strip_html or PII (but secrets)
-
-CODE = re.compile(r"(?ms)^[ \t]*(?P<fence>`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]*(?P=fence)[ \t]*$|\Z)"  # fenced block
-                  r"|(?P<ticks>`+)(?!`).+?(?<!`)(?P=ticks)(?!`)", re.S)  # inline code span
-
-
-def segments(text: str) -> list[tuple[str, bool]]:
-    """`text` as (piece, is_code) pieces in order: Markdown code fences and backtick code spans are code."""
-    pieces, at = [], 0
-    for match in CODE.finditer(text):
-        if match.start() > at:
-            pieces.append((text[at:match.start()], False))
-        pieces.append((match.group(), True))
-        at = match.end()
-    if at < len(text):
-        pieces.append((text[at:], False))
-    return pieces
-
-
-def on_prose(text: str, fn: Callable[[str], str]) -> str:
-    """`fn` applied to the prose pieces of `text` only; code comes back byte-identical."""
-    return "".join(piece if is_code else fn(piece) for piece, is_code in segments(text))
-
-
-# --- PII: each kind is found with care for meaning (Luhn and a format or label for cards, phonenumbers for
-# phones), never inside code, arithmetic or tool calls, and replaced by a typed placeholder such as <EMAIL>
-
-SECRET_KEYS = re.compile(r"(?<![A-Za-z0-9_-])(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}"
-                         r"|gh[pousr]_[A-Za-z0-9]{36}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})(?![A-Za-z0-9_-])")
-SECRET_ASSIGNMENT = re.compile(r"(?i)\b(?:password|passwd|api[_-]?key|secret|token)\s*(?P<sep>[:=])\s*[\"']?"
-                               r"(?P<value>[^\s\"',;]{5,}[^\s\"',;.])")  # a sentence's final period is not the secret's
-URL_PASSWORD = re.compile(r"(?<=://)[^\s/?#@:]+:(?P<value>[^\s/?#@]+)@")  # scheme://user:password@host
-URL_AUTHORITY_BEFORE = re.compile(r"://[^\s/?#@]*$")  # text ending inside a URL's user:password@ part
-EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-                   r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}\b")
-CARD = re.compile(r"(?<![\d.,-])(?:(?P<grouped>\d{4}(?P<sep>[ -])\d{4}(?P=sep)\d{4}(?P=sep)\d{4}(?:(?P=sep)\d{3})?"
-                  r"|\d{4}(?P<amex>[ -])\d{6}(?P=amex)\d{5})|(?P<plain>\d{13,19}))(?![\d]|[.,-]\d)")
-CARD_LABEL = re.compile(r"(?i)\b(?:card|credit|debit|visa|master\s?card|amex|american express|discover|cc)\b")
-IP = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w.])")
-VERSION_BEFORE = re.compile(r"(?i)(?:\bv|version\s*|release\s*)$")
-OPERATOR = set("+-*/=×÷^%<>")
-PLACEHOLDER = re.compile(r"<[A-Z_]+>")
-
-
-def luhn_valid(digits: str) -> bool:
-    total, parity = 0, len(digits) % 2
-    for i, ch in enumerate(digits):
-        d = int(ch)
-        if i % 2 == parity:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def inside_number(text: str, start: int, end: int) -> bool:
-    """True when text[start:end] is a piece of a longer number (3.14159265358, 1,234,567, 12345-6789)."""
-    before, after = text[max(0, start - 2):start], text[end:end + 2]
-    return (before[-1:].isdigit() or (len(before) == 2 and before[1] in ".,-" and before[0].isdigit())
-            or after[:1].isdigit() or (len(after) == 2 and after[0] in ".,-" and after[1].isdigit()))
-
-
-def in_arithmetic(text: str, start: int, end: int) -> bool:
-    """True when the number at text[start:end] is an operand: an operator joins it to another number
-    (`1234 5678 + 1`, `(2) * 4111...`), or it is assigned (`x = 4111...`)."""
-    before, after = text[:start].rstrip(), text[end:].lstrip()
-    if before.endswith("=") or after.startswith("=") or re.search(r"=\s*[-+]$", before):  # signed: `i = -223905 / 3245`
-        return True
-    if before[-1:] in OPERATOR:
-        operand = before[:-1].rstrip()[-1:]
-        if operand and (operand.isdigit() or operand == ")"):
-            return True
-    if after[:1] in OPERATOR:
-        operand = after[1:].lstrip()[:1]
-        if operand and (operand.isdigit() or operand in "(-"):
-            return True
-    return False
-
-
-class PiiScrubber:
-    """Replaces personal data in prose with placeholders; counts what it replaced per kind."""
-
-    def __init__(self, kinds: list[str], region: str, counts: Counter):
-        self.kinds, self.region, self.counts = set(kinds), region, counts
-
-    def scrub(self, text: str) -> str:
-        if "secret" in self.kinds:  # a real key is a leak wherever it stands, code included
-            text = self._sub(SECRET_KEYS, text, "secret")
-        return on_prose(text, self.scrub_prose)
-
-    def scrub_prose(self, text: str) -> str:
-        if "secret" in self.kinds:
-            text = self._sub(SECRET_ASSIGNMENT, text, "secret", group="value", keep=self._a_word_not_a_secret)
-            text = self._sub(URL_PASSWORD, text, "secret", group="value")
-        if "email" in self.kinds:  # a URL's user@host or user:password@host is a login, not an address
-            text = self._sub(EMAIL, text, "email", keep=lambda t, m: bool(URL_AUTHORITY_BEFORE.search(t[:m.start()])))
-        if "credit_card" in self.kinds:
-            text = self._sub(CARD, text, "credit_card", keep=self._not_a_card)
-        if "ip" in self.kinds:
-            text = self._sub(IP, text, "ip", keep=lambda t, m: bool(VERSION_BEFORE.search(t[:m.start()])))
-        if "phone" in self.kinds:
-            text = self._phones(text)
-        return text
-
-    def _sub(self, pattern: re.Pattern, text: str, kind: str, group: int | str = 0,
-             keep: Callable[[str, re.Match], bool] | None = None) -> str:
-        out, at = [], 0
-        for match in pattern.finditer(text):
-            if keep and keep(text, match):
-                continue
-            start, end = match.span(group)
-            if PLACEHOLDER.fullmatch(text[start:end]):
-                continue
-            out += [text[at:start], f"<{kind.upper()}>"]
-            at = end
-            self.counts[kind] += 1
-        return "".join(out) + text[at:] if out else text
-
-    @staticmethod
-    def _a_word_not_a_secret(text: str, match: re.Match) -> bool:
-        """`The secret: remember...` is prose: after a colon, a plain lowercase word is not a secret value."""
-        return match["sep"] == ":" and match["value"].isalpha() and match["value"].islower()
-
-    @staticmethod
-    def _not_a_card(text: str, match: re.Match) -> bool:
-        if not luhn_valid(re.sub(r"\D", "", match.group())) or in_arithmetic(text, *match.span()) \
-                or inside_number(text, *match.span()):
-            return True
-        if match.group("grouped") or match.group("amex") is not None:
-            return False
-        return not CARD_LABEL.search(text[max(0, match.start() - 40):match.start()])  # a bare number needs a label
-
-    def _phones(self, text: str) -> str:
-        import phonenumbers  # only the pii step needs it
-        out, at = [], 0
-        for match in phonenumbers.PhoneNumberMatcher(text, self.region, leniency=phonenumbers.Leniency.VALID):
-            if match.start < at or in_arithmetic(text, match.start, match.end) \
-                    or inside_number(text, match.start, match.end):
-                continue
-            out += [text[at:match.start], "<PHONE>"]
-            at = match.end
-            self.counts["phone"] += 1
-        return "".join(out) + text[at:] if out else text
-
-
-def scrub_pii(text: str, kinds: list[str], counts: Counter, region: str = "US") -> str:
-    """Replace each kind of personal data or secret in `text` with a typed placeholder such as <EMAIL>."""
-    return PiiScrubber(kinds, region, counts).scrub(text)
+TOOL_CALL_ROLES = ("function_call",)  # a tool call's JSON is passed to a tool: normalize and strip_html skip it
 
 
 # --- strip_html (opt-in): only well-formed, real HTML elements go
@@ -247,14 +101,16 @@ def _tag_gap(text: str, start: int, end: int, tag: re.Match | None) -> str:
 
 
 def repeated_fraction(text: str, n: int) -> float:
-    """Gopher: the share of characters in words covered by an n-gram that occurs more than once."""
+    """The share of characters (in words) that repeat an earlier word n-gram: every occurrence of an n-gram after
+    its first. Gopher's filter counts the first occurrence too, which makes an answer quoting its passage once look
+    half repeated; here one quote is one copy, and a text over 0.5 is mostly copies of itself: a loop."""
     words = text.split()
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-    counts = Counter(grams)
-    covered = set()
-    for i, gram in enumerate(grams):
-        if counts[gram] > 1:
+    seen, covered = set(), set()
+    for i in range(len(words) - n + 1):
+        gram = tuple(words[i:i + n])
+        if gram in seen:
             covered.update(range(i, i + n))
+        seen.add(gram)
     total = sum(len(w) for w in words)
     return sum(len(words[i]) for i in covered) / total if total else 0.0
 
@@ -271,6 +127,15 @@ def dedup_text(row: dict) -> str:
 
 
 TEXT_FIELDS = ("chosen", "rejected")
+
+
+def judged_texts(row: dict) -> list[tuple[str, str]]:
+    """(field, text) the repetition filter judges: requests and the answers a model learns to give; not the system
+    prompt (boilerplate by design), tool JSON, a rejected answer or a KTO answer labelled undesirable."""
+    last = len(row["messages"]) - 1
+    texts = [(f"messages[{i}]", m["content"]) for i, m in enumerate(row["messages"])
+             if m["role"] in ("user", "assistant") and not (row.get("label") == "false" and i == last)]
+    return texts + ([("chosen", row["chosen"])] if row["chosen"] else [])
 
 
 def rewrite(row: dict, fn: Callable[[str], str], skip_roles: tuple[str, ...] = ()) -> tuple[dict, list[tuple[str, str, str]]]:
@@ -290,6 +155,23 @@ def rewrite(row: dict, fn: Callable[[str], str], skip_roles: tuple[str, ...] = (
             if out[name] != row[name]:
                 changes.append((name, row[name], out[name]))
     return (out, changes) if changes else (row, [])
+
+
+def text_fields(row: dict) -> dict[str, str]:
+    """Every text of a row by the name the rewrites table gives it: messages[i].content, chosen, rejected, tools."""
+    fields = {f"messages[{i}].content": m["content"] for i, m in enumerate(row["messages"])}
+    return fields | {name: row[name] for name in (*TEXT_FIELDS, "tools") if row.get(name)}
+
+
+def with_fields(row: dict, fields: dict[str, str]) -> dict:
+    messages = [{**m, "content": fields[f"messages[{i}].content"]} for i, m in enumerate(row["messages"])]
+    return {**row, "messages": messages, **{name: fields[name] for name in (*TEXT_FIELDS, "tools") if name in fields}}
+
+
+def json_fields(row: dict) -> set[str]:
+    """The texts that are JSON: tool calls, tool results and the tools schema."""
+    names = {f"messages[{i}].content" for i, m in enumerate(row["messages"]) if m["role"] in JSON_ROLES}
+    return names | ({"tools"} if row.get("tools") else set())
 
 
 def excerpt_pair(before: str, after: str, width: int = 80) -> tuple[str, str]:
@@ -351,12 +233,15 @@ class Cleaner:
             new, changes = rewrite(row, fn, skip_roles)
             rows.append(new)
             modified += bool(changes)
-            for where, before, after in changes:
-                short_before, short_after = excerpt_pair(before, after)
-                self.rewrites.append({"source": row["source"], "row_id": row["row_id"], "step": self.step,
-                                      "field": where, "before": short_before, "after": short_after})
+            self._record(row, changes)
         self.rows = rows
         return modified
+
+    def _record(self, row: dict, changes: list[tuple[str, str, str]]) -> None:
+        for where, before, after in changes:
+            short_before, short_after = excerpt_pair(before, after)
+            self.rewrites.append({"source": row["source"], "row_id": row["row_id"], "step": self.step,
+                                  "field": where, "before": short_before, "after": short_after})
 
     def _filter(self, verdict: Callable[[dict], tuple[str, str] | None]) -> None:
         kept = []
@@ -395,7 +280,7 @@ class Cleaner:
             chars = sum(len(t) for t in row_texts(row))
             if chars < cfg.min_chars:
                 return "too_short", f"{chars} characters < min_chars {cfg.min_chars}"
-            if chars > cfg.max_chars:
+            if cfg.max_chars is not None and chars > cfg.max_chars:
                 return "too_long", f"{chars} characters > max_chars {cfg.max_chars}"
             if not cfg.counts_tokens():
                 return None
@@ -408,24 +293,45 @@ class Cleaner:
         self._filter(verdict)
 
     def repetition(self, cfg) -> None:
-        """Each message (and answer) is judged on its own: a row goes when one of its texts is repetitive."""
+        """Each text a model learns to write or reads as a request is judged on its own, on its prose only: code,
+        list items, formulas and tool JSON never, and a line that recurs (a chorus) is judged once, unless it
+        recurs more than max_line_repeats times. A rejected answer, or a KTO answer labelled undesirable, is not
+        judged: a bad answer is what it is there for."""
         def verdict(row):
-            fields = [(f"messages[{i}]", m["content"]) for i, m in enumerate(row["messages"]) if m["role"] != "system"]
-            fields += [(name, row[name]) for name in TEXT_FIELDS if row[name]]
-            for where, text in fields:
-                if len(text.split()) < cfg.min_words:
+            for where, text in judged_texts(row):
+                line, times = repeated_lines(text, cfg.ngram)
+                if times > cfg.max_line_repeats:
+                    return "repetitive", f"{where}: a line recurs {times} times > max_line_repeats " \
+                                         f"{cfg.max_line_repeats} ({line[:40]!r})"
+                prose = "\n".join(dict.fromkeys(prose_lines(text)))
+                if len(prose.split()) < cfg.min_words:
                     continue
-                fraction = repeated_fraction(text, cfg.ngram)
+                fraction = repeated_fraction(prose, cfg.ngram)
                 if fraction > cfg.max_duplicate_fraction:
-                    return "repetitive", f"{where}: {fraction:.0%} of characters in repeated {cfg.ngram}-grams " \
-                                         f"> {cfg.max_duplicate_fraction:.0%}"
+                    return "repetitive", f"{where}: {fraction:.0%} of prose characters repeat an earlier " \
+                                         f"{cfg.ngram}-gram > {cfg.max_duplicate_fraction:.0%}"
             return None
         self._filter(verdict)
 
     def pii(self, cfg) -> int:
-        """Tool calls (function_call turns) keep their arguments: they are JSON a tool must receive unchanged."""
-        scrubber = PiiScrubber(cfg.kinds, cfg.phone_region, self.pii_counts)
-        return self._map(scrubber.scrub, skip_roles=TOOL_CALL_ROLES)
+        """Each row on its own: a value found in any of its texts gets the same placeholder in all of them (tool
+        calls, tool results and the tools schema included), or the row goes to quarantine as pii_inconsistent."""
+        scrubber = RowScrubber(cfg.kinds, cfg.phone_region)
+        modified, rows = 0, []
+        for row in self.rows:
+            fields = text_fields(row)
+            try:
+                new, counts = scrubber.scrub(fields, json_fields(row))
+            except Inconsistent as problem:
+                self.drop(row, "pii_inconsistent", str(problem))
+                continue
+            changes = [(name, fields[name], new[name]) for name in fields if new[name] != fields[name]]
+            self.pii_counts.update(counts)
+            self._record(row, changes)
+            modified += bool(changes)
+            rows.append(with_fields(row, new) if changes else row)
+        self.rows = rows
+        return modified
 
     def blocklist(self, cfg) -> None:
         if not cfg.words:
@@ -454,8 +360,9 @@ class Cleaner:
         removed = set()
         bands_rows = (cfg.bands, cfg.rows) if cfg.bands else None
         for kind in ("sft", "preference", "kto"):
-            idx = [i for i, r in enumerate(self.rows) if r["kind"] == kind]
-            texts = [dedup_text(self.rows[i]) for i in idx]
+            texts_of = {i: dedup_text(r) for i, r in enumerate(self.rows) if r["kind"] == kind}
+            idx = [i for i, text in texts_of.items() if len(text) >= cfg.min_chars]  # short: one word is a new question
+            texts = [texts_of[i] for i in idx]
             for a, b, jaccard in near_duplicate_clusters(texts, cfg.threshold, cfg.num_perm, cfg.shingle_size,
                                                          bands_rows):
                 kept, dup = self.rows[idx[a]], self.rows[idx[b]]
