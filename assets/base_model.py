@@ -1,6 +1,7 @@
 """base_model: the tiny preset built from a seed, or a local Hugging Face checkpoint."""
 
 from assets.stage_asset import stage_asset
+from engine.checkpoint import is_gguf
 from engine.content import checkpoint_identity
 from engine.base_model import build_base_model
 from engine.device import Precision, infer_dtype
@@ -9,10 +10,13 @@ from engine.stage import Stage
 
 
 def reads(recipe):
-    """The tiny preset reads its shape and, for its tokenizer, the cleaned rows; a checkpoint is its files."""
+    """The tiny preset reads its shape and, for its tokenizer, the cleaned rows; a checkpoint is its files and the
+    eos policy; a GGUF file also the dtype it is dequantized to."""
     if is_tiny(recipe.model):
         return ("clean_data",), ("model.model_name_or_path", "model.tiny")
-    return (), ("model.model_name_or_path",)
+    if is_gguf(check_local_model(recipe.model.model_name_or_path)):
+        return (), ("model.model_name_or_path", "model.eos_source", "model.infer_dtype")
+    return (), ("model.model_name_or_path", "model.eos_source")
 
 
 def outside(recipe, hasher) -> dict:

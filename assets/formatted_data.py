@@ -7,7 +7,7 @@ from engine.data.format import build_formatted_data
 from engine.stage import Stage
 
 STAGE = Stage("formatted_data", entry=build_formatted_data, parents=("base_model", "clean_data"),
-              keys=("data.cutoff_len", "data.overlength", "data.val_size", "data.seed",
+              keys=("data.cutoff_len", "data.default_system", "data.overlength", "data.val_size", "data.seed",
                     "data.decontamination_threshold", "data.template"),
               tables={"split_rows": "splits.parquet", "quarantine": "quarantine.parquet"})
 VIEW_COUNTS = ("sft_train", "sft_eval", "preference_train", "preference_eval", "kto_train", "kto_eval", "max_tokens",

@@ -91,7 +91,10 @@ def source_identity(sources: dict, hasher: ContentHasher) -> dict[str, dict]:
 
 
 def checkpoint_identity(model_dir: Path, hasher: ContentHasher) -> dict:
-    """A local checkpoint's identity: the digest of every file in it (weights, config, tokenizer, template)."""
+    """A local checkpoint's identity: the digest of every file in it (weights, config, tokenizer, template), or of
+    the one GGUF file that holds them all."""
+    if model_dir.is_file():
+        return {"path": str(model_dir.resolve()), "sha256": hasher.file(model_dir)}
     files = [p for p in model_dir.rglob("*") if p.is_file() and not p.name.startswith(".")]
     return {"path": str(model_dir.resolve()), "sha256": hasher.tree(model_dir, files)}
 
@@ -101,6 +104,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def tokenizer_identity(model_path: str, hasher: ContentHasher) -> dict:
-    """A local checkpoint's tokenizer, by the content of its tokenizer files."""
-    root = Path(model_path).expanduser()
+    """A local checkpoint's tokenizer, by the content of its tokenizer files (a GGUF file's: the whole file)."""
+    from engine.models import check_local_model
+    root = check_local_model(model_path)
+    if root.is_file():
+        return {"sha256": hasher.file(root)}
     return {"sha256": hasher.tree(root, [root / name for name in TOKENIZER_FILES if (root / name).is_file()])}

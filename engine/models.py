@@ -49,11 +49,14 @@ def is_tiny(cfg: ModelSection) -> bool:
 
 
 def check_local_model(path: str) -> Path:
-    """The checkpoint directory, or RecipeError naming what is missing."""
-    model_dir = Path(path).expanduser()
+    """The checkpoint directory or GGUF file model.model_name_or_path names, or RecipeError naming what is missing."""
+    from engine.checkpoint import is_gguf, resolve_model_path
+    model_dir = resolve_model_path(path)
+    if is_gguf(model_dir):
+        return model_dir
     if not model_dir.is_dir():
-        raise RecipeError(f"model.model_name_or_path: {model_dir} is not a directory "
-                          "(expected 'tiny' or a local Hugging Face checkpoint directory)")
+        raise RecipeError(f"model.model_name_or_path: {model_dir} is not a directory or a GGUF file "
+                          "(expected 'tiny', a local Hugging Face checkpoint directory or a .gguf file)")
     if not (model_dir / "config.json").is_file():
         raise RecipeError(f"model.model_name_or_path: {model_dir} has no config.json")
     if not list(model_dir.glob("*.safetensors")):
@@ -61,6 +64,11 @@ def check_local_model(path: str) -> Path:
     return model_dir
 
 
+def hf_source(path: str) -> tuple[Path, dict]:
+    """(folder, from_pretrained keywords) that load the recipe's checkpoint: a GGUF file is its folder + gguf_file."""
+    from engine.checkpoint import is_gguf
+    checkpoint = check_local_model(path)
+    return (checkpoint.parent, {"gguf_file": checkpoint.name}) if is_gguf(checkpoint) else (checkpoint, {})
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -91,8 +99,13 @@ def module_names(model_cfg: ModelSection) -> dict[str, str] | None:
     are loaded); None when transformers cannot build the architecture from its config alone."""
     from transformers import AutoConfig, AutoModelForCausalLM
     try:
-        config = (tiny_config(model_cfg.tiny, 64) if is_tiny(model_cfg)
-                  else AutoConfig.from_pretrained(model_cfg.model_name_or_path, trust_remote_code=False))
+        if is_tiny(model_cfg):
+            config = tiny_config(model_cfg.tiny, 64)
+        else:
+            folder, source = hf_source(model_cfg.model_name_or_path)
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=False, **source)
+            if hasattr(config, "quantization_config"):  # a GGUF's: base_model dequantizes it
+                del config.quantization_config
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     except (ValueError, KeyError, OSError, ImportError):  # an architecture this transformers does not know

@@ -130,7 +130,12 @@ class ModelSection(Section):
     """The model, and LLaMA-Factory's precision keys (engine/device.py holds the whole policy): every stage that
     loads a model reads them. None set: float32 weights on a CPU (training under bf16 autocast where the CPU computes
     bf16 natively, as TRL does), bf16 frozen weights on a GPU that has it (else fp16)."""
-    model_name_or_path: str = "tiny"  # "tiny", or a local HF checkpoint directory
+    # "tiny", a local HF checkpoint directory, or a GGUF file (dequantized into a safetensors folder by base_model);
+    # "package:<module>/<file>" names a file inside an installed Python package (the smol recipe's GGUF)
+    model_name_or_path: str = "tiny"
+    # which eos wins when the tokenizer's eos_token is not one the generation config stops on: tokenizer or
+    # generation_config; unset: such a checkpoint is refused (generation would run past the end of a turn)
+    eos_source: Literal["tokenizer", "generation_config"] | None = None
     # LLaMA-Factory's key: local PEFT adapter directories (comma-separated) merged into the base, in order, before any
     # stage trains (pt_model is then base + adapters): a preference stage without sft starts from an SFT adapter made
     # elsewhere, and a recipe without training stages exports base + adapters. LLaMA-Factory goes on training the last
@@ -162,12 +167,15 @@ class DataSection(Section):
     dataset: list[str] = Field(default_factory=list)  # registry names; empty = every registered one
     allowed_roots: list[str] = Field(default_factory=list)  # folders outside dataset_dir a file_name may use
     cutoff_len: Int = Field(128, ge=8)
-    # LLaMA-Factory's key: read only each dataset's first max_samples records (the rest are counted, never read)
+    # LLaMA-Factory's key: store only each dataset's first max_samples records (the rest are counted, not stored)
     max_samples: Int | None = Field(None, ge=1)
     # LLaMA-Factory's template name: the checkpoint's own chat template renders every row, and formatted_data stops
     # when it does not render turns as this LLaMA-Factory template does (None: no such check). tuneline never swaps
     # in another template: a model is served with the template it was trained with
     template: str | None = None
+    # LLaMA-Factory's default_system: the system prompt of every rendered row that has none of its own (replacing the
+    # chat template's default, e.g. SmolLM2's "You are a helpful AI assistant named SmolLM..."); None: the template's
+    default_system: str | None = None
     overlength: Literal["truncate", "drop"] = "truncate"  # rows over cutoff_len: cut as LLaMA-Factory cuts, or quarantine
     val_size: Float = Field(0.1, gt=0, lt=1)
     seed: Int = 42

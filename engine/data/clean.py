@@ -431,8 +431,10 @@ def clean(rows: list[dict], cfg: CleanSection, source_order: list[str],
 
 def token_counter(model_path):
     """text -> number of tokens of the base model's tokenizer, for the length step's token limits."""
-    from engine.models import load_tokenizer
-    tokenizer = load_tokenizer(model_path)
+    from transformers import AutoTokenizer
+    from engine.models import hf_source
+    folder, source = hf_source(model_path)  # a GGUF file's tokenizer is read from the file itself
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, **source)
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -389,6 +389,22 @@ def read_view(formatted_dir: Path, view: str, stage: str | None = None) -> Datas
     return load_from_disk(require_view(formatted_dir, view, stage) if stage else formatted_dir / view)
 
 
+def with_default_system(rows: list[dict], default_system: str | None) -> list[dict]:
+    """LLaMA-Factory's default_system: every row without a system message of its own gets this one first, so the
+    chat template's own default system prompt is rendered in none of them. Rows keep their content_hash (and so
+    their split); None leaves the rows as they are."""
+    if default_system is None:
+        return rows
+    out = []
+    for row in rows:
+        messages = json.loads(row["messages"])
+        if not messages or messages[0]["role"] != "system":
+            row = {**row, "messages": json.dumps([{"role": "system", "content": default_system}, *messages],
+                                                 ensure_ascii=False)}
+        out.append(row)
+    return out
+
+
 def build_formatted_data(run: "StageRun") -> dict:
     """formatted_data's entry point: clean_data's rows rendered with the base model's chat template, tokenized,
     split; the views as HF datasets, the split of every row and the quarantine as Parquet. Returns the report."""
@@ -398,7 +414,8 @@ def build_formatted_data(run: "StageRun") -> dict:
     data = run.recipe.data
     tokenizer = load_tokenizer(model_dir(run.inputs["base_model"]))
     check_template(tokenizer, data.template)
-    quarantine, report = format_rows(read_rows(run.inputs["clean_data"] / "rows.parquet"), tokenizer, data.cutoff_len,
+    rows = with_default_system(read_rows(run.inputs["clean_data"] / "rows.parquet"), data.default_system)
+    quarantine, report = format_rows(rows, tokenizer, data.cutoff_len,
                                      data.val_size, data.seed, run.out, data.decontamination_threshold,
                                      data.overlength)
     write_rows(quarantine, run.out / "quarantine.parquet", QUARANTINE_COLUMNS)
