@@ -8,6 +8,7 @@ import json
 import dagster as dg
 
 from assets.stage_asset import stage_asset
+from assets.training import parents_run
 from engine.device import PRECISION_KEYS, with_precision
 from engine.evaluation import (STAGE_MODELS, STAGES, build, build_comparison, comparison_summary, gates,
                                generation_backend)
@@ -40,9 +41,7 @@ def reads(stage: str, parents: tuple[str, ...], keys: tuple[str, ...]):
     def select(recipe):
         if stage in TRAINED and not recipe.runs(stage):
             return (), ("stages",)
-        dropped = {"reward_model"} - ({"reward_model"} if recipe.runs("rm") else set())
-        dropped |= set() if recipe.runs("sft") else {"sft_adapter"}
-        return tuple(p for p in parents if p not in dropped), keys
+        return parents_run(parents, recipe), keys
     return select
 
 

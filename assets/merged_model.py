@@ -1,6 +1,7 @@
 """merged_model: base + SFT + DPO (those the recipe runs) merged into full safetensors weights, with model card and lineage."""
 
 from assets.stage_asset import stage_asset
+from assets.training import parents_run
 from engine.export.merge import build
 from engine.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
@@ -11,8 +12,7 @@ PARENTS = ("pt_model", "sft_adapter", "dpo_adapter", "formatted_data")
 def reads(recipe):
     """It merges the training stages the recipe runs (sft, dpo; neither: pt_model alone, the base model with its
     adapters): a stage that does not run is not a parent."""
-    off = {f"{stage}_adapter" for stage in ("sft", "dpo") if not recipe.runs(stage)}
-    return tuple(p for p in PARENTS if p not in off), PRECISION_KEYS
+    return parents_run(PARENTS, recipe), PRECISION_KEYS
 
 
 STAGE = Stage("merged_model", entry=build, parents=PARENTS, keys=PRECISION_KEYS, select=reads, outside=with_precision())

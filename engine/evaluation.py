@@ -186,10 +186,15 @@ def quantized_gate(name: str, merged: dict, quantized: dict, max_drop: float, ma
     return drop <= max_drop and ratio <= max_ratio, f"{name}: {accuracy}; {ppl}"
 
 
+def dpo_started_from(results: dict[str, dict]) -> str:
+    """The evaluation DPO is judged against: sft's, or base's where the recipe runs no sft."""
+    return "sft" if results["sft"].get("configured") is not False else "base"
+
+
 def gates(results: dict[str, dict], recipe: Recipe) -> dict[str, tuple[bool, str]]:
     """The deployment gates, each (passed, which number against which bound and by how much)."""
     q = recipe.quantize
-    before = "sft" if results["sft"].get("configured") is not False else "base"  # DPO without sft starts from base
+    before = dpo_started_from(results)
     return {"dpo_not_worse_than_sft": dpo_gate(results[before], results["dpo"], recipe.dpo.min_reward_gain,
                                                "SFT" if before == "sft" else "the base model"),
             **{f"{name}_within_budget": quantized_gate(name, results["merged"], results[name], q.max_accuracy_drop,
@@ -201,7 +206,7 @@ def comparison_summary(results: dict[str, dict]) -> str:
     merged = results["merged"]
     quantized = ", ".join(f"{q} acc {results[q]['accuracy'] - merged['accuracy']:+.2f} ppl "
                           f"x{results[q]['perplexity'] / merged['perplexity']:.3f}" for q in ("gptq", "awq"))
-    before = "sft" if results["sft"].get("configured") is not False else "base"
+    before = dpo_started_from(results)
     sft, dpo = results[before].get("reward_score"), results["dpo"].get("reward_score")
     gain = "not configured" if sft is None or dpo is None else f"{dpo - sft:+.2f} vs {before}"
     return f"dpo reward {gain}; {quantized} vs merged"

@@ -89,6 +89,21 @@ def is_export(config: dict) -> bool:
     return "stage" not in config and ("export_dir" in config or "adapter_name_or_path" in config)
 
 
+# keys of how conversations look and which rows are read: the same for every stage, in the data section
+LOOK_KEYS = {"template", "default_system", "max_samples"}
+
+
+def merge_look_key(recipe: dict, key: str, value: Any, source: Path, notes: list[str]) -> None:
+    """One of LOOK_KEYS into the data section, from a training or an export config alike."""
+    if key == "template" and value not in USER_MARKERS:
+        notes.append(f"{source}: template {value!r} not imported: not a LLaMA-Factory text template tuneline can "
+                     "compare with the checkpoint's own (which renders every row either way)")
+        return
+    if recipe.get("data", {}).get(key) not in (None, value):
+        notes.append(f"{source}: {key} {value!r} differs from an earlier file's; the last one is kept")
+    recipe.setdefault("data", {})[key] = value
+
+
 def merge_export(recipe: dict, config: dict, source: Path, notes: list[str], alone: bool) -> None:
     """Map an export (merge, quantize) config: its quantization bits into quantize, and, imported without training
     configs (`alone`), its adapter into model.adapter_name_or_path; the rest is said."""
@@ -104,8 +119,8 @@ def merge_export(recipe: dict, config: dict, source: Path, notes: list[str], alo
         elif key == "adapter_name_or_path" and alone:
             note_remote(key, value, source, notes)
             recipe.setdefault("model", {})[key] = value
-        elif key in LOOK_KEYS and (key != "template" or value in USER_MARKERS):
-            recipe.setdefault("data", {})[key] = value
+        elif key in LOOK_KEYS:
+            merge_look_key(recipe, key, value, source, notes)
         elif key in EXPORT_NOTES:
             notes.append(f"{source}: {key} not imported: {EXPORT_NOTES[key]}")
         elif key in HANDLED:
@@ -121,10 +136,6 @@ def lora_alpha_defaults(recipe: dict) -> None:
         if section is not None and section.get("finetuning_type", "lora") in ("lora", "dora"):
             section.setdefault("lora_rank", 8)
             section.setdefault("lora_alpha", 2 * section["lora_rank"])
-
-
-# keys of how conversations look and which rows are read: the same for every stage, in the data section
-LOOK_KEYS = {"template": "template", "default_system": "default_system", "max_samples": "max_samples"}
 
 
 def merge_stage(recipe: dict, config: dict, source: Path, notes: list[str]) -> None:
@@ -149,13 +160,8 @@ def merge_stage(recipe: dict, config: dict, source: Path, notes: list[str]) -> N
         elif key == "adapter_name_or_path":  # the SFT adapter a later stage starts from (kept only without sft)
             note_remote(key, value, source, notes)
             recipe.setdefault("_adapters", []).append((source, value))
-        elif key == "template" and value not in USER_MARKERS:
-            notes.append(f"{source}: template {value!r} not imported: not a LLaMA-Factory text template tuneline can "
-                         "compare with the checkpoint's own (which renders every row either way)")
         elif key in LOOK_KEYS:
-            if recipe.get("data", {}).get(key) not in (None, value):
-                notes.append(f"{source}: {key} {value!r} differs from an earlier file's; the last one is kept")
-            recipe.setdefault("data", {})[LOOK_KEYS[key]] = value
+            merge_look_key(recipe, key, value, source, notes)
         elif key in DATA_KEYS:
             recipe.setdefault("data", {})[key] = value
         elif key == "dataset" and stage == "pt":  # raw text for continued pre-training, not chat data

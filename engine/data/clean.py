@@ -139,22 +139,19 @@ def judged_texts(row: dict) -> list[tuple[str, str]]:
 
 
 def rewrite(row: dict, fn: Callable[[str], str], skip_roles: tuple[str, ...] = ()) -> tuple[dict, list[tuple[str, str, str]]]:
-    """The row with `fn` applied to every text (but messages whose role is in `skip_roles`), and
-    (field, before, after) for each text it changed, e.g. ("messages[2].content", old, new)."""
-    changes, messages = [], []
-    for i, message in enumerate(row["messages"]):
-        new = message["content"] if message["role"] in skip_roles else fn(message["content"])
-        if new != message["content"]:
-            changes.append((f"messages[{i}].content", message["content"], new))
-            message = {**message, "content": new}
-        messages.append(message)
-    out = {**row, "messages": messages}
-    for name in TEXT_FIELDS:
-        if row[name]:
-            out[name] = fn(row[name])
-            if out[name] != row[name]:
-                changes.append((name, row[name], out[name]))
-    return (out, changes) if changes else (row, [])
+    """The row with `fn` applied to every text (but the tools schema and messages whose role is in `skip_roles`),
+    and (field, before, after) for each text it changed, e.g. ("messages[2].content", old, new)."""
+    skipped = {f"messages[{i}].content" for i, m in enumerate(row["messages"]) if m["role"] in skip_roles}
+    fields = text_fields(row)
+    return with_changes(row, fields, {name: text if name in skipped or name == "tools" else fn(text)
+                                      for name, text in fields.items()})
+
+
+def with_changes(row: dict, fields: dict[str, str], new: dict[str, str]) -> tuple[dict, list[tuple[str, str, str]]]:
+    """The row with its texts `fields` replaced by `new`, and (field, before, after) for each that changed; the row
+    itself where none did."""
+    changes = [(name, fields[name], new[name]) for name in fields if new[name] != fields[name]]
+    return (with_fields(row, new), changes) if changes else (row, [])
 
 
 def text_fields(row: dict) -> dict[str, str]:
@@ -325,11 +322,11 @@ class Cleaner:
             except Inconsistent as problem:
                 self.drop(row, "pii_inconsistent", str(problem))
                 continue
-            changes = [(name, fields[name], new[name]) for name in fields if new[name] != fields[name]]
+            row, changes = with_changes(row, fields, new)
             self.pii_counts.update(counts)
             self._record(row, changes)
             modified += bool(changes)
-            rows.append(with_fields(row, new) if changes else row)
+            rows.append(row)
         self.rows = rows
         return modified
 

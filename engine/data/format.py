@@ -192,15 +192,16 @@ def cut_prompt(tokenizer, messages: list[dict], budget: int, tools: list | None 
     return messages if prompt_length(tokenizer, messages, tools) <= budget else None
 
 
-def truncate_pair_row(tokenizer, prompt: list[dict], answers: list[dict], cutoff_len: int,
-                      tools: list | None = None) -> tuple[list[dict], list[dict]] | None:
+def truncate_pair_row(tokenizer, prompt: list[dict], answers: list[dict], cutoff_len: int, tools: list | None = None,
+                      fulls: list[int] | None = None) -> tuple[list[dict], list[dict], list[int]] | None:
     """A preference (or KTO) row cut as LLaMA-Factory's pairwise processor cuts it: infer_seqlen over the prompt
     and the longest answer (its end-of-turn markup included); the prompt keeps its beginning, every answer its
     first target_len tokens. Measured again as the trainer tokenizes the whole conversation, so that every answer
     with its prompt fits `cutoff_len` (TRL's RewardTrainer drops a pair that does not; DPO and KTO would cut it).
+    `fulls`: pair_lengths of the uncut row, where the caller has them. Returns (prompt, answers, their pair_lengths);
     None when the row cannot fit (the template's markup alone is over cutoff_len, or no answer text would stay)."""
     source = prompt_length(tokenizer, prompt, tools)
-    fulls = pair_lengths(tokenizer, prompt, answers, tools)
+    fulls = fulls or pair_lengths(tokenizer, prompt, answers, tools)
     source_len, target_len = infer_seqlen(source, max(fulls) - source, cutoff_len)
     # LLaMA-Factory cuts token ids through the template's markup; here the prompt keeps its markup whole, so where
     # the markup alone is over the prompt's share, the prompt takes that much and the answers the rest
@@ -218,17 +219,17 @@ def truncate_pair_row(tokenizer, prompt: list[dict], answers: list[dict], cutoff
     budgets = [target_len - overhead for overhead in overheads]
     cut_answers = [{**a, "content": cut_text(tokenizer, a["content"], b)} for a, b in zip(answers, budgets)]
     for _ in range(4):  # a cut can merge tokens across the boundary: shrink an answer by what is still over
-        excess = [n - cutoff_len for n in pair_lengths(tokenizer, cut, cut_answers, tools)]
-        if max(excess) <= 0:
+        lengths = pair_lengths(tokenizer, cut, cut_answers, tools)
+        if max(lengths) <= cutoff_len:
             break
         cut_answers = [{**a, "content": cut_text(tokenizer, a["content"],
-                                                 count_tokens(tokenizer, a["content"]) - max(e, 0))}
-                       for a, e in zip(cut_answers, excess)]
+                                                 count_tokens(tokenizer, a["content"]) - max(n - cutoff_len, 0))}
+                       for a, n in zip(cut_answers, lengths)]
     else:
         return None
     if not all(a["content"].strip() for a in cut_answers):
         return None
-    return cut, cut_answers
+    return cut, cut_answers, lengths
 
 
 def contaminated(rows: list[dict], splits: list[str], threshold: float) -> dict[int, str]:
@@ -308,17 +309,18 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
             prompt = messages[:-1] if row["kind"] == "kto" else messages
             answers = ([messages[-1]] if row["kind"] == "kto" else
                        [{"role": "assistant", "content": row["chosen"]}, {"role": "assistant", "content": row["rejected"]}])
-            length = max(pair_lengths(tokenizer, prompt, answers, tools))
+            fulls = pair_lengths(tokenizer, prompt, answers, tools)
+            length = max(fulls)
             if length > cutoff_len:
                 if overlength == "drop":
                     too_long(row, length)
                     continue
-                cut = truncate_pair_row(tokenizer, prompt, answers, cutoff_len, tools)
+                cut = truncate_pair_row(tokenizer, prompt, answers, cutoff_len, tools, fulls)
                 if cut is None:
                     too_long(row, length, "; the template's markup alone does not fit")
                     continue
-                (prompt, answers), was_cut = cut, True
-                length = max(pair_lengths(tokenizer, prompt, answers, tools))
+                prompt, answers, cut_lengths = cut
+                length, was_cut = max(cut_lengths), True
             if derive_sft and (row["kind"] == "preference" or row["label"] == "true"):
                 ids, labels = tokenize_sft(tokenizer, [*prompt, answers[0]], tools, cutoff_len)
                 derived[split].append({"input_ids": ids, "labels": labels, "row_id": row["row_id"]})
@@ -337,7 +339,7 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
     sft_view_from = "sft"
     if derive_sft and any(derived.values()):
         views["sft"], sft_view_from = derived, ("preference" if any(r["kind"] == "preference" for r in rows) else "kto")
-    (out / VIEWS_FILE).parent.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     (out / VIEWS_FILE).write_text(json.dumps({"sft_view_from": sft_view_from}))
     for view, splits in views.items():
         if view not in REQUIRED_VIEWS and not all(splits.values()):
