@@ -2,7 +2,7 @@
 
 from assets.stage_asset import stage_asset
 from engine.checkpoint import is_gguf
-from engine.content import checkpoint_identity
+from engine.store.content import checkpoint_identity
 from engine.base_model import build_base_model
 from engine.device import Precision, infer_dtype
 from engine.models import check_local_model, is_tiny, load_causal_lm, load_tokenizer, model_dir, smoke_generate

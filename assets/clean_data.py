@@ -5,7 +5,7 @@ from collections import Counter
 import dagster as dg
 
 from assets.stage_asset import counts_table, stage_asset
-from engine.content import tokenizer_identity
+from engine.store.content import tokenizer_identity
 from engine.data.clean import build_clean_data
 from engine.stage import Stage
 from engine.tables import read_rows

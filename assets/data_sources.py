@@ -1,6 +1,6 @@
 """What the data stages read from outside the artifact root: the registered sources' files, by content."""
 
-from engine.content import ContentHasher, source_identity
+from engine.store.content import ContentHasher, source_identity
 from engine.data.registry import recipe_sources
 
 # recipe keys that only say where the sources are: their content is fingerprinted instead, so moving a data

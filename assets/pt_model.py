@@ -3,7 +3,7 @@ start from. While the recipe's pt.dataset is empty it is the base model itself, 
 
 from assets.training import LAUNCHER, processes
 from assets.stage_asset import perplexity, stage_asset, tracking_metadata
-from engine.content import checkpoint_identity, source_identity
+from engine.store.content import checkpoint_identity, source_identity
 from engine.device import PRECISION_KEYS, precision_identity
 from engine.models import check_adapter
 from engine.stage import Stage

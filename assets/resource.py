@@ -15,7 +15,7 @@ from engine.data.registry import recipe_sources
 from engine.device import check_precision
 from engine.errors import RecipeError
 from engine.evaluation import check_generation_backend, check_lm_eval
-from engine.home import Home
+from engine.store.home import Home
 from engine.models import check_adapter, check_local_model, is_tiny
 from engine.plan import Planned, make_plan
 from engine.recipe import Recipe, load_recipe, resolve_recipe_path

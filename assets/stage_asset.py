@@ -14,9 +14,9 @@ import dagster as dg
 
 from assets.kubernetes import TRAIN_PROCESS, run_in_pod
 from assets.resource import Tuneline
-from engine.artifacts import Artifact
+from engine.store.artifacts import Artifact
 from engine.build import build_stage, call_entry
-from engine.codeversion import code_version
+from engine.store.codeversion import code_version
 from engine.errors import TunelineError
 from engine.plots import LENGTHS_PNG, LOSS_PNG, PLOTS_DIR, QUARANTINE_PNG
 from engine.recipe import Recipe

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from engine.artifacts import Artifact, library_versions
+from engine.store.artifacts import Artifact, library_versions
 from engine.errors import DataError, TunelineError
-from engine.home import Home
+from engine.store.home import Home
 from engine.plan import Planned, ancestors
 from engine.plots import draw_stage_plots
 from engine.recipe import Recipe

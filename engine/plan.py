@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Iterable
 
-from engine.codeversion import code_version
-from engine.content import ContentHasher
+from engine.store.codeversion import code_version
+from engine.store.content import ContentHasher
 from engine.recipe import Recipe
 from engine.stage import Stage, keyed_values, view
 

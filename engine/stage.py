@@ -19,8 +19,8 @@ from engine.errors import TunelineError
 from engine.recipe import Recipe, get_dotted, is_threshold
 
 if TYPE_CHECKING:
-    from engine.content import ContentHasher
-    from engine.home import Home
+    from engine.store.content import ContentHasher
+    from engine.store.home import Home
 
 
 class UndeclaredKey(TunelineError):

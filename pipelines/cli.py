@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 from engine.errors import TunelineError
-from engine.startup import collector_paused
+from engine.runtime.startup import collector_paused
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -216,7 +216,7 @@ def evaluate(args: argparse.Namespace) -> int:
         return outcome(result) or 1
     if args.compare:
         directory = Path(comparison[0].materialization.metadata["path"].value)
-        from engine.artifacts import MANIFEST
+        from engine.store.artifacts import MANIFEST
         print("\n" + json.loads((directory / MANIFEST).read_text())["metrics"]["table"] + "\n")
         for check in result.get_asset_check_evaluations():
             if check.asset_key.to_user_string() == "model_comparison":
@@ -275,7 +275,7 @@ def report(result, seconds: float) -> str:
 
 
 def lineage(args: argparse.Namespace) -> int:
-    from engine.home import Home
+    from engine.store.home import Home
     from engine.lineage import lineage as lineage_of
     from engine.lineage import render, write_training_rows
     home = Home(args.artifact_root)
@@ -297,7 +297,7 @@ def model_path(model: str, artifact_root: str) -> Path:
     path = Path(model)
     if path.is_dir():
         return path
-    from engine.home import Home
+    from engine.store.home import Home
     from engine.models import model_dir
     found = Home(artifact_root).store().find(model)
     if found is None:
@@ -424,7 +424,7 @@ def plan(args: argparse.Namespace) -> int:
 
 
 def import_llamafactory(args: argparse.Namespace) -> int:
-    from engine.llamafactory import import_configs
+    from engine.importers.llamafactory import import_configs
     names = [n.strip() for n in (args.eval_dataset or "").split(",") if n.strip()]
     text, unmapped = import_configs([Path(p) for p in args.configs], names)
     for line in unmapped:

@@ -1,4 +1,4 @@
-from engine.artifacts import ArtifactStore
+from engine.store.artifacts import ArtifactStore
 
 
 def publish(store, asset, fp, tmp_path, text="x"):
@@ -29,6 +29,6 @@ def test_find_by_fingerprint_prefix_or_path(tmp_path):
 
 
 def test_manifest_records_library_versions():
-    from engine.artifacts import library_versions
+    from engine.store.artifacts import library_versions
     versions = library_versions()
     assert versions["torch"].startswith("2.13") and versions["trl"] == "1.16.0"

@@ -10,7 +10,7 @@ import pytest
 
 from engine.build import NotBuilt, build_stage
 from engine.errors import DataError
-from engine.home import Home
+from engine.store.home import Home
 from engine.plan import make_plan
 from engine.recipe import load_recipe
 from engine.stage import Stage, UndeclaredKey, view

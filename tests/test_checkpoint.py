@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.checkpoint import copy_settled, is_gguf, resolve_model_path
-from engine.content import ContentHasher, checkpoint_identity
+from engine.store.content import ContentHasher, checkpoint_identity
 from engine.data.format import chat_messages, format_rows, with_default_system
 from engine.errors import RecipeError
 from engine.models import check_local_model, load_causal_lm, load_tokenizer
@@ -20,7 +20,7 @@ def smol_folder(tmp_path_factory):
     """base_model's entry point on the smol recipe, reading only the keys its stage declares for a GGUF."""
     from assets.base_model import STAGE
     from engine.base_model import build_base_model
-    from engine.home import Home
+    from engine.store.home import Home
     from engine.recipe import load_recipe
     from engine.stage import RecipeView, StageRun
     recipe = load_recipe("smol")[0]

@@ -10,7 +10,7 @@ from datasets import load_from_disk
 from assets.clean_data import every_source_within_loss_bound
 from assets.formatted_data import enough_eval_pairs
 from assets.reward_model import accuracy_above_chance
-from engine.artifacts import Artifact
+from engine.store.artifacts import Artifact
 from engine.data.clean import clean
 from engine.data.format import format_rows
 from engine.data.ingest import content_hash

@@ -11,11 +11,11 @@ import yaml
 from pydantic import TypeAdapter
 
 from assets.clean_data import every_source_within_loss_bound, quarantine_ratio_within_bound
-from engine.artifacts import Artifact
+from engine.store.artifacts import Artifact
 from engine.data.clean import clean
 from engine.data.ingest import content_hash, ingest
 from engine.data.registry import resolve_sources
-from engine.llamafactory import import_configs
+from engine.importers.llamafactory import import_configs
 from engine.recipe import CleanSection, CleanStep, Recipe, llamafactory_clean_section, load_recipe
 
 STOCK = Path("tests/fixtures/llamafactory/data")

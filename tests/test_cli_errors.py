@@ -39,7 +39,7 @@ def test_bad_override(tmp_path, capsys):
 
 def test_lineage_of_an_unknown_fingerprint_says_so(tmp_path, capsys):
     from engine.build import build_stage
-    from engine.home import Home
+    from engine.store.home import Home
     from engine.plan import make_plan
     from engine.recipe import load_recipe
     from engine.stage import Stage

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from assets.deployment import CHECKS, config_compatible_with_vllm, loads_in_vllm
-from engine.artifacts import Artifact
+from engine.store.artifacts import Artifact
 from engine.data.format import format_rows, read_view
 from engine.export.docs import write_export_docs
-from engine.home import Home
+from engine.store.home import Home
 from engine.models import load_tokenizer
 from engine.recipe import load_recipe
 from engine.serve import build_deployment, smoke_question

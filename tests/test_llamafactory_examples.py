@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from engine.llamafactory import import_configs
+from engine.importers.llamafactory import import_configs
 from pipelines.definitions import ASSETS, resources
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from engine.errors import RecipeError
-from engine.llamafactory import import_configs
+from engine.importers.llamafactory import import_configs
 from engine.recipe import Recipe, load_recipe
 from tests.processes import run
 

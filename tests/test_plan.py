@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import engine.codeversion
+import engine.store.codeversion
 from engine.plan import make_plan
 from engine.recipe import load_recipe
 from pipelines.definitions import STAGES
@@ -214,15 +214,15 @@ MODULE_CHANGES = [  # (engine module edited, the stages whose artifact changes)
 def test_an_engine_module_rebuilds_the_stages_that_run_it(project, monkeypatch, module, expected):
     recipe = str(project / "recipe.yaml")
     before = plan_of(recipe)
-    edited = (Path(engine.codeversion.PROJECT_ROOT) / module).resolve()
-    real = engine.codeversion.read_source
-    monkeypatch.setattr(engine.codeversion, "read_source",
+    edited = (Path(engine.store.codeversion.PROJECT_ROOT) / module).resolve()
+    real = engine.store.codeversion.read_source
+    monkeypatch.setattr(engine.store.codeversion, "read_source",
                         lambda path: real(path) + ("\n# edited\n" if Path(path).resolve() == edited else ""))
     assert rebuilt(before, plan_of(recipe)) == expected
 
 
 def test_the_closure_follows_imports_inside_functions_but_not_type_checking_ones():
-    from engine.codeversion import module_closure
+    from engine.store.codeversion import module_closure
     closure = module_closure("engine.data.clean")
     assert "engine.models" in closure  # token counting imports it inside a function
     assert "engine.recipe" not in closure and "engine.stage" not in closure  # annotations only

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import engine.train.sft
 from engine.device import PRECISION_KEYS
-from engine.home import Home
+from engine.store.home import Home
 from engine.recipe import load_recipe
 from engine.train.checkpoints import COMPLETE, last_complete_checkpoint
 from engine.train.child import read_result, spec_of, write_spec

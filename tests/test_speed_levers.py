@@ -8,7 +8,7 @@ import random
 import pytest
 
 from engine.recipe import DpoSection, SftSection, load_recipe
-from engine.startup import collector_paused
+from engine.runtime.startup import collector_paused
 from engine.train.dpo import dpo_arguments
 from engine.train.sft import padding_free, sft_arguments
 

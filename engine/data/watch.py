@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from engine.content import ContentHasher, source_identity
+from engine.store.content import ContentHasher, source_identity
 from engine.data.readers import read_records, source_files
 from engine.data.registry import DatasetEntry, recipe_sources, resolve_sources
 from engine.errors import DataError

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
 from engine.errors import TunelineError
-from engine.startup import collector_paused
+from engine.runtime.startup import collector_paused
 
 RESULT_FILE = "result.json"  # beside the spec, outside the work directory: never part of the artifact
 ERROR_FILE = "error.json"  # why it failed, and whether trying again may help
@@ -88,7 +88,7 @@ def stderr_reporter() -> Iterator[tuple[Callable[[str], None], Callable[[dict], 
 
 def run_spec(spec_path: Path, reporter: Reporter = stderr_reporter) -> dict:
     """Run the stage a spec describes, in this process. Returns its metrics (also written beside the spec)."""
-    from engine.home import Home
+    from engine.store.home import Home
     from engine.recipe import Recipe
     from engine.stage import RecipeView, StageRun
     spec = json.loads(spec_path.read_text())

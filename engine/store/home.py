@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from engine.artifacts import ArtifactStore
+from engine.store.artifacts import ArtifactStore
 from engine.catalog import Catalog
-from engine.content import ContentHasher
+from engine.store.content import ContentHasher
 
 
 class Home:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 PROJECT_PACKAGES = ("engine",)  # the work lives here; assets/ and pipelines/ only declare and orchestrate
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def module_file(name: str) -> Path | None:

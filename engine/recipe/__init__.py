@@ -22,7 +22,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from engine.constants import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, MAX_SHINGLE
 from engine.errors import RecipeError
 
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "pipelines" / "recipes"
+RECIPE_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "recipes"
 
 
 def _not_a_boolean(value: Any) -> Any:
