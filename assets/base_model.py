@@ -1,11 +1,11 @@
 """base_model: the tiny preset built from a seed, or a local Hugging Face checkpoint."""
 
 from assets.stage_asset import stage_asset
-from engine.checkpoint import is_gguf
+from engine.models.checkpoint import is_gguf
 from engine.store.content import checkpoint_identity
-from engine.base_model import build_base_model
-from engine.device import Precision, infer_dtype
-from engine.models import check_local_model, is_tiny, load_causal_lm, load_tokenizer, model_dir, smoke_generate
+from engine.models.base import make_base_model
+from engine.models.device import Precision, infer_dtype
+from engine.models.load import check_local_model, is_tiny, load_causal_lm, load_tokenizer, model_dir, smoke_generate
 from engine.stage import Stage
 
 
@@ -25,7 +25,7 @@ def outside(recipe, hasher) -> dict:
     return {"checkpoint": checkpoint_identity(check_local_model(recipe.model.model_name_or_path), hasher)}
 
 
-STAGE = Stage("base_model", entry=build_base_model, parents=("clean_data",), keys=("model",), outside=outside,
+STAGE = Stage("base_model", entry=make_base_model, parents=("clean_data",), keys=("model",), outside=outside,
               select=reads)
 
 

@@ -6,9 +6,9 @@ import dagster as dg
 
 from assets.stage_asset import counts_table, stage_asset
 from engine.store.content import tokenizer_identity
-from engine.data.clean import build_clean_data
+from engine.data.clean import clean_raw_data
 from engine.stage import Stage
-from engine.tables import read_rows
+from engine.store.tables import read_rows
 
 
 def reads(recipe):
@@ -23,7 +23,7 @@ def outside(recipe, hasher) -> dict:
     return {"tokenizer": tokenizer_identity(recipe.model.model_name_or_path, hasher)}
 
 
-STAGE = Stage("clean_data", entry=build_clean_data, parents=("raw_data",), keys=("clean", "model.model_name_or_path"),
+STAGE = Stage("clean_data", entry=clean_raw_data, parents=("raw_data",), keys=("clean", "model.model_name_or_path"),
               select=reads, outside=outside,
               tables={"quarantine": "quarantine.parquet", "duplicate_clusters": "clusters.parquet",
                       "rewrites": "rewrites.parquet"})

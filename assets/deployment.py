@@ -5,9 +5,9 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.stage_asset import stage_asset
-from engine.backends import vllm_usable
-from engine.serve import build_deployment, choose_backend
-from engine.device import PRECISION_KEYS, with_precision
+from engine.models.backends import vllm_usable
+from engine.serve.server import deploy, choose_backend
+from engine.models.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
 
 SMOKE_DATA = ("formatted_data", "clean_data")  # the smoke question: the first plain-chat row of the SFT eval split
@@ -25,7 +25,7 @@ def outside_identity(recipe, hasher) -> dict:
     return {"vllm_runs_here": vllm_usable()}
 
 
-STAGE = Stage("deployment", entry=build_deployment,
+STAGE = Stage("deployment", entry=deploy,
               parents=("model_comparison", "merged_model", "gptq_model", "awq_model", *SMOKE_DATA),
               keys=("serve", "name", *PRECISION_KEYS), select=reads, outside=with_precision(outside_identity))
 

@@ -2,12 +2,12 @@
 
 from assets.stage_asset import stage_asset, tracking_metadata
 from assets.training import switchable_training_stage
-from engine.device import PRECISION_KEYS
+from engine.models.device import PRECISION_KEYS
 from engine.train.accounting import all_trained
-from engine.train.dpo import build, unit_of
+from engine.train.dpo import train_dpo_adapter, unit_of
 
 PARENTS, KEYS = ("pt_model", "sft_adapter", "formatted_data"), ("dpo", "data.cutoff_len", *PRECISION_KEYS)
-STAGE = switchable_training_stage("dpo_adapter", build, PARENTS, KEYS, switch="dpo",
+STAGE = switchable_training_stage("dpo_adapter", train_dpo_adapter, PARENTS, KEYS, switch="dpo",
                                  off_reason="dpo (or kto) is not in the recipe's stages")
 
 

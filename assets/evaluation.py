@@ -9,10 +9,10 @@ import dagster as dg
 
 from assets.stage_asset import stage_asset
 from assets.training import parents_run
-from engine.device import PRECISION_KEYS, with_precision
-from engine.evaluation import (STAGE_MODELS, STAGES, build, build_comparison, comparison_summary, gates,
-                               generation_backend)
-from engine.scorers import scorer_identity
+from engine.models.device import PRECISION_KEYS, with_precision
+from engine.evaluate.compare import (STAGE_MODELS, EVALUATED, evaluate_stage, compare_stages, comparison_summary, gates,
+                                     generation_backend)
+from engine.evaluate.scorers import scorer_identity
 from engine.stage import Stage
 
 
@@ -54,7 +54,7 @@ def outside_identity(recipe, hasher) -> dict:
 
 def eval_asset(stage: str):
     parents, keys = (*STAGE_MODELS[stage], "formatted_data", "reward_model"), ("evaluation", *PRECISION_KEYS)
-    declared = Stage(f"eval_{stage}", entry=build, parents=parents, keys=keys, select=reads(stage, parents, keys),
+    declared = Stage(f"eval_{stage}", entry=evaluate_stage, parents=parents, keys=keys, select=reads(stage, parents, keys),
                      off=off(stage), outside=with_precision(outside_identity))
     return stage_asset(
         declared, group="evaluation",
@@ -67,9 +67,9 @@ def eval_asset(stage: str):
         | {"examples": examples_table(a.metrics["examples"])})
 
 
-EVAL_ASSETS = [eval_asset(stage) for stage in STAGES]
+EVAL_ASSETS = [eval_asset(stage) for stage in EVALUATED]
 GATES = ("dpo_not_worse_than_sft", "gptq_within_budget", "awq_within_budget")
-COMPARISON = Stage("model_comparison", entry=build_comparison, parents=tuple(f"eval_{s}" for s in STAGES))
+COMPARISON = Stage("model_comparison", entry=compare_stages, parents=tuple(f"eval_{s}" for s in EVALUATED))
 
 
 def gate(name: str):

@@ -3,10 +3,10 @@
 import dagster as dg
 
 from assets.stage_asset import stage_asset
-from engine.data.format import build_formatted_data
+from engine.data.format import format_clean_data
 from engine.stage import Stage
 
-STAGE = Stage("formatted_data", entry=build_formatted_data, parents=("base_model", "clean_data"),
+STAGE = Stage("formatted_data", entry=format_clean_data, parents=("base_model", "clean_data"),
               keys=("data.cutoff_len", "data.default_system", "data.overlength", "data.val_size", "data.seed",
                     "data.decontamination_threshold", "data.template"),
               tables={"split_rows": "splits.parquet", "quarantine": "quarantine.parquet"})

@@ -2,8 +2,8 @@
 
 from assets.stage_asset import stage_asset
 from assets.training import parents_run
-from engine.export.merge import build
-from engine.device import PRECISION_KEYS, with_precision
+from engine.export.merge import merge_model
+from engine.models.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
 
 PARENTS = ("pt_model", "sft_adapter", "dpo_adapter", "formatted_data")
@@ -15,7 +15,7 @@ def reads(recipe):
     return parents_run(PARENTS, recipe), PRECISION_KEYS
 
 
-STAGE = Stage("merged_model", entry=build, parents=PARENTS, keys=PRECISION_KEYS, select=reads, outside=with_precision())
+STAGE = Stage("merged_model", entry=merge_model, parents=PARENTS, keys=PRECISION_KEYS, select=reads, outside=with_precision())
 
 
 def logits_match_adapters(artifact, recipe) -> tuple[bool, str]:

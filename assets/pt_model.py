@@ -4,10 +4,10 @@ start from. While the recipe's pt.dataset is empty it is the base model itself, 
 from assets.training import LAUNCHER, processes
 from assets.stage_asset import perplexity, stage_asset, tracking_metadata
 from engine.store.content import checkpoint_identity, source_identity
-from engine.device import PRECISION_KEYS, precision_identity
-from engine.models import check_adapter
+from engine.models.device import PRECISION_KEYS, precision_identity
+from engine.models.load import check_adapter
 from engine.stage import Stage
-from engine.train.pt import build, pt_sources
+from engine.train.pt import train_pt_model, pt_sources
 
 PT_KEYS = ("pt", "data.cutoff_len", "data.val_size", "data.seed", *PRECISION_KEYS)
 
@@ -28,7 +28,7 @@ def outside(recipe, hasher) -> dict:
     return {**identity, "precision": precision_identity(recipe.model), **processes(recipe)}
 
 
-STAGE = Stage("pt_model", entry=build, parents=("base_model",), keys=PT_KEYS, select=reads,
+STAGE = Stage("pt_model", entry=train_pt_model, parents=("base_model",), keys=PT_KEYS, select=reads,
               locate=("data.dataset_dir", "data.dataset_info", "data.allowed_roots", "model.adapter_name_or_path",
                       *LAUNCHER), outside=outside,
               tables={"quarantine": "quarantine.parquet"}, training=True, trains=lambda recipe: bool(recipe.pt.dataset))

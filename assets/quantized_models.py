@@ -1,8 +1,8 @@
 """gptq_model and awq_model: 4-bit (W4A16) llm-compressor exports of the merged model."""
 
 from assets.stage_asset import stage_asset
-from engine.export.quantize import build_awq, build_gptq
-from engine.device import PRECISION_KEYS, with_precision
+from engine.export.quantize import quantize_awq, quantize_gptq
+from engine.models.device import PRECISION_KEYS, with_precision
 from engine.stage import Stage
 
 QUANTIZED_METRICS = ("eval_perplexity", "merged_eval_perplexity", "ppl_ratio", "size_bytes", "merged_size_bytes",
@@ -32,5 +32,5 @@ def quantized_asset(method: str, entry):
         checks={"reloads_and_generates": reloads_and_generates, "perplexity_within_bound": perplexity_within_bound})
 
 
-gptq_model = quantized_asset("gptq", build_gptq)
-awq_model = quantized_asset("awq", build_awq)
+gptq_model = quantized_asset("gptq", quantize_gptq)
+awq_model = quantized_asset("awq", quantize_awq)

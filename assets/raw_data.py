@@ -2,11 +2,11 @@
 
 from assets.data_sources import DATA_LOCATION, registered_sources
 from assets.stage_asset import counts_table, stage_asset
-from engine.data.ingest import build_raw_data
+from engine.data.ingest import read_raw_data
 from engine.stage import Stage
-from engine.tables import read_rows
+from engine.store.tables import read_rows
 
-STAGE = Stage("raw_data", entry=build_raw_data, keys=("data.max_samples",), locate=DATA_LOCATION,
+STAGE = Stage("raw_data", entry=read_raw_data, keys=("data.max_samples",), locate=DATA_LOCATION,
               outside=registered_sources,
               tables={"raw_rows": "rows.parquet", "quarantine": "quarantine.parquet"})
 

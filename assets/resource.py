@@ -12,14 +12,14 @@ import dagster as dg
 from pydantic import Field
 
 from engine.data.registry import recipe_sources
-from engine.device import check_precision
+from engine.models.device import check_precision
 from engine.errors import RecipeError
-from engine.evaluation import check_generation_backend, check_lm_eval
+from engine.evaluate.compare import check_generation_backend, check_lm_eval
 from engine.store.home import Home
-from engine.models import check_adapter, check_local_model, is_tiny
+from engine.models.load import check_adapter, check_local_model, is_tiny
 from engine.plan import Planned, make_plan
 from engine.recipe import Recipe, load_recipe, resolve_recipe_path
-from engine.scorers import resolve_scorer
+from engine.evaluate.scorers import resolve_scorer
 from engine.train.common import check_lora_targets, check_quantized_training, check_speed_levers
 from engine.train.pt import pt_sources
 

@@ -2,13 +2,13 @@
 
 from assets.stage_asset import stage_asset, tracking_metadata
 from assets.training import switchable_training_stage
-from engine.device import PRECISION_KEYS
-from engine.stats import wilson_interval
+from engine.models.device import PRECISION_KEYS
+from engine.evaluate.stats import wilson_interval
 from engine.train.accounting import all_trained
-from engine.train.reward import build
+from engine.train.reward import train_reward_model
 
 PARENTS, KEYS = ("pt_model", "formatted_data"), ("reward", "data.cutoff_len", *PRECISION_KEYS)
-STAGE = switchable_training_stage("reward_model", build, PARENTS, KEYS, switch="rm",
+STAGE = switchable_training_stage("reward_model", train_reward_model, PARENTS, KEYS, switch="rm",
                                  off_reason="rm is not in the recipe's stages")
 
 

@@ -2,11 +2,11 @@
 
 from assets.training import switchable_training_stage
 from assets.stage_asset import perplexity, stage_asset, tracking_metadata
-from engine.device import PRECISION_KEYS
+from engine.models.device import PRECISION_KEYS
 from engine.train.accounting import all_trained
-from engine.train.sft import build
+from engine.train.sft import train_sft_adapter
 
-STAGE = switchable_training_stage("sft_adapter", build, ("pt_model", "formatted_data"),
+STAGE = switchable_training_stage("sft_adapter", train_sft_adapter, ("pt_model", "formatted_data"),
                                   ("sft", "data.cutoff_len", *PRECISION_KEYS), switch="sft",
                                   off_reason="sft is not in the recipe's stages")
 

@@ -18,7 +18,7 @@ from engine.store.artifacts import Artifact
 from engine.build import build_stage, call_entry
 from engine.store.codeversion import code_version
 from engine.errors import TunelineError
-from engine.plots import LENGTHS_PNG, LOSS_PNG, PLOTS_DIR, QUARANTINE_PNG
+from engine.evaluate.plots import LENGTHS_PNG, LOSS_PNG, PLOTS_DIR, QUARANTINE_PNG
 from engine.recipe import Recipe
 from engine.stage import Stage, StageRun, is_configured
 from engine.train.child import read_error, read_result, spec_of, write_spec
@@ -115,7 +115,7 @@ PICTURES = {LOSS_PNG: "loss_curve", QUARANTINE_PNG: "quarantine_reasons", LENGTH
 
 
 def pictures(artifact: Artifact) -> dict[str, dg.MetadataValue]:
-    """The PNGs the stage drew into its artifact (engine/plots.py), as images in the asset's metadata (Markdown
+    """The PNGs the stage drew into its artifact (engine/evaluate/plots.py), as images in the asset's metadata (Markdown
     with a data URI: Dagster has no image metadata type)."""
     found = {}
     for name, key in PICTURES.items():

@@ -1,6 +1,6 @@
 """What every training stage reads beyond its own keys: how many processes train together (the launcher)."""
 
-from engine.device import with_precision
+from engine.models.device import with_precision
 from engine.stage import Stage
 from engine.train.launch import world_size
 

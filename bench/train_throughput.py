@@ -6,7 +6,7 @@ Same model, same data, same LoRA (r16 on every linear layer), same learning rate
   (b) tuneline: the trainer arguments the sft and dpo stages build from the recipe's defaults (engine/train/sft.py
       `sft_arguments`, engine/train/dpo.py `dpo_arguments`: gradient checkpointing off, padding-free SFT batches
       (the same rows per step, no padding), DPO reference log-probs computed once; the device policy's bf16
-      autocast on a CPU with native bf16), and the attention the stages train with (engine/attention.py: each row
+      autocast on a CPU with native bf16), and the attention the stages train with (engine/models/attention.py: each row
       of a padding-free batch attends within itself, in float32 on a CPU), with TRL's fused LM head projecting
       only the labelled positions on a CPU too, as the stages train (engine/train/lm_head.py). `--packing` adds sft.packing (rows packed into cutoff_len sequences).
 DPO trains --dpo-epochs (3, as LLaMA-Factory's DPO examples) over --dpo-pairs pairs.
@@ -41,7 +41,7 @@ from transformers import PrinterCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.attention import training_attention  # noqa: E402
+from engine.models.attention import training_attention  # noqa: E402
 from engine.data.format import read_view  # noqa: E402
 from engine.recipe import DpoSection, SftSection, load_recipe  # noqa: E402
 from engine.train.common import lora_config  # noqa: E402
@@ -74,11 +74,11 @@ def prepare(work: Path, cutoff_len: int, data: str) -> tuple[Path, Path]:
     """The bench's data through tuneline's own ingest and format steps, and a random-init Qwen2 model of the
     bench's shape with a tokenizer trained on that data: (model dir, formatted dir)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
-    from engine.base_model import message_texts
+    from engine.models.base import message_texts
     from engine.data.format import format_rows
     from engine.data.ingest import ingest
     from engine.data.registry import resolve_sources
-    from engine.models import train_tokenizer
+    from engine.models.load import train_tokenizer
     folder, registry, names = DATA[data]
     rows = ingest(resolve_sources(folder, registry, names or load_recipe("tiny")[0].data.dataset))[0]
     tokenizer = train_tokenizer(message_texts(rows), 4096)
@@ -96,7 +96,7 @@ def prepare(work: Path, cutoff_len: int, data: str) -> tuple[Path, Path]:
 
 def load(model_dir: Path, tuneline: bool):
     """The model with a LoRA: plain TRL's with transformers' default attention (sdpa), tuneline's with the attention
-    the stages train with for the recipe's default attn_implementation (engine/attention.py)."""
+    the stages train with for the recipe's default attn_implementation (engine/models/attention.py)."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
@@ -108,7 +108,7 @@ def load(model_dir: Path, tuneline: bool):
 
 def heldout_loss(model, rows, batch: int = 16) -> float:
     """Mean token loss over the labelled tokens of the held-out rows, however the trainer batched them."""
-    from engine.device import to_device
+    from engine.models.device import to_device
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():

@@ -17,7 +17,7 @@ from engine.store.artifacts import Artifact, library_versions
 from engine.errors import DataError, TunelineError
 from engine.store.home import Home
 from engine.plan import Planned, ancestors
-from engine.plots import draw_stage_plots
+from engine.evaluate.plots import draw_stage_plots
 from engine.recipe import Recipe
 from engine.stage import Stage, StageRun, not_configured, view
 

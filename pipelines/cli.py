@@ -276,8 +276,8 @@ def report(result, seconds: float) -> str:
 
 def lineage(args: argparse.Namespace) -> int:
     from engine.store.home import Home
-    from engine.lineage import lineage as lineage_of
-    from engine.lineage import render, write_training_rows
+    from engine.store.lineage import lineage as lineage_of
+    from engine.store.lineage import render, write_training_rows
     home = Home(args.artifact_root)
     if not home.artifacts.is_dir():
         raise TunelineError(f"no artifacts under {home.root}: run `tuneline run` first, or pass --artifact-root")
@@ -298,7 +298,7 @@ def model_path(model: str, artifact_root: str) -> Path:
     if path.is_dir():
         return path
     from engine.store.home import Home
-    from engine.models import model_dir
+    from engine.models.load import model_dir
     found = Home(artifact_root).store().find(model)
     if found is None:
         raise TunelineError(f"{model!r} is neither a model directory nor the fingerprint (or a unique prefix of one) "
@@ -308,8 +308,8 @@ def model_path(model: str, artifact_root: str) -> Path:
 
 def chat(args: argparse.Namespace) -> int:
     quiet_libraries()
-    from engine.chat import chat_loop, load_chat_model, reply
-    from engine.device import Precision, check_precision, infer_dtype
+    from engine.serve.chat import chat_loop, load_chat_model, reply
+    from engine.models.device import Precision, check_precision, infer_dtype
     precision = Precision(infer_dtype=args.infer_dtype)
     check_precision(precision)
     model, tokenizer = load_chat_model(model_path(args.model, args.artifact_root), infer_dtype(precision))
@@ -333,8 +333,8 @@ def serve(args: argparse.Namespace) -> int:
     import signal
     import tempfile
     from assets.resource import validated_recipe
-    from engine.serve import Server, choose_backend, describe_commands, exposure_warning, read_serve_config
-    from engine.serve import resolve_api_key
+    from engine.serve.server import Server, choose_backend, describe_commands, exposure_warning, read_serve_config
+    from engine.serve.server import resolve_api_key
     overrides = parse_overrides(args.set)
     recipe = validated_recipe(args.recipe, json.dumps(overrides, sort_keys=True))
     api_key = resolve_api_key(recipe.serve, args.api_key)
@@ -374,8 +374,8 @@ def interrupt(*_) -> None:
 def serve_directory(args: argparse.Namespace, recipe, overrides: dict, scratch: Path) -> Path:
     """The deployment to serve: `deployment` (the one the recipe implies), a deployment directory, or a model to
     deploy ad hoc."""
-    from engine.device import Precision
-    from engine.serve import write_serve_config
+    from engine.models.device import Precision
+    from engine.serve.server import write_serve_config
     if args.model == "deployment":
         from pipelines.definitions import resources
         tuneline = resources(args.recipe, str(Path(args.artifact_root).resolve()), overrides)["tuneline"]

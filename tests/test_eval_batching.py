@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from engine.constants import IGNORE
-from engine.evaluate import greedy_from_ids, length_batches, perplexity, reward_scores_of_ids
+from engine.data.constants import IGNORE
+from engine.evaluate.measure import greedy_from_ids, length_batches, perplexity, reward_scores_of_ids
 
 BATCH = 4  # small, so that a dozen rows make several batches, each padded
 
@@ -15,7 +15,7 @@ BATCH = 4  # small, so that a dozen rows make several batches, each padded
 def tiny(tiny_model_dir, formatted_dir):
     """The tiny policy in float32, its tokenizer and the eval split of the formatted SFT view."""
     from datasets import load_from_disk
-    from engine.models import load_causal_lm, load_tokenizer
+    from engine.models.load import load_causal_lm, load_tokenizer
     return (load_causal_lm(tiny_model_dir, torch.float32), load_tokenizer(tiny_model_dir),
             load_from_disk(formatted_dir / "sft")["eval"])
 

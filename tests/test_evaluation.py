@@ -7,11 +7,11 @@ import torch
 
 from engine.data.format import tokenize_sft
 from engine.errors import RecipeError
-from engine.evaluate import answer_examples, answered_sequences, turn_suffix
-from engine.evaluation import check_lm_eval, comparison_markdown, dpo_gate, gates, quantized_gate
-from engine.models import load_tokenizer
+from engine.evaluate.measure import answer_examples, answered_sequences, turn_suffix
+from engine.evaluate.compare import check_lm_eval, comparison_markdown, dpo_gate, gates, quantized_gate
+from engine.models.load import load_tokenizer
 from engine.recipe import EvaluationSection, load_recipe
-from engine.scorers import exact_match, resolve_scorer, score, scorer_identity
+from engine.evaluate.scorers import exact_match, resolve_scorer, score, scorer_identity
 from datasets import Dataset
 
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Add 1 + 2"},
@@ -41,7 +41,7 @@ def test_exact_match_ignores_only_whitespace():
 
 
 def test_char_similarity_gives_partial_credit():
-    from engine.scorers import char_similarity
+    from engine.evaluate.scorers import char_similarity
     assert char_similarity("1 2 3", "1 2 3") == 1.0
     assert 0.5 < char_similarity("1 2 4", "1 2 3") < 1.0
     assert char_similarity("", "abc") == 0.0
@@ -58,7 +58,7 @@ def test_a_users_scorer_is_named_module_colon_function(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name, message", [("nope", "expected one of"), ("no_such_module:f", "cannot import"),
-                                           ("engine.scorers:missing", "has no function")])
+                                           ("engine.evaluate.scorers:missing", "has no function")])
 def test_a_bad_scorer_name_is_a_recipe_error(name, message):
     with pytest.raises(RecipeError, match=message):
         resolve_scorer(name)
@@ -78,7 +78,7 @@ def test_lm_eval_tasks_without_lm_eval_stop_the_recipe():
 
 
 def test_evaluation_infer_backend_is_a_recipe_key_and_auto_picks_transformers_without_vllm():
-    from engine.evaluation import generation_backend
+    from engine.evaluate.compare import generation_backend
     assert load_recipe("tiny", {"evaluation.infer_backend": "vllm"})[0].evaluation.infer_backend == "vllm"
     with pytest.raises(RecipeError, match="evaluation.infer_backend"):
         load_recipe("tiny", {"evaluation.infer_backend": "sglang"})
@@ -155,9 +155,9 @@ def test_gates_read_their_thresholds_from_the_recipe():
 def test_an_evaluation_records_each_questions_score_and_reward_and_their_intervals(tiny_model_dir, formatted_dir,
                                                                                   tmp_path):
     from transformers import AutoModelForSequenceClassification
-    from engine.evaluation import evaluate_model
-    from engine.models import load_causal_lm
-    from engine.stats import mean_interval, wilson_interval
+    from engine.evaluate.compare import evaluate_model
+    from engine.models.load import load_causal_lm
+    from engine.evaluate.stats import mean_interval, wilson_interval
     torch.manual_seed(0)  # a random reward head: scores that differ per answer, so their interval has a width
     AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).save_pretrained(tmp_path)
     cfg = EvaluationSection(max_samples=12, max_new_tokens=4)

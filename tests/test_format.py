@@ -6,7 +6,7 @@ from datasets import load_from_disk
 
 from engine.data.format import IGNORE, format_rows, require_view, split_of, tokenize_sft
 from engine.errors import DataError
-from engine.models import load_tokenizer
+from engine.models.load import load_tokenizer
 
 
 def test_labels_cover_exactly_the_assistant_turns(tiny_model_dir):
@@ -110,7 +110,7 @@ def test_the_tiny_template_renders_the_tools_and_a_template_that_drops_them_is_f
     import json as jsonlib
 
     from engine.data.format import format_rows, template_drops_tools
-    from engine.models import load_tokenizer
+    from engine.models.load import load_tokenizer
     tokenizer = load_tokenizer(tiny_model_dir)
     tools = [{"name": "send_email", "parameters": {"recipient": {"type": "string"}}}]
     messages = [{"role": "user", "content": "Mail bob@example.com"},

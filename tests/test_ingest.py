@@ -88,7 +88,7 @@ def test_tools_keep_the_file_s_key_order(tmp_path):
 def test_max_samples_reads_each_source_s_first_records_and_counts_the_rest(tmp_path):
     from engine.data.ingest import ingest_to
     from engine.data.registry import resolve_sources
-    from engine.tables import read_rows
+    from engine.store.tables import read_rows
     sources = resolve_sources("tests/fixtures/llamafactory/data", "dataset_info.json", ["identity", "dpo_en_demo"])
     counts = ingest_to(tmp_path, sources, max_samples=10)
     assert counts["by_source"]["identity"] == {"rows_in": 10, "accepted": 10, "quarantined": 0,

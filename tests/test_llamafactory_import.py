@@ -257,7 +257,7 @@ def test_template_max_samples_are_imported_and_an_unknown_template_is_said(tmp_p
 
 def test_the_checkpoint_template_is_checked_against_the_named_one(tiny_model_dir):
     from engine.data.templates import check_template
-    from engine.models import load_tokenizer
+    from engine.models.load import load_tokenizer
     tokenizer = load_tokenizer(tiny_model_dir)  # ChatML, as LLaMA-Factory's qwen template
     for name in ("qwen", "chatml", "smollm2", None):
         check_template(tokenizer, name)

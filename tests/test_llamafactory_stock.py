@@ -18,9 +18,9 @@ import dagster as dg
 import pytest
 import yaml
 
-from engine.catalog import Catalog
-from engine.lineage import lineage
-from engine.tables import read_rows
+from engine.store.catalog import Catalog
+from engine.store.lineage import lineage
+from engine.store.tables import read_rows
 from pipelines.definitions import ASSETS, resources
 
 pytestmark = pytest.mark.slow

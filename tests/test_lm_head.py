@@ -96,8 +96,9 @@ class Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("stage, trains", [("sft", "train_sft"), ("dpo", "train_dpo")])
-def test_training_stages_train_under_it(stage, trains, tmp_path, monkeypatch):
+@pytest.mark.parametrize("stage, trains, entry", [("sft", "train_sft", "train_sft_adapter"),
+                                                 ("dpo", "train_dpo", "train_dpo_adapter")])
+def test_training_stages_train_under_it(stage, trains, entry, tmp_path, monkeypatch):
     module = importlib.import_module(f"engine.train.{stage}")
     seen = []
 
@@ -109,10 +110,10 @@ def test_training_stages_train_under_it(stage, trains, tmp_path, monkeypatch):
     run = SimpleNamespace(recipe=load_recipe("tiny")[0], out=tmp_path, log=print,
                           inputs={"pt_model": tmp_path, "formatted_data": tmp_path, "sft_adapter": tmp_path})
     with pytest.raises(Stop):
-        module.build(run)
+        getattr(module, entry)(run)
     assert seen == [True] and not trl_utils._use_triton(torch.device("cpu"))  # and only while they train
     import engine.train.pt
-    assert engine.train.pt.build.__wrapped__  # continued pre-training (TRL's SFTTrainer) too
+    assert engine.train.pt.train_pt_model.__wrapped__  # continued pre-training (TRL's SFTTrainer) too
 
 
 def test_the_switch_holds_until_the_last_of_overlapping_uses_closes():

@@ -1,7 +1,7 @@
 import pytest
 
 from engine.errors import RecipeError
-from engine.models import check_local_model, load_causal_lm, load_tokenizer, smoke_generate
+from engine.models.load import check_local_model, load_causal_lm, load_tokenizer, smoke_generate
 
 
 def test_tiny_preset_is_a_qwen2_model_that_reloads_and_generates(tiny_model_dir):

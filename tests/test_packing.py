@@ -1,6 +1,6 @@
 """Packed SFT batches are correct: several rows flattened into one sequence (TRL's padding-free collator, what
 `sft.padding_free` and `sft.packing` train with) give every row the same logits, loss and gradients as that row run
-on its own, for each attention implementation tuneline trains with on a CPU (sdpa as engine/attention.py's row
+on its own, for each attention implementation tuneline trains with on a CPU (sdpa as engine/models/attention.py's row
 attention, and eager). Without the per-row positions, rows would attend to one another: the control case shows the
 test can see it."""
 
@@ -9,7 +9,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from engine.attention import ROW_SDPA, length_groups, row_sdpa, training_attention
+from engine.models.attention import ROW_SDPA, length_groups, row_sdpa, training_attention
 from engine.recipe import SftSection
 
 LENGTHS = (9, 14, 6, 11)

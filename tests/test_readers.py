@@ -159,7 +159,7 @@ def test_random_and_malformed_rows_never_crash_and_are_all_accounted(tmp_path, r
 
 def test_raw_data_streams_rows_to_parquet_in_batches(tmp_path, monkeypatch):
     from engine.data.ingest import ingest_to
-    from engine import tables
+    from engine.store import tables
     file = write_as(tmp_path / "d.jsonl", ALPACA * 12 + ["not an object"])
     monkeypatch.setattr(tables.RowWriter.__init__, "__defaults__", (5,))  # batches of 5 rows
     counts = ingest_to(tmp_path, {"s": (DatasetEntry(file_name="d.jsonl"), file)})

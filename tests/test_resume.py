@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import engine.train.sft
-from engine.device import PRECISION_KEYS
+from engine.models.device import PRECISION_KEYS
 from engine.store.home import Home
 from engine.recipe import load_recipe
 from engine.train.checkpoints import COMPLETE, last_complete_checkpoint
@@ -31,7 +31,7 @@ def spec_for(tmp_path: Path, name: str, tiny_model_dir: Path, formatted_dir: Pat
     recipe = load_recipe("tiny", STEPS)[0]
     out = tmp_path / name / "work"
     out.mkdir(parents=True)
-    spec = spec_of("sft_adapter", name, engine.train.sft.build, KEYS, recipe,
+    spec = spec_of("sft_adapter", name, engine.train.sft.train_sft_adapter, KEYS, recipe,
                    {"pt_model": tiny_model_dir, "formatted_data": formatted_dir}, out, tmp_path / "home")
     return write_spec(spec, tmp_path / name / "run")
 

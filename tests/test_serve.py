@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from engine.errors import RecipeError, ServeError
-from engine.export.vllm_compat import vllm_config_problems
+from engine.serve.vllm_compat import vllm_config_problems
 from engine.recipe import ServeSection, load_recipe
-from engine.serve import (Server, choose_backend, exposure_warning, free_port, read_serve_config, resolve_api_key,
-                          vllm_command, write_serve_config)
+from engine.serve.server import (Server, choose_backend, exposure_warning, free_port, read_serve_config, resolve_api_key,
+                                 vllm_command, write_serve_config)
 from pipelines.cli import main
 from tests.processes import readline, run, stop_process_group, wait
 
@@ -93,7 +93,7 @@ def get(url: str, key: str | None = None) -> tuple[int, dict, dict]:
 
 def test_the_cpu_server_answers_only_with_the_key_and_stops_cleanly(deployment_dir, tiny_model_dir):
     from openai import AuthenticationError, OpenAI
-    from engine.chat import load_chat_model, reply
+    from engine.serve.chat import load_chat_model, reply
     server = Server(deployment_dir, "auto", port=free_port(), timeout=120, api_key=KEY)
     try:
         server.start()

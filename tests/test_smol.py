@@ -12,11 +12,11 @@ import yaml
 from datasets import load_from_disk
 
 from engine.data.format import chat_messages, with_default_system
-from engine.evaluate import answer_examples
-from engine.chat import load_chat_model, reply
-from engine.models import load_tokenizer
-from engine.serve import Server, free_port, read_serve_config
-from engine.tables import read_rows
+from engine.evaluate.measure import answer_examples
+from engine.serve.chat import load_chat_model, reply
+from engine.models.load import load_tokenizer
+from engine.serve.server import Server, free_port, read_serve_config
+from engine.store.tables import read_rows
 from pipelines.definitions import ASSETS, resources
 
 pytestmark = pytest.mark.slow

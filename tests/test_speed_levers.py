@@ -27,7 +27,7 @@ def test_an_explicit_padding_free_key_wins():
 
 def test_unset_padding_free_is_on_where_rows_attend_within_themselves():
     short_rows = row_lengths(512, 20, 70)
-    # sdpa trains as the row attention (engine/attention.py), FlashAttention-2 has its varlen kernel and FlexAttention
+    # sdpa trains as the row attention (engine/models/attention.py), FlashAttention-2 has its varlen kernel and FlexAttention
     # a block-sparse mask: each row attends at its own cost, so flattening only saves the padding
     for implementation in ("sdpa", "flash_attention_2", "flex_attention"):
         cfg = SftSection(per_device_train_batch_size=32, attn_implementation=implementation)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from engine.evaluation import comparison_markdown, dpo_gate
+from engine.evaluate.compare import comparison_markdown, dpo_gate
 from tests.test_device import random_adapter
 
 SFT_SOURCES = ["alpaca_tasks", "sharegpt_tasks", "openai_tasks"]
@@ -20,7 +20,7 @@ OFF = ("reward_model", "dpo_adapter", "eval_dpo")
 
 def test_merge_with_only_the_sft_stage_gives_the_adapter_model_s_logits(tiny_model_dir, formatted_dir, tmp_path):
     from engine.export.merge import merge
-    from engine.models import load_causal_lm
+    from engine.models.load import load_causal_lm
     sft = random_adapter(tiny_model_dir, tmp_path / "sft", 1)
     metrics = merge(tiny_model_dir, [sft], formatted_dir, tmp_path / "merged")
     assert metrics["max_logit_diff"] < 1e-3

@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.stats import Interval, mean_interval, paired_difference, score_interval, wilson_interval
+from engine.evaluate.stats import Interval, mean_interval, paired_difference, score_interval, wilson_interval
 
 
 def test_wilson_interval_of_8_in_10():

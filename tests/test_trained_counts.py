@@ -16,7 +16,7 @@ from datasets import load_from_disk
 from engine.data.format import format_rows
 from engine.data.ingest import ingest
 from engine.data.registry import resolve_sources
-from engine.models import load_tokenizer
+from engine.models.load import load_tokenizer
 from engine.recipe import RewardSection, DpoSection
 from engine.train.accounting import all_trained, cut_by_trainer, trained_examples
 

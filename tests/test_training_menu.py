@@ -10,13 +10,14 @@ from safetensors.torch import load_file
 
 from engine.data.registry import resolve_sources
 from engine.errors import DataError, RecipeError
-from engine.models import load_with_adapters
+from engine.models.load import load_with_adapters
 from engine.recipe import DpoSection, PtSection, SftSection, load_recipe
-from engine.train.common import check_quantized_training, mlflow_uri, optimizers, prepare_model, trained_weights
+from engine.models.load import trained_weights
+from engine.train.common import check_quantized_training, mlflow_uri, optimizers, prepare_model
 from engine.train.dpo import train_dpo
 from engine.train.pt import train_pt
 from engine.train.sft import train_sft
-from engine.models import load_causal_lm
+from engine.models.load import load_causal_lm
 
 pytestmark = pytest.mark.slow
 FAST = {"max_steps": 4, "learning_rate": 3e-3, "per_device_train_batch_size": 16, "logging_steps": 1}
@@ -181,7 +182,7 @@ def test_pt_learns_the_raw_text_and_quarantines_bad_rows(tiny_model_dir, tmp_pat
 
 def test_the_pt_stage_runs_as_an_asset_with_its_quarantine_and_tracker(tmp_path):
     import dagster as dg
-    from engine.catalog import Catalog
+    from engine.store.catalog import Catalog
     from pipelines.definitions import ASSETS, resources
     overrides = {"pt.dataset": ["pt_corpus"], "pt.max_steps": 6, "pt.learning_rate": 3e-3, "pt.report_to": "tensorboard"}
     with dg.instance_for_test() as instance:

@@ -6,7 +6,7 @@ import pytest
 from datasets import load_from_disk
 
 from engine.data.format import IGNORE, format_rows, infer_seqlen, sft_pairs, truncate_pairs
-from engine.models import load_tokenizer
+from engine.models.load import load_tokenizer
 from engine.recipe import DataSection
 
 SHORT = [{"role": "user", "content": "Add. 1 + 2"}, {"role": "assistant", "content": "3"}]

@@ -97,7 +97,7 @@ def materialized(webserver):
 def test_materialize_through_the_webserver_with_launchpad_overrides(webserver, materialized):
     _, home = webserver
     assert materialized[1] == "SUCCESS"
-    from engine.catalog import Catalog  # the override reached the run: its check used the Launchpad's bound
+    from engine.store.catalog import Catalog  # the override reached the run: its check used the Launchpad's bound
     (detail,), = Catalog(home / "tuneline" / "catalog.duckdb").query(
         "SELECT detail FROM check_results WHERE check_name = 'quarantine_ratio_within_bound'")
     assert detail.endswith("bound 30%")

@@ -18,7 +18,7 @@ from engine.data.dedup import exact_duplicates, near_duplicate_clusters
 from engine.data.ingest import content_hash
 from engine.data.pii import JSON_ROLES, Inconsistent, RowScrubber
 from engine.data.prose import on_prose, prose_lines, repeated_lines
-from engine.tables import CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS, read_rows, write_rows
+from engine.store.tables import CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS, read_rows, write_rows
 
 if TYPE_CHECKING:
     from engine.recipe import CleanSection
@@ -429,13 +429,13 @@ def clean(rows: list[dict], cfg: CleanSection, source_order: list[str],
 def token_counter(model_path):
     """text -> number of tokens of the base model's tokenizer, for the length step's token limits."""
     from transformers import AutoTokenizer
-    from engine.models import hf_source
+    from engine.models.load import hf_source
     folder, source = hf_source(model_path)  # a GGUF file's tokenizer is read from the file itself
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, **source)
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def build_clean_data(run: "StageRun") -> dict:
+def clean_raw_data(run: "StageRun") -> dict:
     """clean_data's entry point: the recipe's cleaning steps over raw_data's rows; kept rows, quarantine, duplicate
     clusters and every rewritten text to Parquet. Returns the cleaning report. Token limits count with the recipe's
     local checkpoint's tokenizer (the tiny preset's tokenizer is trained on this stage's output)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.constants import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, MAX_SHINGLE  # noqa: F401  (re-exported)
+from engine.data.constants import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, MAX_SHINGLE  # noqa: F401  (re-exported)
 
 EMPTY = np.uint32(0xFFFFFFFF)
 MIX1, MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)

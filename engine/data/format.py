@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from datasets import Dataset, DatasetDict, Features, List, Value
 
 from engine.data.clean import dedup_text
-from engine.constants import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, IGNORE
+from engine.data.constants import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, IGNORE
 from engine.data.dedup import near_duplicate_clusters
 from engine.data.split import split_of
 from engine.errors import DataError
@@ -407,11 +407,11 @@ def with_default_system(rows: list[dict], default_system: str | None) -> list[di
     return out
 
 
-def build_formatted_data(run: "StageRun") -> dict:
+def format_clean_data(run: "StageRun") -> dict:
     """formatted_data's entry point: clean_data's rows rendered with the base model's chat template, tokenized,
     split; the views as HF datasets, the split of every row and the quarantine as Parquet. Returns the report."""
-    from engine.models import load_tokenizer, model_dir
-    from engine.tables import QUARANTINE_COLUMNS, read_rows, write_rows
+    from engine.models.load import load_tokenizer, model_dir
+    from engine.store.tables import QUARANTINE_COLUMNS, read_rows, write_rows
     from engine.data.templates import check_template
     data = run.recipe.data
     tokenizer = load_tokenizer(model_dir(run.inputs["base_model"]))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from engine.data.readers import BadRow, hub_records, read_records, source_files
 from engine.data.registry import DatasetEntry, recipe_selection
-from engine.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, RowWriter
+from engine.store.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, RowWriter
 
 if TYPE_CHECKING:
     from engine.stage import StageRun
@@ -271,7 +271,7 @@ def ingest_to(out: Path, sources: dict[str, tuple[DatasetEntry, Path]], max_samp
             "quarantine_by_reason": dict(reasons)}
 
 
-def build_raw_data(run: "StageRun") -> dict:
+def read_raw_data(run: "StageRun") -> dict:
     """raw_data's entry point: every registered source the recipe selects, streamed into Parquet; the registered
     entries it does not use are listed with the reason (`not_used`), so a stock registry's hub or multimodal
     entries are reported, never an error."""

@@ -9,9 +9,9 @@ import torch
 from peft import PeftModel
 
 from engine.data.format import read_view
-from engine.device import Precision, export_dtype, infer_dtype, name, precision_metrics, to_device
-from engine.evaluate import perplexity, sft_batch
-from engine.models import load_causal_lm, load_tokenizer, load_with_adapters, model_dir, smoke_generate
+from engine.models.device import Precision, export_dtype, infer_dtype, name, precision_metrics, to_device
+from engine.evaluate.measure import perplexity, sft_batch
+from engine.models.load import load_causal_lm, load_tokenizer, load_with_adapters, model_dir, smoke_generate
 
 if TYPE_CHECKING:
     from engine.stage import StageRun
@@ -66,11 +66,11 @@ def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def build(run: "StageRun") -> dict:
+def merge_model(run: "StageRun") -> dict:
     """merged_model's entry point: the merge, with lineage.json and a model card naming what made it."""
     from engine.export.docs import write_export_docs
-    from engine.lineage import export_lineage
-    from engine.train.common import trained_weights
+    from engine.store.lineage import export_lineage
+    from engine.models.load import trained_weights
     base = model_dir(run.inputs["pt_model"])
     stages = [trained_weights(run.inputs[s]) for s in ("sft_adapter", "dpo_adapter") if s in run.inputs]
     metrics = merge(base, stages, run.inputs["formatted_data"], run.out, precision=Precision.of(run.recipe.model))

@@ -15,11 +15,11 @@ from llmcompressor.modifiers.quantization import QuantizationModifier
 from llmcompressor.modifiers.transform import AWQModifier
 
 from engine.data.format import read_view
-from engine.device import Precision, infer_dtype, precision_metrics
-from engine.evaluate import perplexity
+from engine.models.device import Precision, infer_dtype, precision_metrics
+from engine.evaluate.measure import perplexity
 from engine.export.awq_cpu_shim import awq_cpu_compat
 from engine.export.merge import dir_size
-from engine.models import load_causal_lm, load_tokenizer, smoke_generate
+from engine.models.load import load_causal_lm, load_tokenizer, smoke_generate
 
 if TYPE_CHECKING:
     from engine.recipe import QuantizeSection
@@ -78,10 +78,10 @@ def quant_method(config) -> str | None:
     return getattr(method, "value", method)
 
 
-def build(run: "StageRun", method: Method) -> dict:
+def quantize_with(run: "StageRun", method: Method) -> dict:
     """gptq_model's and awq_model's entry point: the merged model quantized, with lineage.json and a model card."""
     from engine.export.docs import write_export_docs
-    from engine.lineage import export_lineage
+    from engine.store.lineage import export_lineage
     merged = run.inputs["merged_model"]
     metrics = quantize(merged, run.inputs["formatted_data"], method, run.recipe.quantize, run.recipe.data.cutoff_len,
                        run.out, Precision.of(run.recipe.model))
@@ -91,11 +91,11 @@ def build(run: "StageRun", method: Method) -> dict:
     return metrics
 
 
-def build_gptq(run: "StageRun") -> dict:
+def quantize_gptq(run: "StageRun") -> dict:
     """gptq_model's entry point."""
-    return build(run, "gptq")
+    return quantize_with(run, "gptq")
 
 
-def build_awq(run: "StageRun") -> dict:
+def quantize_awq(run: "StageRun") -> dict:
     """awq_model's entry point."""
-    return build(run, "awq")
+    return quantize_with(run, "awq")

@@ -19,7 +19,7 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter,
                       ValidationError, model_validator)
 
-from engine.constants import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, MAX_SHINGLE
+from engine.data.constants import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, MAX_SHINGLE
 from engine.errors import RecipeError
 
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "recipes"
@@ -127,7 +127,7 @@ class TinyModel(Section):
 
 
 class ModelSection(Section):
-    """The model, and LLaMA-Factory's precision keys (engine/device.py holds the whole policy): every stage that
+    """The model, and LLaMA-Factory's precision keys (engine/models/device.py holds the whole policy): every stage that
     loads a model reads them. None set: float32 weights on a CPU (training under bf16 autocast where the CPU computes
     bf16 natively, as TRL does), bf16 frozen weights on a GPU that has it (else fp16)."""
     # "tiny", a local HF checkpoint directory, or a GGUF file (dequantized into a safetensors folder by base_model);

@@ -105,7 +105,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def tokenizer_identity(model_path: str, hasher: ContentHasher) -> dict:
     """A local checkpoint's tokenizer, by the content of its tokenizer files (a GGUF file's: the whole file)."""
-    from engine.models import check_local_model
+    from engine.models.load import check_local_model
     root = check_local_model(model_path)
     if root.is_file():
         return {"sha256": hasher.file(root)}

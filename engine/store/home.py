@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from engine.store.artifacts import ArtifactStore
-from engine.catalog import Catalog
+from engine.store.catalog import Catalog
 from engine.store.content import ContentHasher
 
 

@@ -14,15 +14,14 @@ import torch
 from peft import LoraConfig, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
 
-from engine.attention import training_attention
-from engine.device import (Precision, device, device_type, load_kwargs, mixed_precision, train_dtype, upcast_trainable,
-                           upcast_trainable_parameters)
+from engine.models.attention import training_attention
+from engine.models.device import (Precision, device, device_type, load_kwargs, mixed_precision, train_dtype, upcast_trainable,
+                                  upcast_trainable_parameters)
 from engine.errors import RecipeError
+from engine.models.load import ADAPTER_DIR, FULL_DIR
 
 if TYPE_CHECKING:
     from engine.recipe import TrainSection
-
-ADAPTER_DIR, FULL_DIR = "adapter", "model"  # a stage artifact holds a PEFT adapter, or full weights
 
 
 def is_adapter(cfg: TrainSection) -> bool:
@@ -45,7 +44,7 @@ def check_lora_targets(recipe, stages: tuple[str, ...] = ("pt", "sft", "reward",
         if not is_adapter(cfg) or cfg.lora_target == "all":
             continue
         if names is None:
-            from engine.models import module_names
+            from engine.models.load import module_names
             names = module_names(recipe.model) or {}
         if not names:
             return  # transformers cannot build this architecture from its config: PEFT checks at training
@@ -128,7 +127,7 @@ def prepare_model(model, cfg: TrainSection, task_type: str, precision: Precision
     from transformers import set_seed
     set_seed(cfg.seed)  # the adapter's initial weights, whichever way the model was loaded (DPO: SFT merged in)
     check_speed_levers(cfg, "training")
-    # however it was loaded (DPO: the SFT model merged); sdpa trains as the row attention (engine/attention.py)
+    # however it was loaded (DPO: the SFT model merged); sdpa trains as the row attention (engine/models/attention.py)
     model.set_attn_implementation(training_attention(cfg.attn_implementation, model))
     upcast = upcast_trainable(precision or Precision())
     if is_adapter(cfg):
@@ -178,7 +177,7 @@ def trainable_parameters(model) -> dict:
 
 def trainer_kwargs(cfg: TrainSection, out: Path, precision: Precision | None = None) -> dict:
     """Arguments shared by every stage's TRL config, from the recipe's training keys and the device and precision
-    policy (engine/device.py); scratch goes to out/_trainer."""
+    policy (engine/models/device.py); scratch goes to out/_trainer."""
     return dict(
         output_dir=str(out / "_trainer"), report_to=cfg.report_to, learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_train_epochs,
@@ -256,13 +255,6 @@ def save_trained(model, tokenizer, cfg: TrainSection, out: Path) -> Path:
     """An adapter to out/adapter, or full weights to out/model; returns where."""
     return save_model(model, tokenizer, out / (ADAPTER_DIR if is_adapter(cfg) else FULL_DIR))
 
-
-def trained_weights(artifact_path: Path) -> Path:
-    """What a training stage left: its adapter directory, or its full model directory."""
-    for name in (ADAPTER_DIR, FULL_DIR):
-        if (artifact_path / name).is_dir():
-            return artifact_path / name
-    raise FileNotFoundError(f"{artifact_path} holds neither {ADAPTER_DIR}/ nor {FULL_DIR}/")
 
 
 def loss_curve(trainer) -> list[dict]:

@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from engine.device import Precision, precision_metrics, train_dtype
+from engine.models.device import Precision, precision_metrics, train_dtype
 from engine.data.format import read_view
-from engine.models import load_tokenizer, load_with_adapters, model_dir
+from engine.models.load import load_tokenizer, load_with_adapters, model_dir, trained_weights
 from engine.train.accounting import trained_examples
 from engine.train.checkpoints import train_resumably
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_trained,
-                                 tracking, trained_weights, trainer_kwargs, training_autocast, without_row_ids)
+                                 tracking, trainer_kwargs, training_autocast, without_row_ids)
 from engine.train.lm_head import trains_on_labelled_positions
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def train_dpo(base_dir: Path, sft_weights: Path | None, formatted_dir: Path, cfg
 
 
 @trains_on_labelled_positions
-def build(run: "StageRun") -> dict:
+def train_dpo_adapter(run: "StageRun") -> dict:
     """dpo_adapter's entry point: on top of the SFT stage's weights (without sft in the recipe, of pt_model's)."""
     precision = Precision.of(run.recipe.model)
     sft = trained_weights(run.inputs["sft_adapter"]) if "sft_adapter" in run.inputs else None

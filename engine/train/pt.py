@@ -18,9 +18,9 @@ from engine.data.ingest import source_records
 from engine.data.registry import DatasetEntry, resolve_sources
 from engine.data.split import split_of
 from engine.errors import DataError
-from engine.device import Precision, precision_metrics, train_dtype
-from engine.models import check_adapter, load_tokenizer, merge_adapters, model_dir, point_at
-from engine.tables import QUARANTINE_COLUMNS, write_rows
+from engine.models.device import Precision, precision_metrics, train_dtype
+from engine.models.load import check_adapter, load_tokenizer, merge_adapters, model_dir, point_at
+from engine.store.tables import QUARANTINE_COLUMNS, write_rows
 from engine.train.checkpoints import evaluate_before_training, train_resumably
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_model, tracking,
                                  trainer_kwargs)
@@ -106,7 +106,7 @@ START_DIR = "start"  # base + model.adapter_name_or_path, inside pt_model's arti
 
 
 @trains_on_labelled_positions
-def build(run: "StageRun") -> dict:
+def train_pt_model(run: "StageRun") -> dict:
     """pt_model's entry point: continued pre-training into a full model, or, while pt.dataset is empty, the base
     model named unchanged (or merged with model.adapter_name_or_path)."""
     base, merged = starting_point(run)

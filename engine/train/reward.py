@@ -9,9 +9,9 @@ from transformers import AutoModelForSequenceClassification
 from trl import RewardConfig, RewardTrainer
 
 from engine.data.format import read_view
-from engine.device import Precision, precision_metrics, train_dtype
-from engine.evaluate import pairwise_accuracy
-from engine.models import load_tokenizer, model_dir
+from engine.models.device import Precision, precision_metrics, train_dtype
+from engine.evaluate.measure import pairwise_accuracy
+from engine.models.load import load_tokenizer, model_dir
 from engine.train.accounting import trained_examples
 from engine.train.checkpoints import train_resumably
 from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_model, tracking,
@@ -45,7 +45,7 @@ def train_reward(base_dir: Path, formatted_dir: Path, cfg: RewardSection, cutoff
             **trained_examples(trainer, len(data["train"]), "pairs"), "eval_pairs": len(data["eval"])}
 
 
-def build(run: "StageRun") -> dict:
+def train_reward_model(run: "StageRun") -> dict:
     """reward_model's entry point."""
     precision = Precision.of(run.recipe.model)
     return {**train_reward(model_dir(run.inputs["pt_model"]), run.inputs["formatted_data"], run.recipe.reward,

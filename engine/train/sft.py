@@ -9,8 +9,8 @@ from trl import SFTConfig, SFTTrainer
 
 from engine.data.format import read_view, sft_view_source
 from engine.errors import DataError
-from engine.device import Precision, precision_metrics, train_dtype
-from engine.models import load_tokenizer, model_dir
+from engine.models.device import Precision, precision_metrics, train_dtype
+from engine.models.load import load_tokenizer, model_dir
 from engine.train.accounting import trained_examples
 from engine.train.checkpoints import evaluate_before_training, train_resumably
 from engine.train.common import (finish, load_trainable, optimizers, prepare_model, save_trained, tracking,
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def padding_free(cfg: SftSection, lengths: list[int], hidden_size: int) -> bool:
     """sft.padding_free, or where unset what is faster. sdpa (trained as tuneline's row attention,
-    engine/attention.py), flash_attention_2 (varlen) and flex_attention (a block-sparse mask) attend within each
+    engine/models/attention.py), flash_attention_2 (varlen) and flex_attention (a block-sparse mask) attend within each
     row at each row's own cost: on. eager attends over the whole flattened batch of L tokens under a block mask:
     ~4·L²·d FLOPs a layer, against the ~24·d² a layer each padding token costs in the linear layers (d: hidden
     size) that padding-free saves; on only where that is less."""
@@ -80,7 +80,7 @@ def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: 
 
 
 @trains_on_labelled_positions
-def build(run: "StageRun") -> dict:
+def train_sft_adapter(run: "StageRun") -> dict:
     """sft_adapter's entry point."""
     precision = Precision.of(run.recipe.model)
     return {**train_sft(model_dir(run.inputs["pt_model"]), run.inputs["formatted_data"], run.recipe.sft,

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                           GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM)
 
-from engine.device import Precision, infer_dtype, load_kwargs
+from engine.models.device import Precision, infer_dtype, load_kwargs
 from engine.errors import RecipeError
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def is_tiny(cfg: ModelSection) -> bool:
 
 def check_local_model(path: str) -> Path:
     """The checkpoint directory or GGUF file model.model_name_or_path names, or RecipeError naming what is missing."""
-    from engine.checkpoint import is_gguf, resolve_model_path
+    from engine.models.checkpoint import is_gguf, resolve_model_path
     model_dir = resolve_model_path(path)
     if is_gguf(model_dir):
         return model_dir
@@ -66,7 +66,7 @@ def check_local_model(path: str) -> Path:
 
 def hf_source(path: str) -> tuple[Path, dict]:
     """(folder, from_pretrained keywords) that load the recipe's checkpoint: a GGUF file is its folder + gguf_file."""
-    from engine.checkpoint import is_gguf
+    from engine.models.checkpoint import is_gguf
     checkpoint = check_local_model(path)
     return (checkpoint.parent, {"gguf_file": checkpoint.name}) if is_gguf(checkpoint) else (checkpoint, {})
 
@@ -113,7 +113,7 @@ def module_names(model_cfg: ModelSection) -> dict[str, str] | None:
     return {name: type(module).__name__ for name, module in model.named_modules() if name}
 
 
-def build_tiny(cfg: TinyModel, texts: list[str], out: Path) -> dict:
+def make_tiny_model(cfg: TinyModel, texts: list[str], out: Path) -> dict:
     """Build the tiny preset into `out`: tokenizer trained on `texts`, random-init Qwen2 weights."""
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
     config = tiny_config(cfg, len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -158,7 +158,7 @@ def load_tokenizer(path: Path):
 
 
 def load_causal_lm(path: Path, dtype: torch.dtype | None = None, **kwargs):
-    """A causal LM on the policy's device (engine/device.py) in `dtype` (None: the policy's default)."""
+    """A causal LM on the policy's device (engine/models/device.py) in `dtype` (None: the policy's default)."""
     return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **load_kwargs(dtype or default_dtype()),
                                                 **kwargs)
 
@@ -193,7 +193,7 @@ def check_adapter(path: str) -> Path:
 def merge_adapters(base_dir: Path, adapters: list[Path], out: Path, dtype: torch.dtype | None = None) -> Path:
     """The base with the adapters merged in order, saved to `out` as a full checkpoint in the base's own dtype
     (a later stage starts from it as from any checkpoint)."""
-    from engine.device import checkpoint_dtype
+    from engine.models.device import checkpoint_dtype
     model = load_with_adapters(base_dir, *adapters, dtype=dtype)
     model.to(checkpoint_dtype(base_dir)).save_pretrained(out, safe_serialization=True)
     load_tokenizer(base_dir).save_pretrained(out)
@@ -214,3 +214,13 @@ def smoke_generate(model, tokenizer, prompt: str = "Add the two numbers.\n120 + 
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+ADAPTER_DIR, FULL_DIR = "adapter", "model"  # a training stage's artifact holds a PEFT adapter, or full weights
+
+def trained_weights(artifact_path: Path) -> Path:
+    """What a training stage left: its adapter directory, or its full model directory."""
+    for name in (ADAPTER_DIR, FULL_DIR):
+        if (artifact_path / name).is_dir():
+            return artifact_path / name
+    raise FileNotFoundError(f"{artifact_path} holds neither {ADAPTER_DIR}/ nor {FULL_DIR}/")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.catalog import Catalog
+from engine.store.catalog import Catalog
 from engine.errors import TunelineError
 
 ANCESTRY_SQL = """

@@ -18,21 +18,21 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from engine.backends import choose_backend
+from engine.models.backends import choose_backend
 from engine.data.format import read_view
-from engine.device import Precision, device_type, infer_dtype, name, precision_metrics
+from engine.models.device import Precision, device_type, infer_dtype, name, precision_metrics
 from engine.errors import RecipeError
-from engine.evaluate import (answer_examples, answered_sequences, decoded_answer, greedy_from_ids, perplexity,
-                             reward_scores_of_ids)
-from engine.models import load_reward_model, load_tokenizer, load_with_adapters, model_dir
-from engine.scorers import char_similarity, resolve_scorer, score, scores
-from engine.stats import mean_interval, paired_difference, score_interval
+from engine.evaluate.measure import (answer_examples, answered_sequences, decoded_answer, greedy_from_ids, perplexity,
+                                     reward_scores_of_ids)
+from engine.models.load import load_reward_model, load_tokenizer, load_with_adapters, model_dir
+from engine.evaluate.scorers import char_similarity, resolve_scorer, score, scores
+from engine.evaluate.stats import mean_interval, paired_difference, score_interval
 
 if TYPE_CHECKING:
     from engine.recipe import EvaluationSection, Recipe
     from engine.stage import StageRun
 
-STAGES = ("base", "sft", "dpo", "merged", "gptq", "awq")
+EVALUATED = ("base", "sft", "dpo", "merged", "gptq", "awq")
 # the model each stage means: a base model plus training stages (applied in order), or an export directory
 STAGE_MODELS = {"base": ("base_model",), "sft": ("pt_model", "sft_adapter"),
                 "dpo": ("pt_model", "sft_adapter", "dpo_adapter"), "merged": ("merged_model",),
@@ -150,7 +150,7 @@ def comparison_markdown(results: dict[str, dict]) -> str:
     extra = sorted({k for m in results.values() for k in m if k.startswith("lm_eval/")})
     header = ["model", "perplexity", "accuracy", "similarity", "reward score", *extra]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for stage in (s for s in STAGES if s in results):
+    for stage in (s for s in EVALUATED if s in results):
         m = results[stage]
         cells = [stage, *(m.get(k) for k in ("perplexity", "accuracy", "similarity", "reward_score", *extra))]
         lines.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")  # -: not measured
@@ -221,9 +221,9 @@ def write_comparison(out: Path, results: dict[str, dict]) -> dict:
     return {"table": table, "results": results}
 
 
-def build(run: "StageRun") -> dict:
+def evaluate_stage(run: "StageRun") -> dict:
     """eval_<stage>'s entry point: that stage's model measured on the held-out split."""
-    from engine.train.common import trained_weights
+    from engine.models.load import trained_weights
     stage = run.stage.removeprefix("eval_")
     first, *later = (run.inputs[name] for name in STAGE_MODELS[stage] if name in run.inputs)  # sft may be off
     if stage in ("base", "sft", "dpo"):
@@ -234,7 +234,7 @@ def build(run: "StageRun") -> dict:
                           run.recipe.evaluation, Precision.of(run.recipe.model))
 
 
-def build_comparison(run: "StageRun") -> dict:
+def compare_stages(run: "StageRun") -> dict:
     """model_comparison's entry point: every stage's evaluation in one table."""
     results = {name.removeprefix("eval_"): json.loads((path / "manifest.json").read_text())["metrics"]
                for name, path in run.inputs.items()}

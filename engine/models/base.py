@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from engine.checkpoint import convert_gguf, copy_settled, gguf_dtype, is_gguf
-from engine.models import build_tiny, check_local_model, is_tiny, point_at
-from engine.tables import read_rows
+from engine.models.checkpoint import convert_gguf, copy_settled, gguf_dtype, is_gguf
+from engine.models.load import make_tiny_model, check_local_model, is_tiny, point_at
+from engine.store.tables import read_rows
 
 if TYPE_CHECKING:
     from engine.stage import StageRun
@@ -22,7 +22,7 @@ def message_texts(rows: list[dict]) -> list[str]:
     return texts
 
 
-def build_base_model(run: "StageRun") -> dict:
+def make_base_model(run: "StageRun") -> dict:
     """base_model's entry point: the tiny preset built from a seed, its tokenizer trained on the cleaned rows
     (never on rows the cleaning removed); a GGUF file dequantized into a safetensors folder; or the recipe's local
     checkpoint, named in place (copied when model.eos_source settles a tokenizer/generation-config eos conflict)."""
@@ -33,4 +33,4 @@ def build_base_model(run: "StageRun") -> dict:
             return {**convert_gguf(checkpoint, run.out, gguf_dtype(model.infer_dtype), model.eos_source),
                     "gguf_sha256": run.home.hasher().file(checkpoint)}
         return copy_settled(checkpoint, run.out, model.eos_source) or point_at(run.out, checkpoint)
-    return build_tiny(model.tiny, message_texts(read_rows(run.inputs["clean_data"] / "rows.parquet")), run.out)
+    return make_tiny_model(model.tiny, message_texts(read_rows(run.inputs["clean_data"] / "rows.parquet")), run.out)

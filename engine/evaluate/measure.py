@@ -9,8 +9,8 @@ from typing import Callable
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from engine.constants import IGNORE
-from engine.device import mixed_autocast, to_device
+from engine.data.constants import IGNORE
+from engine.models.device import mixed_autocast, to_device
 
 
 def padded(sequences: list[list[int]], value: int) -> torch.Tensor:

@@ -27,11 +27,11 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from engine.backends import choose_backend
-from engine.device import Precision, device_type, infer_dtype, name
+from engine.models.backends import choose_backend
+from engine.models.device import Precision, device_type, infer_dtype, name
 from engine.errors import ServeError
-from engine.models import load_tokenizer
-from engine.processes import stop_process_group
+from engine.models.load import load_tokenizer
+from engine.runtime.processes import stop_process_group
 
 if TYPE_CHECKING:
     from engine.recipe import ServeSection
@@ -44,7 +44,7 @@ def write_serve_config(model_dir: Path, served_model_name: str, cfg: ServeSectio
                        precision: Precision | None = None) -> dict:
     """serve.json and chat_template.jinja in `out`, plus `out/<served_model_name>`, a link to the model:
     transformers serve answers to the name it loaded, so the link gives the server the served name. The dtype is
-    the policy's inference dtype on this machine (engine/device.py), which both servers get as --dtype."""
+    the policy's inference dtype on this machine (engine/models/device.py), which both servers get as --dtype."""
     model_dir = model_dir.resolve()
     if not (model_dir / "config.json").is_file():
         raise ServeError(f"{model_dir} is not a model directory (expected config.json): "
@@ -428,11 +428,11 @@ def write_deployment_card(run: "StageRun", export: Path) -> None:
     (run.out / "README.md").write_text(deployment_card(export, evaluation, gates))
 
 
-def build_deployment(run: "StageRun") -> dict:
+def deploy(run: "StageRun") -> dict:
     """deployment's entry point: serve.json for the recipe's export, proven by serving the first plain-chat question
     of the recipe's eval split; where vLLM can run, by vLLM too. The recorded command names the published
     directory (the work directory is renamed at publish)."""
-    from engine.export.vllm_compat import vllm_config_problems, vllm_load
+    from engine.serve.vllm_compat import vllm_config_problems, vllm_load
     cfg = run.recipe.serve
     export = run.inputs[f"{cfg.model}_model"]
     config = write_serve_config(export, served_name(run.recipe), cfg, run.out, Precision.of(run.recipe.model))

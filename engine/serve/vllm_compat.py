@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.backends import vllm_usable
+from engine.models.backends import vllm_usable
 from engine.errors import ServeError
 
 # compressed-tensors formats vLLM's CompressedTensorsConfig loads for weight-only int quantization
@@ -45,7 +45,7 @@ def vllm_load(deployment_dir: Path, smoke: dict, messages: list[dict], timeout: 
     if smoke["backend"] == "vllm":
         return {"answer": smoke["answer"], "startup_seconds": smoke["startup_seconds"], "error": None}
     from openai import OpenAIError
-    from engine.serve import smoke_serve
+    from engine.serve.server import smoke_serve
     try:
         served = smoke_serve(deployment_dir, "vllm", messages, timeout)
     except (ServeError, OpenAIError) as exc:  # it did not start, or did not answer

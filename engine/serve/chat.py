@@ -8,15 +8,15 @@ from typing import Callable, Iterable
 import torch
 
 from engine.errors import TunelineError
-from engine.evaluate import decoded_answer
-from engine.models import load_causal_lm, load_tokenizer
+from engine.evaluate.measure import decoded_answer
+from engine.models.load import load_causal_lm, load_tokenizer
 
 RESET, QUIT = {"clear", "/clear"}, {"exit", "quit", "/exit", "/quit"}
 
 
 def load_chat_model(path: Path, dtype: torch.dtype | None = None):
     """(model, tokenizer) of a full model directory: a base, merged or quantized model, on the policy's device in
-    `dtype` (None: the policy's default, engine/device.py)."""
+    `dtype` (None: the policy's default, engine/models/device.py)."""
     if (path / "adapter_config.json").is_file() or (path / "adapter" / "adapter_config.json").is_file():
         raise TunelineError(f"{path} is a LoRA adapter; chat needs a full model (merged_model, gptq_model or awq_model)")
     if not (path / "config.json").is_file():
