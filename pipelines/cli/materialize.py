@@ -1,0 +1,76 @@
+"""Materializing a selection of the asset graph through Dagster's own `materialize()`, with the recipe, overrides and
+artifact root a command names: what `tuneline run` and `tuneline eval` share."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from engine.errors import TunelineError
+from engine.runtime.startup import collector_paused
+from pipelines.cli.instance import RUN_TAGS, dagster_home, reap_dead_runs
+from pipelines.cli.quiet import quiet_libraries, quiet_llmcompressor
+from pipelines.cli.recipe import checked_recipe, tuneline_resource
+
+
+def materialize(args: argparse.Namespace, select: str | None):
+    """Materialize `select` (None: everything) with the CLI's recipe, overrides and artifact root."""
+    with collector_paused():
+        if not args.verbose:
+            quiet_libraries()
+            quiet_llmcompressor()
+        import pipelines.definitions  # noqa: F401  (the asset modules: the rest of the heavy imports)
+    _, overrides = checked_recipe(args)  # a bad recipe, data path or model path stops here, before any work
+
+    import dagster as dg
+    from engine.build import remove_stale_temporaries
+    from pipelines.definitions import ASSETS, STAGES, resources
+    root = str(Path(args.artifact_root).resolve())
+    Path(root).mkdir(parents=True, exist_ok=True)  # an unusable --artifact-root is said before any work
+    if not os.access(root, os.W_OK):
+        raise TunelineError(f"--artifact-root {root}: not writable (expected a folder this user can write)")
+    dagster_home(root)
+    selection = selection_of(select, dg)
+    tuneline = tuneline_resource(args.recipe, root, overrides)
+    check_upstream_built(tuneline, selection, dg)
+    remove_stale_temporaries(tuneline.home(), STAGES)
+    started = time.time()
+    with dg.DagsterInstance.get() as instance:
+        reap_dead_runs(instance)
+        log_level = "DEBUG" if args.verbose else "CRITICAL"  # a failed step is said in one line after the table
+        result = dg.materialize(ASSETS, resources=resources(args.recipe, root, overrides), instance=instance,
+                                selection=selection, raise_on_error=False, tags=RUN_TAGS,
+                                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+    return result, time.time() - started
+
+
+def selection_of(select: str | None, dg):
+    """`--select`: comma-separated asset names, or one Dagster selection string such as '*merged_model'."""
+    if not select:
+        return None
+    names = [s.strip() for s in select.split(",") if s.strip()]
+    selection = names if len(names) > 1 else names[0]
+    try:
+        from pipelines.definitions import ASSETS
+        dg.AssetSelection.from_coercible(selection).resolve(ASSETS)
+    except Exception as exc:
+        raise TunelineError(f"--select {select!r}: {exc} (expected asset names separated by commas, or a Dagster "
+                            "selection such as '*merged_model' for an asset and everything upstream)") from None
+    return selection
+
+
+def check_upstream_built(tuneline, selection, dg) -> None:
+    """A selection whose upstream was never built for this recipe stops before any work, saying what to add."""
+    if selection is None:
+        return
+    from engine.build import NotBuilt
+    from pipelines.definitions import ASSETS
+    selected = {key.to_user_string() for key in dg.AssetSelection.from_coercible(selection).resolve(ASSETS)}
+    plan, store = tuneline.plan(), tuneline.home().store()
+    for name in selected:
+        for parent, fingerprint in plan[name].parents.items():
+            if parent not in selected and store.lookup(parent, fingerprint) is None:
+                raise NotBuilt(f"--select {','.join(sorted(selected))}: {name} needs {parent} {fingerprint}, which is "
+                               f"not built for this recipe; select '*{name}' to build it and everything upstream")

@@ -1,0 +1,72 @@
+"""What a materialization made, for a person: the table of assets, and one line per failed step with the exit code
+it earns."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from engine.errors import TunelineError
+
+
+def report(result, seconds: float) -> str:
+    """A table of every asset: materialized or cached, its artifact path, key metrics, and its checks."""
+    checks: dict[str, list[str]] = {}
+    for evaluation in result.get_asset_check_evaluations():
+        mark = "ok" if evaluation.passed else "FAILED"
+        checks.setdefault(evaluation.asset_key.to_user_string(), []).append(f"{evaluation.check_name} {mark}")
+    lines = [f"{'asset':<16} {'status':<8} {'summary':<58} checks", "-" * 120]
+    for event in result.get_asset_materialization_events():
+        meta = event.materialization.metadata
+        key = event.asset_key.to_user_string()
+        status = "cached" if meta["cache_hit"].value else "built"
+        lines.append(f"{key:<16} {status:<8} {meta['summary'].value[:58]:<58} {', '.join(checks.get(key, []))}")
+        lines.append(f"{'':<16} {'':<8} {meta['path'].value}")
+    built = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    failed = [e.step_key for e in result.get_step_failure_events()]
+    lines.append("-" * 120)
+    lines.append(f"{len(built)} assets in {seconds:.1f}s" + (f"; FAILED steps: {', '.join(failed)}" if failed else ""))
+    return "\n".join(lines)
+
+
+def outcome(result) -> int:
+    """0 when the run succeeded; else one line per failed step on stderr (its own error, not Dagster's
+    traceback, which --verbose shows) and 2 when every failure is one a user can fix (recipe, data, a failed
+    check), 1 for anything else."""
+    if result.success:
+        return 0
+    user_errors, names = True, user_error_names()
+    failed_checks = failed_check_details(result)
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        while error.cause is not None:  # Dagster wraps the stage's own error
+            error = error.cause
+        user_errors &= error.cls_name in names
+        message = " ".join(line.strip() for line in error.message.splitlines() if line.strip()) or error.cls_name
+        message = re.sub(rf"^[\w.]*{error.cls_name}: ", "", message)  # the error's own words, not its module path
+        if error.cls_name == "DagsterAssetCheckFailedError" and failed_checks.get(event.step_key):
+            message = "; ".join(failed_checks[event.step_key])  # Dagster's message names the checks, not why
+        print(f"tuneline: {event.step_key}: {message}", file=sys.stderr)
+    return 2 if user_errors else 1
+
+
+def failed_check_details(result) -> dict[str, list[str]]:
+    """Per step, each failed check as "check <name> failed: <its detail>" (the numbers and the bound it missed)."""
+    found: dict[str, list[str]] = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION" and not event.event_specific_data.passed:
+            evaluation = event.event_specific_data
+            detail = evaluation.metadata.get("detail")
+            found.setdefault(event.step_key, []).append(
+                f"check {evaluation.check_name} failed: {detail.value if detail else 'no detail recorded'}")
+    return found
+
+
+def user_error_names() -> set[str]:
+    """Class names of the errors a user causes and fixes: tuneline's own, and a blocking check that failed."""
+    found, pending = set(), [TunelineError]
+    while pending:
+        cls = pending.pop()
+        found.add(cls.__name__)
+        pending += cls.__subclasses__()
+    return found | {"DagsterAssetCheckFailedError"}

@@ -1,0 +1,22 @@
+"""`tuneline run`: materialize the asset graph (all of it, or --select) and report what it made."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipelines.cli.materialize import materialize
+from pipelines.cli.options import recipe_options
+from pipelines.cli.result import outcome, report
+
+
+def register(command) -> None:
+    parser = command("run", "materialize the asset graph (all of it, or --select)", run)
+    recipe_options(parser)
+    parser.add_argument("--select", help="assets to materialize: 'raw_data,clean_data' or a Dagster selection such "
+                                         "as '*merged_model' (an asset and everything upstream)")
+
+
+def run(args: argparse.Namespace) -> int:
+    result, seconds = materialize(args, args.select)
+    print(report(result, seconds))
+    return outcome(result)
