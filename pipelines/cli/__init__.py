@@ -1,5 +1,5 @@
-"""The `tuneline` command: one module per command (each registers its own subparser), wired here with the options
-every command shares and the one-line error a user reads."""
+"""The `tuneline` command: one module per command (each registers its own subparser; a new command is a new module
+and its name in COMMANDS), wired here with the option every command shares and the one-line error a user reads."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     verbose.add_argument("--verbose", action="store_true", help="show tracebacks, and Dagster's step-by-step log")
 
     def command(name: str, summary: str, handler) -> argparse.ArgumentParser:
+        """What each command module's `register` calls: its subparser, with --verbose and the function it runs."""
         subparser = sub.add_parser(name, parents=[verbose], help=summary)
         subparser.set_defaults(handler=handler)
         return subparser

@@ -26,7 +26,8 @@ def register(command) -> None:
     parser.add_argument("--api-key", help="require `Authorization: Bearer KEY` (wins over the variable the recipe's "
                                           "serve.api_key_env names, TUNELINE_API_KEY; that variable keeps the key "
                                           "out of the process list)")
-    parser.add_argument("--dry-run", action="store_true", help="print the serve config and command lines, start nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the serve config and command lines, start nothing")
 
 
 def serve(args: argparse.Namespace) -> int:
