@@ -19,7 +19,7 @@ class MergeSection(Section):
 
 
 class QuantizeSection(Section):
-    """gptq_model and awq_model: the merged model quantized by llm-compressor, calibrated on the eval split's SFT rows."""
+    """gptq_model and awq_model: the merged model quantized by llm-compressor, calibrated on eval rows."""
     export_quantization_bit: Literal[4] = Field(4, description="LLaMA-Factory's key: bits per quantized weight (4 "
                                                                "only). LLaMA-Factory's default: unset (no "
                                                                "quantization)")

@@ -51,8 +51,8 @@ def rename_in_file(raw: dict, path: Path) -> None:
             raise RecipeError(f"recipe {path}: {entry.old} and {entry.new} are both set; {entry.old} is the old name "
                               f"of {entry.new} (it stops working in release {entry.removed_in}): keep {entry.new} only")
         new_parent[new_key] = old_parent.pop(old_key)
-        _warn(f"recipe key {entry.old} is renamed {entry.new}; {entry.old} stops working in release "
-              f"{entry.removed_in}: rename it in {path}", str(path), _line_of(path, entry.old))
+        _warn(f"{entry.old} is renamed {entry.new} ({entry.old} stops working in release {entry.removed_in}): "
+              f"rename it in {path}", str(path), _line_of(path, entry.old))
 
 
 def rename_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -66,8 +66,8 @@ def rename_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
                 raise RecipeError(f"--set {dotted} and --set {dotted_now} are both given; {entry.old} is the old name "
                                   f"of {entry.new} (it stops working in release {entry.removed_in}): keep "
                                   f"{dotted_now} only")
-            _warn(f"--set {dotted}: {entry.old} is renamed {entry.new}; {entry.old} stops working in release "
-                  f"{entry.removed_in}: use --set {dotted_now}", "--set", 0)
+            _warn(f"{entry.old} is renamed {entry.new} ({entry.old} stops working in release {entry.removed_in}): "
+                  f"use --set {dotted_now}", "--set", 0)
             dotted = dotted_now
         renamed[dotted] = value
     return renamed
