@@ -66,7 +66,8 @@ def type_text(annotation: Any) -> str:
         if origin is Literal:
             parts.append("one of: " + ", ".join(map(str, typing.get_args(member))))
         elif origin is list:
-            parts.append("list of " + type_text(typing.get_args(member)[0]))
+            items = type_text(typing.get_args(member)[0])
+            parts.append(f"list, each {items}" if items.startswith("one of") else f"list of {items}")
         elif origin is dict:
             key, value = typing.get_args(member)
             parts.append(f"mapping of {type_text(key)} to {type_text(value)}")
@@ -135,6 +136,7 @@ def section_table(section: type[BaseModel], dotted: str) -> list[str]:
     return rows
 
 
+# written by hand: pydantic gives the JSON Schema, no library turns a model into a Markdown table without Sphinx
 def key_reference() -> str:
     lines = ["# Recipe keys", "",
              "Generated from the schema in `engine/recipe/` by `python -m engine.recipe.reference`; do not edit by "
@@ -146,9 +148,8 @@ def key_reference() -> str:
              "Renamed keys keep working for a release (engine/recipe/renamed.py).", ""]
     for dotted, section, holder in sections(Recipe):
         lines += [f"## `{dotted}`" if dotted else "## Top level", ""]
-        about = [holder.description if holder and not step_name(section) else None,
-                 inspect.cleandoc(section.__doc__) if dotted and section.__doc__ else None]
-        lines += [markdown(text) + "\n" for text in about if text]
+        about = inspect.cleandoc(section.__doc__) if section.__doc__ else holder.description if holder else None
+        lines += [markdown(about), ""] if dotted and about else []
         lines += section_table(section, dotted) + [""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
