@@ -190,3 +190,13 @@ def test_stages_may_be_any_llamafactory_stage_list(stages):
     named = {"kto": "dpo"}
     assert [named.get(s, s) for s in stages] == recipe.stages
     assert recipe.runs("sft") == ("sft" in stages) and recipe.runs("pt") == ("pt" in stages)
+
+
+def test_no_stage_code_version_covers_a_recipe_module():
+    """The schema, its descriptions, the loader and the key reference may change without rebuilding anything: a
+    stage reads its recipe keys through its fingerprint's config, never through its code version."""
+    from engine.store.codeversion import module_closure
+    from pipelines.definitions import STAGES
+    covered = {s.name: [m for m in module_closure(s.entry.__module__) if m.startswith("engine.recipe")]
+               for s in STAGES}
+    assert covered and not any(covered.values()), covered

@@ -1,0 +1,37 @@
+"""The `serve` section: the deployment asset and `tuneline serve`, an OpenAI-compatible server for one export."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from engine.recipe.fields import Int, Section
+
+
+class ServeSection(Section):
+    """The `deployment` asset and `tuneline serve`: an OpenAI-compatible server for one export."""
+    model: Literal["merged", "gptq", "awq"] = Field("awq", description="which export the deployment serves: merged, "
+                                                                       "gptq or awq")
+    served_model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                                          description="the model name clients send in requests; unset: "
+                                                      "<recipe name>-<serve.model>")
+    infer_backend: Literal["auto", "vllm", "huggingface"] = Field(
+        "auto", description="LLaMA-Factory's key: auto: vLLM when importable with a GPU, else transformers serve "
+        "(huggingface). LLaMA-Factory's default: huggingface")
+    host: str = Field("127.0.0.1", description="the address the server listens on; another one exposes the model to "
+                                               "the network: set an API key (api_key_env). LLaMA-Factory's API "
+                                               "listens on 0.0.0.0 (API_HOST)")
+    port: Int = Field(8000, ge=1, le=65535, description="the port the server listens on (LLaMA-Factory's API_PORT "
+                                                        "default too)")
+    api_key_env: str | None = Field(
+        "TUNELINE_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="the environment variable holding the API key (never the key itself in YAML); when it is set, "
+        "every request but /health needs `Authorization: Bearer <key>`. `tuneline serve --api-key` wins over it. "
+        "null: no key (LLaMA-Factory reads API_KEY)")
+    max_model_len: Int | None = Field(None, ge=8, description="the longest sequence (prompt and answer, in tokens) the "
+                                                              "server accepts; unset: the model's "
+                                                              "max_position_embeddings. LLaMA-Factory's vllm_maxlen: "
+                                                              "4096")
+    startup_timeout_seconds: Int = Field(300, ge=5, description="seconds the health check waits for the server to "
+                                                                "start before giving up")
