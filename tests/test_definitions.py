@@ -87,3 +87,21 @@ def test_importing_the_definitions_loads_no_recipe(monkeypatch):
     monkeypatch.setattr(Recipe, "model_validate", classmethod(lambda cls, *a, **k: calls.append(1) or original(cls, *a, **k)))
     importlib.reload(pipelines.definitions)
     assert calls == []
+
+
+def test_a_run_validates_its_recipe_once(tmp_path, monkeypatch, capsys):
+    """`tuneline run --set sft.learning_rate=...` of two stages validates the recipe once, where the run starts
+    (engine/preflight.py); the Dagster resource, each asset and the plan read the recipe that check returned. (A
+    training stage's process validates the spec.json it reads once more: a file another process wrote.)"""
+    from engine import preflight
+    from engine.recipe import Recipe
+    from pipelines.cli import main
+    preflight._checked.cache_clear()  # this process may have checked the tiny recipe for an earlier test
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    calls = []
+    original = Recipe.model_validate.__func__
+    monkeypatch.setattr(Recipe, "model_validate", classmethod(lambda cls, *a, **k: calls.append(1) or original(cls, *a, **k)))
+    assert main(["run", "--select", "raw_data,clean_data", "--set", "sft.learning_rate=2e-4",
+                 "--artifact-root", str(tmp_path / "home")]) == 0
+    assert "clean_data" in capsys.readouterr().out
+    assert len(calls) == 1
