@@ -256,11 +256,3 @@ DEPLOYMENT = Stage("deployment", entry=deploy,
 # every stage, parents before children: what a recipe's plan is computed over
 STAGES = (RAW_DATA, CLEAN_DATA, BASE_MODEL, FORMATTED_DATA, PT_MODEL, SFT_ADAPTER, REWARD_MODEL, DPO_ADAPTER,
           MERGED_MODEL, GPTQ_MODEL, AWQ_MODEL, *EVALUATIONS.values(), MODEL_COMPARISON, DEPLOYMENT)
-BY_NAME = {stage.name: stage for stage in STAGES}
-
-
-def stage(name: str) -> Stage:
-    """The stage called `name`; KeyError names the stages there are."""
-    if name not in BY_NAME:
-        raise KeyError(f"no stage {name!r} (the stages: {', '.join(BY_NAME)})")
-    return BY_NAME[name]

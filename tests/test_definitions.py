@@ -70,6 +70,8 @@ def test_one_asset_per_declared_stage_in_graph_order_with_its_declaration():
     declaration: the Dagster layer declares no stage of its own."""
     from engine.graph import STAGES
     from engine.store.codeversion import code_version
+    from engine.plan import topological
+    assert [s.name for s in topological(STAGES)] == [s.name for s in STAGES]  # declared parents first
     assert [asset.key.to_user_string() for asset in ASSETS] == [stage.name for stage in STAGES]
     for asset, stage in zip(ASSETS, STAGES):
         assert {k.to_user_string() for k in asset.dependency_keys} == set(stage.parents), stage.name
