@@ -5,28 +5,8 @@ from collections import Counter
 import dagster as dg
 
 from assets.stage_asset import counts_table, stage_asset
-from engine.store.content import tokenizer_identity
-from engine.data.clean import clean_raw_data
-from engine.stage import Stage
+from engine.graph import CLEAN_DATA
 from engine.store.tables import read_rows
-
-
-def reads(recipe):
-    """The model's tokenizer is read only when the length step counts tokens: otherwise a new model re-cleans
-    nothing."""
-    return ("raw_data",), (("clean", "model.model_name_or_path") if recipe.clean.counts_tokens() else ("clean",))
-
-
-def outside(recipe, hasher) -> dict:
-    if not recipe.clean.counts_tokens():
-        return {}
-    return {"tokenizer": tokenizer_identity(recipe.model.model_name_or_path, hasher)}
-
-
-STAGE = Stage("clean_data", entry=clean_raw_data, parents=("raw_data",), keys=("clean", "model.model_name_or_path"),
-              select=reads, outside=outside,
-              tables={"quarantine": "quarantine.parquet", "duplicate_clusters": "clusters.parquet",
-                      "rewrites": "rewrites.parquet"})
 
 
 def every_row_accounted(artifact, recipe) -> tuple[bool, str]:
@@ -100,7 +80,7 @@ def metadata(artifact, recipe) -> dict:
 
 
 clean_data = stage_asset(
-    STAGE, group="data",
+    CLEAN_DATA, group="data",
     description="Rows fit to train on; every removed row is in the quarantine table with its step, reason and detail.",
     summary=lambda a, r: f"{a.metrics['rows_out']} of {a.metrics['rows_in']} rows kept", metadata=metadata,
     checks={"every_row_accounted": every_row_accounted, "no_exact_duplicates": no_exact_duplicates,

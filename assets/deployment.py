@@ -5,29 +5,9 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.stage_asset import stage_asset
+from engine.graph import DEPLOYMENT
 from engine.models.backends import vllm_usable
-from engine.serve.server import deploy, choose_backend
-from engine.models.device import PRECISION_KEYS, with_precision
-from engine.stage import Stage
-
-SMOKE_DATA = ("formatted_data", "clean_data")  # the smoke question: the first plain-chat row of the SFT eval split
-
-
-def reads(recipe):
-    """Only the export it serves, and the data its smoke question comes from; the recipe's name only when it names
-    the served model; the precision keys (its smoke test loads the model)."""
-    keys = ("serve",) if recipe.serve.served_model_name else ("serve", "name")
-    return ("model_comparison", f"{recipe.serve.model}_model", *SMOKE_DATA), (*keys, *PRECISION_KEYS)
-
-
-def outside_identity(recipe, hasher) -> dict:
-    """Whether vLLM can run here: where it can, the deployment also serves the export with vLLM (loads_in_vllm)."""
-    return {"vllm_runs_here": vllm_usable()}
-
-
-STAGE = Stage("deployment", entry=deploy,
-              parents=("model_comparison", "merged_model", "gptq_model", "awq_model", *SMOKE_DATA),
-              keys=("serve", "name", *PRECISION_KEYS), select=reads, outside=with_precision(outside_identity))
+from engine.serve.server import choose_backend
 
 
 def summary(artifact, recipe) -> str:
@@ -82,6 +62,6 @@ CHECKS = {"serves_chat_completions": serves_chat_completions,
           **({"loads_in_vllm": loads_in_vllm} if vllm_usable() else {})}  # a check of vLLM only where it runs
 
 deployment = stage_asset(
-    STAGE, group="deployment", summary=summary, metadata=metadata,
+    DEPLOYMENT, group="deployment", summary=summary, metadata=metadata,
     description="Runs only when the comparison's gates pass. `tuneline serve deployment` starts the server it describes.",
     checks=CHECKS)

@@ -1,14 +1,9 @@
 """dpo_adapter: preference optimisation (DPO, IPO, ORPO or KTO with TRL) on top of the SFT model."""
 
 from assets.stage_asset import stage_asset, tracking_metadata
-from assets.training import switchable_training_stage
-from engine.models.device import PRECISION_KEYS
+from engine.graph import DPO_ADAPTER
 from engine.train.accounting import all_trained
-from engine.train.dpo import train_dpo_adapter, unit_of
-
-PARENTS, KEYS = ("pt_model", "sft_adapter", "formatted_data"), ("dpo", "data.cutoff_len", *PRECISION_KEYS)
-STAGE = switchable_training_stage("dpo_adapter", train_dpo_adapter, PARENTS, KEYS, switch="dpo",
-                                 off_reason="dpo (or kto) is not in the recipe's stages")
+from engine.train.dpo import unit_of
 
 
 def metadata(artifact, recipe) -> dict:
@@ -19,7 +14,7 @@ def metadata(artifact, recipe) -> dict:
 
 
 dpo_adapter = stage_asset(
-    STAGE, group="training", metadata=metadata,
+    DPO_ADAPTER, group="training", metadata=metadata,
     description="Preference optimisation; the SFT model is the reference. The reward model judges it in eval_dpo.",
     summary=lambda a, r: (f"{a.metrics['pref_loss']}: eval reward margin {a.metrics['eval_reward_margin']}, "
                           f"accuracy {a.metrics['eval_reward_accuracy']}"),

@@ -8,12 +8,8 @@ import json
 import dagster as dg
 
 from assets.stage_asset import stage_asset
-from assets.training import parents_run
-from engine.models.device import PRECISION_KEYS, with_precision
-from engine.evaluate.compare import (STAGE_MODELS, EVALUATED, evaluate_stage, compare_stages, comparison_summary, gates,
-                                     generation_backend)
-from engine.evaluate.scorers import scorer_identity
-from engine.stage import Stage
+from engine.evaluate.compare import EVALUATED, comparison_summary, gates
+from engine.graph import EVALUATIONS, MODEL_COMPARISON
 
 
 def examples_table(examples: list[dict]) -> dg.MetadataValue:
@@ -24,40 +20,9 @@ def examples_table(examples: list[dict]) -> dg.MetadataValue:
 PER_QUESTION = ("examples", "example_scores", "example_rewards")  # per-question lists, not numbers Dagster plots
 
 
-TRAINED = {"sft": "sft is not in the recipe's stages", "dpo": "dpo (or kto) is not in the recipe's stages"}
-
-
-def off(stage: str):
-    """eval_sft and eval_dpo are not configured while the recipe does not run that stage; every other evaluation
-    always is."""
-    if stage not in TRAINED:
-        return None
-    return lambda recipe: None if recipe.runs(stage) else TRAINED[stage]
-
-
-def reads(stage: str, parents: tuple[str, ...], keys: tuple[str, ...]):
-    """Off, only the stages list; without the rm stage, no reward model (the reward score is then None); without
-    sft, DPO's model is pt_model + DPO."""
-    def select(recipe):
-        if stage in TRAINED and not recipe.runs(stage):
-            return (), ("stages",)
-        return parents_run(parents, recipe), keys
-    return select
-
-
-def outside_identity(recipe, hasher) -> dict:
-    """What an evaluation depends on beyond its keys (the whole evaluation section, infer_backend included): the
-    scorer's code, and the backend that generates on this machine (auto picks vLLM only where it can run)."""
-    return {"scorer": scorer_identity(recipe.evaluation.scorer),
-            "generation_backend": generation_backend(recipe.evaluation)}
-
-
 def eval_asset(stage: str):
-    parents, keys = (*STAGE_MODELS[stage], "formatted_data", "reward_model"), ("evaluation", *PRECISION_KEYS)
-    declared = Stage(f"eval_{stage}", entry=evaluate_stage, parents=parents, keys=keys, select=reads(stage, parents, keys),
-                     off=off(stage), outside=with_precision(outside_identity))
     return stage_asset(
-        declared, group="evaluation",
+        EVALUATIONS[stage], group="evaluation",
         description=(f"The {stage} model on the held-out split: perplexity, task accuracy of greedy answers, and the "
                      "reward model's mean score of them."),
         summary=lambda a, r: (f"perplexity {a.metrics['perplexity']}, accuracy {a.metrics['accuracy']}, similarity "
@@ -69,7 +34,6 @@ def eval_asset(stage: str):
 
 EVAL_ASSETS = [eval_asset(stage) for stage in EVALUATED]
 GATES = ("dpo_not_worse_than_sft", "gptq_within_budget", "awq_within_budget")
-COMPARISON = Stage("model_comparison", entry=compare_stages, parents=tuple(f"eval_{s}" for s in EVALUATED))
 
 
 def gate(name: str):
@@ -78,7 +42,7 @@ def gate(name: str):
 
 
 model_comparison = stage_asset(
-    COMPARISON, group="evaluation",
+    MODEL_COMPARISON, group="evaluation",
     description="Every stage side by side; the gates decide whether an export may be deployed.",
     summary=lambda a, r: comparison_summary(a.metrics["results"]),
     metadata=lambda a, r: {"comparison": dg.MetadataValue.md(a.metrics["table"])},

@@ -3,13 +3,8 @@
 import dagster as dg
 
 from assets.stage_asset import stage_asset
-from engine.data.format import format_clean_data
-from engine.stage import Stage
+from engine.graph import FORMATTED_DATA
 
-STAGE = Stage("formatted_data", entry=format_clean_data, parents=("base_model", "clean_data"),
-              keys=("data.cutoff_len", "data.default_system", "data.overlength", "data.val_size", "data.seed",
-                    "data.decontamination_threshold", "data.template"),
-              tables={"split_rows": "splits.parquet", "quarantine": "quarantine.parquet"})
 VIEW_COUNTS = ("sft_train", "sft_eval", "preference_train", "preference_eval", "kto_train", "kto_eval", "max_tokens",
                "mean_tokens", "truncated", "exceeds_cutoff_len", "contaminates_eval", "tools_dropped_by_template")
 
@@ -58,7 +53,7 @@ def eval_split_verdict(view: str, count: int, need: int, stages: list[str]) -> t
 
 
 formatted_data = stage_asset(
-    STAGE, group="data",
+    FORMATTED_DATA, group="data",
     description="An SFT view (input_ids, labels) and a preference view (prompt, chosen, rejected), as HF datasets.",
     summary=lambda a, r: (f"sft {a.metrics['sft_train']}/{a.metrics['sft_eval']}, preference "
                           f"{a.metrics['preference_train']}/{a.metrics['preference_eval']} (train/eval)"),

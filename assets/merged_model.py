@@ -1,21 +1,7 @@
 """merged_model: base + SFT + DPO (those the recipe runs) merged into full safetensors weights, with model card and lineage."""
 
 from assets.stage_asset import stage_asset
-from assets.training import parents_run
-from engine.export.merge import merge_model
-from engine.models.device import PRECISION_KEYS, with_precision
-from engine.stage import Stage
-
-PARENTS = ("pt_model", "sft_adapter", "dpo_adapter", "formatted_data")
-
-
-def reads(recipe):
-    """It merges the training stages the recipe runs (sft, dpo; neither: pt_model alone, the base model with its
-    adapters): a stage that does not run is not a parent."""
-    return parents_run(PARENTS, recipe), PRECISION_KEYS
-
-
-STAGE = Stage("merged_model", entry=merge_model, parents=PARENTS, keys=PRECISION_KEYS, select=reads, outside=with_precision())
+from engine.graph import MERGED_MODEL
 
 
 def logits_match_adapters(artifact, recipe) -> tuple[bool, str]:
@@ -26,7 +12,7 @@ def logits_match_adapters(artifact, recipe) -> tuple[bool, str]:
 
 
 merged_model = stage_asset(
-    STAGE, group="export",
+    MERGED_MODEL, group="export",
     description="A standalone model: reloads with plain transformers and gives the adapter model's logits.",
     summary=lambda a, r: f"eval perplexity {a.metrics['eval_perplexity']}, {a.metrics['size_bytes']:,} bytes",
     metadata=lambda a, r: {k: a.metrics[k] for k in ("eval_perplexity", "max_logit_diff", "size_bytes",

@@ -1,8 +1,7 @@
 """gptq_model and awq_model: 4-bit (W4A16) llm-compressor exports of the merged model."""
 
 from assets.stage_asset import stage_asset
-from engine.export.quantize import quantize_awq, quantize_gptq
-from engine.models.device import PRECISION_KEYS, with_precision
+from engine.graph import AWQ_MODEL, GPTQ_MODEL
 from engine.stage import Stage
 
 QUANTIZED_METRICS = ("eval_perplexity", "merged_eval_perplexity", "ppl_ratio", "size_bytes", "merged_size_bytes",
@@ -20,9 +19,7 @@ def perplexity_within_bound(artifact, recipe) -> tuple[bool, str]:
     return m["ppl_ratio"] <= bound, f"perplexity {m['eval_perplexity']} = x{m['ppl_ratio']} merged, bound x{bound}"
 
 
-def quantized_asset(method: str, entry):
-    stage = Stage(f"{method}_model", entry=entry, parents=("merged_model", "formatted_data"),
-                  keys=("quantize", "data.cutoff_len", *PRECISION_KEYS), outside=with_precision())
+def quantized_asset(stage: Stage, method: str):
     return stage_asset(
         stage, group="export",
         description=f"The merged model quantized to 4 bits with {method.upper()}, as a compressed-tensors checkpoint.",
@@ -32,5 +29,5 @@ def quantized_asset(method: str, entry):
         checks={"reloads_and_generates": reloads_and_generates, "perplexity_within_bound": perplexity_within_bound})
 
 
-gptq_model = quantized_asset("gptq", quantize_gptq)
-awq_model = quantized_asset("awq", quantize_awq)
+gptq_model = quantized_asset(GPTQ_MODEL, "gptq")
+awq_model = quantized_asset(AWQ_MODEL, "awq")

@@ -1,15 +1,8 @@
 """raw_data: every registered source in one normalized schema; malformed rows quarantined."""
 
-from assets.data_sources import DATA_LOCATION, registered_sources
 from assets.stage_asset import counts_table, stage_asset
-from engine.data.ingest import read_raw_data
-from engine.stage import Stage
+from engine.graph import RAW_DATA
 from engine.store.tables import read_rows
-
-STAGE = Stage("raw_data", entry=read_raw_data, keys=("data.max_samples",), locate=DATA_LOCATION,
-              outside=registered_sources,
-              tables={"raw_rows": "rows.parquet", "quarantine": "quarantine.parquet"})
-
 
 def every_row_accounted(artifact, recipe) -> tuple[bool, str]:
     stored = len(read_rows(artifact.path / "rows.parquet")) + len(read_rows(artifact.path / "quarantine.parquet"))
@@ -18,7 +11,7 @@ def every_row_accounted(artifact, recipe) -> tuple[bool, str]:
 
 
 raw_data = stage_asset(
-    STAGE, group="data",
+    RAW_DATA, group="data",
     description="One row per example (source, row id, content hash, format, messages, chosen/rejected), in the catalog.",
     summary=lambda a, r: f"{a.metrics['rows']} rows, {a.metrics['quarantined']} quarantined",
     metadata=lambda a, r: {"rows": a.metrics["rows"], "quarantined": a.metrics["quarantined"], "by_source": counts_table(

@@ -5,29 +5,26 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
-from functools import lru_cache
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from engine.data.registry import recipe_sources
-from engine.models.device import check_precision
 from engine.errors import RecipeError
-from engine.evaluate.compare import check_generation_backend, check_lm_eval
-from engine.store.home import Home
-from engine.models.load import check_adapter, check_local_model, is_tiny
+from engine.graph import STAGES
 from engine.plan import Planned, make_plan
-from engine.recipe import Recipe, load_recipe, resolve_recipe_path
-from engine.evaluate.scorers import resolve_scorer
-from engine.train.common import check_lora_targets, check_quantized_training, check_speed_levers
-from engine.train.pt import pt_sources
+from engine.preflight import checked_recipe
+from engine.recipe import Recipe
+from engine.store.home import Home
 
 
-def validated_recipe(name_or_path: str, overrides_json: str) -> Recipe:
-    """Load the recipe and check every path it names, before any work starts."""
-    path = resolve_recipe_path(name_or_path)
-    return _validated(str(path), overrides_json, path.read_bytes())
+def validated_recipe(name_or_path: str, overrides_json: str = "{}") -> Recipe:
+    """The recipe checked as a Dagster run needs it: engine/preflight.py's machine-level check (done once per recipe
+    text and overrides in this process), and the retrain schedule's cron string. Overrides as JSON text (what the
+    CLI passes); engine.preflight.checked_recipe takes them as a dict and needs no Dagster."""
+    recipe = checked_recipe(name_or_path, json.loads(overrides_json))
+    check_schedule(recipe)
+    return recipe
 
 
 def check_schedule(recipe: Recipe) -> None:
@@ -36,27 +33,6 @@ def check_schedule(recipe: Recipe) -> None:
     if not is_valid_cron_string(recipe.schedule.cron):
         raise RecipeError(f"schedule.cron {recipe.schedule.cron!r}: expected a 5-field cron string Dagster accepts, "
                           'such as "0 3 * * 1" (Mondays 03:00)')
-
-
-@lru_cache(maxsize=8)
-def _validated(path: str, overrides_json: str, text: bytes) -> Recipe:  # keyed on the text: an edited recipe reloads
-    recipe, _ = load_recipe(path, json.loads(overrides_json))
-    check_schedule(recipe)
-    check_precision(recipe.model)
-    recipe_sources(recipe.data)
-    pt_sources(recipe)
-    resolve_scorer(recipe.evaluation.scorer)
-    for stage in ("pt", "sft", "reward", "dpo"):
-        check_quantized_training(getattr(recipe, stage), stage)
-        check_speed_levers(getattr(recipe, stage), stage)
-    check_lora_targets(recipe)
-    check_lm_eval(recipe.evaluation)
-    check_generation_backend(recipe.evaluation)
-    if not is_tiny(recipe.model):
-        check_local_model(recipe.model.model_name_or_path)
-    for adapter in recipe.model.adapters():
-        check_adapter(adapter)
-    return recipe
 
 
 # Run config (the Launchpad) replaces a resource's bound values, so defaults come from the code location's
@@ -90,7 +66,6 @@ class Tuneline(dg.ConfigurableResource):
 
     def plan(self, run_id: str | None = None) -> dict[str, Planned]:
         """The fingerprints this run's recipe implies (computed once per run id; afresh without one)."""
-        from pipelines.definitions import STAGES
         key = (run_id, self.recipe_name, json.dumps(self.overrides, sort_keys=True), self.artifact_root)
         if run_id is None or key not in PLANS:
             PLANS[key] = make_plan(STAGES, self.recipe(), self.home().hasher())

@@ -1,15 +1,9 @@
 """reward_model: a sequence-classification reward model trained with TRL's RewardTrainer."""
 
 from assets.stage_asset import stage_asset, tracking_metadata
-from assets.training import switchable_training_stage
-from engine.models.device import PRECISION_KEYS
 from engine.evaluate.stats import wilson_interval
+from engine.graph import REWARD_MODEL
 from engine.train.accounting import all_trained
-from engine.train.reward import train_reward_model
-
-PARENTS, KEYS = ("pt_model", "formatted_data"), ("reward", "data.cutoff_len", *PRECISION_KEYS)
-STAGE = switchable_training_stage("reward_model", train_reward_model, PARENTS, KEYS, switch="rm",
-                                 off_reason="rm is not in the recipe's stages")
 
 
 def accuracy_above_chance(artifact, recipe) -> tuple[bool, str]:
@@ -23,7 +17,7 @@ def accuracy_above_chance(artifact, recipe) -> tuple[bool, str]:
 
 
 reward_model = stage_asset(
-    STAGE, group="training",
+    REWARD_MODEL, group="training",
     description="Scores a conversation; judged by pairwise accuracy on held-out preference pairs.",
     summary=lambda a, r: f"held-out pairwise accuracy {a.metrics['eval_accuracy']:.2f}",
     metadata=lambda a, r: {**{k: a.metrics[k] for k in ("eval_accuracy", "eval_accuracy_before", "eval_pairs",

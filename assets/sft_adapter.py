@@ -1,14 +1,8 @@
 """sft_adapter: a LoRA adapter trained with TRL's SFTTrainer, loss on assistant tokens only."""
 
-from assets.training import switchable_training_stage
 from assets.stage_asset import perplexity, stage_asset, tracking_metadata
-from engine.models.device import PRECISION_KEYS
+from engine.graph import SFT_ADAPTER
 from engine.train.accounting import all_trained
-from engine.train.sft import train_sft_adapter
-
-STAGE = switchable_training_stage("sft_adapter", train_sft_adapter, ("pt_model", "formatted_data"),
-                                  ("sft", "data.cutoff_len", *PRECISION_KEYS), switch="sft",
-                                  off_reason="sft is not in the recipe's stages")
 
 
 def metadata(artifact, recipe) -> dict:
@@ -19,7 +13,7 @@ def metadata(artifact, recipe) -> dict:
 
 
 sft_adapter = stage_asset(
-    STAGE, group="training", metadata=metadata,
+    SFT_ADAPTER, group="training", metadata=metadata,
     description="Supervised fine-tuning on the SFT view; eval loss is measured before and after.",
     summary=lambda a, r: f"eval loss {a.metrics['eval_loss_before']} -> {a.metrics['eval_loss_after']}",
     checks={"eval_loss_below_base": lambda a, r: (a.metrics["eval_loss_after"] < a.metrics["eval_loss_before"],

@@ -28,9 +28,6 @@ from engine.train.launch import launch_command, training_environment
 Check = Callable[[Artifact, Recipe], tuple[bool, str] | tuple[bool, str, dict[str, Any]]]
 Metadata = Callable[[Artifact, Recipe], dict[str, Any]]
 
-DECLARED: dict[str, Stage] = {}  # every stage an asset was made from: what plans are computed over
-
-
 def out_of_process(context: dg.AssetExecutionContext):
     """Runs a training stage's entry point as `python -m pipelines.train_process <stage> --spec spec.json` through
     Dagster Pipes: its log and progress stream into this run's log, its metrics come back, and terminating the run
@@ -67,7 +64,7 @@ class TrainingFailed(TunelineError):
 
 def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable[[Artifact, Recipe], str],
                 metadata: Metadata | None = None, checks: dict[str, Check] | None = None) -> dg.AssetsDefinition:
-    """The Dagster asset of `stage`. Its checks block everything downstream when they fail; a training stage runs
+    """The Dagster asset of `stage` (declared in engine/graph.py). Its checks block everything downstream when they fail; a training stage runs
     out of process, one at a time per machine, and only a transient failure (out of memory on a shared GPU, a
     lost connection) is retried; an interrupt or a recipe or data error never is."""
     checks = checks or {}
@@ -97,7 +94,6 @@ def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable
                       **({} if configured else {"configured": False, "reason": artifact.metrics["reason"]})},
             data_version=dg.DataVersion(artifact.fingerprint), check_results=results)
 
-    DECLARED[stage.name] = stage
     return _asset
 
 

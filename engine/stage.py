@@ -1,5 +1,5 @@
-"""A stage, declared once: its parents, the recipe keys it reads, the content it reads from outside the
-artifact root, its engine entry point, and the catalog tables it fills.
+"""A stage, declared once (engine/graph.py declares every stage): its parents, the recipe keys it reads, the content
+it reads from outside the artifact root, its engine entry point, and the catalog tables it fills.
 
 Everything else follows from the declaration: the fingerprint and the plan (engine/plan.py), the code
 version (the import closure of the entry point), the build with its locks, publish and catalog record

@@ -21,13 +21,12 @@ from assets.raw_data import raw_data
 from assets.resource import Tuneline, check_schedule
 from assets.reward_model import reward_model
 from assets.sft_adapter import sft_adapter
-from assets.stage_asset import DECLARED
 from engine.recipe import load_recipe
 from pipelines.automation import incoming_data_sensor, retrain_schedule
 
-ASSETS = [base_model, raw_data, clean_data, formatted_data, pt_model, sft_adapter, reward_model, dpo_adapter,
+# one asset per stage of engine/graph.py, in its order (tests/test_definitions.py holds them to it)
+ASSETS = [raw_data, clean_data, base_model, formatted_data, pt_model, sft_adapter, reward_model, dpo_adapter,
           merged_model, gptq_model, awq_model, *EVAL_ASSETS, model_comparison, deployment]
-STAGES = [DECLARED[asset.key.to_user_string()] for asset in ASSETS]  # what a recipe's plan is computed over
 
 full_pipeline = dg.define_asset_job("full_pipeline", selection=dg.AssetSelection.all(),
                                     description="Materialize every stage: data, training, exports, evaluation and the gated deployment.")
@@ -41,7 +40,7 @@ def resources(recipe: str | None = None, artifact_root: str | None = None, overr
 
 def build_definitions(recipe: str | None = None, artifact_root: str | None = None) -> dg.Definitions:
     bound = resources(recipe, artifact_root)
-    loaded, _ = load_recipe(bound["tuneline"].recipe_name)
+    loaded, _ = load_recipe(bound["tuneline"].recipe_name)  # the schedule and sensor read it; a run checks it all
     check_schedule(loaded)
     # stages run one after another in one process: they share 2 CPU cores (or one GPU) and one DuckDB catalog
     return dg.Definitions(assets=ASSETS, jobs=[full_pipeline], resources=bound,
@@ -49,4 +48,8 @@ def build_definitions(recipe: str | None = None, artifact_root: str | None = Non
                           sensors=[incoming_data_sensor(full_pipeline, loaded)], executor=dg.in_process_executor)
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """What `dagster dev -w workspace.yaml` loads, built when it loads it: importing this module (as `tuneline run`
+    does for ASSETS) loads no recipe."""
+    return build_definitions()

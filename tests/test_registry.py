@@ -7,7 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.store.content import ContentHasher, source_identity
+from engine.data.sources import source_identity
+from engine.store.content import ContentHasher
 from engine.data.ingest import ingest_source
 from engine.data.registry import check_columns, load_registry, resolve_sources, select_sources
 from engine.errors import RecipeError

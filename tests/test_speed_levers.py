@@ -71,7 +71,7 @@ def test_pref_ftx_adds_the_sft_loss_on_chosen_answers(tmp_path):
 
 
 def test_continued_pretraining_off_starts_no_training_process():
-    from assets.pt_model import STAGE
+    from engine.graph import PT_MODEL as STAGE
     recipe = load_recipe("tiny")[0]
     assert not recipe.pt.dataset and not STAGE.runs_out_of_process(recipe)  # it only names the base model
     assert STAGE.runs_out_of_process(load_recipe("tiny", {"pt.dataset": ["pt_corpus"]})[0])

@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from engine.data.readers import BadRow, hub_records, read_records, source_files
+from engine.data.readers import BadRow, source_records
 from engine.data.registry import DatasetEntry, recipe_selection
 from engine.store.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, RowWriter
 
@@ -158,22 +157,6 @@ def content_hash(messages: list[dict], chosen: str | None, rejected: str | None,
     payload = json.dumps({"m": messages, "c": chosen, "r": rejected, "t": tools, "l": label},
                          sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def source_records(name: str, entry: DatasetEntry, path: Path, limit: int | None = None) -> Iterator[tuple[str, Any]]:
-    """(row_id, record) over a source's files, or over its hf_hub_url dataset (datasets.load_dataset); only the
-    first num_samples (or `limit`, if smaller) records."""
-    def all_records():
-        if entry.hub_key == "hf_hub_url":
-            for index, record in hub_records(entry, path):
-                yield f"{name}:{index}", record
-            return
-        for unit in source_files(path, entry.allowed_roots):
-            prefix = f"{name}:{unit.relative_to(path)}" if path.is_dir() and unit != path else name
-            for index, record in read_records(unit, entry.split):
-                yield f"{prefix}:{index}", record
-    stop = min(n for n in (entry.num_samples, limit) if n) if entry.num_samples or limit else None
-    return islice(all_records(), stop) if stop else all_records()
 
 
 def ingest_stream(name: str, entry: DatasetEntry, path: Path) -> Iterator[tuple[bool, dict]]:

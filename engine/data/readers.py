@@ -9,12 +9,16 @@ import json
 import math
 import os
 import re
+from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pyarrow.parquet as pq
 
 from engine.errors import DataError
+
+if TYPE_CHECKING:
+    from engine.data.registry import DatasetEntry
 
 SUPPORTED_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
 HF_MARKERS = ("state.json", "dataset_dict.json")  # what datasets.save_to_disk writes
@@ -443,3 +447,19 @@ def hub_records(entry, path: Path) -> Iterator[tuple[int, Any]]:
         raise DataError(f"hf_hub_url {entry.hf_hub_url!r}: datasets.load_dataset failed "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     yield from enumerate(dataset)
+
+
+def source_records(name: str, entry: "DatasetEntry", path: Path, limit: int | None = None) -> Iterator[tuple[str, Any]]:
+    """(row_id, record) over a source's files, or over its hf_hub_url dataset (datasets.load_dataset); only the
+    first num_samples (or `limit`, if smaller) records."""
+    def all_records():
+        if entry.hub_key == "hf_hub_url":
+            for index, record in hub_records(entry, path):
+                yield f"{name}:{index}", record
+            return
+        for unit in source_files(path, entry.allowed_roots):
+            prefix = f"{name}:{unit.relative_to(path)}" if path.is_dir() and unit != path else name
+            for index, record in read_records(unit, entry.split):
+                yield f"{prefix}:{index}", record
+    stop = min(n for n in (entry.num_samples, limit) if n) if entry.num_samples or limit else None
+    return islice(all_records(), stop) if stop else all_records()

@@ -11,7 +11,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from engine.data.readers import SUPPORTED_SUFFIXES, check_links
+from engine.data.readers import SUPPORTED_SUFFIXES, check_links, source_records
 from engine.errors import DataError, RecipeError
 
 COLUMN_DEFAULTS = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
@@ -261,7 +261,6 @@ def check_columns(name: str, entry: DatasetEntry, path: Path, records: int = CHE
     named = {key: column for key, column in entry.columns.items() if key in FORMAT_COLUMNS[entry.formatting]}
     if not named:
         return
-    from engine.data.ingest import source_records  # ingest imports this module
     seen, looked = set(), 0
     try:
         for _, record in source_records(name, entry, path, limit=records):

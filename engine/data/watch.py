@@ -6,7 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from engine.store.content import ContentHasher, source_identity
+from engine.data.sources import source_identity
+from engine.store.content import ContentHasher
 from engine.data.readers import read_records, source_files
 from engine.data.registry import DatasetEntry, recipe_sources, resolve_sources
 from engine.errors import DataError

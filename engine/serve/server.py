@@ -27,11 +27,12 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from engine.models.backends import choose_backend
+from engine.models.backends import choose_backend, vllm_usable
 from engine.models.device import Precision, device_type, infer_dtype, name
 from engine.errors import ServeError
 from engine.models.load import load_tokenizer
 from engine.runtime.processes import stop_process_group
+from engine.serve.vllm_compat import vllm_config_problems
 
 if TYPE_CHECKING:
     from engine.recipe import ServeSection
@@ -371,6 +372,22 @@ def smoke_serve(directory: Path, backend: str, messages: list[dict], timeout: fl
             "stopped_cleanly": not server.killed}
 
 
+def vllm_load(deployment_dir: Path, smoke: dict, messages: list[dict], timeout: float) -> dict | None:
+    """The deployment served by `vllm serve` (its recorded command line) and asked `messages`, where vLLM can run;
+    None where it cannot (nothing was run). The smoke test's own answer when vLLM is what served it. A server that
+    does not start or answer is recorded as {"error": ...}, for the check to fail with."""
+    if not vllm_usable():
+        return None
+    if smoke["backend"] == "vllm":
+        return {"answer": smoke["answer"], "startup_seconds": smoke["startup_seconds"], "error": None}
+    from openai import OpenAIError
+    try:
+        served = smoke_serve(deployment_dir, "vllm", messages, timeout)
+    except (ServeError, OpenAIError) as exc:  # it did not start, or did not answer
+        return {"answer": None, "startup_seconds": None, "error": " ".join(str(exc).split())}
+    return {"answer": served["answer"], "startup_seconds": served["startup_seconds"], "error": None}
+
+
 CHAT_ROLES = ("system", "user", "assistant")  # what any OpenAI-compatible client sends; tool turns are not
 
 
@@ -432,7 +449,6 @@ def deploy(run: "StageRun") -> dict:
     """deployment's entry point: serve.json for the recipe's export, proven by serving the first plain-chat question
     of the recipe's eval split; where vLLM can run, by vLLM too. The recorded command names the published
     directory (the work directory is renamed at publish)."""
-    from engine.serve.vllm_compat import vllm_config_problems, vllm_load
     cfg = run.recipe.serve
     export = run.inputs[f"{cfg.model}_model"]
     config = write_serve_config(export, served_name(run.recipe), cfg, run.out, Precision.of(run.recipe.model))

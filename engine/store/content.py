@@ -1,4 +1,5 @@
-"""Content identity of what a stage reads from outside the artifact root: data files, a local checkpoint.
+"""Content identity by hashing: files, trees of files, a local checkpoint. What a data source or a tokenizer is made
+of is said by the data and models packages (engine/data/sources.py, engine/models/identity.py), which hash here.
 
 A file's identity is the sha256 of its bytes, never its modification time. Hashing a 15 GB checkpoint on
 every run would cost minutes, so digests are remembered by (size, mtime, inode, ctime), as git's index
@@ -66,30 +67,6 @@ class ContentHasher:
         os.replace(tmp, self.cache_file)
 
 
-def source_files_under(path: Path, units: list[Path]) -> list[Path]:
-    """Every file a source is read from: the files themselves, and every file inside a dataset folder."""
-    files = []
-    for unit in units:
-        files += [unit] if unit.is_file() else sorted(p for p in unit.rglob("*") if p.is_file())
-    return files
-
-
-def source_identity(sources: dict, hasher: ContentHasher) -> dict[str, dict]:
-    """What a set of registered sources' rows depend on: each registry entry and the digest of its files. A hub
-    dataset that is no local directory is known by its id, subset, folder, split and revision: pin `revision` to
-    make its content part of the fingerprint."""
-    from engine.data.readers import source_files
-    identity = {}
-    for name, (entry, path) in sources.items():
-        if entry.hub_key == "hf_hub_url" and not path.is_dir():
-            digest = hashlib.sha256(json.dumps([entry.hf_hub_url, entry.subset, entry.folder, entry.split,
-                                                entry.revision]).encode()).hexdigest()
-        else:
-            digest = hasher.tree(path, source_files_under(path, source_files(path, entry.allowed_roots)))
-        identity[name] = {"entry": entry.model_dump(), "sha256": digest}
-    return identity
-
-
 def checkpoint_identity(model_dir: Path, hasher: ContentHasher) -> dict:
     """A local checkpoint's identity: the digest of every file in it (weights, config, tokenizer, template), or of
     the one GGUF file that holds them all."""
@@ -97,16 +74,3 @@ def checkpoint_identity(model_dir: Path, hasher: ContentHasher) -> dict:
         return {"path": str(model_dir.resolve()), "sha256": hasher.file(model_dir)}
     files = [p for p in model_dir.rglob("*") if p.is_file() and not p.name.startswith(".")]
     return {"path": str(model_dir.resolve()), "sha256": hasher.tree(model_dir, files)}
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                   "tokenizer.model", "added_tokens.json", "chat_template.jinja")
-
-
-def tokenizer_identity(model_path: str, hasher: ContentHasher) -> dict:
-    """A local checkpoint's tokenizer, by the content of its tokenizer files (a GGUF file's: the whole file)."""
-    from engine.models.load import check_local_model
-    root = check_local_model(model_path)
-    if root.is_file():
-        return {"sha256": hasher.file(root)}
-    return {"sha256": hasher.tree(root, [root / name for name in TOKENIZER_FILES if (root / name).is_file()])}

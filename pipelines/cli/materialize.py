@@ -26,7 +26,8 @@ def materialize(args: argparse.Namespace, select: str | None):
 
     import dagster as dg
     from engine.build import remove_stale_temporaries
-    from pipelines.definitions import ASSETS, STAGES, resources
+    from engine.graph import STAGES
+    from pipelines.definitions import ASSETS, resources
     root = str(Path(args.artifact_root).resolve())
     Path(root).mkdir(parents=True, exist_ok=True)  # an unusable --artifact-root is said before any work
     if not os.access(root, os.W_OK):
