@@ -70,7 +70,7 @@ def check_upstream_built(tuneline, selection, dg) -> None:
     from pipelines.definitions import ASSETS
     selected = {key.to_user_string() for key in dg.AssetSelection.from_coercible(selection).resolve(ASSETS)}
     plan, store = tuneline.plan(), tuneline.home().store()
-    for name in selected:
+    for name in (n for n in plan if n in selected):  # graph order: the same message every time
         for parent, fingerprint in plan[name].parents.items():
             if parent not in selected and store.lookup(parent, fingerprint) is None:
                 raise NotBuilt(f"--select {','.join(sorted(selected))}: {name} needs {parent} {fingerprint}, which is "
