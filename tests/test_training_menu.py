@@ -13,7 +13,9 @@ from engine.errors import DataError, RecipeError
 from engine.models.load import load_with_adapters
 from engine.recipe import DpoSection, PtSection, SftSection, load_recipe
 from engine.models.load import trained_weights
-from engine.train.common import check_quantized_training, mlflow_uri, optimizers, prepare_model
+from engine.train.adapters import check_quantized_training, prepare_model
+from engine.train.arguments import optimizers
+from engine.train.tracking import mlflow_uri
 from engine.train.dpo import train_dpo
 from engine.train.pt import train_pt
 from engine.train.sft import train_sft
