@@ -13,7 +13,8 @@ from peft import LoraConfig, get_peft_model
 
 from engine.errors import RecipeError
 from engine.models.attention import training_attention
-from engine.models.device import Precision, device, load_kwargs, train_dtype, upcast_trainable, upcast_trainable_parameters
+from engine.models.device import (Precision, device, load_kwargs, train_dtype, upcast_trainable,
+                                  upcast_trainable_parameters)
 from engine.train.arguments import check_speed_levers
 
 if TYPE_CHECKING:

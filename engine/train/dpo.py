@@ -88,11 +88,12 @@ def train_dpo(base_dir: Path, sft_weights: Path | None, formatted_dir: Path, cfg
     (The reward model's verdict on DPO against SFT is the evaluation assets' job, and the gate's.)"""
     tokenizer = load_tokenizer(base_dir)
 
-    def trainer():
+    def set_up():
         model = prepare_model(starting_model(base_dir, sft_weights, cfg, out, precision), cfg, "CAUSAL_LM", precision)
         # a full or freeze model needs its own frozen copy of the SFT model as reference (TRL would reload the base)
+        sft = [] if sft_weights is None else [sft_weights]
         reference = None if is_adapter(cfg) or cfg.pref_loss == "orpo" else load_with_adapters(
-            base_dir, *([] if sft_weights is None else [sft_weights]), dtype=train_dtype(precision or Precision())).eval()
+            base_dir, *sft, dtype=train_dtype(precision or Precision())).eval()
         return preference_trainer(model, reference, tokenizer, formatted_dir, cfg, cutoff_len, out, precision)
 
     def measures(trainer) -> dict:
@@ -104,7 +105,7 @@ def train_dpo(base_dir: Path, sft_weights: Path | None, formatted_dir: Path, cfg
                 "eval_reward_margin": round(evaluation["eval_rewards/margins"], 4),
                 "eval_reward_accuracy": None if accuracy is None else round(accuracy, 4)}
 
-    return train_stage(TrainingStage("dpo", cfg, out, tokenizer, trainer, after=measures,
+    return train_stage(TrainingStage("dpo", cfg, out, tokenizer, set_up, after=measures,
                                      tracker_run=f"dpo-{cfg.pref_loss}"), say)
 
 

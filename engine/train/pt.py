@@ -74,14 +74,14 @@ def train_pt(base_dir: Path, sources: dict[str, tuple[DatasetEntry, Path]], cfg:
                         "both splits need text (add rows or change data.val_size)")
     train, evaluation = (Dataset.from_dict({"text": rows[s]}) for s in ("train", "eval"))
 
-    def trainer():
+    def set_up():
         args = SFTConfig(**trainer_kwargs(cfg, out, precision), max_length=cutoff_len, packing=True,
                          packing_strategy="wrapped", dataset_text_field="text", completion_only_loss=False)
         model = prepare_model(load_trainable(base_dir, cfg, precision=precision), cfg, "CAUSAL_LM", precision)
         return SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                           processing_class=tokenizer, optimizers=optimizers(model, cfg))
 
-    metrics = train_stage(TrainingStage("pt", cfg, out, tokenizer, trainer, before=eval_loss_before,
+    metrics = train_stage(TrainingStage("pt", cfg, out, tokenizer, set_up, before=eval_loss_before,
                                         after=eval_loss_after, merged=True), say)
     return {**metrics, "train_texts": len(rows["train"]), "eval_texts": len(rows["eval"]),
             "quarantined": len(quarantine)}, quarantine

@@ -28,19 +28,19 @@ def train_reward(base_dir: Path, formatted_dir: Path, cfg: RewardSection, cutoff
     tokenizer = load_tokenizer(base_dir)
     data = read_view(formatted_dir, "preference", "reward_model")
 
-    def trainer():
+    def set_up():
         model = load_trainable(base_dir, cfg, AutoModelForSequenceClassification, precision=precision, num_labels=1)
         model.config.pad_token_id = tokenizer.pad_token_id
         model = prepare_model(model, cfg, "SEQ_CLS", precision)
-        return RewardTrainer(model=model, args=RewardConfig(**trainer_kwargs(cfg, out, precision), max_length=cutoff_len),
-                             train_dataset=without_row_ids(data["train"]), processing_class=tokenizer,
-                             optimizers=optimizers(model, cfg))
+        args = RewardConfig(**trainer_kwargs(cfg, out, precision), max_length=cutoff_len)
+        return RewardTrainer(model=model, args=args, train_dataset=without_row_ids(data["train"]),
+                             processing_class=tokenizer, optimizers=optimizers(model, cfg))
 
     def accuracy(model) -> float:
         return round(pairwise_accuracy(model, tokenizer, data["eval"]), 4)
 
     return train_stage(TrainingStage(
-        "reward", cfg, out, tokenizer, trainer, merged=True,
+        "reward", cfg, out, tokenizer, set_up, merged=True,
         before=lambda t: {"eval_accuracy_before": accuracy(t.model)},
         after=lambda t: {**trained_examples(t, len(data["train"]), "pairs"), "eval_pairs": len(data["eval"])},
         on_saved=lambda merged: {"eval_accuracy": accuracy(merged)}), say)

@@ -64,7 +64,7 @@ def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: 
     data = read_view(formatted_dir, "sft")
     train, evaluation = without_row_ids(data["train"]), without_row_ids(data["eval"])
 
-    def trainer():
+    def set_up():
         model = prepare_model(load_trainable(base_dir, cfg, precision=precision), cfg, "CAUSAL_LM", precision)
         flat = padding_free(cfg, [len(ids) for ids in train["input_ids"]], model.config.get_text_config().hidden_size)
         return SFTTrainer(model=model, args=sft_arguments(cfg, cutoff_len, out, precision, flat), train_dataset=train,
@@ -75,7 +75,7 @@ def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: 
                 "train_sequences": len(trainer.train_dataset), "packing": cfg.packing,
                 "padding_free": trainer.args.padding_free}
 
-    return train_stage(TrainingStage("sft", cfg, out, tokenizer, trainer, before=eval_loss_before,
+    return train_stage(TrainingStage("sft", cfg, out, tokenizer, set_up, before=eval_loss_before,
                                      after=lambda t: {**eval_loss_after(t), **counts(t)}), say)
 
 

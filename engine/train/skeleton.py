@@ -29,7 +29,7 @@ class TrainingStage:
     cfg: TrainSection  # its section of the recipe
     out: Path  # its work directory: scratch in out/_trainer, weights saved here
     tokenizer: Any  # saved beside the weights
-    trainer: Callable[[], Any]  # its model (loaded and prepared), data view and TRL arguments, in its TRL trainer
+    set_up: Callable[[], Any]  # its TRL trainer, holding its model (loaded and prepared), data view and arguments
     before: Callable[[Any], dict] = no_measures  # held-out measures before the first step, from the trainer
     after: Callable[[Any], dict] = no_measures  # measures after the last step, from the trainer (still tracked)
     merged: bool = False  # saved as one full model in `out` with a LoRA merged in, else out/adapter or out/model
@@ -41,7 +41,7 @@ def train_stage(stage: TrainingStage, say: Callable[[str], None] = print) -> dic
     """Set up, train, save, report; returns the run summary (engine/train/report.py), train_loss, this run's
     throughput and the stage's own measures."""
     with tracking(stage.cfg, stage.out, stage.tracker_run or stage.name):  # evaluations land in the run too
-        trainer = stage.trainer()
+        trainer = stage.set_up()
         before = stage.before(trainer)
         start = RunStart()
         trainer.add_callback(start)
