@@ -129,7 +129,7 @@ def perplexity(eval_loss: float) -> float:
 
 def tracking_metadata(artifact: Artifact, report_to: str) -> dict[str, str]:
     """The command that shows a stage's run in its tracker, when the recipe asked for one."""
-    from engine.train.common import TENSORBOARD_DIR, mlflow_uri
+    from engine.train.tracking import TENSORBOARD_DIR, mlflow_uri
     if report_to == "tensorboard":
         return {"tracking": f"tensorboard --logdir {artifact.path / TENSORBOARD_DIR}"}
     if report_to == "mlflow":

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.models.attention import training_attention  # noqa: E402
 from engine.data.format import read_view  # noqa: E402
 from engine.recipe import DpoSection, SftSection, load_recipe  # noqa: E402
-from engine.train.common import lora_config  # noqa: E402
+from engine.train.adapters import lora_config  # noqa: E402
 from engine.train.dpo import dpo_arguments, dpo_trainer  # noqa: E402
 from engine.train.launch import training_environment  # noqa: E402
 from engine.train.lm_head import labelled_positions_only  # noqa: E402

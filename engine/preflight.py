@@ -20,7 +20,8 @@ from engine.evaluate.scorers import resolve_scorer
 from engine.models.device import check_precision
 from engine.models.load import check_adapter, check_local_model, is_tiny
 from engine.recipe import Recipe, load_recipe, resolve_recipe_path
-from engine.train.common import check_lora_targets, check_quantized_training, check_speed_levers
+from engine.train.adapters import check_lora_targets, check_quantized_training
+from engine.train.arguments import check_speed_levers
 from engine.train.pt import pt_sources
 
 TRAINING_SECTIONS = ("pt", "sft", "reward", "dpo")

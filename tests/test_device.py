@@ -208,7 +208,7 @@ def test_models_load_in_the_dtype_asked_and_batches_follow_them(tiny_model_dir, 
 
 def test_training_upcasts_trainable_weights_unless_pure_bf16(tiny_model_dir):
     from engine.recipe import SftSection
-    from engine.train.common import load_trainable, prepare_model
+    from engine.train.adapters import load_trainable, prepare_model
     for finetuning_type in ("lora", "freeze"):
         cfg = SftSection(finetuning_type=finetuning_type)
         for precision, trainable in ((Precision(bf16=True), torch.float32), (Precision(pure_bf16=True), torch.bfloat16)):

@@ -2,6 +2,7 @@
 ends with the same adapter as an uninterrupted run; a half-written checkpoint is skipped; SIGTERM saves a
 checkpoint before the process exits."""
 
+import json
 import os
 import signal
 import subprocess
@@ -85,11 +86,15 @@ def test_kill_9_mid_training_resumes_from_the_last_complete_checkpoint(tmp_path,
         os.killpg(process.pid, signal.SIGKILL)  # an OOM kill, a lost node: no chance to clean up
         process.wait(30)
     step = int(checkpoint.name.split("-")[1])
+    last = last_complete_checkpoint(trainer_dir)  # where the rerun resumes (a later one may have completed)
+    seen = json.loads((last / "trainer_state.json").read_text())["num_input_tokens_seen"]
     half = trainer_dir / f"checkpoint-{step + 100}"  # what a kill in the middle of a save leaves
     half.mkdir()
     (half / "trainer_state.json").write_text("{")
     resumed = finish(spec)
-    assert resumed["resumed_from_step"] >= step and resumed["steps"] == whole["steps"] == 24
+    assert resumed["resumed_from_step"] == int(last.name.split("-")[1]) >= step
+    assert resumed["steps"] == whole["steps"] == 24
+    assert 0 < resumed["tokens_this_run"] == whole["tokens_this_run"] - seen  # tokens/s counts the resumed steps only
     assert [p["step"] for p in resumed["loss_curve"]][-1] == 24
     mine, theirs = adapter(spec), adapter(whole_spec)
     assert mine.keys() == theirs.keys()

@@ -52,6 +52,8 @@ def test_sft_arguments_carry_the_decision(tmp_path):
     assert flat.padding_free and flat.max_length is None  # rows are truncated to cutoff_len by formatted_data
     padded = sft_arguments(SftSection(), 128, tmp_path, flat=False)
     assert not padded.padding_free and padded.max_length == 128 and not padded.gradient_checkpointing
+    # tokens/s counts a flat batch whole (it has no padding) and a padded one without its padding
+    assert (flat.include_num_input_tokens_seen, padded.include_num_input_tokens_seen) == ("all", "non_padding")
 
 
 def test_training_processes_keep_freed_memory_for_reuse_unless_the_caller_says_otherwise(monkeypatch):

@@ -59,7 +59,7 @@ def test_every_demo_pair_is_kept_and_fits_as_the_trainers_tokenize_it(demo_pairs
 
 def reward_args(out, max_length):
     from trl import RewardConfig
-    from engine.train.common import trainer_kwargs
+    from engine.train.arguments import trainer_kwargs
     return RewardConfig(**trainer_kwargs(RewardSection(), out), max_length=max_length)
 
 

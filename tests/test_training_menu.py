@@ -13,7 +13,9 @@ from engine.errors import DataError, RecipeError
 from engine.models.load import load_with_adapters
 from engine.recipe import DpoSection, PtSection, SftSection, load_recipe
 from engine.models.load import trained_weights
-from engine.train.common import check_quantized_training, mlflow_uri, optimizers, prepare_model
+from engine.train.adapters import check_quantized_training, prepare_model
+from engine.train.arguments import optimizers
+from engine.train.tracking import mlflow_uri
 from engine.train.dpo import train_dpo
 from engine.train.pt import train_pt
 from engine.train.sft import train_sft
@@ -131,6 +133,10 @@ def test_each_preference_loss_trains_on_top_of_sft(pref_loss, tiny_model_dir, sf
     cfg = DpoSection(pref_loss=pref_loss, **FAST)
     metrics = train_dpo(tiny_model_dir, sft_adapter, formatted_dir, cfg, 128, tmp_path)
     assert metrics["pref_loss"] == pref_loss and metrics["steps"] == FAST["max_steps"]
+    # the trainer counts the tokens it trains on, but ORPO's batches carry no input_ids for it to count
+    assert (metrics["tokens_per_second"] is None) == (pref_loss == "orpo")
+    assert pref_loss == "orpo" or metrics["tokens_per_second"] == pytest.approx(
+        metrics["tokens_this_run"] / metrics["seconds_this_run"], rel=0.01)
     assert metrics["eval_reward_margin"] > 0  # chosen (or desirable) answers already gain on rejected ones
     tuned = load_with_adapters(tiny_model_dir, sft_adapter, trained_weights(tmp_path))
     reference = load_with_adapters(tiny_model_dir, sft_adapter)
@@ -174,6 +180,7 @@ def test_pt_learns_the_raw_text_and_quarantines_bad_rows(tiny_model_dir, tmp_pat
     metrics, quarantine = train_pt(tiny_model_dir, sources, PtSection(**{**FAST, "max_steps": 6}), 128, 0.1, 42,
                                    tmp_path)
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
+    assert 0 < metrics["tokens_this_run"] <= 6 * FAST["per_device_train_batch_size"] * 128  # 6 packed steps
     assert {(q["row_id"], q["reason"]) for q in quarantine} == {("pt_corpus:300", "empty"),
                                                                  ("pt_corpus:301", "wrong_type")}
     assert (tmp_path / "config.json").is_file() and not (tmp_path / "adapter_config.json").exists()

@@ -10,10 +10,10 @@ from engine.models.device import Precision, precision_metrics, train_dtype
 from engine.data.format import read_view
 from engine.models.load import load_tokenizer, load_with_adapters, model_dir, trained_weights
 from engine.train.accounting import trained_examples
-from engine.train.checkpoints import train_resumably
-from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_trained,
-                                 tracking, trainer_kwargs, training_autocast, without_row_ids)
+from engine.train.adapters import is_adapter, load_trainable, prepare_model
+from engine.train.arguments import optimizers, trainer_kwargs, training_autocast
 from engine.train.lm_head import trains_on_labelled_positions
+from engine.train.skeleton import TrainingStage, train_stage, without_row_ids
 
 if TYPE_CHECKING:
     from engine.recipe import DpoSection
@@ -50,11 +50,11 @@ def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: Dp
                        precision: Precision | None = None):
     """The TRL trainer for the recipe's pref_loss, with its held-out data. `reference` is the frozen SFT model,
     or None for an adapter (TRL then disables the adapter to get the reference)."""
-    common = {**trainer_kwargs(cfg, out, precision), "beta": cfg.pref_beta, "max_length": cutoff_len}
+    shared = {**trainer_kwargs(cfg, out, precision), "beta": cfg.pref_beta, "max_length": cutoff_len}
     if cfg.pref_loss == "kto":
         from trl import KTOConfig, KTOTrainer
         data = read_view(formatted_dir, "kto", "dpo_adapter")
-        config = KTOConfig(**common, precompute_ref_log_probs=cfg.precompute_ref_log_probs)
+        config = KTOConfig(**shared, precompute_ref_log_probs=cfg.precompute_ref_log_probs)
         with training_autocast(config):  # its reference pass, too, runs while it is built (see dpo_trainer)
             return KTOTrainer(model=model, ref_model=reference, args=config,
                               train_dataset=without_row_ids(data["train"]),
@@ -64,7 +64,9 @@ def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: Dp
     train, evaluation = without_row_ids(data["train"]), without_row_ids(data["eval"])
     if cfg.pref_loss == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-        return ORPOTrainer(model=model, args=ORPOConfig(**common), train_dataset=train, eval_dataset=evaluation,
+        # its batches carry chosen_/rejected_input_ids, no input_ids: transformers cannot count its tokens
+        config = ORPOConfig(**{**shared, "include_num_input_tokens_seen": "no"})
+        return ORPOTrainer(model=model, args=config, train_dataset=train, eval_dataset=evaluation,
                            processing_class=tokenizer, optimizers=optimizers(model, cfg))
     return dpo_trainer(model, reference, tokenizer, train, evaluation, dpo_arguments(cfg, cutoff_len, out, precision),
                        optimizers(model, cfg))
@@ -85,22 +87,26 @@ def train_dpo(base_dir: Path, sft_weights: Path | None, formatted_dir: Path, cfg
     """Train and save to `out/adapter` (or `out/model`). Returns the held-out reward margin and accuracy.
     (The reward model's verdict on DPO against SFT is the evaluation assets' job, and the gate's.)"""
     tokenizer = load_tokenizer(base_dir)
-    model = prepare_model(starting_model(base_dir, sft_weights, cfg, out, precision), cfg, "CAUSAL_LM", precision)
-    # a full or freeze model needs its own frozen copy of the SFT model as reference (TRL would reload the base)
-    reference = None if is_adapter(cfg) or cfg.pref_loss == "orpo" else load_with_adapters(
-        base_dir, *([] if sft_weights is None else [sft_weights]), dtype=train_dtype(precision or Precision())).eval()
-    with tracking(cfg, out, f"dpo-{cfg.pref_loss}"):
-        trainer = preference_trainer(model, reference, tokenizer, formatted_dir, cfg, cutoff_len, out, precision)
-        result, resumed = train_resumably(trainer, "dpo", say)
+
+    def set_up():
+        model = prepare_model(starting_model(base_dir, sft_weights, cfg, out, precision), cfg, "CAUSAL_LM", precision)
+        # a full or freeze model needs its own frozen copy of the SFT model as reference (TRL would reload the base)
+        sft = [] if sft_weights is None else [sft_weights]
+        reference = None if is_adapter(cfg) or cfg.pref_loss == "orpo" else load_with_adapters(
+            base_dir, *sft, dtype=train_dtype(precision or Precision())).eval()
+        return preference_trainer(model, reference, tokenizer, formatted_dir, cfg, cutoff_len, out, precision)
+
+    def measures(trainer) -> dict:
         evaluation = trainer.evaluate()
-    save_trained(trainer.model, tokenizer, cfg, out)
-    accuracy = evaluation.get("eval_rewards/accuracies")
-    view = read_view(formatted_dir, "kto" if cfg.pref_loss == "kto" else "preference")
-    return {**finish(trainer, out, cfg, resumed), "pref_loss": cfg.pref_loss, "train_loss": round(result.training_loss, 4),
-            **trained_examples(trainer, len(view["train"]), unit_of(cfg.pref_loss)),
-            "pref_ftx_applied": bool(cfg.pref_ftx) and cfg.pref_loss in ("sigmoid", "ipo"),
-            "eval_reward_margin": round(evaluation["eval_rewards/margins"], 4),
-            "eval_reward_accuracy": None if accuracy is None else round(accuracy, 4)}
+        accuracy = evaluation.get("eval_rewards/accuracies")
+        view = read_view(formatted_dir, "kto" if cfg.pref_loss == "kto" else "preference")
+        return {"pref_loss": cfg.pref_loss, **trained_examples(trainer, len(view["train"]), unit_of(cfg.pref_loss)),
+                "pref_ftx_applied": bool(cfg.pref_ftx) and cfg.pref_loss in ("sigmoid", "ipo"),
+                "eval_reward_margin": round(evaluation["eval_rewards/margins"], 4),
+                "eval_reward_accuracy": None if accuracy is None else round(accuracy, 4)}
+
+    return train_stage(TrainingStage("dpo", cfg, out, tokenizer, set_up, after=measures,
+                                     tracker_run=f"dpo-{cfg.pref_loss}"), say)
 
 
 @trains_on_labelled_positions

@@ -21,10 +21,10 @@ from engine.errors import DataError
 from engine.models.device import Precision, precision_metrics, train_dtype
 from engine.models.load import check_adapter, load_tokenizer, merge_adapters, model_dir, point_at
 from engine.store.tables import QUARANTINE_COLUMNS, write_rows
-from engine.train.checkpoints import evaluate_before_training, train_resumably
-from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_model, tracking,
-                                 trainer_kwargs)
+from engine.train.adapters import load_trainable, prepare_model
+from engine.train.arguments import optimizers, trainer_kwargs
 from engine.train.lm_head import trains_on_labelled_positions
+from engine.train.skeleton import TrainingStage, eval_loss_after, eval_loss_before, train_stage
 
 if TYPE_CHECKING:
     from engine.recipe import PtSection
@@ -46,11 +46,10 @@ def text_rows(sources: dict[str, tuple[DatasetEntry, Path]]) -> Iterator[tuple[b
                          "content_hash": hashlib.sha256(text.strip().encode()).hexdigest()[:16]}
 
 
-def train_pt(base_dir: Path, sources: dict[str, tuple[DatasetEntry, Path]], cfg: PtSection, cutoff_len: int,
-             val_size: float, seed: int, out: Path, precision: Precision | None = None,
-             say: Callable[[str], None] = print) -> tuple[dict, list[dict]]:
-    """Train, save a full model to `out`. Returns (metrics with held-out loss before/after, quarantined rows)."""
-    tokenizer = load_tokenizer(base_dir)
+def split_texts(sources: dict[str, tuple[DatasetEntry, Path]], val_size: float,
+                seed: int) -> tuple[dict[str, list[str]], list[dict]]:
+    """({"train": texts, "eval": texts}, quarantined rows): each usable text once (a repeat is quarantined as an
+    exact duplicate), in the split its content hash falls in."""
     rows, quarantine, seen = {"train": [], "eval": []}, [], set()
     for good, row in text_rows(sources):
         if not good:
@@ -61,26 +60,31 @@ def train_pt(base_dir: Path, sources: dict[str, tuple[DatasetEntry, Path]], cfg:
         else:
             seen.add(row["content_hash"])
             rows[split_of(row["content_hash"], val_size, seed)].append(row["text"])
+    return rows, quarantine
+
+
+def train_pt(base_dir: Path, sources: dict[str, tuple[DatasetEntry, Path]], cfg: PtSection, cutoff_len: int,
+             val_size: float, seed: int, out: Path, precision: Precision | None = None,
+             say: Callable[[str], None] = print) -> tuple[dict, list[dict]]:
+    """Train, save a full model to `out`. Returns (metrics with held-out loss before/after, quarantined rows)."""
+    tokenizer = load_tokenizer(base_dir)
+    rows, quarantine = split_texts(sources, val_size, seed)
     if not rows["train"] or not rows["eval"]:
         raise DataError(f"pt.dataset {list(sources)}: {len(rows['train'])} train and {len(rows['eval'])} eval texts; "
                         "both splits need text (add rows or change data.val_size)")
     train, evaluation = (Dataset.from_dict({"text": rows[s]}) for s in ("train", "eval"))
-    args = SFTConfig(**trainer_kwargs(cfg, out, precision), include_num_input_tokens_seen="non_padding",
-                     max_length=cutoff_len, packing=True,
-                     packing_strategy="wrapped", dataset_text_field="text", completion_only_loss=False)
-    model = prepare_model(load_trainable(base_dir, cfg, precision=precision), cfg, "CAUSAL_LM", precision)
-    with tracking(cfg, out, "pt"):
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                             processing_class=tokenizer, optimizers=optimizers(model, cfg))
-        before = evaluate_before_training(trainer)
-        result, resumed = train_resumably(trainer, "pt", say)
-        after = trainer.evaluate()["eval_loss"]
-    summary = finish(trainer, out, cfg, resumed)
-    trained = trainer.model.merge_and_unload() if is_adapter(cfg) else trainer.model
-    save_model(trained, tokenizer, out)
-    return {**summary, "eval_loss_before": round(before, 4), "eval_loss_after": round(after, 4),
-            "train_loss": round(result.training_loss, 4), "train_texts": len(rows["train"]),
-            "eval_texts": len(rows["eval"]), "quarantined": len(quarantine)}, quarantine
+
+    def set_up():
+        args = SFTConfig(**trainer_kwargs(cfg, out, precision), max_length=cutoff_len, packing=True,
+                         packing_strategy="wrapped", dataset_text_field="text", completion_only_loss=False)
+        model = prepare_model(load_trainable(base_dir, cfg, precision=precision), cfg, "CAUSAL_LM", precision)
+        return SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+                          processing_class=tokenizer, optimizers=optimizers(model, cfg))
+
+    metrics = train_stage(TrainingStage("pt", cfg, out, tokenizer, set_up, before=eval_loss_before,
+                                        after=eval_loss_after, merged=True), say)
+    return {**metrics, "train_texts": len(rows["train"]), "eval_texts": len(rows["eval"]),
+            "quarantined": len(quarantine)}, quarantine
 
 
 def pt_sources(recipe) -> dict[str, tuple[DatasetEntry, Path]]:

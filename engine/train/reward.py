@@ -13,9 +13,9 @@ from engine.models.device import Precision, precision_metrics, train_dtype
 from engine.evaluate.measure import pairwise_accuracy
 from engine.models.load import load_tokenizer, model_dir
 from engine.train.accounting import trained_examples
-from engine.train.checkpoints import train_resumably
-from engine.train.common import (finish, is_adapter, load_trainable, optimizers, prepare_model, save_model, tracking,
-                                 trainer_kwargs, without_row_ids)
+from engine.train.adapters import load_trainable, prepare_model
+from engine.train.arguments import optimizers, trainer_kwargs
+from engine.train.skeleton import TrainingStage, train_stage, without_row_ids
 
 if TYPE_CHECKING:
     from engine.recipe import RewardSection
@@ -27,22 +27,23 @@ def train_reward(base_dir: Path, formatted_dir: Path, cfg: RewardSection, cutoff
     """Train and save a full reward model in `out` (a LoRA is merged in). Returns held-out pairwise accuracy."""
     tokenizer = load_tokenizer(base_dir)
     data = read_view(formatted_dir, "preference", "reward_model")
-    model = load_trainable(base_dir, cfg, AutoModelForSequenceClassification, precision=precision, num_labels=1)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model = prepare_model(model, cfg, "SEQ_CLS", precision)
-    args = RewardConfig(**trainer_kwargs(cfg, out, precision), max_length=cutoff_len)
-    with tracking(cfg, out, "reward"):
-        trainer = RewardTrainer(model=model, args=args, train_dataset=without_row_ids(data["train"]),
-                                processing_class=tokenizer, optimizers=optimizers(model, cfg))
-        accuracy_before = pairwise_accuracy(trainer.model, tokenizer, data["eval"])
-        result, resumed = train_resumably(trainer, "reward", say)
-    summary = finish(trainer, out, cfg, resumed)
-    merged = trainer.model.merge_and_unload() if is_adapter(cfg) else trainer.model
-    save_model(merged, tokenizer, out)
-    return {**summary, "train_loss": round(result.training_loss, 4),
-            "eval_accuracy_before": round(accuracy_before, 4),
-            "eval_accuracy": round(pairwise_accuracy(merged, tokenizer, data["eval"]), 4),
-            **trained_examples(trainer, len(data["train"]), "pairs"), "eval_pairs": len(data["eval"])}
+
+    def set_up():
+        model = load_trainable(base_dir, cfg, AutoModelForSequenceClassification, precision=precision, num_labels=1)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model = prepare_model(model, cfg, "SEQ_CLS", precision)
+        args = RewardConfig(**trainer_kwargs(cfg, out, precision), max_length=cutoff_len)
+        return RewardTrainer(model=model, args=args, train_dataset=without_row_ids(data["train"]),
+                             processing_class=tokenizer, optimizers=optimizers(model, cfg))
+
+    def accuracy(model) -> float:
+        return round(pairwise_accuracy(model, tokenizer, data["eval"]), 4)
+
+    return train_stage(TrainingStage(
+        "reward", cfg, out, tokenizer, set_up, merged=True,
+        before=lambda t: {"eval_accuracy_before": accuracy(t.model)},
+        after=lambda t: {**trained_examples(t, len(data["train"]), "pairs"), "eval_pairs": len(data["eval"])},
+        on_saved=lambda merged: {"eval_accuracy": accuracy(merged)}), say)
 
 
 def train_reward_model(run: "StageRun") -> dict:

@@ -12,10 +12,10 @@ from engine.errors import DataError
 from engine.models.device import Precision, precision_metrics, train_dtype
 from engine.models.load import load_tokenizer, model_dir
 from engine.train.accounting import trained_examples
-from engine.train.checkpoints import evaluate_before_training, train_resumably
-from engine.train.common import (finish, load_trainable, optimizers, prepare_model, save_trained, tracking,
-                                 trainer_kwargs, without_row_ids)
+from engine.train.adapters import load_trainable, prepare_model
+from engine.train.arguments import optimizers, trainer_kwargs
 from engine.train.lm_head import trains_on_labelled_positions
+from engine.train.skeleton import TrainingStage, eval_loss_after, eval_loss_before, train_stage, without_row_ids
 
 if TYPE_CHECKING:
     from engine.recipe import SftSection
@@ -44,7 +44,10 @@ def sft_arguments(cfg: SftSection, cutoff_len: int, out: Path, precision: Precis
     """The SFT trainer's arguments from the recipe's keys; `flat`: padding-free batches (`padding_free` decides).
     The SFT view is pre-tokenized, truncated to cutoff_len and labelled: TRL uses it as it is (packs it if asked; a
     padding-free batch needs no max_length of its own)."""
-    return SFTConfig(**trainer_kwargs(cfg, out, precision), include_num_input_tokens_seen="non_padding",
+    # a flat batch has no padding and no attention mask: its every token is trained (non_padding would guess the
+    # padding from the pad token id, and miss a row's own pad-valued tokens)
+    counted = "all" if flat else "non_padding"
+    return SFTConfig(**{**trainer_kwargs(cfg, out, precision), "include_num_input_tokens_seen": counted},
                      max_length=None if flat and not cfg.packing else cutoff_len, packing=cfg.packing,
                      padding_free=flat, eval_packing=False)
 
@@ -60,23 +63,20 @@ def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: 
     tokenizer = load_tokenizer(base_dir)
     data = read_view(formatted_dir, "sft")
     train, evaluation = without_row_ids(data["train"]), without_row_ids(data["eval"])
-    model = prepare_model(load_trainable(base_dir, cfg, precision=precision), cfg, "CAUSAL_LM", precision)
-    flat = padding_free(cfg, [len(ids) for ids in train["input_ids"]], model.config.get_text_config().hidden_size)
-    args = sft_arguments(cfg, cutoff_len, out, precision, flat)
-    with tracking(cfg, out, "sft"):
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                             processing_class=tokenizer, optimizers=optimizers(model, cfg))
-        before = evaluate_before_training(trainer)  # nothing trained yet (LoRA starts as a no-op): the base model's loss
-        result, resumed = train_resumably(trainer, "sft", say)
-        after = trainer.evaluate()["eval_loss"]
-    save_trained(trainer.model, tokenizer, cfg, out)
-    tokens = sum(len(ids) for ids in train["input_ids"]) * cfg.num_train_epochs
-    return {**finish(trainer, out, cfg, resumed), "eval_loss_before": round(before, 4), "eval_loss_after": round(after, 4),
-            "train_loss": round(result.training_loss, 4), **trained_examples(trainer, len(train), "rows"),
-            "eval_rows": len(evaluation),
-            "train_sequences": len(trainer.train_dataset), "packing": cfg.packing,
-            "padding_free": flat,
-            "tokens_per_second": round(tokens / result.metrics["train_runtime"], 1)}
+
+    def set_up():
+        model = prepare_model(load_trainable(base_dir, cfg, precision=precision), cfg, "CAUSAL_LM", precision)
+        flat = padding_free(cfg, [len(ids) for ids in train["input_ids"]], model.config.get_text_config().hidden_size)
+        return SFTTrainer(model=model, args=sft_arguments(cfg, cutoff_len, out, precision, flat), train_dataset=train,
+                          eval_dataset=evaluation, processing_class=tokenizer, optimizers=optimizers(model, cfg))
+
+    def counts(trainer) -> dict:
+        return {**trained_examples(trainer, len(train), "rows"), "eval_rows": len(evaluation),
+                "train_sequences": len(trainer.train_dataset), "packing": cfg.packing,
+                "padding_free": trainer.args.padding_free}
+
+    return train_stage(TrainingStage("sft", cfg, out, tokenizer, set_up, before=eval_loss_before,
+                                     after=lambda t: {**eval_loss_after(t), **counts(t)}), say)
 
 
 @trains_on_labelled_positions
