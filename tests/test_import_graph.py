@@ -172,3 +172,24 @@ def test_no_entry_point_covers_the_graph_or_the_preflight():
         "entry points whose import closure holds the graph or the preflight: "
         + "; ".join(f"{name} ({', '.join(found)})" for name, found in leaks.items() if found))
     assert len(STAGES) == 19
+
+
+def redefined_names(source: str) -> list[str]:
+    """Top-level functions and classes a module defines twice: the later one silently hides the earlier."""
+    import ast
+    seen, twice = set(), []
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name in seen:
+                twice.append(f"{node.name} (line {node.lineno})")
+            seen.add(node.name)
+    return twice
+
+
+def test_redefined_names_are_found():
+    assert redefined_names("def f(a): pass\n\ndef f(b): pass\n") == ["f (line 3)"]
+
+
+def test_no_module_defines_a_name_twice():
+    found = {name: twice for name, path in project_modules().items() if (twice := redefined_names(path.read_text()))}
+    assert not found, f"a later definition hides an earlier one: {found}"
