@@ -54,9 +54,11 @@ async def read_body(receive, limit: int) -> bytes | None:
 
 # hand-written because neither backend can be trusted with its own door (transformers serve has no key and serves
 # /load_model and /reset; vLLM's key covers only /v1) and no reverse proxy ships with the project's dependencies;
-# uvicorn (the server), h11 (parsing) and httpx (the Unix-socket client) do all the HTTP
+# uvicorn (the server), h11 (parsing), httpx (the Unix-socket client) and Starlette (streaming) do all the HTTP
 def proxy_app(socket_path: str, api_key: str | None, served_model_name: str, body_limit: int):
     import httpx
+    from starlette.background import BackgroundTask
+    from starlette.responses import StreamingResponse
 
     client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=socket_path), base_url="http://backend",
                                timeout=httpx.Timeout(None, connect=5))
@@ -104,15 +106,10 @@ def proxy_app(socket_path: str, api_key: str | None, served_model_name: str, bod
         except httpx.HTTPError as exc:
             return await send_error(send, 502, f"the model server did not answer: {type(exc).__name__}",
                                     "server_error")
-        try:
-            await send({"type": "http.response.start", "status": response.status_code,
-                        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()
-                                    if k.lower() not in NOT_FORWARDED]})
-            async for chunk in response.aiter_raw():  # server-sent events pass as they come
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        finally:
-            await response.aclose()
+        # server-sent events pass as they come; a client that goes away closes the backend stream
+        await StreamingResponse(response.aiter_raw(), response.status_code,
+                                headers={k: v for k, v in response.headers.items() if k.lower() not in NOT_FORWARDED},
+                                background=BackgroundTask(response.aclose))(scope, receive, send)
 
     return app
 
