@@ -45,9 +45,7 @@ def exchange(port: int, request: bytes, timeout: float = 30) -> tuple[int, bytes
     it (the requests say `Connection: close`); status 0: the server closed without answering."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(request)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+        answer = rest(sock, timeout)
     return (int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0), answer
 
 
@@ -162,11 +160,9 @@ def test_a_body_framed_twice_is_refused(server):
 
 
 def test_an_oversized_body_gets_413_before_it_is_read(server):
-    started = time.monotonic()
     status, answer = exchange(server.port, request("POST", "/v1/chat/completions", b"{" * 100,
                                                    Content_Length=str(50 * 2**20)))
-    assert status == 413 and b"over the limit of 4096" in answer
-    assert time.monotonic() - started < READ_TIMEOUT  # answered at once: not after waiting for 50 MiB
+    assert status == 413 and b"over the limit of 4096" in answer  # answered at once, not 408 after the deadline
     chunks = b"".join(b"400\r\n" + b"x" * 1024 + b"\r\n" for _ in range(8)) + b"0\r\n\r\n"  # 8 KiB, undeclared
     assert exchange(server.port, request("POST", "/v1/chat/completions", chunks, Transfer_Encoding="chunked"))[0] == 413
     assert exchange(server.port, request("POST", "/v1/chat/completions", b"x" * (BODY_LIMIT + 1)))[0] == 413
@@ -184,13 +180,22 @@ def trickle(port: int, data: bytes, pace: float = 0.25, limit: float = 20) -> tu
                 answer = sock.recv(65536)  # waits `pace` at most: the pace of the trickle
             except TimeoutError:
                 continue
-            except (BrokenPipeError, ConnectionResetError):
-                return time.monotonic() - started, b""
-            sock.settimeout(limit)
-            while chunk := sock.recv(65536):
-                answer += chunk
-            return time.monotonic() - started, answer
+            except (BrokenPipeError, ConnectionResetError):  # the server closed between two bytes
+                answer = b""
+            return time.monotonic() - started, answer + rest(sock, limit)
     return time.monotonic() - started, b"(never cut)"
+
+
+def rest(sock: socket.socket, timeout: float) -> bytes:
+    """What is left to read before the server's close (a reset after it reports the end too)."""
+    sock.settimeout(timeout)
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except ConnectionResetError:
+        pass
+    return answer
 
 
 def test_a_slow_client_is_cut_after_the_read_timeout(server):
