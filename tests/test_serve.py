@@ -16,8 +16,8 @@ import torch
 from engine.errors import RecipeError, ServeError
 from engine.serve.vllm_compat import vllm_config_problems
 from engine.recipe import ServeSection, load_recipe
-from engine.serve.server import (Server, backend_command, choose_backend, exposure_warning, free_port, read_serve_config,
-                                 resolve_api_key, vllm_command, write_serve_config)
+from engine.serve.server import (Server, backend_command, choose_backend, exposure_warning, free_port,
+                                 read_serve_config, resolve_api_key, vllm_command, write_serve_config)
 from pipelines.cli import main
 from tests.processes import readline, run, stop_process_group, wait
 

@@ -231,7 +231,7 @@ def test_a_public_address_without_a_key_is_refused(deployment_dir, capsys, monke
     check_exposure("127.0.0.1", 8555, None, False)  # loopback needs no key
     check_exposure("localhost", 8555, None, False)
     monkeypatch.delenv("TUNELINE_API_KEY", raising=False)
-    assert main(["serve", str(deployment_dir), "--dry-run", "--host", "0.0.0.0", "--port", "8555"]) == 2  # a TunelineError
+    assert main(["serve", str(deployment_dir), "--dry-run", "--host", "0.0.0.0", "--port", "8555"]) == 2  # refused
     out, err = capsys.readouterr()
     assert "without an API key is refused" in err and len(err.strip().splitlines()) == 1 and out == ""
     assert main(["serve", str(deployment_dir), "--dry-run", "--host", "0.0.0.0", "--port", "8555",

@@ -77,7 +77,8 @@ def proxy_app(socket_path: str, api_key: str | None, served_model_name: str, bod
             screen(raw_path, headers)  # before anything else, the key too
             if raw_path != b"/health" and api_key is not None and not authorized(headers):
                 return await send_error(send, 401, "a valid API key is required: send `Authorization: Bearer "
-                                                   "<key>`", "invalid_request_error", [(b"www-authenticate", b"Bearer")])
+                                                   "<key>`", "invalid_request_error",
+                                        [(b"www-authenticate", b"Bearer")])
             path = route(scope["method"], raw_path, headers, body_limit)
         except Refusal as refusal:
             kind = "not_found_error" if refusal.status == 404 else "invalid_request_error"

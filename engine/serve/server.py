@@ -160,9 +160,9 @@ def backend_command(config: dict, directory: Path, backend: str, socket_path: st
     """What Server runs: the backend listening only on `socket_path` (a Unix socket in a private directory)."""
     if backend == "vllm":
         return vllm_command(config, directory, "", 0, uds=socket_path)
-    from engine.serve import backend  # imported, not only named, so the deployment's code version covers it
+    from engine.serve import backend as on_socket  # imported, not only named: the deployment's code version covers it
     # transformers serve has no socket option: engine/serve/backend.py gives it one
-    return [sys.executable, "-m", backend.__name__, socket_path, *transformers_options(config)]
+    return [sys.executable, "-m", on_socket.__name__, socket_path, *transformers_options(config)]
 
 
 def describe_commands(config: dict, directory: Path, chosen: str, host: str, port: int) -> list[str]:
