@@ -16,8 +16,8 @@ import torch
 from engine.errors import RecipeError, ServeError
 from engine.serve.vllm_compat import vllm_config_problems
 from engine.recipe import ServeSection, load_recipe
-from engine.serve.server import (Server, choose_backend, exposure_warning, free_port, read_serve_config, resolve_api_key,
-                                 vllm_command, write_serve_config)
+from engine.serve.server import (Server, backend_command, choose_backend, exposure_warning, free_port,
+                                 read_serve_config, resolve_api_key, vllm_command, write_serve_config)
 from pipelines.cli import main
 from tests.processes import readline, run, stop_process_group, wait
 
@@ -52,6 +52,9 @@ def test_the_vllm_command_line_carries_the_config(deployment_dir):
     assert flags == {"--served-model-name": "tiny-base", "--host": "127.0.0.1", "--port": "8123",
                      "--max-model-len": "512", "--chat-template": str(deployment_dir / "chat_template.jinja"),
                      "--generation-config": "auto", "--dtype": config["dtype"], "--quantization": "compressed-tensors"}
+    behind = backend_command(config, deployment_dir, "vllm", "/private/backend.sock")  # what Server runs
+    flags = dict(zip(behind[3::2], behind[4::2], strict=True))
+    assert flags["--uds"] == "/private/backend.sock" and "--host" not in flags and "--port" not in flags
 
 
 def test_vllm_is_chosen_only_where_it_can_run():
@@ -97,8 +100,8 @@ def test_the_cpu_server_answers_only_with_the_key_and_stops_cleanly(deployment_d
     server = Server(deployment_dir, "auto", port=free_port(), timeout=120, api_key=KEY)
     try:
         server.start()
-        assert server.backend == "huggingface" and "transformers.cli.transformers" in server.command
-        assert str(server.port) not in server.command  # the backend is private, behind the key
+        assert server.backend == "huggingface" and "engine.serve.backend" in server.command
+        assert server.socket_path in server.command  # the backend listens on a private socket, behind the key
         root = f"http://127.0.0.1:{server.port}"
         assert get(f"{root}/health")[0] == 200  # a load balancer's probe needs no key
         status, body, headers = get(f"{server.base_url}/models")
@@ -157,15 +160,16 @@ def test_serve_dry_run_prints_both_command_lines(deployment_dir):
     result = run([sys.executable, "-m", "pipelines.cli", "serve", str(deployment_dir), "--dry-run", "--port", "8555"],
                  timeout=300, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert result.returncode == 0, result.stderr
-    assert "vllm: vllm serve" in result.stdout and "--port 8555" in result.stdout
-    assert "tuneline's API-key proxy on 127.0.0.1:8555 -> " in result.stdout
+    assert "vllm: tuneline's proxy on 127.0.0.1:8555 -> vllm serve" in result.stdout
+    assert "--uds <private dir>/backend.sock" in result.stdout and "--port" not in result.stdout
+    assert "tuneline's proxy on 127.0.0.1:8555 -> " in result.stdout and "engine.serve.backend" in result.stdout
     if not torch.cuda.is_available():
         assert "huggingface (chosen):" in result.stdout
 
 
 @pytest.mark.parametrize("host, key, expected", [
     ("127.0.0.1", None, None), ("localhost", None, None), ("::1", None, None),
-    ("0.0.0.0", None, "anyone who can reach this port on the network can use the model; export TUNELINE_API_KEY"),
+    ("0.0.0.0", None, "without an API key (--insecure-no-key): anyone who can reach this port on the network"),
     ("0.0.0.0", KEY, "plain HTTP: the API key and every conversation cross the network unencrypted"),
 ])
 def test_a_host_beyond_loopback_is_named_as_a_risk(host, key, expected):
@@ -173,11 +177,12 @@ def test_a_host_beyond_loopback_is_named_as_a_risk(host, key, expected):
     assert warning is None if expected is None else expected in warning
 
 
-def test_serve_warns_before_exposing_a_model_without_a_key(deployment_dir, capsys, monkeypatch):
+def test_serve_warns_before_exposing_a_model(deployment_dir, capsys, monkeypatch):
     monkeypatch.delenv("TUNELINE_API_KEY", raising=False)
-    assert main(["serve", str(deployment_dir), "--dry-run", "--host", "0.0.0.0", "--port", "8555"]) == 0
+    assert main(["serve", str(deployment_dir), "--dry-run", "--host", "0.0.0.0", "--port", "8555",
+                 "--insecure-no-key"]) == 0
     out, err = capsys.readouterr()
-    assert "tuneline: warning: serving on 0.0.0.0:8555 without an API key: anyone who can reach" in err
+    assert "tuneline: warning: serving on 0.0.0.0:8555 without an API key (--insecure-no-key): anyone who" in err
     assert "API key: none" in out
     monkeypatch.setenv("TUNELINE_API_KEY", KEY)
     assert main(["serve", str(deployment_dir), "--dry-run", "--host", "0.0.0.0", "--port", "8555"]) == 0

@@ -35,3 +35,13 @@ class ServeSection(Section):
                                                               "4096")
     startup_timeout_seconds: Int = Field(300, ge=5, description="seconds the health check waits for the server to "
                                                                 "start before giving up")
+    insecure_no_key: bool = Field(False, description="serve on a non-loopback host without an API key anyway (as "
+                                                     "`tuneline serve --insecure-no-key`); false: such a start is "
+                                                     "refused. LLaMA-Factory's API serves without a key when API_KEY "
+                                                     "is unset")
+    max_request_bytes: Int = Field(1 << 20, ge=1024, description="the largest request body the server reads, in "
+                                                                 "bytes; a larger one gets 413 before it is read "
+                                                                 "whole (1 MiB)")
+    request_timeout_seconds: Int = Field(30, ge=1, description="seconds a request may take to arrive whole (headers "
+                                                               "and body); a slower client gets 408 and is "
+                                                               "disconnected")

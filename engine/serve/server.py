@@ -4,23 +4,24 @@ present, otherwise `transformers serve` on the CPU. Bound to 127.0.0.1 unless th
 The serve config (serve.json) names everything a server needs: model path, served model name, chat
 template, max model length, quantization format, and the command line of each backend.
 
-With an API key every request but /health needs `Authorization: Bearer <key>`: vLLM checks it itself
-(VLLM_API_KEY, as `vllm serve --api-key` does); `transformers serve` has no such option, so it listens on a
-private loopback port behind AuthProxy, which checks the key, answers /v1/models and forwards the rest.
+Either backend listens only on a Unix socket in a private (0700) directory; the one door is the proxy
+(engine/serve/proxy.py) on the public host:port, which refuses paths that could mean another route, forwards only
+the allow-listed routes, checks the API key and bounds each request's size and arrival time. Binding beyond
+loopback without a key is refused unless the operator says so (serve.insecure_no_key, --insecure-no-key).
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +33,7 @@ from engine.models.device import Precision, device_type, infer_dtype, name
 from engine.errors import ServeError
 from engine.models.load import load_tokenizer
 from engine.runtime.processes import stop_process_group
+from engine.serve.proxy import AuthProxy
 from engine.serve.vllm_compat import vllm_config_problems
 
 if TYPE_CHECKING:
@@ -39,6 +41,10 @@ if TYPE_CHECKING:
     from engine.stage import StageRun
 
 CONFIG_FILE = "serve.json"
+BACKEND_SOCKET = "backend.sock"
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, one of them the terminating NUL
+DEFAULT_MAX_REQUEST_BYTES = 1 << 20  # ServeSection's defaults, for a Server built without a recipe
+DEFAULT_REQUEST_TIMEOUT = 30
 
 
 def write_serve_config(model_dir: Path, served_model_name: str, cfg: ServeSection, out: Path,
@@ -71,9 +77,12 @@ def read_serve_config(directory: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def vllm_command(config: dict, directory: Path, host: str, port: int) -> list[str]:
+def vllm_command(config: dict, directory: Path, host: str, port: int, uds: str | None = None) -> list[str]:
+    """`vllm serve` on `host`:`port` (the line an operator may run by hand), or on the Unix socket `uds` (vLLM's
+    --uds, which ignores host and port: how Server runs it, behind the proxy)."""
+    where = ["--uds", uds] if uds is not None else ["--host", host, "--port", str(port)]
     command = ["vllm", "serve", config["model_path"], "--served-model-name", config["served_model_name"],
-               "--host", host, "--port", str(port), "--max-model-len", str(config["max_model_len"]),
+               *where, "--max-model-len", str(config["max_model_len"]),
                "--chat-template", str(directory / config["chat_template"]), "--generation-config", "auto",
                "--dtype", config.get("dtype", "auto")]
     return command + (["--quantization", config["quantization"]] if config["quantization"] else [])
@@ -107,31 +116,53 @@ def is_loopback(host: str) -> bool:
     return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
-def exposure_warning(host: str, port: int, api_key: str | None,
-                     key_env: str | None = "TUNELINE_API_KEY") -> str | None:
+def exposure_warning(host: str, port: int, api_key: str | None) -> str | None:
     """What serving on a non-loopback address risks (None on loopback)."""
     if is_loopback(host):
         return None
     if api_key is None:
-        how = f"export {key_env} (serve.api_key_env) or pass --api-key" if key_env else "pass --api-key"
-        return (f"serving on {host}:{port} without an API key: anyone who can reach this port on the network can use "
-                f"the model; {how}, or bind serve.host to 127.0.0.1")
+        return (f"serving on {host}:{port} without an API key (--insecure-no-key): anyone who can reach this port "
+                "on the network can use the model")
     return (f"serving on {host}:{port} over plain HTTP: the API key and every conversation cross the network "
             "unencrypted; put a TLS-terminating proxy in front of it")
 
 
+def check_exposure(host: str, port: int, api_key: str | None, insecure_no_key: bool,
+                   key_env: str | None = "TUNELINE_API_KEY") -> None:
+    """A ServeError for a non-loopback address without an API key, unless the operator chose it (insecure_no_key)."""
+    if api_key is None and not insecure_no_key and not is_loopback(host):
+        how = f"export {key_env} (serve.api_key_env) or pass --api-key" if key_env else "pass --api-key"
+        raise ServeError(f"serving on {host}:{port} without an API key is refused: anyone who can reach the port "
+                         f"could use the model; {how}, bind serve.host to 127.0.0.1, or accept it with "
+                         "--insecure-no-key (serve.insecure_no_key: true)")
+
+
 def transformers_command(config: dict, host: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "transformers.cli.transformers", "serve", config["served_model_name"],
-            "--host", host, "--port", str(port), "--device", device_type(), "--dtype", config.get("dtype", "auto"),
+    """`transformers serve` on `host`:`port`, as an operator would run it by hand."""
+    return [sys.executable, "-m", "transformers.cli.transformers", "serve", *transformers_options(config),
+            "--host", host, "--port", str(port)]
+
+
+def transformers_options(config: dict) -> list[str]:
+    return [config["served_model_name"], "--device", device_type(), "--dtype", config.get("dtype", "auto"),
             "--log-level", "warning"]
 
 
 def server_command(config: dict, directory: Path, backend: str, host: str, port: int) -> list[str]:
-    """The backend's command line. transformers serve listens on `host`:`port` only when run by hand: Server runs
-    it on a private loopback port behind AuthProxy."""
+    """The backend's command line on `host`:`port`, as run by hand (recorded by the deployment). Server runs neither
+    on a port: see backend_command."""
     if backend == "vllm":
         return vllm_command(config, directory, host, port)
     return transformers_command(config, host, port)
+
+
+def backend_command(config: dict, directory: Path, backend: str, socket_path: str) -> list[str]:
+    """What Server runs: the backend listening only on `socket_path` (a Unix socket in a private directory)."""
+    if backend == "vllm":
+        return vllm_command(config, directory, "", 0, uds=socket_path)
+    from engine.serve import backend as on_socket  # imported, not only named: the deployment's code version covers it
+    # transformers serve has no socket option: engine/serve/backend.py gives it one
+    return [sys.executable, "-m", on_socket.__name__, socket_path, *transformers_options(config)]
 
 
 def describe_commands(config: dict, directory: Path, chosen: str, host: str, port: int) -> list[str]:
@@ -139,12 +170,8 @@ def describe_commands(config: dict, directory: Path, chosen: str, host: str, por
     lines = []
     for backend in ("vllm", "huggingface"):
         mark = " (chosen)" if backend == chosen else ""
-        if backend == "vllm":
-            lines.append(f"{backend}{mark}: {' '.join(vllm_command(config, directory, host, port))}"
-                         "  (the API key, if any, in VLLM_API_KEY)")
-        else:
-            command = " ".join(transformers_command(config, "127.0.0.1", "<private port>"))
-            lines.append(f"{backend}{mark}: tuneline's API-key proxy on {host}:{port} -> {command}")
+        command = " ".join(backend_command(config, directory, backend, "<private dir>/" + BACKEND_SOCKET))
+        lines.append(f"{backend}{mark}: tuneline's proxy on {host}:{port} -> {command}")
     return lines
 
 
@@ -154,130 +181,31 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-# hop-by-hop headers, the ones httpx and uvicorn set again, and the client's key (the backend has no use for it)
-NOT_FORWARDED = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-                 "transfer-encoding", "upgrade", "host", "content-length", "authorization"}
-
-
-# hand-written because transformers serve has no API-key option and no reverse proxy ships with the project's
-# dependencies; Starlette, httpx and uvicorn (already there for serving) do all the HTTP
-def proxy_app(backend_url: str, api_key: str | None, served_model_name: str):
-    """The ASGI app in front of transformers serve: the bearer key on everything but /health, /v1/models from the
-    serve config (transformers serve lists the Hugging Face cache there, which a local export is not in, and fails
-    when there is no cache), the rest streamed through (server-sent events included)."""
-    import httpx
-    from starlette.applications import Starlette
-    from starlette.background import BackgroundTask
-    from starlette.responses import JSONResponse, StreamingResponse
-    from starlette.routing import Route
-
-    client = httpx.AsyncClient(base_url=backend_url, timeout=httpx.Timeout(None, connect=5))
-    created = int(time.time())
-    model = {"id": served_model_name, "object": "model", "created": created, "owned_by": "tuneline"}
-
-    def error(status: int, message: str, kind: str, **headers) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status, headers=headers)
-
-    async def handle(request):
-        path = request.url.path
-        if path != "/health" and api_key is not None:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-                return error(401, "a valid API key is required: send `Authorization: Bearer <key>`",
-                             "invalid_request_error", **{"WWW-Authenticate": "Bearer"})
-        if not (path == "/health" or path.startswith("/v1/")):  # transformers serve's /load_model and /reset
-            return error(404, f"{path} is not served", "not_found_error")
-        if request.method == "GET" and path.rstrip("/") == "/v1/models":
-            return JSONResponse({"object": "list", "data": [model]})
-        if request.method == "GET" and path.startswith("/v1/models/"):
-            if path.removeprefix("/v1/models/") == served_model_name:
-                return JSONResponse(model)
-            return error(404, f"the model {path.removeprefix('/v1/models/')!r} does not exist; this server serves "
-                              f"{served_model_name!r}", "not_found_error")
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED]
-        upstream = client.build_request(request.method, path, params=request.query_params, headers=headers,
-                                        content=await request.body())
-        try:
-            response = await client.send(upstream, stream=True)
-        except httpx.HTTPError as exc:
-            return error(502, f"the model server did not answer: {type(exc).__name__}", "server_error")
-        return StreamingResponse(response.aiter_raw(), response.status_code,
-                                 headers={k: v for k, v in response.headers.items() if k.lower() not in NOT_FORWARDED},
-                                 background=BackgroundTask(response.aclose))
-
-    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
-    return Starlette(routes=[Route("/{path:path}", handle, methods=methods)])
-
-
-class AuthProxy:
-    """proxy_app on its own thread, served by uvicorn on a socket bound before the backend starts."""
-
-    def __init__(self, host: str, port: int, backend_url: str, api_key: str | None, served_model_name: str):
-        self.host, self.port = host, port
-        self.app = proxy_app(backend_url, api_key, served_model_name)
-        self.sock: socket.socket | None = None
-        self.server = None
-        self.thread: threading.Thread | None = None
-
-    def bind(self) -> None:
-        family, kind, proto, _, address = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            sock.close()
-            raise ServeError(f"port {self.port} on {self.host} is already in use: set serve.port or pass --port "
-                             f"({exc.strerror})") from None
-        sock.listen(128)
-        self.sock = sock
-
-    def start(self, timeout: float = 30) -> None:
-        import uvicorn
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
-                                       name=f"tuneline-proxy-{self.port}")
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if not self.server.started:
-            raise ServeError(f"the API-key proxy on {self.host}:{self.port} did not start within {timeout:.0f} s")
-
-    def stop(self, timeout: float = 5) -> None:
-        if self.server is not None and self.thread is not None:
-            self.server.should_exit = True
-            self.thread.join(timeout)
-            if self.thread.is_alive():
-                self.server.force_exit = True  # open streams do not hold the stop up for long
-                self.thread.join(timeout)
-        if self.sock is not None:
-            self.sock.close()
-
-
 class Server:
-    """A model server as a child process: started, health-checked before it counts as ready, stopped cleanly.
+    """A model server as a child process on a Unix socket in a private directory, behind the proxy on
+    `host`:`port`: started, health-checked before it counts as ready, stopped cleanly.
 
-    `api_key`: every request but /health must carry `Authorization: Bearer <api_key>` (None: no key)."""
+    `api_key`: every request but /health must carry `Authorization: Bearer <api_key>` (None: no key, refused
+    beyond loopback unless `insecure_no_key`). `max_request_bytes`: a larger body gets 413. `request_timeout`:
+    seconds a request may take to arrive whole (headers and body)."""
 
     def __init__(self, directory: Path, backend: str = "auto", host: str | None = None, port: int | None = None,
-                 timeout: float = 300, api_key: str | None = None):
+                 timeout: float = 300, api_key: str | None = None, insecure_no_key: bool = False,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT):
         self.directory = directory.resolve()
         self.config = read_serve_config(self.directory)
         self.backend = choose_backend(backend)
         self.host = host or self.config["host"]
         self.port = self.config["port"] if port is None else port
+        check_exposure(self.host, self.port, api_key, insecure_no_key)
         self.timeout = timeout
         self.api_key = api_key
+        self.max_request_bytes, self.request_timeout = max_request_bytes, request_timeout
+        self.private_dir: Path | None = None  # made at start: the backend's socket lives there
+        self.socket_path: str | None = None
+        self.command: list[str] | None = None
         self.proxy: AuthProxy | None = None
-        if self.backend == "vllm":
-            self.command = server_command(self.config, self.directory, self.backend, self.host, self.port)
-        else:  # transformers serve has no API key option: it listens privately, behind AuthProxy
-            self.backend_port = free_port()
-            self.command = server_command(self.config, self.directory, self.backend, "127.0.0.1", self.backend_port)
-            self.proxy = AuthProxy(self.host, self.port, f"http://127.0.0.1:{self.backend_port}", api_key,
-                                   self.config["served_model_name"])
         self.log_path = self.directory / f"server-{self.port}.log" if os.access(self.directory, os.W_OK) else None
         self.process: subprocess.Popen | None = None
         self.stop_signal = None  # the signal that ended the server (SIGINT when it stopped as asked)
@@ -288,23 +216,22 @@ class Server:
         return f"http://{self.host}:{self.port}/v1"
 
     def start(self) -> "Server":
-        if self.proxy is not None:
-            self.proxy.bind()  # the public port is ours before anything starts, or the start stops here
-        else:
-            with socket.socket() as sock:
-                if sock.connect_ex((self.host, self.port)) == 0:
-                    raise ServeError(f"port {self.port} on {self.host} is already in use: set serve.port or "
-                                     "pass --port")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
-        env.pop("VLLM_API_KEY", None)  # the key is this Server's to decide
-        if self.backend == "vllm" and self.api_key is not None:
-            env["VLLM_API_KEY"] = self.api_key  # `vllm serve --api-key`, kept out of the process list
         try:
+            self.private_dir = Path(tempfile.mkdtemp(prefix="tuneline-serve-"))  # mode 0700: this user only
+            self.socket_path = str(self.private_dir / BACKEND_SOCKET)
+            if len(self.socket_path.encode()) > MAX_SOCKET_PATH:
+                raise ServeError(f"the backend socket path {self.socket_path} is over {MAX_SOCKET_PATH} bytes, the "
+                                 "Unix socket limit: set TMPDIR to a shorter directory")
+            self.command = backend_command(self.config, self.directory, self.backend, self.socket_path)
+            self.proxy = AuthProxy(self.host, self.port, self.socket_path, self.api_key,
+                                   self.config["served_model_name"], self.max_request_bytes, self.request_timeout)
+            self.proxy.bind()  # the public port is ours before anything starts, or the start stops here
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+            env.pop("VLLM_API_KEY", None)  # the proxy checks the key; the private socket needs none
             with open(self.log_path or os.devnull, "w") as log:  # the child keeps its own copy of the descriptor
                 self.process = subprocess.Popen(self.command, cwd=self.directory, stdout=log,
                                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
-            if self.proxy is not None:
-                self.proxy.start()
+            self.proxy.start()
             self.wait_healthy()
         except BaseException:  # Ctrl-C or SIGTERM while waiting, too: the child has its own session, so stop it
             self.stop()
@@ -333,16 +260,17 @@ class Server:
 
     def stop(self, grace: float = 15) -> int | None:
         """The proxy, then the server's whole process group: SIGINT, then SIGTERM, then SIGKILL, each after `grace`
-        seconds in which it did not end. Returns the server's exit code."""
+        seconds in which it did not end, then the private directory. Returns the server's exit code."""
         if self.proxy is not None:
             self.proxy.stop()
-        if self.process is None:
-            return None
-        stopped_by = stop_process_group(self.process, grace)
-        if stopped_by is not None:
-            self.stop_signal = stopped_by
-            self.killed = stopped_by == signal.SIGKILL
-        return self.process.returncode
+        if self.process is not None:
+            stopped_by = stop_process_group(self.process, grace)
+            if stopped_by is not None:
+                self.stop_signal = stopped_by
+                self.killed = stopped_by == signal.SIGKILL
+        if self.private_dir is not None:
+            shutil.rmtree(self.private_dir, ignore_errors=True)
+        return None if self.process is None else self.process.returncode
 
     def __enter__(self) -> "Server":
         return self.start()

@@ -26,6 +26,9 @@ def register(command) -> None:
     parser.add_argument("--api-key", help="require `Authorization: Bearer KEY` (wins over the variable the recipe's "
                                           "serve.api_key_env names, TUNELINE_API_KEY; that variable keeps the key "
                                           "out of the process list)")
+    parser.add_argument("--insecure-no-key", action="store_true",
+                        help="serve on a non-loopback --host without an API key (refused otherwise; also "
+                             "serve.insecure_no_key)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the serve config and command lines, start nothing")
 
@@ -35,8 +38,8 @@ def serve(args: argparse.Namespace) -> int:
     quiet_libraries()
     import signal
     import tempfile
-    from engine.serve.server import Server, choose_backend, describe_commands, exposure_warning, read_serve_config
-    from engine.serve.server import resolve_api_key
+    from engine.serve.server import Server, check_exposure, choose_backend, describe_commands, exposure_warning
+    from engine.serve.server import read_serve_config, resolve_api_key
     recipe, overrides = checked_recipe(args)
     api_key = resolve_api_key(recipe.serve, args.api_key)
     with tempfile.TemporaryDirectory(prefix="tuneline-serve-") as scratch:
@@ -44,14 +47,18 @@ def serve(args: argparse.Namespace) -> int:
         config = read_serve_config(directory)
         backend = choose_backend(args.backend or recipe.serve.infer_backend)
         host, port = args.host or config["host"], args.port or config["port"]
-        if warning := exposure_warning(host, port, api_key, recipe.serve.api_key_env):
+        insecure_no_key = args.insecure_no_key or recipe.serve.insecure_no_key
+        check_exposure(host, port, api_key, insecure_no_key, recipe.serve.api_key_env)
+        if warning := exposure_warning(host, port, api_key):
             print(f"tuneline: warning: {warning}", file=sys.stderr)
         if args.dry_run:
             print(json.dumps(config, indent=2))
             print("\n".join(describe_commands(config, directory, backend, host, port)))
             print(f"API key: {'required' if api_key else 'none'}")
             return 0
-        server = Server(directory, backend, host, port, recipe.serve.startup_timeout_seconds, api_key=api_key)
+        server = Server(directory, backend, host, port, recipe.serve.startup_timeout_seconds, api_key=api_key,
+                        insecure_no_key=insecure_no_key, max_request_bytes=recipe.serve.max_request_bytes,
+                        request_timeout=recipe.serve.request_timeout_seconds)
         signal.signal(signal.SIGTERM, interrupt)
         try:  # an interrupt at any moment, even while starting or announcing, goes through the clean stop
             with server:
