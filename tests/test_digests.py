@@ -184,3 +184,20 @@ def test_the_tiny_graph_stops_at_a_damaged_sft_adapter_and_rebuild_restores_it(t
     os.truncate(weights, weights.stat().st_size // 2)
     assert main(["run", "--select", "sft_adapter", *short]) == 2
     assert "model/model.safetensors: " in capfd.readouterr().err
+
+
+def test_a_link_is_recorded_by_its_target_and_a_retargeted_link_is_damage(tmp_path):
+    """A deployment links the export it serves: the link is listed by its target, never followed."""
+    from engine.store.digests import file_digests, problems
+    export, other, deployment = tmp_path / "export", tmp_path / "other", tmp_path / "deployment"
+    for folder in (export, other, deployment):
+        folder.mkdir()
+    (export / "model.safetensors").write_bytes(b"weights")
+    (deployment / "serve.json").write_text("{}")
+    (deployment / "served-name").symlink_to(export, target_is_directory=True)
+    files = file_digests(deployment)
+    assert files["served-name"] == {"link": str(export)} and sorted(files) == ["serve.json", "served-name"]
+    assert problems(deployment, files) == []
+    (deployment / "served-name").unlink()
+    (deployment / "served-name").symlink_to(other, target_is_directory=True)
+    assert problems(deployment, files) == [f"served-name: link to {other}, expected a link to {export}"]
