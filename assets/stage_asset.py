@@ -15,7 +15,8 @@ import dagster as dg
 from assets.kubernetes import TRAIN_PROCESS, run_in_pod
 from assets.resource import Tuneline
 from engine.store.artifacts import Artifact
-from engine.build import build_stage, call_entry
+from engine.build import FILES_INTACT, build_stage, call_entry
+from engine.store.digests import ArtifactDamaged
 from engine.store.codeversion import code_version
 from engine.errors import TunelineError
 from engine.evaluate.plots import LENGTHS_PNG, LOSS_PNG, PLOTS_DIR, QUARANTINE_PNG
@@ -75,8 +76,12 @@ def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable
     def _asset(context: dg.AssetExecutionContext, tuneline: Tuneline) -> dg.MaterializeResult:
         recipe, home = tuneline.recipe(), tuneline.home()
         runner = out_of_process(context) if stage.runs_out_of_process(recipe) else call_entry
-        artifact = build_stage(home, tuneline.plan(context.run_id), stage.name, recipe, log=context.log.warning,
-                               run_entry=runner)
+        try:
+            artifact = build_stage(home, tuneline.plan(context.run_id), stage.name, recipe, log=context.log.warning,
+                                   run_entry=runner)
+        except ArtifactDamaged as damaged:
+            report_damaged(context, damaged)
+            raise
         catalog = home.catalog()
         configured = is_configured(artifact.metrics)
         results = []
@@ -95,6 +100,15 @@ def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable
             data_version=dg.DataVersion(artifact.fingerprint), check_results=results)
 
     return _asset
+
+
+def report_damaged(context: dg.AssetExecutionContext, damaged: ArtifactDamaged) -> None:
+    """The failed `files_intact` check on the damaged asset (a parent, or this asset's own cache hit), in the
+    Dagster instance: reported outside the run, because a step can only yield checks of its own asset."""
+    context.instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+        asset_key=dg.AssetKey(damaged.asset), check_name=FILES_INTACT, passed=False,
+        metadata={"detail": damaged.detail, "fingerprint": damaged.fingerprint, "path": str(damaged.path)},
+        severity=dg.AssetCheckSeverity.ERROR))
 
 
 def off_detail(artifact: Artifact) -> str:

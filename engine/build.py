@@ -8,12 +8,14 @@ wait and reuse the result. The catalog is healed on every visit, cache hit or no
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
 from engine.store.artifacts import Artifact, library_versions
+from engine.store.digests import FILES_INTACT, ArtifactDamaged
 from engine.errors import DataError, TunelineError
 from engine.store.home import Home
 from engine.plan import Planned, ancestors
@@ -22,6 +24,8 @@ from engine.recipe import Recipe
 from engine.stage import Stage, StageRun, not_configured, view
 
 EntryRunner = Callable[[Stage, StageRun], dict]
+DAMAGED = ".damaged-"  # an artifact set aside by `tuneline run --rebuild`
+DAMAGED_KEPT_DAYS = 7  # long enough to look at it, short enough that a damaged 15 GB export does not stay
 
 
 class NotBuilt(TunelineError):
@@ -73,12 +77,47 @@ def build_stage(home: Home, plan: dict[str, Planned], name: str, recipe: Recipe,
         held.enter_context(home.lock(name, fp, waiting=log))
         artifact = store.lookup(name, fp)
         if artifact is None:
+            for parent in parents.values():  # every file this stage will read, before any work
+                verified(home, parent, hashing=True)
             artifact = run_and_publish(home, planned, recipe, parents, log, run_entry)
+            passed_again(home, artifact)
         else:
+            verified(home, artifact, hashing=False)  # a cache hit whose file was cut or removed is no hit
             store.touch(artifact)
         home.catalog().ensure_recorded(store.manifest(artifact), artifact.path)
     store.prune(name, keep=artifact.path)
     return artifact
+
+
+def verified(home: Home, artifact: Artifact, hashing: bool) -> None:
+    """Stop with one line (ArtifactDamaged) when the artifact's files differ from its manifest, recording the
+    failed `files_intact` check on it in the catalog. An artifact published before digests passes unchecked."""
+    try:
+        home.store().verify(artifact, hashing)
+    except ArtifactDamaged as damaged:
+        home.catalog().record_check(artifact.fingerprint, FILES_INTACT, False, damaged.detail)
+        raise
+
+
+def passed_again(home: Home, artifact: Artifact) -> None:
+    """A rebuilt artifact (same fingerprint) clears the failed `files_intact` check its damaged copy left."""
+    catalog = home.catalog()
+    if catalog.query("SELECT 1 FROM check_results WHERE artifact = ? AND check_name = ?",
+                     [artifact.fingerprint, FILES_INTACT]):
+        catalog.record_check(artifact.fingerprint, FILES_INTACT, True, "rebuilt; every file as its manifest lists")
+
+
+def set_aside(home: Home, asset: str, fingerprint: str) -> Path | None:
+    """Move a published artifact out of the way (`<asset>/.damaged-<fp>-<time>/`, removed by the start-of-run
+    cleanup after DAMAGED_KEPT_DAYS) so that the next build of its fingerprint starts afresh. None: not built."""
+    with home.lock(asset, fingerprint):
+        path = home.store().path_for(asset, fingerprint)
+        if not path.is_dir():
+            return None
+        aside = path.parent / f"{DAMAGED}{fingerprint}-{time.strftime('%Y%m%dT%H%M%S')}"
+        os.replace(path, aside)
+        os.utime(aside)  # its mtime says when it was set aside: the cleanup counts from then
+    return aside
 
 
 def run_and_publish(home: Home, planned: Planned, recipe: Recipe, parents: dict[str, Artifact],
@@ -123,10 +162,13 @@ def draw_plots(work: Path, stage: str, metrics: dict, log: Callable[[str], None]
 
 def remove_stale_temporaries(home: Home, stages: list[Stage]) -> list[Path]:
     """What processes that died left behind and nobody will resume: temporary directories of an older layout
-    (.tmp-*), and the work directories of stages that are not training stages, whose lock nobody holds (a
-    training stage's work directory holds its checkpoints: the next build of that fingerprint resumes there)."""
+    (.tmp-*), the work directories of stages that are not training stages, whose lock nobody holds (a
+    training stage's work directory holds its checkpoints: the next build of that fingerprint resumes there), and
+    artifacts set aside by `--rebuild` more than DAMAGED_KEPT_DAYS ago."""
     training = {s.name for s in stages if s.training}
     removed = list(home.artifacts.glob("*/.tmp-*"))
+    cutoff = time.time() - DAMAGED_KEPT_DAYS * 86400
+    removed += [p for p in home.artifacts.glob(f"*/{DAMAGED}*") if p.stat().st_mtime < cutoff]
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
     for work in home.artifacts.glob("*/.work-*"):

@@ -207,6 +207,8 @@ MODULE_CHANGES = [  # (engine module edited, the stages whose artifact changes)
     ("engine/recipe/__init__.py", set()),  # read for its types only: values enter fingerprints through the keys
     ("engine/store/lineage.py", {"merged_model", "gptq_model", "awq_model", "eval_merged", "eval_gptq", "eval_awq",
                                  "model_comparison", "deployment"}),  # exports write lineage.json
+    ("engine/store/digests.py", {"merged_model", "gptq_model", "awq_model", "eval_merged", "eval_gptq", "eval_awq",
+                                 "model_comparison", "deployment"}),  # lineage.json's digests; serve config's check
 ]
 
 

@@ -22,7 +22,10 @@ def write_export_docs(out: Path, title: str, lineage: dict, metrics: dict, expor
     """lineage.json and README.md in `out` for `export` (merged_model, gptq_model or awq_model). The export's own
     checks are not written: their thresholds are not part of its fingerprint, so `tuneline lineage` reports them as
     last evaluated."""
-    record = {**lineage, "export": {"title": title, "asset": export, "metrics": metrics}}
+    from engine.store.digests import LINEAGE, file_digests
+    # the export's own files as written (size, sha256): `tuneline verify <a copy of it>` checks them anywhere
+    record = {**lineage, "export": {"title": title, "asset": export, "metrics": metrics},
+              "files": file_digests(out, skip=(LINEAGE, "README.md"))}
     (out / "lineage.json").write_text(json.dumps(record, indent=2, default=str))
     (out / "README.md").write_text(model_card(record, export_results(record)))
 

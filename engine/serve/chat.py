@@ -8,6 +8,7 @@ from typing import Callable, Iterable
 import torch
 
 from engine.errors import TunelineError
+from engine.store.digests import check_directory
 from engine.evaluate.measure import decoded_answer
 from engine.models.load import load_causal_lm, load_tokenizer
 
@@ -21,6 +22,7 @@ def load_chat_model(path: Path, dtype: torch.dtype | None = None):
         raise TunelineError(f"{path} is a LoRA adapter; chat needs a full model (merged_model, gptq_model or awq_model)")
     if not (path / "config.json").is_file():
         raise TunelineError(f"{path} is not a model directory (expected config.json and safetensors weights)")
+    check_directory(path)  # an artifact or export is loaded only as it was published (remembered in this process)
     return load_causal_lm(path, dtype).eval(), load_tokenizer(path)
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-MANIFEST = "manifest.json"
+from engine.store.digests import MANIFEST, check, file_digests
+
 RECORDED_LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "llmcompressor",
                       "compressed-tensors", "duckdb", "dagster")
 
@@ -76,6 +77,8 @@ class ArtifactStore:
         """Every finished artifact's manifest (the catalog heals from these)."""
         found = []
         for path in sorted(self.root.glob(f"*/*/{MANIFEST}")):
+            if path.parent.name.startswith("."):  # set aside by --rebuild (.damaged-*): not an artifact
+                continue
             with contextlib.suppress(OSError, ValueError):
                 found.append({**json.loads(path.read_text()), "path": str(path.parent)})
         return found
@@ -86,7 +89,9 @@ class ArtifactStore:
             os.utime(artifact.path / MANIFEST)
 
     def publish(self, asset: str, fp: str, work: Path, manifest: dict) -> Artifact:
-        """Write the manifest into `work` and rename it into place: the artifact appears whole or not at all."""
+        """Write the manifest (with every file's size and sha256) into `work` and rename it into place: the
+        artifact appears whole or not at all."""
+        manifest = {**manifest, "files": file_digests(work)}
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
         final = self.path_for(asset, fp)
         if final.exists():  # published meanwhile by a run that did not hold the lock (never, with Home's locks)
@@ -117,3 +122,8 @@ class ArtifactStore:
 
     def manifest(self, artifact: Artifact) -> dict[str, Any]:
         return json.loads((artifact.path / MANIFEST).read_text())
+
+    def verify(self, artifact: Artifact, hashing: bool = True) -> bool:
+        """Raise ArtifactDamaged when a file differs from its manifest (`hashing`: re-hash, remembered in this
+        process; else sizes only); False when the artifact predates digests."""
+        return check(artifact.asset, artifact.fingerprint, artifact.path, self.manifest(artifact), hashing)

@@ -126,9 +126,15 @@ def render(record: dict) -> str:
     return "\n".join(lines)
 
 
+def published_files(path: str) -> dict | None:
+    """The files (size, sha256) an artifact's manifest lists; None if it predates digests or is gone."""
+    manifest = Path(path) / "manifest.json"
+    return json.loads(manifest.read_text()).get("files") if manifest.is_file() else None
+
+
 def export_lineage(catalog: Catalog, parents: list[str]) -> dict:
-    """What an export carries in lineage.json: every ancestor artifact with the recipe keys it read, its checks
-    as recorded when the export was made, and rows per source."""
+    """What an export carries in lineage.json: every ancestor artifact with the recipe keys it read, its files
+    (size, sha256), its checks as recorded when the export was made, and rows per source."""
     nodes = list({n["fingerprint"]: n for p in parents for n in ancestry(catalog, p)}.values())
     missing = [p for p in parents if p not in {n["fingerprint"] for n in nodes}]
     if missing:
@@ -138,6 +144,7 @@ def export_lineage(catalog: Catalog, parents: list[str]) -> dict:
     base = next((n for n in nodes if n["asset"] == "base_model"), {"config": {}})
     return {"base_model": (base["config"] or {}).get("model.model_name_or_path"),
             "artifacts": {n["asset"]: {"fingerprint": n["fingerprint"], "path": n["path"], "config": n["config"],
-                                       "versions": n["versions"], "checks": checks.get(n["fingerprint"], {})}
+                                       "versions": n["versions"], "checks": checks.get(n["fingerprint"], {}),
+                                       "files": published_files(n["path"])}
                           for n in nodes},
             "data": data_counts(catalog, nodes)}

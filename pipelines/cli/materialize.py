@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def materialize(args: argparse.Namespace, select: str | None):
     selection = selection_of(select, dg)
     tuneline = tuneline_resource(args.recipe, root, overrides)
     check_upstream_built(tuneline, selection, dg)
+    set_aside_to_rebuild(tuneline, getattr(args, "rebuild", None), selection, dg)
     remove_stale_temporaries(tuneline.home(), STAGES)
     started = time.time()
     with dg.DagsterInstance.get() as instance:
@@ -75,3 +77,26 @@ def check_upstream_built(tuneline, selection, dg) -> None:
             if parent not in selected and store.lookup(parent, fingerprint) is None:
                 raise NotBuilt(f"--select {','.join(sorted(selected))}: {name} needs {parent} {fingerprint}, which is "
                                f"not built for this recipe; select '*{name}' to build it and everything upstream")
+
+
+def set_aside_to_rebuild(tuneline, rebuild: str | None, selection, dg) -> None:
+    """`--rebuild ASSET[,ASSET]`: the named assets' artifacts under this recipe's plan are moved aside (kept as
+    `<asset>/.damaged-<fp>-<time>/`, removed by the start-of-run cleanup days later), so that this run builds them
+    again; downstream reuses its artifacts when the rebuilt one has the same fingerprint."""
+    if not rebuild:
+        return
+    from engine.build import set_aside
+    from pipelines.definitions import ASSETS
+    plan = tuneline.plan()
+    selected = set(plan) if selection is None else {
+        key.to_user_string() for key in dg.AssetSelection.from_coercible(selection).resolve(ASSETS)}
+    for name in [n.strip() for n in rebuild.split(",") if n.strip()]:
+        if name not in plan:
+            raise TunelineError(f"--rebuild {name}: not an asset (expected asset names separated by commas: "
+                                f"{', '.join(plan)})")
+        if name not in selected:
+            raise TunelineError(f"--rebuild {name}: not in --select {','.join(sorted(selected))} (select it too)")
+        fingerprint = plan[name].fingerprint
+        aside = set_aside(tuneline.home(), name, fingerprint)
+        print(f"tuneline: {name} {fingerprint}: " + (f"moved aside to {aside}; building it again" if aside else
+                                                     "not built yet; building it"), file=sys.stderr)

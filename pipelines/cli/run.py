@@ -14,6 +14,9 @@ def register(command) -> None:
     recipe_options(parser)
     parser.add_argument("--select", help="assets to materialize: 'raw_data,clean_data' or a Dagster selection such "
                                          "as '*merged_model' (an asset and everything upstream)")
+    parser.add_argument("--rebuild", metavar="ASSET[,ASSET]",
+                        help="build these assets again: their artifacts for this recipe are moved aside (to "
+                             "<asset>/.damaged-<fingerprint>-<time>/, removed after 7 days) first")
 
 
 def run(args: argparse.Namespace) -> int:

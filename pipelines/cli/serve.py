@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from engine.errors import TunelineError
-from pipelines.cli.model_path import model_path
+from pipelines.cli.model_path import model_path, verified_deployment
 from pipelines.cli.options import recipe_options
 from pipelines.cli.quiet import quiet_libraries
 from pipelines.cli.recipe import checked_recipe, tuneline_resource
@@ -92,10 +92,10 @@ def serve_directory(args: argparse.Namespace, recipe, overrides: dict, scratch: 
             raise TunelineError(f"the deployment recipe {args.recipe!r} implies ({fingerprint}) is not built under "
                                 f"{tuneline.home().root}: run `tuneline run` first (it gates and deploys), or name a "
                                 "deployment or model directory")
-        return built.path
+        return verified_deployment(built.path)
     path = model_path(args.model, args.artifact_root)
     if (path / "serve.json").is_file():
-        return path
+        return verified_deployment(path)
     name = args.served_model_name or f"{recipe.name}-{path.name}"
     write_serve_config(path, name, recipe.serve, scratch, Precision.of(recipe.model))
     return scratch
