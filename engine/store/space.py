@@ -64,7 +64,7 @@ class Estimate:
 
 
 def gb(n: int | float) -> str:
-    return f"{n / 1e9:.2f} GB"
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def model_at(artifact: Path) -> Model | None:
