@@ -156,6 +156,10 @@ def test_a_7b_model_s_training_estimate_counts_checkpoints_adapter_and_optimizer
     counted = estimate("sft_adapter", RecipeView(full, keys, "sft_adapter"), {"pt_model": model})
     assert counted.total == 3 * (14_000_000_000 + 8 * 7_000_000_000 + others + state) + 14_000_000_000 + others
     assert "3 checkpoints" in counted.counts
+    pointer = tmp_path / "pt_off"  # pt off: pt_model's artifact names the base model's folder
+    pointer.mkdir()
+    (pointer / "local_model.json").write_text(json.dumps({"path": str(model)}))
+    assert estimate("sft_adapter", RecipeView(full, keys, "sft_adapter"), {"pt_model": pointer}) == counted
     gptq = estimate("gptq_model", None, {"merged_model": model})
     assert gptq.total == 7_000_000_000 + others and estimate("eval_sft", None, {"pt_model": model}) is None
 

@@ -1,8 +1,8 @@
 """Free space, checked before a training or export stage writes: an estimate of the most it will hold on disk at
 once, compared with what the home's filesystem has free. A shortfall stops the stage before any work, in one line.
 
-What the estimate counts (simple and on the large side; nothing else is counted: logs, plots, data views and
-tokenizers are small beside weights):
+What the estimate counts (simple and on the large side; nothing else is counted: logs, plots and data views are
+small beside weights):
   model     the weights the stage starts from, as stored (W bytes; the parameter count P is W over the stored
             dtype's bytes, from config.json)
   trainable full: P; freeze: P x trained layers / layers; lora/dora: rank x (in + out) of every linear layer of
@@ -71,6 +71,8 @@ def model_at(artifact: Path) -> Model | None:
     """The weights an artifact holds or names (local_model.json), None where it holds none."""
     pointer = artifact / LOCAL_MODEL
     directory = artifact / json.loads(pointer.read_text())["path"] if pointer.is_file() else artifact
+    if not directory.is_dir():
+        return None  # a pointer to a checkpoint that is gone: the stage's own load says so, naming it
     weights = sum(p.stat().st_size for pattern in WEIGHT_FILES for p in directory.glob(pattern))
     others = sum(p.stat().st_size for p in directory.iterdir() if p.is_file()) - weights
     if not weights:
