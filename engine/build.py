@@ -18,6 +18,7 @@ from engine.store.artifacts import Artifact, library_versions
 from engine.store.digests import FILES_INTACT, ArtifactDamaged
 from engine.errors import DataError, TunelineError
 from engine.store.home import Home
+from engine.store.space import check_space
 from engine.plan import Planned, ancestors
 from engine.evaluate.plots import draw_stage_plots
 from engine.recipe import Recipe
@@ -134,6 +135,7 @@ def run_and_publish(home: Home, planned: Planned, recipe: Recipe, parents: dict[
         return home.store().publish(stage.name, fp, work, manifest_of(planned, not_configured(planned.off), started)
                                     | {"tables": {}})
     recipe_view = view(recipe, stage, planned.keys)
+    check_space(stage.name, recipe_view, {p: a.path for p, a in parents.items()}, work, log)  # stops a shortfall
     run = StageRun(stage.name, fp, recipe_view, {p: a.path for p, a in parents.items()}, work, home, log)
     try:
         with home.training_slot(stage.name, waiting=log) if stage.training else contextlib.nullcontext():

@@ -94,8 +94,11 @@ class TrainSection(Section):
                                                          "CUDA GPU)")
     save_steps: Int = operational(500, ge=1, description="operational: a checkpoint every save_steps optimizer steps; "
                                                          "a run that dies resumes from the last complete one")
-    save_total_limit: Int | None = operational(None, ge=1, description="operational: checkpoints kept while "
-                                                                       "training; unset: all")
+    save_total_limit: Int | None = operational(
+        2, ge=1, description="operational: at most this many checkpoints on disk while training, the one being "
+        "written included (transformers deletes after writing, holding one more while saving); the last complete "
+        "one, which a resume needs, is never deleted (so 1 means 2 while saving); null: all. LLaMA-Factory's "
+        "default (transformers'): null")
 
     @model_validator(mode="after")
     def adapter_options_need_an_adapter(self):

@@ -49,10 +49,12 @@ TryLock = Callable[[str, str], "contextlib.AbstractContextManager | None"]
 class ArtifactStore:
     """Directories under `root/<asset>/<fingerprint>/`, each complete once its manifest exists."""
 
-    def __init__(self, root: str | Path, keep_last: int | None = None, lock: TryLock | None = None):
+    def __init__(self, root: str | Path, keep_last: int | None = None, lock: TryLock | None = None,
+                 remove_stale_locks: Callable[[str], list[Path]] | None = None):
         self.root = Path(root).resolve()
         self.keep_last = keep_last
         self.try_lock = lock
+        self.remove_stale_locks = remove_stale_locks
 
     def path_for(self, asset: str, fp: str) -> Path:
         return self.root / asset / fp
@@ -102,7 +104,8 @@ class ArtifactStore:
 
     def prune(self, asset: str, keep: Path) -> list[Path]:
         """Retention: remove all but the `keep_last` most recently used artifacts of an asset, never one that a
-        running stage holds. Returns the removed."""
+        running stage holds, then the asset's lock files that no artifact or build needs any more. Returns the
+        removed artifacts."""
         if self.keep_last is None:
             return []
         used = {}
@@ -118,6 +121,8 @@ class ArtifactStore:
             with held:
                 shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
+        if self.remove_stale_locks:
+            self.remove_stale_locks(asset)
         return removed
 
     def manifest(self, artifact: Artifact) -> dict[str, Any]:

@@ -3,7 +3,8 @@
     <root>/artifacts/<asset>/<fingerprint>/     finished artifacts (complete once manifest.json exists)
     <root>/artifacts/<asset>/.work-<fp>/         the one work directory of a fingerprint being built
     <root>/artifacts/<asset>/.run-<fp>/          a training process's spec.json and result.json
-    <root>/locks/<asset>-<fp>.lock               per-fingerprint lock: exclusive to build, shared to read
+    <root>/locks/<asset>-<fp>.lock               per-fingerprint lock: exclusive to build, shared to read (removed
+                                                 by retention once no artifact or build of <fp> is left)
     <root>/locks/training.lock                   one training at a time on this machine (freed when its holder dies)
     <root>/catalog.duckdb                        the catalog, derived from the artifacts
     <root>/digests.json                          remembered content digests of outside files
@@ -34,7 +35,8 @@ class Home:
         self.digests_path = self.root / "digests.json"
 
     def store(self, keep_last: int | None = None) -> ArtifactStore:
-        return ArtifactStore(self.artifacts, keep_last=keep_last, lock=self.try_lock_exclusive)
+        return ArtifactStore(self.artifacts, keep_last=keep_last, lock=self.try_lock_exclusive,
+                             remove_stale_locks=self.remove_stale_locks)
 
     def catalog(self) -> Catalog:
         return Catalog(self.catalog_path)
@@ -68,38 +70,28 @@ class Home:
         when its holder dies (even by kill -9), so a crashed run never blocks the next one. `waiting` is told
         who holds it, once, when the lock is not free at once."""
         path = self.lock_path(asset, fingerprint)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as handle:
-            mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-            try:
-                fcntl.flock(handle, mode | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if waiting:
-                    handle.seek(0)
-                    holder = handle.read().strip() or "another run"
-                    waiting(f"{what} is held by {holder}; waiting for it" if what else
-                            f"{asset} {fingerprint} is being built by {holder}; waiting for it, then reusing it")
-                fcntl.flock(handle, mode)  # blocks in the kernel: no busy loop
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+
+        def wait(handle) -> None:
+            if waiting:
+                handle.seek(0)
+                holder = handle.read().strip() or "another run"
+                waiting(f"{what} is held by {holder}; waiting for it" if what else
+                        f"{asset} {fingerprint} is being built by {holder}; waiting for it, then reusing it")
+            fcntl.flock(handle, mode)  # blocks in the kernel: no busy loop
+        with locked_file(path, mode, wait) as handle:
             if not shared:
                 handle.seek(0)
                 handle.truncate()
                 handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                          "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
                 handle.flush()
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+            yield
 
     def try_lock_exclusive(self, asset: str, fingerprint: str) -> contextlib.AbstractContextManager | None:
         """The fingerprint's exclusive lock if it is free now (retention uses it to skip artifacts in use)."""
-        path = self.lock_path(asset, fingerprint)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
+        handle = open_locked(self.lock_path(asset, fingerprint), fcntl.LOCK_EX, wait=None)
+        if handle is None:
             return None
 
         @contextlib.contextmanager
@@ -109,3 +101,65 @@ class Home:
             finally:
                 handle.close()
         return held()
+
+    def remove_stale_locks(self, asset: str) -> list[Path]:
+        """Retention of lock files: `asset`'s locks whose fingerprint has no artifact, work or run directory left
+        and that no one holds. Each is unlinked while held exclusively; a run that opened it before the unlink
+        finds, once it gets the lock, that the path no longer names its file, and locks the new one (open_locked).
+        Returns the removed."""
+        removed = []
+        for path in sorted(self.locks.glob(f"{asset}-*.lock")):
+            fingerprint = path.name.removeprefix(f"{asset}-").removesuffix(".lock")
+            if "-" in fingerprint or self.in_use(asset, fingerprint):
+                continue  # another asset's lock whose name starts like this one's, or one still needed
+            handle = open_locked(path, fcntl.LOCK_EX, wait=None)
+            if handle is None:
+                continue  # held: someone builds or reads it now
+            with handle:
+                if not self.in_use(asset, fingerprint):  # built meanwhile by a run that held it before us
+                    path.unlink()
+                    removed.append(path)
+        return removed
+
+    def in_use(self, asset: str, fingerprint: str) -> bool:
+        return any(p.exists() for p in (self.artifact_dir(asset, fingerprint), self.work_dir(asset, fingerprint),
+                                        self.run_dir(asset, fingerprint)))
+
+
+def same_file(handle, path: Path) -> bool:
+    """Whether `path` still names the open file `handle` (retention may have unlinked it meanwhile)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(handle.fileno())
+    return (named.st_ino, named.st_dev) == (mine.st_ino, mine.st_dev)
+
+
+def open_locked(path: Path, mode: int, wait: Callable[[object], None] | None):
+    """`path` opened and flock'ed in `mode`: at once, else through `wait(handle)` (which blocks until it has the
+    lock), else None. A lock taken on a file that retention unlinked meanwhile guards nothing: the path is then
+    opened again (retention unlinks only while it holds the lock, so once we hold it the check is final)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if wait is None:
+                handle.close()
+                return None
+            wait(handle)
+        if same_file(handle, path):
+            return handle
+        handle.close()
+
+
+@contextlib.contextmanager
+def locked_file(path: Path, mode: int, wait: Callable[[object], None]) -> Iterator:
+    handle = open_locked(path, mode, wait)
+    try:
+        yield handle
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

@@ -32,7 +32,8 @@ def trainer_kwargs(cfg: TrainSection, out: Path, precision: Precision | None = N
         per_device_eval_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=cfg.warmup_ratio, logging_steps=cfg.logging_steps, seed=cfg.seed, data_seed=cfg.seed,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=None,  # cfg.save_total_limit is kept by checkpoints.rotate, which knows complete ones
         gradient_checkpointing=cfg.gradient_checkpointing, use_liger_kernel=cfg.enable_liger_kernel,
         eval_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
         remove_unused_columns=True, include_num_input_tokens_seen="non_padding",

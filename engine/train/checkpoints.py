@@ -4,13 +4,16 @@ one, a checkpoint on SIGINT/SIGTERM before exiting, and one progress line per lo
 transformers' Trainer already saves and restores everything a resume needs (weights, optimizer, scheduler,
 RNG states, global step, position in the epoch). What it lacks, and this module adds: a checkpoint it wrote
 half (the process was killed mid-save) is indistinguishable from a whole one, so each checkpoint gets a
-COMPLETE marker once its files are flushed, and only marked checkpoints are resumed from.
+COMPLETE marker once its files are flushed, and only marked checkpoints are resumed from. It also rotates the
+checkpoints itself (save_total_limit): transformers' rotation runs before that marker exists, so it cannot tell
+which checkpoint a resume needs.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -37,6 +40,23 @@ def last_complete_checkpoint(trainer_dir: Path) -> Path | None:
     return max(done)[1] if done else None
 
 
+def rotate(trainer_dir: Path, limit: int | None, saving: bool) -> list[Path]:
+    """Remove checkpoints beyond `limit`, never the last complete one (a resume needs it). Called with nothing
+    being written: before a save (`saving`) it keeps limit - 1 complete ones, so the one about to be written
+    makes `limit` on disk (transformers deletes only after writing: limit + 1 while saving); after a save, `limit`.
+    A checkpoint without its marker is half of one a kill left (nothing writes it now): it goes too. Returns the
+    removed."""
+    if limit is None or not trainer_dir.is_dir():
+        return []
+    found = sorted((int(m.group(1)), p) for p in trainer_dir.iterdir() if (m := CHECKPOINT.match(p.name)))
+    complete = [p for _, p in found if (p / COMPLETE).is_file()]
+    keep = set(complete[-max(limit - 1 if saving else limit, 1):])
+    removed = [p for _, p in found if p not in keep]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
 def flush_tree(directory: Path) -> None:
     """fsync every file, then the directory: the marker written after this is never ahead of the data."""
     for path in directory.rglob("*"):
@@ -51,11 +71,13 @@ def flush_tree(directory: Path) -> None:
 
 
 class CrashSafeCheckpoints(TrainerCallback):
-    """Marks each saved checkpoint complete, and turns SIGINT/SIGTERM into "save a checkpoint, then stop"."""
+    """Marks each saved checkpoint complete, keeps at most `limit` checkpoints (rotate), and turns SIGINT/SIGTERM
+    into "save a checkpoint, then stop"."""
 
-    def __init__(self):
+    def __init__(self, limit: int | None = None):
         self.interrupted: str | None = None
         self.previous: dict[int, object] = {}
+        self.limit = limit
 
     def on_train_begin(self, args, state, control, **kwargs):
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -68,6 +90,8 @@ class CrashSafeCheckpoints(TrainerCallback):
         if self.interrupted:
             control.should_save = True
             control.should_training_stop = True
+        if control.should_save and state.is_world_process_zero:  # the trainer saves right after this step
+            rotate(Path(args.output_dir), self.limit, saving=True)
         return control
 
     def on_save(self, args, state, control, **kwargs):
@@ -77,6 +101,7 @@ class CrashSafeCheckpoints(TrainerCallback):
         if checkpoint.is_dir() and state.is_world_process_zero:
             flush_tree(checkpoint)
             (checkpoint / COMPLETE).write_text(str(state.global_step))
+            rotate(Path(args.output_dir), self.limit, saving=False)
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -132,11 +157,11 @@ def evaluate_before_training(trainer) -> float:
     return loss
 
 
-def train_resumably(trainer, stage: str, say: Callable[[str], None] = print):
-    """trainer.train(), resumed from the last complete checkpoint of a previous attempt if there is one.
-    Returns (TrainOutput, the step it resumed from or None). Raises TrainingInterrupted after a SIGINT/SIGTERM
+def train_resumably(trainer, stage: str, say: Callable[[str], None] = print, keep: int | None = None):
+    """trainer.train(), resumed from the last complete checkpoint of a previous attempt if there is one, keeping
+    at most `keep` checkpoints (the recipe's save_total_limit; None: all). Returns (TrainOutput, the step it resumed from or None). Raises TrainingInterrupted after a SIGINT/SIGTERM
     (a checkpoint was saved first)."""
-    guard = CrashSafeCheckpoints()
+    guard = CrashSafeCheckpoints(keep)
     quiet(trainer).add_callback(guard)
     trainer.add_callback(ProgressLines(stage, say))
     checkpoint = last_complete_checkpoint(Path(trainer.args.output_dir))

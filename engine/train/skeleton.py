@@ -45,7 +45,7 @@ def train_stage(stage: TrainingStage, say: Callable[[str], None] = print) -> dic
         before = stage.before(trainer)
         start = RunStart()
         trainer.add_callback(start)
-        result, resumed = train_resumably(trainer, stage.name, say)
+        result, resumed = train_resumably(trainer, stage.name, say, keep=stage.cfg.save_total_limit)
         after = stage.after(trainer)
     report = summary(trainer, stage.cfg, resumed)  # what trained, before a merge folds the adapter away
     saved = save_trained(trainer.model, stage.tokenizer, stage.cfg, stage.out, stage.merged)
