@@ -110,6 +110,8 @@ class ArtifactStore:
             return []
         used = {}
         for manifest in (self.root / asset).glob(f"*/{MANIFEST}"):
+            if manifest.parent.name.startswith("."):  # a damaged copy set aside: the start-of-run cleanup's
+                continue
             with contextlib.suppress(FileNotFoundError):  # another run's retention may remove it meanwhile
                 used[manifest.parent] = manifest.stat().st_mtime
         done = sorted(used, key=lambda d: (d == keep, used[d]), reverse=True)
