@@ -96,8 +96,8 @@ def evaluate_model(model, tokenizer_dir: Path, formatted_dir: Path, reward_dir: 
             "examples": [{"reference": r, "answer": a} for r, a in zip(references[:5], answers[:5], strict=True)]}
 
 
-def evaluate_stage(model_path: Path, adapters: list[Path], formatted_dir: Path, reward_dir: Path | None,
-                   cfg: EvaluationSection, precision: Precision | None = None) -> dict:
+def evaluate_weights(model_path: Path, adapters: list[Path], formatted_dir: Path, reward_dir: Path | None,
+                     cfg: EvaluationSection, precision: Precision | None = None) -> dict:
     """A stage's model (a directory, plus adapters merged in order) evaluated in the policy's inference dtype on
     its device, the reward model too; its answers generated as evaluation.infer_backend picks here; lm-eval runs
     on full models only."""
@@ -230,8 +230,8 @@ def evaluate_stage(run: "StageRun") -> dict:
         model_path, adapters = model_dir(first), [trained_weights(path) for path in later]
     else:
         model_path, adapters = first, []
-    return evaluate_stage(model_path, adapters, run.inputs["formatted_data"], run.inputs.get("reward_model"),
-                          run.recipe.evaluation, Precision.of(run.recipe.model))
+    return evaluate_weights(model_path, adapters, run.inputs["formatted_data"], run.inputs.get("reward_model"),
+                            run.recipe.evaluation, Precision.of(run.recipe.model))
 
 
 def compare_stages(run: "StageRun") -> dict:
