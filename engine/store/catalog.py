@@ -102,8 +102,7 @@ class Catalog:
         """Record each (manifest, artifact path) and its row tables that the catalog lacks, all looked up over one
         connection (a connection costs ~10 ms; every stage looks up all its ancestors). Returns how many."""
         with self.connect() as con:
-            present = self.rows_present(con, [manifest for manifest, _ in artifacts])
-            gaps = [(manifest, path, *self.gap(con, manifest, present)) for manifest, path in artifacts]
+            gaps = [(manifest, path, *self.gap(con, manifest)) for manifest, path in artifacts]
         recorded = 0
         for manifest, path, known, missing in gaps:
             if known and not missing:
@@ -116,27 +115,17 @@ class Catalog:
         return recorded
 
     @staticmethod
-    def rows_present(con, manifests: list[dict]) -> dict[tuple[str, str], int]:
-        """(artifact, row table) -> the rows the catalog holds, for these manifests' tables: one grouped count per
-        table, whatever the number of artifacts."""
-        present: dict[tuple[str, str], int] = {}
-        for table in ROW_TABLES:
-            owners = [m["fingerprint"] for m in manifests if table in m.get("tables", {})]
-            if owners:
-                for artifact, rows in con.execute(f"SELECT artifact, count(*) FROM {table} WHERE list_contains(?, "
-                                                  "artifact) GROUP BY artifact", [owners]).fetchall():
-                    present[(artifact, table)] = rows
-        return present
-
-    @staticmethod
-    def gap(con, manifest: dict, present: dict[tuple[str, str], int]) -> tuple[bool, list[str]]:
+    def gap(con, manifest: dict) -> tuple[bool, list[str]]:
         """(whether the artifact is recorded, which of its row tables are not, or hold another number of rows than
-        was recorded: rows deleted or doubled outside a transaction are re-loaded, not trusted)."""
+        was recorded: rows deleted or doubled outside a transaction are re-loaded, not trusted). One count per table
+        by `artifact = ?`: an artifact's rows are loaded together, so DuckDB's zone maps skip the others' (7 ms per
+        count of 250k rows among 1M; a grouped count over a list of artifacts read every row, 92 ms)."""
         fingerprint, tables = manifest["fingerprint"], manifest.get("tables", {})
         known = con.execute("SELECT count(*) FROM artifacts WHERE fingerprint = ?", [fingerprint]).fetchone()[0]
         counted = dict(con.execute("SELECT table_name, row_count FROM recorded WHERE artifact = ?",
                                    [fingerprint]).fetchall())
-        return bool(known), [t for t in tables if counted.get(t) != present.get((fingerprint, t), 0)]
+        return bool(known), [t for t in tables if t not in ROW_TABLES or counted.get(t) != con.execute(
+            f"SELECT count(*) FROM {t} WHERE artifact = ?", [fingerprint]).fetchone()[0]]
 
     def record_check(self, artifact: str, name: str, passed: bool, detail: str) -> None:
         with self.connect() as con:
