@@ -15,7 +15,7 @@ from engine.graph import STAGES
 from engine.plan import Planned, make_plan
 from engine.preflight import checked_recipe
 from engine.recipe import Recipe
-from engine.store.home import Home
+from engine.store.home import Home, check_home
 
 
 def validated_recipe(name_or_path: str, overrides_json: str = "{}") -> Recipe:
@@ -62,6 +62,7 @@ class Tuneline(dg.ConfigurableResource):
         return validated_recipe(self.recipe_name, json.dumps(self.overrides, sort_keys=True))
 
     def home(self) -> Home:
+        check_home(self.artifact_root, "artifact_root (TUNELINE_HOME)")  # a dozen stat calls: every use is checked
         return Home(self.artifact_root)
 
     def plan(self, run_id: str | None = None) -> dict[str, Planned]:

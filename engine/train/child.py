@@ -1,6 +1,7 @@
 """A stage run as a process of its own: `tuneline train <stage> --spec spec.json` or `python -m engine.train`.
 
-The spec names the entry point, the recipe, the keys the stage may read, its parents' artifacts and its work
+The spec names the stage (never a module: its entry point comes from the fixed table of engine/train/entries.py), the
+recipe, the keys the stage may read, its parents' artifacts and its work
 directory: everything the stage needs, nothing it should not read. The child reports its lines on stderr, or
 through the reporter its caller hands in (pipelines/train_process.py: Dagster Pipes). Only the process of
 rank 0 reports or writes; the orchestrator publishes the work directory and records the catalog.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib
 import json
 import os
 import signal
@@ -20,6 +20,7 @@ from typing import Callable, ContextManager, Iterator
 
 from engine.errors import TunelineError
 from engine.runtime.startup import collector_paused
+from engine.train.entries import TRAINING_ENTRIES, entry_name, training_entry
 
 RESULT_FILE = "result.json"  # beside the spec, outside the work directory: never part of the artifact
 ERROR_FILE = "error.json"  # why it failed, and whether trying again may help
@@ -30,8 +31,11 @@ INTERRUPTED = 130  # the exit code of a stage stopped by SIGINT/SIGTERM after sa
 
 def spec_of(stage: str, fingerprint: str, entry: Callable, keys: tuple[str, ...], recipe, inputs: dict[str, Path],
             out: Path, home: Path) -> dict:
-    return {"stage": stage, "fingerprint": fingerprint, "entry": f"{entry.__module__}:{entry.__name__}",
-            "keys": list(keys), "recipe": recipe.model_dump(mode="json"),
+    """The spec of a training stage; `entry` (its declared entry point) must be the one the child will run for it."""
+    if TRAINING_ENTRIES.get(stage) != entry_name(entry):
+        raise TunelineError(f"stage {stage}: its entry point {entry_name(entry)} is not the one a training process "
+                            f"runs for it ({TRAINING_ENTRIES.get(stage, 'none')}, engine/train/entries.py)")
+    return {"stage": stage, "fingerprint": fingerprint, "keys": list(keys), "recipe": recipe.model_dump(mode="json"),
             "inputs": {name: str(path) for name, path in inputs.items()}, "out": str(out), "home": str(home)}
 
 
@@ -92,9 +96,11 @@ def run_spec(spec_path: Path, reporter: Reporter = stderr_reporter) -> dict:
     from engine.recipe import Recipe
     from engine.stage import RecipeView, StageRun
     spec = json.loads(spec_path.read_text())
-    module, _, name = spec["entry"].partition(":")
+    if "entry" in spec:  # an older or hand-written spec: the stage alone says what runs
+        raise TunelineError(f"{spec_path}: names an entry point ({spec['entry']!r}); a spec names its stage only, "
+                            "and the stage's entry point comes from engine/train/entries.py")
     with collector_paused():
-        entry = getattr(importlib.import_module(module), name)
+        entry = training_entry(spec["stage"], str(spec_path))
     recipe = Recipe.model_validate(spec["recipe"])
     with reporter() as (say, report):
         run = StageRun(spec["stage"], spec["fingerprint"], RecipeView(recipe, tuple(spec["keys"]), spec["stage"]),

@@ -28,8 +28,10 @@ def materialize(args: argparse.Namespace, select: str | None):
     import dagster as dg
     from engine.build import remove_stale_temporaries
     from engine.graph import STAGES
+    from engine.store.home import check_home
     from pipelines.definitions import ASSETS, resources
     root = str(Path(args.artifact_root).resolve())
+    check_home(root, "--artifact-root")  # before anything is written under it
     Path(root).mkdir(parents=True, exist_ok=True)  # an unusable --artifact-root is said before any work
     if not os.access(root, os.W_OK):
         raise TunelineError(f"--artifact-root {root}: not writable (expected a folder this user can write)")
