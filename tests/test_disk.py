@@ -86,11 +86,12 @@ def watch(spec: Path, until_step: int | None, seen: dict) -> subprocess.Popen:
             found = names(work / "_trainer") if (work / "_trainer").is_dir() else []
             seen["checkpoints"] = max(seen.get("checkpoints", 0), len(found))
             size = 0
-            for path in work.rglob("*"):
-                try:
-                    size += path.stat().st_size if path.is_file() else 0
-                except FileNotFoundError:  # rotated away meanwhile
-                    pass
+            for folder, _, files in os.walk(work):  # os.walk skips a folder rotated away while it is read
+                for name in files:
+                    try:
+                        size += os.stat(os.path.join(folder, name)).st_size
+                    except FileNotFoundError:  # rotated away meanwhile
+                        pass
             seen["bytes"] = max(seen.get("bytes", 0), size)
             last = last_complete_checkpoint(work / "_trainer")
             if until_step and last and int(last.name.split("-")[1]) >= until_step:
