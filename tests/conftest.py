@@ -50,3 +50,12 @@ def formatted_dir(tmp_path_factory, tiny_model_dir, sample_rows):
     format_rows(rows, load_tokenizer(tiny_model_dir), 128, 0.1, 42, out)
     return out
 
+
+@pytest.fixture(scope="module")
+def deployment_dir(tiny_model_dir, tmp_path_factory):
+    """A deployment folder serving the tiny base model as `tiny-base` (what the serving tests start servers on)."""
+    from engine.recipe import ServeSection
+    from engine.serve.server import free_port, write_serve_config
+    out = tmp_path_factory.mktemp("deployment")
+    write_serve_config(tiny_model_dir, "tiny-base", ServeSection(port=free_port()), out)
+    return out

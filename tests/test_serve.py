@@ -17,20 +17,13 @@ from engine.errors import RecipeError, ServeError
 from engine.serve.vllm_compat import vllm_config_problems
 from engine.recipe import ServeSection, load_recipe
 from engine.serve.server import (Server, backend_command, choose_backend, exposure_warning, free_port,
-                                 read_serve_config, resolve_api_key, vllm_command, write_serve_config)
+                                 read_serve_config, resolve_api_key, vllm_command)
 from pipelines.cli import main
 from tests.processes import readline, run, stop_process_group, wait
 
 KEY = "test-key-0123456789"
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def deployment_dir(tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("deployment")
-    write_serve_config(tiny_model_dir, "tiny-base", ServeSection(port=free_port()), out)
-    return out
 
 
 def test_the_serve_config_names_everything_a_server_needs(deployment_dir, tiny_model_dir):

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from engine.errors import ServeError
-from engine.recipe import ServeSection, load_recipe
+from engine.recipe import load_recipe
 from engine.serve.gate import path_problem
-from engine.serve.server import Server, check_exposure, free_port, write_serve_config
+from engine.serve.server import Server, check_exposure, free_port
 from pipelines.cli import main
 
 KEY = "test-key-0123456789"
@@ -21,13 +21,6 @@ BODY_LIMIT = 4096
 READ_TIMEOUT = 2
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def deployment_dir(tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("deployment")
-    write_serve_config(tiny_model_dir, "tiny-base", ServeSection(port=free_port()), out)
-    return out
 
 
 @pytest.fixture(scope="module")
