@@ -29,6 +29,9 @@ from engine.train.launch import launch_command, training_environment
 Check = Callable[[Artifact, Recipe], tuple[bool, str] | tuple[bool, str, dict[str, Any]]]
 Metadata = Callable[[Artifact, Recipe], dict[str, Any]]
 
+# asset -> its checks by name, as declared (tests/test_check_faults.py plants each one's fault)
+DECLARED_CHECKS: dict[str, dict[str, Check]] = {}
+
 def out_of_process(context: dg.AssetExecutionContext):
     """Runs a training stage's entry point as `python -m pipelines.train_process <stage> --spec spec.json` through
     Dagster Pipes: its log and progress stream into this run's log, its metrics come back, and terminating the run
@@ -68,7 +71,7 @@ def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable
     """The Dagster asset of `stage` (declared in engine/graph.py). Its checks block everything downstream when they fail; a training stage runs
     out of process, one at a time per machine, and only a transient failure (out of memory on a shared GPU, a
     lost connection) is retried; an interrupt or a recipe or data error never is."""
-    checks = checks or {}
+    checks = DECLARED_CHECKS[stage.name] = checks or {}
 
     @dg.asset(name=stage.name, deps=list(stage.parents), group_name=group, description=description,
               code_version=code_version(stage.entry),

@@ -1,0 +1,3 @@
+"""Faults of the data checks (see tests/faults.py)."""
+
+FAULTS = {}

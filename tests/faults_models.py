@@ -1,0 +1,3 @@
+"""Faults of the models checks (see tests/faults.py)."""
+
+FAULTS = {}

@@ -1,0 +1,3 @@
+"""Faults of the serving checks (see tests/faults.py)."""
+
+FAULTS = {}
