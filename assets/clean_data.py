@@ -1,46 +1,66 @@
 """clean_data: the recipe's cleaning steps (normalize, strip HTML, length, repetition, PII, blocklist, dedup)."""
 
+import json
 from collections import Counter
 
 import dagster as dg
+import pyarrow.parquet as pq
 
 from assets.stage_asset import counts_table, stage_asset
+from engine.data.ingest import content_hash
 from engine.graph import CLEAN_DATA
 from engine.store.tables import read_rows
 
 
 def every_row_accounted(artifact, recipe) -> tuple[bool, str]:
-    """Per source: rows in == rows kept + rows quarantined."""
-    kept = Counter(r["source"] for r in read_rows(artifact.path / "rows.parquet"))
-    dropped = Counter(q["source"] for q in read_rows(artifact.path / "quarantine.parquet"))
+    """Per source: rows in (counted from raw_data's rows as they were read) == rows in the written rows.parquet +
+    rows in the written quarantine.parquet."""
+    kept, dropped = written_by_source(artifact, "rows.parquet"), written_by_source(artifact, "quarantine.parquet")
+    rows_in = artifact.metrics["rows_in_by_source"]
     accounted = {s: (n == kept[s] + dropped[s], f"{n} in, {kept[s]} kept, {dropped[s]} quarantined")
-                 for s, n in artifact.metrics["rows_in_by_source"].items()}
+                 for s, n in rows_in.items()}
+    accounted |= {s: (False, f"0 in, {kept[s]} kept, {dropped[s]} quarantined (a source not read)")
+                  for s in sorted((set(kept) | set(dropped)) - set(rows_in))}
     return all(ok for ok, _ in accounted.values()), "; ".join(f"{s}: {d}" for s, (_, d) in accounted.items())
 
 
+def written_by_source(artifact, table: str) -> Counter:
+    return Counter(pq.read_table(artifact.path / table, columns=["source"]).column("source").to_pylist())
+
+
 def no_exact_duplicates(artifact, recipe) -> tuple[bool, str]:
-    rows = read_rows(artifact.path / "rows.parquet")
-    duplicates = len(rows) - len({(r["kind"], r["content_hash"]) for r in rows})
-    return duplicates == 0, f"{duplicates} exact duplicates left"
+    """No two written rows of a kind with the same texts: each row's hash computed again from its written texts
+    (not the content_hash column cleaning wrote)."""
+    first, duplicates = {}, []
+    for row in read_rows(artifact.path / "rows.parquet"):
+        key = (row["kind"], content_hash(json.loads(row["messages"]), row["chosen"], row["rejected"], row["tools"],
+                                         row["label"]))
+        if key in first:
+            duplicates.append(f"{row['row_id']} = {first[key]}")
+        first.setdefault(key, row["row_id"])
+    shown = f" ({', '.join(duplicates[:3])}{', ...' if len(duplicates) > 3 else ''})" if duplicates else ""
+    return not duplicates, f"{len(duplicates)} exact duplicates among {len(first) + len(duplicates)} written rows{shown}"
 
 
 def quarantine_ratio_within_bound(artifact, recipe) -> tuple[bool, str]:
-    m = artifact.metrics
-    ratio, bound = m["quarantined"] / max(m["rows_in"], 1), recipe.clean.max_quarantine_ratio
-    return ratio <= bound, f"quarantined {ratio:.1%}, bound {bound:.0%}"
+    """Rows in the written quarantine.parquet over the rows cleaning read, within clean.max_quarantine_ratio."""
+    rows_in, bound = artifact.metrics["rows_in"], recipe.clean.max_quarantine_ratio
+    quarantined = sum(written_by_source(artifact, "quarantine.parquet").values())
+    ratio = quarantined / max(rows_in, 1)
+    return ratio <= bound, f"quarantined {ratio:.1%} ({quarantined} of {rows_in} rows), bound {bound:.0%}"
 
 
-def source_losses(m: dict) -> dict[str, tuple[int, int, float]]:
+def source_losses(rows_in: dict[str, int], rows_out: dict[str, int]) -> dict[str, tuple[int, int, float]]:
     """Per source: rows in, rows out, share of its rows cleaning removed (0.0 for a selected source with no rows:
     it had nothing to lose)."""
-    out = m["rows_out_by_source"]
-    return {s: (n, out.get(s, 0), (n - out.get(s, 0)) / n if n else 0.0) for s, n in m["rows_in_by_source"].items()}
+    return {s: (n, rows_out.get(s, 0), (n - rows_out.get(s, 0)) / n if n else 0.0) for s, n in rows_in.items()}
 
 
 def every_source_within_loss_bound(artifact, recipe) -> tuple[bool, str, dict]:
-    """No source loses more than clean.max_source_loss_ratio of its rows; the result's metadata lists every
-    source's loss."""
-    bound, losses = recipe.clean.max_source_loss_ratio, source_losses(artifact.metrics)
+    """No source loses more than clean.max_source_loss_ratio of its rows (rows in as cleaning read them, rows out
+    as the written rows.parquet holds them); the result's metadata lists every source's loss."""
+    bound = recipe.clean.max_source_loss_ratio
+    losses = source_losses(artifact.metrics["rows_in_by_source"], written_by_source(artifact, "rows.parquet"))
     over = [f"{s}: lost {lost:.1%} ({n_in} in, {n_out} out), bound {bound:.1%}, over by {lost - bound:.1%}"
             for s, (n_in, n_out, lost) in losses.items() if lost > bound]
     worst = max(losses, key=lambda s: losses[s][2], default=None)

@@ -1,13 +1,43 @@
 """raw_data: every registered source in one normalized schema; malformed rows quarantined."""
 
+from collections import Counter
+
+import pyarrow.parquet as pq
+
 from assets.stage_asset import counts_table, stage_asset
 from engine.graph import RAW_DATA
-from engine.store.tables import read_rows
+
 
 def every_row_accounted(artifact, recipe) -> tuple[bool, str]:
-    stored = len(read_rows(artifact.path / "rows.parquet")) + len(read_rows(artifact.path / "quarantine.parquet"))
-    seen = sum(c["rows_in"] for c in artifact.metrics["by_source"].values())
-    return stored == seen, f"{seen} rows read, {stored} stored or quarantined"
+    """Per source: the records its files hold (counted at build time apart from the readers, record_counts.py),
+    capped by num_samples and data.max_samples, against the rows the written rows.parquet and quarantine.parquet
+    hold."""
+    written = Counter(source_column(artifact.path / "rows.parquet"))
+    dropped = Counter(source_column(artifact.path / "quarantine.parquet"))
+    verdicts = [source_verdict(name, counts, written[name], dropped[name], recipe.data.max_samples)
+                for name, counts in artifact.metrics["by_source"].items()]
+    strays = sorted((set(written) | set(dropped)) - set(artifact.metrics["by_source"]))
+    verdicts += [(False, f"{name}: {written[name]} stored + {dropped[name]} quarantined rows of a source not read")
+                 for name in strays]
+    return all(ok for ok, _ in verdicts), "; ".join(detail for _, detail in verdicts) or "no source selected"
+
+
+def source_verdict(name: str, counts: dict, stored: int, quarantined: int, max_samples: int | None
+                   ) -> tuple[bool, str]:
+    in_files = counts["records_in_files"]
+    caps = {key: n for key, n in (("num_samples", counts["num_samples"]), ("max_samples", max_samples)) if n}
+    expected = min([in_files, *caps.values()])
+    capped = "".join(f", {key} {n}" for key, n in caps.items() if n < in_files)
+    detail = (f"{name}: {in_files} records in its files{capped}, {stored} stored + {quarantined} quarantined "
+              f"= {stored + quarantined}")
+    if stored + quarantined == expected:
+        return True, detail
+    difference = stored + quarantined - expected
+    return False, f"{detail}, expected {expected} ({abs(difference)} {'extra' if difference > 0 else 'missing'})"
+
+
+def source_column(table) -> list[str]:
+    return pq.read_table(table, columns=["source"]).column("source").to_pylist()
 
 
 raw_data = stage_asset(

@@ -10,6 +10,7 @@ cannot show the fault (a stage the tiny recipe does not run, a check of vLLM on 
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Callable
 
 from engine.recipe import Recipe
 from engine.store.artifacts import Artifact
+from engine.store.digests import MANIFEST
 
 Plant = Callable[[Artifact, Recipe], tuple[Artifact, Recipe]]
 
@@ -29,9 +31,16 @@ class Fault:
 
 
 def copy_artifact(artifact: Artifact, into: Path) -> Artifact:
-    """A copy a fault may damage: the directory copied under `into`, the metrics deep-copied."""
+    """A copy a fault may damage: the directory copied under `into`, the metrics deep-copied; its parents (which a
+    check may read, as formatted_data's read base_model's tokenizer and clean_data's rows) linked beside it as the
+    store keeps them, <asset>/<fingerprint>, never to be damaged."""
     target = into / artifact.asset / artifact.fingerprint
     shutil.copytree(artifact.path, target)
+    for parent, fingerprint in json.loads((target / MANIFEST).read_text()).get("parents", {}).items():
+        original, link = artifact.path.parent.parent / parent / fingerprint, into / parent / fingerprint
+        if original.is_dir() and not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(original.resolve(), target_is_directory=True)
     return Artifact(artifact.asset, artifact.fingerprint, target, copy.deepcopy(artifact.metrics))
 
 

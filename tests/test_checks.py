@@ -2,10 +2,10 @@
 the preference stages are judged on are big enough, and the reward model's accuracy carries n and its interval."""
 
 import json
+import re
 
 import dagster as dg
 import pytest
-from datasets import load_from_disk
 
 from assets.clean_data import every_source_within_loss_bound
 from assets.formatted_data import enough_eval_pairs
@@ -16,6 +16,8 @@ from engine.data.format import format_rows
 from engine.data.ingest import content_hash
 from engine.models.load import load_tokenizer
 from engine.recipe import CleanSection, load_recipe
+from engine.data.constants import IGNORE
+from engine.store.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, read_rows, write_rows
 
 
 def artifact(asset: str, metrics: dict) -> Artifact:
@@ -29,13 +31,20 @@ def row(source, i, user, answer=None):
             "format": "alpaca", "kind": "sft", "messages": json.dumps(messages), "chosen": None, "rejected": None}
 
 
-def test_a_source_that_loses_most_of_its_rows_is_named_with_its_numbers():
+def cleaned(result, folder) -> Artifact:
+    """clean_data's artifact as its entry writes it: the kept rows and the quarantine as Parquet, the report."""
+    write_rows(result.rows, folder / "rows.parquet", ROW_COLUMNS)
+    write_rows(result.quarantine, folder / "quarantine.parquet", QUARANTINE_COLUMNS)
+    return Artifact("clean_data", "f" * 16, folder, result.report)
+
+
+def test_a_source_that_loses_most_of_its_rows_is_named_with_its_numbers(tmp_path):
     rows = [row("good", i, f"Add the two numbers. {i} + {2 * i + 7}", str(3 * i + 7)) for i in range(4)]
     rows += [row("copied", i, "Reverse the words: alpha beta gamma", "gamma beta alpha") for i in range(4)]  # 3 exact duplicates
-    report = clean(rows, CleanSection(), ["good", "copied", "empty"]).report  # `empty` is selected, has no rows
-    assert report["rows_in_by_source"] == {"good": 4, "copied": 4, "empty": 0}
+    written = cleaned(clean(rows, CleanSection(), ["good", "copied", "empty"]), tmp_path)  # `empty`: selected, no rows
+    assert written.metrics["rows_in_by_source"] == {"good": 4, "copied": 4, "empty": 0}
     recipe, _ = load_recipe("tiny")
-    passed, detail, metadata = every_source_within_loss_bound(artifact("clean_data", report), recipe)
+    passed, detail, metadata = every_source_within_loss_bound(written, recipe)
     assert not passed
     assert detail == "copied: lost 75.0% (4 in, 1 out), bound 50.0%, over by 25.0%"
     table = metadata["source_losses"]
@@ -44,7 +53,7 @@ def test_a_source_that_loses_most_of_its_rows_is_named_with_its_numbers():
             for r in table.records] == [("good", 4, 4, 0.0, True), ("copied", 4, 1, 0.75, False),
                                         ("empty", 0, 0, 0.0, True)]
     loose, _ = load_recipe("tiny", {"clean.max_source_loss_ratio": 0.75})
-    assert every_source_within_loss_bound(artifact("clean_data", report), loose)[:2] == (
+    assert every_source_within_loss_bound(written, loose)[:2] == (
         True, "every source within 75.0%; most lost: copied 75.0%")
 
 
@@ -55,32 +64,33 @@ def few_pairs(tiny_model_dir, tmp_path_factory):
     rows += [{**row("p", i, f"Add. {i} + 2"), "kind": "preference", "chosen": "3", "rejected": "4"} for i in range(40)]
     rows += [{**row("k", i, f"Add. {i} + 1", "3"), "kind": "kto", "label": "true" if i % 2 else "false"}
              for i in range(20)]
-    _, report = format_rows(rows, load_tokenizer(tiny_model_dir), 64, 0.2, 0, tmp_path_factory.mktemp("few"))
-    return report
+    out = tmp_path_factory.mktemp("few")
+    _, report = format_rows(rows, load_tokenizer(tiny_model_dir), 64, 0.2, 0, out)
+    return Artifact("formatted_data", "f" * 16, out, report)
 
 
 def test_too_few_eval_pairs_fail_formatted_data_with_the_count_and_the_minimum(few_pairs):
-    n = few_pairs["preference_eval"]
+    n = few_pairs.metrics["preference_eval"]
     assert 0 < n < 32
     recipe, _ = load_recipe("tiny")
-    assert enough_eval_pairs(artifact("formatted_data", few_pairs), recipe) == (
+    assert enough_eval_pairs(few_pairs, recipe) == (
         False, f"too few eval pairs: {n} in the preference eval split, need >= 32, short by {32 - n} "
                "(raise data.val_size or add pairs)")
     lowered, _ = load_recipe("tiny", {"data.min_eval_pairs": n})
-    assert enough_eval_pairs(artifact("formatted_data", few_pairs), lowered) == (
+    assert enough_eval_pairs(few_pairs, lowered) == (
         True, f"{n} eval pairs in the preference eval split (reward_model, dpo_adapter), need >= {n}")
 
 
 def test_kto_is_judged_on_its_own_eval_split(few_pairs):
-    n_kto, n_pref = few_pairs["kto_eval"], few_pairs["preference_eval"]
+    n_kto, n_pref = few_pairs.metrics["kto_eval"], few_pairs.metrics["preference_eval"]
     assert 0 < n_kto < n_pref  # a minimum between them: the preference split meets it, the KTO split does not
     kto = {"dpo.pref_loss": "kto", "data.min_eval_pairs": n_pref}
     kto_only, _ = load_recipe("tiny", {"stages": ["sft", "kto"], **kto})
-    assert enough_eval_pairs(artifact("formatted_data", few_pairs), kto_only) == (
+    assert enough_eval_pairs(few_pairs, kto_only) == (
         False, f"too few eval rows: {n_kto} in the kto eval split, need >= {n_pref}, short by {n_pref - n_kto} "
                "(raise data.val_size or add KTO rows)")
     both, _ = load_recipe("tiny", {"stages": ["sft", "rm", "kto"], **kto})
-    assert enough_eval_pairs(artifact("formatted_data", few_pairs), both) == (
+    assert enough_eval_pairs(few_pairs, both) == (
         False, f"{n_pref} eval pairs in the preference eval split (reward_model), need >= {n_pref}; too few eval "
                f"rows: {n_kto} in the kto eval split, need >= {n_pref}, short by {n_pref - n_kto} (raise "
                "data.val_size or add KTO rows)")
@@ -88,15 +98,24 @@ def test_kto_is_judged_on_its_own_eval_split(few_pairs):
 
 def test_without_rm_or_dpo_the_minimum_is_not_configured(few_pairs):
     recipe, _ = load_recipe("tiny", {"stages": ["sft"]})
-    assert enough_eval_pairs(artifact("formatted_data", few_pairs), recipe) == (
+    assert enough_eval_pairs(few_pairs, recipe) == (
         True, "not configured: neither rm nor dpo (or kto) is in the recipe's stages")
 
 
 def test_the_shipped_eval_splits_meet_the_default_minimum(formatted_dir, tiny_recipe):
-    counts = {f"{view}_eval": len(load_from_disk(formatted_dir / view)["eval"]) for view in ("preference", "kto")}
-    assert enough_eval_pairs(artifact("formatted_data", counts), tiny_recipe)[0], counts
+    written = Artifact("formatted_data", "f" * 16, formatted_dir, {})
+    assert enough_eval_pairs(written, tiny_recipe)[0]
     kto, _ = load_recipe("tiny", {"stages": ["sft", "kto"], "dpo.pref_loss": "kto"})
-    assert enough_eval_pairs(artifact("formatted_data", counts), kto)[0], counts
+    assert enough_eval_pairs(written, kto)[0]
+
+
+def test_the_eval_pairs_are_counted_in_the_written_split_not_the_report(few_pairs, tmp_path):
+    """A report that claims enough pairs does not pass an eval split written with too few."""
+    recipe, _ = load_recipe("tiny", {"data.min_eval_pairs": 1})
+    claimed = Artifact("formatted_data", "f" * 16, tmp_path, {**few_pairs.metrics, "preference_eval": 1000})
+    assert enough_eval_pairs(claimed, recipe) == (
+        False, "too few eval pairs: 0 in the preference eval split, need >= 1, short by 1 (raise data.val_size or "
+               "add pairs)")
 
 
 def test_reward_accuracy_detail_carries_n_and_the_wilson_interval():
@@ -119,3 +138,57 @@ def test_the_data_checks_pass_on_the_shipped_data_and_their_metadata_reaches_dag
     sources = {r.data["source"]: r.data for r in loss.metadata["source_losses"].value.records}
     assert set(sources) == {"alpaca_tasks", "sharegpt_tasks", "openai_tasks", "preference_tasks"}
     assert all(0 < s["share_lost"] < 0.5 and s["rows_out"] < s["rows_in"] for s in sources.values())
+
+
+# --- accounting and labels, read from what was written
+
+def test_raw_rows_are_accounted_against_the_records_counted_in_the_files(tmp_path):
+    """Malformed records (an empty array item, NaN, a line that is no JSON, a CSV row of the wrong shape) are
+    counted in their files by a counter of their own and must be stored or quarantined; num_samples and
+    data.max_samples cap what is expected."""
+    from assets.raw_data import every_row_accounted
+    from engine.data.ingest import ingest_to
+    from engine.data.registry import DatasetEntry
+    good = '{"instruction": "Add.", "input": "1 + 2", "output": "3"}'
+    (tmp_path / "a.json").write_text(f'[{good}, , {{"instruction": NaN}}, {good},\n{good}]')
+    (tmp_path / "b.jsonl").write_text(f"{good}\n\n{{not json\n  \n{good}\n")
+    (tmp_path / "c.csv").write_text('instruction,input,output\nAdd.,1 + 2,3\n\nAdd.,"2\n+ 2",4\n')
+    sources = {"a": (DatasetEntry(file_name="a.json"), tmp_path / "a.json"),
+               "b": (DatasetEntry(file_name="b.jsonl", num_samples=2), tmp_path / "b.jsonl"),
+               "c": (DatasetEntry(file_name="c.csv"), tmp_path / "c.csv")}
+    out = tmp_path / "raw"
+    out.mkdir()
+    recipe, _ = load_recipe("tiny", {"data.max_samples": 4})
+    raw = Artifact("raw_data", "f" * 16, out, ingest_to(out, sources, max_samples=4))
+    assert every_row_accounted(raw, recipe) == (
+        True, "a: 5 records in its files, max_samples 4, 2 stored + 2 quarantined = 4; b: 3 records in its files, "
+              "num_samples 2, 1 stored + 1 quarantined = 2; c: 2 records in its files, 2 stored + 0 quarantined = 2")
+    rows = read_rows(out / "rows.parquet")
+    write_rows([r for r in rows if r["row_id"] != "c:1"], out / "rows.parquet", ROW_COLUMNS)
+    assert every_row_accounted(raw, recipe)[0] is False
+    assert every_row_accounted(raw, recipe)[1].endswith(
+        "c: 2 records in its files, 1 stored + 0 quarantined = 1, expected 2 (1 missing)")
+
+
+def test_labels_of_cut_rows_decode_to_beginnings_of_their_answers(tiny_model_dir, sample_rows, tmp_path):
+    """At a cutoff_len that cuts most rows (SFT rows, and the SFT view made of pairs' chosen answers), every
+    written row's labels decode to its answers; labels moved onto the prompt's tokens do not."""
+    from engine.data.written_views import answers_by_row, label_problems, view_splits
+    tokenizer = load_tokenizer(tiny_model_dir)
+    for kind, source in (("sft", "sft"), ("preference", "preference")):
+        rows = [r for r in sample_rows[0] if r["kind"] == kind][:80]
+        out = tmp_path / kind
+        _, report = format_rows(rows, tokenizer, 24, 0.2, 0, out)
+        assert report["sft_view_from"] == source and report["truncated"] > 20, report
+        write_rows(rows, tmp_path / f"{kind}.parquet", ROW_COLUMNS)
+        answers = answers_by_row(tmp_path / f"{kind}.parquet", source)
+        splits = view_splits(out, "sft")
+        rows_checked, decoded, problems = label_problems(splits, answers, tokenizer, 24, source != "sft")
+        assert (rows_checked, decoded, problems) == (sum(map(len, splits.values())), rows_checked, [])
+        assert rows_checked > 60
+    row = next(r for r in view_splits(tmp_path / "sft", "sft")["train"] if len(r["input_ids"]) < 24)
+    misplaced = {**row, "labels": [t if label == IGNORE else IGNORE for t, label in zip(row["input_ids"], row["labels"])]}
+    answers = answers_by_row(tmp_path / "sft.parquet", "sft")
+    _, _, problems = label_problems({"train": [misplaced]}, answers, tokenizer, 24, False)
+    assert len(problems) == 1 and re.match(rf"train {row['row_id']}: answer 0 decodes to '.*', expected '.*'",
+                                           problems[0]), problems

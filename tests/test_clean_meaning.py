@@ -17,6 +17,7 @@ from engine.data.ingest import content_hash, ingest
 from engine.data.registry import resolve_sources
 from engine.importers.llamafactory import import_configs
 from engine.recipe import CleanSection, CleanStep, Recipe, llamafactory_clean_section, load_recipe
+from engine.store.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, write_rows
 
 STOCK = Path("tests/fixtures/llamafactory/data")
 SELECTED = ["alpaca_en_demo", "identity", "glaive_toolcall_en_demo", "dpo_en_demo", "kto_en_demo"]
@@ -61,10 +62,13 @@ def test_default_steps_lose_no_stock_row_but_exact_duplicates(stock_rows):
     assert result.rewrites == []  # and nothing is rewritten: NFC and LF line ends already
 
 
-def test_the_tiny_recipes_bounds_pass_on_the_stock_files(stock_rows):
+def test_the_tiny_recipes_bounds_pass_on_the_stock_files(stock_rows, tmp_path):
     recipe = load_recipe("tiny")[0]
-    report = clean(stock_rows, recipe.clean, SELECTED).report
-    artifact = Artifact("clean_data", "f" * 16, None, report)
+    result = clean(stock_rows, recipe.clean, SELECTED)
+    report = result.report
+    write_rows(result.rows, tmp_path / "rows.parquet", ROW_COLUMNS)
+    write_rows(result.quarantine, tmp_path / "quarantine.parquet", QUARANTINE_COLUMNS)
+    artifact = Artifact("clean_data", "f" * 16, tmp_path, report)
     assert quarantine_ratio_within_bound(artifact, recipe)[0]
     assert every_source_within_loss_bound(artifact, recipe)[:2] == (
         True, "every source within 50.0%; most lost: glaive_toolcall_en_demo 18.3%")

@@ -92,7 +92,7 @@ def test_max_samples_reads_each_source_s_first_records_and_counts_the_rest(tmp_p
     sources = resolve_sources("tests/fixtures/llamafactory/data", "dataset_info.json", ["identity", "dpo_en_demo"])
     counts = ingest_to(tmp_path, sources, max_samples=10)
     assert counts["by_source"]["identity"] == {"rows_in": 10, "accepted": 10, "quarantined": 0,
-                                               "beyond_max_samples": 81}
+                                               "beyond_max_samples": 81, "records_in_files": 91, "num_samples": None}
     assert counts["by_source"]["dpo_en_demo"]["beyond_max_samples"] == 290
     rows = read_rows(tmp_path / "rows.parquet")
     assert [r["row_id"] for r in rows if r["source"] == "identity"] == [f"identity:{i}" for i in range(10)]

@@ -164,7 +164,8 @@ def test_raw_data_streams_rows_to_parquet_in_batches(tmp_path, monkeypatch):
     monkeypatch.setattr(tables.RowWriter.__init__, "__defaults__", (5,))  # batches of 5 rows
     counts = ingest_to(tmp_path, {"s": (DatasetEntry(file_name="d.jsonl"), file)})
     assert counts == {"rows": 24, "quarantined": 1, "by_source": {"s": {"rows_in": 25, "accepted": 24,
-                                                                          "quarantined": 1}},
+                                                                          "quarantined": 1, "records_in_files": 25,
+                                                                          "num_samples": None}},
                       "quarantine_by_reason": {"not_an_object": 1}}
     written = pq.ParquetFile(tmp_path / "rows.parquet")
     assert written.metadata.num_rows == 24 and written.metadata.num_row_groups == 5  # 5 + 5 + 5 + 5 + 4

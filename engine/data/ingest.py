@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from engine.data.readers import BadRow, source_records
+from engine.data.record_counts import records_in_source
 from engine.data.registry import DatasetEntry, recipe_selection
 from engine.store.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, RowWriter
 
@@ -233,13 +234,14 @@ def ingest(sources: dict[str, tuple[DatasetEntry, Path]]) -> tuple[list[dict], l
 
 def ingest_to(out: Path, sources: dict[str, tuple[DatasetEntry, Path]], max_samples: int | None = None) -> dict:
     """Stream every source into out/rows.parquet and out/quarantine.parquet; with `max_samples` (LLaMA-Factory's
-    key), only each source's first that many records, the rest counted as `beyond_max_samples`, never read. Returns
-    counts, in total and per source."""
+    key), only each source's first that many records, the rest counted as `beyond_max_samples`, never stored.
+    Returns counts, in total and per source; `records_in_files` and `num_samples` per source are what raw_data's
+    every_row_accounted check expects the written tables to hold (record_counts.py counts apart from the readers)."""
     counts, reasons = {}, Counter()
     with RowWriter(out / "rows.parquet", ROW_COLUMNS) as rows, \
             RowWriter(out / "quarantine.parquet", QUARANTINE_COLUMNS) as quarantine:
         for name, (entry, path) in sources.items():
-            before, beyond = (rows.count, quarantine.count), 0
+            before, beyond, in_files = (rows.count, quarantine.count), 0, records_in_source(entry, path)
             for good, item in ingest_stream(name, entry, path):
                 if max_samples is not None and rows.count + quarantine.count - sum(before) >= max_samples:
                     beyond += 1
@@ -249,7 +251,8 @@ def ingest_to(out: Path, sources: dict[str, tuple[DatasetEntry, Path]], max_samp
                     reasons[item["reason"]] += 1
             accepted, rejected = rows.count - before[0], quarantine.count - before[1]
             counts[name] = {"rows_in": accepted + rejected, "accepted": accepted, "quarantined": rejected,
-                            **({"beyond_max_samples": beyond} if max_samples is not None else {})}
+                            **({"beyond_max_samples": beyond} if max_samples is not None else {}),
+                            "records_in_files": in_files, "num_samples": entry.num_samples}
     return {"rows": rows.count, "quarantined": quarantine.count, "by_source": counts,
             "quarantine_by_reason": dict(reasons)}
 

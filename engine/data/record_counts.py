@@ -1,0 +1,115 @@
+"""How many records a source's files hold, counted apart from the readers (engine/data/readers.py): the other side
+of raw_data's every_row_accounted check, so a record the readers skip or the writer loses shows as a difference.
+
+Each format has a deliberately simple counter: a JSON array's items (a scan of its brackets, strings and commas,
+which a malformed item does not stop), a JSONL file's non-blank lines, a CSV file's non-empty rows after the
+header, a Parquet file's row count from its footer, a save_to_disk folder's or a hub dataset's num_rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow.parquet as pq
+
+from engine.data.readers import BOM, is_hf_dataset, source_files
+
+if TYPE_CHECKING:
+    from engine.data.registry import DatasetEntry
+
+BLOCK = 1 << 20
+JSON_TOKENS = re.compile(rb'["\\\[\]{},]')
+
+
+def records_in_source(entry: "DatasetEntry", path: Path) -> int:
+    """The records in a registered source's files (all of them: num_samples and max_samples are applied by the
+    caller); a hub dataset's num_rows as datasets loads it."""
+    if entry.hub_key == "hf_hub_url":
+        from datasets import load_dataset  # heavy, and only a hub source needs it
+        return load_dataset(str(path), name=entry.subset, data_dir=entry.folder, split=entry.split,
+                            revision=entry.revision).num_rows
+    return sum(records_in_unit(unit, entry.split) for unit in source_files(path, entry.allowed_roots))
+
+
+def records_in_unit(unit: Path, split: str = "train") -> int:
+    if is_hf_dataset(unit):
+        return hf_rows(unit, split)
+    counter = {".jsonl": jsonl_lines, ".json": json_items, ".parquet": parquet_rows, ".csv": csv_rows}[unit.suffix]
+    return counter(unit)
+
+
+def jsonl_lines(file: Path) -> int:
+    with file.open("rb") as handle:
+        return sum(1 for i, line in enumerate(handle) if (line[len(BOM):] if i == 0 and line.startswith(BOM)
+                                                          else line).strip())
+
+
+def json_items(file: Path) -> int:
+    """Items of a top-level array: its commas outside strings and nested brackets, plus one unless it is empty; 1
+    for a document that is not an array. Written here because json and pyarrow parse whole documents and stop at a
+    malformed item, which the readers quarantine and count (`[1,,2]` and `[1,2,]` hold three items each)."""
+    with file.open("rb") as handle:
+        if not handle.read(len(BOM) + 64).removeprefix(BOM).lstrip().startswith(b"["):
+            return 1
+        handle.seek(0)
+        depth, in_string, skip, commas, nonblank, offset = 0, False, -1, 0, False, 0
+        while block := handle.read(BLOCK):
+            last = 0  # where the text since the previous token starts
+            for match in JSON_TOKENS.finditer(block):
+                pos, char = match.start(), match.group()
+                if offset + pos == skip:  # the character a backslash escapes
+                    continue
+                if depth == 1 and not in_string and block[last:pos].strip():
+                    nonblank = True  # a number, true, false or null at the top level
+                last = pos + 1
+                if in_string:
+                    if char == b"\\":
+                        skip = offset + pos + 1
+                    elif char == b'"':
+                        in_string = False
+                    continue
+                if depth == 1 and char != b"]":
+                    nonblank = True
+                if char == b'"':
+                    in_string = True
+                elif char in (b"[", b"{"):
+                    depth += 1
+                elif char in (b"]", b"}"):
+                    depth -= 1
+                    if depth == 0:
+                        return commas + 1 if nonblank else 0
+                elif char == b"," and depth == 1:
+                    commas += 1
+            if depth == 1 and not in_string and block[last:].strip():
+                nonblank = True
+            offset += len(block)
+    return commas + 1 if nonblank else 0  # a truncated array: the readers stop the stage with DataError
+
+
+def parquet_rows(file: Path) -> int:
+    return pq.ParquetFile(file).metadata.num_rows
+
+
+def csv_rows(file: Path) -> int:
+    """Rows after the header; a row with no fields (a blank line) is no record, as csv.DictReader skips it."""
+    csv.field_size_limit(sys.maxsize)
+    with file.open(encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        return max(sum(1 for row in csv.reader(handle) if row) - 1, 0)
+
+
+def hf_rows(folder: Path, split: str) -> int:
+    """A save_to_disk folder's rows (the split's, for a DatasetDict), from the row counts its Arrow files carry."""
+    import pyarrow as pa
+    if (folder / "dataset_dict.json").is_file():
+        folder = folder / split
+    files = json.loads((folder / "state.json").read_text())["_data_files"]
+    total = 0
+    for data in files:
+        with pa.memory_map(str(folder / data["filename"])) as source:
+            total += sum(batch.num_rows for batch in pa.ipc.open_stream(source))
+    return total
