@@ -10,6 +10,7 @@ import pytest
 from engine.data.sources import source_identity
 from engine.store.content import ContentHasher
 from engine.data.ingest import ingest_source
+from engine.data.record_counts import records_in_source
 from engine.data.registry import check_columns, load_registry, resolve_sources, select_sources
 from engine.errors import RecipeError
 
@@ -90,6 +91,7 @@ def test_hf_hub_url_naming_a_local_directory_loads_with_load_dataset(tmp_path):
     assert path == hub.resolve() and [u["name"] for u in selection.not_used] == ["remote"]
     rows, quarantine = ingest_source("local_hub", entry, path)
     assert quarantine == [] and [json.loads(r["messages"])[0]["content"] for r in rows] == ["Uppercase the word.\nabc"]
+    assert records_in_source(entry, path) == 1  # raw_data's own count: the split's num_rows
     assert source_identity(selection.sources, ContentHasher())["local_hub"]["sha256"]
 
 
