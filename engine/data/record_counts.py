@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from engine.data.registry import DatasetEntry
 
 BLOCK = 1 << 20
-JSON_TOKENS = re.compile(rb'["\\\[\]{},]')
+# a whole string (skipped as one token), a bracket or comma, or the start of a string the block cuts off
+JSON_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]|"', re.DOTALL)
 
 
 def records_in_source(entry: "DatasetEntry", path: Path) -> int:
@@ -57,37 +58,30 @@ def json_items(file: Path) -> int:
         if not handle.read(len(BOM) + 64).removeprefix(BOM).lstrip().startswith(b"["):
             return 1
         handle.seek(0)
-        depth, in_string, skip, commas, nonblank, offset = 0, False, -1, 0, False, 0
-        while block := handle.read(BLOCK):
-            last = 0  # where the text since the previous token starts
-            for match in JSON_TOKENS.finditer(block):
-                pos, char = match.start(), match.group()
-                if offset + pos == skip:  # the character a backslash escapes
-                    continue
-                if depth == 1 and not in_string and block[last:pos].strip():
+        depth, commas, nonblank, text = 0, 0, False, b""
+        while block := handle.read(max(BLOCK, len(text))):  # a long cut-off string: read as much again
+            text, last, rest = text + block, 0, None
+            for match in JSON_TOKENS.finditer(text):
+                pos, token = match.start(), match.group()
+                if token == b'"':  # a string that goes on in the next block
+                    rest = pos
+                    break
+                if depth == 1 and text[last:pos].strip():
                     nonblank = True  # a number, true, false or null at the top level
-                last = pos + 1
-                if in_string:
-                    if char == b"\\":
-                        skip = offset + pos + 1
-                    elif char == b'"':
-                        in_string = False
-                    continue
-                if depth == 1 and char != b"]":
+                last = match.end()
+                if depth == 1 and token != b"]":
                     nonblank = True
-                if char == b'"':
-                    in_string = True
-                elif char in (b"[", b"{"):
+                if token in (b"[", b"{"):
                     depth += 1
-                elif char in (b"]", b"}"):
+                elif token in (b"]", b"}"):
                     depth -= 1
                     if depth == 0:
                         return commas + 1 if nonblank else 0
-                elif char == b"," and depth == 1:
+                elif token == b"," and depth == 1:
                     commas += 1
-            if depth == 1 and not in_string and block[last:].strip():
+            if rest is None and depth == 1 and text[last:].strip():
                 nonblank = True
-            offset += len(block)
+            text = text[rest:] if rest is not None else b""
     return commas + 1 if nonblank else 0  # a truncated array: the readers stop the stage with DataError
 
 
