@@ -143,7 +143,7 @@ def test_the_data_checks_pass_on_the_shipped_data_and_their_metadata_reaches_dag
 # --- accounting and labels, read from what was written
 
 def test_raw_rows_are_accounted_against_the_records_counted_in_the_files(tmp_path):
-    """Malformed records (an empty array item, NaN, a line that is no JSON, a CSV row of the wrong shape) are
+    """Malformed records (an empty array item, NaN, a line that is no JSON, a CSV field over the csv module's limit) are
     counted in their files by a counter of their own and must be stored or quarantined; num_samples and
     data.max_samples cap what is expected."""
     from assets.raw_data import every_row_accounted
@@ -152,7 +152,8 @@ def test_raw_rows_are_accounted_against_the_records_counted_in_the_files(tmp_pat
     good = '{"instruction": "Add.", "input": "1 + 2", "output": "3"}'
     (tmp_path / "a.json").write_text(f'[{good}, , {{"instruction": NaN}}, {good},\n{good}]')
     (tmp_path / "b.jsonl").write_text(f"{good}\n\n{{not json\n  \n{good}\n")
-    (tmp_path / "c.csv").write_text('instruction,input,output\nAdd.,1 + 2,3\n\nAdd.,"2\n+ 2",4\n')
+    (tmp_path / "c.csv").write_text(f'instruction,input,output\nAdd.,"{"1" * 200_000}",5\n'  # over csv's field limit
+                                    'Add.,1 + 2,3\n\nAdd.,"2\n+ 2",4\n')
     sources = {"a": (DatasetEntry(file_name="a.json"), tmp_path / "a.json"),
                "b": (DatasetEntry(file_name="b.jsonl", num_samples=2), tmp_path / "b.jsonl"),
                "c": (DatasetEntry(file_name="c.csv"), tmp_path / "c.csv")}
@@ -162,12 +163,12 @@ def test_raw_rows_are_accounted_against_the_records_counted_in_the_files(tmp_pat
     raw = Artifact("raw_data", "f" * 16, out, ingest_to(out, sources, max_samples=4))
     assert every_row_accounted(raw, recipe) == (
         True, "a: 5 records in its files, max_samples 4, 2 stored + 2 quarantined = 4; b: 3 records in its files, "
-              "num_samples 2, 1 stored + 1 quarantined = 2; c: 2 records in its files, 2 stored + 0 quarantined = 2")
+              "num_samples 2, 1 stored + 1 quarantined = 2; c: 3 records in its files, 2 stored + 1 quarantined = 3")
     rows = read_rows(out / "rows.parquet")
     write_rows([r for r in rows if r["row_id"] != "c:1"], out / "rows.parquet", ROW_COLUMNS)
     assert every_row_accounted(raw, recipe)[0] is False
     assert every_row_accounted(raw, recipe)[1].endswith(
-        "c: 2 records in its files, 1 stored + 0 quarantined = 1, expected 2 (1 missing)")
+        "c: 3 records in its files, 1 stored + 1 quarantined = 2, expected 3 (1 missing)")
 
 
 def test_labels_of_cut_rows_decode_to_beginnings_of_their_answers(tiny_model_dir, sample_rows, tmp_path):

@@ -241,7 +241,7 @@ def ingest_to(out: Path, sources: dict[str, tuple[DatasetEntry, Path]], max_samp
     with RowWriter(out / "rows.parquet", ROW_COLUMNS) as rows, \
             RowWriter(out / "quarantine.parquet", QUARANTINE_COLUMNS) as quarantine:
         for name, (entry, path) in sources.items():
-            before, beyond, in_files = (rows.count, quarantine.count), 0, records_in_source(entry, path)
+            before, beyond = (rows.count, quarantine.count), 0
             for good, item in ingest_stream(name, entry, path):
                 if max_samples is not None and rows.count + quarantine.count - sum(before) >= max_samples:
                     beyond += 1
@@ -252,7 +252,8 @@ def ingest_to(out: Path, sources: dict[str, tuple[DatasetEntry, Path]], max_samp
             accepted, rejected = rows.count - before[0], quarantine.count - before[1]
             counts[name] = {"rows_in": accepted + rejected, "accepted": accepted, "quarantined": rejected,
                             **({"beyond_max_samples": beyond} if max_samples is not None else {}),
-                            "records_in_files": in_files, "num_samples": entry.num_samples}
+                            # counted after the readers, so a file they cannot read stops the stage with their error
+                            "records_in_files": records_in_source(entry, path), "num_samples": entry.num_samples}
     return {"rows": rows.count, "quarantined": quarantine.count, "by_source": counts,
             "quarantine_by_reason": dict(reasons)}
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import csv
 import json
 import re
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
-from engine.data.readers import BOM, is_hf_dataset, source_files
+from engine.data.readers import BOM, SUPPORTED_SUFFIXES, is_hf_dataset, source_files
+from engine.errors import DataError
 
 if TYPE_CHECKING:
     from engine.data.registry import DatasetEntry
@@ -40,8 +40,10 @@ def records_in_source(entry: "DatasetEntry", path: Path) -> int:
 def records_in_unit(unit: Path, split: str = "train") -> int:
     if is_hf_dataset(unit):
         return hf_rows(unit, split)
-    counter = {".jsonl": jsonl_lines, ".json": json_items, ".parquet": parquet_rows, ".csv": csv_rows}[unit.suffix]
-    return counter(unit)
+    counters = {".jsonl": jsonl_lines, ".json": json_items, ".parquet": parquet_rows, ".csv": csv_rows}
+    if unit.suffix not in counters:
+        raise DataError(f"{unit}: unsupported file type (expected one of {SUPPORTED_SUFFIXES} or a save_to_disk folder)")
+    return counters[unit.suffix](unit)
 
 
 def jsonl_lines(file: Path) -> int:
@@ -90,10 +92,21 @@ def parquet_rows(file: Path) -> int:
 
 
 def csv_rows(file: Path) -> int:
-    """Rows after the header; a row with no fields (a blank line) is no record, as csv.DictReader skips it."""
-    csv.field_size_limit(sys.maxsize)
+    """Rows after the header; a row with no fields (a blank line) is no record, as csv.DictReader skips it, and a
+    row the csv module refuses (a field over its size limit) is one (the reader quarantines it)."""
     with file.open(encoding="utf-8", errors="surrogateescape", newline="") as handle:
-        return max(sum(1 for row in csv.reader(handle) if row) - 1, 0)
+        reader, rows = csv.reader(handle), 0
+        while True:
+            line = reader.line_num
+            try:
+                rows += bool(next(reader))
+            except StopIteration:
+                break
+            except csv.Error:
+                if reader.line_num == line:  # nothing consumed: the reader stopped the stage here too
+                    break
+                rows += 1
+        return max(rows - 1, 0)
 
 
 def hf_rows(folder: Path, split: str) -> int:
