@@ -50,9 +50,8 @@ def test_the_vllm_command_line_carries_the_config(deployment_dir):
     assert flags["--uds"] == "/private/backend.sock" and "--host" not in flags and "--port" not in flags
 
 
+@pytest.mark.cpu_only("vLLM cannot run without CUDA")
 def test_vllm_is_chosen_only_where_it_can_run():
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
     assert choose_backend("auto") == "huggingface"
     with pytest.raises(ServeError, match="vLLM needs its package and a CUDA GPU"):
         choose_backend("vllm")
@@ -87,6 +86,7 @@ def get(url: str, key: str | None = None) -> tuple[int, dict, dict]:
         return exc.code, json.loads(exc.read()), dict(exc.headers)
 
 
+@pytest.mark.cpu_only("auto picks the huggingface backend (vLLM where CUDA is)")
 def test_the_cpu_server_answers_only_with_the_key_and_stops_cleanly(deployment_dir, tiny_model_dir):
     from openai import AuthenticationError, OpenAI
     from engine.serve.chat import load_chat_model, reply
