@@ -38,8 +38,9 @@ def spec_for(tmp_path: Path, name: str, tiny_model_dir: Path, formatted_dir: Pat
 
 def start(spec: Path) -> Child:
     """The training process, its output in files next to its spec (a full pipe cannot block it)."""
+    env = os.environ | {"PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
     return start_child([sys.executable, "-m", "engine.train", "sft_adapter", "--spec", str(spec)],
-                       spec.parent.parent / "logs", env=os.environ | {"PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"})
+                       spec.parent.parent / "logs", env=env)
 
 
 def finish(spec: Path) -> dict:
