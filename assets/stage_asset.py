@@ -80,7 +80,7 @@ def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable
         recipe, home = tuneline.recipe(), tuneline.home()
         runner = out_of_process(context) if stage.runs_out_of_process(recipe) else call_entry
         try:
-            artifact = build_stage(home, tuneline.plan(context.run_id), stage.name, recipe, log=context.log.warning,
+            artifact = build_stage(home, tuneline.plan(context.run.run_id), stage.name, recipe, log=context.log.warning,
                                    run_entry=runner)
         except ArtifactDamaged as damaged:
             report_damaged(context, damaged)

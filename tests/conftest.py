@@ -59,3 +59,26 @@ def deployment_dir(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("deployment")
     write_serve_config(tiny_model_dir, "tiny-base", ServeSection(port=free_port()), out)
     return out
+
+
+SIMULATE_GPU = "TUNELINE_SIMULATE_GPU"  # 1: mark as a CUDA machine would, 0: as a CPU one (tests/test_markers.py)
+
+
+def cuda_available() -> bool:
+    """Whether the markers below treat this machine as a CUDA GPU one: torch's answer, unless simulated."""
+    if os.environ.get(SIMULATE_GPU) in ("0", "1"):
+        return os.environ[SIMULATE_GPU] == "1"
+    import torch
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests are skipped without CUDA; `cpu_only(reason)` tests, which expect what a CPU machine resolves
+    (the CPU device, float32 defaults, float16 refused, vLLM absent), are skipped on a CUDA machine with the reason."""
+    gpu = cuda_available()
+    for item in items:
+        if not gpu and item.get_closest_marker("gpu"):
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if gpu and (marker := item.get_closest_marker("cpu_only")):
+            reason = marker.args[0] if marker.args else marker.kwargs.get("reason", "")
+            item.add_marker(pytest.mark.skip(reason=f"CPU-only expectation on a CUDA machine: {reason}"))

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import queue
 import subprocess
 import threading
-from typing import IO
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator
 
 from engine.runtime.processes import stop_process_group
 
-__all__ = ["readline", "stop_process_group"]
+__all__ = ["Child", "readline", "started", "stop_process_group"]
 
 
 def readline(stream: IO[str], timeout: float) -> str:
@@ -40,3 +45,58 @@ def run(command: list[str], timeout: float, **kwargs) -> subprocess.CompletedPro
     finally:
         stop_process_group(process, grace=5)  # the leader may be gone while its helpers still run
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+@dataclass
+class Child:
+    """A child whose stdout and stderr go to files, so it never blocks on a full pipe while a test polls."""
+    process: subprocess.Popen
+    out_path: Path
+    err_path: Path
+
+    def out(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def err(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int | None:
+        return wait(self.process, timeout)
+
+    def wait_for_output(self, text: str, timeout: float, what: str) -> str:
+        """The child's stdout and stderr once `text` is in them; fails at once if the child exits first, and
+        after `timeout` seconds naming `what` it waited for."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if text in (seen := self.out() + self.err()):
+                return seen
+            if self.process.poll() is not None:
+                raise AssertionError(f"the child exited with {self.process.returncode} before {what}:\n"
+                                     f"{seen[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {timeout} s for {what}:\n{seen[-3000:]}")
+            time.sleep(0.1)
+
+
+_names = itertools.count()
+
+
+def start(command: list[str], logs: Path, **popen) -> Child:
+    """`command` in a session of its own (stop_process_group reaches its helpers), its output under `logs`."""
+    logs.mkdir(parents=True, exist_ok=True)
+    n = next(_names)
+    out_path, err_path = logs / f"child-{n}.out", logs / f"child-{n}.err"
+    with out_path.open("w") as out, err_path.open("w") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, text=True,
+                                   start_new_session=True, **popen)
+    return Child(process, out_path, err_path)
+
+
+@contextlib.contextmanager
+def started(command: list[str], logs: Path, grace: float = 10, **popen) -> Iterator[Child]:
+    """start(); on leaving, whatever happened, the child's group is stopped: SIGINT, SIGTERM, then SIGKILL."""
+    child = start(command, logs, **popen)
+    try:
+        yield child
+    finally:
+        stop_process_group(child.process, grace)

@@ -78,20 +78,31 @@ def test_check_thresholds_are_not_in_any_fingerprint():
     assert before.fingerprint == after.fingerprint and "min_accuracy" not in before.config["reward"]
 
 
-def slow_counting_entry(run):
-    with open(run.out.parent.parent / "builds.log", "a") as log:
+def wait_for_file(path: Path, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout} s for {what} ({path})")
+        time.sleep(0.02)
+
+
+def held_counting_entry(run):
+    """Counts its builds, then holds the fingerprint's lock until the test writes `release` (once the second
+    worker has said it waits): the two workers overlap by construction, not by timing."""
+    artifacts = run.out.parent.parent
+    with open(artifacts / "builds.log", "a") as log:
         log.write(f"{run.stage}\n")
-    time.sleep(1.5)
+    wait_for_file(artifacts / "release", 300, "the test to release the lock")
     (run.out / "done").write_text("x")
     return {}
 
 
-SLOW = Stage("slow", entry=slow_counting_entry)
+HELD = Stage("slow", entry=held_counting_entry)
 
 
 def build_slow(root: str, queue) -> None:
     recipe = load_recipe("tiny")[0]
-    artifact = build_stage(Home(root), make_plan([SLOW], recipe), "slow", recipe, log=queue.put)
+    artifact = build_stage(Home(root), make_plan([HELD], recipe), "slow", recipe, log=queue.put)
     queue.put(("built", str(artifact.path), artifact.cache_hit))
 
 
@@ -99,16 +110,24 @@ def test_two_runs_of_the_same_fingerprint_build_it_once(tmp_path):
     context = multiprocessing.get_context("spawn")  # the entry's module is imported afresh, as a second run would
     queue = context.Queue()
     workers = [context.Process(target=build_slow, args=(str(tmp_path), queue)) for _ in range(2)]
-    for worker in workers:
-        worker.start()
-    messages = [queue.get(timeout=120) for _ in range(3)]
-    for worker in workers:
-        worker.join(timeout=60)
-    assert all(w.exitcode == 0 for w in workers)
-    results = [m for m in messages if isinstance(m, tuple)]
+    try:
+        workers[0].start()
+        # the first worker is inside the entry, holding the lock
+        wait_for_file(tmp_path / "artifacts" / "builds.log", 120, "the first worker to hold the lock")
+        workers[1].start()
+        waited = queue.get(timeout=120)  # the second worker found the lock held
+        (tmp_path / "artifacts" / "release").write_text("")
+        results = [queue.get(timeout=120) for _ in range(2)]
+        for worker in workers:
+            worker.join(timeout=60)
+        assert all(w.exitcode == 0 for w in workers)
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join(timeout=10)
+    assert isinstance(waited, str) and "is being built by" in waited and '"pid"' in waited
     assert len({path for _, path, _ in results}) == 1 and sorted(hit for _, _, hit in results) == [False, True]
-    waited = [m for m in messages if isinstance(m, str)]
-    assert len(waited) == 1 and "is being built by" in waited[0] and '"pid"' in waited[0]
     assert (tmp_path / "artifacts" / "builds.log").read_text() == "slow\n"
 
 

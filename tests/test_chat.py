@@ -21,11 +21,49 @@ def test_one_shot_prompt_gives_the_templated_greedy_answer(tiny_model_dir, capsy
     assert said == [f"Assistant: {expected}"]
 
 
+class Recording:
+    """The real chat model, keeping the prompt token ids of every generate() call: what the model receives."""
+
+    def __init__(self, model):
+        self.model, self.prompts = model, []
+
+    @property
+    def device(self):
+        return self.model.device
+
+    def generate(self, input_ids, **kwargs):
+        self.prompts.append(input_ids[0].tolist())
+        return self.model.generate(input_ids=input_ids, **kwargs)
+
+
 def test_interactive_chat_keeps_history_clears_and_exits(tiny_model_dir, monkeypatch, capsys):
-    monkeypatch.setattr("sys.stdin", io.StringIO("hello\nclear\nagain\nexit\nnever read\n"))
+    import engine.serve.chat
+    recorded = []
+
+    def load_recording(path, dtype=None):
+        model, tokenizer = load_chat_model(path, dtype)
+        recorded.append(Recording(model))
+        return recorded[-1], tokenizer
+    monkeypatch.setattr(engine.serve.chat, "load_chat_model", load_recording)  # what `tuneline chat` loads
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\nhow are you\nclear\nagain\nexit\nnever read\n"))
     assert main(["chat", str(tiny_model_dir), "--max-new-tokens", "3", "--system", "Be brief."]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["Assistant", "(history cleared)", "Assistant"]
+    assert [line.split(":")[0] for line in lines] == ["Assistant", "Assistant", "(history cleared)", "Assistant"]
+    first = lines[0].removeprefix("Assistant: ")
+    (model,) = recorded
+    _, tokenizer = load_chat_model(tiny_model_dir)
+    system = {"role": "system", "content": "Be brief."}
+
+    def received(*turns):
+        return tokenizer.apply_chat_template([system, *turns], add_generation_prompt=True)["input_ids"]
+    # the second turn carries the first exchange; after `clear` only the system prompt and the new turn; `exit`
+    # ends before the last line is read
+    assert model.prompts == [
+        received({"role": "user", "content": "hello"}),
+        received({"role": "user", "content": "hello"}, {"role": "assistant", "content": first},
+                 {"role": "user", "content": "how are you"}),
+        received({"role": "user", "content": "again"})]
+    assert "hello" in tokenizer.decode(model.prompts[1]) and "hello" not in tokenizer.decode(model.prompts[2])
 
 
 def test_chat_refuses_an_adapter_or_a_non_model(tmp_path, capsys):

@@ -56,6 +56,7 @@ def test_a_gguf_becomes_a_float32_safetensors_folder_with_the_metadata_s_special
     assert "named SmolLM" in tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
 
 
+@pytest.mark.cpu_only("compares the logits bit for bit with a CPU reference")
 def test_the_saved_weights_are_the_dequantized_gguf_weights(smol_folder):
     from transformers import AutoModelForCausalLM
     out, _ = smol_folder

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import dagster as dg
 
 from pipelines.definitions import ASSETS, build_definitions
@@ -45,7 +47,7 @@ def test_training_stages_run_out_of_process_and_no_step_waits_in_a_dagster_pool(
     from engine.graph import STAGES
     assert {s.name for s in STAGES if s.training} == {"pt_model", "sft_adapter", "reward_model", "dpo_adapter"}
     assert all(asset.node_def.pool is None for asset in ASSETS)  # the training slot is a lock a dead run frees
-    (tmp_path / "dagster.yaml").write_text(open("pipelines/dagster.yaml").read())
+    (tmp_path / "dagster.yaml").write_text(Path("pipelines/dagster.yaml").read_text())
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     with dg.DagsterInstance.get() as instance:
         assert instance.run_monitoring_enabled
@@ -54,7 +56,6 @@ def test_training_stages_run_out_of_process_and_no_step_waits_in_a_dagster_pool(
 def test_the_engine_never_imports_dagster():
     """engine/ is plain Python: no module of it imports dagster or a dagster_* package (Pipes included)."""
     import ast
-    from pathlib import Path
     offenders = []
     for path in sorted(Path("engine").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):

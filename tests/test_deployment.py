@@ -129,7 +129,8 @@ def test_a_published_deployment_records_paths_that_exist(two_recipes_data, tiny_
     assert (published / "chat_template.jinja").is_file() and ".work-" not in metrics["vllm_command"]
     assert (published / "tiny-merged").resolve() == export.resolve()  # the served name still leads to the export
     assert metrics["smoke"]["row_id"] == read_view(formatted, "sft")["eval"]["row_id"][0]
-    assert isinstance(metrics["smoke"]["answer"], str) and metrics["smoke"]["stopped_cleanly"]
+    # the untrained tiny model answers garbage up to the token limit (measured: 'pitalbppvpitalbppv…'), not nothing
+    assert metrics["smoke"]["answer"].strip() and metrics["smoke"]["stopped_cleanly"]
     assert metrics["vllm_load"] is None or torch.cuda.is_available()
     card = (published / "README.md").read_text()
     assert "| gptq_within_budget | passed | gptq: dropped 0.0000, allowed 0.05 |" in card

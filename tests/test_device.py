@@ -64,6 +64,7 @@ def assert_row(keys, train, infer, bf16, fp16, cpu):
     assert mixed_precision(p) == {"use_cpu": cpu, "bf16": bf16, "fp16": fp16}
 
 
+@pytest.mark.cpu_only("the policy resolves the CPU device")
 @pytest.mark.parametrize(("keys", "train", "infer", "bf16", "fp16"), CPU_TABLE, ids=[str(r[0]) for r in CPU_TABLE])
 def test_the_policy_on_a_cpu(monkeypatch, keys, train, infer, bf16, fp16):
     assert policy.device() == torch.device("cpu")
@@ -71,6 +72,7 @@ def test_the_policy_on_a_cpu(monkeypatch, keys, train, infer, bf16, fp16):
     assert_row(keys, train, infer, bf16, fp16, cpu=True)
 
 
+@pytest.mark.cpu_only("the policy resolves the CPU device (use_cpu)")
 def test_a_cpu_without_native_bf16_trains_in_float32(monkeypatch):
     monkeypatch.setattr(policy, "cpu_native_bf16", lambda: False)
     assert_row({}, torch.float32, torch.float32, False, False, cpu=True)
@@ -89,6 +91,7 @@ def test_the_policy_on_a_gpu_without_bf16(gpu, keys, train, infer, bf16, fp16):
     assert_row(keys, train, infer, bf16, fp16, cpu=False)
 
 
+@pytest.mark.cpu_only("float16 is refused only without CUDA")
 @pytest.mark.parametrize("keys", [{"fp16": True}, {"infer_dtype": "float16"}])
 def test_float16_on_a_cpu_is_refused_at_the_recipe_check(keys):
     from assets.resource import validated_recipe
@@ -168,6 +171,7 @@ def bf16_base(tmp_path_factory, tiny_model_dir):
     return out
 
 
+@pytest.mark.cpu_only("the merge computes on the CPU in float32")
 def test_a_bf16_checkpoint_merges_into_bf16_weights(bf16_base, formatted_dir, tmp_path):
     """On a CPU the merge computes in float32 and writes the base's bfloat16."""
     from engine.export.merge import merge
@@ -192,6 +196,7 @@ def test_a_float32_checkpoint_stays_float32_unless_infer_dtype_says(tiny_model_d
     assert (metrics["dtype"], metrics["saved_dtype"]) == ("bfloat16", "bfloat16")
 
 
+@pytest.mark.cpu_only("float32 is the CPU's default dtype")
 def test_models_load_in_the_dtype_asked_and_batches_follow_them(tiny_model_dir, formatted_dir):
     from datasets import load_from_disk
     from engine.evaluate.measure import perplexity
@@ -217,6 +222,24 @@ def test_training_upcasts_trainable_weights_unless_pure_bf16(tiny_model_dir):
             assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
 
 
+@pytest.mark.gpu
+def test_on_a_cuda_gpu_models_load_on_it_in_its_half_precision(tiny_model_dir):
+    """The GPU side of the CPU expectations above, on a real GPU (no monkeypatching): cuda:0, bf16 where supported."""
+    from engine.models.load import load_causal_lm
+    half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    assert policy.device() == torch.device("cuda", 0) and policy.device_default() == half
+    model = load_causal_lm(tiny_model_dir)
+    assert (model.device.type, model.dtype) == ("cuda", half)
+    assert mixed_precision(Precision())["use_cpu"] is False
+
+
+@pytest.mark.gpu
+def test_on_a_cuda_gpu_float16_is_accepted_at_the_recipe_check():
+    from assets.resource import validated_recipe
+    assert validated_recipe("tiny", json.dumps({"model.fp16": True})).model.fp16 is True
+
+
+@pytest.mark.cpu_only("the serve config names the CPU device")
 def test_the_serve_config_and_both_command_lines_carry_the_dtype(tiny_model_dir, tmp_path):
     from engine.recipe import ServeSection
     from engine.serve.server import transformers_command, vllm_command, write_serve_config
@@ -226,6 +249,7 @@ def test_the_serve_config_and_both_command_lines_carry_the_dtype(tiny_model_dir,
     assert "--device cpu --dtype bfloat16" in " ".join(transformers_command(config, "127.0.0.1", 8000))
 
 
+@pytest.mark.cpu_only("every manifest names the CPU device")
 @pytest.mark.slow
 def test_the_whole_tiny_graph_runs_in_bf16_on_the_cpu(tmp_path):
     """bf16 on a CPU is real bf16: every model of the graph trains, merges, quantizes, evaluates and serves in it,
@@ -263,6 +287,7 @@ def test_the_whole_tiny_graph_runs_in_bf16_on_the_cpu(tmp_path):
     assert (meta["sft_adapter"]["device"], meta["sft_adapter"]["dtype"]) == ("cpu", "bfloat16")  # Dagster's metadata
 
 
+@pytest.mark.cpu_only("float16 is refused only without CUDA")
 def test_chat_takes_llamafactory_s_infer_dtype(tiny_model_dir, capsys):
     from pipelines.cli import main
     assert main(["chat", str(tiny_model_dir), "--prompt", "Add 1 + 2", "--max-new-tokens", "3",

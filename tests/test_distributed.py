@@ -43,6 +43,7 @@ def train(tmp_path: Path, name: str, launcher: LauncherSection, batch: int, tiny
     return read_result(spec), load_file(str(out / "adapter" / "adapter_model.safetensors")), out
 
 
+@pytest.mark.cpu_only("two ranks share the CPU through gloo; on CUDA each rank takes a GPU of its own")
 def test_two_torchrun_processes_match_one_process_with_twice_the_batch(tmp_path, tiny_model_dir, formatted_dir):
     two = LauncherSection(type="torchrun", nproc_per_node=2)
     assert launch_command(two, "sft_adapter", Path("s.json"))[1:6] == ["-m", "torch.distributed.run", "--standalone",

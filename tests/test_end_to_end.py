@@ -22,6 +22,7 @@ from engine.store.lineage import lineage, write_training_rows
 from pipelines.automation import incoming_data_sensor
 from pipelines.definitions import ASSETS, full_pipeline, resources
 from assets.resource import Tuneline
+from tests.serving import ask, reference_answer
 
 pytestmark = pytest.mark.slow
 EVALS = {"eval_base", "eval_sft", "eval_dpo", "eval_merged", "eval_gptq", "eval_awq", "model_comparison"}
@@ -122,9 +123,9 @@ def test_every_artifact_loads(first_run):
     PeftModel.from_pretrained(sft, f"{path['dpo_adapter']}/adapter")  # and DPO as a LoRA adapter on top
     assert load_reward_model(path["reward_model"]).config.num_labels == 1
     prompt = [[{"role": "user", "content": "Translate the last word into French.\nred cat"}]]
-    for export in ("merged_model", "gptq_model", "awq_model"):
-        model = load_causal_lm(path[export])
-        assert isinstance(greedy_answers(model, tokenizer, prompt, max_new_tokens=4)[0], str)
+    for export in ("merged_model", "gptq_model", "awq_model"):  # the task the data teaches, kept through 4 bits
+        model = load_causal_lm(path[export])  # (measured: 'chat' from every export of 3 runs, 1 and 2 epochs)
+        assert greedy_answers(model, tokenizer, prompt, max_new_tokens=4)[0] == "chat", export
         for name in ("lineage.json", "README.md", "chat_template.jinja", "generation_config.json"):
             assert (Path(path[export]) / name).is_file(), f"{export} lacks {name}"
     for export in ("gptq_model", "awq_model"):
@@ -172,9 +173,16 @@ def test_the_deployment_serves_the_gated_awq_export(first_run):
     flags = dict(zip(command[3::2], command[4::2]))
     assert Path(command[2]).is_dir() and Path(flags["--chat-template"]).is_file()  # published paths, not .work-
     assert Path(flags["--chat-template"]).parent == deployment
-    assert isinstance(meta["deployment"]["smoke_answer"], str)
     formatted = Path(meta["formatted_data"]["path"])
-    assert meta["deployment"]["smoke_row_id"] == load_from_disk(formatted / "sft")["eval"]["row_id"][0]
+    row_id = meta["deployment"]["smoke_row_id"]
+    assert row_id == load_from_disk(formatted / "sft")["eval"]["row_id"][0]
+    # the trained tiny model answers the held-out smoke question as the data does (measured: 'dry' to "Give the
+    # opposite of the last word.\nslow high big wet", in every run), and a user asking the same gets the same answer,
+    # ended by the model's eos within the token limit
+    answer = meta["deployment"]["smoke_answer"]
+    assert answer.strip() and answer.strip() == reference_answer(Path(meta["clean_data"]["path"]), row_id).strip()
+    smoke = json.loads((deployment / "manifest.json").read_text())["metrics"]["smoke"]
+    assert ask(deployment, smoke["messages"]) == (answer, "stop")
     checks = {e.check_name: e for e in first_run[1].get_asset_check_evaluations()
               if e.asset_key.to_user_string() == "deployment"}
     vllm_runs = {"loads_in_vllm"} if torch.cuda.is_available() and importlib.util.find_spec("vllm") else set()

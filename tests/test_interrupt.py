@@ -5,7 +5,6 @@ process behind."""
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,32 +12,32 @@ from pathlib import Path
 import pytest
 
 from engine.train.checkpoints import last_complete_checkpoint
-from tests.processes import stop_process_group
+from tests.processes import Child, start, stop_process_group
 
 pytestmark = pytest.mark.slow
 OPTIONS = ["--select", "*sft_adapter", "--set", "sft.save_steps=5", "--set", "sft.logging_steps=1"]
 
 
-def tuneline(tmp_path: Path, *args: str) -> subprocess.Popen:
+def tuneline(tmp_path: Path, *args: str) -> Child:
+    """A `tuneline` run whose output goes to files under tmp_path/logs (a full pipe cannot block it)."""
     env = os.environ | {"PYTHONPATH": os.getcwd(), "DAGSTER_HOME": str(tmp_path / "dagster"), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args, "--artifact-root", str(tmp_path / "home")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return start([sys.executable, "-m", "pipelines.cli", *args, "--artifact-root", str(tmp_path / "home")],
+                 tmp_path / "logs", env=env)
 
 
 def sft_trainer_dirs(tmp_path: Path) -> list[Path]:
     return list((tmp_path / "home" / "artifacts").glob("sft_adapter/.work-*/_trainer"))
 
 
-def wait_for_sft_checkpoint(tmp_path: Path, process: subprocess.Popen, timeout: float = 600) -> Path:
+def wait_for_sft_checkpoint(tmp_path: Path, run: Child, timeout: float = 600) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for trainer_dir in sft_trainer_dirs(tmp_path):
             if (found := last_complete_checkpoint(trainer_dir)) is not None:
                 return found
-        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert run.process.poll() is None, f"the run ended before a checkpoint: {run.err()[-3000:]}"
         time.sleep(0.2)
-    pytest.fail("SFT wrote no complete checkpoint in time")
+    pytest.fail(f"SFT wrote no complete checkpoint within {timeout} s: {run.err()[-3000:]}")
 
 
 def training_processes(spec_dir_marker: str) -> list[int]:
@@ -59,16 +58,18 @@ def test_kill_9_mid_training_then_the_next_run_resumes_and_completes(tmp_path):
     first = tuneline(tmp_path, "run", *OPTIONS)
     try:
         checkpoint = wait_for_sft_checkpoint(tmp_path, first)
+        os.killpg(first.process.pid, signal.SIGKILL)  # the run and its training child, as an OOM kill would
+        assert first.wait(30) is not None, "the run outlived SIGKILL for 30 s"
     finally:
-        os.killpg(first.pid, signal.SIGKILL)  # the run and its training child, as an OOM kill would
-        first.wait(30)
+        stop_process_group(first.process)
     second = tuneline(tmp_path, "run", *OPTIONS)
     try:
-        out, err = second.communicate(timeout=900)
+        code = second.wait(900)
     finally:
-        stop_process_group(second)
-    assert second.returncode == 0, err[-3000:] + out[-3000:]
-    assert f"was left running by process {first.pid}, which is gone: marked failed" in err
+        stop_process_group(second.process)
+    err = second.err()
+    assert code == 0, f"exit {code}: {err[-3000:]}{second.out()[-3000:]}"
+    assert f"was left running by process {first.process.pid}, which is gone: marked failed" in err
     assert "sft: resuming from checkpoint-" in err
     (manifest,) = (tmp_path / "home" / "artifacts" / "sft_adapter").glob("*/manifest.json")
     metrics = json.loads(manifest.read_text())["metrics"]
@@ -83,10 +84,10 @@ def test_sigterm_to_a_run_stops_its_training_process_too(tmp_path):
         wait_for_sft_checkpoint(tmp_path, run)
         children = training_processes(marker)
         assert children, "no training process found"
-        run.send_signal(signal.SIGTERM)  # the run alone, as a scheduler or the UI stops it
+        run.process.send_signal(signal.SIGTERM)  # the run alone, as a scheduler or the UI stops it
         deadline = time.monotonic() + 120
         while training_processes(marker) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert training_processes(marker) == [], "the training process outlived its run"
+        assert training_processes(marker) == [], "the training process outlived its run by 120 s"
     finally:
-        stop_process_group(run)
+        stop_process_group(run.process)

@@ -176,7 +176,7 @@ def test_every_asset_materializes_and_every_check_passes(run):
     _, result, meta = run
     assert result.success, failures(result)
     assert set(meta) == ALL_ASSETS  # deployment included: the gates let it through
-    assert isinstance(meta["deployment"]["smoke_answer"], str)  # the served export answered a chat completion
+    assert meta["deployment"]["smoke_answer"].strip()  # the served export answered a chat completion, not with nothing
     failed = [(e.asset_key.to_user_string(), e.check_name, e.metadata) for e in result.get_asset_check_evaluations()
               if not e.passed]
     assert failed == []

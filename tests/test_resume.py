@@ -5,7 +5,6 @@ checkpoint before the process exits."""
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from engine.store.home import Home
 from engine.recipe import load_recipe
 from engine.train.checkpoints import COMPLETE, last_complete_checkpoint
 from engine.train.child import read_result, spec_of, write_spec
-from tests.processes import stop_process_group
+from tests.processes import Child, start as start_child, stop_process_group
 
 pytestmark = pytest.mark.slow
 STEPS = {"sft.max_steps": 24, "sft.save_steps": 4, "sft.logging_steps": 1, "sft.per_device_train_batch_size": 8,
@@ -37,31 +36,32 @@ def spec_for(tmp_path: Path, name: str, tiny_model_dir: Path, formatted_dir: Pat
     return write_spec(spec, tmp_path / name / "run")
 
 
-def start(spec: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "engine.train", "sft_adapter", "--spec", str(spec)],
-                            env=os.environ | {"PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+def start(spec: Path) -> Child:
+    """The training process, its output in files next to its spec (a full pipe cannot block it)."""
+    env = os.environ | {"PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    return start_child([sys.executable, "-m", "engine.train", "sft_adapter", "--spec", str(spec)],
+                       spec.parent.parent / "logs", env=env)
 
 
 def finish(spec: Path) -> dict:
-    process = start(spec)
+    child = start(spec)
     try:
-        _, err = process.communicate(timeout=600)
+        code = child.wait(600)
     finally:
-        stop_process_group(process)
-    assert process.returncode == 0, err[-3000:]
+        stop_process_group(child.process)
+    assert code == 0, f"exit {code}: {child.err()[-3000:]}"
     return read_result(spec)
 
 
-def wait_for_checkpoint(trainer_dir: Path, at_least: int, process: subprocess.Popen, timeout: float = 300) -> Path:
+def wait_for_checkpoint(trainer_dir: Path, at_least: int, child: Child, timeout: float = 300) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = last_complete_checkpoint(trainer_dir)
         if found and int(found.name.split("-")[1]) >= at_least:
             return found
-        assert process.poll() is None, f"the training process ended early: {process.stderr.read()[-2000:]}"
+        assert child.process.poll() is None, f"the training process ended early: {child.err()[-2000:]}"
         time.sleep(0.05)
-    pytest.fail(f"no complete checkpoint >= {at_least} under {trainer_dir} within {timeout} s")
+    pytest.fail(f"no complete checkpoint >= {at_least} under {trainer_dir} within {timeout} s: {child.err()[-2000:]}")
 
 
 def adapter(spec: Path) -> dict[str, torch.Tensor]:
@@ -79,12 +79,13 @@ def test_kill_9_mid_training_resumes_from_the_last_complete_checkpoint(tmp_path,
     whole_spec, whole = uninterrupted
     spec = spec_for(tmp_path, "killed", tiny_model_dir, formatted_dir)
     trainer_dir = tmp_path / "killed" / "work" / "_trainer"
-    process = start(spec)
+    child = start(spec)
     try:
-        checkpoint = wait_for_checkpoint(trainer_dir, 8, process)
+        checkpoint = wait_for_checkpoint(trainer_dir, 8, child)
+        os.killpg(child.process.pid, signal.SIGKILL)  # an OOM kill, a lost node: no chance to clean up
+        assert child.wait(30) is not None, "the training process outlived SIGKILL for 30 s"
     finally:
-        os.killpg(process.pid, signal.SIGKILL)  # an OOM kill, a lost node: no chance to clean up
-        process.wait(30)
+        stop_process_group(child.process)
     step = int(checkpoint.name.split("-")[1])
     last = last_complete_checkpoint(trainer_dir)  # where the rerun resumes (a later one may have completed)
     seen = json.loads((last / "trainer_state.json").read_text())["num_input_tokens_seen"]
@@ -106,14 +107,15 @@ def test_kill_9_mid_training_resumes_from_the_last_complete_checkpoint(tmp_path,
 def test_sigterm_saves_a_checkpoint_then_stops_and_a_rerun_finishes(tmp_path, tiny_model_dir, formatted_dir):
     spec = spec_for(tmp_path, "stopped", tiny_model_dir, formatted_dir)
     trainer_dir = tmp_path / "stopped" / "work" / "_trainer"
-    process = start(spec)
+    child = start(spec)
     try:
-        wait_for_checkpoint(trainer_dir, 4, process)
-        os.killpg(process.pid, signal.SIGTERM)
-        _, err = process.communicate(timeout=120)
+        wait_for_checkpoint(trainer_dir, 4, child)
+        os.killpg(child.process.pid, signal.SIGTERM)
+        code = child.wait(120)
     finally:
-        stop_process_group(process)
-    assert process.returncode == 130, err[-2000:]
+        stop_process_group(child.process)
+    err = child.err()
+    assert code == 130, f"exit {code}: {err[-2000:]}"
     assert "stopped by SIGTERM" in err
     saved = last_complete_checkpoint(trainer_dir)
     assert saved is not None and (saved / COMPLETE).is_file() and int(saved.name.split("-")[1]) < 24

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -19,7 +18,7 @@ from engine.recipe import ServeSection, load_recipe
 from engine.serve.server import (Server, backend_command, choose_backend, exposure_warning, free_port,
                                  read_serve_config, resolve_api_key, vllm_command)
 from pipelines.cli import main
-from tests.processes import readline, run, stop_process_group, wait
+from tests.processes import run, started
 
 KEY = "test-key-0123456789"
 
@@ -50,9 +49,8 @@ def test_the_vllm_command_line_carries_the_config(deployment_dir):
     assert flags["--uds"] == "/private/backend.sock" and "--host" not in flags and "--port" not in flags
 
 
+@pytest.mark.cpu_only("vLLM cannot run without CUDA")
 def test_vllm_is_chosen_only_where_it_can_run():
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
     assert choose_backend("auto") == "huggingface"
     with pytest.raises(ServeError, match="vLLM needs its package and a CUDA GPU"):
         choose_backend("vllm")
@@ -87,6 +85,7 @@ def get(url: str, key: str | None = None) -> tuple[int, dict, dict]:
         return exc.code, json.loads(exc.read()), dict(exc.headers)
 
 
+@pytest.mark.cpu_only("auto picks the huggingface backend (vLLM where CUDA is)")
 def test_the_cpu_server_answers_only_with_the_key_and_stops_cleanly(deployment_dir, tiny_model_dir):
     from openai import AuthenticationError, OpenAI
     from engine.serve.chat import load_chat_model, reply
@@ -129,22 +128,18 @@ def test_the_cpu_server_answers_only_with_the_key_and_stops_cleanly(deployment_d
     assert whole(streamed) == whole(expected)  # server-sent events pass through the proxy
 
 
-def test_tuneline_serve_runs_until_sigterm_then_shuts_down(deployment_dir):
+def test_tuneline_serve_runs_until_sigterm_then_shuts_down(deployment_dir, tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     env.pop("TUNELINE_API_KEY", None)  # no key: on loopback the server is open, and /v1/models answers
-    process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", str(deployment_dir), "--port",
-                                str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               start_new_session=True)
-    try:
-        ready = readline(process.stdout, 150)
-        assert f"serving tiny-base (huggingface) at http://127.0.0.1:{port}/v1" in ready
+    command = [sys.executable, "-m", "pipelines.cli", "serve", str(deployment_dir), "--port", str(port)]
+    with started(command, tmp_path, env=env) as server:  # output to files: the server's log cannot fill a pipe
+        server.wait_for_output(f"serving tiny-base (huggingface) at http://127.0.0.1:{port}/v1", 600,
+                               "the server's readiness line")
         status, body, _ = get(f"http://127.0.0.1:{port}/v1/models")
         assert status == 200 and [m["id"] for m in body["data"]] == ["tiny-base"]
-        process.send_signal(signal.SIGTERM)
-        assert wait(process, 60) == 0
-    finally:
-        stop_process_group(process, grace=10)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0, server.err()[-3000:]
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0  # the server went with it
 

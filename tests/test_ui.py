@@ -4,7 +4,6 @@ and a materialization launched through the webserver (with Launchpad-style recip
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 import urllib.request
@@ -12,14 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import FLAGS, Browser, chromium, free_port
-from tests.processes import run, stop_process_group
+from pipelines.definitions import ASSETS as ASSETS_DEFS
+from tests.browser import Browser, free_port
+from tests.processes import Child, started
 
 ASSETS = ["base_model", "raw_data", "clean_data", "formatted_data", "pt_model", "sft_adapter", "reward_model",
           "dpo_adapter",
           "merged_model", "gptq_model", "awq_model", "eval_base", "eval_sft", "eval_dpo", "eval_merged", "eval_gptq",
           "eval_awq", "model_comparison", "deployment"]
-CHROMIUM_FLAGS = [*FLAGS, "--virtual-time-budget=25000"]  # a tall window: the asset list renders visible rows only
+GROUPS = sorted({group for asset in ASSETS_DEFS for group in asset.group_names_by_key.values()})
+# Every wait below is on an event (a log line, a GraphQL answer, a page element, a run's terminal status), bounded
+# generously so that it only fires on a real hang, and fails naming what it waited for.
+SERVER_READY_S = 600    # dagster dev's "Serving dagster-webserver" line, then the code location's 19 assets
+RUN_FINISHED_S = 1800   # the launched run reaching SUCCESS, FAILURE or CANCELED
+PAGE_S = 300            # an element appearing in the page
 
 
 def graphql(url: str, query: str, variables: dict | None = None, timeout: float = 30) -> dict:
@@ -27,6 +32,28 @@ def graphql(url: str, query: str, variables: dict | None = None, timeout: float 
     request = urllib.request.Request(f"{url}/graphql", body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
+
+
+def poll(server: Child, probe, timeout: float, what: str):
+    """probe()'s value once it is truthy; fails at once if the server exits, and after `timeout` s naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if value := probe():
+                return value
+        except (OSError, ValueError):  # not listening yet, a request that timed out, a half answer: ask again
+            pass
+        if server.process.poll() is not None:
+            pytest.fail(f"dagster dev exited with {server.process.returncode} while waiting for {what}:\n"
+                        f"{server.err()[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout} s for {what}:\n{server.err()[-3000:]}")
+        time.sleep(1)
+
+
+def serves_all_assets(url: str) -> bool:
+    answer = graphql(url, "{ assetNodes { id } }", timeout=30)
+    return len((answer.get("data") or {}).get("assetNodes") or []) == len(ASSETS)
 
 
 @pytest.fixture(scope="module")
@@ -37,35 +64,42 @@ def webserver(tmp_path_factory):
     env = {**os.environ, "DAGSTER_HOME": str(home / "dagster"), "TUNELINE_HOME": str(home / "tuneline"),
            "TUNELINE_RECIPE": "tiny"}
     port = free_port()
-    # what `make ui` runs: the webserver plus the daemon that dequeues runs under the pool limits
-    server = subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml",
-                               "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:  # the webserver answers first, the code location loads after
-            try:
-                if len(graphql(url, "{ assetNodes { id } }", timeout=10)["data"]["assetNodes"]) == len(ASSETS):
-                    break
-            except Exception:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the Dagster webserver did not serve the tuneline assets within 120 s")
-            time.sleep(1)
-        yield url, home
-    finally:  # dagster dev stops its webserver and daemon on SIGINT; SIGTERM, then SIGKILL, if it hangs
-        stop_process_group(server, grace=30)
+    # what `make ui` runs: the webserver plus the daemon that dequeues runs under the pool limits; its output goes
+    # to files (nothing blocks on a pipe). On leaving: SIGINT (dagster dev stops its webserver and daemon), then
+    # SIGTERM, then SIGKILL, 30 s apart
+    with started([str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
+                  "-p", str(port)], home / "logs", grace=30, env=env) as server:
+        ready = f"Serving dagster-webserver on {url}"
+        poll(server, lambda: ready in server.out() + server.err(), SERVER_READY_S, f"the line '{ready}'")
+        # the webserver answers first, the code location loads after
+        poll(server, lambda: serves_all_assets(url), SERVER_READY_S, f"the {len(ASSETS)} tuneline assets in GraphQL")
+        yield url, home, server
+
+
+def all_shown(names: list[str]) -> str:
+    """A page expression, true once every name is in the page's text."""
+    return f"""(() => {{ const text = document.body ? document.body.innerText : '';
+        return {json.dumps(names)}.every(n => text.includes(n)); }})()"""
+
+
+def graph_nodes_shown(names: list[str]) -> str:
+    """A page expression, true once the lineage graph has drawn a node (a foreignObject) for each name."""
+    return f"""(() => {{ const nodes = [...document.querySelectorAll('foreignObject')].map(n => n.textContent);
+        return {json.dumps(names)}.every(name => nodes.some(text => text.includes(name))); }})()"""
 
 
 def test_every_asset_is_on_the_page_and_a_screenshot_is_saved(webserver, tmp_path):
-    url, _ = webserver
-    profile = ["--user-data-dir=" + str(tmp_path / "profile")]
-    dom = run([chromium(), *CHROMIUM_FLAGS, *profile, "--dump-dom", f"{url}/assets"], timeout=120, text=True).stdout
-    missing = [name for name in ASSETS if name not in dom]
-    assert missing == [], f"not on the asset page: {missing}"
-    shot = tmp_path / "asset-graph.png"
-    run([chromium(), *CHROMIUM_FLAGS, *profile, f"--screenshot={shot}", f"{url}/asset-groups"], timeout=120)
+    url, _, _ = webserver
+    browser = Browser(tmp_path / "profile")  # a tall window: the asset list renders visible rows only
+    try:
+        browser.goto(f"{url}/assets")
+        browser.wait_for(all_shown(ASSETS), PAGE_S, f"the {len(ASSETS)} asset names on the asset page")
+        browser.goto(f"{url}/asset-groups")  # the lineage graph, one node per asset group
+        browser.wait_for(graph_nodes_shown(GROUPS), PAGE_S, f"the graph nodes of the groups {GROUPS}")
+        shot = browser.screenshot(tmp_path / "asset-graph.png")
+    finally:
+        browser.close()
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 
@@ -73,7 +107,7 @@ def test_every_asset_is_on_the_page_and_a_screenshot_is_saved(webserver, tmp_pat
 def materialized(webserver):
     """base_model, raw_data and clean_data materialized through the webserver, with a Launchpad-style override;
     the run's id and final status."""
-    url, _ = webserver
+    url, _, server = webserver
     locations = graphql(url, "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }")
     repo = locations["data"]["repositoriesOrError"]["nodes"][0]
     launched = graphql(url, """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
@@ -84,18 +118,16 @@ def materialized(webserver):
         "runConfigData": {"resources": {"tuneline": {"config": {"overrides": {"clean.max_quarantine_ratio": 0.3}}}}}}})
     assert launched["data"]["launchRun"]["__typename"] == "LaunchRunSuccess", launched
     run_id = launched["data"]["launchRun"]["run"]["runId"]
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        status = graphql(url, f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ status }} }} }}', timeout=10)
-        status = status["data"]["runOrError"]["status"]
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):
-            break
-        time.sleep(1)
-    return run_id, status
+
+    def finished() -> str | None:
+        answer = graphql(url, f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ status }} }} }}')
+        status = ((answer.get("data") or {}).get("runOrError") or {}).get("status")
+        return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
+    return run_id, poll(server, finished, RUN_FINISHED_S, f"run {run_id} to reach SUCCESS, FAILURE or CANCELED")
 
 
 def test_materialize_through_the_webserver_with_launchpad_overrides(webserver, materialized):
-    _, home = webserver
+    _, home, _ = webserver
     assert materialized[1] == "SUCCESS"
     from engine.store.catalog import Catalog  # the override reached the run: its check used the Launchpad's bound
     (detail,), = Catalog(home / "tuneline" / "catalog.duckdb").query(
@@ -115,13 +147,13 @@ PICTURE = """(() => { const i = [...document.querySelectorAll('img')].find(i => 
 def test_the_asset_page_shows_the_quarantine_picture(webserver, materialized, tmp_path):
     """A person opens clean_data, clicks its quarantine_reasons entry and sees the bar chart (a PNG the stage
     drew into its artifact), decoded by the browser."""
-    url, _ = webserver
+    url, _, _ = webserver
     assert materialized[1] == "SUCCESS"
     browser = Browser(tmp_path / "profile")
     try:
         browser.goto(f"{url}/assets/clean_data")
-        browser.wait_for(SHOW_PICTURE, 90, "the quarantine_reasons entry on the clean_data page")
-        picture = browser.wait_for(PICTURE, 30, "the quarantine picture to be shown and decoded")
+        browser.wait_for(SHOW_PICTURE, PAGE_S, "the quarantine_reasons entry on the clean_data page")
+        picture = browser.wait_for(PICTURE, PAGE_S, "the quarantine picture to be shown and decoded")
         assert picture == {"width": 600, "alt": "quarantine_reasons"}
         browser.screenshot(tmp_path / "clean_data.png")
     finally:
