@@ -9,7 +9,7 @@ from datasets import load_from_disk
 
 from assets.clean_data import every_source_within_loss_bound
 from assets.formatted_data import enough_eval_pairs
-from assets.reward_model import accuracy_above_chance
+from assets.reward_model import accuracy_above_bound
 from engine.store.artifacts import Artifact
 from engine.data.clean import clean
 from engine.data.format import format_rows
@@ -101,9 +101,9 @@ def test_the_shipped_eval_splits_meet_the_default_minimum(formatted_dir, tiny_re
 
 def test_reward_accuracy_detail_carries_n_and_the_wilson_interval():
     recipe, _ = load_recipe("tiny")  # reward.min_accuracy 0.6
-    assert accuracy_above_chance(artifact("reward_model", {"eval_accuracy": 0.8, "eval_pairs": 10}), recipe) == (
+    assert accuracy_above_bound(artifact("reward_model", {"eval_accuracy": 0.8, "eval_pairs": 10}), recipe) == (
         True, "accuracy 0.8000 (95% CI 0.4902..0.9433, n=10 pairs), needs > 0.6")
-    assert accuracy_above_chance(artifact("reward_model", {"eval_accuracy": 0.5, "eval_pairs": 82}), recipe) == (
+    assert accuracy_above_bound(artifact("reward_model", {"eval_accuracy": 0.5, "eval_pairs": 82}), recipe) == (
         False, "accuracy 0.5000 (95% CI 0.3942..0.6058, n=82 pairs), needs > 0.6, short by 0.1000")
 
 
