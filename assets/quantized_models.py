@@ -2,16 +2,23 @@
 
 from assets.stage_asset import stage_asset
 from engine.graph import AWQ_MODEL, GPTQ_MODEL
+from engine.models.sample import judge_sample
 from engine.stage import Stage
 
 QUANTIZED_METRICS = ("eval_perplexity", "merged_eval_perplexity", "ppl_ratio", "size_bytes", "merged_size_bytes",
-                     "sample_answer", "device", "dtype")
+                     "sample", "merged_sample", "device", "dtype")
 
 
 def reloads_and_generates(artifact, recipe) -> tuple[bool, str]:
+    """The export reloaded as a compressed-tensors checkpoint, and its greedy answer to the first eval row's question
+    is non-empty, stopped on eos within the token limit, and the merged model's answer to the same question (both
+    measured when the stage was built)."""
     m = artifact.metrics
-    return (m["reloaded_quant_method"] == "compressed-tensors",
-            f"reloaded as {m['reloaded_quant_method']}, answered {m['sample_answer']!r}")
+    passed, detail = judge_sample(m["sample"], expected=m["merged_sample"]["answer"], expected_from="merged_model")
+    method = m["reloaded_quant_method"]
+    if method != "compressed-tensors":
+        return False, f"reloaded as {method}, not compressed-tensors; {detail}"
+    return passed, detail
 
 
 def perplexity_within_bound(artifact, recipe) -> tuple[bool, str]:

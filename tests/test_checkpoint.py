@@ -53,6 +53,9 @@ def test_a_gguf_becomes_a_float32_safetensors_folder_with_the_metadata_s_special
     assert generation["eos_token_id"] == tokenizer.eos_token_id == 2
     assert facts["dtype"] == "float32" and facts["parameters"] == 134515008
     assert facts["gguf_sha256"] == ContentHasher().file(check_local_model(SMOL_GGUF))  # lineage.json carries it
+    # what loads_and_generates judges: every weight loaded, and the instruct model's answer (measured on this CPU:
+    # '120 + 345 = 465' in 14 tokens) is not empty and ends on its eos within the 64-token limit
+    assert facts["weights_not_loaded"] == [] and facts["sample"]["answer"] and facts["sample"]["stopped_on_eos"]
     assert "named SmolLM" in tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from assets.clean_data import every_source_within_loss_bound
 from assets.formatted_data import enough_eval_pairs
-from assets.reward_model import accuracy_above_chance
+from assets.dpo_adapter import reward_margin_above_bound
+from assets.reward_model import accuracy_above_bound
 from engine.store.artifacts import Artifact
 from engine.data.clean import clean
 from engine.data.format import format_rows
@@ -120,10 +121,25 @@ def test_the_eval_pairs_are_counted_in_the_written_split_not_the_report(few_pair
 
 def test_reward_accuracy_detail_carries_n_and_the_wilson_interval():
     recipe, _ = load_recipe("tiny")  # reward.min_accuracy 0.6
-    assert accuracy_above_chance(artifact("reward_model", {"eval_accuracy": 0.8, "eval_pairs": 10}), recipe) == (
+    assert accuracy_above_bound(artifact("reward_model", {"eval_accuracy": 0.8, "eval_pairs": 10}), recipe) == (
         True, "accuracy 0.8000 (95% CI 0.4902..0.9433, n=10 pairs), needs > 0.6")
-    assert accuracy_above_chance(artifact("reward_model", {"eval_accuracy": 0.5, "eval_pairs": 82}), recipe) == (
+    assert accuracy_above_bound(artifact("reward_model", {"eval_accuracy": 0.5, "eval_pairs": 82}), recipe) == (
         False, "accuracy 0.5000 (95% CI 0.3942..0.6058, n=82 pairs), needs > 0.6, short by 0.1000")
+
+
+def test_bounds_that_show_no_learning_say_so():
+    """The checks are named after their bounds; a bound at or below chance (reward) or below 0 (DPO margin), as a
+    few-step smoke run sets it, passes what it is set to pass, and the detail says it shows no learning."""
+    smoke, _ = load_recipe("tiny", {"reward.min_accuracy": 0.0, "dpo.min_reward_margin": -1000.0})
+    assert accuracy_above_bound(artifact("reward_model", {"eval_accuracy": 0.45, "eval_pairs": 20}), smoke) == (
+        True, "accuracy 0.4500 (95% CI 0.2582..0.6579, n=20 pairs), needs > 0.0 (at or below chance, 0.5: passing "
+              "it shows no learning)")
+    assert reward_margin_above_bound(artifact("dpo_adapter", {"eval_reward_margin": -0.2}), smoke) == (
+        True, "mean chosen-minus-rejected reward -0.2, needs > -1000.0 (below 0: accepts a model that prefers the "
+              "rejected answers)")
+    tiny, _ = load_recipe("tiny")  # dpo.min_reward_margin 0.0
+    assert reward_margin_above_bound(artifact("dpo_adapter", {"eval_reward_margin": 0.0}), tiny) == (
+        False, "mean chosen-minus-rejected reward 0.0, needs > 0.0")
 
 
 def test_the_data_checks_pass_on_the_shipped_data_and_their_metadata_reaches_dagster(tmp_path):

@@ -21,8 +21,8 @@ def test_quality_checks_block_downstream():
     specs = {(spec.asset_key.to_user_string(), spec.name): spec.blocking
              for asset in ASSETS for spec in asset.check_specs}
     assert specs[("sft_adapter", "eval_loss_below_base")]
-    assert specs[("reward_model", "accuracy_above_chance")]
-    assert specs[("dpo_adapter", "reward_margin_positive")]
+    assert specs[("reward_model", "accuracy_above_bound")]
+    assert specs[("dpo_adapter", "reward_margin_above_bound")]
     assert specs[("merged_model", "logits_match_adapters")]
     assert specs[("gptq_model", "perplexity_within_bound")] and specs[("awq_model", "reloads_and_generates")]
     assert specs[("model_comparison", "dpo_not_worse_than_sft")] and specs[("model_comparison", "awq_within_budget")]

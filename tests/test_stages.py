@@ -66,8 +66,8 @@ def test_an_sft_only_recipe_runs_to_deployment_and_the_rest_says_not_configured(
     for name in OFF:
         assert metadata[name]["configured"] is False and metadata[name]["summary"].startswith("not configured: ")
     details = {c.check_name: c.metadata["detail"].value for c in checks}
-    assert details["reward_margin_positive"].startswith("not configured")
-    assert details["accuracy_above_chance"].startswith("not configured")
+    assert details["reward_margin_above_bound"].startswith("not configured")
+    assert details["accuracy_above_bound"].startswith("not configured")
     assert details["dpo_not_worse_than_sft"].startswith("not configured")
     assert metadata["eval_sft"]["reward_score"] is None
     assert "| dpo | - |" in metadata["model_comparison"]["comparison"]

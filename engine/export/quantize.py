@@ -19,7 +19,8 @@ from engine.models.device import Precision, infer_dtype, precision_metrics
 from engine.evaluate.measure import perplexity
 from engine.export.awq_cpu_shim import awq_cpu_compat
 from engine.export.merge import dir_size
-from engine.models.load import load_causal_lm, load_tokenizer, smoke_generate
+from engine.models.load import load_causal_lm, load_tokenizer
+from engine.models.sample import eval_question, sample_answer
 
 if TYPE_CHECKING:
     from engine.recipe import QuantizeSection
@@ -50,7 +51,9 @@ def check_group_size(model, group_size: int) -> None:
 def quantize(merged_dir: Path, formatted_dir: Path, method: Method, cfg: QuantizeSection, cutoff_len: int,
              out: Path, precision: Precision | None = None) -> dict:
     """Calibrate on the formatted eval data, save the compressed checkpoint to `out`, reload and measure it. The
-    merged model is calibrated on the policy's device in its inference dtype, and both models are measured so."""
+    merged model is calibrated on the policy's device in its inference dtype, and both models are measured so:
+    perplexity on the eval rows, and each one's greedy answer to the first eval row's question (the check compares
+    them)."""
     dtype = infer_dtype(precision or Precision())
     tokenizer = load_tokenizer(merged_dir)
     evaluation = read_view(formatted_dir, "sft")["eval"]
@@ -63,12 +66,14 @@ def quantize(merged_dir: Path, formatted_dir: Path, method: Method, cfg: Quantiz
                 num_calibration_samples=len(calibration), shuffle_calibration_samples=False)
     model.save_pretrained(out, save_compressed=True)
     tokenizer.save_pretrained(out)
-    reloaded = load_causal_lm(out, dtype)
-    merged_ppl = perplexity(load_causal_lm(merged_dir, dtype), evaluation, tokenizer.pad_token_id)
+    reloaded, merged = load_causal_lm(out, dtype), load_causal_lm(merged_dir, dtype)
+    merged_ppl = perplexity(merged, evaluation, tokenizer.pad_token_id)
     quant_ppl = perplexity(reloaded, evaluation, tokenizer.pad_token_id)
+    prompt, question = eval_question(evaluation, tokenizer)
     return {"method": method, "eval_perplexity": round(quant_ppl, 4), "merged_eval_perplexity": round(merged_ppl, 4),
             "ppl_ratio": round(quant_ppl / merged_ppl, 4), "size_bytes": dir_size(out),
-            "merged_size_bytes": dir_size(merged_dir), "sample_answer": smoke_generate(reloaded, tokenizer),
+            "merged_size_bytes": dir_size(merged_dir), "sample": sample_answer(reloaded, tokenizer, prompt, question),
+            "merged_sample": sample_answer(merged, tokenizer, prompt, question),
             "reloaded_quant_method": quant_method(reloaded.config), **precision_metrics(dtype)}
 
 

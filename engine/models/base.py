@@ -6,7 +6,9 @@ import json
 from typing import TYPE_CHECKING
 
 from engine.models.checkpoint import convert_gguf, copy_settled, gguf_dtype, is_gguf
-from engine.models.load import make_tiny_model, check_local_model, is_tiny, point_at
+from engine.models.load import (make_tiny_model, check_local_model, is_tiny, load_causal_lm, load_tokenizer, model_dir,
+                                 point_at)
+from engine.models.sample import BASE_QUESTION, chat_prompt, sample_answer
 from engine.store.tables import read_rows
 
 if TYPE_CHECKING:
@@ -30,7 +32,21 @@ def make_base_model(run: "StageRun") -> dict:
     if not is_tiny(model):
         checkpoint = check_local_model(model.model_name_or_path)
         if is_gguf(checkpoint):  # its digest in the metrics too: lineage.json carries an artifact's metrics
-            return {**convert_gguf(checkpoint, run.out, gguf_dtype(model.infer_dtype), model.eos_source),
+            made = {**convert_gguf(checkpoint, run.out, gguf_dtype(model.infer_dtype), model.eos_source),
                     "gguf_sha256": run.home.hasher().file(checkpoint)}
-        return copy_settled(checkpoint, run.out, model.eos_source) or point_at(run.out, checkpoint)
-    return make_tiny_model(model.tiny, message_texts(read_rows(run.inputs["clean_data"] / "rows.parquet")), run.out)
+        else:
+            made = copy_settled(checkpoint, run.out, model.eos_source) or point_at(run.out, checkpoint)
+    else:
+        made = make_tiny_model(model.tiny, message_texts(read_rows(run.inputs["clean_data"] / "rows.parquet")), run.out)
+    return {**made, **loaded_sample(model_dir(run.out))}
+
+
+def loaded_sample(directory) -> dict:
+    """What base_model's check judges, measured once the model is written: the checkpoint's weights that did not
+    load into the model (transformers initializes those at random, with a warning only) and its greedy answer to
+    one question (the policy's inference dtype and device, as evaluation loads it)."""
+    loaded, info = load_causal_lm(directory, output_loading_info=True)
+    tokenizer = load_tokenizer(directory)
+    not_loaded = [*info["missing_keys"], *(k if isinstance(k, str) else k[0] for k in info["mismatched_keys"])]
+    return {"weights_not_loaded": sorted(not_loaded),
+            "sample": sample_answer(loaded, tokenizer, chat_prompt(tokenizer, BASE_QUESTION), BASE_QUESTION)}

@@ -136,9 +136,10 @@ class SftSection(TrainSection):
 
 class RewardSection(TrainSection):
     """The reward model on the preference pairs (LLaMA-Factory's stage rm)."""
-    min_accuracy: Float = check_threshold(0.6, ge=0, le=1, description="check: the held-out pairwise accuracy (chosen "
-                                                                       "scored above rejected) the reward model must "
-                                                                       "reach")
+    min_accuracy: Float = check_threshold(
+        0.6, ge=0, le=1, description="check accuracy_above_bound: the held-out pairwise accuracy (chosen scored above "
+        "rejected) must be above this. Chance is 0.5: a bound at or below it (a few-step smoke run) passes a model "
+        "that learned nothing, and the check's detail says so")
 
 
 class DpoSection(TrainSection):
@@ -156,8 +157,10 @@ class DpoSection(TrainSection):
     learning_rate: Float = learning_rate_field(5e-4)
     min_reward_gain: Float = check_threshold(0.0, description="gate: the DPO model's mean reward-model score minus "
                                                               "SFT's must be at least this")
-    min_reward_margin: Float = check_threshold(0.0, description="check: the held-out mean chosen-minus-rejected "
-                                                                "reward must be above this")
+    min_reward_margin: Float = check_threshold(
+        0.0, description="check reward_margin_above_bound: the held-out mean chosen-minus-rejected reward must be "
+        "above this. Below 0 (a few-step smoke run) it passes a model that prefers the rejected answers, and the "
+        "check's detail says so")
     precompute_ref_log_probs: bool = Field(
         True, description="the reference model's log-probs computed once, before training (sigmoid/ipo/kto), not at "
         "every step of every epoch. TRL's default: false")
