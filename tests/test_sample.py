@@ -21,9 +21,12 @@ def test_a_random_model_runs_to_the_limit_without_eos(tiny_model_dir):
 
 def test_an_answer_is_judged_on_content_stop_and_agreement():
     assert judge_sample(sample("dry"), expected="dry", expected_from="merged_model") == (
-        True, "answered 'dry' (2 of at most 32 tokens, stopped on eos, as merged_model answered) to 'q'")
+        True, "answered 'dry' (2 of at most 32 tokens, stopped on eos, starts as merged_model's 'dry') to 'q'")
+    # measured on the smol recipe: AWQ ends sooner than the merged model, in the same words
+    assert judge_sample(sample("I am Tuney.", 7), expected="I am Tuney, a language model assistant.",
+                        expected_from="merged_model")[0]
     assert judge_sample(sample("", 1), expected="dry", expected_from="merged_model") == (
         False, "answered '' (1 of at most 32 tokens, stopped on eos) to 'q': the answer is empty; merged_model "
-               "answered 'dry'")
-    assert judge_sample(sample("wet"), expected="dry", expected_from="merged_model")[1].endswith(
-        ": merged_model answered 'dry'")
+               "answered 'dry' (the first 8 characters differ)")
+    assert judge_sample(sample("Theresia-Alec-"), expected="I'm a humble", expected_from="merged_model")[1].endswith(
+        ": merged_model answered \"I'm a humble\" (the first 8 characters differ)")
