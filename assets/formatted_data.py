@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.stage_asset import stage_asset
+from assets.stage_asset import NOT_CONFIGURED, stage_asset
 from engine.graph import FORMATTED_DATA
 
 VIEW_COUNTS = ("sft_train", "sft_eval", "preference_train", "preference_eval", "kto_train", "kto_eval", "max_tokens",
@@ -38,7 +38,7 @@ def enough_eval_pairs(artifact, recipe) -> tuple[bool, str]:
     """Each eval split a preference stage is judged on holds at least data.min_eval_pairs rows."""
     need, splits = recipe.data.min_eval_pairs, judged_eval_splits(recipe)
     if not splits:
-        return True, "not configured: neither rm nor dpo (or kto) is in the recipe's stages"
+        return NOT_CONFIGURED, "not configured: neither rm nor dpo (or kto) is in the recipe's stages"
     verdicts = [eval_split_verdict(view, artifact.metrics[f"{view}_eval"], need, stages)
                 for view, stages in splits.items()]
     return all(ok for ok, _ in verdicts), "; ".join(detail for _, detail in verdicts)

@@ -29,9 +29,10 @@ class Fault:
 
 
 def copy_artifact(artifact: Artifact, into: Path) -> Artifact:
-    """A copy a fault may damage: the directory copied under `into`, the metrics deep-copied."""
+    """A copy a fault may damage: the directory copied under `into` (a link stays a link: the deployment's link to
+    its export is recorded as one), the metrics deep-copied."""
     target = into / artifact.asset / artifact.fingerprint
-    shutil.copytree(artifact.path, target)
+    shutil.copytree(artifact.path, target, symlinks=True)
     return Artifact(artifact.asset, artifact.fingerprint, target, copy.deepcopy(artifact.metrics))
 
 

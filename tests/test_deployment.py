@@ -73,19 +73,31 @@ def artifact(metrics: dict) -> Artifact:
     return Artifact("deployment", "f" * 16, None, metrics)
 
 
-def test_the_vllm_config_check_says_vllm_was_not_run():
+ANSWERED = {"answer": "chat", "finish_reason": "stop", "completion_tokens": 2, "max_tokens": 16,
+            "startup_seconds": 40.0}
+
+
+def test_the_vllm_config_check_reads_the_served_config_and_says_vllm_was_not_run(tmp_path):
     recipe, _ = load_recipe("tiny")
-    quantized = {"serve_config": {"quantization": "compressed-tensors"}, "vllm_load": None}
-    assert config_compatible_with_vllm(artifact({**quantized, "vllm_config_problems": []}), recipe) == (
-        True, "config.json quantization compressed-tensors is a format vLLM loads; vLLM was not run here (it needs "
-              "its package and a CUDA GPU)")
-    refused = {**quantized, "vllm_config_problems": ["format 'bitmask', expected one of ['int-quantized']"]}
-    passed, detail = config_compatible_with_vllm(artifact(refused), recipe)
-    assert not passed and detail.startswith("config.json: format 'bitmask'") and "vLLM was not run here" in detail
-    ran = {**quantized, "vllm_config_problems": [], "vllm_load": {"answer": "chat", "startup_seconds": 40.0,
-                                                                   "error": None}}
-    assert config_compatible_with_vllm(artifact(ran), recipe)[1].endswith("vLLM itself served it too (loads_in_vllm)")
-    assert loads_in_vllm(artifact(ran), recipe) == (True, "vllm serve answered 'chat' after 40.0 s start-up")
+    quant = {"quant_method": "compressed-tensors", "format": "pack-quantized",
+             "config_groups": {"group_0": {"weights": {"num_bits": 4, "type": "int", "strategy": "group"}}}}
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "config.json").write_text(json.dumps({"quantization_config": quant}))
+    quantized = {"serve_config": {"model_path": str(tmp_path / "export")}, "vllm_load": None}
+    assert config_compatible_with_vllm(artifact(quantized), recipe) == (
+        True, "config.json read: quantization compressed-tensors is one vLLM's loader accepts; vLLM was not run here "
+              "(it needs its package and a CUDA GPU)")
+    quant["format"] = "bitmask"
+    (tmp_path / "export" / "config.json").write_text(json.dumps({"quantization_config": quant}))
+    passed, detail = config_compatible_with_vllm(artifact(quantized), recipe)
+    assert not passed and "vLLM was not run here" in detail
+    assert detail.startswith("config.json read, vLLM's loader would refuse it: group_0: format 'bitmask', expected "
+                             "one of ['marlin-24', 'pack-quantized']")
+    ran = {**quantized, "vllm_load": {**ANSWERED, "error": None}}
+    assert config_compatible_with_vllm(artifact(ran), recipe)[1].endswith(
+        "vLLM itself served it too (loads_in_vllm)")
+    assert loads_in_vllm(artifact(ran), recipe) == (
+        True, "vllm serve answered 'chat' (2 of at most 16 tokens, finish_reason 'stop') after 40.0 s start-up")
     failed = {**ran, "vllm_load": {"answer": None, "startup_seconds": None, "error": "vllm server exited with code 1"}}
     assert loads_in_vllm(artifact(failed), recipe) == (False, "vllm serve failed: vllm server exited with code 1")
 
@@ -129,7 +141,9 @@ def test_a_published_deployment_records_paths_that_exist(two_recipes_data, tiny_
     assert (published / "chat_template.jinja").is_file() and ".work-" not in metrics["vllm_command"]
     assert (published / "tiny-merged").resolve() == export.resolve()  # the served name still leads to the export
     assert metrics["smoke"]["row_id"] == read_view(formatted, "sft")["eval"]["row_id"][0]
-    assert isinstance(metrics["smoke"]["answer"], str) and metrics["smoke"]["stopped_cleanly"]
+    smoke = metrics["smoke"]  # the model ended its answer itself (eos), within the token limit
+    assert smoke["answer"].strip() and smoke["finish_reason"] == "stop" and smoke["stopped_cleanly"]
+    assert 0 < smoke["completion_tokens"] <= smoke["max_tokens"] == 16
     assert metrics["vllm_load"] is None or torch.cuda.is_available()
     card = (published / "README.md").read_text()
     assert "| gptq_within_budget | passed | gptq: dropped 0.0000, allowed 0.05 |" in card
