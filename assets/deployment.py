@@ -32,15 +32,21 @@ def metadata(artifact, recipe) -> dict:
             "smoke_startup_seconds": smoke["startup_seconds"]}
 
 
-def answer_problems(served: dict) -> list[str]:
+def answer_problems(served: dict, requires_eos: bool) -> list[str]:
     """What is wrong with a served answer: empty, or not ended by the model's eos within the token limit (the
-    server's finish_reason "stop", and no more tokens than were allowed)."""
+    server's finish_reason "stop", and no more tokens than were allowed); a cut answer is accepted, and said to be,
+    when the recipe does not require eos (serve.smoke_requires_eos)."""
     problems = [] if (served["answer"] or "").strip() else ["an empty answer"]
-    if served["finish_reason"] != "stop":
-        problems.append(f"finish_reason {served['finish_reason']!r} (expected 'stop': the model's eos)")
     if served["completion_tokens"] is None or served["completion_tokens"] > served["max_tokens"]:
         problems.append(f"{served['completion_tokens']} tokens, expected at most {served['max_tokens']}")
+    if served["finish_reason"] != "stop":
+        problems.append(f"finish_reason {served['finish_reason']!r} (expected 'stop': the model's eos)"
+                        + ("" if requires_eos else ": accepted, serve.smoke_requires_eos is false"))
     return problems
+
+
+def failed(problems: list[str]) -> bool:
+    return any(not p.endswith("serve.smoke_requires_eos is false") for p in problems)
 
 
 def served_line(served: dict) -> str:
@@ -52,9 +58,10 @@ def serves_chat_completions(artifact, recipe) -> tuple[bool, str]:
     """The deployment's server answered the smoke question through its door with a non-empty answer the model
     ended itself within the token limit, and stopped when asked."""
     smoke = artifact.metrics["smoke"]
-    problems = answer_problems(smoke) + ([] if smoke["stopped_cleanly"] else ["the server had to be killed"])
-    return not problems, (f"{smoke['backend']} {served_line(smoke)} to eval row {smoke['row_id']}"
-                          + (f": {'; '.join(problems)}" if problems else "; stopped cleanly"))
+    problems = answer_problems(smoke, recipe.serve.smoke_requires_eos)
+    problems += [] if smoke["stopped_cleanly"] else ["the server had to be killed"]
+    return not failed(problems), (f"{smoke['backend']} {served_line(smoke)} to eval row {smoke['row_id']}"
+                                  + (f": {'; '.join(problems)}" if problems else "; stopped cleanly"))
 
 
 def config_compatible_with_vllm(artifact, recipe) -> tuple[bool, str]:
@@ -79,8 +86,8 @@ def loads_in_vllm(artifact, recipe) -> tuple[bool, str]:
         return False, "vLLM was not run for this artifact (built where vLLM cannot run)"
     if load["error"]:
         return False, f"vllm serve failed: {load['error']}"
-    problems = answer_problems(load)
-    return not problems, f"vllm serve {served_line(load)}" + (f": {'; '.join(problems)}" if problems else "")
+    problems = answer_problems(load, recipe.serve.smoke_requires_eos)
+    return not failed(problems), f"vllm serve {served_line(load)}" + (f": {'; '.join(problems)}" if problems else "")
 
 
 VLLM_CHECKS = {"loads_in_vllm": loads_in_vllm}  # a check of vLLM, declared only where it runs

@@ -84,7 +84,7 @@ FAULTS = {
         awq_accuracy_over_budget, r"^awq: accuracy 0\.0 vs merged [\d.]+: dropped [\d.]+ .*allowed 0\.05 \(over by"),
     ("deployment", "serves_chat_completions"): (
         Fault(served("smoke", answer=""), r"answered '' .*to eval row \S+: an empty answer$", good=vllm_served),
-        Fault(cut_at_the_limit("smoke"), r"\(16 of at most 16 tokens, finish_reason 'length'\).*: finish_reason "
+        Fault(cut_at_the_limit("smoke"), r"\((\d+) of at most \1 tokens, finish_reason 'length'\).*: finish_reason "
                                          r"'length' \(expected 'stop': the model's eos\)$", good=vllm_served)),
     ("deployment", "config_compatible_with_vllm"): Fault(
         quantization_vllm_refuses, r"^config\.json read, vLLM's loader would refuse it: quant_method 'quanto' is not "

@@ -278,7 +278,10 @@ class Server:
         self.stop()
 
 
-SMOKE_MAX_TOKENS = 16  # the smoke question's token limit: its answer must end (the model's eos) within it
+# the smoke question's token limit: its answer must end (the model's eos) within it. 64 holds a chat model's
+# one-paragraph reply (identity's "I am ..., an AI assistant developed by ..." is ~25 tokens); a model that
+# never stops reaches it (tuneline's tiny model answers in 2)
+SMOKE_MAX_TOKENS = 64
 
 
 def chat_completion(base_url: str, model: str, messages: list[dict], max_tokens: int = SMOKE_MAX_TOKENS,
