@@ -27,7 +27,7 @@ from engine.train.launch import launch_command, training_environment
 
 # (passed, detail naming the number and its bound), or with a third item: more metadata for the check's result;
 # passed is NOT_CONFIGURED (None) when what the check judges is off under this recipe
-Check = Callable[[Artifact, Recipe], tuple[bool, str] | tuple[bool, str, dict[str, Any]]]
+Check = Callable[[Artifact, Recipe], tuple[bool | None, str] | tuple[bool | None, str, dict[str, Any]]]
 Metadata = Callable[[Artifact, Recipe], dict[str, Any]]
 
 # asset -> its checks by name, as declared (tests/test_check_faults.py plants each one's fault)
@@ -94,7 +94,8 @@ def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable
                     specs=[dg.AssetSpec(key, deps=list(stage.parents), group_name=group, description=description,
                                         code_version=code_version(stage.entry))],
                     check_specs=[dg.AssetCheckSpec(name, asset=key, blocking=True) for name in checks])
-    def _asset(context: dg.AssetExecutionContext, tuneline: Tuneline) -> Iterator[dg.MaterializeResult]:
+    def _asset(context: dg.AssetExecutionContext, tuneline: Tuneline) -> Iterator[dg.MaterializeResult
+                                                                                  | dg.AssetCheckResult]:
         recipe, home = tuneline.recipe(), tuneline.home()
         runner = out_of_process(context) if stage.runs_out_of_process(recipe) else call_entry
         try:
@@ -114,9 +115,12 @@ def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable
             if passed is NOT_CONFIGURED:  # no result: Dagster shows the check as not evaluated, not as passed
                 off[name] = detail
                 continue
-            results.append(dg.AssetCheckResult(check_name=name, passed=passed,
+            results.append(dg.AssetCheckResult(asset_key=key, check_name=name, passed=passed,
                                                metadata={"detail": detail, **(more[0] if more else {})},
                                                severity=dg.AssetCheckSeverity.ERROR))
+        if key not in context.selected_asset_keys:  # its checks alone were asked for (the UI's "Execute checks")
+            yield from results
+            return
         yield dg.MaterializeResult(
             asset_key=key,
             metadata={"summary": summary(artifact, recipe) if configured else off_detail(artifact),
