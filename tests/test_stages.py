@@ -14,7 +14,7 @@ import yaml
 from assets.stage_asset import CHECKS_NOT_CONFIGURED
 from engine.evaluate.compare import comparison_markdown, dpo_gate
 from engine.store.catalog import Catalog
-from engine.store.lineage import lineage, render
+from engine.store.lineage import lineage as lineage_of, render
 from pipelines.cli.result import report
 from tests.test_device import random_adapter
 
@@ -83,7 +83,7 @@ def test_an_sft_only_recipe_runs_to_deployment_and_the_rest_says_not_configured(
     assert report(result, 1.0).splitlines()[-1].startswith(
         f"checks: {len(checks)} passed, 0 failed, {off_count} not configured (")
     assert "reward_model: accuracy_above_chance" in report(result, 1.0).splitlines()[-1]
-    shown = render(lineage(Catalog(root / "catalog.duckdb"), metadata["model_comparison"]["fingerprint"]))
+    shown = render(lineage_of(Catalog(root / "catalog.duckdb"), metadata["model_comparison"]["fingerprint"]))
     assert "dpo_not_worse_than_sft not configured" in shown and "gptq_within_budget ok" in shown
     assert metadata["eval_sft"]["reward_score"] is None
     assert "| dpo | - |" in metadata["model_comparison"]["comparison"]
