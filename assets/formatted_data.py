@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.stage_asset import stage_asset
+from assets.stage_asset import NOT_CONFIGURED, stage_asset
 from engine.data.format import sft_view_source
 from engine.data.written_views import (answers_by_row, eval_rows, label_problems, pair_lengths_sampled, parent_dir,
                                        sft_lengths, view_splits)
@@ -46,7 +46,7 @@ def enough_eval_pairs(artifact, recipe) -> tuple[bool, str]:
     written split."""
     need, splits = recipe.data.min_eval_pairs, judged_eval_splits(recipe)
     if not splits:
-        return True, "not configured: neither rm nor dpo (or kto) is in the recipe's stages"
+        return NOT_CONFIGURED, "not configured: neither rm nor dpo (or kto) is in the recipe's stages"
     verdicts = [eval_split_verdict(view, eval_rows(artifact.path, view), need, stages)
                 for view, stages in splits.items()]
     return all(ok for ok, _ in verdicts), "; ".join(detail for _, detail in verdicts)

@@ -1,7 +1,7 @@
 """pt_model: continued pre-training on raw text (LLaMA-Factory's stage pt), the model SFT, reward and DPO
 start from. While the recipe's pt.dataset is empty it is the base model itself, and says so."""
 
-from assets.stage_asset import perplexity, stage_asset, tracking_metadata
+from assets.stage_asset import NOT_CONFIGURED, perplexity, stage_asset, tracking_metadata
 from engine.graph import PT_MODEL
 
 def summary(artifact, recipe) -> str:
@@ -26,7 +26,7 @@ def metadata(artifact, recipe) -> dict:
 def eval_loss_below_base(artifact, recipe) -> tuple[bool, str]:
     m = artifact.metrics
     if not m["continued_pretraining"]:
-        return True, "no continued pre-training: nothing to compare"
+        return NOT_CONFIGURED, "not configured: pt.dataset is empty, no continued pre-training to compare"
     return m["eval_loss_after"] < m["eval_loss_before"], f"held-out loss {m['eval_loss_after']} vs base {m['eval_loss_before']}"
 
 

@@ -8,7 +8,7 @@ in the catalog, evaluates the checks with the recipe's thresholds and returns th
 import base64
 import math
 import shutil
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import dagster as dg
 
@@ -25,12 +25,22 @@ from engine.stage import Stage, StageRun, is_configured
 from engine.train.child import read_error, read_result, spec_of, write_spec
 from engine.train.launch import launch_command, training_environment
 
-# (passed, detail naming the number and its bound), or with a third item: more metadata for the check's result
-Check = Callable[[Artifact, Recipe], tuple[bool, str] | tuple[bool, str, dict[str, Any]]]
+# (passed, detail naming the number and its bound), or with a third item: more metadata for the check's result;
+# passed is NOT_CONFIGURED (None) when what the check judges is off under this recipe
+Check = Callable[[Artifact, Recipe], tuple[bool | None, str] | tuple[bool | None, str, dict[str, Any]]]
 Metadata = Callable[[Artifact, Recipe], dict[str, Any]]
 
 # asset -> its checks by name, as declared (tests/test_check_faults.py plants each one's fault)
 DECLARED_CHECKS: dict[str, dict[str, Check]] = {}
+# asset -> checks it declares only on a machine that can run them (loads_in_vllm where vLLM runs): not declared
+# here, still proven to fail by tests/test_check_faults.py on every machine
+DECLARED_ELSEWHERE: dict[str, dict[str, Check]] = {}
+
+# a check's verdict when what it judges is off under this recipe: not evaluated, which is not passed. The catalog
+# records it as passed NULL with the reason, Dagster gets no result for it (the UI shows it as not evaluated), and
+# the materialization's CHECKS_NOT_CONFIGURED metadata names it with the reason (`tuneline run` counts them apart)
+NOT_CONFIGURED = None
+CHECKS_NOT_CONFIGURED = "checks_not_configured"
 
 def out_of_process(context: dg.AssetExecutionContext):
     """Runs a training stage's entry point as `python -m pipelines.train_process <stage> --spec spec.json` through
@@ -67,16 +77,25 @@ class TrainingFailed(TunelineError):
 
 
 def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable[[Artifact, Recipe], str],
-                metadata: Metadata | None = None, checks: dict[str, Check] | None = None) -> dg.AssetsDefinition:
-    """The Dagster asset of `stage` (declared in engine/graph.py). Its checks block everything downstream when they fail; a training stage runs
+                metadata: Metadata | None = None, checks: dict[str, Check] | None = None,
+                elsewhere: dict[str, Check] | None = None) -> dg.AssetsDefinition:
+    """The Dagster asset of `stage` (declared in engine/graph.py). Its checks block everything downstream when they
+    fail, and are not evaluated (no result, not a pass) when the recipe turns the stage, or what a check judges, off;
+    `elsewhere`: checks this machine cannot run, not declared here (see DECLARED_ELSEWHERE). A training stage runs
     out of process, one at a time per machine, and only a transient failure (out of memory on a shared GPU, a
     lost connection) is retried; an interrupt or a recipe or data error never is."""
+    DECLARED_ELSEWHERE[stage.name] = elsewhere or {}
     checks = DECLARED_CHECKS[stage.name] = checks or {}
+    key = dg.AssetKey(stage.name)
 
-    @dg.asset(name=stage.name, deps=list(stage.parents), group_name=group, description=description,
-              code_version=code_version(stage.entry),
-              check_specs=[dg.AssetCheckSpec(name, asset=stage.name, blocking=True) for name in checks])
-    def _asset(context: dg.AssetExecutionContext, tuneline: Tuneline) -> dg.MaterializeResult:
+    # a multi_asset of one asset: only there may a step leave a declared check without a result (can_subset makes
+    # the check outputs optional), which is how a check of what the recipe turns off shows as not evaluated
+    @dg.multi_asset(name=stage.name, can_subset=True,
+                    specs=[dg.AssetSpec(key, deps=list(stage.parents), group_name=group, description=description,
+                                        code_version=code_version(stage.entry))],
+                    check_specs=[dg.AssetCheckSpec(name, asset=key, blocking=True) for name in checks])
+    def _asset(context: dg.AssetExecutionContext, tuneline: Tuneline) -> Iterator[dg.MaterializeResult
+                                                                                  | dg.AssetCheckResult]:
         recipe, home = tuneline.recipe(), tuneline.home()
         runner = out_of_process(context) if stage.runs_out_of_process(recipe) else call_entry
         try:
@@ -87,19 +106,29 @@ def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable
             raise
         catalog = home.catalog()
         configured = is_configured(artifact.metrics)
-        results = []
+        results, off = [], {}
         for name, check in checks.items():
-            passed, detail, *more = check(artifact, recipe) if configured else (True, off_detail(artifact))
+            if dg.AssetCheckKey(key, name) not in context.selected_asset_check_keys:
+                continue
+            passed, detail, *more = check(artifact, recipe) if configured else (NOT_CONFIGURED, off_detail(artifact))
             catalog.record_check(artifact.fingerprint, name, passed, detail)
-            results.append(dg.AssetCheckResult(check_name=name, passed=passed,
+            if passed is NOT_CONFIGURED:  # no result: Dagster shows the check as not evaluated, not as passed
+                off[name] = detail
+                continue
+            results.append(dg.AssetCheckResult(asset_key=key, check_name=name, passed=passed,
                                                metadata={"detail": detail, **(more[0] if more else {})},
                                                severity=dg.AssetCheckSeverity.ERROR))
-        return dg.MaterializeResult(
+        if key not in context.selected_asset_keys:  # its checks alone were asked for (the UI's "Execute checks")
+            yield from results
+            return
+        yield dg.MaterializeResult(
+            asset_key=key,
             metadata={"summary": summary(artifact, recipe) if configured else off_detail(artifact),
                       "path": dg.MetadataValue.path(str(artifact.path)),
                       "fingerprint": artifact.fingerprint, "cache_hit": artifact.cache_hit,
                       **(metadata(artifact, recipe) if metadata and configured else {}), **pictures(artifact),
-                      **({} if configured else {"configured": False, "reason": artifact.metrics["reason"]})},
+                      **({} if configured else {"configured": False, "reason": artifact.metrics["reason"]}),
+                      **({CHECKS_NOT_CONFIGURED: dg.MetadataValue.json(off)} if off else {})},
             data_version=dg.DataVersion(artifact.fingerprint), check_results=results)
 
     return _asset
@@ -115,7 +144,7 @@ def report_damaged(context: dg.AssetExecutionContext, damaged: ArtifactDamaged) 
 
 
 def off_detail(artifact: Artifact) -> str:
-    """What an off stage's checks and summary say: there is nothing to judge."""
+    """What an off stage's summary and (not evaluated) checks say: there is nothing to judge."""
     return f"not configured: {artifact.metrics['reason']}"
 
 

@@ -31,11 +31,12 @@ class Fault:
 
 
 def copy_artifact(artifact: Artifact, into: Path) -> Artifact:
-    """A copy a fault may damage: the directory copied under `into`, the metrics deep-copied; its parents (which a
-    check may read, as formatted_data's read base_model's tokenizer and clean_data's rows) linked beside it as the
-    store keeps them, <asset>/<fingerprint>, never to be damaged."""
+    """A copy a fault may damage: the directory copied under `into` (a link stays a link: the deployment's link to
+    its export is recorded as one), the metrics deep-copied; its parents (which a check may read, as
+    formatted_data's read base_model's tokenizer and clean_data's rows) linked beside it as the store keeps them,
+    <asset>/<fingerprint>, never to be damaged."""
     target = into / artifact.asset / artifact.fingerprint
-    shutil.copytree(artifact.path, target)
+    shutil.copytree(artifact.path, target, symlinks=True)
     for parent, fingerprint in json.loads((target / MANIFEST).read_text()).get("parents", {}).items():
         original, link = artifact.path.parent.parent / parent / fingerprint, into / parent / fingerprint
         if original.is_dir() and not link.exists():

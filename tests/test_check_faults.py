@@ -8,7 +8,7 @@ import re
 import dagster as dg
 import pytest
 
-from assets.stage_asset import DECLARED_CHECKS
+from assets.stage_asset import DECLARED_CHECKS, DECLARED_ELSEWHERE
 from engine.recipe import load_recipe
 from engine.store.artifacts import ArtifactStore
 from engine.store.digests import FILES_INTACT
@@ -22,10 +22,15 @@ from tests.faults_store import ENGINE_CHECKS, FAULTS as STORE_FAULTS
 FAULTS = {**DATA_FAULTS, **MODEL_FAULTS, **SERVING_FAULTS, **STORE_FAULTS}
 
 
+# a check may have several faults (a tuple): each fails it alone
+CASES = [(key, n) for key, faults in FAULTS.items() for n in range(len(faults) if isinstance(faults, tuple) else 1)]
+
+
 def checks_of(asset: str) -> dict:
-    """Every check judged on `asset`'s artifacts: its declared ones (all of them, whatever this machine can run)
-    and the engine's own (files_intact)."""
-    return {**DECLARED_CHECKS[asset], **ENGINE_CHECKS}
+    """Every check judged on `asset`'s artifacts: its declared ones and those declared only where this machine
+    could run them (loads_in_vllm: all of them, whatever this machine can run), and the engine's own
+    (files_intact)."""
+    return {**DECLARED_CHECKS[asset], **DECLARED_ELSEWHERE.get(asset, {}), **ENGINE_CHECKS}
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +48,18 @@ def tiny_graph(tmp_path_factory):
 
 
 def test_every_check_has_a_fault():
-    declared = {(asset, name) for asset, checks in DECLARED_CHECKS.items() for name in checks}
+    declared = {(asset, name) for declared in (DECLARED_CHECKS, DECLARED_ELSEWHERE)
+                for asset, checks in declared.items() for name in checks}
     declared |= {(asset.key.to_user_string(), key.name) for asset in ASSETS for key in asset.check_keys}
     declared |= {("*", name) for name in ENGINE_CHECKS}
     assert sorted(declared - set(FAULTS)) == [], "checks without a planted fault"
     assert sorted(set(FAULTS) - declared) == [], "faults of checks that no longer exist"
 
 
-@pytest.mark.parametrize("key", sorted(FAULTS), ids=lambda key: ".".join(key))
-def test_the_fault_fails_its_check_and_only_it(key, tiny_graph, tmp_path):
+@pytest.mark.parametrize("key, n", sorted(CASES), ids=[".".join(k) + (f"#{n}" if n else "") for k, n in sorted(CASES)])
+def test_the_fault_fails_its_check_and_only_it(key, n, tiny_graph, tmp_path):
     asset, check = key
-    fault = FAULTS[key]
+    fault = FAULTS[key][n] if isinstance(FAULTS[key], tuple) else FAULTS[key]
     built, recipe = tiny_graph
     target = fault_target(asset)
     good = copy_artifact(built[target], tmp_path / "good")

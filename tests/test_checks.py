@@ -100,7 +100,7 @@ def test_kto_is_judged_on_its_own_eval_split(few_pairs):
 def test_without_rm_or_dpo_the_minimum_is_not_configured(few_pairs):
     recipe, _ = load_recipe("tiny", {"stages": ["sft"]})
     assert enough_eval_pairs(few_pairs, recipe) == (
-        True, "not configured: neither rm nor dpo (or kto) is in the recipe's stages")
+        None, "not configured: neither rm nor dpo (or kto) is in the recipe's stages")  # not evaluated: no pass
 
 
 def test_the_shipped_eval_splits_meet_the_default_minimum(formatted_dir, tiny_recipe):

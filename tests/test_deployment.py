@@ -8,14 +8,15 @@ import shutil
 import pytest
 import torch
 
-from assets.deployment import CHECKS, config_compatible_with_vllm, loads_in_vllm
+from assets.deployment import CHECKS, config_compatible_with_vllm, loads_in_vllm, serves_chat_completions
+from assets.stage_asset import DECLARED_ELSEWHERE
 from engine.store.artifacts import Artifact
 from engine.data.format import format_rows, read_view
 from engine.export.docs import write_export_docs
 from engine.store.home import Home
 from engine.models.load import load_tokenizer
 from engine.recipe import load_recipe
-from engine.serve.server import deploy, smoke_question
+from engine.serve.server import SMOKE_MAX_TOKENS, deploy, smoke_question
 from engine.stage import StageRun
 from engine.store.tables import ROW_COLUMNS, read_rows, write_rows
 
@@ -73,26 +74,53 @@ def artifact(metrics: dict) -> Artifact:
     return Artifact("deployment", "f" * 16, None, metrics)
 
 
-def test_the_vllm_config_check_says_vllm_was_not_run():
+ANSWERED = {"answer": "chat", "finish_reason": "stop", "completion_tokens": 2, "max_tokens": 16,
+            "startup_seconds": 40.0}
+
+
+def test_the_vllm_config_check_reads_the_served_config_and_says_vllm_was_not_run(tmp_path):
     recipe, _ = load_recipe("tiny")
-    quantized = {"serve_config": {"quantization": "compressed-tensors"}, "vllm_load": None}
-    assert config_compatible_with_vllm(artifact({**quantized, "vllm_config_problems": []}), recipe) == (
-        True, "config.json quantization compressed-tensors is a format vLLM loads; vLLM was not run here (it needs "
-              "its package and a CUDA GPU)")
-    refused = {**quantized, "vllm_config_problems": ["format 'bitmask', expected one of ['int-quantized']"]}
-    passed, detail = config_compatible_with_vllm(artifact(refused), recipe)
-    assert not passed and detail.startswith("config.json: format 'bitmask'") and "vLLM was not run here" in detail
-    ran = {**quantized, "vllm_config_problems": [], "vllm_load": {"answer": "chat", "startup_seconds": 40.0,
-                                                                   "error": None}}
-    assert config_compatible_with_vllm(artifact(ran), recipe)[1].endswith("vLLM itself served it too (loads_in_vllm)")
-    assert loads_in_vllm(artifact(ran), recipe) == (True, "vllm serve answered 'chat' after 40.0 s start-up")
+    quant = {"quant_method": "compressed-tensors", "format": "pack-quantized",
+             "config_groups": {"group_0": {"weights": {"num_bits": 4, "type": "int", "strategy": "group"}}}}
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "config.json").write_text(json.dumps({"quantization_config": quant}))
+    quantized = {"serve_config": {"model_path": str(tmp_path / "export")}, "vllm_load": None}
+    assert config_compatible_with_vllm(artifact(quantized), recipe) == (
+        True, "config.json read: quantization compressed-tensors is one vLLM's loader accepts; vLLM was not run here "
+              "(it needs its package and a CUDA GPU)")
+    quant["format"] = "bitmask"
+    (tmp_path / "export" / "config.json").write_text(json.dumps({"quantization_config": quant}))
+    passed, detail = config_compatible_with_vllm(artifact(quantized), recipe)
+    assert not passed and "vLLM was not run here" in detail
+    assert detail.startswith("config.json read, vLLM's loader would refuse it: group_0: format 'bitmask', expected "
+                             "one of ['marlin-24', 'pack-quantized']")
+    ran = {**quantized, "vllm_load": {**ANSWERED, "error": None}}
+    assert config_compatible_with_vllm(artifact(ran), recipe)[1].endswith(
+        "vLLM itself served it too (loads_in_vllm)")
+    assert loads_in_vllm(artifact(ran), recipe) == (
+        True, "vllm serve answered 'chat' (2 of at most 16 tokens, finish_reason 'stop') after 40.0 s start-up")
     failed = {**ran, "vllm_load": {"answer": None, "startup_seconds": None, "error": "vllm server exited with code 1"}}
     assert loads_in_vllm(artifact(failed), recipe) == (False, "vllm serve failed: vllm server exited with code 1")
+
+
+def test_a_served_answer_must_end_with_eos_unless_the_recipe_opens_that_bound():
+    smoke = {"backend": "huggingface", "row_id": "alpaca_tasks:22", "stopped_cleanly": True, **ANSWERED,
+             "answer": "the the the", "finish_reason": "length", "completion_tokens": 16}
+    strict, _ = load_recipe("tiny")
+    passed, detail = serves_chat_completions(artifact({"smoke": smoke}), strict)
+    assert not passed and detail.endswith(": finish_reason 'length' (expected 'stop': the model's eos)")
+    opened, _ = load_recipe("tiny", {"serve.smoke_requires_eos": False})
+    passed, detail = serves_chat_completions(artifact({"smoke": smoke}), opened)
+    assert passed and detail.endswith("(expected 'stop': the model's eos): accepted, serve.smoke_requires_eos is false")
+    empty = {**smoke, "answer": " "}  # empty is never accepted
+    assert not serves_chat_completions(artifact({"smoke": empty}), opened)[0]
 
 
 def test_the_vllm_load_check_exists_only_where_vllm_can_run():
     from engine.models.backends import vllm_usable
     assert ("loads_in_vllm" in CHECKS) == vllm_usable()
+    # not declared here, still proven to fail here (tests/test_check_faults.py judges DECLARED_ELSEWHERE too)
+    assert ("loads_in_vllm" in DECLARED_ELSEWHERE["deployment"]) != vllm_usable()
     assert {"serves_chat_completions", "config_compatible_with_vllm"} <= set(CHECKS)
 
 
@@ -129,8 +157,12 @@ def test_a_published_deployment_records_paths_that_exist(two_recipes_data, tiny_
     assert (published / "chat_template.jinja").is_file() and ".work-" not in metrics["vllm_command"]
     assert (published / "tiny-merged").resolve() == export.resolve()  # the served name still leads to the export
     assert metrics["smoke"]["row_id"] == read_view(formatted, "sft")["eval"]["row_id"][0]
+    smoke = metrics["smoke"]  # an untrained model's answer: the record says how it ended, for the check to judge
     # the untrained tiny model answers garbage up to the token limit (measured: 'pitalbppvpitalbppv…'), not nothing
-    assert metrics["smoke"]["answer"].strip() and metrics["smoke"]["stopped_cleanly"]
+    assert smoke["answer"].strip() and smoke["finish_reason"] in ("stop", "length")
+    assert 0 < smoke["completion_tokens"] <= smoke["max_tokens"]
+    assert smoke["max_tokens"] == SMOKE_MAX_TOKENS and smoke["stopped_cleanly"]
+    assert (smoke["finish_reason"] == "length") == (smoke["completion_tokens"] == SMOKE_MAX_TOKENS)
     assert metrics["vllm_load"] is None or torch.cuda.is_available()
     card = (published / "README.md").read_text()
     assert "| gptq_within_budget | passed | gptq: dropped 0.0000, allowed 0.05 |" in card

@@ -73,7 +73,9 @@ def test_every_asset_materializes_and_every_check_passes(first_run):
     assert result.success, [(e.step_key, e.message, e.event_specific_data) for e in result.all_events if e.is_failure]
     assert set(artifacts_of(result)) == ALL_ASSETS
     evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == sum(len(a.check_specs) for a in ASSETS)
+    # every check evaluated but pt_model's: pt is off in the tiny recipe, and off is not passed
+    assert {(e.asset_key, e.check_name) for e in evaluations} == {
+        (a.key, spec.name) for a in ASSETS for spec in a.check_specs if a.key.to_user_string() != "pt_model"}
     failed = [(e.asset_key.to_user_string(), e.check_name, e.metadata) for e in evaluations if not e.passed]
     assert failed == []
     assert not any(meta["cache_hit"] for meta in artifacts_of(result).values())

@@ -117,11 +117,15 @@ def test_dpo_gate_says_by_how_much_dpo_fell_short_with_n_and_the_paired_interval
     dpo = {"reward_score": 0.8, "example_rewards": [0.4, 0.7, 1.3, 0.8]}
     ok, detail = dpo_gate(sft, dpo, 0.0)
     assert not ok
-    assert detail == ("DPO mean reward score 0.8 vs SFT 1.0: gain -0.2000 (95% CI -0.2800..-0.1200, n=4), "
-                      "required >= +0.0000, short by 0.2000")
-    better = {"reward_score": 1.3, "example_rewards": [0.8, 1.4, 1.7, 1.3]}
+    assert detail == ("DPO mean reward score 0.8 vs SFT 1.0: gain -0.2000 (95% CI -0.2800..-0.1200, n=4; 0 answers "
+                      "scored higher, 4 lower, 0 the same), required >= +0.0000, short by 0.2000")
+    # differences 0.3, 0.4, 0.2, 0.0: mean 0.225, s = 0.1708, half-width 1.96 * s / 2 = 0.1674
+    better = {"reward_score": 1.3, "example_rewards": [0.8, 1.4, 1.7, 1.0]}
     assert dpo_gate(sft, better, 0.1) == (True, "DPO mean reward score 1.3 vs SFT 1.0: gain +0.3000 (95% CI "
-                                                "+0.2200..+0.3800, n=4), required >= +0.1000")
+                                                "+0.0576..+0.3924, n=4; 3 answers scored higher, 0 lower, 1 the same), "
+                                                "required >= +0.1000")
+    # a negative bound lets DPO score worse than SFT: the detail says so
+    assert dpo_gate(sft, dpo, -0.25)[1].endswith("required >= -0.2500 (a tolerance: DPO may score 0.2500 below SFT)")
 
 
 def test_dpo_gate_refuses_scores_of_different_questions():

@@ -57,14 +57,14 @@ GPTQ = ("model_name_or_path: tiny\ntemplate: qwen\ntrust_remote_code: true\nexpo
         "export_quantization_bit: 4\nexport_quantization_dataset: data/c4_demo.jsonl\nexport_size: 5\n"
         "export_device: cpu\nexport_legacy_format: false\n")
 EVAL_DATASET = ["identity", "alpaca_en_demo"]  # for the configs that name no chat data (pre-training, exports)
-# a few steps each, small evaluations; the quality bounds (check and gate thresholds, never fingerprinted) are
-# opened: a model trained from random weights for a few steps proves the path, not quality. SFT's and pt's eval loss
-# below the base's, and every trained-count check, still have to hold.
+# a few steps each, small evaluations; the quality bounds (check and gate thresholds, never fingerprinted; the
+# served answer's eos too) are opened: a model trained from random weights for a few steps proves the path, not
+# quality. SFT's and pt's eval loss below the base's, and every trained-count check, still have to hold.
 FAST = {"pt.max_steps": 4, "sft.max_steps": 10, "reward.max_steps": 4, "dpo.max_steps": 4,
         "dpo.precompute_ref_log_probs": False, "reward.min_accuracy": 0.0, "dpo.min_reward_gain": -1000.0,
         "dpo.min_reward_margin": -1000.0, "data.min_eval_pairs": 8, "quantize.calibration_samples": 4,
         "quantize.max_ppl_ratio": 1000.0, "quantize.max_accuracy_drop": 1.0, "evaluation.max_samples": 4,
-        "evaluation.max_new_tokens": 8}
+        "evaluation.max_new_tokens": 8, "serve.smoke_requires_eos": False}
 
 
 @pytest.fixture(scope="module")

@@ -57,14 +57,22 @@ def test_vllm_is_chosen_only_where_it_can_run():
 
 
 def test_vllm_config_problems_name_what_vllm_would_refuse(tmp_path):
+    weights = {"num_bits": 4, "type": "int", "strategy": "group", "dynamic": False, "symmetric": False}
     quant = {"quant_method": "compressed-tensors", "format": "pack-quantized",
-             "config_groups": {"group_0": {"weights": {"num_bits": 4, "type": "int"}}}}
+             "config_groups": {"group_0": {"weights": weights}}}
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": quant}))
     assert vllm_config_problems(tmp_path) == []
     quant["format"], quant["config_groups"]["group_0"]["input_activations"] = "bitmask", {"num_bits": 8}
+    weights["num_bits"] = 3
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": quant}))
-    problems = vllm_config_problems(tmp_path)
-    assert any("format 'bitmask'" in p for p in problems) and any("weight-only" in p for p in problems)
+    assert vllm_config_problems(tmp_path) == [
+        "group_0: quantized activations, expected weight-only (W4A16 or W8A16)",
+        "group_0: format 'bitmask', expected one of ['marlin-24', 'pack-quantized']",
+        "group_0: weights int3, expected int4 or int8"]
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "quanto"}}))
+    assert vllm_config_problems(tmp_path) == ["quant_method 'quanto' is not one of vLLM's quantization methods"]
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "gptq", "bits": 4}}))
+    assert vllm_config_problems(tmp_path) == []  # another method vLLM knows is its own loader's to judge
 
 
 def test_a_taken_port_is_reported_not_fought_over(deployment_dir):

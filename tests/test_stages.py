@@ -11,7 +11,11 @@ import pytest
 import torch
 import yaml
 
+from assets.stage_asset import CHECKS_NOT_CONFIGURED
 from engine.evaluate.compare import comparison_markdown, dpo_gate
+from engine.store.catalog import Catalog
+from engine.store.lineage import lineage as lineage_of, render
+from pipelines.cli.result import report
 from tests.test_device import random_adapter
 
 SFT_SOURCES = ["alpaca_tasks", "sharegpt_tasks", "openai_tasks"]
@@ -29,12 +33,12 @@ def test_merge_with_only_the_sft_stage_gives_the_adapter_model_s_logits(tiny_mod
     assert not torch.allclose(base(ids).logits, merged(ids).logits)  # the SFT adapter is in the weights
 
 
-def test_without_dpo_or_a_reward_model_the_gate_passes_as_not_configured_and_the_table_shows_dashes():
+def test_without_dpo_or_a_reward_model_the_gate_is_not_evaluated_and_the_table_shows_dashes():
     sft = {"perplexity": 9.0, "accuracy": 0.5, "similarity": 0.7, "reward_score": None}
     off = {"configured": False, "reason": "dpo (or kto) is not in the recipe's stages"}
-    assert dpo_gate(sft, off, 0.0) == (True, "not configured: dpo (or kto) is not in the recipe's stages")
+    assert dpo_gate(sft, off, 0.0) == (None, "not configured: dpo (or kto) is not in the recipe's stages")
     passed, detail = dpo_gate(sft, {**sft, "reward_score": None}, 0.0)
-    assert passed and detail.startswith("not configured: rm is not in the recipe's stages")
+    assert passed is None and detail.startswith("not configured: rm is not in the recipe's stages")
     lines = comparison_markdown({"sft": sft, "dpo": off}).splitlines()
     assert lines[2:] == ["| sft | 9.0 | 0.5 | 0.7 | - |", "| dpo | - | - | - | - |"]
 
@@ -65,10 +69,22 @@ def test_an_sft_only_recipe_runs_to_deployment_and_the_rest_says_not_configured(
                 for e in result.get_asset_materialization_events()}
     for name in OFF:
         assert metadata[name]["configured"] is False and metadata[name]["summary"].startswith("not configured: ")
-    details = {c.check_name: c.metadata["detail"].value for c in checks}
-    assert details["reward_margin_above_bound"].startswith("not configured")
-    assert details["accuracy_above_bound"].startswith("not configured")
-    assert details["dpo_not_worse_than_sft"].startswith("not configured")
+    # off is not passed: the checks of what the recipe turns off have no evaluation at all, the asset names them
+    off = {("reward_model", "accuracy_above_bound"), ("dpo_adapter", "reward_margin_above_bound"),
+           ("model_comparison", "dpo_not_worse_than_sft")}
+    assert off.isdisjoint({(c.asset_key.to_user_string(), c.check_name) for c in checks})
+    for asset, name in off:
+        assert metadata[asset][CHECKS_NOT_CONFIGURED][name].startswith("not configured: "), metadata[asset]
+    recorded = Catalog(root / "catalog.duckdb").query(
+        "SELECT check_name, passed, detail FROM check_results WHERE check_name IN (?, ?, ?)", [n for _, n in off])
+    assert {name for name, _, _ in recorded} == {n for _, n in off}
+    assert all(passed is None and detail.startswith("not configured: ") for _, passed, detail in recorded)
+    off_count = sum(len(m.get(CHECKS_NOT_CONFIGURED, {})) for m in metadata.values())
+    assert report(result, 1.0).splitlines()[-1].startswith(
+        f"checks: {len(checks)} passed, 0 failed, {off_count} not configured (")
+    assert "reward_model: accuracy_above_bound" in report(result, 1.0).splitlines()[-1]
+    shown = render(lineage_of(Catalog(root / "catalog.duckdb"), metadata["model_comparison"]["fingerprint"]))
+    assert "dpo_not_worse_than_sft not configured" in shown and "gptq_within_budget ok" in shown
     assert metadata["eval_sft"]["reward_score"] is None
     assert "| dpo | - |" in metadata["model_comparison"]["comparison"]
     config = json.loads((Path(metadata["deployment"]["path"]) / "serve.json").read_text())

@@ -157,19 +157,24 @@ def comparison_markdown(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def dpo_gate(sft: dict, dpo: dict, min_gain: float, before: str = "SFT") -> tuple[bool, str]:
+def dpo_gate(sft: dict, dpo: dict, min_gain: float, before: str = "SFT") -> tuple[bool | None, str]:
     """DPO's mean reward score minus that of the model it started from (`before`: SFT, or the base model where the
     recipe runs no sft) against `min_gain`, with the paired interval of that gain over the same questions (the
-    verdict is the point estimate's; the interval says how much n = samples can tell)."""
+    verdict is the point estimate's; the interval says how much n = samples can tell). None: not evaluated, DPO or
+    the reward model that judges it is off (not a pass)."""
     if dpo.get("configured") is False:
-        return True, f"not configured: {dpo['reason']}"
+        return None, f"not configured: {dpo['reason']}"
     if dpo["reward_score"] is None or sft["reward_score"] is None:  # nothing to judge DPO by
-        return True, f"not configured: rm is not in the recipe's stages, so no reward model scores DPO against {before}"
+        return None, f"not configured: rm is not in the recipe's stages, so no reward model scores DPO against {before}"
     gain = dpo["reward_score"] - sft["reward_score"]
     spread = paired_difference(dpo["example_rewards"], sft["example_rewards"])
+    moved = [a - b for a, b in zip(dpo["example_rewards"], sft["example_rewards"], strict=True)]
+    up, down = sum(d > 0 for d in moved), sum(d < 0 for d in moved)
+    tolerance = f" (a tolerance: DPO may score {-min_gain:.4f} below {before})" if min_gain < 0 else ""
     verdict = "" if gain >= min_gain else f", short by {min_gain - gain:.4f}"
     return gain >= min_gain, (f"DPO mean reward score {dpo['reward_score']} vs {before} {sft['reward_score']}: gain "
-                              f"{gain:+.4f} ({spread.describe(signed=True)}), required >= {min_gain:+.4f}{verdict}")
+                              f"{gain:+.4f} ({spread.describe(signed=True)}; {up} answers scored higher, {down} lower, "
+                              f"{len(moved) - up - down} the same), required >= {min_gain:+.4f}{tolerance}{verdict}")
 
 
 def quantized_gate(name: str, merged: dict, quantized: dict, max_drop: float, max_ratio: float) -> tuple[bool, str]:
@@ -191,8 +196,9 @@ def dpo_started_from(results: dict[str, dict]) -> str:
     return "sft" if results["sft"].get("configured") is not False else "base"
 
 
-def gates(results: dict[str, dict], recipe: Recipe) -> dict[str, tuple[bool, str]]:
-    """The deployment gates, each (passed, which number against which bound and by how much)."""
+def gates(results: dict[str, dict], recipe: Recipe) -> dict[str, tuple[bool | None, str]]:
+    """The deployment gates, each (passed, which number against which bound and by how much); passed None: not
+    evaluated (what the gate judges is off under this recipe)."""
     q = recipe.quantize
     before = dpo_started_from(results)
     return {"dpo_not_worse_than_sft": dpo_gate(results[before], results["dpo"], recipe.dpo.min_reward_gain,

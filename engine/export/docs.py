@@ -15,6 +15,9 @@ import yaml
 # the Hub's base_model_relation of each export to the base model. A LoRA merged into the base is a fine-tune of it:
 # the Hub's "merge" means a merge of several models (mergekit) and would list the export under the base's Merges
 RELATIONS = {"merged_model": "finetune", "gptq_model": "quantized", "awq_model": "quantized"}
+# a recorded check: passed, failed, or None, not evaluated (the recipe turns off what it judges)
+VERDICTS = {True: "passed", False: "failed", None: "not configured"}
+MARKS = {True: "\u2713", False: "\u2717", None: "not configured"}
 HUB_CACHE_PREFIX = "models--"  # a Hub cache snapshot: .../models--<org>--<name>/snapshots/<revision>
 
 
@@ -85,7 +88,7 @@ def model_card(record: dict, results: list, evaluation: str = "") -> str:
     sources = "\n".join(f"| {s} | {c.get('raw_rows', 0)} | {c.get('train_rows', 0)} | {c.get('eval_rows', 0)} | "
                         f"{sum(c.get('quarantined', {}).values())} |" for s, c in sorted(record["data"].items()))
     artifacts = "\n".join(f"| {asset} | `{a['fingerprint']}` | "
-                          f"{', '.join(f'{k} {chr(10003) if v else chr(10007)}' for k, v in a['checks'].items())} |"
+                          f"{', '.join(f'{k} {MARKS[v]}' for k, v in a['checks'].items())} |"
                           for asset, a in record["artifacts"].items())
     export = record["export"]
     metrics = "\n".join(f"| {k} | {v} |" for k, v in export["metrics"].items() if not isinstance(v, (list, dict)))
@@ -134,9 +137,9 @@ def deployment_card(export_dir: Path, evaluation: dict, gates: dict[str, tuple[b
                            metric_name=f"{k} (n={evaluation.get('samples')})", **split)
                 for k in ("accuracy", "perplexity", "similarity", "reward_score") if evaluation.get(k) is not None]
     verdicts = [EvalResult(task_type="text-generation", metric_type=name,
-                           metric_value="passed" if passed else "failed", metric_name=detail, **split)
+                           metric_value=VERDICTS[passed], metric_name=detail, **split)
                 for name, (passed, detail) in gates.items()]
-    table = "\n".join(f"| {name} | {'passed' if passed else 'FAILED'} | {detail} |"
+    table = "\n".join(f"| {name} | {VERDICTS[passed].replace('failed', 'FAILED')} | {detail} |"
                       for name, (passed, detail) in gates.items())
     evaluation_md = (f"\n## Deployment gates (as recorded when this deployment was made)\n| gate | verdict | detail |\n"
                      f"|---|---|---|\n{table}\n")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from engine.recipe.fields import Int, Section
+from engine.recipe.fields import Int, Section, check_threshold
 
 
 class ServeSection(Section):
@@ -33,6 +33,10 @@ class ServeSection(Section):
                                                               "server accepts; unset: the model's "
                                                               "max_position_embeddings. LLaMA-Factory's vllm_maxlen: "
                                                               "4096")
+    smoke_requires_eos: bool = check_threshold(
+        True, description="check: the deployment's smoke answer must end with the model's eos within the smoke "
+        "test's token limit (serves_chat_completions, loads_in_vllm); false: an answer cut at the limit passes, and "
+        "the check's detail says so (a run that proves the data path on a model trained a few steps)")
     startup_timeout_seconds: Int = Field(300, ge=5, description="seconds the health check waits for the server to "
                                                                 "start before giving up")
     insecure_no_key: bool = Field(False, description="serve on a non-loopback host without an API key anyway (as "

@@ -156,7 +156,9 @@ class DpoSection(TrainSection):
         "metrics say pref_ftx_applied: false)")
     learning_rate: Float = learning_rate_field(5e-4)
     min_reward_gain: Float = check_threshold(0.0, description="gate: the DPO model's mean reward-model score minus "
-                                                              "SFT's must be at least this")
+                                                              "SFT's must be at least this (0: DPO not worse than "
+                                                              "SFT; a negative bound is a tolerance, which the "
+                                                              "gate's detail line states)")
     min_reward_margin: Float = check_threshold(
         0.0, description="check reward_margin_above_bound: the held-out mean chosen-minus-rejected reward must be "
         "above this. Below 0 (a few-step smoke run) it passes a model that prefers the rejected answers, and the "

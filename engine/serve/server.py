@@ -34,7 +34,6 @@ from engine.errors import ServeError
 from engine.models.load import load_tokenizer
 from engine.runtime.processes import stop_process_group
 from engine.serve.proxy import AuthProxy
-from engine.serve.vllm_compat import vllm_config_problems
 
 if TYPE_CHECKING:
     from engine.recipe import ServeSection
@@ -279,13 +278,24 @@ class Server:
         self.stop()
 
 
-def chat_completion(base_url: str, model: str, messages: list[dict], max_tokens: int = 16,
-                    api_key: str = "unused") -> str:
-    """One chat completion through the OpenAI client: what any user's application would send."""
+# the smoke question's token limit: its answer must end (the model's eos) within it. 64 holds a chat model's
+# one-paragraph reply (identity's "I am ..., an AI assistant developed by ..." is ~25 tokens); a model that
+# never stops reaches it (tuneline's tiny model answers in 2)
+SMOKE_MAX_TOKENS = 64
+
+
+def chat_completion(base_url: str, model: str, messages: list[dict], max_tokens: int = SMOKE_MAX_TOKENS,
+                    api_key: str = "unused") -> dict:
+    """One chat completion through the OpenAI client, what any user's application would send: {"answer",
+    "finish_reason" ("stop": the model ended it with its eos; "length": cut at `max_tokens`), "completion_tokens"
+    (as the server counted them), "max_tokens"}."""
     from openai import OpenAI
     client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
     response = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0)
-    return response.choices[0].message.content
+    choice = response.choices[0]
+    return {"answer": choice.message.content, "finish_reason": choice.finish_reason,
+            "completion_tokens": response.usage.completion_tokens if response.usage else None,
+            "max_tokens": max_tokens}
 
 
 def smoke_serve(directory: Path, backend: str, messages: list[dict], timeout: float) -> dict:
@@ -295,25 +305,25 @@ def smoke_serve(directory: Path, backend: str, messages: list[dict], timeout: fl
     started = time.monotonic()
     with server:
         ready = time.monotonic() - started
-        answer = chat_completion(server.base_url, server.config["served_model_name"], messages, api_key=key)
-    return {"backend": server.backend, "startup_seconds": round(ready, 1), "answer": answer,
+        completion = chat_completion(server.base_url, server.config["served_model_name"], messages, api_key=key)
+    return {"backend": server.backend, "startup_seconds": round(ready, 1), **completion,
             "stopped_cleanly": not server.killed}
 
 
 def vllm_load(deployment_dir: Path, smoke: dict, messages: list[dict], timeout: float) -> dict | None:
     """The deployment served by `vllm serve` (its recorded command line) and asked `messages`, where vLLM can run;
-    None where it cannot (nothing was run). The smoke test's own answer when vLLM is what served it. A server that
+    None where it cannot (nothing was run). The smoke test's own record when vLLM is what served it. A server that
     does not start or answer is recorded as {"error": ...}, for the check to fail with."""
     if not vllm_usable():
         return None
     if smoke["backend"] == "vllm":
-        return {"answer": smoke["answer"], "startup_seconds": smoke["startup_seconds"], "error": None}
+        return {**smoke, "error": None}
     from openai import OpenAIError
     try:
         served = smoke_serve(deployment_dir, "vllm", messages, timeout)
     except (ServeError, OpenAIError) as exc:  # it did not start, or did not answer
         return {"answer": None, "startup_seconds": None, "error": " ".join(str(exc).split())}
-    return {"answer": served["answer"], "startup_seconds": served["startup_seconds"], "error": None}
+    return {**served, "error": None}
 
 
 CHAT_ROLES = ("system", "user", "assistant")  # what any OpenAI-compatible client sends; tool turns are not
@@ -386,6 +396,5 @@ def deploy(run: "StageRun") -> dict:
     smoke = smoke_serve(run.out, cfg.infer_backend, question["messages"], cfg.startup_timeout_seconds)
     return {"serve_config": config, "vllm_command": " ".join(vllm_line),
             "smoke": {**smoke, "row_id": question["row_id"], "messages": question["messages"]},
-            "vllm_config_problems": vllm_config_problems(export),
             "vllm_load": vllm_load(run.out, smoke, question["messages"], cfg.startup_timeout_seconds),
             "device": config["device"], "dtype": config["dtype"]}

@@ -14,6 +14,7 @@ from typing import Iterator
 
 import duckdb
 
+# check_results.passed NULL: not evaluated, what the check judges is off under the recipe (detail "not configured: ...")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS artifacts (
     fingerprint VARCHAR PRIMARY KEY, asset VARCHAR, path VARCHAR, created_at VARCHAR,
@@ -127,11 +128,12 @@ class Catalog:
         return bool(known), [t for t in tables if t not in ROW_TABLES or counted.get(t) != con.execute(
             f"SELECT count(*) FROM {t} WHERE artifact = ?", [fingerprint]).fetchone()[0]]
 
-    def record_check(self, artifact: str, name: str, passed: bool, detail: str) -> None:
+    def record_check(self, artifact: str, name: str, passed: bool | None, detail: str) -> None:
+        """One check's verdict on an artifact; passed None: not evaluated (not configured), never a pass."""
         with self.connect() as con:
             con.execute("INSERT OR REPLACE INTO check_results VALUES (?, ?, ?, ?)", [artifact, name, passed, detail])
 
-    def checks_of(self, artifacts: list[str]) -> dict[str, dict[str, bool]]:
+    def checks_of(self, artifacts: list[str]) -> dict[str, dict[str, bool | None]]:
         rows = self.query("SELECT artifact, check_name, passed FROM check_results WHERE list_contains(?, artifact)",
                           [artifacts])
         result: dict[str, dict[str, bool]] = {}

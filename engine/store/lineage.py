@@ -99,6 +99,11 @@ def write_training_rows(catalog: Catalog, artifact: str, out: Path) -> int:
     return len(rows)
 
 
+def verdict(passed: bool | None) -> str:
+    """A recorded check as a person reads it (None: not evaluated, the recipe turns off what it judges)."""
+    return "not configured" if passed is None else "ok" if passed else "FAILED"
+
+
 def render(record: dict) -> str:
     """The lineage as an indented tree, export first, down to the raw sources with their row counts."""
     nodes = [record["artifact"], *record["ancestors"]]
@@ -111,7 +116,7 @@ def render(record: dict) -> str:
             lines.append(f"{indent}{node['asset']} {node['fingerprint']}  (above)")
             return
         shown.add(node["fingerprint"])
-        checks = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in node["checks"].items())
+        checks = ", ".join(f"{k} {verdict(v)}" for k, v in node["checks"].items())
         lines.append(f"{indent}{node['asset']} {node['fingerprint']}  {node['created_at']}  {checks}")
         lines.append(f"{indent}  {node['path']}")
         for parent in node["parents"] or []:

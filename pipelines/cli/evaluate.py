@@ -33,4 +33,8 @@ def evaluate(args: argparse.Namespace) -> int:
         for check in result.get_asset_check_evaluations():
             if check.asset_key.to_user_string() == "model_comparison":
                 print(f"{'pass' if check.passed else 'FAIL'}  {check.check_name}: {check.metadata['detail'].value}")
+        from assets.stage_asset import CHECKS_NOT_CONFIGURED
+        off = comparison[0].materialization.metadata.get(CHECKS_NOT_CONFIGURED)
+        for name, detail in (off.value if off else {}).items():  # not evaluated: not a pass
+            print(f"off   {name}: {detail}")
     return outcome(result)

@@ -10,15 +10,22 @@ from engine.errors import TunelineError
 
 
 def report(result, seconds: float) -> str:
-    """A table of every asset: materialized or cached, its artifact path, key metrics, and its checks."""
+    """A table of every asset: materialized or cached, its artifact path, key metrics, and its checks; last, the
+    checks counted: passed, failed, and not configured (not evaluated: the recipe turns off what they judge)."""
+    from assets.stage_asset import CHECKS_NOT_CONFIGURED
     checks: dict[str, list[str]] = {}
+    verdicts = [e.passed for e in result.get_asset_check_evaluations()]
     for evaluation in result.get_asset_check_evaluations():
         mark = "ok" if evaluation.passed else "FAILED"
         checks.setdefault(evaluation.asset_key.to_user_string(), []).append(f"{evaluation.check_name} {mark}")
+    off: dict[str, list[str]] = {}
     lines = [f"{'asset':<16} {'status':<8} {'summary':<58} checks", "-" * 120]
     for event in result.get_asset_materialization_events():
         meta = event.materialization.metadata
         key = event.asset_key.to_user_string()
+        if CHECKS_NOT_CONFIGURED in meta:
+            off[key] = list(meta[CHECKS_NOT_CONFIGURED].value)
+            checks.setdefault(key, []).append(f"{len(off[key])} not configured")
         status = "cached" if meta["cache_hit"].value else "built"
         lines.append(f"{key:<16} {status:<8} {meta['summary'].value[:58]:<58} {', '.join(checks.get(key, []))}")
         lines.append(f"{'':<16} {'':<8} {meta['path'].value}")
@@ -26,7 +33,15 @@ def report(result, seconds: float) -> str:
     failed = [e.step_key for e in result.get_step_failure_events()]
     lines.append("-" * 120)
     lines.append(f"{len(built)} assets in {seconds:.1f}s" + (f"; FAILED steps: {', '.join(failed)}" if failed else ""))
+    lines.append(check_counts(verdicts, off))
     return "\n".join(lines)
+
+
+def check_counts(verdicts: list[bool], off: dict[str, list[str]]) -> str:
+    """"checks: 20 passed, 0 failed, 6 not configured (pt_model: a, b; ...)": a check not evaluated is no pass."""
+    named = "; ".join(f"{asset}: {', '.join(names)}" for asset, names in off.items())
+    return (f"checks: {sum(verdicts)} passed, {len(verdicts) - sum(verdicts)} failed, "
+            f"{sum(len(names) for names in off.values())} not configured" + (f" ({named})" if named else ""))
 
 
 def outcome(result) -> int:
