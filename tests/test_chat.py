@@ -4,7 +4,7 @@ import pytest
 
 from engine.serve.chat import chat_loop, load_chat_model, reply
 from engine.errors import TunelineError
-from engine.evaluate.measure import decoded_answer
+from engine.models.sample import decoded_answer
 from pipelines.cli import main
 
 

@@ -22,7 +22,8 @@ from engine.models.backends import choose_backend
 from engine.data.format import read_view
 from engine.models.device import Precision, device_type, infer_dtype, name, precision_metrics
 from engine.errors import RecipeError
-from engine.evaluate.measure import (answer_examples, answered_sequences, decoded_answer, greedy_from_ids, perplexity,
+from engine.models.sample import decoded_answer
+from engine.evaluate.measure import (answer_examples, answered_sequences, greedy_from_ids, perplexity,
                                      reward_scores_of_ids)
 from engine.models.load import load_reward_model, load_tokenizer, load_with_adapters, model_dir
 from engine.evaluate.scorers import char_similarity, resolve_scorer, score, scores

@@ -11,6 +11,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from engine.data.constants import IGNORE
 from engine.models.device import mixed_autocast, to_device
+from engine.models.sample import decoded_answer
 
 
 def padded(sequences: list[list[int]], value: int) -> torch.Tensor:
@@ -111,16 +112,6 @@ def greedy_from_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     return in_file_order([len(p) for p in prompts], batch_size, answer_batch)
 
 
-def decoded_answer(tokenizer, token_ids) -> str:
-    """A generated answer's text as every backend reports it: special tokens dropped, whitespace stripped. An
-    answer that stopped without its end token (cut by the token limit) ends at its last whole character: a
-    character cut between its bytes would decode as U+FFFD."""
-    text = tokenizer.decode(token_ids, skip_special_tokens=True)
-    if tokenizer.eos_token_id not in [int(t) for t in token_ids]:
-        text = text.rstrip("\ufffd")
-    return text.strip()
-
-
 @dataclass(frozen=True)
 class AnswerExample:
     """One held-out SFT row as a question: the tokens before its last answer, and that answer's text."""
@@ -140,6 +131,12 @@ def answer_examples(dataset, tokenizer, limit: int) -> list[AnswerExample]:
         reference = tokenizer.decode(row["input_ids"][start:end + 1], skip_special_tokens=True).strip()
         examples.append(AnswerExample(row["input_ids"][:start], reference))
     return examples
+
+
+def eval_question(evaluation, tokenizer) -> tuple[list[int], str]:
+    """(prompt ids, question as the chat template rendered it) of the SFT view's first eval row."""
+    prompt_ids = answer_examples(evaluation, tokenizer, 1)[0].prompt_ids
+    return prompt_ids, tokenizer.decode(prompt_ids)
 
 
 def turn_suffix(tokenizer) -> str:

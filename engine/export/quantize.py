@@ -16,11 +16,11 @@ from llmcompressor.modifiers.transform import AWQModifier
 
 from engine.data.format import read_view
 from engine.models.device import Precision, infer_dtype, precision_metrics
-from engine.evaluate.measure import perplexity
+from engine.evaluate.measure import eval_question, perplexity
 from engine.export.awq_cpu_shim import awq_cpu_compat
 from engine.export.merge import dir_size
 from engine.models.load import load_causal_lm, load_tokenizer
-from engine.models.sample import eval_question, sample_answer
+from engine.models.sample import sample_answer
 
 if TYPE_CHECKING:
     from engine.recipe import QuantizeSection

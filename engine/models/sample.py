@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import torch
 
-from engine.evaluate.measure import answer_examples, decoded_answer
-
 SAMPLE_MAX_NEW_TOKENS = 64  # a chat answer to one short question (SmolLM2: 14 tokens) stops well before it
 AGREE_CHARS = 8  # a 4-bit export may end its answer sooner (SmolLM2 AWQ: 'I am Tuney.' vs 'I am Tuney, a ...')
 BASE_QUESTION = "Add the two numbers.\n120 + 345"  # base_model has no data view of its own to take a question from
+
+
+def decoded_answer(tokenizer, token_ids) -> str:
+    """A generated answer's text as every backend reports it: special tokens dropped, whitespace stripped. An
+    answer that stopped without its end token (cut by the token limit) ends at its last whole character: a
+    character cut between its bytes would decode as U+FFFD."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    if tokenizer.eos_token_id not in [int(t) for t in token_ids]:
+        text = text.rstrip("\ufffd")
+    return text.strip()
 
 
 def eos_ids(model, tokenizer) -> list[int]:
@@ -38,12 +46,6 @@ def sample_answer(model, tokenizer, prompt_ids: list[int], question: str,
     new = out[0, len(prompt_ids):].tolist()
     return {"question": question, "answer": decoded_answer(tokenizer, new), "tokens": len(new),
             "stopped_on_eos": bool(new) and new[-1] in eos, "max_new_tokens": max_new_tokens}
-
-
-def eval_question(evaluation, tokenizer) -> tuple[list[int], str]:
-    """(prompt ids, question as the chat template rendered it) of the SFT view's first eval row."""
-    prompt_ids = answer_examples(evaluation, tokenizer, 1)[0].prompt_ids
-    return prompt_ids, tokenizer.decode(prompt_ids)
 
 
 def agrees(answer: str, expected: str) -> bool:

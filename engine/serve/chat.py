@@ -9,7 +9,7 @@ import torch
 
 from engine.errors import TunelineError
 from engine.store.digests import check_directory
-from engine.evaluate.measure import decoded_answer
+from engine.models.sample import decoded_answer
 from engine.models.load import load_causal_lm, load_tokenizer
 
 RESET, QUIT = {"clear", "/clear"}, {"exit", "quit", "/exit", "/quit"}
