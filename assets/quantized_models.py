@@ -11,10 +11,17 @@ QUANTIZED_METRICS = ("eval_perplexity", "merged_eval_perplexity", "ppl_ratio", "
 
 def reloads_and_generates(artifact, recipe) -> tuple[bool, str]:
     """The export reloaded as a compressed-tensors checkpoint, and its greedy answer to the first eval row's question
-    is non-empty, stopped on eos within the token limit, and the merged model's answer to the same question (both
-    measured when the stage was built)."""
+    is non-empty, stopped on eos within the token limit, and starts as the merged model's answer to the same question
+    does (both measured when the stage was built). Where the merged model itself runs to the limit (a few-step
+    smoke run answers noise), the export is held only to a non-empty answer, and the detail says so."""
     m = artifact.metrics
-    passed, detail = judge_sample(m["sample"], expected=m["merged_sample"]["answer"], expected_from="merged_model")
+    merged = m["merged_sample"]
+    if merged["stopped_on_eos"]:
+        passed, detail = judge_sample(m["sample"], expected=merged["answer"], expected_from="merged_model")
+    else:
+        passed, detail = judge_sample(m["sample"], stop_required=False)
+        detail += (f"; merged_model ran to the {merged['max_new_tokens']}-token limit too ({merged['answer'][:40]!r}), "
+                   "so neither a stop nor its words are required")
     method = m["reloaded_quant_method"]
     if method != "compressed-tensors":
         return False, f"reloaded as {method}, not compressed-tensors; {detail}"

@@ -287,8 +287,8 @@ def built(result) -> set[str]:
 
 def test_changing_the_sft_learning_rate_redoes_only_sft_and_downstream(first_run, project):
     root, first = first_run
-    # what rebuilds is under test, not quality: at this learning rate DPO scores a little below SFT and the tiny
-    # recipe's DPO gate (min_reward_gain 0) fails, so the gate is opened (a threshold: it rebuilds nothing)
+    # what rebuilds is under test, not quality: at this learning rate DPO scored a little below SFT (the tiny
+    # recipe's DPO gate at 0 failed it), so the gate is opened (a threshold: it rebuilds nothing)
     result = materialize(root, project[1], {"sft.learning_rate": 2.0e-3, "dpo.min_reward_gain": -1.0})
     assert result.success
     assert built(result) == {"sft_adapter", "dpo_adapter", "merged_model", "gptq_model", "awq_model", "deployment",

@@ -113,8 +113,8 @@ def reaches_deployment(result) -> dict:
 
 
 def configured(checks: dict, asset: str) -> bool:
-    return not any(name.startswith(asset + ".") and (desc or "").startswith("not configured")
-                   for name, (_, desc) in checks.items())
+    """Whether `asset`'s checks were evaluated: a stage the recipe turns off has none (off is not passed)."""
+    return any(name.startswith(asset + ".") for name in checks)
 
 
 @pytest.fixture(scope="module")

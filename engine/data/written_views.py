@@ -42,14 +42,15 @@ def answers_by_row(clean_rows: Path, sft_view_from: str) -> dict[str, list[str]]
     answers = {}
     for row in read_rows(clean_rows):
         messages = json.loads(row["messages"])
+        trained = [i for i, m in enumerate(messages) if m["role"] in TRAINED_ROLES]
+        rendered = chat_messages(messages)
+        turns = [rendered[i]["content"] for i in trained]  # a multi-turn prompt's earlier answers are trained too
         if sft_view_from == "sft" and row["kind"] == "sft":
-            trained = [i for i, m in enumerate(messages) if m["role"] in TRAINED_ROLES]
-            rendered = chat_messages(messages)
-            answers[row["row_id"]] = [rendered[i]["content"] for i in trained]
+            answers[row["row_id"]] = turns
         elif sft_view_from == "preference" and row["kind"] == "preference":
-            answers[row["row_id"]] = [row["chosen"]]
+            answers[row["row_id"]] = [*turns, row["chosen"]]
         elif sft_view_from == "kto" and row["kind"] == "kto" and row["label"] == "true":
-            answers[row["row_id"]] = [messages[-1]["content"]]
+            answers[row["row_id"]] = turns  # its last message is the answer
     return answers
 
 
@@ -78,11 +79,13 @@ def answer_markup(tokenizer) -> tuple[str, str]:
     return before, after
 
 
-def span_matches(decoded: str, answer: str, markup: tuple[str, str], cut: bool, cut_as_text: bool) -> bool:
+def span_matches(decoded: str, answer: str, markup: tuple[str, str], cut: bool, cut_as_text: bool,
+                 last: bool = True) -> bool:
     """A trained span is its answer with the template's markup around it (a template that trims the answer or
     writes less around an earlier turn gives a shorter span, never a longer one); where the row was cut at
     cutoff_len (`cut`), a non-empty beginning of that; where the answer was cut as text before it was rendered
-    (`cut_as_text`: a pair's chosen answer), the markup around a non-empty beginning of the answer."""
+    (`cut_as_text`: a pair's prompt and chosen answer), the markup around a beginning of the answer, non-empty for
+    the last answer (an earlier turn of a cut prompt may be cut to nothing: dpo_en_demo's long conversations)."""
     before, after = markup
     text = decoded.rstrip("\ufffd")  # a token cut inside a character
     if answer.strip() in text and len(text) <= len(before) + len(answer) + len(after):
@@ -90,7 +93,7 @@ def span_matches(decoded: str, answer: str, markup: tuple[str, str], cut: bool, 
     if cut and text.strip() and any((before + a + after).startswith(text) for a in (answer, answer.strip())):
         return True
     middle = text[len(before):len(text) - len(after)] if text.startswith(before) and text.endswith(after) else ""
-    return cut_as_text and bool(middle.strip()) and answer.startswith(middle)
+    return cut_as_text and (bool(middle.strip()) or not last) and answer.startswith(middle)
 
 
 def label_problems(sft_splits: dict, answers: dict[str, list[str]], tokenizer, cutoff_len: int,
@@ -133,7 +136,7 @@ def row_problem(row: dict, answers: dict[str, list[str]], tokenizer, markup: tup
         return f"{len(runs)} trained spans for {len(expected)} answers"
     for k, (start, end) in enumerate(runs):
         text = tokenizer.decode(ids[start:end], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        if not span_matches(text, expected[k], markup, cut, answers_cut_as_text):
+        if not span_matches(text, expected[k], markup, cut, answers_cut_as_text, last=k == len(runs) - 1):
             return f"answer {k} decodes to {text[:40]!r}, expected {expected[k][:40]!r}"
     return None
 
