@@ -1,31 +1,26 @@
 """clean_data: the recipe's cleaning steps (normalize, strip HTML, length, repetition, PII, blocklist, dedup)."""
 
 import json
-from collections import Counter
 
 import dagster as dg
-import pyarrow.parquet as pq
 
 from assets.stage_asset import counts_table, stage_asset
 from engine.data.ingest import content_hash
 from engine.graph import CLEAN_DATA
-from engine.store.tables import read_rows
+from engine.store.tables import read_rows, rows_by_source
 
 
 def every_row_accounted(artifact, recipe) -> tuple[bool, str]:
     """Per source: rows in (counted from raw_data's rows as they were read) == rows in the written rows.parquet +
     rows in the written quarantine.parquet."""
-    kept, dropped = written_by_source(artifact, "rows.parquet"), written_by_source(artifact, "quarantine.parquet")
+    kept = rows_by_source(artifact.path / "rows.parquet")
+    dropped = rows_by_source(artifact.path / "quarantine.parquet")
     rows_in = artifact.metrics["rows_in_by_source"]
     accounted = {s: (n == kept[s] + dropped[s], f"{n} in, {kept[s]} kept, {dropped[s]} quarantined")
                  for s, n in rows_in.items()}
     accounted |= {s: (False, f"0 in, {kept[s]} kept, {dropped[s]} quarantined (a source not read)")
                   for s in sorted((set(kept) | set(dropped)) - set(rows_in))}
     return all(ok for ok, _ in accounted.values()), "; ".join(f"{s}: {d}" for s, (_, d) in accounted.items())
-
-
-def written_by_source(artifact, table: str) -> Counter:
-    return Counter(pq.read_table(artifact.path / table, columns=["source"]).column("source").to_pylist())
 
 
 def no_exact_duplicates(artifact, recipe) -> tuple[bool, str]:
@@ -45,7 +40,7 @@ def no_exact_duplicates(artifact, recipe) -> tuple[bool, str]:
 def quarantine_ratio_within_bound(artifact, recipe) -> tuple[bool, str]:
     """Rows in the written quarantine.parquet over the rows cleaning read, within clean.max_quarantine_ratio."""
     rows_in, bound = artifact.metrics["rows_in"], recipe.clean.max_quarantine_ratio
-    quarantined = sum(written_by_source(artifact, "quarantine.parquet").values())
+    quarantined = sum(rows_by_source(artifact.path / "quarantine.parquet").values())
     ratio = quarantined / max(rows_in, 1)
     return ratio <= bound, f"quarantined {ratio:.1%} ({quarantined} of {rows_in} rows), bound {bound:.0%}"
 
@@ -60,7 +55,7 @@ def every_source_within_loss_bound(artifact, recipe) -> tuple[bool, str, dict]:
     """No source loses more than clean.max_source_loss_ratio of its rows (rows in as cleaning read them, rows out
     as the written rows.parquet holds them); the result's metadata lists every source's loss."""
     bound = recipe.clean.max_source_loss_ratio
-    losses = source_losses(artifact.metrics["rows_in_by_source"], written_by_source(artifact, "rows.parquet"))
+    losses = source_losses(artifact.metrics["rows_in_by_source"], rows_by_source(artifact.path / "rows.parquet"))
     over = [f"{s}: lost {lost:.1%} ({n_in} in, {n_out} out), bound {bound:.1%}, over by {lost - bound:.1%}"
             for s, (n_in, n_out, lost) in losses.items() if lost > bound]
     worst = max(losses, key=lambda s: losses[s][2], default=None)

@@ -32,21 +32,19 @@ def metadata(artifact, recipe) -> dict:
             "smoke_startup_seconds": smoke["startup_seconds"]}
 
 
-def answer_problems(served: dict, requires_eos: bool) -> list[str]:
-    """What is wrong with a served answer: empty, or not ended by the model's eos within the token limit (the
-    server's finish_reason "stop", and no more tokens than were allowed); a cut answer is accepted, and said to be,
-    when the recipe does not require eos (serve.smoke_requires_eos)."""
+def answer_verdict(served: dict, requires_eos: bool) -> tuple[bool, list[str]]:
+    """(passed, remarks) of a served answer: it fails empty, or not ended by the model's eos within the token limit
+    (the server's finish_reason "stop", and no more tokens than were allowed); a cut answer is accepted, and said to
+    be, when the recipe does not require eos (serve.smoke_requires_eos)."""
     problems = [] if (served["answer"] or "").strip() else ["an empty answer"]
     if served["completion_tokens"] is None or served["completion_tokens"] > served["max_tokens"]:
         problems.append(f"{served['completion_tokens']} tokens, expected at most {served['max_tokens']}")
-    if served["finish_reason"] != "stop":
-        problems.append(f"finish_reason {served['finish_reason']!r} (expected 'stop': the model's eos)"
-                        + ("" if requires_eos else ": accepted, serve.smoke_requires_eos is false"))
-    return problems
-
-
-def failed(problems: list[str]) -> bool:
-    return any(not p.endswith("serve.smoke_requires_eos is false") for p in problems)
+    if served["finish_reason"] == "stop":
+        return not problems, problems
+    cut = f"finish_reason {served['finish_reason']!r} (expected 'stop': the model's eos)"
+    if requires_eos:
+        return False, [*problems, cut]
+    return not problems, [*problems, f"{cut}: accepted, serve.smoke_requires_eos is false"]
 
 
 def served_line(served: dict) -> str:
@@ -58,10 +56,11 @@ def serves_chat_completions(artifact, recipe) -> tuple[bool, str]:
     """The deployment's server answered the smoke question through its door with a non-empty answer the model
     ended itself within the token limit, and stopped when asked."""
     smoke = artifact.metrics["smoke"]
-    problems = answer_problems(smoke, recipe.serve.smoke_requires_eos)
-    problems += [] if smoke["stopped_cleanly"] else ["the server had to be killed"]
-    return not failed(problems), (f"{smoke['backend']} {served_line(smoke)} to eval row {smoke['row_id']}"
-                                  + (f": {'; '.join(problems)}" if problems else "; stopped cleanly"))
+    passed, remarks = answer_verdict(smoke, recipe.serve.smoke_requires_eos)
+    if not smoke["stopped_cleanly"]:
+        passed, remarks = False, [*remarks, "the server had to be killed"]
+    return passed, (f"{smoke['backend']} {served_line(smoke)} to eval row {smoke['row_id']}"
+                    + (f": {'; '.join(remarks)}" if remarks else "; stopped cleanly"))
 
 
 def config_compatible_with_vllm(artifact, recipe) -> tuple[bool, str]:
@@ -86,8 +85,8 @@ def loads_in_vllm(artifact, recipe) -> tuple[bool, str]:
         return False, "vLLM was not run for this artifact (built where vLLM cannot run)"
     if load["error"]:
         return False, f"vllm serve failed: {load['error']}"
-    problems = answer_problems(load, recipe.serve.smoke_requires_eos)
-    return not failed(problems), f"vllm serve {served_line(load)}" + (f": {'; '.join(problems)}" if problems else "")
+    passed, remarks = answer_verdict(load, recipe.serve.smoke_requires_eos)
+    return passed, f"vllm serve {served_line(load)}" + (f": {'; '.join(remarks)}" if remarks else "")
 
 
 VLLM_CHECKS = {"loads_in_vllm": loads_in_vllm}  # a check of vLLM, declared only where it runs

@@ -87,7 +87,7 @@ PAIR_ANSWERS = {"preference": ("chosen", "rejected"), "kto": ("completion",)}
 def lengths_within_cutoff(artifact, recipe) -> tuple[bool, str]:
     """The written rows' lengths against data.cutoff_len: every SFT row's input_ids; preference and KTO rows (a
     sample per split) as the trainers tokenize them, each prompt with each answer."""
-    cutoff, tokenizer = recipe.data.cutoff_len, None
+    cutoff = recipe.data.cutoff_len
     lengths = sft_lengths(view_splits(artifact.path, "sft"))
     over = sum(n > cutoff for n in lengths)
     parts = [(over == 0, f"sft: {len(lengths)} rows, longest {max(lengths, default=0)}, {over} over")]
@@ -95,8 +95,7 @@ def lengths_within_cutoff(artifact, recipe) -> tuple[bool, str]:
         splits = view_splits(artifact.path, view)
         if not splits:
             continue
-        tokenizer = tokenizer or base_tokenizer(artifact.path)
-        rows, measured, pair = pair_lengths_sampled(splits, columns, tokenizer)
+        rows, measured, pair = pair_lengths_sampled(splits, columns, base_tokenizer(artifact.path))
         over = sum(n > cutoff for n in pair)
         parts.append((over == 0, f"{view}: {measured} of {rows} rows measured, longest {max(pair, default=0)}, "
                                  f"{over} answers over"))

@@ -1,19 +1,16 @@
 """raw_data: every registered source in one normalized schema; malformed rows quarantined."""
 
-from collections import Counter
-
-import pyarrow.parquet as pq
-
 from assets.stage_asset import counts_table, stage_asset
 from engine.graph import RAW_DATA
+from engine.store.tables import rows_by_source
 
 
 def every_row_accounted(artifact, recipe) -> tuple[bool, str]:
     """Per source: the records its files hold (counted at build time apart from the readers, record_counts.py),
     capped by num_samples and data.max_samples, against the rows the written rows.parquet and quarantine.parquet
     hold."""
-    written = Counter(source_column(artifact.path / "rows.parquet"))
-    dropped = Counter(source_column(artifact.path / "quarantine.parquet"))
+    written = rows_by_source(artifact.path / "rows.parquet")
+    dropped = rows_by_source(artifact.path / "quarantine.parquet")
     verdicts = [source_verdict(name, counts, written[name], dropped[name], recipe.data.max_samples)
                 for name, counts in artifact.metrics["by_source"].items()]
     strays = sorted((set(written) | set(dropped)) - set(artifact.metrics["by_source"]))
@@ -34,10 +31,6 @@ def source_verdict(name: str, counts: dict, stored: int, quarantined: int, max_s
         return True, detail
     difference = stored + quarantined - expected
     return False, f"{detail}, expected {expected} ({abs(difference)} {'extra' if difference > 0 else 'missing'})"
-
-
-def source_column(table) -> list[str]:
-    return pq.read_table(table, columns=["source"]).column("source").to_pylist()
 
 
 raw_data = stage_asset(

@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 from engine.runtime.processes import stop_process_group
 
@@ -63,19 +63,23 @@ class Child:
     def wait(self, timeout: float) -> int | None:
         return wait(self.process, timeout)
 
-    def wait_for_output(self, text: str, timeout: float, what: str) -> str:
-        """The child's stdout and stderr once `text` is in them; fails at once if the child exits first, and
-        after `timeout` seconds naming `what` it waited for."""
+    def wait_until(self, probe: Callable[[], object], timeout: float, what: str, interval: float = 0.1):
+        """probe()'s value once it is truthy; fails at once if the child exits first, and after `timeout` seconds
+        naming `what` it waited for (with the tail of the child's output)."""
         deadline = time.monotonic() + timeout
         while True:
-            if text in (seen := self.out() + self.err()):
-                return seen
+            if value := probe():
+                return value
             if self.process.poll() is not None:
                 raise AssertionError(f"the child exited with {self.process.returncode} before {what}:\n"
-                                     f"{seen[-3000:]}")
+                                     f"{(self.out() + self.err())[-3000:]}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"waited {timeout} s for {what}:\n{seen[-3000:]}")
-            time.sleep(0.1)
+                raise TimeoutError(f"waited {timeout} s for {what}:\n{(self.out() + self.err())[-3000:]}")
+            time.sleep(interval)
+
+    def wait_for_output(self, text: str, timeout: float, what: str) -> str:
+        """The child's stdout and stderr once `text` is in them (see wait_until)."""
+        return self.wait_until(lambda: text in (seen := self.out() + self.err()) and seen, timeout, what)
 
 
 _names = itertools.count()

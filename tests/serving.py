@@ -9,20 +9,17 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.serve.server import Server, free_port
+from engine.serve.server import Server, chat_completion, free_port
 
 
 def ask(deployment: Path, messages: list[dict], max_tokens: int = 16) -> tuple[str, str]:
-    """(content, finish_reason) of one greedy chat completion from the deployment, served on a free port, through
-    the OpenAI client with a key of its own (the smoke test's door and token limit); the server is stopped after."""
-    from openai import OpenAI
+    """(content, finish_reason) of one greedy chat completion from the deployment, served on a free port behind a
+    key of its own, asked through the OpenAI client as the smoke test asks (engine/serve/server.py's
+    chat_completion), `max_tokens` at most; the server is stopped after."""
     key = secrets.token_urlsafe(24)
     with Server(deployment, port=free_port(), timeout=600, api_key=key) as server:
-        client = OpenAI(base_url=server.base_url, api_key=key, max_retries=0, timeout=120)
-        response = client.chat.completions.create(model=server.config["served_model_name"], messages=messages,
-                                                  max_tokens=max_tokens, temperature=0)
-    choice = response.choices[0]
-    return choice.message.content, choice.finish_reason
+        completion = chat_completion(server.base_url, server.config["served_model_name"], messages, max_tokens, key)
+    return completion["answer"], completion["finish_reason"]
 
 
 def reference_answer(clean_data: Path, row_id: str) -> str:

@@ -30,14 +30,9 @@ def sft_trainer_dirs(tmp_path: Path) -> list[Path]:
 
 
 def wait_for_sft_checkpoint(tmp_path: Path, run: Child, timeout: float = 600) -> Path:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for trainer_dir in sft_trainer_dirs(tmp_path):
-            if (found := last_complete_checkpoint(trainer_dir)) is not None:
-                return found
-        assert run.process.poll() is None, f"the run ended before a checkpoint: {run.err()[-3000:]}"
-        time.sleep(0.2)
-    pytest.fail(f"SFT wrote no complete checkpoint within {timeout} s: {run.err()[-3000:]}")
+    def found() -> Path | None:
+        return next(filter(None, map(last_complete_checkpoint, sft_trainer_dirs(tmp_path))), None)
+    return run.wait_until(found, timeout, "SFT's first complete checkpoint", interval=0.2)
 
 
 def training_processes(spec_dir_marker: str) -> list[int]:

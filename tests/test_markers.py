@@ -2,7 +2,6 @@
 `cpu_only` test is skipped with its reason rather than run; on a CPU machine every `gpu` test is skipped."""
 
 import os
-import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -54,14 +53,10 @@ def finish(spec: Path) -> dict:
 
 
 def wait_for_checkpoint(trainer_dir: Path, at_least: int, child: Child, timeout: float = 300) -> Path:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = last_complete_checkpoint(trainer_dir)
-        if found and int(found.name.split("-")[1]) >= at_least:
-            return found
-        assert child.process.poll() is None, f"the training process ended early: {child.err()[-2000:]}"
-        time.sleep(0.05)
-    pytest.fail(f"no complete checkpoint >= {at_least} under {trainer_dir} within {timeout} s: {child.err()[-2000:]}")
+    def found() -> Path | None:
+        last = last_complete_checkpoint(trainer_dir)
+        return last if last and int(last.name.split("-")[1]) >= at_least else None
+    return child.wait_until(found, timeout, f"a complete checkpoint >= {at_least} under {trainer_dir}", interval=0.05)
 
 
 def adapter(spec: Path) -> dict[str, torch.Tensor]:

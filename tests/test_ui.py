@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -35,20 +34,14 @@ def graphql(url: str, query: str, variables: dict | None = None, timeout: float 
 
 
 def poll(server: Child, probe, timeout: float, what: str):
-    """probe()'s value once it is truthy; fails at once if the server exits, and after `timeout` s naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """probe()'s value once it is truthy (a request refused, timed out or half answered counts as not yet); fails at
+    once if the server exits, and after `timeout` s naming `what`."""
+    def attempt():
         try:
-            if value := probe():
-                return value
+            return probe()
         except (OSError, ValueError):  # not listening yet, a request that timed out, a half answer: ask again
-            pass
-        if server.process.poll() is not None:
-            pytest.fail(f"dagster dev exited with {server.process.returncode} while waiting for {what}:\n"
-                        f"{server.err()[-3000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout} s for {what}:\n{server.err()[-3000:]}")
-        time.sleep(1)
+            return None
+    return server.wait_until(attempt, timeout, what, interval=1)
 
 
 def serves_all_assets(url: str) -> bool:

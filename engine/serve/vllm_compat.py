@@ -18,8 +18,8 @@ VLLM_QUANTIZATION_METHODS = {
 # vllm/model_executor/layers/quantization/compressed_tensors/compressed_tensors.py): a channel- or group-wise static
 # scheme without input activations is CompressedTensorsWNA16 only in the pack-quantized format (marlin-24: 2:4
 # sparse), with num_bits in WNA16_SUPPORTED_BITS (schemes/compressed_tensors_wNa16.py: 4 and 8, the bits both its
-# symmetric and its zero-point maps hold); anything else raises NotImplementedError("No compressed-tensors
-# compatible scheme was found")
+# symmetric and its zero-point maps hold); for anything else vLLM raises NotImplementedError, "No
+# compressed-tensors compatible scheme was found"
 VLLM_WEIGHT_ONLY_FORMATS = {"pack-quantized", "marlin-24"}
 VLLM_WEIGHT_BITS = {4, 8}
 VLLM_WEIGHT_STRATEGIES = {"channel", "group"}

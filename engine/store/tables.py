@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -51,3 +52,8 @@ class RowWriter:
 
 def read_rows(path: Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
+
+
+def rows_by_source(path: Path) -> Counter:
+    """source -> the rows a written row or quarantine table holds of it (its source column alone is read)."""
+    return Counter(pq.read_table(path, columns=["source"]).column("source").to_pylist())

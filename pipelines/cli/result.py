@@ -14,8 +14,8 @@ def report(result, seconds: float) -> str:
     checks counted: passed, failed, and not configured (not evaluated: the recipe turns off what they judge)."""
     from assets.stage_asset import CHECKS_NOT_CONFIGURED
     checks: dict[str, list[str]] = {}
-    verdicts = [e.passed for e in result.get_asset_check_evaluations()]
-    for evaluation in result.get_asset_check_evaluations():
+    evaluations = result.get_asset_check_evaluations()
+    for evaluation in evaluations:
         mark = "ok" if evaluation.passed else "FAILED"
         checks.setdefault(evaluation.asset_key.to_user_string(), []).append(f"{evaluation.check_name} {mark}")
     off: dict[str, list[str]] = {}
@@ -33,7 +33,7 @@ def report(result, seconds: float) -> str:
     failed = [e.step_key for e in result.get_step_failure_events()]
     lines.append("-" * 120)
     lines.append(f"{len(built)} assets in {seconds:.1f}s" + (f"; FAILED steps: {', '.join(failed)}" if failed else ""))
-    lines.append(check_counts(verdicts, off))
+    lines.append(check_counts([e.passed for e in evaluations], off))
     return "\n".join(lines)
 
 
