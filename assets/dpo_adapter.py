@@ -8,8 +8,8 @@ from engine.train.dpo import unit_of
 
 def metadata(artifact, recipe) -> dict:
     m = artifact.metrics
-    return {**{k: m[k] for k in ("pref_loss", "eval_reward_margin", "eval_reward_accuracy", "device",
-                                  "dtype")},
+    return {**{k: m[k] for k in ("pref_loss", "eval_reward_margin", "eval_reward_accuracy", "tokens_per_second",
+                                  "steps", "device", "dtype")},
             **tracking_metadata(artifact, recipe.dpo.report_to)}
 
 

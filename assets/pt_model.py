@@ -19,7 +19,7 @@ def metadata(artifact, recipe) -> dict:
         return {"continued_pretraining": False, "adapters_merged": m.get("adapters_merged", [])}
     return {"continued_pretraining": True,
             **{k: m[k] for k in ("eval_loss_before", "eval_loss_after", "train_texts", "eval_texts", "quarantined",
-                                 "steps", "device", "dtype")}, "eval_perplexity": perplexity(m["eval_loss_after"]),
+                                 "tokens_per_second", "steps", "device", "dtype")}, "eval_perplexity": perplexity(m["eval_loss_after"]),
             **tracking_metadata(artifact, recipe.pt.report_to)}
 
 

@@ -27,7 +27,7 @@ reward_model = stage_asset(
     description="Scores a conversation; judged by pairwise accuracy on held-out preference pairs.",
     summary=lambda a, r: f"held-out pairwise accuracy {a.metrics['eval_accuracy']:.2f}",
     metadata=lambda a, r: {**{k: a.metrics[k] for k in ("eval_accuracy", "eval_accuracy_before", "eval_pairs",
-                                                                    "device", "dtype")},
+                                                                    "tokens_per_second", "steps", "device", "dtype")},
                            **tracking_metadata(a, r.reward.report_to)},
     checks={"accuracy_above_bound": accuracy_above_bound,
             "every_pair_trained": lambda a, r: all_trained(a.metrics, "pairs")})

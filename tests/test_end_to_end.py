@@ -113,6 +113,13 @@ def test_training_really_learned(first_run):
     assert meta["dpo_adapter"]["eval_reward_margin"] > 0
 
 
+@pytest.mark.parametrize("asset", ["sft_adapter", "reward_model", "dpo_adapter"])
+def test_each_training_stage_shows_its_throughput(first_run, asset):
+    """Every training asset's metadata carries the numbers its run measured: steps and tokens per second."""
+    meta = artifacts_of(first_run[1])[asset]
+    assert meta["steps"] > 0 and meta["tokens_per_second"] > 0
+
+
 def test_every_artifact_loads(first_run):
     meta = artifacts_of(first_run[1])
     path = {name: m["path"] for name, m in meta.items()}

@@ -199,6 +199,7 @@ def test_the_pt_stage_runs_as_an_asset_with_its_quarantine_and_tracker(tmp_path)
     (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "pt_model"]
     meta = {k: v.value for k, v in event.materialization.metadata.items()}
     assert meta["continued_pretraining"] is True and meta["eval_loss_after"] < meta["eval_loss_before"]
+    assert meta["steps"] == 6 and meta["tokens_per_second"] > 0
     assert meta["tracking"] == f"tensorboard --logdir {meta['path']}/tensorboard"
     assert list((tmp_path / "artifacts" / "pt_model").glob("*/tensorboard/**/events.out.tfevents.*"))
     reasons = Catalog(tmp_path / "catalog.duckdb").query(
