@@ -3,7 +3,9 @@ of is said by the data and models packages (engine/data/sources.py, engine/model
 
 A file's identity is the sha256 of its bytes, never its modification time. Hashing a 15 GB checkpoint on
 every run would cost minutes, so digests are remembered by (size, mtime, inode, ctime), as git's index
-does: a file whose stat changed is hashed again.
+does: a file whose stat changed is hashed again, and any write changes ctime, which no user can set back. A file
+written in the last second is not remembered (git's "racily clean" entry): its next write could fall in the same
+timestamp tick and leave its stat unchanged. The artifact digests (engine/store/digests.py) hash through here too.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import hashlib
 import json
 import os
 import threading
+import time
 from pathlib import Path
+
+RACY_NS = 1_000_000_000  # a file changed less than this ago is hashed, not remembered
 
 
 class ContentHasher:
@@ -30,20 +35,19 @@ class ContentHasher:
         self.dirty = False
 
     def file(self, path: Path) -> str:
-        stat = path.stat()
-        key, signature = str(path.resolve()), [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
+        """The file's sha256, read again only when its stat changed (or it changed within the last second)."""
+        key, signature = str(path.resolve()), stat_signature(path)
         with self.lock:
             hit = self.known.get(key)
             if hit and hit[:4] == signature:
                 return hit[4]
-        digest = hashlib.sha256()
         with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        value = digest.hexdigest()
-        with self.lock:
-            self.known[key] = [*signature, value]
-            self.dirty = True
+            value = hashlib.file_digest(handle, "sha256").hexdigest()
+        after = stat_signature(path)
+        if after == signature and time.time_ns() - after[3] > RACY_NS:  # unchanged while read, and not racily clean
+            with self.lock:
+                self.known[key] = [*signature, value]
+                self.dirty = True
         return value
 
     def tree(self, root: Path, files: list[Path]) -> str:
@@ -65,6 +69,12 @@ class ContentHasher:
             tmp.write_text(json.dumps(self.known))
             self.dirty = False
         os.replace(tmp, self.cache_file)
+
+
+def stat_signature(path: Path) -> list[int]:
+    """What a remembered digest is keyed on: size, mtime, inode, ctime (nanoseconds)."""
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
 
 
 def checkpoint_identity(model_dir: Path, hasher: ContentHasher) -> dict:

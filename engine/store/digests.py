@@ -8,27 +8,22 @@ are not judged; a listed file that is missing, of another size or another digest
 
 Libraries write the files (save_pretrained), so the digests cannot be computed while writing: they are computed
 at publish, reading each file once while it is likely still in the page cache. A digest is remembered in this
-process by the file's (device, inode) with its (size, mtime_ns, ctime_ns): a later check in the same run reads
-nothing again, and any write changes ctime, which no user can set back (a file written in the last second is
-not remembered: its next write could fall in the same timestamp tick).
+process only (never on disk) by the file's stat, as engine/store/content.py remembers every digest: a later check
+in the same run reads nothing again, and a file written in the last second is not remembered.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import threading
-import time
 from pathlib import Path
 
 from engine.errors import TunelineError
+from engine.store.content import ContentHasher
 
 MANIFEST = "manifest.json"
 LINEAGE = "lineage.json"
 FILES_INTACT = "files_intact"  # the check a damaged artifact fails, in the catalog and in Dagster
-RACY_NS = 1_000_000_000
-_seen: dict[tuple[int, int], tuple[tuple[int, int, int], str]] = {}  # this process only, never on disk
-_seen_lock = threading.Lock()
+_process_hasher = ContentHasher()  # this process only, never on disk
 
 
 class ArtifactDamaged(TunelineError):
@@ -43,23 +38,8 @@ class ArtifactDamaged(TunelineError):
 
 
 def sha256(path: Path) -> str:
-    """The file's SHA-256, read once per (inode, size, mtime, ctime) in this process."""
-    stat = path.stat()
-    key, signature = (stat.st_dev, stat.st_ino), (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-    with _seen_lock:
-        hit = _seen.get(key)
-    if hit and hit[0] == signature:
-        return hit[1]
-    with path.open("rb") as handle:
-        value = hashlib.file_digest(handle, "sha256").hexdigest()
-    after = path.stat()
-    unchanged = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == signature
-    # a write within the file system's timestamp tick of the last one keeps ctime: a file changed under a second
-    # ago is not remembered (as git treats a "racily clean" entry), so a later write always shows in its stat
-    if unchanged and time.time_ns() - after.st_ctime_ns > RACY_NS:
-        with _seen_lock:
-            _seen[key] = (signature, value)
-    return value
+    """The file's SHA-256, read once per (size, mtime, inode, ctime) in this process."""
+    return _process_hasher.file(path)
 
 
 def file_digests(root: Path, skip: tuple[str, ...] = (MANIFEST,)) -> dict[str, dict]:
