@@ -135,7 +135,7 @@ def run_and_publish(home: Home, planned: Planned, recipe: Recipe, parents: dict[
         return home.store().publish(stage.name, fp, work, manifest_of(planned, not_configured(planned.off), started)
                                     | {"tables": {}})
     recipe_view = view(recipe, stage, planned.keys)
-    check_space(stage.name, recipe_view, {p: a.path for p, a in parents.items()}, work, log)  # stops a shortfall
+    check_space(stage, recipe_view, {p: a.path for p, a in parents.items()}, work, log)  # stops a shortfall
     run = StageRun(stage.name, fp, recipe_view, {p: a.path for p, a in parents.items()}, work, home, log)
     try:
         with home.training_slot(stage.name, waiting=log) if stage.training else contextlib.nullcontext():

@@ -26,6 +26,7 @@ from engine.models.backends import vllm_usable
 from engine.models.base import make_base_model
 from engine.models.checkpoint import is_gguf
 from engine.models.device import PRECISION_KEYS, precision_identity, with_precision
+from engine.models.footprint import ExportWrites, TrainingWrites
 from engine.models.identity import tokenizer_identity
 from engine.models.load import check_adapter, check_local_model, is_tiny
 from engine.serve.server import deploy
@@ -120,10 +121,10 @@ def parents_run(parents: tuple[str, ...], recipe) -> tuple[str, ...]:
 
 
 def switchable_training_stage(name: str, entry, parents: tuple[str, ...], keys: tuple[str, ...], switch: str,
-                              off_reason: str) -> Stage:
+                              off_reason: str, writes: TrainingWrites) -> Stage:
     """A training stage the recipe's `stages` list turns on or off (sft, rm, dpo): off, it reads only that list,
     since its own section cannot change what it records. On, it starts from the SFT model only where sft runs."""
-    return Stage(name, entry=entry, parents=parents, keys=keys, locate=LAUNCHER, training=True,
+    return Stage(name, entry=entry, parents=parents, keys=keys, locate=LAUNCHER, training=True, writes=writes,
                  select=lambda recipe: (parents_run(parents, recipe), keys) if recipe.runs(switch) else ((), ("stages",)),
                  off=lambda recipe: None if recipe.runs(switch) else off_reason,
                  outside=with_precision(lambda recipe, hasher: processes(recipe)))
@@ -151,17 +152,21 @@ def pt_outside(recipe, hasher) -> dict:
 PT_MODEL = Stage("pt_model", entry=train_pt_model, parents=("base_model",), keys=PT_KEYS, select=pt_reads,
                  locate=("data.dataset_dir", "data.dataset_info", "data.allowed_roots", "model.adapter_name_or_path",
                          *LAUNCHER), outside=pt_outside,
-                 tables={"quarantine": "quarantine.parquet"}, training=True, trains=lambda recipe: bool(recipe.pt.dataset))
+                 tables={"quarantine": "quarantine.parquet"}, training=True, trains=lambda recipe: bool(recipe.pt.dataset),
+                 writes=TrainingWrites("pt", start_from="base_model", full_model=True))
 
 SFT_ADAPTER = switchable_training_stage("sft_adapter", train_sft_adapter, ("pt_model", "formatted_data"),
                                         ("sft", "data.cutoff_len", *PRECISION_KEYS), switch="sft",
-                                        off_reason="sft is not in the recipe's stages")
+                                        off_reason="sft is not in the recipe's stages",
+                                        writes=TrainingWrites("sft", start_from="pt_model"))
 REWARD_MODEL = switchable_training_stage("reward_model", train_reward_model, ("pt_model", "formatted_data"),
                                          ("reward", "data.cutoff_len", *PRECISION_KEYS), switch="rm",
-                                         off_reason="rm is not in the recipe's stages")
+                                         off_reason="rm is not in the recipe's stages",
+                                         writes=TrainingWrites("reward", start_from="pt_model", full_model=True))
 DPO_ADAPTER = switchable_training_stage("dpo_adapter", train_dpo_adapter, ("pt_model", "sft_adapter", "formatted_data"),
                                         ("dpo", "data.cutoff_len", *PRECISION_KEYS), switch="dpo",
-                                        off_reason="dpo (or kto) is not in the recipe's stages")
+                                        off_reason="dpo (or kto) is not in the recipe's stages",
+                                        writes=TrainingWrites("dpo", start_from="pt_model"))
 
 
 # --- exports --------------------------------------------------------------------------------------------------
@@ -176,12 +181,13 @@ def merged_reads(recipe):
 
 
 MERGED_MODEL = Stage("merged_model", entry=merge_model, parents=MERGED_PARENTS, keys=PRECISION_KEYS,
-                     select=merged_reads, outside=with_precision())
+                     select=merged_reads, outside=with_precision(), writes=ExportWrites("pt_model"))
 
 
 def quantized_stage(method: str, entry) -> Stage:
     return Stage(f"{method}_model", entry=entry, parents=("merged_model", "formatted_data"),
-                 keys=("quantize", "data.cutoff_len", *PRECISION_KEYS), outside=with_precision())
+                 keys=("quantize", "data.cutoff_len", *PRECISION_KEYS), outside=with_precision(),
+                 writes=ExportWrites("merged_model", times=None))  # a 4-bit export: P bytes
 
 
 GPTQ_MODEL = quantized_stage("gptq", quantize_gptq)

@@ -48,6 +48,9 @@ class Stage:
     off:      recipe -> why the stage is not configured under that recipe (None: it is). An off stage's artifact
               is a tiny "not configured" record made in process, without its entry point; its select should then
               read only the keys that turn it off.
+    writes:   what it writes to disk, estimated before it starts (engine/models/footprint.py TrainingWrites,
+              ExportWrites; None: little beside weights); the space check (engine/store/space.py) compares it with
+              the free space.
     """
     name: str
     entry: Callable[["StageRun"], dict]
@@ -60,6 +63,7 @@ class Stage:
     training: bool = False
     trains: Callable[[Recipe], bool] | None = None
     off: Callable[[Recipe], str | None] | None = None
+    writes: Any = None
 
     def runs_out_of_process(self, recipe: Recipe) -> bool:
         return self.training and (self.trains is None or self.trains(recipe))

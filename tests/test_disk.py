@@ -20,6 +20,8 @@ import pytest
 
 import engine.train.sft
 from engine.build import build_stage
+from engine.graph import EVALUATIONS, GPTQ_MODEL, MERGED_MODEL, SFT_ADAPTER
+from engine.models.footprint import ExportWrites
 from engine.models.device import PRECISION_KEYS
 from engine.plan import make_plan
 from engine.recipe import load_recipe
@@ -123,7 +125,7 @@ def test_training_at_save_steps_1_holds_at_most_2_checkpoints_and_a_kill_still_r
     assert result["resumed_from_step"] == int(last.name.split("-")[1]) >= 5 and result["steps"] == 12
     assert seen["checkpoints"] == 2  # sampled every few ms over 12 saves: never a third
     recipe = load_recipe("tiny", STEPS)[0]
-    counted = estimate("sft_adapter", RecipeView(recipe, KEYS, "sft_adapter"), {"pt_model": tiny_model_dir})
+    counted = estimate(SFT_ADAPTER, RecipeView(recipe, KEYS, "sft_adapter"), {"pt_model": tiny_model_dir})
     print(f"full SFT of the tiny model: peak work directory {seen['bytes']:,} bytes, estimate {counted.total:,} "
           f"({counted.counts})")
     assert seen["bytes"] <= counted.total <= 3 * seen["bytes"]  # on the large side, not wildly
@@ -149,25 +151,26 @@ def test_a_7b_model_s_training_estimate_counts_checkpoints_adapter_and_optimizer
     model = sparse_model(tmp_path / "pt_model", 14_000_000_000)  # 7B parameters in bf16
     keys = ("sft", "data.cutoff_len")
     lora = load_recipe("tiny", {"sft.finetuning_type": "lora", "sft.lora_rank": 8})[0]
-    counted = estimate("sft_adapter", RecipeView(lora, keys, "sft_adapter"), {"pt_model": model})
+    counted = estimate(SFT_ADAPTER, RecipeView(lora, keys, "sft_adapter"), {"pt_model": model})
     trainable = 8 * ((4096 + 4096) + 2 * (4096 + 1024) + (4096 + 4096) + 2 * (4096 + 14336) + (14336 + 4096)) * 32
     assert trainable == 20_971_520  # PEFT's count for Llama-3-8B-shaped layers at rank 8, all linear layers
     others, state = len(json.dumps(CONFIG)), 1 << 20  # the folder's config.json; the trainer's state files
     assert counted.total == 2 * (12 * trainable + others + state) + 4 * trainable + others
     full = load_recipe("tiny", {"sft.finetuning_type": "full", "sft.save_total_limit": 3})[0]
-    counted = estimate("sft_adapter", RecipeView(full, keys, "sft_adapter"), {"pt_model": model})
+    counted = estimate(SFT_ADAPTER, RecipeView(full, keys, "sft_adapter"), {"pt_model": model})
     assert counted.total == 3 * (14_000_000_000 + 8 * 7_000_000_000 + others + state) + 14_000_000_000 + others
     assert "3 checkpoints" in counted.counts
     pointer = tmp_path / "pt_off"  # pt off: pt_model's artifact names the base model's folder
     pointer.mkdir()
     (pointer / "local_model.json").write_text(json.dumps({"path": str(model)}))
-    assert estimate("sft_adapter", RecipeView(full, keys, "sft_adapter"), {"pt_model": pointer}) == counted
-    gptq = estimate("gptq_model", None, {"merged_model": model})
-    assert gptq.total == 7_000_000_000 + others and estimate("eval_sft", None, {"pt_model": model}) is None
+    assert estimate(SFT_ADAPTER, RecipeView(full, keys, "sft_adapter"), {"pt_model": pointer}) == counted
+    gptq = estimate(GPTQ_MODEL, None, {"merged_model": model})
+    assert gptq.total == 7_000_000_000 + others and estimate(EVALUATIONS["sft"], None, {"pt_model": model}) is None
 
 
-def disk_stage(name: str, parents: tuple[str, ...] = (), training: bool = False, keys=("sft.seed",)) -> Stage:
-    return Stage(name, entry=write_weights, parents=parents, keys=keys, training=training)
+def disk_stage(name: str, parents: tuple[str, ...] = (), training: bool = False, keys=("sft.seed",),
+               writes=None) -> Stage:
+    return Stage(name, entry=write_weights, parents=parents, keys=keys, training=training, writes=writes)
 
 
 SIZES: dict[str, int] = {}  # bytes each test stage writes
@@ -188,7 +191,8 @@ def write_weights(run) -> dict:
 
 
 def test_an_export_larger_than_the_free_space_stops_before_it_runs_in_one_line(tmp_path, monkeypatch):
-    stages = [disk_stage("pt_model", keys=("pt.dataset",)), disk_stage("merged_model", parents=("pt_model",))]
+    stages = [disk_stage("pt_model", keys=("pt.dataset",)), disk_stage("merged_model", parents=("pt_model",),
+                                                                          writes=ExportWrites("pt_model"))]
     recipe = load_recipe("tiny")[0]
     plan = make_plan(stages, recipe)
     home = Home(tmp_path / "home")
@@ -211,7 +215,7 @@ def test_an_export_larger_than_the_free_space_stops_before_it_runs_in_one_line(t
     assert CALLS == [] and home.store().lookup("merged_model", plan["merged_model"].fingerprint) is None
     said = []
     monkeypatch.setenv(SKIP, "1")  # the operator's override: said, then it runs
-    counted = check_space("merged_model", None, {"pt_model": pt.path}, tmp_path / "work", said.append)
+    counted = check_space(MERGED_MODEL, None, {"pt_model": pt.path}, tmp_path / "work", said.append)
     assert 32 * 65536 < counted.total < 32 * 65536 + 4096 and said  # the weights, the folder's few small files
     SIZES["merged_model"] = 65536
     built = build_stage(home, plan, "merged_model", recipe)
@@ -354,3 +358,10 @@ def test_a_run_that_opened_a_lock_file_retention_then_unlinks_locks_the_new_file
     assert held is not None
     with held:
         pass
+
+
+def test_every_stage_that_writes_weights_declares_its_disk_use():
+    """A training stage or an export that declares no `writes` would start without the space check."""
+    from engine.graph import STAGES
+    writers = {s.name for s in STAGES if s.training} | {"merged_model", "gptq_model", "awq_model"}
+    assert {s.name for s in STAGES if s.writes is not None} == writers

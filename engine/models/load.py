@@ -15,12 +15,12 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
                           GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM)
 
 from engine.models.device import Precision, infer_dtype, load_kwargs
+from engine.models.footprint import LOCAL_MODEL
 from engine.errors import RecipeError
 
 if TYPE_CHECKING:
     from engine.recipe import ModelSection, TinyModel
 
-LOCAL_MODEL = "local_model.json"  # an artifact that names a model directory instead of holding one
 
 # Qwen2's ChatML template: the same one the model is trained with, served with and exported with.
 # Qwen2's ChatML template, with Qwen2.5's tools block: the functions a row may call, as a system turn.
