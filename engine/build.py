@@ -8,6 +8,7 @@ wait and reuse the result. The catalog is healed on every visit, cache hit or no
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import time
@@ -18,7 +19,7 @@ from engine.store.artifacts import Artifact, library_versions
 from engine.store.digests import FILES_INTACT, ArtifactDamaged
 from engine.errors import DataError, TunelineError
 from engine.store.home import Home
-from engine.store.space import check_space
+from engine.store.space import DiskFull, check_space
 from engine.plan import Planned, ancestors
 from engine.evaluate.plots import draw_stage_plots
 from engine.recipe import Recipe
@@ -140,18 +141,19 @@ def run_and_publish(home: Home, planned: Planned, recipe: Recipe, parents: dict[
     try:
         with home.training_slot(stage.name, waiting=log) if stage.training else contextlib.nullcontext():
             metrics = run_entry(stage, run)
-    except BaseException:
+        if stage.outside and stage.outside(recipe_view, home.hasher()) != planned.outside:
+            raise DataError(f"{stage.name}: content it reads from outside changed while it was being read "
+                            "(a data file or the model was edited during the run); run it again")
+        draw_plots(work, stage.name, metrics, log)
+        manifest = manifest_of(planned, metrics, started)
+        manifest["tables"] = {t: f for t, f in manifest["tables"].items() if (work / f).is_file()}
+        return home.store().publish(stage.name, fp, work, manifest)
+    except BaseException as exc:
         if not stage.training:
             shutil.rmtree(work, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(stage.name, exc, work, resumes=stage.training) from exc
         raise
-    if stage.outside and stage.outside(recipe_view, home.hasher()) != planned.outside:
-        shutil.rmtree(work, ignore_errors=True)
-        raise DataError(f"{stage.name}: content it reads from outside changed while it was being read "
-                        "(a data file or the model was edited during the run); run it again")
-    draw_plots(work, stage.name, metrics, log)
-    manifest = manifest_of(planned, metrics, started)
-    manifest["tables"] = {t: f for t, f in manifest["tables"].items() if (work / f).is_file()}
-    return home.store().publish(stage.name, fp, work, manifest)
 
 
 def draw_plots(work: Path, stage: str, metrics: dict, log: Callable[[str], None]) -> None:

@@ -27,7 +27,7 @@ from engine.plan import make_plan
 from engine.recipe import load_recipe
 from engine.stage import RecipeView, Stage
 from engine.store.home import Home, open_locked
-from engine.store.space import SKIP, NotEnoughSpace, check_space, estimate
+from engine.store.space import SKIP, DiskFull, NotEnoughSpace, check_space, estimate
 from engine.train.checkpoints import COMPLETE, last_complete_checkpoint, rotate
 from engine.train.child import read_result, spec_of, write_spec
 from tests.processes import stop_process_group
@@ -271,9 +271,14 @@ def test_a_disk_that_fills_mid_stage_leaves_the_earlier_artifacts_byte_identical
     earlier = {a.path: digests(a.path) for a in built}
     SIZES["tuned"] = 64 << 20  # the new recipe's model: more than the 24 MiB disk holds
     fingerprint = new_plan["tuned"].fingerprint
-    with pytest.raises(OSError) as full:
+    with pytest.raises(DiskFull) as full:
         build_stage(home, new_plan, "tuned", new)
-    assert full.value.errno == errno.ENOSPC
+    assert full.value.errno == errno.ENOSPC and "\n" not in str(full.value)
+    assert str(full.value).startswith(f"tuned: the disk is full (No space left on device) writing "
+                                      f"into {home.work_dir('tuned', fingerprint)}; nothing of it was "
+                                      "published and earlier artifacts are untouched: free some space, then run the "
+                                      "same command to " + ("resume from its last complete checkpoint" if training
+                                                            else "build it again")), str(full.value)
     assert_unharmed(home, earlier, "tuned", fingerprint)
     grow(small_filesystem, "160m")  # space freed: the next run succeeds
     rebuilt = build_stage(home, new_plan, "tuned", new)
@@ -298,7 +303,7 @@ def test_a_disk_full_in_publish_leaves_no_half_artifact_and_the_rerun_publishes(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return write_text(path, *args, **kwargs)
     monkeypatch.setattr(Path, "write_text", full_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DiskFull, match=r"^exported: the disk is full \(No space left on device\) writing .*manifest"):
         build_stage(home, plan, "exported", recipe)
     monkeypatch.undo()
     assert_unharmed(home, earlier, "exported", plan["exported"].fingerprint)

@@ -26,6 +26,19 @@ class NotEnoughSpace(TunelineError):
     """The stage's estimated disk use is more than the home's filesystem has free."""
 
 
+class DiskFull(TunelineError):
+    """The disk filled while a stage wrote (the estimate was short, or something else wrote meanwhile): nothing of
+    it was published and earlier artifacts are untouched."""
+
+    def __init__(self, stage: str, cause: OSError, work: Path, resumes: bool):
+        self.errno = cause.errno
+        where = " -> ".join(str(f) for f in (cause.filename, cause.filename2) if f) or f"into {work}"
+        again = ("run the same command to resume from its last complete checkpoint" if resumes
+                 else "run the same command to build it again")
+        super().__init__(f"{stage}: the disk is full ({cause.strerror or cause}) writing {where}; nothing of it was "
+                         f"published and earlier artifacts are untouched: free some space, then {again}")
+
+
 @dataclass(frozen=True)
 class Estimate:
     total: int  # bytes the stage may hold at once
