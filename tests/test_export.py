@@ -109,3 +109,25 @@ def test_a_push_offline_or_without_a_token_stops_before_writing(built, tmp_path,
     err = capsys.readouterr().err
     assert "--push-to-hub me/tiny: no Hugging Face token" in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_tuneline_chat_web_serves_an_adapter_merged_as_export_writes_it(built, tmp_path):
+    import os
+    import sys
+    from engine.serve.chat import load_chat_model, reply
+    from engine.serve.server import chat_completion, free_port
+    from tests.processes import started
+    root, paths = built
+    out = tmp_path / "exported"
+    assert export("sft_adapter", str(out), "--artifact-root", str(root), *CLI_OVERRIDES) == 0
+    port, messages = free_port(), [{"role": "user", "content": PROMPTS[0]}]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env.pop("TUNELINE_API_KEY", None)
+    command = [sys.executable, "-m", "pipelines.cli", "chat", "--web", "sft_adapter", "--port", str(port),
+               "--artifact-root", str(root), *CLI_OVERRIDES]
+    with started(command, tmp_path / "logs", env=env) as child:
+        child.wait_for_output(f"chat in a browser: http://127.0.0.1:{port}/chat", 600, "the page's address")
+        served = chat_completion(f"http://127.0.0.1:{port}/v1", "tiny-sft_adapter", messages, 12)
+    model, tokenizer = load_chat_model(out)
+    expected = reply(model, tokenizer, messages, max_new_tokens=12)
+    assert served["answer"].strip().rstrip("\ufffd").strip() == expected.strip().rstrip("\ufffd").strip()
