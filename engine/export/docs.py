@@ -14,8 +14,7 @@ import yaml
 
 # the Hub's base_model_relation of each export to the base model. A LoRA merged into the base is a fine-tune of it:
 # the Hub's "merge" means a merge of several models (mergekit) and would list the export under the base's Merges
-RELATIONS = {"merged_model": "finetune", "gptq_model": "quantized", "awq_model": "quantized",
-             "sft_adapter": "finetune", "dpo_adapter": "finetune"}  # an adapter `tuneline export` merged into its base
+RELATIONS = {"merged_model": "finetune", "gptq_model": "quantized", "awq_model": "quantized"}
 # a recorded check: passed, failed, or None, not evaluated (the recipe turns off what it judges)
 VERDICTS = {True: "passed", False: "failed", None: "not configured"}
 MARKS = {True: "\u2713", False: "\u2717", None: "not configured"}

@@ -9,13 +9,14 @@ checkpoint's dtype, with the base's tokenizer, chat template and generation conf
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from engine.errors import TunelineError
-from engine.store.digests import MANIFEST, check_directory
+from engine.store.digests import LINEAGE, MANIFEST, check_directory
 
 COPIED = ("merged_model", "gptq_model", "awq_model")  # artifacts that are Hugging Face folders already
 MERGED = ("sft_adapter", "dpo_adapter")  # training stages merged into their base for export
@@ -43,7 +44,6 @@ def check_destination(out: Path, force: bool, store_root: Path) -> None:
 def stage_chain(store, artifact) -> tuple[Path, list]:
     """(the base model directory, the training artifacts applied to it in order: SFT, then DPO) that make an SFT or
     DPO artifact, each artifact on the way verified against its digests."""
-    import json
     from engine.models.load import model_dir
     parents = json.loads((artifact.path / MANIFEST).read_text()).get("parents") or {}
     chain = [artifact]
@@ -73,8 +73,13 @@ def write_merged(store, catalog, artifact, work: Path) -> dict:
     base, chain = stage_chain(store, artifact)
     merge_adapters(base, [trained_weights(a.path) for a in chain], work)
     metrics = {"merged": ", ".join(f"{a.asset} {a.fingerprint}" for a in chain), "size_bytes": dir_size(work)}
+    # the card is a merged export's (the Hub relation is the same, finetune), then lineage.json names the adapter:
+    # docs.py stays as it is, since any edit to it changes merged_model's code version and rebuilds every export
     write_export_docs(work, f"{artifact.asset} {artifact.fingerprint} merged into {base.name}",
-                      export_lineage(catalog, [artifact.fingerprint]), metrics, artifact.asset)
+                      export_lineage(catalog, [artifact.fingerprint]), metrics, "merged_model")
+    record = json.loads((work / LINEAGE).read_text())
+    record["export"]["asset"] = artifact.asset
+    (work / LINEAGE).write_text(json.dumps(record, indent=2, default=str))
     return metrics
 
 
