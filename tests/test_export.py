@@ -108,6 +108,13 @@ def test_a_push_offline_or_without_a_token_stops_before_writing(built, tmp_path,
                   *CLI_OVERRIDES) == 2
     err = capsys.readouterr().err
     assert "--push-to-hub me/tiny: no Hugging Face token" in err and len(err.splitlines()) == 1
+    from engine.serve.server import free_port
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")  # a Hub nobody answers for
+    assert export("merged_model", str(out), "--push-to-hub", "me/tiny", "--artifact-root", str(root),
+                  *CLI_OVERRIDES) == 2
+    err = capsys.readouterr().err
+    assert "--push-to-hub me/tiny: the Hub did not accept the token" in err and len(err.splitlines()) == 1
     assert not out.exists()
 
 

@@ -46,7 +46,12 @@ def push(folder: Path, repo_id: str, token: str) -> str:
     """The export folder uploaded to a model repository (made if missing); returns the commit's URL."""
     from huggingface_hub import HfApi
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model",
-                               commit_message="tuneline export")
+    try:
+        api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model",
+                                   commit_message="tuneline export")
+    except Exception as exc:  # the network or the Hub failing halfway: the export itself is complete
+        raise PushRefused(f"--push-to-hub {repo_id}: the upload failed ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else 'no answer'}); the export is complete at "
+                          f"{folder}: push it again with `hf upload {repo_id} {folder}`") from None
     return commit.commit_url
