@@ -67,9 +67,8 @@ def write_merged(store, catalog, artifact, work: Path) -> dict:
     """The adapter artifact merged into its base in `work`, with lineage.json and a model card."""
     from engine.export.docs import write_export_docs
     from engine.export.merge import dir_size
-    from engine.models.load import merge_adapters
+    from engine.models.load import merge_adapters, trained_weights
     from engine.store.lineage import export_lineage
-    from engine.models.load import trained_weights
     base, chain = stage_chain(store, artifact)
     merge_adapters(base, [trained_weights(a.path) for a in chain], work)
     metrics = {"merged": ", ".join(f"{a.asset} {a.fingerprint}" for a in chain), "size_bytes": dir_size(work)}
@@ -96,7 +95,8 @@ def export(store, catalog, artifact, out: Path, force: bool = False) -> Path:
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))  # same file system: rename is atomic
     try:
         if artifact.asset in COPIED:
-            shutil.copytree(artifact.path, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MANIFEST))
+            shutil.copytree(artifact.path, work, dirs_exist_ok=True,  # all but the store's own manifest.json
+                            ignore=lambda folder, names: [MANIFEST] if Path(folder) == artifact.path else [])
         else:
             write_merged(store, catalog, artifact, work)
         check_directory(work)  # what lineage.json lists arrived whole

@@ -34,7 +34,9 @@ def export(args: argparse.Namespace) -> int:
     token = check_push(args.push_to_hub) if args.push_to_hub else None  # before anything is written
     artifact = built_artifact(args, args.model, EXPORTABLE)
     home = Home(args.artifact_root)
-    out = write_export(home.store(), home.catalog(), artifact, Path(args.out), args.force)
+    catalog = home.catalog()
+    catalog.heal_from(home.store().manifests())  # the catalog is derived: what it lacks, the artifacts tell
+    out = write_export(home.store(), catalog, artifact, Path(args.out), args.force)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"exported {artifact.asset} {artifact.fingerprint} to {out} ({size / 1e6:.1f} MB); "
           f"load it with AutoModelForCausalLM.from_pretrained({str(out)!r})")
