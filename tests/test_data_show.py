@@ -72,4 +72,4 @@ def test_not_built_and_not_a_data_asset_are_one_line_errors(built, tmp_path, cap
     assert code == 2 and "clean_data" in err and "is not built under" in err and len(err.splitlines()) == 1
     base = next((root / "artifacts" / "base_model").glob("*/manifest.json")).parent
     code, _, err = show(capsys, base.name, "--artifact-root", str(root))
-    assert code == 2 and f"is a base_model artifact" in err and len(err.splitlines()) == 1
+    assert code == 2 and "is a base_model artifact" in err and len(err.splitlines()) == 1
