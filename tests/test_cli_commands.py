@@ -12,7 +12,7 @@ import pytest
 import pipelines.cli
 from pipelines.cli import COMMANDS
 
-NAMES = ["run", "eval", "serve", "train", "plan", "import-llamafactory", "lineage", "verify", "chat"]
+NAMES = ["run", "eval", "serve", "train", "plan", "import-llamafactory", "lineage", "verify", "chat", "data", "export"]
 HEAVY = ("torch", "dagster", "transformers", "trl", "datasets")
 
 

@@ -108,6 +108,10 @@ CASES = {
     "unknown artifact": ({}, ["chat", "nothing", "--prompt", "hi"], "'nothing' is neither a model directory nor"),
     "missing LLaMA-Factory YAML": ({}, ["import-llamafactory", "{tmp}/nope.yaml"], "nope.yaml does not exist"),
     "missing spec": ({}, ["train", "sft_adapter", "--spec", "{tmp}/nope.json"], "nope.json: no such file"),
+    "data not built": ({}, ["data", "show", "clean_data"], "(what recipe 'tiny' implies) is not built under"),
+    "no rows asked": ({}, ["data", "show", "raw_data", "--rows", "0"], "--rows 0: expected a count of 1 or more"),
+    "unknown export": ({}, ["export", "nothing", "{tmp}/out"], "'nothing': neither an asset (sft_adapter, dpo_adapter"),
+    "push offline": ({}, ["export", "merged_model", "{tmp}/out", "--push-to-hub", "me/m"], "HF_HUB_OFFLINE is set"),
 }
 
 

@@ -10,6 +10,7 @@ from urllib.parse import unquote_to_bytes
 # (method, path) the backends answer for clients; everything else (transformers serve's /load_model and /reset,
 # vLLM's /tokenize, /metrics, /invocations, ...) stays behind the proxy
 ROUTES = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET", "/health": "GET"}
+PAGES = {"/": "GET", "/chat": "GET"}  # the web chat page (engine/serve/page.py): answered by the proxy, no key
 MODEL_PREFIX = "/v1/models/"  # GET /v1/models/<served name>: answered by the proxy, never forwarded
 ENCODED_SEPARATORS = (b"%2f", b"%5c")  # '/' and '\' hidden from a prefix check, decoded later by some servers
 
@@ -63,9 +64,9 @@ def route(method: str, raw_path: bytes, headers: list[tuple[bytes, bytes]], body
     """The allow-listed path a screened request goes to (the exact bytes checked, as text), or a Refusal: 404 off
     the allow-list, 405 for the wrong method, 413 for a declared body over `body_limit` bytes."""
     path = raw_path.decode("latin-1")
-    expected = "GET" if path.startswith(MODEL_PREFIX) else ROUTES.get(path)
+    expected = "GET" if path.startswith(MODEL_PREFIX) else ROUTES.get(path) or PAGES.get(path)
     if expected is None:
-        raise Refusal(404, f"{path[:200]} is not served (served: {', '.join(ROUTES)})")
+        raise Refusal(404, f"{path[:200]} is not served (served: {', '.join([*ROUTES, *PAGES])})")
     if method != expected:
         raise Refusal(405, f"{method} {path} is not served: {path} takes {expected}", allow=expected)
     for name, value in headers:

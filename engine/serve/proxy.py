@@ -1,7 +1,8 @@
 """The one door to a model server: an ASGI app on the public host:port that checks each request (engine/serve/gate.py),
 the API key, and forwards what passes to the backend on its private Unix socket, the exact path it checked.
-Answered here, never forwarded: /v1/models (transformers serve lists the Hugging Face cache there, which a local
-export is not in, and fails without a cache) and /v1/models/<name>."""
+Answered here, never forwarded: the web chat page at / and /chat (GET, no key: engine/serve/page.py), /v1/models
+(transformers serve lists the Hugging Face cache there, which a local export is not in, and fails without a cache)
+and /v1/models/<name>."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import time
 
 from engine.errors import ServeError
 from engine.serve.deadline import deadline_protocol
-from engine.serve.gate import MODEL_PREFIX, Refusal, route, screen
+from engine.serve.gate import MODEL_PREFIX, PAGES, Refusal, route, screen
+from engine.serve.page import chat_page
+
+OPEN = {b"/health", *(path.encode() for path in PAGES)}  # no key: the health probe and the static chat page
 
 # hop-by-hop headers, the ones httpx and uvicorn set again, and the client's key (the backend has no use for it)
 NOT_FORWARDED = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -75,7 +79,7 @@ def proxy_app(socket_path: str, api_key: str | None, served_model_name: str, bod
         headers, raw_path = scope["headers"], scope["raw_path"]
         try:
             screen(raw_path, headers)  # before anything else, the key too
-            if raw_path != b"/health" and api_key is not None and not authorized(headers):
+            if raw_path not in OPEN and api_key is not None and not authorized(headers):
                 return await send_error(send, 401, "a valid API key is required: send `Authorization: Bearer "
                                                    "<key>`", "invalid_request_error",
                                         [(b"www-authenticate", b"Bearer")])
@@ -84,6 +88,10 @@ def proxy_app(socket_path: str, api_key: str | None, served_model_name: str, bod
             kind = "not_found_error" if refusal.status == 404 else "invalid_request_error"
             allow = [(b"allow", refusal.allow.encode())] if refusal.allow else []
             return await send_error(send, refusal.status, str(refusal), kind, allow)
+        if path in PAGES:
+            body, page_headers = chat_page()
+            await send({"type": "http.response.start", "status": 200, "headers": page_headers})
+            return await send({"type": "http.response.body", "body": body})
         if path == "/v1/models":
             return await send_json(send, 200, {"object": "list", "data": [model]})
         if path.startswith(MODEL_PREFIX):

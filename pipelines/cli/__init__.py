@@ -8,10 +8,10 @@ import sys
 import traceback
 
 from engine.errors import TunelineError
-from pipelines.cli import chat, evaluate, import_llamafactory, lineage, plan, run, serve, train, verify
+from pipelines.cli import chat, data, evaluate, export, import_llamafactory, lineage, plan, run, serve, train, verify
 from pipelines.cli.quiet import quiet_libraries
 
-COMMANDS = (run, evaluate, serve, train, plan, import_llamafactory, lineage, verify, chat)  # the order --help lists them in
+COMMANDS = (run, evaluate, serve, train, plan, import_llamafactory, lineage, verify, chat, data, export)  # the order --help lists them in
 
 
 def main(argv: list[str] | None = None) -> int:

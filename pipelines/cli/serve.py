@@ -17,7 +17,9 @@ from pipelines.cli.recipe import checked_recipe, tuneline_resource
 
 def register(command) -> None:
     parser = command("serve", "an OpenAI-compatible server: vLLM on a GPU, transformers serve on CPU", serve)
-    parser.add_argument("model", help="'deployment' (the latest), a deployment or model directory, or a fingerprint")
+    parser.add_argument("model", help="'deployment' (the recipe's), a model asset (sft_adapter and dpo_adapter are "
+                                      "merged into their base first), a deployment or model directory, or a "
+                                      "fingerprint")
     recipe_options(parser)
     parser.add_argument("--host", help="default: serve.host of the recipe (127.0.0.1)")
     parser.add_argument("--port", type=int, help="default: serve.port of the recipe")
@@ -64,6 +66,7 @@ def serve(args: argparse.Namespace) -> int:
             with server:
                 print(f"serving {config['served_model_name']} ({backend}) at {server.base_url}; Ctrl-C stops it",
                       flush=True)
+                print(f"chat in a browser: {chat_url(server)}", flush=True)
                 while server.process.poll() is None:
                     time.sleep(1)
                 print(f"tuneline: the server exited with code {server.process.returncode}:\n{server.log_tail()}",
@@ -72,6 +75,13 @@ def serve(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print("the server is stopped", file=sys.stderr)
     return 0
+
+
+def chat_url(server) -> str:
+    """The web chat page's address (engine/serve/page.py); a wildcard host is reached at loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(server.host, server.host)
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"http://{host}:{server.port}/chat"
 
 
 def interrupt(*_) -> None:
@@ -93,9 +103,28 @@ def serve_directory(args: argparse.Namespace, recipe, overrides: dict, scratch: 
                                 f"{tuneline.home().root}: run `tuneline run` first (it gates and deploys), or name a "
                                 "deployment or model directory")
         return verified_deployment(built.path)
-    path = model_path(args.model, args.artifact_root)
+    path = model_to_serve(args, scratch)
     if (path / "serve.json").is_file():
         return verified_deployment(path)
     name = args.served_model_name or f"{recipe.name}-{path.name}"
     write_serve_config(path, name, recipe.serve, scratch, Precision.of(recipe.model))
     return scratch
+
+
+def model_to_serve(args: argparse.Namespace, scratch: Path) -> Path:
+    """The model directory args.model names: a model asset through the recipe's plan, an artifact or a model
+    directory; an SFT or DPO adapter is first merged into its base in `scratch`, as `tuneline export` writes it."""
+    from engine.export.standalone import EXPORTABLE, MERGED, export
+    from engine.store.digests import MANIFEST
+    from engine.store.home import Home
+    from pipelines.cli.built import built_artifact
+    home, given = Home(args.artifact_root), Path(args.model)
+    artifact = None
+    if args.model in EXPORTABLE:
+        artifact = built_artifact(args, args.model, EXPORTABLE)
+    elif home.artifacts.is_dir() and ((given / MANIFEST).is_file() or not given.is_dir()):
+        artifact = home.store().find(args.model)
+    if artifact is not None and artifact.asset in MERGED:
+        print(f"merging {artifact.asset} {artifact.fingerprint} into its base model to serve it", file=sys.stderr)
+        return export(home.store(), home.catalog(), artifact, scratch / artifact.asset)
+    return model_path(artifact.fingerprint if artifact is not None else args.model, args.artifact_root)
