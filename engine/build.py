@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from engine import progress
 from engine.store.artifacts import Artifact, library_versions
 from engine.store.digests import FILES_INTACT, ArtifactDamaged
 from engine.errors import DataError, TunelineError
@@ -137,6 +138,7 @@ def run_and_publish(home: Home, planned: Planned, recipe: Recipe, parents: dict[
     recipe_view = view(recipe, stage, planned.keys)
     check_space(stage.name, recipe_view, {p: a.path for p, a in parents.items()}, work, log)  # stops a shortfall
     run = StageRun(stage.name, fp, recipe_view, {p: a.path for p, a in parents.items()}, work, home, log)
+    progress.begin(stage.name)  # the progress lines its entry point says are its own
     try:
         with home.training_slot(stage.name, waiting=log) if stage.training else contextlib.nullcontext():
             metrics = run_entry(stage, run)

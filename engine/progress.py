@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from typing import Callable, Iterator
 
 LOGGER = logging.getLogger("tuneline.progress")
 LOGGER.setLevel(logging.INFO)
-INTERVAL = 2.0  # seconds: at most one line per stage part this often (a line per row would drown the report)
+# seconds: at most one line per stage part this often (a line per row would drown the report); the environment
+# variable is for tests that must see lines from a tiny recipe's sub-second stages
+INTERVAL = float(os.environ.get("TUNELINE_PROGRESS_INTERVAL", "2.0"))
 
 _parts: dict[str, str] = {}  # stage -> the part it is in now (what a stop names)
 _current: list[str] = []  # the stage that reported last (a run runs its stages one at a time)
@@ -29,6 +32,11 @@ def say(stage: str, part: str, detail: str = "") -> None:
 def enter(stage: str, part: str) -> None:
     """The stage is now in `part` (no line: a short part prints nothing)."""
     _parts[stage] = part
+    _current[:] = [stage]
+
+
+def begin(stage: str) -> None:
+    """`stage` runs now: the progress lines that follow are its own."""
     _current[:] = [stage]
 
 
@@ -52,10 +60,11 @@ class Progress:
     """Counts the items of one part of a stage and says, at most once per INTERVAL, how far it is and how fast:
     `clean_data: dedup 12,000/40,000 rows, 3,100 rows/s`. Nothing is said for a part shorter than INTERVAL."""
 
-    def __init__(self, stage: str, part: str, total: int | None = None, unit: str = "rows",
-                 interval: float = INTERVAL, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, part: str, total: int | None = None, unit: str = "rows", stage: str | None = None,
+                 interval: float | None = None, clock: Callable[[], float] = time.monotonic):
+        stage = stage or current() or "tuneline"  # None: the stage that runs now (begin)
         self.stage, self.part, self.total, self.unit = stage, part, total, unit
-        self.interval, self.clock = interval, clock
+        self.interval, self.clock = INTERVAL if interval is None else interval, clock
         self.done, self.started = 0, clock()
         self.last = self.started
         enter(stage, part)
@@ -70,8 +79,7 @@ class Progress:
     def line(self, now: float) -> str:
         of = f"/{self.total:,}" if self.total is not None else ""
         rate = self.done / max(now - self.started, 1e-9)
-        return f"{self.done:,}{of} {self.unit}, {rate:,.1f} {self.unit}/s" if rate < 10 else \
-            f"{self.done:,}{of} {self.unit}, {rate:,.0f} {self.unit}/s"
+        return f"{self.done:,}{of} {self.unit}, {rate:,.{1 if rate < 100 else 0}f} {self.unit}/s"
 
     def each(self, items, n: Callable[[object], int] = lambda item: 1) -> Iterator:
         """`items`, counting each (or n(item) for a batch) as it is handed out."""

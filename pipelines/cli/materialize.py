@@ -94,7 +94,7 @@ def selection_of(select: str | None, dg):
 def did_you_mean(name: str, known: list[str]) -> str:
     """"; did you mean 'sft_adapter'?" for the nearest asset names (difflib), else the list of them."""
     import difflib
-    near = difflib.get_close_matches(name, known, n=2, cutoff=0.6)
+    near = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     if near:
         return "; did you mean " + " or ".join(repr(n) for n in near) + "?"
     return f" (expected one of: {', '.join(known)})"
