@@ -58,8 +58,9 @@ def out_of_process(context: dg.AssetExecutionContext):
             if launcher.type == "kubernetes":
                 run_in_pod(context, launcher, stage.name, path, run.home.root)
             else:
-                client.run(context=context, command=launch_command(launcher, stage.name, path, TRAIN_PROCESS),
-                           env=training_environment())
+                with progress.speaks_for_itself():  # its step lines (engine/train/checkpoints.py ProgressLines)
+                    client.run(context=context, command=launch_command(launcher, stage.name, path, TRAIN_PROCESS),
+                               env=training_environment())
         except Exception as exc:  # the process or pod failed: its own error record says why
             error = read_error(path)
             if error["kind"] == "transient":  # retried after 30 s, resuming from its last checkpoint

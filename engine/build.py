@@ -146,6 +146,8 @@ def run_and_publish(home: Home, planned: Planned, recipe: Recipe, parents: dict[
         if not stage.training:
             shutil.rmtree(work, ignore_errors=True)
         raise
+    finally:
+        progress.end()
     if stage.outside and stage.outside(recipe_view, home.hasher()) != planned.outside:
         shutil.rmtree(work, ignore_errors=True)
         raise DataError(f"{stage.name}: content it reads from outside changed while it was being read "

@@ -70,8 +70,10 @@ def test_a_long_summary_is_wrapped_between_words_never_cut():
 
 @pytest.mark.slow
 def test_data_stages_print_progress_lines(tmp_path):
+    # interval 0: a line per counted item, so that the tiny recipe's sub-second parts say theirs every time (on
+    # 20 rows per source, a few hundred lines)
     with tuneline(tmp_path, "run", "--select", "raw_data,clean_data,base_model,formatted_data",
-                  interval="0.05") as run:
+                  "--set", "data.max_samples=20", "--set", "data.min_eval_pairs=2", interval="0") as run:
         code = run.wait(600)
         err = run.err()
     assert code == 0, err[-3000:]
@@ -104,7 +106,31 @@ def test_ctrl_c_during_sft_ends_with_one_line_and_exit_130(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_during_quantization_ends_with_one_line_and_exit_130(tmp_path):
-    with tuneline(tmp_path, "run", "--select", "*gptq_model", interval="0.05") as run:
+    with tuneline(tmp_path, "run", "--select", "*gptq_model", interval="0") as run:
         run.wait_for_output("gptq_model: calibration", 900, "GPTQ's calibration")
         stopped_cleanly(run, "gptq_model", signal.SIGINT)
     assert not list((tmp_path / "home" / "artifacts" / "gptq_model").glob("[!.]*"))  # nothing published
+
+
+def test_a_wait_on_another_runs_lock_is_said_once_then_periodically(tmp_path, monkeypatch):
+    import threading
+    import time
+    from engine.store import home as home_module
+    monkeypatch.setattr(home_module, "WAIT_REPORT", 0.2)
+    home, said = home_module.Home(tmp_path), []
+
+    def second_run() -> None:
+        with home.lock("raw_data", "0123abcd", waiting=said.append):
+            said.append("got it")
+    with home.lock("raw_data", "0123abcd"):  # the other run, building it (flock: per open file, so this conflicts)
+        waiter = threading.Thread(target=second_run, daemon=True)
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while len(said) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    waiter.join(30)
+    assert not waiter.is_alive() and said[-1] == "got it"
+    first, again = said[0], said[1]
+    assert first.startswith("raw_data 0123abcd is being built by {") and f'"pid": {os.getpid()}' in first
+    assert first.endswith("; waiting for it, then reusing it")
+    assert re.fullmatch(r"raw_data 0123abcd is being built by \{.*\}; still waiting after \d+ s", again), again

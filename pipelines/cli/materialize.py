@@ -28,6 +28,7 @@ def materialize(args: argparse.Namespace, select: str | None, before=None):
     _, overrides = checked_recipe(args)  # a bad recipe, data path or model path stops here, before any work
 
     import dagster as dg
+    from engine import progress
     from engine.build import remove_stale_temporaries
     from engine.graph import STAGES
     from engine.store.home import check_home
@@ -51,9 +52,10 @@ def materialize(args: argparse.Namespace, select: str | None, before=None):
     with dg.DagsterInstance.get() as instance:
         reap_dead_runs(instance)
         log_level = "DEBUG" if args.verbose else "CRITICAL"  # a failed step is said in one line after the table
-        result = dg.materialize(ASSETS, resources=resources(args.recipe, root, overrides), instance=instance,
-                                selection=selection, raise_on_error=False, tags=RUN_TAGS,
-                                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+        with progress.heartbeat():
+            result = dg.materialize(ASSETS, resources=resources(args.recipe, root, overrides), instance=instance,
+                                    selection=selection, raise_on_error=False, tags=RUN_TAGS,
+                                    run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
     return result, time.time() - started
 
 

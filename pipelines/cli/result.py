@@ -29,7 +29,7 @@ def report(result, seconds: float) -> str:
             checks.setdefault(key, []).append(f"{len(off[key])} not configured")
         status = "cached" if meta["cache_hit"].value else "built"
         first, *rest = wrapped(meta["summary"].value, SUMMARY_WIDTH)
-        lines.append(f"{key:<16} {status:<8} {first:<{SUMMARY_WIDTH}} {', '.join(checks.get(key, []))}")
+        lines.append(f"{key:<16} {status:<8} {first:<{SUMMARY_WIDTH}} {', '.join(checks.get(key, []))}".rstrip())
         lines += [f"{'':<16} {'':<8} {more}" for more in rest]
         lines.append(f"{'':<16} {'':<8} {meta['path'].value}")
     built = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
