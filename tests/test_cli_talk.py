@@ -83,9 +83,12 @@ def test_data_stages_print_progress_lines(tmp_path):
 
 
 def stopped_cleanly(run, asset: str, signum: int) -> str:
-    """Signal the run's whole process group (as a terminal's Ctrl-C does); its exit code is 130 and its stderr
-    ends with one stop line naming `asset`, with no traceback."""
-    os.killpg(run.process.pid, signum)
+    """SIGINT to the run's whole process group (as a terminal's Ctrl-C does), SIGTERM to the run alone (as a
+    scheduler does); its exit code is 130 and its stderr ends with one stop line naming `asset`, no traceback."""
+    if signum == signal.SIGINT:
+        os.killpg(run.process.pid, signum)
+    else:
+        run.process.send_signal(signum)
     code = run.wait(180)
     err = run.err()
     assert code == 130, f"exit {code}: {err[-3000:]}"
@@ -96,11 +99,12 @@ def stopped_cleanly(run, asset: str, signum: int) -> str:
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_sft_ends_with_one_line_and_exit_130(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_ctrl_c_or_sigterm_during_sft_ends_with_one_line_and_exit_130(tmp_path, signum):
     with tuneline(tmp_path, "run", "--select", "*sft_adapter", "--set", "sft.save_steps=5",
                   "--set", "sft.logging_steps=1") as run:
         run.wait_for_output("sft: step ", 600, "SFT's first progress line")
-        last = stopped_cleanly(run, "sft_adapter", signal.SIGINT)
+        last = stopped_cleanly(run, "sft_adapter", signum)
     assert re.search(r" at step \d+/\d+;", last), last
 
 
