@@ -81,7 +81,11 @@ def build_stage(home: Home, plan: dict[str, Planned], name: str, recipe: Recipe,
         if artifact is None:
             for parent in parents.values():  # every file this stage will read, before any work
                 verified(home, parent, hashing=True)
-            artifact = run_and_publish(home, planned, recipe, parents, log, run_entry)
+            progress.begin(name)  # the progress lines said while it is built are its own
+            try:
+                artifact = run_and_publish(home, planned, recipe, parents, log, run_entry)
+            finally:
+                progress.end()
             passed_again(home, artifact)
         else:
             verified(home, artifact, hashing=False)  # a cache hit whose file was cut or removed is no hit
@@ -138,7 +142,6 @@ def run_and_publish(home: Home, planned: Planned, recipe: Recipe, parents: dict[
     recipe_view = view(recipe, stage, planned.keys)
     check_space(stage.name, recipe_view, {p: a.path for p, a in parents.items()}, work, log)  # stops a shortfall
     run = StageRun(stage.name, fp, recipe_view, {p: a.path for p, a in parents.items()}, work, home, log)
-    progress.begin(stage.name)  # the progress lines its entry point says are its own
     try:
         with home.training_slot(stage.name, waiting=log) if stage.training else contextlib.nullcontext():
             metrics = run_entry(stage, run)
@@ -146,8 +149,6 @@ def run_and_publish(home: Home, planned: Planned, recipe: Recipe, parents: dict[
         if not stage.training:
             shutil.rmtree(work, ignore_errors=True)
         raise
-    finally:
-        progress.end()
     if stage.outside and stage.outside(recipe_view, home.hasher()) != planned.outside:
         shutil.rmtree(work, ignore_errors=True)
         raise DataError(f"{stage.name}: content it reads from outside changed while it was being read "

@@ -21,8 +21,6 @@ INTERVAL = float(os.environ.get("TUNELINE_PROGRESS_INTERVAL", "2.0"))
 
 _parts: dict[str, str] = {}  # stage -> the part it is in now (what a stop names)
 _current: list[str] = []  # the stage that reported last (a run runs its stages one at a time)
-
-
 _clock = {"since": 0.0, "said": 0.0, "running": None}  # the running stage: since when, and when it last said a line
 
 
