@@ -14,6 +14,7 @@ import dagster as dg
 
 from assets.kubernetes import TRAIN_PROCESS, run_in_pod
 from assets.resource import Tuneline
+from engine import progress
 from engine.store.artifacts import Artifact
 from engine.build import FILES_INTACT, build_stage, call_entry
 from engine.store.digests import ArtifactDamaged
@@ -57,8 +58,9 @@ def out_of_process(context: dg.AssetExecutionContext):
             if launcher.type == "kubernetes":
                 run_in_pod(context, launcher, stage.name, path, run.home.root)
             else:
-                client.run(context=context, command=launch_command(launcher, stage.name, path, TRAIN_PROCESS),
-                           env=training_environment())
+                with progress.speaks_for_itself():  # its step lines (engine/train/checkpoints.py ProgressLines)
+                    client.run(context=context, command=launch_command(launcher, stage.name, path, TRAIN_PROCESS),
+                               env=training_environment())
         except Exception as exc:  # the process or pod failed: its own error record says why
             error = read_error(path)
             if error["kind"] == "transient":  # retried after 30 s, resuming from its last checkpoint
@@ -66,6 +68,10 @@ def out_of_process(context: dg.AssetExecutionContext):
             reason = error["message"] if error["message"] != "no error recorded" else str(exc)
             raise TrainingFailed(f"{stage.name}: {reason} (a rerun resumes from its last complete "
                                  "checkpoint)") from exc
+        except BaseException:  # stopped (Ctrl-C, SIGTERM): where the child stopped is where the run stopped
+            if stopped_at := read_error(path).get("where"):
+                progress.enter(stage.name, stopped_at)
+            raise
         metrics = read_result(path)
         shutil.rmtree(path.parent, ignore_errors=True)
         return metrics
@@ -98,9 +104,10 @@ def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable
                                                                                   | dg.AssetCheckResult]:
         recipe, home = tuneline.recipe(), tuneline.home()
         runner = out_of_process(context) if stage.runs_out_of_process(recipe) else call_entry
-        try:
-            artifact = build_stage(home, tuneline.plan(context.run.run_id), stage.name, recipe, log=context.log.warning,
-                                   run_entry=runner)
+        try:  # the stage's lines (progress, waits) reach the run's log as well as the CLI (engine/progress.py)
+            with progress.forwarded(context.log.log):
+                artifact = build_stage(home, tuneline.plan(context.run.run_id), stage.name, recipe,
+                                       log=progress.LOGGER.warning, run_entry=runner)
         except ArtifactDamaged as damaged:
             report_damaged(context, damaged)
             raise

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from engine import progress
 from engine.store.artifacts import Artifact, library_versions
 from engine.store.digests import FILES_INTACT, ArtifactDamaged
 from engine.errors import DataError, TunelineError
@@ -81,7 +82,11 @@ def build_stage(home: Home, plan: dict[str, Planned], name: str, recipe: Recipe,
         if artifact is None:
             for parent in parents.values():  # every file this stage will read, before any work
                 verified(home, parent, hashing=True)
-            artifact = run_and_publish(home, planned, recipe, parents, log, run_entry)
+            progress.begin(name)  # the progress lines said while it is built are its own
+            try:
+                artifact = run_and_publish(home, planned, recipe, parents, log, run_entry)
+            finally:
+                progress.end()
             passed_again(home, artifact)
         else:
             verified(home, artifact, hashing=False)  # a cache hit whose file was cut or removed is no hit

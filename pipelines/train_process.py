@@ -30,4 +30,4 @@ def pipes_reporter() -> Iterator[tuple[Callable[[str], None], Callable[[dict], N
 
 
 if __name__ == "__main__":
-    sys.exit(main(reporter=pipes_reporter))
+    sys.exit(main(reporter=pipes_reporter, orchestrated=bool(os.environ.get("DAGSTER_PIPES_CONTEXT"))))

@@ -3,7 +3,7 @@
 import importlib.util
 import json
 import math
-
+import re
 import shutil
 
 import dagster as dg
@@ -233,6 +233,35 @@ def test_tuneline_eval_compare_prints_the_table_and_gates(first_run, project, tm
     assert "model_comparison cached" in result.stdout and "deployment" not in result.stdout
 
 
+# README.md quotes what commands print in fenced blocks after `<!-- output of: tuneline ... -->`; each quoted line
+# must still be printed by that command on the built home (numbers, paths, fingerprints and built/cached aside)
+README_OUTPUT = re.compile(r"<!-- output of: (tuneline [^>]*?) -->\s*```\w*\n(.*?)```", re.S)
+
+
+def normalized(line: str) -> str:
+    line = re.sub(r"(?<![\w.])/[^\s,;)]+", "PATH", line)
+    line = re.sub(r"\b[0-9a-f]{16}\b", "FP", line)
+    line = re.sub(r"[-+]?\d[\d,.]*", "N", line)
+    line = re.sub(r"\b(built|cached)\b", "STATUS", line)
+    return " ".join(line.split())
+
+
+def test_the_readme_s_quoted_output_is_what_the_commands_print(first_run, project, tmp_path):
+    import os
+    import sys
+    from tests.processes import run
+    root, _ = first_run
+    quoted = README_OUTPUT.findall(Path("README.md").read_text())
+    assert {command for command, _ in quoted} >= {"tuneline run", "tuneline eval --compare"}
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "PYTHONPATH": os.getcwd()}
+    for command, block in quoted:
+        result = run([sys.executable, "-m", "pipelines.cli", *command.split()[1:], "--recipe", project[1],
+                      "--artifact-root", str(root)], timeout=600, text=True, env=env)
+        printed = {normalized(line) for line in (result.stdout + result.stderr).splitlines()}
+        missing = [line for line in block.splitlines() if line.strip() and normalized(line) not in printed]
+        assert not missing, f"{command}: README lines it no longer prints: {missing}\n{result.stdout[-3000:]}"
+
+
 def test_lineage_and_catalog_account_for_every_row(first_run):
     root, result = first_run
     meta = artifacts_of(result)
@@ -336,3 +365,4 @@ def test_new_incoming_data_starts_a_run_and_reaches_a_new_model(first_run, proje
 def evaluate(sensor, tuneline, cursor):
     context = dg.build_sensor_context(cursor=cursor, resources={"tuneline": tuneline})
     return sensor(context), context.cursor
+

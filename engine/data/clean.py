@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from engine.progress import Progress
 from engine.data.dedup import exact_duplicates, near_duplicate_clusters
 from engine.data.ingest import content_hash
 from engine.data.pii import JSON_ROLES, Inconsistent, RowScrubber
@@ -226,7 +227,7 @@ class Cleaner:
     def _map(self, fn: Callable[[str], str], skip_roles: tuple[str, ...] = ()) -> int:
         """Rewrite every row's texts with `fn`; record each changed text; return how many rows changed."""
         modified, rows = 0, []
-        for row in self.rows:
+        for row in Progress(self.step, total=len(self.rows), stage="clean_data").each(self.rows):
             new, changes = rewrite(row, fn, skip_roles)
             rows.append(new)
             modified += bool(changes)
@@ -242,7 +243,7 @@ class Cleaner:
 
     def _filter(self, verdict: Callable[[dict], tuple[str, str] | None]) -> None:
         kept = []
-        for row in self.rows:
+        for row in Progress(self.step, total=len(self.rows), stage="clean_data").each(self.rows):
             problem = verdict(row)
             if problem:
                 self.drop(row, *problem)

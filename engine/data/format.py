@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from datasets import Dataset, DatasetDict, Features, List, Value
 
+from engine.progress import Progress
 from engine.data.clean import dedup_text
 from engine.data.constants import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, IGNORE
 from engine.data.dedup import near_duplicate_clusters
@@ -283,7 +284,8 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
                            "reason": "exceeds_cutoff_len",
                            "detail": f"{length} tokens > cutoff_len {cutoff_len}{why}"})
 
-    for index, (row, split) in enumerate(zip(rows, splits, strict=True)):
+    tokenizing = Progress("tokenizing", total=len(rows), stage="formatted_data")
+    for index, (row, split) in enumerate(tokenizing.each(zip(rows, splits, strict=True))):
         if index in leaks:
             quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": "format",
                                "reason": "contaminates_eval", "detail": leaks[index]})

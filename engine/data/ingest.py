@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from engine.progress import Progress
 from engine.data.readers import BadRow, source_records
 from engine.data.record_counts import records_in_source
 from engine.data.registry import DatasetEntry, recipe_selection
@@ -242,7 +243,7 @@ def ingest_to(out: Path, sources: dict[str, tuple[DatasetEntry, Path]], max_samp
             RowWriter(out / "quarantine.parquet", QUARANTINE_COLUMNS) as quarantine:
         for name, (entry, path) in sources.items():
             before, beyond = (rows.count, quarantine.count), 0
-            for good, item in ingest_stream(name, entry, path):
+            for good, item in Progress(f"reading {name}").each(ingest_stream(name, entry, path)):
                 if max_samples is not None and rows.count + quarantine.count - sum(before) >= max_samples:
                     beyond += 1
                     continue

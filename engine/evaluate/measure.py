@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from engine.progress import Progress
 from engine.data.constants import IGNORE
 from engine.models.device import mixed_autocast, to_device
 from engine.models.sample import decoded_answer
@@ -30,7 +31,7 @@ def in_file_order(lengths: list[int], batch_size: int, run: Callable[[list[int]]
     """`run` over length-grouped batches of row indices (one result per index), its results put back in the rows'
     original order."""
     results: list = [None] * len(lengths)
-    for batch in length_batches(lengths, batch_size):
+    for batch in Progress("scoring", total=len(lengths), unit="items").each(length_batches(lengths, batch_size), len):
         for index, result in zip(batch, run(batch), strict=True):
             results[index] = result
     return results
@@ -50,7 +51,8 @@ def perplexity(model, dataset, pad_id: int, batch_size: int = 32) -> float:
     device; the log-softmax and the sum are float32 per batch, the total a Python float (double)."""
     model.eval()
     total, count = 0.0, 0
-    for indices in length_batches([len(ids) for ids in dataset["input_ids"]], batch_size):
+    batches = length_batches([len(ids) for ids in dataset["input_ids"]], batch_size)
+    for indices in Progress("perplexity", total=len(dataset), unit="items").each(batches, len):
         batch = to_device(sft_batch(dataset.select(indices), batch_size, pad_id), model)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         labels = batch["labels"][:, 1:]

@@ -5,8 +5,11 @@ The checkpoint carries a compressed-tensors quantization_config, which vLLM and 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+import torch
 
 from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 from llmcompressor import oneshot
@@ -14,7 +17,9 @@ from llmcompressor.modifiers.gptq import GPTQModifier
 from llmcompressor.modifiers.quantization import QuantizationModifier
 from llmcompressor.modifiers.transform import AWQModifier
 
+from engine import progress
 from engine.data.format import read_view
+from engine.progress import Progress
 from engine.models.device import Precision, infer_dtype, precision_metrics
 from engine.evaluate.measure import eval_question, perplexity
 from engine.export.awq_cpu_shim import awq_cpu_compat
@@ -48,6 +53,26 @@ def check_group_size(model, group_size: int) -> None:
         raise ValueError(f"quantize.group_size {group_size} does not divide the input width of layers {bad}")
 
 
+@contextlib.contextmanager
+def layer_progress(model):
+    """llm-compressor calibrates the decoder a layer at a time and takes no progress callback: a forward hook on
+    each decoder layer counts the layers calibration has reached (a layer's first call)."""
+    layers = next((m for name, m in model.named_modules() if name.endswith("layers")
+                   and isinstance(m, torch.nn.ModuleList)), [])
+    counter, seen = Progress("calibration", total=len(layers), unit="layers"), set()
+
+    def reached(module, args, output):
+        if id(module) not in seen:
+            seen.add(id(module))
+            counter.advance()
+    handles = [layer.register_forward_hook(reached) for layer in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def quantize(merged_dir: Path, formatted_dir: Path, method: Method, cfg: QuantizeSection, cutoff_len: int,
              out: Path, precision: Precision | None = None) -> dict:
     """Calibrate on the formatted eval data, save the compressed checkpoint to `out`, reload and measure it. The
@@ -61,11 +86,13 @@ def quantize(merged_dir: Path, formatted_dir: Path, method: Method, cfg: Quantiz
         lambda row: {"attention_mask": [1] * len(row["input_ids"])}).select_columns(["input_ids", "attention_mask"])
     model = load_causal_lm(merged_dir, dtype)
     check_group_size(model, cfg.group_size)
-    with awq_cpu_compat():
+    with awq_cpu_compat(), layer_progress(model):
         oneshot(model=model, dataset=calibration, recipe=recipe_for(method, cfg), max_seq_length=cutoff_len,
                 num_calibration_samples=len(calibration), shuffle_calibration_samples=False)
+    progress.enter(progress.current() or "quantize", "saving")
     model.save_pretrained(out, save_compressed=True)
     tokenizer.save_pretrained(out)
+    progress.enter(progress.current() or "quantize", "measuring")
     reloaded, merged = load_causal_lm(out, dtype), load_causal_lm(merged_dir, dtype)
     merged_ppl = perplexity(merged, evaluation, tokenizer.pad_token_id)
     quant_ppl = perplexity(reloaded, evaluation, tokenizer.pad_token_id)

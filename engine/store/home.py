@@ -80,12 +80,17 @@ class Home:
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
 
         def wait(handle) -> None:
-            if waiting:
-                handle.seek(0)
-                holder = handle.read().strip() or "another run"
-                waiting(f"{what} is held by {holder}; waiting for it" if what else
-                        f"{asset} {fingerprint} is being built by {holder}; waiting for it, then reusing it")
-            fcntl.flock(handle, mode)  # blocks in the kernel: no busy loop
+            if not waiting:
+                fcntl.flock(handle, mode)  # blocks in the kernel: no busy loop
+                return
+            handle.seek(0)
+            holder = handle.read().strip() or "another run"
+            held = f"{what} is held by {holder}" if what else f"{asset} {fingerprint} is being built by {holder}"
+            waiting(f"{held}; waiting for it" + ("" if what else ", then reusing it"))
+            started = time.monotonic()
+            # polled rather than blocking in the kernel, so that a long wait is said again every WAIT_REPORT seconds
+            while not try_flock(handle, mode, timeout=WAIT_REPORT):
+                waiting(f"{held}; still waiting after {time.monotonic() - started:.0f} s")
         with locked_file(path, mode, wait) as handle:
             if not shared:
                 handle.seek(0)
@@ -141,6 +146,22 @@ def same_file(handle, path: Path) -> bool:
         return False
     mine = os.fstat(handle.fileno())
     return (named.st_ino, named.st_dev) == (mine.st_ino, mine.st_dev)
+
+
+WAIT_REPORT = 30.0  # seconds between the lines of a run that waits on another run's lock
+
+
+def try_flock(handle, mode: int, timeout: float, poll: float = 0.2) -> bool:
+    """flock within `timeout` seconds (polled every `poll` s: flock itself has no timeout); False if still held."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll)
 
 
 def open_locked(path: Path, mode: int, wait: Callable[[object], None] | None):

@@ -28,7 +28,12 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM stopped training after a checkpoint was saved; a rerun resumes from it."""
+    """SIGINT or SIGTERM stopped training after a checkpoint was saved; a rerun resumes from it. `where`: the
+    step it stopped at, as the orchestrator's stop line names it."""
+
+    def __init__(self, message: str, where: str):
+        super().__init__(message)
+        self.where = where
 
 
 def last_complete_checkpoint(trainer_dir: Path) -> Path | None:
@@ -114,9 +119,10 @@ class ProgressLines(TrainerCallback):
     """One line per logging step: step / total, loss, tokens per second (where the trainer counts the tokens it
     sees: include_num_input_tokens_seen), ETA."""
 
-    def __init__(self, stage: str, say: Callable[[str], None]):
-        self.stage, self.say = stage, say
+    def __init__(self, stage: str, say: Callable[[str], None], interval: float = 2.0):
+        self.stage, self.say, self.interval = stage, say, interval  # at most one line per interval, and the last
         self.started, self.first_step, self.first_tokens = time.monotonic(), 0, 0
+        self.said = -interval
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.monotonic()  # a resumed run counts from its own start
@@ -125,6 +131,9 @@ class ProgressLines(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "loss" not in logs:
             return control
+        if time.monotonic() - self.said < self.interval and state.global_step < state.max_steps:
+            return control
+        self.said = time.monotonic()
         done = max(state.global_step - self.first_step, 1)
         per_step = (time.monotonic() - self.started) / done
         eta = per_step * max(state.max_steps - state.global_step, 0)
@@ -170,6 +179,7 @@ def train_resumably(trainer, stage: str, say: Callable[[str], None] = print, kee
         say(f"{stage}: resuming from {checkpoint.name} (step {resumed})")
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if guard.interrupted:
-        raise TrainingInterrupted(f"{stage}: stopped by {guard.interrupted} at step {trainer.state.global_step} "
-                                  "after saving a checkpoint; run it again to resume")
+        step = f"step {trainer.state.global_step}/{trainer.state.max_steps}"
+        raise TrainingInterrupted(f"{stage}: stopped by {guard.interrupted} at {step} after saving a checkpoint; "
+                                  "run it again to resume", where=step)
     return result, resumed

@@ -63,9 +63,10 @@ def read_error(spec_path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"kind": "error", "message": "no error recorded"}
 
 
-def record_error(spec_path: Path, kind: str, message: str) -> None:
+def record_error(spec_path: Path, kind: str, message: str, where: str | None = None) -> None:
+    """`where`: the step an interrupted stage stopped at (the orchestrator's stop line names it)."""
     if rank() == 0:
-        (spec_path.parent / ERROR_FILE).write_text(json.dumps({"kind": kind, "message": message}))
+        (spec_path.parent / ERROR_FILE).write_text(json.dumps({"kind": kind, "message": message, "where": where}))
 
 
 def rank() -> int:
@@ -112,7 +113,8 @@ def run_spec(spec_path: Path, reporter: Reporter = stderr_reporter) -> dict:
     return metrics
 
 
-def main(argv: list[str] | None = None, reporter: Reporter = stderr_reporter) -> int:
+def main(argv: list[str] | None = None, reporter: Reporter = stderr_reporter, orchestrated: bool = False) -> int:
+    """`orchestrated`: an orchestrator started this process and says how it ended (no stop line of its own)."""
     import argparse
     from engine.train.checkpoints import TrainingInterrupted
     parser = argparse.ArgumentParser(prog="tuneline train", description="Run one training stage from its spec.")
@@ -129,8 +131,9 @@ def main(argv: list[str] | None = None, reporter: Reporter = stderr_reporter) ->
             raise TunelineError(f"--spec {args.spec} is for stage {stage}, not {args.stage}")
         run_spec(args.spec, reporter)
     except TrainingInterrupted as stopped:
-        record_error(args.spec, "interrupted", str(stopped))
-        print(f"tuneline: {stopped}", file=sys.stderr)
+        record_error(args.spec, "interrupted", str(stopped), stopped.where)
+        if not orchestrated:  # under an orchestrator, its one stop line says it (pipelines/cli/stopped.py)
+            print(f"tuneline: {stopped}", file=sys.stderr)
         return INTERRUPTED
     except TunelineError as exc:
         record_error(args.spec, "error", str(exc))

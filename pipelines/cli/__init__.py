@@ -7,9 +7,11 @@ import argparse
 import sys
 import traceback
 
+from engine import progress
 from engine.errors import TunelineError
 from pipelines.cli import chat, data, evaluate, export, import_llamafactory, lineage, plan, run, serve, train, verify
 from pipelines.cli.quiet import quiet_libraries
+from pipelines.cli.stopped import say_stopped, stop_on_sigterm
 
 COMMANDS = (run, evaluate, serve, train, plan, import_llamafactory, lineage, verify, chat, data, export)  # the order --help lists them in
 
@@ -30,8 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "verbose", False):
         quiet_libraries()  # before anything imports llm-compressor or transformers (training children inherit it)
+    stop_on_sigterm()
     try:
         return args.handler(args)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside a step (a step's stop is in its run's result)
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        return say_stopped(progress.current())
     except TunelineError as exc:
         if getattr(args, "verbose", False):
             traceback.print_exc()

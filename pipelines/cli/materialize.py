@@ -14,10 +14,12 @@ from engine.runtime.startup import collector_paused
 from pipelines.cli.instance import RUN_TAGS, dagster_home, reap_dead_runs
 from pipelines.cli.quiet import quiet_libraries, quiet_llmcompressor
 from pipelines.cli.recipe import checked_recipe, tuneline_resource
+from pipelines.cli.stopped import keep_ctrl_c_from_dagster_helpers
 
 
-def materialize(args: argparse.Namespace, select: str | None):
-    """Materialize `select` (None: everything) with the CLI's recipe, overrides and artifact root."""
+def materialize(args: argparse.Namespace, select: str | None, before=None):
+    """Materialize `select` (None: everything) with the CLI's recipe, overrides and artifact root; `before(tuneline)`
+    may stop it (a TunelineError) once the plan is known, before any work."""
     with collector_paused():
         if not args.verbose:
             quiet_libraries()
@@ -26,6 +28,7 @@ def materialize(args: argparse.Namespace, select: str | None):
     _, overrides = checked_recipe(args)  # a bad recipe, data path or model path stops here, before any work
 
     import dagster as dg
+    from engine import progress
     from engine.build import remove_stale_temporaries
     from engine.graph import STAGES
     from engine.store.home import check_home
@@ -39,16 +42,34 @@ def materialize(args: argparse.Namespace, select: str | None):
     selection = selection_of(select, dg)
     tuneline = tuneline_resource(args.recipe, root, overrides)
     check_upstream_built(tuneline, selection, dg)
+    if before:
+        before(tuneline)
     set_aside_to_rebuild(tuneline, getattr(args, "rebuild", None), selection, dg)
     remove_stale_temporaries(tuneline.home(), STAGES)
+    show_progress(args.verbose)
+    keep_ctrl_c_from_dagster_helpers()
     started = time.time()
     with dg.DagsterInstance.get() as instance:
         reap_dead_runs(instance)
         log_level = "DEBUG" if args.verbose else "CRITICAL"  # a failed step is said in one line after the table
-        result = dg.materialize(ASSETS, resources=resources(args.recipe, root, overrides), instance=instance,
-                                selection=selection, raise_on_error=False, tags=RUN_TAGS,
-                                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+        with progress.heartbeat():
+            result = dg.materialize(ASSETS, resources=resources(args.recipe, root, overrides), instance=instance,
+                                    selection=selection, raise_on_error=False, tags=RUN_TAGS,
+                                    run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
     return result, time.time() - started
+
+
+def show_progress(verbose: bool) -> None:
+    """The stages' progress lines (engine/progress.py) on stderr; with --verbose, Dagster's own log shows them."""
+    import logging
+    from engine import progress
+    progress.forget()
+    if verbose or any(getattr(h, "tuneline_cli", False) for h in progress.LOGGER.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.tuneline_cli = True
+    progress.LOGGER.addHandler(handler)
+    progress.LOGGER.propagate = False  # said once: not again by whatever handler the root logger has
 
 
 def selection_of(select: str | None, dg):
@@ -57,13 +78,28 @@ def selection_of(select: str | None, dg):
         return None
     names = [s.strip() for s in select.split(",") if s.strip()]
     selection = names if len(names) > 1 else names[0]
+    from pipelines.definitions import ASSETS
+    known = [key.to_user_string() for asset in ASSETS for key in asset.keys]
+    for name in names:  # a plain name that is no asset: one line with the nearest names, not Dagster's message
+        bare = name.strip("*+")
+        if bare.isidentifier() and bare not in known:
+            raise TunelineError(f"--select {select!r}: no asset named {bare!r}" + did_you_mean(bare, known))
     try:
-        from pipelines.definitions import ASSETS
         dg.AssetSelection.from_coercible(selection).resolve(ASSETS)
     except Exception as exc:
-        raise TunelineError(f"--select {select!r}: {exc} (expected asset names separated by commas, or a Dagster "
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise TunelineError(f"--select {select!r}: {first} (expected asset names separated by commas, or a Dagster "
                             "selection such as '*merged_model' for an asset and everything upstream)") from None
     return selection
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """"; did you mean 'sft_adapter'?" for the nearest asset names (difflib), else the list of them."""
+    import difflib
+    near = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if near:
+        return "; did you mean " + " or ".join(repr(n) for n in near) + "?"
+    return f" (expected one of: {', '.join(known)})"
 
 
 def check_upstream_built(tuneline, selection, dg) -> None:

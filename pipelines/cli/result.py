@@ -7,6 +7,7 @@ import re
 import sys
 
 from engine.errors import TunelineError
+from pipelines.cli.stopped import interrupted_step, say_stopped
 
 
 def report(result, seconds: float) -> str:
@@ -19,7 +20,7 @@ def report(result, seconds: float) -> str:
         mark = "ok" if evaluation.passed else "FAILED"
         checks.setdefault(evaluation.asset_key.to_user_string(), []).append(f"{evaluation.check_name} {mark}")
     off: dict[str, list[str]] = {}
-    lines = [f"{'asset':<16} {'status':<8} {'summary':<58} checks", "-" * 120]
+    lines = [f"{'asset':<16} {'status':<8} {'summary':<{SUMMARY_WIDTH}} checks", "-" * 120]
     for event in result.get_asset_materialization_events():
         meta = event.materialization.metadata
         key = event.asset_key.to_user_string()
@@ -27,7 +28,9 @@ def report(result, seconds: float) -> str:
             off[key] = list(meta[CHECKS_NOT_CONFIGURED].value)
             checks.setdefault(key, []).append(f"{len(off[key])} not configured")
         status = "cached" if meta["cache_hit"].value else "built"
-        lines.append(f"{key:<16} {status:<8} {meta['summary'].value[:58]:<58} {', '.join(checks.get(key, []))}")
+        first, *rest = wrapped(meta["summary"].value, SUMMARY_WIDTH)
+        lines.append(f"{key:<16} {status:<8} {first:<{SUMMARY_WIDTH}} {', '.join(checks.get(key, []))}".rstrip())
+        lines += [f"{'':<16} {'':<8} {more}" for more in rest]
         lines.append(f"{'':<16} {'':<8} {meta['path'].value}")
     built = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     failed = [e.step_key for e in result.get_step_failure_events()]
@@ -35,6 +38,16 @@ def report(result, seconds: float) -> str:
     lines.append(f"{len(built)} assets in {seconds:.1f}s" + (f"; FAILED steps: {', '.join(failed)}" if failed else ""))
     lines.append(check_counts([e.passed for e in evaluations], off))
     return "\n".join(lines)
+
+
+SUMMARY_WIDTH = 58
+
+
+def wrapped(text: str, width: int) -> list[str]:
+    """`text` in lines of at most `width` characters, broken between words only (a word longer than the column
+    overflows it rather than being cut)."""
+    import textwrap
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False) or [""]
 
 
 def check_counts(verdicts: list[bool], off: dict[str, list[str]]) -> str:
@@ -50,6 +63,8 @@ def outcome(result) -> int:
     check), 1 for anything else."""
     if result.success:
         return 0
+    if (stopped := interrupted_step(result)) is not None:
+        return say_stopped(stopped)
     user_errors, names = True, user_error_names()
     failed_checks = failed_check_details(result)
     for event in result.get_step_failure_events():

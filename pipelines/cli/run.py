@@ -7,6 +7,7 @@ import argparse
 from pipelines.cli.materialize import materialize
 from pipelines.cli.options import recipe_options
 from pipelines.cli.result import outcome, report
+from pipelines.cli.stopped import interrupted_step
 
 
 def register(command) -> None:
@@ -21,5 +22,6 @@ def register(command) -> None:
 
 def run(args: argparse.Namespace) -> int:
     result, seconds = materialize(args, args.select)
-    print(report(result, seconds))
+    if interrupted_step(result) is None:  # a stopped run says where, in one line, and nothing else
+        print(report(result, seconds))
     return outcome(result)
