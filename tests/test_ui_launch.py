@@ -8,7 +8,7 @@ import urllib.parse
 
 from engine.store.catalog import Catalog
 from tests.browser import Browser
-from tests.test_ui import PAGE_S, RUN_FINISHED_S, graph_nodes_shown, graphql, poll, webserver  # noqa: F401
+from tests.test_ui import PAGE_S, RUN_FINISHED_S, all_shown, graph_nodes_shown, graphql, poll, webserver  # noqa: F401
 
 SELECTION = ["raw_data", "clean_data", "base_model", "formatted_data", "pt_model", "sft_adapter"]
 GROUP_ORDER = ["model", "data", "training", "export", "evaluation", "deployment"]
@@ -83,8 +83,7 @@ def test_launch_the_tiny_recipe_from_the_launchpad_with_a_changed_learning_rate(
         shown = [run_id.split("-")[0], "tiny_pipeline", "tuneline/recipe: tiny", "tuneline/command: launchpad",
                  f"tuneline/overrides: sft.learning_rate={LEARNING_RATE}", "tuneline/recipe_digest: ",
                  "tuneline/version: "]
-        browser.wait_for(f"(() => {json.dumps(shown)}.every(t => document.body.innerText.includes(t)))()", PAGE_S,
-                         f"the run's tags in the runs list: {shown}")
+        browser.wait_for(all_shown(shown), PAGE_S, f"the run's tags in the runs list: {shown}")
         browser.screenshot(tmp_path / "runs.png")
     finally:
         browser.close()
