@@ -24,7 +24,7 @@ from assets.reward_model import reward_model
 from assets.sft_adapter import sft_adapter
 from engine.recipe import load_recipe
 from pipelines.automation import incoming_data_sensor, retrain_schedule
-from pipelines.launchpad import launch_recipes, recipe_job
+from pipelines.launchpad import recipe_jobs
 from assets.run_tags import tag_failure
 
 # one asset per stage of engine/graph.py, in its order (tests/test_definitions.py holds them to it)
@@ -49,9 +49,8 @@ def build_definitions(recipe: str | None = None, artifact_root: str | None = Non
     loaded, _ = load_recipe(bound["tuneline"].recipe_name)  # the schedule and sensor read it; a run checks it all
     check_schedule(loaded)
     # stages run one after another in one process: they share 2 CPU cores (or one GPU) and one DuckDB catalog
-    jobs = [full_pipeline, *(recipe_job(path, bound["tuneline"].artifact_root, {"tuneline/command": "launchpad"},
-                                        {tag_failure})
-                             for path in launch_recipes(bound["tuneline"].recipe_name))]
+    jobs = [full_pipeline, *recipe_jobs(bound["tuneline"].recipe_name, bound["tuneline"].artifact_root,
+                                        {"tuneline/command": "launchpad"}, {tag_failure})]
     return dg.Definitions(assets=ASSETS, jobs=jobs, resources=bound,
                           schedules=[retrain_schedule(full_pipeline, loaded, bound["tuneline"].recipe_name)],
                           sensors=[incoming_data_sensor(full_pipeline, loaded)], executor=dg.in_process_executor)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,11 +21,20 @@ from pydantic import BaseModel
 from engine.errors import TunelineError
 from engine.recipe import RECIPE_DIR, Recipe, load_recipe, resolve_recipe_path
 
+
+
+def template_names() -> list[str]:
+    from engine.data.templates import USER_MARKERS
+    return list(USER_MARKERS)
+
+
+def scheduler_names() -> list[str]:
+    from transformers.trainer_utils import SchedulerType  # a recipe naming a scheduler imports it already
+    return [s.value for s in SchedulerType]
+
+
 # choices a str field takes that its pydantic type leaves to a validator: the same lists those validators check
-EXTRA_CHOICES = {"data.template": lambda: __import__("engine.data.templates", fromlist=["USER_MARKERS"]).USER_MARKERS,
-                 "lr_scheduler_type": lambda: [s.value for s in
-                                               __import__("transformers.trainer_utils",
-                                                          fromlist=["SchedulerType"]).SchedulerType]}
+EXTRA_CHOICES = {"data.template": template_names, "lr_scheduler_type": scheduler_names}
 ENUMS: dict[str, dg.Enum] = {}
 
 
@@ -39,6 +49,18 @@ def launch_recipes(env_recipe: str) -> list[Path]:
     return paths + ([named] if named not in [p.resolve() for p in paths] else [])
 
 
+def recipe_jobs(env_recipe: str, artifact_root: str, tags: dict[str, str], hooks: set) -> list:
+    """A job for each recipe file. A shipped recipe that does not load gets no job and a warning that says why;
+    TUNELINE_RECIPE's own failure stops the code location (build_definitions loads it first)."""
+    jobs = []
+    for path in launch_recipes(env_recipe):
+        try:
+            jobs.append(recipe_job(path, artifact_root, tags, hooks))
+        except TunelineError as exc:
+            warnings.warn(f"no {job_name(path)} job in the Launchpad: {exc}", stacklevel=2)
+    return jobs
+
+
 def recipe_job(recipe_path: Path, artifact_root: str, tags: dict[str, str],
                hooks: set) -> dg.UnresolvedAssetJobDefinition:
     """`<recipe>_pipeline`: every asset, launched with the recipe's keys as a typed form."""
@@ -51,7 +73,7 @@ def recipe_job(recipe_path: Path, artifact_root: str, tags: dict[str, str],
         try:  # the CLI's rules: a refused value stops the launch, naming the key
             validated_recipe(name_or_path, json.dumps(overrides, sort_keys=True))
         except TunelineError as exc:
-            raise dg.DagsterInvalidConfigError(f"recipe {name_or_path}: {exc}", [], values) from None
+            raise dg.DagsterInvalidConfigError(str(exc), [], values) from None
         return {"resources": {"tuneline": {"config": {"recipe_name": name_or_path, "overrides": overrides,
                                                       "artifact_root": artifact_root}}}}
 

@@ -183,3 +183,13 @@ def test_the_base_model_is_in_its_own_group_upstream_of_data_and_training(defs):
     # no training asset feeds a data asset: the group view cannot draw training before data
     assert not any(group[p.to_user_string()] == "training" for key in graph.get_all_asset_keys()
                    if group[key.to_user_string()] == "data" for p in graph.get(key).parent_keys)
+
+
+def test_a_recipe_file_that_does_not_load_gets_no_job_and_a_warning(tmp_path, monkeypatch):
+    import pipelines.launchpad as launchpad
+    (tmp_path / "good.yaml").write_text("sft:\n  learning_rate: 2.0e-3\n")
+    (tmp_path / "broken.yaml").write_text("sft:\n  learning_rat: 2.0e-3\n")
+    monkeypatch.setattr(launchpad, "RECIPE_DIR", tmp_path)
+    with pytest.warns(UserWarning, match=r"no broken_pipeline job in the Launchpad: .*sft\.learning_rat: unknown key"):
+        jobs = launchpad.recipe_jobs("tiny", str(tmp_path / "home"), {}, set())
+    assert [job.name for job in jobs] == ["good_pipeline", "tiny_pipeline"]
