@@ -2,7 +2,6 @@
 CLI's rules when Dagster validates the run's config) and the tags every run carries, whoever starts it."""
 
 import typing
-from pathlib import Path
 
 import dagster as dg
 import pytest

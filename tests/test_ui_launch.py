@@ -23,7 +23,8 @@ SCAFFOLDED = """(() => { const editor = document.querySelector('.CodeMirror');
 SET_LEARNING_RATE = """(() => { const cm = document.querySelector('.CodeMirror').CodeMirror; const text = cm.getValue();
     const sft = text.indexOf('\\nsft:\\n'); const at = text.indexOf('  learning_rate: ', sft);
     const end = text.indexOf('\\n', at);
-    cm.setValue(text.slice(0, at) + '  learning_rate: %s' + text.slice(end)); return cm.getValue().slice(at, end + 8); })()"""
+    cm.setValue(text.slice(0, at) + '  learning_rate: %s' + text.slice(end));
+    return cm.getValue().slice(at, end + 8); })()"""
 
 
 def answer_of(url: str, query: str, variables: dict) -> dict:
@@ -101,7 +102,8 @@ def test_a_value_the_recipe_refuses_is_refused_at_launch_naming_the_key(webserve
     name = repo["data"]["repositoriesOrError"]["nodes"][0]["name"]
     selector = {"repositoryLocationName": LOCATION, "repositoryName": name, "pipelineName": "tiny_pipeline"}
     typed = graphql(url, """query($s: PipelineSelector!, $c: RunConfigData) { isPipelineConfigValid(pipeline: $s,
-        mode: "default", runConfigData: $c) { __typename ... on RunConfigValidationInvalid { errors { message } } } }""",
+        mode: "default", runConfigData: $c) { __typename
+        ... on RunConfigValidationInvalid { errors { message } } } }""",
                     {"s": selector, "c": {"data": {"template": "not_a_template"}}})["data"]["isPipelineConfigValid"]
     assert typed["__typename"] == "RunConfigValidationInvalid" and "root:data:template" in typed["errors"][0]["message"]
     runs_before = graphql(url, "{ runsOrError { ... on Runs { count } } }")["data"]["runsOrError"]["count"]
