@@ -20,7 +20,7 @@ def loads_and_generates(artifact, recipe) -> tuple[bool, str]:
 
 
 base_model = stage_asset(
-    BASE_MODEL, group="training", description="The model every stage starts from: weights, tokenizer and chat template.",
+    BASE_MODEL, group="model", description="The model every stage starts from: weights, tokenizer and chat template.",
     summary=lambda a, r: f"{r.model.model_name_or_path}: {a.metrics.get('parameters', 'local')} parameters",
     metadata=lambda a, r: {"model_dir": str(model_dir(a.path)), "parameters": a.metrics.get("parameters", 0),
                            "sample": a.metrics["sample"]},

@@ -10,7 +10,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from engine.errors import RecipeError
+from engine.errors import RecipeError, TunelineError
 from engine.graph import STAGES
 from engine.plan import Planned, make_plan
 from engine.preflight import checked_recipe
@@ -52,11 +52,32 @@ PLANS: OrderedDict[tuple, dict[str, Planned]] = OrderedDict()
 class Tuneline(dg.ConfigurableResource):
     """The run's recipe (name or YAML path), recipe overrides by dotted key, and the artifact root.
 
-    In the Launchpad: resources: {tuneline: {config: {overrides: {sft.learning_rate: 1.0e-4}}}}
+    In the Launchpad: a `<recipe>_pipeline` job's form sets these (pipelines/launchpad.py); full_pipeline takes
+    resources: {tuneline: {config: {overrides: {sft.learning_rate: 1.0e-4}}}}
     """
     recipe_name: str = Field(default_factory=default_recipe)
     overrides: dict[str, Any] = {}
     artifact_root: str = Field(default_factory=default_root)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """A run's recipe, overrides, command and version as its tags, where whoever started it (the Launchpad) did
+        not set them (once per run: the stages share one process); a recipe its rules refuse fails the run here."""
+        run = context.run
+        if run is None or context.instance is None:  # a sensor's evaluation, not a run
+            return
+        from assets.run_tags import COMMAND, FAILURE, run_tags
+        try:
+            recipe, problem = self.recipe(), None
+        except TunelineError as exc:  # a recipe or data error
+            recipe, problem = None, exc
+        tags = run_tags(self.recipe_name, recipe, self.overrides, "launchpad")
+        missing = {k: v for k, v in tags.items() if k not in run.tags or (k == COMMAND and not run.tags[k])}
+        if problem is not None:
+            missing[FAILURE] = f"tuneline resource: {str(problem).splitlines()[0]}"
+        if missing:
+            context.instance.add_run_tags(run.run_id, missing)
+        if problem is not None:
+            raise problem
 
     def recipe(self) -> Recipe:
         return validated_recipe(self.recipe_name, json.dumps(self.overrides, sort_keys=True))

@@ -4,7 +4,7 @@ import dagster as dg
 
 from pipelines.definitions import ASSETS, build_definitions
 
-EXPECTED = {"base_model": "training", "raw_data": "data", "clean_data": "data", "formatted_data": "data",
+EXPECTED = {"base_model": "model", "raw_data": "data", "clean_data": "data", "formatted_data": "data",
             "sft_adapter": "training", "reward_model": "training", "dpo_adapter": "training",
             "merged_model": "export", "gptq_model": "export", "awq_model": "export", "pt_model": "training",
             **{f"eval_{s}": "evaluation" for s in ("base", "sft", "dpo", "merged", "gptq", "awq")},

@@ -25,10 +25,11 @@ def materialize(args: argparse.Namespace, select: str | None, before=None):
             quiet_libraries()
             quiet_llmcompressor()
         import pipelines.definitions  # noqa: F401  (the asset modules: the rest of the heavy imports)
-    _, overrides = checked_recipe(args)  # a bad recipe, data path or model path stops here, before any work
+    recipe, overrides = checked_recipe(args)  # a bad recipe, data path or model path stops here, before any work
 
     import dagster as dg
     from engine import progress
+    from assets.run_tags import run_tags, tag_failed_result
     from engine.build import remove_stale_temporaries
     from engine.graph import STAGES
     from engine.store.home import check_home
@@ -54,9 +55,18 @@ def materialize(args: argparse.Namespace, select: str | None, before=None):
         log_level = "DEBUG" if args.verbose else "CRITICAL"  # a failed step is said in one line after the table
         with progress.heartbeat():
             result = dg.materialize(ASSETS, resources=resources(args.recipe, root, overrides), instance=instance,
-                                    selection=selection, raise_on_error=False, tags=RUN_TAGS,
+                                    selection=selection, raise_on_error=False,
+                                    tags={**RUN_TAGS, **run_tags(args.recipe, recipe, overrides, command_line(args))},
                                     run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+        if not result.success:
+            tag_failed_result(instance, result)
     return result, time.time() - started
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The run's `tuneline/command` tag: the command and what it selected (the recipe and --set have their own)."""
+    options = [(flag, getattr(args, name, None)) for flag, name in (("--select", "select"), ("--rebuild", "rebuild"))]
+    return " ".join(["tuneline", args.command, *(f"{flag} {value}" for flag, value in options if value)])
 
 
 def show_progress(verbose: bool) -> None:
