@@ -33,11 +33,13 @@ def points_to(sink: Callable[[dict], None] | None) -> Iterator[None]:
 
 class LivePoints(TrainerCallback):
     """One point per logging step from rank 0: step, train/loss, train/learning_rate, eval/loss (where the step
-    evaluated) and train/tokens_per_second (tokens this run / seconds this run), at most MAX_POINTS_PER_SECOND."""
+    evaluated) and train/tokens_per_second (tokens this run / seconds this run). At most MAX_POINTS_PER_SECOND: a
+    point that comes sooner waits, replaced by a newer one, and the last one waiting goes out when training ends."""
 
     def __init__(self, stage: str):
         self.stage = stage
         self.started, self.first_tokens, self.last_sent = time.monotonic(), 0, float("-inf")
+        self.waiting: dict | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started, self.first_tokens = time.monotonic(), state.num_input_tokens_seen
@@ -49,11 +51,29 @@ class LivePoints(TrainerCallback):
         if not point:  # the end-of-training summary (train_loss, train_runtime): the materialization has it
             return control
         now = time.monotonic()
-        if "eval/loss" not in point and now - self.last_sent < 1 / MAX_POINTS_PER_SECOND:
-            return control
         tokens = state.num_input_tokens_seen - self.first_tokens
         if tokens > 0 and now > self.started:
             point["train/tokens_per_second"] = round(tokens / (now - self.started), 1)
-        self.last_sent = now
-        _sink({"stage": self.stage, "step": state.global_step, **point})
+        point = {"stage": self.stage, "step": state.global_step, **point}
+        if "eval/loss" in point:  # an evaluation is never held back; a training point waiting goes first
+            self.flush()
+            self.send(point, now)
+        elif now - self.last_sent < 1 / MAX_POINTS_PER_SECOND:
+            self.waiting = point
+        else:
+            self.waiting = None
+            self.send(point, now)
         return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.flush()
+        return control
+
+    def flush(self) -> None:
+        if self.waiting is not None:
+            self.send(self.waiting, time.monotonic())
+            self.waiting = None
+
+    def send(self, point: dict, now: float) -> None:
+        self.last_sent = now
+        _sink(point)
