@@ -204,7 +204,8 @@ def tracking_metadata(artifact: Artifact, report_to: str) -> dict[str, str]:
     """The command that shows a stage's run in its tracker, when the recipe asked for one."""
     from engine.train.tracking import TENSORBOARD_DIR, WANDB_DIR, mlflow_uri
     if report_to == "wandb":
-        return {"tracking": f"wandb sync --sync-all {artifact.path / WANDB_DIR / 'wandb'}"}
+        runs = sorted((artifact.path / WANDB_DIR).glob("offline-run-*")) or [artifact.path / WANDB_DIR]
+        return {"tracking": f"wandb sync {runs[-1]}"}
     if report_to == "tensorboard":
         return {"tracking": f"tensorboard --logdir {artifact.path / TENSORBOARD_DIR}"}
     if report_to == "mlflow":

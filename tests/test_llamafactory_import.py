@@ -266,3 +266,11 @@ def test_the_checkpoint_template_is_checked_against_the_named_one(tiny_model_dir
         check_template(tokenizer, "llama3")
     with pytest.raises(RecipeError, match="multimodal"):
         check_template(tokenizer, "qwen2_vl")
+
+
+@pytest.mark.parametrize("tracker", ["wandb", "tensorboard", "mlflow", "none"])
+def test_report_to_a_tracker_tuneline_runs_is_kept(tmp_path, tiny_model_dir, tracker):
+    (tmp_path / "sft.yaml").write_text(SFT.format(model=tiny_model_dir).replace("report_to: all", f"report_to: {tracker}"))
+    text, notes = import_configs([tmp_path / "sft.yaml"])
+    assert yaml.safe_load(text)["sft"]["report_to"] == tracker
+    assert not [note for note in notes if "report_to '" in note]
