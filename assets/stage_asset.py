@@ -186,7 +186,7 @@ def cached(metadata: dict[str, Any]) -> dict[str, Any]:
     built_by_run, pictures, tables), without its numbers: the Plots tab draws one point per build, not a flat
     repeat per cache hit."""
     kept = {k: v for k, v in metadata.items() if not is_number(v)}
-    return {**kept, "summary": f"cached (built by run {metadata['built_by_run']}): {metadata['summary']}"}
+    return {**kept, "summary": f"cached: {metadata['summary']}"}
 
 
 def is_number(value: Any) -> bool:
