@@ -67,34 +67,50 @@ def _loss_svg(drawn: list[tuple[float, float]], points: list[tuple[float, float]
 
 
 def bars_sketch(name: str, counts: dict[str, int] | list[tuple[str, int]], caption: str) -> str:
-    """One bar per label in the order given (the largest of many, the rest summed as `other`), labelled with its
-    count, or one column per bucket (a histogram: labels in the caption's range) when there are more than 6."""
-    items = [(str(k), int(v)) for k, v in (counts.items() if isinstance(counts, dict) else counts)]
-    for labels in (6, 4, 2, 0):
-        markdown = inline_image(name, _bars_svg(items, caption, labels))
+    """Named counts (a dict: reasons) as horizontal bars, each labelled with its name and count, the largest first
+    kept and the rest summed as `other` where they do not fit; buckets (a list of ("low-high", count): a histogram)
+    as columns in their order, neighbours merged where they do not fit, the range in the caption."""
+    if isinstance(counts, dict):
+        items = [(str(k), int(v)) for k, v in counts.items()]
+        tries = [_named_svg(items, caption, most, width) for most in (6, 4, 3, 2) for width in (24, 14)]
+    else:
+        items = [(str(k), int(v)) for k, v in counts]
+        tries = [_histogram_svg(_merged(items, factor), caption) for factor in (1, 2, 4, 8, 16, 32, 64)]
+    for svg in tries:
+        markdown = inline_image(name, svg)
         if len(markdown) <= INLINE_LIMIT:
             return markdown
     raise ValueError(f"a bar chart of {len(items)} bars does not fit {INLINE_LIMIT} characters")
 
 
-def _bars_svg(items: list[tuple[str, int]], caption: str, labels: int) -> str:
+def _named_svg(items: list[tuple[str, int]], caption: str, most: int, width: int) -> str:
     if not items:
         return _svg(f"<text x='2' y='{HEIGHT // 2}'>{_escape(caption)}: none</text>")
-    if len(items) <= 6 and labels:  # a few named bars: horizontal, each with its label and count
-        if len(items) > labels:
-            kept = sorted(items, key=lambda item: -item[1])[:labels - 1]
-            items = kept + [("other", sum(v for k, v in items if (k, v) not in kept))]
-        most, row = max(v for _, v in items) or 1, (BOTTOM - 4) // len(items)
-        bars = "".join(f"<rect x='0' y='{i * row}' width='{max(round(v / most * 150), 1)}' height='{row - 3}' "
-                       f"fill='royalblue'/><text x='{max(round(v / most * 150), 1) + 4}' y='{i * row + row - 6}'>"
-                       f"{_escape(k[:24])} {v}</text>" for i, (k, v) in enumerate(items))
-    else:  # a histogram: one column per bucket, the total and range in the caption
-        most, column = max(v for _, v in items) or 1, WIDTH // len(items)
-        bars = "".join(f"<rect x='{i * column}' y='{BOTTOM - round(v / most * (BOTTOM - TOP))}' width='{column - 2}' "
-                       f"height='{max(round(v / most * (BOTTOM - TOP)), 1)}' fill='royalblue'/>"
-                       for i, (_, v) in enumerate(items))
-        caption = f"{caption}, {items[0][0].split('-')[0]}-{items[-1][0].split('-')[-1]}, most {most}"
-    return _svg(f"{bars}<text x='2' y='{HEIGHT - 2}'>{_escape(caption)}</text>")
+    if len(items) > most:
+        kept = sorted(items, key=lambda item: -item[1])[:most - 1]
+        items = kept + [("other", sum(v for _, v in items) - sum(v for _, v in kept))]
+    top, row = max(v for _, v in items) or 1, (BOTTOM - 4) // len(items)
+    bars = "".join(f"<rect x='0' y='{i * row}' width='{max(round(v / top * 150), 1)}' height='{row - 3}'/>"
+                   f"<text x='{max(round(v / top * 150), 1) + 4}' y='{i * row + row - 6}' fill='black'>"
+                   f"{_escape(k[:width])} {v}</text>" for i, (k, v) in enumerate(items))
+    return _svg(f"<g fill='royalblue'>{bars}</g><text x='2' y='{HEIGHT - 2}'>{_escape(caption)}</text>")
+
+
+def _merged(items: list[tuple[str, int]], factor: int) -> list[tuple[str, int]]:
+    """Each `factor` neighbouring buckets as one ("low-high", summed count)."""
+    groups = [items[i:i + factor] for i in range(0, len(items), factor)]
+    return [(f"{g[0][0].split('-')[0]}-{g[-1][0].split('-')[-1]}", sum(v for _, v in g)) for g in groups]
+
+
+def _histogram_svg(items: list[tuple[str, int]], caption: str) -> str:
+    if not items:
+        return _svg(f"<text x='2' y='{HEIGHT // 2}'>{_escape(caption)}: none</text>")
+    top, column = max(v for _, v in items) or 1, max(WIDTH // len(items), 2)
+    bars = "".join(f"<rect x='{i * column}' y='{BOTTOM - max(round(v / top * (BOTTOM - TOP)), 1)}' "
+                   f"width='{max(column - 2, 1)}' height='{max(round(v / top * (BOTTOM - TOP)), 1)}'/>"
+                   for i, (_, v) in enumerate(items))
+    caption = f"{caption}, {items[0][0].split('-')[0]}-{items[-1][0].split('-')[-1]}, most {top}"
+    return _svg(f"<g fill='royalblue'>{bars}</g><text x='2' y='{HEIGHT - 2}'>{_escape(caption)}</text>")
 
 
 def _escape(text: str) -> str:
