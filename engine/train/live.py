@@ -41,8 +41,8 @@ class LivePoints(TrainerCallback):
         self.started, self.first_tokens, self.last_sent = time.monotonic(), 0, float("-inf")
         self.waiting: dict | None = None
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.started, self.first_tokens = time.monotonic(), state.num_input_tokens_seen
+    def on_train_begin(self, args, state, control, **kwargs):  # the first step's point goes out, whatever came before
+        self.started, self.first_tokens, self.last_sent = time.monotonic(), state.num_input_tokens_seen, float("-inf")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if _sink is None or not state.is_world_process_zero or not logs:
