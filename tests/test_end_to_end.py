@@ -92,15 +92,16 @@ def test_training_progress_reaches_the_run_log_through_pipes(first_run):
                                             ("dpo_adapter", "loss_curve"), ("raw_data", "quarantine_reasons"),
                                             ("clean_data", "quarantine_reasons"), ("formatted_data", "token_lengths")])
 def test_each_stage_shows_its_picture(first_run, asset, picture):
-    """The PNG a stage drew into its artifact is the image in its metadata (what the UI shows)."""
-    import base64
+    """Each stage's picture is in its metadata small enough for the UI to show in place (an SVG under 1,000
+    characters, tests/test_ui_curves.py shows it rendered), and its full-size PNG is in the artifact's plots/."""
+    from urllib.parse import unquote
     meta = artifacts_of(first_run[1])[asset]
-    prefix = f"![{picture}](data:image/png;base64,"
-    assert meta[picture].startswith(prefix) and meta[picture].endswith(")")
-    png = base64.b64decode(meta[picture][len(prefix):-1])
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
+    prefix = f"![{picture}](data:image/svg+xml,"
+    assert meta[picture].startswith(prefix) and meta[picture].endswith(")") and len(meta[picture]) < 1000
+    assert unquote(meta[picture][len(prefix):-1]).startswith("<svg ")
     name = {"loss_curve": "loss.png", "quarantine_reasons": "quarantine.png", "token_lengths": "token_lengths.png"}
-    assert (Path(meta["path"]) / "plots" / name[picture]).read_bytes() == png
+    png = (Path(meta["plots"]) / name[picture]).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
 
 
 def test_training_really_learned(first_run):

@@ -28,7 +28,7 @@ per_device_train_batch_size: 2
 learning_rate: 1.0e-4
 num_train_epochs: 3.0
 packing: true
-report_to: wandb
+report_to: all
 mask_history: true
 bf16: true
 """
@@ -64,7 +64,7 @@ def test_known_keys_land_in_their_sections(configs, tiny_model_dir):
 def test_every_key_not_imported_is_named_with_its_reason(configs):
     text, notes = import_configs(configs)
     joined = "\n".join(notes)
-    for key in ("do_train", "output_dir", "mask_history", "report_to 'wandb'"):
+    for key in ("do_train", "output_dir", "mask_history", "report_to 'all'"):
         assert key in joined
     assert "unknown key mask_history = True" in joined
     assert all(f"# {note}" in text for note in notes)  # the recipe file carries them too
@@ -266,3 +266,11 @@ def test_the_checkpoint_template_is_checked_against_the_named_one(tiny_model_dir
         check_template(tokenizer, "llama3")
     with pytest.raises(RecipeError, match="multimodal"):
         check_template(tokenizer, "qwen2_vl")
+
+
+@pytest.mark.parametrize("tracker", ["wandb", "tensorboard", "mlflow", "none"])
+def test_report_to_a_tracker_tuneline_runs_is_kept(tmp_path, tiny_model_dir, tracker):
+    (tmp_path / "sft.yaml").write_text(SFT.format(model=tiny_model_dir).replace("report_to: all", f"report_to: {tracker}"))
+    text, notes = import_configs([tmp_path / "sft.yaml"])
+    assert yaml.safe_load(text)["sft"]["report_to"] == tracker
+    assert not [note for note in notes if "report_to '" in note]

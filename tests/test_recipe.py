@@ -54,7 +54,7 @@ def test_a_shingle_size_the_dedup_cannot_read_stops_at_load(tmp_path):
     ({"sft.freeze_trainable_layers": 0}, "freeze_trainable_layers: 0 trains nothing"),
     ({"dpo.loraplus_lr_ratio": 16, "dpo.finetuning_type": "full"}, "loraplus_lr_ratio needs finetuning_type lora"),
     ({"dpo.pref_loss": "simpo"}, "dpo.pref_loss"),
-    ({"sft.report_to": "wandb"}, "sft.report_to"),
+    ({"sft.report_to": "comet_ml"}, "sft.report_to"),
     ({"serve.model": "gguf"}, "serve.model"),
     ({"serve.served_model_name": "my/model"}, "serve.served_model_name"),
     ({"stages": ["sft", "ppo"]}, r"stages\.1: Input should be 'pt', 'sft', 'rm', 'dpo' or 'kto'"),

@@ -105,6 +105,23 @@ def test_mlflow_records_the_run_in_a_local_store(tiny_model_dir, formatted_dir, 
     assert [round(m.value, 4) for m in history] == pytest.approx([p["loss"] for p in metrics["loss_curve"]], abs=1e-3)
 
 
+def test_wandb_runs_offline_into_the_artifact_and_logs_the_loss(tiny_model_dir, formatted_dir, tmp_path,
+                                                                 monkeypatch):
+    """No key, no network: the W&B run is written offline inside the artifact (out/wandb), with the training loss
+    of every step; wandb's own reader reads it back (what `wandb sync` would upload)."""
+    from tests.wandb_files import history
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # any attempt to reach the network would fail
+    out, metrics = sft(tiny_model_dir, formatted_dir, tmp_path, report_to="wandb")
+    assert "WANDB_MODE" not in os.environ  # set for the run only
+    (run,) = (out / "wandb").glob("offline-run-*")
+    (log,) = run.glob("run-*.wandb")
+    losses = [row["train/loss"] for row in history(log) if "train/loss" in row]
+    assert losses == pytest.approx([p["loss"] for p in metrics["loss_curve"]], abs=1e-3)
+    assert metrics["report_to"] == "wandb"
+
+
 def test_qlora_without_a_gpu_is_refused_before_any_work():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: QLoRA may run")

@@ -128,26 +128,4 @@ def test_materialize_through_the_webserver_with_launchpad_overrides(webserver, m
     assert detail.endswith("bound 30%")
 
 
-SHOW_PICTURE = """(() => { for (const row of document.querySelectorAll('tr')) {
-    const cells = row.querySelectorAll('td');
-    if (cells.length && cells[0].innerText.trim() === 'quarantine_reasons') {
-      const link = [...row.querySelectorAll('*')].find(e => !e.children.length && e.innerText === '[Show Markdown]');
-      if (link) { link.click(); return true; } } } return false; })()"""
-PICTURE = """(() => { const i = [...document.querySelectorAll('img')].find(i => i.src.startsWith('data:image/png;base64,'));
-    return i && i.complete && i.naturalWidth > 0 ? {width: i.naturalWidth, alt: i.alt} : null; })()"""
-
-
-def test_the_asset_page_shows_the_quarantine_picture(webserver, materialized, tmp_path):
-    """A person opens clean_data, clicks its quarantine_reasons entry and sees the bar chart (a PNG the stage
-    drew into its artifact), decoded by the browser."""
-    url, _, _ = webserver
-    assert materialized[1] == "SUCCESS"
-    browser = Browser(tmp_path / "profile")
-    try:
-        browser.goto(f"{url}/assets/clean_data")
-        browser.wait_for(SHOW_PICTURE, PAGE_S, "the quarantine_reasons entry on the clean_data page")
-        picture = browser.wait_for(PICTURE, PAGE_S, "the quarantine picture to be shown and decoded")
-        assert picture == {"width": 600, "alt": "quarantine_reasons"}
-        browser.screenshot(tmp_path / "clean_data.png")
-    finally:
-        browser.close()
+# the pictures on the asset page (in place, no click): tests/test_ui_curves.py

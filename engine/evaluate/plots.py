@@ -1,5 +1,6 @@
 """Pictures a person reads: a training stage's loss curve, a data stage's bar charts. PNG files inside the
-artifact (the UI embeds them in the asset's metadata); drawn with matplotlib's Agg canvas, no display needed."""
+artifact's plots/ (the asset page shows small SVGs of the same in place, engine/evaluate/sketches.py); drawn with
+matplotlib's Agg canvas, no display needed."""
 
 from __future__ import annotations
 

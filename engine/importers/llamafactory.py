@@ -24,6 +24,7 @@ TRAIN_KEYS = {"finetuning_type", "freeze_trainable_layers", "quantization_bit", 
               "warmup_ratio", "logging_steps", "seed", "save_steps", "save_total_limit"}
 STAGE_KEYS = {"sft": {"packing"}, "dpo": {"pref_beta", "pref_loss", "pref_ftx"}, "kto": {"pref_beta"}, "rm": set(), "pt": set()}
 # LLaMA-Factory's flash_attn values as transformers' attention implementations
+TRACKERS = ("none", "tensorboard", "mlflow", "wandb")  # report_to values a stage takes as they are
 FLASH_ATTN = {"auto": "sdpa", "sdpa": "sdpa", "disabled": "eager", "fa2": "flash_attention_2"}
 # keys tuneline answers itself: each is reported with what takes its place
 HANDLED = {
@@ -173,10 +174,11 @@ def merge_stage(recipe: dict, config: dict, source: Path, notes: list[str]) -> N
         elif key == "use_dora":
             if value:
                 section["finetuning_type"] = "dora"
-        elif key == "report_to":
-            section[key] = value if value in ("none", "tensorboard", "mlflow") else "none"
-            if value not in ("none", "tensorboard", "mlflow"):
-                notes.append(f"{source}: report_to {value!r} is not supported (none, tensorboard, mlflow); set to none")
+        elif key == "report_to":  # one tracker per stage: LLaMA-Factory's `all` (every one installed) has no match
+            section[key] = value if value in TRACKERS else "none"
+            if value not in TRACKERS:
+                notes.append(f"{source}: report_to {value!r} is not supported (one of {', '.join(TRACKERS)}); set to "
+                             "none")
         elif key in TRAIN_KEYS or key in STAGE_KEYS[stage]:
             if key == "finetuning_type" and section.get("finetuning_type") == "dora":
                 continue

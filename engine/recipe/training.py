@@ -63,9 +63,10 @@ class TrainSection(Section):
         "module names (PEFT matches each as a name suffix; the names are checked against the model when it loads)")
     loraplus_lr_ratio: Float | None = Field(None, gt=0, description="LLaMA-Factory's key: LoRA+, the B matrices learn "
                                                                     "this many times faster than A; unset: off")
-    report_to: Literal["none", "tensorboard", "mlflow"] = Field(
+    report_to: Literal["none", "tensorboard", "mlflow", "wandb"] = Field(
         "none", description="transformers' key: where training metrics go besides the artifact's own: tensorboard "
-        "(a tensorboard/ folder in the artifact) or mlflow (an mlflow.db in it)")
+        "(a tensorboard/ folder in the artifact), mlflow (an mlflow.db in it) or wandb (Weights & Biases: a wandb/ "
+        "folder in it, offline unless WANDB_API_KEY is set or WANDB_MODE says otherwise)")
     learning_rate: Float = learning_rate_field(1e-3)
     num_train_epochs: Float = Field(1.0, gt=0, description="passes over the train split (a fraction stops early). "
                                                            "LLaMA-Factory's default (transformers'): 3.0")

@@ -116,8 +116,8 @@ class CrashSafeCheckpoints(TrainerCallback):
 
 
 class ProgressLines(TrainerCallback):
-    """One line per logging step: step / total, loss, tokens per second (where the trainer counts the tokens it
-    sees: include_num_input_tokens_seen), ETA."""
+    """One line per logging step: step / total, loss, learning rate, tokens per second (where the trainer counts the
+    tokens it sees: include_num_input_tokens_seen), ETA; one per evaluation: its loss (the live points' numbers)."""
 
     def __init__(self, stage: str, say: Callable[[str], None], interval: float = 2.0):
         self.stage, self.say, self.interval = stage, say, interval  # at most one line per interval, and the last
@@ -129,6 +129,8 @@ class ProgressLines(TrainerCallback):
         self.first_step, self.first_tokens = state.global_step, state.num_input_tokens_seen
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs and "eval_loss" in logs:
+            self.say(f"{self.stage}: step {state.global_step}, eval loss {logs['eval_loss']:.4f}")
         if not state.is_world_process_zero or not logs or "loss" not in logs:
             return control
         if time.monotonic() - self.said < self.interval and state.global_step < state.max_steps:
@@ -139,7 +141,8 @@ class ProgressLines(TrainerCallback):
         eta = per_step * max(state.max_steps - state.global_step, 0)
         tokens = state.num_input_tokens_seen - self.first_tokens
         speed = f", {tokens / (time.monotonic() - self.started):,.0f} tokens/s" if tokens > 0 else ""
-        self.say(f"{self.stage}: step {state.global_step}/{state.max_steps}, loss {logs['loss']:.4f}{speed}, "
+        rate = f", lr {logs['learning_rate']:.3g}" if "learning_rate" in logs else ""
+        self.say(f"{self.stage}: step {state.global_step}/{state.max_steps}, loss {logs['loss']:.4f}{rate}{speed}, "
                  f"ETA {int(eta // 60)}:{int(eta % 60):02d}")
         return control
 

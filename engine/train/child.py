@@ -3,7 +3,8 @@
 The spec names the stage (never a module: its entry point comes from the fixed table of engine/train/entries.py), the
 recipe, the keys the stage may read, its parents' artifacts and its work
 directory: everything the stage needs, nothing it should not read. The child reports its lines on stderr, or
-through the reporter its caller hands in (pipelines/train_process.py: Dagster Pipes). Only the process of
+through the reporter its caller hands in (pipelines/train_process.py: Dagster Pipes), and there its live points
+too (engine/train/live.py: custom messages {"point": ...}). Only the process of
 rank 0 reports or writes; the orchestrator publishes the work directory and records the catalog.
 """
 
@@ -21,6 +22,7 @@ from typing import Callable, ContextManager, Iterator
 from engine.errors import TunelineError
 from engine.runtime.startup import collector_paused
 from engine.train.entries import TRAINING_ENTRIES, entry_name, training_entry
+from engine.train.live import POINT, points_to
 
 RESULT_FILE = "result.json"  # beside the spec, outside the work directory: never part of the artifact
 ERROR_FILE = "error.json"  # why it failed, and whether trying again may help
@@ -103,7 +105,7 @@ def run_spec(spec_path: Path, reporter: Reporter = stderr_reporter) -> dict:
     with collector_paused():
         entry = training_entry(spec["stage"], str(spec_path))
     recipe = Recipe.model_validate(spec["recipe"])
-    with reporter() as (say, report):
+    with reporter() as (say, report), points_to(lambda point: report({POINT: point})):
         run = StageRun(spec["stage"], spec["fingerprint"], RecipeView(recipe, tuple(spec["keys"]), spec["stage"]),
                        {k: Path(v) for k, v in spec["inputs"].items()}, Path(spec["out"]), Home(spec["home"]), say)
         metrics = entry(run)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from engine.train.checkpoints import evaluate_before_training, train_resumably
+from engine.train.live import LivePoints
 from engine.train.report import RunStart, summary, throughput
 from engine.train.save import remove_scratch, save_trained
 from engine.train.tracking import tracking
@@ -42,6 +43,7 @@ def train_stage(stage: TrainingStage, say: Callable[[str], None] = print) -> dic
     throughput and the stage's own measures."""
     with tracking(stage.cfg, stage.out, stage.tracker_run or stage.name):  # evaluations land in the run too
         trainer = stage.set_up()
+        trainer.add_callback(LivePoints(stage.name))  # the UI's live curves, the evaluations before and after included
         before = stage.before(trainer)
         start = RunStart()
         trainer.add_callback(start)

@@ -1,5 +1,6 @@
-"""Experiment tracking of a training stage (the recipe's report_to): TensorBoard event files or one local MLflow
-run inside the stage's artifact, open around everything the stage measures."""
+"""Experiment tracking of a training stage (the recipe's report_to): TensorBoard event files, one local MLflow run
+or one Weights & Biases run (offline unless a key is set) inside the stage's artifact, open around everything the
+stage measures."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from engine.recipe import TrainSection
 
-TENSORBOARD_DIR, MLFLOW_DB = "tensorboard", "mlflow.db"  # inside the stage's artifact
+TENSORBOARD_DIR, MLFLOW_DB, WANDB_DIR = "tensorboard", "mlflow.db", "wandb"  # inside the stage's artifact
 
 
 @contextlib.contextmanager
@@ -33,8 +34,32 @@ def tracking(cfg: TrainSection, out: Path, stage: str):
                     yield
             finally:
                 mlflow.set_tracking_uri(previous)
+    elif cfg.report_to == "wandb":
+        with wandb_run(out, stage):
+            yield
     else:
         yield
+
+
+def wandb_mode() -> str:
+    """WANDB_MODE where set; else online with an API key (WANDB_API_KEY), offline without one: the run's files stay
+    in the artifact for a later `wandb sync`, and nothing reaches the network."""
+    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+
+@contextlib.contextmanager
+def wandb_run(out: Path, stage: str):
+    """One W&B run (project WANDB_PROJECT, else "tuneline"; named after the stage) with its files in out/wandb;
+    transformers' WandbCallback logs into the run it finds open."""
+    import wandb
+    mode = wandb_mode()
+    with environment({"WANDB_MODE": mode, "WANDB_DIR": str(out), "WANDB_SILENT": "true"}):
+        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "tuneline"), name=stage, dir=str(out), mode=mode,
+                         settings=wandb.Settings(console="off", x_disable_stats=True))
+        try:
+            yield
+        finally:
+            run.finish()
 
 
 @contextlib.contextmanager
