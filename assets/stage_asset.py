@@ -14,7 +14,7 @@ import dagster as dg
 from assets.kubernetes import TRAIN_PROCESS, run_in_pod
 from assets.live_points import LivePointsReader
 from assets.resource import Tuneline
-from engine import progress
+from engine.runtime import progress
 from engine.store.artifacts import Artifact
 from engine.build import FILES_INTACT, build_stage, call_entry
 from engine.store.digests import ArtifactDamaged
@@ -108,7 +108,7 @@ def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable
                                                                                   | dg.AssetCheckResult]:
         recipe, home = tuneline.recipe(), tuneline.home()
         runner = out_of_process(context) if stage.runs_out_of_process(recipe) else call_entry
-        try:  # the stage's lines (progress, waits) reach the run's log as well as the CLI (engine/progress.py)
+        try:  # the stage's lines (progress, waits) reach the run's log as well as the CLI (engine/runtime/progress.py)
             with progress.forwarded(context.log.log):
                 artifact = build_stage(home, tuneline.plan(context.run.run_id), stage.name, recipe,
                                        log=progress.LOGGER.warning, run_entry=runner)
@@ -167,7 +167,8 @@ def counts_table(counts: dict[str, Any], key: str = "reason", value: str = "rows
 def pictures(artifact: Artifact) -> dict[str, dg.MetadataValue]:
     """The stage's pictures, shown in place on the asset page (Dagster has no image metadata type; a Markdown value
     under 1,000 characters is rendered inline, engine/evaluate/sketches.py), and the folder of its full-size PNGs."""
-    found: dict[str, dg.MetadataValue] = {k: dg.MetadataValue.md(v) for k, v in stage_sketches(artifact.metrics).items()}
+    sketches = stage_sketches(artifact.metrics)
+    found: dict[str, dg.MetadataValue] = {k: dg.MetadataValue.md(v) for k, v in sketches.items()}
     if (artifact.path / PLOTS_DIR).is_dir():
         found["plots"] = dg.MetadataValue.path(str(artifact.path / PLOTS_DIR))
     return found

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from engine import progress
+from engine.runtime import progress
 from engine.store.artifacts import Artifact, library_versions
 from engine.store.digests import FILES_INTACT, ArtifactDamaged
 from engine.errors import DataError, TunelineError

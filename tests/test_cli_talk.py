@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import progress
+from engine.runtime import progress
 from pipelines.cli import main
 from pipelines.cli.result import wrapped
 from tests.processes import started

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from engine.progress import Progress
+from engine.runtime.progress import Progress
 from engine.data.dedup import exact_duplicates, near_duplicate_clusters
 from engine.data.ingest import content_hash
 from engine.data.pii import JSON_ROLES, Inconsistent, RowScrubber

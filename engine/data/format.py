@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from datasets import Dataset, DatasetDict, Features, List, Value
 
-from engine.progress import Progress
+from engine.runtime.progress import Progress
 from engine.data.clean import dedup_text
 from engine.data.constants import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, IGNORE
 from engine.data.dedup import near_duplicate_clusters

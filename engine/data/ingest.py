@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from engine.progress import Progress
+from engine.runtime.progress import Progress
 from engine.data.readers import BadRow, source_records
 from engine.data.record_counts import records_in_source
 from engine.data.registry import DatasetEntry, recipe_selection

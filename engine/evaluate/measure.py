@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from engine.progress import Progress
+from engine.runtime.progress import Progress
 from engine.data.constants import IGNORE
 from engine.models.device import mixed_autocast, to_device
 from engine.models.sample import decoded_answer

@@ -17,9 +17,9 @@ from llmcompressor.modifiers.gptq import GPTQModifier
 from llmcompressor.modifiers.quantization import QuantizationModifier
 from llmcompressor.modifiers.transform import AWQModifier
 
-from engine import progress
+from engine.runtime import progress
 from engine.data.format import read_view
-from engine.progress import Progress
+from engine.runtime.progress import Progress
 from engine.models.device import Precision, infer_dtype, precision_metrics
 from engine.evaluate.measure import eval_question, perplexity
 from engine.export.awq_cpu_shim import awq_cpu_compat

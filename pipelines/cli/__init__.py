@@ -7,7 +7,7 @@ import argparse
 import sys
 import traceback
 
-from engine import progress
+from engine.runtime import progress
 from engine.errors import TunelineError
 from pipelines.cli import chat, data, evaluate, export, import_llamafactory, lineage, plan, run, serve, train, verify
 from pipelines.cli.quiet import quiet_libraries

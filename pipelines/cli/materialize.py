@@ -28,7 +28,7 @@ def materialize(args: argparse.Namespace, select: str | None, before=None):
     recipe, overrides = checked_recipe(args)  # a bad recipe, data path or model path stops here, before any work
 
     import dagster as dg
-    from engine import progress
+    from engine.runtime import progress
     from assets.run_tags import run_tags, tag_failed_result
     from engine.build import remove_stale_temporaries
     from engine.graph import STAGES
@@ -70,9 +70,10 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def show_progress(verbose: bool) -> None:
-    """The stages' progress lines (engine/progress.py) on stderr; with --verbose, Dagster's own log shows them."""
+    """The stages' progress lines (engine/runtime/progress.py) on stderr; with --verbose, Dagster's own log shows
+    them."""
     import logging
-    from engine import progress
+    from engine.runtime import progress
     progress.forget()
     if verbose or any(getattr(h, "tuneline_cli", False) for h in progress.LOGGER.handlers):
         return

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-from engine import progress
+from engine.runtime import progress
 
 STOPPED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C; SIGTERM ends the same way (it is handled as Ctrl-C)
 INTERRUPTIONS = {"DagsterExecutionInterruptedError", "KeyboardInterrupt"}
