@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole graph on a GPU with a Qwen2.5-0.5B-shaped random model (hidden 896, 24 layers, 14 heads, 2 KV heads,
 # MLP 4864; the vocabulary is our BPE tokenizer's 32,000, not Qwen's 151,936), in bf16, served by vLLM when it is
-# installed. Prints per-stage time, peak GPU memory and dtype. Usage: bash bench/gpu_smoke.sh [OUT_DIR]
+# installed: the full stack (Dagster too; bench/gpu_engine_smoke.py needs only the engine's). Prints per-stage time,
+# peak GPU memory and dtype. Usage: bash bench/gpu_smoke.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-${OUT:-/tmp/tuneline-gpu-smoke}}"
@@ -14,10 +15,10 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-from engine.base_model import message_texts
+from engine.models.base import message_texts
 from engine.data.ingest import ingest
 from engine.data.registry import resolve_sources
-from engine.models import train_tokenizer
+from engine.models.load import train_tokenizer
 
 if not torch.cuda.is_available():
     sys.exit("gpu_smoke: no CUDA GPU here; run it on a GPU machine")

@@ -36,7 +36,7 @@ def keep_ctrl_c_from_dagster_helpers() -> None:
 
         @staticmethod
         def Popen(*args, **kwargs):  # noqa: N802 (subprocess's name)
-            return subprocess.Popen(*args, **kwargs, start_new_session=True)
+            return subprocess.Popen(*args, **{**kwargs, "start_new_session": True})
     compute_logs.subprocess = OwnSession()
 
 
