@@ -1,6 +1,7 @@
 """Launching from the Dagster UI as a LlamaBoard user does: the tiny recipe's job opens in the Launchpad with the
 recipe's keys as its form, the learning rate is changed there, the run starts, and the runs list tells the run
-apart by its tags; the lineage records the changed learning rate. And the group view reads left to right."""
+apart by its tags; SFT's loss points arrived while it trained, its loss curve shows in place on the asset page, and
+the lineage records the changed learning rate. And the group view reads left to right."""
 
 import json
 import urllib.error
@@ -8,6 +9,7 @@ import urllib.parse
 
 from engine.store.catalog import Catalog
 from tests.browser import Browser
+from tests.test_ui_curves import inline_picture
 from tests.test_ui import PAGE_S, RUN_FINISHED_S, all_shown, graph_nodes_shown, graphql, poll, webserver  # noqa: F401
 
 SELECTION = ["raw_data", "clean_data", "base_model", "formatted_data", "pt_model", "sft_adapter"]
@@ -86,9 +88,18 @@ def test_launch_the_tiny_recipe_from_the_launchpad_with_a_changed_learning_rate(
                  "tuneline/version: "]
         browser.wait_for(all_shown(shown), PAGE_S, f"the run's tags in the runs list: {shown}")
         browser.screenshot(tmp_path / "runs.png")
+        browser.goto(f"{url}/assets/sft_adapter")
+        curve = browser.wait_for(inline_picture("loss_curve"), PAGE_S, "the loss curve in place on sft_adapter's page")
     finally:
         browser.close()
-    assert status == "SUCCESS"
+    assert status == "SUCCESS" and curve["alt"] == "loss_curve"
+    events = graphql(url, """{ assetOrError(assetKey: {path: ["sft_adapter"]}) { ... on Asset {
+        assetObservations { runId timestamp metadataEntries { label } }
+        assetMaterializations { runId timestamp } } } }""")["data"]["assetOrError"]
+    points = [float(o["timestamp"]) for o in events["assetObservations"]
+              if o["runId"] == run_id and any(e["label"] == "train/loss" for e in o["metadataEntries"])]
+    (built,), = [[float(m["timestamp"])] for m in events["assetMaterializations"] if m["runId"] == run_id]
+    assert len(points) >= 2 and max(points) < built  # live: every loss point recorded before the step finished
     (config,), = Catalog(home / "tuneline" / "catalog.duckdb").query(  # the run trained with the form's value
         "SELECT config FROM artifacts WHERE asset = 'sft_adapter'")
     assert f'"learning_rate": {LEARNING_RATE}' in config
