@@ -96,27 +96,36 @@ def test_every_asset_is_on_the_page_and_a_screenshot_is_saved(webserver, tmp_pat
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 
-@pytest.fixture(scope="module")
-def materialized(webserver):
-    """base_model, raw_data and clean_data materialized through the webserver, with a Launchpad-style override;
-    the run's id and final status."""
-    url, _, server = webserver
+def launch(url: str, assets: list[str], overrides: dict) -> str:
+    """A run of full_pipeline for `assets` with Launchpad-style recipe overrides, launched through the webserver's
+    GraphQL; its run id."""
     locations = graphql(url, "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }")
     repo = locations["data"]["repositoriesOrError"]["nodes"][0]
     launched = graphql(url, """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
         __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""", {"p": {
         "selector": {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"],
-                     "jobName": "full_pipeline",
-                     "assetSelection": [{"path": ["base_model"]}, {"path": ["raw_data"]}, {"path": ["clean_data"]}]},
-        "runConfigData": {"resources": {"tuneline": {"config": {"overrides": {"clean.max_quarantine_ratio": 0.3}}}}}}})
+                     "jobName": "full_pipeline", "assetSelection": [{"path": [name]} for name in assets]},
+        "runConfigData": {"resources": {"tuneline": {"config": {"overrides": overrides}}}}}})
     assert launched["data"]["launchRun"]["__typename"] == "LaunchRunSuccess", launched
-    run_id = launched["data"]["launchRun"]["run"]["runId"]
+    return launched["data"]["launchRun"]["run"]["runId"]
 
+
+def finished_status(url: str, server: Child, run_id: str) -> str:
+    """The run's terminal status (SUCCESS, FAILURE or CANCELED), waited for."""
     def finished() -> str | None:
         answer = graphql(url, f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ status }} }} }}')
         status = ((answer.get("data") or {}).get("runOrError") or {}).get("status")
         return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
-    return run_id, poll(server, finished, RUN_FINISHED_S, f"run {run_id} to reach SUCCESS, FAILURE or CANCELED")
+    return poll(server, finished, RUN_FINISHED_S, f"run {run_id} to reach SUCCESS, FAILURE or CANCELED")
+
+
+@pytest.fixture(scope="module")
+def materialized(webserver):
+    """base_model, raw_data and clean_data materialized through the webserver, with a Launchpad-style override;
+    the run's id and final status."""
+    url, _, server = webserver
+    run_id = launch(url, ["base_model", "raw_data", "clean_data"], {"clean.max_quarantine_ratio": 0.3})
+    return run_id, finished_status(url, server, run_id)
 
 
 def test_materialize_through_the_webserver_with_launchpad_overrides(webserver, materialized):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.browser import Browser
-from tests.test_ui import PAGE_S, RUN_FINISHED_S, graphql, poll, webserver  # noqa: F401 (a fixture)
+from tests.test_ui import PAGE_S, finished_status, graphql, launch, webserver  # noqa: F401 (a fixture)
 
 UP_TO_SFT = ["base_model", "raw_data", "clean_data", "formatted_data", "pt_model", "sft_adapter"]
 STEPS = 6
@@ -17,22 +17,8 @@ STEPS = 6
 def trained(webserver):  # noqa: F811 (the imported fixture)
     """sft_adapter and its parents materialized through the webserver (6 steps, a point each); the run's status."""
     url, _, server = webserver
-    locations = graphql(url, "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }")
-    repo = locations["data"]["repositoriesOrError"]["nodes"][0]
-    launched = graphql(url, """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
-        __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""", {"p": {
-        "selector": {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"],
-                     "jobName": "full_pipeline", "assetSelection": [{"path": [name]} for name in UP_TO_SFT]},
-        "runConfigData": {"resources": {"tuneline": {"config": {"overrides": {
-            "sft.max_steps": STEPS, "sft.logging_steps": 1, "sft.num_train_epochs": 1}}}}}}})
-    assert launched["data"]["launchRun"]["__typename"] == "LaunchRunSuccess", launched
-    run_id = launched["data"]["launchRun"]["run"]["runId"]
-
-    def finished() -> str | None:
-        answer = graphql(url, f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ status }} }} }}')
-        status = ((answer.get("data") or {}).get("runOrError") or {}).get("status")
-        return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
-    return poll(server, finished, RUN_FINISHED_S, f"run {run_id} to reach SUCCESS, FAILURE or CANCELED")
+    run_id = launch(url, UP_TO_SFT, {"sft.max_steps": STEPS, "sft.logging_steps": 1, "sft.num_train_epochs": 1})
+    return finished_status(url, server, run_id)
 
 
 def inline_picture(name: str) -> str:

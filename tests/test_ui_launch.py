@@ -10,7 +10,7 @@ import urllib.parse
 from engine.store.catalog import Catalog
 from tests.browser import Browser
 from tests.test_ui_curves import inline_picture
-from tests.test_ui import PAGE_S, RUN_FINISHED_S, all_shown, graph_nodes_shown, graphql, poll, webserver  # noqa: F401
+from tests.test_ui import PAGE_S, all_shown, finished_status, graph_nodes_shown, graphql, webserver  # noqa: F401
 
 SELECTION = ["raw_data", "clean_data", "base_model", "formatted_data", "pt_model", "sft_adapter"]
 GROUP_ORDER = ["model", "data", "training", "export", "evaluation", "deployment"]
@@ -76,11 +76,7 @@ def test_launch_the_tiny_recipe_from_the_launchpad_with_a_changed_learning_rate(
         selected = graphql(url, f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ assetSelection {{ path }} }} }} }}')
         assert sorted(k["path"][0] for k in selected["data"]["runOrError"]["assetSelection"]) == sorted(SELECTION)
 
-        def finished() -> str | None:
-            answer = graphql(url, f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ status }} }} }}')
-            status = ((answer.get("data") or {}).get("runOrError") or {}).get("status")
-            return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
-        status = poll(server, finished, RUN_FINISHED_S, f"run {run_id} to reach SUCCESS, FAILURE or CANCELED")
+        status = finished_status(url, server, run_id)
 
         browser.goto(f"{url}/runs")
         shown = [run_id.split("-")[0], "tiny_pipeline", "tuneline/recipe: tiny", "tuneline/command: launchpad",
