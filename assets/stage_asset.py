@@ -186,6 +186,7 @@ def built_by_run(context: dg.AssetExecutionContext, key: dg.AssetKey, artifact: 
     return "not in this Dagster instance (built by another, or by `tuneline train`)"
 
 
+CACHED = "cached: "  # how a cache hit's summary begins (the UI's history); tuneline run's table has a status column
 BUILT_BY_LOOKBACK = 200  # materializations of an asset searched for the build of a cache hit's fingerprint
 
 
@@ -194,7 +195,7 @@ def cached(metadata: dict[str, Any]) -> dict[str, Any]:
     built_by_run, pictures, tables), without its numbers: the Plots tab draws one point per build, not a flat
     repeat per cache hit."""
     kept = {k: v for k, v in metadata.items() if not is_number(v)}
-    return {**kept, "summary": f"cached: {metadata['summary']}"}
+    return {**kept, "summary": CACHED + metadata["summary"]}
 
 
 def is_number(value: Any) -> bool:

@@ -13,7 +13,7 @@ from pipelines.cli.stopped import interrupted_step, say_stopped
 def report(result, seconds: float) -> str:
     """A table of every asset: materialized or cached, its artifact path, key metrics, and its checks; last, the
     checks counted: passed, failed, and not configured (not evaluated: the recipe turns off what they judge)."""
-    from assets.stage_asset import CHECKS_NOT_CONFIGURED
+    from assets.stage_asset import CACHED, CHECKS_NOT_CONFIGURED
     checks: dict[str, list[str]] = {}
     evaluations = result.get_asset_check_evaluations()
     for evaluation in evaluations:
@@ -28,7 +28,7 @@ def report(result, seconds: float) -> str:
             off[key] = list(meta[CHECKS_NOT_CONFIGURED].value)
             checks.setdefault(key, []).append(f"{len(off[key])} not configured")
         status = "cached" if meta["cache_hit"].value else "built"
-        first, *rest = wrapped(meta["summary"].value, SUMMARY_WIDTH)
+        first, *rest = wrapped(meta["summary"].value.removeprefix(CACHED), SUMMARY_WIDTH)  # the status says it
         lines.append(f"{key:<16} {status:<8} {first:<{SUMMARY_WIDTH}} {', '.join(checks.get(key, []))}".rstrip())
         lines += [f"{'':<16} {'':<8} {more}" for more in rest]
         lines.append(f"{'':<16} {'':<8} {meta['path'].value}")
