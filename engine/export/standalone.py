@@ -21,7 +21,6 @@ from engine.store.digests import LINEAGE, MANIFEST, check_directory
 COPIED = ("merged_model", "gptq_model", "awq_model")  # artifacts that are Hugging Face folders already
 MERGED = ("sft_adapter", "dpo_adapter")  # training stages merged into their base for export
 EXPORTABLE = (*MERGED, *COPIED)
-TRAINING_ORDER = ("sft_adapter", "dpo_adapter")
 
 
 class ExportError(TunelineError):

@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 
 PAGE_FILE = Path(__file__).with_name("chat.html")
-PAGE_PATHS = ("/", "/chat")
 
 
 def inline_hashes(html: str, tag: str) -> list[str]:
