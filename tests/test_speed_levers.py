@@ -6,10 +6,14 @@ import gc
 import random
 
 import pytest
+import torch
 
+from engine.models.attention import ROW_SDPA, training_attention
+from engine.models.device import TrainingKernels, training_kernels
 from engine.recipe import DpoSection, SftSection, load_recipe
 from engine.runtime.startup import collector_paused
 from engine.train.dpo import dpo_arguments
+from engine.train.lm_head import labelled_positions_only
 from engine.train.sft import padding_free, sft_arguments
 
 
@@ -92,3 +96,25 @@ def test_the_collector_is_paused_for_the_imports_and_restored(enabled):
         assert gc.isenabled() is enabled
     finally:
         (gc.enable if was else gc.disable)()
+
+
+@pytest.mark.parametrize(("device", "row_attention", "labelled_lm_head"),
+                         [("cpu", True, True), ("cuda", False, False)])
+def test_the_device_policy_chooses_attention_and_lm_head_per_device(device, row_attention, labelled_lm_head):
+    """On a CPU tuneline's row attention and labelled-only LM head; on a GPU what stock TRL at its best runs there
+    (transformers' sdpa over the flattened batch, TRL's own LM head). Device objects only: no GPU needed."""
+    on = torch.device(device)
+    assert training_kernels(on) == TrainingKernels(row_attention=row_attention, labelled_lm_head=labelled_lm_head)
+    assert training_attention("sdpa", on=on) == (ROW_SDPA if row_attention else "sdpa")
+    for named in ("eager", "flash_attention_2", "flex_attention"):  # other implementations train as named
+        assert training_attention(named, on=on) == named
+
+
+def test_the_lm_head_switch_changes_trls_decision_only_where_the_policy_says():
+    from trl.trainer import utils
+    trl_decision = utils._use_triton
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    with labelled_positions_only():
+        assert utils._use_triton(cpu) is True  # labelled positions only on a CPU
+        assert utils._use_triton(cuda) == trl_decision(cuda)  # TRL's own choice on a GPU (Triton where present)
+    assert utils._use_triton is trl_decision

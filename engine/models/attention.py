@@ -1,5 +1,6 @@
-"""The attention a recipe's `sdpa` trains with: PyTorch's scaled_dot_product_attention, as transformers calls it,
-with two changes that keep every result and cut its cost.
+"""The attention a recipe's `sdpa` trains with on a CPU (the device policy's choice, engine/models/device.py
+training_kernels; on a GPU transformers' own sdpa is faster): PyTorch's scaled_dot_product_attention, as
+transformers calls it, with changes that keep every result and cut its cost.
 
 - A padding-free batch (all rows flattened into one sequence, `cu_seq_lens_q` marking where each starts) is
   attended row by row: rows of similar length are laid side by side, right-padded, and run causally without a
@@ -21,14 +22,18 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
 from transformers.utils.import_utils import is_tracing
 
+from engine.models.device import training_kernels
+
 ROW_SDPA = "tuneline_row_sdpa"
 
 
-def training_attention(implementation: str, model=None) -> str:
-    """The attention implementation `model` trains with for the recipe's `attn_implementation`: the row attention
-    for sdpa, where the model calls attention through transformers' AttentionInterface (most architectures)."""
+def training_attention(implementation: str, model=None, on: torch.device | None = None) -> str:
+    """The attention implementation `model` trains with on device `on` (default: the policy's) for the recipe's
+    `attn_implementation`: the row attention for sdpa where the device policy chooses it (a CPU) and the model calls
+    attention through transformers' AttentionInterface (most architectures); else the implementation as named."""
     supported = model is None or getattr(model, "_supports_attention_backend", False)
-    return ROW_SDPA if implementation == "sdpa" and supported else implementation
+    row = implementation == "sdpa" and supported and training_kernels(on).row_attention
+    return ROW_SDPA if row else implementation
 
 
 def row_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,

@@ -18,6 +18,9 @@ import functools
 import threading
 from typing import Callable, Iterator
 
+from engine.models.device import training_kernels
+
+
 class _Switch:
     """One process-wide switch, on while any context holds it: TRL's own decision, kept while it is replaced."""
     lock = threading.Lock()
@@ -27,14 +30,14 @@ class _Switch:
 
 @contextlib.contextmanager
 def labelled_positions_only() -> Iterator[None]:
-    """While open (in any thread), TRL's fused LM head projects only the labelled positions on a CPU, as it does
-    on CUDA. TRL takes this decision in one module-level test (`_use_triton(device)`, read at each call; it has no
+    """While open (in any thread), TRL's fused LM head projects only the labelled positions where the device policy
+    says so (a CPU: engine/models/device.py training_kernels), as TRL itself does on CUDA. TRL takes this decision in one module-level test (`_use_triton(device)`, read at each call; it has no
     public switch); only that decision changes: its kernels still run as torch code on a CPU."""
     from trl.trainer import utils
     with _Switch.lock:
         if _Switch.holders == 0:
             decide = _Switch.trl_decision = utils._use_triton
-            utils._use_triton = lambda device: device.type == "cpu" or decide(device)
+            utils._use_triton = lambda device: training_kernels(device).labelled_lm_head or decide(device)
         _Switch.holders += 1
     try:
         yield
