@@ -125,3 +125,26 @@ def test_the_switch_holds_until_the_last_of_overlapping_uses_closes():
     assert trl_utils._use_triton(cpu)
     second.__exit__(None, None, None)
     assert not trl_utils._use_triton(cpu)
+
+
+@pytest.mark.parametrize("softcap, scale, temperature", [(None, 1.0, 1.0), (30.0, 0.5, 0.7)])
+def test_the_cpu_log_probs_equal_trls_with_every_output_and_gradient(softcap, scale, temperature):
+    """CpuLogProbs against TRL's ChunkedLogProbFunction (its torch path on a CPU), float32: the five outputs and the
+    gradients of hidden states, weight and bias through both the log-probs and the entropy."""
+    from trl.kernels import ChunkedLogProbFunction
+    from engine.train.cpu_log_probs import CpuLogProbs
+    generator = torch.Generator().manual_seed(2)
+    hidden, weight, bias = (torch.randn(*shape, generator=generator) for shape in ((37, 16), (53, 16), (53,)))
+    targets = torch.randint(0, 53, (37,), generator=generator)
+    results = []
+    for function in (ChunkedLogProbFunction, CpuLogProbs):
+        leaves = [x.clone().requires_grad_() for x in (hidden, weight, bias)]
+        out = function.apply(*leaves, targets, temperature, 8, softcap, scale, OUTPUTS[1:])
+        loss = out[0].sum() + 0.3 * out[1].sum()
+        results.append((out, torch.autograd.grad(loss, leaves)))
+    (theirs, their_grads), (mine, my_grads) = results
+    names = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")  # the function's order
+    for name, a, b in zip(names, theirs, mine, strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-4), name
+    for a, b in zip(their_grads, my_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-4)

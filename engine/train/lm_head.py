@@ -8,7 +8,8 @@ PyTorch on a CPU compiles nothing, and there the prompt and padding make up much
 LLaMA-Factory's demo pairs: about half), each position costing a full row of the vocabulary projection and its
 softmax. TRL zeroes the positions left out either way, so every output and gradient is the same, up to
 floating-point rounding (other matrix shapes sum in another order). TRL's RewardTrainer and ORPOTrainer do not
-use this head.
+use this head. While on, a CPU computes the head's log-probabilities with engine/train/cpu_log_probs.py (the same
+outputs in fewer passes).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import threading
 from typing import Callable, Iterator
 
 from engine.models.device import training_kernels
+from engine.train.cpu_log_probs import log_probs_for
 
 
 class _Switch:
@@ -26,6 +28,7 @@ class _Switch:
     lock = threading.Lock()
     holders = 0
     trl_decision: Callable | None = None
+    trl_function: type | None = None
 
 
 @contextlib.contextmanager
@@ -38,6 +41,8 @@ def labelled_positions_only() -> Iterator[None]:
         if _Switch.holders == 0:
             decide = _Switch.trl_decision = utils._use_triton
             utils._use_triton = lambda device: training_kernels(device).labelled_lm_head or decide(device)
+            _Switch.trl_function = utils._ChunkedLogProbFunction
+            utils._ChunkedLogProbFunction = log_probs_for(_Switch.trl_function)  # CPU tensors: CpuLogProbs
         _Switch.holders += 1
     try:
         yield
@@ -46,6 +51,7 @@ def labelled_positions_only() -> Iterator[None]:
             _Switch.holders -= 1
             if _Switch.holders == 0:
                 utils._use_triton = _Switch.trl_decision
+                utils._ChunkedLogProbFunction = _Switch.trl_function
 
 
 def trains_on_labelled_positions(entry: Callable) -> Callable:
