@@ -11,8 +11,10 @@ Same model, same data, same LoRA (r16 on every linear layer), same learning rate
   (c) tuneline: the trainer arguments the sft and dpo stages build from the recipe's defaults (engine/train/sft.py
       `sft_arguments`, engine/train/dpo.py `dpo_arguments`: gradient checkpointing off, padding-free SFT batches,
       DPO reference log-probs computed once; the device policy's bf16 autocast on a CPU with native bf16), the
-      attention the stages train with (engine/models/attention.py), and TRL's fused LM head projecting only the
-      labelled positions (engine/train/lm_head.py). `--packing` adds sft.packing.
+      attention and LM head the device policy chooses (engine/models/device.py training_kernels): on a CPU the row
+      attention (engine/models/attention.py) and TRL's fused LM head projecting only the labelled positions through
+      CpuLogProbs (engine/train/lm_head.py, cpu_log_probs.py); on a GPU transformers' sdpa and TRL's own head, as
+      (b). `--packing` adds sft.packing.
 (b) and (c) train on as many non-padding tokens as (a) did. DPO trains --dpo-epochs (3, as LLaMA-Factory's DPO
 examples) over --dpo-pairs pairs. Prints non-padding tokens per second, each setup's peak memory, the ratios
 (c)/(a) and (c)/(b), and the held-out loss after the same tokens (within LOSS_TOLERANCE of the baseline's: speed
