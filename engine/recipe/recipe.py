@@ -76,6 +76,9 @@ class Recipe(Section):
         if "ppo" in self.stages and "rm" not in self.stages and not self.ppo.reward_model:
             raise ValueError(f"stages {self.stages} names ppo but no reward model: add rm to stages, or set "
                              "ppo.reward_model to a sequence-classification checkpoint folder")
+        if "ppo" in self.stages and "rm" in self.stages and self.ppo.reward_model:
+            raise ValueError(f"stages {self.stages} names rm, so ppo uses the graph's reward_model, and ppo.reward_model "
+                             f"({self.ppo.reward_model}) would be ignored: unset it, or take rm out of stages")
         return self
 
     def runs(self, stage: str) -> bool:
