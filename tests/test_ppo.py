@@ -130,3 +130,33 @@ def test_ppo_trains_on_the_tiny_model_and_writes_its_rollouts(tiny_model_dir, fo
     rollouts = pd.read_parquet(out / "rollouts.parquet")
     assert list(rollouts.columns) == ["step", "prompt", "completion", "score", "kl"]
     assert len(rollouts) == metrics["rollout_rows"] == 12 and rollouts["prompt"].str.contains("user").all()
+
+
+EXAMPLES = "tests/fixtures/llamafactory/examples"  # LLaMA-Factory's examples/train_lora/llama3_lora_{sft,reward,ppo}.yaml
+
+
+def test_llamafactory_s_ppo_example_imports_with_its_reward_model_and_generating_keys():
+    from pathlib import Path
+
+    import yaml
+
+    from engine.importers.llamafactory import import_configs
+    text, notes = import_configs([Path(EXAMPLES) / "llama3_lora_ppo.yaml"])
+    recipe = yaml.safe_load(text)
+    assert recipe["stages"] == ["ppo"]
+    assert recipe["ppo"]["reward_model"] == "saves/llama3-8b/lora/reward"
+    assert {k: recipe["ppo"][k] for k in ("max_new_tokens", "top_k", "top_p", "lora_rank")} == {
+        "max_new_tokens": 512, "top_k": 0, "top_p": 0.9, "lora_rank": 8}
+
+
+def test_beside_its_rm_config_an_imported_ppo_uses_the_graph_s_reward_model():
+    from pathlib import Path
+
+    import yaml
+
+    from engine.importers.llamafactory import import_configs
+    text, notes = import_configs([Path(EXAMPLES) / f"llama3_lora_{k}.yaml" for k in ("sft", "reward", "ppo")])
+    recipe = yaml.safe_load(text)
+    assert recipe["stages"] == ["sft", "rm", "ppo"] and "reward_model" not in recipe["ppo"]
+    assert any("reward_model 'saves/llama3-8b/lora/reward' not imported" in n for n in notes)
+    Recipe.model_validate(recipe)
