@@ -177,7 +177,7 @@ def dpo_gate(sft: dict, dpo: dict, min_gain: float, before: str = "SFT", name: s
     return gain >= min_gain, (f"{name} mean reward score {dpo['reward_score']} vs {before} {sft['reward_score']}: gain "
                               f"{gain:+.4f} ({spread.describe(signed=True)}; {up} answers scored higher, {down} lower, "
                               f"{len(moved) - up - down} the same), required >= {min_gain:+.4f}{tolerance}{verdict}"
-                              + accuracy_change(sft, dpo, before))
+                              + (accuracy_change(sft, dpo, before) if name == "PPO" else ""))
 
 
 def accuracy_change(before: dict, after: dict, label: str) -> str:
