@@ -119,8 +119,14 @@ def test_ppo_trains_on_the_tiny_model_and_writes_its_rollouts(tiny_model_dir, fo
     train_reward(tiny_model_dir, formatted_dir, RewardSection(max_steps=2, per_device_train_batch_size=16), 128, rm)
     out = tmp_path / "ppo"
     out.mkdir()
-    metrics = train_ppo(tiny_model_dir, [], rm, formatted_dir,
-                        PpoSection(max_steps=3, max_new_tokens=8, ppo_epochs=2, learning_rate=1e-3), out)
+    from engine.train.live import points_to
+    points = []
+    with points_to(points.append):
+        metrics = train_ppo(tiny_model_dir, [], rm, formatted_dir,
+                            PpoSection(max_steps=3, max_new_tokens=8, ppo_epochs=2, learning_rate=1e-3), out)
+    # the live points carry each step's mean reward, KL and value loss (at most 4 a second: the last one at least)
+    assert points and all({"train/reward", "train/kl", "train/value_loss"} <= set(p) for p in points)
+    assert points[-1]["step"] == 3
     curve = metrics["reward_curve"]
     assert [p["step"] for p in curve] == [1, 2, 3] and metrics["steps"] == 3
     assert all(math.isfinite(p[k]) for p in curve for k in ("reward", "kl", "value_loss"))
