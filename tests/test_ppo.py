@@ -109,14 +109,19 @@ def test_every_ppo_field_is_described():
     assert all(f.description for f in PpoSection.model_fields.values())
 
 
-@pytest.mark.slow
-def test_ppo_trains_on_the_tiny_model_and_writes_its_rollouts(tiny_model_dir, formatted_dir, tmp_path):
+@pytest.fixture(scope="module")
+def reward_dir(tiny_model_dir, formatted_dir, tmp_path_factory):
     from engine.recipe import RewardSection
-    from engine.train.ppo import train_ppo
     from engine.train.reward import train_reward
-    rm = tmp_path / "rm"
-    rm.mkdir()
+    rm = tmp_path_factory.mktemp("rm")
     train_reward(tiny_model_dir, formatted_dir, RewardSection(max_steps=2, per_device_train_batch_size=16), 128, rm)
+    return rm
+
+
+@pytest.mark.slow
+def test_ppo_trains_on_the_tiny_model_and_writes_its_rollouts(tiny_model_dir, formatted_dir, reward_dir, tmp_path):
+    from engine.train.ppo import train_ppo
+    rm = reward_dir
     out = tmp_path / "ppo"
     out.mkdir()
     from engine.train.live import points_to
@@ -166,3 +171,26 @@ def test_beside_its_rm_config_an_imported_ppo_uses_the_graph_s_reward_model():
     assert recipe["stages"] == ["sft", "rm", "ppo"] and "reward_model" not in recipe["ppo"]
     assert any("reward_model 'saves/llama3-8b/lora/reward' not imported" in n for n in notes)
     Recipe.model_validate(recipe)
+
+
+@pytest.mark.slow
+def test_a_stopped_ppo_resumes_with_its_weights_kl_coefficient_and_history(tiny_model_dir, formatted_dir, reward_dir,
+                                                                           tmp_path, monkeypatch):
+    """A run stopped at step 2 leaves its checkpoint (the LoRA, the value head, ppo_state.json); the rerun to step 4
+    resumes from it and its reward curve runs 1..4."""
+    import json
+
+    import engine.train.skeleton
+    from engine.train.ppo import train_ppo
+    cfg = {"max_new_tokens": 8, "ppo_epochs": 1, "learning_rate": 1e-3, "save_steps": 2}
+    out = tmp_path / "ppo"
+    out.mkdir()
+    with monkeypatch.context() as patch:
+        patch.setattr(engine.train.skeleton, "remove_scratch", lambda out: None)  # keep its checkpoint, as a crash
+        first = train_ppo(tiny_model_dir, [], reward_dir, formatted_dir, PpoSection(**cfg, max_steps=2), out)
+    state = json.loads((out / "_trainer" / "checkpoint-2" / "ppo_state.json").read_text())
+    assert [h["step"] for h in state["history"]] == [1, 2] and state["kl_coef"] > 0
+    resumed = train_ppo(tiny_model_dir, [], reward_dir, formatted_dir, PpoSection(**cfg, max_steps=4), out)
+    assert resumed["resumed_from_step"] == 2 and resumed["steps"] == 4
+    assert [p["step"] for p in resumed["reward_curve"]] == [1, 2, 3, 4]
+    assert resumed["reward_curve"][:2] == first["reward_curve"]

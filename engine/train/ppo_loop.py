@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from engine.errors import TunelineError
+
 PPO_STATE = "ppo_state.json"  # in each checkpoint: what a resumed run needs besides the weights and optimizer
 
 
@@ -283,7 +285,17 @@ class PpoTrainer(Trainer):
         Path(output_dir or self.args.output_dir, PPO_STATE).write_text(json.dumps(state))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        """The trainable weights _save wrote, back into the model (by hand: transformers' loader expects a
+        PreTrainedModel's attributes), then the KL coefficient and score moments."""
+        from safetensors.torch import load_file
+        model = model or self.model
+        weights = load_file(str(Path(resume_from_checkpoint, "model.safetensors")))
+        unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
+        missing = {n for n, p in model.named_parameters() if p.requires_grad} - weights.keys()
+        if unexpected or missing:
+            raise TunelineError(f"{resume_from_checkpoint}: its weights do not match the PPO policy (unexpected: "
+                                f"{sorted(unexpected)[:3]}, missing: {sorted(missing)[:3]}); delete the checkpoint "
+                                "to start over")
         state = json.loads(Path(resume_from_checkpoint, PPO_STATE).read_text())
         self.kl_ctl.value, self.ppo_history = state["kl_coef"], state["history"]
         if self.moments is not None and state["moments"] is not None:
