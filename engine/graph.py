@@ -13,6 +13,8 @@ one declaration changed (tests/test_import_graph.py asserts it).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from engine.data.clean import clean_raw_data
 from engine.data.format import format_clean_data
 from engine.data.ingest import read_raw_data
@@ -30,10 +32,13 @@ from engine.models.footprint import ExportWrites, TrainingWrites
 from engine.models.identity import tokenizer_identity
 from engine.models.load import check_adapter, check_local_model, is_tiny
 from engine.serve.server import deploy
+from engine.recipe import is_fingerprinted, is_threshold
+from engine.recipe.ppo import PpoSection
 from engine.stage import Stage
 from engine.store.content import ContentHasher, checkpoint_identity
 from engine.train.dpo import train_dpo_adapter
 from engine.train.launch import world_size
+from engine.train.ppo import train_ppo_adapter
 from engine.train.pt import pt_sources, train_pt_model
 from engine.train.reward import train_reward_model
 from engine.train.sft import train_sft_adapter
@@ -110,7 +115,7 @@ def processes(recipe) -> dict:
 
 
 # the training stages a recipe's `stages` turns off, by the asset each makes
-SWITCHED = {"sft_adapter": "sft", "reward_model": "rm", "dpo_adapter": "dpo"}
+SWITCHED = {"sft_adapter": "sft", "reward_model": "rm", "dpo_adapter": "dpo", "ppo_adapter": "ppo"}
 
 
 def parents_run(parents: tuple[str, ...], recipe) -> tuple[str, ...]:
@@ -168,10 +173,33 @@ DPO_ADAPTER = switchable_training_stage("dpo_adapter", train_dpo_adapter, ("pt_m
                                         off_reason="dpo (or kto) is not in the recipe's stages",
                                         writes=TrainingWrites("dpo", start_from="pt_model"))
 
+# ppo's keys but ppo.reward_model, which only locates a reward model outside the graph (its content is fingerprinted),
+# and the operational keys (checkpointing), read but not fingerprinted
+PPO_KEYS = tuple(f"ppo.{k}" for k in PpoSection.model_fields if k != "reward_model" and is_fingerprinted(PpoSection, k))
+PPO_LOCATE = ("ppo.reward_model", *(f"ppo.{k}" for k in PpoSection.model_fields
+                                    if not is_fingerprinted(PpoSection, k) and not is_threshold(PpoSection, k)))
+
+
+def ppo_outside(recipe, hasher) -> dict:
+    """The reward model outside the graph, by content, where ppo reads ppo.reward_model (rm not in the stages)."""
+    if not recipe.runs("ppo") or recipe.runs("rm"):
+        return processes(recipe) if recipe.runs("ppo") else {}
+    return {**processes(recipe), "reward_model": checkpoint_identity(Path(recipe.ppo.reward_model).expanduser(), hasher)}
+
+
+PPO_PARENTS = ("pt_model", "sft_adapter", "dpo_adapter", "reward_model", "formatted_data")
+PPO_ADAPTER = Stage("ppo_adapter", entry=train_ppo_adapter, parents=PPO_PARENTS, keys=(*PPO_KEYS, *PRECISION_KEYS),
+                    locate=(*LAUNCHER, *PPO_LOCATE), training=True,
+                    writes=TrainingWrites("ppo", start_from="pt_model"),
+                    select=lambda recipe: ((parents_run(PPO_PARENTS, recipe), (*PPO_KEYS, *PRECISION_KEYS))
+                                           if recipe.runs("ppo") else ((), ("stages",))),
+                    off=lambda recipe: None if recipe.runs("ppo") else "ppo is not in the recipe's stages",
+                    outside=with_precision(ppo_outside))
+
 
 # --- exports --------------------------------------------------------------------------------------------------
 
-MERGED_PARENTS = ("pt_model", "sft_adapter", "dpo_adapter", "formatted_data")
+MERGED_PARENTS = ("pt_model", "sft_adapter", "dpo_adapter", "ppo_adapter", "formatted_data")
 
 
 def merged_reads(recipe):
@@ -197,7 +225,8 @@ AWQ_MODEL = quantized_stage("awq", quantize_awq)
 # --- evaluation -----------------------------------------------------------------------------------------------
 
 # the evaluations of a training stage a recipe can leave out: off while it does
-EVALUATED_TRAINING = {"sft": "sft is not in the recipe's stages", "dpo": "dpo (or kto) is not in the recipe's stages"}
+EVALUATED_TRAINING = {"sft": "sft is not in the recipe's stages", "dpo": "dpo (or kto) is not in the recipe's stages",
+                      "ppo": "ppo is not in the recipe's stages"}
 
 
 def evaluation_off(stage: str):
@@ -260,5 +289,5 @@ DEPLOYMENT = Stage("deployment", entry=deploy,
 
 
 # every stage, parents before children: what a recipe's plan is computed over
-STAGES = (RAW_DATA, CLEAN_DATA, BASE_MODEL, FORMATTED_DATA, PT_MODEL, SFT_ADAPTER, REWARD_MODEL, DPO_ADAPTER,
+STAGES = (RAW_DATA, CLEAN_DATA, BASE_MODEL, FORMATTED_DATA, PT_MODEL, SFT_ADAPTER, REWARD_MODEL, DPO_ADAPTER, PPO_ADAPTER,
           MERGED_MODEL, GPTQ_MODEL, AWQ_MODEL, *EVALUATIONS.values(), MODEL_COMPARISON, DEPLOYMENT)

@@ -151,9 +151,14 @@ def test_quantized_gate_names_the_number_that_failed_with_n_and_the_paired_inter
 
 def test_gates_read_their_thresholds_from_the_recipe():
     recipe, _ = load_recipe("tiny", {"quantize.max_accuracy_drop": 0.0, "dpo.min_reward_gain": 0.5})
-    results = {**RESULTS, "awq": {**RESULTS["awq"], "accuracy": 0.49}}
+    results = {**RESULTS, "awq": {**RESULTS["awq"], "accuracy": 0.49},
+               "ppo": {"configured": False, "reason": "ppo is not in the recipe's stages"}}
     verdicts = {name: ok for name, (ok, _) in gates(results, recipe).items()}
-    assert verdicts == {"dpo_not_worse_than_sft": False, "gptq_within_budget": True, "awq_within_budget": False}
+    assert verdicts == {"dpo_not_worse_than_sft": False, "ppo_not_worse_than_sft": None, "gptq_within_budget": True,
+                        "awq_within_budget": False}
+    ppo = {**RESULTS["dpo"], "configured": True}
+    recipe, _ = load_recipe("tiny", {"stages": ["sft", "rm", "ppo"], "ppo.min_reward_gain": -100.0})
+    assert gates({**results, "ppo": ppo}, recipe)["ppo_not_worse_than_sft"][0] is True
 
 
 def test_an_evaluation_records_each_questions_score_and_reward_and_their_intervals(tiny_model_dir, formatted_dir,

@@ -84,10 +84,16 @@ def test_a_value_tuneline_cannot_take_is_an_error_naming_it(tmp_path):
 
 
 def test_an_unsupported_stage_is_reported(tmp_path):
+    (tmp_path / "orpo.yaml").write_text("stage: orpo\nlearning_rate: 1.0e-5\n")  # LLaMA-Factory's orpo is a pref_loss
+    _, notes = import_configs([tmp_path / "orpo.yaml"], ["identity"])
+    assert notes == [f"{tmp_path / 'orpo.yaml'}: stage 'orpo' is not imported (tuneline imports pt, sft, rm, dpo, kto, "
+                     "ppo); its keys are ignored"]
+
+
+def test_a_ppo_config_without_a_reward_model_is_refused_in_one_line(tmp_path):
     (tmp_path / "ppo.yaml").write_text("stage: ppo\nlearning_rate: 1.0e-5\n")
-    _, notes = import_configs([tmp_path / "ppo.yaml"], ["identity"])
-    assert notes == [f"{tmp_path / 'ppo.yaml'}: stage 'ppo' is not imported (tuneline imports pt, sft, rm, dpo, kto); "
-                     "its keys are ignored"]
+    with pytest.raises(RecipeError, match="names ppo but no reward model: add rm to stages, or set ppo.reward_model"):
+        import_configs([tmp_path / "ppo.yaml"], ["identity"])
 
 
 def test_the_cli_writes_the_recipe_and_warns_on_stderr(configs, tmp_path):

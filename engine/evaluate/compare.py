@@ -33,10 +33,11 @@ if TYPE_CHECKING:
     from engine.recipe import EvaluationSection, Recipe
     from engine.stage import StageRun
 
-EVALUATED = ("base", "sft", "dpo", "merged", "gptq", "awq")
+EVALUATED = ("base", "sft", "dpo", "ppo", "merged", "gptq", "awq")
 # the model each stage means: a base model plus training stages (applied in order), or an export directory
 STAGE_MODELS = {"base": ("base_model",), "sft": ("pt_model", "sft_adapter"),
-                "dpo": ("pt_model", "sft_adapter", "dpo_adapter"), "merged": ("merged_model",),
+                "dpo": ("pt_model", "sft_adapter", "dpo_adapter"),
+                "ppo": ("pt_model", "sft_adapter", "dpo_adapter", "ppo_adapter"), "merged": ("merged_model",),
                 "gptq": ("gptq_model",), "awq": ("awq_model",)}
 
 
@@ -158,7 +159,7 @@ def comparison_markdown(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def dpo_gate(sft: dict, dpo: dict, min_gain: float, before: str = "SFT") -> tuple[bool | None, str]:
+def dpo_gate(sft: dict, dpo: dict, min_gain: float, before: str = "SFT", name: str = "DPO") -> tuple[bool | None, str]:
     """DPO's mean reward score minus that of the model it started from (`before`: SFT, or the base model where the
     recipe runs no sft) against `min_gain`, with the paired interval of that gain over the same questions (the
     verdict is the point estimate's; the interval says how much n = samples can tell). None: not evaluated, DPO or
@@ -166,16 +167,27 @@ def dpo_gate(sft: dict, dpo: dict, min_gain: float, before: str = "SFT") -> tupl
     if dpo.get("configured") is False:
         return None, f"not configured: {dpo['reason']}"
     if dpo["reward_score"] is None or sft["reward_score"] is None:  # nothing to judge DPO by
-        return None, f"not configured: rm is not in the recipe's stages, so no reward model scores DPO against {before}"
+        return None, f"not configured: rm is not in the recipe's stages, so no reward model scores {name} against {before}"
     gain = dpo["reward_score"] - sft["reward_score"]
     spread = paired_difference(dpo["example_rewards"], sft["example_rewards"])
     moved = [a - b for a, b in zip(dpo["example_rewards"], sft["example_rewards"], strict=True)]
     up, down = sum(d > 0 for d in moved), sum(d < 0 for d in moved)
-    tolerance = f" (a tolerance: DPO may score {-min_gain:.4f} below {before})" if min_gain < 0 else ""
+    tolerance = f" (a tolerance: {name} may score {-min_gain:.4f} below {before})" if min_gain < 0 else ""
     verdict = "" if gain >= min_gain else f", short by {min_gain - gain:.4f}"
-    return gain >= min_gain, (f"DPO mean reward score {dpo['reward_score']} vs {before} {sft['reward_score']}: gain "
+    return gain >= min_gain, (f"{name} mean reward score {dpo['reward_score']} vs {before} {sft['reward_score']}: gain "
                               f"{gain:+.4f} ({spread.describe(signed=True)}; {up} answers scored higher, {down} lower, "
-                              f"{len(moved) - up - down} the same), required >= {min_gain:+.4f}{tolerance}{verdict}")
+                              f"{len(moved) - up - down} the same), required >= {min_gain:+.4f}{tolerance}{verdict}"
+                              + (accuracy_change(sft, dpo, before) if name == "PPO" else ""))
+
+
+def accuracy_change(before: dict, after: dict, label: str) -> str:
+    """The exact-match accuracy beside a reward gate's verdict: its change over the same n questions, with its
+    paired interval."""
+    if "example_scores" not in before or "example_scores" not in after:
+        return ""
+    spread = paired_difference(after["example_scores"], before["example_scores"])
+    return (f"; accuracy {after['accuracy']} vs {label} {before['accuracy']} "
+            f"({spread.describe(signed=True)})")
 
 
 def quantized_gate(name: str, merged: dict, quantized: dict, max_drop: float, max_ratio: float) -> tuple[bool, str]:
@@ -204,6 +216,8 @@ def gates(results: dict[str, dict], recipe: Recipe) -> dict[str, tuple[bool | No
     before = dpo_started_from(results)
     return {"dpo_not_worse_than_sft": dpo_gate(results[before], results["dpo"], recipe.dpo.min_reward_gain,
                                                "SFT" if before == "sft" else "the base model"),
+            "ppo_not_worse_than_sft": dpo_gate(results[before], results["ppo"], recipe.ppo.min_reward_gain,
+                                               "SFT" if before == "sft" else "the base model", "PPO"),
             **{f"{name}_within_budget": quantized_gate(name, results["merged"], results[name], q.max_accuracy_drop,
                                                        q.max_ppl_ratio) for name in ("gptq", "awq")}}
 
@@ -233,7 +247,7 @@ def evaluate_stage(run: "StageRun") -> dict:
     from engine.models.load import trained_weights
     stage = run.stage.removeprefix("eval_")
     first, *later = (run.inputs[name] for name in STAGE_MODELS[stage] if name in run.inputs)  # sft may be off
-    if stage in ("base", "sft", "dpo"):
+    if stage in ("base", "sft", "dpo", "ppo"):
         model_path, adapters = model_dir(first), [trained_weights(path) for path in later]
     else:
         model_path, adapters = first, []

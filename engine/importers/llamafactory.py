@@ -15,14 +15,17 @@ from engine.data.templates import MULTIMODAL_TEMPLATES, USER_MARKERS
 from engine.errors import RecipeError
 from engine.recipe import Recipe, describe, read_yaml
 
-STAGE_SECTIONS = {"pt": "pt", "sft": "sft", "rm": "reward", "dpo": "dpo", "kto": "dpo"}
+STAGE_SECTIONS = {"pt": "pt", "sft": "sft", "rm": "reward", "dpo": "dpo", "kto": "dpo", "ppo": "ppo"}
 MODEL_KEYS = {"model_name_or_path", "bf16", "fp16", "pure_bf16", "infer_dtype"}  # precision: one for every stage
 DATA_KEYS = {"dataset_dir", "cutoff_len", "val_size"}
 TRAIN_KEYS = {"finetuning_type", "freeze_trainable_layers", "quantization_bit", "lora_rank", "lora_alpha",
               "lora_dropout", "lora_target", "loraplus_lr_ratio", "report_to", "learning_rate", "num_train_epochs",
               "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type",
               "warmup_ratio", "logging_steps", "seed", "save_steps", "save_total_limit"}
-STAGE_KEYS = {"sft": {"packing"}, "dpo": {"pref_beta", "pref_loss", "pref_ftx"}, "kto": {"pref_beta"}, "rm": set(), "pt": set()}
+STAGE_KEYS = {"sft": {"packing"}, "dpo": {"pref_beta", "pref_loss", "pref_ftx"}, "kto": {"pref_beta"}, "rm": set(), "pt": set(),
+              "ppo": {"reward_model", "reward_model_type", "ppo_buffer_size", "ppo_epochs", "ppo_score_norm",
+                      "ppo_target", "ppo_whiten_rewards", "max_new_tokens", "do_sample", "temperature", "top_p",
+                      "top_k"}}
 # LLaMA-Factory's flash_attn values as transformers' attention implementations
 TRACKERS = ("none", "tensorboard", "mlflow", "wandb")  # report_to values a stage takes as they are
 FLASH_ATTN = {"auto": "sdpa", "sdpa": "sdpa", "disabled": "eager", "fa2": "flash_attention_2"}
@@ -206,7 +209,7 @@ def merge_stage(recipe: dict, config: dict, source: Path, notes: list[str]) -> N
             notes.append(f"{source}: unknown key {key} = {value!r} not imported (tuneline has no equivalent)")
 
 
-TRAINING_ORDER = ("pt", "sft", "rm", "dpo", "kto")
+TRAINING_ORDER = ("pt", "sft", "rm", "dpo", "kto", "ppo")
 
 
 def stages_of(configs: list[tuple[Path, dict]]) -> list[str]:
@@ -227,6 +230,15 @@ def starting_adapters(recipe: dict, stages: list[str], notes: list[str]) -> None
             recipe.setdefault("model", {})["adapter_name_or_path"] = value
             notes.append(f"{source}: adapter_name_or_path {value!r} imported as model.adapter_name_or_path: merged "
                          "into the base, and a new adapter trained on top (LLaMA-Factory's create_new_adapter: true)")
+
+
+def graph_reward_model(recipe: dict, stages: list[str], notes: list[str]) -> None:
+    """A ppo config's reward_model beside an imported rm config is that stage's output: the graph's reward_model
+    is used, and the path is dropped with a note."""
+    ppo = recipe.get("ppo", {})
+    if "ppo" in stages and "rm" in stages and "reward_model" in ppo:
+        notes.append(f"ppo: reward_model {ppo.pop('reward_model')!r} not imported: ppo is scored by the recipe's own "
+                     "rm stage (the graph's reward_model)")
 
 
 def import_configs(paths: list[Path], eval_dataset: list[str] | None = None) -> tuple[str, list[str]]:
@@ -255,6 +267,7 @@ def import_configs(paths: list[Path], eval_dataset: list[str] | None = None) -> 
             merge_stage(recipe, config, path, notes)
     stages = stages_of(configs)
     starting_adapters(recipe, stages, notes)
+    graph_reward_model(recipe, stages, notes)
     data = recipe["data"]
     if eval_dataset:
         data["dataset"] = list(dict.fromkeys([*data.get("dataset", []), *eval_dataset]))

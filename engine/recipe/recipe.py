@@ -13,6 +13,7 @@ from engine.recipe.export import MergeSection, QuantizeSection
 from engine.recipe.fields import Section
 from engine.recipe.launcher import LauncherSection
 from engine.recipe.model import ModelSection
+from engine.recipe.ppo import PpoSection
 from engine.recipe.retention import RetentionSection
 from engine.recipe.schedule import ScheduleSection
 from engine.recipe.serve import ServeSection
@@ -25,7 +26,7 @@ class Recipe(Section):
                                           "serve.served_model_name says otherwise")
     stages: list[StageName] = Field(
         ["sft", "rm", "dpo"], description="the training stages that run, as LLaMA-Factory's `stage:` names them "
-        "(pt, sft, rm, dpo, kto); the others say \"not configured\". Any list: [dpo] alone trains DPO on the base "
+        "(pt, sft, rm, dpo, kto, ppo); the others say \"not configured\". Any list: [dpo] alone trains DPO on the base "
         "model (or model.adapter_name_or_path); [] exports the base model (with its adapters) through merge, "
         "quantization, evaluation and deployment; kto is dpo with dpo.pref_loss kto")
     model: ModelSection = Field(ModelSection(), description="the base model, its adapters and precision")
@@ -36,6 +37,8 @@ class Recipe(Section):
     reward: RewardSection = Field(RewardSection(), description="the reward model (LLaMA-Factory's stage rm)")
     dpo: DpoSection = Field(DpoSection(), description="preference training: DPO, IPO, ORPO or KTO (LLaMA-Factory's "
                                                       "stages dpo and kto)")
+    ppo: PpoSection = Field(PpoSection(), description="online RL by PPO against a reward model (LLaMA-Factory's "
+                                                      "stage ppo), hand-written: the pinned TRL has no PPOTrainer")
     merge: MergeSection = Field(MergeSection(), description="the trained adapters merged into the base model")
     quantize: QuantizeSection = Field(QuantizeSection(), description="the GPTQ and AWQ exports of the merged model")
     evaluation: EvaluationSection = Field(EvaluationSection(), description="what every eval_* stage measures")
@@ -68,6 +71,14 @@ class Recipe(Section):
                              "(registry names), or take pt out of stages")
         if len(set(self.stages)) != len(self.stages) or {"dpo", "kto"} <= set(self.stages):
             raise ValueError(f"stages {self.stages}: name each stage once (kto is dpo with dpo.pref_loss kto)")
+        if {"ppo", "grpo"} <= set(self.stages):
+            raise ValueError(f"stages {self.stages} names ppo and grpo: name one online RL stage")
+        if "ppo" in self.stages and "rm" not in self.stages and not self.ppo.reward_model:
+            raise ValueError(f"stages {self.stages} names ppo but no reward model: add rm to stages, or set "
+                             "ppo.reward_model to a sequence-classification checkpoint folder")
+        if "ppo" in self.stages and "rm" in self.stages and self.ppo.reward_model:
+            raise ValueError(f"stages {self.stages} names rm, so ppo uses the graph's reward_model, and ppo.reward_model "
+                             f"({self.ppo.reward_model}) would be ignored: unset it, or take rm out of stages")
         return self
 
     def runs(self, stage: str) -> bool:

@@ -36,6 +36,7 @@ class TrainingStage:
     merged: bool = False  # saved as one full model in `out` with a LoRA merged in, else out/adapter or out/model
     on_saved: Callable[[Any], dict] = no_measures  # measures of the model as saved (merged, where merged)
     tracker_run: str = ""  # the tracker's run name, where not `name`
+    saved_model: Callable[[Any], Any] = lambda trainer: trainer.model  # what is saved (ppo: the policy, no value head)
 
 
 def train_stage(stage: TrainingStage, say: Callable[[str], None] = print) -> dict:
@@ -50,7 +51,7 @@ def train_stage(stage: TrainingStage, say: Callable[[str], None] = print) -> dic
         result, resumed = train_resumably(trainer, stage.name, say, keep=stage.cfg.save_total_limit)
         after = stage.after(trainer)
     report = summary(trainer, stage.cfg, resumed)  # what trained, before a merge folds the adapter away
-    saved = save_trained(trainer.model, stage.tokenizer, stage.cfg, stage.out, stage.merged)
+    saved = save_trained(stage.saved_model(trainer), stage.tokenizer, stage.cfg, stage.out, stage.merged)
     remove_scratch(stage.out)
     return {**report, "train_loss": round(result.training_loss, 4),
             **throughput(trainer, start, result.metrics["train_runtime"]), **before, **after, **stage.on_saved(saved)}
