@@ -11,6 +11,7 @@ from engine.recipe.data import DataSection
 from engine.recipe.evaluation import EvaluationSection
 from engine.recipe.export import MergeSection, QuantizeSection
 from engine.recipe.fields import Section
+from engine.recipe.grpo import GrpoSection
 from engine.recipe.launcher import LauncherSection
 from engine.recipe.model import ModelSection
 from engine.recipe.retention import RetentionSection
@@ -19,13 +20,16 @@ from engine.recipe.serve import ServeSection
 from engine.recipe.training import DpoSection, PtSection, RewardSection, SftSection, StageName
 
 
+ONLINE_RL = ("ppo", "grpo")  # a recipe runs at most one
+
+
 class Recipe(Section):
     """One YAML file describes a whole run. Keys follow LLaMA-Factory's names where one exists."""
     name: str = Field("tiny", description="the run's name: served models are called <name>-<serve.model> unless "
                                           "serve.served_model_name says otherwise")
     stages: list[StageName] = Field(
         ["sft", "rm", "dpo"], description="the training stages that run, as LLaMA-Factory's `stage:` names them "
-        "(pt, sft, rm, dpo, kto); the others say \"not configured\". Any list: [dpo] alone trains DPO on the base "
+        "(pt, sft, rm, dpo, kto; grpo: online RL, tuneline's own); the others say \"not configured\". Any list: [dpo] alone trains DPO on the base "
         "model (or model.adapter_name_or_path); [] exports the base model (with its adapters) through merge, "
         "quantization, evaluation and deployment; kto is dpo with dpo.pref_loss kto")
     model: ModelSection = Field(ModelSection(), description="the base model, its adapters and precision")
@@ -36,6 +40,8 @@ class Recipe(Section):
     reward: RewardSection = Field(RewardSection(), description="the reward model (LLaMA-Factory's stage rm)")
     dpo: DpoSection = Field(DpoSection(), description="preference training: DPO, IPO, ORPO or KTO (LLaMA-Factory's "
                                                       "stages dpo and kto)")
+    grpo: GrpoSection = Field(GrpoSection(), description="online RL with GRPO from the SFT (and DPO) model, on the SFT "
+                                                         "view's prompts (TRL's GRPOTrainer)")
     merge: MergeSection = Field(MergeSection(), description="the trained adapters merged into the base model")
     quantize: QuantizeSection = Field(QuantizeSection(), description="the GPTQ and AWQ exports of the merged model")
     evaluation: EvaluationSection = Field(EvaluationSection(), description="what every eval_* stage measures")
@@ -68,6 +74,11 @@ class Recipe(Section):
                              "(registry names), or take pt out of stages")
         if len(set(self.stages)) != len(self.stages) or {"dpo", "kto"} <= set(self.stages):
             raise ValueError(f"stages {self.stages}: name each stage once (kto is dpo with dpo.pref_loss kto)")
+        if len(online := [s for s in self.stages if s in ONLINE_RL]) > 1:
+            raise ValueError(f"stages {self.stages} names {' and '.join(online)}: name one online RL stage")
+        if "grpo" in self.stages and self.grpo.uses_reward_model() and "rm" not in self.stages:
+            raise ValueError("grpo.rewards names a reward_model reward, but rm is not in stages: add rm, or score "
+                             "with exact_match, format, length or scorer rewards")
         return self
 
     def runs(self, stage: str) -> bool:

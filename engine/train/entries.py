@@ -18,6 +18,7 @@ TRAINING_ENTRIES = {
     "sft_adapter": "engine.train.sft:train_sft_adapter",
     "reward_model": "engine.train.reward:train_reward_model",
     "dpo_adapter": "engine.train.dpo:train_dpo_adapter",
+    "grpo_adapter": "engine.train.grpo:train_grpo_adapter",
 }
 
 

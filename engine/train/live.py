@@ -15,7 +15,7 @@ POINT = "point"  # the key of a Pipes custom message that carries one live point
 MAX_POINTS_PER_SECOND = 4  # a faster logging cadence is thinned; an evaluation's point is never dropped
 # the trainer's log key -> the point's key (what the asset's Plots tab names each curve)
 NAMES = {"loss": "train/loss", "learning_rate": "train/learning_rate", "grad_norm": "train/grad_norm",
-         "eval_loss": "eval/loss"}
+         "eval_loss": "eval/loss", "reward": "train/reward"}
 
 _sink: Callable[[dict], None] | None = None  # one training stage per process: its point sink, while it runs
 
