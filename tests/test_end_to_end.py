@@ -25,9 +25,9 @@ from assets.resource import Tuneline
 from tests.serving import ask, reference_answer
 
 pytestmark = pytest.mark.slow
-EVALS = {"eval_base", "eval_sft", "eval_dpo", "eval_merged", "eval_gptq", "eval_awq", "model_comparison"}
+EVALS = {"eval_base", "eval_sft", "eval_dpo", "eval_grpo", "eval_merged", "eval_gptq", "eval_awq", "model_comparison"}
 ALL_ASSETS = {"base_model", "raw_data", "clean_data", "formatted_data", "pt_model", "sft_adapter", "reward_model",
-              "dpo_adapter", "merged_model", "gptq_model", "awq_model", "deployment", *EVALS}
+              "dpo_adapter", "grpo_adapter", "merged_model", "gptq_model", "awq_model", "deployment", *EVALS}
 
 
 RUN_LOGS: dict[str, list[str]] = {}  # run id -> the run's log messages (what the UI's run log shows)
