@@ -115,3 +115,9 @@ def test_the_gate_judges_exact_match_and_the_reward_score_against_sft():
     assert judged[0] is False and "mean reward score" in judged[1]
     assert grpo_gate(sft, {"configured": False, "reason": "grpo is not in the recipe's stages"}, 0, 0) == (
         None, "not configured: grpo is not in the recipe's stages")
+
+
+def test_the_reward_curve_is_drawn_like_the_loss_curve():
+    from engine.evaluate.sketches import stage_sketches
+    drawn = stage_sketches({"reward_curve": [{"step": 5, "reward": 0.38}, {"step": 10, "reward": 0.46}]})
+    assert "reward_curve" in drawn and "reward 0.38 to 0.46" in drawn["reward_curve"] or "base64" in drawn["reward_curve"]
