@@ -120,4 +120,6 @@ def test_the_gate_judges_exact_match_and_the_reward_score_against_sft():
 def test_the_reward_curve_is_drawn_like_the_loss_curve():
     from engine.evaluate.sketches import stage_sketches
     drawn = stage_sketches({"reward_curve": [{"step": 5, "reward": 0.38}, {"step": 10, "reward": 0.46}]})
-    assert "reward_curve" in drawn and "reward 0.38 to 0.46" in drawn["reward_curve"] or "base64" in drawn["reward_curve"]
+    from urllib.parse import unquote
+    assert drawn["reward_curve"].startswith("![reward_curve](")
+    assert "reward 0.38 to 0.46, steps 5-10" in unquote(drawn["reward_curve"])
