@@ -228,7 +228,8 @@ def gates(results: dict[str, dict], recipe: Recipe) -> dict[str, tuple[bool | No
     return {"dpo_not_worse_than_sft": dpo_gate(results[before], results["dpo"], recipe.dpo.min_reward_gain,
                                                "SFT" if before == "sft" else "the base model"),
             "grpo_not_worse_than_sft": grpo_gate(results[before], results["grpo"], recipe.grpo.min_exact_match_gain,
-                                                 recipe.grpo.min_reward_gain, "SFT" if before == "sft" else "the base model"),
+                                                 recipe.grpo.min_reward_gain,
+                                                 "SFT" if before == "sft" else "the base model"),
             **{f"{name}_within_budget": quantized_gate(name, results["merged"], results[name], q.max_accuracy_drop,
                                                        q.max_ppl_ratio) for name in ("gptq", "awq")}}
 
