@@ -153,7 +153,8 @@ def test_gates_read_their_thresholds_from_the_recipe():
     recipe, _ = load_recipe("tiny", {"quantize.max_accuracy_drop": 0.0, "dpo.min_reward_gain": 0.5})
     results = {**RESULTS, "awq": {**RESULTS["awq"], "accuracy": 0.49}}
     verdicts = {name: ok for name, (ok, _) in gates(results, recipe).items()}
-    assert verdicts == {"dpo_not_worse_than_sft": False, "gptq_within_budget": True, "awq_within_budget": False}
+    assert verdicts == {"dpo_not_worse_than_sft": False, "grpo_not_worse_than_sft": None, "gptq_within_budget": True,
+                        "awq_within_budget": False}
 
 
 def test_an_evaluation_records_each_questions_score_and_reward_and_their_intervals(tiny_model_dir, formatted_dir,

@@ -179,6 +179,10 @@ def dpo_gate(sft: dict, dpo: dict, min_gain: float, before: str = "SFT") -> tupl
                               f"{len(moved) - up - down} the same), required >= {min_gain:+.4f}{tolerance}{verdict}")
 
 
+# a comparison made before the grpo stage existed has no grpo evaluation: its gate is not evaluated
+NO_GRPO = {"configured": False, "reason": "this comparison holds no grpo evaluation"}
+
+
 def grpo_gate(sft: dict, grpo: dict, min_accuracy_gain: float, min_reward_gain: float,
               before: str = "SFT") -> tuple[bool | None, str]:
     """GRPO's held-out task accuracy (and, where a reward model exists, its mean reward score) against the model it
@@ -227,7 +231,7 @@ def gates(results: dict[str, dict], recipe: Recipe) -> dict[str, tuple[bool | No
     before = dpo_started_from(results)
     return {"dpo_not_worse_than_sft": dpo_gate(results[before], results["dpo"], recipe.dpo.min_reward_gain,
                                                "SFT" if before == "sft" else "the base model"),
-            "grpo_not_worse_than_sft": grpo_gate(results[before], results["grpo"], recipe.grpo.min_exact_match_gain,
+            "grpo_not_worse_than_sft": grpo_gate(results[before], results.get("grpo", NO_GRPO), recipe.grpo.min_exact_match_gain,
                                                  recipe.grpo.min_reward_gain,
                                                  "SFT" if before == "sft" else "the base model"),
             **{f"{name}_within_budget": quantized_gate(name, results["merged"], results[name], q.max_accuracy_drop,
