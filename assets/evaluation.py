@@ -33,7 +33,8 @@ def eval_asset(stage: str):
 
 
 EVAL_ASSETS = [eval_asset(stage) for stage in EVALUATED]
-GATES = ("dpo_not_worse_than_sft", "ppo_not_worse_than_sft", "gptq_within_budget", "awq_within_budget")
+GATES = ("dpo_not_worse_than_sft", "ppo_not_worse_than_sft", "grpo_not_worse_than_sft", "gptq_within_budget",
+         "awq_within_budget")
 
 
 def gate(name: str):

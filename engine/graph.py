@@ -37,6 +37,8 @@ from engine.recipe.ppo import PpoSection
 from engine.stage import Stage
 from engine.store.content import ContentHasher, checkpoint_identity
 from engine.train.dpo import train_dpo_adapter
+from engine.train.grpo import rollout_backend, train_grpo_adapter
+from engine.train.rewards import reward_identity
 from engine.train.launch import world_size
 from engine.train.ppo import train_ppo_adapter
 from engine.train.pt import pt_sources, train_pt_model
@@ -115,7 +117,8 @@ def processes(recipe) -> dict:
 
 
 # the training stages a recipe's `stages` turns off, by the asset each makes
-SWITCHED = {"sft_adapter": "sft", "reward_model": "rm", "dpo_adapter": "dpo", "ppo_adapter": "ppo"}
+SWITCHED = {"sft_adapter": "sft", "reward_model": "rm", "dpo_adapter": "dpo", "ppo_adapter": "ppo",
+            "grpo_adapter": "grpo"}
 
 
 def parents_run(parents: tuple[str, ...], recipe) -> tuple[str, ...]:
@@ -126,13 +129,15 @@ def parents_run(parents: tuple[str, ...], recipe) -> tuple[str, ...]:
 
 
 def switchable_training_stage(name: str, entry, parents: tuple[str, ...], keys: tuple[str, ...], switch: str,
-                              off_reason: str, writes: TrainingWrites) -> Stage:
+                              off_reason: str, writes: TrainingWrites, select=None, outside=None) -> Stage:
     """A training stage the recipe's `stages` list turns on or off (sft, rm, dpo): off, it reads only that list,
     since its own section cannot change what it records. On, it starts from the SFT model only where sft runs."""
     return Stage(name, entry=entry, parents=parents, keys=keys, locate=LAUNCHER, training=True, writes=writes,
-                 select=lambda recipe: (parents_run(parents, recipe), keys) if recipe.runs(switch) else ((), ("stages",)),
+                 select=lambda recipe: ((select or parents_run)(parents, recipe), keys) if recipe.runs(switch)
+                 else ((), ("stages",)),
                  off=lambda recipe: None if recipe.runs(switch) else off_reason,
-                 outside=with_precision(lambda recipe, hasher: processes(recipe)))
+                 outside=with_precision(lambda recipe, hasher: {**processes(recipe), **(outside(recipe, hasher)
+                                                                                      if outside else {})}))
 
 
 PT_KEYS = ("pt", "data.cutoff_len", "data.val_size", "data.seed", *PRECISION_KEYS)
@@ -197,9 +202,27 @@ PPO_ADAPTER = Stage("ppo_adapter", entry=train_ppo_adapter, parents=PPO_PARENTS,
                     outside=with_precision(ppo_outside))
 
 
+def grpo_parents(parents: tuple[str, ...], recipe) -> tuple[str, ...]:
+    """The policy chain that runs, and the reward model only where a reward term reads it."""
+    return tuple(p for p in parents_run(parents, recipe) if p != "reward_model" or recipe.grpo.uses_reward_model())
+
+
+def grpo_outside(recipe, hasher) -> dict:
+    """A user scorer's source, and what samples the rollouts here (vLLM or transformers)."""
+    if not recipe.runs("grpo"):
+        return {}
+    return {"reward_code": reward_identity(recipe.grpo.rewards), "rollout_backend": rollout_backend()}
+
+
+GRPO_ADAPTER = switchable_training_stage(
+    "grpo_adapter", train_grpo_adapter, ("pt_model", "sft_adapter", "dpo_adapter", "reward_model", "formatted_data"),
+    ("grpo", *PRECISION_KEYS), switch="grpo", off_reason="grpo is not in the recipe's stages",
+    writes=TrainingWrites("grpo", start_from="pt_model"), select=grpo_parents, outside=grpo_outside)
+
+
 # --- exports --------------------------------------------------------------------------------------------------
 
-MERGED_PARENTS = ("pt_model", "sft_adapter", "dpo_adapter", "ppo_adapter", "formatted_data")
+MERGED_PARENTS = ("pt_model", "sft_adapter", "dpo_adapter", "ppo_adapter", "grpo_adapter", "formatted_data")
 
 
 def merged_reads(recipe):
@@ -226,7 +249,7 @@ AWQ_MODEL = quantized_stage("awq", quantize_awq)
 
 # the evaluations of a training stage a recipe can leave out: off while it does
 EVALUATED_TRAINING = {"sft": "sft is not in the recipe's stages", "dpo": "dpo (or kto) is not in the recipe's stages",
-                      "ppo": "ppo is not in the recipe's stages"}
+                      "ppo": "ppo is not in the recipe's stages", "grpo": "grpo is not in the recipe's stages"}
 
 
 def evaluation_off(stage: str):
@@ -290,4 +313,4 @@ DEPLOYMENT = Stage("deployment", entry=deploy,
 
 # every stage, parents before children: what a recipe's plan is computed over
 STAGES = (RAW_DATA, CLEAN_DATA, BASE_MODEL, FORMATTED_DATA, PT_MODEL, SFT_ADAPTER, REWARD_MODEL, DPO_ADAPTER, PPO_ADAPTER,
-          MERGED_MODEL, GPTQ_MODEL, AWQ_MODEL, *EVALUATIONS.values(), MODEL_COMPARISON, DEPLOYMENT)
+          GRPO_ADAPTER, MERGED_MODEL, GPTQ_MODEL, AWQ_MODEL, *EVALUATIONS.values(), MODEL_COMPARISON, DEPLOYMENT)

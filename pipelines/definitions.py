@@ -13,10 +13,11 @@ from assets.base_model import base_model
 from assets.clean_data import clean_data
 from assets.deployment import deployment
 from assets.dpo_adapter import dpo_adapter
-from assets.ppo_adapter import ppo_adapter
 from assets.evaluation import EVAL_ASSETS, model_comparison
 from assets.formatted_data import formatted_data
+from assets.grpo_adapter import grpo_adapter
 from assets.merged_model import merged_model
+from assets.ppo_adapter import ppo_adapter
 from assets.pt_model import pt_model
 from assets.quantized_models import awq_model, gptq_model
 from assets.raw_data import raw_data
@@ -30,7 +31,7 @@ from assets.run_tags import tag_failure
 
 # one asset per stage of engine/graph.py, in its order (tests/test_definitions.py holds them to it)
 ASSETS = [raw_data, clean_data, base_model, formatted_data, pt_model, sft_adapter, reward_model, dpo_adapter,
-          ppo_adapter, merged_model, gptq_model, awq_model, *EVAL_ASSETS, model_comparison, deployment]
+          ppo_adapter, grpo_adapter, merged_model, gptq_model, awq_model, *EVAL_ASSETS, model_comparison, deployment]
 
 full_pipeline = dg.define_asset_job("full_pipeline", selection=dg.AssetSelection.all(), hooks={tag_failure},
                                     description="Materialize every stage: data, training, exports, evaluation and "

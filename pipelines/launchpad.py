@@ -102,7 +102,7 @@ def section_schema(section: type[BaseModel], value: BaseModel, prefix: str) -> d
 
 def dagster_type(annotation: Any, key: str) -> Any:
     """A pydantic field's type as a Dagster config type: Literal of strings -> Enum, Optional -> Noneable, lists,
-    str -> str maps; a mixed model list (clean.steps) -> a list of free-form maps, which the recipe's rules check."""
+    str -> str maps; a model list (clean.steps, grpo.rewards) -> a list of free-form maps, which the recipe's rules check."""
     annotation = _unannotated(annotation)
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -117,7 +117,7 @@ def dagster_type(annotation: Any, key: str) -> Any:
             return enum(key, list(args))
         return int if all(isinstance(a, int) for a in args) else dg.Any
     if origin is list:
-        return [dagster_type(args[0], key)]
+        return [dg.Permissive() if _section_class(args[0]) else dagster_type(args[0], key)]  # grpo.rewards: maps
     if origin is dict:
         return dg.Map(str, dagster_type(args[1], key))
     if annotation in (bool, int, float):

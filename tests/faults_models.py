@@ -77,6 +77,9 @@ FAULTS = {
     ("dpo_adapter", "reward_margin_above_bound"): Fault(with_metrics(eval_reward_margin=-0.4127),
                                                         r"^mean chosen-minus-rejected reward -0\.4127, needs > 0\.0$"),
     ("dpo_adapter", "every_example_trained"): Fault(dropped(None, 3), r"the trainer dropped 3$"),
+    # a GRPO trainer given fewer prompts than the SFT view's train split holds (good: the tiny graph runs no grpo)
+    ("grpo_adapter", "every_prompt_offered"): Fault(with_metrics(train_prompts=1480),
+                                                    r"^1480 prompts of 1483 formatted", good=with_metrics(train_prompts=1483, formatted_train_rows=1483)),
     # merged weights that are not base + adapters (a merge that skipped a layer's LoRA delta)
     ("merged_model", "logits_match_adapters"): Fault(with_metrics(max_logit_diff=0.3125),
                                                      r"^max \|logit difference\| 3\.12e-01, tolerance 0\.001"),

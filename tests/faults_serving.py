@@ -20,6 +20,20 @@ def dpo_worse_than_sft(artifact, recipe):
     return artifact, recipe
 
 
+def grpo_as_sft(artifact, recipe):
+    """The good state for the GRPO gate: grpo on, its evaluation the same as SFT's (the tiny graph runs no grpo)."""
+    results = artifact.metrics["results"]
+    results["grpo"] = json.loads(json.dumps(results["sft"]))
+    return artifact, recipe.model_copy(update={"stages": [*recipe.stages, "grpo"]})
+
+
+def grpo_worse_than_sft(artifact, recipe):
+    """GRPO answering every held-out question wrong."""
+    grpo = artifact.metrics["results"]["grpo"]
+    grpo.update(example_scores=[0.0] * len(grpo["example_scores"]), accuracy=0.0)
+    return artifact, recipe
+
+
 def gptq_perplexity_over_budget(artifact, recipe):
     """The GPTQ export's perplexity 0.5 over what quantize.max_ppl_ratio allows of merged."""
     results = artifact.metrics["results"]
@@ -77,6 +91,9 @@ FAULTS = {
     ("model_comparison", "dpo_not_worse_than_sft"): Fault(
         dpo_worse_than_sft, r"DPO mean reward score -?[\d.]+ vs SFT -?[\d.]+: gain -0\.\d+ .*required >= [-+][\d.]+"
                             r"( \(a tolerance: DPO may score [\d.]+ below SFT\))?, short by 0\.\d+"),
+    ("model_comparison", "grpo_not_worse_than_sft"): Fault(
+        grpo_worse_than_sft, r"^GRPO accuracy 0\.0 vs SFT [\d.]+: gain -0\.\d+ .*required >= \+0\.0000, short by",
+        good=grpo_as_sft),
     ("model_comparison", "gptq_within_budget"): Fault(
         gptq_perplexity_over_budget,
         r"^gptq: .*; perplexity [\d.]+ = x[\d.]+ merged, allowed x1\.5 \(over by 0\.\d+\)$"),

@@ -66,11 +66,12 @@ def test_the_fault_fails_its_check_and_only_it(key, n, tiny_graph, tmp_path):
     if fault.good:
         good, recipe = fault.good(good, recipe)
     checks = checks_of(target)
-    failing = {name: verdict[1] for name, verdict in judge(checks, good, recipe).items() if not verdict[0]}
+    # None: not evaluated (what the check judges is off under this recipe), which is not a failure
+    failing = {name: verdict[1] for name, verdict in judge(checks, good, recipe).items() if verdict[0] is False}
     assert failing == {}, f"the good {target} artifact already fails"
     bad, bad_recipe = fault.plant(copy_artifact(good, tmp_path / "bad"), recipe)
     verdicts = judge(checks, bad, bad_recipe)
-    failed = sorted(name for name, verdict in verdicts.items() if not verdict[0])
+    failed = sorted(name for name, verdict in verdicts.items() if verdict[0] is False)
     assert failed == [check], {name: verdicts[name][1] for name in failed}
     assert re.search(fault.detail, verdicts[check][1]), verdicts[check][1]
 

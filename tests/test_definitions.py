@@ -6,8 +6,9 @@ from pipelines.definitions import ASSETS, build_definitions
 
 EXPECTED = {"base_model": "model", "raw_data": "data", "clean_data": "data", "formatted_data": "data",
             "sft_adapter": "training", "reward_model": "training", "dpo_adapter": "training", "ppo_adapter": "training",
+            "grpo_adapter": "training",
             "merged_model": "export", "gptq_model": "export", "awq_model": "export", "pt_model": "training",
-            **{f"eval_{s}": "evaluation" for s in ("base", "sft", "dpo", "ppo", "merged", "gptq", "awq")},
+            **{f"eval_{s}": "evaluation" for s in ("base", "sft", "dpo", "ppo", "grpo", "merged", "gptq", "awq")},
             "model_comparison": "evaluation", "deployment": "deployment"}
 
 
@@ -32,7 +33,7 @@ def test_quality_checks_block_downstream():
 def test_deployment_waits_for_the_gates(tmp_path):
     graph = build_definitions(artifact_root=str(tmp_path)).resolve_asset_graph()
     assert dg.AssetKey("model_comparison") in graph.get(dg.AssetKey("deployment")).parent_keys
-    assert {f"eval_{s}" for s in ("base", "sft", "dpo", "ppo", "merged", "gptq", "awq")} == {
+    assert {f"eval_{s}" for s in ("base", "sft", "dpo", "ppo", "grpo", "merged", "gptq", "awq")} == {
         key.to_user_string() for key in graph.get(dg.AssetKey("model_comparison")).parent_keys}
     assert dg.AssetKey("pt_model") in graph.get(dg.AssetKey("sft_adapter")).parent_keys
 
@@ -46,7 +47,7 @@ def test_merge_comes_before_quantization(tmp_path):
 def test_training_stages_run_out_of_process_and_no_step_waits_in_a_dagster_pool(tmp_path, monkeypatch):
     from engine.graph import STAGES
     assert {s.name for s in STAGES if s.training} == {"pt_model", "sft_adapter", "reward_model", "dpo_adapter",
-                                                           "ppo_adapter"}
+                                                           "ppo_adapter", "grpo_adapter"}
     assert all(asset.node_def.pool is None for asset in ASSETS)  # the training slot is a lock a dead run frees
     (tmp_path / "dagster.yaml").write_text(Path("pipelines/dagster.yaml").read_text())
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))

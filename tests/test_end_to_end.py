@@ -26,9 +26,10 @@ from tests.serving import ask, reference_answer
 
 pytestmark = pytest.mark.slow
 EVALS = {"eval_base", "eval_sft", "eval_dpo", "eval_merged", "eval_gptq", "eval_awq", "model_comparison"}
-PPO_OFF = {"ppo_adapter", "eval_ppo"}  # the tiny recipe runs no ppo: "not configured" records, made once
+# the tiny recipe runs no ppo nor grpo: "not configured" records, made once
+RL_OFF = {"ppo_adapter", "eval_ppo", "grpo_adapter", "eval_grpo"}
 ALL_ASSETS = {"base_model", "raw_data", "clean_data", "formatted_data", "pt_model", "sft_adapter", "reward_model",
-              "dpo_adapter", *PPO_OFF, "merged_model", "gptq_model", "awq_model", "deployment", *EVALS}
+              "dpo_adapter", *RL_OFF, "merged_model", "gptq_model", "awq_model", "deployment", *EVALS}
 
 
 RUN_LOGS: dict[str, list[str]] = {}  # run id -> the run's log messages (what the UI's run log shows)
@@ -74,10 +75,11 @@ def test_every_asset_materializes_and_every_check_passes(first_run):
     assert result.success, [(e.step_key, e.message, e.event_specific_data) for e in result.all_events if e.is_failure]
     assert set(artifacts_of(result)) == ALL_ASSETS
     evaluations = result.get_asset_check_evaluations()
-    # every check evaluated but pt_model's and ppo's: pt and ppo are off in the tiny recipe, and off is not passed
+    # every check evaluated but those of pt_model, ppo and grpo: they are off in the tiny recipe, and off is not passed
     assert {(e.asset_key, e.check_name) for e in evaluations} == {
         (a.key, spec.name) for a in ASSETS for spec in a.check_specs
-        if a.key.to_user_string() not in ("pt_model", "ppo_adapter") and spec.name != "ppo_not_worse_than_sft"}
+        if a.key.to_user_string() not in ("pt_model", "ppo_adapter", "grpo_adapter")
+        and spec.name not in ("ppo_not_worse_than_sft", "grpo_not_worse_than_sft")}
     failed = [(e.asset_key.to_user_string(), e.check_name, e.metadata) for e in evaluations if not e.passed]
     assert failed == []
     assert not any(meta["cache_hit"] for meta in artifacts_of(result).values())

@@ -154,8 +154,8 @@ def test_gates_read_their_thresholds_from_the_recipe():
     results = {**RESULTS, "awq": {**RESULTS["awq"], "accuracy": 0.49},
                "ppo": {"configured": False, "reason": "ppo is not in the recipe's stages"}}
     verdicts = {name: ok for name, (ok, _) in gates(results, recipe).items()}
-    assert verdicts == {"dpo_not_worse_than_sft": False, "ppo_not_worse_than_sft": None, "gptq_within_budget": True,
-                        "awq_within_budget": False}
+    assert verdicts == {"dpo_not_worse_than_sft": False, "ppo_not_worse_than_sft": None,
+                        "grpo_not_worse_than_sft": None, "gptq_within_budget": True, "awq_within_budget": False}
     ppo = {**RESULTS["dpo"], "configured": True}
     recipe, _ = load_recipe("tiny", {"stages": ["sft", "rm", "ppo"], "ppo.min_reward_gain": -100.0})
     assert gates({**results, "ppo": ppo}, recipe)["ppo_not_worse_than_sft"][0] is True

@@ -14,10 +14,10 @@ from engine.plan import make_plan
 from engine.recipe import load_recipe
 from engine.graph import STAGES
 
-# the tiny recipe runs no ppo: its stages are off and read only the stages list, so no recipe key or data upstream
-# rebuilds them; their code version is still their entry point's closure (an edit there rewrites the off record)
-PPO_OFF = {"ppo_adapter", "eval_ppo"}
-ALL = {s.name for s in STAGES} - PPO_OFF
+# the tiny recipe runs no ppo nor grpo: their stages are off and read only the stages list, so no recipe key or data
+# upstream rebuilds them; their code version is still their entry point's closure (an edit there rewrites the off record)
+RL_OFF = {"ppo_adapter", "eval_ppo", "grpo_adapter", "eval_grpo"}
+ALL = {s.name for s in STAGES} - RL_OFF
 EVALS = {"eval_base", "eval_sft", "eval_dpo", "eval_merged", "eval_gptq", "eval_awq"}
 # every stage made from the named one, spelled out: the expectations do not come from the code under test
 AFTER_SFT = {"sft_adapter", "dpo_adapter", "merged_model", "gptq_model", "awq_model", "eval_sft", "eval_dpo",
@@ -128,10 +128,10 @@ def test_turning_rm_and_dpo_off_keeps_the_data_and_sft(project):
     recipe = str(project / "recipe.yaml")
     everything = plan_of(recipe)
     assert rebuilt(everything, plan_of(recipe, SFT_ONLY)) == \
-        ALL - {"base_model", "raw_data", "clean_data", "formatted_data", "pt_model", "sft_adapter"} | PPO_OFF
+        ALL - {"base_model", "raw_data", "clean_data", "formatted_data", "pt_model", "sft_adapter"} | RL_OFF
     # without rm, DPO and the exports made from it stay; only what the reward model scored changes
     assert rebuilt(everything, plan_of(recipe, {"stages": ["sft", "dpo"]})) == \
-        {"reward_model", *EVALS, "model_comparison", "deployment"} | PPO_OFF  # the off ppo stages read the list
+        {"reward_model", *EVALS, "model_comparison", "deployment"} | RL_OFF  # the off RL stages read the list
 
 
 def test_on_the_tiny_preset_the_model_shape_rebuilds_all_but_the_data(tmp_path):
@@ -197,15 +197,15 @@ def test_the_local_checkpoint_s_weights_rebuild_everything_that_reads_the_model(
 
 MODULE_CHANGES = [  # (engine module edited, the stages whose artifact changes)
     # the pt stage reads its corpus through the same readers (its entry runs them when pt.dataset is set)
-    ("engine/data/readers.py", AFTER_RAW | {"pt_model"} | PPO_OFF),
-    ("engine/data/ingest.py", AFTER_RAW | {"pt_model"} | PPO_OFF),
-    ("engine/data/clean.py", AFTER_CLEAN | PPO_OFF),
-    ("engine/data/format.py", AFTER_FORMAT | PPO_OFF),
+    ("engine/data/readers.py", AFTER_RAW | {"pt_model"} | RL_OFF),
+    ("engine/data/ingest.py", AFTER_RAW | {"pt_model"} | RL_OFF),
+    ("engine/data/clean.py", AFTER_CLEAN | RL_OFF),
+    ("engine/data/format.py", AFTER_FORMAT | RL_OFF),
     ("engine/train/sft.py", AFTER_SFT),
     ("engine/train/dpo.py", AFTER_DPO),
     ("engine/train/reward.py", AFTER_REWARD),
     ("engine/export/quantize.py", AFTER_QUANTIZE),
-    ("engine/evaluate/compare.py", AFTER_EVAL | {"eval_ppo"}),
+    ("engine/evaluate/compare.py", AFTER_EVAL | {"eval_ppo", "eval_grpo"}),
     ("engine/serve/server.py", {"deployment"}),
     ("engine/recipe/__init__.py", set()),  # read for its types only: values enter fingerprints through the keys
     ("engine/store/lineage.py", {"merged_model", "gptq_model", "awq_model", "eval_merged", "eval_gptq", "eval_awq",

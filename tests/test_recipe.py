@@ -57,7 +57,7 @@ def test_a_shingle_size_the_dedup_cannot_read_stops_at_load(tmp_path):
     ({"sft.report_to": "comet_ml"}, "sft.report_to"),
     ({"serve.model": "gguf"}, "serve.model"),
     ({"serve.served_model_name": "my/model"}, "serve.served_model_name"),
-    ({"stages": ["sft", "grpo"]}, r"stages\.1: Input should be 'pt', 'sft', 'rm', 'dpo', 'kto' or 'ppo'"),
+    ({"stages": ["sft", "rlhf"]}, r"stages\.1: Input should be 'pt', 'sft', 'rm', 'dpo', 'kto', 'ppo' or 'grpo'"),
     ({"stages": ["pt", "sft"]}, "names pt, but pt.dataset is empty"),
     ({"stages": ["sft", "dpo", "kto"]}, "name each stage once"),
     ({"stages": ["sft", "kto"], "dpo.pref_loss": "ipo"}, "tiny.yaml: stages names kto but dpo.pref_loss is ipo: set"),

@@ -19,7 +19,7 @@ from pipelines.cli.result import report
 from tests.test_device import random_adapter
 
 SFT_SOURCES = ["alpaca_tasks", "sharegpt_tasks", "openai_tasks"]
-OFF = ("reward_model", "dpo_adapter", "eval_dpo")
+OFF = ("reward_model", "dpo_adapter", "eval_dpo", "grpo_adapter", "eval_grpo")
 
 
 def test_merge_with_only_the_sft_stage_gives_the_adapter_model_s_logits(tiny_model_dir, formatted_dir, tmp_path):

@@ -33,11 +33,12 @@ if TYPE_CHECKING:
     from engine.recipe import EvaluationSection, Recipe
     from engine.stage import StageRun
 
-EVALUATED = ("base", "sft", "dpo", "ppo", "merged", "gptq", "awq")
+EVALUATED = ("base", "sft", "dpo", "ppo", "grpo", "merged", "gptq", "awq")
 # the model each stage means: a base model plus training stages (applied in order), or an export directory
 STAGE_MODELS = {"base": ("base_model",), "sft": ("pt_model", "sft_adapter"),
                 "dpo": ("pt_model", "sft_adapter", "dpo_adapter"),
-                "ppo": ("pt_model", "sft_adapter", "dpo_adapter", "ppo_adapter"), "merged": ("merged_model",),
+                "ppo": ("pt_model", "sft_adapter", "dpo_adapter", "ppo_adapter"),
+                "grpo": ("pt_model", "sft_adapter", "dpo_adapter", "grpo_adapter"), "merged": ("merged_model",),
                 "gptq": ("gptq_model",), "awq": ("awq_model",)}
 
 
@@ -190,6 +191,32 @@ def accuracy_change(before: dict, after: dict, label: str) -> str:
             f"({spread.describe(signed=True)})")
 
 
+# a comparison made before the grpo stage existed has no grpo evaluation: its gate is not evaluated
+NO_GRPO = {"configured": False, "reason": "this comparison holds no grpo evaluation"}
+
+
+def grpo_gate(sft: dict, grpo: dict, min_accuracy_gain: float, min_reward_gain: float,
+              before: str = "SFT") -> tuple[bool | None, str]:
+    """GRPO's held-out task accuracy (and, where a reward model exists, its mean reward score) against the model it
+    started from, each gain with its paired interval over the same questions; the verdict is the point estimates'.
+    None: not evaluated (grpo is off)."""
+    if grpo.get("configured") is False:
+        return None, f"not configured: {grpo['reason']}"
+    gain = grpo["accuracy"] - sft["accuracy"]
+    spread = paired_difference(grpo["example_scores"], sft["example_scores"])
+    passed = gain >= min_accuracy_gain
+    detail = (f"GRPO accuracy {grpo['accuracy']} vs {before} {sft['accuracy']}: gain {gain:+.4f} "
+              f"({spread.describe(signed=True)}), required >= {min_accuracy_gain:+.4f}"
+              + ("" if passed else f", short by {min_accuracy_gain - gain:.4f}"))
+    if grpo.get("reward_score") is not None and sft.get("reward_score") is not None:
+        reward = grpo["reward_score"] - sft["reward_score"]
+        rewards = paired_difference(grpo["example_rewards"], sft["example_rewards"])
+        passed = passed and reward >= min_reward_gain
+        detail += (f"; mean reward score {grpo['reward_score']} vs {sft['reward_score']}: gain {reward:+.4f} "
+                   f"({rewards.describe(signed=True)}), required >= {min_reward_gain:+.4f}")
+    return passed, detail
+
+
 def quantized_gate(name: str, merged: dict, quantized: dict, max_drop: float, max_ratio: float) -> tuple[bool, str]:
     """A quantized export's accuracy drop below merged (with its paired interval over the same questions) and its
     perplexity ratio, each against its bound."""
@@ -218,6 +245,9 @@ def gates(results: dict[str, dict], recipe: Recipe) -> dict[str, tuple[bool | No
                                                "SFT" if before == "sft" else "the base model"),
             "ppo_not_worse_than_sft": dpo_gate(results[before], results["ppo"], recipe.ppo.min_reward_gain,
                                                "SFT" if before == "sft" else "the base model", "PPO"),
+            "grpo_not_worse_than_sft": grpo_gate(results[before], results.get("grpo", NO_GRPO),
+                                                 recipe.grpo.min_exact_match_gain, recipe.grpo.min_reward_gain,
+                                                 "SFT" if before == "sft" else "the base model"),
             **{f"{name}_within_budget": quantized_gate(name, results["merged"], results[name], q.max_accuracy_drop,
                                                        q.max_ppl_ratio) for name in ("gptq", "awq")}}
 
@@ -230,7 +260,10 @@ def comparison_summary(results: dict[str, dict]) -> str:
     before = dpo_started_from(results)
     sft, dpo = results[before].get("reward_score"), results["dpo"].get("reward_score")
     gain = "not configured" if sft is None or dpo is None else f"{dpo - sft:+.2f} vs {before}"
-    return f"dpo reward {gain}; {quantized} vs merged"
+    grpo = results.get("grpo", {})
+    online = "" if grpo.get("configured") is False or "accuracy" not in grpo else \
+        f"grpo accuracy {grpo['accuracy'] - results[before]['accuracy']:+.2f} vs {before}; "
+    return f"dpo reward {gain}; {online}{quantized} vs merged"
 
 
 def write_comparison(out: Path, results: dict[str, dict]) -> dict:
@@ -247,7 +280,7 @@ def evaluate_stage(run: "StageRun") -> dict:
     from engine.models.load import trained_weights
     stage = run.stage.removeprefix("eval_")
     first, *later = (run.inputs[name] for name in STAGE_MODELS[stage] if name in run.inputs)  # sft may be off
-    if stage in ("base", "sft", "dpo", "ppo"):
+    if stage in ("base", "sft", "dpo", "ppo", "grpo"):
         model_path, adapters = model_dir(first), [trained_weights(path) for path in later]
     else:
         model_path, adapters = first, []

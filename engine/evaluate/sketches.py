@@ -36,18 +36,19 @@ def _num(value: float) -> str:
     return f"{value:.3g}"
 
 
-def loss_sketch(curve: list[dict], evals: dict[str, float | None] | None = None) -> str:
+def loss_sketch(curve: list[dict], evals: dict[str, float | None] | None = None, key: str = "loss") -> str:
     """The training loss by step as one line, eval losses as dashed lines, the first and last loss written out."""
     evals = {k: v for k, v in (evals or {}).items() if v is not None}
-    points = [(float(p["step"]), float(p["loss"])) for p in curve]
+    points = [(float(p["step"]), float(p[key])) for p in curve]
     for most in (48, 32, 20, 12, 6, 2):
-        markdown = inline_image("loss_curve", _loss_svg(_thin(points, most), points, evals))
+        markdown = inline_image(f"{key}_curve", _loss_svg(_thin(points, most), points, evals, key))
         if len(markdown) <= INLINE_LIMIT:
             return markdown
     raise ValueError(f"a loss curve of {len(points)} points does not fit {INLINE_LIMIT} characters")
 
 
-def _loss_svg(drawn: list[tuple[float, float]], points: list[tuple[float, float]], evals: dict[str, float]) -> str:
+def _loss_svg(drawn: list[tuple[float, float]], points: list[tuple[float, float]], evals: dict[str, float],
+              key: str = "loss") -> str:
     values = [y for _, y in points] + list(evals.values())
     low, high = min(values), max(values)
     span = (high - low) or 1.0
@@ -60,7 +61,7 @@ def _loss_svg(drawn: list[tuple[float, float]], points: list[tuple[float, float]
         return round(BOTTOM - (value - low) / span * (BOTTOM - TOP))
     line = ",".join(f"{x(s)},{y(v)}" for s, v in drawn)
     dashed = "".join(f"<path d='M0,{y(v)}H{WIDTH}' stroke='gray' stroke-dasharray='4'/>" for v in evals.values())
-    caption = (f"loss {_num(points[0][1])} to {_num(points[-1][1])}, steps {int(first)}-{int(last)}"
+    caption = (f"{key} {_num(points[0][1])} to {_num(points[-1][1])}, steps {int(first)}-{int(last)}"
                + "".join(f", {k} {_num(v)}" for k, v in evals.items()))
     return _svg(f"<polyline points='{line}' fill='none' stroke='royalblue' stroke-width='2'/>{dashed}"
                 f"<text x='2' y='{HEIGHT - 2}'>{_escape(caption)}</text>")
@@ -124,6 +125,8 @@ def stage_sketches(metrics: dict) -> dict[str, str]:
     if metrics.get("loss_curve"):
         found["loss_curve"] = loss_sketch(metrics["loss_curve"], {"eval before": metrics.get("eval_loss_before"),
                                                                   "eval after": metrics.get("eval_loss_after")})
+    if metrics.get("reward_curve"):  # an online RL stage's mean reward per logged step
+        found["reward_curve"] = loss_sketch(metrics["reward_curve"], key="reward")
     if isinstance(metrics.get("quarantine_by_reason"), dict):
         found["quarantine_reasons"] = bars_sketch("quarantine_reasons", metrics["quarantine_by_reason"],
                                                   "quarantined rows by reason")

@@ -75,7 +75,7 @@ def card_data(record: dict, results: list):
     from huggingface_hub import ModelCardData
     base, relation = hub_model_id(record.get("base_model")), RELATIONS[record["export"]["asset"]]
     lineage = {"base_model": base, "base_model_relation": relation} if base else {}
-    trained = [s.split("_")[0] for s in ("pt_model", "sft_adapter", "dpo_adapter", "ppo_adapter")
+    trained = [s.split("_")[0] for s in ("pt_model", "sft_adapter", "dpo_adapter", "ppo_adapter", "grpo_adapter")
                if s in record["artifacts"]]
     quantized = ["compressed-tensors", "4-bit"] if relation == "quantized" else []
     return ModelCardData(**lineage, datasets=sorted(record["data"]), pipeline_tag="text-generation",

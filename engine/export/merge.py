@@ -72,7 +72,7 @@ def merge_model(run: "StageRun") -> dict:
     from engine.store.lineage import export_lineage
     from engine.models.load import trained_weights
     base = model_dir(run.inputs["pt_model"])
-    stages = [trained_weights(run.inputs[s]) for s in ("sft_adapter", "dpo_adapter", "ppo_adapter")
+    stages = [trained_weights(run.inputs[s]) for s in ("sft_adapter", "dpo_adapter", "ppo_adapter", "grpo_adapter")
               if s in run.inputs]
     metrics = merge(base, stages, run.inputs["formatted_data"], run.out, precision=Precision.of(run.recipe.model))
     parents = [p.name for p in run.inputs.values()]

@@ -8,6 +8,7 @@ description. One module per topic (as axolotl's utils/schemas):
     fields.py      the number types, the base Section, check thresholds and operational keys, fingerprint_value
     model.py       model (and the tiny preset)        data.py        data
     clean.py       clean and its steps                training.py    the shared training keys; pt, sft, reward, dpo
+    grpo.py        grpo and its rewards
     export.py      merge, quantize                    evaluation.py  evaluation
     serve.py       serve                              launcher.py    launcher (and its kubernetes pods)
     schedule.py    schedule                           retention.py   retention
@@ -25,6 +26,7 @@ from engine.recipe.clean import (DEFAULT_CLEAN_STEPS, BlocklistStep, CleanSectio
 from engine.recipe.data import DataSection
 from engine.recipe.evaluation import EvaluationSection
 from engine.recipe.export import MergeSection, QuantizeSection
+from engine.recipe.grpo import GrpoReward, GrpoSection
 from engine.recipe.fields import (Float, Int, Section, check_threshold, fingerprint_value, get_dotted,
                                   is_fingerprinted, is_threshold, operational)
 from engine.recipe.launcher import KubernetesSection, LauncherSection
@@ -40,7 +42,7 @@ from engine.recipe.training import DpoSection, PtSection, RewardSection, SftSect
 
 __all__ = [
     "BlocklistStep", "CleanSection", "CleanStep", "DEFAULT_CLEAN_STEPS", "DataSection", "DpoSection",
-    "DuplicateKeyError", "EvaluationSection", "ExactDedupStep", "Float", "Int", "KubernetesSection", "LauncherSection",
+    "DuplicateKeyError", "EvaluationSection", "ExactDedupStep", "GrpoReward", "GrpoSection", "Float", "Int", "KubernetesSection", "LauncherSection",
     "LengthStep", "MergeSection", "ModelSection", "NearDedupStep", "NormalizeStep", "PiiStep", "PtSection",
     "QuantizeSection", "RECIPE_DIR", "RENAMED", "Recipe", "Renamed", "RepetitionStep", "RetentionSection",
     "RewardSection", "ScheduleSection", "Section", "ServeSection", "SftSection", "StageName", "StripHtmlStep",

@@ -11,6 +11,7 @@ from engine.recipe.data import DataSection
 from engine.recipe.evaluation import EvaluationSection
 from engine.recipe.export import MergeSection, QuantizeSection
 from engine.recipe.fields import Section
+from engine.recipe.grpo import GrpoSection
 from engine.recipe.launcher import LauncherSection
 from engine.recipe.model import ModelSection
 from engine.recipe.ppo import PpoSection
@@ -20,14 +21,17 @@ from engine.recipe.serve import ServeSection
 from engine.recipe.training import DpoSection, PtSection, RewardSection, SftSection, StageName
 
 
+ONLINE_RL = ("ppo", "grpo")  # a recipe runs at most one
+
+
 class Recipe(Section):
     """One YAML file describes a whole run. Keys follow LLaMA-Factory's names where one exists."""
     name: str = Field("tiny", description="the run's name: served models are called <name>-<serve.model> unless "
                                           "serve.served_model_name says otherwise")
     stages: list[StageName] = Field(
         ["sft", "rm", "dpo"], description="the training stages that run, as LLaMA-Factory's `stage:` names them "
-        "(pt, sft, rm, dpo, kto, ppo); the others say \"not configured\". Any list: [dpo] alone trains DPO on the base "
-        "model (or model.adapter_name_or_path); [] exports the base model (with its adapters) through merge, "
+        "(pt, sft, rm, dpo, kto, ppo; grpo: online RL, tuneline's own); the others say \"not configured\". "
+        "Any list: [dpo] alone trains DPO on the base model (or model.adapter_name_or_path); [] exports the base model (with its adapters) through merge, "
         "quantization, evaluation and deployment; kto is dpo with dpo.pref_loss kto")
     model: ModelSection = Field(ModelSection(), description="the base model, its adapters and precision")
     data: DataSection = Field(DataSection(), description="the datasets, chat-template rendering and train/eval split")
@@ -39,6 +43,8 @@ class Recipe(Section):
                                                       "stages dpo and kto)")
     ppo: PpoSection = Field(PpoSection(), description="online RL by PPO against a reward model (LLaMA-Factory's "
                                                       "stage ppo), hand-written: the pinned TRL has no PPOTrainer")
+    grpo: GrpoSection = Field(GrpoSection(), description="online RL with GRPO from the SFT (and DPO) model, on the SFT "
+                                                         "view's prompts (TRL's GRPOTrainer)")
     merge: MergeSection = Field(MergeSection(), description="the trained adapters merged into the base model")
     quantize: QuantizeSection = Field(QuantizeSection(), description="the GPTQ and AWQ exports of the merged model")
     evaluation: EvaluationSection = Field(EvaluationSection(), description="what every eval_* stage measures")
@@ -71,14 +77,17 @@ class Recipe(Section):
                              "(registry names), or take pt out of stages")
         if len(set(self.stages)) != len(self.stages) or {"dpo", "kto"} <= set(self.stages):
             raise ValueError(f"stages {self.stages}: name each stage once (kto is dpo with dpo.pref_loss kto)")
-        if {"ppo", "grpo"} <= set(self.stages):
-            raise ValueError(f"stages {self.stages} names ppo and grpo: name one online RL stage")
+        if len(online := [s for s in self.stages if s in ONLINE_RL]) > 1:
+            raise ValueError(f"stages {self.stages} names {' and '.join(online)}: name one online RL stage")
         if "ppo" in self.stages and "rm" not in self.stages and not self.ppo.reward_model:
             raise ValueError(f"stages {self.stages} names ppo but no reward model: add rm to stages, or set "
                              "ppo.reward_model to a sequence-classification checkpoint folder")
         if "ppo" in self.stages and "rm" in self.stages and self.ppo.reward_model:
             raise ValueError(f"stages {self.stages} names rm, so ppo uses the graph's reward_model, and ppo.reward_model "
                              f"({self.ppo.reward_model}) would be ignored: unset it, or take rm out of stages")
+        if "grpo" in self.stages and self.grpo.uses_reward_model() and "rm" not in self.stages:
+            raise ValueError("grpo.rewards names a reward_model reward, but rm is not in stages: add rm, or score "
+                             "with exact_match, format, length or scorer rewards")
         return self
 
     def runs(self, stage: str) -> bool:

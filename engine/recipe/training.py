@@ -17,7 +17,7 @@ IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
 LORA_TARGET = re.compile(rf"all|{IDENTIFIER}(\.{IDENTIFIER})*(\s*,\s*{IDENTIFIER}(\.{IDENTIFIER})*)*")
 
 # LLaMA-Factory's stage names. pt runs whenever pt.dataset names a corpus (naming pt here then only confirms it)
-StageName = Literal["pt", "sft", "rm", "dpo", "kto", "ppo"]
+StageName = Literal["pt", "sft", "rm", "dpo", "kto", "ppo", "grpo"]
 
 
 def _lora_target_syntax(value: str) -> str:

@@ -19,6 +19,7 @@ TRAINING_ENTRIES = {
     "reward_model": "engine.train.reward:train_reward_model",
     "dpo_adapter": "engine.train.dpo:train_dpo_adapter",
     "ppo_adapter": "engine.train.ppo:train_ppo_adapter",
+    "grpo_adapter": "engine.train.grpo:train_grpo_adapter",
 }
 
 
