@@ -22,7 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 KEY_NUMBERS = ("eval_loss_before", "eval_loss_after", "eval_accuracy", "eval_reward_margin", "max_logit_diff",
-               "ppl_ratio", "size_bytes", "exact_match", "tokens_per_second", "steps", "kept", "quarantined")
+               "ppl_ratio", "size_bytes", "exact_match", "tokens_per_second", "steps", "kept", "quarantined",
+               "reward_first", "reward_last", "kl_last", "accuracy")
 
 
 def device_policy() -> None:
