@@ -22,7 +22,7 @@ from engine.models.load import load_causal_lm
 from engine.recipe import EvaluationSection, load_recipe
 
 # one copy plus what a stage adds to it (a LoRA adapter, quantization scales): well under a second copy
-ONE_COPY = 1.5
+ONE_COPY = 1.1
 
 
 def live_model_bytes() -> int:

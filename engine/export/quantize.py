@@ -74,6 +74,22 @@ def layer_progress(model):
             handle.remove()
 
 
+@contextlib.contextmanager
+def fx_wraps_dropped():
+    """llm-compressor 0.14's sequential tracing registers torch.fx.wrap'ed functions whose globals hold the traced
+    model as `self`; torch.fx keeps every registration for good (torch.fx._symbolic_trace._wrapped_fns_to_patch), and
+    the calibrated model with it (0.37 of a copy stayed alive in tests/test_export_memory.py). Those the block
+    registered are dropped after it, by hand: neither library offers a call that frees them."""
+    from torch.fx import _symbolic_trace
+    patched = _symbolic_trace._wrapped_fns_to_patch
+    before = set(patched)
+    try:
+        yield
+    finally:
+        for key in set(patched) - before:
+            del patched[key]
+
+
 def quantize(merged_dir: Path, formatted_dir: Path, method: Method, cfg: QuantizeSection, cutoff_len: int,
              out: Path, precision: Precision | None = None) -> dict:
     """Calibrate on the formatted eval data, save the compressed checkpoint to `out`, reload and measure it. The
@@ -88,7 +104,7 @@ def quantize(merged_dir: Path, formatted_dir: Path, method: Method, cfg: Quantiz
         lambda row: {"attention_mask": [1] * len(row["input_ids"])}).select_columns(["input_ids", "attention_mask"])
     model = calibration_model(merged_dir, dtype)
     check_group_size(model, cfg.group_size)
-    with awq_cpu_compat(), layer_progress(model):
+    with awq_cpu_compat(), layer_progress(model), fx_wraps_dropped():
         oneshot(model=model, dataset=calibration, recipe=recipe_for(method, cfg), max_seq_length=cutoff_len,
                 num_calibration_samples=len(calibration), shuffle_calibration_samples=False)
     progress.enter(progress.current() or "quantize", "saving")
