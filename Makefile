@@ -27,7 +27,8 @@ $(STAMP): pyproject.toml constraints.txt
 run: env
 	$(BIN)/tuneline run
 
-# the Dagster instance: sqlite under DAGSTER_HOME, training pools limited to one step at a time
+# the Dagster instance: sqlite under DAGSTER_HOME; one training at a time per machine is a file lock under the
+# artifact root, not a Dagster pool (a team's pools per GPU class: pipelines/deploy/dagster.yaml)
 instance:
 	mkdir -p $(DAGSTER_HOME)
 	test -f $(DAGSTER_HOME)/dagster.yaml || cp pipelines/dagster.yaml $(DAGSTER_HOME)/dagster.yaml

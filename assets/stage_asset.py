@@ -18,6 +18,7 @@ from engine.runtime import progress
 from engine.store.artifacts import Artifact
 from engine.build import FILES_INTACT, build_stage, call_entry
 from engine.store.digests import ArtifactDamaged
+from engine.store.home import training_pool
 from engine.store.codeversion import code_version
 from engine.errors import TunelineError
 from engine.evaluate.plots import PLOTS_DIR
@@ -100,7 +101,8 @@ def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable
 
     # a multi_asset of one asset: only there may a step leave a declared check without a result (can_subset makes
     # the check outputs optional), which is how a check of what the recipe turns off shows as not evaluated
-    @dg.multi_asset(name=stage.name, can_subset=True,
+    # a training step takes a slot of the GPU class's pool where a team deployment names one (engine/store/home.py)
+    @dg.multi_asset(name=stage.name, can_subset=True, pool=training_pool() if stage.training else None,
                     specs=[dg.AssetSpec(key, deps=list(stage.parents), group_name=group, description=description,
                                         code_version=code_version(stage.entry))],
                     check_specs=[dg.AssetCheckSpec(name, asset=key, blocking=True) for name in checks])

@@ -170,8 +170,8 @@ def test_an_evaluation_records_each_questions_score_and_reward_and_their_interva
     torch.manual_seed(0)  # a random reward head: scores that differ per answer, so their interval has a width
     AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).save_pretrained(tmp_path)
     cfg = EvaluationSection(max_samples=12, max_new_tokens=4)
-    m = evaluate_model(load_causal_lm(tiny_model_dir, torch.float32), tiny_model_dir, formatted_dir, tmp_path, cfg,
-                       torch.float32)
+    m = evaluate_model(lambda: load_causal_lm(tiny_model_dir, torch.float32), tiny_model_dir, formatted_dir, tmp_path,
+                       cfg, torch.float32)
     assert m["samples"] == len(m["example_scores"]) == len(m["example_rewards"]) == 12
     assert m["generation_backend"] == "huggingface"
     assert set(m["example_scores"]) <= {0.0, 1.0}  # exact match: each question right or wrong

@@ -43,7 +43,8 @@ def test_the_vllm_command_line_carries_the_config(deployment_dir):
     flags = dict(zip(command[3::2], command[4::2], strict=True))
     assert flags == {"--served-model-name": "tiny-base", "--host": "127.0.0.1", "--port": "8123",
                      "--max-model-len": "512", "--chat-template": str(deployment_dir / "chat_template.jinja"),
-                     "--generation-config": "auto", "--dtype": config["dtype"], "--quantization": "compressed-tensors"}
+                     "--generation-config": "auto", "--dtype": config["dtype"], "--tensor-parallel-size": str(max(1, torch.cuda.device_count())),
+                     "--quantization": "compressed-tensors"}
     behind = backend_command(config, deployment_dir, "vllm", "/private/backend.sock")  # what Server runs
     flags = dict(zip(behind[3::2], behind[4::2], strict=True))
     assert flags["--uds"] == "/private/backend.sock" and "--host" not in flags and "--port" not in flags

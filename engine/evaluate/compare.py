@@ -8,19 +8,18 @@ the reward model's mean score of those answers.
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import json
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from engine.models.backends import choose_backend
 from engine.data.format import read_view
-from engine.models.device import Precision, device_type, infer_dtype, name, precision_metrics
+from engine.models.device import (Precision, device_type, infer_dtype, name, precision_metrics, release,
+                                  tensor_parallel_size)
 from engine.errors import RecipeError
 from engine.models.sample import decoded_answer
 from engine.evaluate.measure import (answer_examples, answered_sequences, greedy_from_ids, perplexity,
@@ -53,77 +52,84 @@ def check_generation_backend(cfg: EvaluationSection) -> None:
 
 
 def vllm_answers(model_dir: Path, tokenizer, prompts: list[list[int]], max_new_tokens: int,
-                 dtype: torch.dtype | None) -> list[str]:
-    """Greedy completions by vLLM of the model in `model_dir`, in order, decoded as transformers' are."""
+                 dtype: torch.dtype | None, tensor_parallel: int | None = None) -> list[str]:
+    """Greedy completions by vLLM of the model in `model_dir`, in order, decoded as transformers' are; the model
+    split over `tensor_parallel` GPUs (None: every visible one)."""
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
-    # vLLM asks for a fraction of the whole GPU and refuses to start when that much is not free: the transformers
-    # model evaluated beside it already holds some, so ask for most of what is free now
+    # vLLM asks for a fraction of the whole GPU and refuses to start when that much is not free: ask for most of
+    # what is free now (the evaluated model is freed before vLLM starts, but CUDA's context stays)
     free, total = torch.cuda.mem_get_info()
     llm = LLM(model=str(model_dir), dtype=name(dtype) if dtype else "auto", seed=0,
-              gpu_memory_utilization=0.8 * free / total)
+              gpu_memory_utilization=0.8 * free / total, tensor_parallel_size=tensor_parallel_size(tensor_parallel))
     outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts],
                            SamplingParams(temperature=0, max_tokens=max_new_tokens), use_tqdm=False)
     del llm
-    gc.collect()  # let the engine and its GPU memory go before the reward model loads
+    release()  # let the engine and its GPU memory go before the reward model loads
     return [decoded_answer(tokenizer, output.outputs[0].token_ids) for output in outputs]
 
 
-def evaluate_model(model, tokenizer_dir: Path, formatted_dir: Path, reward_dir: Path | None, cfg: EvaluationSection,
-                   dtype: torch.dtype | None = None, vllm_dir: Path | None = None) -> dict:
-    """Perplexity, task accuracy and mean reward score of `model`, with a few answers to read; the reward model is
-    loaded in `dtype` (None: the policy's default). No reward model (rm is not in the recipe's stages): the reward
-    score is None. With `vllm_dir` (the same model as a directory) vLLM generates the answers, else `model` does."""
+def evaluate_model(load_policy: Callable[[], Any], tokenizer_dir: Path, formatted_dir: Path, reward_dir: Path | None,
+                   cfg: EvaluationSection, dtype: torch.dtype | None = None, vllm_source: Path | None = None) -> dict:
+    """Perplexity, task accuracy and mean reward score of the model `load_policy()` loads, with a few answers to
+    read; the reward model is loaded in `dtype` (None: the policy's default). No reward model (rm is not in the
+    recipe's stages): the reward score is None. Under evaluation.infer_backend vllm here, vLLM generates the answers
+    from `vllm_source` (the same model as a directory; None: the loaded model saved to a temporary one), else the
+    policy does. One model-sized copy alive at a time: the policy is freed before vLLM or the reward model loads."""
     tokenizer = load_tokenizer(tokenizer_dir)
     evaluation = read_view(formatted_dir, "sft")["eval"]
     examples = answer_examples(evaluation, tokenizer, cfg.max_samples)
     prompts = [e.prompt_ids for e in examples]
-    answers = (greedy_from_ids(model, tokenizer, prompts, cfg.max_new_tokens) if vllm_dir is None
-               else vllm_answers(vllm_dir, tokenizer, prompts, cfg.max_new_tokens, dtype))
+    vllm = generation_backend(cfg) == "vllm"
+    with tempfile.TemporaryDirectory(prefix="tuneline-vllm-") as tmp:
+        model = load_policy()
+        policy_perplexity = perplexity(model, evaluation, tokenizer.pad_token_id)
+        answers = None if vllm else greedy_from_ids(model, tokenizer, prompts, cfg.max_new_tokens)
+        if vllm and vllm_source is None:  # base + adapters, merged in memory: vLLM loads a directory
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            vllm_source = Path(tmp)
+        del model
+        release()
+        if vllm:
+            answers = vllm_answers(vllm_source, tokenizer, prompts, cfg.max_new_tokens, dtype,
+                                   cfg.tensor_parallel_size)
     references = [e.reference for e in examples]
-    rewards = None if reward_dir is None else reward_scores_of_ids(
-        load_reward_model(reward_dir, dtype), answered_sequences(tokenizer, examples, answers), tokenizer.pad_token_id)
+    rewards = None if reward_dir is None else reward_scores(reward_dir, dtype, tokenizer, examples, answers)
     task_scores = scores(resolve_scorer(cfg.scorer), answers, references)
     accuracy, reward = score_interval(task_scores), None if rewards is None else mean_interval(rewards)
-    return {"perplexity": round(perplexity(model, evaluation, tokenizer.pad_token_id), 4),
+    return {"perplexity": round(policy_perplexity, 4),
             "accuracy": round(accuracy.estimate, 4), "accuracy_ci": accuracy.bounds(),
             "similarity": round(score(char_similarity, answers, references), 4),
             "reward_score": None if reward is None else round(reward.estimate, 4),
             "reward_score_ci": None if reward is None else reward.bounds(),
             "samples": len(examples),
             "scorer": cfg.scorer,
-            "generation_backend": "huggingface" if vllm_dir is None else "vllm",
+            "generation_backend": "vllm" if vllm else "huggingface",
             # per question, in order: the gates compare two stages on the same questions (paired intervals)
             "example_scores": [round(s, 4) for s in task_scores],
             "example_rewards": None if rewards is None else [round(r, 4) for r in rewards],
             "examples": [{"reference": r, "answer": a} for r, a in zip(references[:5], answers[:5], strict=True)]}
 
 
+def reward_scores(reward_dir: Path, dtype: torch.dtype | None, tokenizer, examples, answers: list[str]) -> list[float]:
+    """The reward model's score of each answer, the reward model loaded for this and freed after it."""
+    model = load_reward_model(reward_dir, dtype, spread=True)
+    rewards = reward_scores_of_ids(model, answered_sequences(tokenizer, examples, answers), tokenizer.pad_token_id)
+    del model
+    release()
+    return rewards
+
+
 def measure_model(model_path: Path, adapters: list[Path], formatted_dir: Path, reward_dir: Path | None,
                   cfg: EvaluationSection, precision: Precision | None = None) -> dict:
-    """A stage's model (a directory, plus adapters merged in order) evaluated in the policy's inference dtype on
-    its device, the reward model too; its answers generated as evaluation.infer_backend picks here; lm-eval runs
-    on full models only."""
+    """A stage's model (a directory, plus adapters merged in order) evaluated in the policy's inference dtype, spread
+    over the GPUs, then CPU RAM, the reward model too; its answers generated as evaluation.infer_backend picks here;
+    lm-eval runs on full models only (after the others are freed)."""
     dtype = infer_dtype(precision or Precision())
-    model = load_with_adapters(model_path, *adapters, dtype=dtype)
-    with vllm_model_dir(cfg, model, model_path, adapters) as vllm_dir:
-        metrics = evaluate_model(model, model_path, formatted_dir, reward_dir, cfg, dtype, vllm_dir)
+    metrics = evaluate_model(lambda: load_with_adapters(model_path, *adapters, dtype=dtype, spread=True), model_path,
+                             formatted_dir, reward_dir, cfg, dtype, None if adapters else model_path)
     return metrics | ({} if adapters else lm_eval_scores(model_path, cfg, dtype)) | precision_metrics(dtype)
-
-
-@contextmanager
-def vllm_model_dir(cfg: EvaluationSection, model, model_path: Path, adapters: list[Path]) -> Iterator[Path | None]:
-    """The directory vLLM loads the stage's model from, or None when transformers generates: an export or the base
-    model as it is; base + adapters (merged in memory) saved with the tokenizer to a temporary directory."""
-    if generation_backend(cfg) != "vllm":
-        yield None
-    elif not adapters:
-        yield model_path
-    else:
-        with tempfile.TemporaryDirectory(prefix="tuneline-vllm-") as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            load_tokenizer(model_path).save_pretrained(tmp)
-            yield Path(tmp)
 
 
 def check_lm_eval(cfg: EvaluationSection) -> None:

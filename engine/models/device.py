@@ -23,6 +23,7 @@ infer_dtype names one (LLaMA-Factory's export: explicit infer_dtype wins).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 from dataclasses import dataclass
@@ -167,6 +168,34 @@ def export_dtype(p: Precision, base_dir: Path) -> torch.dtype:
 def load_kwargs(dtype: torch.dtype) -> dict:
     """from_pretrained arguments that put a model on the policy's device in `dtype`."""
     return {"dtype": dtype, **({"device_map": {"": device()}} if device_type() == "cuda" else {})}
+
+
+def spread_kwargs(dtype: torch.dtype) -> dict:
+    """from_pretrained arguments for a merge, quantization check or evaluation load, which must fit a box that holds
+    the weights once: on GPUs accelerate places the layers over every visible GPU, then CPU RAM (device_map="auto"),
+    all in `dtype` (offloaded layers stay in the recipe's dtype: bfloat16 by default on a GPU);
+    on a CPU-only machine the CPU, as load_kwargs. Training loads stay on their rank's GPU (load_kwargs)."""
+    return {"dtype": dtype, **({"device_map": "auto"} if device_type() == "cuda" else {})}
+
+
+def release() -> None:
+    """Give back the memory of the models the caller has just dropped (its last reference gone): reference cycles
+    collected now, not at the next automatic collection, and CUDA's cached blocks returned, so that the next model
+    loaded finds the room."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def visible_gpus() -> int:
+    """The GPUs this process sees (CUDA_VISIBLE_DEVICES): vLLM's tensor_parallel_size unless the recipe sets one."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def tensor_parallel_size(asked: int | None) -> int:
+    """vLLM's tensor_parallel_size: the recipe's (serve./evaluation.tensor_parallel_size), else every visible GPU
+    (at least 1)."""
+    return asked or max(1, visible_gpus())
 
 
 def to_device(batch: dict, model) -> dict:

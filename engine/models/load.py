@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                           GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM)
 
-from engine.models.device import Precision, infer_dtype, load_kwargs
+from engine.models.device import Precision, infer_dtype, load_kwargs, spread_kwargs
 from engine.models.footprint import LOCAL_MODEL
 from engine.errors import RecipeError
 
@@ -157,22 +157,28 @@ def load_tokenizer(path: Path):
     return tokenizer
 
 
-def load_causal_lm(path: Path, dtype: torch.dtype | None = None, **kwargs):
-    """A causal LM on the policy's device (engine/models/device.py) in `dtype` (None: the policy's default)."""
-    return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **load_kwargs(dtype or default_dtype()),
-                                                **kwargs)
+def placement(dtype: torch.dtype | None, spread: bool) -> dict:
+    """from_pretrained's dtype and device keywords: spread over GPUs, then CPU RAM (exports, evaluation), or on the
+    policy's one device (engine/models/device.py)."""
+    return (spread_kwargs if spread else load_kwargs)(dtype or default_dtype())
 
 
-def load_with_adapters(base_dir: Path, *stages: Path, dtype: torch.dtype | None = None):
+def load_causal_lm(path: Path, dtype: torch.dtype | None = None, spread: bool = False, **kwargs):
+    """A causal LM on the policy's device (engine/models/device.py) in `dtype` (None: the policy's default);
+    spread: over every GPU, then CPU RAM (a model larger than one GPU: merge, quantization, evaluation)."""
+    return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **placement(dtype, spread), **kwargs)
+
+
+def load_with_adapters(base_dir: Path, *stages: Path, dtype: torch.dtype | None = None, spread: bool = False):
     """The base model with each training stage applied in order (SFT, then DPO): a LoRA/DoRA adapter
     directory is merged in; a full-weights directory (full or freeze fine-tuning) replaces the model.
-    Loaded in `dtype` (None: the policy's default) on the policy's device."""
+    Loaded in `dtype` (None: the policy's default) on the policy's device (spread: as load_causal_lm's)."""
     from peft import PeftModel
     start, adapters = base_dir, list(stages)
     for i, stage in enumerate(stages):
         if not (stage / "adapter_config.json").is_file():  # full weights: what came before is not loaded at all
             start, adapters = stage, list(stages[i + 1:])
-    model = load_causal_lm(start, dtype)
+    model = load_causal_lm(start, dtype, spread)
     for adapter in adapters:
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return model
@@ -200,10 +206,11 @@ def merge_adapters(base_dir: Path, adapters: list[Path], out: Path, dtype: torch
     return out
 
 
-def load_reward_model(path: Path, dtype: torch.dtype | None = None):
-    """A sequence-classification reward model on the policy's device in `dtype` (None: the policy's default)."""
+def load_reward_model(path: Path, dtype: torch.dtype | None = None, spread: bool = False):
+    """A sequence-classification reward model on the policy's device in `dtype` (None: the policy's default;
+    spread: as load_causal_lm's)."""
     return AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False,
-                                                              **load_kwargs(dtype or default_dtype()))
+                                                              **placement(dtype, spread))
 
 
 def smoke_generate(model, tokenizer, prompt: str = "Add the two numbers.\n120 + 345", max_new_tokens: int = 8) -> str:

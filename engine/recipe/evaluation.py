@@ -20,6 +20,10 @@ class EvaluationSection(Section):
         "auto", description="LLaMA-Factory's key: what generates the greedy answers; auto: vLLM when importable with "
         "a CUDA GPU, else transformers (huggingface); vllm where it cannot run stops the recipe before any work. "
         "LLaMA-Factory's default: huggingface")
+    tensor_parallel_size: Int | None = Field(None, ge=1, description="the GPUs vLLM splits the evaluated model over "
+                                                                    "(vLLM's tensor_parallel_size); unset: every "
+                                                                    "visible GPU (CUDA_VISIBLE_DEVICES). "
+                                                                    "LLaMA-Factory passes its visible GPU count too")
     scorer: str = Field("exact_match", description='how an answer is scored against the reference: exact_match, '
                                                    'char_similarity, or "module:function" taking (prediction, '
                                                    'reference) and returning a score in [0, 1]')

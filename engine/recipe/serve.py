@@ -33,6 +33,10 @@ class ServeSection(Section):
                                                               "server accepts; unset: the model's "
                                                               "max_position_embeddings. LLaMA-Factory's vllm_maxlen: "
                                                               "4096")
+    tensor_parallel_size: Int | None = Field(None, ge=1, description="the GPUs `vllm serve` splits the model over "
+                                                                    "(--tensor-parallel-size); unset: every GPU "
+                                                                    "visible where it is served. LLaMA-Factory "
+                                                                    "passes its visible GPU count too")
     smoke_requires_eos: bool = check_threshold(
         True, description="check: the deployment's smoke answer must end with the model's eos within the smoke "
         "test's token limit (serves_chat_completions, loads_in_vllm); false: an answer cut at the limit passes, and "

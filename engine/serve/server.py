@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from engine.models.backends import choose_backend, vllm_usable
-from engine.models.device import Precision, device_type, infer_dtype, name
+from engine.models.device import Precision, device_type, infer_dtype, name, tensor_parallel_size
 from engine.errors import ServeError
 from engine.models.load import load_tokenizer
 from engine.runtime.processes import stop_process_group
@@ -62,6 +62,7 @@ def write_serve_config(model_dir: Path, served_model_name: str, cfg: ServeSectio
     quantization = (model_config.get("quantization_config") or {}).get("quant_method")  # as vLLM reads it
     config = {"model_path": str(model_dir), "served_model_name": served_model_name, "chat_template": template.name,
               "max_model_len": cfg.max_model_len or model_config.get("max_position_embeddings"),
+              "tensor_parallel_size": cfg.tensor_parallel_size,  # None: every GPU visible where it is served
               "quantization": quantization, "host": cfg.host,
               "port": cfg.port, "infer_backend": cfg.infer_backend,
               "dtype": name(infer_dtype(precision or Precision())), "device": device_type()}
@@ -83,7 +84,8 @@ def vllm_command(config: dict, directory: Path, host: str, port: int, uds: str |
     command = ["vllm", "serve", config["model_path"], "--served-model-name", config["served_model_name"],
                *where, "--max-model-len", str(config["max_model_len"]),
                "--chat-template", str(directory / config["chat_template"]), "--generation-config", "auto",
-               "--dtype", config.get("dtype", "auto")]
+               "--dtype", config.get("dtype", "auto"),
+               "--tensor-parallel-size", str(tensor_parallel_size(config.get("tensor_parallel_size")))]
     return command + (["--quantization", config["quantization"]] if config["quantization"] else [])
 
 

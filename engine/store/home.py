@@ -5,7 +5,8 @@
     <root>/artifacts/<asset>/.run-<fp>/          a training process's spec.json and result.json
     <root>/locks/<asset>-<fp>.lock               per-fingerprint lock: exclusive to build, shared to read (removed
                                                  by retention once no artifact or build of <fp> is left)
-    <root>/locks/training.lock                   one training at a time on this machine (freed when its holder dies)
+    <root>/locks/training.lock                   one training at a time on this machine (freed when its holder dies);
+                                                 not taken where TUNELINE_GPU_POOL names a Dagster pool (a cluster)
     <root>/catalog.duckdb                        the catalog, derived from the artifacts
     <root>/digests.json                          remembered content digests of outside files
     <root>/dagster/                              the Dagster instance of `tuneline run` (unless DAGSTER_HOME says)
@@ -67,7 +68,11 @@ class Home:
 
     def training_slot(self, stage: str, waiting: Callable[[str], None] | None = None):
         """The machine's one training slot, held while a training stage trains (a cache hit never asks for it).
-        A file lock, not a Dagster pool slot: the kernel frees it when its holder dies, even by kill -9."""
+        A file lock, not a Dagster pool slot: the kernel frees it when its holder dies, even by kill -9. Where
+        TUNELINE_GPU_POOL names a pool (a team deployment, pipelines/deploy/), the Dagster pool of that name admits
+        training steps across the cluster instead, and no file lock is taken."""
+        if training_pool():
+            return contextlib.nullcontext()
         return self.lock("training", "slot", waiting=waiting, what=f"training ({stage} waits)")
 
     @contextlib.contextmanager
@@ -149,6 +154,15 @@ def same_file(handle, path: Path) -> bool:
 
 
 WAIT_REPORT = 30.0  # seconds between the lines of a run that waits on another run's lock
+
+
+GPU_POOL_ENV = "TUNELINE_GPU_POOL"
+
+
+def training_pool() -> str | None:
+    """The Dagster pool (concurrency key) training steps take a slot of, one per GPU class (e.g. gpu-h100): set in
+    a team deployment's code location, where the pool's limit replaces the machine's training lock; None: the lock."""
+    return os.environ.get(GPU_POOL_ENV, "").strip() or None
 
 
 def try_flock(handle, mode: int, timeout: float, poll: float = 0.2) -> bool:
