@@ -49,6 +49,7 @@ def imported_recipe(tmp_path: Path, model_dir: Path) -> Path:
         paths[-1].write_text(yaml.safe_dump(config))
     text, notes = import_configs(paths)
     assert not [n for n in notes if "not a local path" in n or "template" in n], notes
+    assert yaml.safe_load(text)["ppo"]["lora_alpha"] == 16  # LLaMA-Factory's default: twice lora_rank 8
     (tmp_path / "recipe.yaml").write_text(text)
     return tmp_path / "recipe.yaml"
 
