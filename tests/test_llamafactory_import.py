@@ -96,6 +96,13 @@ def test_a_ppo_config_without_a_reward_model_is_refused_in_one_line(tmp_path):
         import_configs([tmp_path / "ppo.yaml"], ["identity"])
 
 
+def test_a_ppo_lora_gets_llamafactorys_alpha_twice_the_rank(tmp_path):
+    (tmp_path / "rm.yaml").write_text("stage: rm\ndataset: dpo_en_demo\n")
+    (tmp_path / "ppo.yaml").write_text("stage: ppo\nfinetuning_type: lora\nlora_rank: 4\ndataset: identity\n")
+    text, _ = import_configs([tmp_path / "rm.yaml", tmp_path / "ppo.yaml"])
+    assert yaml.safe_load(text)["ppo"]["lora_alpha"] == 8  # not tuneline's default 32: a 4x larger update
+
+
 def test_the_cli_writes_the_recipe_and_warns_on_stderr(configs, tmp_path):
     out = tmp_path / "recipe.yaml"
     result = run([sys.executable, "-m", "pipelines.cli", "import-llamafactory", *map(str, configs), "-o", str(out)],

@@ -135,7 +135,7 @@ def merge_export(recipe: dict, config: dict, source: Path, notes: list[str], alo
 
 def lora_alpha_defaults(recipe: dict) -> None:
     """LLaMA-Factory's lora_alpha defaults to twice lora_rank (and lora_rank to 8) when the YAML sets neither."""
-    for name in ("pt", "sft", "reward", "dpo"):
+    for name in ("pt", "sft", "reward", "dpo", "ppo"):
         section = recipe.get(name)
         if section is not None and section.get("finetuning_type", "lora") in ("lora", "dora"):
             section.setdefault("lora_rank", 8)
