@@ -172,7 +172,8 @@ def test_every_stage_is_evaluated_and_compared(first_run):
     for export in ("gptq", "awq"):
         assert meta[f"eval_{export}"]["accuracy"] >= meta["eval_merged"]["accuracy"] - 0.05  # quantize.max_accuracy_drop
     table = meta["model_comparison"]["comparison"].splitlines()
-    assert [row.split("|")[1].strip() for row in table[2:]] == ["base", "sft", "dpo", "merged", "gptq", "awq"]
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["base", "sft", "dpo", "ppo", "grpo", "merged",
+                                                               "gptq", "awq"]  # ppo, grpo: off, a row of -
 
 
 def test_the_deployment_serves_the_gated_awq_export(first_run):
