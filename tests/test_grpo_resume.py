@@ -3,7 +3,6 @@ from its last complete checkpoint, trains to the end, and its rollout table hold
 
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -11,10 +10,10 @@ import pytest
 
 import engine.train.grpo
 from engine.models.device import PRECISION_KEYS
-from engine.recipe import load_recipe
 from engine.train.checkpoints import last_complete_checkpoint
-from engine.train.child import read_result, spec_of, write_spec
-from tests.processes import Child, start as start_child, stop_process_group
+from engine.train.child import read_result
+from tests.processes import Child, stop_process_group
+from tests.training_child import start_training, training_spec
 
 pytestmark = pytest.mark.slow
 STEPS = {"stages": ["grpo"], "grpo.max_steps": 8, "grpo.save_steps": 2, "grpo.logging_steps": 1,
@@ -23,18 +22,12 @@ STEPS = {"stages": ["grpo"], "grpo.max_steps": 8, "grpo.save_steps": 2, "grpo.lo
 
 
 def spec_for(tmp_path: Path, name: str, tiny_model_dir: Path, formatted_dir: Path) -> Path:
-    recipe = load_recipe("tiny", STEPS)[0]
-    out = tmp_path / name / "work"
-    out.mkdir(parents=True)
-    spec = spec_of("grpo_adapter", name, engine.train.grpo.train_grpo_adapter, ("grpo", *PRECISION_KEYS), recipe,
-                   {"pt_model": tiny_model_dir, "formatted_data": formatted_dir}, out, tmp_path / "home")
-    return write_spec(spec, tmp_path / name / "run")
+    return training_spec(tmp_path, name, "grpo_adapter", engine.train.grpo.train_grpo_adapter,
+                         ("grpo", *PRECISION_KEYS), STEPS, {"pt_model": tiny_model_dir, "formatted_data": formatted_dir})
 
 
 def start(spec: Path) -> Child:
-    env = os.environ | {"PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
-    return start_child([sys.executable, "-m", "engine.train", "grpo_adapter", "--spec", str(spec)],
-                       spec.parent.parent / "logs", env=env)
+    return start_training(spec, "grpo_adapter")
 
 
 def test_kill_9_mid_grpo_resumes_and_the_rollout_table_holds_each_step_once(tmp_path, tiny_model_dir,

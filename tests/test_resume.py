@@ -5,7 +5,6 @@ checkpoint before the process exits."""
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,9 @@ from engine.models.device import PRECISION_KEYS
 from engine.store.home import Home
 from engine.recipe import load_recipe
 from engine.train.checkpoints import COMPLETE, last_complete_checkpoint
-from engine.train.child import read_result, spec_of, write_spec
-from tests.processes import Child, start as start_child, stop_process_group
+from engine.train.child import read_result
+from tests.processes import Child, stop_process_group
+from tests.training_child import start_training, training_spec
 
 pytestmark = pytest.mark.slow
 STEPS = {"sft.max_steps": 24, "sft.save_steps": 4, "sft.logging_steps": 1, "sft.per_device_train_batch_size": 8,
@@ -27,19 +27,12 @@ KEYS = ("sft", "data.cutoff_len", *PRECISION_KEYS)
 
 
 def spec_for(tmp_path: Path, name: str, tiny_model_dir: Path, formatted_dir: Path) -> Path:
-    recipe = load_recipe("tiny", STEPS)[0]
-    out = tmp_path / name / "work"
-    out.mkdir(parents=True)
-    spec = spec_of("sft_adapter", name, engine.train.sft.train_sft_adapter, KEYS, recipe,
-                   {"pt_model": tiny_model_dir, "formatted_data": formatted_dir}, out, tmp_path / "home")
-    return write_spec(spec, tmp_path / name / "run")
+    return training_spec(tmp_path, name, "sft_adapter", engine.train.sft.train_sft_adapter, KEYS, STEPS,
+                         {"pt_model": tiny_model_dir, "formatted_data": formatted_dir})
 
 
 def start(spec: Path) -> Child:
-    """The training process, its output in files next to its spec (a full pipe cannot block it)."""
-    env = os.environ | {"PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
-    return start_child([sys.executable, "-m", "engine.train", "sft_adapter", "--spec", str(spec)],
-                       spec.parent.parent / "logs", env=env)
+    return start_training(spec, "sft_adapter")
 
 
 def finish(spec: Path) -> dict:
