@@ -58,6 +58,8 @@ def continued_pretraining(artifact, recipe):
     return artifact, recipe
 
 
+PPO_STEP = {"step": 1, "reward": 0.12, "kl": 0.01, "value_loss": 0.3}
+
 FAULTS = {
     # a checkpoint whose logits are NaN (a broken conversion): greedy decoding picks the pad token every step
     ("base_model", "loads_and_generates"): Fault(answered("", LIMIT, False),
@@ -80,6 +82,11 @@ FAULTS = {
     # a GRPO trainer given fewer prompts than the SFT view's train split holds (good: the tiny graph runs no grpo)
     ("grpo_adapter", "every_prompt_offered"): Fault(with_metrics(train_prompts=1480),
                                                     r"^1480 prompts of 1483 formatted", good=with_metrics(train_prompts=1483, formatted_train_rows=1483)),
+    # a PPO step whose value loss diverged (good: the tiny graph runs no ppo, so its curve is planted)
+    ("ppo_adapter", "finite_losses"): Fault(with_metrics(reward_curve=[PPO_STEP, {**PPO_STEP, "step": 2,
+                                                                                  "value_loss": float("nan")}]),
+                                            r"^2 PPO steps; non-finite at steps \[2\]$",
+                                            good=with_metrics(reward_curve=[PPO_STEP])),
     # merged weights that are not base + adapters (a merge that skipped a layer's LoRA delta)
     ("merged_model", "logits_match_adapters"): Fault(with_metrics(max_logit_diff=0.3125),
                                                      r"^max \|logit difference\| 3\.12e-01, tolerance 0\.001"),

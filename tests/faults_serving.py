@@ -20,6 +20,21 @@ def dpo_worse_than_sft(artifact, recipe):
     return artifact, recipe
 
 
+def ppo_as_sft(artifact, recipe):
+    """The good state for the PPO gate: ppo on, its evaluation the same as SFT's (the tiny graph runs no ppo)."""
+    results = artifact.metrics["results"]
+    results["ppo"] = json.loads(json.dumps(results["sft"]))
+    return artifact, recipe.model_copy(update={"stages": [*recipe.stages, "ppo"]})
+
+
+def ppo_worse_than_sft(artifact, recipe):
+    """PPO's answers scored 0.1 below SFT's on every question, beyond the recipe's ppo.min_reward_gain."""
+    results = artifact.metrics["results"]
+    rewards = [round(r - abs(recipe.ppo.min_reward_gain) - 0.1, 4) for r in results["sft"]["example_rewards"]]
+    results["ppo"].update(example_rewards=rewards, reward_score=round(statistics.fmean(rewards), 4))
+    return artifact, recipe
+
+
 def grpo_as_sft(artifact, recipe):
     """The good state for the GRPO gate: grpo on, its evaluation the same as SFT's (the tiny graph runs no grpo)."""
     results = artifact.metrics["results"]
@@ -91,6 +106,9 @@ FAULTS = {
     ("model_comparison", "dpo_not_worse_than_sft"): Fault(
         dpo_worse_than_sft, r"DPO mean reward score -?[\d.]+ vs SFT -?[\d.]+: gain -0\.\d+ .*required >= [-+][\d.]+"
                             r"( \(a tolerance: DPO may score [\d.]+ below SFT\))?, short by 0\.\d+"),
+    ("model_comparison", "ppo_not_worse_than_sft"): Fault(
+        ppo_worse_than_sft, r"^PPO mean reward score -?[\d.]+ vs SFT -?[\d.]+: gain -0\.\d+ .*required >= [-+][\d.]+",
+        good=ppo_as_sft),
     ("model_comparison", "grpo_not_worse_than_sft"): Fault(
         grpo_worse_than_sft, r"^GRPO accuracy 0\.0 vs SFT [\d.]+: gain -0\.\d+ .*required >= \+0\.0000, short by",
         good=grpo_as_sft),
