@@ -291,7 +291,8 @@ def run_setup(argv: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=30, help="TRL defaults' SFT steps (16 rows each)")
-    parser.add_argument("--stage", choices=["sft", "dpo", "both"], default="both")
+    parser.add_argument("--stage", choices=["sft", "dpo", "grpo", "both", "all"], default="both",
+                        help="both: sft and dpo; all: also grpo (bench/grpo_setups.py)")
     parser.add_argument("--cutoff-len", type=int, default=512)
     parser.add_argument("--data", choices=sorted(DATA), default="llamafactory",
                         help="LLaMA-Factory's demo files (default: rows of real lengths, ~220 tokens, where compute "
@@ -302,6 +303,7 @@ def main() -> None:
     parser.add_argument("--packing", action="store_true", help="tuneline side with sft.packing on")
     parser.add_argument("--dpo-pairs", type=int, default=160, help="preference pairs DPO trains on")
     parser.add_argument("--dpo-epochs", type=int, default=3, help="epochs over them (LLaMA-Factory's examples: 3)")
+    parser.add_argument("--grpo-steps", type=int, default=8, help="GRPO steps (16 completions each) every setup runs")
     parser.add_argument("--system-allocator", action="store_true",
                         help="keep the environment's allocator settings (default: every setup runs under the ones "
                              "tuneline's training processes get, engine/train/launch.py)")
@@ -326,19 +328,27 @@ def main() -> None:
         work = Path(tmp)
         model_dir, formatted = prepare(work, args.cutoff_len, args.data, args.model)
         (work / "model_dir").write_text(str(model_dir))
-        for stage in [s for s in ("sft", "dpo") if args.stage in (s, "both")]:
+        for stage in [s for s in ("sft", "dpo") if args.stage in (s, "both", "all")]:
             results = {"trl_defaults": run_setup([*shared, "--one", stage, "trl_defaults", str(work)])}
             budget = ["--budget", str(results["trl_defaults"]["tokens"])]  # the same tokens for every setup
             for setup in ("trl_best", "tuneline"):
                 results[setup] = run_setup([*shared, "--one", stage, setup, str(work), *budget])
             goals = ({"trl_best": 2.5} if stage == "sft" else {"trl_best": 1.5}) if not gpu else {}
             compare(stage.upper(), results, goals)
+        if args.stage in ("grpo", "all"):  # the same steps for every setup: completions per second, equal work
+            from bench.grpo_setups import compare_grpo
+            compare_grpo({setup: run_setup([*shared, "--one", "grpo", setup, str(work)])
+                          for setup in ("trl_defaults", "trl_best", "tuneline")}, LABELS, None if gpu else 1.3)
 
 
 def one_setup(stage: str, setup: str, work: Path, args) -> dict:
     """The child's work: one stage under one setup, on the data and model the parent prepared in `work`."""
     model_dir, formatted = Path((work / "model_dir").read_text()), work / "formatted"
     out = work / f"{stage}-{setup}"
+    if stage == "grpo":
+        from bench.grpo_setups import trl_grpo_run, tuneline_grpo_run
+        return (tuneline_grpo_run(model_dir, formatted, out, args.grpo_steps) if setup == "tuneline" else
+                trl_grpo_run(model_dir, formatted, out, args.grpo_steps, setup, load))
     if stage == "dpo":
         return dpo_run(model_dir, formatted, out, args.dpo_pairs, args.dpo_epochs, 8, setup, args.cutoff_len)
     lengths = [len(ids) for ids in read_view(formatted, "sft")["train"]["input_ids"]]
