@@ -1,11 +1,11 @@
 """GRPO's setups for bench/train_throughput.py (`--stage grpo`): stock TRL's GRPOTrainer at its defaults and at its
 best, and tuneline's grpo stage (engine/train/grpo.py), on the same prompts (the SFT view's), the same exact-match
 reward, the same completions per step. Reports completions per second, each setup's peak memory (its own process)
-and the mean reward of its last logged step."""
+and the mean reward of its last logged step. Each setup's seconds are its trainer's train() runtime (TRL's
+train_runtime): loading, setting up and saving are left out on both sides."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -39,14 +39,12 @@ def trl_grpo_run(model_dir: Path, formatted: Path, out: Path, steps: int, setup:
                       learning_rate=cfg.learning_rate, lr_scheduler_type="constant", report_to="none",
                       logging_steps=1, save_strategy="no", seed=42, use_cpu=not torch.cuda.is_available(),
                       disable_tqdm=True, remove_unused_columns=False, **best)
-    model = load(model_dir, setup)
-    started = time.perf_counter()
-    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(train),
-                          processing_class=tokenizer)
+    trainer = GRPOTrainer(model=load(model_dir, setup), reward_funcs=funcs, args=args,
+                          train_dataset=Dataset.from_list(train), processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)
-    trainer.train()
+    seconds = trainer.train().metrics["train_runtime"]
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
-    return finish(started, steps, cfg, rewards[-1], {"gradient_checkpointing": args.gradient_checkpointing,
+    return finish(seconds, steps, cfg, rewards[-1], {"gradient_checkpointing": args.gradient_checkpointing,
                                                      "bf16": args.bf16})
 
 
@@ -54,14 +52,13 @@ def tuneline_grpo_run(model_dir: Path, formatted: Path, out: Path, steps: int) -
     """The grpo stage's own training function, as the stage calls it (no reward model, no earlier stages)."""
     from engine.train.grpo import train_grpo
     cfg = grpo_section(steps)
-    started = time.perf_counter()
     metrics = train_grpo(model_dir, [], formatted, None, cfg, out, say=lambda line: None)
-    return finish(started, steps, cfg, metrics["reward_last"], {"gradient_checkpointing": cfg.gradient_checkpointing})
+    return finish(metrics["seconds_this_run"], steps, cfg, metrics["reward_last"],
+                  {"gradient_checkpointing": cfg.gradient_checkpointing})
 
 
-def finish(started: float, steps: int, cfg, reward: float, settings: dict) -> dict:
+def finish(seconds: float, steps: int, cfg, reward: float, settings: dict) -> dict:
     import resource
-    seconds = time.perf_counter() - started
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
     completions = steps * cfg.per_device_train_batch_size
