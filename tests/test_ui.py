@@ -21,7 +21,7 @@ ASSETS = ["base_model", "raw_data", "clean_data", "formatted_data", "pt_model", 
 GROUPS = sorted({group for asset in ASSETS_DEFS for group in asset.group_names_by_key.values()})
 # Every wait below is on an event (a log line, a GraphQL answer, a page element, a run's terminal status), bounded
 # generously so that it only fires on a real hang, and fails naming what it waited for.
-SERVER_READY_S = 600    # dagster dev's "Serving dagster-webserver" line, then the code location's 19 assets
+SERVER_READY_S = 600    # dagster dev's "Serving dagster-webserver" line, then the code location's assets
 RUN_FINISHED_S = 1800   # the launched run reaching SUCCESS, FAILURE or CANCELED
 PAGE_S = 300            # an element appearing in the page
 
