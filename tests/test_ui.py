@@ -15,9 +15,9 @@ from tests.browser import Browser, free_port
 from tests.processes import Child, started
 
 ASSETS = ["base_model", "raw_data", "clean_data", "formatted_data", "pt_model", "sft_adapter", "reward_model",
-          "dpo_adapter",
+          "dpo_adapter", "ppo_adapter", "grpo_adapter",
           "merged_model", "gptq_model", "awq_model", "eval_base", "eval_sft", "eval_dpo", "eval_merged", "eval_gptq",
-          "eval_awq", "model_comparison", "deployment"]
+          "eval_awq", "eval_ppo", "eval_grpo", "model_comparison", "deployment"]
 GROUPS = sorted({group for asset in ASSETS_DEFS for group in asset.group_names_by_key.values()})
 # Every wait below is on an event (a log line, a GraphQL answer, a page element, a run's terminal status), bounded
 # generously so that it only fires on a real hang, and fails naming what it waited for.
