@@ -12,34 +12,25 @@ from pathlib import Path
 from tests.faults import Fault
 
 
-def dpo_worse_than_sft(artifact, recipe):
-    """DPO's answers scored 0.1 below SFT's on every question, beyond the recipe's min_reward_gain."""
-    results = artifact.metrics["results"]
-    rewards = [round(r - abs(recipe.dpo.min_reward_gain) - 0.1, 4) for r in results["sft"]["example_rewards"]]
-    results["dpo"].update(example_rewards=rewards, reward_score=round(statistics.fmean(rewards), 4))
-    return artifact, recipe
+def reward_below_sft(stage: str):
+    """The stage's answers (dpo, ppo) scored 0.1 below SFT's on every question, beyond its min_reward_gain."""
+    def plant(artifact, recipe):
+        results = artifact.metrics["results"]
+        gain = getattr(recipe, stage).min_reward_gain
+        rewards = [round(r - abs(gain) - 0.1, 4) for r in results["sft"]["example_rewards"]]
+        results[stage].update(example_rewards=rewards, reward_score=round(statistics.fmean(rewards), 4))
+        return artifact, recipe
+    return plant
 
 
-def ppo_as_sft(artifact, recipe):
-    """The good state for the PPO gate: ppo on, its evaluation the same as SFT's (the tiny graph runs no ppo)."""
-    results = artifact.metrics["results"]
-    results["ppo"] = json.loads(json.dumps(results["sft"]))
-    return artifact, recipe.model_copy(update={"stages": [*recipe.stages, "ppo"]})
-
-
-def ppo_worse_than_sft(artifact, recipe):
-    """PPO's answers scored 0.1 below SFT's on every question, beyond the recipe's ppo.min_reward_gain."""
-    results = artifact.metrics["results"]
-    rewards = [round(r - abs(recipe.ppo.min_reward_gain) - 0.1, 4) for r in results["sft"]["example_rewards"]]
-    results["ppo"].update(example_rewards=rewards, reward_score=round(statistics.fmean(rewards), 4))
-    return artifact, recipe
-
-
-def grpo_as_sft(artifact, recipe):
-    """The good state for the GRPO gate: grpo on, its evaluation the same as SFT's (the tiny graph runs no grpo)."""
-    results = artifact.metrics["results"]
-    results["grpo"] = json.loads(json.dumps(results["sft"]))
-    return artifact, recipe.model_copy(update={"stages": [*recipe.stages, "grpo"]})
+def evaluated_as_sft(stage: str):
+    """The good state for an online RL stage's gate (ppo, grpo): the stage on, its evaluation the same as SFT's
+    (the tiny graph runs neither)."""
+    def good(artifact, recipe):
+        results = artifact.metrics["results"]
+        results[stage] = json.loads(json.dumps(results["sft"]))
+        return artifact, recipe.model_copy(update={"stages": [*recipe.stages, stage]})
+    return good
 
 
 def grpo_worse_than_sft(artifact, recipe):
@@ -104,14 +95,14 @@ def quantization_vllm_refuses(artifact, recipe):
 
 FAULTS = {
     ("model_comparison", "dpo_not_worse_than_sft"): Fault(
-        dpo_worse_than_sft, r"DPO mean reward score -?[\d.]+ vs SFT -?[\d.]+: gain -0\.\d+ .*required >= [-+][\d.]+"
+        reward_below_sft("dpo"), r"DPO mean reward score -?[\d.]+ vs SFT -?[\d.]+: gain -0\.\d+ .*required >= [-+][\d.]+"
                             r"( \(a tolerance: DPO may score [\d.]+ below SFT\))?, short by 0\.\d+"),
     ("model_comparison", "ppo_not_worse_than_sft"): Fault(
-        ppo_worse_than_sft, r"^PPO mean reward score -?[\d.]+ vs SFT -?[\d.]+: gain -0\.\d+ .*required >= [-+][\d.]+",
-        good=ppo_as_sft),
+        reward_below_sft("ppo"), r"^PPO mean reward score -?[\d.]+ vs SFT -?[\d.]+: gain -0\.\d+ .*required >= [-+][\d.]+",
+        good=evaluated_as_sft("ppo")),
     ("model_comparison", "grpo_not_worse_than_sft"): Fault(
         grpo_worse_than_sft, r"^GRPO accuracy 0\.0 vs SFT [\d.]+: gain -0\.\d+ .*required >= \+0\.0000, short by",
-        good=grpo_as_sft),
+        good=evaluated_as_sft("grpo")),
     ("model_comparison", "gptq_within_budget"): Fault(
         gptq_perplexity_over_budget,
         r"^gptq: .*; perplexity [\d.]+ = x[\d.]+ merged, allowed x1\.5 \(over by 0\.\d+\)$"),

@@ -11,9 +11,8 @@ import pytest
 import engine.train.grpo
 from engine.models.device import PRECISION_KEYS
 from engine.train.checkpoints import last_complete_checkpoint
-from engine.train.child import read_result
 from tests.processes import Child, stop_process_group
-from tests.training_child import start_training, training_spec
+from tests.training_child import finish_training, start_training, training_spec
 
 pytestmark = pytest.mark.slow
 STEPS = {"stages": ["grpo"], "grpo.max_steps": 8, "grpo.save_steps": 2, "grpo.logging_steps": 1,
@@ -45,13 +44,7 @@ def test_kill_9_mid_grpo_resumes_and_the_rollout_table_holds_each_step_once(tmp_
     finally:
         stop_process_group(child.process)
     last = int(last_complete_checkpoint(trainer_dir).name.split("-")[1])
-    child = start(spec)
-    try:
-        code = child.wait(600)
-    finally:
-        stop_process_group(child.process)
-    assert code == 0, f"exit {code}: {child.err()[-3000:]}"
-    result = read_result(spec)
+    result = finish_training(spec, "grpo_adapter")
     assert result["resumed_from_step"] == last >= 4 and result["steps"] == 8
     assert [p["step"] for p in result["reward_curve"]] == list(range(1, 9))  # restored with the trainer state
     rollouts = pd.read_parquet(tmp_path / "killed" / "work" / "rollouts.parquet")

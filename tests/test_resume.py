@@ -16,9 +16,8 @@ from engine.models.device import PRECISION_KEYS
 from engine.store.home import Home
 from engine.recipe import load_recipe
 from engine.train.checkpoints import COMPLETE, last_complete_checkpoint
-from engine.train.child import read_result
 from tests.processes import Child, stop_process_group
-from tests.training_child import start_training, training_spec
+from tests.training_child import finish_training, start_training, training_spec
 
 pytestmark = pytest.mark.slow
 STEPS = {"sft.max_steps": 24, "sft.save_steps": 4, "sft.logging_steps": 1, "sft.per_device_train_batch_size": 8,
@@ -36,13 +35,7 @@ def start(spec: Path) -> Child:
 
 
 def finish(spec: Path) -> dict:
-    child = start(spec)
-    try:
-        code = child.wait(600)
-    finally:
-        stop_process_group(child.process)
-    assert code == 0, f"exit {code}: {child.err()[-3000:]}"
-    return read_result(spec)
+    return finish_training(spec, "sft_adapter")
 
 
 def wait_for_checkpoint(trainer_dir: Path, at_least: int, child: Child, timeout: float = 300) -> Path:
