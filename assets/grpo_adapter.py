@@ -4,6 +4,7 @@ import dagster as dg
 
 from assets.stage_asset import stage_asset, tracking_metadata
 from engine.graph import GRPO_ADAPTER
+from engine.train.accounting import all_prompts_offered
 
 
 def rollouts_table(rows: list[dict]) -> dg.MetadataValue:
@@ -25,17 +26,10 @@ def metadata(artifact, recipe) -> dict:
             **tracking_metadata(artifact, recipe.grpo.report_to)}
 
 
-def every_prompt_offered(artifact, recipe) -> tuple[bool, str]:
-    """Every prompt of the SFT view's train split was given to the trainer."""
-    m = artifact.metrics
-    return (m["train_prompts"] == m["formatted_train_rows"],
-            f"{m['train_prompts']} prompts of {m['formatted_train_rows']} formatted train rows")
-
-
 grpo_adapter = stage_asset(
     GRPO_ADAPTER, group="training", metadata=metadata,
     description="GRPO from the SFT model: completions sampled per prompt, scored by grpo.rewards, each pushed by its "
                 "reward against its group's. rollouts.parquet in the artifact shows what was rewarded.",
     summary=lambda a, r: (f"mean reward {a.metrics['reward_first']} -> {a.metrics['reward_last']} "
                           f"({', '.join(a.metrics['rewards'])}), {a.metrics['steps']} steps"),
-    checks={"every_prompt_offered": every_prompt_offered})
+    checks={"every_prompt_offered": lambda a, r: all_prompts_offered(a.metrics)})

@@ -59,6 +59,9 @@ def continued_pretraining(artifact, recipe):
 
 
 PPO_STEP = {"step": 1, "reward": 0.12, "kl": 0.01, "value_loss": 0.3}
+# what a PPO run that is good for the other check records: a finite step, every prompt offered
+PPO_RAN = {"reward_curve": [PPO_STEP]}
+PPO_OFFERED = {"offered_prompts": 12, "formatted_train_rows": 12}
 
 FAULTS = {
     # a checkpoint whose logits are NaN (a broken conversion): greedy decoding picks the pad token every step
@@ -80,13 +83,19 @@ FAULTS = {
                                                         r"^mean chosen-minus-rejected reward -0\.4127, needs > 0\.0$"),
     ("dpo_adapter", "every_example_trained"): Fault(dropped(None, 3), r"the trainer dropped 3$"),
     # a GRPO trainer given fewer prompts than the SFT view's train split holds (good: the tiny graph runs no grpo)
-    ("grpo_adapter", "every_prompt_offered"): Fault(with_metrics(train_prompts=1480),
-                                                    r"^1480 prompts of 1483 formatted", good=with_metrics(train_prompts=1483, formatted_train_rows=1483)),
+    ("grpo_adapter", "every_prompt_offered"): Fault(with_metrics(offered_prompts=1480, formatted_train_rows=1483),
+                                                    r"^1480 prompts of 1483 formatted",
+                                                    good=with_metrics(offered_prompts=1483, formatted_train_rows=1483)),
+    # a PPO trainer given fewer prompts than the SFT view's train split holds (good: the tiny graph runs no ppo)
+    ("ppo_adapter", "every_prompt_offered"): Fault(with_metrics(**{**PPO_OFFERED, "offered_prompts": 9}, **PPO_RAN),
+                                                   r"^9 prompts of 12 formatted train rows offered to the trainer$",
+                                                   good=with_metrics(**PPO_OFFERED, **PPO_RAN)),
     # a PPO step whose value loss diverged (good: the tiny graph runs no ppo, so its curve is planted)
     ("ppo_adapter", "finite_losses"): Fault(with_metrics(reward_curve=[PPO_STEP, {**PPO_STEP, "step": 2,
-                                                                                  "value_loss": float("nan")}]),
+                                                                                  "value_loss": float("nan")}],
+                                                         **PPO_OFFERED),
                                             r"^2 PPO steps; non-finite at steps \[2\]$",
-                                            good=with_metrics(reward_curve=[PPO_STEP])),
+                                            good=with_metrics(**PPO_RAN, **PPO_OFFERED)),
     # merged weights that are not base + adapters (a merge that skipped a layer's LoRA delta)
     ("merged_model", "logits_match_adapters"): Fault(with_metrics(max_logit_diff=0.3125),
                                                      r"^max \|logit difference\| 3\.12e-01, tolerance 0\.001"),

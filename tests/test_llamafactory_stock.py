@@ -42,7 +42,8 @@ ALL_ASSETS = {"base_model", "raw_data", "clean_data", "formatted_data", "pt_mode
               "dpo_adapter", "merged_model", "gptq_model", "awq_model", "deployment", "eval_base", "eval_sft",
               "eval_dpo", "eval_merged", "eval_gptq", "eval_awq", "model_comparison",
               "ppo_adapter", "eval_ppo", "grpo_adapter", "eval_grpo"}  # the online RL stages: off, "not configured"
-RL_OFF_CHECKS = {("ppo_adapter", "finite_losses"), ("grpo_adapter", "every_prompt_offered"),
+RL_OFF_CHECKS = {("ppo_adapter", "finite_losses"), ("ppo_adapter", "every_prompt_offered"),
+                 ("grpo_adapter", "every_prompt_offered"),
                  ("model_comparison", "ppo_not_worse_than_sft"), ("model_comparison", "grpo_not_worse_than_sft")}
 # The tiny model starts from random weights and trains a few dozen steps: this run proves the data path, not model
 # quality (on real data a few DPO steps leave the held-out margin at noise around 0). So the quality thresholds

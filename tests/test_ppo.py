@@ -136,7 +136,9 @@ def test_ppo_trains_on_the_tiny_model_and_writes_its_rollouts(tiny_model_dir, fo
     assert [p["step"] for p in curve] == [1, 2, 3] and metrics["steps"] == 3
     assert all(math.isfinite(p[k]) for p in curve for k in ("reward", "kl", "value_loss"))
     assert any(p["kl"] != 0 for p in curve[1:])  # the policy moved away from its reference
-    assert metrics["train_prompts"] == 12 and metrics["formatted_train_prompts"] > 12
+    assert metrics["train_prompts"] == 12 and metrics["offered_prompts"] == metrics["formatted_train_rows"] > 12
+    assert metrics["prompts_dropped"] == {f"not reached: training stopped at max_steps {metrics['steps']}":
+                                          metrics["offered_prompts"] - 12}
     assert (out / "adapter" / "adapter_config.json").is_file() and not (out / "_trainer").exists()
     rollouts = pd.read_parquet(out / "rollouts.parquet")
     assert list(rollouts.columns) == ["step", "prompt", "completion", "score", "kl"]

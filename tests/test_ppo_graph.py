@@ -13,7 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 
+import torch
+from safetensors.torch import load_file
+
 from engine.importers.llamafactory import import_configs
+from pipelines.cli import main
 from pipelines.definitions import ASSETS, resources
 
 pytestmark = pytest.mark.slow
@@ -74,3 +78,16 @@ def test_imported_llamafactory_sft_rm_ppo_runs_to_deployment(tmp_path, tiny_mode
     assert checks["finite_losses"].passed
     gate = checks["ppo_not_worse_than_sft"]
     assert gate.passed and "PPO mean reward score" in gate.metadata["detail"].value
+    # `tuneline export ppo_adapter` merges SFT then PPO into pt_model, as merged_model does: the same weights
+    out = tmp_path / "exported"
+    assert main(["export", "ppo_adapter", str(out), "--recipe", str(recipe), "--artifact-root",
+                 str(tmp_path / "home"), "--set", "ppo.min_reward_gain=-100.0"]) == 0
+    assert json.loads((out / "lineage.json").read_text())["export"]["asset"] == "ppo_adapter"
+    exported, merged = load_file(str(out / "model.safetensors")), load_file(str(model_file(materialized)))
+    assert set(exported) == set(merged)
+    assert all(torch.allclose(exported[k].float(), merged[k].float(), atol=1e-6) for k in merged)
+
+
+def model_file(materialized: dict) -> Path:
+    (weights,) = Path(materialized["merged_model"]["path"]).glob("*.safetensors")
+    return weights

@@ -2,7 +2,7 @@
 atomically (a temporary folder beside it, renamed into place) from an artifact verified against its digests.
 
 A merged, GPTQ or AWQ export is already such a folder (weights, tokenizer, chat template, generation config,
-README.md model card, lineage.json): it is copied whole. An SFT or DPO adapter is merged into its base, as
+README.md model card, lineage.json): it is copied whole. An SFT, DPO, PPO or GRPO adapter is merged into its base, as
 `llamafactory-cli export` does: the base (pt_model) with each training stage applied in order, saved in the base
 checkpoint's dtype, with the base's tokenizer, chat template and generation config, then lineage.json and a card.
 """
@@ -19,7 +19,8 @@ from engine.errors import TunelineError
 from engine.store.digests import LINEAGE, MANIFEST, check_directory
 
 COPIED = ("merged_model", "gptq_model", "awq_model")  # artifacts that are Hugging Face folders already
-MERGED = ("sft_adapter", "dpo_adapter")  # training stages merged into their base for export
+# training stages merged into their base for export, in the order merged_model applies them (engine/export/merge.py)
+MERGED = ("sft_adapter", "dpo_adapter", "ppo_adapter", "grpo_adapter")
 EXPORTABLE = (*MERGED, *COPIED)
 
 
@@ -41,14 +42,15 @@ def check_destination(out: Path, force: bool, store_root: Path) -> None:
 
 
 def stage_chain(store, artifact) -> tuple[Path, list]:
-    """(the base model directory, the training artifacts applied to it in order: SFT, then DPO) that make an SFT or
-    DPO artifact, each artifact on the way verified against its digests."""
+    """(the base model directory, the training artifacts applied to it in order: SFT, DPO, then PPO or GRPO) that
+    make an adapter artifact: the artifact and the training stages before it that its manifest names as parents,
+    each artifact on the way verified against its digests."""
     from engine.models.load import model_dir
     parents = json.loads((artifact.path / MANIFEST).read_text()).get("parents") or {}
-    chain = [artifact]
-    if artifact.asset == "dpo_adapter" and "sft_adapter" in parents:  # without sft, DPO starts from pt_model
-        chain.insert(0, store.lookup("sft_adapter", parents["sft_adapter"])
-                     or missing("sft_adapter", parents["sft_adapter"], store))
+    earlier = MERGED[:MERGED.index(artifact.asset)]
+    chain = [store.lookup(asset, parents[asset]) or missing(asset, parents[asset], store)
+             for asset in earlier if asset in parents]  # a stage the recipe left out is not a parent
+    chain.append(artifact)
     pt_model = store.lookup("pt_model", parents.get("pt_model", "")) or missing("pt_model", parents.get("pt_model"),
                                                                                   store)
     base = model_dir(pt_model.path)

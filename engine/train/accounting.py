@@ -65,3 +65,12 @@ def all_trained(metrics: dict, unit: str) -> tuple[bool, str]:
     if cut:
         detail += f"; the trainer's max_length cut {cut} of them"
     return ok, detail
+
+
+def all_prompts_offered(metrics: dict) -> tuple[bool, str]:
+    """The check of an online RL stage: every prompt of the SFT view's train split was given to the trainer (how many
+    it reached is the recipe's max_steps or num_train_epochs, recorded apart)."""
+    offered, formatted = metrics.get("offered_prompts"), metrics.get("formatted_train_rows")
+    if offered is None or formatted is None:
+        return False, "the stage recorded no offered-prompt count (built before the count existed: rebuild it)"
+    return offered == formatted, f"{offered} prompts of {formatted} formatted train rows offered to the trainer"

@@ -114,7 +114,8 @@ def train_grpo(base_dir: Path, chain: list[Path], formatted_dir: Path, reward_di
                  if "reward" in h]
         table = RolloutLog(names, log.all_rows()).table([r.weight for r in cfg.rewards], cfg.rollout_rows)
         table.to_parquet(out / ROLLOUTS, index=False)
-        return {"train_prompts": len(trainer.train_dataset), "formatted_train_rows": len(data["train"]),
+        return {"train_prompts": len(trainer.train_dataset), "offered_prompts": len(trainer.train_dataset),
+                "formatted_train_rows": len(data["train"]),
                 "num_generations": cfg.num_generations, "rewards": names, "reward_curve": curve,
                 "reward_first": curve[0]["reward"] if curve else None,
                 "reward_last": curve[-1]["reward"] if curve else None,

@@ -132,13 +132,19 @@ def train_ppo(base_dir: Path, stages: list[Path], reward_dir: Path, formatted_di
                 "reward_first": round(history[0]["score"], 4) if history else None,
                 "reward_last": round(history[-1]["score"], 4) if history else None,
                 "kl_last": round(history[-1]["kl"], 4) if history else None,
-                "train_prompts": consumed, "formatted_train_prompts": len(prompts),
-                "prompts_dropped": {"not reached by max_steps": len(prompts) - consumed} if consumed < len(prompts)
-                else {},
+                "train_prompts": consumed, "offered_prompts": len(prompts), "formatted_train_rows": len(view["train"]),
+                "prompts_dropped": {unreached(cfg): len(prompts) - consumed} if consumed < len(prompts) else {},
                 "rollout_rows": table.write(out / ROLLOUTS_FILE)}
 
     return train_stage(TrainingStage("ppo", cfg, out, tokenizer, set_up, after=measures,
                                      saved_model=lambda trainer: trainer.model.policy), say)
+
+
+def unreached(cfg: PpoSection) -> str:
+    """Why prompts offered to PPO were never rolled out: training stopped first."""
+    if cfg.max_steps > 0:
+        return f"not reached: training stopped at max_steps {cfg.max_steps}"
+    return f"not reached within num_train_epochs {cfg.num_train_epochs}"
 
 
 def reward_model_dir(run: "StageRun") -> Path:

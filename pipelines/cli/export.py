@@ -10,7 +10,8 @@ from pathlib import Path
 from pipelines.cli.options import recipe_options
 from pipelines.cli.quiet import quiet_libraries
 
-EXPORTABLE = ("sft_adapter", "dpo_adapter", "merged_model", "gptq_model", "awq_model")  # engine/export/standalone.py
+EXPORTABLE = ("sft_adapter", "dpo_adapter", "ppo_adapter", "grpo_adapter", "merged_model", "gptq_model",
+              "awq_model")  # engine/export/standalone.py
 
 
 def register(command) -> None:

@@ -17,9 +17,9 @@ from pipelines.cli.recipe import checked_recipe, tuneline_resource
 
 def register(command) -> None:
     parser = command("serve", "an OpenAI-compatible server: vLLM on a GPU, transformers serve on CPU", serve)
-    parser.add_argument("model", help="'deployment' (the recipe's), a model asset (sft_adapter and dpo_adapter are "
-                                      "merged into their base first), a deployment or model directory, or a "
-                                      "fingerprint")
+    parser.add_argument("model", help="'deployment' (the recipe's), a model asset (an adapter, sft_adapter, dpo_adapter, "
+                                      "ppo_adapter or grpo_adapter, is merged into its base first), a deployment or "
+                                      "model directory, or a fingerprint")
     recipe_options(parser)
     parser.add_argument("--host", help="default: serve.host of the recipe (127.0.0.1)")
     parser.add_argument("--port", type=int, help="default: serve.port of the recipe")
@@ -113,7 +113,7 @@ def serve_directory(args: argparse.Namespace, recipe, overrides: dict, scratch: 
 
 def model_to_serve(args: argparse.Namespace, scratch: Path) -> Path:
     """The model directory args.model names: a model asset through the recipe's plan, an artifact or a model
-    directory; an SFT or DPO adapter is first merged into its base in `scratch`, as `tuneline export` writes it."""
+    directory; an adapter (SFT, DPO, PPO, GRPO) is first merged into its base in `scratch`, as `tuneline export` writes it."""
     from engine.export.standalone import EXPORTABLE, MERGED, export
     from engine.store.digests import MANIFEST
     from engine.store.home import Home
