@@ -96,3 +96,37 @@ def test_a_recipe_for_another_node_is_refused_in_one_line():
         load_recipe("tiny", {"launcher.type": "torchrun", "launcher.nnodes": 2})
     assert load_recipe("tiny", {"launcher.type": "kubernetes", "launcher.nnodes": 2, "launcher.kubernetes.image": "i",
                                 "launcher.kubernetes.volume_claim": "v"})[0].launcher.rdzv_endpoint is None
+
+
+def test_the_orchestrator_says_the_other_nodes_command_and_fails_naming_the_node_that_did_not_join(tmp_path):
+    import dagster as dg
+    from assets.stage_asset import TrainingFailed, out_of_process
+    from engine.graph import SFT_ADAPTER
+    from engine.runtime import progress
+    from engine.stage import RecipeView, StageRun
+    from engine.store.home import Home
+    recipe = load_recipe("tiny", {"launcher.type": "torchrun", "launcher.nnodes": 2, "launcher.nproc_per_node": 1,
+                                  "launcher.rdzv_endpoint": f"127.0.0.1:{free_port()}", "launcher.join_timeout": 3})[0]
+    home = Home(tmp_path / "home")
+    run = StageRun("sft_adapter", "f" * 16, RecipeView(recipe, ("sft",), "sft_adapter"), {}, tmp_path / "work", home)
+    failures = []
+
+    @dg.asset
+    def sft_adapter(context: dg.AssetExecutionContext):
+        with progress.forwarded(context.log.log):
+            try:
+                out_of_process(context)(SFT_ADAPTER, run)
+            except TrainingFailed as failed:
+                failures.append(str(failed))
+        return dg.MaterializeResult()
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([sft_adapter], instance=instance, resources={})
+    assert result.success
+    logged = "\n".join(record.user_message for record in instance.all_logs(result.run_id))
+    spec = home.run_dir("sft_adapter", "f" * 16) / "spec.json"
+    node_one = shlex.join(other_node_commands(recipe.launcher, "sft_adapter", spec)[1])
+    assert f"node 1: {node_one}" in logged  # said before node 0 waited
+    assert failures == [f"sft_adapter: node 1 did not join the rendezvous at {recipe.launcher.rdzv_endpoint} within "
+                        "launcher.join_timeout 3 s (1 of 2 nodes joined); run on each the command printed when the "
+                        "stage started"]

@@ -160,5 +160,6 @@ def test_a_trainjob_past_its_wait_timeout_fails_the_stage_and_is_deleted(tmp_pat
     result, custom, _ = run_stage([None], tmp_path, clock=lambda: next(ticks), wait_timeout=10)
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert "still running after launcher.kubernetes.wait_timeout 10 s" in failure.event_specific_data.error.cause.message
+    message = failure.event_specific_data.error.cause.message
+    assert "still running after launcher.kubernetes.wait_timeout 10 s" in message
     assert len(custom.deleted) == 1 and custom.gets < 10
