@@ -59,7 +59,7 @@ class PipesTrainJobClient(dg.PipesClient):
             env = {**training_environment(), **cfg.env, **session.get_bootstrap_env_vars()}
             body = trainjob(name, namespace, launcher, launch_command(launcher, stage, spec_path, TRAIN_PROCESS),
                             env, root, stage)
-            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+            submit(custom, namespace, body)
             context.log.info(f"{stage}: TrainJob {namespace}/{name} submitted ({launcher.nnodes} nodes x "
                              f"{body['spec']['trainer']['numProcPerNode']} processes)")
             try:
@@ -89,6 +89,20 @@ class PipesTrainJobClient(dg.PipesClient):
                 raise TrainJobFailed(f"TrainJob {namespace}/{name} still running after "
                                      f"launcher.kubernetes.wait_timeout {timeout} s; it is deleted")
             time.sleep(self.poll_interval)
+
+
+def submit(custom, namespace: str, body: dict) -> None:
+    """Create the TrainJob; a cluster without Kubeflow Trainer v2 (no trainjobs resource) is said in one line."""
+    from kubernetes.client.exceptions import ApiException
+    try:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise TrainJobFailed(f"launcher.nnodes {body['spec']['trainer']['numNodes']} on kubernetes: namespace "
+                                 f"{namespace} has no {PLURAL}.{GROUP}/{VERSION} (404): install Kubeflow Trainer v2, "
+                                 "or train with launcher.nnodes 1") from None
+        raise TrainJobFailed(f"TrainJob {namespace}/{body['metadata']['name']} was not created: {exc.status} "
+                             f"{exc.reason}") from None
 
 
 def rank_zero_pod(core, name: str, namespace: str) -> str | None:

@@ -163,3 +163,23 @@ def test_a_trainjob_past_its_wait_timeout_fails_the_stage_and_is_deleted(tmp_pat
     message = failure.event_specific_data.error.cause.message
     assert "still running after launcher.kubernetes.wait_timeout 10 s" in message
     assert len(custom.deleted) == 1 and custom.gets < 10
+
+
+def test_a_cluster_without_kubeflow_trainer_is_said_in_one_line(tmp_path):
+    from kubernetes.client.exceptions import ApiException
+
+    class NoTrainer(FakeCustomObjects):
+        def create_namespaced_custom_object(self, *args, **kwargs):
+            raise ApiException(status=404, reason="Not Found")
+
+    client = PipesTrainJobClient(NoTrainer([None]), FakeCore(), poll_interval=0)
+
+    @dg.asset
+    def sft_adapter(context: dg.AssetExecutionContext):
+        run_trainjob(context, launcher(2), "sft_adapter", tmp_path / "spec.json", tmp_path, "0123abcd", client)
+
+    result = dg.materialize([sft_adapter], raise_on_error=False)
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.event_specific_data.error.cause.message.strip() == (
+        "assets.trainjob.TrainJobFailed: launcher.nnodes 2 on kubernetes: namespace ml has no "
+        "trainjobs.trainer.kubeflow.org/v1alpha1 (404): install Kubeflow Trainer v2, or train with launcher.nnodes 1")

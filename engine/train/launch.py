@@ -76,6 +76,9 @@ def launch_command(launcher, stage: str, spec: Path, module: str = "engine.train
 def other_node_commands(launcher, stage: str, spec: Path) -> dict[int, list[str]]:
     """node rank -> the command that node runs to join a multi-node stage (torchrun, nnodes > 1): the training child
     itself (engine.train) under torchrun, with the spec on the shared artifact root; no orchestrator, so no
-    fingerprint or training lock stands in its way."""
-    return {rank: launch_command(launcher.model_copy(update={"node_rank": rank}), stage, spec)
+    fingerprint or training lock stands in its way. Prefixed with `env` and the training environment node 0's
+    processes get (the allocator settings), so every node trains alike."""
+    settings = [f"{name}={value}" for name, value in training_environment().items()]
+    return {rank: [*(["env", *settings] if settings else []),
+                   *launch_command(launcher.model_copy(update={"node_rank": rank}), stage, spec)]
             for rank in range(1, launcher.nnodes)}
