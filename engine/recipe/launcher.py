@@ -13,8 +13,9 @@ DEFAULT_SHM = "16Gi"
 
 
 class KubernetesSection(Section):
-    """A pod per training stage (launcher.type kubernetes, through dagster-k8s' PipesK8sClient). Every pod mounts
-    the artifact root at the same path (a ReadWriteMany volume): the spec, parents and work directory are there."""
+    """A pod per training stage (launcher.type kubernetes, through dagster-k8s' PipesK8sClient), or with nnodes > 1
+    a Kubeflow Trainer TrainJob of nnodes pods (assets/trainjob.py). Every pod mounts the artifact root at the same
+    path (a ReadWriteMany volume): the spec, parents and work directory are there."""
     image: str | None = Field(None, description="an image with this project installed (the same versions as the "
                                                 "orchestrator); required for type kubernetes")
     namespace: str | None = Field(None, description='the pods\' namespace; unset: the current one, else "default"')
@@ -49,7 +50,7 @@ class LauncherSection(Section):
     FSDP). Only the process of rank 0 writes and reports."""
     type: Literal["local", "torchrun", "accelerate", "kubernetes"] = Field(
         "local", description="local (one process; torchrun by itself with several visible GPUs), torchrun, "
-        "accelerate (accelerate launch) or kubernetes (a pod per training stage)")
+        "accelerate (accelerate launch) or kubernetes (a pod per training stage; nnodes > 1: a Kubeflow TrainJob)")
     nproc_per_node: Int | None = Field(None, ge=1, description="processes per node; unset: one per visible GPU (one "
                                                                "on a CPU)")
     nnodes: Int = Field(1, ge=1, description="machines taking part (torchrun's nnodes); above 1, tuneline runs node "
