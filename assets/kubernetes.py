@@ -7,23 +7,24 @@ from pathlib import Path
 
 import dagster as dg
 
+from engine.cluster.pods import ROOT_VOLUME, resources, tolerations, volume_mounts, volumes
 from engine.train.launch import launch_command, training_environment
 
-ROOT_VOLUME = "tuneline-home"
+__all__ = ["ROOT_VOLUME", "TRAIN_PROCESS", "pod_spec", "run_in_pod"]
 TRAIN_PROCESS = "pipelines.train_process"  # the training child that reports through Dagster Pipes, in a pod or here
 
 
 def pod_spec(cfg, root: Path) -> dict:
-    """The pod spec beyond image and command: GPUs, the artifact root's volume at the same path, placement."""
-    limits = {"nvidia.com/gpu": str(cfg.gpus_per_pod)} if cfg.gpus_per_pod else {}
-    spec = {"containers": [{"resources": {"limits": limits},
-                            "volume_mounts": [{"name": ROOT_VOLUME, "mount_path": str(root)}]}],
-            "volumes": [{"name": ROOT_VOLUME, "persistent_volume_claim": {"claim_name": cfg.volume_claim}}],
-            "restart_policy": "Never"}
+    """The pod spec beyond image and command: resources, the artifact root's volume at the same path, /dev/shm,
+    placement and tolerations (engine/cluster/pods.py)."""
+    spec = {"containers": [{"resources": resources(cfg), "volume_mounts": volume_mounts(cfg, root)}],
+            "volumes": volumes(cfg), "restart_policy": "Never"}
     if cfg.service_account:
         spec["service_account_name"] = cfg.service_account
     if cfg.node_selector:
         spec["node_selector"] = dict(cfg.node_selector)
+    if cfg.tolerations:
+        spec["tolerations"] = tolerations(cfg)
     return spec
 
 
@@ -34,4 +35,5 @@ def run_in_pod(context: dg.AssetExecutionContext, launcher, stage: str, spec_pat
     cfg = launcher.kubernetes
     (client or PipesK8sClient()).run(context=context, image=cfg.image, namespace=cfg.namespace,
                                      command=launch_command(launcher, stage, spec_path, TRAIN_PROCESS),
-                                     base_pod_spec=pod_spec(cfg, root), env=training_environment())
+                                     base_pod_spec=pod_spec(cfg, root), env={**training_environment(), **cfg.env},
+                                     pod_wait_timeout=cfg.wait_timeout or 0)  # 0: no limit (dagster-k8s: 24 h)

@@ -13,6 +13,7 @@ import dagster as dg
 
 from assets.kubernetes import TRAIN_PROCESS, run_in_pod
 from assets.live_points import LivePointsReader
+from assets.trainjob import run_trainjob
 from assets.resource import Tuneline
 from engine.runtime import progress
 from engine.store.artifacts import Artifact
@@ -26,6 +27,7 @@ from engine.evaluate.sketches import stage_sketches
 from engine.recipe import Recipe
 from engine.stage import Stage, StageRun, is_configured
 from engine.train.child import read_error, read_result, spec_of, write_spec
+from engine.train import multinode
 from engine.train.launch import launch_command, training_environment
 
 # (passed, detail naming the number and its bound), or with a third item: more metadata for the check's result;
@@ -56,18 +58,27 @@ def out_of_process(context: dg.AssetExecutionContext):
         spec = spec_of(stage.name, run.fingerprint, stage.entry, run.recipe.declared_keys(),
                        run.recipe.whole_recipe(), run.inputs, run.out, run.home.root)
         path = write_spec(spec, run.home.run_dir(stage.name, run.fingerprint))
+        launcher = run.recipe.whole_recipe().launcher
         try:
-            launcher = run.recipe.whole_recipe().launcher
-            if launcher.type == "kubernetes":
+            if launcher.type == "kubernetes" and launcher.nnodes > 1:  # every node's pod, from a TrainJob
+                run_trainjob(context, launcher, stage.name, path, run.home.root, run.fingerprint)
+            elif launcher.type == "kubernetes":
                 run_in_pod(context, launcher, stage.name, path, run.home.root)
             else:
+                env = training_environment()
+                if launcher.nnodes > 1 and launcher.type != "accelerate":  # node 0 here; the others: its command
+                    env |= multinode.node_zero_environment(path)
+                    for line in multinode.joining_instructions(launcher, stage.name, path, run.home.root):
+                        progress.LOGGER.warning(line)
                 with progress.speaks_for_itself():  # its step lines (engine/train/checkpoints.py ProgressLines)
                     client.run(context=context, command=launch_command(launcher, stage.name, path, TRAIN_PROCESS),
-                               env=training_environment())
+                               env=env)
         except Exception as exc:  # the process or pod failed: its own error record says why
             error = read_error(path)
             if error["kind"] == "transient":  # retried after 30 s, resuming from its last checkpoint
                 raise dg.RetryRequested(max_retries=2, seconds_to_wait=30) from None
+            if unjoined := multinode.rendezvous_failure(launcher, stage.name, path):
+                raise TrainingFailed(unjoined) from None
             reason = error["message"] if error["message"] != "no error recorded" else str(exc)
             raise TrainingFailed(f"{stage.name}: {reason} (a rerun resumes from its last complete "
                                  "checkpoint)") from exc

@@ -28,10 +28,11 @@ class FakeCoreApi:
 class FakeKubernetes:
     def __init__(self):
         self.core_api = FakeCoreApi()
-        self.waited = []
+        self.waited, self.wait_timeouts = [], []
 
     def wait_for_pod(self, name, namespace, **kwargs):
         self.waited.append((namespace, name))
+        self.wait_timeouts.append(kwargs.get("wait_timeout"))
 
 
 @pytest.fixture
@@ -65,8 +66,11 @@ def test_a_training_stage_becomes_a_pod_with_its_gpus_and_the_shared_artifact_ro
     assert container.command == ["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                                  "-m", "pipelines.train_process", "sft_adapter", "--spec", str(spec)]
     assert container.resources.limits == {"nvidia.com/gpu": "2"}
-    assert [(m.name, m.mount_path) for m in container.volume_mounts] == [("tuneline-home", str(tmp_path))]
+    assert [(m.name, m.mount_path) for m in container.volume_mounts] == [("tuneline-home", str(tmp_path)),
+                                                                         ("dshm", "/dev/shm")]
     assert pod.spec.volumes[0].persistent_volume_claim.claim_name == "tuneline-home"
+    assert (pod.spec.volumes[1].empty_dir.medium, pod.spec.volumes[1].empty_dir.size_limit) == ("Memory", "16Gi")
+    assert fake_cluster.wait_timeouts == [0]  # no limit unless the recipe sets one (dagster-k8s' default: 24 h)
     assert pod.spec.node_selector == {"gpu": "h100"} and pod.spec.restart_policy == "Never"
     env = {e.name: e.value for e in container.env}
     assert "DAGSTER_PIPES_CONTEXT" in env
@@ -80,3 +84,27 @@ def test_a_kubernetes_launcher_needs_an_image_and_a_shared_volume():
     from engine.train.launch import launch_command
     assert launch_command(one_gpu, "dpo_adapter", Path("s.json")) == ["python", "-m", "engine.train", "dpo_adapter",
                                                                       "--spec", "s.json"]
+
+
+def test_a_pod_gets_the_recipes_tolerations_environment_resources_and_wait_timeout(fake_cluster, tmp_path):
+    launcher = LauncherSection(type="kubernetes", kubernetes={
+        "image": "i", "volume_claim": "v", "gpus_per_pod": 1, "env": {"NCCL_DEBUG": "INFO"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "80Gi"}, "shm_size": None,
+        "wait_timeout": 7200})
+
+    @dg.asset
+    def dpo_adapter(context: dg.AssetExecutionContext):
+        run_in_pod(context, launcher, "dpo_adapter", tmp_path / "spec.json", tmp_path)
+        return dg.MaterializeResult()
+
+    assert dg.materialize([dpo_adapter]).success
+    ((_, pod),) = fake_cluster.core_api.created
+    (container,) = pod.spec.containers
+    assert container.resources.requests == {"cpu": "8", "memory": "64Gi"}
+    assert container.resources.limits == {"memory": "80Gi", "nvidia.com/gpu": "1"}
+    assert [(t.key, t.operator, t.effect) for t in pod.spec.tolerations] == [("nvidia.com/gpu", "Exists",
+                                                                              "NoSchedule")]
+    assert {e.name: e.value for e in container.env}["NCCL_DEBUG"] == "INFO"
+    assert [v.name for v in pod.spec.volumes] == ["tuneline-home"]  # shm_size null: no /dev/shm volume
+    assert fake_cluster.wait_timeouts == [7200]

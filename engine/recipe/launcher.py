@@ -8,10 +8,14 @@ from pydantic import Field, model_validator
 
 from engine.recipe.fields import Int, Section
 
+# a /dev/shm of 64 MB (the container runtime's default) fails NCCL and DataLoader workers with a bus error
+DEFAULT_SHM = "16Gi"
+
 
 class KubernetesSection(Section):
-    """A pod per training stage (launcher.type kubernetes, through dagster-k8s' PipesK8sClient). Every pod mounts
-    the artifact root at the same path (a ReadWriteMany volume): the spec, parents and work directory are there."""
+    """A pod per training stage (launcher.type kubernetes, through dagster-k8s' PipesK8sClient), or with nnodes > 1
+    a Kubeflow Trainer TrainJob of nnodes pods (assets/trainjob.py). Every pod mounts the artifact root at the same
+    path (a ReadWriteMany volume): the spec, parents and work directory are there."""
     image: str | None = Field(None, description="an image with this project installed (the same versions as the "
                                                 "orchestrator); required for type kubernetes")
     namespace: str | None = Field(None, description='the pods\' namespace; unset: the current one, else "default"')
@@ -23,6 +27,21 @@ class KubernetesSection(Section):
                                                           "default")
     node_selector: dict[str, str] = Field(default_factory=dict, description="node labels a pod must be scheduled on "
                                                                             "(Kubernetes' nodeSelector)")
+    tolerations: list[dict[str, str | Int]] = Field(
+        default_factory=list, description="taints a pod tolerates (Kubernetes' tolerations: key, operator, value, "
+                                          "effect), e.g. a GPU pool's nvidia.com/gpu NoSchedule")
+    env: dict[str, str] = Field(default_factory=dict, description="more environment variables of every training "
+                                                                  "process in a pod (e.g. NCCL_SOCKET_IFNAME)")
+    requests: dict[str, str] = Field(default_factory=dict, description="resources a pod requests per node, e.g. "
+                                                                       "{cpu: '32', memory: 400Gi}")
+    limits: dict[str, str] = Field(default_factory=dict, description="resource limits per pod, e.g. {memory: 480Gi} "
+                                                                     "(the GPUs come from gpus_per_pod)")
+    shm_size: str | None = Field(DEFAULT_SHM, description="size of the memory-backed /dev/shm every pod mounts "
+                                                          "(NCCL, DataLoader workers); null: the runtime's 64 MB")
+    wait_timeout: Int | None = Field(None, ge=1, description="seconds a stage's pod or TrainJob may take before the "
+                                                             "stage fails and it is deleted; unset: no limit")
+    trainer_runtime: str = Field("torch-distributed", description="the Kubeflow Trainer ClusterTrainingRuntime a "
+                                                                  "TrainJob runs on (nnodes > 1)")
 
 
 class LauncherSection(Section):
@@ -31,13 +50,18 @@ class LauncherSection(Section):
     FSDP). Only the process of rank 0 writes and reports."""
     type: Literal["local", "torchrun", "accelerate", "kubernetes"] = Field(
         "local", description="local (one process; torchrun by itself with several visible GPUs), torchrun, "
-        "accelerate (accelerate launch) or kubernetes (a pod per training stage)")
+        "accelerate (accelerate launch) or kubernetes (a pod per training stage; nnodes > 1: a Kubeflow TrainJob)")
     nproc_per_node: Int | None = Field(None, ge=1, description="processes per node; unset: one per visible GPU (one "
                                                                "on a CPU)")
-    nnodes: Int = Field(1, ge=1, description="machines taking part (torchrun's nnodes)")
-    node_rank: Int = Field(0, ge=0, description="this machine's rank among nnodes, from 0")
+    nnodes: Int = Field(1, ge=1, description="machines taking part (torchrun's nnodes); above 1, tuneline runs node "
+                                             "0 and prints the command each other node runs (kubernetes: a "
+                                             "TrainJob starts them all)")
+    node_rank: Int = Field(0, ge=0, description="the rank of the machine this recipe runs on: 0 for torchrun and "
+                                                "kubernetes (the other nodes run the command node 0 prints)")
     rdzv_endpoint: str | None = Field(None, description="host:port of node 0, reachable from every node; required "
-                                                        "for nnodes > 1")
+                                                        "for nnodes > 1 (not on kubernetes: the runtime sets it)")
+    join_timeout: Int = Field(600, ge=1, description="seconds node 0 waits for the other nodes to join (nnodes > 1) "
+                                                     "before the stage fails naming those that did not")
     accelerate_config: str | None = Field(None, description="an accelerate config YAML (from `accelerate config`, "
                                                             "e.g. DeepSpeed ZeRO-3 or FSDP2), for type accelerate")
     deepspeed: str | None = Field(None, description="LLaMA-Factory's key: a DeepSpeed JSON (ZeRO-2/3), run by "
@@ -46,10 +70,14 @@ class LauncherSection(Section):
 
     @model_validator(mode="after")
     def complete(self):
-        if self.nnodes > 1 and not self.rdzv_endpoint:
+        if self.nnodes > 1 and not self.rdzv_endpoint and self.type != "kubernetes":
             raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of node 0, reachable from every node)")
         if self.node_rank >= self.nnodes:
             raise ValueError(f"node_rank {self.node_rank} must be below nnodes {self.nnodes}")
+        if self.node_rank and self.type in ("local", "torchrun", "kubernetes"):
+            raise ValueError(f"node_rank {self.node_rank}: tuneline runs on node 0 only; on node {self.node_rank} run "
+                             "the command node 0 prints when the stage starts (python -m torch.distributed.run "
+                             f"... --node_rank {self.node_rank} ... -m engine.train <stage> --spec <spec.json>)")
         if self.type == "kubernetes" and not (self.kubernetes.image and self.kubernetes.volume_claim):
             raise ValueError("type kubernetes needs kubernetes.image (this project installed) and "
                              "kubernetes.volume_claim (the volume every pod mounts the artifact root from)")

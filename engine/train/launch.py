@@ -53,15 +53,32 @@ def launch_command(launcher, stage: str, spec: Path, module: str = "engine.train
                 "--machine_rank", str(launcher.node_rank),
                 *(["--main_process_ip", launcher.rdzv_endpoint.rsplit(":", 1)[0], "--main_process_port",
                    launcher.rdzv_endpoint.rsplit(":", 1)[1]] if launcher.rdzv_endpoint else []), *stage_argv]
+    if launcher.type == "kubernetes" and launcher.nnodes > 1:  # a TrainJob's node: the runtime's PET_NODE_RANK,
+        # PET_MASTER_ADDR and PET_MASTER_PORT name the rendezvous; nnodes and processes stated, never defaulted to 1
+        return ["python", "-m", "torch.distributed.run", "--nnodes", str(launcher.nnodes), "--nproc_per_node",
+                str(processes), *stage_argv]
     if launcher.type == "kubernetes":  # inside the pod: its own interpreter, torchrun for several GPUs
         return (["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
                  *stage_argv] if processes > 1 else ["python", *stage_argv])
-    if launcher.type == "torchrun" or processes > 1:
+    if launcher.type == "torchrun" or processes > 1 or launcher.nnodes > 1:
         if launcher.nnodes == 1:
             where = ["--standalone"]
-        else:
+        else:  # static rendezvous: node_rank is the group rank, so rank 0 (it writes, it reports) runs on node 0
+            # with the orchestrator; c10d would rank the nodes by host name. Kubeflow's torch runtime does the same.
             where = ["--nnodes", str(launcher.nnodes), "--node_rank", str(launcher.node_rank), "--rdzv_backend",
-                     "c10d", "--rdzv_endpoint", launcher.rdzv_endpoint]
+                     "static", "--rdzv_endpoint", launcher.rdzv_endpoint, "--rdzv_conf",
+                     f"timeout={launcher.join_timeout}"]
         return [sys.executable, "-m", "torch.distributed.run", *where, "--nproc_per_node", str(processes),
                 *stage_argv]
     return [sys.executable, *stage_argv]
+
+
+def other_node_commands(launcher, stage: str, spec: Path) -> dict[int, list[str]]:
+    """node rank -> the command that node runs to join a multi-node stage (torchrun, nnodes > 1): the training child
+    itself (engine.train) under torchrun, with the spec on the shared artifact root; no orchestrator, so no
+    fingerprint or training lock stands in its way. Prefixed with `env` and the training environment node 0's
+    processes get (the allocator settings), so every node trains alike."""
+    settings = [f"{name}={value}" for name, value in training_environment().items()]
+    return {rank: [*(["env", *settings] if settings else []),
+                   *launch_command(launcher.model_copy(update={"node_rank": rank}), stage, spec)]
+            for rank in range(1, launcher.nnodes)}

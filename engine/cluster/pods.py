@@ -1,0 +1,30 @@
+"""The parts every training pod shares, from the recipe's launcher.kubernetes (camelCase, as the Kubernetes API
+writes them): resources, the artifact root's volume at the same path, /dev/shm, tolerations, extra environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT_VOLUME = "tuneline-home"
+SHM_VOLUME = "dshm"
+
+
+def resources(cfg) -> dict:
+    """requests and limits per pod: the recipe's cpu/memory, and its GPUs as limits (Kubernetes sets a GPU's
+    request from its limit)."""
+    limits = {**cfg.limits, **({"nvidia.com/gpu": str(cfg.gpus_per_pod)} if cfg.gpus_per_pod else {})}
+    return {**({"requests": dict(cfg.requests)} if cfg.requests else {}), "limits": limits}
+
+
+def volumes(cfg) -> list[dict]:
+    shm = [{"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": cfg.shm_size}}] if cfg.shm_size else []
+    return [{"name": ROOT_VOLUME, "persistentVolumeClaim": {"claimName": cfg.volume_claim}}, *shm]
+
+
+def volume_mounts(cfg, root: Path) -> list[dict]:
+    shm = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}] if cfg.shm_size else []
+    return [{"name": ROOT_VOLUME, "mountPath": str(root)}, *shm]
+
+
+def tolerations(cfg) -> list[dict]:
+    return [dict(toleration) for toleration in cfg.tolerations]
