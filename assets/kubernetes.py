@@ -1,5 +1,6 @@
-"""A training stage as a Kubernetes pod, through dagster-k8s' PipesK8sClient: the same spec and entry point as
-a local process, with the artifact root mounted at the same path in every pod."""
+"""A training stage (or an export or evaluation stage the recipe runs as a pod) as a Kubernetes pod, through
+dagster-k8s' PipesK8sClient: the same spec and entry point as a local process, with the artifact root mounted at the
+same path in every pod, on a node with the declared accelerator."""
 
 from __future__ import annotations
 
@@ -14,24 +15,28 @@ TRAIN_PROCESS = "pipelines.train_process"  # the training child that reports thr
 
 
 def pod_spec(cfg, root: Path) -> dict:
-    """The pod spec beyond image and command: GPUs, the artifact root's volume at the same path, placement."""
-    limits = {"nvidia.com/gpu": str(cfg.gpus_per_pod)} if cfg.gpus_per_pod else {}
+    """The pod spec beyond image and command: GPUs, the artifact root's volume at the same path, placement (the
+    declared accelerator's node label among the node selector)."""
+    limits = {"nvidia.com/gpu": str(cfg.gpus())} if cfg.gpus() else {}
     spec = {"containers": [{"resources": {"limits": limits},
                             "volume_mounts": [{"name": ROOT_VOLUME, "mount_path": str(root)}]}],
             "volumes": [{"name": ROOT_VOLUME, "persistent_volume_claim": {"claim_name": cfg.volume_claim}}],
             "restart_policy": "Never"}
     if cfg.service_account:
         spec["service_account_name"] = cfg.service_account
-    if cfg.node_selector:
-        spec["node_selector"] = dict(cfg.node_selector)
+    accelerator = {cfg.accelerator.label: cfg.accelerator.type} if cfg.accelerator and cfg.accelerator.count else {}
+    if cfg.node_selector or accelerator:
+        spec["node_selector"] = {**cfg.node_selector, **accelerator}
     return spec
 
 
 def run_in_pod(context: dg.AssetExecutionContext, launcher, stage: str, spec_path: Path, root: Path,
-               client: dg.PipesClient | None = None) -> None:
-    """Start the stage's pod and wait for it; its log and messages come back through Pipes."""
+               client: dg.PipesClient | None = None, training: bool = True) -> None:
+    """Start the stage's pod and wait for it; its log and messages come back through Pipes. A training stage starts
+    torchrun in a pod of several GPUs; an export or evaluation stage is one process over all of them."""
     from dagster_k8s import PipesK8sClient
     cfg = launcher.kubernetes
-    (client or PipesK8sClient()).run(context=context, image=cfg.image, namespace=cfg.namespace,
-                                     command=launch_command(launcher, stage, spec_path, TRAIN_PROCESS),
+    command = (launch_command(launcher, stage, spec_path, TRAIN_PROCESS) if training
+               else ["python", "-m", TRAIN_PROCESS, stage, "--spec", str(spec_path)])
+    (client or PipesK8sClient()).run(context=context, image=cfg.image, namespace=cfg.namespace, command=command,
                                      base_pod_spec=pod_spec(cfg, root), env=training_environment())

@@ -24,6 +24,8 @@ from engine.errors import TunelineError
 from engine.evaluate.plots import PLOTS_DIR
 from engine.evaluate.sketches import stage_sketches
 from engine.recipe import Recipe
+from engine.models.backends import pod_expectation
+from engine.models.device import stage_device
 from engine.stage import Stage, StageRun, is_configured
 from engine.train.child import read_error, read_result, spec_of, write_spec
 from engine.train.launch import launch_command, training_environment
@@ -46,20 +48,22 @@ NOT_CONFIGURED = None
 CHECKS_NOT_CONFIGURED = "checks_not_configured"
 
 def out_of_process(context: dg.AssetExecutionContext):
-    """Runs a training stage's entry point as `python -m pipelines.train_process <stage> --spec spec.json` through
-    Dagster Pipes: its log and progress stream into this run's log, its live points become observations of the
+    """Runs a training stage's entry point (or an export or evaluation stage's, in a pod where the recipe says) as
+    `python -m pipelines.train_process <stage> --spec spec.json` through Dagster Pipes: its log and progress stream into this run's log, its live points become observations of the
     asset as they come (assets/live_points.py), its metrics come back, and terminating the run stops it (SIGINT: it
     saves a checkpoint first)."""
     def run_entry(stage: Stage, run: StageRun) -> dict:
         live = LivePointsReader(context, dg.AssetKey(stage.name))
         client = dg.PipesSubprocessClient(termination_timeout_seconds=120, message_reader=live)
+        launcher = run.recipe.whole_recipe().launcher
+        on = stage_device(launcher, stage.kind)
         spec = spec_of(stage.name, run.fingerprint, stage.entry, run.recipe.declared_keys(),
-                       run.recipe.whole_recipe(), run.inputs, run.out, run.home.root)
+                       run.recipe.whole_recipe(), run.inputs, run.out, run.home.root,
+                       device=pod_expectation(on) if on.declared else None)
         path = write_spec(spec, run.home.run_dir(stage.name, run.fingerprint))
         try:
-            launcher = run.recipe.whole_recipe().launcher
             if launcher.type == "kubernetes":
-                run_in_pod(context, launcher, stage.name, path, run.home.root)
+                run_in_pod(context, launcher, stage.name, path, run.home.root, training=stage.training)
             else:
                 with progress.speaks_for_itself():  # its step lines (engine/train/checkpoints.py ProgressLines)
                     client.run(context=context, command=launch_command(launcher, stage.name, path, TRAIN_PROCESS),
@@ -69,8 +73,8 @@ def out_of_process(context: dg.AssetExecutionContext):
             if error["kind"] == "transient":  # retried after 30 s, resuming from its last checkpoint
                 raise dg.RetryRequested(max_retries=2, seconds_to_wait=30) from None
             reason = error["message"] if error["message"] != "no error recorded" else str(exc)
-            raise TrainingFailed(f"{stage.name}: {reason} (a rerun resumes from its last complete "
-                                 "checkpoint)") from exc
+            resumes = " (a rerun resumes from its last complete checkpoint)" if stage.training else ""
+            raise TrainingFailed(f"{stage.name}: {reason}{resumes}") from exc
         except BaseException:  # stopped (Ctrl-C, SIGTERM): where the child stopped is where the run stopped
             if stopped_at := read_error(path).get("where"):
                 progress.enter(stage.name, stopped_at)
@@ -84,7 +88,7 @@ def out_of_process(context: dg.AssetExecutionContext):
 
 
 class TrainingFailed(TunelineError):
-    """A training process exited with an error (its own message is in the run's log)."""
+    """A stage process (training, or a pod) exited with an error (its own message is in the run's log)."""
 
 
 def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable[[Artifact, Recipe], str],
