@@ -12,14 +12,16 @@ from engine.recipe.fields import Int, Section
 class AcceleratorSection(Section):
     """The hardware every pod gets: what GPU-only keys (QLoRA, flash_attention_2, liger, fp16/bf16) are judged
     against, and what a pod stage's fingerprint records, instead of the orchestrator's own hardware."""
-    type: str = Field(description="the GPU model, as the nodes' label names it (e.g. nvidia-h100-80gb); pods are "
-                                  "scheduled only on nodes whose `label` has this value")
+    type: str = Field(description="the GPU model as the nodes' `label` names it (NVIDIA's labels: "
+                                  "NVIDIA-H100-80GB-HBM3; GKE's: nvidia-h100-80gb); pods are scheduled only on nodes "
+                                  "whose `label` has this value, and fingerprints record it")
     count: Int = Field(ge=0, description="GPUs (nvidia.com/gpu) per pod; replaces gpus_per_pod (setting both to "
                                          "different numbers is refused); 0: the pods run on CPUs")
     bf16: bool = Field(description="whether the GPU computes bfloat16 (Ampere or newer: true); with count 0, "
                                    "whether the pods' CPUs compute bf16 natively (AVX512-BF16 or AMX)")
-    label: str = Field("nvidia.com/gpu.product", description="the node label whose value is `type` (NVIDIA's GPU "
-                                                             "feature discovery; GKE: cloud.google.com/gke-accelerator)")
+    label: str = Field("nvidia.com/gpu.product", description="the node label whose value is `type`: NVIDIA's GPU "
+                                                             "feature discovery's, or GKE's "
+                                                             "cloud.google.com/gke-accelerator")
 
 
 class KubernetesSection(Section):
@@ -29,8 +31,9 @@ class KubernetesSection(Section):
     image: str | None = Field(None, description="an image with this project installed (the same versions as the "
                                                 "orchestrator); required for type kubernetes")
     namespace: str | None = Field(None, description='the pods\' namespace; unset: the current one, else "default"')
-    gpus_per_pod: Int = Field(1, ge=0, description="nvidia.com/gpu per pod; more than 1 starts torchrun inside a "
-                                                   "training pod; accelerator.count replaces it")
+    gpus_per_pod: Int | None = Field(None, ge=0, description="nvidia.com/gpu per pod (unset: 1); more than 1 starts "
+                                                          "torchrun inside a training pod; accelerator.count replaces "
+                                                          "it")
     accelerator: AcceleratorSection | None = Field(
         None, description="the GPU every pod runs on ({type, count, bf16}); unset: GPU-only keys and fingerprints "
         "are judged on the orchestrator's own hardware")
@@ -51,15 +54,16 @@ class KubernetesSection(Section):
             raise ValueError("also_in_pods: deployment cannot run as a pod (a served model is a Deployment and a "
                              "Service, not a pod that runs to completion); remove it: deployment runs on the "
                              "orchestrator (expected export, evaluation)")
-        if (self.accelerator and "gpus_per_pod" in self.model_fields_set
-                and self.gpus_per_pod != self.accelerator.count):
+        if self.accelerator and self.gpus_per_pod is not None and self.gpus_per_pod != self.accelerator.count:
             raise ValueError(f"gpus_per_pod {self.gpus_per_pod} and accelerator.count {self.accelerator.count} "
                              "disagree; accelerator.count replaces gpus_per_pod: remove gpus_per_pod")
         return self
 
     def gpus(self) -> int:
         """GPUs per pod: the declared accelerator's count, else gpus_per_pod."""
-        return self.accelerator.count if self.accelerator else self.gpus_per_pod
+        if self.accelerator:
+            return self.accelerator.count
+        return 1 if self.gpus_per_pod is None else self.gpus_per_pod
 
 
 class LauncherSection(Section):
