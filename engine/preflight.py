@@ -19,6 +19,7 @@ from engine.evaluate.compare import check_generation_backend, check_lm_eval
 from engine.evaluate.scorers import resolve_scorer
 from engine.models.device import check_precision, here, stage_device
 from engine.models.load import check_adapter, check_local_model, is_tiny
+from engine.errors import RecipeError
 from engine.recipe import Recipe, load_recipe, resolve_recipe_path
 from engine.train.adapters import check_lora_targets, check_quantized_training
 from engine.train.arguments import check_speed_levers
@@ -50,7 +51,13 @@ def check_on_this_machine(recipe: Recipe) -> None:
     training = stage_device(recipe.launcher, "training")
     for on in dict.fromkeys((training, stage_device(recipe.launcher, "export"),
                              stage_device(recipe.launcher, "evaluation"), here())):
-        check_precision(recipe.model, on)
+        try:
+            check_precision(recipe.model, on)
+        except RecipeError as refused:
+            if on.declared or recipe.launcher.type != "kubernetes":
+                raise
+            raise RecipeError(f"{refused} (checked on this machine: deployment, and the stages "
+                              "launcher.kubernetes.also_in_pods leaves out, run here)") from None
     recipe_sources(recipe.data)
     pt_sources(recipe)
     resolve_scorer(recipe.evaluation.scorer)

@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None, reporter: Reporter = stderr_reporter, or
     """`orchestrated`: an orchestrator started this process and says how it ended (no stop line of its own)."""
     import argparse
     from engine.train.checkpoints import TrainingInterrupted
-    parser = argparse.ArgumentParser(prog="tuneline train", description="Run one training stage from its spec.")
+    parser = argparse.ArgumentParser(prog="tuneline train", description="Run one stage (a training stage, or an "
+                                     "export or evaluation stage a pod runs) from its spec.")
     parser.add_argument("stage", nargs="?", help="the stage the spec is for (checked against it)")
     parser.add_argument("--spec", required=True, type=Path, help="spec.json written by the orchestrator")
     parser.add_argument("--verbose", action="store_true", help="show a traceback on errors")
