@@ -49,9 +49,9 @@ CHECKS_NOT_CONFIGURED = "checks_not_configured"
 
 def out_of_process(context: dg.AssetExecutionContext):
     """Runs a training stage's entry point (or an export or evaluation stage's, in a pod where the recipe says) as
-    `python -m pipelines.train_process <stage> --spec spec.json` through Dagster Pipes: its log and progress stream into this run's log, its live points become observations of the
-    asset as they come (assets/live_points.py), its metrics come back, and terminating the run stops it (SIGINT: it
-    saves a checkpoint first)."""
+    `python -m pipelines.train_process <stage> --spec spec.json` through Dagster Pipes: its log and progress stream
+    into this run's log, its live points become observations of the asset as they come (assets/live_points.py), its
+    metrics come back, and terminating the run stops it (SIGINT: it saves a checkpoint first)."""
     def run_entry(stage: Stage, run: StageRun) -> dict:
         live = LivePointsReader(context, dg.AssetKey(stage.name))
         client = dg.PipesSubprocessClient(termination_timeout_seconds=120, message_reader=live)

@@ -149,7 +149,8 @@ def test_export_and_evaluation_stages_become_pods_only_where_the_recipe_says(fak
     assert not EVALUATIONS["sft"].runs_out_of_process(exports)
     both = recipe(also_in_pods=["export", "evaluation"])
     assert all(e.runs_out_of_process(both) for e in EVALUATIONS.values()) and not DEPLOYMENT.runs_out_of_process(both)
-    assert not MERGED_MODEL.runs_out_of_process(load_recipe("tiny", {"launcher.kubernetes.also_in_pods": ["export"]})[0])
+    local = load_recipe("tiny", {"launcher.kubernetes.also_in_pods": ["export"]})[0]  # launcher.type local
+    assert not MERGED_MODEL.runs_out_of_process(local)
     # an export or evaluation pod is one process over every GPU (device_map auto; vLLM's tensor parallel), no torchrun
     pod, spec = pod_of(fake_cluster, tmp_path, pods(accelerator=H100, also_in_pods=["export"]), "merged_model",
                        training=False)
