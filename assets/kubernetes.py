@@ -1,5 +1,6 @@
-"""A training stage as a Kubernetes pod, through dagster-k8s' PipesK8sClient: the same spec and entry point as
-a local process, with the artifact root mounted at the same path in every pod."""
+"""A training stage (or an export or evaluation stage the recipe runs as a pod) as a Kubernetes pod, through
+dagster-k8s' PipesK8sClient: the same spec and entry point as a local process, with the artifact root mounted at the
+same path in every pod, on a node with the declared accelerator."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from engine.cluster.pods import ROOT_VOLUME, resources, tolerations, volume_mounts, volumes
+from engine.cluster.pods import ROOT_VOLUME, node_selector, resources, tolerations, volume_mounts, volumes
 from engine.train.launch import launch_command, training_environment
 
 __all__ = ["ROOT_VOLUME", "TRAIN_PROCESS", "pod_spec", "run_in_pod"]
@@ -16,24 +17,27 @@ TRAIN_PROCESS = "pipelines.train_process"  # the training child that reports thr
 
 def pod_spec(cfg, root: Path) -> dict:
     """The pod spec beyond image and command: resources, the artifact root's volume at the same path, /dev/shm,
-    placement and tolerations (engine/cluster/pods.py)."""
+    placement (the declared accelerator's node label among the node selector) and tolerations
+    (engine/cluster/pods.py)."""
     spec = {"containers": [{"resources": resources(cfg), "volume_mounts": volume_mounts(cfg, root)}],
             "volumes": volumes(cfg), "restart_policy": "Never"}
     if cfg.service_account:
         spec["service_account_name"] = cfg.service_account
-    if cfg.node_selector:
-        spec["node_selector"] = dict(cfg.node_selector)
+    if placement := node_selector(cfg):
+        spec["node_selector"] = placement
     if cfg.tolerations:
         spec["tolerations"] = tolerations(cfg)
     return spec
 
 
 def run_in_pod(context: dg.AssetExecutionContext, launcher, stage: str, spec_path: Path, root: Path,
-               client: dg.PipesClient | None = None) -> None:
-    """Start the stage's pod and wait for it; its log and messages come back through Pipes."""
+               client: dg.PipesClient | None = None, training: bool = True) -> None:
+    """Start the stage's pod and wait for it; its log and messages come back through Pipes. A training stage starts
+    torchrun in a pod of several GPUs; an export or evaluation stage is one process over all of them."""
     from dagster_k8s import PipesK8sClient
     cfg = launcher.kubernetes
-    (client or PipesK8sClient()).run(context=context, image=cfg.image, namespace=cfg.namespace,
-                                     command=launch_command(launcher, stage, spec_path, TRAIN_PROCESS),
+    command = (launch_command(launcher, stage, spec_path, TRAIN_PROCESS) if training
+               else ["python", "-m", TRAIN_PROCESS, stage, "--spec", str(spec_path)])
+    (client or PipesK8sClient()).run(context=context, image=cfg.image, namespace=cfg.namespace, command=command,
                                      base_pod_spec=pod_spec(cfg, root), env={**training_environment(), **cfg.env},
                                      pod_wait_timeout=cfg.wait_timeout or 0)  # 0: no limit (dagster-k8s: 24 h)

@@ -25,6 +25,8 @@ from engine.errors import TunelineError
 from engine.evaluate.plots import PLOTS_DIR
 from engine.evaluate.sketches import stage_sketches
 from engine.recipe import Recipe
+from engine.models.backends import pod_expectation
+from engine.models.device import stage_device
 from engine.stage import Stage, StageRun, is_configured
 from engine.train.child import read_error, read_result, spec_of, write_spec
 from engine.train import multinode
@@ -48,22 +50,25 @@ NOT_CONFIGURED = None
 CHECKS_NOT_CONFIGURED = "checks_not_configured"
 
 def out_of_process(context: dg.AssetExecutionContext):
-    """Runs a training stage's entry point as `python -m pipelines.train_process <stage> --spec spec.json` through
-    Dagster Pipes: its log and progress stream into this run's log, its live points become observations of the
-    asset as they come (assets/live_points.py), its metrics come back, and terminating the run stops it (SIGINT: it
-    saves a checkpoint first)."""
+    """Runs a training stage's entry point (or an export or evaluation stage's, in a pod where the recipe says) as
+    `python -m pipelines.train_process <stage> --spec spec.json` through Dagster Pipes: its log and progress stream
+    into this run's log, its live points become observations of the asset as they come (assets/live_points.py), its
+    metrics come back, and terminating the run stops it (SIGINT: it saves a checkpoint first)."""
     def run_entry(stage: Stage, run: StageRun) -> dict:
         live = LivePointsReader(context, dg.AssetKey(stage.name))
         client = dg.PipesSubprocessClient(termination_timeout_seconds=120, message_reader=live)
+        launcher = run.recipe.whole_recipe().launcher
+        on = stage_device(launcher, stage.kind)
         spec = spec_of(stage.name, run.fingerprint, stage.entry, run.recipe.declared_keys(),
-                       run.recipe.whole_recipe(), run.inputs, run.out, run.home.root)
+                       run.recipe.whole_recipe(), run.inputs, run.out, run.home.root,
+                       device=pod_expectation(on) if on.declared else None)
         path = write_spec(spec, run.home.run_dir(stage.name, run.fingerprint))
         launcher = run.recipe.whole_recipe().launcher
         try:
-            if launcher.type == "kubernetes" and launcher.nnodes > 1:  # every node's pod, from a TrainJob
+            if launcher.type == "kubernetes" and launcher.nnodes > 1 and stage.training:  # every node's pod: a TrainJob
                 run_trainjob(context, launcher, stage.name, path, run.home.root, run.fingerprint)
             elif launcher.type == "kubernetes":
-                run_in_pod(context, launcher, stage.name, path, run.home.root)
+                run_in_pod(context, launcher, stage.name, path, run.home.root, training=stage.training)
             else:
                 env = training_environment()
                 if launcher.nnodes > 1 and launcher.type != "accelerate":  # node 0 here; the others: its command
@@ -80,8 +85,8 @@ def out_of_process(context: dg.AssetExecutionContext):
             if unjoined := multinode.rendezvous_failure(launcher, stage.name, path):
                 raise TrainingFailed(unjoined) from None
             reason = error["message"] if error["message"] != "no error recorded" else str(exc)
-            raise TrainingFailed(f"{stage.name}: {reason} (a rerun resumes from its last complete "
-                                 "checkpoint)") from exc
+            resumes = " (a rerun resumes from its last complete checkpoint)" if stage.training else ""
+            raise TrainingFailed(f"{stage.name}: {reason}{resumes}") from exc
         except BaseException:  # stopped (Ctrl-C, SIGTERM): where the child stopped is where the run stopped
             if stopped_at := read_error(path).get("where"):
                 progress.enter(stage.name, stopped_at)
@@ -95,7 +100,7 @@ def out_of_process(context: dg.AssetExecutionContext):
 
 
 class TrainingFailed(TunelineError):
-    """A training process exited with an error (its own message is in the run's log)."""
+    """A stage process (training, or a pod) exited with an error (its own message is in the run's log)."""
 
 
 def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable[[Artifact, Recipe], str],

@@ -27,7 +27,7 @@ from engine.export.quantize import quantize_awq, quantize_gptq
 from engine.models.backends import vllm_usable
 from engine.models.base import make_base_model
 from engine.models.checkpoint import is_gguf
-from engine.models.device import PRECISION_KEYS, precision_identity, with_precision
+from engine.models.device import PRECISION_KEYS, precision_identity, stage_device, with_precision
 from engine.models.footprint import ExportWrites, TrainingWrites
 from engine.models.identity import tokenizer_identity
 from engine.models.load import check_adapter, check_local_model, is_tiny
@@ -137,7 +137,8 @@ def switchable_training_stage(name: str, entry, parents: tuple[str, ...], keys: 
                  else ((), ("stages",)),
                  off=lambda recipe: None if recipe.runs(switch) else off_reason,
                  outside=with_precision(lambda recipe, hasher: {**processes(recipe), **(outside(recipe, hasher)
-                                                                                      if outside else {})}))
+                                                                                      if outside else {})},
+                                        kind="training"))
 
 
 PT_KEYS = ("pt", "data.cutoff_len", "data.val_size", "data.seed", *PRECISION_KEYS)
@@ -156,7 +157,8 @@ def pt_outside(recipe, hasher) -> dict:
         identity["adapters"] = [checkpoint_identity(check_adapter(a), hasher) for a in recipe.model.adapters()]
     if not recipe.pt.dataset:
         return identity
-    return {**identity, "precision": precision_identity(recipe.model), **processes(recipe)}
+    return {**identity, "precision": precision_identity(recipe.model, stage_device(recipe.launcher, "training")),
+            **processes(recipe)}
 
 
 PT_MODEL = Stage("pt_model", entry=train_pt_model, parents=("base_model",), keys=PT_KEYS, select=pt_reads,
@@ -199,7 +201,7 @@ PPO_ADAPTER = Stage("ppo_adapter", entry=train_ppo_adapter, parents=PPO_PARENTS,
                     select=lambda recipe: ((parents_run(PPO_PARENTS, recipe), (*PPO_KEYS, *PRECISION_KEYS))
                                            if recipe.runs("ppo") else ((), ("stages",))),
                     off=lambda recipe: None if recipe.runs("ppo") else "ppo is not in the recipe's stages",
-                    outside=with_precision(ppo_outside))
+                    outside=with_precision(ppo_outside, kind="training"))
 
 
 def grpo_parents(parents: tuple[str, ...], recipe) -> tuple[str, ...]:
@@ -211,7 +213,8 @@ def grpo_outside(recipe, hasher) -> dict:
     """A user scorer's source, and what samples the rollouts here (vLLM or transformers)."""
     if not recipe.runs("grpo"):
         return {}
-    return {"reward_code": reward_identity(recipe.grpo.rewards), "rollout_backend": rollout_backend()}
+    return {"reward_code": reward_identity(recipe.grpo.rewards),
+            "rollout_backend": rollout_backend(stage_device(recipe.launcher, "training"))}
 
 
 GRPO_ADAPTER = switchable_training_stage(
@@ -221,6 +224,10 @@ GRPO_ADAPTER = switchable_training_stage(
 
 
 # --- exports --------------------------------------------------------------------------------------------------
+
+# a stage that may run as a pod reads the launcher to know where it runs: the device's identity is fingerprinted
+# (with_precision), the launcher's keys are not
+REMOTE = LAUNCHER
 
 MERGED_PARENTS = ("pt_model", "sft_adapter", "dpo_adapter", "ppo_adapter", "grpo_adapter", "formatted_data")
 
@@ -232,12 +239,14 @@ def merged_reads(recipe):
 
 
 MERGED_MODEL = Stage("merged_model", entry=merge_model, parents=MERGED_PARENTS, keys=PRECISION_KEYS,
-                     select=merged_reads, outside=with_precision(), writes=ExportWrites("pt_model"))
+                     select=merged_reads, locate=REMOTE, outside=with_precision(kind="export"), remote="export",
+                     writes=ExportWrites("pt_model"))
 
 
 def quantized_stage(method: str, entry) -> Stage:
     return Stage(f"{method}_model", entry=entry, parents=("merged_model", "formatted_data"),
-                 keys=("quantize", "data.cutoff_len", *PRECISION_KEYS), outside=with_precision(),
+                 keys=("quantize", "data.cutoff_len", *PRECISION_KEYS), locate=REMOTE,
+                 outside=with_precision(kind="export"), remote="export",
                  writes=ExportWrites("merged_model", times=None))  # a 4-bit export: P bytes
 
 
@@ -272,16 +281,16 @@ def evaluation_reads(stage: str, parents: tuple[str, ...], keys: tuple[str, ...]
 
 def evaluation_outside(recipe, hasher) -> dict:
     """What an evaluation depends on beyond its keys (the whole evaluation section, infer_backend included): the
-    scorer's code, and the backend that generates on this machine (auto picks vLLM only where it can run)."""
+    scorer's code, and the backend that generates where it runs (auto picks vLLM only where it can run)."""
     return {"scorer": scorer_identity(recipe.evaluation.scorer),
-            "generation_backend": generation_backend(recipe.evaluation)}
+            "generation_backend": generation_backend(recipe.evaluation, stage_device(recipe.launcher, "evaluation"))}
 
 
 def evaluation_stage(stage: str) -> Stage:
     parents, keys = (*STAGE_MODELS[stage], "formatted_data", "reward_model"), ("evaluation", *PRECISION_KEYS)
     return Stage(f"eval_{stage}", entry=evaluate_stage, parents=parents, keys=keys,
-                 select=evaluation_reads(stage, parents, keys), off=evaluation_off(stage),
-                 outside=with_precision(evaluation_outside))
+                 select=evaluation_reads(stage, parents, keys), off=evaluation_off(stage), locate=REMOTE,
+                 outside=with_precision(evaluation_outside, kind="evaluation"), remote="evaluation")
 
 
 EVALUATIONS = {stage: evaluation_stage(stage) for stage in EVALUATED}  # "sft" -> eval_sft, ...

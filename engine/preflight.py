@@ -17,8 +17,9 @@ from typing import Any
 from engine.data.registry import recipe_sources
 from engine.evaluate.compare import check_generation_backend, check_lm_eval
 from engine.evaluate.scorers import resolve_scorer
-from engine.models.device import check_precision
+from engine.models.device import check_precision, here, stage_device
 from engine.models.load import check_adapter, check_local_model, is_tiny
+from engine.errors import RecipeError
 from engine.recipe import Recipe, load_recipe, resolve_recipe_path
 from engine.train.adapters import check_lora_targets, check_quantized_training
 from engine.train.arguments import check_speed_levers
@@ -43,17 +44,29 @@ def _checked(path: str, overrides_json: str, text: bytes) -> Recipe:  # keyed on
 
 
 def check_on_this_machine(recipe: Recipe) -> None:
-    """Every path, model and option the recipe names, against this machine and install."""
-    check_precision(recipe.model)
+    """Every path, model and option the recipe names, against this machine and install, and the GPU-only options
+    against the device each stage runs on (a declared accelerator for a stage that runs as a pod). The precision
+    keys are checked on every device a model-loading stage runs on: here (deployment always runs here), and the
+    declared accelerator where pods run."""
+    training = stage_device(recipe.launcher, "training")
+    for on in dict.fromkeys((training, stage_device(recipe.launcher, "export"),
+                             stage_device(recipe.launcher, "evaluation"), here())):
+        try:
+            check_precision(recipe.model, on)
+        except RecipeError as refused:
+            if on.declared or recipe.launcher.type != "kubernetes":
+                raise
+            raise RecipeError(f"{refused} (checked on this machine: deployment, and the stages "
+                              "launcher.kubernetes.also_in_pods leaves out, run here)") from None
     recipe_sources(recipe.data)
     pt_sources(recipe)
     resolve_scorer(recipe.evaluation.scorer)
     for section in TRAINING_SECTIONS:
-        check_quantized_training(getattr(recipe, section), section)
-        check_speed_levers(getattr(recipe, section), section)
+        check_quantized_training(getattr(recipe, section), section, training)
+        check_speed_levers(getattr(recipe, section), section, training)
     check_lora_targets(recipe)
     check_lm_eval(recipe.evaluation)
-    check_generation_backend(recipe.evaluation)
+    check_generation_backend(recipe.evaluation, stage_device(recipe.launcher, "evaluation"))
     if not is_tiny(recipe.model):
         check_local_model(recipe.model.model_name_or_path)
     for adapter in recipe.model.adapters():

@@ -48,6 +48,9 @@ class Stage:
     off:      recipe -> why the stage is not configured under that recipe (None: it is). An off stage's artifact
               is a tiny "not configured" record made in process, without its entry point; its select should then
               read only the keys that turn it off.
+    remote:   the kind of a non-training stage that may run as a pod (export, evaluation): it does where the
+              launcher is kubernetes and launcher.kubernetes.also_in_pods names the kind (a training stage's kind is
+              training: under kubernetes it always runs as a pod).
     writes:   what it writes to disk, estimated before it starts (engine/models/footprint.py TrainingWrites,
               ExportWrites; None: little beside weights); the space check (engine/store/space.py) compares it with
               the free space.
@@ -64,9 +67,19 @@ class Stage:
     trains: Callable[[Recipe], bool] | None = None
     off: Callable[[Recipe], str | None] | None = None
     writes: Any = None
+    remote: str | None = None
+
+    @property
+    def kind(self) -> str | None:
+        """training, export or evaluation: what launcher.kubernetes says about where it runs (None: here, always)."""
+        return "training" if self.training else self.remote
 
     def runs_out_of_process(self, recipe: Recipe) -> bool:
-        return self.training and (self.trains is None or self.trains(recipe))
+        """A training stage that trains, or a stage the recipe runs as a pod: through a spec, in a process of its
+        own (engine/train/child.py)."""
+        if self.training:
+            return self.trains is None or self.trains(recipe)
+        return self.remote is not None and recipe.launcher.runs_in_pod(self.remote)
 
     def reads(self, recipe: Recipe) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(parents, keys) this stage reads under `recipe`."""

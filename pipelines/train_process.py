@@ -1,6 +1,7 @@
-"""`python -m pipelines.train_process <stage> --spec spec.json`: a training stage as the process Dagster Pipes
-launches. The engine runs the stage (engine/train/child.py); this module only carries its log lines and metrics
-back through Pipes (the `dagster-pipes` package, not dagster itself) when a Pipes session started it."""
+"""`python -m pipelines.train_process <stage> --spec spec.json`: a training stage (or an export or evaluation stage
+in a pod) as the process Dagster Pipes launches. The engine runs the stage (engine/train/child.py); this module only
+carries its log lines and metrics back through Pipes (the `dagster-pipes` package, not dagster itself) when a Pipes
+session started it."""
 
 from __future__ import annotations
 

@@ -302,3 +302,104 @@ def test_chat_takes_llamafactory_s_infer_dtype(tiny_model_dir, capsys):
                  "--infer-dtype", "bfloat16"]) == 0
     assert main(["chat", str(tiny_model_dir), "--prompt", "Add 1 + 2", "--infer-dtype", "float16"]) == 2
     assert "model.infer_dtype: float16 asks for float16, which needs a CUDA GPU" in capsys.readouterr().err
+
+
+# --- a declared accelerator: the device a stage that runs as a pod is judged and fingerprinted on ---------------
+
+H100 = {"type": "nvidia-h100-80gb", "count": 1, "bf16": True}
+T4 = {"type": "nvidia-tesla-t4", "count": 1, "bf16": False}
+CPU_PODS = {"type": "none", "count": 0, "bf16": False}
+
+
+def pods(accelerator: dict | None = H100, **more) -> dict:
+    """Recipe overrides: every training stage a pod on `accelerator` (and whatever `more` says)."""
+    return {"launcher.type": "kubernetes", "launcher.kubernetes.image": "registry.example/tuneline:0.1",
+            "launcher.kubernetes.volume_claim": "tuneline-home", "launcher.kubernetes.accelerator": accelerator, **more}
+
+
+@pytest.fixture
+def cpu_orchestrator(monkeypatch):
+    """This machine has no GPU, whatever it really has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(policy, "cpu_native_bf16", lambda: False)
+
+
+def planned(overrides: dict) -> dict:
+    from engine.graph import STAGES
+    from engine.plan import make_plan
+    return make_plan(STAGES, load_recipe("tiny", overrides)[0])
+
+
+GPU_ONLY = [{"sft.attn_implementation": "flash_attention_2"}, {"dpo.enable_liger_kernel": True},
+            {"sft.quantization_bit": 4, "sft.finetuning_type": "lora"},
+            {"reward.attn_implementation": "flex_attention"}]
+
+
+@pytest.mark.parametrize("keys", GPU_ONLY, ids=[next(iter(k)) for k in GPU_ONLY])
+def test_gpu_only_keys_are_judged_on_the_declared_accelerator_of_the_pods_that_train(cpu_orchestrator, keys):
+    from engine.preflight import check_on_this_machine
+    key = next(iter(keys)).replace(".", r"\.")
+    check_on_this_machine(load_recipe("tiny", pods(**keys))[0])  # the pods' H100, not this CPU, trains
+    with pytest.raises(RecipeError, match=rf"^{key}.*GPU"):  # a local stage trains here: still refused
+        check_on_this_machine(load_recipe("tiny", keys)[0])
+    with pytest.raises(RecipeError, match=rf"^{key}.*the declared CPU pods"):  # count 0 behaves as a CPU
+        check_on_this_machine(load_recipe("tiny", pods(CPU_PODS, **keys))[0])
+
+
+def test_the_precision_keys_are_judged_on_the_declared_gpu_and_here_where_deployment_runs(cpu_orchestrator):
+    from engine.preflight import check_on_this_machine
+    with pytest.raises(RecipeError, match=r"model\.bf16: true asks for bfloat16, which the declared accelerator "
+                                          r"nvidia-tesla-t4 \(launcher\.kubernetes\.accelerator\) does not support"):
+        check_on_this_machine(load_recipe("tiny", pods(T4, **{"model.bf16": True}))[0])
+    with pytest.raises(RecipeError, match=r"^model\.fp16: true asks for float16, which needs a CUDA GPU .* \(checked "
+                                          r"on this machine: deployment, and the stages launcher\.kubernetes"):
+        check_on_this_machine(load_recipe("tiny", pods(H100, **{"model.fp16": True}))[0])
+
+
+def test_a_pod_stage_is_fingerprinted_on_the_declared_accelerator_and_only_pod_stages_follow_it(cpu_orchestrator):
+    h100, t4, here = planned(pods(H100)), planned(pods(T4)), planned({})
+    assert h100["sft_adapter"].outside["precision"] == {
+        "device": "cuda", "train_dtype": "bfloat16", "infer_dtype": "bfloat16", "pure_bf16": False,
+        "amp": {"bf16": True, "fp16": False}, "accelerator": "nvidia-h100-80gb"}
+    assert t4["dpo_adapter"].outside["precision"] == {
+        "device": "cuda", "train_dtype": "float16", "infer_dtype": "float16", "pure_bf16": False,
+        "amp": {"bf16": False, "fp16": True}, "accelerator": "nvidia-tesla-t4"}
+    assert h100["merged_model"].outside["precision"]["device"] == "cpu"  # exports run here unless also_in_pods
+    trained_in_pods = {"sft_adapter", "reward_model", "dpo_adapter"}  # tiny's stages (ppo, grpo, pt off)
+    assert {n for n in h100 if h100[n].outside != t4[n].outside} == trained_in_pods
+    assert {n for n in h100 if h100[n].outside != here[n].outside} == trained_in_pods
+    upstream = ("raw_data", "clean_data", "base_model", "formatted_data", "pt_model")
+    assert all(h100[n].fingerprint == t4[n].fingerprint == here[n].fingerprint for n in upstream)
+    # no accelerator declared: judged here, as before one could be declared; CPU pods: as this CPU
+    fingerprints = lambda plan: {n: p.fingerprint for n, p in plan.items()}  # noqa: E731
+    assert fingerprints(planned(pods(None))) == fingerprints(here) == fingerprints(planned(pods(CPU_PODS)))
+
+
+def test_export_and_evaluation_stages_run_as_pods_where_the_recipe_says(cpu_orchestrator):
+    import importlib.util
+    both = planned(pods(H100, **{"launcher.kubernetes.also_in_pods": ["export", "evaluation"]}))
+    for name in ("merged_model", "gptq_model", "awq_model", "eval_base", "eval_sft", "eval_merged", "eval_awq"):
+        precision = both[name].outside["precision"]
+        assert (precision["device"], precision["infer_dtype"], precision["accelerator"]) == (
+            "cuda", "bfloat16", "nvidia-h100-80gb"), name
+    vllm = importlib.util.find_spec("vllm") is not None  # auto: vLLM where it runs (the image has our versions)
+    assert both["eval_sft"].outside["generation_backend"] == ("vllm" if vllm else "huggingface")
+    assert both["deployment"].outside["precision"]["device"] == "cpu"  # serving is never a pod
+    exports = planned(pods(H100, **{"launcher.kubernetes.also_in_pods": ["export"]}))
+    assert exports["merged_model"].outside == both["merged_model"].outside
+    assert exports["eval_merged"].outside["precision"]["device"] == "cpu"
+
+
+def test_a_pod_without_the_declared_hardware_refuses_to_start(cpu_orchestrator):
+    from engine.models.backends import check_pod, pod_expectation
+    from engine.recipe import AcceleratorSection
+    with pytest.raises(RecipeError, match=r"^launcher\.kubernetes\.accelerator declares nvidia-h100-80gb \(bf16 "
+                                          r"True\), but this pod has no GPU"):
+        check_pod(pod_expectation(policy.declared(AcceleratorSection(**H100))))
+    with pytest.raises(RecipeError, match=r"declares CPU pods \(bf16 True\), but this pod has no GPU \(a CPU, "
+                                          r"native bf16 False\)"):
+        check_pod(pod_expectation(policy.declared(AcceleratorSection(**{**CPU_PODS, "bf16": True}))))
+    check_pod(pod_expectation(policy.declared(AcceleratorSection(**CPU_PODS))))
+    with pytest.raises(RecipeError, match=r"^launcher\.kubernetes\.image: vLLM is (not )?importable in this pod"):
+        expected = pod_expectation(policy.declared(AcceleratorSection(**CPU_PODS)))
+        check_pod({**expected, "vllm": not expected["vllm"]})

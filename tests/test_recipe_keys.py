@@ -45,10 +45,11 @@ def every_field():
 
 def test_the_walk_reaches_nested_sections_and_every_clean_step():
     names = {s.__name__ for s in sections_under(Recipe)}
-    # the recipe, its 16 sections, the tiny preset, the kubernetes pods, the 8 clean steps and grpo's reward terms
-    assert {"TinyModel", "KubernetesSection", "NormalizeStep", "NearDedupStep", "PiiStep", "DpoSection",
-            "GrpoSection", "GrpoReward", "PpoSection"} <= names
-    assert len(names) == 28 and len(every_field()) > 150
+    # the recipe, its 16 sections, the tiny preset, the kubernetes pods and their accelerator, the 8 clean steps and
+    # grpo's reward terms
+    assert {"TinyModel", "KubernetesSection", "AcceleratorSection", "NormalizeStep", "NearDedupStep", "PiiStep",
+            "DpoSection", "GrpoSection", "GrpoReward", "PpoSection"} <= names
+    assert len(names) == 29 and len(every_field()) > 150
 
 
 def test_every_field_in_every_section_has_a_description():

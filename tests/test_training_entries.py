@@ -1,4 +1,5 @@
-"""A training process runs only a training stage's entry point from the fixed table, whatever its spec.json says."""
+"""A stage process runs only a training (or pod-capable export/evaluation) stage's entry point from the fixed table,
+whatever its spec.json says."""
 
 import json
 import sys
@@ -7,11 +8,16 @@ import pytest
 
 from engine.graph import STAGES
 from engine.train.child import main, spec_of
-from engine.train.entries import TRAINING_ENTRIES, entry_name
+from engine.train.entries import POD_ENTRIES, TRAINING_ENTRIES, entry_name
 
 
 def test_the_table_is_what_the_graph_declares_for_every_training_stage():
     assert TRAINING_ENTRIES == {s.name: entry_name(s.entry) for s in STAGES if s.training}
+
+
+def test_the_pod_table_is_what_the_graph_declares_for_every_stage_that_may_run_as_a_pod():
+    assert POD_ENTRIES == {s.name: entry_name(s.entry) for s in STAGES if s.remote}
+    assert {s.remote for s in STAGES if s.remote} == {"export", "evaluation"}
 
 
 PLANTED = "import pathlib\npathlib.Path({marker!r}).write_text('imported')\ndef run(run):\n    return {{}}\n"
@@ -19,7 +25,7 @@ PLANTED = "import pathlib\npathlib.Path({marker!r}).write_text('imported')\ndef 
 
 @pytest.mark.parametrize("spec", [
     {"stage": "planted_stage"},  # not a stage at all
-    {"stage": "raw_data"},  # a stage, not a training one
+    {"stage": "raw_data"},  # a stage, not a training one nor one a pod may run
     {"stage": "sft_adapter", "entry": "planted_module:run"},  # an old-style spec naming a module
     {"stage": "planted_module:run"},
 ], ids=["unknown", "not-training", "entry-key", "module-as-stage"])
@@ -35,7 +41,7 @@ def test_a_spec_naming_anything_but_a_training_stage_is_refused_in_one_line(spec
     assert main(["--spec", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(path) in err, err
-    assert ("is not a training stage" in err) or ("names an entry point" in err), err
+    assert ("is not a stage a stage process runs" in err) or ("names an entry point" in err), err
     assert not marker.exists() and "planted_module" not in sys.modules
     assert json.loads((run_dir / "error.json").read_text())["kind"] == "error"
 

@@ -12,7 +12,7 @@ SHM_VOLUME = "dshm"
 def resources(cfg) -> dict:
     """requests and limits per pod: the recipe's cpu/memory, and its GPUs as limits (Kubernetes sets a GPU's
     request from its limit)."""
-    limits = {**cfg.limits, **({"nvidia.com/gpu": str(cfg.gpus_per_pod)} if cfg.gpus_per_pod else {})}
+    limits = {**cfg.limits, **({"nvidia.com/gpu": str(cfg.gpus())} if cfg.gpus() else {})}
     return {**({"requests": dict(cfg.requests)} if cfg.requests else {}), "limits": limits}
 
 
@@ -24,6 +24,12 @@ def volumes(cfg) -> list[dict]:
 def volume_mounts(cfg, root: Path) -> list[dict]:
     shm = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}] if cfg.shm_size else []
     return [{"name": ROOT_VOLUME, "mountPath": str(root)}, *shm]
+
+
+def node_selector(cfg) -> dict[str, str]:
+    """The recipe's node labels, and the declared accelerator's (its node label set to its type)."""
+    accelerator = {cfg.accelerator.label: cfg.accelerator.type} if cfg.accelerator and cfg.accelerator.count else {}
+    return {**cfg.node_selector, **accelerator}
 
 
 def tolerations(cfg) -> list[dict]:

@@ -18,7 +18,7 @@ import torch
 
 from engine.models.backends import choose_backend
 from engine.data.format import read_view
-from engine.models.device import (Precision, device_type, infer_dtype, name, precision_metrics, release,
+from engine.models.device import (Device, Precision, device_type, infer_dtype, name, precision_metrics, release,
                                   tensor_parallel_size)
 from engine.errors import RecipeError
 from engine.models.sample import decoded_answer
@@ -41,14 +41,15 @@ STAGE_MODELS = {"base": ("base_model",), "sft": ("pt_model", "sft_adapter"),
                 "gptq": ("gptq_model",), "awq": ("awq_model",)}
 
 
-def generation_backend(cfg: EvaluationSection) -> str:
-    """"vllm" or "huggingface": what generates the greedy answers under evaluation.infer_backend on this machine."""
-    return choose_backend(cfg.infer_backend, "evaluation.infer_backend", RecipeError)
+def generation_backend(cfg: EvaluationSection, on: Device | None = None) -> str:
+    """"vllm" or "huggingface": what generates the greedy answers under evaluation.infer_backend on the device the
+    evaluation runs on (default: this machine)."""
+    return choose_backend(cfg.infer_backend, "evaluation.infer_backend", RecipeError, on)
 
 
-def check_generation_backend(cfg: EvaluationSection) -> None:
+def check_generation_backend(cfg: EvaluationSection, on: Device | None = None) -> None:
     """evaluation.infer_backend vllm needs vLLM and a CUDA GPU: say so before any work starts."""
-    generation_backend(cfg)
+    generation_backend(cfg, on)
 
 
 def vllm_answers(model_dir: Path, tokenizer, prompts: list[list[int]], max_new_tokens: int,

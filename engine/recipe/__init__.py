@@ -29,7 +29,7 @@ from engine.recipe.export import MergeSection, QuantizeSection
 from engine.recipe.grpo import GrpoReward, GrpoSection
 from engine.recipe.fields import (Float, Int, Section, check_threshold, fingerprint_value, get_dotted,
                                   is_fingerprinted, is_threshold, operational)
-from engine.recipe.launcher import KubernetesSection, LauncherSection
+from engine.recipe.launcher import AcceleratorSection, KubernetesSection, LauncherSection
 from engine.recipe.loader import (RECIPE_DIR, DuplicateKeyError, UniqueKeyLoader, describe, load_recipe, read_yaml,
                                   resolve_recipe_path, section_at, set_dotted)
 from engine.recipe.model import ModelSection, TinyModel
@@ -41,7 +41,7 @@ from engine.recipe.serve import ServeSection
 from engine.recipe.training import DpoSection, PtSection, RewardSection, SftSection, StageName, TrainSection
 
 __all__ = [
-    "BlocklistStep", "CleanSection", "CleanStep", "DEFAULT_CLEAN_STEPS", "DataSection", "DpoSection",
+    "AcceleratorSection", "BlocklistStep", "CleanSection", "CleanStep", "DEFAULT_CLEAN_STEPS", "DataSection", "DpoSection",
     "DuplicateKeyError", "EvaluationSection", "ExactDedupStep", "GrpoReward", "GrpoSection", "Float", "Int", "KubernetesSection", "LauncherSection",
     "LengthStep", "MergeSection", "ModelSection", "NearDedupStep", "NormalizeStep", "PiiStep", "PtSection",
     "QuantizeSection", "RECIPE_DIR", "RENAMED", "Recipe", "Renamed", "RepetitionStep", "RetentionSection",

@@ -12,15 +12,39 @@ from engine.recipe.fields import Int, Section
 DEFAULT_SHM = "16Gi"
 
 
+class AcceleratorSection(Section):
+    """The hardware every pod gets: what GPU-only keys (QLoRA, flash_attention_2, liger, fp16/bf16) are judged
+    against, and what a pod stage's fingerprint records, instead of the orchestrator's own hardware."""
+    type: str = Field(description="the GPU model as the nodes' `label` names it (NVIDIA's labels: "
+                                  "NVIDIA-H100-80GB-HBM3; GKE's: nvidia-h100-80gb); pods are scheduled only on nodes "
+                                  "whose `label` has this value, and fingerprints record it")
+    count: Int = Field(ge=0, description="GPUs (nvidia.com/gpu) per pod; replaces gpus_per_pod (setting both to "
+                                         "different numbers is refused); 0: the pods run on CPUs")
+    bf16: bool = Field(description="whether the GPU computes bfloat16 (Ampere or newer: true); with count 0, "
+                                   "whether the pods' CPUs compute bf16 natively (AVX512-BF16 or AMX)")
+    label: str = Field("nvidia.com/gpu.product", description="the node label whose value is `type`: NVIDIA's GPU "
+                                                             "feature discovery's, or GKE's "
+                                                             "cloud.google.com/gke-accelerator")
+
+
 class KubernetesSection(Section):
     """A pod per training stage (launcher.type kubernetes, through dagster-k8s' PipesK8sClient), or with nnodes > 1
-    a Kubeflow Trainer TrainJob of nnodes pods (assets/trainjob.py). Every pod mounts the artifact root at the same
-    path (a ReadWriteMany volume): the spec, parents and work directory are there."""
+    a Kubeflow Trainer TrainJob of nnodes pods (assets/trainjob.py), and a pod per export or evaluation stage where
+    `also_in_pods` says. Every pod mounts the artifact root at the same path (a ReadWriteMany volume): the spec,
+    parents and work directory are there."""
     image: str | None = Field(None, description="an image with this project installed (the same versions as the "
                                                 "orchestrator); required for type kubernetes")
     namespace: str | None = Field(None, description='the pods\' namespace; unset: the current one, else "default"')
-    gpus_per_pod: Int = Field(1, ge=0, description="nvidia.com/gpu per pod; more than 1 starts torchrun inside the "
-                                                   "pod")
+    gpus_per_pod: Int | None = Field(None, ge=0, description="nvidia.com/gpu per pod (unset: 1); more than 1 starts "
+                                                          "torchrun inside a training pod; accelerator.count replaces "
+                                                          "it")
+    accelerator: AcceleratorSection | None = Field(
+        None, description="the GPU every pod runs on ({type, count, bf16}); unset: GPU-only keys and fingerprints "
+        "are judged on the orchestrator's own hardware")
+    also_in_pods: list[Literal["export", "evaluation", "deployment"]] = Field(
+        default_factory=list, description="non-training stages that run as pods too: export (merged_model, "
+        "gptq_model, awq_model), evaluation (eval_*); deployment is refused (a served model is a Deployment and a "
+        "Service, not a pod that runs to completion)")
     volume_claim: str | None = Field(None, description="the PersistentVolumeClaim holding the artifact root; "
                                                        "required for type kubernetes")
     service_account: str | None = Field(None, description="the pods' service account; unset: the namespace's "
@@ -43,6 +67,23 @@ class KubernetesSection(Section):
     trainer_runtime: str = Field("torch-distributed", description="the Kubeflow Trainer ClusterTrainingRuntime a "
                                                                   "TrainJob runs on (nnodes > 1)")
 
+    @model_validator(mode="after")
+    def one_gpu_count(self):
+        if "deployment" in self.also_in_pods:
+            raise ValueError("also_in_pods: deployment cannot run as a pod (a served model is a Deployment and a "
+                             "Service, not a pod that runs to completion); remove it: deployment runs on the "
+                             "orchestrator (expected export, evaluation)")
+        if self.accelerator and self.gpus_per_pod is not None and self.gpus_per_pod != self.accelerator.count:
+            raise ValueError(f"gpus_per_pod {self.gpus_per_pod} and accelerator.count {self.accelerator.count} "
+                             "disagree; accelerator.count replaces gpus_per_pod: remove gpus_per_pod")
+        return self
+
+    def gpus(self) -> int:
+        """GPUs per pod: the declared accelerator's count, else gpus_per_pod."""
+        if self.accelerator:
+            return self.accelerator.count
+        return 1 if self.gpus_per_pod is None else self.gpus_per_pod
+
 
 class LauncherSection(Section):
     """How a training stage's processes start: one process (`local`; with several visible GPUs it starts torchrun
@@ -50,7 +91,8 @@ class LauncherSection(Section):
     FSDP). Only the process of rank 0 writes and reports."""
     type: Literal["local", "torchrun", "accelerate", "kubernetes"] = Field(
         "local", description="local (one process; torchrun by itself with several visible GPUs), torchrun, "
-        "accelerate (accelerate launch) or kubernetes (a pod per training stage; nnodes > 1: a Kubeflow TrainJob)")
+        "accelerate (accelerate launch) or kubernetes (a pod per training stage; nnodes > 1: a Kubeflow TrainJob; "
+        "kubernetes.also_in_pods adds export and evaluation stages)")
     nproc_per_node: Int | None = Field(None, ge=1, description="processes per node; unset: one per visible GPU (one "
                                                                "on a CPU)")
     nnodes: Int = Field(1, ge=1, description="machines taking part (torchrun's nnodes); above 1, tuneline runs node "
@@ -85,3 +127,7 @@ class LauncherSection(Section):
             raise ValueError("type accelerate needs accelerate_config (a YAML from `accelerate config`, e.g. a "
                              "DeepSpeed ZeRO-3 or FSDP2 one) or deepspeed (a DeepSpeed JSON)")
         return self
+
+    def runs_in_pod(self, kind: str) -> bool:
+        """Whether a stage of `kind` (training, export, evaluation; deployment never) runs as a pod."""
+        return self.type == "kubernetes" and (kind == "training" or kind in self.kubernetes.also_in_pods)

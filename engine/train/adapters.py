@@ -4,7 +4,6 @@ those keys that run before any work."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,9 +12,9 @@ from peft import LoraConfig, get_peft_model
 
 from engine.errors import RecipeError
 from engine.models.attention import training_attention
-from engine.models.device import (Precision, device, load_kwargs, train_dtype, upcast_trainable,
+from engine.models.device import (Device, Precision, device, here, load_kwargs, train_dtype, upcast_trainable,
                                   upcast_trainable_parameters)
-from engine.train.arguments import check_speed_levers
+from engine.train.arguments import check_speed_levers, gpu_package
 
 if TYPE_CHECKING:
     from engine.recipe import TrainSection
@@ -53,14 +52,17 @@ def check_lora_targets(recipe, stages: tuple[str, ...] = ("pt", "sft", "reward",
                               f"layers: {', '.join(linear)}; or 'all')")
 
 
-def check_quantized_training(cfg: TrainSection, key: str) -> None:
-    """QLoRA needs bitsandbytes and a CUDA GPU: say so before any work starts."""
+def check_quantized_training(cfg: TrainSection, key: str, on: Device | None = None) -> None:
+    """QLoRA needs bitsandbytes and a CUDA GPU where the stage trains (`on`, default here): say so before any work
+    starts."""
     if cfg.quantization_bit is None:
         return
-    if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
+    on = on or here()
+    if not (gpu_package("bitsandbytes", on) and on.type == "cuda"):
+        where = on.describe() if on.declared else "this machine"
         raise RecipeError(f"{key}.quantization_bit {cfg.quantization_bit} (QLoRA) needs bitsandbytes and a CUDA GPU "
-                          f"(bitsandbytes installed: {importlib.util.find_spec('bitsandbytes') is not None}, "
-                          f"GPU: {torch.cuda.is_available()}); remove it to train a plain LoRA on this machine")
+                          f"(bitsandbytes installed: {gpu_package('bitsandbytes', on)}, "
+                          f"GPU: {on.type == 'cuda'}); remove it to train a plain LoRA on {where}")
 
 
 def quantized_load_kwargs(cfg: TrainSection, precision: Precision | None = None) -> dict:

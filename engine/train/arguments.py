@@ -13,7 +13,7 @@ import torch
 from peft.optimizers import create_loraplus_optimizer
 
 from engine.errors import RecipeError
-from engine.models.device import Precision, device_type, mixed_precision
+from engine.models.device import Device, Precision, device_type, here, mixed_precision
 
 if TYPE_CHECKING:
     from engine.recipe import TrainSection
@@ -58,16 +58,23 @@ def training_autocast(args):
     return torch.autocast(device_type(), dtype=torch.bfloat16 if args.bf16 else torch.float16)
 
 
-def check_speed_levers(cfg: TrainSection, key: str) -> None:
-    """The attention kernel and Liger kernels the recipe asks for must work here: say so before any work starts."""
-    cuda = torch.cuda.is_available()
-    if cfg.attn_implementation == "flash_attention_2" and (importlib.util.find_spec("flash_attn") is None or not cuda):
+def gpu_package(package: str, on: Device) -> bool:
+    """A package that only a GPU uses (flash-attn, liger-kernel, bitsandbytes) is there: importable here, or, on a
+    declared accelerator, taken as in the pod's image, which checks it itself where it loads the model."""
+    return on.declared or importlib.util.find_spec(package) is not None
+
+
+def check_speed_levers(cfg: TrainSection, key: str, on: Device | None = None) -> None:
+    """The attention kernel and Liger kernels the recipe asks for must work where the stage trains (`on`, default
+    here): say so before any work starts."""
+    on = on or here()
+    cuda, where = on.type == "cuda", f" on {on.describe()}" if on.declared else ""
+    if cfg.attn_implementation == "flash_attention_2" and not (gpu_package("flash_attn", on) and cuda):
         raise RecipeError(f"{key}.attn_implementation flash_attention_2 needs the flash-attn package and a CUDA GPU "
-                          f"(flash-attn installed: {importlib.util.find_spec('flash_attn') is not None}, GPU: {cuda}); "
-                          "use sdpa")
+                          f"(flash-attn installed: {gpu_package('flash_attn', on)}, GPU: {cuda}{where}); use sdpa")
     if cfg.attn_implementation == "flex_attention" and not cuda:
         raise RecipeError(f"{key}.attn_implementation flex_attention trains on a GPU only (PyTorch's FlexAttention has "
-                          "no backward pass on a CPU); use sdpa")
-    if cfg.enable_liger_kernel and (importlib.util.find_spec("liger_kernel") is None or not cuda):
+                          f"no backward pass on a CPU{where}); use sdpa")
+    if cfg.enable_liger_kernel and not (gpu_package("liger_kernel", on) and cuda):
         raise RecipeError(f"{key}.enable_liger_kernel needs the liger-kernel package and a CUDA GPU (installed: "
-                          f"{importlib.util.find_spec('liger_kernel') is not None}, GPU: {cuda}); set it to false")
+                          f"{gpu_package('liger_kernel', on)}, GPU: {cuda}{where}); set it to false")

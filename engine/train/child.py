@@ -21,7 +21,7 @@ from typing import Callable, ContextManager, Iterator
 
 from engine.errors import TunelineError
 from engine.runtime.startup import collector_paused
-from engine.train.entries import TRAINING_ENTRIES, entry_name, training_entry
+from engine.train.entries import STAGE_ENTRIES, entry_name, stage_entry
 from engine.train.live import POINT, points_to
 
 RESULT_FILE = "result.json"  # beside the spec, outside the work directory: never part of the artifact
@@ -32,13 +32,16 @@ INTERRUPTED = 130  # the exit code of a stage stopped by SIGINT/SIGTERM after sa
 
 
 def spec_of(stage: str, fingerprint: str, entry: Callable, keys: tuple[str, ...], recipe, inputs: dict[str, Path],
-            out: Path, home: Path) -> dict:
-    """The spec of a training stage; `entry` (its declared entry point) must be the one the child will run for it."""
-    if TRAINING_ENTRIES.get(stage) != entry_name(entry):
-        raise TunelineError(f"stage {stage}: its entry point {entry_name(entry)} is not the one a training process "
-                            f"runs for it ({TRAINING_ENTRIES.get(stage, 'none')}, engine/train/entries.py)")
+            out: Path, home: Path, device: dict | None = None) -> dict:
+    """The spec of a stage run in a process of its own; `entry` (its declared entry point) must be the one the child
+    will run for it. `device`: the declared hardware a pod must find at its start (engine/models/backends.py
+    pod_expectation), where its fingerprint records the declared accelerator."""
+    if STAGE_ENTRIES.get(stage) != entry_name(entry):
+        raise TunelineError(f"stage {stage}: its entry point {entry_name(entry)} is not the one a stage process "
+                            f"runs for it ({STAGE_ENTRIES.get(stage, 'none')}, engine/train/entries.py)")
     return {"stage": stage, "fingerprint": fingerprint, "keys": list(keys), "recipe": recipe.model_dump(mode="json"),
-            "inputs": {name: str(path) for name, path in inputs.items()}, "out": str(out), "home": str(home)}
+            "inputs": {name: str(path) for name, path in inputs.items()}, "out": str(out), "home": str(home),
+            **({"device": device} if device else {})}
 
 
 def write_spec(spec: dict, directory: Path) -> Path:
@@ -103,7 +106,10 @@ def run_spec(spec_path: Path, reporter: Reporter = stderr_reporter) -> dict:
         raise TunelineError(f"{spec_path}: names an entry point ({spec['entry']!r}); a spec names its stage only, "
                             "and the stage's entry point comes from engine/train/entries.py")
     with collector_paused():
-        entry = training_entry(spec["stage"], str(spec_path))
+        entry = stage_entry(spec["stage"], str(spec_path))
+    if "device" in spec:  # a pod whose fingerprint records the declared accelerator: it must have that hardware
+        from engine.models.backends import check_pod
+        check_pod(spec["device"])
     recipe = Recipe.model_validate(spec["recipe"])
     with reporter() as (say, report), points_to(lambda point: report({POINT: point})):
         run = StageRun(spec["stage"], spec["fingerprint"], RecipeView(recipe, tuple(spec["keys"]), spec["stage"]),
@@ -119,7 +125,8 @@ def main(argv: list[str] | None = None, reporter: Reporter = stderr_reporter, or
     """`orchestrated`: an orchestrator started this process and says how it ended (no stop line of its own)."""
     import argparse
     from engine.train.checkpoints import TrainingInterrupted
-    parser = argparse.ArgumentParser(prog="tuneline train", description="Run one training stage from its spec.")
+    parser = argparse.ArgumentParser(prog="tuneline train", description="Run one stage (a training stage, or an "
+                                     "export or evaluation stage a pod runs) from its spec.")
     parser.add_argument("stage", nargs="?", help="the stage the spec is for (checked against it)")
     parser.add_argument("--spec", required=True, type=Path, help="spec.json written by the orchestrator")
     parser.add_argument("--verbose", action="store_true", help="show a traceback on errors")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable
 from engine.data.format import read_view
 from engine.evaluate.measure import answer_examples
 from engine.models.backends import vllm_usable
-from engine.models.device import Precision, precision_metrics, train_dtype
+from engine.models.device import Device, Precision, precision_metrics, train_dtype
 from engine.models.load import load_tokenizer, load_with_adapters, model_dir, trained_weights
 from engine.train.adapters import prepare_model
 from engine.train.arguments import SCRATCH_DIR, optimizers, trainer_kwargs
@@ -31,10 +31,10 @@ ROLLOUTS = "rollouts.parquet"
 POLICY_CHAIN = ("sft_adapter", "dpo_adapter")  # applied in order on pt_model where the recipe runs them
 
 
-def rollout_backend() -> str:
-    """What samples the rollouts: vLLM colocated with training where it runs here (the device policy's one
-    decision, engine/models/backends.py), else transformers' generate."""
-    return "vllm" if vllm_usable() else "transformers"
+def rollout_backend(on: Device | None = None) -> str:
+    """What samples the rollouts: vLLM colocated with training where it runs on `on` (default: here; the device
+    policy's one decision, engine/models/backends.py), else transformers' generate."""
+    return "vllm" if vllm_usable(on) else "transformers"
 
 
 def prompt_rows(dataset, tokenizer) -> list[dict]:

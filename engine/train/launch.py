@@ -17,7 +17,7 @@ def processes_per_node(launcher) -> int:
     """The recipe's nproc_per_node, else one per GPU (a pod's GPUs on Kubernetes; the visible ones, or one on a
     CPU, here)."""
     if launcher.type == "kubernetes":
-        return launcher.nproc_per_node or max(launcher.kubernetes.gpus_per_pod, 1)
+        return launcher.nproc_per_node or max(launcher.kubernetes.gpus(), 1)
     return launcher.nproc_per_node or max(torch.cuda.device_count(), 1)
 
 

@@ -30,7 +30,8 @@ def refuse_to_train(tuneline) -> None:
     needed = [n for n in plan if n in {*ancestors(plan, "model_comparison"), "model_comparison"}]
     missing = [name for name in needed if store.lookup(name, plan[name].fingerprint) is None]
     recipe = tuneline.recipe()
-    training = [name for name in missing if plan[name].stage.runs_out_of_process(recipe)]
+    training = [name for name in missing
+                if plan[name].stage.training and plan[name].stage.runs_out_of_process(recipe)]
     if training:
         raise TunelineError(f"eval: {', '.join(training)} not trained for this recipe, and {len(missing)} stages "
                             f"not built ({', '.join(missing)}); add --build to train and build them first, or run "
