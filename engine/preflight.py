@@ -22,6 +22,7 @@ from engine.models.load import check_adapter, check_local_model, is_tiny
 from engine.recipe import Recipe, load_recipe, resolve_recipe_path
 from engine.train.adapters import check_lora_targets, check_quantized_training
 from engine.train.arguments import check_speed_levers
+from engine.train.sharding import check_sharding
 from engine.train.pt import pt_sources
 
 TRAINING_SECTIONS = ("pt", "sft", "reward", "dpo")
@@ -52,6 +53,7 @@ def check_on_this_machine(recipe: Recipe) -> None:
         check_quantized_training(getattr(recipe, section), section)
         check_speed_levers(getattr(recipe, section), section)
     check_lora_targets(recipe)
+    check_sharding(recipe)
     check_lm_eval(recipe.evaluation)
     check_generation_backend(recipe.evaluation)
     if not is_tiny(recipe.model):
