@@ -53,9 +53,26 @@ class Sharding:
         if launcher.deepspeed and launcher.fsdp:
             raise RecipeError(f"launcher.deepspeed {launcher.deepspeed!r} and launcher.fsdp {launcher.fsdp!r}: choose "
                               "one way to shard")
-        return cls(deepspeed=config_path("launcher.deepspeed", launcher.deepspeed, DEEPSPEED_CONFIGS)
-                   if launcher.deepspeed else None,
-                   fsdp=config_path("launcher.fsdp", launcher.fsdp, FSDP_CONFIGS) if launcher.fsdp else None)
+        sharding = cls(deepspeed=config_path("launcher.deepspeed", launcher.deepspeed, DEEPSPEED_CONFIGS)
+                       if launcher.deepspeed else None,
+                       fsdp=config_path("launcher.fsdp", launcher.fsdp, FSDP_CONFIGS) if launcher.fsdp else None)
+        sharding.check_saves_whole_weights()
+        return sharding
+
+    def check_saves_whole_weights(self) -> None:
+        """A config whose save_model would write shards (or nothing) instead of the gathered weights: refused, as
+        the artifact would be useless."""
+        if self.zero_stage == 3:
+            zero = json.loads(self.deepspeed.read_text())["zero_optimization"]
+            if zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
+                raise RecipeError(f"{self.key}: ZeRO-3 without zero_optimization.stage3_gather_16bit_weights_on_model_"
+                                  "save true saves no usable weights; set it to true (as ds_z3 does)")
+        if self.fsdp is not None:
+            config = json.loads(self.fsdp.read_text())
+            kind = config.get("state_dict_type", config.get("fsdp_state_dict_type", "FULL_STATE_DICT"))
+            if kind != "FULL_STATE_DICT":
+                raise RecipeError(f"{self.key}: state_dict_type {kind} saves shards; the artifact needs "
+                                  "FULL_STATE_DICT (as fsdp2 has)")
 
     @property
     def zero_stage(self) -> int | None:
