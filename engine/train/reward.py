@@ -44,7 +44,8 @@ def train_reward(base_dir: Path, formatted_dir: Path, cfg: RewardSection, cutoff
 
     return train_stage(TrainingStage(
         "reward", cfg, out, tokenizer, set_up, merged=True,
-        before=lambda t: {"eval_accuracy_before": accuracy(t.model)},
+        # partitioned weights (ZeRO-3, FSDP) score only inside the trainer's steps: not measured there
+        before=lambda t: {"eval_accuracy_before": None if sharding.partitions_weights else accuracy(t.model)},
         after=lambda t: {**trained_examples(t, len(data["train"]), "pairs"), "eval_pairs": len(data["eval"])},
         # sharded, the full-weights model is on disk only
         on_saved=lambda merged: {"eval_accuracy": accuracy(load_reward_model(out) if merged is None else merged)},
