@@ -199,3 +199,24 @@ def test_a_stage_reads_its_sharding_through_the_launcher_keys():
     if not torch.cuda.is_available():
         with pytest.raises(RecipeError, match="launcher.deepspeed ds_z2"):
             sharding_of(recipe, "sft")
+
+
+def test_a_sharded_lora_is_merged_by_rank_0_from_the_adapter_it_saved(tiny_model_dir, formatted_dir, tmp_path,
+                                                                      monkeypatch):
+    """reward_model (a LoRA merged, its new one-label score head included) trained as sharded saves through the
+    trainer and merges from the saved adapter on the CPU: the same model as the in-place merge of an unsharded run.
+    (DeepSpeed's arguments are taken out here, so that one process on this CPU trains as the unsharded run does.)"""
+    from safetensors.torch import load_file
+    from engine.train.reward import train_reward
+    cfg = RewardSection(max_steps=2, per_device_train_batch_size=8, finetuning_type="lora")
+    plain = train_reward(tiny_model_dir, formatted_dir, cfg, 128, tmp_path / "plain", say=lambda line: None)
+    monkeypatch.setattr(Sharding, "trainer_kwargs", lambda self: {})
+    sharded = train_reward(tiny_model_dir, formatted_dir, cfg, 128, tmp_path / "sharded", say=lambda line: None,
+                           sharding=ZERO2)
+    assert sharded["eval_accuracy"] == plain["eval_accuracy"]
+    assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == sorted(
+        p.name for p in (tmp_path / "plain").iterdir())  # no scratch, no gathered adapter, no training_args.bin
+    weights = [load_file(str(tmp_path / run / "model.safetensors")) for run in ("plain", "sharded")]
+    assert set(weights[0]) == set(weights[1]) and "score.weight" in weights[0]
+    for name, weight in weights[0].items():
+        assert torch.allclose(weights[1][name], weight, atol=1e-6), name
