@@ -76,6 +76,10 @@ def test_llamafactory_deepspeed_examples_import_as_the_shipped_configs(tmp_path)
     text, notes = import_configs([tmp_path / "sft.yaml"])
     assert yaml.safe_load(text)["launcher"] == {"deepspeed": "ds_z3"}
     assert any("launcher.deepspeed ds_z3, the shipped copy of LLaMA-Factory's example" in n for n in notes)
+    (tmp_path / "fsdp.yaml").write_text("stage: sft\nfsdp: full_shard auto_wrap\ndataset: identity\n")
+    assert yaml.safe_load(import_configs([tmp_path / "fsdp.yaml"])[0])["launcher"] == {"fsdp": "fsdp2"}
+    (tmp_path / "own.yaml").write_text("stage: sft\nfsdp_config: fsdp.json\nfsdp: full_shard\ndataset: identity\n")
+    assert yaml.safe_load(import_configs([tmp_path / "own.yaml"])[0])["launcher"] == {"fsdp": "fsdp.json"}
     (tmp_path / "rm.yaml").write_text("stage: rm\ndeepspeed: /opt/cluster/ds_tuned.json\ndataset: identity\n")
     assert yaml.safe_load(import_configs([tmp_path / "rm.yaml"])[0])["launcher"] == {
         "deepspeed": "/opt/cluster/ds_tuned.json"}

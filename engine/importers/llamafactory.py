@@ -200,6 +200,11 @@ def merge_stage(recipe: dict, config: dict, source: Path, notes: list[str]) -> N
             section["packing"] = bool(value) or section.get("packing", False)
         elif key == "export_quantization_bit":
             recipe.setdefault("quantize", {})[key] = value
+        elif key == "fsdp" and value:  # transformers' fsdp: on (its strategy words are fsdp_config's job)
+            recipe.setdefault("launcher", {}).setdefault("fsdp", "fsdp2")
+            notes.append(f"{source}: fsdp {value!r} imported as launcher.fsdp (fsdp2 unless fsdp_config names a file)")
+        elif key == "fsdp_config" and isinstance(value, str):
+            recipe.setdefault("launcher", {})["fsdp"] = value
         elif key == "deepspeed":  # into the trainer's arguments, ranks started by torchrun: as LLaMA-Factory does
             shipped = LLAMAFACTORY_DEEPSPEED.get(Path(str(value)).name)
             recipe.setdefault("launcher", {})["deepspeed"] = shipped or value

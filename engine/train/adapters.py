@@ -99,8 +99,8 @@ def load_trainable(model_dir: Path, cfg: TrainSection, model_class=None, *, prec
     model_class = model_class or AutoModelForCausalLM
     precision = precision or Precision()
     if cfg.quantization_bit is None:
-        return model_class.from_pretrained(model_dir, trust_remote_code=False, **placed(train_dtype(precision), sharding),
-                                           **kwargs)
+        return model_class.from_pretrained(model_dir, trust_remote_code=False,
+                                           **placed(train_dtype(precision), sharding), **kwargs)
     check_quantized_training(cfg, "training")
     from peft import prepare_model_for_kbit_training
     model = model_class.from_pretrained(model_dir, trust_remote_code=False, dtype=train_dtype(precision),
