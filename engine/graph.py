@@ -108,7 +108,9 @@ FORMATTED_DATA = Stage("formatted_data", entry=format_clean_data, parents=("base
 
 # --- training -------------------------------------------------------------------------------------------------
 
-# the launcher section says how processes start; only their number changes what is learned (the global batch)
+# the launcher section says how processes start; only their number changes what is learned (the global batch).
+# launcher.deepspeed/fsdp are not fingerprinted: sharding splits the same steps over the same ranks (equal in exact
+# arithmetic, as DDP against one process is)
 LAUNCHER = ("launcher",)
 
 

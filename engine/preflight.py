@@ -23,6 +23,7 @@ from engine.errors import RecipeError
 from engine.recipe import Recipe, load_recipe, resolve_recipe_path
 from engine.train.adapters import check_lora_targets, check_quantized_training
 from engine.train.arguments import check_speed_levers
+from engine.train.sharding import check_sharding
 from engine.train.pt import pt_sources
 
 TRAINING_SECTIONS = ("pt", "sft", "reward", "dpo")
@@ -65,6 +66,7 @@ def check_on_this_machine(recipe: Recipe) -> None:
         check_quantized_training(getattr(recipe, section), section, training)
         check_speed_levers(getattr(recipe, section), section, training)
     check_lora_targets(recipe)
+    check_sharding(recipe)
     check_lm_eval(recipe.evaluation)
     check_generation_backend(recipe.evaluation, stage_device(recipe.launcher, "evaluation"))
     if not is_tiny(recipe.model):

@@ -33,7 +33,7 @@ from engine.train.child import read_result, spec_of, write_spec
 from tests.processes import stop_process_group
 
 STEPS = {"sft.max_steps": 12, "sft.save_steps": 1, "sft.logging_steps": 1, "sft.per_device_train_batch_size": 8}
-KEYS = ("sft", "data.cutoff_len", *PRECISION_KEYS)
+KEYS = ("sft", "data.cutoff_len", "launcher", *PRECISION_KEYS)  # launcher: as the asset locates it
 
 
 # --- checkpoints ----------------------------------------------------------------------------------------------

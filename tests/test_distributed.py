@@ -29,7 +29,7 @@ def train(tmp_path: Path, name: str, launcher: LauncherSection, batch: int, tiny
     recipe = load_recipe("tiny", {**COMMON, "sft.per_device_train_batch_size": batch})[0]
     out = tmp_path / name / "work"
     out.mkdir(parents=True)
-    spec = write_spec(spec_of("sft_adapter", name, engine.train.sft.train_sft_adapter, ("sft", "data.cutoff_len", *PRECISION_KEYS), recipe,
+    spec = write_spec(spec_of("sft_adapter", name, engine.train.sft.train_sft_adapter, ("sft", "data.cutoff_len", "launcher", *PRECISION_KEYS), recipe,
                               {"pt_model": tiny_model_dir, "formatted_data": formatted_dir}, out, tmp_path / "home"),
                       tmp_path / name / "run")
     process = subprocess.Popen(launch_command(launcher, "sft_adapter", spec), stdout=subprocess.PIPE,

@@ -22,7 +22,7 @@ STEPS = {"stages": ["grpo"], "grpo.max_steps": 8, "grpo.save_steps": 2, "grpo.lo
 
 def spec_for(tmp_path: Path, name: str, tiny_model_dir: Path, formatted_dir: Path) -> Path:
     return training_spec(tmp_path, name, "grpo_adapter", engine.train.grpo.train_grpo_adapter,
-                         ("grpo", *PRECISION_KEYS), STEPS, {"pt_model": tiny_model_dir, "formatted_data": formatted_dir})
+                         ("grpo", "launcher", *PRECISION_KEYS), STEPS, {"pt_model": tiny_model_dir, "formatted_data": formatted_dir})
 
 
 def start(spec: Path) -> Child:

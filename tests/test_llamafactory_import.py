@@ -180,16 +180,6 @@ def test_a_multimodal_config_is_refused_naming_its_keys(tmp_path):
         import_configs([tmp_path / "vl.yaml"])
 
 
-def test_deepspeed_becomes_an_accelerate_launcher(tmp_path):
-    (tmp_path / "sft.yaml").write_text("stage: sft\ndeepspeed: examples/deepspeed/ds_z3_config.json\ndataset: identity\n")
-    recipe = yaml.safe_load(import_configs([tmp_path / "sft.yaml"])[0])
-    assert recipe["launcher"] == {"type": "accelerate", "deepspeed": "examples/deepspeed/ds_z3_config.json"}
-    from engine.train.launch import launch_command
-    from pathlib import Path
-    command = launch_command(Recipe.model_validate(recipe).launcher, "sft_adapter", Path("s.json"))
-    assert command[3:6] == ["--use_deepspeed", "--deepspeed_config_file", "examples/deepspeed/ds_z3_config.json"]
-
-
 def test_speed_keys_map_to_tuneline_levers(tmp_path):
     (tmp_path / "sft.yaml").write_text("stage: sft\ndataset: identity\nflash_attn: disabled\ndisable_gradient_checkpointing: false\n"
                                        "enable_liger_kernel: false\nneat_packing: true\n")

@@ -22,7 +22,7 @@ from tests.training_child import finish_training, start_training, training_spec
 pytestmark = pytest.mark.slow
 STEPS = {"sft.max_steps": 24, "sft.save_steps": 4, "sft.logging_steps": 1, "sft.per_device_train_batch_size": 8,
          "sft.learning_rate": 3e-3, "sft.finetuning_type": "lora"}  # resumes an adapter (tiny's own SFT is full)
-KEYS = ("sft", "data.cutoff_len", *PRECISION_KEYS)
+KEYS = ("sft", "data.cutoff_len", "launcher", *PRECISION_KEYS)  # launcher: as the asset locates it
 
 
 def spec_for(tmp_path: Path, name: str, tiny_model_dir: Path, formatted_dir: Path) -> Path:

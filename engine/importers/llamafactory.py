@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from engine.data.templates import MULTIMODAL_TEMPLATES, USER_MARKERS
 from engine.errors import RecipeError
 from engine.recipe import Recipe, describe, read_yaml
+from engine.train.sharding import LLAMAFACTORY_DEEPSPEED
 
 STAGE_SECTIONS = {"pt": "pt", "sft": "sft", "rm": "reward", "dpo": "dpo", "kto": "dpo", "ppo": "ppo"}
 MODEL_KEYS = {"model_name_or_path", "bf16", "fp16", "pure_bf16", "infer_dtype"}  # precision: one for every stage
@@ -199,10 +200,17 @@ def merge_stage(recipe: dict, config: dict, source: Path, notes: list[str]) -> N
             section["packing"] = bool(value) or section.get("packing", False)
         elif key == "export_quantization_bit":
             recipe.setdefault("quantize", {})[key] = value
-        elif key == "deepspeed":  # a DeepSpeed JSON: accelerate launch starts the ranks with it
-            recipe.setdefault("launcher", {}).update(type="accelerate", deepspeed=value)
-            notes.append(f"{source}: deepspeed {value!r} imported as launcher.deepspeed (accelerate launch); a "
-                         "relative path is read from where tuneline runs")
+        elif key == "fsdp" and value:  # transformers' fsdp: on (its strategy words are fsdp_config's job)
+            recipe.setdefault("launcher", {}).setdefault("fsdp", "fsdp2")
+            notes.append(f"{source}: fsdp {value!r} imported as launcher.fsdp (fsdp2 unless fsdp_config names a file)")
+        elif key == "fsdp_config" and isinstance(value, str):
+            recipe.setdefault("launcher", {})["fsdp"] = value
+        elif key == "deepspeed":  # into the trainer's arguments, ranks started by torchrun: as LLaMA-Factory does
+            shipped = LLAMAFACTORY_DEEPSPEED.get(Path(str(value)).name)
+            recipe.setdefault("launcher", {})["deepspeed"] = shipped or value
+            notes.append(f"{source}: deepspeed {value!r} imported as launcher.deepspeed {shipped}, the shipped copy of "
+                         "LLaMA-Factory's example" if shipped else f"{source}: deepspeed {value!r} imported as "
+                         "launcher.deepspeed; a relative path is read from where tuneline runs")
         elif key in HANDLED:
             notes.append(f"{source}: {key} not imported: {HANDLED[key]}")
         else:

@@ -157,28 +157,33 @@ def load_tokenizer(path: Path):
     return tokenizer
 
 
-def placement(dtype: torch.dtype | None, spread: bool) -> dict:
-    """from_pretrained's dtype and device keywords: spread over GPUs, then CPU RAM (exports, evaluation), or on the
-    policy's one device (engine/models/device.py)."""
+def placement(dtype: torch.dtype | None, spread: bool, cpu: bool = False) -> dict:
+    """from_pretrained's dtype and device keywords: spread over GPUs, then CPU RAM (exports, evaluation), on the
+    policy's one device (engine/models/device.py), or (cpu) in CPU RAM, for DeepSpeed or FSDP to shard."""
+    if cpu:
+        return {"dtype": dtype or default_dtype()}
     return (spread_kwargs if spread else load_kwargs)(dtype or default_dtype())
 
 
-def load_causal_lm(path: Path, dtype: torch.dtype | None = None, spread: bool = False, **kwargs):
+def load_causal_lm(path: Path, dtype: torch.dtype | None = None, spread: bool = False, cpu: bool = False, **kwargs):
     """A causal LM on the policy's device (engine/models/device.py) in `dtype` (None: the policy's default);
-    spread: over every GPU, then CPU RAM (a model larger than one GPU: merge, quantization, evaluation)."""
-    return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **placement(dtype, spread), **kwargs)
+    spread: over every GPU, then CPU RAM (a model larger than one GPU: merge, quantization, evaluation); cpu: in CPU
+    RAM (a training start that DeepSpeed or FSDP shard)."""
+    return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **placement(dtype, spread, cpu),
+                                                **kwargs)
 
 
-def load_with_adapters(base_dir: Path, *stages: Path, dtype: torch.dtype | None = None, spread: bool = False):
+def load_with_adapters(base_dir: Path, *stages: Path, dtype: torch.dtype | None = None, spread: bool = False,
+                       cpu: bool = False):
     """The base model with each training stage applied in order (SFT, then DPO): a LoRA/DoRA adapter
     directory is merged in; a full-weights directory (full or freeze fine-tuning) replaces the model.
-    Loaded in `dtype` (None: the policy's default) on the policy's device (spread: as load_causal_lm's)."""
+    Loaded in `dtype` (None: the policy's default) on the policy's device (spread, cpu: as load_causal_lm's)."""
     from peft import PeftModel
     start, adapters = base_dir, list(stages)
     for i, stage in enumerate(stages):
         if not (stage / "adapter_config.json").is_file():  # full weights: what came before is not loaded at all
             start, adapters = stage, list(stages[i + 1:])
-    model = load_causal_lm(start, dtype, spread)
+    model = load_causal_lm(start, dtype, spread, cpu)
     for adapter in adapters:
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return model

@@ -87,8 +87,8 @@ class KubernetesSection(Section):
 
 class LauncherSection(Section):
     """How a training stage's processes start: one process (`local`; with several visible GPUs it starts torchrun
-    itself, as LLaMA-Factory does), `torchrun`, or `accelerate launch` with an accelerate config (DeepSpeed ZeRO-2/3,
-    FSDP). Only the process of rank 0 writes and reports."""
+    itself, as LLaMA-Factory does), `torchrun`, or `accelerate launch` with an accelerate config; sharded by DeepSpeed
+    ZeRO-2/3 or FSDP2 (`deepspeed`, `fsdp`: engine/train/sharding.py). Only the process of rank 0 writes and reports."""
     type: Literal["local", "torchrun", "accelerate", "kubernetes"] = Field(
         "local", description="local (one process; torchrun by itself with several visible GPUs), torchrun, "
         "accelerate (accelerate launch) or kubernetes (a pod per training stage; nnodes > 1: a Kubeflow TrainJob; "
@@ -106,8 +106,13 @@ class LauncherSection(Section):
                                                      "before the stage fails naming those that did not")
     accelerate_config: str | None = Field(None, description="an accelerate config YAML (from `accelerate config`, "
                                                             "e.g. DeepSpeed ZeRO-3 or FSDP2), for type accelerate")
-    deepspeed: str | None = Field(None, description="LLaMA-Factory's key: a DeepSpeed JSON (ZeRO-2/3), run by "
-                                                    "accelerate launch")
+    deepspeed: str | None = Field(None, description="LLaMA-Factory's key: DeepSpeed's config, a shipped one (ds_z2, "
+                                                    "ds_z3, ds_z3_offload) or a JSON file's path; it goes into the "
+                                                    "trainer's arguments, ranks started by torchrun (needs deepspeed "
+                                                    "and CUDA GPUs)")
+    fsdp: str | None = Field(None, description="PyTorch FSDP2 sharding: the trainer's fsdp_config, the shipped one "
+                                               "(fsdp2) or a JSON file's path; ranks started by torchrun (needs CUDA "
+                                               "GPUs)")
     kubernetes: KubernetesSection = Field(KubernetesSection(), description="the pods of type kubernetes")
 
     @model_validator(mode="after")
@@ -123,9 +128,12 @@ class LauncherSection(Section):
         if self.type == "kubernetes" and not (self.kubernetes.image and self.kubernetes.volume_claim):
             raise ValueError("type kubernetes needs kubernetes.image (this project installed) and "
                              "kubernetes.volume_claim (the volume every pod mounts the artifact root from)")
-        if self.type == "accelerate" and not (self.accelerate_config or self.deepspeed):
+        if self.type == "accelerate" and not self.accelerate_config:
             raise ValueError("type accelerate needs accelerate_config (a YAML from `accelerate config`, e.g. a "
-                             "DeepSpeed ZeRO-3 or FSDP2 one) or deepspeed (a DeepSpeed JSON)")
+                             "DeepSpeed ZeRO-3 or FSDP2 one)")
+        if self.type == "accelerate" and (self.deepspeed or self.fsdp):
+            raise ValueError("deepspeed and fsdp go into the trainer's arguments under torchrun (type local or "
+                             "torchrun); with type accelerate the accelerate_config says how to shard")
         return self
 
     def runs_in_pod(self, kind: str) -> bool:

@@ -15,6 +15,7 @@ from engine.models.attention import training_attention
 from engine.models.device import (Device, Precision, device, here, load_kwargs, train_dtype, upcast_trainable,
                                   upcast_trainable_parameters)
 from engine.train.arguments import check_speed_levers, gpu_package
+from engine.train.sharding import Sharding
 
 if TYPE_CHECKING:
     from engine.recipe import TrainSection
@@ -65,35 +66,47 @@ def check_quantized_training(cfg: TrainSection, key: str, on: Device | None = No
                           f"GPU: {on.type == 'cuda'}); remove it to train a plain LoRA on {where}")
 
 
-def quantized_load_kwargs(cfg: TrainSection, precision: Precision | None = None) -> dict:
+def quantized_load_kwargs(cfg: TrainSection, precision: Precision | None = None,
+                          sharding: Sharding = Sharding()) -> dict:
     """from_pretrained arguments for a QLoRA base: bitsandbytes NF4 (or 8-bit) weights, computing in the policy's
-    training dtype (on a GPU: bf16 where supported, else fp16, unless the recipe says)."""
+    training dtype (on a GPU: bf16 where supported, else fp16, unless the recipe says). Under ZeRO-3/FSDP no
+    device_map and 4-bit weights stored in the compute dtype, so that they shard (LLaMA-Factory's rule)."""
     if cfg.quantization_bit is None:
         return {}
     from transformers import BitsAndBytesConfig
+    dtype = train_dtype(precision or Precision())
     if cfg.quantization_bit == 4:
         config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                    bnb_4bit_compute_dtype=train_dtype(precision or Precision()))
+                                    bnb_4bit_compute_dtype=dtype,
+                                    **({"bnb_4bit_quant_storage": dtype} if sharding.partitions_weights else {}))
     else:
         config = BitsAndBytesConfig(load_in_8bit=True)
-    return {"quantization_config": config, "device_map": {"": device()}}
+    return {"quantization_config": config, **({} if sharding.partitions_weights else {"device_map": {"": device()}})}
+
+
+def placed(dtype: torch.dtype, sharding: Sharding) -> dict:
+    """from_pretrained's dtype and placement for a trainable model: on this rank's device, or, where ZeRO-3/FSDP
+    partition the weights, no device_map (they place the shards; LLaMA-Factory's rule)."""
+    return {"dtype": dtype} if sharding.partitions_weights else load_kwargs(dtype)
 
 
 def load_trainable(model_dir: Path, cfg: TrainSection, model_class=None, *, precision: Precision | None = None,
-                   **kwargs):
-    """The model a stage starts from (a causal LM unless `model_class` says otherwise) on the policy's device, its
-    frozen weights in the policy's training dtype, or quantized by bitsandbytes when the recipe asks for QLoRA."""
+                   sharding: Sharding = Sharding(), **kwargs):
+    """The model a stage starts from (a causal LM unless `model_class` says otherwise) on the policy's device (none
+    under ZeRO-3/FSDP: see placed), its frozen weights in the policy's training dtype, or quantized by bitsandbytes
+    when the recipe asks for QLoRA. Build the trainer's arguments first: ZeRO-3 partitions the weights as they load
+    only where they exist (transformers' zero.Init)."""
     from transformers import AutoModelForCausalLM, set_seed
     set_seed(cfg.seed)  # a new head (the reward model's score) comes from the recipe's seed, in any process
     model_class = model_class or AutoModelForCausalLM
     precision = precision or Precision()
     if cfg.quantization_bit is None:
-        return model_class.from_pretrained(model_dir, trust_remote_code=False, **load_kwargs(train_dtype(precision)),
-                                           **kwargs)
+        return model_class.from_pretrained(model_dir, trust_remote_code=False,
+                                           **placed(train_dtype(precision), sharding), **kwargs)
     check_quantized_training(cfg, "training")
     from peft import prepare_model_for_kbit_training
     model = model_class.from_pretrained(model_dir, trust_remote_code=False, dtype=train_dtype(precision),
-                                        **quantized_load_kwargs(cfg, precision), **kwargs)
+                                        **quantized_load_kwargs(cfg, precision, sharding), **kwargs)
     return prepare_model_for_kbit_training(model)
 
 

@@ -14,6 +14,7 @@ from peft.optimizers import create_loraplus_optimizer
 
 from engine.errors import RecipeError
 from engine.models.device import Device, Precision, device_type, here, mixed_precision
+from engine.train.sharding import Sharding
 
 if TYPE_CHECKING:
     from engine.recipe import TrainSection
@@ -21,10 +22,12 @@ if TYPE_CHECKING:
 SCRATCH_DIR = "_trainer"  # the trainer's checkpoints, inside the stage's work directory; gone once it is saved
 
 
-def trainer_kwargs(cfg: TrainSection, out: Path, precision: Precision | None = None) -> dict:
-    """Arguments shared by every stage's TRL config, from the recipe's training keys and the device and precision
-    policy (engine/models/device.py); scratch goes to out/_trainer. The trainer counts the tokens it trains on
-    (not padding) for the stage's tokens_per_second (engine/train/report.py)."""
+def trainer_kwargs(cfg: TrainSection, out: Path, precision: Precision | None = None,
+                   sharding: Sharding = Sharding()) -> dict:
+    """Arguments shared by every stage's TRL config, from the recipe's training keys, the device and precision
+    policy (engine/models/device.py) and the sharding (DeepSpeed or FSDP2 config, engine/train/sharding.py); scratch
+    goes to out/_trainer. The trainer counts the tokens it trains on (not padding) for the stage's tokens_per_second
+    (engine/train/report.py)."""
     return dict(
         output_dir=str(out / SCRATCH_DIR), report_to=cfg.report_to, learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_train_epochs,
@@ -37,7 +40,7 @@ def trainer_kwargs(cfg: TrainSection, out: Path, precision: Precision | None = N
         gradient_checkpointing=cfg.gradient_checkpointing, use_liger_kernel=cfg.enable_liger_kernel,
         eval_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
         remove_unused_columns=True, include_num_input_tokens_seen="non_padding",
-        **mixed_precision(precision or Precision()),
+        **mixed_precision(precision or Precision()), **sharding.trainer_kwargs(),
     )
 
 

@@ -13,6 +13,7 @@ from engine.train.accounting import trained_examples
 from engine.train.adapters import is_adapter, load_trainable, prepare_model
 from engine.train.arguments import optimizers, trainer_kwargs, training_autocast
 from engine.train.lm_head import trains_on_labelled_positions
+from engine.train.sharding import Sharding, sharding_of
 from engine.train.skeleton import TrainingStage, train_stage, without_row_ids
 
 if TYPE_CHECKING:
@@ -26,31 +27,35 @@ def unit_of(pref_loss: str) -> str:
 
 
 def starting_model(base_dir: Path, sft_weights: Path | None, cfg: DpoSection, out: Path,
-                   precision: Precision | None = None):
+                   precision: Precision | None = None, sharding: Sharding = Sharding()):
     """The SFT model DPO trains (without sft in the recipe, the base model), in the policy's training dtype; for
-    QLoRA it is written out once and reloaded with its base quantized."""
+    QLoRA it is written out once and reloaded with its base quantized. Under ZeRO-3/FSDP it is merged on the CPU
+    before the trainer's arguments exist (a LoRA cannot merge into weights ZeRO-3 partitions as they load); DeepSpeed
+    or FSDP shard it when the trainer prepares it."""
     sft = [] if sft_weights is None else [sft_weights]
-    model = load_with_adapters(base_dir, *sft, dtype=train_dtype(precision or Precision()))
+    model = load_with_adapters(base_dir, *sft, dtype=train_dtype(precision or Precision()),
+                               cpu=sharding.partitions_weights)
     if cfg.quantization_bit is None:
         return model
     model.save_pretrained(out / "_trainer" / "sft_merged")
-    return load_trainable(out / "_trainer" / "sft_merged", cfg, precision=precision)
+    return load_trainable(out / "_trainer" / "sft_merged", cfg, precision=precision, sharding=sharding)
 
 
-def dpo_arguments(cfg: DpoSection, cutoff_len: int, out: Path, precision: Precision | None = None):
+def dpo_arguments(cfg: DpoSection, cutoff_len: int, out: Path, precision: Precision | None = None,
+                  sharding: Sharding = Sharding()):
     """DPOTrainer's arguments (sigmoid, ipo) from the recipe's keys."""
     from trl import DPOConfig
     losses = {cfg.pref_loss: 1.0, **({"sft": cfg.pref_ftx} if cfg.pref_ftx else {})}
-    return DPOConfig(**trainer_kwargs(cfg, out, precision), beta=cfg.pref_beta, max_length=cutoff_len,
+    return DPOConfig(**trainer_kwargs(cfg, out, precision, sharding), beta=cfg.pref_beta, max_length=cutoff_len,
                      loss_type=list(losses), loss_weights=list(losses.values()),
                      precompute_ref_log_probs=cfg.precompute_ref_log_probs)
 
 
 def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: DpoSection, cutoff_len: int, out: Path,
-                       precision: Precision | None = None):
+                       precision: Precision | None = None, sharding: Sharding = Sharding()):
     """The TRL trainer for the recipe's pref_loss, with its held-out data. `reference` is the frozen SFT model,
     or None for an adapter (TRL then disables the adapter to get the reference)."""
-    shared = {**trainer_kwargs(cfg, out, precision), "beta": cfg.pref_beta, "max_length": cutoff_len}
+    shared = {**trainer_kwargs(cfg, out, precision, sharding), "beta": cfg.pref_beta, "max_length": cutoff_len}
     if cfg.pref_loss == "kto":
         from trl import KTOConfig, KTOTrainer
         data = read_view(formatted_dir, "kto", "dpo_adapter")
@@ -68,8 +73,8 @@ def preference_trainer(model, reference, tokenizer, formatted_dir: Path, cfg: Dp
         config = ORPOConfig(**{**shared, "include_num_input_tokens_seen": "no"})
         return ORPOTrainer(model=model, args=config, train_dataset=train, eval_dataset=evaluation,
                            processing_class=tokenizer, optimizers=optimizers(model, cfg))
-    return dpo_trainer(model, reference, tokenizer, train, evaluation, dpo_arguments(cfg, cutoff_len, out, precision),
-                       optimizers(model, cfg))
+    return dpo_trainer(model, reference, tokenizer, train, evaluation,
+                       dpo_arguments(cfg, cutoff_len, out, precision, sharding), optimizers(model, cfg))
 
 
 def dpo_trainer(model, reference, tokenizer, train, evaluation, args, optimizer_pair=(None, None)):
@@ -83,18 +88,21 @@ def dpo_trainer(model, reference, tokenizer, train, evaluation, args, optimizer_
 
 
 def train_dpo(base_dir: Path, sft_weights: Path | None, formatted_dir: Path, cfg: DpoSection, cutoff_len: int,
-              out: Path, precision: Precision | None = None, say: Callable[[str], None] = print) -> dict:
+              out: Path, precision: Precision | None = None, say: Callable[[str], None] = print,
+              sharding: Sharding = Sharding()) -> dict:
     """Train and save to `out/adapter` (or `out/model`). Returns the held-out reward margin and accuracy.
     (The reward model's verdict on DPO against SFT is the evaluation assets' job, and the gate's.)"""
     tokenizer = load_tokenizer(base_dir)
 
     def set_up():
-        model = prepare_model(starting_model(base_dir, sft_weights, cfg, out, precision), cfg, "CAUSAL_LM", precision)
+        model = prepare_model(starting_model(base_dir, sft_weights, cfg, out, precision, sharding), cfg, "CAUSAL_LM",
+                              precision)
         # a full or freeze model needs its own frozen copy of the SFT model as reference (TRL would reload the base)
         sft = [] if sft_weights is None else [sft_weights]
         reference = None if is_adapter(cfg) or cfg.pref_loss == "orpo" else load_with_adapters(
-            base_dir, *sft, dtype=train_dtype(precision or Precision())).eval()
-        return preference_trainer(model, reference, tokenizer, formatted_dir, cfg, cutoff_len, out, precision)
+            base_dir, *sft, dtype=train_dtype(precision or Precision()), cpu=sharding.partitions_weights).eval()
+        return preference_trainer(model, reference, tokenizer, formatted_dir, cfg, cutoff_len, out, precision,
+                                  sharding)
 
     def measures(trainer) -> dict:
         evaluation = trainer.evaluate()
@@ -106,7 +114,7 @@ def train_dpo(base_dir: Path, sft_weights: Path | None, formatted_dir: Path, cfg
                 "eval_reward_accuracy": None if accuracy is None else round(accuracy, 4)}
 
     return train_stage(TrainingStage("dpo", cfg, out, tokenizer, set_up, after=measures,
-                                     tracker_run=f"dpo-{cfg.pref_loss}"), say)
+                                     tracker_run=f"dpo-{cfg.pref_loss}", sharding=sharding), say)
 
 
 @trains_on_labelled_positions
@@ -116,5 +124,5 @@ def train_dpo_adapter(run: "StageRun") -> dict:
     sft = trained_weights(run.inputs["sft_adapter"]) if "sft_adapter" in run.inputs else None
     return {**train_dpo(model_dir(run.inputs["pt_model"]), sft,
                         run.inputs["formatted_data"], run.recipe.dpo, run.recipe.data.cutoff_len, run.out, precision,
-                        run.log),
+                        run.log, sharding_of(run.recipe, "dpo")),
             **precision_metrics(train_dtype(precision))}

@@ -21,6 +21,7 @@ from engine.models.load import load_tokenizer, load_with_adapters, model_dir, tr
 from engine.train.adapters import prepare_model
 from engine.train.arguments import SCRATCH_DIR, optimizers, trainer_kwargs
 from engine.train.rewards import RolloutLog, reward_functions, reward_name
+from engine.train.sharding import Sharding, sharding_of
 from engine.train.skeleton import TrainingStage, train_stage
 
 if TYPE_CHECKING:
@@ -44,11 +45,11 @@ def prompt_rows(dataset, tokenizer) -> list[dict]:
             for e in answer_examples(dataset, tokenizer, len(dataset))]
 
 
-def grpo_arguments(cfg: GrpoSection, out: Path, precision: Precision | None = None):
+def grpo_arguments(cfg: GrpoSection, out: Path, precision: Precision | None = None, sharding: Sharding = Sharding()):
     from trl import GRPOConfig
     vllm = rollout_backend() == "vllm"
     # the reference column reaches the reward functions only if the trainer keeps the dataset's other columns
-    return GRPOConfig(**{**trainer_kwargs(cfg, out, precision), "include_num_input_tokens_seen": "no",
+    return GRPOConfig(**{**trainer_kwargs(cfg, out, precision, sharding), "include_num_input_tokens_seen": "no",
                          "remove_unused_columns": False},
                       num_generations=cfg.num_generations, beta=cfg.beta,
                       max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
@@ -84,7 +85,8 @@ class RolloutFile(RolloutLog):
 
 
 def train_grpo(base_dir: Path, chain: list[Path], formatted_dir: Path, reward_dir: Path | None, cfg: GrpoSection,
-               out: Path, precision: Precision | None = None, say: Callable[[str], None] = print) -> dict:
+               out: Path, precision: Precision | None = None, say: Callable[[str], None] = print,
+               sharding: Sharding = Sharding()) -> dict:
     """Train and save to `out/adapter` (or `out/model`), with out/rollouts.parquet. Returns the mean reward curve,
     the first and last logged mean rewards and what was consumed."""
     tokenizer = load_tokenizer(base_dir)
@@ -97,11 +99,12 @@ def train_grpo(base_dir: Path, chain: list[Path], formatted_dir: Path, reward_di
     def set_up():
         from datasets import Dataset
         from trl import GRPOTrainer
-        model = prepare_model(load_with_adapters(base_dir, *chain, dtype=train_dtype(precision or Precision())),
-                              cfg, "CAUSAL_LM", precision)
+        # merged before the arguments exist, on the CPU where sharded (as dpo's starting_model)
+        model = prepare_model(load_with_adapters(base_dir, *chain, dtype=train_dtype(precision or Precision()),
+                                                 cpu=sharding.partitions_weights), cfg, "CAUSAL_LM", precision)
         sampler = load_tokenizer(base_dir)
         sampler.padding_side = "left"  # TRL generates from left-padded prompts
-        args = grpo_arguments(cfg, out, precision)
+        args = grpo_arguments(cfg, out, precision, sharding)
         trainer = None
         funcs, weights = reward_functions(cfg, reward_dir, tokenizer, log, lambda: trainer.state.global_step)
         args.reward_weights = weights
@@ -122,7 +125,7 @@ def train_grpo(base_dir: Path, chain: list[Path], formatted_dir: Path, reward_di
                 "rollout_backend": rollout_backend(), "rollouts_kept": len(table),
                 "rollouts_sample": table.head(5).to_dict("records")}
 
-    return train_stage(TrainingStage("grpo", cfg, out, tokenizer, set_up, after=measures), say)
+    return train_stage(TrainingStage("grpo", cfg, out, tokenizer, set_up, after=measures, sharding=sharding), say)
 
 
 def train_grpo_adapter(run: "StageRun") -> dict:
@@ -131,5 +134,5 @@ def train_grpo_adapter(run: "StageRun") -> dict:
     chain = [trained_weights(run.inputs[name]) for name in POLICY_CHAIN if name in run.inputs]
     reward_dir = run.inputs.get("reward_model") if run.recipe.grpo.uses_reward_model() else None
     return {**train_grpo(model_dir(run.inputs["pt_model"]), chain, run.inputs["formatted_data"], reward_dir,
-                         run.recipe.grpo, run.out, precision, run.log),
+                         run.recipe.grpo, run.out, precision, run.log, sharding_of(run.recipe, "grpo")),
             **precision_metrics(train_dtype(precision))}

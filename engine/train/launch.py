@@ -46,9 +46,7 @@ def launch_command(launcher, stage: str, spec: Path, module: str = "engine.train
     stage_argv = ["-m", module, stage, "--spec", str(spec)]
     processes = processes_per_node(launcher)
     if launcher.type == "accelerate":
-        config = (["--use_deepspeed", "--deepspeed_config_file", launcher.deepspeed] if launcher.deepspeed
-                  else ["--config_file", launcher.accelerate_config])
-        return [sys.executable, "-m", "accelerate.commands.launch", *config,
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", launcher.accelerate_config,
                 "--num_processes", str(processes * launcher.nnodes), "--num_machines", str(launcher.nnodes),
                 "--machine_rank", str(launcher.node_rank),
                 *(["--main_process_ip", launcher.rdzv_endpoint.rsplit(":", 1)[0], "--main_process_port",

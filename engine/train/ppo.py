@@ -16,6 +16,7 @@ from engine.models.load import load_reward_model, load_tokenizer, load_with_adap
 from engine.train.adapters import is_adapter, prepare_model
 from engine.train.arguments import optimizers, trainer_kwargs
 from engine.train.ppo_loop import AdaptiveKLController, PolicyWithValueHead, PpoSettings, PpoTrainer
+from engine.train.sharding import sharding_of
 from engine.train.skeleton import TrainingStage, train_stage
 
 if TYPE_CHECKING:
@@ -161,6 +162,7 @@ def reward_model_dir(run: "StageRun") -> Path:
 def train_ppo_adapter(run: "StageRun") -> dict:
     """ppo_adapter's entry point: on top of pt_model, the SFT stage's and DPO stage's weights where they ran."""
     precision = Precision.of(run.recipe.model)
+    sharding_of(run.recipe, "ppo")  # refused in one line: ppo's own loop is not sharded
     stages = [trained_weights(run.inputs[s]) for s in ("sft_adapter", "dpo_adapter") if s in run.inputs]
     return {**train_ppo(model_dir(run.inputs["pt_model"]), stages, reward_model_dir(run), run.inputs["formatted_data"],
                         run.recipe.ppo, run.out, precision, run.log),

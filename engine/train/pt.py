@@ -24,6 +24,7 @@ from engine.store.tables import QUARANTINE_COLUMNS, write_rows
 from engine.train.adapters import load_trainable, prepare_model
 from engine.train.arguments import optimizers, trainer_kwargs
 from engine.train.lm_head import trains_on_labelled_positions
+from engine.train.sharding import Sharding, sharding_of
 from engine.train.skeleton import TrainingStage, eval_loss_after, eval_loss_before, train_stage
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def split_texts(sources: dict[str, tuple[DatasetEntry, Path]], val_size: float,
 
 def train_pt(base_dir: Path, sources: dict[str, tuple[DatasetEntry, Path]], cfg: PtSection, cutoff_len: int,
              val_size: float, seed: int, out: Path, precision: Precision | None = None,
-             say: Callable[[str], None] = print) -> tuple[dict, list[dict]]:
+             say: Callable[[str], None] = print, sharding: Sharding = Sharding()) -> tuple[dict, list[dict]]:
     """Train, save a full model to `out`. Returns (metrics with held-out loss before/after, quarantined rows)."""
     tokenizer = load_tokenizer(base_dir)
     rows, quarantine = split_texts(sources, val_size, seed)
@@ -75,14 +76,15 @@ def train_pt(base_dir: Path, sources: dict[str, tuple[DatasetEntry, Path]], cfg:
     train, evaluation = (Dataset.from_dict({"text": rows[s]}) for s in ("train", "eval"))
 
     def set_up():
-        args = SFTConfig(**trainer_kwargs(cfg, out, precision), max_length=cutoff_len, packing=True,
+        args = SFTConfig(**trainer_kwargs(cfg, out, precision, sharding), max_length=cutoff_len, packing=True,
                          packing_strategy="wrapped", dataset_text_field="text", completion_only_loss=False)
-        model = prepare_model(load_trainable(base_dir, cfg, precision=precision), cfg, "CAUSAL_LM", precision)
+        model = prepare_model(load_trainable(base_dir, cfg, precision=precision, sharding=sharding), cfg, "CAUSAL_LM",
+                              precision)
         return SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                           processing_class=tokenizer, optimizers=optimizers(model, cfg))
 
     metrics = train_stage(TrainingStage("pt", cfg, out, tokenizer, set_up, before=eval_loss_before,
-                                        after=eval_loss_after, merged=True), say)
+                                        after=eval_loss_after, merged=True, sharding=sharding), say)
     return {**metrics, "train_texts": len(rows["train"]), "eval_texts": len(rows["eval"]),
             "quarantined": len(quarantine)}, quarantine
 
@@ -118,7 +120,7 @@ def train_pt_model(run: "StageRun") -> dict:
         return {**point_at(run.out, base), **merged, "continued_pretraining": False}
     data, precision = run.recipe.data, Precision.of(run.recipe.model)
     metrics, quarantine = train_pt(base, pt_sources(run.recipe), run.recipe.pt, data.cutoff_len, data.val_size,
-                                   data.seed, run.out, precision, run.log)
+                                   data.seed, run.out, precision, run.log, sharding_of(run.recipe, "pt"))
     if merged:
         shutil.rmtree(run.out / START_DIR)  # the trained model holds it
     write_rows(quarantine, run.out / "quarantine.parquet", QUARANTINE_COLUMNS)

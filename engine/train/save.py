@@ -1,6 +1,10 @@
 """Where a trained stage's weights go: an adapter to out/adapter or full weights to out/model, or one full model
-in `out` itself with a LoRA merged in (pt_model, reward_model: every later stage loads them as a model); rank 0
-writes."""
+in `out` itself with a LoRA merged in (pt_model, reward_model: every later stage loads them as a model).
+
+Every rank saves through the trainer (trainer.save_model): under ZeRO-3 it gathers the 16-bit weights
+(stage3_gather_16bit_weights_on_model_save), under FSDP the full state dict, both collectives every rank must enter;
+rank 0 writes what was gathered. A LoRA trained sharded is merged by rank 0 from the adapter it saved, on the CPU:
+partitioned weights cannot be merged in place."""
 
 from __future__ import annotations
 
@@ -12,9 +16,13 @@ from typing import TYPE_CHECKING
 from engine.models.load import ADAPTER_DIR, FULL_DIR
 from engine.train.adapters import is_adapter
 from engine.train.arguments import SCRATCH_DIR
+from engine.train.sharding import Sharding
 
 if TYPE_CHECKING:
     from engine.recipe import TrainSection
+
+GATHERED_DIR = "gathered"  # a sharded LoRA as the trainer saved it, in the scratch directory, before rank 0 merges it
+TRAINER_ARGUMENTS = "training_args.bin"  # the trainer's pickled arguments, which save_model writes beside the weights
 
 
 def is_main_process() -> bool:
@@ -23,22 +31,58 @@ def is_main_process() -> bool:
 
 
 def save_model(model, tokenizer, target: Path) -> Path:
-    """Weights (safetensors) and tokenizer to `target`, by rank 0 only."""
+    """Weights (safetensors) and tokenizer to `target`, by rank 0 only (a model no rank holds a shard of)."""
     if is_main_process():
         model.save_pretrained(target, safe_serialization=True)
         tokenizer.save_pretrained(target)
     return target
 
 
-def save_trained(model, tokenizer, cfg: TrainSection, out: Path, merged: bool = False):
+def save_through_trainer(trainer, tokenizer, target: Path) -> Path:
+    """The trainer's model to `target`: every rank calls save_model (it gathers the shards), rank 0 writes the
+    weights and the stage's tokenizer, without the trainer's pickled arguments (no pickle in an artifact)."""
+    trainer.save_model(str(target))
+    if is_main_process():
+        (target / TRAINER_ARGUMENTS).unlink(missing_ok=True)
+        tokenizer.save_pretrained(target)
+    return target
+
+
+def merged_from_saved(trainer, adapter_dir: Path):
+    """The trained base with the adapter saved in `adapter_dir` merged in, loaded on the CPU in the dtype the frozen
+    weights trained in (the base's class and config, a reward model's one-label head included)."""
+    from peft import PeftModel
+    peft_model = trainer.accelerator.unwrap_model(trainer.model)
+    base = peft_model.get_base_model()
+    dtype = next(p.dtype for p in base.parameters() if not p.requires_grad)
+    start = peft_model.peft_config[peft_model.active_adapter].base_model_name_or_path
+    fresh = type(base).from_pretrained(start, config=base.config, dtype=dtype, trust_remote_code=False)
+    return PeftModel.from_pretrained(fresh, adapter_dir).merge_and_unload()
+
+
+def save_trained(trainer, tokenizer, cfg: TrainSection, out: Path, merged: bool = False,
+                 sharding: Sharding = Sharding(), model=None):
     """An adapter to out/adapter or full weights to out/model; `merged`: one full model in `out` (a LoRA merged
-    in). Returns the model saved (the merged one, where merged)."""
-    if merged:
-        model = model.merge_and_unload() if is_adapter(cfg) else model
+    in). `model`: what is saved where it is not the trainer's model (ppo: the policy; never sharded), by rank 0.
+    Returns the model saved (the merged one, where merged), or None where it is only on disk (sharded; rank 0
+    holds the merged one)."""
+    if model is not None:
+        model = model.merge_and_unload() if merged and is_adapter(cfg) else model
+        save_model(model, tokenizer, out if merged else out / (ADAPTER_DIR if is_adapter(cfg) else FULL_DIR))
+        return model
+    if merged and is_adapter(cfg):
+        if not sharding.on:  # every rank holds the whole model: merged in place
+            model = trainer.model.merge_and_unload()
+            save_model(model, tokenizer, out)
+            return model
+        gathered = save_through_trainer(trainer, tokenizer, out / SCRATCH_DIR / GATHERED_DIR)
+        if not is_main_process():
+            return None
+        model = merged_from_saved(trainer, gathered)
         save_model(model, tokenizer, out)
-    else:
-        save_model(model, tokenizer, out / (ADAPTER_DIR if is_adapter(cfg) else FULL_DIR))
-    return model
+        return model
+    save_through_trainer(trainer, tokenizer, out if merged else out / (ADAPTER_DIR if is_adapter(cfg) else FULL_DIR))
+    return None if sharding.partitions_weights else trainer.model
 
 
 def remove_scratch(out: Path) -> None:

@@ -15,6 +15,7 @@ from engine.train.accounting import trained_examples
 from engine.train.adapters import load_trainable, prepare_model
 from engine.train.arguments import optimizers, trainer_kwargs
 from engine.train.lm_head import trains_on_labelled_positions
+from engine.train.sharding import Sharding, sharding_of
 from engine.train.skeleton import TrainingStage, eval_loss_after, eval_loss_before, train_stage, without_row_ids
 
 if TYPE_CHECKING:
@@ -40,20 +41,21 @@ def padding_free(cfg: SftSection, lengths: list[int], hidden_size: int) -> bool:
 
 
 def sft_arguments(cfg: SftSection, cutoff_len: int, out: Path, precision: Precision | None = None,
-                  flat: bool = False) -> SFTConfig:
+                  flat: bool = False, sharding: Sharding = Sharding()) -> SFTConfig:
     """The SFT trainer's arguments from the recipe's keys; `flat`: padding-free batches (`padding_free` decides).
     The SFT view is pre-tokenized, truncated to cutoff_len and labelled: TRL uses it as it is (packs it if asked; a
     padding-free batch needs no max_length of its own)."""
     # a flat batch has no padding and no attention mask: its every token is trained (non_padding would guess the
     # padding from the pad token id, and miss a row's own pad-valued tokens)
     counted = "all" if flat else "non_padding"
-    return SFTConfig(**{**trainer_kwargs(cfg, out, precision), "include_num_input_tokens_seen": counted},
+    return SFTConfig(**{**trainer_kwargs(cfg, out, precision, sharding), "include_num_input_tokens_seen": counted},
                      max_length=None if flat and not cfg.packing else cutoff_len, packing=cfg.packing,
                      padding_free=flat, eval_packing=False)
 
 
 def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: int, out: Path,
-              precision: Precision | None = None, say: Callable[[str], None] = print) -> dict:
+              precision: Precision | None = None, say: Callable[[str], None] = print,
+              sharding: Sharding = Sharding()) -> dict:
     """Train and save to `out/adapter` (or `out/model`). Returns eval loss before/after, loss curve, tokens/s."""
     source = sft_view_source(formatted_dir)
     if source != "sft":  # as LLaMA-Factory, which refuses ranking data for stage sft
@@ -65,10 +67,14 @@ def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: 
     train, evaluation = without_row_ids(data["train"]), without_row_ids(data["eval"])
 
     def set_up():
-        model = prepare_model(load_trainable(base_dir, cfg, precision=precision), cfg, "CAUSAL_LM", precision)
-        flat = padding_free(cfg, [len(ids) for ids in train["input_ids"]], model.config.get_text_config().hidden_size)
-        return SFTTrainer(model=model, args=sft_arguments(cfg, cutoff_len, out, precision, flat), train_dataset=train,
-                          eval_dataset=evaluation, processing_class=tokenizer, optimizers=optimizers(model, cfg))
+        from transformers import AutoConfig
+        hidden_size = AutoConfig.from_pretrained(base_dir).get_text_config().hidden_size
+        flat = padding_free(cfg, [len(ids) for ids in train["input_ids"]], hidden_size)
+        args = sft_arguments(cfg, cutoff_len, out, precision, flat, sharding)  # before the load (ZeRO-3's zero.Init)
+        model = prepare_model(load_trainable(base_dir, cfg, precision=precision, sharding=sharding), cfg, "CAUSAL_LM",
+                              precision)
+        return SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+                          processing_class=tokenizer, optimizers=optimizers(model, cfg))
 
     def counts(trainer) -> dict:
         return {**trained_examples(trainer, len(train), "rows"), "eval_rows": len(evaluation),
@@ -76,13 +82,13 @@ def train_sft(base_dir: Path, formatted_dir: Path, cfg: SftSection, cutoff_len: 
                 "padding_free": trainer.args.padding_free}
 
     return train_stage(TrainingStage("sft", cfg, out, tokenizer, set_up, before=eval_loss_before,
-                                     after=lambda t: {**eval_loss_after(t), **counts(t)}), say)
+                                     after=lambda t: {**eval_loss_after(t), **counts(t)}, sharding=sharding), say)
 
 
 @trains_on_labelled_positions
 def train_sft_adapter(run: "StageRun") -> dict:
     """sft_adapter's entry point."""
-    precision = Precision.of(run.recipe.model)
+    precision, sharding = Precision.of(run.recipe.model), sharding_of(run.recipe, "sft")
     return {**train_sft(model_dir(run.inputs["pt_model"]), run.inputs["formatted_data"], run.recipe.sft,
-                        run.recipe.data.cutoff_len, run.out, precision, run.log),
+                        run.recipe.data.cutoff_len, run.out, precision, run.log, sharding),
             **precision_metrics(train_dtype(precision))}

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from engine.train.checkpoints import evaluate_before_training, train_resumably
 from engine.train.live import LivePoints
 from engine.train.report import RunStart, summary, throughput
-from engine.train.save import remove_scratch, save_trained
+from engine.train.save import is_main_process, remove_scratch, save_trained
+from engine.train.sharding import Sharding
 from engine.train.tracking import tracking
 
 if TYPE_CHECKING:
@@ -30,13 +31,15 @@ class TrainingStage:
     cfg: TrainSection  # its section of the recipe
     out: Path  # its work directory: scratch in out/_trainer, weights saved here
     tokenizer: Any  # saved beside the weights
-    set_up: Callable[[], Any]  # its TRL trainer, holding its model (loaded and prepared), data view and arguments
+    set_up: Callable[[], Any]  # its TRL trainer: arguments built first, then its model (loaded, prepared), data view
     before: Callable[[Any], dict] = no_measures  # held-out measures before the first step, from the trainer
     after: Callable[[Any], dict] = no_measures  # measures after the last step, from the trainer (still tracked)
     merged: bool = False  # saved as one full model in `out` with a LoRA merged in, else out/adapter or out/model
-    on_saved: Callable[[Any], dict] = no_measures  # measures of the model as saved (merged, where merged)
+    on_saved: Callable[[Any], dict] = no_measures  # measures of the model as saved (merged, where merged), by rank 0;
+    # it gets None where the model is only on disk (sharded)
     tracker_run: str = ""  # the tracker's run name, where not `name`
-    saved_model: Callable[[Any], Any] = lambda trainer: trainer.model  # what is saved (ppo: the policy, no value head)
+    saved_model: Callable[[Any], Any] | None = None  # what rank 0 saves where not the trainer's model (ppo: the policy)
+    sharding: Sharding = Sharding()  # DeepSpeed or FSDP2 (engine/train/sharding.py), in set_up's arguments too
 
 
 def train_stage(stage: TrainingStage, say: Callable[[str], None] = print) -> dict:
@@ -51,10 +54,12 @@ def train_stage(stage: TrainingStage, say: Callable[[str], None] = print) -> dic
         result, resumed = train_resumably(trainer, stage.name, say, keep=stage.cfg.save_total_limit)
         after = stage.after(trainer)
     report = summary(trainer, stage.cfg, resumed)  # what trained, before a merge folds the adapter away
-    saved = save_trained(stage.saved_model(trainer), stage.tokenizer, stage.cfg, stage.out, stage.merged)
+    saved = save_trained(trainer, stage.tokenizer, stage.cfg, stage.out, stage.merged, stage.sharding,
+                         stage.saved_model(trainer) if stage.saved_model else None)
     remove_scratch(stage.out)
     return {**report, "train_loss": round(result.training_loss, 4),
-            **throughput(trainer, start, result.metrics["train_runtime"]), **before, **after, **stage.on_saved(saved)}
+            **throughput(trainer, start, result.metrics["train_runtime"]), **before, **after,
+            **(stage.on_saved(saved) if is_main_process() else {})}  # only rank 0 reports
 
 
 def eval_loss_before(trainer) -> dict:
