@@ -49,7 +49,7 @@ def test_two_torchrun_nodes_on_localhost_train_as_one_process_with_twice_the_bat
     out = tmp_path / "two" / "work"
     out.mkdir(parents=True)
     spec = write_spec(spec_of("sft_adapter", "two", engine.train.sft.train_sft_adapter,
-                              ("sft", "data.cutoff_len", *PRECISION_KEYS), recipe,
+                              ("sft", "data.cutoff_len", "launcher", *PRECISION_KEYS), recipe,
                               {"pt_model": tiny_model_dir, "formatted_data": formatted_dir}, out, tmp_path / "home"),
                       tmp_path / "two" / "run")
     node_one = other_node_commands(launcher, "sft_adapter", spec)[1]

@@ -115,7 +115,8 @@ def test_partitioned_weights_load_without_a_device_map(monkeypatch):
     assert "device_map" in whole and whole["quantization_config"].bnb_4bit_quant_storage == torch.uint8
     sharded = quantized_load_kwargs(qlora, sharding=FSDP2)
     assert "device_map" not in sharded
-    assert sharded["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16  # the compute dtype on a GPU
+    stored = sharded["quantization_config"]
+    assert stored.bnb_4bit_quant_storage == stored.bnb_4bit_compute_dtype != torch.uint8  # stored as it computes
 
 
 class Loaded(Exception):
