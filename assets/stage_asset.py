@@ -71,7 +71,7 @@ def out_of_process(context: dg.AssetExecutionContext):
                 run_in_pod(context, launcher, stage.name, path, run.home.root, training=stage.training)
             else:
                 env = training_environment()
-                if launcher.nnodes > 1 and launcher.type != "accelerate":  # node 0 here; the others: its command
+                if launcher.nnodes > 1:  # node 0 here; the others: its command
                     env |= multinode.node_zero_environment(path)
                     for line in multinode.joining_instructions(launcher, stage.name, path, run.home.root):
                         progress.LOGGER.warning(line)

@@ -70,7 +70,7 @@ def test_several_visible_gpus_start_torchrun_and_deepspeed_goes_through_accelera
     import torch
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert launch_command(LauncherSection(), "sft_adapter", Path("s.json"))[4:6] == ["--nproc_per_node", "4"]
-    zero3 = LauncherSection(type="accelerate", accelerate_config="zero3.yaml", nnodes=2, node_rank=1,
+    zero3 = LauncherSection(type="accelerate", accelerate_config="zero3.yaml", nnodes=2,
                             rdzv_endpoint="node0:29500")
     command = launch_command(zero3, "sft_adapter", Path("s.json"))
     assert command[1:3] == ["-m", "accelerate.commands.launch"] and "--config_file" in command

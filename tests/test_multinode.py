@@ -92,6 +92,9 @@ def test_a_recipe_for_another_node_is_refused_in_one_line():
     with pytest.raises(RecipeError, match="tuneline runs on node 0 only; on node 1 run the command node 0 prints"):
         load_recipe("tiny", {"launcher.type": "torchrun", "launcher.nnodes": 2, "launcher.node_rank": 1,
                              "launcher.rdzv_endpoint": "node0:29500"})
+    with pytest.raises(RecipeError, match="on node 1 run the command node 0 prints"):
+        load_recipe("tiny", {"launcher.type": "accelerate", "launcher.accelerate_config": "multi.yaml",
+                             "launcher.nnodes": 2, "launcher.node_rank": 1, "launcher.rdzv_endpoint": "node0:29500"})
     with pytest.raises(RecipeError, match="rdzv_endpoint"):
         load_recipe("tiny", {"launcher.type": "torchrun", "launcher.nnodes": 2})
     assert load_recipe("tiny", {"launcher.type": "kubernetes", "launcher.nnodes": 2, "launcher.kubernetes.image": "i",
@@ -130,3 +133,17 @@ def test_the_orchestrator_says_the_other_nodes_command_and_fails_naming_the_node
     assert failures == [f"sft_adapter: node 1 did not join the rendezvous at {recipe.launcher.rdzv_endpoint} within "
                         "launcher.join_timeout 3 s (1 of 2 nodes joined); run on each the command printed when the "
                         "stage started"]
+
+
+def test_accelerate_over_two_machines_prints_the_other_machines_command_with_the_same_bounded_rendezvous():
+    launcher = LauncherSection(type="accelerate", accelerate_config="multi.yaml", nnodes=2, nproc_per_node=4,
+                               rdzv_endpoint="node0:29500", join_timeout=300)
+    spec = Path("/shared/artifacts/sft_adapter/.run-f/spec.json")
+    zero, (one,) = launch_command(launcher, "sft_adapter", spec), other_node_commands(launcher, "sft_adapter", spec).values()
+    one = one[one.index("accelerate.commands.launch") - 2:]  # past `env` and the allocator settings
+    assert one[:3] == zero[:3] and one[-4:] == ["engine.train", "sft_adapter", "--spec", str(spec)]
+    for flag, value in {"--config_file": "multi.yaml", "--num_processes": "8", "--num_machines": "2",
+                        "--main_process_ip": "node0", "--main_process_port": "29500", "--rdzv_backend": "static",
+                        "--rdzv_conf": "timeout=300"}.items():
+        assert zero[zero.index(flag) + 1] == one[one.index(flag) + 1] == value, flag
+    assert (zero[zero.index("--machine_rank") + 1], one[one.index("--machine_rank") + 1]) == ("0", "1")

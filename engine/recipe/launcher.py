@@ -98,8 +98,8 @@ class LauncherSection(Section):
     nnodes: Int = Field(1, ge=1, description="machines taking part (torchrun's nnodes); above 1, tuneline runs node "
                                              "0 and prints the command each other node runs (kubernetes: a "
                                              "TrainJob starts them all)")
-    node_rank: Int = Field(0, ge=0, description="the rank of the machine this recipe runs on: 0 for torchrun and "
-                                                "kubernetes (the other nodes run the command node 0 prints)")
+    node_rank: Int = Field(0, ge=0, description="the rank of the machine this recipe runs on: always 0 (the other "
+                                                "nodes run the command node 0 prints)")
     rdzv_endpoint: str | None = Field(None, description="host:port of node 0, reachable from every node; required "
                                                         "for nnodes > 1 (not on kubernetes: the runtime sets it)")
     join_timeout: Int = Field(600, ge=1, description="seconds node 0 waits for the other nodes to join (nnodes > 1) "
@@ -121,10 +121,10 @@ class LauncherSection(Section):
             raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of node 0, reachable from every node)")
         if self.node_rank >= self.nnodes:
             raise ValueError(f"node_rank {self.node_rank} must be below nnodes {self.nnodes}")
-        if self.node_rank and self.type in ("local", "torchrun", "kubernetes"):
+        if self.node_rank:
             raise ValueError(f"node_rank {self.node_rank}: tuneline runs on node 0 only; on node {self.node_rank} run "
-                             "the command node 0 prints when the stage starts (python -m torch.distributed.run "
-                             f"... --node_rank {self.node_rank} ... -m engine.train <stage> --spec <spec.json>)")
+                             "the command node 0 prints when the stage starts (torchrun's --node_rank or accelerate's "
+                             f"--machine_rank {self.node_rank}, then -m engine.train <stage> --spec <spec.json>)")
         if self.type == "kubernetes" and not (self.kubernetes.image and self.kubernetes.volume_claim):
             raise ValueError("type kubernetes needs kubernetes.image (this project installed) and "
                              "kubernetes.volume_claim (the volume every pod mounts the artifact root from)")

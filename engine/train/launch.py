@@ -50,7 +50,9 @@ def launch_command(launcher, stage: str, spec: Path, module: str = "engine.train
                 "--num_processes", str(processes * launcher.nnodes), "--num_machines", str(launcher.nnodes),
                 "--machine_rank", str(launcher.node_rank),
                 *(["--main_process_ip", launcher.rdzv_endpoint.rsplit(":", 1)[0], "--main_process_port",
-                   launcher.rdzv_endpoint.rsplit(":", 1)[1]] if launcher.rdzv_endpoint else []), *stage_argv]
+                   launcher.rdzv_endpoint.rsplit(":", 1)[1]] if launcher.rdzv_endpoint else []),
+                *(["--rdzv_backend", "static", "--rdzv_conf", f"timeout={launcher.join_timeout}"]  # as torchrun's below
+                  if launcher.nnodes > 1 else []), *stage_argv]
     if launcher.type == "kubernetes" and launcher.nnodes > 1:  # a TrainJob's node: the runtime's PET_NODE_RANK,
         # PET_MASTER_ADDR and PET_MASTER_PORT name the rendezvous; nnodes and processes stated, never defaulted to 1
         return ["python", "-m", "torch.distributed.run", "--nnodes", str(launcher.nnodes), "--nproc_per_node",
@@ -72,8 +74,8 @@ def launch_command(launcher, stage: str, spec: Path, module: str = "engine.train
 
 
 def other_node_commands(launcher, stage: str, spec: Path) -> dict[int, list[str]]:
-    """node rank -> the command that node runs to join a multi-node stage (torchrun, nnodes > 1): the training child
-    itself (engine.train) under torchrun, with the spec on the shared artifact root; no orchestrator, so no
+    """node rank -> the command that node runs to join a multi-node stage (torchrun or accelerate, nnodes > 1): the
+    training child itself (engine.train) under torchrun or accelerate launch, with the spec on the shared artifact root; no orchestrator, so no
     fingerprint or training lock stands in its way. Prefixed with `env` and the training environment node 0's
     processes get (the allocator settings), so every node trains alike."""
     settings = [f"{name}={value}" for name, value in training_environment().items()]

@@ -1,6 +1,6 @@
-"""A training stage over several machines without Kubernetes (launcher torchrun, nnodes > 1).
+"""A training stage over several machines without Kubernetes (launcher torchrun or accelerate, nnodes > 1).
 
-The orchestrator runs node 0: it starts node 0's torchrun agent and says, before that agent waits at the rendezvous,
+The orchestrator runs node 0: it starts node 0's torchrun agent (accelerate launch starts one too) and says, before that agent waits at the rendezvous,
 the exact command each other node runs (engine/train/launch.py other_node_commands). The rendezvous is bounded by
 launcher.join_timeout; when it runs out, the stage fails in one line naming the nodes that did not join.
 """
