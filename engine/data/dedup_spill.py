@@ -29,6 +29,7 @@ RECORD = np.dtype([("key", "<u8"), ("index", "<i8")])  # one document's key in o
 DIGEST = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("index", "<i8")])  # one exact-dedup key's 128-bit digest
 PARTITION_BYTES_PER_RECORD = 96  # a partition's records, argsort, sorted keys, run starts and the pairs it yields
 SIGNATURE_BYTES_PER_CHAR = 96  # chunk_signatures' arrays per UTF-8 byte (packed word, position, bin, slot, ...)
+KEY_OVERHEAD = 100  # a key string's object header, its list slot and its digest
 MAX_PARTITIONS = 4096
 
 
@@ -79,17 +80,18 @@ class Signatures:
         return np.fromfile(self.path, dtype=np.uint32, count=(stop - start) * self.num_perm,
                            offset=start * self.num_perm * 4).reshape(-1, self.num_perm)
 
-    def agreement(self, pairs: np.ndarray, chunk: int) -> np.ndarray:
-        """dedup.agreement over the file: the fraction of equal bins of each pair."""
-        out = np.empty(len(pairs))
+    def agreement(self, pairs: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        """dedup.agreement over the file (the fraction of equal bins of each pair), and whether the pair's first
+        text has any shingle (an empty one matches nothing: the in-memory path's filter)."""
+        out, filled = np.empty(len(pairs)), np.empty(len(pairs), dtype=bool)
         for start in range(0, len(pairs), chunk):
             part = pairs[start:start + chunk]
             sig = np.memmap(self.path, dtype=np.uint32, mode="r", shape=(self.count, self.num_perm))
-            out[start:start + chunk] = (sig[part[:, 0]] == sig[part[:, 1]]).mean(axis=1)
-            empty = sig[part[:, 0], 0] == EMPTY
-            out[start:start + chunk][empty] = np.nan  # an empty text matches nothing (the in-memory path's filter)
-            del sig
-        return out
+            first = sig[part[:, 0]]
+            out[start:start + chunk] = (first == sig[part[:, 1]]).mean(axis=1)
+            filled[start:start + chunk] = first[:, 0] != EMPTY
+            del sig, first
+        return out, filled
 
 
 def write_signatures(texts: Iterable[str], num_perm: int, k: int, memory_gb: float, path: Path) -> Signatures:
@@ -102,8 +104,9 @@ def write_signatures(texts: Iterable[str], num_perm: int, k: int, memory_gb: flo
 
 
 def pairs_per_chunk(memory_gb: float, num_perm: int) -> int:
-    """Pairs checked at once: two signature rows each, plus the pages of the map they touch."""
-    return max(min(budget_bytes(memory_gb) // 4 // (2 * (4 * num_perm + 4096)), 65536), 1)
+    """Pairs checked at once: two signature rows each, and the page of the map each touches (resident until the
+    map closes)."""
+    return max(min(budget_bytes(memory_gb) // 8 // (2 * (4 * num_perm + 4096)), 65536), 1)
 
 
 def spilled_near_duplicates(texts: Iterable[str], threshold: float, num_perm: int, k: int, bands: int, rows: int,
@@ -117,7 +120,7 @@ def spilled_near_duplicates(texts: Iterable[str], threshold: float, num_perm: in
             return []
         per_band = partitions_for(n, memory_gb)
         path_of = lambda band: lambda p: work / f"band{band}-{p}.rec"  # noqa: E731
-        rows_per_read = max(min(budget_bytes(memory_gb) // 4 // (4 * num_perm + 16 * bands), n), 1)
+        rows_per_read = max(min(budget_bytes(memory_gb) // 4 // (4 * num_perm + 16 * rows + 64), n), 1)
         for start in range(0, n, rows_per_read):
             block = sig.rows(start, min(start + rows_per_read, n))
             records = np.empty(len(block), dtype=RECORD)
@@ -136,12 +139,13 @@ def spilled_near_duplicates(texts: Iterable[str], threshold: float, num_perm: in
                 pairs = bucket_pairs(records["key"], records["index"])
                 del records
                 if len(pairs):
-                    edges.append(pairs[sig.agreement(pairs, chunk) >= threshold])  # nan (empty) is never >=
+                    estimate, filled = sig.agreement(pairs, chunk)
+                    edges.append(pairs[filled & (estimate >= threshold)])
         edges = np.unique(np.concatenate(edges), axis=0) if edges else np.empty((0, 2), dtype=np.int64)
         labels = components(n, edges)
         del edges
         removed = np.flatnonzero(labels != np.arange(n))
-        estimate = sig.agreement(np.stack([labels[removed], removed], axis=1), chunk) if len(removed) else []
+        estimate = sig.agreement(np.stack([labels[removed], removed], axis=1), chunk)[0] if len(removed) else []
         return [(int(labels[i]), int(i), float(j)) for i, j in zip(removed, estimate, strict=True)]
 
 
@@ -155,14 +159,15 @@ def spilled_exact_duplicates(keys: Iterable[str], memory_gb: float, spill_dir: P
     """dedup.exact_duplicates' list, from digest records partitioned by digest under `spill_dir`."""
     with tempfile.TemporaryDirectory(prefix=".dedup-spill-", dir=spill_dir) as tmp:
         work = Path(tmp)
-        per_read = max(budget_bytes(memory_gb) // 4 // (DIGEST.itemsize * 4 + 200), 1)  # + the key strings
-        n, batch = 0, []
+        limit = budget_bytes(memory_gb) // 4
+        per_read = max(limit // (DIGEST.itemsize * 4), 1)  # records, and the sort of their partitions
+        n, batch, size = 0, [], 0
         with open(work / "digests.rec", "wb") as f:
             for key in keys:
                 batch.append(key)
-                if len(batch) >= per_read:
-                    n = spill_digests(batch, n, f)
-                    batch = []
+                size += len(key) + KEY_OVERHEAD
+                if size >= limit:
+                    n, batch, size = spill_digests(batch, n, f), [], 0
             n = spill_digests(batch, n, f)
         count = partitions_for(n, memory_gb)
         path_of = lambda p: work / f"digests-{p}.rec"  # noqa: E731
