@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -69,8 +70,8 @@ def append_partitioned(records: np.ndarray, part: np.ndarray, count: int, path_o
 
 
 class Signatures:
-    """The signature file: rows read back by index, through a map opened per read (so its pages leave the
-    process's resident memory with it)."""
+    """The signature file, its rows read back by index with pread: a map of it would count, in resident memory,
+    every page it faults in and its neighbours (the kernel maps pages around a fault), up to the whole file."""
 
     def __init__(self, path: Path, num_perm: int):
         self.path, self.num_perm = path, num_perm
@@ -80,17 +81,22 @@ class Signatures:
         return np.fromfile(self.path, dtype=np.uint32, count=(stop - start) * self.num_perm,
                            offset=start * self.num_perm * 4).reshape(-1, self.num_perm)
 
+    def rows_at(self, index: np.ndarray, fd: int) -> np.ndarray:
+        unique, inverse = np.unique(index, return_inverse=True)
+        size = 4 * self.num_perm
+        raw = b"".join([os.pread(fd, size, i * size) for i in unique.tolist()])
+        return np.frombuffer(raw, dtype=np.uint32).reshape(-1, self.num_perm)[inverse]
+
     def agreement(self, pairs: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
         """dedup.agreement over the file (the fraction of equal bins of each pair), and whether the pair's first
         text has any shingle (an empty one matches nothing: the in-memory path's filter)."""
         out, filled = np.empty(len(pairs)), np.empty(len(pairs), dtype=bool)
-        for start in range(0, len(pairs), chunk):
-            part = pairs[start:start + chunk]
-            sig = np.memmap(self.path, dtype=np.uint32, mode="r", shape=(self.count, self.num_perm))
-            first = sig[part[:, 0]]
-            out[start:start + chunk] = (first == sig[part[:, 1]]).mean(axis=1)
-            filled[start:start + chunk] = first[:, 0] != EMPTY
-            del sig, first
+        with open(self.path, "rb") as f:
+            for start in range(0, len(pairs), chunk):
+                part = pairs[start:start + chunk]
+                first, second = self.rows_at(part[:, 0], f.fileno()), self.rows_at(part[:, 1], f.fileno())
+                out[start:start + chunk] = (first == second).mean(axis=1)
+                filled[start:start + chunk] = first[:, 0] != EMPTY
         return out, filled
 
 
@@ -104,9 +110,8 @@ def write_signatures(texts: Iterable[str], num_perm: int, k: int, memory_gb: flo
 
 
 def pairs_per_chunk(memory_gb: float, num_perm: int) -> int:
-    """Pairs checked at once: two signature rows each, and the page of the map each touches (resident until the
-    map closes)."""
-    return max(min(budget_bytes(memory_gb) // 8 // (2 * (4 * num_perm + 4096)), 65536), 1)
+    """Pairs checked at once: two signature rows each, read as bytes, then as an array, then compared."""
+    return max(min(budget_bytes(memory_gb) // 4 // (2 * 4 * num_perm * 4), 65536), 1)
 
 
 def spilled_near_duplicates(texts: Iterable[str], threshold: float, num_perm: int, k: int, bands: int, rows: int,
