@@ -7,10 +7,13 @@ pairs (a bucket never spans two partitions, and records sit in index order, so a
 index, as in memory), which are checked against signatures read back from the file and kept as edges. Components
 take the minimum label over the edges in memory: 8 bytes a document for the labels (three such arrays while
 propagating) and 16 an edge; edges are verified near duplicates, few compared to documents.
-Exact: (128-bit digest of the key, index) records partitioned by digest; the lowest index of each digest is kept.
+Exact: (128-bit BLAKE2b digest of the key, index) records partitioned by digest; the lowest index of each digest is
+kept (two distinct keys share a digest with probability ~n^2 / 2^129).
 
-Peak memory is about `memory_gb` for the partitions plus the labels; the files live in a temporary directory under
-`spill_dir`, removed on every exit path.
+Each phase (signature chunks, band records, one partition, verification chunks, exact batches) holds about a quarter
+of `memory_gb` at most, beside the labels; the files live in a temporary directory under `spill_dir`, removed on
+every exit path. Written here because no library does it: datasketch's LSH storage is per key (dict, Redis,
+Cassandra), and an out-of-core sort of (key, index) records is a few numpy calls per partition.
 """
 
 from __future__ import annotations
