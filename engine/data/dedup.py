@@ -5,7 +5,8 @@ Signatures are one-permutation MinHash (OPH, Li et al. 2012) with rotation densi
 whose minimum is kept. That is one hash per shingle instead of `num_perm`, computed with numpy over
 whole chunks of documents; LSH banding, candidate checks and clustering are numpy too. The bands are chosen
 for recall (a pair 0.05 above the threshold is almost surely a candidate) since every candidate is then checked
-against its signature estimate. bench/dedup.py measures it against datasketch's MinHashLSH.
+against its signature estimate. bench/dedup.py measures it against datasketch's MinHashLSH. Past a memory bound
+(data.memory_gb) both dedups run out of core, with the same result: engine/data/dedup_spill.py.
 """
 
 from __future__ import annotations
