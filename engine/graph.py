@@ -74,6 +74,7 @@ def clean_outside(recipe, hasher) -> dict:
 
 
 CLEAN_DATA = Stage("clean_data", entry=clean_raw_data, parents=("raw_data",), keys=("clean", "model.model_name_or_path"),
+                   locate=("data.memory_gb",),  # operational: dedup's memory bound, never the rows: not fingerprinted
                    select=clean_reads, outside=clean_outside,
                    tables={"quarantine": "quarantine.parquet", "duplicate_clusters": "clusters.parquet",
                            "rewrites": "rewrites.parquet"})

@@ -12,6 +12,7 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from engine.runtime.progress import Progress
@@ -202,9 +203,11 @@ def whitespace_blind_hash(row: dict) -> str:
 class Cleaner:
     """Runs the steps over rows, collecting quarantine, rewrites, duplicate clusters and a per-step report."""
 
-    def __init__(self, rows: list[dict], count_tokens: Callable[[str], int] | None = None):
+    def __init__(self, rows: list[dict], count_tokens: Callable[[str], int] | None = None,
+                 memory_gb: float | None = None, spill_dir: Path | None = None):
         self.rows = [{**r, "messages": json.loads(r["messages"])} for r in rows]
         self.count_tokens = count_tokens
+        self.memory_gb, self.spill_dir = memory_gb, spill_dir  # dedup's bound, and where it spills beyond it
         self.quarantine: list[dict] = []
         self.rewrites: list[dict] = []
         self.clusters: list[dict] = []
@@ -347,7 +350,7 @@ class Cleaner:
         key_of = whitespace_blind_hash if cfg.ignore_whitespace else current_hash
         keys = [f"{r['kind']}:{key_of(r)}" for r in self.rows]
         removed = set()
-        for first, dup in exact_duplicates(keys):
+        for first, dup in exact_duplicates(keys, self.memory_gb, self.spill_dir):
             removed.add(dup)
             self.drop(self.rows[dup], "exact_duplicate",
                       f"same normalized content as {self.rows[first]['row_id']}")
@@ -362,7 +365,7 @@ class Cleaner:
             idx = [i for i, text in texts_of.items() if len(text) >= cfg.min_chars]  # short: one word is a new question
             texts = [texts_of[i] for i in idx]
             for a, b, jaccard in near_duplicate_clusters(texts, cfg.threshold, cfg.num_perm, cfg.shingle_size,
-                                                         bands_rows):
+                                                         bands_rows, self.memory_gb, self.spill_dir):
                 kept, dup = self.rows[idx[a]], self.rows[idx[b]]
                 removed.add(idx[b])
                 self.drop(dup, "near_duplicate", f"~{jaccard:.2f} Jaccard with {kept['row_id']}")
@@ -400,15 +403,17 @@ class CleanResult:
 
 
 def clean(rows: list[dict], cfg: CleanSection, source_order: list[str],
-          count_tokens: Callable[[str], int] | None = None) -> CleanResult:
+          count_tokens: Callable[[str], int] | None = None, memory_gb: float | None = None,
+          spill_dir: Path | None = None) -> CleanResult:
     """Run the recipe's clean steps over ingest's normalized rows: a CleanResult (rows, quarantine, clusters,
     report, rewrites); see CleanResult for each field's shape.
 
-    `count_tokens` (text -> token count) is needed when a length step sets token limits.
+    `count_tokens` (text -> token count) is needed when a length step sets token limits. `memory_gb` bounds what
+    exact_dedup and near_dedup hold: beyond it they spill to a temporary directory in `spill_dir` (same result).
     """
     priority = {name: i for i, name in enumerate(source_order)}
     ordered = sorted(rows, key=lambda r: (priority.get(r["source"], len(priority)), *row_position(r["row_id"])))
-    cleaner = Cleaner(ordered, count_tokens)
+    cleaner = Cleaner(ordered, count_tokens, memory_gb, spill_dir)
     for step in cfg.steps:
         cleaner.run(step)
     final = [{**r, "content_hash": current_hash(r), "messages": json.dumps(r["messages"], ensure_ascii=False)}
@@ -444,7 +449,8 @@ def clean_raw_data(run: "StageRun") -> dict:
     raw = run.inputs["raw_data"]
     source_order = list(json.loads((raw / "manifest.json").read_text())["metrics"]["by_source"])
     count_tokens = token_counter(run.recipe.model.model_name_or_path) if cfg.counts_tokens() else None
-    result = clean(read_rows(raw / "rows.parquet"), cfg, source_order, count_tokens)
+    result = clean(read_rows(raw / "rows.parquet"), cfg, source_order, count_tokens,
+                   run.recipe.data.memory_gb, spill_dir=run.out)  # the spill directory is gone before publishing
     write_rows(result.rows, run.out / "rows.parquet", ROW_COLUMNS)
     write_rows(result.quarantine, run.out / "quarantine.parquet", QUARANTINE_COLUMNS)
     write_rows(result.clusters, run.out / "clusters.parquet", CLUSTER_COLUMNS)

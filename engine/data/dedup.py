@@ -5,10 +5,14 @@ Signatures are one-permutation MinHash (OPH, Li et al. 2012) with rotation densi
 whose minimum is kept. That is one hash per shingle instead of `num_perm`, computed with numpy over
 whole chunks of documents; LSH banding, candidate checks and clustering are numpy too. The bands are chosen
 for recall (a pair 0.05 above the threshold is almost surely a candidate) since every candidate is then checked
-against its signature estimate. bench/dedup.py measures it against datasketch's MinHashLSH.
+against its signature estimate. bench/dedup.py measures it against datasketch's MinHashLSH. Past a memory bound
+(data.memory_gb) both dedups run out of core, with the same result: engine/data/dedup_spill.py.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Sized
+from pathlib import Path
 
 import numpy as np
 
@@ -112,21 +116,30 @@ def lsh_params(threshold: float, num_perm: int, margin: float = RECALL_MARGIN,
     return int(bands[best]), int(rows[best])
 
 
-def band_candidates(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(m, 2) index pairs (first member of a bucket, another member) that share at least one band."""
-    pairs = []
+def band_keys(sig: np.ndarray, band: int, rows: int) -> np.ndarray:
+    """One uint64 key per signature row for one band: rows with equal bins in the band get equal keys."""
     weights = np.uint64(0x100000001B3) ** np.arange(rows, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for band in range(bands):
-            keys = (sig[:, band * rows:(band + 1) * rows].astype(np.uint64) * weights).sum(axis=1)
-            order = np.argsort(keys, kind="stable")
-            sorted_keys = keys[order]
-            same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1]) + 1  # positions that repeat the previous key
-            if len(same) == 0:
-                continue
-            run_start = np.maximum.accumulate(np.where(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]],
-                                                       np.arange(len(keys)), 0))
-            pairs.append(np.stack([order[run_start[same]], order[same]], axis=1))
+        return (sig[:, band * rows:(band + 1) * rows].astype(np.uint64) * weights).sum(axis=1)
+
+
+def bucket_pairs(keys: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """(m, 2) pairs (first member of a bucket of equal keys, another member); `index` ascending, so the first is the
+    lowest index of its bucket."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1]) + 1  # positions that repeat the previous key
+    if len(same) == 0:
+        return np.empty((0, 2), dtype=np.int64)
+    run_start = np.maximum.accumulate(np.where(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]],
+                                               np.arange(len(keys)), 0))
+    return np.stack([index[order[run_start[same]]], index[order[same]]], axis=1)
+
+
+def band_candidates(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(m, 2) index pairs (first member of a bucket, another member) that share at least one band."""
+    index = np.arange(len(sig))
+    pairs = [p for band in range(bands) if len(p := bucket_pairs(band_keys(sig, band, rows), index))]
     if not pairs:
         return np.empty((0, 2), dtype=np.int64)
     pairs = np.concatenate(pairs)
@@ -157,17 +170,31 @@ def components(n: int, edges: np.ndarray) -> np.ndarray:
     return labels
 
 
-def near_duplicate_clusters(texts: list[str], threshold: float, num_perm: int, k: int,
-                            bands_rows: tuple[int, int] | None = None) -> list[tuple[int, int, float]]:
+def in_memory_bytes(count: int, num_perm: int) -> int:
+    """What near_duplicate_clusters' in-memory path holds for `count` texts: the signatures, and one band's keys,
+    argsort, sorted keys, run starts and the band slice widened to uint64 (the texts themselves are the caller's)."""
+    return count * (4 * num_perm + 160)
+
+
+def near_duplicate_clusters(texts: Iterable[str], threshold: float, num_perm: int, k: int,
+                            bands_rows: tuple[int, int] | None = None, memory_gb: float | None = None,
+                            spill_dir: Path | None = None) -> list[tuple[int, int, float]]:
     """(kept, removed, estimated jaccard) for every near duplicate; `kept` is the lowest index of its cluster.
 
     LSH uses `bands_rows` when given, else lsh_params' (candidates favour recall; the signature check keeps precision).
-    Texts with no characters are never near duplicates.
+    Texts with no characters are never near duplicates. With `memory_gb`, texts whose in-memory footprint exceeds it
+    (or any iterable without a length) go through files under `spill_dir` (engine/data/dedup_spill.py): the same list,
+    in bounded memory.
     """
+    bands, rows = bands_rows or lsh_params(threshold, num_perm)
+    if memory_gb is not None and not (isinstance(texts, Sized)
+                                      and in_memory_bytes(len(texts), num_perm) <= memory_gb * 2 ** 30):
+        from engine.data.dedup_spill import spilled_near_duplicates
+        return spilled_near_duplicates(texts, threshold, num_perm, k, bands, rows, memory_gb, spill_dir)
+    texts = texts if isinstance(texts, list) else list(texts)
     if len(texts) < 2:
         return []
     sig = signatures(texts, num_perm, k)  # an empty text has no shingles: its row stays EMPTY and matches nothing
-    bands, rows = bands_rows or lsh_params(threshold, num_perm)
     pairs = band_candidates(sig, bands, rows)
     pairs = pairs[(sig[pairs[:, 0], 0] != EMPTY)] if len(pairs) else pairs
     similar = pairs[agreement(sig, pairs) >= threshold] if len(pairs) else pairs
@@ -177,8 +204,17 @@ def near_duplicate_clusters(texts: list[str], threshold: float, num_perm: int, k
     return [(int(labels[i]), int(i), float(j)) for i, j in zip(removed, estimate, strict=True)]
 
 
-def exact_duplicates(keys: list[str]) -> list[tuple[int, int]]:
-    """(kept, removed) pairs: every later occurrence of a key points at its first."""
+EXACT_BYTES_PER_KEY = 200  # a key string of ~70 characters, its dict entry and the pair it may yield
+
+
+def exact_duplicates(keys: Iterable[str], memory_gb: float | None = None,
+                     spill_dir: Path | None = None) -> list[tuple[int, int]]:
+    """(kept, removed) pairs: every later occurrence of a key points at its first. With `memory_gb`, keys that
+    would hold more (or any iterable without a length) go through digest files under `spill_dir`."""
+    if memory_gb is not None and not (isinstance(keys, Sized)
+                                      and len(keys) * EXACT_BYTES_PER_KEY <= memory_gb * 2 ** 30):
+        from engine.data.dedup_spill import spilled_exact_duplicates
+        return spilled_exact_duplicates(keys, memory_gb, spill_dir)
     first: dict[str, int] = {}
     pairs = []
     for i, key in enumerate(keys):

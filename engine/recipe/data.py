@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from engine.recipe.fields import Float, Int, Section, check_threshold
+from engine.recipe.fields import Float, Int, Section, check_threshold, operational
 
 
 class DataSection(Section):
@@ -51,3 +51,7 @@ class DataSection(Section):
         32, ge=1, description="check: the fewest rows the eval split a preference stage is judged on may hold "
         "(preference pairs for rm and dpo, KTO rows for kto); below it the formatted_data check fails, since an "
         "accuracy from a handful of pairs means nothing")
+    memory_gb: Float = operational(
+        4.0, gt=0, description="operational: the memory clean_data's exact_dedup and near_dedup may hold; a corpus "
+        "whose dedup would hold more goes through spilled partitions on disk (in the stage's work directory) with "
+        "the same kept rows. LLaMA-Factory has no such key")
