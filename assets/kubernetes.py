@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from engine.cluster.pods import ROOT_VOLUME, node_selector, resources, tolerations, volume_mounts, volumes
+from engine.cluster.pods import ROOT_VOLUME, resources, scheduling, volume_mounts, volumes
 from engine.train.launch import launch_command, training_environment
 
 __all__ = ["ROOT_VOLUME", "TRAIN_PROCESS", "pod_spec", "run_in_pod"]
@@ -19,15 +19,8 @@ def pod_spec(cfg, root: Path) -> dict:
     """The pod spec beyond image and command: resources, the artifact root's volume at the same path, /dev/shm,
     placement (the declared accelerator's node label among the node selector) and tolerations
     (engine/cluster/pods.py)."""
-    spec = {"containers": [{"resources": resources(cfg), "volume_mounts": volume_mounts(cfg, root)}],
-            "volumes": volumes(cfg), "restart_policy": "Never"}
-    if cfg.service_account:
-        spec["service_account_name"] = cfg.service_account
-    if placement := node_selector(cfg):
-        spec["node_selector"] = placement
-    if cfg.tolerations:
-        spec["tolerations"] = tolerations(cfg)
-    return spec
+    return {"containers": [{"resources": resources(cfg), "volume_mounts": volume_mounts(cfg, root)}],
+            "volumes": volumes(cfg), "restart_policy": "Never", **scheduling(cfg)}
 
 
 def run_in_pod(context: dg.AssetExecutionContext, launcher, stage: str, spec_path: Path, root: Path,

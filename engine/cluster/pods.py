@@ -34,3 +34,11 @@ def node_selector(cfg) -> dict[str, str]:
 
 def tolerations(cfg) -> list[dict]:
     return [dict(toleration) for toleration in cfg.tolerations]
+
+
+def scheduling(cfg) -> dict:
+    """Where and as whom a pod runs: its service account, node labels (the declared accelerator's among them) and
+    tolerations, each only when the recipe sets it."""
+    placed = {"serviceAccountName": cfg.service_account, "nodeSelector": node_selector(cfg),
+              "tolerations": tolerations(cfg)}
+    return {key: value for key, value in placed.items() if value}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from engine.cluster.pods import node_selector, resources, tolerations, volume_mounts, volumes
+from engine.cluster.pods import resources, scheduling, volume_mounts, volumes
 from engine.train.launch import processes_per_node
 
 # rendered against Kubeflow Trainer v2.1's API (trainer.kubeflow.org/v1alpha1, podTemplateOverrides; v2.0 named it
@@ -35,13 +35,8 @@ def trainjob(name: str, namespace: str, launcher, command: list[str], env: dict[
     command, the environment (sorted), requests/limits per node, and the pod overrides: placement, tolerations,
     the artifact root's volume and /dev/shm."""
     cfg = launcher.kubernetes
-    pod = {"volumes": volumes(cfg), "containers": [{"name": NODE_JOB, "volumeMounts": volume_mounts(cfg, root)}]}
-    if cfg.service_account:
-        pod["serviceAccountName"] = cfg.service_account
-    if placement := node_selector(cfg):
-        pod["nodeSelector"] = placement
-    if cfg.tolerations:
-        pod["tolerations"] = tolerations(cfg)
+    pod = {"volumes": volumes(cfg), "containers": [{"name": NODE_JOB, "volumeMounts": volume_mounts(cfg, root)}],
+           **scheduling(cfg)}
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
         "metadata": {"name": name, "namespace": namespace, "labels": {**MANAGED_BY, "tuneline/stage": stage}},
