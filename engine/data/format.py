@@ -44,6 +44,7 @@ VIEW_FEATURES = {
 # not read from the recipe's stages: formatted_data's fingerprint then does not change with them.)
 REQUIRED_VIEWS = ("sft",)
 BATCH_ROWS = 1000  # rows a worker formats at a time: its tokenizer call covers all their pieces
+POOL_MIN_ROWS = 20_000  # fewer rows: a spawned worker's start-up (imports, the tokenizer) costs more than it saves
 VIEWS_FILE = "views.json"  # where the SFT view's rows come from: "sft" rows, or "preference"/"kto" rows' chosen answers
 
 
@@ -417,6 +418,14 @@ def view_dataset(view: str, tables: list[pa.Table]) -> Dataset:
     return Dataset.from_dict({name: table.column(name) for name in features}, features=features)
 
 
+def worker_count(setting: int | None, rows: int) -> int:
+    """data.preprocessing_num_workers, or where unset every core this process may use for POOL_MIN_ROWS rows or
+    more, and one process below."""
+    if setting is not None:
+        return setting
+    return len(os.sched_getaffinity(0)) if rows >= POOL_MIN_ROWS else 1
+
+
 def length_histogram(lengths: list[int], cutoff_len: int, buckets: int = 8) -> list[tuple[str, int]]:
     width = max(1, -(-cutoff_len // buckets))
     counts = [0] * buckets
@@ -547,6 +556,6 @@ def format_clean_data(run: "StageRun") -> dict:
     rows = with_default_system(read_rows(run.inputs["clean_data"] / "rows.parquet"), data.default_system)
     quarantine, report = format_rows(rows, tokenizer, data.cutoff_len,
                                      data.val_size, data.seed, run.out, data.decontamination_threshold,
-                                     data.overlength)
+                                     data.overlength, worker_count(data.preprocessing_num_workers, len(rows)))
     write_rows(quarantine, run.out / "quarantine.parquet", QUARANTINE_COLUMNS)
     return report
