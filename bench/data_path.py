@@ -3,8 +3,8 @@
 Generates N alpaca records (seeded; instruction 8-25 words, an input on 40% of them, answers of 30-250 words drawn
 from a Zipf vocabulary of 20,000 made-up words) into a registry of their own, and a byte-level BPE tokenizer
 (32,000 tokens, ChatML template: engine.models.load.train_tokenizer) trained on a sample of them. Then, each stage
-of each setup in a fresh process of its own (its peak RSS is that stage's alone; a pool's workers are reported as the
-largest one), prints rows/s and peak RSS per stage for:
+of each setup in a fresh process of its own (peak RSS: that stage's alone, its pool workers' included, sampled every
+0.1 s), prints rows/s and peak RSS per stage for:
   local 1:    the stages' entry code (engine.data.ingest.ingest_to, engine.data.clean.clean with the default clean
               steps, engine.data.format.format_rows with decontamination at 0.8) in one process;
   local all:  the same with formatted_data's workers on every core (data.preprocessing_num_workers unset);
@@ -24,13 +24,14 @@ Usage: .venv/bin/python bench/data_path.py [--rows 100000 200000] [--work DIR]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -156,10 +157,41 @@ def lf_map(work: Path, tokenizer) -> dict:
     return {"rows": len(tokenized), "seconds": time.perf_counter() - start}
 
 
+def high_water_mb() -> float:
+    """This process's peak RSS (VmHWM: reset by exec, unlike ru_maxrss, which a child inherits from its parent)."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+class TreeMemory:
+    """The peak of this process's RSS plus its workers', sampled every 0.1 s while inside (a pool's workers have no
+    high-water mark the parent can read after they exit)."""
+
+    def __enter__(self):
+        import psutil
+        self.peak, self.done = 0.0, threading.Event()
+        me = psutil.Process()
+
+        def sample():
+            while not self.done.wait(0.1):
+                total = 0
+                for proc in [me, *me.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        total += proc.memory_info().rss
+                self.peak = max(self.peak, total / 2**20)
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+
+
 def child(setup: str, stage: str, work: Path) -> None:
-    result = run_stage(setup, stage, work)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    with TreeMemory() as tree:
+        result = run_stage(setup, stage, work)
+    result["peak_rss_mb"] = max(high_water_mb(), tree.peak)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -197,8 +229,7 @@ def bench(n: int, work: Path) -> None:
             if r is None:
                 cells += f"{'-':>18}{'-':>14}"
                 continue
-            rss = f"{r['peak_rss_mb']:.0f}" + (f"+{r['worker_peak_rss_mb']:.0f}w" if r.get("workers", 1) > 1 else "")
-            cells += f"{r['rows'] / r['seconds']:>18,.0f}{rss:>14}"
+            cells += f"{r['rows'] / r['seconds']:>18,.0f}{r['peak_rss_mb']:>14,.0f}"
         print(f"{label:<18}{cells}")
     lf = results[("lf", "formatted")]["seconds"]
     for setup in ("local1", "localall"):
