@@ -399,9 +399,11 @@ def formatted_batches(rows: list[dict], splits: list[str], leaks: dict[int, str]
     """format_batch over batches of `batch_rows` rows, in order: in this process with one worker (or one batch), else
     on a pool of `workers` processes (spawned: the tokenizer's threads do not survive a fork), each receiving the
     tokenizer once; the batches come back in row order, so the output is the same as one process's."""
-    starts = range(0, len(rows), batch_rows)
-    jobs = [(rows[s:s + batch_rows], splits[s:s + batch_rows],
-             {i - s: d for i, d in leaks.items() if s <= i < s + batch_rows}) for s in starts]
+    leaks_of: dict[int, dict[int, str]] = {}  # {batch start: {index in the batch: detail}}
+    for i, detail in leaks.items():
+        leaks_of.setdefault(i - i % batch_rows, {})[i % batch_rows] = detail
+    jobs = [(rows[s:s + batch_rows], splits[s:s + batch_rows], leaks_of.get(s, {}))
+            for s in range(0, len(rows), batch_rows)]
     if workers <= 1 or len(jobs) <= 1:
         yield from (format_batch(*job, settings) for job in jobs)
         return
