@@ -104,6 +104,7 @@ BASE_MODEL = Stage("base_model", entry=make_base_model, parents=("clean_data",),
 FORMATTED_DATA = Stage("formatted_data", entry=format_clean_data, parents=("base_model", "clean_data"),
                        keys=("data.cutoff_len", "data.default_system", "data.overlength", "data.val_size", "data.seed",
                              "data.decontamination_threshold", "data.template"),
+                       locate=("data.preprocessing_num_workers",),  # operational: the rows are the same for any number
                        tables={"split_rows": "splits.parquet", "quarantine": "quarantine.parquet"})
 
 

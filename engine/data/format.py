@@ -8,10 +8,18 @@ The preference view holds conversational prompt/chosen/rejected for TRL's reward
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features, List, Value
 
 from engine.runtime.progress import Progress
@@ -35,6 +43,8 @@ VIEW_FEATURES = {
 # when both splits have rows; reward_model and dpo_adapter say so when they run and theirs is absent. (Kept here,
 # not read from the recipe's stages: formatted_data's fingerprint then does not change with them.)
 REQUIRED_VIEWS = ("sft",)
+BATCH_ROWS = 1000  # rows a worker formats at a time: its tokenizer call covers all their pieces
+POOL_MIN_ROWS = 20_000  # fewer rows: a spawned worker's start-up (imports, the tokenizer) costs more than it saves
 VIEWS_FILE = "views.json"  # where the SFT view's rows come from: "sft" rows, or "preference"/"kto" rows' chosen answers
 
 
@@ -246,57 +256,82 @@ def contaminated(rows: list[dict], splits: list[str], threshold: float) -> dict[
     return found
 
 
-def length_histogram(lengths: list[int], cutoff_len: int, buckets: int = 8) -> list[tuple[str, int]]:
-    width = max(1, -(-cutoff_len // buckets))
-    counts = [0] * buckets
-    for n in lengths:
-        counts[min(n // width, buckets - 1)] += 1
-    return [(f"{i * width}-{(i + 1) * width - 1}", c) for i, c in enumerate(counts)]
+@dataclass(frozen=True)
+class FormatSettings:
+    """What formatting one row reads besides the row: the same for every batch and every worker."""
+    tokenizer: object
+    cutoff_len: int
+    overlength: str
+    derive_sft: bool
 
 
-def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, seed: int, out: Path,
-                decontamination_threshold: float | None = None,
-                overlength: str = "truncate") -> tuple[list[dict], dict]:
-    """Write `out/sft`, `out/preference` and, with KTO rows, `out/kto` (HF DatasetDicts with train/eval),
-    and `out/splits.parquet`.
+@dataclass
+class FormattedBatch:
+    """One batch of rows formatted, in row order: the view records as Arrow tables {(view, split): table} (the SFT
+    view derived from preference/KTO rows under view "derived"), and what the report and splits.parquet need."""
+    tables: dict[tuple[str, str], pa.Table] = field(default_factory=dict)
+    quarantine: list[dict] = field(default_factory=list)
+    provenance: list[dict] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    truncated: int = 0
+    tools_dropped: int = 0
+    without_labels: Counter = field(default_factory=Counter)  # {"sft"|"derived": SFT rows with no trained token}
 
-    A row longer than cutoff_len is truncated as LLaMA-Factory truncates it (`overlength: truncate`, the
-    recipe's data.overlength; counted in the report as `truncated`) or quarantined (`drop`, reason
-    exceeds_cutoff_len). A row that cannot be cut to fit (the template's markup alone is longer, or no answer
-    token would stay) is quarantined as exceeds_cutoff_len either way.
 
-    Returns (quarantined rows, report). Raises DataError when the SFT view's train or eval split would be empty;
-    the preference and KTO views are written only when both of their splits have rows.
-    """
-    if overlength not in ("truncate", "drop"):
-        raise ValueError(f"overlength must be 'truncate' or 'drop', got {overlength!r}")
-    views: dict[str, dict[str, list]] = {view: {"train": [], "eval": []} for view in VIEW_FEATURES}
-    # without SFT rows (a DPO, reward or KTO dataset alone), the SFT view merge, quantization and evaluation read is
-    # each pair's prompt with its chosen answer (a KTO row's, where it is desirable): what pref_ftx trains on
-    derive_sft = not any(row["kind"] == "sft" for row in rows)
-    derived: dict[str, list] = {"train": [], "eval": []}
-    quarantine, provenance, lengths, truncated, tools_dropped = [], [], [], [], 0
-    splits = [split_of(row["content_hash"], val_size, seed) for row in rows]
-    leaks = contaminated(rows, splits, decontamination_threshold) if decontamination_threshold else {}
+def sft_table(records: list[tuple[list[int], list[int], str]]) -> pa.Table:
+    """SFT records (input_ids, labels, row_id) as an Arrow table of the SFT view's schema, the token lists built
+    from flat int32 buffers and offsets rather than from Python lists of lists."""
+    offsets = np.zeros(len(records) + 1, dtype=np.int32)
+    np.cumsum([len(ids) for ids, _, _ in records], out=offsets[1:])
+    columns = {}
+    for k, name in enumerate(("input_ids", "labels")):
+        flat = np.fromiter(chain.from_iterable(r[k] for r in records), dtype=np.int32, count=int(offsets[-1]))
+        columns[name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+    columns["row_id"] = pa.array([r[2] for r in records], pa.string())
+    return pa.table(columns, schema=VIEW_FEATURES["sft"].arrow_schema)
+
+
+def tokenized_segments(tokenizer, conversations: list[tuple[list[dict], list | None]]) -> list[list[list[int]]]:
+    """assistant_segments' pieces of every conversation tokenized, per conversation: one batched tokenizer call
+    (the fast tokenizer's batch API) for all pieces of all conversations instead of one call per piece."""
+    pieces = [[text for text, _ in assistant_segments(tokenizer, messages, tools)] for messages, tools in conversations]
+    flat = [text for texts in pieces for text in texts]
+    ids = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+    out, start = [], 0
+    for texts in pieces:
+        out.append(ids[start:start + len(texts)])
+        start += len(texts)
+    return out
+
+
+def format_batch(rows: list[dict], splits: list[str], leaks: dict[int, str], settings: FormatSettings
+                 ) -> FormattedBatch:
+    """Rows formatted as format_rows formats them; `leaks`: {index in `rows`: detail} of rows contaminating eval."""
+    tokenizer, cutoff_len, overlength = settings.tokenizer, settings.cutoff_len, settings.overlength
+    batch = FormattedBatch()
+    records: dict[tuple[str, str], list] = {(v, s): [] for v in (*VIEW_FEATURES, "derived") for s in ("train", "eval")}
+    parsed = [(json.loads(row["messages"]), tool_list(row.get("tools"))) if i not in leaks else (None, None)
+              for i, row in enumerate(rows)]
+    sft_at = [i for i, row in enumerate(rows) if i not in leaks and row["kind"] == "sft"]
+    sft_ids = dict(zip(sft_at, tokenized_segments(tokenizer, [parsed[i] for i in sft_at]), strict=True))
 
     def too_long(row: dict, length: int, why: str = "") -> None:
-        quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": "format",
-                           "reason": "exceeds_cutoff_len",
-                           "detail": f"{length} tokens > cutoff_len {cutoff_len}{why}"})
+        batch.quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": "format",
+                                 "reason": "exceeds_cutoff_len",
+                                 "detail": f"{length} tokens > cutoff_len {cutoff_len}{why}"})
 
-    tokenizing = Progress("tokenizing", total=len(rows), stage="formatted_data")
-    for index, (row, split) in enumerate(tokenizing.each(zip(rows, splits, strict=True))):
+    for index, (row, split) in enumerate(zip(rows, splits, strict=True)):
         if index in leaks:
-            quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": "format",
-                               "reason": "contaminates_eval", "detail": leaks[index]})
+            batch.quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": "format",
+                                     "reason": "contaminates_eval", "detail": leaks[index]})
             continue
-        messages = json.loads(row["messages"])
-        tools = tool_list(row.get("tools"))
+        messages, tools = parsed[index]
         if tools and template_drops_tools(tokenizer, messages, tools):
-            tools_dropped += 1
+            batch.tools_dropped += 1
         was_cut = False
         if row["kind"] == "sft":
-            pairs = sft_pairs(tokenizer, messages, tools)
+            ids = sft_ids[index]
+            pairs = list(zip(ids[0::2], ids[1::2], strict=True))
             full = sum(len(a) + len(b) for a, b in pairs)
             if full > cutoff_len and overlength == "drop":
                 too_long(row, full)
@@ -306,7 +341,7 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
                 too_long(row, full, "; no answer token is left after truncation")
                 continue
             length = len(input_ids)
-            record = {"input_ids": input_ids, "labels": labels, "row_id": row["row_id"]}
+            records[("sft", split)].append((input_ids, labels, row["row_id"]))
         else:
             prompt = messages[:-1] if row["kind"] == "kto" else messages
             answers = ([messages[-1]] if row["kind"] == "kto" else
@@ -323,36 +358,139 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
                     continue
                 prompt, answers, cut_lengths = cut
                 length, was_cut = max(cut_lengths), True
-            if derive_sft and (row["kind"] == "preference" or row["label"] == "true"):
+            if settings.derive_sft and (row["kind"] == "preference" or row["label"] == "true"):
                 ids, labels = tokenize_sft(tokenizer, [*prompt, answers[0]], tools, cutoff_len)
-                derived[split].append({"input_ids": ids, "labels": labels, "row_id": row["row_id"]})
+                records[("derived", split)].append((ids, labels, row["row_id"]))
             if row["kind"] == "kto":
                 record = {"prompt": chat_messages(prompt), "completion": chat_messages(answers),
                           "label": row["label"] == "true", "row_id": row["row_id"]}
             else:
                 record = {"prompt": chat_messages(prompt), "chosen": answers[:1], "rejected": answers[1:],
                           "row_id": row["row_id"]}
-        if was_cut:
-            truncated.append(row["row_id"])
-        lengths.append(length)
-        views[row["kind"]][split].append(record)
-        provenance.append({"source": row["source"], "row_id": row["row_id"], "content_hash": row["content_hash"],
-                           "view": row["kind"], "split": split})
+            records[(row["kind"], split)].append(record)
+        batch.truncated += was_cut
+        batch.lengths.append(length)
+        batch.provenance.append({"source": row["source"], "row_id": row["row_id"],
+                                 "content_hash": row["content_hash"], "view": row["kind"], "split": split})
+    for (view, split), found in records.items():
+        if view in ("sft", "derived"):
+            batch.without_labels[view] += sum(all(label == IGNORE for label in labels) for _, labels, _ in found)
+            batch.tables[(view, split)] = sft_table(found)
+        else:
+            batch.tables[(view, split)] = pa.Table.from_pylist(found, schema=VIEW_FEATURES[view].arrow_schema)
+    return batch
+
+
+_WORKER_SETTINGS: FormatSettings | None = None  # a pool worker's settings, received once when it starts
+
+
+def _start_worker(settings: FormatSettings) -> None:
+    global _WORKER_SETTINGS
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the workers already use every core
+    _WORKER_SETTINGS = settings
+
+
+def _format_in_worker(rows: list[dict], splits: list[str], leaks: dict[int, str]) -> FormattedBatch:
+    return format_batch(rows, splits, leaks, _WORKER_SETTINGS)
+
+
+def formatted_batches(rows: list[dict], splits: list[str], leaks: dict[int, str], settings: FormatSettings,
+                      workers: int, batch_rows: int) -> Iterator[FormattedBatch]:
+    """format_batch over batches of `batch_rows` rows, in order: in this process with one worker (or one batch), else
+    on a pool of `workers` processes (spawned: the tokenizer's threads do not survive a fork), each receiving the
+    tokenizer once; the batches come back in row order, so the output is the same as one process's."""
+    leaks_of: dict[int, dict[int, str]] = {}  # {batch start: {index in the batch: detail}}
+    for i, detail in leaks.items():
+        leaks_of.setdefault(i - i % batch_rows, {})[i % batch_rows] = detail
+    jobs = [(rows[s:s + batch_rows], splits[s:s + batch_rows], leaks_of.get(s, {}))
+            for s in range(0, len(rows), batch_rows)]
+    if workers <= 1 or len(jobs) <= 1:
+        yield from (format_batch(*job, settings) for job in jobs)
+        return
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_worker, initargs=(settings,)) as pool:
+        yield from pool.map(_format_in_worker, *zip(*jobs, strict=True))
+
+
+def view_dataset(view: str, tables: list[pa.Table]) -> Dataset:
+    """One split of a view from its batches' Arrow tables, as one chunk (the same table, and so the same files and
+    fingerprint, however the rows were batched)."""
+    features = VIEW_FEATURES[view]
+    table = pa.concat_tables(tables).combine_chunks() if tables else features.arrow_schema.empty_table()
+    return Dataset.from_dict({name: table.column(name) for name in features}, features=features)
+
+
+def worker_count(setting: int | None, rows: int) -> int:
+    """data.preprocessing_num_workers, or where unset every core this process may use for POOL_MIN_ROWS rows or
+    more, and one process below."""
+    if setting is not None:
+        return setting
+    return len(os.sched_getaffinity(0)) if rows >= POOL_MIN_ROWS else 1
+
+
+def length_histogram(lengths: list[int], cutoff_len: int, buckets: int = 8) -> list[tuple[str, int]]:
+    width = max(1, -(-cutoff_len // buckets))
+    counts = [0] * buckets
+    for n in lengths:
+        counts[min(n // width, buckets - 1)] += 1
+    return [(f"{i * width}-{(i + 1) * width - 1}", c) for i, c in enumerate(counts)]
+
+
+def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, seed: int, out: Path,
+                decontamination_threshold: float | None = None,
+                overlength: str = "truncate", workers: int = 1,
+                batch_rows: int = BATCH_ROWS) -> tuple[list[dict], dict]:
+    """Write `out/sft`, `out/preference` and, with KTO rows, `out/kto` (HF DatasetDicts with train/eval),
+    and `out/splits.parquet`.
+
+    A row longer than cutoff_len is truncated as LLaMA-Factory truncates it (`overlength: truncate`, the
+    recipe's data.overlength; counted in the report as `truncated`) or quarantined (`drop`, reason
+    exceeds_cutoff_len). A row that cannot be cut to fit (the template's markup alone is longer, or no answer
+    token would stay) is quarantined as exceeds_cutoff_len either way.
+
+    Rows are formatted in batches of `batch_rows` on `workers` processes (formatted_batches); the output is the
+    same for any number of workers.
+
+    Returns (quarantined rows, report). Raises DataError when the SFT view's train or eval split would be empty;
+    the preference and KTO views are written only when both of their splits have rows.
+    """
+    if overlength not in ("truncate", "drop"):
+        raise ValueError(f"overlength must be 'truncate' or 'drop', got {overlength!r}")
+    # without SFT rows (a DPO, reward or KTO dataset alone), the SFT view merge, quantization and evaluation read is
+    # each pair's prompt with its chosen answer (a KTO row's, where it is desirable): what pref_ftx trains on
+    derive_sft = not any(row["kind"] == "sft" for row in rows)
+    splits = [split_of(row["content_hash"], val_size, seed) for row in rows]
+    leaks = contaminated(rows, splits, decontamination_threshold) if decontamination_threshold else {}
+
+    settings = FormatSettings(tokenizer, cutoff_len, overlength, derive_sft)
+    tables: dict[tuple[str, str], list[pa.Table]] = {}
+    quarantine, provenance, lengths, truncated, tools_dropped, without_labels = [], [], [], 0, 0, Counter()
+    tokenizing = Progress("tokenizing", total=len(rows), stage="formatted_data")
+    for batch in tokenizing.each(formatted_batches(rows, splits, leaks, settings, workers, batch_rows),
+                                 n=lambda b: len(b.provenance) + len(b.quarantine)):
+        for key, table in batch.tables.items():
+            tables.setdefault(key, []).append(table)
+        quarantine += batch.quarantine
+        provenance += batch.provenance
+        lengths += batch.lengths
+        truncated, tools_dropped = truncated + batch.truncated, tools_dropped + batch.tools_dropped
+        without_labels += batch.without_labels
+    views = {view: {split: view_dataset(view, tables.get((view, split), [])) for split in ("train", "eval")}
+             for view in VIEW_FEATURES}
     sft_view_from = "sft"
-    if derive_sft and any(derived.values()):
-        views["sft"], sft_view_from = derived, ("preference" if any(r["kind"] == "preference" for r in rows) else "kto")
+    if derive_sft and any(t.num_rows for s in ("train", "eval") for t in tables.get(("derived", s), [])):
+        views["sft"] = {s: view_dataset("sft", tables.get(("derived", s), [])) for s in ("train", "eval")}
+        sft_view_from = "preference" if any(r["kind"] == "preference" for r in rows) else "kto"
     out.mkdir(parents=True, exist_ok=True)
     (out / VIEWS_FILE).write_text(json.dumps({"sft_view_from": sft_view_from}))
-    for view, splits in views.items():
-        if view not in REQUIRED_VIEWS and not all(splits.values()):
+    for view, splits_of_view in views.items():
+        if view not in REQUIRED_VIEWS and not all(len(d) for d in splits_of_view.values()):
             continue  # only a stage that trains on it needs it (engine.data.format.require_view)
-        for split, records in splits.items():
-            if not records:
+        for split, dataset in splits_of_view.items():
+            if not len(dataset):
                 raise DataError(f"no {view} rows reached the {split} split: register {view} data "
                                 "(instruction data) or adjust data.val_size")
-        features = VIEW_FEATURES[view]
-        DatasetDict({s: Dataset.from_dict({k: [r[k] for r in records] for k in features}, features=features)
-                     for s, records in splits.items()}).save_to_disk(out / view)
+        DatasetDict(splits_of_view).save_to_disk(out / view)
     Dataset.from_list(provenance).to_parquet(out / "splits.parquet")
     counts = Counter((p["view"], p["split"]) for p in provenance)
     report = {
@@ -360,17 +498,16 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
         "preference_train": counts[("preference", "train")], "preference_eval": counts[("preference", "eval")],
         "kto_train": counts[("kto", "train")], "kto_eval": counts[("kto", "eval")],
         "max_tokens": max(lengths, default=0), "mean_tokens": round(sum(lengths) / max(len(lengths), 1), 1),
-        "cutoff_len": cutoff_len, "overlength": overlength, "truncated": len(truncated),
+        "cutoff_len": cutoff_len, "overlength": overlength, "truncated": truncated,
         "tools_dropped_by_template": tools_dropped,
         "exceeds_cutoff_len": sum(q["reason"] == "exceeds_cutoff_len" for q in quarantine),
         "contaminates_eval": len(leaks), "length_histogram": length_histogram(lengths, cutoff_len),
         "rows_in_by_source": dict(Counter(r["source"] for r in rows)),
         "rows_out_by_source": dict(Counter(p["source"] for p in provenance)),
         "sft_view_from": sft_view_from,
-        "sft_rows_without_labels": sum(all(l == IGNORE for l in r["labels"]) for s in views["sft"].values() for r in s),
+        "sft_rows_without_labels": without_labels["sft" if sft_view_from == "sft" else "derived"],
     }
     return quarantine, report
-
 
 
 def require_view(formatted_dir: Path, view: str, stage: str) -> Path:
@@ -421,6 +558,6 @@ def format_clean_data(run: "StageRun") -> dict:
     rows = with_default_system(read_rows(run.inputs["clean_data"] / "rows.parquet"), data.default_system)
     quarantine, report = format_rows(rows, tokenizer, data.cutoff_len,
                                      data.val_size, data.seed, run.out, data.decontamination_threshold,
-                                     data.overlength)
+                                     data.overlength, worker_count(data.preprocessing_num_workers, len(rows)))
     write_rows(quarantine, run.out / "quarantine.parquet", QUARANTINE_COLUMNS)
     return report

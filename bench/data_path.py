@@ -1,0 +1,258 @@
+"""The data path at scale: raw_data, clean_data and formatted_data per stage, against LLaMA-Factory's tokenization.
+
+Generates N alpaca records (seeded; instruction 8-25 words, an input on 40% of them, answers of 30-250 words drawn
+from a Zipf vocabulary of 20,000 made-up words) into a registry of their own, and a byte-level BPE tokenizer
+(32,000 tokens, ChatML template: engine.models.load.train_tokenizer) trained on a sample of them. Then, each stage
+of each setup in a fresh process of its own (peak RSS: that stage's alone, its pool workers' included, sampled every
+0.1 s), prints rows/s and peak RSS per stage for:
+  local 1:    the stages' entry code (engine.data.ingest.ingest_to, engine.data.clean.clean with the default clean
+              steps, engine.data.format.format_rows with decontamination at 0.8) in one process;
+  local all:  the same with formatted_data's workers on every core (data.preprocessing_num_workers unset);
+              raw_data and clean_data run in one process either way;
+  ray:        not built (issue 24 item 4);
+  LF map:     LLaMA-Factory's SupervisedDatasetProcessor tokenization (src/llamafactory/data/processor/
+              supervised.py: per row, each turn's rendered prompt and answer encoded with tokenizer.encode, cut by
+              infer_seqlen, input_ids/attention_mask/labels) through datasets.map(batched=True, batch_size=1000,
+              num_proc=1) with the same fast tokenizer and the same ChatML rendering, over rows already aligned
+              (LF's converter step is not timed): LLaMA-Factory's data path at its best on one process.
+cutoff_len is 1024 on every side. Prints the ratios the issue sets (whole local data path <= 1.3x LF map alone;
+formatted_data >= 2x as fast as LF map) and whether local 1 and local all wrote the same view files.
+
+Usage: .venv/bin/python bench/data_path.py [--rows 100000 200000] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CUTOFF_LEN = 1024
+SOURCE = "alpaca_bench"
+SETUPS = {"local1": "local 1 process", "localall": "local all cores", "ray": "ray", "lf": "LF datasets.map"}
+STAGES = ("raw", "clean", "formatted")
+
+
+def generate(n: int, path: Path, seed: int = 7) -> None:
+    """n alpaca records as a JSON list at `path`."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("etaoinshrdlucmfwypvbgkjqxz"))
+    freq = np.array([12.7, 9.1, 8.2, 7.5, 7.0, 6.7, 6.3, 6.1, 6.0, 4.3, 4.0, 2.8, 2.8, 2.4, 2.2, 2.0, 2.0, 1.9, 1.5,
+                     1.0, 0.8, 0.2, 0.2, 0.1, 0.1, 0.07])
+    vocab = np.array(["".join(rng.choice(letters, rng.integers(1, 10), p=freq / freq.sum())) for _ in range(20000)])
+    zipf = 1 / np.arange(1, len(vocab) + 1)
+    lengths = np.stack([rng.integers(8, 26, n), np.where(rng.random(n) < 0.4, rng.integers(5, 41, n), 0),
+                        rng.integers(30, 251, n)], axis=1)
+    words = vocab[rng.choice(len(vocab), int(lengths.sum()), p=zipf / zipf.sum())]
+    records, at = [], 0
+    for row in lengths:
+        texts = []
+        for length in row:
+            texts.append((" ".join(words[at:at + length]).capitalize() + ".") if length else "")
+            at += length
+        records.append({"instruction": texts[0], "input": texts[1], "output": texts[2]})
+    path.write_text(json.dumps(records))
+
+
+def prepare(work: Path, n: int) -> None:
+    from engine.models.load import train_tokenizer
+    data = work / "data"
+    data.mkdir(parents=True)
+    generate(n, data / "alpaca.json")
+    (data / "datasets.yaml").write_text(f"{SOURCE}:\n  file_name: alpaca.json\n  formatting: alpaca\n")
+    sample = json.loads((data / "alpaca.json").read_text())[:20000]
+    train_tokenizer([f"{r['instruction']} {r['input']} {r['output']}" for r in sample], 32000).save_pretrained(
+        work / "tokenizer")
+
+
+def run_stage(setup: str, stage: str, work: Path) -> dict:
+    """One stage of one setup, in this (fresh) process: {rows, seconds}."""
+    import pyarrow.parquet as pq
+
+    from engine.store.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, read_rows, write_rows
+    out = work / setup / stage
+    out.mkdir(parents=True, exist_ok=True)
+    if stage == "raw":
+        from engine.data.ingest import ingest_to
+        from engine.data.registry import resolve_sources
+        start = time.perf_counter()
+        ingest_to(out, resolve_sources(work / "data", "datasets.yaml", [SOURCE]))
+        seconds = time.perf_counter() - start
+        return {"rows": sum(pq.ParquetFile(out / f).metadata.num_rows for f in ("rows.parquet", "quarantine.parquet")),
+                "seconds": seconds}
+    if stage == "clean":
+        from engine.data.clean import clean
+        from engine.recipe.clean import CleanSection
+        start = time.perf_counter()
+        rows = read_rows(work / setup / "raw" / "rows.parquet")
+        result = clean(rows, CleanSection(), [SOURCE])
+        write_rows(result.rows, out / "rows.parquet", ROW_COLUMNS)
+        write_rows(result.quarantine, out / "quarantine.parquet", QUARANTINE_COLUMNS)
+        return {"rows": len(rows), "seconds": time.perf_counter() - start}
+    from engine.models.load import load_tokenizer
+    tokenizer = load_tokenizer(work / "tokenizer")
+    if setup == "lf":
+        return lf_map(work, tokenizer)
+    from engine.data.format import format_rows, worker_count
+    start = time.perf_counter()
+    rows = read_rows(work / setup / "clean" / "rows.parquet")
+    workers = 1 if setup == "local1" else worker_count(None, len(rows))
+    quarantine, _ = format_rows(rows, tokenizer, CUTOFF_LEN, 0.1, 42, out, 0.8, "truncate", workers)
+    write_rows(quarantine, out / "quarantine.parquet", QUARANTINE_COLUMNS)
+    return {"rows": len(rows), "seconds": time.perf_counter() - start, "workers": workers}
+
+
+def lf_map(work: Path, tokenizer) -> dict:
+    """LLaMA-Factory's supervised preprocessing (see the module docstring) over the generated rows, timed from the
+    aligned dataset to the tokenized one."""
+    from datasets import Dataset, disable_caching
+
+    from engine.data.format import infer_seqlen
+    disable_caching()
+    records = json.loads((work / "data" / "alpaca.json").read_text())
+    aligned = Dataset.from_dict({  # LF's converter output: _prompt (user turns), _response (one answer)
+        "_prompt": [[{"role": "user", "content": r["instruction"] + ("\n" + r["input"] if r["input"] else "")}]
+                    for r in records],
+        "_response": [[{"role": "assistant", "content": r["output"]}] for r in records]})
+    system = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"  # LF's qwen-style default system slot
+
+    def preprocess_dataset(examples):  # SupervisedDatasetProcessor.preprocess_dataset, text-only, no mask_history
+        model_inputs = {"input_ids": [], "attention_mask": [], "labels": []}
+        for prompt, response in zip(examples["_prompt"], examples["_response"], strict=True):
+            messages = prompt + response
+            input_ids, labels, total_length = [], [], 0
+            for i in range(0, len(messages), 2):  # encode_multiturn: (source, target) ids per turn
+                source = (system if i == 0 else "") + f"<|im_start|>user\n{messages[i]['content']}<|im_end|>\n" \
+                    "<|im_start|>assistant\n"
+                source_ids = tokenizer.encode(source, add_special_tokens=False)
+                target_ids = tokenizer.encode(f"{messages[i + 1]['content']}<|im_end|>\n", add_special_tokens=False)
+                if total_length >= CUTOFF_LEN:
+                    break
+                source_len, target_len = infer_seqlen(len(source_ids), len(target_ids), CUTOFF_LEN - total_length)
+                source_ids, target_ids = source_ids[:source_len], target_ids[:target_len]
+                total_length += source_len + target_len
+                input_ids += source_ids + target_ids
+                labels += [-100] * source_len + target_ids
+            model_inputs["input_ids"].append(input_ids)
+            model_inputs["attention_mask"].append([1] * len(input_ids))
+            model_inputs["labels"].append(labels)
+        return model_inputs
+
+    start = time.perf_counter()
+    tokenized = aligned.map(preprocess_dataset, batched=True, batch_size=1000, num_proc=None,
+                            remove_columns=aligned.column_names, load_from_cache_file=False)
+    return {"rows": len(tokenized), "seconds": time.perf_counter() - start}
+
+
+def high_water_mb() -> float:
+    """This process's peak RSS (VmHWM: reset by exec, unlike ru_maxrss, which a child inherits from its parent)."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+class TreeMemory:
+    """The peak of this process's RSS plus its workers', sampled every 0.1 s while inside (a pool's workers have no
+    high-water mark the parent can read after they exit)."""
+
+    def __enter__(self):
+        import psutil
+        self.peak, self.done = 0.0, threading.Event()
+        me = psutil.Process()
+
+        def sample():
+            while not self.done.wait(0.1):
+                total = 0
+                for proc in [me, *me.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        total += proc.memory_info().rss
+                self.peak = max(self.peak, total / 2**20)
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+
+
+def child(setup: str, stage: str, work: Path) -> None:
+    with TreeMemory() as tree:
+        result = run_stage(setup, stage, work)
+    result["peak_rss_mb"] = max(high_water_mb(), tree.peak)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def in_fresh_process(setup: str, stage: str, work: Path) -> dict:
+    env = {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    done = subprocess.run([sys.executable, __file__, "--child", setup, stage, "--work", str(work)], env=env,
+                          capture_output=True, text=True, timeout=7200)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise SystemExit(f"{setup} {stage} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def digest(out: Path) -> str:
+    """sha256 over every file formatted_data wrote (the views, splits.parquet, the quarantine), in path order."""
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file())).hexdigest()
+
+
+def bench(n: int, work: Path) -> None:
+    prepare(work, n)
+    results: dict[tuple[str, str], dict] = {}
+    for setup in ("local1", "localall"):
+        for stage in STAGES:
+            results[(setup, stage)] = in_fresh_process(setup, stage, work)
+    results[("lf", "formatted")] = in_fresh_process("lf", "formatted", work)
+    print(f"\n{n:,} alpaca rows, cutoff_len {CUTOFF_LEN}, {len(os.sched_getaffinity(0))} cores")
+    print(f"{'setup':<18}" + "".join(f"{stage + ' rows/s':>18}{'peak RSS MB':>14}" for stage in STAGES))
+    for setup, label in SETUPS.items():
+        cells = ""
+        for stage in STAGES:
+            r = results.get((setup, stage))
+            if setup == "ray":
+                cells += f"{'not built (issue 24 item 4)':>32}" if stage == "raw" else ""
+                continue
+            if r is None:
+                cells += f"{'-':>18}{'-':>14}"
+                continue
+            cells += f"{r['rows'] / r['seconds']:>18,.0f}{r['peak_rss_mb']:>14,.0f}"
+        print(f"{label:<18}{cells}")
+    lf = results[("lf", "formatted")]["seconds"]
+    for setup in ("local1", "localall"):
+        whole = sum(results[(setup, stage)]["seconds"] for stage in STAGES)
+        formatted = results[(setup, "formatted")]["seconds"]
+        print(f"{SETUPS[setup]}: data path {whole:.1f} s = {whole / lf:.2f}x LF map alone ({lf:.1f} s; goal <= 1.3x); "
+              f"formatted_data {formatted:.1f} s = {lf / formatted:.2f}x as fast as LF map (goal >= 2x)")
+    same = digest(work / "local1" / "formatted") == digest(work / "localall" / "formatted")
+    print(f"local 1 and local all wrote the same formatted_data files: {'yes, byte for byte' if same else 'NO'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--work", type=Path, default=None, help="where the data and outputs go (default: a temp dir)")
+    parser.add_argument("--child", nargs=2, metavar=("SETUP", "STAGE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(*args.child, args.work)
+    for n in args.rows:
+        with tempfile.TemporaryDirectory(dir=args.work) as work:
+            bench(n, Path(work))
+
+
+if __name__ == "__main__":
+    main()
