@@ -37,7 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.data.dedup import exact_duplicates, mix64, near_duplicate_clusters  # noqa: E402
+from engine.data.dedup import exact_duplicates, near_duplicate_clusters  # noqa: E402
+from engine.data.minhash import mix64  # noqa: E402
 
 THRESHOLD, NUM_PERM, SHINGLE = 0.8, 128, 5
 MARGIN, TOLERANCE = 0.05, 0.05  # recall: pairs at threshold + MARGIN; wrong: removals below threshold - TOLERANCE

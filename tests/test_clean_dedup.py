@@ -5,7 +5,8 @@ import pytest
 
 
 from engine.data.clean import clean
-from engine.data.dedup import near_duplicate_clusters, signatures
+from engine.data.dedup import near_duplicate_clusters
+from engine.data.minhash import signatures
 from engine.data.ingest import content_hash
 from engine.recipe import CleanSection, load_recipe
 
@@ -192,7 +193,7 @@ def test_pairs_well_below_the_threshold_are_kept():
 
 
 def test_bands_make_a_pair_at_the_margin_a_candidate_almost_surely():
-    from engine.data.dedup import lsh_params
+    from engine.data.minhash import lsh_params
     for threshold, num_perm in [(0.5, 128), (0.7, 64), (0.8, 128), (0.8, 256), (0.9, 128), (0.95, 64)]:
         bands, rows = lsh_params(threshold, num_perm)
         assert bands * rows <= num_perm

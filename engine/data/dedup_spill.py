@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data.dedup import EMPTY, MAX_SHINGLE, band_keys, bucket_pairs, chunk_signatures, components, densify
+from engine.data.constants import MAX_SHINGLE
+from engine.data.minhash import EMPTY, band_keys, bucket_pairs, chunk_signatures, components, densify
 
 RECORD = np.dtype([("key", "<u8"), ("index", "<i8")])  # one document's key in one band
 DIGEST = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("index", "<i8")])  # one exact-dedup key's 128-bit digest
