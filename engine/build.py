@@ -92,7 +92,7 @@ def build_stage(home: Home, plan: dict[str, Planned], name: str, recipe: Recipe,
             verified(home, artifact, hashing=False)  # a cache hit whose file was cut or removed is no hit
             store.touch(artifact)
         home.catalog().ensure_recorded(store.manifest(artifact), artifact.path)
-    store.prune(name, keep=artifact.path)
+    home.catalog().forget([path.name for path in store.prune(name, keep=artifact.path)])  # its rows go with it
     return artifact
 
 

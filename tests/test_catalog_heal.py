@@ -1,12 +1,14 @@
 """The catalog heal counts rows: a row table whose rows differ in number from what was recorded (deleted or doubled
 outside a transaction) is re-loaded from its artifact, exactly once."""
 
+import duckdb
 import pytest
 
 from engine.build import build_stage
 from engine.plan import make_plan
 from engine.recipe import load_recipe
 from engine.stage import Stage
+from engine.store.catalog import CatalogError
 from engine.store.home import Home
 from engine.store.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, write_rows
 
@@ -35,18 +37,17 @@ def distinct_ids(home: Home, table: str) -> int:
 
 
 @pytest.mark.parametrize("damage", [
-    "DELETE FROM raw_rows",  # what left raw_rows at 0 after a rerun
-    "DELETE FROM raw_rows WHERE row_id IN ('s:0', 's:1')",  # some lost
-    "DELETE FROM quarantine",
-    "INSERT INTO raw_rows SELECT * FROM raw_rows WHERE row_id = 's:3'",  # one doubled
+    "DELETE FROM recorded",  # both row files forgotten
+    "DELETE FROM recorded WHERE table_name = 'quarantine'",  # one lost
+    "DELETE FROM artifacts",
 ])
 @pytest.mark.parametrize("heal", ["cache_hit", "heal_from"])
-def test_rows_lost_or_doubled_outside_a_transaction_are_reloaded_exactly_once(tmp_path, damage, heal):
+def test_row_files_the_catalog_lost_are_recorded_again_exactly_once(tmp_path, damage, heal):
     home, recipe = Home(tmp_path), load_recipe("tiny")[0]
     plan = make_plan([RAW_LIKE], recipe)
     artifact = build_stage(home, plan, "raw_like", recipe)
     assert counts(home, artifact.fingerprint) == {"raw_rows": RAW, "quarantine": QUARANTINED}
-    home.catalog().query(damage)  # the recorded counts still say 7 and 3
+    home.catalog().query(damage)
     assert counts(home, artifact.fingerprint) != {"raw_rows": RAW, "quarantine": QUARANTINED}
     if heal == "cache_hit":
         assert build_stage(home, plan, "raw_like", recipe).cache_hit
@@ -54,7 +55,68 @@ def test_rows_lost_or_doubled_outside_a_transaction_are_reloaded_exactly_once(tm
         assert home.catalog().heal_from(home.store().manifests()) == 1
     assert counts(home, artifact.fingerprint) == {"raw_rows": RAW, "quarantine": QUARANTINED}
     assert distinct_ids(home, "raw_rows") == RAW and distinct_ids(home, "quarantine") == QUARANTINED
-    assert home.catalog().heal_from(home.store().manifests()) == 0  # counts agree again: nothing re-recorded
+    assert home.catalog().heal_from(home.store().manifests()) == 0  # all recorded again: nothing re-recorded
+
+
+def test_the_catalog_holds_no_copy_of_the_rows(tmp_path):
+    """catalog.duckdb does not grow with the raw rows: they are read from the artifact's Parquet."""
+    sizes = {}
+    for n in (200, 20_000):
+        def many(run, n=n):
+            write_rows([{"source": "s", "row_id": f"s:{i}", "content_hash": f"h{i}" * 8, "format": "alpaca",
+                         "kind": "sft", "messages": "[" + "x" * 200 + "]"} for i in range(n)],
+                       run.out / "rows.parquet", ROW_COLUMNS)
+            write_rows([], run.out / "quarantine.parquet", QUARANTINE_COLUMNS)
+            return {}
+        home, recipe = Home(tmp_path / str(n)), load_recipe("tiny")[0]
+        stage = Stage("raw_like", entry=many, tables=RAW_LIKE.tables)
+        artifact = build_stage(home, make_plan([stage], recipe), "raw_like", recipe)
+        assert counts(home, artifact.fingerprint) == {"raw_rows": n, "quarantine": 0}
+        sizes[n] = home.catalog_path.stat().st_size
+    assert sizes[20_000] <= sizes[200] * 1.1, sizes
+
+
+def test_a_missing_row_file_is_one_line_naming_it(tmp_path):
+    home, recipe = Home(tmp_path), load_recipe("tiny")[0]
+    artifact = build_stage(home, make_plan([RAW_LIKE], recipe), "raw_like", recipe)
+    (artifact.path / "rows.parquet").unlink()
+    with pytest.raises(CatalogError, match=r"raw_like .*raw_rows file .*rows.parquet is missing") as caught:
+        counts(home, artifact.fingerprint)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_moved_home_still_reads_its_rows(tmp_path):
+    home, recipe = Home(tmp_path / "a"), load_recipe("tiny")[0]
+    artifact = build_stage(home, make_plan([RAW_LIKE], recipe), "raw_like", recipe)
+    (tmp_path / "a").rename(tmp_path / "b")
+    assert counts(Home(tmp_path / "b"), artifact.fingerprint) == {"raw_rows": RAW, "quarantine": QUARANTINED}
+
+
+def test_an_old_catalog_with_copied_rows_is_migrated_on_first_open(tmp_path):
+    home, recipe = Home(tmp_path), load_recipe("tiny")[0]
+    artifact = build_stage(home, make_plan([RAW_LIKE], recipe), "raw_like", recipe)
+    with duckdb.connect(str(home.catalog_path)) as con:  # the catalog as the copying code left it
+        con.execute("DELETE FROM recorded")
+        con.execute("CREATE TABLE raw_rows (artifact VARCHAR, source VARCHAR, row_id VARCHAR)")
+        con.execute("INSERT INTO recorded VALUES (?, 'raw_rows', 0, NULL)", [artifact.fingerprint])
+    assert home.catalog().heal_from(home.store().manifests()) == 1
+    assert counts(home, artifact.fingerprint) == {"raw_rows": RAW, "quarantine": QUARANTINED}
+    with duckdb.connect(str(home.catalog_path)) as con:
+        assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'raw_rows'").fetchone() == (0,)
+
+
+def test_retention_drops_the_catalog_records_of_pruned_artifacts(tmp_path):
+    home = Home(tmp_path)
+    stage = Stage("raw_like", entry=raw_data_like, tables=RAW_LIKE.tables, keys=("sft.learning_rate",))
+
+    def build(lr):
+        recipe = load_recipe("tiny", {"sft.learning_rate": lr, "retention.keep_last": 1})[0]
+        return build_stage(home, make_plan([stage], recipe), "raw_like", recipe)
+    first, second = build(1e-3), build(2e-3)
+    assert not first.path.exists()
+    for table, key in (("artifacts", "fingerprint"), ("recorded", "artifact"), ("check_results", "artifact")):
+        assert home.catalog().query(f"SELECT count(*) FROM {table} WHERE {key} = ?", [first.fingerprint]) == [(0,)]
+    assert home.catalog().query("SELECT DISTINCT artifact FROM raw_rows") == [(second.fingerprint,)]
 
 
 def test_an_intact_catalog_reloads_nothing(tmp_path):

@@ -7,12 +7,15 @@ or corrupted catalog is re-recorded from the artifacts themselves; every write i
 from __future__ import annotations
 
 import json
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import duckdb
+
+from engine.errors import DataError
 
 # check_results.passed NULL: not evaluated, what the check judges is off under the recipe (detail "not configured: ...")
 SCHEMA = """
@@ -21,22 +24,25 @@ CREATE TABLE IF NOT EXISTS artifacts (
     code_version VARCHAR, config JSON, metrics JSON, parents JSON, versions JSON);
 CREATE TABLE IF NOT EXISTS recorded (
     artifact VARCHAR, table_name VARCHAR, row_count BIGINT, PRIMARY KEY (artifact, table_name));
-CREATE TABLE IF NOT EXISTS raw_rows (
-    artifact VARCHAR, source VARCHAR, row_id VARCHAR, content_hash VARCHAR, format VARCHAR,
-    kind VARCHAR, messages JSON, chosen VARCHAR, rejected VARCHAR, tools JSON, label VARCHAR);
-CREATE TABLE IF NOT EXISTS quarantine (
-    artifact VARCHAR, source VARCHAR, row_id VARCHAR, stage VARCHAR, reason VARCHAR, detail VARCHAR);
+ALTER TABLE recorded ADD COLUMN IF NOT EXISTS file VARCHAR;
 CREATE TABLE IF NOT EXISTS check_results (
     artifact VARCHAR, check_name VARCHAR, passed BOOLEAN, detail VARCHAR, PRIMARY KEY (artifact, check_name));
-CREATE TABLE IF NOT EXISTS duplicate_clusters (
-    artifact VARCHAR, cluster_id VARCHAR, kind VARCHAR, kept_row_id VARCHAR, removed_row_id VARCHAR,
-    similarity DOUBLE);
-CREATE TABLE IF NOT EXISTS rewrites (
-    artifact VARCHAR, source VARCHAR, row_id VARCHAR, step VARCHAR, field VARCHAR, before VARCHAR, after VARCHAR);
-CREATE TABLE IF NOT EXISTS split_rows (
-    artifact VARCHAR, source VARCHAR, row_id VARCHAR, content_hash VARCHAR, view VARCHAR, split VARCHAR);
 """
-ROW_TABLES = ("raw_rows", "quarantine", "duplicate_clusters", "rewrites", "split_rows")
+# The row tables are not copied into the catalog: each is a view over the artifacts' own Parquet files (recorded.file,
+# relative to the artifact directory), projected to the columns lineage reads; the catalog keeps only their counts.
+ROW_COLUMNS = {
+    "raw_rows": ("source", "row_id", "content_hash", "format", "kind", "messages", "chosen", "rejected", "tools",
+                 "label"),
+    "quarantine": ("source", "row_id", "stage", "reason", "detail"),
+    "duplicate_clusters": ("cluster_id", "kind", "kept_row_id", "removed_row_id", "similarity"),
+    "rewrites": ("source", "row_id", "step", "field", "before", "after"),
+    "split_rows": ("source", "row_id", "content_hash", "view", "split"),
+}
+ROW_TABLES = tuple(ROW_COLUMNS)
+
+
+class CatalogError(DataError):
+    pass
 
 
 def parents_of(manifest: dict) -> list[str]:
@@ -68,9 +74,24 @@ class Catalog:
                 self.set_aside(exc)
         try:
             con.execute(SCHEMA)
+            self.migrate(con)
             yield con
         finally:
             con.close()
+
+    @staticmethod
+    def migrate(con) -> None:
+        """A catalog from before the row views held a copy of every row: drop the copies and their counts, at once
+        and atomically; the next heal (every build and `tuneline lineage` heals) records the Parquet files instead."""
+        copies = [r[0] for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' AND list_contains(?, table_name)",
+            [list(ROW_TABLES)]).fetchall()]
+        if copies:
+            con.execute("BEGIN")
+            for table in copies:
+                con.execute(f"DROP TABLE {table}")
+            con.execute("DELETE FROM recorded WHERE file IS NULL")
+            con.execute("COMMIT")
 
     def set_aside(self, problem: Exception) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -112,21 +133,17 @@ class Catalog:
             if not known:
                 self.record_artifact(manifest, path)
             for table in missing:
-                self.replace_rows(table, manifest["fingerprint"], path / manifest["tables"][table])
+                self.replace_rows(table, manifest["fingerprint"], path / manifest["tables"][table], manifest["tables"][table])
         return recorded
 
     @staticmethod
     def gap(con, manifest: dict) -> tuple[bool, list[str]]:
-        """(whether the artifact is recorded, which of its row tables are not, or hold another number of rows than
-        was recorded: rows deleted or doubled outside a transaction are re-loaded, not trusted). One count per table
-        by `artifact = ?`: an artifact's rows are loaded together, so DuckDB's zone maps skip the others' (0.7 ms per
-        count of 250k rows among 1M; a grouped count over a list of artifacts read every row, 7 ms)."""
+        """(whether the artifact is recorded, which of its row tables' Parquet files are not)."""
         fingerprint, tables = manifest["fingerprint"], manifest.get("tables", {})
         known = con.execute("SELECT count(*) FROM artifacts WHERE fingerprint = ?", [fingerprint]).fetchone()[0]
         counted = dict(con.execute("SELECT table_name, row_count FROM recorded WHERE artifact = ?",
                                    [fingerprint]).fetchall())
-        return bool(known), [t for t in tables if t not in ROW_TABLES or counted.get(t) != con.execute(
-            f"SELECT count(*) FROM {t} WHERE artifact = ?", [fingerprint]).fetchone()[0]]
+        return bool(known), [t for t in tables if t not in ROW_TABLES or t not in counted]
 
     def record_check(self, artifact: str, name: str, passed: bool | None, detail: str) -> None:
         """One check's verdict on an artifact; passed None: not evaluated (not configured), never a pass."""
@@ -141,22 +158,55 @@ class Catalog:
             result.setdefault(artifact, {})[name] = passed
         return result
 
-    def replace_rows(self, table: str, artifact: str, parquet: Path) -> None:
-        """(Re)load one artifact's rows of `table` from its Parquet file, idempotently, in one transaction."""
+    def replace_rows(self, table: str, artifact: str, parquet: Path, file: str | None = None) -> None:
+        """Record one artifact's Parquet file of `table` (its name relative to the artifact, and its row count from
+        the Parquet footer), idempotently; the rows stay in the artifact."""
         if table not in ROW_TABLES:
             raise ValueError(f"{table!r} is not a row table of the catalog (expected one of {ROW_TABLES})")
         with self.connect() as con:
+            count = con.execute("SELECT sum(num_rows) FROM parquet_file_metadata(?)", [str(parquet)]).fetchone()[0]
+            con.execute("INSERT OR REPLACE INTO recorded VALUES (?, ?, ?, ?)", [artifact, table, count, file or parquet.name])
+
+    def forget(self, fingerprints: list[str]) -> None:
+        """Drop what the catalog holds of removed (pruned) artifacts: their record, row files and checks."""
+        if not fingerprints:
+            return
+        with self.connect() as con:
             con.execute("BEGIN")
-            con.execute(f"DELETE FROM {table} WHERE artifact = ?", [artifact])
-            columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall() if r[0] != "artifact"]
-            con.execute(
-                f"INSERT INTO {table} SELECT ? AS artifact, {', '.join(columns)} FROM read_parquet(?)",
-                [artifact, str(parquet)],
-            )
-            count = con.execute(f"SELECT count(*) FROM {table} WHERE artifact = ?", [artifact]).fetchone()[0]
-            con.execute("INSERT OR REPLACE INTO recorded VALUES (?, ?, ?)", [artifact, table, count])
+            for table, key in (("artifacts", "fingerprint"), ("recorded", "artifact"), ("check_results", "artifact")):
+                con.execute(f"DELETE FROM {table} WHERE list_contains(?, {key})", [fingerprints])
             con.execute("COMMIT")
+
+    def artifact_dir(self, asset: str, fingerprint: str, path: str) -> Path:
+        """Where an artifact is now: its recorded path, or the same place under this catalog's root if the home
+        was moved (<root>/artifacts/<asset>/<fingerprint>, as Home lays them out)."""
+        recorded = Path(path)
+        return recorded if recorded.is_dir() else self.path.parent / "artifacts" / asset / fingerprint
+
+    def row_views(self, con, sql: str) -> None:
+        """Create (on this connection) the row tables `sql` names as views over the artifacts' Parquet files.
+        Artifacts whose directory is gone (removed outside retention) are forgotten; a file missing from an
+        artifact that is there stops with one line."""
+        for table in (t for t in ROW_TABLES if re.search(rf"\b{t}\b", sql)):
+            rows = con.execute("SELECT a.fingerprint, a.asset, a.path, r.file FROM recorded r JOIN artifacts a "
+                               "ON a.fingerprint = r.artifact WHERE r.table_name = ? ORDER BY 1", [table]).fetchall()
+            parts = []
+            for fingerprint, asset, path, file in rows:
+                directory = self.artifact_dir(asset, fingerprint, path)
+                if not directory.is_dir():
+                    continue  # removed: not part of any lineage any more
+                parquet = directory / file
+                if not parquet.is_file():
+                    raise CatalogError(f"{asset} {fingerprint}: its {table} file {parquet} is missing (expected the "
+                                       "file its manifest lists; rebuild it with `tuneline run --rebuild`)")
+                quoted = str(parquet).replace("'", "''")
+                parts.append(f"SELECT '{fingerprint}' AS artifact, {', '.join(ROW_COLUMNS[table])} "
+                             f"FROM read_parquet('{quoted}')")
+            empty = ", ".join(f"NULL::VARCHAR AS {c}" for c in ("artifact", *ROW_COLUMNS[table]))
+            body = " UNION ALL ".join(parts) or f"SELECT {empty} WHERE false"
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {body}")
 
     def query(self, sql: str, params: list | None = None) -> list[tuple]:
         with self.connect() as con:
+            self.row_views(con, sql)
             return con.execute(sql, params or []).fetchall()
