@@ -13,7 +13,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from engine.runtime.progress import Progress
 from engine.data.dedup import exact_duplicates, near_duplicate_clusters
@@ -204,8 +204,9 @@ class Cleaner:
     """Runs the steps over rows, collecting quarantine, rewrites, duplicate clusters and a per-step report."""
 
     def __init__(self, rows: list[dict], count_tokens: Callable[[str], int] | None = None,
-                 memory_gb: float | None = None, spill_dir: Path | None = None):
-        self.rows = [{**r, "messages": json.loads(r["messages"])} for r in rows]
+                 memory_gb: float | None = None, spill_dir: Path | None = None, first_step: int = 0):
+        self.rows = rows  # parsed rows (`messages` a list), each with its POSITION in the ordered corpus
+        self.step_number = first_step - 1  # the recipe's index of the step running: quarantine and rewrites sort by it
         self.count_tokens = count_tokens
         self.memory_gb, self.spill_dir = memory_gb, spill_dir  # dedup's bound, and where it spills beyond it
         self.quarantine: list[dict] = []
@@ -217,10 +218,10 @@ class Cleaner:
 
     def drop(self, row: dict, reason: str, detail: str) -> None:
         self.quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": f"clean:{self.step}",
-                                "reason": reason, "detail": detail})
+                                "reason": reason, "detail": detail, ORDER: (self.step_number, row[POSITION])})
 
     def run(self, step) -> None:
-        self.step = step.step
+        self.step, self.step_number = step.step, self.step_number + 1
         before, dropped_before = len(self.rows), len(self.quarantine)
         modified = getattr(self, step.step)(step) or 0
         removed = Counter(q["reason"] for q in self.quarantine[dropped_before:])
@@ -242,7 +243,8 @@ class Cleaner:
         for where, before, after in changes:
             short_before, short_after = excerpt_pair(before, after)
             self.rewrites.append({"source": row["source"], "row_id": row["row_id"], "step": self.step,
-                                  "field": where, "before": short_before, "after": short_after})
+                                  "field": where, "before": short_before, "after": short_after,
+                                  ORDER: (self.step_number, row[POSITION])})
 
     def _filter(self, verdict: Callable[[dict], tuple[str, str] | None]) -> None:
         kept = []
@@ -402,34 +404,131 @@ class CleanResult:
         return iter((self.rows, self.quarantine, self.clusters, self.report))
 
 
+ROW_LOCAL_STEPS = frozenset({"normalize", "strip_html", "length", "repetition", "pii", "blocklist"})
+POSITION, ORDER = "_position", "_order"  # a row's index in the ordered corpus; (step number, position) of a record
+
+
+def segments(steps: list) -> list[tuple[int, list]]:
+    """The steps as (number of the first, steps): each run of row-local steps is one segment, which any batch of
+    rows can go through alone (in a worker, on a Ray block); each dedup step is a segment of its own, over every row."""
+    out: list[tuple[int, list]] = []
+    for number, step in enumerate(steps):
+        if out and step.step in ROW_LOCAL_STEPS and out[-1][1][-1].step in ROW_LOCAL_STEPS:
+            out[-1][1].append(step)
+        else:
+            out.append((number, [step]))
+    return out
+
+
+@dataclass
+class BatchOutcome:
+    """What one segment of row-local steps made of one batch: the kept rows (parsed, positions kept), quarantine and
+    rewrites (each with its ORDER), pii counts and the per-step report of this batch alone."""
+    rows: list[dict]
+    quarantine: list[dict]
+    rewrites: list[dict]
+    pii_counts: Counter
+    steps: list[dict]
+
+
+def clean_batch(rows: list[dict], steps: list, first_step: int,
+                count_tokens: Callable[[str], int] | None = None) -> BatchOutcome:
+    """Row-local `steps` (one segment, numbered from `first_step`) over one batch of parsed rows: any split of the
+    corpus into batches, combined in order by `Combined`, gives what one pass over every row gives."""
+    cleaner = Cleaner(rows, count_tokens, first_step=first_step)
+    for step in steps:
+        cleaner.run(step)
+    return BatchOutcome(cleaner.rows, cleaner.quarantine, cleaner.rewrites, cleaner.pii_counts, cleaner.steps)
+
+
+class Combined:
+    """Every batch's and every dedup's records, combined as one pass over all rows would have made them: per-step
+    counts summed (reasons in order of first appearance), quarantine and rewrites in (step, position) order."""
+
+    def __init__(self):
+        self.quarantine: list[dict] = []
+        self.rewrites: list[dict] = []
+        self.clusters: list[dict] = []
+        self.pii_counts: Counter = Counter()
+        self.steps: dict[int, dict] = {}
+
+    def add(self, outcome: BatchOutcome, first_step: int) -> None:
+        self.quarantine += outcome.quarantine
+        self.rewrites += outcome.rewrites
+        self.pii_counts.update(outcome.pii_counts)
+        for number, step in enumerate(outcome.steps, first_step):
+            total = self.steps.setdefault(number, {"step": step["step"], "rows_in": 0, "rows_out": 0,
+                                                   "removed": Counter(), "modified": 0})
+            total["rows_in"] += step["rows_in"]
+            total["rows_out"] += step["rows_out"]
+            total["removed"].update(step["removed"])
+            total["modified"] += step["modified"]
+
+    def add_dedup(self, cleaner: "Cleaner", number: int) -> None:
+        self.add(BatchOutcome([], cleaner.quarantine, [], Counter(), cleaner.steps), number)
+        self.clusters += cleaner.clusters
+
+    def report_steps(self) -> list[dict]:
+        return [{**step, "removed": dict(step["removed"])} for _, step in sorted(self.steps.items())]
+
+    @staticmethod
+    def in_order(records: list[dict]) -> list[dict]:
+        """`records` sorted by ORDER (stable: a row's several rewrites keep their field order), ORDER dropped."""
+        return [{k: v for k, v in r.items() if k != ORDER} for r in sorted(records, key=lambda r: r[ORDER])]
+
+
+def parsed_rows(rows: Iterable[dict], first_position: int = 0) -> list[dict]:
+    """Stored rows (`messages` as JSON text) as the steps read them, each with its position in the ordered corpus."""
+    return [{**r, "messages": json.loads(r["messages"]), POSITION: i} for i, r in enumerate(rows, first_position)]
+
+
+def stored_row(row: dict) -> dict:
+    """A kept row as the table stores it: content_hash recomputed, `messages` as JSON text, no position."""
+    return {**{k: v for k, v in row.items() if k != POSITION}, "content_hash": current_hash(row),
+            "messages": json.dumps(row["messages"], ensure_ascii=False)}
+
+
 def clean(rows: list[dict], cfg: CleanSection, source_order: list[str],
           count_tokens: Callable[[str], int] | None = None, memory_gb: float | None = None,
-          spill_dir: Path | None = None) -> CleanResult:
+          spill_dir: Path | None = None, batch_rows: int = 10_000) -> CleanResult:
     """Run the recipe's clean steps over ingest's normalized rows: a CleanResult (rows, quarantine, clusters,
     report, rewrites); see CleanResult for each field's shape.
 
     `count_tokens` (text -> token count) is needed when a length step sets token limits. `memory_gb` bounds what
     exact_dedup and near_dedup hold: beyond it they spill to a temporary directory in `spill_dir` (same result).
+    Row-local steps run on batches of `batch_rows` (any size gives the same result).
     """
     priority = {name: i for i, name in enumerate(source_order)}
     ordered = sorted(rows, key=lambda r: (priority.get(r["source"], len(priority)), *row_position(r["row_id"])))
-    cleaner = Cleaner(ordered, count_tokens, memory_gb, spill_dir)
-    for step in cfg.steps:
-        cleaner.run(step)
-    final = [{**r, "content_hash": current_hash(r), "messages": json.dumps(r["messages"], ensure_ascii=False)}
-             for r in cleaner.rows]
+    current = parsed_rows(ordered)
+    combined = Combined()
+    for first, steps in segments(cfg.steps):
+        if steps[0].step in ROW_LOCAL_STEPS:
+            kept = []
+            for at in range(0, len(current), batch_rows):
+                outcome = clean_batch(current[at:at + batch_rows], steps, first, count_tokens)
+                combined.add(outcome, first)
+                kept += outcome.rows
+            current = kept
+        else:
+            cleaner = Cleaner(current, count_tokens, memory_gb, spill_dir, first_step=first)
+            cleaner.run(steps[0])
+            combined.add_dedup(cleaner, first)
+            current = cleaner.rows
+    final = [stored_row(r) for r in current]
+    quarantine, rewrites = combined.in_order(combined.quarantine), combined.in_order(combined.rewrites)
     report = {
-        "rows_in": len(rows), "rows_out": len(final), "quarantined": len(cleaner.quarantine),
-        "quarantine_by_reason": dict(Counter(q["reason"] for q in cleaner.quarantine)),
-        "pii_scrubbed": dict(cleaner.pii_counts), "steps": cleaner.steps,
-        "rewritten": len(cleaner.rewrites), "rewritten_by_step": dict(Counter(r["step"] for r in cleaner.rewrites)),
+        "rows_in": len(rows), "rows_out": len(final), "quarantined": len(quarantine),
+        "quarantine_by_reason": dict(Counter(q["reason"] for q in quarantine)),
+        "pii_scrubbed": dict(combined.pii_counts), "steps": combined.report_steps(),
+        "rewritten": len(rewrites), "rewritten_by_step": dict(Counter(r["step"] for r in rewrites)),
         # every selected source, an empty one too (0 in): the per-source checks and reports list it
         "rows_in_by_source": {s: 0 for s in source_order} | dict(Counter(r["source"] for r in rows)),
         "rows_out_by_source": {s: 0 for s in source_order} | dict(Counter(r["source"] for r in final)),
         "top_quarantine_details": Counter(re.sub(r"\S+:\d+\b", "<row>", q["detail"])
-                                          for q in cleaner.quarantine).most_common(5),
+                                          for q in quarantine).most_common(5),
     }
-    return CleanResult(final, cleaner.quarantine, cleaner.clusters, report, cleaner.rewrites)
+    return CleanResult(final, quarantine, combined.clusters, report, rewrites)
 
 
 def token_counter(model_path):
