@@ -1,9 +1,16 @@
-"""Row tables on disk: Parquet files with a fixed schema, so an empty table still has its columns."""
+"""Row tables on disk: Parquet files with a fixed schema, so an empty table still has its columns.
+
+A table of an artifact is sharded: `<name>-00000.parquet`, `<name>-00001.parquet`, ... of at most SHARD_ROWS rows
+each, written and read in Arrow record batches (`ShardWriter`, `table_batches`), so no stage holds a corpus whole.
+An artifact written before sharding has one `<name>.parquet`; `table_files` reads either.
+"""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -57,3 +64,100 @@ def read_rows(path: Path) -> list[dict]:
 def rows_by_source(path: Path) -> Counter:
     """source -> the rows a written row or quarantine table holds of it (its source column alone is read)."""
     return Counter(pq.read_table(path, columns=["source"]).column("source").to_pylist())
+
+
+SHARD_ROWS = 100_000  # rows per shard file: a Ray block or a worker's share of a big corpus, a few MB of Parquet
+BATCH_ROWS = 10_000   # rows per record batch read or written: what one step holds of a table at a time
+SHARD_NAME = re.compile(r"(?P<name>.+)-(?P<number>\d{5})\.parquet")
+
+
+def shard_path(folder: Path, name: str, number: int) -> Path:
+    return folder / f"{name}-{number:05d}.parquet"
+
+
+def table_files(folder: Path, name: str) -> list[Path]:
+    """The Parquet files of table `name` in an artifact folder, in row order: its shards, or the one `<name>.parquet`
+    of an artifact written before sharding; [] where the table is not there."""
+    shards = sorted(f for f in folder.glob(f"{name}-*.parquet")
+                    if (m := SHARD_NAME.fullmatch(f.name)) and m["name"] == name)
+    if shards:
+        return shards
+    single = folder / f"{name}.parquet"
+    return [single] if single.exists() else []
+
+
+def table_batches(folder: Path, name: str, columns: list[str] | None = None,
+                  batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """Table `name`'s rows in record batches of at most `batch_rows`, shard after shard, in row order."""
+    for file in table_files(folder, name):
+        yield from pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=columns)
+
+
+def read_table(folder: Path, name: str, columns: list[str] | None = None) -> pa.Table:
+    """Table `name` whole, as one Arrow table (for tables that are small by nature: clusters, a report's rows)."""
+    files = table_files(folder, name)
+    if not files:
+        raise FileNotFoundError(f"{folder}: no table {name!r} ({name}-*.parquet or {name}.parquet)")
+    return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
+
+
+def table_rows(folder: Path, name: str) -> int:
+    """How many rows table `name` holds, from the Parquet footers alone."""
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in table_files(folder, name))
+
+
+class ShardWriter:
+    """Writes table `name` of an artifact as shards of at most `shard_rows` rows, from row dicts (`add`) or Arrow
+    batches (`write`); at least one shard, so an empty table still has its schema. `count` is the rows written."""
+
+    def __init__(self, folder: Path, name: str, columns: list[str], shard_rows: int = SHARD_ROWS,
+                 batch_rows: int = BATCH_ROWS):
+        self.folder, self.name, self.schema = folder, name, schema_of(columns)
+        self.columns, self.shard_rows, self.batch_rows = columns, shard_rows, batch_rows
+        self.pending: list[dict] = []
+        self.count, self.in_shard, self.shards = 0, 0, 0
+        self.writer: pq.ParquetWriter | None = None
+
+    def add(self, row: dict) -> None:
+        self.pending.append({c: row.get(c) for c in self.columns})
+        if len(self.pending) >= self.batch_rows:
+            self.flush()
+
+    def add_all(self, rows: Iterable[dict]) -> None:
+        for row in rows:
+            self.add(row)
+
+    def flush(self) -> None:
+        if self.pending:
+            pending, self.pending = self.pending, []
+            self.write(pa.Table.from_pylist(pending, schema=self.schema))
+
+    def write(self, table: pa.Table | pa.RecordBatch) -> None:
+        """Rows already in Arrow, in this table's columns; split across shards at `shard_rows`."""
+        table = table if isinstance(table, pa.Table) else pa.Table.from_batches([table])
+        table = table.select(self.columns).cast(self.schema)
+        at = 0
+        while at < table.num_rows:
+            if self.writer is None or self.in_shard >= self.shard_rows:
+                self._next_shard()
+            take = min(self.shard_rows - self.in_shard, table.num_rows - at)
+            self.writer.write_table(table.slice(at, take))
+            self.in_shard, self.count, at = self.in_shard + take, self.count + take, at + take
+
+    def _next_shard(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.writer = pq.ParquetWriter(shard_path(self.folder, self.name, self.shards), self.schema)
+        self.shards, self.in_shard = self.shards + 1, 0
+
+    def close(self) -> None:
+        self.flush()
+        if self.writer is None:
+            self._next_shard()  # an empty table: one shard with the schema and no rows
+        self.writer.close()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
