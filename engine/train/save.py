@@ -60,28 +60,31 @@ def merged_from_saved(trainer, adapter_dir: Path):
     return PeftModel.from_pretrained(fresh, adapter_dir).merge_and_unload()
 
 
+def saved_dir(cfg: TrainSection, out: Path, merged: bool) -> Path:
+    """Where the weights go: `out` itself for one merged model, else out/adapter or out/model."""
+    return out if merged else out / (ADAPTER_DIR if is_adapter(cfg) else FULL_DIR)
+
+
 def save_trained(trainer, tokenizer, cfg: TrainSection, out: Path, merged: bool = False,
                  sharding: Sharding = Sharding(), model=None):
     """An adapter to out/adapter or full weights to out/model; `merged`: one full model in `out` (a LoRA merged
     in). `model`: what is saved where it is not the trainer's model (ppo: the policy; never sharded), by rank 0.
     Returns the model saved (the merged one, where merged), or None where it is only on disk (sharded; rank 0
     holds the merged one)."""
-    if model is not None:
-        model = model.merge_and_unload() if merged and is_adapter(cfg) else model
-        save_model(model, tokenizer, out if merged else out / (ADAPTER_DIR if is_adapter(cfg) else FULL_DIR))
+    merges = merged and is_adapter(cfg)
+    if model is not None or (merges and not sharding.on):  # every rank holds the whole model: merged in place
+        model = model if model is not None else trainer.model
+        model = model.merge_and_unload() if merges else model
+        save_model(model, tokenizer, saved_dir(cfg, out, merged))
         return model
-    if merged and is_adapter(cfg):
-        if not sharding.on:  # every rank holds the whole model: merged in place
-            model = trainer.model.merge_and_unload()
-            save_model(model, tokenizer, out)
-            return model
+    if merges:
         gathered = save_through_trainer(trainer, tokenizer, out / SCRATCH_DIR / GATHERED_DIR)
         if not is_main_process():
             return None
         model = merged_from_saved(trainer, gathered)
         save_model(model, tokenizer, out)
         return model
-    save_through_trainer(trainer, tokenizer, out if merged else out / (ADAPTER_DIR if is_adapter(cfg) else FULL_DIR))
+    save_through_trainer(trainer, tokenizer, saved_dir(cfg, out, merged))
     return None if sharding.partitions_weights else trainer.model
 
 
