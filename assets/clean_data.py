@@ -7,14 +7,14 @@ import dagster as dg
 from assets.stage_asset import counts_table, stage_asset
 from engine.data.ingest import content_hash
 from engine.graph import CLEAN_DATA
-from engine.store.tables import read_rows, rows_by_source
+from engine.store.tables import read_table, rows_by_source, table_dicts
 
 
 def every_row_accounted(artifact, recipe) -> tuple[bool, str]:
     """Per source: rows in (counted from raw_data's rows as they were read) == rows in the written rows.parquet +
     rows in the written quarantine.parquet."""
-    kept = rows_by_source(artifact.path / "rows.parquet")
-    dropped = rows_by_source(artifact.path / "quarantine.parquet")
+    kept = rows_by_source(artifact.path, "rows")
+    dropped = rows_by_source(artifact.path, "quarantine")
     rows_in = artifact.metrics["rows_in_by_source"]
     accounted = {s: (n == kept[s] + dropped[s], f"{n} in, {kept[s]} kept, {dropped[s]} quarantined")
                  for s, n in rows_in.items()}
@@ -27,7 +27,8 @@ def no_exact_duplicates(artifact, recipe) -> tuple[bool, str]:
     """No two written rows of a kind with the same texts: each row's hash computed again from its written texts
     (not the content_hash column cleaning wrote)."""
     first, duplicates = {}, []
-    for row in read_rows(artifact.path / "rows.parquet"):
+    for row in table_dicts(artifact.path, "rows", ["row_id", "kind", "messages", "chosen", "rejected", "tools",
+                                                   "label"]):
         key = (row["kind"], content_hash(json.loads(row["messages"]), row["chosen"], row["rejected"], row["tools"],
                                          row["label"]))
         if key in first:
@@ -40,7 +41,7 @@ def no_exact_duplicates(artifact, recipe) -> tuple[bool, str]:
 def quarantine_ratio_within_bound(artifact, recipe) -> tuple[bool, str]:
     """Rows in the written quarantine.parquet over the rows cleaning read, within clean.max_quarantine_ratio."""
     rows_in, bound = artifact.metrics["rows_in"], recipe.clean.max_quarantine_ratio
-    quarantined = sum(rows_by_source(artifact.path / "quarantine.parquet").values())
+    quarantined = sum(rows_by_source(artifact.path, "quarantine").values())
     ratio = quarantined / max(rows_in, 1)
     return ratio <= bound, f"quarantined {ratio:.1%} ({quarantined} of {rows_in} rows), bound {bound:.0%}"
 
@@ -55,7 +56,7 @@ def every_source_within_loss_bound(artifact, recipe) -> tuple[bool, str, dict]:
     """No source loses more than clean.max_source_loss_ratio of its rows (rows in as cleaning read them, rows out
     as the written rows.parquet holds them); the result's metadata lists every source's loss."""
     bound = recipe.clean.max_source_loss_ratio
-    losses = source_losses(artifact.metrics["rows_in_by_source"], rows_by_source(artifact.path / "rows.parquet"))
+    losses = source_losses(artifact.metrics["rows_in_by_source"], rows_by_source(artifact.path, "rows"))
     over = [f"{s}: lost {lost:.1%} ({n_in} in, {n_out} out), bound {bound:.1%}, over by {lost - bound:.1%}"
             for s, (n_in, n_out, lost) in losses.items() if lost > bound]
     worst = max(losses, key=lambda s: losses[s][2], default=None)
@@ -90,7 +91,7 @@ def data_report(m: dict, clusters: list[dict], sample: int = 5) -> str:
 def metadata(artifact, recipe) -> dict:
     m = artifact.metrics
     return {"rows_out": m["rows_out"], "quarantined": m["quarantined"],
-            "data_report": dg.MetadataValue.md(data_report(m, read_rows(artifact.path / "clusters.parquet"))),
+            "data_report": dg.MetadataValue.md(data_report(m, read_table(artifact.path, "clusters").to_pylist())),
             "pii_scrubbed": counts_table(m["pii_scrubbed"], "kind", "replaced")}
 
 

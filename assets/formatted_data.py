@@ -71,7 +71,7 @@ def labels_are_the_answers(artifact, recipe) -> tuple[bool, str]:
     label tokens decode to the assistant answers of the clean_data row it was made from (a sample of rows per
     split; a cut row's to a beginning of its answer)."""
     source = sft_view_source(artifact.path)
-    answers = answers_by_row(parent_dir(artifact.path, "clean_data") / "rows.parquet", source)
+    answers = answers_by_row(parent_dir(artifact.path, "clean_data"), source)
     rows, decoded, problems = label_problems(view_splits(artifact.path, "sft"), answers, base_tokenizer(artifact.path),
                                              recipe.data.cutoff_len, answers_cut_as_text=source != "sft")
     if problems:

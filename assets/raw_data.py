@@ -9,8 +9,8 @@ def every_row_accounted(artifact, recipe) -> tuple[bool, str]:
     """Per source: the records its files hold (counted at build time apart from the readers, record_counts.py),
     capped by num_samples and data.max_samples, against the rows the written rows.parquet and quarantine.parquet
     hold."""
-    written = rows_by_source(artifact.path / "rows.parquet")
-    dropped = rows_by_source(artifact.path / "quarantine.parquet")
+    written = rows_by_source(artifact.path, "rows")
+    dropped = rows_by_source(artifact.path, "quarantine")
     verdicts = [source_verdict(name, counts, written[name], dropped[name], recipe.data.max_samples)
                 for name, counts in artifact.metrics["by_source"].items()]
     strays = sorted((set(written) | set(dropped)) - set(artifact.metrics["by_source"]))

@@ -21,6 +21,7 @@ from engine.store.digests import FILES_INTACT, ArtifactDamaged
 from engine.errors import DataError, TunelineError
 from engine.store.home import Home
 from engine.store.space import DiskFull, check_space
+from engine.store.tables import table_files
 from engine.plan import Planned, ancestors
 from engine.evaluate.plots import draw_stage_plots
 from engine.recipe import Recipe
@@ -151,7 +152,8 @@ def run_and_publish(home: Home, planned: Planned, recipe: Recipe, parents: dict[
                             "(a data file or the model was edited during the run); run it again")
         draw_plots(work, stage.name, metrics, log)
         manifest = manifest_of(planned, metrics, started)
-        manifest["tables"] = {t: f for t, f in manifest["tables"].items() if (work / f).is_file()}
+        manifest["tables"] = {t: [f.name for f in files] for t, name in manifest["tables"].items()
+                              if (files := table_files(work, name))}  # each table's files, in row order
         return home.store().publish(stage.name, fp, work, manifest)
     except BaseException as exc:
         if not stage.training:

@@ -58,7 +58,7 @@ def registered_sources(recipe, hasher: ContentHasher) -> dict:
 
 RAW_DATA = Stage("raw_data", entry=read_raw_data, keys=("data.max_samples",), locate=DATA_LOCATION,
                  outside=registered_sources,
-                 tables={"raw_rows": "rows.parquet", "quarantine": "quarantine.parquet"})
+                 tables={"raw_rows": "rows", "quarantine": "quarantine"})
 
 
 def clean_reads(recipe):
@@ -76,8 +76,8 @@ def clean_outside(recipe, hasher) -> dict:
 CLEAN_DATA = Stage("clean_data", entry=clean_raw_data, parents=("raw_data",), keys=("clean", "model.model_name_or_path"),
                    locate=("data.memory_gb",),  # operational: dedup's memory bound, never the rows: not fingerprinted
                    select=clean_reads, outside=clean_outside,
-                   tables={"quarantine": "quarantine.parquet", "duplicate_clusters": "clusters.parquet",
-                           "rewrites": "rewrites.parquet"})
+                   tables={"quarantine": "quarantine", "duplicate_clusters": "clusters",
+                           "rewrites": "rewrites"})
 
 
 # --- the base model -------------------------------------------------------------------------------------------
@@ -105,7 +105,7 @@ FORMATTED_DATA = Stage("formatted_data", entry=format_clean_data, parents=("base
                        keys=("data.cutoff_len", "data.default_system", "data.overlength", "data.val_size", "data.seed",
                              "data.decontamination_threshold", "data.template"),
                        locate=("data.preprocessing_num_workers",),  # operational: the rows are the same for any number
-                       tables={"split_rows": "splits.parquet", "quarantine": "quarantine.parquet"})
+                       tables={"split_rows": "splits", "quarantine": "quarantine"})
 
 
 # --- training -------------------------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def pt_outside(recipe, hasher) -> dict:
 PT_MODEL = Stage("pt_model", entry=train_pt_model, parents=("base_model",), keys=PT_KEYS, select=pt_reads,
                  locate=("data.dataset_dir", "data.dataset_info", "data.allowed_roots", "model.adapter_name_or_path",
                          *LAUNCHER), outside=pt_outside,
-                 tables={"quarantine": "quarantine.parquet"}, training=True, trains=lambda recipe: bool(recipe.pt.dataset),
+                 tables={"quarantine": "quarantine"}, training=True, trains=lambda recipe: bool(recipe.pt.dataset),
                  writes=TrainingWrites("pt", start_from="base_model", full_model=True))
 
 SFT_ADAPTER = switchable_training_stage("sft_adapter", train_sft_adapter, ("pt_model", "formatted_data"),

@@ -40,7 +40,8 @@ class Stage:
     select:   recipe -> (parents, keys) it actually reads under that recipe, when that depends on the recipe
               (pt off reads no pt keys); default: all of them.
     entry:    the engine entry point, entry(run: StageRun) -> metrics; it writes the artifact into run.out.
-    tables:   catalog row table -> Parquet file in the artifact that fills it.
+    tables:   catalog row table -> the artifact's table that fills it (`rows`: its shards rows-00000.parquet, ...
+              or one rows.parquet; engine/store/tables.py).
     training: a training stage: it runs in a process of its own (under torchrun or accelerate when the recipe
               asks), keeps its work directory when it fails, and resumes from its last complete checkpoint.
     trains:   recipe -> whether a training stage trains anything under it (pt off only names the base model): where

@@ -13,7 +13,7 @@ from datasets import load_from_disk
 
 from engine.data.constants import IGNORE
 from engine.store.digests import MANIFEST, file_digests
-from engine.store.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, read_rows, write_rows
+from engine.store.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, ShardWriter, table_dicts, table_files, write_rows
 from tests.faults import Fault
 
 
@@ -26,12 +26,19 @@ def rewritten(artifact):
 
 
 def row_tables(artifact) -> tuple[list[dict], list[dict]]:
-    return read_rows(artifact.path / "rows.parquet"), read_rows(artifact.path / "quarantine.parquet")
+    return list(table_dicts(artifact.path, "rows")), list(table_dicts(artifact.path, "quarantine"))
 
 
 def write_tables(artifact, rows: list[dict], quarantine: list[dict]):
-    write_rows(rows, artifact.path / "rows.parquet", ROW_COLUMNS)
-    write_rows(quarantine, artifact.path / "quarantine.parquet", QUARANTINE_COLUMNS)
+    for name, table, columns in (("rows", rows, ROW_COLUMNS), ("quarantine", quarantine, QUARANTINE_COLUMNS)):
+        files = table_files(artifact.path, name)
+        for file in files:
+            file.unlink()
+        if files[0].name == f"{name}.parquet":  # the table as it was laid out: one file, or shards
+            write_rows(table, files[0], columns)
+        else:
+            with ShardWriter(artifact.path, name, columns) as writer:
+                writer.add_all(table)
     return rewritten(artifact)
 
 

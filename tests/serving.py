@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.serve.server import Server, chat_completion, free_port
+from engine.store.tables import read_table
 
 
 def ask(deployment: Path, messages: list[dict], max_tokens: int = 16) -> tuple[str, str]:
@@ -24,6 +25,6 @@ def ask(deployment: Path, messages: list[dict], max_tokens: int = 16) -> tuple[s
 
 def reference_answer(clean_data: Path, row_id: str) -> str:
     """The last assistant turn of row `row_id` as clean_data wrote it: the answer the data teaches."""
-    table = pq.read_table(clean_data / "rows.parquet", columns=["row_id", "messages"])
+    table = read_table(clean_data, "rows", columns=["row_id", "messages"])
     (row,) = table.filter(pc.equal(table["row_id"], row_id)).to_pylist()
     return [m["content"] for m in json.loads(row["messages"]) if m["role"] == "assistant"][-1]

@@ -104,7 +104,7 @@ def test_rows_with_lone_surrogates_never_reach_parquet(tmp_path):
     file.write_bytes(GOOD_LINE + b'\n{"instruction": "\\ud800", "output": "y"}\n')
     counts = ingest_to(tmp_path, {"s": (DatasetEntry(file_name="d.jsonl"), file)})
     assert counts["rows"] == 1 and counts["quarantined"] == 1
-    assert pq.read_table(tmp_path / "quarantine.parquet").to_pylist()[0]["reason"] == "invalid_unicode"
+    assert tables.read_table(tmp_path, "quarantine").to_pylist()[0]["reason"] == "invalid_unicode"
 
 
 def registry_with_folder(tmp_path):

@@ -165,7 +165,7 @@ def rows_entry(run):
     return {}
 
 
-ROWS = Stage("rows", entry=rows_entry, tables={"quarantine": "quarantine.parquet"})
+ROWS = Stage("rows", entry=rows_entry, tables={"quarantine": "quarantine"})
 
 
 @pytest.mark.parametrize("damage", ["deleted", "corrupted", "rows_lost"])

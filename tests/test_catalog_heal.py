@@ -10,7 +10,7 @@ from engine.recipe import load_recipe
 from engine.stage import Stage
 from engine.store.catalog import CatalogError
 from engine.store.home import Home
-from engine.store.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, write_rows
+from engine.store.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, ShardWriter, write_rows
 
 RAW, QUARANTINED = 7, 3
 
@@ -24,7 +24,7 @@ def raw_data_like(run):
     return {}
 
 
-RAW_LIKE = Stage("raw_like", entry=raw_data_like, tables={"raw_rows": "rows.parquet", "quarantine": "quarantine.parquet"})
+RAW_LIKE = Stage("raw_like", entry=raw_data_like, tables={"raw_rows": "rows", "quarantine": "quarantine"})
 
 
 def counts(home: Home, fingerprint: str) -> dict[str, int]:
@@ -135,3 +135,50 @@ def test_an_empty_table_recorded_empty_is_not_a_gap(tmp_path):
     home, recipe = Home(tmp_path), load_recipe("tiny")[0]
     build_stage(home, make_plan([stage], recipe), "raw_like", recipe)
     assert home.catalog().heal_from(home.store().manifests()) == 0
+
+
+def sharded_raw_like(run):
+    """raw_data_like's rows as raw_data writes them now: shards of 3 rows."""
+    with ShardWriter(run.out, "rows", ROW_COLUMNS, shard_rows=3) as rows:
+        rows.add_all({"source": "s", "row_id": f"s:{i}", "content_hash": f"h{i}", "format": "alpaca", "kind": "sft",
+                      "messages": "[]"} for i in range(RAW))
+    with ShardWriter(run.out, "quarantine", QUARANTINE_COLUMNS, shard_rows=3) as quarantine:
+        quarantine.add_all({"source": "s", "row_id": f"s:{RAW + i}", "stage": "ingest", "reason": "bad",
+                            "detail": "d"} for i in range(QUARANTINED))
+    return {}
+
+
+def test_sharded_tables_are_recorded_shard_by_shard_and_read_whole(tmp_path):
+    home, recipe = Home(tmp_path), load_recipe("tiny")[0]
+    sharded = Stage("raw_like", entry=sharded_raw_like, tables=RAW_LIKE.tables)
+    artifact = build_stage(home, make_plan([sharded], recipe), "raw_like", recipe)
+    assert home.store().manifest(artifact)["tables"] == {"raw_rows": ["rows-00000.parquet", "rows-00001.parquet",
+                                                        "rows-00002.parquet"],
+                                           "quarantine": ["quarantine-00000.parquet"]}
+    assert counts(home, artifact.fingerprint) == {"raw_rows": RAW, "quarantine": QUARANTINED}
+    assert home.catalog().query("SELECT row_id FROM raw_rows") == [(f"s:{i}",) for i in range(RAW)]  # in row order
+    (artifact.path / "rows-00001.parquet").unlink()
+    with pytest.raises(CatalogError, match=r"raw_rows file .*rows-00001.parquet is missing"):
+        counts(home, artifact.fingerprint)
+
+
+def test_a_catalog_record_of_one_file_from_before_shards_is_still_read(tmp_path):
+    home, recipe = Home(tmp_path), load_recipe("tiny")[0]
+    artifact = build_stage(home, make_plan([RAW_LIKE], recipe), "raw_like", recipe)  # one rows.parquet
+    with duckdb.connect(str(home.catalog_path)) as con:  # recorded.file as it was: the file's name, not a list
+        con.execute("UPDATE recorded SET file = table_name")
+        con.execute("UPDATE recorded SET file = 'rows.parquet' WHERE table_name = 'raw_rows'")
+        con.execute("UPDATE recorded SET file = 'quarantine.parquet' WHERE table_name = 'quarantine'")
+    assert counts(home, artifact.fingerprint) == {"raw_rows": RAW, "quarantine": QUARANTINED}
+
+
+def test_a_query_about_some_artifacts_opens_only_their_files(tmp_path):
+    home = Home(tmp_path)
+    stage = Stage("raw_like", entry=raw_data_like, tables=RAW_LIKE.tables, keys=("sft.learning_rate",))
+    built = [build_stage(home, make_plan([stage], recipe), "raw_like", recipe)
+             for recipe in (load_recipe("tiny", {"sft.learning_rate": lr})[0] for lr in (1e-3, 2e-3))]
+    (built[0].path / "rows.parquet").unlink()  # a query over every artifact would stop here
+    sql = "SELECT count(*) FROM raw_rows WHERE artifact = ?"
+    assert home.catalog().query(sql, [built[1].fingerprint], artifacts=[built[1].fingerprint]) == [(RAW,)]
+    with pytest.raises(CatalogError, match="rows.parquet is missing"):
+        home.catalog().query(sql, [built[1].fingerprint])

@@ -18,7 +18,7 @@ from engine.data.ingest import content_hash
 from engine.models.load import load_tokenizer
 from engine.recipe import CleanSection, load_recipe
 from engine.data.constants import IGNORE
-from engine.store.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, read_rows, write_rows
+from engine.store.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, table_dicts, table_files, write_rows
 
 
 def artifact(asset: str, metrics: dict) -> Artifact:
@@ -180,7 +180,9 @@ def test_raw_rows_are_accounted_against_the_records_counted_in_the_files(tmp_pat
     assert every_row_accounted(raw, recipe) == (
         True, "a: 5 records in its files, max_samples 4, 2 stored + 2 quarantined = 4; b: 3 records in its files, "
               "num_samples 2, 1 stored + 1 quarantined = 2; c: 3 records in its files, 2 stored + 1 quarantined = 3")
-    rows = read_rows(out / "rows.parquet")
+    rows = list(table_dicts(out, "rows"))
+    for shard in table_files(out, "rows"):
+        shard.unlink()
     write_rows([r for r in rows if r["row_id"] != "c:1"], out / "rows.parquet", ROW_COLUMNS)
     assert every_row_accounted(raw, recipe)[0] is False
     assert every_row_accounted(raw, recipe)[1].endswith(
@@ -197,15 +199,16 @@ def test_labels_of_cut_rows_decode_to_beginnings_of_their_answers(tiny_model_dir
         out = tmp_path / kind
         _, report = format_rows(rows, tokenizer, 24, 0.2, 0, out)
         assert report["sft_view_from"] == source and report["truncated"] > 20, report
-        write_rows(rows, tmp_path / f"{kind}.parquet", ROW_COLUMNS)
-        answers = answers_by_row(tmp_path / f"{kind}.parquet", source)
+        (tmp_path / f"{kind}-clean").mkdir()
+        write_rows(rows, tmp_path / f"{kind}-clean" / "rows.parquet", ROW_COLUMNS)
+        answers = answers_by_row(tmp_path / f"{kind}-clean", source)
         splits = view_splits(out, "sft")
         rows_checked, decoded, problems = label_problems(splits, answers, tokenizer, 24, source != "sft")
         assert (rows_checked, decoded, problems) == (sum(map(len, splits.values())), rows_checked, [])
         assert rows_checked > 60
     row = next(r for r in view_splits(tmp_path / "sft", "sft")["train"] if len(r["input_ids"]) < 24)
     misplaced = {**row, "labels": [t if label == IGNORE else IGNORE for t, label in zip(row["input_ids"], row["labels"])]}
-    answers = answers_by_row(tmp_path / "sft.parquet", "sft")
+    answers = answers_by_row(tmp_path / "sft-clean", "sft")
     _, _, problems = label_problems({"train": [misplaced]}, answers, tokenizer, 24, False)
     assert len(problems) == 1 and re.match(rf"train {row['row_id']}: answer 0 decodes to '.*', expected '.*'",
                                            problems[0]), problems

@@ -4,6 +4,8 @@ import json
 
 import dagster as dg
 import pyarrow.parquet as pq
+
+from engine.store.tables import read_table
 import pytest
 
 from engine.data.preview import first_rows, readable, render
@@ -29,25 +31,24 @@ def show(capsys, *argv) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-@pytest.mark.parametrize("asset, table", [("raw_data", "rows.parquet"), ("clean_data", "rows.parquet"),
-                                          ("formatted_data", "splits.parquet")])
+@pytest.mark.parametrize("asset, table", [("raw_data", "rows"), ("clean_data", "rows"), ("formatted_data", "splits")])
 def test_json_rows_equal_the_parquet_rows(built, capsys, asset, table):
     root, paths = built
     code, out, _ = show(capsys, asset, "--rows", "3", "--json", "--artifact-root", str(root))
     assert code == 0
-    assert json.loads(out) == pq.read_table(paths[asset] / table).slice(0, 3).to_pylist()
+    assert json.loads(out) == read_table(paths[asset], table).slice(0, 3).to_pylist()
 
 
 def test_quarantined_rows_show_their_reasons(built, capsys):
     root, paths = built
-    expected = pq.read_table(paths["clean_data"] / "quarantine.parquet").to_pylist()
+    expected = read_table(paths["clean_data"], "quarantine").to_pylist()
     assert expected, "the sample data plants rows that cleaning quarantines"
     code, out, _ = show(capsys, "clean_data", "--quarantined", "--rows", "1000", "--json", "--artifact-root",
                         str(root))
     assert code == 0 and json.loads(out) == expected
     code, out, _ = show(capsys, paths["raw_data"].name, "--quarantined", "--rows", "2", "--artifact-root",
                         str(root))  # by fingerprint, as a table
-    raw = pq.read_table(paths["raw_data"] / "quarantine.parquet").slice(0, 2).to_pylist()
+    raw = read_table(paths["raw_data"], "quarantine").slice(0, 2).to_pylist()
     lines = out.splitlines()
     assert code == 0 and lines[0].startswith(f"raw_data {paths['raw_data'].name}: the first 2 of ")
     for row, line in zip(raw, lines[3:], strict=True):
@@ -58,8 +59,8 @@ def test_the_table_shortens_cells_on_word_boundaries_only(built, capsys):
     root, paths = built
     code, out, _ = show(capsys, "clean_data", "--rows", "20", "--artifact-root", str(root))
     assert code == 0 and "…" in out  # some conversation was too long for its column
-    rows, total = first_rows(paths["clean_data"] / "rows.parquet", 20)
-    assert len(rows) == 20 and total == pq.ParquetFile(paths["clean_data"] / "rows.parquet").metadata.num_rows
+    rows, total = first_rows((paths["clean_data"], "rows"), 20)
+    assert len(rows) == 20 and total == read_table(paths["clean_data"], "rows").num_rows
     words = {w for r in rows for value in r.values() for w in readable(value).split()}
     body = render(rows, width=100).splitlines()[2:]
     cells = [w for line in body for w in line.split() if w not in ("…", "|")]

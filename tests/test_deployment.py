@@ -18,7 +18,7 @@ from engine.models.load import load_tokenizer
 from engine.recipe import load_recipe
 from engine.serve.server import SMOKE_MAX_TOKENS, deploy, smoke_question
 from engine.stage import StageRun
-from engine.store.tables import ROW_COLUMNS, read_rows, write_rows
+from engine.store.tables import ROW_COLUMNS, table_dicts, write_rows
 
 
 def data_of(rows, tokenizer, out):
@@ -54,7 +54,7 @@ def test_the_smoke_question_is_the_first_plain_chat_question_of_the_eval_split(t
 def test_a_tool_conversation_is_not_a_smoke_question(two_recipes_data, tmp_path):
     formatted, clean = two_recipes_data["alpaca_tasks"]
     eval_ids = read_view(formatted, "sft")["eval"]["row_id"]
-    rows = {r["row_id"]: r for r in read_rows(clean / "rows.parquet")}
+    rows = {r["row_id"]: r for r in list(table_dicts(clean, "rows"))}
     first = json.loads(rows[eval_ids[0]]["messages"])  # its first eval question, made a tool conversation
     rows[eval_ids[0]]["messages"] = json.dumps([first[0], {"role": "function_call", "content": "{}"},
                                                 {"role": "observation", "content": "{}"}, *first[1:]])

@@ -6,6 +6,7 @@ import pytest
 from engine.data.ingest import ingest_source
 from engine.data.registry import DatasetEntry, resolve_sources
 from engine.errors import RecipeError
+from engine.store.tables import table_dicts
 
 
 def test_every_planted_malformed_row_is_quarantined_with_its_reason(sample_rows):
@@ -94,5 +95,5 @@ def test_max_samples_reads_each_source_s_first_records_and_counts_the_rest(tmp_p
     assert counts["by_source"]["identity"] == {"rows_in": 10, "accepted": 10, "quarantined": 0,
                                                "beyond_max_samples": 81, "records_in_files": 91, "num_samples": None}
     assert counts["by_source"]["dpo_en_demo"]["beyond_max_samples"] == 290
-    rows = read_rows(tmp_path / "rows.parquet")
+    rows = list(table_dicts(tmp_path, "rows"))
     assert [r["row_id"] for r in rows if r["source"] == "identity"] == [f"identity:{i}" for i in range(10)]

@@ -20,7 +20,7 @@ import yaml
 
 from engine.store.catalog import Catalog
 from engine.store.lineage import lineage
-from engine.store.tables import read_rows
+from engine.store.tables import table_dicts
 from pipelines.definitions import ASSETS, resources
 
 pytestmark = pytest.mark.slow
@@ -218,8 +218,8 @@ def test_every_record_of_every_selected_file_is_stored_or_quarantined(run):
     assert quarantined == {}  # LLaMA-Factory's demo files are well-formed: ingest takes every record
     # clean_data: per source, rows in = kept + quarantined, each quarantined row with its step and reason
     clean = Path(meta["clean_data"]["path"])
-    kept = Counter(r["source"] for r in read_rows(clean / "rows.parquet"))
-    dropped = read_rows(clean / "quarantine.parquet")
+    kept = Counter(r["source"] for r in list(table_dicts(clean, "rows")))
+    dropped = list(table_dicts(clean, "quarantine"))
     assert all(q["reason"] and q["stage"].startswith("clean:") and q["detail"] for q in dropped)
     assert {name: kept[name] + sum(q["source"] == name for q in dropped) for name in SELECTED} == stored
     # pt_model: every line of c4_demo.jsonl was trained on (train or eval) or quarantined
@@ -236,7 +236,7 @@ def test_no_text_changed_unless_the_rewrites_table_lists_it(run):
                              [meta["clean_data"]["fingerprint"]])
     listed = {(row_id, field): (step, before, after) for _, row_id, step, field, before, after in rewrites}
     assert len(listed) == len(rewrites)
-    kept = {r["row_id"]: r for r in read_rows(Path(meta["clean_data"]["path"]) / "rows.parquet")}
+    kept = {r["row_id"]: r for r in list(table_dicts(Path(meta["clean_data"]["path"]), "rows"))}
     changed, compared = set(), Counter()
     for name in SELECTED:
         for index, record in enumerate(file_records(name)):
@@ -253,7 +253,7 @@ def test_no_text_changed_unless_the_rewrites_table_lists_it(run):
     # every change is listed, and every listed rewrite of a kept row is a change (a row rewritten by one step may
     # be removed by a later one, e.g. as a duplicate: it is in the quarantine)
     assert changed == {key for key in listed if key[0] in kept}
-    dropped = {q["row_id"] for q in read_rows(Path(meta["clean_data"]["path"]) / "quarantine.parquet")}
+    dropped = {q["row_id"] for q in list(table_dicts(Path(meta["clean_data"]["path"]), "quarantine"))}
     assert {row_id for row_id, _ in listed} - set(kept) <= dropped
     for (row_id, field), (step, before, after) in listed.items():
         assert step in {"normalize", "pii"}, (row_id, step)  # the tiny recipe's rewriting steps
@@ -269,7 +269,7 @@ def test_no_text_changed_unless_the_rewrites_table_lists_it(run):
 
 def test_code_newlines_tool_schemas_and_cjk_reach_training_byte_identical(run):
     _, _, meta = run
-    kept = {r["row_id"]: r for r in read_rows(Path(meta["clean_data"]["path"]) / "rows.parquet")}
+    kept = {r["row_id"]: r for r in list(table_dicts(Path(meta["clean_data"]["path"]), "rows"))}
     alpaca = file_records("alpaca_en_demo")
     code = [i for i, r in enumerate(alpaca) if "```" in r["output"] or "\n    " in r["output"]]
     sample = [i for i in code if f"alpaca_en_demo:{i}" in kept]
@@ -293,7 +293,7 @@ def test_identity_placeholders_survive_byte_identical(run):
     them (its docs and its assistant skill suggest a search-and-replace over the file before training). tuneline does
     the same: it trains on the text as written, so the placeholders reach the training rows unchanged."""
     _, _, meta = run
-    kept = {r["row_id"]: r for r in read_rows(Path(meta["clean_data"]["path"]) / "rows.parquet")}
+    kept = {r["row_id"]: r for r in list(table_dicts(Path(meta["clean_data"]["path"]), "rows"))}
     identity = file_records("identity")
     survivors = [(i, r) for i, r in enumerate(identity) if f"identity:{i}" in kept]
     assert len(survivors) == len(identity)  # near_dedup never judges rows this short (`hi` / `hello`)

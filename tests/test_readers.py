@@ -182,16 +182,20 @@ def test_a_json_arrays_records_are_counted_as_the_reader_serves_them(tmp_path, i
     assert record_counts.json_items(file) == served
 
 
-def test_raw_data_streams_rows_to_parquet_in_batches(tmp_path, monkeypatch):
+def test_raw_data_streams_rows_to_parquet_shards_in_batches(tmp_path, monkeypatch):
     from engine.data.ingest import ingest_to
     from engine.store import tables
     file = write_as(tmp_path / "d.jsonl", ALPACA * 12 + ["not an object"])
-    monkeypatch.setattr(tables.RowWriter.__init__, "__defaults__", (5,))  # batches of 5 rows
+    monkeypatch.setattr(tables.ShardWriter.__init__, "__defaults__", (10, 5))  # shards of 10 rows, batches of 5
     counts = ingest_to(tmp_path, {"s": (DatasetEntry(file_name="d.jsonl"), file)})
     assert counts == {"rows": 24, "quarantined": 1, "by_source": {"s": {"rows_in": 25, "accepted": 24,
                                                                           "quarantined": 1, "records_in_files": 25,
                                                                           "num_samples": None}},
                       "quarantine_by_reason": {"not_an_object": 1}}
-    written = pq.ParquetFile(tmp_path / "rows.parquet")
-    assert written.metadata.num_rows == 24 and written.metadata.num_row_groups == 5  # 5 + 5 + 5 + 5 + 4
-    assert pq.read_table(tmp_path / "quarantine.parquet").to_pylist()[0]["reason"] == "not_an_object"
+    shards = tables.table_files(tmp_path, "rows")
+    assert [f.name for f in shards] == ["rows-00000.parquet", "rows-00001.parquet", "rows-00002.parquet"]
+    assert [pq.ParquetFile(f).metadata.num_rows for f in shards] == [10, 10, 4]
+    assert [pq.ParquetFile(f).metadata.num_row_groups for f in shards] == [2, 2, 1]  # record batches of 5
+    ids = [r["row_id"] for r in tables.table_dicts(tmp_path, "rows")]
+    assert ids == [f"s:{i}" for i in range(24)]  # in record order across the shards
+    assert tables.read_table(tmp_path, "quarantine").to_pylist()[0]["reason"] == "not_an_object"

@@ -16,7 +16,7 @@ from engine.evaluate.measure import answer_examples
 from engine.serve.chat import load_chat_model, reply
 from engine.models.load import load_tokenizer
 from engine.serve.server import Server, free_port, read_serve_config
-from engine.store.tables import read_rows
+from engine.store.tables import table_dicts
 from pipelines.definitions import ASSETS, resources
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ def test_every_rendered_training_row_equals_the_model_s_own_chat_template(smol_r
     _, meta, recipe = smol_run
     formatted = Path(meta["formatted_data"]["path"])
     tokenizer = load_tokenizer(Path(meta["base_model"]["model_dir"]))
-    rows = with_default_system(read_rows(Path(meta["clean_data"]["path"]) / "rows.parquet"),
+    rows = with_default_system(list(table_dicts(Path(meta["clean_data"]["path"]), "rows")),
                                recipe["data"]["default_system"])
     messages = {r["row_id"]: chat_messages(json.loads(r["messages"])) for r in rows if r["kind"] == "sft"}
     rendered = [(r["row_id"], r["input_ids"]) for split in ("train", "eval")

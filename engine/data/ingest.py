@@ -17,7 +17,7 @@ from engine.runtime.progress import Progress
 from engine.data.readers import BadRow, source_records
 from engine.data.record_counts import records_in_source
 from engine.data.registry import DatasetEntry, recipe_selection
-from engine.store.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, RowWriter
+from engine.store.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, ShardWriter
 
 if TYPE_CHECKING:
     from engine.stage import StageRun
@@ -234,13 +234,12 @@ def ingest(sources: dict[str, tuple[DatasetEntry, Path]]) -> tuple[list[dict], l
 
 
 def ingest_to(out: Path, sources: dict[str, tuple[DatasetEntry, Path]], max_samples: int | None = None) -> dict:
-    """Stream every source into out/rows.parquet and out/quarantine.parquet; with `max_samples` (LLaMA-Factory's
+    """Stream every source into the sharded tables `rows` and `quarantine` of `out`; with `max_samples` (LLaMA-Factory's
     key), only each source's first that many records, the rest counted as `beyond_max_samples`, never stored.
     Returns counts, in total and per source; `records_in_files` and `num_samples` per source are what raw_data's
     every_row_accounted check expects the written tables to hold (record_counts.py counts apart from the readers)."""
     counts, reasons = {}, Counter()
-    with RowWriter(out / "rows.parquet", ROW_COLUMNS) as rows, \
-            RowWriter(out / "quarantine.parquet", QUARANTINE_COLUMNS) as quarantine:
+    with ShardWriter(out, "rows", ROW_COLUMNS) as rows, ShardWriter(out, "quarantine", QUARANTINE_COLUMNS) as quarantine:
         for name, (entry, path) in sources.items():
             before, beyond = (rows.count, quarantine.count), 0
             for good, item in Progress(f"reading {name}").each(ingest_stream(name, entry, path)):

@@ -10,34 +10,34 @@ import textwrap
 from pathlib import Path
 
 from engine.errors import TunelineError
+from engine.store.tables import table_batches, table_files, table_rows
 
-ROWS = {"raw_data": "rows.parquet", "clean_data": "rows.parquet", "formatted_data": "splits.parquet"}
-QUARANTINE = "quarantine.parquet"  # each data stage's quarantined rows, with their reasons
+ROWS = {"raw_data": "rows", "clean_data": "rows", "formatted_data": "splits"}  # tables (engine/store/tables.py)
+QUARANTINE = "quarantine"  # each data stage's quarantined rows, with their reasons
 HIDDEN = ("content_hash",)  # a digest has no words to shorten on: --json shows it
 MIN_TEXT_WIDTH = 24
 
 
-def table_path(artifact: Path, asset: str, quarantined: bool) -> Path:
-    """The Parquet file a preview reads: the stage's rows, or its quarantine."""
+def table_path(artifact: Path, asset: str, quarantined: bool) -> tuple[Path, str]:
+    """(artifact, table) a preview reads: the stage's rows, or its quarantine."""
     if asset not in ROWS:
         raise TunelineError(f"data show {asset}: not a data asset (expected one of {', '.join(ROWS)})")
-    path = artifact / (QUARANTINE if quarantined else ROWS[asset])
-    if not path.is_file():
-        raise TunelineError(f"{asset} at {artifact} has no {path.name} (expected it in every published {asset})")
-    return path
+    name = QUARANTINE if quarantined else ROWS[asset]
+    if not table_files(artifact, name):
+        raise TunelineError(f"{asset} at {artifact} has no {name} table ({name}-*.parquet or {name}.parquet; "
+                            f"expected it in every published {asset})")
+    return artifact, name
 
 
-def first_rows(path: Path, limit: int) -> tuple[list[dict], int]:
-    """(the first `limit` rows as dicts, the table's row count from its footer): batches are read only until
+def first_rows(table: tuple[Path, str], limit: int) -> tuple[list[dict], int]:
+    """(the first `limit` rows as dicts, the table's row count from its footers): batches are read only until
     `limit` rows are in hand."""
-    import pyarrow.parquet as pq
-    parquet = pq.ParquetFile(path)
     rows: list[dict] = []
-    for batch in parquet.iter_batches(batch_size=max(limit, 1)):
+    for batch in table_batches(*table, batch_rows=max(limit, 1)):
         rows += batch.to_pylist()[:limit - len(rows)]
         if len(rows) >= limit:
             break
-    return rows, parquet.metadata.num_rows
+    return rows, table_rows(*table)
 
 
 def readable(value) -> str:

@@ -13,7 +13,7 @@ from engine.data.constants import IGNORE
 from engine.data.format import TRAINED_ROLES, chat_messages, conversation_length
 from engine.errors import DataError
 from engine.store.digests import MANIFEST
-from engine.store.tables import read_rows
+from engine.store.tables import table_dicts
 
 DECODED_PER_SPLIT = 512  # rows per split whose labels are decoded (evenly spaced); every row's labels are counted
 
@@ -35,12 +35,12 @@ def view_splits(formatted_dir: Path, view: str) -> dict:
     return dict(load_from_disk(formatted_dir / view)) if (formatted_dir / view).is_dir() else {}
 
 
-def answers_by_row(clean_rows: Path, sft_view_from: str) -> dict[str, list[str]]:
+def answers_by_row(clean_data: Path, sft_view_from: str) -> dict[str, list[str]]:
     """row_id -> the answers its SFT row is trained on, in order, as the chat template is given them: an SFT row's
     assistant turns and tool calls; a pair's chosen answer or a desirable KTO answer where the view is made of
     those."""
     answers = {}
-    for row in read_rows(clean_rows):
+    for row in table_dicts(clean_data, "rows"):
         messages = json.loads(row["messages"])
         trained = [i for i, m in enumerate(messages) if m["role"] in TRAINED_ROLES]
         rendered = chat_messages(messages)

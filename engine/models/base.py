@@ -9,7 +9,7 @@ from engine.models.checkpoint import convert_gguf, copy_settled, gguf_dtype, is_
 from engine.models.load import (make_tiny_model, check_local_model, is_tiny, load_causal_lm, load_tokenizer, model_dir,
                                  point_at)
 from engine.models.sample import BASE_QUESTION, chat_prompt, sample_answer
-from engine.store.tables import read_rows
+from engine.store.tables import table_dicts
 
 if TYPE_CHECKING:
     from engine.stage import StageRun
@@ -37,7 +37,7 @@ def make_base_model(run: "StageRun") -> dict:
         else:
             made = copy_settled(checkpoint, run.out, model.eos_source) or point_at(run.out, checkpoint)
     else:
-        made = make_tiny_model(model.tiny, message_texts(read_rows(run.inputs["clean_data"] / "rows.parquet")), run.out)
+        made = make_tiny_model(model.tiny, message_texts(table_dicts(run.inputs["clean_data"], "rows")), run.out)
     return {**made, **loaded_sample(model_dir(run.out))}
 
 

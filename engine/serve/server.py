@@ -347,11 +347,11 @@ def eval_conversations(formatted_dir: Path, clean_dir: Path, scan: int) -> Itera
     """(row_id, the conversation before its answer) of the first `scan` rows of the first eval split there is."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
     from engine.data.format import read_view
+    from engine.store.tables import read_table
     if (formatted_dir / "sft").is_dir():
         eval_ids = read_view(formatted_dir, "sft")["eval"]["row_id"][:scan]
-        table = pq.read_table(clean_dir / "rows.parquet", columns=["row_id", "messages"])
+        table = read_table(clean_dir, "rows", columns=["row_id", "messages"])
         rows = {r["row_id"]: json.loads(r["messages"])
                 for r in table.filter(pc.is_in(table["row_id"], value_set=pa.array(eval_ids, pa.string()))).to_pylist()}
         for row_id in eval_ids:

@@ -133,7 +133,7 @@ class Catalog:
             if not known:
                 self.record_artifact(manifest, path)
             for table in missing:
-                self.replace_rows(table, manifest["fingerprint"], path / manifest["tables"][table], manifest["tables"][table])
+                self.replace_rows(table, manifest["fingerprint"], path, manifest_files(manifest["tables"][table]))
         return recorded
 
     @staticmethod
@@ -158,14 +158,16 @@ class Catalog:
             result.setdefault(artifact, {})[name] = passed
         return result
 
-    def replace_rows(self, table: str, artifact: str, parquet: Path, file: str | None = None) -> None:
-        """Record one artifact's Parquet file of `table` (its name relative to the artifact, and its row count from
-        the Parquet footer), idempotently; the rows stay in the artifact."""
+    def replace_rows(self, table: str, artifact: str, directory: Path, files: list[str]) -> None:
+        """Record one artifact's Parquet files of `table` (names relative to the artifact directory, in row order,
+        and their row count from the Parquet footers), idempotently; the rows stay in the artifact."""
         if table not in ROW_TABLES:
             raise ValueError(f"{table!r} is not a row table of the catalog (expected one of {ROW_TABLES})")
         with self.connect() as con:
-            count = con.execute("SELECT sum(num_rows) FROM parquet_file_metadata(?)", [str(parquet)]).fetchone()[0]
-            con.execute("INSERT OR REPLACE INTO recorded VALUES (?, ?, ?, ?)", [artifact, table, count, file or parquet.name])
+            count = con.execute("SELECT sum(num_rows) FROM parquet_file_metadata(?)",
+                                [[str(directory / f) for f in files]]).fetchone()[0]
+            con.execute("INSERT OR REPLACE INTO recorded VALUES (?, ?, ?, ?)", [artifact, table, count,
+                                                                               json.dumps(files)])
 
     def forget(self, fingerprints: list[str]) -> None:
         """Drop what the catalog holds of removed (pruned) artifacts: their record, row files and checks."""
@@ -183,30 +185,44 @@ class Catalog:
         recorded = Path(path)
         return recorded if recorded.is_dir() else self.path.parent / "artifacts" / asset / fingerprint
 
-    def row_views(self, con, sql: str) -> None:
-        """Create (on this connection) the row tables `sql` names as views over the artifacts' Parquet files.
-        Artifacts whose directory is gone (removed outside retention) are forgotten; a file missing from an
-        artifact that is there stops with one line."""
+    def row_views(self, con, sql: str, artifacts: list[str] | None = None) -> None:
+        """Create (on this connection) the row tables `sql` names as views over the artifacts' Parquet files: of
+        every artifact, or of `artifacts` only (a query about one lineage opens only its files). Artifacts whose
+        directory is gone (removed outside retention) are forgotten; a file missing from an artifact that is there
+        stops with one line."""
         for table in (t for t in ROW_TABLES if re.search(rf"\b{t}\b", sql)):
             rows = con.execute("SELECT a.fingerprint, a.asset, a.path, r.file FROM recorded r JOIN artifacts a "
-                               "ON a.fingerprint = r.artifact WHERE r.table_name = ? ORDER BY 1", [table]).fetchall()
+                               "ON a.fingerprint = r.artifact WHERE r.table_name = ? AND (? IS NULL OR "
+                               "list_contains(?, a.fingerprint)) ORDER BY 1", [table, artifacts, artifacts]).fetchall()
             parts = []
             for fingerprint, asset, path, file in rows:
                 directory = self.artifact_dir(asset, fingerprint, path)
                 if not directory.is_dir():
                     continue  # removed: not part of any lineage any more
-                parquet = directory / file
-                if not parquet.is_file():
-                    raise CatalogError(f"{asset} {fingerprint}: its {table} file {parquet} is missing (expected the "
-                                       "file its manifest lists; rebuild it with `tuneline run --rebuild`)")
-                quoted = str(parquet).replace("'", "''")
+                quoted = []
+                for parquet in (directory / f for f in recorded_files(file)):
+                    if not parquet.is_file():
+                        raise CatalogError(f"{asset} {fingerprint}: its {table} file {parquet} is missing (expected "
+                                           "the file its manifest lists; rebuild it with `tuneline run --rebuild`)")
+                    quoted.append("'" + str(parquet).replace("'", "''") + "'")
                 parts.append(f"SELECT '{fingerprint}' AS artifact, {', '.join(ROW_COLUMNS[table])} "
-                             f"FROM read_parquet('{quoted}')")
+                             f"FROM read_parquet([{', '.join(quoted)}])")
             empty = ", ".join(f"NULL::VARCHAR AS {c}" for c in ("artifact", *ROW_COLUMNS[table]))
             body = " UNION ALL ".join(parts) or f"SELECT {empty} WHERE false"
             con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {body}")
 
-    def query(self, sql: str, params: list | None = None) -> list[tuple]:
+    def query(self, sql: str, params: list | None = None, artifacts: list[str] | None = None) -> list[tuple]:
+        """`sql`'s rows; its row tables hold the rows of `artifacts` only, where given (else of every artifact)."""
         with self.connect() as con:
-            self.row_views(con, sql)
+            self.row_views(con, sql, artifacts)
             return con.execute(sql, params or []).fetchall()
+
+
+def manifest_files(listed: str | list[str]) -> list[str]:
+    """A manifest's files of one table: a list (sharded tables), or the one file name manifests held before."""
+    return [listed] if isinstance(listed, str) else list(listed)
+
+
+def recorded_files(file: str) -> list[str]:
+    """recorded.file: a JSON list of the table's files, or the one file name recorded before tables were sharded."""
+    return json.loads(file) if file.startswith("[") else [file]

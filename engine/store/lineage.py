@@ -54,15 +54,17 @@ def data_counts(catalog: Catalog, nodes: list[dict]) -> dict:
     counts: dict[str, dict] = {}
     if "raw_data" in by_asset:
         for source, n in catalog.query("SELECT source, count(*) FROM raw_rows WHERE artifact = ? GROUP BY 1",
-                                       [by_asset["raw_data"]]):
+                                       [by_asset["raw_data"]], artifacts=[by_asset["raw_data"]]):
             counts.setdefault(source, {})["raw_rows"] = n
     stages = [by_asset[a] for a in ("raw_data", "clean_data", "formatted_data") if a in by_asset]
     for source, reason, n in catalog.query("SELECT source, reason, count(*) FROM quarantine "
-                                           "WHERE list_contains(?, artifact) GROUP BY 1, 2", [stages]):
+                                           "WHERE list_contains(?, artifact) GROUP BY 1, 2", [stages],
+                                           artifacts=stages):
         counts.setdefault(source, {}).setdefault("quarantined", {})[reason] = n
     if "formatted_data" in by_asset:
         for source, split, n in catalog.query("SELECT source, split, count(*) FROM split_rows WHERE artifact = ? "
-                                              "GROUP BY 1, 2", [by_asset["formatted_data"]]):
+                                              "GROUP BY 1, 2", [by_asset["formatted_data"]],
+                                              artifacts=[by_asset["formatted_data"]]):
             counts.setdefault(source, {})[f"{split}_rows"] = n
     return counts
 
@@ -91,7 +93,8 @@ def write_training_rows(catalog: Catalog, artifact: str, out: Path) -> int:
     nodes = {n["asset"]: n["fingerprint"] for n in ancestry(catalog, resolve(catalog, artifact))}
     if "formatted_data" not in nodes:
         raise LineageError(f"{artifact!r} was not made from formatted data, so no training rows lead to it")
-    rows = catalog.query(TRAINING_ROWS_SQL, [nodes.get("raw_data"), nodes["formatted_data"]])
+    rows = catalog.query(TRAINING_ROWS_SQL, [nodes.get("raw_data"), nodes["formatted_data"]],
+                         artifacts=[f for f in (nodes.get("raw_data"), nodes["formatted_data"]) if f])
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as handle:
         handle.write("source,row_id,raw_content_hash,clean_content_hash,view,split\n")

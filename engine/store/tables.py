@@ -31,39 +31,23 @@ def write_rows(rows: list[dict], path: Path, columns: list[str]) -> Path:
     return path
 
 
-class RowWriter:
-    """Appends rows to a Parquet file in batches, so a table never has to be whole in memory."""
-
-    def __init__(self, path: Path, columns: list[str], batch: int = 10_000):
-        self.columns, self.batch, self.pending, self.count = columns, batch, [], 0
-        self.writer = pq.ParquetWriter(path, schema_of(columns))
-
-    def add(self, row: dict) -> None:
-        self.pending.append({c: row.get(c) for c in self.columns})
-        self.count += 1
-        if len(self.pending) >= self.batch:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            self.writer.write_table(pa.Table.from_pylist(self.pending, schema=self.writer.schema))
-            self.pending = []
-
-    def __enter__(self) -> "RowWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.flush()
-        self.writer.close()
-
-
 def read_rows(path: Path) -> list[dict]:
+    """One Parquet file's rows as dicts (a small table, or a test's)."""
     return pq.read_table(path).to_pylist()
 
 
-def rows_by_source(path: Path) -> Counter:
-    """source -> the rows a written row or quarantine table holds of it (its source column alone is read)."""
-    return Counter(pq.read_table(path, columns=["source"]).column("source").to_pylist())
+def table_dicts(folder: Path, name: str, columns: list[str] | None = None) -> Iterator[dict]:
+    """Table `name`'s rows one by one as dicts, read a record batch at a time."""
+    for batch in table_batches(folder, name, columns):
+        yield from batch.to_pylist()
+
+
+def rows_by_source(folder: Path, name: str) -> Counter:
+    """source -> the rows table `name` of an artifact holds of it (its source column alone, a batch at a time)."""
+    counts: Counter = Counter()
+    for batch in table_batches(folder, name, ["source"]):
+        counts.update(batch.column(0).to_pylist())
+    return counts
 
 
 SHARD_ROWS = 100_000  # rows per shard file: a Ray block or a worker's share of a big corpus, a few MB of Parquet
@@ -120,6 +104,7 @@ class ShardWriter:
 
     def add(self, row: dict) -> None:
         self.pending.append({c: row.get(c) for c in self.columns})
+        self.count += 1
         if len(self.pending) >= self.batch_rows:
             self.flush()
 
@@ -130,19 +115,24 @@ class ShardWriter:
     def flush(self) -> None:
         if self.pending:
             pending, self.pending = self.pending, []
-            self.write(pa.Table.from_pylist(pending, schema=self.schema))
+            self._shards(pa.Table.from_pylist(pending, schema=self.schema))
 
     def write(self, table: pa.Table | pa.RecordBatch) -> None:
-        """Rows already in Arrow, in this table's columns; split across shards at `shard_rows`."""
+        """Rows already in Arrow, in this table's columns (after any added ones)."""
+        self.flush()
         table = table if isinstance(table, pa.Table) else pa.Table.from_batches([table])
-        table = table.select(self.columns).cast(self.schema)
+        self.count += table.num_rows
+        self._shards(table.select(self.columns).cast(self.schema))
+
+    def _shards(self, table: pa.Table) -> None:
+        """`table` split across shards at `shard_rows`."""
         at = 0
         while at < table.num_rows:
             if self.writer is None or self.in_shard >= self.shard_rows:
                 self._next_shard()
             take = min(self.shard_rows - self.in_shard, table.num_rows - at)
             self.writer.write_table(table.slice(at, take))
-            self.in_shard, self.count, at = self.in_shard + take, self.count + take, at + take
+            self.in_shard, at = self.in_shard + take, at + take
 
     def _next_shard(self) -> None:
         if self.writer is not None:

@@ -31,12 +31,12 @@ def data(args: argparse.Namespace) -> int:
     if args.rows < 1:
         raise TunelineError(f"data show --rows {args.rows}: expected a count of 1 or more")
     artifact = built_artifact(args, args.asset, DATA_ASSETS)
-    path = table_path(artifact.path, artifact.asset, args.quarantined)
-    rows, total = first_rows(path, args.rows)
+    table = table_path(artifact.path, artifact.asset, args.quarantined)
+    rows, total = first_rows(table, args.rows)
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
         return 0
     what = "quarantined rows" if args.quarantined else "rows"
-    print(f"{artifact.asset} {artifact.fingerprint}: the first {len(rows)} of {total} {what} ({path})")
+    print(f"{artifact.asset} {artifact.fingerprint}: the first {len(rows)} of {total} {what} ({artifact.path}/{table[1]})")
     print(render(rows))
     return 0
