@@ -110,7 +110,7 @@ class RayClean:
         """raw's rows sorted by local's key, each with its POSITION, in blocks of at most batch_rows rows."""
         ray = self.ray
         priority = {name: i for i, name in enumerate(source_order)}
-        ds = ray.data.read_parquet([str(f) for f in files], columns=ROW_COLUMNS)
+        ds = ray.data.read_parquet([str(f) for f in files]).select_columns(ROW_COLUMNS)
         ds = ds.map_batches(sort_key, fn_kwargs={"priority": priority}, batch_format="pyarrow")
         blocks = ds.sort(list(SORT_KEY)).to_arrow_refs()
         counts = ray.get([ray.remote(num_rows).remote(b) for b in blocks])
