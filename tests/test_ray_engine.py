@@ -98,14 +98,18 @@ def session():
 
 WORDS = ("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river stone cloud maple amber "
          "copper violet").split()
+PLANTED = "alder birch cedar dogwood elm fir ginkgo hazel juniper larch linden magnolia oak pine poplar".split()
 TEXT = st.lists(st.sampled_from(WORDS), min_size=2, max_size=30).map(" ".join)
 
 
 @st.composite
 def corpora(draw) -> list[dict]:
     """Rows of two sources with planted exact copies, copies differing in whitespace only, and near copies (one
-    word changed), in a shuffled order, with row indexes that sort differently as text and as numbers."""
-    pairs = []
+    word changed; in every corpus, one exact and one near copy of a planted row), in a shuffled order, with row
+    indexes that sort differently as text and as numbers."""
+    planted = " ".join(PLANTED)  # distinct words: no step but the dedups touches it or its copies
+    pairs = [("a planted question", planted), ("a planted question", planted),
+             ("a planted question", planted.replace(PLANTED[-1], "hemlock"))]
     for question, answer in draw(st.lists(st.tuples(TEXT, TEXT), min_size=1, max_size=25)):
         pairs.append((question, answer))
         for how in draw(st.lists(st.sampled_from(["exact", "spaces", "near"]), max_size=2)):
@@ -118,7 +122,7 @@ def corpora(draw) -> list[dict]:
     for n, i in enumerate(order):
         question, answer = pairs[i]
         source = draw(st.sampled_from(["web", "books"]))
-        kind = draw(st.sampled_from(["sft", "sft", "preference"]))
+        kind = "sft" if i < 3 else draw(st.sampled_from(["sft", "sft", "preference"]))  # the planted three: sft
         messages = [{"role": "user", "content": question}] + ([] if kind == "preference" else
                                                                [{"role": "assistant", "content": answer}])
         chosen, rejected = (answer, f"not {answer}") if kind == "preference" else (None, None)
@@ -143,6 +147,7 @@ def test_ray_and_local_write_the_same_bytes_on_generated_rows(session, tmp_path_
     local = clean(rows, GENERATED_STEPS, ["web", "books"])
     on_ray = ray_clean(shards(rows, folder / "raw"), GENERATED_STEPS, ["web", "books"], batch_rows=BLOCK_ROWS)
     assert written(on_ray, folder / "ray") == written(local, folder / "local")
+    assert {"exact_duplicate", "near_duplicate"} <= set(local.report["quarantine_by_reason"])  # the planted copies
 
 
 def test_ray_and_local_write_the_same_bytes_on_the_llamafactory_demo_files_with_every_step(session, tmp_path):

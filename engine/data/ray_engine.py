@@ -72,11 +72,12 @@ def ray_clean(files: list[Path], cfg: "CleanSection", source_order: list[str],
     block and of a map_batches batch (any size gives the same result); `address`: the Ray cluster, None a local one."""
     ray = require_ray()
     started = connected(ray, address)
+    options = ray.data.DataContext.get_current().execution_options
+    preserved, options.preserve_order = options.preserve_order, True  # batches in position order, as local's
     try:
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True  # batches in position order, as Combined adds local's
         return RayClean(ray, cfg, count_tokens, memory_gb, spill_dir, batch_rows).run(files, source_order)
     finally:
+        options.preserve_order = preserved
         if started:
             ray.shutdown()
 
