@@ -27,8 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.data.clean import (POSITION, ROW_LOCAL_STEPS, BatchOutcome, Cleaner, CleanResult, Combined, clean_batch,
-                               current_hash, dedup_text, row_position, segments, stored_row, whitespace_blind_hash)
+from engine.data.clean import (ORDER, POSITION, ROW_LOCAL_STEPS, BatchOutcome, Cleaner, CleanResult, Combined,
+                               clean_batch, current_hash, dedup_text, row_position, segments, stored_row,
+                               whitespace_blind_hash)
 from engine.data.minhash import band_keys, lsh_params, signatures
 from engine.errors import RecipeError
 from engine.runtime.progress import LOGGER
@@ -181,7 +182,8 @@ def sort_key(batch: pa.Table, priority: dict[str, int]) -> pa.Table:
     heads, indexes = zip(*map(row_position, batch["row_id"].to_pylist())) if batch.num_rows else ((), ())
     ranks = [priority.get(s, len(priority)) for s in batch["source"].to_pylist()]
     return (batch.append_column("_priority", pa.array(ranks, pa.int64()))
-            .append_column("_head", pa.array(heads, pa.string())).append_column("_index", pa.array(indexes, pa.int64())))
+            .append_column("_head", pa.array(heads, pa.string()))
+            .append_column("_index", pa.array(indexes, pa.int64())))
 
 
 def num_rows(block: pa.Table) -> int:
@@ -216,7 +218,7 @@ def segment_batch(batch: pa.Table, steps: list, first: int, count_tokens) -> pa.
 def outcome_of(text: str) -> BatchOutcome:
     """A batch's outcome as clean_batch returned it (ORDER a tuple again, pii counts in their order)."""
     data = json.loads(text)
-    tupled = lambda records: [{**r, "_order": tuple(r["_order"])} for r in records]  # noqa: E731
+    tupled = lambda records: [{**r, ORDER: tuple(r[ORDER])} for r in records]  # noqa: E731
     return BatchOutcome([], tupled(data["quarantine"]), tupled(data["rewrites"]), Counter(dict(data["pii_counts"])),
                         data["steps"])
 
