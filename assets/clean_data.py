@@ -4,6 +4,7 @@ import json
 
 import dagster as dg
 
+from assets.ray_session import ray_session
 from assets.stage_asset import counts_table, stage_asset
 from engine.data.ingest import content_hash
 from engine.graph import CLEAN_DATA
@@ -101,4 +102,4 @@ clean_data = stage_asset(
     summary=lambda a, r: f"{a.metrics['rows_out']} of {a.metrics['rows_in']} rows kept", metadata=metadata,
     checks={"every_row_accounted": every_row_accounted, "no_exact_duplicates": no_exact_duplicates,
             "quarantine_ratio_within_bound": quarantine_ratio_within_bound,
-            "every_source_within_loss_bound": every_source_within_loss_bound})
+            "every_source_within_loss_bound": every_source_within_loss_bound}, session=ray_session)

@@ -7,7 +7,7 @@ in the catalog, evaluates the checks with the recipe's thresholds and returns th
 
 import math
 import shutil
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import dagster as dg
 
@@ -99,18 +99,29 @@ def out_of_process(context: dg.AssetExecutionContext):
     return run_entry
 
 
+def inside(session: ContextManager, runner: Callable[[Stage, StageRun], dict]) -> Callable[[Stage, StageRun], dict]:
+    """`runner` inside `session`, entered only when the stage runs (a cached artifact needs no Ray)."""
+    def run_entry(stage: Stage, run: StageRun) -> dict:
+        with session:
+            return runner(stage, run)
+    return run_entry
+
+
 class TrainingFailed(TunelineError):
     """A stage process (training, or a pod) exited with an error (its own message is in the run's log)."""
 
 
 def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable[[Artifact, Recipe], str],
                 metadata: Metadata | None = None, checks: dict[str, Check] | None = None,
-                elsewhere: dict[str, Check] | None = None) -> dg.AssetsDefinition:
+                elsewhere: dict[str, Check] | None = None,
+                session: Callable[[dg.AssetExecutionContext, Recipe], ContextManager] | None = None
+                ) -> dg.AssetsDefinition:
     """The Dagster asset of `stage` (declared in engine/graph.py). Its checks block everything downstream when they
     fail, and are not evaluated (no result, not a pass) when the recipe turns the stage, or what a check judges, off;
     `elsewhere`: checks this machine cannot run, not declared here (see DECLARED_ELSEWHERE). A training stage runs
     out of process, one at a time per machine, and only a transient failure (out of memory on a shared GPU, a
-    lost connection) is retried; an interrupt or a recipe or data error never is."""
+    lost connection) is retried; an interrupt or a recipe or data error never is. `session`: what the stage runs
+    inside (clean_data's Ray connection, assets/ray_session.py)."""
     DECLARED_ELSEWHERE[stage.name] = elsewhere or {}
     checks = DECLARED_CHECKS[stage.name] = checks or {}
     key = dg.AssetKey(stage.name)
@@ -126,6 +137,7 @@ def stage_asset(stage: Stage, *, group: str, description: str, summary: Callable
                                                                                   | dg.AssetCheckResult]:
         recipe, home = tuneline.recipe(), tuneline.home()
         runner = out_of_process(context) if stage.runs_out_of_process(recipe) else call_entry
+        runner = inside(session(context, recipe), runner) if session else runner
         try:  # the stage's lines (progress, waits) reach the run's log as well as the CLI (engine/runtime/progress.py)
             with progress.forwarded(context.log.log):
                 artifact = build_stage(home, tuneline.plan(context.run.run_id), stage.name, recipe,

@@ -20,7 +20,8 @@ from engine.data.dedup import exact_duplicates, near_duplicate_clusters
 from engine.data.ingest import content_hash
 from engine.data.pii import JSON_ROLES, Inconsistent, RowScrubber
 from engine.data.prose import on_prose, prose_lines, repeated_lines
-from engine.store.tables import CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS, table_dicts, write_rows
+from engine.store.tables import (CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS, table_dicts,
+                                 table_files, write_rows)
 
 if TYPE_CHECKING:
     from engine.recipe import CleanSection
@@ -548,8 +549,13 @@ def clean_raw_data(run: "StageRun") -> dict:
     raw = run.inputs["raw_data"]
     source_order = list(json.loads((raw / "manifest.json").read_text())["metrics"]["by_source"])
     count_tokens = token_counter(run.recipe.model.model_name_or_path) if cfg.counts_tokens() else None
-    result = clean(list(table_dicts(raw, "rows")), cfg, source_order, count_tokens,
-                   run.recipe.data.memory_gb, spill_dir=run.out)  # the spill directory is gone before publishing
+    if run.recipe.data.engine == "ray":  # the same result on a Ray cluster: engine/data/ray_engine.py
+        from engine.data.ray_engine import ray_clean
+        result = ray_clean(table_files(raw, "rows"), cfg, source_order, count_tokens, run.recipe.data.memory_gb,
+                           spill_dir=run.out, address=run.recipe.data.ray_address)
+    else:
+        result = clean(list(table_dicts(raw, "rows")), cfg, source_order, count_tokens,
+                       run.recipe.data.memory_gb, spill_dir=run.out)  # the spill directory is gone before publishing
     write_rows(result.rows, run.out / "rows.parquet", ROW_COLUMNS)
     write_rows(result.quarantine, run.out / "quarantine.parquet", QUARANTINE_COLUMNS)
     write_rows(result.clusters, run.out / "clusters.parquet", CLUSTER_COLUMNS)

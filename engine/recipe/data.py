@@ -59,3 +59,11 @@ class DataSection(Section):
         4.0, gt=0, description="operational: the memory clean_data's exact_dedup and near_dedup may hold; a corpus "
         "whose dedup would hold more goes through spilled partitions on disk (in the stage's work directory) with "
         "the same kept rows. LLaMA-Factory has no such key")
+    engine: Literal["local", "ray"] = operational(
+        "local", description="operational: where clean_data runs its steps: local (this machine's processes) or ray "
+        "(Ray Data on the cluster at ray_address; needs `pip install -e '.[ray]'`). The rows, quarantine, clusters, "
+        "rewrites and report are the same on either. LLaMA-Factory has no such key")
+    ray_address: str | None = operational(
+        None, description="operational: the Ray cluster data.engine ray runs on (e.g. ray://head:10001, or auto for "
+        "the cluster this machine belongs to); unset: a local Ray started with this machine's cores. LLaMA-Factory "
+        "has no such key")

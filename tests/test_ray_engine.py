@@ -1,0 +1,175 @@
+"""data.engine ray: clean_data on Ray Data gives byte for byte what the local engine gives (kept rows, quarantine,
+clusters, rewrites, report), on generated rows with planted copies, on LLaMA-Factory's demo files, and through the
+asset; without ray installed, one line says how to get it."""
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+
+import dagster as dg  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from pydantic import TypeAdapter  # noqa: E402
+
+from engine.data.clean import clean  # noqa: E402
+from engine.data.ingest import content_hash, ingest  # noqa: E402
+from engine.data.ray_engine import ray_clean, require_ray  # noqa: E402
+from engine.data.registry import resolve_sources  # noqa: E402
+from engine.errors import RecipeError  # noqa: E402
+from engine.recipe import CleanSection, CleanStep  # noqa: E402
+from engine.store.tables import (CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS,  # noqa: E402
+                                 ShardWriter, table_files, write_rows)
+
+STOCK = Path("tests/fixtures/llamafactory/data")
+SELECTED = ["alpaca_en_demo", "identity", "glaive_toolcall_en_demo", "dpo_en_demo", "kto_en_demo"]
+BLOCK_ROWS = 7  # a tiny block: duplicate buckets straddle blocks and batches
+TEST_SECONDS = 600  # Ray starts in 10-30 s here; a test past this is stuck, not slow
+
+
+@pytest.fixture(autouse=True)
+def bounded():
+    def stuck(*_):
+        raise TimeoutError(f"a Ray engine test ran past {TEST_SECONDS} s")
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(TEST_SECONDS)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def steps(*specs) -> CleanSection:
+    return CleanSection(steps=[TypeAdapter(CleanStep).validate_python(s) for s in specs])
+
+
+def shards(rows: list[dict], folder: Path) -> list[Path]:
+    """raw_data's rows as its shards hold them (several small files, not in the cleaning order)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with ShardWriter(folder, "rows", ROW_COLUMNS, shard_rows=11) as writer:
+        writer.add_all(reversed(rows))
+    return table_files(folder, "rows")
+
+
+def written(result, folder: Path) -> dict[str, bytes]:
+    """The bytes clean_raw_data's writers make of a result: the four tables and the report."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, records, columns in (("rows", result.rows, ROW_COLUMNS), ("quarantine", result.quarantine,
+                                   QUARANTINE_COLUMNS), ("clusters", result.clusters, CLUSTER_COLUMNS),
+                                  ("rewrites", result.rewrites, REWRITE_COLUMNS)):
+        write_rows(records, folder / f"{name}.parquet", columns)
+    (folder / "report.json").write_text(json.dumps(result.report))
+    return {f.name: f.read_bytes() for f in sorted(folder.iterdir())}
+
+
+def test_the_asset_builds_the_same_rows_on_ray_with_rays_lines_in_the_run_log(tmp_path):
+    """First in the module: the asset starts (and stops) its own Ray through dagster-ray."""
+    from pipelines.definitions import ASSETS, resources
+    assert not ray.is_initialized()
+    built = {}
+    for engine in ("local", "ray"):
+        root = tmp_path / engine
+        with dg.instance_for_test() as instance:
+            result = dg.materialize(ASSETS, resources=resources("tiny", str(root), {"data.engine": engine}),
+                                    instance=instance, selection=["raw_data", "clean_data"])
+            assert result.success
+            lines = [e.user_message for e in instance.all_logs(result.run_id)]
+        artifact = next((root / "artifacts" / "clean_data").glob("*/manifest.json")).parent
+        built[engine] = ({t: pq.read_table(artifact / f"{t}.parquet").to_pylist()
+                          for t in ("rows", "quarantine", "clusters", "rewrites")}, artifact.name, lines)
+    assert built["ray"][0] == built["local"][0]
+    assert built["ray"][0]["rows"]
+    assert built["ray"][1] == built["local"][1]  # the same fingerprint: the engine is operational
+    assert any(line.startswith("ray: ") and "Dataset" in line for line in built["ray"][2])
+    assert not any(line.startswith("ray: ") for line in built["local"][2])
+    assert not ray.is_initialized()  # the asset's local Ray is stopped
+
+
+@pytest.fixture(scope="module")
+def session():
+    """One local Ray of 2 CPUs for the comparisons below, shut down (every process of it stopped) at the end."""
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+WORDS = ("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river stone cloud maple amber "
+         "copper violet").split()
+PLANTED = "alder birch cedar dogwood elm fir ginkgo hazel juniper larch linden magnolia oak pine poplar".split()
+TEXT = st.lists(st.sampled_from(WORDS), min_size=2, max_size=30).map(" ".join)
+
+
+@st.composite
+def corpora(draw) -> list[dict]:
+    """Rows of two sources with planted exact copies, copies differing in whitespace only, and near copies (one
+    word changed; in every corpus, one exact and one near copy of a planted row), in a shuffled order, with row
+    indexes that sort differently as text and as numbers."""
+    planted = " ".join(PLANTED)  # distinct words: no step but the dedups touches it or its copies
+    pairs = [("a planted question", planted), ("a planted question", planted),
+             ("a planted question", planted.replace(PLANTED[-1], "hemlock"))]
+    for question, answer in draw(st.lists(st.tuples(TEXT, TEXT), min_size=1, max_size=25)):
+        pairs.append((question, answer))
+        for how in draw(st.lists(st.sampled_from(["exact", "spaces", "near"]), max_size=2)):
+            words = answer.split()
+            words[draw(st.integers(0, len(words) - 1))] = draw(st.sampled_from(WORDS))
+            pairs.append({"exact": (question, answer), "spaces": (f" {question}  ", answer.replace(" ", "  ")),
+                          "near": (question, " ".join(words))}[how])
+    order = draw(st.permutations(range(len(pairs))))
+    rows = []
+    for n, i in enumerate(order):
+        question, answer = pairs[i]
+        source = draw(st.sampled_from(["web", "books"]))
+        kind = "sft" if i < 3 else draw(st.sampled_from(["sft", "sft", "preference"]))  # the planted three: sft
+        messages = [{"role": "user", "content": question}] + ([] if kind == "preference" else
+                                                               [{"role": "assistant", "content": answer}])
+        chosen, rejected = (answer, f"not {answer}") if kind == "preference" else (None, None)
+        rows.append({"source": source, "row_id": f"{source}:part{n % 2}.json:{n * 7}", "format": "sharegpt",
+                     "content_hash": content_hash(messages, chosen, rejected, None, None), "kind": kind,
+                     "messages": json.dumps(messages), "chosen": chosen, "rejected": rejected, "tools": None,
+                     "label": None})
+    return rows
+
+
+GENERATED_STEPS = steps({"step": "normalize", "strip_trailing_spaces": True}, {"step": "length", "min_chars": 12},
+                        {"step": "repetition"}, {"step": "exact_dedup"},
+                        {"step": "near_dedup", "threshold": 0.6, "min_chars": 20, "num_perm": 64},
+                        {"step": "blocklist", "words": ["omega"]})
+
+
+@settings(max_examples=4, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(rows=corpora())
+def test_ray_and_local_write_the_same_bytes_on_generated_rows(session, tmp_path_factory, rows):
+    folder = tmp_path_factory.mktemp("generated")
+    local = clean(rows, GENERATED_STEPS, ["web", "books"])
+    on_ray = ray_clean(shards(rows, folder / "raw"), GENERATED_STEPS, ["web", "books"], batch_rows=BLOCK_ROWS)
+    assert written(on_ray, folder / "ray") == written(local, folder / "local")
+    assert {"exact_duplicate", "near_duplicate"} <= set(local.report["quarantine_by_reason"])  # the planted copies
+
+
+def test_ray_and_local_write_the_same_bytes_on_the_llamafactory_demo_files_with_every_step(session, tmp_path):
+    rows, quarantined, _ = ingest(resolve_sources(STOCK, "dataset_info.json", SELECTED))
+    assert quarantined == []
+    every_step = steps({"step": "normalize"}, {"step": "strip_html"},
+                       {"step": "length", "min_chars": 20, "max_tokens": 400},
+                       {"step": "repetition"}, {"step": "pii"}, {"step": "blocklist", "words": ["hello"]},
+                       {"step": "exact_dedup"}, {"step": "near_dedup", "threshold": 0.7})
+    count_tokens = lambda text: len(text.split())  # noqa: E731  # a token counter travels to Ray's workers
+    local = clean(rows, every_step, SELECTED, count_tokens)
+    on_ray = ray_clean(shards(rows, tmp_path / "raw"), every_step, SELECTED, count_tokens, batch_rows=97)
+    assert written(on_ray, tmp_path / "ray") == written(local, tmp_path / "local")
+    removed = on_ray.report["quarantine_by_reason"]
+    assert removed["exact_duplicate"] > 0 and removed["near_duplicate"] > 0 and removed["blocklisted"] > 0
+    assert removed["too_many_tokens"] > 0
+    assert on_ray.rewrites and on_ray.report["pii_scrubbed"]  # html stripped, PII replaced: records to compare
+
+
+def test_engine_ray_without_ray_installed_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as where it is not installed
+    with pytest.raises(RecipeError) as error:
+        require_ray()
+    assert str(error.value) == ("data.engine: ray, but ray is not installed here: expected `pip install -e '.[ray]'` "
+                                "(or data.engine: local)")
