@@ -472,6 +472,22 @@ class Combined:
     def report_steps(self) -> list[dict]:
         return [{**step, "removed": dict(step["removed"])} for _, step in sorted(self.steps.items())]
 
+    def result(self, final: list[dict], rows_in_by_source: Counter, source_order: list[str]) -> "CleanResult":
+        """The CleanResult of the kept rows `final` (as stored) and everything recorded, with its report."""
+        quarantine, rewrites = self.in_order(self.quarantine), self.in_order(self.rewrites)
+        report = {
+            "rows_in": sum(rows_in_by_source.values()), "rows_out": len(final), "quarantined": len(quarantine),
+            "quarantine_by_reason": dict(Counter(q["reason"] for q in quarantine)),
+            "pii_scrubbed": dict(self.pii_counts), "steps": self.report_steps(),
+            "rewritten": len(rewrites), "rewritten_by_step": dict(Counter(r["step"] for r in rewrites)),
+            # every selected source, an empty one too (0 in): the per-source checks and reports list it
+            "rows_in_by_source": {s: 0 for s in source_order} | dict(rows_in_by_source),
+            "rows_out_by_source": {s: 0 for s in source_order} | dict(Counter(r["source"] for r in final)),
+            "top_quarantine_details": Counter(re.sub(r"\S+:\d+\b", "<row>", q["detail"])
+                                              for q in quarantine).most_common(5),
+        }
+        return CleanResult(final, quarantine, self.clusters, report, rewrites)
+
     @staticmethod
     def in_order(records: list[dict]) -> list[dict]:
         """`records` sorted by ORDER (stable: a row's several rewrites keep their field order), ORDER dropped."""
@@ -516,20 +532,7 @@ def clean(rows: list[dict], cfg: CleanSection, source_order: list[str],
             cleaner.run(steps[0])
             combined.add_dedup(cleaner, first)
             current = cleaner.rows
-    final = [stored_row(r) for r in current]
-    quarantine, rewrites = combined.in_order(combined.quarantine), combined.in_order(combined.rewrites)
-    report = {
-        "rows_in": len(rows), "rows_out": len(final), "quarantined": len(quarantine),
-        "quarantine_by_reason": dict(Counter(q["reason"] for q in quarantine)),
-        "pii_scrubbed": dict(combined.pii_counts), "steps": combined.report_steps(),
-        "rewritten": len(rewrites), "rewritten_by_step": dict(Counter(r["step"] for r in rewrites)),
-        # every selected source, an empty one too (0 in): the per-source checks and reports list it
-        "rows_in_by_source": {s: 0 for s in source_order} | dict(Counter(r["source"] for r in rows)),
-        "rows_out_by_source": {s: 0 for s in source_order} | dict(Counter(r["source"] for r in final)),
-        "top_quarantine_details": Counter(re.sub(r"\S+:\d+\b", "<row>", q["detail"])
-                                          for q in quarantine).most_common(5),
-    }
-    return CleanResult(final, quarantine, combined.clusters, report, rewrites)
+    return combined.result([stored_row(r) for r in current], Counter(r["source"] for r in rows), source_order)
 
 
 def token_counter(model_path):

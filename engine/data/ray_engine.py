@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -106,7 +105,7 @@ class RayClean:
                 current, count = self.dedup(current, steps[0], first, count)
         kept = [] if current is None else sorted(current.take_all(), key=lambda r: r[POSITION])
         final = [stored_row(parsed(r)) for r in kept]
-        return result(final, self.combined, rows_in_by_source, source_order)
+        return self.combined.result(final, rows_in_by_source, source_order)
 
     def ordered(self, files: list[Path], source_order: list[str]):
         """raw's rows sorted by local's key, each with its POSITION, in blocks of at most batch_rows rows."""
@@ -157,22 +156,6 @@ class RayClean:
         if removed and ds is not None:
             ds = ds.map_batches(at_positions, batch_format="pyarrow", fn_kwargs={"positions": removed, "keep": False})
         return ds, count - len(removed)
-
-
-def result(final: list[dict], combined: Combined, rows_in_by_source: Counter, source_order: list[str]) -> CleanResult:
-    """The CleanResult `clean()` builds from the same kept rows and records (its report, key for key)."""
-    quarantine, rewrites = combined.in_order(combined.quarantine), combined.in_order(combined.rewrites)
-    report = {
-        "rows_in": sum(rows_in_by_source.values()), "rows_out": len(final), "quarantined": len(quarantine),
-        "quarantine_by_reason": dict(Counter(q["reason"] for q in quarantine)),
-        "pii_scrubbed": dict(combined.pii_counts), "steps": combined.report_steps(),
-        "rewritten": len(rewrites), "rewritten_by_step": dict(Counter(r["step"] for r in rewrites)),
-        "rows_in_by_source": {s: 0 for s in source_order} | dict(rows_in_by_source),
-        "rows_out_by_source": {s: 0 for s in source_order} | dict(Counter(r["source"] for r in final)),
-        "top_quarantine_details": Counter(re.sub(r"\S+:\d+\b", "<row>", q["detail"])
-                                          for q in quarantine).most_common(5),
-    }
-    return CleanResult(final, quarantine, combined.clusters, report, rewrites)
 
 
 # --- what runs on Ray's workers (plain functions of Arrow tables, pickled to the workers)
