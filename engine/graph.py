@@ -74,8 +74,8 @@ def clean_outside(recipe, hasher) -> dict:
 
 
 CLEAN_DATA = Stage("clean_data", entry=clean_raw_data, parents=("raw_data",), keys=("clean", "model.model_name_or_path"),
-                   # operational: dedup's memory bound and the engine, never the rows: not fingerprinted
-                   locate=("data.memory_gb", "data.engine", "data.ray_address"),
+                   # operational: dedup's memory bound, the processes and the engine, never the rows: not fingerprinted
+                   locate=("data.memory_gb", "data.preprocessing_num_workers", "data.engine", "data.ray_address"),
                    select=clean_reads, outside=clean_outside,
                    tables={"quarantine": "quarantine", "duplicate_clusters": "clusters",
                            "rewrites": "rewrites"})

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
+from engine.runtime.pool import ordered_map, worker_count
 from engine.runtime.progress import Progress
 from engine.data.dedup import exact_duplicates, near_duplicate_clusters
 from engine.data.ingest import content_hash
 from engine.data.pii import JSON_ROLES, Inconsistent, RowScrubber
 from engine.data.prose import on_prose, prose_lines, repeated_lines
-from engine.store.tables import (CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS, table_dicts,
-                                 table_files, write_rows)
+from engine.store.tables import (CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS, ShardWriter,
+                                 table_dicts, table_files, table_rows)
 
 if TYPE_CHECKING:
     from engine.recipe import CleanSection
@@ -494,6 +495,18 @@ class Combined:
         return [{k: v for k, v in r.items() if k != ORDER} for r in sorted(records, key=lambda r: r[ORDER])]
 
 
+_WORKER_COUNTER: Callable[[str], int] | None = None  # a pool worker's token counter, received once when it starts
+
+
+def _start_worker(count_tokens: Callable[[str], int] | None) -> None:
+    global _WORKER_COUNTER
+    _WORKER_COUNTER = count_tokens
+
+
+def _clean_in_worker(rows: list[dict], steps: list, first_step: int) -> BatchOutcome:
+    return clean_batch(rows, steps, first_step, _WORKER_COUNTER)
+
+
 def parsed_rows(rows: Iterable[dict], first_position: int = 0) -> list[dict]:
     """Stored rows (`messages` as JSON text) as the steps read them, each with its position in the ordered corpus."""
     return [{**r, "messages": json.loads(r["messages"]), POSITION: i} for i, r in enumerate(rows, first_position)]
@@ -507,13 +520,14 @@ def stored_row(row: dict) -> dict:
 
 def clean(rows: list[dict], cfg: CleanSection, source_order: list[str],
           count_tokens: Callable[[str], int] | None = None, memory_gb: float | None = None,
-          spill_dir: Path | None = None, batch_rows: int = 10_000) -> CleanResult:
+          spill_dir: Path | None = None, batch_rows: int = 10_000, workers: int = 1) -> CleanResult:
     """Run the recipe's clean steps over ingest's normalized rows: a CleanResult (rows, quarantine, clusters,
     report, rewrites); see CleanResult for each field's shape.
 
     `count_tokens` (text -> token count) is needed when a length step sets token limits. `memory_gb` bounds what
     exact_dedup and near_dedup hold: beyond it they spill to a temporary directory in `spill_dir` (same result).
-    Row-local steps run on batches of `batch_rows` (any size gives the same result).
+    Row-local steps run on batches of `batch_rows`, on `workers` processes (any size and number give the same
+    result).
     """
     priority = {name: i for i, name in enumerate(source_order)}
     ordered = sorted(rows, key=lambda r: (priority.get(r["source"], len(priority)), *row_position(r["row_id"])))
@@ -522,8 +536,9 @@ def clean(rows: list[dict], cfg: CleanSection, source_order: list[str],
     for first, steps in segments(cfg.steps):
         if steps[0].step in ROW_LOCAL_STEPS:
             kept = []
-            for at in range(0, len(current), batch_rows):
-                outcome = clean_batch(current[at:at + batch_rows], steps, first, count_tokens)
+            jobs = ((current[at:at + batch_rows], steps, first) for at in range(0, len(current), batch_rows))
+            for outcome in ordered_map(_clean_in_worker, jobs, min(workers, -(-len(current) // batch_rows)),
+                                    _start_worker, (count_tokens,)):
                 combined.add(outcome, first)
                 kept += outcome.rows
             current = kept
@@ -535,13 +550,27 @@ def clean(rows: list[dict], cfg: CleanSection, source_order: list[str],
     return combined.result([stored_row(r) for r in current], Counter(r["source"] for r in rows), source_order)
 
 
-def token_counter(model_path):
-    """text -> number of tokens of the base model's tokenizer, for the length step's token limits."""
-    from transformers import AutoTokenizer
-    from engine.models.load import hf_source
-    folder, source = hf_source(model_path)  # a GGUF file's tokenizer is read from the file itself
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, **source)
-    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+class TokenCounter:
+    """text -> number of tokens of the base model's tokenizer, for the length step's token limits. It pickles as its
+    model path alone: a pool worker (or a Ray worker) loads the tokenizer once, on first use."""
+
+    def __init__(self, model_path):
+        self.model_path, self.tokenizer = model_path, None
+
+    def __getstate__(self) -> dict:
+        return {"model_path": self.model_path, "tokenizer": None}
+
+    def __call__(self, text: str) -> int:
+        if self.tokenizer is None:
+            from transformers import AutoTokenizer
+            from engine.models.load import hf_source
+            folder, source = hf_source(self.model_path)  # a GGUF file's tokenizer is read from the file itself
+            self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, **source)
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def token_counter(model_path) -> TokenCounter:
+    return TokenCounter(model_path)
 
 
 def clean_raw_data(run: "StageRun") -> dict:
@@ -557,10 +586,12 @@ def clean_raw_data(run: "StageRun") -> dict:
         result = ray_clean(table_files(raw, "rows"), cfg, source_order, count_tokens, run.recipe.data.memory_gb,
                            spill_dir=run.out, address=run.recipe.data.ray_address)
     else:
-        result = clean(list(table_dicts(raw, "rows")), cfg, source_order, count_tokens,
-                       run.recipe.data.memory_gb, spill_dir=run.out)  # the spill directory is gone before publishing
-    write_rows(result.rows, run.out / "rows.parquet", ROW_COLUMNS)
-    write_rows(result.quarantine, run.out / "quarantine.parquet", QUARANTINE_COLUMNS)
-    write_rows(result.clusters, run.out / "clusters.parquet", CLUSTER_COLUMNS)
-    write_rows(result.rewrites, run.out / "rewrites.parquet", REWRITE_COLUMNS)
+        workers = worker_count(run.recipe.data.preprocessing_num_workers, table_rows(raw, "rows"))
+        result = clean(list(table_dicts(raw, "rows")), cfg, source_order, count_tokens, run.recipe.data.memory_gb,
+                       spill_dir=run.out, workers=workers)  # the spill directory is gone before publishing
+    for name, records, columns in (("rows", result.rows, ROW_COLUMNS), ("quarantine", result.quarantine,
+                                   QUARANTINE_COLUMNS), ("clusters", result.clusters, CLUSTER_COLUMNS),
+                                   ("rewrites", result.rewrites, REWRITE_COLUMNS)):
+        with ShardWriter(run.out, name, columns) as table:
+            table.add_all(records)
     return result.report

@@ -39,9 +39,9 @@ class DataSection(Section):
         "truncate", description="rows over cutoff_len: truncate cuts them as LLaMA-Factory cuts; drop quarantines "
         "them")
     preprocessing_num_workers: Int | None = operational(
-        None, ge=1, description="operational: LLaMA-Factory's key: the processes formatted_data renders and tokenizes "
-        "rows on (the rows written are the same for any number); unset: every core for 20,000 rows or more, one "
-        "process below (a worker's start-up costs more than it saves there). LLaMA-Factory's default: one process")
+        None, ge=1, description="operational: LLaMA-Factory's key: the processes clean_data runs its row-local "
+        "steps on and formatted_data renders and tokenizes rows on (the rows written are the same for any number); "
+        "unset: every core for 20,000 rows or more, one process below (a worker's start-up costs more than it saves there). LLaMA-Factory's default: one process")
     val_size: Float = Field(0.1, gt=0, lt=1, description="LLaMA-Factory's key: the share of rows held out as the eval "
                                                          "split (every check, gate and evaluation reads it). "
                                                          "LLaMA-Factory's default: 0.0 (no eval split)")
