@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.data.clean import clean_raw_data
+from engine.data.clean_stage import clean_raw_data
 from engine.data.format import format_clean_data
 from engine.data.ingest import read_raw_data
 from engine.data.registry import recipe_sources

@@ -12,7 +12,6 @@ import pytest
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 
 import dagster as dg  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 from pydantic import TypeAdapter  # noqa: E402
 
@@ -23,7 +22,7 @@ from engine.data.registry import resolve_sources  # noqa: E402
 from engine.errors import RecipeError  # noqa: E402
 from engine.recipe import CleanSection, CleanStep  # noqa: E402
 from engine.store.tables import (CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS,  # noqa: E402
-                                 ShardWriter, table_files, write_rows)
+                                 ShardWriter, read_table, table_files, write_rows)
 
 STOCK = Path("tests/fixtures/llamafactory/data")
 SELECTED = ["alpaca_en_demo", "identity", "glaive_toolcall_en_demo", "dpo_en_demo", "kto_en_demo"]
@@ -78,7 +77,7 @@ def test_the_asset_builds_the_same_rows_on_ray_with_rays_lines_in_the_run_log(tm
             assert result.success
             lines = [e.user_message for e in instance.all_logs(result.run_id)]
         artifact = next((root / "artifacts" / "clean_data").glob("*/manifest.json")).parent
-        built[engine] = ({t: pq.read_table(artifact / f"{t}.parquet").to_pylist()
+        built[engine] = ({t: read_table(artifact, t).to_pylist()
                           for t in ("rows", "quarantine", "clusters", "rewrites")}, artifact.name, lines)
     assert built["ray"][0] == built["local"][0]
     assert built["ray"][0]["rows"]

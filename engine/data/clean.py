@@ -15,18 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from engine.runtime.pool import ordered_map, worker_count
+from engine.runtime.pool import ordered_map
 from engine.runtime.progress import Progress
 from engine.data.dedup import exact_duplicates, near_duplicate_clusters
 from engine.data.ingest import content_hash
 from engine.data.pii import JSON_ROLES, Inconsistent, RowScrubber
 from engine.data.prose import on_prose, prose_lines, repeated_lines
-from engine.store.tables import (CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS, ShardWriter,
-                                 table_dicts, table_files, table_rows)
 
 if TYPE_CHECKING:
     from engine.recipe import CleanSection
-    from engine.stage import StageRun
 
 TRAILING_SPACE = re.compile(r"[ \t]+$", re.M)
 TOOL_CALL_ROLES = ("function_call",)  # a tool call's JSON is passed to a tool: normalize and strip_html skip it
@@ -571,27 +568,3 @@ class TokenCounter:
 
 def token_counter(model_path) -> TokenCounter:
     return TokenCounter(model_path)
-
-
-def clean_raw_data(run: "StageRun") -> dict:
-    """clean_data's entry point: the recipe's cleaning steps over raw_data's rows; kept rows, quarantine, duplicate
-    clusters and every rewritten text to Parquet. Returns the cleaning report. Token limits count with the recipe's
-    local checkpoint's tokenizer (the tiny preset's tokenizer is trained on this stage's output)."""
-    cfg = run.recipe.clean
-    raw = run.inputs["raw_data"]
-    source_order = list(json.loads((raw / "manifest.json").read_text())["metrics"]["by_source"])
-    count_tokens = token_counter(run.recipe.model.model_name_or_path) if cfg.counts_tokens() else None
-    if run.recipe.data.engine == "ray":  # the same result on a Ray cluster: engine/data/ray_engine.py
-        from engine.data.ray_engine import ray_clean
-        result = ray_clean(table_files(raw, "rows"), cfg, source_order, count_tokens, run.recipe.data.memory_gb,
-                           spill_dir=run.out, address=run.recipe.data.ray_address)
-    else:
-        workers = worker_count(run.recipe.data.preprocessing_num_workers, table_rows(raw, "rows"))
-        result = clean(list(table_dicts(raw, "rows")), cfg, source_order, count_tokens, run.recipe.data.memory_gb,
-                       spill_dir=run.out, workers=workers)  # the spill directory is gone before publishing
-    for name, records, columns in (("rows", result.rows, ROW_COLUMNS), ("quarantine", result.quarantine,
-                                   QUARANTINE_COLUMNS), ("clusters", result.clusters, CLUSTER_COLUMNS),
-                                   ("rewrites", result.rewrites, REWRITE_COLUMNS)):
-        with ShardWriter(run.out, name, columns) as table:
-            table.add_all(records)
-    return result.report
