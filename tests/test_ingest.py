@@ -1,6 +1,7 @@
 import json
 from collections import Counter
 
+import pyarrow.parquet as pq
 import pytest
 
 from engine.data.ingest import ingest_source
@@ -97,3 +98,26 @@ def test_max_samples_reads_each_source_s_first_records_and_counts_the_rest(tmp_p
     assert counts["by_source"]["dpo_en_demo"]["beyond_max_samples"] == 290
     rows = list(table_dicts(tmp_path, "rows"))
     assert [r["row_id"] for r in rows if r["source"] == "identity"] == [f"identity:{i}" for i in range(10)]
+
+
+def test_raw_rows_over_several_shards_read_the_same_as_one(tmp_path, monkeypatch):
+    """raw_data's tables split at SHARD_ROWS (here 7) hold the same rows, in the same order, as one shard."""
+    from engine.data.ingest import ingest_to
+    from engine.store import tables
+    from engine.store.tables import ShardWriter, rows_by_source, table_files, table_rows
+    sources = resolve_sources("tests/fixtures/llamafactory/data", "dataset_info.json", ["identity"])
+    (tmp_path / "one").mkdir()
+    one = ingest_to(tmp_path / "one", sources)
+    monkeypatch.setattr(ShardWriter.__init__, "__defaults__", (7, tables.BATCH_ROWS))
+    (tmp_path / "many").mkdir()
+    many = ingest_to(tmp_path / "many", sources)
+    assert one == many
+    assert len(table_files(tmp_path / "one", "rows")) == 1
+    assert len(table_files(tmp_path / "many", "rows")) == -(-91 // 7)
+    assert table_rows(tmp_path / "many", "rows") == 91
+    assert list(table_dicts(tmp_path / "many", "rows")) == list(table_dicts(tmp_path / "one", "rows"))
+    assert rows_by_source(tmp_path / "many", "rows") == rows_by_source(tmp_path / "one", "rows")
+    # no quarantined record: one empty shard that keeps the schema
+    empty = table_files(tmp_path / "many", "quarantine")
+    assert len(empty) == 1 and table_rows(tmp_path / "many", "quarantine") == 0
+    assert pq.read_schema(empty[0]).names == tables.QUARANTINE_COLUMNS
