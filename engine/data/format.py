@@ -584,12 +584,15 @@ def format_clean_data(run: "StageRun") -> dict:
     """formatted_data's entry point: clean_data's rows rendered with the base model's chat template, tokenized,
     split; the views as HF datasets, the split of every row and the quarantine as Parquet. Returns the report."""
     from engine.models.load import load_tokenizer, model_dir
-    from engine.store.tables import QUARANTINE_COLUMNS, read_rows, write_rows
+    from engine.store.tables import QUARANTINE_COLUMNS, table_batches, write_rows
     from engine.data.templates import check_template
     data = run.recipe.data
     tokenizer = load_tokenizer(model_dir(run.inputs["base_model"]))
     check_template(tokenizer, data.template)
-    rows = with_default_system(read_rows(run.inputs["clean_data"] / "rows.parquet"), data.default_system)
+    # clean_data's shards (or its one rows.parquet) batch by batch; format_rows still holds the rows as dicts (it
+    # splits, decontaminates and decides derive_sft over all of them)
+    rows = with_default_system([row for batch in table_batches(run.inputs["clean_data"], "rows")
+                                for row in batch.to_pylist()], data.default_system)
     quarantine, report = format_rows(rows, tokenizer, data.cutoff_len,
                                      data.val_size, data.seed, run.out, data.decontamination_threshold,
                                      data.overlength, worker_count(data.preprocessing_num_workers, len(rows)))
