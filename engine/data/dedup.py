@@ -36,12 +36,21 @@ def near_duplicate_clusters(texts: Iterable[str], threshold: float, num_perm: in
     texts = texts if isinstance(texts, list) else list(texts)
     if len(texts) < 2:
         return []
-    sig = signatures(texts, num_perm, k)  # an empty text has no shingles: its row stays EMPTY and matches nothing
+    return clusters_of_signatures(signatures(texts, num_perm, k), threshold, (bands, rows))
+
+
+def clusters_of_signatures(sig: np.ndarray, threshold: float, bands_rows: tuple[int, int] | None = None
+                           ) -> list[tuple[int, int, float]]:
+    """near_duplicate_clusters' list from the texts' signatures (minhash.signatures, computed where the caller likes:
+    a row's signature depends on its text alone). An empty text's row is EMPTY and matches nothing."""
+    if len(sig) < 2:
+        return []
+    bands, rows = bands_rows or lsh_params(threshold, sig.shape[1])
     pairs = band_candidates(sig, bands, rows)
     pairs = pairs[(sig[pairs[:, 0], 0] != EMPTY)] if len(pairs) else pairs
     similar = pairs[agreement(sig, pairs) >= threshold] if len(pairs) else pairs
-    labels = components(len(texts), similar)
-    removed = np.flatnonzero(labels != np.arange(len(texts)))
+    labels = components(len(sig), similar)
+    removed = np.flatnonzero(labels != np.arange(len(sig)))
     estimate = agreement(sig, np.stack([labels[removed], removed], axis=1)) if len(removed) else []
     return [(int(labels[i]), int(i), float(j)) for i, j in zip(removed, estimate, strict=True)]
 

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
@@ -22,10 +23,12 @@ import numpy as np
 import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features, List, Value
 
+from engine.runtime.pool import worker_count
 from engine.runtime.progress import Progress
 from engine.data.clean import dedup_text
 from engine.data.constants import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, IGNORE
-from engine.data.dedup import near_duplicate_clusters
+from engine.data.dedup import clusters_of_signatures
+from engine.data.minhash import signatures
 from engine.data.split import split_of
 from engine.errors import DataError
 
@@ -44,7 +47,6 @@ VIEW_FEATURES = {
 # not read from the recipe's stages: formatted_data's fingerprint then does not change with them.)
 REQUIRED_VIEWS = ("sft",)
 BATCH_ROWS = 1000  # rows a worker formats at a time: its tokenizer call covers all their pieces
-POOL_MIN_ROWS = 20_000  # fewer rows: a spawned worker's start-up (imports, the tokenizer) costs more than it saves
 VIEWS_FILE = "views.json"  # where the SFT view's rows come from: "sft" rows, or "preference"/"kto" rows' chosen answers
 
 
@@ -243,14 +245,23 @@ def truncate_pair_row(tokenizer, prompt: list[dict], answers: list[dict], cutoff
     return cut, cut_answers, lengths
 
 
-def contaminated(rows: list[dict], splits: list[str], threshold: float) -> dict[int, str]:
-    """{index of a train row: detail} for every train row that near-duplicates an eval row."""
+def contamination_signatures(rows: list[dict]) -> np.ndarray:
+    """The MinHash signatures decontamination compares, one per row (a row's depends on its text alone, so batches
+    can be signed on any process)."""
+    texts = [dedup_text({**row, "messages": json.loads(row["messages"])}) for row in rows]
+    return signatures(texts, DEFAULT_NUM_PERM, DEFAULT_SHINGLE)
+
+
+def contaminated(rows: list[dict], splits: list[str], threshold: float,
+                 sig: np.ndarray | None = None) -> dict[int, str]:
+    """{index of a train row: detail} for every train row that near-duplicates an eval row; `sig`: the rows'
+    contamination_signatures where the caller computed them."""
     evals = [i for i, s in enumerate(splits) if s == "eval"]
     trains = [i for i, s in enumerate(splits) if s == "train"]
     order = evals + trains  # eval rows first: a cluster that holds one is rooted at it
+    sig = contamination_signatures(rows) if sig is None else sig
     found = {}
-    texts = [dedup_text({**rows[i], "messages": json.loads(rows[i]["messages"])}) for i in order]
-    for root, member, jaccard in near_duplicate_clusters(texts, threshold, DEFAULT_NUM_PERM, DEFAULT_SHINGLE):
+    for root, member, jaccard in clusters_of_signatures(sig[np.array(order, dtype=np.int64)], threshold):
         if root < len(evals) <= member:
             found[order[member]] = f"~{jaccard:.2f} Jaccard with eval row {rows[order[root]]['row_id']}"
     return found
@@ -394,22 +405,44 @@ def _format_in_worker(rows: list[dict], splits: list[str], leaks: dict[int, str]
     return format_batch(rows, splits, leaks, _WORKER_SETTINGS)
 
 
+def _signatures_in_worker(rows: list[dict]) -> np.ndarray:
+    return contamination_signatures(rows)
+
+
+@contextmanager
+def worker_pool(settings: FormatSettings, workers: int, jobs: int) -> Iterator[ProcessPoolExecutor | None]:
+    """A pool of `workers` processes (spawned: the tokenizer's threads do not survive a fork), each receiving the
+    settings (the tokenizer) once, shared by decontamination's signatures and the formatting; None, to work in this
+    process, with one worker or one batch of work."""
+    if workers <= 1 or jobs <= 1:
+        yield None
+        return
+    with ProcessPoolExecutor(min(workers, jobs), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_worker, initargs=(settings,)) as pool:
+        yield pool
+
+
+def batch_signatures(rows: list[dict], pool: ProcessPoolExecutor | None, batch_rows: int) -> np.ndarray:
+    """contamination_signatures of every row, batch by batch on the pool (the same array as one call)."""
+    batches = [rows[s:s + batch_rows] for s in range(0, len(rows), batch_rows)]
+    if pool is None:
+        return contamination_signatures(rows)
+    return np.concatenate(list(pool.map(_signatures_in_worker, batches)))
+
+
 def formatted_batches(rows: list[dict], splits: list[str], leaks: dict[int, str], settings: FormatSettings,
-                      workers: int, batch_rows: int) -> Iterator[FormattedBatch]:
-    """format_batch over batches of `batch_rows` rows, in order: in this process with one worker (or one batch), else
-    on a pool of `workers` processes (spawned: the tokenizer's threads do not survive a fork), each receiving the
-    tokenizer once; the batches come back in row order, so the output is the same as one process's."""
+                      pool: ProcessPoolExecutor | None, batch_rows: int) -> Iterator[FormattedBatch]:
+    """format_batch over batches of `batch_rows` rows, in order: on the pool (worker_pool) where there is one, else in
+    this process; the batches come back in row order, so the output is the same as one process's."""
     leaks_of: dict[int, dict[int, str]] = {}  # {batch start: {index in the batch: detail}}
     for i, detail in leaks.items():
         leaks_of.setdefault(i - i % batch_rows, {})[i % batch_rows] = detail
     jobs = [(rows[s:s + batch_rows], splits[s:s + batch_rows], leaks_of.get(s, {}))
             for s in range(0, len(rows), batch_rows)]
-    if workers <= 1 or len(jobs) <= 1:
+    if pool is None:
         yield from (format_batch(*job, settings) for job in jobs)
         return
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_start_worker, initargs=(settings,)) as pool:
-        yield from pool.map(_format_in_worker, *zip(*jobs, strict=True))
+    yield from pool.map(_format_in_worker, *zip(*jobs, strict=True))
 
 
 def view_dataset(view: str, tables: list[pa.Table]) -> Dataset:
@@ -418,14 +451,6 @@ def view_dataset(view: str, tables: list[pa.Table]) -> Dataset:
     features = VIEW_FEATURES[view]
     table = pa.concat_tables(tables).combine_chunks() if tables else features.arrow_schema.empty_table()
     return Dataset.from_dict({name: table.column(name) for name in features}, features=features)
-
-
-def worker_count(setting: int | None, rows: int) -> int:
-    """data.preprocessing_num_workers, or where unset every core this process may use for POOL_MIN_ROWS rows or
-    more, and one process below."""
-    if setting is not None:
-        return setting
-    return len(os.sched_getaffinity(0)) if rows >= POOL_MIN_ROWS else 1
 
 
 def length_histogram(lengths: list[int], cutoff_len: int, buckets: int = 8) -> list[tuple[str, int]]:
@@ -460,21 +485,22 @@ def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, s
     # each pair's prompt with its chosen answer (a KTO row's, where it is desirable): what pref_ftx trains on
     derive_sft = not any(row["kind"] == "sft" for row in rows)
     splits = [split_of(row["content_hash"], val_size, seed) for row in rows]
-    leaks = contaminated(rows, splits, decontamination_threshold) if decontamination_threshold else {}
-
     settings = FormatSettings(tokenizer, cutoff_len, overlength, derive_sft)
     tables: dict[tuple[str, str], list[pa.Table]] = {}
     quarantine, provenance, lengths, truncated, tools_dropped, without_labels = [], [], [], 0, 0, Counter()
     tokenizing = Progress("tokenizing", total=len(rows), stage="formatted_data")
-    for batch in tokenizing.each(formatted_batches(rows, splits, leaks, settings, workers, batch_rows),
-                                 n=lambda b: len(b.provenance) + len(b.quarantine)):
-        for key, table in batch.tables.items():
-            tables.setdefault(key, []).append(table)
-        quarantine += batch.quarantine
-        provenance += batch.provenance
-        lengths += batch.lengths
-        truncated, tools_dropped = truncated + batch.truncated, tools_dropped + batch.tools_dropped
-        without_labels += batch.without_labels
+    with worker_pool(settings, workers, -(-len(rows) // batch_rows)) as pool:
+        leaks = (contaminated(rows, splits, decontamination_threshold, batch_signatures(rows, pool, batch_rows))
+                 if decontamination_threshold else {})
+        for batch in tokenizing.each(formatted_batches(rows, splits, leaks, settings, pool, batch_rows),
+                                     n=lambda b: len(b.provenance) + len(b.quarantine)):
+            for key, table in batch.tables.items():
+                tables.setdefault(key, []).append(table)
+            quarantine += batch.quarantine
+            provenance += batch.provenance
+            lengths += batch.lengths
+            truncated, tools_dropped = truncated + batch.truncated, tools_dropped + batch.tools_dropped
+            without_labels += batch.without_labels
     views = {view: {split: view_dataset(view, tables.get((view, split), [])) for split in ("train", "eval")}
              for view in VIEW_FEATURES}
     sft_view_from = "sft"
