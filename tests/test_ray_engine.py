@@ -158,7 +158,11 @@ def test_ray_and_local_write_the_same_bytes_on_the_llamafactory_demo_files_with_
                        {"step": "exact_dedup"}, {"step": "near_dedup", "threshold": 0.7})
     count_tokens = lambda text: len(text.split())  # noqa: E731  # a token counter travels to Ray's workers
     local = clean(rows, every_step, SELECTED, count_tokens)
-    on_ray = ray_clean(shards(rows, tmp_path / "raw"), every_step, SELECTED, count_tokens, batch_rows=97)
+    streamed = []  # as the asset takes them: a block at a time, into the table's writer
+    on_ray = ray_clean(shards(rows, tmp_path / "raw"), every_step, SELECTED, count_tokens, batch_rows=97,
+                       sink=streamed.extend)
+    assert on_ray.rows == [] and len(streamed) > 97
+    on_ray.rows = streamed
     assert written(on_ray, tmp_path / "ray") == written(local, tmp_path / "local")
     removed = on_ray.report["quarantine_by_reason"]
     assert removed["exact_duplicate"] > 0 and removed["near_duplicate"] > 0 and removed["blocklisted"] > 0

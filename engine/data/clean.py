@@ -470,17 +470,20 @@ class Combined:
     def report_steps(self) -> list[dict]:
         return [{**step, "removed": dict(step["removed"])} for _, step in sorted(self.steps.items())]
 
-    def result(self, final: list[dict], rows_in_by_source: Counter, source_order: list[str]) -> "CleanResult":
-        """The CleanResult of the kept rows `final` (as stored) and everything recorded, with its report."""
+    def result(self, final: list[dict], rows_in_by_source: Counter, source_order: list[str],
+               rows_out_by_source: Counter | None = None) -> "CleanResult":
+        """The CleanResult of the kept rows `final` (as stored) and everything recorded, with its report;
+        `rows_out_by_source`: the kept rows' counts where they went to a table instead of `final`."""
         quarantine, rewrites = self.in_order(self.quarantine), self.in_order(self.rewrites)
+        kept = Counter(r["source"] for r in final) if rows_out_by_source is None else rows_out_by_source
         report = {
-            "rows_in": sum(rows_in_by_source.values()), "rows_out": len(final), "quarantined": len(quarantine),
+            "rows_in": sum(rows_in_by_source.values()), "rows_out": sum(kept.values()), "quarantined": len(quarantine),
             "quarantine_by_reason": dict(Counter(q["reason"] for q in quarantine)),
             "pii_scrubbed": dict(self.pii_counts), "steps": self.report_steps(),
             "rewritten": len(rewrites), "rewritten_by_step": dict(Counter(r["step"] for r in rewrites)),
             # every selected source, an empty one too (0 in): the per-source checks and reports list it
             "rows_in_by_source": {s: 0 for s in source_order} | dict(rows_in_by_source),
-            "rows_out_by_source": {s: 0 for s in source_order} | dict(Counter(r["source"] for r in final)),
+            "rows_out_by_source": {s: 0 for s in source_order} | dict(kept),
             "top_quarantine_details": Counter(re.sub(r"\S+:\d+\b", "<row>", q["detail"])
                                               for q in quarantine).most_common(5),
         }

@@ -25,14 +25,17 @@ def clean_raw_data(run: "StageRun") -> dict:
     source_order = list(json.loads((raw / "manifest.json").read_text())["metrics"]["by_source"])
     count_tokens = token_counter(run.recipe.model.model_name_or_path) if cfg.counts_tokens() else None
     if run.recipe.data.engine == "ray":  # the same result on a Ray cluster
-        result = ray_clean(table_files(raw, "rows"), cfg, source_order, count_tokens, run.recipe.data.memory_gb,
-                           spill_dir=run.out, address=run.recipe.data.ray_address)
+        with ShardWriter(run.out, "rows", ROW_COLUMNS) as kept:
+            result = ray_clean(table_files(raw, "rows"), cfg, source_order, count_tokens, run.recipe.data.memory_gb,
+                               spill_dir=run.out, address=run.recipe.data.ray_address, sink=kept.add_all)
     else:
         workers = worker_count(run.recipe.data.preprocessing_num_workers, table_rows(raw, "rows"))
         result = clean(list(table_dicts(raw, "rows")), cfg, source_order, count_tokens, run.recipe.data.memory_gb,
                        spill_dir=run.out, workers=workers)  # the spill directory is gone before publishing
-    for name, records, columns in (("rows", result.rows, ROW_COLUMNS), ("quarantine", result.quarantine,
-                                   QUARANTINE_COLUMNS), ("clusters", result.clusters, CLUSTER_COLUMNS),
+        with ShardWriter(run.out, "rows", ROW_COLUMNS) as kept:
+            kept.add_all(result.rows)
+    for name, records, columns in (("quarantine", result.quarantine, QUARANTINE_COLUMNS),
+                                   ("clusters", result.clusters, CLUSTER_COLUMNS),
                                    ("rewrites", result.rewrites, REWRITE_COLUMNS)):
         with ShardWriter(run.out, name, columns) as table:
             table.add_all(records)

@@ -20,7 +20,7 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -67,15 +67,18 @@ def connected(ray, address: str | None) -> bool:
 
 def ray_clean(files: list[Path], cfg: "CleanSection", source_order: list[str],
               count_tokens: Callable[[str], int] | None = None, memory_gb: float | None = None,
-              spill_dir: Path | None = None, batch_rows: int = 10_000, address: str | None = None) -> CleanResult:
+              spill_dir: Path | None = None, batch_rows: int = 10_000, address: str | None = None,
+              sink: Callable[[list[dict]], None] | None = None) -> CleanResult:
     """`clean()` on Ray over raw_data's Parquet `files`: the same CleanResult. `batch_rows` is both the rows of a
-    block and of a map_batches batch (any size gives the same result); `address`: the Ray cluster, None a local one."""
+    block and of a map_batches batch (any size gives the same result); `address`: the Ray cluster, None a local one.
+    With `sink`, the kept rows (as stored, in order) go to it a block at a time and the result's `rows` is empty:
+    the driver never holds the corpus."""
     ray = require_ray()
     started = connected(ray, address)
     options = ray.data.DataContext.get_current().execution_options
     preserved, options.preserve_order = options.preserve_order, True  # batches in position order, as local's
     try:
-        return RayClean(ray, cfg, count_tokens, memory_gb, spill_dir, batch_rows).run(files, source_order)
+        return RayClean(ray, cfg, count_tokens, memory_gb, spill_dir, batch_rows).run(files, source_order, sink)
     finally:
         options.preserve_order = preserved
         if started:
@@ -90,7 +93,7 @@ class RayClean:
         self.memory_gb, self.spill_dir, self.batch_rows = memory_gb, spill_dir, batch_rows
         self.combined = Combined()
 
-    def run(self, files: list[Path], source_order: list[str]) -> CleanResult:
+    def run(self, files: list[Path], source_order: list[str], sink: Callable[[list[dict]], None] | None) -> CleanResult:
         rows_in_by_source = Counter()
         for file in files:  # the source column alone, from each shard
             rows_in_by_source.update(pq.read_table(file, columns=["source"]).column("source").to_pylist())
@@ -103,9 +106,11 @@ class RayClean:
                 current, count = self.row_local(current, steps, first) if current is not None else (None, 0)
             else:
                 current, count = self.dedup(current, steps[0], first, count)
-        kept = [] if current is None else sorted(current.take_all(), key=lambda r: r[POSITION])
-        final = [stored_row(parsed(r)) for r in kept]
-        return self.combined.result(final, rows_in_by_source, source_order)
+        final, rows_out_by_source = [], Counter()
+        for batch in kept_batches(current):
+            rows_out_by_source.update(r["source"] for r in batch)
+            final.extend(batch) if sink is None else sink(batch)
+        return self.combined.result(final, rows_in_by_source, source_order, rows_out_by_source)
 
     def ordered(self, files: list[Path], source_order: list[str]):
         """raw's rows sorted by local's key, each with its POSITION, in blocks of at most batch_rows rows."""
@@ -156,6 +161,17 @@ class RayClean:
         if removed and ds is not None:
             ds = ds.map_batches(at_positions, batch_format="pyarrow", fn_kwargs={"positions": removed, "keep": False})
         return ds, count - len(removed)
+
+
+def kept_batches(ds) -> Iterator[list[dict]]:
+    """The kept rows as stored, a block at a time, in position order (blocks stay in order: preserve_order)."""
+    last = -1
+    for batch in [] if ds is None else ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        positions = batch[POSITION].to_pylist()
+        if positions and (positions[0] <= last or positions != sorted(positions)):
+            raise RuntimeError(f"clean_data on Ray: kept rows came back out of order at position {positions[0]}")
+        last = positions[-1] if positions else last
+        yield [stored_row(parsed(r)) for r in batch.select(ROW_COLUMNS + [POSITION]).to_pylist()]
 
 
 # --- what runs on Ray's workers (plain functions of Arrow tables, pickled to the workers)
