@@ -189,6 +189,12 @@ def row_position(row_id: str) -> tuple[str, int]:
     return head, int(index)
 
 
+def corpus_order(source_order: list[str]) -> Callable[[dict], tuple[int, str, int]]:
+    """A row's sort key in the ordered corpus: (source priority, source[:file], row index)."""
+    priority = {name: i for i, name in enumerate(source_order)}
+    return lambda row: (priority.get(row["source"], len(priority)), *row_position(row["row_id"]))
+
+
 def current_hash(row: dict) -> str:
     return content_hash(row["messages"], row["chosen"], row["rejected"], row.get("tools"), row.get("label"))
 
@@ -583,8 +589,7 @@ def clean(rows: list[dict], cfg: CleanSection, source_order: list[str],
     Row-local steps run on batches of `batch_rows`, on `workers` processes (any size and number give the same
     result).
     """
-    priority = {name: i for i, name in enumerate(source_order)}
-    ordered = sorted(rows, key=lambda r: (priority.get(r["source"], len(priority)), *row_position(r["row_id"])))
+    ordered = sorted(rows, key=corpus_order(source_order))
     current = parsed_rows(ordered)
     combined = Combined()
     for first, steps in segments(cfg.steps):
