@@ -52,8 +52,8 @@ def raw(tmp_path_factory):
     return folder
 
 
-def tables_bytes(folder) -> dict[str, list[dict]]:
-    return {name: [pq.read_table(f).to_pylist() for f in table_files(folder, name)] for name in TABLES}
+def tables_bytes(folder) -> dict[str, list[bytes]]:
+    return {name: [f.read_bytes() for f in table_files(folder, name)] for name in TABLES}
 
 
 @pytest.mark.parametrize("source_order", [SELECTED, SELECTED[::-1]], ids=["in-order", "duckdb-sort"])
@@ -73,7 +73,7 @@ def test_streamed_tables_and_report_are_the_in_memory_ones(raw, tmp_path, source
         assert json.dumps(streamed) == json.dumps(report), (batch_rows, workers)
         got = tables_bytes(out)
         for name in TABLES:
-            assert got[name] == expected[name], (name, batch_rows, workers, [(a, b) for a, b in zip(got[name][0], expected[name][0]) if a != b][:3])
+            assert got[name] == expected[name], (name, batch_rows, workers)
         assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # the part files are gone
 
 

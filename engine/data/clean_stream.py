@@ -87,9 +87,9 @@ class Part:
         self.path, self.count = path, 0
         self.writer = pq.ParquetWriter(path, PART_SCHEMA)
 
-    def add(self, rows: list[dict]) -> None:
+    def add(self, rows: list[dict], parsed: bool = True) -> None:
         if rows:
-            stored = [{**r, "messages": json.dumps(r["messages"], ensure_ascii=False)} for r in rows]
+            stored = [{**r, "messages": json.dumps(r["messages"], ensure_ascii=False)} for r in rows] if parsed else rows
             self.writer.write_table(pa.Table.from_pylist(stored, schema=PART_SCHEMA))
             self.count += len(rows)
 
@@ -97,15 +97,23 @@ class Part:
         self.writer.close()
         return self
 
-    def batches(self, batch_rows: int, columns: list[str] | None = None) -> Iterator[list[dict]]:
+    def batches(self, batch_rows: int, columns: list[str] | None = None, parsed: bool = True) -> Iterator[list[dict]]:
         for batch in pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows, columns=columns):
             if batch.num_rows:
-                yield [{**r, "messages": json.loads(r["messages"])} if "messages" in r else r
-                       for r in batch.to_pylist()]
+                rows = batch.to_pylist()
+                yield [{**r, "messages": json.loads(r["messages"])} for r in rows] if parsed else rows
 
     def rows(self, batch_rows: int, columns: list[str] | None = None) -> Iterator[dict]:
         for batch in self.batches(batch_rows, columns):
             yield from batch
+
+
+def _exact_keys(rows: list[dict], step) -> list[str]:
+    return [exact_key({**r, "messages": json.loads(r["messages"])}, step) for r in rows]
+
+
+def _stored_rows(rows: list[dict]) -> list[dict]:
+    return [stored_row({**r, "messages": json.loads(r["messages"])}) for r in rows]
 
 
 class StreamClean:
@@ -142,16 +150,18 @@ class StreamClean:
                     previous.path.unlink()  # read no more
         tally = Tally()
         with ShardWriter(out, "rows", ROW_COLUMNS) as table:
-            for rows in (current.batches(self.batch_rows) if current is not None else batches):
-                final = [stored_row(r) for r in rows]
+            jobs = ((rows,) for rows in (current.batches(self.batch_rows, parsed=False) if current is not None
+                                         else self.unparsed(batches)))
+            for final in self.on_pool(_stored_rows, jobs, count):
                 tally.kept(final)
                 table.add_all(final)
         for name, spool, columns, count_of in (("quarantine", self.quarantine, QUARANTINE_COLUMNS, tally.quarantined),
                                                ("rewrites", self.rewrites, REWRITE_COLUMNS, tally.rewritten)):
             with ShardWriter(out, name, columns) as table:
                 for batch in spool.sorted_batches(self.con, self.batch_rows):
-                    count_of(batch.to_pylist())
-                    table.write(batch)
+                    records = batch.to_pylist()
+                    count_of(records)
+                    table.add_all(records)  # row groups as `clean()`'s writer makes them: the same bytes
         self.con.close()
         return self.combined.report(tally, rows_in_by_source, source_order)
 
@@ -183,6 +193,12 @@ class StreamClean:
                        for i, r in enumerate(batch.to_pylist(), position)]
                 position += batch.num_rows
 
+    @staticmethod
+    def unparsed(batches: Iterator[list[dict]]) -> Iterator[list[dict]]:
+        """Ordered batches with `messages` back as JSON text (where no step ran)."""
+        for rows in batches:
+            yield [{**r, "messages": json.dumps(r["messages"], ensure_ascii=False)} for r in rows]
+
     def next_part(self) -> Part:
         self.parts += 1
         return Part(self.work / f"part-{self.parts}.parquet")
@@ -196,19 +212,23 @@ class StreamClean:
     def row_local(self, batches: Iterator[list[dict]], count: int, steps: list, first: int) -> Part:
         part = self.next_part()
         jobs = ((rows, steps, first) for rows in batches)
-        for outcome in ordered_map(_clean_in_worker, jobs, min(self.workers, -(-count // self.batch_rows)),
-                                   _start_worker, (self.count_tokens,)):
+        for outcome in self.on_pool(_clean_in_worker, jobs, count):
             self.combined.add(BatchOutcome([], [], [], outcome.pii_counts, outcome.steps), first)
             self.quarantine.add(outcome.quarantine)
             self.rewrites.add(outcome.rewrites)
             part.add(outcome.rows)
         return part.close()
 
+    def on_pool(self, fn: Callable, jobs: Iterator[tuple], count: int) -> Iterator:
+        """fn(*job) for every job (a batch of `count` rows in all), in order, on the pool."""
+        return ordered_map(fn, jobs, min(self.workers, -(-count // self.batch_rows)), _start_worker,
+                           (self.count_tokens,))
+
     def exact(self, part: Part, step, first: int) -> Part:
-        keys = (exact_key(r, step) for r in part.rows(self.batch_rows))  # no length: dedup's spilled path
-        found = {dup: (kept, 1.0) for kept, dup in exact_duplicates(keys, self.memory_gb, self.work)}
-        return self.removing(part, step, first, {dup: ("exact", kept, s) for dup, (kept, s) in found.items()},
-                             "exact_duplicate", lambda kept, s: exact_detail(kept))
+        jobs = ((rows, step) for rows in part.batches(self.batch_rows, parsed=False))
+        keys = (key for batch in self.on_pool(_exact_keys, jobs, part.count) for key in batch)  # no length: spilled
+        found = {dup: ("exact", kept, 1.0) for kept, dup in exact_duplicates(keys, self.memory_gb, self.work)}
+        return self.removing(part, step, first, found, "exact_duplicate", lambda kept, _: exact_detail(kept))
 
     def near(self, part: Part, step, first: int) -> Part:
         bands_rows = (step.bands, step.rows) if step.bands else None
@@ -234,7 +254,7 @@ class StreamClean:
         kept_ids = {kept: None for _, kept, _ in found.values()}
         out, clusters = self.next_part(), {kind: [] for kind in ("exact", *NEAR_KINDS)}
         at = 0  # the part's index of the batch's first row
-        for rows in part.batches(self.batch_rows):
+        for rows in part.batches(self.batch_rows, parsed=False):  # rows copied as they are, messages as text
             keep, dropped = [], []
             for i, row in enumerate(rows, at):
                 if i in kept_ids:
@@ -247,7 +267,7 @@ class StreamClean:
                 clusters[kind].append(cluster_record("exact" if kind == "exact" else "near", kept_ids[kept], row,
                                                      similarity))
             self.quarantine.add(dropped)
-            out.add(keep)
+            out.add(keep, parsed=False)
             at += len(rows)
         for records in clusters.values():
             self.clusters.add_all(records)

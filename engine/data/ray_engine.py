@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.data.clean import (NEAR_KINDS, ORDER, POSITION, ROW_LOCAL_STEPS, BatchOutcome, Cleaner, CleanResult, Combined,
-                               clean_batch, current_hash, dedup_text, row_position, segments, stored_row,
+from engine.data.clean import (NEAR_KINDS, ORDER, POSITION, ROW_LOCAL_STEPS, BatchOutcome, Cleaner, CleanResult,
+                               Combined, clean_batch, current_hash, dedup_text, row_position, segments, stored_row,
                                whitespace_blind_hash)
 from engine.data.minhash import band_keys, lsh_params, signatures
 from engine.errors import RecipeError
