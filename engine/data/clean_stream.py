@@ -30,7 +30,7 @@ from engine.data.clean import (NEAR_KINDS, ORDER, POSITION, ROW_LOCAL_STEPS, Bat
                                _clean_in_worker, _start_worker, cluster_record, corpus_order, exact_detail, exact_key,
                                near_detail, near_text, quarantine_record, segments, stored_row)
 from engine.data.dedup import exact_duplicates, near_duplicate_clusters
-from engine.runtime.pool import ordered_map
+from engine.runtime.pool import OrderedPool
 from engine.store.tables import (CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS, ShardWriter,
                                  table_files)
 
@@ -89,7 +89,8 @@ class Part:
 
     def add(self, rows: list[dict], parsed: bool = True) -> None:
         if rows:
-            stored = [{**r, "messages": json.dumps(r["messages"], ensure_ascii=False)} for r in rows] if parsed else rows
+            stored = rows if not parsed else [{**r, "messages": json.dumps(r["messages"], ensure_ascii=False)}
+                                              for r in rows]
             self.writer.write_table(pa.Table.from_pylist(stored, schema=PART_SCHEMA))
             self.count += len(rows)
 
@@ -133,26 +134,32 @@ class StreamClean:
     def run(self, files: list[Path], out: Path, source_order: list[str]) -> dict:
         rows_in_by_source, in_order = self.survey(files, source_order)
         count = sum(rows_in_by_source.values())
-        batches = self.ordered(files, source_order, in_order) if count else iter(())
+        workers = min(self.workers, -(-count // self.batch_rows))  # no more processes than batches
+        with OrderedPool(workers, _start_worker, (self.count_tokens,)) as pool:
+            self.pool = pool
+            return self.passes(files, out, source_order, rows_in_by_source, in_order)
+
+    def passes(self, files: list[Path], out: Path, source_order: list[str], rows_in_by_source: Counter,
+               in_order: bool) -> dict:
+        batches = self.ordered(files, source_order, in_order)
         current: Part | None = None
         with ShardWriter(out, "clusters", CLUSTER_COLUMNS) as self.clusters:
             for first, steps in segments(self.cfg.steps):
                 previous = current
                 if steps[0].step in ROW_LOCAL_STEPS:
                     current = self.row_local(batches if current is None else current.batches(self.batch_rows),
-                                             count, steps, first)
+                                             steps, first)
                 else:
                     current = current or self.materialized(batches)
                     current = self.exact(current, steps[0], first) if steps[0].step == "exact_dedup" \
                         else self.near(current, steps[0], first)
-                count = current.count
                 if previous is not None:
                     previous.path.unlink()  # read no more
         tally = Tally()
         with ShardWriter(out, "rows", ROW_COLUMNS) as table:
             jobs = ((rows,) for rows in (current.batches(self.batch_rows, parsed=False) if current is not None
                                          else self.unparsed(batches)))
-            for final in self.on_pool(_stored_rows, jobs, count):
+            for final in self.on_pool(_stored_rows, jobs):
                 tally.kept(final)
                 table.add_all(final)
         for name, spool, columns, count_of in (("quarantine", self.quarantine, QUARANTINE_COLUMNS, tally.quarantined),
@@ -209,24 +216,23 @@ class StreamClean:
             part.add(rows)
         return part.close()
 
-    def row_local(self, batches: Iterator[list[dict]], count: int, steps: list, first: int) -> Part:
+    def row_local(self, batches: Iterator[list[dict]], steps: list, first: int) -> Part:
         part = self.next_part()
         jobs = ((rows, steps, first) for rows in batches)
-        for outcome in self.on_pool(_clean_in_worker, jobs, count):
+        for outcome in self.on_pool(_clean_in_worker, jobs):
             self.combined.add(BatchOutcome([], [], [], outcome.pii_counts, outcome.steps), first)
             self.quarantine.add(outcome.quarantine)
             self.rewrites.add(outcome.rewrites)
             part.add(outcome.rows)
         return part.close()
 
-    def on_pool(self, fn: Callable, jobs: Iterator[tuple], count: int) -> Iterator:
-        """fn(*job) for every job (a batch of `count` rows in all), in order, on the pool."""
-        return ordered_map(fn, jobs, min(self.workers, -(-count // self.batch_rows)), _start_worker,
-                           (self.count_tokens,))
+    def on_pool(self, fn: Callable, jobs: Iterator[tuple]) -> Iterator:
+        """fn(*job) for every job, in order, on the pool (one for every pass, its workers started once)."""
+        return self.pool.map(fn, jobs)
 
     def exact(self, part: Part, step, first: int) -> Part:
         jobs = ((rows, step) for rows in part.batches(self.batch_rows, parsed=False))
-        keys = (key for batch in self.on_pool(_exact_keys, jobs, part.count) for key in batch)  # no length: spilled
+        keys = (key for batch in self.on_pool(_exact_keys, jobs) for key in batch)  # no length: spilled
         found = {dup: ("exact", kept, 1.0) for kept, dup in exact_duplicates(keys, self.memory_gb, self.work)}
         return self.removing(part, step, first, found, "exact_duplicate", lambda kept, _: exact_detail(kept))
 
