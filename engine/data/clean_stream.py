@@ -135,9 +135,12 @@ class StreamClean:
         rows_in_by_source, in_order = self.survey(files, source_order)
         count = sum(rows_in_by_source.values())
         workers = min(self.workers, -(-count // self.batch_rows))  # no more processes than batches
-        with OrderedPool(workers, _start_worker, (self.count_tokens,)) as pool:
-            self.pool = pool
-            return self.passes(files, out, source_order, rows_in_by_source, in_order)
+        try:
+            with OrderedPool(workers, _start_worker, (self.count_tokens,)) as pool:
+                self.pool = pool
+                return self.passes(files, out, source_order, rows_in_by_source, in_order)
+        finally:
+            self.con.close()
 
     def passes(self, files: list[Path], out: Path, source_order: list[str], rows_in_by_source: Counter,
                in_order: bool) -> dict:
@@ -169,7 +172,6 @@ class StreamClean:
                     records = batch.to_pylist()
                     count_of(records)
                     table.add_all(records)  # row groups as `clean()`'s writer makes them: the same bytes
-        self.con.close()
         return self.combined.report(tally, rows_in_by_source, source_order)
 
     def survey(self, files: list[Path], source_order: list[str]) -> tuple[Counter, bool]:
