@@ -189,6 +189,12 @@ def row_position(row_id: str) -> tuple[str, int]:
     return head, int(index)
 
 
+def corpus_order(source_order: list[str]) -> Callable[[dict], tuple[int, str, int]]:
+    """A row's sort key in the ordered corpus: (source priority, source[:file], row index)."""
+    priority = {name: i for i, name in enumerate(source_order)}
+    return lambda row: (priority.get(row["source"], len(priority)), *row_position(row["row_id"]))
+
+
 def current_hash(row: dict) -> str:
     return content_hash(row["messages"], row["chosen"], row["rejected"], row.get("tools"), row.get("label"))
 
@@ -216,8 +222,7 @@ class Cleaner:
         self.step = ""
 
     def drop(self, row: dict, reason: str, detail: str) -> None:
-        self.quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": f"clean:{self.step}",
-                                "reason": reason, "detail": detail, ORDER: (self.step_number, row[POSITION])})
+        self.quarantine.append(quarantine_record(row, self.step, self.step_number, reason, detail))
 
     def run(self, step) -> None:
         self.step, self.step_number = step.step, self.step_number + 1
@@ -348,34 +353,66 @@ class Cleaner:
     def exact_dedup(self, cfg) -> None:
         """Rows with the same content go but the first; with `ignore_whitespace` (default) the comparison
         (only the comparison: no text is changed) treats runs of whitespace as one space and ignores it at the ends."""
-        key_of = whitespace_blind_hash if cfg.ignore_whitespace else current_hash
-        keys = [f"{r['kind']}:{key_of(r)}" for r in self.rows]
+        keys = [exact_key(r, cfg) for r in self.rows]
         removed = set()
         for first, dup in exact_duplicates(keys, self.memory_gb, self.spill_dir):
             removed.add(dup)
-            self.drop(self.rows[dup], "exact_duplicate",
-                      f"same normalized content as {self.rows[first]['row_id']}")
+            self.drop(self.rows[dup], "exact_duplicate", exact_detail(self.rows[first]))
             self.cluster("exact", self.rows[first], self.rows[dup], 1.0)
         self.rows = [r for i, r in enumerate(self.rows) if i not in removed]
 
     def near_dedup(self, cfg) -> None:
         removed = set()
         bands_rows = (cfg.bands, cfg.rows) if cfg.bands else None
-        for kind in ("sft", "preference", "kto"):
-            texts_of = {i: dedup_text(r) for i, r in enumerate(self.rows) if r["kind"] == kind}
-            idx = [i for i, text in texts_of.items() if len(text) >= cfg.min_chars]  # short: one word is a new question
+        for kind in NEAR_KINDS:
+            texts_of = {i: near_text(r, kind, cfg) for i, r in enumerate(self.rows)}
+            idx = [i for i, text in texts_of.items() if text is not None]
             texts = [texts_of[i] for i in idx]
             for a, b, jaccard in near_duplicate_clusters(texts, cfg.threshold, cfg.num_perm, cfg.shingle_size,
                                                          bands_rows, self.memory_gb, self.spill_dir):
                 kept, dup = self.rows[idx[a]], self.rows[idx[b]]
                 removed.add(idx[b])
-                self.drop(dup, "near_duplicate", f"~{jaccard:.2f} Jaccard with {kept['row_id']}")
+                self.drop(dup, "near_duplicate", near_detail(kept, jaccard))
                 self.cluster("near", kept, dup, jaccard)
         self.rows = [r for i, r in enumerate(self.rows) if i not in removed]
 
     def cluster(self, kind: str, kept: dict, removed: dict, similarity: float) -> None:
-        self.clusters.append({"cluster_id": f"{kind}:{kept['row_id']}", "kind": kind, "kept_row_id": kept["row_id"],
-                              "removed_row_id": removed["row_id"], "similarity": round(similarity, 3)})
+        self.clusters.append(cluster_record(kind, kept, removed, similarity))
+
+
+NEAR_KINDS = ("sft", "preference", "kto")  # near_dedup compares rows within each kind
+
+
+def quarantine_record(row: dict, step: str, step_number: int, reason: str, detail: str) -> dict:
+    return {"source": row["source"], "row_id": row["row_id"], "stage": f"clean:{step}", "reason": reason,
+            "detail": detail, ORDER: (step_number, row[POSITION])}
+
+
+def cluster_record(kind: str, kept: dict, removed: dict, similarity: float) -> dict:
+    return {"cluster_id": f"{kind}:{kept['row_id']}", "kind": kind, "kept_row_id": kept["row_id"],
+            "removed_row_id": removed["row_id"], "similarity": round(similarity, 3)}
+
+
+def exact_key(row: dict, cfg) -> str:
+    """What exact_dedup compares a row on: its kind and its content hash (whitespace-blind unless told otherwise)."""
+    return f"{row['kind']}:{(whitespace_blind_hash if cfg.ignore_whitespace else current_hash)(row)}"
+
+
+def exact_detail(first: dict) -> str:
+    return f"same normalized content as {first['row_id']}"
+
+
+def near_text(row: dict, kind: str, cfg) -> str | None:
+    """The text near_dedup compares `row` on among rows of `kind`; None where it is not compared (another kind, or
+    shorter than min_chars: one word is a new question)."""
+    if row["kind"] != kind:
+        return None
+    text = dedup_text(row)
+    return text if len(text) >= cfg.min_chars else None
+
+
+def near_detail(kept: dict, jaccard: float) -> str:
+    return f"~{jaccard:.2f} Jaccard with {kept['row_id']}"
 
 
 @dataclass
@@ -475,24 +512,51 @@ class Combined:
         """The CleanResult of the kept rows `final` (as stored) and everything recorded, with its report;
         `rows_out_by_source`: the kept rows' counts where they went to a table instead of `final`."""
         quarantine, rewrites = self.in_order(self.quarantine), self.in_order(self.rewrites)
-        kept = Counter(r["source"] for r in final) if rows_out_by_source is None else rows_out_by_source
-        report = {
-            "rows_in": sum(rows_in_by_source.values()), "rows_out": sum(kept.values()), "quarantined": len(quarantine),
-            "quarantine_by_reason": dict(Counter(q["reason"] for q in quarantine)),
+        tally = Tally()
+        tally.quarantined(quarantine)
+        tally.rewritten(rewrites)
+        tally.kept(final)
+        if rows_out_by_source is not None:
+            tally.out_by_source = rows_out_by_source
+        return CleanResult(final, quarantine, self.clusters, self.report(tally, rows_in_by_source, source_order),
+                           rewrites)
+
+    def report(self, tally: "Tally", rows_in_by_source: Counter, source_order: list[str]) -> dict:
+        """The cleaning report: this object's step counts and pii counts, and `tally`'s of the records in order."""
+        return {
+            "rows_in": sum(rows_in_by_source.values()), "rows_out": sum(tally.out_by_source.values()),
+            "quarantined": sum(tally.reasons.values()), "quarantine_by_reason": dict(tally.reasons),
             "pii_scrubbed": dict(self.pii_counts), "steps": self.report_steps(),
-            "rewritten": len(rewrites), "rewritten_by_step": dict(Counter(r["step"] for r in rewrites)),
+            "rewritten": sum(tally.rewrite_steps.values()), "rewritten_by_step": dict(tally.rewrite_steps),
             # every selected source, an empty one too (0 in): the per-source checks and reports list it
             "rows_in_by_source": {s: 0 for s in source_order} | dict(rows_in_by_source),
-            "rows_out_by_source": {s: 0 for s in source_order} | dict(kept),
-            "top_quarantine_details": Counter(re.sub(r"\S+:\d+\b", "<row>", q["detail"])
-                                              for q in quarantine).most_common(5),
+            "rows_out_by_source": {s: 0 for s in source_order} | dict(tally.out_by_source),
+            "top_quarantine_details": tally.details.most_common(5),
         }
-        return CleanResult(final, quarantine, self.clusters, report, rewrites)
 
     @staticmethod
     def in_order(records: list[dict]) -> list[dict]:
         """`records` sorted by ORDER (stable: a row's several rewrites keep their field order), ORDER dropped."""
         return [{k: v for k, v in r.items() if k != ORDER} for r in sorted(records, key=lambda r: r[ORDER])]
+
+
+class Tally:
+    """The report's counts of the records, fed in their final order (a Counter keeps keys in order of first
+    appearance, which the report's dicts and most_common's ties show)."""
+
+    def __init__(self):
+        self.reasons, self.details, self.rewrite_steps, self.out_by_source = Counter(), Counter(), Counter(), Counter()
+
+    def quarantined(self, records: Iterable[dict]) -> None:
+        for q in records:
+            self.reasons[q["reason"]] += 1
+            self.details[re.sub(r"\S+:\d+\b", "<row>", q["detail"])] += 1
+
+    def rewritten(self, records: Iterable[dict]) -> None:
+        self.rewrite_steps.update(r["step"] for r in records)
+
+    def kept(self, rows: Iterable[dict]) -> None:
+        self.out_by_source.update(r["source"] for r in rows)
 
 
 _WORKER_COUNTER: Callable[[str], int] | None = None  # a pool worker's token counter, received once when it starts
@@ -529,8 +593,7 @@ def clean(rows: list[dict], cfg: CleanSection, source_order: list[str],
     Row-local steps run on batches of `batch_rows`, on `workers` processes (any size and number give the same
     result).
     """
-    priority = {name: i for i, name in enumerate(source_order)}
-    ordered = sorted(rows, key=lambda r: (priority.get(r["source"], len(priority)), *row_position(r["row_id"])))
+    ordered = sorted(rows, key=corpus_order(source_order))
     current = parsed_rows(ordered)
     combined = Combined()
     for first, steps in segments(cfg.steps):

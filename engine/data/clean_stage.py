@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from engine.data.clean import clean, token_counter
+from engine.data.clean import token_counter
+from engine.data.clean_stream import stream_clean
 from engine.data.ray_engine import ray_clean
 from engine.runtime.pool import worker_count
 from engine.store.tables import (CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS, ShardWriter,
-                                 table_dicts, table_files, table_rows)
+                                 table_files, table_rows)
 
 if TYPE_CHECKING:
     from engine.stage import StageRun
@@ -28,15 +29,19 @@ def clean_raw_data(run: "StageRun") -> dict:
         with ShardWriter(run.out, "rows", ROW_COLUMNS) as kept:
             result = ray_clean(table_files(raw, "rows"), cfg, source_order, count_tokens, run.recipe.data.memory_gb,
                                spill_dir=run.out, address=run.recipe.data.ray_address, sink=kept.add_all)
-    else:
-        workers = worker_count(run.recipe.data.preprocessing_num_workers, table_rows(raw, "rows"))
-        result = clean(list(table_dicts(raw, "rows")), cfg, source_order, count_tokens, run.recipe.data.memory_gb,
-                       spill_dir=run.out, workers=workers)  # the spill directory is gone before publishing
-        with ShardWriter(run.out, "rows", ROW_COLUMNS) as kept:
-            kept.add_all(result.rows)
-    for name, records, columns in (("quarantine", result.quarantine, QUARANTINE_COLUMNS),
-                                   ("clusters", result.clusters, CLUSTER_COLUMNS),
-                                   ("rewrites", result.rewrites, REWRITE_COLUMNS)):
-        with ShardWriter(run.out, name, columns) as table:
+        return write_result(run.out, result, kept_written=True)
+    workers = worker_count(run.recipe.data.preprocessing_num_workers, table_rows(raw, "rows"))
+    # batch by batch, through part files in a temporary directory of run.out, gone before publishing
+    return stream_clean(raw, run.out, cfg, source_order, count_tokens, run.recipe.data.memory_gb, work_dir=run.out,
+                        workers=workers)
+
+
+def write_result(out, result, kept_written: bool = False) -> dict:
+    """A CleanResult's tables as the artifact's shards (the kept rows too unless `kept_written`); its report."""
+    tables = (("rows", result.rows, ROW_COLUMNS),) * (not kept_written)
+    for name, records, columns in tables + (("quarantine", result.quarantine, QUARANTINE_COLUMNS),
+                                            ("clusters", result.clusters, CLUSTER_COLUMNS),
+                                            ("rewrites", result.rewrites, REWRITE_COLUMNS)):
+        with ShardWriter(out, name, columns) as table:
             table.add_all(records)
     return result.report

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.data.clean import (ORDER, POSITION, ROW_LOCAL_STEPS, BatchOutcome, Cleaner, CleanResult, Combined,
-                               clean_batch, current_hash, dedup_text, row_position, segments, stored_row,
+from engine.data.clean import (NEAR_KINDS, ORDER, POSITION, ROW_LOCAL_STEPS, BatchOutcome, Cleaner, CleanResult,
+                               Combined, clean_batch, current_hash, dedup_text, row_position, segments, stored_row,
                                whitespace_blind_hash)
 from engine.data.minhash import band_keys, lsh_params, signatures
 from engine.errors import RecipeError
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 OUTCOME = "_outcome"  # a batch's outcome (JSON) in the one extra row it returns; null in kept rows
 SORT_KEY = ("_priority", "_head", "_index")
-NEAR_KINDS = ("sft", "preference", "kto")  # the kinds Cleaner.near_dedup compares within
 ROWS_SCHEMA = pa.schema([(c, pa.string()) for c in ROW_COLUMNS] + [(POSITION, pa.int64()), (OUTCOME, pa.string())])
 
 

@@ -29,17 +29,37 @@ def ordered_map(fn: Callable[..., Any], jobs: Iterable[tuple], workers: int,
     """fn(*job) for every job, in the jobs' order: in this process with one worker, else on a pool of `workers`
     spawned processes (a tokenizer's threads do not survive a fork), each started with initializer(*initargs). At
     most 2 x workers jobs are in flight, so a stream of batches is never all in memory."""
-    if workers <= 1:
-        if initializer is not None:
-            initializer(*initargs)
-        yield from (fn(*job) for job in jobs)
-        return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start,
-                             initargs=(initializer, initargs)) as pool:
+    with OrderedPool(workers, initializer, initargs) as pool:
+        yield from pool.map(fn, jobs)
+
+
+class OrderedPool:
+    """ordered_map's pool, kept for several maps (a stage's passes), so its workers start once."""
+
+    def __init__(self, workers: int, initializer: Callable[..., None] | None = None, initargs: tuple = ()):
+        self.workers, self.initializer, self.initargs, self.pool = workers, initializer, initargs, None
+
+    def __enter__(self) -> "OrderedPool":
+        if self.workers <= 1:
+            if self.initializer is not None:
+                self.initializer(*self.initargs)
+        else:
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_start, initargs=(self.initializer, self.initargs))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    def map(self, fn: Callable[..., Any], jobs: Iterable[tuple]) -> Iterator[Any]:
+        if self.pool is None:
+            yield from (fn(*job) for job in jobs)
+            return
         pending = []
         for job in jobs:
-            pending.append(pool.submit(fn, *job))
-            if len(pending) >= 2 * workers:
+            pending.append(self.pool.submit(fn, *job))
+            if len(pending) >= 2 * self.workers:
                 yield pending.pop(0).result()
         for future in pending:
             yield future.result()
