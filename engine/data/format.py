@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 from collections import Counter
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-from datasets import Dataset, DatasetDict, Features, List, Value
+from datasets import Features, List, Value
 
 from engine.runtime.pool import worker_count
 from engine.runtime.progress import Progress
@@ -33,6 +35,7 @@ from engine.data.split import split_of
 from engine.errors import DataError
 
 if TYPE_CHECKING:
+    from datasets import DatasetDict
     from engine.stage import StageRun
 
 TRAINED_ROLES = ("assistant", "function_call")  # as LLaMA-Factory: the model learns its answers and its tool calls
@@ -47,6 +50,7 @@ VIEW_FEATURES = {
 # not read from the recipe's stages: formatted_data's fingerprint then does not change with them.)
 REQUIRED_VIEWS = ("sft",)
 BATCH_ROWS = 1000  # rows a worker formats at a time: its tokenizer call covers all their pieces
+SPLIT_COLUMNS = ["source", "row_id", "content_hash", "view", "split"]  # splits-*.parquet: where every row went
 VIEWS_FILE = "views.json"  # where the SFT view's rows come from: "sft" rows, or "preference"/"kto" rows' chosen answers
 
 
@@ -256,14 +260,19 @@ def contaminated(rows: list[dict], splits: list[str], threshold: float,
                  sig: np.ndarray | None = None) -> dict[int, str]:
     """{index of a train row: detail} for every train row that near-duplicates an eval row; `sig`: the rows'
     contamination_signatures where the caller computed them."""
-    evals = [i for i, s in enumerate(splits) if s == "eval"]
-    trains = [i for i, s in enumerate(splits) if s == "train"]
-    order = evals + trains  # eval rows first: a cluster that holds one is rooted at it
     sig = contamination_signatures(rows) if sig is None else sig
+    is_eval = np.array([s == "eval" for s in splits], dtype=bool)
+    return leaks_of(sig, is_eval, threshold, {i: rows[i]["row_id"] for i in np.flatnonzero(is_eval)})
+
+
+def leaks_of(sig: np.ndarray, is_eval: np.ndarray, threshold: float, eval_ids: dict[int, str]) -> dict[int, str]:
+    """contaminated's dict from every row's signature, which rows are eval rows, and the eval rows' row_ids."""
+    evals, trains = np.flatnonzero(is_eval), np.flatnonzero(~is_eval)
+    order = np.concatenate([evals, trains]).astype(np.int64)  # eval rows first: a cluster that holds one is rooted at it
     found = {}
-    for root, member, jaccard in clusters_of_signatures(sig[np.array(order, dtype=np.int64)], threshold):
+    for root, member, jaccard in clusters_of_signatures(sig[order], threshold):
         if root < len(evals) <= member:
-            found[order[member]] = f"~{jaccard:.2f} Jaccard with eval row {rows[order[root]]['row_id']}"
+            found[int(order[member])] = f"~{jaccard:.2f} Jaccard with eval row {eval_ids[int(order[root])]}"
     return found
 
 
@@ -422,114 +431,201 @@ def worker_pool(settings: FormatSettings, workers: int, jobs: int) -> Iterator[P
         yield pool
 
 
-def batch_signatures(rows: list[dict], pool: ProcessPoolExecutor | None, batch_rows: int) -> np.ndarray:
-    """contamination_signatures of every row, batch by batch on the pool (the same array as one call)."""
-    batches = [rows[s:s + batch_rows] for s in range(0, len(rows), batch_rows)]
+def in_order(pool: ProcessPoolExecutor | None, fn, jobs: Iterable[tuple], local=None) -> Iterator:
+    """fn(*job) per job in the jobs' order: on the pool with at most 2 jobs per worker in flight (a stream of batches
+    is never all in memory), else `local(*job)` in this process."""
     if pool is None:
-        return contamination_signatures(rows)
-    return np.concatenate(list(pool.map(_signatures_in_worker, batches)))
-
-
-def formatted_batches(rows: list[dict], splits: list[str], leaks: dict[int, str], settings: FormatSettings,
-                      pool: ProcessPoolExecutor | None, batch_rows: int) -> Iterator[FormattedBatch]:
-    """format_batch over batches of `batch_rows` rows, in order: on the pool (worker_pool) where there is one, else in
-    this process; the batches come back in row order, so the output is the same as one process's."""
-    leaks_of: dict[int, dict[int, str]] = {}  # {batch start: {index in the batch: detail}}
-    for i, detail in leaks.items():
-        leaks_of.setdefault(i - i % batch_rows, {})[i % batch_rows] = detail
-    jobs = [(rows[s:s + batch_rows], splits[s:s + batch_rows], leaks_of.get(s, {}))
-            for s in range(0, len(rows), batch_rows)]
-    if pool is None:
-        yield from (format_batch(*job, settings) for job in jobs)
+        yield from (local(*job) for job in jobs)
         return
-    yield from pool.map(_format_in_worker, *zip(*jobs, strict=True))
+    pending, window = deque(), 2 * pool._max_workers
+    for job in jobs:
+        pending.append(pool.submit(fn, *job))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
-def view_dataset(view: str, tables: list[pa.Table]) -> Dataset:
-    """One split of a view from its batches' Arrow tables, as one chunk (the same table, and so the same files and
-    fingerprint, however the rows were batched)."""
-    features = VIEW_FEATURES[view]
-    table = pa.concat_tables(tables).combine_chunks() if tables else features.arrow_schema.empty_table()
-    return Dataset.from_dict({name: table.column(name) for name in features}, features=features)
+class RowSource:
+    """formatted_data's input, read once per pass in batches of row dicts: a list (tests, the bench) or clean_data's
+    rows table read a record batch at a time (TableRows), with the default system message added as rows are read."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def batches(self, batch_rows: int) -> Iterator[list[dict]]:
+        yield from (self.rows[s:s + batch_rows] for s in range(0, len(self.rows), batch_rows))
+
+    def columns(self, names: list[str], batch_rows: int) -> Iterator[dict[str, list]]:
+        """Only `names` of every row, a batch at a time (a cheap pass)."""
+        for batch in self.batches(batch_rows):
+            yield {name: [row[name] for row in batch] for name in names}
+
+
+class TableRows(RowSource):
+    def __init__(self, folder: Path, name: str, default_system: str | None = None):
+        self.folder, self.name, self.default_system = folder, name, default_system
+
+    def batches(self, batch_rows: int) -> Iterator[list[dict]]:
+        from engine.store.tables import table_batches
+        for batch in table_batches(self.folder, self.name, batch_rows=batch_rows):
+            yield with_default_system(batch.to_pylist(), self.default_system)
+
+    def columns(self, names: list[str], batch_rows: int) -> Iterator[dict[str, list]]:
+        from engine.store.tables import table_batches
+        for batch in table_batches(self.folder, self.name, names, batch_rows=max(batch_rows, 10_000)):
+            yield batch.to_pydict()
+
+
+class LengthStats:
+    """The report's max, mean and histogram of formatted lengths, kept as running sums."""
+
+    def __init__(self, cutoff_len: int, buckets: int = 8):
+        self.width, self.counts = max(1, -(-cutoff_len // buckets)), np.zeros(buckets, dtype=np.int64)
+        self.max, self.sum, self.n = 0, 0, 0
+
+    def add(self, lengths: list[int]) -> None:
+        if lengths:
+            values = np.asarray(lengths, dtype=np.int64)
+            self.counts += np.bincount(np.minimum(values // self.width, len(self.counts) - 1),
+                                       minlength=len(self.counts))
+            self.max, self.sum, self.n = max(self.max, int(values.max())), self.sum + int(values.sum()), self.n + len(values)
+
+    def histogram(self) -> list[tuple[str, int]]:
+        return [(f"{i * self.width}-{(i + 1) * self.width - 1}", int(c)) for i, c in enumerate(self.counts)]
 
 
 def length_histogram(lengths: list[int], cutoff_len: int, buckets: int = 8) -> list[tuple[str, int]]:
-    width = max(1, -(-cutoff_len // buckets))
-    counts = [0] * buckets
-    for n in lengths:
-        counts[min(n // width, buckets - 1)] += 1
-    return [(f"{i * width}-{(i + 1) * width - 1}", c) for i, c in enumerate(counts)]
+    stats = LengthStats(cutoff_len, buckets)
+    stats.add(lengths)
+    return stats.histogram()
 
 
-def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, seed: int, out: Path,
+def splits_of(batch: list[dict], val_size: float, seed: int) -> list[str]:
+    return [split_of(row["content_hash"], val_size, seed) for row in batch]
+
+
+def stream_leaks(source: RowSource, pool, batch_rows: int, val_size: float, seed: int, threshold: float,
+                 rows: int) -> dict[int, str]:
+    """contaminated's dict over the whole source, its signatures computed batch by batch on the pool into one array
+    (num_perm uint32 a row); only the eval rows' row_ids are kept, for the details."""
+    sig = np.empty((rows, DEFAULT_NUM_PERM), dtype=np.uint32)
+    is_eval = np.zeros(rows, dtype=bool)
+    eval_ids: dict[int, str] = {}
+    batches = source.batches(batch_rows)
+    starts = []
+
+    def jobs():
+        at = 0
+        for batch in batches:
+            for i, split in enumerate(splits_of(batch, val_size, seed)):
+                if split == "eval":
+                    is_eval[at + i], eval_ids[at + i] = True, batch[i]["row_id"]
+            starts.append(at)
+            at += len(batch)
+            yield (batch,)
+    for k, found in enumerate(in_order(pool, _signatures_in_worker, jobs(), contamination_signatures)):
+        sig[starts[k]:starts[k] + len(found)] = found
+    return leaks_of(sig, is_eval, threshold, eval_ids)
+
+
+def format_rows(rows: list[dict] | RowSource, tokenizer, cutoff_len: int, val_size: float, seed: int, out: Path,
                 decontamination_threshold: float | None = None,
                 overlength: str = "truncate", workers: int = 1,
-                batch_rows: int = BATCH_ROWS) -> tuple[list[dict], dict]:
+                batch_rows: int = BATCH_ROWS, quarantine_to: Path | None = None) -> tuple[list[dict], dict]:
     """Write `out/sft`, `out/preference` and, with KTO rows, `out/kto` (HF DatasetDicts with train/eval),
-    and `out/splits.parquet`.
+    and `out/splits-00000.parquet` (the split of every row).
 
     A row longer than cutoff_len is truncated as LLaMA-Factory truncates it (`overlength: truncate`, the
     recipe's data.overlength; counted in the report as `truncated`) or quarantined (`drop`, reason
     exceeds_cutoff_len). A row that cannot be cut to fit (the template's markup alone is longer, or no answer
     token would stay) is quarantined as exceeds_cutoff_len either way.
 
-    Rows are formatted in batches of `batch_rows` on `workers` processes (formatted_batches); the output is the
-    same for any number of workers.
+    The rows stream (a RowSource, read a batch at a time: a pass over kind and source, one for decontamination's
+    signatures, one to format), are formatted in batches of `batch_rows` on `workers` processes, and each view is
+    written as its rows come back (engine/data/view_writer.py): memory stays bounded, and the files are the same for
+    any batch size and any number of workers.
 
-    Returns (quarantined rows, report). Raises DataError when the SFT view's train or eval split would be empty;
+    Returns (quarantined rows, report): the quarantine as a list, or, with `quarantine_to`, written there as the
+    table `quarantine` and [] returned. Raises DataError when the SFT view's train or eval split would be empty;
     the preference and KTO views are written only when both of their splits have rows.
     """
+    from engine.data.view_writer import DictWriter
+    from engine.store.tables import QUARANTINE_COLUMNS, ShardWriter
     if overlength not in ("truncate", "drop"):
         raise ValueError(f"overlength must be 'truncate' or 'drop', got {overlength!r}")
+    source = rows if isinstance(rows, RowSource) else RowSource(rows)
+    kinds, rows_in, total = Counter(), Counter(), 0
+    for columns in source.columns(["kind", "source"], batch_rows):
+        kinds.update(columns["kind"])
+        rows_in.update(columns["source"])
+        total += len(columns["kind"])
     # without SFT rows (a DPO, reward or KTO dataset alone), the SFT view merge, quantization and evaluation read is
     # each pair's prompt with its chosen answer (a KTO row's, where it is desirable): what pref_ftx trains on
-    derive_sft = not any(row["kind"] == "sft" for row in rows)
-    splits = [split_of(row["content_hash"], val_size, seed) for row in rows]
+    derive_sft = not kinds["sft"]
     settings = FormatSettings(tokenizer, cutoff_len, overlength, derive_sft)
-    tables: dict[tuple[str, str], list[pa.Table]] = {}
-    quarantine, provenance, lengths, truncated, tools_dropped, without_labels = [], [], [], 0, 0, Counter()
-    tokenizing = Progress("tokenizing", total=len(rows), stage="formatted_data")
-    with worker_pool(settings, workers, -(-len(rows) // batch_rows)) as pool:
-        leaks = (contaminated(rows, splits, decontamination_threshold, batch_signatures(rows, pool, batch_rows))
+    out.mkdir(parents=True, exist_ok=True)
+    writers = {view: DictWriter(out / view, VIEW_FEATURES[view]) for view in VIEW_FEATURES}
+    counts, rows_out, stats = Counter(), Counter(), LengthStats(cutoff_len)
+    truncated = tools_dropped = exceeds = 0
+    without_labels: Counter = Counter()
+    quarantine: list[dict] = []
+    quarantine_writer = ShardWriter(quarantine_to, "quarantine", QUARANTINE_COLUMNS) if quarantine_to else None
+    tokenizing = Progress("tokenizing", total=total, stage="formatted_data")
+    with worker_pool(settings, workers, -(-total // batch_rows)) as pool, \
+            ShardWriter(out, "splits", SPLIT_COLUMNS) as splits_writer:
+        leaks = (stream_leaks(source, pool, batch_rows, val_size, seed, decontamination_threshold, total)
                  if decontamination_threshold else {})
-        for batch in tokenizing.each(formatted_batches(rows, splits, leaks, settings, pool, batch_rows),
+
+        def jobs():
+            at = 0
+            for batch in source.batches(batch_rows):
+                yield batch, splits_of(batch, val_size, seed), {i - at: leaks[i] for i in range(at, at + len(batch))
+                                                                if i in leaks}
+                at += len(batch)
+        local = lambda *job: format_batch(*job, settings)  # noqa: E731
+        for batch in tokenizing.each(in_order(pool, _format_in_worker, jobs(), local),
                                      n=lambda b: len(b.provenance) + len(b.quarantine)):
-            for key, table in batch.tables.items():
-                tables.setdefault(key, []).append(table)
-            quarantine += batch.quarantine
-            provenance += batch.provenance
-            lengths += batch.lengths
+            for (view, split), table in batch.tables.items():
+                writers["sft" if view == "derived" else view].write(split, table)
+            for row in batch.quarantine:
+                exceeds += row["reason"] == "exceeds_cutoff_len"
+                if quarantine_writer:
+                    quarantine_writer.add(row)
+                else:
+                    quarantine.append(row)
+            splits_writer.add_all(batch.provenance)
+            counts.update((p["view"], p["split"]) for p in batch.provenance)
+            rows_out.update(p["source"] for p in batch.provenance)
+            stats.add(batch.lengths)
             truncated, tools_dropped = truncated + batch.truncated, tools_dropped + batch.tools_dropped
             without_labels += batch.without_labels
-    views = {view: {split: view_dataset(view, tables.get((view, split), [])) for split in ("train", "eval")}
-             for view in VIEW_FEATURES}
+    if quarantine_writer:
+        quarantine_writer.close()
     sft_view_from = "sft"
-    if derive_sft and any(t.num_rows for s in ("train", "eval") for t in tables.get(("derived", s), [])):
-        views["sft"] = {s: view_dataset("sft", tables.get(("derived", s), [])) for s in ("train", "eval")}
-        sft_view_from = "preference" if any(r["kind"] == "preference" for r in rows) else "kto"
-    out.mkdir(parents=True, exist_ok=True)
+    if derive_sft and writers["sft"].rows("train") + writers["sft"].rows("eval"):
+        sft_view_from = "preference" if kinds["preference"] else "kto"
     (out / VIEWS_FILE).write_text(json.dumps({"sft_view_from": sft_view_from}))
-    for view, splits_of_view in views.items():
-        if view not in REQUIRED_VIEWS and not all(len(d) for d in splits_of_view.values()):
+    for view, writer in writers.items():
+        writer.close()
+        if view not in REQUIRED_VIEWS and not all(writer.rows(s) for s in writer.splits):
+            shutil.rmtree(writer.folder, ignore_errors=True)
             continue  # only a stage that trains on it needs it (engine.data.format.require_view)
-        for split, dataset in splits_of_view.items():
-            if not len(dataset):
+        for split in writer.splits:
+            if not writer.rows(split):
                 raise DataError(f"no {view} rows reached the {split} split: register {view} data "
                                 "(instruction data) or adjust data.val_size")
-        DatasetDict(splits_of_view).save_to_disk(out / view)
-    Dataset.from_list(provenance).to_parquet(out / "splits.parquet")
-    counts = Counter((p["view"], p["split"]) for p in provenance)
     report = {
         "sft_train": counts[("sft", "train")], "sft_eval": counts[("sft", "eval")],
         "preference_train": counts[("preference", "train")], "preference_eval": counts[("preference", "eval")],
         "kto_train": counts[("kto", "train")], "kto_eval": counts[("kto", "eval")],
-        "max_tokens": max(lengths, default=0), "mean_tokens": round(sum(lengths) / max(len(lengths), 1), 1),
+        "max_tokens": stats.max, "mean_tokens": round(stats.sum / max(stats.n, 1), 1),
         "cutoff_len": cutoff_len, "overlength": overlength, "truncated": truncated,
         "tools_dropped_by_template": tools_dropped,
-        "exceeds_cutoff_len": sum(q["reason"] == "exceeds_cutoff_len" for q in quarantine),
-        "contaminates_eval": len(leaks), "length_histogram": length_histogram(lengths, cutoff_len),
-        "rows_in_by_source": dict(Counter(r["source"] for r in rows)),
-        "rows_out_by_source": dict(Counter(p["source"] for p in provenance)),
+        "exceeds_cutoff_len": exceeds,
+        "contaminates_eval": len(leaks), "length_histogram": stats.histogram(),
+        "rows_in_by_source": dict(rows_in),
+        "rows_out_by_source": dict(rows_out),
         "sft_view_from": sft_view_from,
         "sft_rows_without_labels": without_labels["sft" if sft_view_from == "sft" else "derived"],
     }
@@ -574,16 +670,16 @@ def with_default_system(rows: list[dict], default_system: str | None) -> list[di
 
 def format_clean_data(run: "StageRun") -> dict:
     """formatted_data's entry point: clean_data's rows rendered with the base model's chat template, tokenized,
-    split; the views as HF datasets, the split of every row and the quarantine as Parquet. Returns the report."""
+    split; the views as HF datasets, the split of every row and the quarantine as Parquet, streamed (format_rows).
+    Returns the report."""
     from engine.models.load import load_tokenizer, model_dir
-    from engine.store.tables import QUARANTINE_COLUMNS, table_dicts, write_rows
+    from engine.store.tables import table_rows
     from engine.data.templates import check_template
     data = run.recipe.data
     tokenizer = load_tokenizer(model_dir(run.inputs["base_model"]))
     check_template(tokenizer, data.template)
-    rows = with_default_system(list(table_dicts(run.inputs["clean_data"], "rows")), data.default_system)
-    quarantine, report = format_rows(rows, tokenizer, data.cutoff_len,
-                                     data.val_size, data.seed, run.out, data.decontamination_threshold,
-                                     data.overlength, worker_count(data.preprocessing_num_workers, len(rows)))
-    write_rows(quarantine, run.out / "quarantine.parquet", QUARANTINE_COLUMNS)
+    source = TableRows(run.inputs["clean_data"], "rows", data.default_system)
+    workers = worker_count(data.preprocessing_num_workers, table_rows(run.inputs["clean_data"], "rows"))
+    _, report = format_rows(source, tokenizer, data.cutoff_len, data.val_size, data.seed, run.out,
+                            data.decontamination_threshold, data.overlength, workers, quarantine_to=run.out)
     return report
