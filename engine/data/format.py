@@ -7,6 +7,7 @@ The preference view holds conversational prompt/chosen/rejected for TRL's reward
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
@@ -79,16 +80,72 @@ def chat_messages(messages: list[dict]) -> list[dict]:
     return rendered
 
 
-def assistant_segments(tokenizer, messages: list[dict], tools: list | None = None) -> list[tuple[str, bool]]:
-    """Rendered text split into (segment, is_trained) pieces, in order: answers and tool calls are trained."""
+def reference_render(tokenizer):
+    """apply_chat_template(tokenize=False) itself: the rendering ChatRenderer must equal."""
+    def render(messages: list[dict], tools: list | None = None, add_generation_prompt: bool = False) -> str:
+        return tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                             tokenize=False)
+    return render
+
+
+class ChatRenderer:
+    """tokenizer.apply_chat_template(messages, tools=..., add_generation_prompt=..., tokenize=False) without its
+    per-call overhead, for one batch: the template transformers picks (get_chat_template) compiled by transformers'
+    own (cached) compiler and rendered with the same variables: the special tokens, tools, documents=None.
+    Written by hand because transformers renders only through apply_chat_template, whose argument checks and
+    special_tokens_map rebuild cost as much as the rendering on short rows; tests/test_format_render.py holds it to
+    apply_chat_template on several templates."""
+
+    def __init__(self, tokenizer):
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+        self.tokenizer, self.compile = tokenizer, _compile_jinja_template
+        self.variables = dict(tokenizer.special_tokens_map)
+        self.templates: dict[bool, object] = {}
+
+    def __call__(self, messages: list[dict], tools: list | None = None, add_generation_prompt: bool = False) -> str:
+        if not messages:
+            raise ValueError("Cannot apply chat template to an empty conversation. Provide at least one message.")
+        if tools is not None and not all(isinstance(tool, dict) for tool in tools):
+            return reference_render(self.tokenizer)(messages, tools, add_generation_prompt)  # its own checks
+        key = tools is not None
+        if key not in self.templates:
+            self.templates[key] = self.compile(self.tokenizer.get_chat_template(None, tools))
+        return self.templates[key].render(messages=messages, tools=None if tools is None else list(tools),
+                                          documents=None, add_generation_prompt=add_generation_prompt,
+                                          **self.variables)
+
+
+def encode_pieces(tokenizer, texts: list[str]) -> list[list[int]]:
+    """tokenizer(texts, add_special_tokens=False)["input_ids"]: with a fast tokenizer, its backend's encode_batch_fast
+    (no offsets) read for the ids alone, with the same truncation/padding (none) and special-token settings the
+    call sets, instead of converting every encoding to a dict of lists."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if not texts:
+        return []
+    if backend is None or not hasattr(backend, "encode_batch_fast") or not hasattr(tokenizer, "set_truncation_and_padding"):
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
+    tokenizer.set_truncation_and_padding(padding_strategy=PaddingStrategy.DO_NOT_PAD,
+                                         truncation_strategy=TruncationStrategy.DO_NOT_TRUNCATE, max_length=None,
+                                         stride=0, pad_to_multiple_of=None, padding_side=None)
+    if backend.encode_special_tokens != tokenizer.split_special_tokens:
+        backend.encode_special_tokens = tokenizer.split_special_tokens
+    return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+
+
+def assistant_segments(tokenizer, messages: list[dict], tools: list | None = None,
+                       render=None) -> list[tuple[str, bool]]:
+    """Rendered text split into (segment, is_trained) pieces, in order: answers and tool calls are trained.
+    `render`: a ChatRenderer (the same text, faster), else apply_chat_template."""
+    render = render or reference_render(tokenizer)
     pieces, done = [], ""
     trained = [m["role"] in TRAINED_ROLES for m in messages]
     messages = chat_messages(messages)
     for k in range(len(messages)):
         if not trained[k]:
             continue
-        prefix = tokenizer.apply_chat_template(messages[:k], tools=tools, add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(messages[: k + 1], tools=tools, tokenize=False)
+        prefix = render(messages[:k], tools, add_generation_prompt=True)
+        full = render(messages[: k + 1], tools)
         if not (prefix.startswith(done) and full.startswith(prefix)):
             raise TemplateMismatch("the chat template does not render conversations as growing prefixes")
         pieces += [(prefix[len(done):], False), (full[len(prefix):], True)]
@@ -283,6 +340,9 @@ class FormatSettings:
     cutoff_len: int
     overlength: str
     derive_sft: bool
+    val_size: float = 0.0  # the split of a row: split_of(its content_hash, val_size, seed)
+    seed: int = 0
+    default_system: str | None = None  # with_default_system, for rows read from a table
 
 
 @dataclass
@@ -314,9 +374,11 @@ def sft_table(records: list[tuple[list[int], list[int], str]]) -> pa.Table:
 def tokenized_segments(tokenizer, conversations: list[tuple[list[dict], list | None]]) -> list[list[list[int]]]:
     """assistant_segments' pieces of every conversation tokenized, per conversation: one batched tokenizer call
     (the fast tokenizer's batch API) for all pieces of all conversations instead of one call per piece."""
-    pieces = [[text for text, _ in assistant_segments(tokenizer, messages, tools)] for messages, tools in conversations]
+    render = ChatRenderer(tokenizer)
+    pieces = [[text for text, _ in assistant_segments(tokenizer, messages, tools, render)]
+              for messages, tools in conversations]
     flat = [text for texts in pieces for text in texts]
-    ids = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+    ids = encode_pieces(tokenizer, flat)
     out, start = [], 0
     for texts in pieces:
         out.append(ids[start:start + len(texts)])
@@ -410,12 +472,39 @@ def _start_worker(settings: FormatSettings) -> None:
     _WORKER_SETTINGS = settings
 
 
-def _format_in_worker(rows: list[dict], splits: list[str], leaks: dict[int, str]) -> FormattedBatch:
-    return format_batch(rows, splits, leaks, _WORKER_SETTINGS)
+def batch_rows_of(raw: list[dict] | pa.RecordBatch, settings: FormatSettings) -> list[dict]:
+    """A batch as row dicts: a list as it is (its caller added the default system), an Arrow record batch (read
+    from clean_data: converted where the work is done, on a worker) with the default system message added."""
+    return raw if isinstance(raw, list) else with_default_system(raw.to_pylist(), settings.default_system)
 
 
-def _signatures_in_worker(rows: list[dict]) -> np.ndarray:
-    return contamination_signatures(rows)
+def format_job(raw: list[dict] | pa.RecordBatch, leaks: dict[int, str], settings: FormatSettings) -> FormattedBatch:
+    """format_batch of one batch as the source gave it, its rows' splits computed here. The cyclic garbage collector
+    waits for the batch's end: the token lists it allocates would start collections that scan every live object."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        rows = batch_rows_of(raw, settings)
+        return format_batch(rows, splits_of(rows, settings.val_size, settings.seed), leaks, settings)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def signature_job(raw: list[dict] | pa.RecordBatch, settings: FormatSettings
+                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One batch's contamination_signatures, the positions of its eval rows and their row_ids."""
+    rows = batch_rows_of(raw, settings)
+    evals = [i for i, split in enumerate(splits_of(rows, settings.val_size, settings.seed)) if split == "eval"]
+    return contamination_signatures(rows), np.array(evals, dtype=np.int64), [rows[i]["row_id"] for i in evals]
+
+
+def _format_in_worker(raw, leaks: dict[int, str]) -> FormattedBatch:
+    return format_job(raw, leaks, _WORKER_SETTINGS)
+
+
+def _signatures_in_worker(raw) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    return signature_job(raw, _WORKER_SETTINGS)
 
 
 @contextmanager
@@ -431,9 +520,9 @@ def worker_pool(settings: FormatSettings, workers: int, jobs: int) -> Iterator[P
         yield pool
 
 
-def in_order(pool: ProcessPoolExecutor | None, fn, jobs: Iterable[tuple], local=None) -> Iterator:
+def in_order(pool: ProcessPoolExecutor | None, fn, jobs: Iterable[tuple], local) -> Iterator:
     """fn(*job) per job in the jobs' order: on the pool with at most 2 jobs per worker in flight (a stream of batches
-    is never all in memory), else `local(*job)` in this process."""
+    is never all in memory), else local(*job) in this process."""
     if pool is None:
         yield from (local(*job) for job in jobs)
         return
@@ -447,13 +536,15 @@ def in_order(pool: ProcessPoolExecutor | None, fn, jobs: Iterable[tuple], local=
 
 
 class RowSource:
-    """formatted_data's input, read once per pass in batches of row dicts: a list (tests, the bench) or clean_data's
-    rows table read a record batch at a time (TableRows), with the default system message added as rows are read."""
+    """formatted_data's input, read once per pass in batches: a list of row dicts (tests, the bench), or clean_data's
+    rows table read a record batch at a time (TableRows), its rows made dicts, with the default system message
+    added, by whichever process formats them (batch_rows_of)."""
+    default_system: str | None = None
 
     def __init__(self, rows: list[dict]):
         self.rows = rows
 
-    def batches(self, batch_rows: int) -> Iterator[list[dict]]:
+    def batches(self, batch_rows: int) -> Iterator[list[dict] | pa.RecordBatch]:
         yield from (self.rows[s:s + batch_rows] for s in range(0, len(self.rows), batch_rows))
 
     def columns(self, names: list[str], batch_rows: int) -> Iterator[dict[str, list]]:
@@ -466,10 +557,9 @@ class TableRows(RowSource):
     def __init__(self, folder: Path, name: str, default_system: str | None = None):
         self.folder, self.name, self.default_system = folder, name, default_system
 
-    def batches(self, batch_rows: int) -> Iterator[list[dict]]:
+    def batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
         from engine.store.tables import table_batches
-        for batch in table_batches(self.folder, self.name, batch_rows=batch_rows):
-            yield with_default_system(batch.to_pylist(), self.default_system)
+        yield from table_batches(self.folder, self.name, batch_rows=batch_rows)
 
     def columns(self, names: list[str], batch_rows: int) -> Iterator[dict[str, list]]:
         from engine.store.tables import table_batches
@@ -505,27 +595,21 @@ def splits_of(batch: list[dict], val_size: float, seed: int) -> list[str]:
     return [split_of(row["content_hash"], val_size, seed) for row in batch]
 
 
-def stream_leaks(source: RowSource, pool, batch_rows: int, val_size: float, seed: int, threshold: float,
+def stream_leaks(source: RowSource, pool, settings: FormatSettings, batch_rows: int, threshold: float,
                  rows: int) -> dict[int, str]:
     """contaminated's dict over the whole source, its signatures computed batch by batch on the pool into one array
     (num_perm uint32 a row); only the eval rows' row_ids are kept, for the details."""
     sig = np.empty((rows, DEFAULT_NUM_PERM), dtype=np.uint32)
     is_eval = np.zeros(rows, dtype=bool)
     eval_ids: dict[int, str] = {}
-    batches = source.batches(batch_rows)
-    starts = []
-
-    def jobs():
-        at = 0
-        for batch in batches:
-            for i, split in enumerate(splits_of(batch, val_size, seed)):
-                if split == "eval":
-                    is_eval[at + i], eval_ids[at + i] = True, batch[i]["row_id"]
-            starts.append(at)
-            at += len(batch)
-            yield (batch,)
-    for k, found in enumerate(in_order(pool, _signatures_in_worker, jobs(), contamination_signatures)):
-        sig[starts[k]:starts[k] + len(found)] = found
+    at = 0
+    local = lambda raw: signature_job(raw, settings)  # noqa: E731
+    for found, evals, ids in in_order(pool, _signatures_in_worker, ((raw,) for raw in source.batches(batch_rows)),
+                                      local):
+        sig[at:at + len(found)] = found
+        is_eval[at + evals] = True
+        eval_ids.update(zip((at + evals).tolist(), ids, strict=True))
+        at += len(found)
     return leaks_of(sig, is_eval, threshold, eval_ids)
 
 
@@ -563,7 +647,7 @@ def format_rows(rows: list[dict] | RowSource, tokenizer, cutoff_len: int, val_si
     # without SFT rows (a DPO, reward or KTO dataset alone), the SFT view merge, quantization and evaluation read is
     # each pair's prompt with its chosen answer (a KTO row's, where it is desirable): what pref_ftx trains on
     derive_sft = not kinds["sft"]
-    settings = FormatSettings(tokenizer, cutoff_len, overlength, derive_sft)
+    settings = FormatSettings(tokenizer, cutoff_len, overlength, derive_sft, val_size, seed, source.default_system)
     out.mkdir(parents=True, exist_ok=True)
     writers = {view: DictWriter(out / view, VIEW_FEATURES[view]) for view in VIEW_FEATURES}
     counts, rows_out, stats = Counter(), Counter(), LengthStats(cutoff_len)
@@ -574,16 +658,15 @@ def format_rows(rows: list[dict] | RowSource, tokenizer, cutoff_len: int, val_si
     tokenizing = Progress("tokenizing", total=total, stage="formatted_data")
     with worker_pool(settings, workers, -(-total // batch_rows)) as pool, \
             ShardWriter(out, "splits", SPLIT_COLUMNS) as splits_writer:
-        leaks = (stream_leaks(source, pool, batch_rows, val_size, seed, decontamination_threshold, total)
+        leaks = (stream_leaks(source, pool, settings, batch_rows, decontamination_threshold, total)
                  if decontamination_threshold else {})
 
         def jobs():
             at = 0
-            for batch in source.batches(batch_rows):
-                yield batch, splits_of(batch, val_size, seed), {i - at: leaks[i] for i in range(at, at + len(batch))
-                                                                if i in leaks}
-                at += len(batch)
-        local = lambda *job: format_batch(*job, settings)  # noqa: E731
+            for raw in source.batches(batch_rows):
+                yield raw, {i - at: leaks[i] for i in range(at, at + len(raw)) if i in leaks}
+                at += len(raw)
+        local = lambda raw, leaks_in: format_job(raw, leaks_in, settings)  # noqa: E731
         for batch in tokenizing.each(in_order(pool, _format_in_worker, jobs(), local),
                                      n=lambda b: len(b.provenance) + len(b.quarantine)):
             for (view, split), table in batch.tables.items():

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
 from datasets import DatasetInfo, Features
 from datasets.arrow_writer import ArrowWriter
+from datasets.utils.py_utils import asdict  # save_to_disk's: leaves out the fields that are None
 
 CHUNK_ROWS = 1000  # save_to_disk's writer batch (datasets.config.DEFAULT_MAX_BATCH_SIZE)
 SHARD_BYTES = 500 * 10 ** 6  # save_to_disk's default max_shard_size ("500MB")
@@ -29,6 +29,7 @@ class SplitWriter:
     def __init__(self, folder: Path, features: Features, shard_bytes: int = SHARD_BYTES):
         self.folder, self.features, self.shard_bytes = folder, features, shard_bytes
         self.pending: list[pa.Table] = []
+        self.empty = features.arrow_schema.empty_table()
         self.pending_rows, self.rows, self.shards = 0, 0, []
         self.writer: ArrowWriter | None = None
         self.in_shard = 0
@@ -46,7 +47,9 @@ class SplitWriter:
         self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
         if self.writer is None or self.in_shard >= self.shard_bytes:
             self._next_shard()
-        self.writer.write_table(head.combine_chunks())
+        # copied into fresh buffers (concatenated with an empty chunk): the writer writes a buffer as the array holds
+        # it, and a slice of a bigger array holds more than its rows, which would make the bytes depend on batching
+        self.writer.write_table(pa.concat_tables([head, self.empty]).combine_chunks())
         self.in_shard += head.nbytes
         self.rows += n
 
