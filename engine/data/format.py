@@ -228,10 +228,11 @@ def tool_list(tools_json: str | None) -> list | None:
     return [tools] if isinstance(tools, dict) else tools
 
 
-def template_drops_tools(tokenizer, messages: list[dict], tools: list) -> bool:
+def template_drops_tools(tokenizer, messages: list[dict], tools: list, render=None) -> bool:
     """True when the chat template renders the conversation the same with and without its tools: the model would
-    be trained to call functions it was never shown."""
-    rendered = [tokenizer.apply_chat_template(chat_messages(messages), tools=t, tokenize=False) for t in (tools, None)]
+    be trained to call functions it was never shown. `render`: a ChatRenderer, else apply_chat_template."""
+    render = render or reference_render(tokenizer)
+    rendered = [render(chat_messages(messages), t) for t in (tools, None)]
     return rendered[0] == rendered[1]
 
 
@@ -371,10 +372,32 @@ def sft_table(records: list[tuple[list[int], list[int], str]]) -> pa.Table:
     return pa.table(columns, schema=VIEW_FEATURES["sft"].arrow_schema)
 
 
-def tokenized_segments(tokenizer, conversations: list[tuple[list[dict], list | None]]) -> list[list[list[int]]]:
+def pair_of(row: dict, messages: list[dict]) -> tuple[list[dict], list[dict]]:
+    """A preference or KTO row's (prompt, answers): a KTO row's last message is its answer; a preference row's
+    answers are its chosen and rejected ones."""
+    if row["kind"] == "kto":
+        return messages[:-1], [messages[-1]]
+    return messages, [{"role": "assistant", "content": row["chosen"]}, {"role": "assistant", "content": row["rejected"]}]
+
+
+def pair_lengths_batch(tokenizer, pairs: list[tuple[list[dict], list[dict], list | None]],
+                       render: ChatRenderer | None = None) -> list[list[int]]:
+    """pair_lengths of every (prompt, answers, tools), rendered with the ChatRenderer and tokenized in one call."""
+    render = render or ChatRenderer(tokenizer)
+    texts = [[render(chat_messages([*prompt, answer]), tools) for answer in answers] for prompt, answers, tools in pairs]
+    ids = encode_pieces(tokenizer, [text for row in texts for text in row])
+    out, at = [], 0
+    for row in texts:
+        out.append([len(x) for x in ids[at:at + len(row)]])
+        at += len(row)
+    return out
+
+
+def tokenized_segments(tokenizer, conversations: list[tuple[list[dict], list | None]],
+                       render: ChatRenderer | None = None) -> list[list[list[int]]]:
     """assistant_segments' pieces of every conversation tokenized, per conversation: one batched tokenizer call
     (the fast tokenizer's batch API) for all pieces of all conversations instead of one call per piece."""
-    render = ChatRenderer(tokenizer)
+    render = render or ChatRenderer(tokenizer)
     pieces = [[text for text, _ in assistant_segments(tokenizer, messages, tools, render)]
               for messages, tools in conversations]
     flat = [text for texts in pieces for text in texts]
@@ -392,10 +415,15 @@ def format_batch(rows: list[dict], splits: list[str], leaks: dict[int, str], set
     tokenizer, cutoff_len, overlength = settings.tokenizer, settings.cutoff_len, settings.overlength
     batch = FormattedBatch()
     records: dict[tuple[str, str], list] = {(v, s): [] for v in (*VIEW_FEATURES, "derived") for s in ("train", "eval")}
+    render = ChatRenderer(tokenizer)
     parsed = [(json.loads(row["messages"]), tool_list(row.get("tools"))) if i not in leaks else (None, None)
               for i, row in enumerate(rows)]
     sft_at = [i for i, row in enumerate(rows) if i not in leaks and row["kind"] == "sft"]
-    sft_ids = dict(zip(sft_at, tokenized_segments(tokenizer, [parsed[i] for i in sft_at]), strict=True))
+    sft_ids = dict(zip(sft_at, tokenized_segments(tokenizer, [parsed[i] for i in sft_at], render), strict=True))
+    pair_at = [i for i, row in enumerate(rows) if i not in leaks and row["kind"] != "sft"]
+    pair_fulls = dict(zip(pair_at, pair_lengths_batch(tokenizer, [(*pair_of(rows[i], parsed[i][0]), parsed[i][1])
+                                                                  for i in pair_at], render), strict=True))
+    derived: list[tuple[str, str, list[dict], list | None]] = []  # (split, row_id, messages, tools), in row order
 
     def too_long(row: dict, length: int, why: str = "") -> None:
         batch.quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": "format",
@@ -408,7 +436,7 @@ def format_batch(rows: list[dict], splits: list[str], leaks: dict[int, str], set
                                      "reason": "contaminates_eval", "detail": leaks[index]})
             continue
         messages, tools = parsed[index]
-        if tools and template_drops_tools(tokenizer, messages, tools):
+        if tools and template_drops_tools(tokenizer, messages, tools, render):
             batch.tools_dropped += 1
         was_cut = False
         if row["kind"] == "sft":
@@ -425,10 +453,8 @@ def format_batch(rows: list[dict], splits: list[str], leaks: dict[int, str], set
             length = len(input_ids)
             records[("sft", split)].append((input_ids, labels, row["row_id"]))
         else:
-            prompt = messages[:-1] if row["kind"] == "kto" else messages
-            answers = ([messages[-1]] if row["kind"] == "kto" else
-                       [{"role": "assistant", "content": row["chosen"]}, {"role": "assistant", "content": row["rejected"]}])
-            fulls = pair_lengths(tokenizer, prompt, answers, tools)
+            prompt, answers = pair_of(row, messages)
+            fulls = pair_fulls[index]
             length = max(fulls)
             if length > cutoff_len:
                 if overlength == "drop":
@@ -441,8 +467,7 @@ def format_batch(rows: list[dict], splits: list[str], leaks: dict[int, str], set
                 prompt, answers, cut_lengths = cut
                 length, was_cut = max(cut_lengths), True
             if settings.derive_sft and (row["kind"] == "preference" or row["label"] == "true"):
-                ids, labels = tokenize_sft(tokenizer, [*prompt, answers[0]], tools, cutoff_len)
-                records[("derived", split)].append((ids, labels, row["row_id"]))
+                derived.append((split, row["row_id"], [*prompt, answers[0]], tools))
             if row["kind"] == "kto":
                 record = {"prompt": chat_messages(prompt), "completion": chat_messages(answers),
                           "label": row["label"] == "true", "row_id": row["row_id"]}
@@ -454,6 +479,11 @@ def format_batch(rows: list[dict], splits: list[str], leaks: dict[int, str], set
         batch.lengths.append(length)
         batch.provenance.append({"source": row["source"], "row_id": row["row_id"],
                                  "content_hash": row["content_hash"], "view": row["kind"], "split": split})
+    # the SFT view of preference/KTO rows: tokenize_sft of each, its pieces tokenized with the batch's in one call
+    for (split, row_id, _, _), ids in zip(derived, tokenized_segments(tokenizer, [d[2:] for d in derived], render),
+                                          strict=True):
+        input_ids, labels, _ = truncate_pairs(list(zip(ids[0::2], ids[1::2], strict=True)), cutoff_len)
+        records[("derived", split)].append((input_ids, labels, row_id))
     for (view, split), found in records.items():
         if view in ("sft", "derived"):
             batch.without_labels[view] += sum(all(label == IGNORE for label in labels) for _, labels, _ in found)
