@@ -52,6 +52,7 @@ VIEW_FEATURES = {
 REQUIRED_VIEWS = ("sft",)
 BATCH_ROWS = 1000  # rows a worker formats at a time: its tokenizer call covers all their pieces
 SPLIT_COLUMNS = ["source", "row_id", "content_hash", "view", "split"]  # splits-*.parquet: where every row went
+WRITE_ROWS = 1000  # rows of splits and quarantine held before they are written: a row group each
 VIEWS_FILE = "views.json"  # where the SFT view's rows come from: "sft" rows, or "preference"/"kto" rows' chosen answers
 
 
@@ -684,10 +685,11 @@ def format_rows(rows: list[dict] | RowSource, tokenizer, cutoff_len: int, val_si
     truncated = tools_dropped = exceeds = 0
     without_labels: Counter = Counter()
     quarantine: list[dict] = []
-    quarantine_writer = ShardWriter(quarantine_to, "quarantine", QUARANTINE_COLUMNS) if quarantine_to else None
+    quarantine_writer = (ShardWriter(quarantine_to, "quarantine", QUARANTINE_COLUMNS, batch_rows=WRITE_ROWS)
+                         if quarantine_to else None)
     tokenizing = Progress("tokenizing", total=total, stage="formatted_data")
     with worker_pool(settings, workers, -(-total // batch_rows)) as pool, \
-            ShardWriter(out, "splits", SPLIT_COLUMNS) as splits_writer:
+            ShardWriter(out, "splits", SPLIT_COLUMNS, batch_rows=WRITE_ROWS) as splits_writer:
         leaks = (stream_leaks(source, pool, settings, batch_rows, decontamination_threshold, total)
                  if decontamination_threshold else {})
 
