@@ -34,7 +34,8 @@ def write_clean(rows: list[dict], folder: Path, shard_rows: int = 10_000) -> Pat
 def test_the_files_are_the_same_for_any_batch_size_workers_and_source(tiny_model_dir, tmp_path):
     tokenizer = load_tokenizer(tiny_model_dir)
     rows = generated_rows() * 3  # repeated rows: exact copies leak into eval, near ones too
-    rows = [{**r, "row_id": f"{r['row_id']}:{i}", "content_hash": f"{r['content_hash']}:{i}"} for i, r in enumerate(rows)]
+    rows = [{**r, "row_id": f"{r['row_id']}:{i}", "content_hash": f"{r['content_hash']}:{i}"}
+            for i, r in enumerate(rows)]
     clean = write_clean(rows, tmp_path / "clean", shard_rows=50)  # several shards
     seen = {}
     for batch_rows in (7, 1000):

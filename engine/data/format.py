@@ -123,7 +123,7 @@ def encode_pieces(tokenizer, texts: list[str]) -> list[list[int]]:
     backend = getattr(tokenizer, "_tokenizer", None)
     if not texts:
         return []
-    if backend is None or not hasattr(backend, "encode_batch_fast") or not hasattr(tokenizer, "set_truncation_and_padding"):
+    if not (hasattr(backend, "encode_batch_fast") and hasattr(tokenizer, "set_truncation_and_padding")):
         return tokenizer(texts, add_special_tokens=False)["input_ids"]
     from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
     tokenizer.set_truncation_and_padding(padding_strategy=PaddingStrategy.DO_NOT_PAD,
@@ -327,7 +327,8 @@ def contaminated(rows: list[dict], splits: list[str], threshold: float,
 def leaks_of(sig: np.ndarray, is_eval: np.ndarray, threshold: float, eval_ids: dict[int, str]) -> dict[int, str]:
     """contaminated's dict from every row's signature, which rows are eval rows, and the eval rows' row_ids."""
     evals, trains = np.flatnonzero(is_eval), np.flatnonzero(~is_eval)
-    order = np.concatenate([evals, trains]).astype(np.int64)  # eval rows first: a cluster that holds one is rooted at it
+    # eval rows first: a cluster that holds one is rooted at it
+    order = np.concatenate([evals, trains]).astype(np.int64)
     found = {}
     for root, member, jaccard in clusters_of_signatures(sig[order], threshold):
         if root < len(evals) <= member:
@@ -378,14 +379,15 @@ def pair_of(row: dict, messages: list[dict]) -> tuple[list[dict], list[dict]]:
     answers are its chosen and rejected ones."""
     if row["kind"] == "kto":
         return messages[:-1], [messages[-1]]
-    return messages, [{"role": "assistant", "content": row["chosen"]}, {"role": "assistant", "content": row["rejected"]}]
+    return messages, [{"role": "assistant", "content": row[answer]} for answer in ("chosen", "rejected")]
 
 
 def pair_lengths_batch(tokenizer, pairs: list[tuple[list[dict], list[dict], list | None]],
                        render: ChatRenderer | None = None) -> list[list[int]]:
     """pair_lengths of every (prompt, answers, tools), rendered with the ChatRenderer and tokenized in one call."""
     render = render or ChatRenderer(tokenizer)
-    texts = [[render(chat_messages([*prompt, answer]), tools) for answer in answers] for prompt, answers, tools in pairs]
+    texts = [[render(chat_messages([*prompt, answer]), tools) for answer in answers]
+             for prompt, answers, tools in pairs]
     ids = encode_pieces(tokenizer, [text for row in texts for text in row])
     out, at = [], 0
     for row in texts:
@@ -557,7 +559,7 @@ def in_order(pool: ProcessPoolExecutor | None, fn, jobs: Iterable[tuple], local)
     if pool is None:
         yield from (local(*job) for job in jobs)
         return
-    pending, window = deque(), 2 * pool._max_workers
+    pending, window = deque(), 2 * pool._max_workers  # the pool's size (ProcessPoolExecutor has no public getter)
     for job in jobs:
         pending.append(pool.submit(fn, *job))
         if len(pending) >= window:
@@ -585,6 +587,8 @@ class RowSource:
 
 
 class TableRows(RowSource):
+    """Table `name` of an artifact folder (clean_data's `rows`), read in Arrow record batches."""
+
     def __init__(self, folder: Path, name: str, default_system: str | None = None):
         self.folder, self.name, self.default_system = folder, name, default_system
 
@@ -610,7 +614,8 @@ class LengthStats:
             values = np.asarray(lengths, dtype=np.int64)
             self.counts += np.bincount(np.minimum(values // self.width, len(self.counts) - 1),
                                        minlength=len(self.counts))
-            self.max, self.sum, self.n = max(self.max, int(values.max())), self.sum + int(values.sum()), self.n + len(values)
+            self.max, self.sum = max(self.max, int(values.max())), self.sum + int(values.sum())
+            self.n += len(values)
 
     def histogram(self) -> list[tuple[str, int]]:
         return [(f"{i * self.width}-{(i + 1) * self.width - 1}", int(c)) for i, c in enumerate(self.counts)]
