@@ -6,7 +6,8 @@ an input on 40% of them, answers of 30-250 words drawn from a Zipf vocabulary of
 of each setup in a fresh process of its own (peak RSS: that stage's alone, its pool workers' included, sampled every
 0.1 s), prints rows/s and peak RSS per stage for:
   local 1:    the stages' entry code (engine.data.ingest.ingest_to, engine.data.clean.clean with the default clean
-              steps, engine.data.format.format_rows with decontamination at 0.8) in one process;
+              steps, engine.data.format.format_rows with decontamination at 0.8, streaming clean_data's table as
+              formatted_data does) in one process;
   local all:  the same with formatted_data's workers on every core (data.preprocessing_num_workers unset);
               raw_data and clean_data run in one process either way;
   ray:        data.engine=ray where the recipe has the key and ray imports; else "ray: not built" / "ray: not
@@ -21,6 +22,7 @@ are against num_proc=1: whole local data path <= 1.3x LF map alone; formatted_da
 local 1 and local all wrote the same view files.
 
 Usage: .venv/bin/python bench/data_path.py [--rows 100000 200000 1000000 10000000] [--work DIR]
+                                          [--stages formatted]
 """
 
 from __future__ import annotations
@@ -141,13 +143,21 @@ def run_stage(setup: str, stage: str, work: Path) -> dict:
     tokenizer = load_tokenizer(work / "tokenizer")
     if setup in ("lf1", "lfall"):
         return lf_map(work, tokenizer, 1 if setup == "lf1" else CORES)
-    from engine.data.format import format_rows
+    from engine.data.format import TableRows, format_rows
+    clean = clean_of(setup, work)
     start = time.perf_counter()
-    rows = read_table(work / setup / "clean", "rows").to_pylist()
-    workers = 1 if setup == "local1" else worker_count(None, len(rows))
-    quarantine, _ = format_rows(rows, tokenizer, CUTOFF_LEN, 0.1, 42, out, 0.8, "truncate", workers)
-    write_rows(quarantine, out / "quarantine.parquet", QUARANTINE_COLUMNS)
-    return {"rows": len(rows), "seconds": time.perf_counter() - start, "workers": workers}
+    rows = table_rows(clean, "rows")
+    workers = 1 if setup == "local1" else worker_count(None, rows)
+    # as formatted_data runs: clean_data's rows streamed from its table, the quarantine written beside the views
+    format_rows(TableRows(clean, "rows"), tokenizer, CUTOFF_LEN, 0.1, 42, out, 0.8, "truncate", workers,
+                quarantine_to=out)
+    return {"rows": rows, "seconds": time.perf_counter() - start, "workers": workers}
+
+
+def clean_of(setup: str, work: Path) -> Path:
+    """The clean_data a setup's formatted_data reads: its own, or local 1's where only formatted_data was run."""
+    own = work / setup / "clean"
+    return own if own.is_dir() else work / "local1" / "clean"
 
 
 def lf_map(work: Path, tokenizer, num_proc: int) -> dict:
@@ -247,13 +257,16 @@ def digest(out: Path) -> str:
     return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file())).hexdigest()
 
 
-def bench(n: int, work: Path) -> None:
+def bench(n: int, work: Path, stages: tuple[str, ...] = STAGES) -> None:
     prepare(work, n)
     ray = ray_status()
     setups = ["local1", "localall", *(["ray"] if ray is None else [])]
     results: dict[tuple[str, str], dict] = {}
+    if stages != STAGES:  # the stages not measured run once, untimed, for local 1: their output feeds the others
+        for stage in STAGES[:STAGES.index(stages[0])]:
+            in_fresh_process("local1", stage, work)
     for setup in setups:
-        for stage in STAGES:
+        for stage in stages:
             results[(setup, stage)] = in_fresh_process(setup, stage, work)
     for setup in ("lf1", "lfall"):
         results[(setup, "formatted")] = in_fresh_process(setup, "formatted", work)
@@ -272,10 +285,13 @@ def bench(n: int, work: Path) -> None:
         lf = results[(base, "formatted")]["seconds"]
         print(f"baseline {SETUPS[base]} ({lf:.1f} s):")
         for setup in setups:
-            whole = sum(results[(setup, stage)]["seconds"] for stage in STAGES)
             formatted = results[(setup, "formatted")]["seconds"]
-            print(f"  {SETUPS[setup]}: data path {whole:.1f} s = {whole / lf:.2f}x {SETUPS[base]} alone"
-                  f"{' (goal <= 1.3x)' if base == 'lf1' else ''}; formatted_data {formatted:.1f} s = "
+            path = ""
+            if stages == STAGES:
+                whole = sum(results[(setup, stage)]["seconds"] for stage in STAGES)
+                path = (f"data path {whole:.1f} s = {whole / lf:.2f}x {SETUPS[base]} alone"
+                        f"{' (goal <= 1.3x)' if base == 'lf1' else ''}; ")
+            print(f"  {SETUPS[setup]}: {path}formatted_data {formatted:.1f} s = "
                   f"{lf / formatted:.2f}x as fast as {SETUPS[base]}{' (goal >= 2x)' if base == 'lf1' else ''}")
     same = digest(work / "local1" / "formatted") == digest(work / "localall" / "formatted")
     print(f"local 1 and local all wrote the same formatted_data files: {'yes, byte for byte' if same else 'NO'}")
@@ -285,13 +301,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000])
     parser.add_argument("--work", type=Path, default=None, help="where the data and outputs go (default: a temp dir)")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                        help="the stages to measure, consecutive (e.g. --stages formatted: raw and clean run once, "
+                             "untimed, for local 1, and every setup's formatted_data reads that clean_data)")
     parser.add_argument("--child", nargs=2, metavar=("SETUP", "STAGE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child, args.work)
+    if "formatted" not in args.stages:
+        parser.error("--stages: the report compares formatted_data, so it must be among them")
     for n in args.rows:
         with tempfile.TemporaryDirectory(dir=args.work) as work:
-            bench(n, Path(work))
+            bench(n, Path(work), tuple(s for s in STAGES if s in args.stages))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""formatted_data on several processes writes exactly what one process writes: the same view files, splits.parquet,
+"""formatted_data on several processes writes exactly what one process writes: the same view files, splits-*.parquet,
 quarantine and report, byte for byte, on the demo data and on generated rows that take every path (multi-turn, tool
 calls, rows over cutoff_len truncated or quarantined, preference and KTO rows cut, eval leaks)."""
 
@@ -73,7 +73,7 @@ def test_two_workers_write_the_same_bytes_as_one_process(tiny_model_dir, sample_
     one = formatted(rows, tokenizer, tmp_path / "one", overlength)
     two = formatted(rows, tokenizer, tmp_path / "two", overlength, workers=2, batch_rows=max(len(rows) // 9, 1))
     assert one == two
-    assert {"sft/train/data-00000-of-00001.arrow", "splits.parquet"} <= set(one)
+    assert {"sft/train/data-00000-of-00001.arrow", "splits-00000.parquet"} <= set(one)
 
 
 def test_batched_tokenization_equals_the_row_by_row_tokenization(tiny_model_dir, tmp_path):

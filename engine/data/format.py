@@ -7,11 +7,14 @@ The preference view holds conversational prompt/chosen/rejected for TRL's reward
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
+import shutil
 from collections import Counter
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-from datasets import Dataset, DatasetDict, Features, List, Value
+from datasets import Features, List, Value
 
 from engine.runtime.pool import worker_count
 from engine.runtime.progress import Progress
@@ -33,6 +36,7 @@ from engine.data.split import split_of
 from engine.errors import DataError
 
 if TYPE_CHECKING:
+    from datasets import DatasetDict
     from engine.stage import StageRun
 
 TRAINED_ROLES = ("assistant", "function_call")  # as LLaMA-Factory: the model learns its answers and its tool calls
@@ -47,6 +51,8 @@ VIEW_FEATURES = {
 # not read from the recipe's stages: formatted_data's fingerprint then does not change with them.)
 REQUIRED_VIEWS = ("sft",)
 BATCH_ROWS = 1000  # rows a worker formats at a time: its tokenizer call covers all their pieces
+SPLIT_COLUMNS = ["source", "row_id", "content_hash", "view", "split"]  # splits-*.parquet: where every row went
+WRITE_ROWS = 1000  # rows of splits and quarantine held before they are written: a row group each
 VIEWS_FILE = "views.json"  # where the SFT view's rows come from: "sft" rows, or "preference"/"kto" rows' chosen answers
 
 
@@ -75,16 +81,72 @@ def chat_messages(messages: list[dict]) -> list[dict]:
     return rendered
 
 
-def assistant_segments(tokenizer, messages: list[dict], tools: list | None = None) -> list[tuple[str, bool]]:
-    """Rendered text split into (segment, is_trained) pieces, in order: answers and tool calls are trained."""
+def reference_render(tokenizer):
+    """apply_chat_template(tokenize=False) itself: the rendering ChatRenderer must equal."""
+    def render(messages: list[dict], tools: list | None = None, add_generation_prompt: bool = False) -> str:
+        return tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                             tokenize=False)
+    return render
+
+
+class ChatRenderer:
+    """tokenizer.apply_chat_template(messages, tools=..., add_generation_prompt=..., tokenize=False) without its
+    per-call overhead, for one batch: the template transformers picks (get_chat_template) compiled by transformers'
+    own (cached) compiler and rendered with the same variables: the special tokens, tools, documents=None.
+    Written by hand because transformers renders only through apply_chat_template, whose argument checks and
+    special_tokens_map rebuild cost as much as the rendering on short rows; tests/test_format_render.py holds it to
+    apply_chat_template on several templates."""
+
+    def __init__(self, tokenizer):
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+        self.tokenizer, self.compile = tokenizer, _compile_jinja_template
+        self.variables = dict(tokenizer.special_tokens_map)
+        self.templates: dict[bool, object] = {}
+
+    def __call__(self, messages: list[dict], tools: list | None = None, add_generation_prompt: bool = False) -> str:
+        if not messages:
+            raise ValueError("Cannot apply chat template to an empty conversation. Provide at least one message.")
+        if tools is not None and not all(isinstance(tool, dict) for tool in tools):
+            return reference_render(self.tokenizer)(messages, tools, add_generation_prompt)  # its own checks
+        key = tools is not None
+        if key not in self.templates:
+            self.templates[key] = self.compile(self.tokenizer.get_chat_template(None, tools))
+        return self.templates[key].render(messages=messages, tools=None if tools is None else list(tools),
+                                          documents=None, add_generation_prompt=add_generation_prompt,
+                                          **self.variables)
+
+
+def encode_pieces(tokenizer, texts: list[str]) -> list[list[int]]:
+    """tokenizer(texts, add_special_tokens=False)["input_ids"]: with a fast tokenizer, its backend's encode_batch_fast
+    (no offsets) read for the ids alone, with the same truncation/padding (none) and special-token settings the
+    call sets, instead of converting every encoding to a dict of lists."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if not texts:
+        return []
+    if not (hasattr(backend, "encode_batch_fast") and hasattr(tokenizer, "set_truncation_and_padding")):
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
+    tokenizer.set_truncation_and_padding(padding_strategy=PaddingStrategy.DO_NOT_PAD,
+                                         truncation_strategy=TruncationStrategy.DO_NOT_TRUNCATE, max_length=None,
+                                         stride=0, pad_to_multiple_of=None, padding_side=None)
+    if backend.encode_special_tokens != tokenizer.split_special_tokens:
+        backend.encode_special_tokens = tokenizer.split_special_tokens
+    return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+
+
+def assistant_segments(tokenizer, messages: list[dict], tools: list | None = None,
+                       render=None) -> list[tuple[str, bool]]:
+    """Rendered text split into (segment, is_trained) pieces, in order: answers and tool calls are trained.
+    `render`: a ChatRenderer (the same text, faster), else apply_chat_template."""
+    render = render or reference_render(tokenizer)
     pieces, done = [], ""
     trained = [m["role"] in TRAINED_ROLES for m in messages]
     messages = chat_messages(messages)
     for k in range(len(messages)):
         if not trained[k]:
             continue
-        prefix = tokenizer.apply_chat_template(messages[:k], tools=tools, add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(messages[: k + 1], tools=tools, tokenize=False)
+        prefix = render(messages[:k], tools, add_generation_prompt=True)
+        full = render(messages[: k + 1], tools)
         if not (prefix.startswith(done) and full.startswith(prefix)):
             raise TemplateMismatch("the chat template does not render conversations as growing prefixes")
         pieces += [(prefix[len(done):], False), (full[len(prefix):], True)]
@@ -167,10 +229,11 @@ def tool_list(tools_json: str | None) -> list | None:
     return [tools] if isinstance(tools, dict) else tools
 
 
-def template_drops_tools(tokenizer, messages: list[dict], tools: list) -> bool:
+def template_drops_tools(tokenizer, messages: list[dict], tools: list, render=None) -> bool:
     """True when the chat template renders the conversation the same with and without its tools: the model would
-    be trained to call functions it was never shown."""
-    rendered = [tokenizer.apply_chat_template(chat_messages(messages), tools=t, tokenize=False) for t in (tools, None)]
+    be trained to call functions it was never shown. `render`: a ChatRenderer, else apply_chat_template."""
+    render = render or reference_render(tokenizer)
+    rendered = [render(chat_messages(messages), t) for t in (tools, None)]
     return rendered[0] == rendered[1]
 
 
@@ -256,14 +319,20 @@ def contaminated(rows: list[dict], splits: list[str], threshold: float,
                  sig: np.ndarray | None = None) -> dict[int, str]:
     """{index of a train row: detail} for every train row that near-duplicates an eval row; `sig`: the rows'
     contamination_signatures where the caller computed them."""
-    evals = [i for i, s in enumerate(splits) if s == "eval"]
-    trains = [i for i, s in enumerate(splits) if s == "train"]
-    order = evals + trains  # eval rows first: a cluster that holds one is rooted at it
     sig = contamination_signatures(rows) if sig is None else sig
+    is_eval = np.array([s == "eval" for s in splits], dtype=bool)
+    return leaks_of(sig, is_eval, threshold, {i: rows[i]["row_id"] for i in np.flatnonzero(is_eval)})
+
+
+def leaks_of(sig: np.ndarray, is_eval: np.ndarray, threshold: float, eval_ids: dict[int, str]) -> dict[int, str]:
+    """contaminated's dict from every row's signature, which rows are eval rows, and the eval rows' row_ids."""
+    evals, trains = np.flatnonzero(is_eval), np.flatnonzero(~is_eval)
+    # eval rows first: a cluster that holds one is rooted at it
+    order = np.concatenate([evals, trains]).astype(np.int64)
     found = {}
-    for root, member, jaccard in clusters_of_signatures(sig[np.array(order, dtype=np.int64)], threshold):
+    for root, member, jaccard in clusters_of_signatures(sig[order], threshold):
         if root < len(evals) <= member:
-            found[order[member]] = f"~{jaccard:.2f} Jaccard with eval row {rows[order[root]]['row_id']}"
+            found[int(order[member])] = f"~{jaccard:.2f} Jaccard with eval row {eval_ids[int(order[root])]}"
     return found
 
 
@@ -274,6 +343,9 @@ class FormatSettings:
     cutoff_len: int
     overlength: str
     derive_sft: bool
+    val_size: float = 0.0  # the split of a row: split_of(its content_hash, val_size, seed)
+    seed: int = 0
+    default_system: str | None = None  # with_default_system, for rows read from a table
 
 
 @dataclass
@@ -302,12 +374,37 @@ def sft_table(records: list[tuple[list[int], list[int], str]]) -> pa.Table:
     return pa.table(columns, schema=VIEW_FEATURES["sft"].arrow_schema)
 
 
-def tokenized_segments(tokenizer, conversations: list[tuple[list[dict], list | None]]) -> list[list[list[int]]]:
+def pair_of(row: dict, messages: list[dict]) -> tuple[list[dict], list[dict]]:
+    """A preference or KTO row's (prompt, answers): a KTO row's last message is its answer; a preference row's
+    answers are its chosen and rejected ones."""
+    if row["kind"] == "kto":
+        return messages[:-1], [messages[-1]]
+    return messages, [{"role": "assistant", "content": row[answer]} for answer in ("chosen", "rejected")]
+
+
+def pair_lengths_batch(tokenizer, pairs: list[tuple[list[dict], list[dict], list | None]],
+                       render: ChatRenderer | None = None) -> list[list[int]]:
+    """pair_lengths of every (prompt, answers, tools), rendered with the ChatRenderer and tokenized in one call."""
+    render = render or ChatRenderer(tokenizer)
+    texts = [[render(chat_messages([*prompt, answer]), tools) for answer in answers]
+             for prompt, answers, tools in pairs]
+    ids = encode_pieces(tokenizer, [text for row in texts for text in row])
+    out, at = [], 0
+    for row in texts:
+        out.append([len(x) for x in ids[at:at + len(row)]])
+        at += len(row)
+    return out
+
+
+def tokenized_segments(tokenizer, conversations: list[tuple[list[dict], list | None]],
+                       render: ChatRenderer | None = None) -> list[list[list[int]]]:
     """assistant_segments' pieces of every conversation tokenized, per conversation: one batched tokenizer call
     (the fast tokenizer's batch API) for all pieces of all conversations instead of one call per piece."""
-    pieces = [[text for text, _ in assistant_segments(tokenizer, messages, tools)] for messages, tools in conversations]
+    render = render or ChatRenderer(tokenizer)
+    pieces = [[text for text, _ in assistant_segments(tokenizer, messages, tools, render)]
+              for messages, tools in conversations]
     flat = [text for texts in pieces for text in texts]
-    ids = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+    ids = encode_pieces(tokenizer, flat)
     out, start = [], 0
     for texts in pieces:
         out.append(ids[start:start + len(texts)])
@@ -321,10 +418,15 @@ def format_batch(rows: list[dict], splits: list[str], leaks: dict[int, str], set
     tokenizer, cutoff_len, overlength = settings.tokenizer, settings.cutoff_len, settings.overlength
     batch = FormattedBatch()
     records: dict[tuple[str, str], list] = {(v, s): [] for v in (*VIEW_FEATURES, "derived") for s in ("train", "eval")}
+    render = ChatRenderer(tokenizer)
     parsed = [(json.loads(row["messages"]), tool_list(row.get("tools"))) if i not in leaks else (None, None)
               for i, row in enumerate(rows)]
     sft_at = [i for i, row in enumerate(rows) if i not in leaks and row["kind"] == "sft"]
-    sft_ids = dict(zip(sft_at, tokenized_segments(tokenizer, [parsed[i] for i in sft_at]), strict=True))
+    sft_ids = dict(zip(sft_at, tokenized_segments(tokenizer, [parsed[i] for i in sft_at], render), strict=True))
+    pair_at = [i for i, row in enumerate(rows) if i not in leaks and row["kind"] != "sft"]
+    pair_fulls = dict(zip(pair_at, pair_lengths_batch(tokenizer, [(*pair_of(rows[i], parsed[i][0]), parsed[i][1])
+                                                                  for i in pair_at], render), strict=True))
+    derived: list[tuple[str, str, list[dict], list | None]] = []  # (split, row_id, messages, tools), in row order
 
     def too_long(row: dict, length: int, why: str = "") -> None:
         batch.quarantine.append({"source": row["source"], "row_id": row["row_id"], "stage": "format",
@@ -337,7 +439,7 @@ def format_batch(rows: list[dict], splits: list[str], leaks: dict[int, str], set
                                      "reason": "contaminates_eval", "detail": leaks[index]})
             continue
         messages, tools = parsed[index]
-        if tools and template_drops_tools(tokenizer, messages, tools):
+        if tools and template_drops_tools(tokenizer, messages, tools, render):
             batch.tools_dropped += 1
         was_cut = False
         if row["kind"] == "sft":
@@ -354,10 +456,8 @@ def format_batch(rows: list[dict], splits: list[str], leaks: dict[int, str], set
             length = len(input_ids)
             records[("sft", split)].append((input_ids, labels, row["row_id"]))
         else:
-            prompt = messages[:-1] if row["kind"] == "kto" else messages
-            answers = ([messages[-1]] if row["kind"] == "kto" else
-                       [{"role": "assistant", "content": row["chosen"]}, {"role": "assistant", "content": row["rejected"]}])
-            fulls = pair_lengths(tokenizer, prompt, answers, tools)
+            prompt, answers = pair_of(row, messages)
+            fulls = pair_fulls[index]
             length = max(fulls)
             if length > cutoff_len:
                 if overlength == "drop":
@@ -370,8 +470,7 @@ def format_batch(rows: list[dict], splits: list[str], leaks: dict[int, str], set
                 prompt, answers, cut_lengths = cut
                 length, was_cut = max(cut_lengths), True
             if settings.derive_sft and (row["kind"] == "preference" or row["label"] == "true"):
-                ids, labels = tokenize_sft(tokenizer, [*prompt, answers[0]], tools, cutoff_len)
-                records[("derived", split)].append((ids, labels, row["row_id"]))
+                derived.append((split, row["row_id"], [*prompt, answers[0]], tools))
             if row["kind"] == "kto":
                 record = {"prompt": chat_messages(prompt), "completion": chat_messages(answers),
                           "label": row["label"] == "true", "row_id": row["row_id"]}
@@ -383,6 +482,11 @@ def format_batch(rows: list[dict], splits: list[str], leaks: dict[int, str], set
         batch.lengths.append(length)
         batch.provenance.append({"source": row["source"], "row_id": row["row_id"],
                                  "content_hash": row["content_hash"], "view": row["kind"], "split": split})
+    # the SFT view of preference/KTO rows: tokenize_sft of each, its pieces tokenized with the batch's in one call
+    for (split, row_id, _, _), ids in zip(derived, tokenized_segments(tokenizer, [d[2:] for d in derived], render),
+                                          strict=True):
+        input_ids, labels, _ = truncate_pairs(list(zip(ids[0::2], ids[1::2], strict=True)), cutoff_len)
+        records[("derived", split)].append((input_ids, labels, row_id))
     for (view, split), found in records.items():
         if view in ("sft", "derived"):
             batch.without_labels[view] += sum(all(label == IGNORE for label in labels) for _, labels, _ in found)
@@ -401,12 +505,39 @@ def _start_worker(settings: FormatSettings) -> None:
     _WORKER_SETTINGS = settings
 
 
-def _format_in_worker(rows: list[dict], splits: list[str], leaks: dict[int, str]) -> FormattedBatch:
-    return format_batch(rows, splits, leaks, _WORKER_SETTINGS)
+def batch_rows_of(raw: list[dict] | pa.RecordBatch, settings: FormatSettings) -> list[dict]:
+    """A batch as row dicts: a list as it is (its caller added the default system), an Arrow record batch (read
+    from clean_data: converted where the work is done, on a worker) with the default system message added."""
+    return raw if isinstance(raw, list) else with_default_system(raw.to_pylist(), settings.default_system)
 
 
-def _signatures_in_worker(rows: list[dict]) -> np.ndarray:
-    return contamination_signatures(rows)
+def format_job(raw: list[dict] | pa.RecordBatch, leaks: dict[int, str], settings: FormatSettings) -> FormattedBatch:
+    """format_batch of one batch as the source gave it, its rows' splits computed here. The cyclic garbage collector
+    waits for the batch's end: the token lists it allocates would start collections that scan every live object."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        rows = batch_rows_of(raw, settings)
+        return format_batch(rows, splits_of(rows, settings.val_size, settings.seed), leaks, settings)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def signature_job(raw: list[dict] | pa.RecordBatch, settings: FormatSettings
+                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One batch's contamination_signatures, the positions of its eval rows and their row_ids."""
+    rows = batch_rows_of(raw, settings)
+    evals = [i for i, split in enumerate(splits_of(rows, settings.val_size, settings.seed)) if split == "eval"]
+    return contamination_signatures(rows), np.array(evals, dtype=np.int64), [rows[i]["row_id"] for i in evals]
+
+
+def _format_in_worker(raw, leaks: dict[int, str]) -> FormattedBatch:
+    return format_job(raw, leaks, _WORKER_SETTINGS)
+
+
+def _signatures_in_worker(raw) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    return signature_job(raw, _WORKER_SETTINGS)
 
 
 @contextmanager
@@ -422,114 +553,199 @@ def worker_pool(settings: FormatSettings, workers: int, jobs: int) -> Iterator[P
         yield pool
 
 
-def batch_signatures(rows: list[dict], pool: ProcessPoolExecutor | None, batch_rows: int) -> np.ndarray:
-    """contamination_signatures of every row, batch by batch on the pool (the same array as one call)."""
-    batches = [rows[s:s + batch_rows] for s in range(0, len(rows), batch_rows)]
+def in_order(pool: ProcessPoolExecutor | None, fn, jobs: Iterable[tuple], local) -> Iterator:
+    """fn(*job) per job in the jobs' order: on the pool with at most 2 jobs per worker in flight (a stream of batches
+    is never all in memory), else local(*job) in this process."""
     if pool is None:
-        return contamination_signatures(rows)
-    return np.concatenate(list(pool.map(_signatures_in_worker, batches)))
-
-
-def formatted_batches(rows: list[dict], splits: list[str], leaks: dict[int, str], settings: FormatSettings,
-                      pool: ProcessPoolExecutor | None, batch_rows: int) -> Iterator[FormattedBatch]:
-    """format_batch over batches of `batch_rows` rows, in order: on the pool (worker_pool) where there is one, else in
-    this process; the batches come back in row order, so the output is the same as one process's."""
-    leaks_of: dict[int, dict[int, str]] = {}  # {batch start: {index in the batch: detail}}
-    for i, detail in leaks.items():
-        leaks_of.setdefault(i - i % batch_rows, {})[i % batch_rows] = detail
-    jobs = [(rows[s:s + batch_rows], splits[s:s + batch_rows], leaks_of.get(s, {}))
-            for s in range(0, len(rows), batch_rows)]
-    if pool is None:
-        yield from (format_batch(*job, settings) for job in jobs)
+        yield from (local(*job) for job in jobs)
         return
-    yield from pool.map(_format_in_worker, *zip(*jobs, strict=True))
+    pending, window = deque(), 2 * pool._max_workers  # the pool's size (ProcessPoolExecutor has no public getter)
+    for job in jobs:
+        pending.append(pool.submit(fn, *job))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
-def view_dataset(view: str, tables: list[pa.Table]) -> Dataset:
-    """One split of a view from its batches' Arrow tables, as one chunk (the same table, and so the same files and
-    fingerprint, however the rows were batched)."""
-    features = VIEW_FEATURES[view]
-    table = pa.concat_tables(tables).combine_chunks() if tables else features.arrow_schema.empty_table()
-    return Dataset.from_dict({name: table.column(name) for name in features}, features=features)
+class RowSource:
+    """formatted_data's input, read once per pass in batches: a list of row dicts (tests, the bench), or clean_data's
+    rows table read a record batch at a time (TableRows), its rows made dicts, with the default system message
+    added, by whichever process formats them (batch_rows_of)."""
+    default_system: str | None = None
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def batches(self, batch_rows: int) -> Iterator[list[dict] | pa.RecordBatch]:
+        yield from (self.rows[s:s + batch_rows] for s in range(0, len(self.rows), batch_rows))
+
+    def columns(self, names: list[str], batch_rows: int) -> Iterator[dict[str, list]]:
+        """Only `names` of every row, a batch at a time (a cheap pass)."""
+        for batch in self.batches(batch_rows):
+            yield {name: [row[name] for row in batch] for name in names}
+
+
+class TableRows(RowSource):
+    """Table `name` of an artifact folder (clean_data's `rows`), read in Arrow record batches."""
+
+    def __init__(self, folder: Path, name: str, default_system: str | None = None):
+        self.folder, self.name, self.default_system = folder, name, default_system
+
+    def batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        from engine.store.tables import table_batches
+        yield from table_batches(self.folder, self.name, batch_rows=batch_rows)
+
+    def columns(self, names: list[str], batch_rows: int) -> Iterator[dict[str, list]]:
+        from engine.store.tables import table_batches
+        for batch in table_batches(self.folder, self.name, names, batch_rows=max(batch_rows, 10_000)):
+            yield batch.to_pydict()
+
+
+class LengthStats:
+    """The report's max, mean and histogram of formatted lengths, kept as running sums."""
+
+    def __init__(self, cutoff_len: int, buckets: int = 8):
+        self.width, self.counts = max(1, -(-cutoff_len // buckets)), np.zeros(buckets, dtype=np.int64)
+        self.max, self.sum, self.n = 0, 0, 0
+
+    def add(self, lengths: list[int]) -> None:
+        if lengths:
+            values = np.asarray(lengths, dtype=np.int64)
+            self.counts += np.bincount(np.minimum(values // self.width, len(self.counts) - 1),
+                                       minlength=len(self.counts))
+            self.max, self.sum = max(self.max, int(values.max())), self.sum + int(values.sum())
+            self.n += len(values)
+
+    def histogram(self) -> list[tuple[str, int]]:
+        return [(f"{i * self.width}-{(i + 1) * self.width - 1}", int(c)) for i, c in enumerate(self.counts)]
 
 
 def length_histogram(lengths: list[int], cutoff_len: int, buckets: int = 8) -> list[tuple[str, int]]:
-    width = max(1, -(-cutoff_len // buckets))
-    counts = [0] * buckets
-    for n in lengths:
-        counts[min(n // width, buckets - 1)] += 1
-    return [(f"{i * width}-{(i + 1) * width - 1}", c) for i, c in enumerate(counts)]
+    stats = LengthStats(cutoff_len, buckets)
+    stats.add(lengths)
+    return stats.histogram()
 
 
-def format_rows(rows: list[dict], tokenizer, cutoff_len: int, val_size: float, seed: int, out: Path,
+def splits_of(batch: list[dict], val_size: float, seed: int) -> list[str]:
+    return [split_of(row["content_hash"], val_size, seed) for row in batch]
+
+
+def stream_leaks(source: RowSource, pool, settings: FormatSettings, batch_rows: int, threshold: float,
+                 rows: int) -> dict[int, str]:
+    """contaminated's dict over the whole source, its signatures computed batch by batch on the pool into one array
+    (num_perm uint32 a row); only the eval rows' row_ids are kept, for the details."""
+    sig = np.empty((rows, DEFAULT_NUM_PERM), dtype=np.uint32)
+    is_eval = np.zeros(rows, dtype=bool)
+    eval_ids: dict[int, str] = {}
+    at = 0
+    local = lambda raw: signature_job(raw, settings)  # noqa: E731
+    for found, evals, ids in in_order(pool, _signatures_in_worker, ((raw,) for raw in source.batches(batch_rows)),
+                                      local):
+        sig[at:at + len(found)] = found
+        is_eval[at + evals] = True
+        eval_ids.update(zip((at + evals).tolist(), ids, strict=True))
+        at += len(found)
+    return leaks_of(sig, is_eval, threshold, eval_ids)
+
+
+def format_rows(rows: list[dict] | RowSource, tokenizer, cutoff_len: int, val_size: float, seed: int, out: Path,
                 decontamination_threshold: float | None = None,
                 overlength: str = "truncate", workers: int = 1,
-                batch_rows: int = BATCH_ROWS) -> tuple[list[dict], dict]:
+                batch_rows: int = BATCH_ROWS, quarantine_to: Path | None = None) -> tuple[list[dict], dict]:
     """Write `out/sft`, `out/preference` and, with KTO rows, `out/kto` (HF DatasetDicts with train/eval),
-    and `out/splits.parquet`.
+    and `out/splits-00000.parquet` (the split of every row).
 
     A row longer than cutoff_len is truncated as LLaMA-Factory truncates it (`overlength: truncate`, the
     recipe's data.overlength; counted in the report as `truncated`) or quarantined (`drop`, reason
     exceeds_cutoff_len). A row that cannot be cut to fit (the template's markup alone is longer, or no answer
     token would stay) is quarantined as exceeds_cutoff_len either way.
 
-    Rows are formatted in batches of `batch_rows` on `workers` processes (formatted_batches); the output is the
-    same for any number of workers.
+    The rows stream (a RowSource, read a batch at a time: a pass over kind and source, one for decontamination's
+    signatures, one to format), are formatted in batches of `batch_rows` on `workers` processes, and each view is
+    written as its rows come back (engine/data/view_writer.py): memory stays bounded, and the files are the same for
+    any batch size and any number of workers.
 
-    Returns (quarantined rows, report). Raises DataError when the SFT view's train or eval split would be empty;
+    Returns (quarantined rows, report): the quarantine as a list, or, with `quarantine_to`, written there as the
+    table `quarantine` and [] returned. Raises DataError when the SFT view's train or eval split would be empty;
     the preference and KTO views are written only when both of their splits have rows.
     """
+    from engine.data.view_writer import DictWriter
+    from engine.store.tables import QUARANTINE_COLUMNS, ShardWriter
     if overlength not in ("truncate", "drop"):
         raise ValueError(f"overlength must be 'truncate' or 'drop', got {overlength!r}")
+    source = rows if isinstance(rows, RowSource) else RowSource(rows)
+    kinds, rows_in, total = Counter(), Counter(), 0
+    for columns in source.columns(["kind", "source"], batch_rows):
+        kinds.update(columns["kind"])
+        rows_in.update(columns["source"])
+        total += len(columns["kind"])
     # without SFT rows (a DPO, reward or KTO dataset alone), the SFT view merge, quantization and evaluation read is
     # each pair's prompt with its chosen answer (a KTO row's, where it is desirable): what pref_ftx trains on
-    derive_sft = not any(row["kind"] == "sft" for row in rows)
-    splits = [split_of(row["content_hash"], val_size, seed) for row in rows]
-    settings = FormatSettings(tokenizer, cutoff_len, overlength, derive_sft)
-    tables: dict[tuple[str, str], list[pa.Table]] = {}
-    quarantine, provenance, lengths, truncated, tools_dropped, without_labels = [], [], [], 0, 0, Counter()
-    tokenizing = Progress("tokenizing", total=len(rows), stage="formatted_data")
-    with worker_pool(settings, workers, -(-len(rows) // batch_rows)) as pool:
-        leaks = (contaminated(rows, splits, decontamination_threshold, batch_signatures(rows, pool, batch_rows))
+    derive_sft = not kinds["sft"]
+    settings = FormatSettings(tokenizer, cutoff_len, overlength, derive_sft, val_size, seed, source.default_system)
+    out.mkdir(parents=True, exist_ok=True)
+    writers = {view: DictWriter(out / view, VIEW_FEATURES[view]) for view in VIEW_FEATURES}
+    counts, rows_out, stats = Counter(), Counter(), LengthStats(cutoff_len)
+    truncated = tools_dropped = exceeds = 0
+    without_labels: Counter = Counter()
+    quarantine: list[dict] = []
+    quarantine_writer = (ShardWriter(quarantine_to, "quarantine", QUARANTINE_COLUMNS, batch_rows=WRITE_ROWS)
+                         if quarantine_to else None)
+    tokenizing = Progress("tokenizing", total=total, stage="formatted_data")
+    with worker_pool(settings, workers, -(-total // batch_rows)) as pool, \
+            ShardWriter(out, "splits", SPLIT_COLUMNS, batch_rows=WRITE_ROWS) as splits_writer:
+        leaks = (stream_leaks(source, pool, settings, batch_rows, decontamination_threshold, total)
                  if decontamination_threshold else {})
-        for batch in tokenizing.each(formatted_batches(rows, splits, leaks, settings, pool, batch_rows),
+
+        def jobs():
+            at = 0
+            for raw in source.batches(batch_rows):
+                yield raw, {i - at: leaks[i] for i in range(at, at + len(raw)) if i in leaks}
+                at += len(raw)
+        local = lambda raw, leaks_in: format_job(raw, leaks_in, settings)  # noqa: E731
+        for batch in tokenizing.each(in_order(pool, _format_in_worker, jobs(), local),
                                      n=lambda b: len(b.provenance) + len(b.quarantine)):
-            for key, table in batch.tables.items():
-                tables.setdefault(key, []).append(table)
-            quarantine += batch.quarantine
-            provenance += batch.provenance
-            lengths += batch.lengths
+            for (view, split), table in batch.tables.items():
+                writers["sft" if view == "derived" else view].write(split, table)
+            for row in batch.quarantine:
+                exceeds += row["reason"] == "exceeds_cutoff_len"
+                if quarantine_writer:
+                    quarantine_writer.add(row)
+                else:
+                    quarantine.append(row)
+            splits_writer.add_all(batch.provenance)
+            counts.update((p["view"], p["split"]) for p in batch.provenance)
+            rows_out.update(p["source"] for p in batch.provenance)
+            stats.add(batch.lengths)
             truncated, tools_dropped = truncated + batch.truncated, tools_dropped + batch.tools_dropped
             without_labels += batch.without_labels
-    views = {view: {split: view_dataset(view, tables.get((view, split), [])) for split in ("train", "eval")}
-             for view in VIEW_FEATURES}
+    if quarantine_writer:
+        quarantine_writer.close()
     sft_view_from = "sft"
-    if derive_sft and any(t.num_rows for s in ("train", "eval") for t in tables.get(("derived", s), [])):
-        views["sft"] = {s: view_dataset("sft", tables.get(("derived", s), [])) for s in ("train", "eval")}
-        sft_view_from = "preference" if any(r["kind"] == "preference" for r in rows) else "kto"
-    out.mkdir(parents=True, exist_ok=True)
+    if derive_sft and writers["sft"].rows("train") + writers["sft"].rows("eval"):
+        sft_view_from = "preference" if kinds["preference"] else "kto"
     (out / VIEWS_FILE).write_text(json.dumps({"sft_view_from": sft_view_from}))
-    for view, splits_of_view in views.items():
-        if view not in REQUIRED_VIEWS and not all(len(d) for d in splits_of_view.values()):
+    for view, writer in writers.items():
+        writer.close()
+        if view not in REQUIRED_VIEWS and not all(writer.rows(s) for s in writer.splits):
+            shutil.rmtree(writer.folder, ignore_errors=True)
             continue  # only a stage that trains on it needs it (engine.data.format.require_view)
-        for split, dataset in splits_of_view.items():
-            if not len(dataset):
+        for split in writer.splits:
+            if not writer.rows(split):
                 raise DataError(f"no {view} rows reached the {split} split: register {view} data "
                                 "(instruction data) or adjust data.val_size")
-        DatasetDict(splits_of_view).save_to_disk(out / view)
-    Dataset.from_list(provenance).to_parquet(out / "splits.parquet")
-    counts = Counter((p["view"], p["split"]) for p in provenance)
     report = {
         "sft_train": counts[("sft", "train")], "sft_eval": counts[("sft", "eval")],
         "preference_train": counts[("preference", "train")], "preference_eval": counts[("preference", "eval")],
         "kto_train": counts[("kto", "train")], "kto_eval": counts[("kto", "eval")],
-        "max_tokens": max(lengths, default=0), "mean_tokens": round(sum(lengths) / max(len(lengths), 1), 1),
+        "max_tokens": stats.max, "mean_tokens": round(stats.sum / max(stats.n, 1), 1),
         "cutoff_len": cutoff_len, "overlength": overlength, "truncated": truncated,
         "tools_dropped_by_template": tools_dropped,
-        "exceeds_cutoff_len": sum(q["reason"] == "exceeds_cutoff_len" for q in quarantine),
-        "contaminates_eval": len(leaks), "length_histogram": length_histogram(lengths, cutoff_len),
-        "rows_in_by_source": dict(Counter(r["source"] for r in rows)),
-        "rows_out_by_source": dict(Counter(p["source"] for p in provenance)),
+        "exceeds_cutoff_len": exceeds,
+        "contaminates_eval": len(leaks), "length_histogram": stats.histogram(),
+        "rows_in_by_source": dict(rows_in),
+        "rows_out_by_source": dict(rows_out),
         "sft_view_from": sft_view_from,
         "sft_rows_without_labels": without_labels["sft" if sft_view_from == "sft" else "derived"],
     }
@@ -574,16 +790,16 @@ def with_default_system(rows: list[dict], default_system: str | None) -> list[di
 
 def format_clean_data(run: "StageRun") -> dict:
     """formatted_data's entry point: clean_data's rows rendered with the base model's chat template, tokenized,
-    split; the views as HF datasets, the split of every row and the quarantine as Parquet. Returns the report."""
+    split; the views as HF datasets, the split of every row and the quarantine as Parquet, streamed (format_rows).
+    Returns the report."""
     from engine.models.load import load_tokenizer, model_dir
-    from engine.store.tables import QUARANTINE_COLUMNS, table_dicts, write_rows
+    from engine.store.tables import table_rows
     from engine.data.templates import check_template
     data = run.recipe.data
     tokenizer = load_tokenizer(model_dir(run.inputs["base_model"]))
     check_template(tokenizer, data.template)
-    rows = with_default_system(list(table_dicts(run.inputs["clean_data"], "rows")), data.default_system)
-    quarantine, report = format_rows(rows, tokenizer, data.cutoff_len,
-                                     data.val_size, data.seed, run.out, data.decontamination_threshold,
-                                     data.overlength, worker_count(data.preprocessing_num_workers, len(rows)))
-    write_rows(quarantine, run.out / "quarantine.parquet", QUARANTINE_COLUMNS)
+    source = TableRows(run.inputs["clean_data"], "rows", data.default_system)
+    workers = worker_count(data.preprocessing_num_workers, table_rows(run.inputs["clean_data"], "rows"))
+    _, report = format_rows(source, tokenizer, data.cutoff_len, data.val_size, data.seed, run.out,
+                            data.decontamination_threshold, data.overlength, workers, quarantine_to=run.out)
     return report
