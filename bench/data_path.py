@@ -5,11 +5,11 @@ an input on 40% of them, answers of 30-250 words drawn from a Zipf vocabulary of
 (32,000 tokens, ChatML template: engine.models.load.train_tokenizer) trained on a sample of them. Then, each stage
 of each setup in a fresh process of its own (peak RSS: that stage's alone, its pool workers' included, sampled every
 0.1 s), prints rows/s and peak RSS per stage for:
-  local 1:    the stages' entry code (engine.data.ingest.ingest_to, engine.data.clean.clean with the default clean
-              steps, engine.data.format.format_rows with decontamination at 0.8, streaming clean_data's table as
-              formatted_data does) in one process;
-  local all:  the same with formatted_data's workers on every core (data.preprocessing_num_workers unset);
-              raw_data and clean_data run in one process either way;
+  local 1:    the stages' entry code (engine.data.ingest.ingest_to, engine.data.clean_stream.stream_clean with
+              the default clean steps, engine.data.format.format_rows with decontamination at 0.8, streaming
+              clean_data's table as formatted_data does; data.memory_gb 4) in one process;
+  local all:  the same with clean_data's and formatted_data's workers on every core
+              (data.preprocessing_num_workers unset); raw_data runs in one process either way;
   ray:        data.engine=ray where the recipe has the key and ray imports; else "ray: not built" / "ray: not
               installed" (issue 24 item 4);
   LF map:     LLaMA-Factory's SupervisedDatasetProcessor tokenization (src/llamafactory/data/processor/
@@ -52,6 +52,7 @@ CORES = len(os.sched_getaffinity(0))
 SETUPS = {"local1": "local 1 process", "localall": f"local {CORES} cores", "ray": "ray",
           "lf1": "LF map num_proc=1", "lfall": f"LF map num_proc={CORES}"}
 STAGES = ("raw", "clean", "formatted")
+MEMORY_GB = 4.0  # data.memory_gb's default: dedup and decontamination spill to disk past it
 
 
 def generate(n: int, path: Path, seed: int = 7, chunk: int = 50_000) -> None:
@@ -109,7 +110,7 @@ def ray_status() -> str | None:
 
 def run_stage(setup: str, stage: str, work: Path) -> dict:
     """One stage of one setup, in this (fresh) process: {rows, seconds}."""
-    from engine.store.tables import QUARANTINE_COLUMNS, ROW_COLUMNS, read_table, table_rows, write_rows
+    from engine.store.tables import ROW_COLUMNS, table_rows
     from engine.runtime.pool import worker_count
     out = work / setup / stage
     out.mkdir(parents=True, exist_ok=True)
@@ -120,24 +121,24 @@ def run_stage(setup: str, stage: str, work: Path) -> dict:
         ingest_to(out, resolve_sources(work / "data", "datasets.yaml", [SOURCE]))
         seconds = time.perf_counter() - start
         return {"rows": table_rows(out, "rows") + table_rows(out, "quarantine"), "seconds": seconds}
-    if stage == "clean":
-        from engine.data.clean import clean
+    if stage == "clean":  # clean_data's code for each engine (engine/data/clean_stage.py), its tables as shards
+        from engine.data.clean_stage import write_result
+        from engine.data.clean_stream import stream_clean
         from engine.data.ray_engine import connected, ray_clean, require_ray
         from engine.recipe.clean import CleanSection
-        from engine.store.tables import table_files
+        from engine.store.tables import ShardWriter, table_files
         raw = work / setup / "raw"
         if setup == "ray":  # a local Ray of every core, started before the clock (on a cluster it is running)
             connected(require_ray(), None)
         start = time.perf_counter()
         if setup == "ray":
-            result = ray_clean(table_files(raw, "rows"), CleanSection(), [SOURCE])
+            with ShardWriter(out, "rows", ROW_COLUMNS) as kept:
+                write_result(out, ray_clean(table_files(raw, "rows"), CleanSection(), [SOURCE], memory_gb=MEMORY_GB,
+                                            spill_dir=out, sink=kept.add_all), kept_written=True)
             workers = CORES
         else:
-            rows = read_table(raw, "rows").to_pylist()
-            workers = 1 if setup == "local1" else worker_count(None, len(rows))
-            result = clean(rows, CleanSection(), [SOURCE], workers=workers)
-        write_rows(result.rows, out / "rows.parquet", ROW_COLUMNS)
-        write_rows(result.quarantine, out / "quarantine.parquet", QUARANTINE_COLUMNS)
+            workers = 1 if setup == "local1" else worker_count(None, table_rows(raw, "rows"))
+            stream_clean(raw, out, CleanSection(), [SOURCE], memory_gb=MEMORY_GB, work_dir=out, workers=workers)
         return {"rows": table_rows(raw, "rows"), "seconds": time.perf_counter() - start, "workers": workers}
     from engine.models.load import load_tokenizer
     tokenizer = load_tokenizer(work / "tokenizer")
@@ -150,7 +151,7 @@ def run_stage(setup: str, stage: str, work: Path) -> dict:
     workers = 1 if setup == "local1" else worker_count(None, rows)
     # as formatted_data runs: clean_data's rows streamed from its table, the quarantine written beside the views
     format_rows(TableRows(clean, "rows"), tokenizer, CUTOFF_LEN, 0.1, 42, out, 0.8, "truncate", workers,
-                quarantine_to=out)
+                quarantine_to=out, memory_gb=MEMORY_GB)
     return {"rows": rows, "seconds": time.perf_counter() - start, "workers": workers}
 
 

@@ -105,7 +105,8 @@ BASE_MODEL = Stage("base_model", entry=make_base_model, parents=("clean_data",),
 FORMATTED_DATA = Stage("formatted_data", entry=format_clean_data, parents=("base_model", "clean_data"),
                        keys=("data.cutoff_len", "data.default_system", "data.overlength", "data.val_size", "data.seed",
                              "data.decontamination_threshold", "data.template"),
-                       locate=("data.preprocessing_num_workers",),  # operational: the rows are the same for any number
+                       # operational: the rows are the same for any number of workers and any memory bound
+                       locate=("data.preprocessing_num_workers", "data.memory_gb"),
                        tables={"split_rows": "splits", "quarantine": "quarantine"})
 
 

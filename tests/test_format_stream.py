@@ -104,3 +104,29 @@ def test_peak_memory_stays_flat_from_n_to_4n_rows(tiny_model_dir, tmp_path):
     large, rows_large = peak_of_formatting(4 * n, tiny_model_dir, tmp_path / "4n")
     assert rows_small > 0.9 * n and rows_large > 0.9 * 4 * n
     assert large - small < 12 * 2 ** 20, (small / 2 ** 20, large / 2 ** 20)
+
+
+def test_decontamination_past_memory_gb_finds_the_same_leaks_through_spilled_files(tiny_model_dir, tmp_path,
+                                                                                    monkeypatch):
+    """Past data.memory_gb decontamination's signatures go through dedup_spill's files on disk, read from clean_data's
+    shards in small batches: the same leaks, the same files and report as in memory, and the spill directory gone."""
+    from engine.data import format as format_module
+    from engine.data.dedup import near_duplicate_clusters
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rows = generated_rows() * 3
+    rows = [{**r, "row_id": f"{r['row_id']}:{i}", "content_hash": f"{r['content_hash']}:{i}"}
+            for i, r in enumerate(rows)]
+    clean = write_clean(rows, tmp_path / "clean", shard_rows=13)
+    spilled = []
+    monkeypatch.setattr(format_module, "near_duplicate_clusters",
+                        lambda *a, **k: spilled.append(k) or near_duplicate_clusters(*a, **k))
+    seen = {}
+    for memory_gb in (None, 4.0, 1e-6):  # 1e-6 GB: every signature spills
+        out = tmp_path / f"out-{memory_gb}"
+        _, report = format_rows(TableRows(clean, "rows", SYSTEM), tokenizer, 96, 0.3, 0, out, 0.8, workers=2,
+                                batch_rows=10, quarantine_to=out, memory_gb=memory_gb)
+        assert len(spilled) == (memory_gb == 1e-6)
+        assert not list(out.glob(".dedup-spill-*"))
+        seen[memory_gb] = (files(out), json.dumps(report))
+    assert json.loads(seen[None][1])["contaminates_eval"] > 0
+    assert seen[None] == seen[4.0] == seen[1e-6]

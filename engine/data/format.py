@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import gc
 import json
-import multiprocessing
-import os
 import shutil
 from collections import Counter
-from collections import deque
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -26,11 +21,11 @@ import numpy as np
 import pyarrow as pa
 from datasets import Features, List, Value
 
-from engine.runtime.pool import worker_count
+from engine.runtime.pool import OrderedPool, worker_count
 from engine.runtime.progress import Progress
 from engine.data.clean import dedup_text
 from engine.data.constants import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, IGNORE
-from engine.data.dedup import clusters_of_signatures
+from engine.data.dedup import clusters_of_signatures, in_memory_bytes, near_duplicate_clusters
 from engine.data.minhash import signatures
 from engine.data.split import split_of
 from engine.errors import DataError
@@ -501,8 +496,13 @@ _WORKER_SETTINGS: FormatSettings | None = None  # a pool worker's settings, rece
 
 def _start_worker(settings: FormatSettings) -> None:
     global _WORKER_SETTINGS
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the workers already use every core
     _WORKER_SETTINGS = settings
+
+
+def stage_pool(settings: FormatSettings, workers: int, jobs: int) -> OrderedPool:
+    """The pool of `workers` processes (at most one a batch; this process alone for one batch) that decontamination's
+    signatures and the formatting share, each receiving the settings (the tokenizer) once."""
+    return OrderedPool(min(workers, jobs) if jobs > 1 else 1, _start_worker, (settings,))
 
 
 def batch_rows_of(raw: list[dict] | pa.RecordBatch, settings: FormatSettings) -> list[dict]:
@@ -538,34 +538,6 @@ def _format_in_worker(raw, leaks: dict[int, str]) -> FormattedBatch:
 
 def _signatures_in_worker(raw) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return signature_job(raw, _WORKER_SETTINGS)
-
-
-@contextmanager
-def worker_pool(settings: FormatSettings, workers: int, jobs: int) -> Iterator[ProcessPoolExecutor | None]:
-    """A pool of `workers` processes (spawned: the tokenizer's threads do not survive a fork), each receiving the
-    settings (the tokenizer) once, shared by decontamination's signatures and the formatting; None, to work in this
-    process, with one worker or one batch of work."""
-    if workers <= 1 or jobs <= 1:
-        yield None
-        return
-    with ProcessPoolExecutor(min(workers, jobs), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_start_worker, initargs=(settings,)) as pool:
-        yield pool
-
-
-def in_order(pool: ProcessPoolExecutor | None, fn, jobs: Iterable[tuple], local) -> Iterator:
-    """fn(*job) per job in the jobs' order: on the pool with at most 2 jobs per worker in flight (a stream of batches
-    is never all in memory), else local(*job) in this process."""
-    if pool is None:
-        yield from (local(*job) for job in jobs)
-        return
-    pending, window = deque(), 2 * pool._max_workers  # the pool's size (ProcessPoolExecutor has no public getter)
-    for job in jobs:
-        pending.append(pool.submit(fn, *job))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 class RowSource:
@@ -631,17 +603,18 @@ def splits_of(batch: list[dict], val_size: float, seed: int) -> list[str]:
     return [split_of(row["content_hash"], val_size, seed) for row in batch]
 
 
-def stream_leaks(source: RowSource, pool, settings: FormatSettings, batch_rows: int, threshold: float,
-                 rows: int) -> dict[int, str]:
+def stream_leaks(source: RowSource, pool: OrderedPool, settings: FormatSettings, batch_rows: int, threshold: float,
+                 rows: int, memory_gb: float | None = None, spill_dir: Path | None = None) -> dict[int, str]:
     """contaminated's dict over the whole source, its signatures computed batch by batch on the pool into one array
-    (num_perm uint32 a row); only the eval rows' row_ids are kept, for the details."""
+    (num_perm uint32 a row); only the eval rows' row_ids are kept, for the details. Where that array would pass
+    `memory_gb`, spilled_leaks finds the same dict through files under `spill_dir`."""
+    if memory_gb is not None and in_memory_bytes(rows, DEFAULT_NUM_PERM) > memory_gb * 2 ** 30:
+        return spilled_leaks(source, settings, batch_rows, threshold, memory_gb, spill_dir)
     sig = np.empty((rows, DEFAULT_NUM_PERM), dtype=np.uint32)
     is_eval = np.zeros(rows, dtype=bool)
     eval_ids: dict[int, str] = {}
     at = 0
-    local = lambda raw: signature_job(raw, settings)  # noqa: E731
-    for found, evals, ids in in_order(pool, _signatures_in_worker, ((raw,) for raw in source.batches(batch_rows)),
-                                      local):
+    for found, evals, ids in pool.map(_signatures_in_worker, ((raw,) for raw in source.batches(batch_rows))):
         sig[at:at + len(found)] = found
         is_eval[at + evals] = True
         eval_ids.update(zip((at + evals).tolist(), ids, strict=True))
@@ -649,10 +622,40 @@ def stream_leaks(source: RowSource, pool, settings: FormatSettings, batch_rows: 
     return leaks_of(sig, is_eval, threshold, eval_ids)
 
 
+def spilled_leaks(source: RowSource, settings: FormatSettings, batch_rows: int, threshold: float, memory_gb: float,
+                  spill_dir: Path | None) -> dict[int, str]:
+    """stream_leaks' dict in bounded memory: the texts, eval rows first as leaks_of orders them, through
+    near_duplicate_clusters' spilled partitions (the same clusters); then the roots' row_ids in one more pass."""
+    is_eval = np.array([split_of(h, settings.val_size, settings.seed) == "eval"
+                        for columns in source.columns(["content_hash"], batch_rows) for h in columns["content_hash"]],
+                       dtype=bool)
+    order = np.concatenate([np.flatnonzero(is_eval), np.flatnonzero(~is_eval)]).astype(np.int64)
+    evals = int(is_eval.sum())
+
+    def texts(wanted: np.ndarray) -> Iterator[str]:
+        at = 0
+        for raw in source.batches(batch_rows):
+            rows = batch_rows_of(raw, settings)
+            mask, at = wanted[at:at + len(rows)], at + len(rows)
+            yield from (dedup_text({**row, "messages": json.loads(row["messages"])})
+                        for row, keep in zip(rows, mask) if keep)
+    clusters = near_duplicate_clusters(chain(texts(is_eval), texts(~is_eval)), threshold, DEFAULT_NUM_PERM,
+                                       DEFAULT_SHINGLE, memory_gb=memory_gb, spill_dir=spill_dir)
+    roots = {int(order[member]): (int(order[root]), jaccard) for root, member, jaccard in clusters
+             if root < evals <= member}
+    wanted = {root for root, _ in roots.values()}
+    ids, at = {}, 0
+    for columns in source.columns(["row_id"], batch_rows) if wanted else ():
+        ids |= {at + i: row_id for i, row_id in enumerate(columns["row_id"]) if at + i in wanted}
+        at += len(columns["row_id"])
+    return {member: f"~{jaccard:.2f} Jaccard with eval row {ids[root]}" for member, (root, jaccard) in roots.items()}
+
+
 def format_rows(rows: list[dict] | RowSource, tokenizer, cutoff_len: int, val_size: float, seed: int, out: Path,
                 decontamination_threshold: float | None = None,
                 overlength: str = "truncate", workers: int = 1,
-                batch_rows: int = BATCH_ROWS, quarantine_to: Path | None = None) -> tuple[list[dict], dict]:
+                batch_rows: int = BATCH_ROWS, quarantine_to: Path | None = None,
+                memory_gb: float | None = None) -> tuple[list[dict], dict]:
     """Write `out/sft`, `out/preference` and, with KTO rows, `out/kto` (HF DatasetDicts with train/eval),
     and `out/splits-00000.parquet` (the split of every row).
 
@@ -693,9 +696,10 @@ def format_rows(rows: list[dict] | RowSource, tokenizer, cutoff_len: int, val_si
     quarantine_writer = (ShardWriter(quarantine_to, "quarantine", QUARANTINE_COLUMNS, batch_rows=WRITE_ROWS)
                          if quarantine_to else None)
     tokenizing = Progress("tokenizing", total=total, stage="formatted_data")
-    with worker_pool(settings, workers, -(-total // batch_rows)) as pool, \
+    with stage_pool(settings, workers, -(-total // batch_rows)) as pool, \
             ShardWriter(out, "splits", SPLIT_COLUMNS, batch_rows=WRITE_ROWS) as splits_writer:
-        leaks = (stream_leaks(source, pool, settings, batch_rows, decontamination_threshold, total)
+        # spilled signatures, if any, go to a temporary directory in `out`, gone when they are read
+        leaks = (stream_leaks(source, pool, settings, batch_rows, decontamination_threshold, total, memory_gb, out)
                  if decontamination_threshold else {})
 
         def jobs():
@@ -703,8 +707,7 @@ def format_rows(rows: list[dict] | RowSource, tokenizer, cutoff_len: int, val_si
             for raw in source.batches(batch_rows):
                 yield raw, {i - at: leaks[i] for i in range(at, at + len(raw)) if i in leaks}
                 at += len(raw)
-        local = lambda raw, leaks_in: format_job(raw, leaks_in, settings)  # noqa: E731
-        for batch in tokenizing.each(in_order(pool, _format_in_worker, jobs(), local),
+        for batch in tokenizing.each(pool.map(_format_in_worker, jobs()),
                                      n=lambda b: len(b.provenance) + len(b.quarantine)):
             for (view, split), table in batch.tables.items():
                 writers["sft" if view == "derived" else view].write(split, table)
@@ -801,5 +804,6 @@ def format_clean_data(run: "StageRun") -> dict:
     source = TableRows(run.inputs["clean_data"], "rows", data.default_system)
     workers = worker_count(data.preprocessing_num_workers, table_rows(run.inputs["clean_data"], "rows"))
     _, report = format_rows(source, tokenizer, data.cutoff_len, data.val_size, data.seed, run.out,
-                            data.decontamination_threshold, data.overlength, workers, quarantine_to=run.out)
+                            data.decontamination_threshold, data.overlength, workers, quarantine_to=run.out,
+                            memory_gb=data.memory_gb)
     return report

@@ -25,7 +25,7 @@ def _quiet_tokenizers() -> None:
 
 
 def ordered_map(fn: Callable[..., Any], jobs: Iterable[tuple], workers: int,
-             initializer: Callable[..., None] | None = None, initargs: tuple = ()) -> Iterator[Any]:
+                initializer: Callable[..., None] | None = None, initargs: tuple = ()) -> Iterator[Any]:
     """fn(*job) for every job, in the jobs' order: in this process with one worker, else on a pool of `workers`
     spawned processes (a tokenizer's threads do not survive a fork), each started with initializer(*initargs). At
     most 2 x workers jobs are in flight, so a stream of batches is never all in memory."""
