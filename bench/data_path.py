@@ -311,6 +311,8 @@ def main() -> None:
         return child(*args.child, args.work)
     if "formatted" not in args.stages:
         parser.error("--stages: the report compares formatted_data, so it must be among them")
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
     for n in args.rows:
         with tempfile.TemporaryDirectory(dir=args.work) as work:
             bench(n, Path(work), tuple(s for s in STAGES if s in args.stages))

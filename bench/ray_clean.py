@@ -1,9 +1,11 @@
 """clean_data on the local engine and on Ray (data.engine: ray) side by side: rows/s over N synthetic alpaca rows
 (bench/data_path.py's generator and ingest), and whether both wrote the same tables.
 
-local: engine.data.clean.clean in one process (read raw's rows, clean, write); ray: engine.data.ray_engine.ray_clean on
-a local Ray of every core, started before the clock (its start-up is printed on its own). Both with the recipe's
-default clean steps, then again with near_dedup added.
+Each engine as clean_data runs it (engine/data/clean_stage.py), its tables written as shards: local:
+engine.data.clean_stream.stream_clean on the pool of data.preprocessing_num_workers' default (every core from 20,000
+rows); ray: engine.data.ray_engine.ray_clean on a local Ray of every core, started before the clock (its start-up is
+printed on its own), its kept rows streamed into the shard writer. Both with the recipe's default clean steps, then
+again with near_dedup added.
 
 Usage: .venv/bin/python bench/ray_clean.py [--rows 100000] [--work DIR]
 """
@@ -25,15 +27,11 @@ sys.path.insert(0, str(ROOT))
 from bench.data_path import SOURCE, generate  # noqa: E402
 
 
-def written(result, out: Path) -> str:
-    """clean_raw_data's tables of a result, and one digest of their bytes and the report."""
-    from engine.store.tables import CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS, write_rows
-    out.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(json.dumps(result.report).encode())
-    for name, records, columns in (("rows", result.rows, ROW_COLUMNS), ("quarantine", result.quarantine,
-                                   QUARANTINE_COLUMNS), ("clusters", result.clusters, CLUSTER_COLUMNS),
-                                  ("rewrites", result.rewrites, REWRITE_COLUMNS)):
-        digest.update(write_rows(records, out / f"{name}.parquet", columns).read_bytes())
+def tables_digest(out: Path, report: dict) -> str:
+    """One digest of the report and every table shard clean_data wrote to `out`, in path order."""
+    digest = hashlib.sha256(json.dumps(report).encode())
+    for path in sorted(out.glob("*.parquet")):
+        digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -45,12 +43,14 @@ def main() -> None:
     import ray
     from pydantic import TypeAdapter
 
-    from engine.data.clean import clean
+    from engine.data.clean_stage import write_result
+    from engine.data.clean_stream import stream_clean
     from engine.data.ingest import ingest_to
     from engine.data.ray_engine import ray_clean
     from engine.data.registry import resolve_sources
     from engine.recipe import CleanSection, CleanStep
-    from engine.store.tables import read_rows, table_files
+    from engine.runtime.pool import worker_count
+    from engine.store.tables import ROW_COLUMNS, ShardWriter, table_files, table_rows
 
     work = args.work or Path(tempfile.mkdtemp(prefix="ray-clean-"))
     data = work / "data"
@@ -70,15 +70,19 @@ def main() -> None:
     try:
         for label, cfg in (("default", default), ("default + near_dedup", with_near)):
             for engine in ("local", "ray"):
-                start = time.perf_counter()
+                out = work / label.replace(" ", "") / engine
+                out.mkdir(parents=True, exist_ok=True)
+                start = time.perf_counter()  # each engine as clean_data runs it (engine/data/clean_stage.py)
                 if engine == "local":
-                    result = clean(read_rows(files[0]) if len(files) == 1 else
-                                   [r for f in files for r in read_rows(f)], cfg, [SOURCE])
+                    report = stream_clean(raw, out, cfg, [SOURCE], work_dir=out,
+                                          workers=worker_count(None, table_rows(raw, "rows")))
                 else:
-                    result = ray_clean(files, cfg, [SOURCE])
-                digest = written(result, work / label.replace(" ", "") / engine)
+                    with ShardWriter(out, "rows", ROW_COLUMNS) as kept:
+                        result = ray_clean(files, cfg, [SOURCE], spill_dir=out, sink=kept.add_all)
+                    report = write_result(out, result, kept_written=True)
                 seconds = time.perf_counter() - start
-                rows = result.report["rows_in"]
+                digest = tables_digest(out, report)
+                rows = report["rows_in"]
                 print(f"| {label} | {engine} | {rows} | {seconds:.1f} | {rows / seconds:,.0f} | {digest} |",
                       flush=True)
     finally:
