@@ -4,6 +4,7 @@ come as a list or from the table, and the peak memory of formatting 4N rows is a
 
 import hashlib
 import json
+import os
 import random
 import subprocess
 import sys
@@ -88,8 +89,10 @@ def sft_rows(n: int) -> list[dict]:
 def peak_of_formatting(n: int, tiny_model_dir: Path, work: Path) -> tuple[int, int]:
     """(peak RSS in bytes, rows formatted) of a fresh process formatting n rows from a clean_data table."""
     write_clean(sft_rows(n), work / "clean", shard_rows=2000)
+    # one tokenizer thread and two malloc arenas: the peak then does not depend on how busy the machine is
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "MALLOC_ARENA_MAX": "2"}
     done = subprocess.run([sys.executable, "-c", PEAK.format(root=str(ROOT), model=str(tiny_model_dir)), str(work)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return result["peak"], result["rows"]
@@ -103,7 +106,8 @@ def test_peak_memory_stays_flat_from_n_to_4n_rows(tiny_model_dir, tmp_path):
     small, rows_small = peak_of_formatting(n, tiny_model_dir, tmp_path / "n")
     large, rows_large = peak_of_formatting(4 * n, tiny_model_dir, tmp_path / "4n")
     assert rows_small > 0.9 * n and rows_large > 0.9 * 4 * n
-    assert large - small < 12 * 2 ** 20, (small / 2 ** 20, large / 2 ** 20)
+    # signatures and LSH arrays grow ~5 MB; the in-memory formatting grew hundreds of MB
+    assert large - small < 30 * 2 ** 20, (small / 2 ** 20, large / 2 ** 20)
 
 
 def test_decontamination_past_memory_gb_finds_the_same_leaks_through_spilled_files(tiny_model_dir, tmp_path,

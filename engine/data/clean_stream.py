@@ -132,10 +132,10 @@ class StreamClean:
         self.con.execute("SET temp_directory = ?", [str(work / "duckdb")])
 
     def run(self, files: list[Path], out: Path, source_order: list[str]) -> dict:
-        rows_in_by_source, in_order = self.survey(files, source_order)
-        count = sum(rows_in_by_source.values())
-        workers = min(self.workers, -(-count // self.batch_rows))  # no more processes than batches
         try:
+            rows_in_by_source, in_order = self.survey(files, source_order)
+            count = sum(rows_in_by_source.values())
+            workers = min(self.workers, -(-count // self.batch_rows))  # no more processes than batches
             with OrderedPool(workers, _start_worker, (self.count_tokens,)) as pool:
                 self.pool = pool
                 return self.passes(files, out, source_order, rows_in_by_source, in_order)

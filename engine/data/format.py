@@ -608,7 +608,9 @@ def stream_leaks(source: RowSource, pool: OrderedPool, settings: FormatSettings,
     """contaminated's dict over the whole source, its signatures computed batch by batch on the pool into one array
     (num_perm uint32 a row); only the eval rows' row_ids are kept, for the details. Where that array would pass
     `memory_gb`, spilled_leaks finds the same dict through files under `spill_dir`."""
-    if memory_gb is not None and in_memory_bytes(rows, DEFAULT_NUM_PERM) > memory_gb * 2 ** 30:
+    # leaks_of reorders the signatures eval rows first: a second copy of the array beside clustering's own
+    held = in_memory_bytes(rows, DEFAULT_NUM_PERM) + rows * 4 * DEFAULT_NUM_PERM
+    if memory_gb is not None and held > memory_gb * 2 ** 30:
         return spilled_leaks(source, settings, batch_rows, threshold, memory_gb, spill_dir)
     sig = np.empty((rows, DEFAULT_NUM_PERM), dtype=np.uint32)
     is_eval = np.zeros(rows, dtype=bool)

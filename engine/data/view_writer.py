@@ -49,8 +49,9 @@ class SplitWriter:
             self._next_shard()
         # copied into fresh buffers (concatenated with an empty chunk): the writer writes a buffer as the array holds
         # it, and a slice of a bigger array holds more than its rows, which would make the bytes depend on batching
-        self.writer.write_table(pa.concat_tables([head, self.empty]).combine_chunks())
-        self.in_shard += head.nbytes
+        fresh = pa.concat_tables([head, self.empty]).combine_chunks()
+        self.writer.write_table(fresh)
+        self.in_shard += fresh.nbytes  # the copy's size: a slice's nbytes depends on how its rows arrived
         self.rows += n
 
     def _next_shard(self) -> None:
