@@ -306,7 +306,7 @@ def truncate_pair_row(tokenizer, prompt: list[dict], answers: list[dict], cutoff
 def contamination_signatures(rows: list[dict]) -> np.ndarray:
     """The MinHash signatures decontamination compares, one per row (a row's depends on its text alone, so batches
     can be signed on any process)."""
-    texts = [dedup_text({**row, "messages": json.loads(row["messages"])}) for row in rows]
+    texts = [contamination_text(row) for row in rows]
     return signatures(texts, DEFAULT_NUM_PERM, DEFAULT_SHINGLE)
 
 
@@ -319,16 +319,33 @@ def contaminated(rows: list[dict], splits: list[str], threshold: float,
     return leaks_of(sig, is_eval, threshold, {i: rows[i]["row_id"] for i in np.flatnonzero(is_eval)})
 
 
+def contamination_text(row: dict) -> str:
+    """What decontamination compares of a row: its dedup text (as near_dedup's)."""
+    return dedup_text({**row, "messages": json.loads(row["messages"])})
+
+
+def eval_first(is_eval: np.ndarray) -> np.ndarray:
+    """Row indexes, eval rows first: a cluster that holds one is rooted at it."""
+    return np.concatenate([np.flatnonzero(is_eval), np.flatnonzero(~is_eval)]).astype(np.int64)
+
+
+def eval_roots(clusters: list[tuple[int, int, float]], order: np.ndarray, evals: int) -> dict[int, tuple[int, float]]:
+    """{train row: (its cluster's eval root, jaccard)} of clusters found over the rows in eval_first `order`."""
+    return {int(order[member]): (int(order[root]), jaccard) for root, member, jaccard in clusters
+            if root < evals <= member}
+
+
+def leak_details(roots: dict[int, tuple[int, float]], eval_ids: dict[int, str]) -> dict[int, str]:
+    """contaminated's dict: each leaking train row's detail, naming its eval root by row_id."""
+    return {member: f"~{jaccard:.2f} Jaccard with eval row {eval_ids[root]}"
+            for member, (root, jaccard) in roots.items()}
+
+
 def leaks_of(sig: np.ndarray, is_eval: np.ndarray, threshold: float, eval_ids: dict[int, str]) -> dict[int, str]:
     """contaminated's dict from every row's signature, which rows are eval rows, and the eval rows' row_ids."""
-    evals, trains = np.flatnonzero(is_eval), np.flatnonzero(~is_eval)
-    # eval rows first: a cluster that holds one is rooted at it
-    order = np.concatenate([evals, trains]).astype(np.int64)
-    found = {}
-    for root, member, jaccard in clusters_of_signatures(sig[order], threshold):
-        if root < len(evals) <= member:
-            found[int(order[member])] = f"~{jaccard:.2f} Jaccard with eval row {eval_ids[int(order[root])]}"
-    return found
+    order = eval_first(is_eval)
+    return leak_details(eval_roots(clusters_of_signatures(sig[order], threshold), order, int(is_eval.sum())),
+                        eval_ids)
 
 
 @dataclass(frozen=True)
@@ -631,26 +648,23 @@ def spilled_leaks(source: RowSource, settings: FormatSettings, batch_rows: int, 
     is_eval = np.array([split_of(h, settings.val_size, settings.seed) == "eval"
                         for columns in source.columns(["content_hash"], batch_rows) for h in columns["content_hash"]],
                        dtype=bool)
-    order = np.concatenate([np.flatnonzero(is_eval), np.flatnonzero(~is_eval)]).astype(np.int64)
-    evals = int(is_eval.sum())
+    order = eval_first(is_eval)
 
     def texts(wanted: np.ndarray) -> Iterator[str]:
         at = 0
         for raw in source.batches(batch_rows):
             rows = batch_rows_of(raw, settings)
             mask, at = wanted[at:at + len(rows)], at + len(rows)
-            yield from (dedup_text({**row, "messages": json.loads(row["messages"])})
-                        for row, keep in zip(rows, mask) if keep)
+            yield from (contamination_text(row) for row, keep in zip(rows, mask) if keep)
     clusters = near_duplicate_clusters(chain(texts(is_eval), texts(~is_eval)), threshold, DEFAULT_NUM_PERM,
                                        DEFAULT_SHINGLE, memory_gb=memory_gb, spill_dir=spill_dir)
-    roots = {int(order[member]): (int(order[root]), jaccard) for root, member, jaccard in clusters
-             if root < evals <= member}
+    roots = eval_roots(clusters, order, int(is_eval.sum()))
     wanted = {root for root, _ in roots.values()}
     ids, at = {}, 0
     for columns in source.columns(["row_id"], batch_rows) if wanted else ():
         ids |= {at + i: row_id for i, row_id in enumerate(columns["row_id"]) if at + i in wanted}
         at += len(columns["row_id"])
-    return {member: f"~{jaccard:.2f} Jaccard with eval row {ids[root]}" for member, (root, jaccard) in roots.items()}
+    return leak_details(roots, ids)
 
 
 def format_rows(rows: list[dict] | RowSource, tokenizer, cutoff_len: int, val_size: float, seed: int, out: Path,
