@@ -82,3 +82,12 @@ def pytest_collection_modifyitems(config, items):
         if gpu and (marker := item.get_closest_marker("cpu_only")):
             reason = marker.args[0] if marker.args else marker.kwargs.get("reason", "")
             item.add_marker(pytest.mark.skip(reason=f"CPU-only expectation on a CUDA machine: {reason}"))
+
+
+@pytest.fixture(autouse=True)
+def pools_wait_for_their_workers(monkeypatch):
+    """A data stage's pool gives its spawned workers jobs only once they have started (engine/runtime/pool.py); a
+    test's few fast jobs would all run in the test's process, and "1 or N workers, the same bytes" would hold
+    trivially. In tests, a pool waits for its workers first."""
+    from engine.runtime.pool import OrderedPool
+    monkeypatch.setattr(OrderedPool, "wait_for_workers", True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from engine.runtime.pool import ordered_map
+from engine.runtime.pool import ordered_map, pool_state
 from engine.runtime.progress import Progress
 from engine.data.dedup import exact_duplicates, near_duplicate_clusters
 from engine.data.ingest import content_hash
@@ -515,9 +515,10 @@ class Combined:
         tally = Tally()
         tally.quarantined(quarantine)
         tally.rewritten(rewrites)
-        tally.kept(final)
-        if rows_out_by_source is not None:
-            tally.out_by_source = rows_out_by_source
+        if rows_out_by_source is None:
+            tally.kept(final)
+        else:
+            tally.out_by_source = Counter(rows_out_by_source)
         return CleanResult(final, quarantine, self.clusters, self.report(tally, rows_in_by_source, source_order),
                            rewrites)
 
@@ -559,16 +560,8 @@ class Tally:
         self.out_by_source.update(r["source"] for r in rows)
 
 
-_WORKER_COUNTER: Callable[[str], int] | None = None  # a pool worker's token counter, received once when it starts
-
-
-def _start_worker(count_tokens: Callable[[str], int] | None) -> None:
-    global _WORKER_COUNTER
-    _WORKER_COUNTER = count_tokens
-
-
 def _clean_in_worker(rows: list[dict], steps: list, first_step: int) -> BatchOutcome:
-    return clean_batch(rows, steps, first_step, _WORKER_COUNTER)
+    return clean_batch(rows, steps, first_step, pool_state())  # the pool's state: the token counter
 
 
 def parsed_rows(rows: Iterable[dict], first_position: int = 0) -> list[dict]:
@@ -601,7 +594,7 @@ def clean(rows: list[dict], cfg: CleanSection, source_order: list[str],
             kept = []
             jobs = ((current[at:at + batch_rows], steps, first) for at in range(0, len(current), batch_rows))
             for outcome in ordered_map(_clean_in_worker, jobs, min(workers, -(-len(current) // batch_rows)),
-                                    _start_worker, (count_tokens,)):
+                                       count_tokens):
                 combined.add(outcome, first)
                 kept += outcome.rows
             current = kept

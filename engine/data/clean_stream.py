@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.data.clean import (NEAR_KINDS, ORDER, POSITION, ROW_LOCAL_STEPS, BatchOutcome, Combined, Tally,
-                               _clean_in_worker, _start_worker, cluster_record, corpus_order, exact_detail, exact_key,
+                               _clean_in_worker, cluster_record, corpus_order, exact_detail, exact_key,
                                near_detail, near_text, quarantine_record, segments, stored_row)
 from engine.data.dedup import exact_duplicates, near_duplicate_clusters
 from engine.runtime.pool import OrderedPool
@@ -136,7 +136,7 @@ class StreamClean:
             rows_in_by_source, in_order = self.survey(files, source_order)
             count = sum(rows_in_by_source.values())
             workers = min(self.workers, -(-count // self.batch_rows))  # no more processes than batches
-            with OrderedPool(workers, _start_worker, (self.count_tokens,)) as pool:
+            with OrderedPool(workers, self.count_tokens) as pool:
                 self.pool = pool
                 return self.passes(files, out, source_order, rows_in_by_source, in_order)
         finally:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 from datasets import Features, List, Value
 
-from engine.runtime.pool import OrderedPool, worker_count
+from engine.runtime.pool import OrderedPool, pool_state, worker_count
 from engine.runtime.progress import Progress
 from engine.data.clean import dedup_text
 from engine.data.constants import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, IGNORE
@@ -96,7 +96,7 @@ class ChatRenderer:
         from transformers.utils.chat_template_utils import _compile_jinja_template
         self.tokenizer, self.compile = tokenizer, _compile_jinja_template
         self.variables = dict(tokenizer.special_tokens_map)
-        self.templates: dict[bool, object] = {}
+        self.templates: dict[bool, tuple] = {}  # {with tools: (compiled template, the variables every call shares)}
 
     def __call__(self, messages: list[dict], tools: list | None = None, add_generation_prompt: bool = False) -> str:
         if not messages:
@@ -105,10 +105,16 @@ class ChatRenderer:
             return reference_render(self.tokenizer)(messages, tools, add_generation_prompt)  # its own checks
         key = tools is not None
         if key not in self.templates:
-            self.templates[key] = self.compile(self.tokenizer.get_chat_template(None, tools))
-        return self.templates[key].render(messages=messages, tools=None if tools is None else list(tools),
-                                          documents=None, add_generation_prompt=add_generation_prompt,
-                                          **self.variables)
+            template = self.compile(self.tokenizer.get_chat_template(None, tools))
+            self.templates[key] = template, {**template.globals, "documents": None, **self.variables}
+        template, constants = self.templates[key]
+        # jinja2's Template.render, its globals merged once per template instead of once per call
+        context = template.new_context({**constants, "messages": messages, "tools": None if tools is None else
+                                        list(tools), "add_generation_prompt": add_generation_prompt}, shared=True)
+        try:
+            return template.environment.concat(template.root_render_func(context))
+        except Exception:
+            return template.environment.handle_exception()
 
 
 def encode_pieces(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -169,6 +175,11 @@ def sft_pairs(tokenizer, messages: list[dict], tools: list | None = None) -> lis
     pieces = assistant_segments(tokenizer, messages, tools)
     ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text, _ in pieces]
     return list(zip(ids[0::2], ids[1::2], strict=True))
+
+
+def no_answer(labels: list[int]) -> bool:
+    """Every label is IGNORE: no token of the row is trained (list.count: no Python loop over the labels)."""
+    return labels.count(IGNORE) == len(labels)
 
 
 def truncate_pairs(pairs: list[tuple[list[int], list[int]]], cutoff_len: int | None
@@ -462,7 +473,7 @@ def format_batch(rows: list[dict], splits: list[str], leaks: dict[int, str], set
                 too_long(row, full)
                 continue
             input_ids, labels, was_cut = truncate_pairs(pairs, cutoff_len)
-            if all(label == IGNORE for label in labels):
+            if no_answer(labels):
                 too_long(row, full, "; no answer token is left after truncation")
                 continue
             length = len(input_ids)
@@ -501,25 +512,17 @@ def format_batch(rows: list[dict], splits: list[str], leaks: dict[int, str], set
         records[("derived", split)].append((input_ids, labels, row_id))
     for (view, split), found in records.items():
         if view in ("sft", "derived"):
-            batch.without_labels[view] += sum(all(label == IGNORE for label in labels) for _, labels, _ in found)
+            batch.without_labels[view] += sum(no_answer(labels) for _, labels, _ in found)
             batch.tables[(view, split)] = sft_table(found)
         else:
             batch.tables[(view, split)] = pa.Table.from_pylist(found, schema=VIEW_FEATURES[view].arrow_schema)
     return batch
 
 
-_WORKER_SETTINGS: FormatSettings | None = None  # a pool worker's settings, received once when it starts
-
-
-def _start_worker(settings: FormatSettings) -> None:
-    global _WORKER_SETTINGS
-    _WORKER_SETTINGS = settings
-
-
 def stage_pool(settings: FormatSettings, workers: int, jobs: int) -> OrderedPool:
     """The pool of `workers` processes (at most one a batch; this process alone for one batch) that decontamination's
     signatures and the formatting share, each receiving the settings (the tokenizer) once."""
-    return OrderedPool(min(workers, jobs) if jobs > 1 else 1, _start_worker, (settings,))
+    return OrderedPool(min(workers, jobs) if jobs > 1 else 1, settings)
 
 
 def batch_rows_of(raw: list[dict] | pa.RecordBatch, settings: FormatSettings) -> list[dict]:
@@ -528,14 +531,18 @@ def batch_rows_of(raw: list[dict] | pa.RecordBatch, settings: FormatSettings) ->
     return raw if isinstance(raw, list) else with_default_system(raw.to_pylist(), settings.default_system)
 
 
-def format_job(raw: list[dict] | pa.RecordBatch, leaks: dict[int, str], settings: FormatSettings) -> FormattedBatch:
-    """format_batch of one batch as the source gave it, its rows' splits computed here. The cyclic garbage collector
-    waits for the batch's end: the token lists it allocates would start collections that scan every live object."""
+def format_job(raw: list[dict] | pa.RecordBatch, leaks: dict[int, str], settings: FormatSettings,
+               is_eval: np.ndarray | None = None) -> FormattedBatch:
+    """format_batch of one batch as the source gave it; its rows' splits from `is_eval` (decontamination's pass
+    computed them) or computed here. The cyclic garbage collector waits for the batch's end: the token lists it
+    allocates would start collections that scan every live object."""
     paused = gc.isenabled()
     gc.disable()
     try:
         rows = batch_rows_of(raw, settings)
-        return format_batch(rows, splits_of(rows, settings.val_size, settings.seed), leaks, settings)
+        splits = (splits_of(rows, settings.val_size, settings.seed) if is_eval is None
+                  else ["eval" if e else "train" for e in is_eval.tolist()])
+        return format_batch(rows, splits, leaks, settings)
     finally:
         if paused:
             gc.enable()
@@ -549,12 +556,12 @@ def signature_job(raw: list[dict] | pa.RecordBatch, settings: FormatSettings
     return contamination_signatures(rows), np.array(evals, dtype=np.int64), [rows[i]["row_id"] for i in evals]
 
 
-def _format_in_worker(raw, leaks: dict[int, str]) -> FormattedBatch:
-    return format_job(raw, leaks, _WORKER_SETTINGS)
+def _format_in_worker(raw, leaks: dict[int, str], is_eval: np.ndarray | None) -> FormattedBatch:
+    return format_job(raw, leaks, pool_state(), is_eval)  # the pool's state: the settings
 
 
 def _signatures_in_worker(raw) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    return signature_job(raw, _WORKER_SETTINGS)
+    return signature_job(raw, pool_state())
 
 
 class RowSource:
@@ -621,10 +628,12 @@ def splits_of(batch: list[dict], val_size: float, seed: int) -> list[str]:
 
 
 def stream_leaks(source: RowSource, pool: OrderedPool, settings: FormatSettings, batch_rows: int, threshold: float,
-                 rows: int, memory_gb: float | None = None, spill_dir: Path | None = None) -> dict[int, str]:
+                 rows: int, memory_gb: float | None = None, spill_dir: Path | None = None
+                 ) -> tuple[dict[int, str], np.ndarray]:
     """contaminated's dict over the whole source, its signatures computed batch by batch on the pool into one array
     (num_perm uint32 a row); only the eval rows' row_ids are kept, for the details. Where that array would pass
-    `memory_gb`, spilled_leaks finds the same dict through files under `spill_dir`."""
+    `memory_gb`, spilled_leaks finds the same dict through files under `spill_dir`. Returns (the dict, every row's
+    is-eval flag: the split the format pass then reuses)."""
     # leaks_of reorders the signatures eval rows first: a second copy of the array beside clustering's own
     held = in_memory_bytes(rows, DEFAULT_NUM_PERM) + rows * 4 * DEFAULT_NUM_PERM
     if memory_gb is not None and held > memory_gb * 2 ** 30:
@@ -638,11 +647,11 @@ def stream_leaks(source: RowSource, pool: OrderedPool, settings: FormatSettings,
         is_eval[at + evals] = True
         eval_ids.update(zip((at + evals).tolist(), ids, strict=True))
         at += len(found)
-    return leaks_of(sig, is_eval, threshold, eval_ids)
+    return leaks_of(sig, is_eval, threshold, eval_ids), is_eval
 
 
 def spilled_leaks(source: RowSource, settings: FormatSettings, batch_rows: int, threshold: float, memory_gb: float,
-                  spill_dir: Path | None) -> dict[int, str]:
+                  spill_dir: Path | None) -> tuple[dict[int, str], np.ndarray]:
     """stream_leaks' dict in bounded memory: the texts, eval rows first as leaks_of orders them, through
     near_duplicate_clusters' spilled partitions (the same clusters); then the roots' row_ids in one more pass."""
     is_eval = np.array([split_of(h, settings.val_size, settings.seed) == "eval"
@@ -664,7 +673,7 @@ def spilled_leaks(source: RowSource, settings: FormatSettings, batch_rows: int, 
     for columns in source.columns(["row_id"], batch_rows) if wanted else ():
         ids |= {at + i: row_id for i, row_id in enumerate(columns["row_id"]) if at + i in wanted}
         at += len(columns["row_id"])
-    return leak_details(roots, ids)
+    return leak_details(roots, ids), is_eval
 
 
 def format_rows(rows: list[dict] | RowSource, tokenizer, cutoff_len: int, val_size: float, seed: int, out: Path,
@@ -715,13 +724,14 @@ def format_rows(rows: list[dict] | RowSource, tokenizer, cutoff_len: int, val_si
     with stage_pool(settings, workers, -(-total // batch_rows)) as pool, \
             ShardWriter(out, "splits", SPLIT_COLUMNS, batch_rows=WRITE_ROWS) as splits_writer:
         # spilled signatures, if any, go to a temporary directory in `out`, gone when they are read
-        leaks = (stream_leaks(source, pool, settings, batch_rows, decontamination_threshold, total, memory_gb, out)
-                 if decontamination_threshold else {})
+        leaks, is_eval = (stream_leaks(source, pool, settings, batch_rows, decontamination_threshold, total,
+                                       memory_gb, out) if decontamination_threshold else ({}, None))
 
         def jobs():
             at = 0
             for raw in source.batches(batch_rows):
-                yield raw, {i - at: leaks[i] for i in range(at, at + len(raw)) if i in leaks}
+                yield (raw, {i - at: leaks[i] for i in range(at, at + len(raw)) if i in leaks},
+                       None if is_eval is None else is_eval[at:at + len(raw)])
                 at += len(raw)
         for batch in tokenizing.each(pool.map(_format_in_worker, jobs()),
                                      n=lambda b: len(b.provenance) + len(b.quarantine)):

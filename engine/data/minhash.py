@@ -41,16 +41,17 @@ def chunk_signatures(encoded: list[bytes], num_perm: int, k: int) -> np.ndarray:
     if n == 0:
         return sig[:-1].reshape(len(encoded), num_perm)
     x = np.ndarray(shape=(n,), dtype="<u8", buffer=buf, strides=(1,)).copy()  # byte i..i+7 as one word
-    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    offset = np.arange(n) - starts  # position inside its document
-    doc_len = np.repeat(lengths, lengths)
-    width = np.minimum(doc_len, k)  # a document shorter than k is one shingle: itself
-    np.bitwise_and(x, (np.uint64(1) << (np.uint64(8) * width.astype(np.uint64))) - np.uint64(1), out=x)
+    np.bitwise_and(x, np.uint64((1 << 8 * k) - 1), out=x)  # k bytes a shingle
+    ends = np.cumsum(lengths)
+    width = np.minimum(lengths, k)  # a document shorter than k is one shingle: itself
+    short = np.flatnonzero((lengths > 0) & (lengths < k))
+    x[(ends - lengths)[short]] &= (np.uint64(1) << (np.uint64(8) * width[short].astype(np.uint64))) - np.uint64(1)
     mix64(x)
     bins = ((x >> np.uint64(32)) * np.uint64(num_perm)) >> np.uint64(32)  # Lemire's range reduction
     slot = bins.view(np.int64)
     slot += np.repeat(np.arange(len(encoded), dtype=np.int64) * num_perm, lengths)
-    slot[offset > doc_len - width] = len(encoded) * num_perm
+    back = np.arange(1, k, dtype=np.int64)  # a document's last width - 1 positions start no whole shingle
+    slot[(ends[:, None] - back)[back < width[:, None]]] = len(encoded) * num_perm
     np.minimum.at(sig, slot, x.astype(np.uint32))
     return sig[:-1].reshape(len(encoded), num_perm)
 
