@@ -85,9 +85,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def pools_wait_for_their_workers(monkeypatch):
-    """A data stage's pool gives its spawned workers jobs only once they have started (engine/runtime/pool.py); a
-    test's few fast jobs would all run in the test's process, and "1 or N workers, the same bytes" would hold
-    trivially. In tests, a pool waits for its workers first."""
+def pools_alternate(monkeypatch):
+    """A data stage's pool gives its spawned workers jobs only once they have started and by how busy they are
+    (engine/runtime/pool.py): a test's few fast jobs would all run in the test's process, and "1 or N workers, the
+    same bytes" would hold trivially. In tests a pool waits for its workers, then alternates jobs between this
+    process and them by index: both paths run, whatever the timing."""
     from engine.runtime.pool import OrderedPool
-    monkeypatch.setattr(OrderedPool, "wait_for_workers", True)
+    monkeypatch.setattr(OrderedPool, "alternate", True)

@@ -6,12 +6,14 @@ a template that raises on unknown roles, and a {default, tool_use} pair."""
 
 import copy
 import json
+import pickle
 
 import pytest
 
 from engine.data.format import (
     ChatRenderer, FormatSettings, chat_messages, format_batch, pair_lengths, reference_render, tokenize_sft, tool_list,
 )
+from engine.data.worker_tokenizer import WorkerTokenizer
 from engine.models.load import CHATML_TEMPLATE, load_tokenizer
 
 from test_format_parallel import TOOLS, generated_rows
@@ -93,3 +95,31 @@ def test_format_batch_equals_the_row_by_row_reference(tokenizer):
             prompt, answers = ((messages[:-1], messages[-1:]) if row["kind"] == "kto" else
                                (messages, [{"role": "assistant", "content": row[k]} for k in ("chosen", "rejected")]))
             assert lengths[row["row_id"]] == max(pair_lengths(tokenizer, prompt, answers, tool_list(row["tools"])))
+
+
+def test_a_worker_formats_with_the_shipped_tokenizer_as_with_the_whole_one(tokenizer):
+    """FormatSettings pickled for a pool worker carry a WorkerTokenizer (backend, templates, special tokens; no
+    transformers tokenizer class, no torch, until an attribute it lacks is asked for): the batch it formats is the
+    one the whole tokenizer formats, on every template, rows cut or not; rows that fit never need the whole one."""
+    rows = generated_rows()
+    splits = ["train", "eval"] * (len(rows) // 2) + ["train"] * (len(rows) % 2)
+    for cutoff_len in (4096, 300):  # 300: preference pairs cut (the whole tokenizer's apply_chat_template)
+        settings = FormatSettings(tokenizer, cutoff_len, "truncate", False)
+        shipped = pickle.loads(pickle.dumps(settings))
+        assert isinstance(shipped.tokenizer, WorkerTokenizer) and "whole" not in vars(shipped.tokenizer)
+        ours, theirs = (format_batch(rows, splits, {3: "leak"}, s) for s in (settings, shipped))
+        assert {k: t.to_pylist() for k, t in ours.tables.items()} == \
+            {k: t.to_pylist() for k, t in theirs.tables.items()}
+        assert (ours.quarantine, ours.provenance, ours.lengths, ours.truncated, ours.tools_dropped) == \
+            (theirs.quarantine, theirs.provenance, theirs.lengths, theirs.truncated, theirs.tools_dropped)
+        if cutoff_len == 4096:
+            assert ours.truncated == 0 and "whole" not in vars(shipped.tokenizer)
+    assert shipped.tokenizer.decode([5, 6]) == tokenizer.decode([5, 6])  # anything else: the whole tokenizer's
+
+
+def test_a_shipped_tokenizer_without_a_template_raises_transformers_error(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    tok.chat_template = None
+    shipped = pickle.loads(pickle.dumps(FormatSettings(tok, 300, "truncate", False))).tokenizer
+    with pytest.raises(ValueError, match="chat_template is not set"):
+        ChatRenderer(shipped)([{"role": "user", "content": "hi"}])

@@ -1,7 +1,10 @@
 """The data stages' pool (engine/runtime/pool.py): this process and spawned workers share the jobs, results come back
-in the jobs' order with the pool's state, an error is raised in its job's turn, and the process is left as it was."""
+in the jobs' order with the pool's state, an error is raised in its job's turn, and the process is left as it was,
+a pool that fails to open too."""
 
+import glob
 import os
+import tempfile
 
 import pytest
 
@@ -12,43 +15,67 @@ def scaled(x: int) -> int:  # module level: a spawned worker imports it
     return x * pool_state()
 
 
-def where(_: int) -> int:
-    return os.getpid()
+def placed(_: int) -> tuple[int, str | None, object]:
+    return os.getpid(), os.environ.get("TOKENIZERS_PARALLELISM"), pool_state()
 
 
-def fails_on_3_and_7(x: int) -> int:
-    if x in (3, 7):
+def fails_on(x: int, failing: tuple[int, ...]) -> int:
+    if x in failing:
         raise ValueError(f"job {x}")
     return x
 
 
-@pytest.mark.parametrize("wait", [True, False])
-def test_results_come_in_the_jobs_order_with_the_pools_state_on_any_number_of_processes(wait, monkeypatch):
-    monkeypatch.setattr(OrderedPool, "wait_for_workers", wait)  # False: as a stage runs, this process starts alone
+def pool_files() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "tuneline-pool-*")))
+
+
+@pytest.mark.parametrize("alternate", [True, False])
+def test_results_come_in_the_jobs_order_with_the_pools_state_on_any_number_of_processes(alternate, monkeypatch):
+    monkeypatch.setattr(OrderedPool, "alternate", alternate)  # False: as a stage runs, this process starts alone
     jobs = [(i,) for i in range(40)]
     for workers in (1, 2, 3):
         assert list(ordered_map(scaled, jobs, workers, state=3)) == [3 * i for i in range(40)]
     assert pool_state() is None
 
 
-def test_started_workers_take_jobs_and_the_process_is_left_as_it_was(monkeypatch):
+def test_jobs_run_here_and_on_workers_with_one_tokenizer_thread_and_the_process_is_left_as_it_was(monkeypatch):
     monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
-    with OrderedPool(2, state="settings") as pool:
-        assert os.environ["TOKENIZERS_PARALLELISM"] == "false"  # this process is one of the workers: one thread
-        assert pool_state() == "settings"
-        for started in pool.started:
-            started.result(timeout=300)
-        pids = list(pool.map(where, [(i,) for i in range(6)]))  # a started worker gets the first two jobs queued
-        setup = pool.setup
-    assert os.getpid() not in pids[:2]
-    assert "TOKENIZERS_PARALLELISM" not in os.environ and pool_state() is None and not setup.exists()
+    before = pool_files()
+    with OrderedPool(3, state="settings") as pool:
+        ran = list(pool.map(placed, [(i,) for i in range(9)]))
+        assert "TOKENIZERS_PARALLELISM" not in os.environ and pool_state() is None  # only around a job
+    here = [i for i, (pid, _, _) in enumerate(ran) if pid == os.getpid()]
+    assert here == [0, 3, 6] and len({pid for pid, _, _ in ran}) == 3  # the tests' placement: by index
+    assert all(threads == "false" and state == "settings" for _, threads, state in ran)
+    assert "TOKENIZERS_PARALLELISM" not in os.environ and pool_state() is None and pool_files() == before
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_a_failing_job_raises_in_its_turn_as_in_one_process(workers):
+@pytest.mark.parametrize(("failing", "first"), [((3, 4), "job 3"), ((4, 5), "job 4")])
+def test_a_failing_job_raises_in_its_turn_as_in_one_process(workers, failing, first):
+    """On 2 processes, job 3 fails on the worker and job 4 here: whichever fails first in job order is raised, once
+    the jobs before it have come back."""
     seen = []
-    with pytest.raises(ValueError, match="job 3"):
-        for x in ordered_map(fails_on_3_and_7, [(i,) for i in range(30)], workers):
+    with pytest.raises(ValueError, match=first):
+        for x in ordered_map(fails_on, [(i, failing) for i in range(30)], workers):
             seen.append(x)
-    assert seen == [0, 1, 2]
+    assert seen == list(range(int(first[-1])))
     assert pool_state() is None
+
+
+def test_pools_closed_in_any_order_keep_their_own_state():
+    first, second = ordered_map(scaled, [(i,) for i in range(20)], 2, state=2), \
+        ordered_map(scaled, [(i,) for i in range(20)], 2, state=5)
+    got = [(next(first), next(second)) for _ in range(5)]
+    first.close()  # the first pool closes while the second is open
+    assert got == [(2 * i, 5 * i) for i in range(5)] and list(second) == [5 * i for i in range(5, 20)]
+    assert pool_state() is None
+
+
+def test_a_pool_that_cannot_open_leaves_nothing_behind(monkeypatch):
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    before = pool_files()
+    with pytest.raises(Exception, match="pickle"):
+        with OrderedPool(2, state=lambda: None):  # a state no worker could receive
+            pass
+    assert pool_files() == before and pool_state() is None and "TOKENIZERS_PARALLELISM" not in os.environ

@@ -12,7 +12,7 @@ import json
 import shutil
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -124,12 +124,13 @@ def encode_pieces(tokenizer, texts: list[str]) -> list[list[int]]:
     backend = getattr(tokenizer, "_tokenizer", None)
     if not texts:
         return []
-    if not (hasattr(backend, "encode_batch_fast") and hasattr(tokenizer, "set_truncation_and_padding")):
+    if not hasattr(backend, "encode_batch_fast"):
         return tokenizer(texts, add_special_tokens=False)["input_ids"]
-    from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
-    tokenizer.set_truncation_and_padding(padding_strategy=PaddingStrategy.DO_NOT_PAD,
-                                         truncation_strategy=TruncationStrategy.DO_NOT_TRUNCATE, max_length=None,
-                                         stride=0, pad_to_multiple_of=None, padding_side=None)
+    # what set_truncation_and_padding does for no padding and no truncation (a worker's tokenizer has the backend only)
+    if backend.truncation is not None:
+        backend.no_truncation()
+    if backend.padding is not None:
+        backend.no_padding()
     if backend.encode_special_tokens != tokenizer.split_special_tokens:
         backend.encode_special_tokens = tokenizer.split_special_tokens
     return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
@@ -361,7 +362,8 @@ def leaks_of(sig: np.ndarray, is_eval: np.ndarray, threshold: float, eval_ids: d
 
 @dataclass(frozen=True)
 class FormatSettings:
-    """What formatting one row reads besides the row: the same for every batch and every worker."""
+    """What formatting one row reads besides the row: the same for every batch and every worker (pickled for a
+    worker, the tokenizer goes as a WorkerTokenizer: engine/data/worker_tokenizer.py)."""
     tokenizer: object
     cutoff_len: int
     overlength: str
@@ -369,6 +371,11 @@ class FormatSettings:
     val_size: float = 0.0  # the split of a row: split_of(its content_hash, val_size, seed)
     seed: int = 0
     default_system: str | None = None  # with_default_system, for rows read from a table
+
+    def __reduce__(self):
+        from engine.data.worker_tokenizer import WorkerTokenizer, shippable
+        tokenizer = self.tokenizer if isinstance(self.tokenizer, WorkerTokenizer) else shippable(self.tokenizer)
+        return FormatSettings, (tokenizer, *(getattr(self, f.name) for f in fields(self)[1:]))
 
 
 @dataclass

@@ -8,6 +8,8 @@ import multiprocessing
 import os
 import pickle
 import tempfile
+import threading
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -15,8 +17,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 POOL_MIN_ROWS = 20_000  # fewer rows: a spawned worker's start-up (imports, a tokenizer) costs more than it saves
 QUIET = ("TOKENIZERS_PARALLELISM", "false")  # one tokenizer thread a process: the processes already use every core
+_UNSET = object()
 
-_STATE: Any = None  # the open pool's state, set in this process while it is open and in each worker as it starts
+_worker_state: Any = None  # a spawned worker's state, read from its pool's file as it starts
+_here = threading.local()  # the state of the job this process (this thread) is running, set around the call
 
 
 def worker_count(setting: int | None, rows: int) -> int:
@@ -30,7 +34,7 @@ def worker_count(setting: int | None, rows: int) -> int:
 def pool_state() -> Any:
     """What every job of the pool it runs on reads (a stage's tokenizer, its token counter): sent to each process
     once, not with every job."""
-    return _STATE
+    return getattr(_here, "state", _worker_state)
 
 
 def ordered_map(fn: Callable[..., Any], jobs: Iterable[tuple], workers: int, state: Any = None) -> Iterator[Any]:
@@ -41,76 +45,110 @@ def ordered_map(fn: Callable[..., Any], jobs: Iterable[tuple], workers: int, sta
 
 class OrderedPool:
     """Jobs on `workers` processes: this one and `workers - 1` spawned ones (a tokenizer's threads do not survive a
-    fork), kept for several maps (a stage's passes) so the workers start once. This process takes every job until the
-    spawned workers have started (a spawned worker's imports and state take seconds), and then each job that finds
-    them with two jobs queued each, so no core waits. At most 8 x workers results are held, so a stream of batches is
+    fork), kept for several maps (a stage's passes) so the workers start once. This process takes every job until
+    the spawned workers have started (a worker's imports and state take seconds), and then each job that finds them
+    with two jobs queued each, so no core waits. At most 2 x workers + 2 results are held, so a stream of batches is
     never all in memory."""
 
-    wait_for_workers = False  # tests set it: the spawned workers then take their share of even a few fast jobs
+    alternate = False  # tests set it: workers waited for, then jobs alternate (by index) between here and them
     START_TIMEOUT = 600
 
     def __init__(self, workers: int, state: Any = None):
-        self.workers, self.state, self.pool = workers, state, None
+        self.workers, self.state, self.pool, self.setup = workers, state, None, None
 
     def __enter__(self) -> "OrderedPool":
-        global _STATE
-        self.previous, _STATE = _STATE, self.state
-        if self.workers > 1:
-            self.threads = os.environ.get(QUIET[0])
-            os.environ[QUIET[0]] = QUIET[1]
+        if self.workers <= 1:
+            return self
+        try:
+            self.started = multiprocessing.get_context("spawn").Value("i", 0)
             # the state (a tokenizer: a MB) reaches the workers through a file: written down a spawned child's
             # start-up pipe, it would hold this process (and every later worker's start) until that child had
             # imported the main module and read it
             with tempfile.NamedTemporaryFile(prefix="tuneline-pool-", suffix=".pickle", delete=False) as setup:
+                self.setup = Path(setup.name)
                 pickle.dump(self.state, setup)
-            self.setup = Path(setup.name)
             self.pool = ProcessPoolExecutor(self.workers - 1, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_start, initargs=(str(self.setup),))
-            self.started = [self.pool.submit(_started) for _ in range(self.workers - 1)]  # each spawns one now
-            try:
-                for started in self.started if self.wait_for_workers else ():
-                    started.result(timeout=self.START_TIMEOUT)
-            except BaseException:
-                self.__exit__()
-                raise
+                                            initializer=_start, initargs=(str(self.setup), self.started))
+            self.probes = [self.pool.submit(_started) for _ in range(self.workers - 1)]  # each spawns one now
+            if self.alternate:
+                self.wait_for_workers()
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
-    def __exit__(self, *exc) -> None:
-        global _STATE
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+    def wait_for_workers(self) -> None:
+        deadline = time.monotonic() + self.START_TIMEOUT
+        while self.running() < self.workers - 1:
+            for probe in self.probes:
+                if probe.done() and probe.exception() is not None:
+                    raise probe.exception()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"data pool: {self.workers - 1} workers not started in {self.START_TIMEOUT} s")
+            time.sleep(0.02)
+
+    def running(self) -> int:
+        """The spawned workers that have started; once all have, their start-up file goes."""
+        count = self.started.value
+        if count == self.workers - 1 and self.setup is not None:
             self.setup.unlink(missing_ok=True)
-            if self.threads is None:
-                os.environ.pop(QUIET[0], None)
-            else:
-                os.environ[QUIET[0]] = self.threads
-        _STATE = self.previous
+            self.setup = None
+        return count
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
+        finally:
+            if self.setup is not None:
+                self.setup.unlink(missing_ok=True)
 
     def map(self, fn: Callable[..., Any], jobs: Iterable[tuple]) -> Iterator[Any]:
         if self.pool is None:
-            yield from (fn(*job) for job in jobs)
+            yield from (run_here(fn, job, self.state, quiet=False) for job in jobs)
             return
         pending: deque = deque()  # futures and jobs run here, in the jobs' order
-        for job in jobs:
+        for index, job in enumerate(jobs):
             while pending and pending[0].done():
                 yield pending.popleft().result()
-            if sum(not p.done() for p in pending) < 2 * sum(f.done() for f in self.started):
-                pending.append(self.pool.submit(fn, *job))
+            if self.alternate:
+                to_worker = index % self.workers != 0
             else:
-                pending.append(RanHere(fn, job))
-            while len(pending) > 8 * self.workers:
+                to_worker = sum(not p.done() for p in pending) < 2 * self.running()
+            pending.append(self.pool.submit(fn, *job) if to_worker else RanHere(fn, job, self.state))
+            while len(pending) > 2 * self.workers + 2:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def run_here(fn: Callable[..., Any], job: tuple, state: Any, quiet: bool) -> Any:
+    """fn(*job) in this process with `state` as pool_state(), and with `quiet` one tokenizer thread (beside spawned
+    workers); both as they were afterwards, so pools opened and closed in any order do not mix."""
+    previous, threads = getattr(_here, "state", _UNSET), os.environ.get(QUIET[0])
+    _here.state = state
+    if quiet:
+        os.environ[QUIET[0]] = QUIET[1]
+    try:
+        return fn(*job)
+    finally:
+        if previous is _UNSET:
+            del _here.state
+        else:
+            _here.state = previous
+        if quiet and threads is None:
+            os.environ.pop(QUIET[0], None)
+        elif quiet:
+            os.environ[QUIET[0]] = threads
 
 
 class RanHere:
     """A job run in this process, answering as a finished future does: its error is raised when its turn comes, as
     a worker's would be."""
 
-    def __init__(self, fn: Callable[..., Any], job: tuple):
+    def __init__(self, fn: Callable[..., Any], job: tuple, state: Any):
         try:
-            self.value, self.error = fn(*job), None
+            self.value, self.error = run_here(fn, job, state, quiet=True), None
         except Exception as error:
             self.value, self.error = None, error
 
@@ -124,10 +162,12 @@ class RanHere:
 
 
 def _started() -> None:
-    """A worker's first job: done once it has started (until then this process takes every job)."""
+    """Each spawned worker's first submission: it makes the executor start one more process now."""
 
 
-def _start(setup: str) -> None:
-    global _STATE
+def _start(setup: str, started) -> None:
+    global _worker_state
     os.environ[QUIET[0]] = QUIET[1]
-    _STATE = pickle.loads(Path(setup).read_bytes())
+    _worker_state = pickle.loads(Path(setup).read_bytes())
+    with started.get_lock():
+        started.value += 1
