@@ -7,6 +7,9 @@ a template that raises on unknown roles, and a {default, tool_use} pair."""
 import copy
 import json
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -114,6 +117,8 @@ def test_a_worker_formats_with_the_shipped_tokenizer_as_with_the_whole_one(token
             (theirs.quarantine, theirs.provenance, theirs.lengths, theirs.truncated, theirs.tools_dropped)
         if cutoff_len == 4096:
             assert ours.truncated == 0 and "whole" not in vars(shipped.tokenizer)
+        else:
+            assert ours.truncated > 0 and "whole" in vars(shipped.tokenizer)
     assert shipped.tokenizer.decode([5, 6]) == tokenizer.decode([5, 6])  # anything else: the whole tokenizer's
 
 
@@ -123,3 +128,19 @@ def test_a_shipped_tokenizer_without_a_template_raises_transformers_error(tiny_m
     shipped = pickle.loads(pickle.dumps(FormatSettings(tok, 300, "truncate", False))).tokenizer
     with pytest.raises(ValueError, match="chat_template is not set"):
         ChatRenderer(shipped)([{"role": "user", "content": "hi"}])
+
+
+def test_a_worker_formats_rows_without_importing_torch(tiny_model_dir, tmp_path):
+    """What a spawned worker does with FormatSettings, in a fresh interpreter: rows that fit are formatted without
+    transformers' tokenizer classes, so torch is never imported (a second of every worker's start-up)."""
+    rows = generated_rows()
+    job = tmp_path / "job.pickle"
+    job.write_bytes(pickle.dumps((FormatSettings(load_tokenizer(tiny_model_dir), 4096, "truncate", False), rows)))
+    code = ("import pickle, sys; from engine.data.format import format_batch; "
+            "settings, rows = pickle.loads(open(sys.argv[1], 'rb').read()); "
+            "batch = format_batch(rows, ['train'] * len(rows), {}, settings); "
+            "print(len(batch.provenance), 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(job)], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(len(rows)), "False"]

@@ -37,12 +37,18 @@ class WorkerTokenizer:
             return self.whole.get_chat_template(chat_template, tools)
         found = self.templates[tools is not None]
         if isinstance(found, ValueError):
-            raise found
+            raise ValueError(*found.args)
         return found
 
     @cached_property
     def whole(self):
-        return pickle.loads(self.pickled)
+        try:
+            return pickle.loads(self.pickled)
+        except AttributeError as error:  # raised from a property, it would read as "no attribute 'whole'"
+            raise RuntimeError(f"the worker could not unpickle its tokenizer: {error}") from error
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k != "whole"}  # shipped again: still without transformers
 
     def __getattr__(self, name: str) -> Any:
         if name in ("whole", "pickled", "__setstate__") or name.startswith("__"):

@@ -21,6 +21,25 @@ _UNSET = object()
 
 _worker_state: Any = None  # a spawned worker's state, read from its pool's file as it starts
 _here = threading.local()  # the state of the job this process (this thread) is running, set around the call
+_quiet = {"pools": 0, "saved": None, "lock": threading.Lock()}  # open multi-process pools; the env var before them
+
+
+def _one_tokenizer_thread(on: bool) -> None:
+    """TOKENIZERS_PARALLELISM=false in this process while any of its multi-process pools is open (it runs their jobs
+    beside the workers), as it was before once the last one closes, in whatever order they close."""
+    with _quiet["lock"]:
+        if on:
+            if _quiet["pools"] == 0:
+                _quiet["saved"] = os.environ.get(QUIET[0])
+                os.environ[QUIET[0]] = QUIET[1]
+            _quiet["pools"] += 1
+            return
+        _quiet["pools"] -= 1
+        if _quiet["pools"] == 0:
+            if _quiet["saved"] is None:
+                os.environ.pop(QUIET[0], None)
+            else:
+                os.environ[QUIET[0]] = _quiet["saved"]
 
 
 def worker_count(setting: int | None, rows: int) -> int:
@@ -54,12 +73,14 @@ class OrderedPool:
     START_TIMEOUT = 600
 
     def __init__(self, workers: int, state: Any = None):
-        self.workers, self.state, self.pool, self.setup = workers, state, None, None
+        self.workers, self.state, self.pool, self.setup, self.quiet = workers, state, None, None, False
 
     def __enter__(self) -> "OrderedPool":
         if self.workers <= 1:
             return self
         try:
+            _one_tokenizer_thread(True)
+            self.quiet = True
             self.started = multiprocessing.get_context("spawn").Value("i", 0)
             # the state (a tokenizer: a MB) reaches the workers through a file: written down a spawned child's
             # start-up pipe, it would hold this process (and every later worker's start) until that child had
@@ -80,15 +101,16 @@ class OrderedPool:
     def wait_for_workers(self) -> None:
         deadline = time.monotonic() + self.START_TIMEOUT
         while self.running() < self.workers - 1:
-            for probe in self.probes:
-                if probe.done() and probe.exception() is not None:
-                    raise probe.exception()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"data pool: {self.workers - 1} workers not started in {self.START_TIMEOUT} s")
             time.sleep(0.02)
 
     def running(self) -> int:
-        """The spawned workers that have started; once all have, their start-up file goes."""
+        """The spawned workers that have started; once all have, their start-up file goes. A worker that failed to
+        start is raised here, not left for this process to make up for in silence."""
+        for probe in self.probes:
+            if probe.done() and probe.exception() is not None:
+                raise probe.exception()
         count = self.started.value
         if count == self.workers - 1 and self.setup is not None:
             self.setup.unlink(missing_ok=True)
@@ -102,10 +124,13 @@ class OrderedPool:
         finally:
             if self.setup is not None:
                 self.setup.unlink(missing_ok=True)
+            if self.quiet:
+                self.quiet = False
+                _one_tokenizer_thread(False)
 
     def map(self, fn: Callable[..., Any], jobs: Iterable[tuple]) -> Iterator[Any]:
         if self.pool is None:
-            yield from (run_here(fn, job, self.state, quiet=False) for job in jobs)
+            yield from (run_here(fn, job, self.state) for job in jobs)
             return
         pending: deque = deque()  # futures and jobs run here, in the jobs' order
         for index, job in enumerate(jobs):
@@ -122,13 +147,11 @@ class OrderedPool:
             yield pending.popleft().result()
 
 
-def run_here(fn: Callable[..., Any], job: tuple, state: Any, quiet: bool) -> Any:
-    """fn(*job) in this process with `state` as pool_state(), and with `quiet` one tokenizer thread (beside spawned
-    workers); both as they were afterwards, so pools opened and closed in any order do not mix."""
-    previous, threads = getattr(_here, "state", _UNSET), os.environ.get(QUIET[0])
+def run_here(fn: Callable[..., Any], job: tuple, state: Any) -> Any:
+    """fn(*job) in this process with `state` as pool_state(), as it was afterwards: pools opened and closed in any
+    order do not mix their states."""
+    previous = getattr(_here, "state", _UNSET)
     _here.state = state
-    if quiet:
-        os.environ[QUIET[0]] = QUIET[1]
     try:
         return fn(*job)
     finally:
@@ -136,10 +159,6 @@ def run_here(fn: Callable[..., Any], job: tuple, state: Any, quiet: bool) -> Any
             del _here.state
         else:
             _here.state = previous
-        if quiet and threads is None:
-            os.environ.pop(QUIET[0], None)
-        elif quiet:
-            os.environ[QUIET[0]] = threads
 
 
 class RanHere:
@@ -148,7 +167,7 @@ class RanHere:
 
     def __init__(self, fn: Callable[..., Any], job: tuple, state: Any):
         try:
-            self.value, self.error = run_here(fn, job, state, quiet=True), None
+            self.value, self.error = run_here(fn, job, state), None
         except Exception as error:
             self.value, self.error = None, error
 
