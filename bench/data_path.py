@@ -21,8 +21,13 @@ cutoff_len is 1024 on every side. Prints the ratios against each baseline, namin
 are against num_proc=1: whole local data path <= 1.3x LF map alone; formatted_data >= 2x as fast) and whether
 local 1 and local all wrote the same view files.
 
+With --work DIR, each size's data and results are kept in DIR/rows-N (results.json, written as each stage ends) and
+a later invocation with the same DIR resumes: the data is not generated again and a stage already measured is not
+run again (10M rows take longer than one sitting); the report names the invocations its figures come from. Outputs
+are removed once no later stage reads them (a formatted_data's files after their digest), so 10M rows fit the disk.
+
 Usage: .venv/bin/python bench/data_path.py [--rows 100000 200000 1000000 10000000] [--work DIR]
-                                          [--stages formatted]
+                                          [--stages formatted] [--setups local1 localall lf1 lfall]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -127,7 +133,7 @@ def run_stage(setup: str, stage: str, work: Path) -> dict:
         from engine.data.ray_engine import connected, ray_clean, require_ray
         from engine.recipe.clean import CleanSection
         from engine.store.tables import ShardWriter, table_files
-        raw = work / setup / "raw"
+        raw = input_of(setup, "raw", work)
         if setup == "ray":  # a local Ray of every core, started before the clock (on a cluster it is running)
             connected(require_ray(), None)
         start = time.perf_counter()
@@ -145,7 +151,7 @@ def run_stage(setup: str, stage: str, work: Path) -> dict:
     if setup in ("lf1", "lfall"):
         return lf_map(work, tokenizer, 1 if setup == "lf1" else CORES)
     from engine.data.format import TableRows, format_rows
-    clean = clean_of(setup, work)
+    clean = input_of(setup, "clean", work)
     start = time.perf_counter()
     rows = table_rows(clean, "rows")
     workers = 1 if setup == "local1" else worker_count(None, rows)
@@ -155,10 +161,10 @@ def run_stage(setup: str, stage: str, work: Path) -> dict:
     return {"rows": rows, "seconds": time.perf_counter() - start, "workers": workers}
 
 
-def clean_of(setup: str, work: Path) -> Path:
-    """The clean_data a setup's formatted_data reads: its own, or local 1's where only formatted_data was run."""
-    own = work / setup / "clean"
-    return own if own.is_dir() else work / "local1" / "clean"
+def input_of(setup: str, stage: str, work: Path) -> Path:
+    """The `stage` output a setup's next stage reads: its own, or local 1's where the setup did not run `stage`."""
+    own = work / setup / stage
+    return own if own.is_dir() else work / "local1" / stage
 
 
 def lf_map(work: Path, tokenizer, num_proc: int) -> dict:
@@ -167,8 +173,11 @@ def lf_map(work: Path, tokenizer, num_proc: int) -> dict:
     from datasets import disable_caching, load_dataset
 
     from engine.data.format import infer_seqlen
-    disable_caching()
-    records = load_dataset("json", data_files=str(work / "data" / DATA_FILE), split="train")
+    disable_caching()  # map's outputs still go to temp files: here under work/, removed when the stage is done
+    cache = work / "lf-cache"
+    (cache / "tmp").mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(cache / "tmp")
+    records = load_dataset("json", data_files=str(work / "data" / DATA_FILE), split="train", cache_dir=str(cache))
 
     def align(batch):  # LF's converter output: _prompt (user turns), _response (one answer); not timed
         return {"_prompt": [[{"role": "user", "content": i + ("\n" + x if x else "")}]
@@ -202,7 +211,14 @@ def lf_map(work: Path, tokenizer, num_proc: int) -> dict:
     start = time.perf_counter()
     tokenized = aligned.map(preprocess_dataset, batched=True, batch_size=1000, num_proc=num_proc if num_proc > 1 else None,
                             remove_columns=aligned.column_names, load_from_cache_file=False)
-    return {"rows": len(tokenized), "seconds": time.perf_counter() - start}
+    figures = {"rows": len(tokenized), "seconds": time.perf_counter() - start, "disk_mb": disk_mb(cache)}
+    shutil.rmtree(cache)
+    return figures
+
+
+def disk_mb(folder: Path) -> float:
+    """The bytes of the files under `folder`, in MB (a stage's output, or LF's Arrow caches: the disk a size needs)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
 def high_water_mb() -> float:
@@ -255,23 +271,80 @@ def in_fresh_process(setup: str, stage: str, work: Path) -> dict:
 
 def digest(out: Path) -> str:
     """sha256 over every file formatted_data wrote (the views, splits.parquet, the quarantine), in path order."""
-    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file())).hexdigest()
+    sha = hashlib.sha256()
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                sha.update(chunk)
+    return sha.hexdigest()
 
 
-def bench(n: int, work: Path, stages: tuple[str, ...] = STAGES) -> None:
-    prepare(work, n)
+class Results:
+    """Each (setup, stage)'s figures, kept in work/results.json as each stage ends (with --work: a later invocation
+    reads them back and runs only what is missing), and the invocations (start times) they come from."""
+
+    def __init__(self, work: Path):
+        self.path = work / "results.json"
+        saved = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.invocation = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        self.figures: dict[str, dict] = saved.get("figures", {})
+
+    def get(self, setup: str, stage: str) -> dict | None:
+        return self.figures.get(f"{setup}/{stage}")
+
+    def put(self, setup: str, stage: str, figures: dict) -> None:
+        self.figures[f"{setup}/{stage}"] = {**figures, "invocation": self.invocation}
+        partial = self.path.with_suffix(".partial")  # whole or not at all: a killed run leaves the last complete file
+        partial.write_text(json.dumps({"figures": self.figures}, indent=1))
+        partial.replace(self.path)
+
+    def invocations(self) -> list[str]:
+        return sorted({f["invocation"] for f in self.figures.values()})
+
+
+def measure(results: Results, setup: str, stage: str, work: Path, keep: bool) -> dict:
+    """A stage's figures: measured in a fresh process unless already in `results`. A formatted_data's files are
+    digested, then removed with the inputs nothing else reads (unless `keep`: local 1's, which other setups read
+    where they ran only later stages)."""
+    if (found := results.get(setup, stage)) is not None:
+        return found
+    figures = in_fresh_process(setup, stage, work)
+    if stage == "formatted" and setup not in ("lf1", "lfall"):
+        figures["digest"] = digest(work / setup / "formatted")
+        figures["disk_mb"] = disk_mb(work / setup / "formatted")
+        for done in ("formatted", *(() if keep else ("clean", "raw"))):
+            shutil.rmtree(work / setup / done, ignore_errors=True)
+    results.put(setup, stage, figures)
+    return figures
+
+
+def bench(n: int, work: Path, stages: tuple[str, ...] = STAGES, chosen: tuple[str, ...] = tuple(SETUPS)) -> None:
+    if not (work / "prepared").exists():  # the data and tokenizer, whole: a run killed while preparing starts over
+        shutil.rmtree(work / "data", ignore_errors=True)
+        shutil.rmtree(work / "tokenizer", ignore_errors=True)
+        prepare(work, n)
+        (work / "prepared").touch()
+    results = Results(work)
     ray = ray_status()
-    setups = ["local1", "localall", *(["ray"] if ray is None else [])]
-    results: dict[tuple[str, str], dict] = {}
-    if stages != STAGES:  # the stages not measured run once, untimed, for local 1: their output feeds the others
+    setups = [s for s in ("local1", "localall", *(["ray"] if ray is None else [])) if s in chosen]
+    if stages != STAGES and not all(results.get(s, "formatted") for s in setups):
+        # the stages not measured run once, untimed, for local 1: their output feeds the others
         for stage in STAGES[:STAGES.index(stages[0])]:
-            in_fresh_process("local1", stage, work)
+            if not (work / "local1" / stage).is_dir():
+                in_fresh_process("local1", stage, work)
     for setup in setups:
         for stage in stages:
-            results[(setup, stage)] = in_fresh_process(setup, stage, work)
+            measure(results, setup, stage, work, keep=setup == "local1" and stages != STAGES)
     for setup in ("lf1", "lfall"):
-        results[(setup, "formatted")] = in_fresh_process(setup, "formatted", work)
-    print(f"\n{n:,} alpaca rows, cutoff_len {CUTOFF_LEN}, {CORES} cores")
+        if setup in chosen:
+            measure(results, setup, "formatted", work, keep=True)
+    report(n, results, stages, setups, ray)
+
+
+def report(n: int, results: Results, stages: tuple[str, ...], setups: list[str], ray: str | None) -> None:
+    invocations = results.invocations()
+    print(f"\n{n:,} alpaca rows, cutoff_len {CUTOFF_LEN}, {CORES} cores"
+          + (f"; measured in {len(invocations)} invocations ({', '.join(invocations)})" if len(invocations) > 1 else ""))
     print(f"{'setup':<20}" + "".join(f"{stage + ' rows/s':>18}{'peak RSS MB':>14}" for stage in STAGES))
     for setup, label in SETUPS.items():
         if setup == "ray" and ray is not None:
@@ -279,43 +352,56 @@ def bench(n: int, work: Path, stages: tuple[str, ...] = STAGES) -> None:
             continue
         cells = ""
         for stage in STAGES:
-            r = results.get((setup, stage))
+            r = results.get(setup, stage)
             cells += f"{'-':>18}{'-':>14}" if r is None else f"{r['rows'] / r['seconds']:>18,.0f}{r['peak_rss_mb']:>14,.0f}"
         print(f"{label:<20}{cells}")
     for base in ("lf1", "lfall"):
-        lf = results[(base, "formatted")]["seconds"]
+        if results.get(base, "formatted") is None:
+            print(f"baseline {SETUPS[base]}: not measured")
+            continue
+        lf = results.get(base, "formatted")["seconds"]
         print(f"baseline {SETUPS[base]} ({lf:.1f} s):")
         for setup in setups:
-            formatted = results[(setup, "formatted")]["seconds"]
+            formatted = results.get(setup, "formatted")["seconds"]
             path = ""
             if stages == STAGES:
-                whole = sum(results[(setup, stage)]["seconds"] for stage in STAGES)
+                whole = sum(results.get(setup, stage)["seconds"] for stage in STAGES)
                 path = (f"data path {whole:.1f} s = {whole / lf:.2f}x {SETUPS[base]} alone"
                         f"{' (goal <= 1.3x)' if base == 'lf1' else ''}; ")
             print(f"  {SETUPS[setup]}: {path}formatted_data {formatted:.1f} s = "
                   f"{lf / formatted:.2f}x as fast as {SETUPS[base]}{' (goal >= 2x)' if base == 'lf1' else ''}")
-    same = digest(work / "local1" / "formatted") == digest(work / "localall" / "formatted")
-    print(f"local 1 and local all wrote the same formatted_data files: {'yes, byte for byte' if same else 'NO'}")
+    digests = {setup: results.get(setup, "formatted")["digest"] for setup in setups}
+    if len(digests) > 1:
+        same = len(set(digests.values())) == 1
+        print(f"{', '.join(SETUPS[s] for s in digests)} wrote the same formatted_data files: "
+              f"{'yes, byte for byte' if same else 'NO: ' + str(digests)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000])
-    parser.add_argument("--work", type=Path, default=None, help="where the data and outputs go (default: a temp dir)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="where each size's data, outputs and results are kept, and resumed from (default: a temp "
+                             "dir, removed at the end)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
                         help="the stages to measure, consecutive (e.g. --stages formatted: raw and clean run once, "
                              "untimed, for local 1, and every setup's formatted_data reads that clean_data)")
+    parser.add_argument("--setups", nargs="+", choices=SETUPS, default=list(SETUPS),
+                        help="the setups to measure (default: all; ray where built and installed)")
     parser.add_argument("--child", nargs=2, metavar=("SETUP", "STAGE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child, args.work)
     if "formatted" not in args.stages:
         parser.error("--stages: the report compares formatted_data, so it must be among them")
-    if args.work:
-        args.work.mkdir(parents=True, exist_ok=True)
+    stages, setups = tuple(s for s in STAGES if s in args.stages), tuple(args.setups)
     for n in args.rows:
-        with tempfile.TemporaryDirectory(dir=args.work) as work:
-            bench(n, Path(work), tuple(s for s in STAGES if s in args.stages))
+        if args.work:
+            (args.work / f"rows-{n}").mkdir(parents=True, exist_ok=True)
+            bench(n, args.work / f"rows-{n}", stages, setups)
+        else:
+            with tempfile.TemporaryDirectory() as work:
+                bench(n, Path(work), stages, setups)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from engine.data.constants import DEFAULT_NUM_PERM, DEFAULT_SHINGLE, IGNORE
 from engine.data.dedup import clusters_of_signatures, in_memory_bytes, near_duplicate_clusters
 from engine.data.minhash import signatures
 from engine.data.split import split_of
+from engine.data.worker_tokenizer import WorkerTokenizer, fast_backend, shippable
 from engine.errors import DataError
 
 if TYPE_CHECKING:
@@ -121,10 +122,10 @@ def encode_pieces(tokenizer, texts: list[str]) -> list[list[int]]:
     """tokenizer(texts, add_special_tokens=False)["input_ids"]: with a fast tokenizer, its backend's encode_batch_fast
     (no offsets) read for the ids alone, with the same truncation/padding (none) and special-token settings the
     call sets, instead of converting every encoding to a dict of lists."""
-    backend = getattr(tokenizer, "_tokenizer", None)
+    backend = fast_backend(tokenizer)
     if not texts:
         return []
-    if not hasattr(backend, "encode_batch_fast"):
+    if backend is None:
         return tokenizer(texts, add_special_tokens=False)["input_ids"]
     # what set_truncation_and_padding does for no padding and no truncation (a worker's tokenizer has the backend only)
     if backend.truncation is not None:
@@ -373,7 +374,6 @@ class FormatSettings:
     default_system: str | None = None  # with_default_system, for rows read from a table
 
     def __reduce__(self):
-        from engine.data.worker_tokenizer import WorkerTokenizer, shippable
         tokenizer = self.tokenizer if isinstance(self.tokenizer, WorkerTokenizer) else shippable(self.tokenizer)
         return FormatSettings, (tokenizer, *(getattr(self, f.name) for f in fields(self)[1:]))
 

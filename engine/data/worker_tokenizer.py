@@ -9,10 +9,15 @@ from functools import cached_property
 from typing import Any
 
 
+def fast_backend(tokenizer) -> Any:
+    """A fast tokenizer's Rust backend (tokenizers.Tokenizer, with the batch API the data stages call), else None."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    return backend if hasattr(backend, "encode_batch_fast") else None
+
+
 def shippable(tokenizer) -> Any:
     """`tokenizer` as a worker should receive it: a WorkerTokenizer for a fast tokenizer, any other as it is."""
-    return WorkerTokenizer(tokenizer) if hasattr(getattr(tokenizer, "_tokenizer", None), "encode_batch_fast") \
-        else tokenizer
+    return WorkerTokenizer(tokenizer) if fast_backend(tokenizer) is not None else tokenizer
 
 
 class WorkerTokenizer:
