@@ -3,8 +3,10 @@ the same report as the in-memory `clean()`, for any batch size and number of wor
 DuckDB; and its memory does not grow with the corpus."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -12,7 +14,7 @@ from pydantic import TypeAdapter
 
 from engine.data.clean import clean, corpus_order
 from engine.data.clean_stage import write_result
-from engine.data.clean_stream import stream_clean
+from engine.data.clean_stream import StreamClean, stream_clean
 from engine.data.ingest import ingest
 from engine.data.registry import resolve_sources
 from engine.recipe import CleanSection, CleanStep
@@ -77,15 +79,38 @@ def test_streamed_tables_and_report_are_the_in_memory_ones(raw, tmp_path, source
         assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # the part files are gone
 
 
-def test_a_dedup_first_and_no_steps_give_the_in_memory_result(raw, tmp_path):
+def test_a_dedup_first_and_no_steps_give_the_in_memory_result(raw, tmp_path, monkeypatch):
     rows = [r for f in table_files(raw, "rows") for r in pq.read_table(f).to_pylist()]
+    parts_at_exact, exact = [], StreamClean.exact
+
+    def recorded(self, part, step, first):
+        parts_at_exact.append(sorted(p.name for p in self.work.glob("part-*.parquet")))
+        return exact(self, part, step, first)
+    monkeypatch.setattr(StreamClean, "exact", recorded)
     for n, steps in enumerate(([{"step": "near_dedup"}, {"step": "exact_dedup"}], [])):
         memory, out = tmp_path / f"m{n}", tmp_path / f"s{n}"
         memory.mkdir(), out.mkdir()
         report = write_result(memory, clean(rows, section(steps), SELECTED[::-1]))
         assert json.dumps(stream_clean(raw, out, section(steps), SELECTED[::-1], batch_rows=50)) == json.dumps(report)
         assert tables_bytes(out) == tables_bytes(memory)
+    # raw's ordered rows, written for near_dedup, are removed once it has read them: at 10M rows, a corpus of disk
+    assert parts_at_exact == [["part-2.parquet"]]
 
+
+
+def test_a_step_that_fails_leaves_no_file_open(raw, tmp_path, monkeypatch):
+    open_when_failing = []
+
+    def failing(self, part, step, first):
+        open_when_failing.append(self.quarantine.writer.is_open)  # the length step quarantined rows before
+        raise RuntimeError("planted")
+    monkeypatch.setattr(StreamClean, "exact", failing)
+    with pytest.raises(RuntimeError, match="planted") as failure:  # its traceback held, as a caller's log holds it
+        stream_clean(raw, tmp_path, section(), SELECTED, work_dir=tmp_path, batch_rows=50)
+    assert failure.traceback and open_when_failing == [True]
+    fds = Path("/proc/self/fd")
+    assert [link for fd in fds.iterdir() if str(tmp_path) in (link := os.readlink(fd) if fd.exists() else "")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 MEASURE = """
 import json, resource, sys, tempfile

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from engine.runtime.pool import ordered_map, pool_state
+from engine.runtime.pool import OrderedPool, pool_state
 from engine.runtime.progress import Progress
 from engine.data.dedup import exact_duplicates, near_duplicate_clusters
 from engine.data.ingest import content_hash
@@ -589,20 +589,20 @@ def clean(rows: list[dict], cfg: CleanSection, source_order: list[str],
     ordered = sorted(rows, key=corpus_order(source_order))
     current = parsed_rows(ordered)
     combined = Combined()
-    for first, steps in segments(cfg.steps):
-        if steps[0].step in ROW_LOCAL_STEPS:
-            kept = []
-            jobs = ((current[at:at + batch_rows], steps, first) for at in range(0, len(current), batch_rows))
-            for outcome in ordered_map(_clean_in_worker, jobs, min(workers, -(-len(current) // batch_rows)),
-                                       count_tokens):
-                combined.add(outcome, first)
-                kept += outcome.rows
-            current = kept
-        else:
-            cleaner = Cleaner(current, count_tokens, memory_gb, spill_dir, first_step=first)
-            cleaner.run(steps[0])
-            combined.add_dedup(cleaner, first)
-            current = cleaner.rows
+    with OrderedPool(min(workers, -(-len(current) // batch_rows)), count_tokens) as pool:  # one for every segment
+        for first, steps in segments(cfg.steps):
+            if steps[0].step in ROW_LOCAL_STEPS:
+                kept = []
+                jobs = ((current[at:at + batch_rows], steps, first) for at in range(0, len(current), batch_rows))
+                for outcome in pool.map(_clean_in_worker, jobs):
+                    combined.add(outcome, first)
+                    kept += outcome.rows
+                current = kept
+            else:
+                cleaner = Cleaner(current, count_tokens, memory_gb, spill_dir, first_step=first)
+                cleaner.run(steps[0])
+                combined.add_dedup(cleaner, first)
+                current = cleaner.rows
     return combined.result([stored_row(r) for r in current], Counter(r["source"] for r in rows), source_order)
 
 

@@ -126,7 +126,7 @@ class StreamClean:
         self.combined = Combined()
         self.quarantine = Spool(work / "quarantine.parquet", QUARANTINE_COLUMNS)
         self.rewrites = Spool(work / "rewrites.parquet", REWRITE_COLUMNS)
-        self.parts = 0
+        self.parts: list[Part] = []
         self.con = duckdb.connect()
         self.con.execute(f"SET memory_limit = '{max(int(memory_gb * 1024 / 2), 64)}MB'")  # half: the rest is ours
         self.con.execute("SET temp_directory = ?", [str(work / "duckdb")])
@@ -139,7 +139,10 @@ class StreamClean:
             with OrderedPool(workers, self.count_tokens) as pool:
                 self.pool = pool
                 return self.passes(files, out, source_order, rows_in_by_source, in_order)
-        finally:
+        finally:  # on an error too: no file left open in the directory about to be removed
+            for writer in [s.writer for s in (self.quarantine, self.rewrites)] + [p.writer for p in self.parts]:
+                if writer is not None and writer.is_open:
+                    writer.close()
             self.con.close()
 
     def passes(self, files: list[Path], out: Path, source_order: list[str], rows_in_by_source: Counter,
@@ -148,14 +151,13 @@ class StreamClean:
         current: Part | None = None
         with ShardWriter(out, "clusters", CLUSTER_COLUMNS) as self.clusters:
             for first, steps in segments(self.cfg.steps):
-                previous = current
                 if steps[0].step in ROW_LOCAL_STEPS:
-                    current = self.row_local(batches if current is None else current.batches(self.batch_rows),
-                                             steps, first)
-                else:
-                    current = current or self.materialized(batches)
-                    current = self.exact(current, steps[0], first) if steps[0].step == "exact_dedup" \
-                        else self.near(current, steps[0], first)
+                    previous, current = current, self.row_local(
+                        batches if current is None else current.batches(self.batch_rows), steps, first)
+                else:  # a dedup reads a part file several times: raw's ordered rows are written to one first
+                    previous = current or self.materialized(batches)
+                    current = self.exact(previous, steps[0], first) if steps[0].step == "exact_dedup" \
+                        else self.near(previous, steps[0], first)
                 if previous is not None:
                     previous.path.unlink()  # read no more
         tally = Tally()
@@ -209,8 +211,8 @@ class StreamClean:
             yield [{**r, "messages": json.dumps(r["messages"], ensure_ascii=False)} for r in rows]
 
     def next_part(self) -> Part:
-        self.parts += 1
-        return Part(self.work / f"part-{self.parts}.parquet")
+        self.parts.append(Part(self.work / f"part-{len(self.parts) + 1}.parquet"))
+        return self.parts[-1]
 
     def materialized(self, batches: Iterator[list[dict]]) -> Part:
         part = self.next_part()
