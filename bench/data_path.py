@@ -119,7 +119,8 @@ def run_stage(setup: str, stage: str, work: Path) -> dict:
     from engine.store.tables import ROW_COLUMNS, table_rows
     from engine.runtime.pool import worker_count
     out = work / setup / stage
-    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)  # what a killed run of this stage left
+    out.mkdir(parents=True)
     if stage == "raw":
         from engine.data.ingest import ingest_to
         from engine.data.registry import resolve_sources
@@ -162,9 +163,17 @@ def run_stage(setup: str, stage: str, work: Path) -> dict:
 
 
 def input_of(setup: str, stage: str, work: Path) -> Path:
-    """The `stage` output a setup's next stage reads: its own, or local 1's where the setup did not run `stage`."""
-    own = work / setup / stage
-    return own if own.is_dir() else work / "local1" / stage
+    """The `stage` output a setup's next stage reads: its own, or local 1's where the setup did not run `stage`;
+    only a whole one (its run finished: done_mark)."""
+    for owner in (setup, "local1"):
+        if done_mark(work, owner, stage).exists():
+            return work / owner / stage
+    raise FileNotFoundError(f"{setup} {stage}: no finished output in {work / setup} or {work / 'local1'}")
+
+
+def done_mark(work: Path, setup: str, stage: str) -> Path:
+    """Beside a stage's output folder (not in it: formatted's files are digested), written once its run finished."""
+    return work / setup / f"{stage}.done"
 
 
 def lf_map(work: Path, tokenizer, num_proc: int) -> dict:
@@ -175,7 +184,8 @@ def lf_map(work: Path, tokenizer, num_proc: int) -> dict:
     from engine.data.format import infer_seqlen
     disable_caching()  # map's outputs still go to temp files: here under work/, removed when the stage is done
     cache = work / "lf-cache"
-    (cache / "tmp").mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(cache, ignore_errors=True)  # what a killed run left
+    (cache / "tmp").mkdir(parents=True)
     tempfile.tempdir = str(cache / "tmp")
     records = load_dataset("json", data_files=str(work / "data" / DATA_FILE), split="train", cache_dir=str(cache))
 
@@ -308,13 +318,24 @@ def measure(results: Results, setup: str, stage: str, work: Path, keep: bool) ->
     where they ran only later stages)."""
     if (found := results.get(setup, stage)) is not None:
         return found
-    figures = in_fresh_process(setup, stage, work)
+    figures = run_once(setup, stage, work)
     if stage == "formatted" and setup not in ("lf1", "lfall"):
         figures["digest"] = digest(work / setup / "formatted")
         figures["disk_mb"] = disk_mb(work / setup / "formatted")
-        for done in ("formatted", *(() if keep else ("clean", "raw"))):
-            shutil.rmtree(work / setup / done, ignore_errors=True)
     results.put(setup, stage, figures)
+    if stage == "formatted":  # recorded first: a run killed in between measures nothing twice
+        for done in ("formatted", *(() if keep else ("clean", "raw"))):
+            done_mark(work, setup, done).unlink(missing_ok=True)
+            shutil.rmtree(work / setup / done, ignore_errors=True)
+    return figures
+
+
+def run_once(setup: str, stage: str, work: Path) -> dict:
+    """A stage in a fresh process, its output marked whole once it finished."""
+    done_mark(work, setup, stage).unlink(missing_ok=True)
+    figures = in_fresh_process(setup, stage, work)
+    done_mark(work, setup, stage).parent.mkdir(parents=True, exist_ok=True)
+    done_mark(work, setup, stage).touch()
     return figures
 
 
@@ -327,21 +348,23 @@ def bench(n: int, work: Path, stages: tuple[str, ...] = STAGES, chosen: tuple[st
     results = Results(work)
     ray = ray_status()
     setups = [s for s in ("local1", "localall", *(["ray"] if ray is None else [])) if s in chosen]
-    if stages != STAGES and not all(results.get(s, "formatted") for s in setups):
+    if not all(results.get(s, stage) for s in setups for stage in stages):
         # the stages not measured run once, untimed, for local 1: their output feeds the others
         for stage in STAGES[:STAGES.index(stages[0])]:
-            if not (work / "local1" / stage).is_dir():
-                in_fresh_process("local1", stage, work)
+            if not done_mark(work, "local1", stage).exists():
+                run_once("local1", stage, work)
     for setup in setups:
         for stage in stages:
             measure(results, setup, stage, work, keep=setup == "local1" and stages != STAGES)
     for setup in ("lf1", "lfall"):
         if setup in chosen:
             measure(results, setup, "formatted", work, keep=True)
-    report(n, results, stages, setups, ray)
+    report(n, results, ray)
 
 
-def report(n: int, results: Results, stages: tuple[str, ...], setups: list[str], ray: str | None) -> None:
+def report(n: int, results: Results, ray: str | None) -> None:
+    """Every figure in `results`, this invocation's and earlier ones'."""
+    setups = [s for s in ("local1", "localall", "ray") if results.get(s, "formatted")]
     invocations = results.invocations()
     print(f"\n{n:,} alpaca rows, cutoff_len {CUTOFF_LEN}, {CORES} cores"
           + (f"; measured in {len(invocations)} invocations ({', '.join(invocations)})" if len(invocations) > 1 else ""))
@@ -364,12 +387,16 @@ def report(n: int, results: Results, stages: tuple[str, ...], setups: list[str],
         for setup in setups:
             formatted = results.get(setup, "formatted")["seconds"]
             path = ""
-            if stages == STAGES:
+            if all(results.get(setup, stage) for stage in STAGES):
                 whole = sum(results.get(setup, stage)["seconds"] for stage in STAGES)
                 path = (f"data path {whole:.1f} s = {whole / lf:.2f}x {SETUPS[base]} alone"
                         f"{' (goal <= 1.3x)' if base == 'lf1' else ''}; ")
             print(f"  {SETUPS[setup]}: {path}formatted_data {formatted:.1f} s = "
                   f"{lf / formatted:.2f}x as fast as {SETUPS[base]}{' (goal >= 2x)' if base == 'lf1' else ''}")
+    disk = [f"{SETUPS[s]} {results.get(s, 'formatted')['disk_mb']:,.0f} MB" for s in SETUPS
+            if results.get(s, "formatted") and "disk_mb" in results.get(s, "formatted")]
+    if disk:
+        print(f"disk: formatted_data's files, or LF's Arrow caches (json, aligned, tokenized): {', '.join(disk)}")
     digests = {setup: results.get(setup, "formatted")["digest"] for setup in setups}
     if len(digests) > 1:
         same = len(set(digests.values())) == 1

@@ -589,7 +589,9 @@ def clean(rows: list[dict], cfg: CleanSection, source_order: list[str],
     ordered = sorted(rows, key=corpus_order(source_order))
     current = parsed_rows(ordered)
     combined = Combined()
-    with OrderedPool(min(workers, -(-len(current) // batch_rows)), count_tokens) as pool:  # one for every segment
+    row_local = any(steps[0].step in ROW_LOCAL_STEPS for _, steps in segments(cfg.steps))
+    workers = min(workers, -(-len(current) // batch_rows)) if row_local else 1
+    with OrderedPool(workers, count_tokens) as pool:  # one for every row-local segment
         for first, steps in segments(cfg.steps):
             if steps[0].step in ROW_LOCAL_STEPS:
                 kept = []
