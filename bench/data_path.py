@@ -312,22 +312,24 @@ class Results:
         return sorted({f["invocation"] for f in self.figures.values()})
 
 
-def measure(results: Results, setup: str, stage: str, work: Path, keep: bool) -> dict:
+def measure(results: Results, setup: str, stage: str, work: Path) -> dict:
     """A stage's figures: measured in a fresh process unless already in `results`. A formatted_data's files are
-    digested, then removed with the inputs nothing else reads (unless `keep`: local 1's, which other setups read
-    where they ran only later stages)."""
+    digested, then removed."""
     if (found := results.get(setup, stage)) is not None:
         return found
     figures = run_once(setup, stage, work)
     if stage == "formatted" and setup not in ("lf1", "lfall"):
         figures["digest"] = digest(work / setup / "formatted")
         figures["disk_mb"] = disk_mb(work / setup / "formatted")
-    results.put(setup, stage, figures)
-    if stage == "formatted":  # recorded first: a run killed in between measures nothing twice
-        for done in ("formatted", *(() if keep else ("clean", "raw"))):
-            done_mark(work, setup, done).unlink(missing_ok=True)
-            shutil.rmtree(work / setup / done, ignore_errors=True)
+    results.put(setup, stage, figures)  # recorded first: a run killed before the removal measures nothing twice
+    if stage == "formatted":
+        remove(work, setup, "formatted")
     return figures
+
+
+def remove(work: Path, setup: str, stage: str) -> None:
+    done_mark(work, setup, stage).unlink(missing_ok=True)
+    shutil.rmtree(work / setup / stage, ignore_errors=True)
 
 
 def run_once(setup: str, stage: str, work: Path) -> dict:
@@ -355,10 +357,13 @@ def bench(n: int, work: Path, stages: tuple[str, ...] = STAGES, chosen: tuple[st
                 run_once("local1", stage, work)
     for setup in setups:
         for stage in stages:
-            measure(results, setup, stage, work, keep=setup == "local1" and stages != STAGES)
+            measure(results, setup, stage, work)
+        if not (setup == "local1" and stages != STAGES):  # local 1's feed the setups that run later stages only
+            for stage in ("raw", "clean"):
+                remove(work, setup, stage)
     for setup in ("lf1", "lfall"):
         if setup in chosen:
-            measure(results, setup, "formatted", work, keep=True)
+            measure(results, setup, "formatted", work)
     report(n, results, ray)
 
 

@@ -13,9 +13,9 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-import pyarrow.parquet as pq
 
 from engine.errors import DataError
+from engine.store.tables import streamed_parquet
 
 if TYPE_CHECKING:
     from engine.data.registry import DatasetEntry
@@ -375,7 +375,7 @@ def _item_value(raw: str, file: Path, index: int, where: str) -> Any:
 
 def parquet_records(file: Path, batch_size: int = 1024) -> Iterator[dict]:
     try:
-        parquet = pq.ParquetFile(file)
+        parquet = streamed_parquet(file)
     except Exception as exc:
         raise DataError(f"{file}: not a readable Parquet file ({exc})") from None
     done = 0
