@@ -334,10 +334,11 @@ def remove(work: Path, setup: str, stage: str) -> None:
 
 def run_once(setup: str, stage: str, work: Path) -> dict:
     """A stage in a fresh process, its output marked whole once it finished."""
-    done_mark(work, setup, stage).unlink(missing_ok=True)
+    mark = done_mark(work, setup, stage)
+    mark.unlink(missing_ok=True)
     figures = in_fresh_process(setup, stage, work)
-    done_mark(work, setup, stage).parent.mkdir(parents=True, exist_ok=True)
-    done_mark(work, setup, stage).touch()
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    mark.touch()
     return figures
 
 

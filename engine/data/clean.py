@@ -589,10 +589,11 @@ def clean(rows: list[dict], cfg: CleanSection, source_order: list[str],
     ordered = sorted(rows, key=corpus_order(source_order))
     current = parsed_rows(ordered)
     combined = Combined()
-    row_local = any(steps[0].step in ROW_LOCAL_STEPS for _, steps in segments(cfg.steps))
+    runs = segments(cfg.steps)
+    row_local = any(steps[0].step in ROW_LOCAL_STEPS for _, steps in runs)
     workers = min(workers, -(-len(current) // batch_rows)) if row_local else 1
     with OrderedPool(workers, count_tokens) as pool:  # one for every row-local segment
-        for first, steps in segments(cfg.steps):
+        for first, steps in runs:
             if steps[0].step in ROW_LOCAL_STEPS:
                 kept = []
                 jobs = ((current[at:at + batch_rows], steps, first) for at in range(0, len(current), batch_rows))

@@ -13,7 +13,6 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-
 from engine.errors import DataError
 from engine.store.tables import streamed_parquet
 
