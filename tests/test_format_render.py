@@ -122,6 +122,16 @@ def test_a_worker_formats_with_the_shipped_tokenizer_as_with_the_whole_one(token
     assert shipped.tokenizer.decode([5, 6]) == tokenizer.decode([5, 6])  # anything else: the whole tokenizer's
 
 
+def test_a_copy_of_format_settings_keeps_its_tokenizer(tokenizer):
+    """Only pickling ships the tokenizer as a WorkerTokenizer: copy.copy and deepcopy (which would otherwise go
+    through the same __reduce__) keep the tokenizer's own class."""
+    settings = FormatSettings(tokenizer, 300, "truncate", False, val_size=0.1)
+    shallow, deep = copy.copy(settings), copy.deepcopy(settings)
+    assert shallow == settings and shallow.tokenizer is tokenizer
+    assert type(deep.tokenizer) is type(tokenizer) and deep.val_size == 0.1
+    assert not isinstance(pickle.loads(pickle.dumps(settings)).tokenizer, type(tokenizer))
+
+
 def test_a_shipped_tokenizer_without_a_template_raises_transformers_error(tiny_model_dir):
     tok = load_tokenizer(tiny_model_dir)
     tok.chat_template = None

@@ -3,11 +3,15 @@ in the jobs' order with the pool's state, an error is raised in its job's turn, 
 a pool that fails to open too."""
 
 import os
+import sys
 import tempfile
 import time
+from pathlib import Path
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
+
+from tests import processes
 
 from engine.runtime.pool import OrderedPool, ordered_map, pool_state
 
@@ -28,6 +32,13 @@ def fails_on(x: int, failing: tuple[int, ...]) -> int:
 
 def refuse():
     raise RuntimeError("this state does not unpickle")
+
+
+class Stuck:
+    """A state whose unpickling never ends: a worker stuck in its start-up."""
+
+    def __reduce__(self):
+        return time.sleep, (3600,)
 
 
 class Unshippable:
@@ -103,3 +114,32 @@ def test_a_worker_that_cannot_start_fails_the_stage_instead_of_leaving_it_to_one
             for _ in pool.map(abs, jobs()):
                 pass
     assert not list(tmp_path.iterdir()) and pool_state() is None
+
+
+STUCK = """
+import time
+import sys
+from tests.test_pool import Stuck, fails_on
+from engine.runtime.pool import OrderedPool
+OrderedPool.alternate = False
+failing = sys.argv[1] == "failing"
+began = time.monotonic()
+try:
+    with OrderedPool(2, state=Stuck()) as pool:
+        print(sum(pool.map(fails_on, [(x, (7,) if failing else ()) for x in range(10)])))
+except ValueError as error:
+    print(error)
+print(f"closed in {time.monotonic() - began:.1f} s", flush=True)
+"""
+
+
+@pytest.mark.parametrize("failing", [False, True])
+def test_a_worker_stuck_in_its_start_up_does_not_hold_the_stage(failing):
+    """Every job ran here (the worker never started): the pool closes at once, the stage's result or error out, the
+    stuck worker stopped; it used to wait for the worker forever."""
+    done = processes.run([sys.executable, "-c", STUCK, "failing" if failing else "ok"],
+                         timeout=120, cwd=Path(__file__).parent.parent)
+    out = done.stdout.decode().splitlines()
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert out[0] == ("job 7" if failing else "45")
+    assert float(out[1].split()[2]) < 30

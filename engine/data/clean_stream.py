@@ -33,7 +33,7 @@ from engine.data.clean import (NEAR_KINDS, ORDER, POSITION, ROW_LOCAL_STEPS, Bat
 from engine.data.dedup import exact_duplicates, near_duplicate_clusters
 from engine.runtime.pool import OrderedPool
 from engine.store.tables import (CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS, ShardWriter,
-                                 streamed_parquet, table_files)
+                                 parquet_batches, table_files)
 
 if TYPE_CHECKING:
     from engine.recipe import CleanSection
@@ -100,7 +100,7 @@ class Part:
         return self
 
     def batches(self, batch_rows: int, columns: list[str] | None = None, parsed: bool = True) -> Iterator[list[dict]]:
-        for batch in streamed_parquet(self.path).iter_batches(batch_size=batch_rows, columns=columns):
+        for batch in parquet_batches([self.path], batch_rows, columns):
             if batch.num_rows:
                 rows = batch.to_pylist()
                 yield [{**r, "messages": json.loads(r["messages"])} for r in rows] if parsed else rows
@@ -181,18 +181,17 @@ class StreamClean:
         """Rows in by source (in raw's row order, as `clean()` counts them), and whether raw's rows are already in
         corpus order (from the source and row_id columns alone)."""
         key, counts, previous, in_order = corpus_order(source_order), Counter(), None, True
-        for file in files:
-            for batch in streamed_parquet(file).iter_batches(batch_size=self.batch_rows, columns=["source", "row_id"]):
-                for source, row_id in zip(*(c.to_pylist() for c in batch.columns), strict=True):
-                    counts[source] += 1
-                    this = key({"source": source, "row_id": row_id})
-                    in_order, previous = in_order and (previous is None or previous <= this), this
+        for batch in parquet_batches(files, self.batch_rows, ["source", "row_id"]):
+            for source, row_id in zip(*(c.to_pylist() for c in batch.columns), strict=True):
+                counts[source] += 1
+                this = key({"source": source, "row_id": row_id})
+                in_order, previous = in_order and (previous is None or previous <= this), this
         return counts, in_order
 
     def ordered(self, files: list[Path], source_order: list[str], in_order: bool) -> Iterator[list[dict]]:
         """raw's rows in corpus order, parsed, each with its position, in batches of at most batch_rows."""
         if in_order:
-            reader = (b for f in files for b in streamed_parquet(f).iter_batches(batch_size=self.batch_rows))
+            reader = parquet_batches(files, self.batch_rows)
         else:  # DuckDB's sort spills past its memory limit; row_position's split of a row id, in SQL
             reader = self.con.sql(
                 "SELECT * FROM read_parquet($1) ORDER BY coalesce(list_position($2::VARCHAR[], source) - 1, $3), "

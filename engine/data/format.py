@@ -7,12 +7,13 @@ The preference view holds conversational prompt/chosen/rejected for TRL's reward
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import shutil
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -376,6 +377,12 @@ class FormatSettings:
     def __reduce__(self):
         tokenizer = self.tokenizer if isinstance(self.tokenizer, WorkerTokenizer) else shippable(self.tokenizer)
         return FormatSettings, (tokenizer, *(getattr(self, f.name) for f in fields(self)[1:]))
+
+    def __copy__(self) -> "FormatSettings":  # copy.copy would go through __reduce__: a copy keeps its tokenizer
+        return replace(self)
+
+    def __deepcopy__(self, memo: dict) -> "FormatSettings":
+        return replace(self, tokenizer=copy.deepcopy(self.tokenizer, memo))
 
 
 @dataclass

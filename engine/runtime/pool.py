@@ -120,6 +120,8 @@ class OrderedPool:
     def __exit__(self, *exc) -> None:
         try:
             if self.pool is not None:
+                if (exc and exc[0] is not None) or self.started.value < self.workers - 1:
+                    self.stop_workers()
                 self.pool.shutdown(cancel_futures=True)
         finally:
             if self.setup is not None:
@@ -127,6 +129,20 @@ class OrderedPool:
             if self.quiet:
                 self.quiet = False
                 _one_tokenizer_thread(False)
+
+    def stop_workers(self, grace: float = 5.0) -> None:
+        """The workers stopped, not waited for: a stage that failed needs no more results, and a worker stuck in its
+        start-up would hold shutdown() forever (its start-up probe cannot be cancelled once queued). SIGTERM, then
+        SIGKILL after `grace` seconds."""
+        processes = list((self.pool._processes or {}).values())  # 3.11's executor has no terminate_workers (3.14)
+        for process in processes:
+            process.terminate()
+        deadline = time.monotonic() + grace
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(grace)
 
     def map(self, fn: Callable[..., Any], jobs: Iterable[tuple]) -> Iterator[Any]:
         if self.pool is None:

@@ -77,11 +77,17 @@ def streamed_parquet(file: Path) -> pq.ParquetFile:
     return pq.ParquetFile(file, pre_buffer=False)
 
 
+def parquet_batches(files: Iterable[Path], batch_rows: int, columns: list[str] | None = None
+                    ) -> Iterator[pa.RecordBatch]:
+    """The rows of `files`, file after file, in record batches of at most `batch_rows` (streamed: see above)."""
+    for file in files:
+        yield from streamed_parquet(file).iter_batches(batch_size=batch_rows, columns=columns)
+
+
 def table_batches(folder: Path, name: str, columns: list[str] | None = None,
                   batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
     """Table `name`'s rows in record batches of at most `batch_rows`, shard after shard, in row order."""
-    for file in table_files(folder, name):
-        yield from streamed_parquet(file).iter_batches(batch_size=batch_rows, columns=columns)
+    yield from parquet_batches(table_files(folder, name), batch_rows, columns)
 
 
 def read_table(folder: Path, name: str, columns: list[str] | None = None) -> pa.Table:
