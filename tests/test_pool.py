@@ -116,6 +116,47 @@ def test_a_worker_that_cannot_start_fails_the_stage_instead_of_leaving_it_to_one
     assert not list(tmp_path.iterdir()) and pool_state() is None
 
 
+def sleeps_on_one(x: int) -> int:
+    if x == 1:
+        time.sleep(3600)
+    return x
+
+
+BUSY = """
+import sys
+import time
+from tests.test_pool import sleeps_on_one
+from engine.runtime.pool import OrderedPool
+OrderedPool.alternate = True  # workers waited for; job 1 goes to the worker, 0 and 2 run here
+
+
+def jobs():
+    yield (0,)
+    yield (1,)
+    raise ValueError("the input failed")
+
+
+began = time.monotonic()
+try:
+    with OrderedPool(2) as pool:
+        for _ in pool.map(sleeps_on_one, jobs()):
+            pass
+except ValueError as error:
+    print(error)
+print(f"closed in {time.monotonic() - began:.1f} s", flush=True)
+"""
+
+
+def test_a_stage_that_fails_does_not_wait_for_its_workers_jobs():
+    """The stage's input fails while a worker runs a long job: the pool closes with the error at once (the worker
+    stopped); it used to wait for the job to end."""
+    done = processes.run([sys.executable, "-c", BUSY], timeout=120, cwd=Path(__file__).parent.parent)
+    out = done.stdout.decode().splitlines()
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert out[0] == "the input failed"
+    assert float(out[1].split()[2]) < 60
+
+
 STUCK = """
 import time
 import sys

@@ -120,9 +120,11 @@ class OrderedPool:
     def __exit__(self, *exc) -> None:
         try:
             if self.pool is not None:
-                if (exc and exc[0] is not None) or self.started.value < self.workers - 1:
-                    self.stop_workers()
-                self.pool.shutdown(cancel_futures=True)
+                try:
+                    if (exc and exc[0] is not None) or self.started.value < self.workers - 1:
+                        self.stop_workers()
+                finally:
+                    self.pool.shutdown(cancel_futures=True)
         finally:
             if self.setup is not None:
                 self.setup.unlink(missing_ok=True)
@@ -133,7 +135,7 @@ class OrderedPool:
     def stop_workers(self, grace: float = 5.0) -> None:
         """The workers stopped, not waited for: a stage that failed needs no more results, and a worker stuck in its
         start-up would hold shutdown() forever (its start-up probe cannot be cancelled once queued). SIGTERM, then
-        SIGKILL after `grace` seconds."""
+        SIGKILL after `grace` seconds (a process in uninterruptible I/O outlives even that: nothing here can help)."""
         processes = list((self.pool._processes or {}).values())  # 3.11's executor has no terminate_workers (3.14)
         for process in processes:
             process.terminate()
@@ -143,6 +145,10 @@ class OrderedPool:
             if process.is_alive():
                 process.kill()
                 process.join(grace)
+        # a worker killed halfway through sending a result leaves the executor's reader waiting for the rest, which
+        # ends (EOF: a broken pool) only once this process's write end is closed too; this process never writes it
+        if self.pool._result_queue is not None:
+            self.pool._result_queue._writer.close()
 
     def map(self, fn: Callable[..., Any], jobs: Iterable[tuple]) -> Iterator[Any]:
         if self.pool is None:
