@@ -1,14 +1,12 @@
 """clean_data: the recipe's cleaning steps (normalize, strip HTML, length, repetition, PII, blocklist, dedup)."""
 
-import json
-
 import dagster as dg
 
 from assets.ray_session import ray_session
 from assets.stage_asset import counts_table, stage_asset
-from engine.data.ingest import content_hash
+from engine.data.written_rows import exact_duplicates
 from engine.graph import CLEAN_DATA
-from engine.store.tables import read_table, rows_by_source, table_dicts
+from engine.store.tables import first_rows, rows_by_source, table_rows
 
 
 def every_row_accounted(artifact, recipe) -> tuple[bool, str]:
@@ -26,17 +24,10 @@ def every_row_accounted(artifact, recipe) -> tuple[bool, str]:
 
 def no_exact_duplicates(artifact, recipe) -> tuple[bool, str]:
     """No two written rows of a kind with the same texts: each row's hash computed again from its written texts
-    (not the content_hash column cleaning wrote)."""
-    first, duplicates = {}, []
-    for row in table_dicts(artifact.path, "rows", ["row_id", "kind", "messages", "chosen", "rejected", "tools",
-                                                   "label"]):
-        key = (row["kind"], content_hash(json.loads(row["messages"]), row["chosen"], row["rejected"], row["tools"],
-                                         row["label"]))
-        if key in first:
-            duplicates.append(f"{row['row_id']} = {first[key]}")
-        first.setdefault(key, row["row_id"])
-    shown = f" ({', '.join(duplicates[:3])}{', ...' if len(duplicates) > 3 else ''})" if duplicates else ""
-    return not duplicates, f"{len(duplicates)} exact duplicates among {len(first) + len(duplicates)} written rows{shown}"
+    (not the content_hash column cleaning wrote), grouped within data.memory_gb."""
+    rows, count, shown = exact_duplicates(artifact.path, recipe.data.memory_gb)
+    listed = f" ({', '.join(shown)}{', ...' if count > len(shown) else ''})" if count else ""
+    return not count, f"{count} exact duplicates among {rows} written rows{listed}"
 
 
 def quarantine_ratio_within_bound(artifact, recipe) -> tuple[bool, str]:
@@ -74,25 +65,29 @@ def loss_table(losses: dict[str, tuple[int, int, float]], bound: float) -> dg.Me
     return dg.MetadataValue.table(records, dg.TableSchema(columns))
 
 
-def data_report(m: dict, clusters: list[dict], sample: int = 5) -> str:
+SHOWN_CLUSTERS = 5  # duplicate clusters the report shows (a corpus can have millions)
+
+
+def data_report(m: dict, clusters: list[dict], total_clusters: int) -> str:
     """The cleaning report a person reads in the UI: per source, per step, top reasons, some clusters."""
     sources = "\n".join(f"| {s} | {n} | {m['rows_out_by_source'].get(s, 0)} |" for s, n in m["rows_in_by_source"].items())
     steps = "\n".join(f"| {s['step']} | {s['rows_in']} | {s['rows_out']} | {s['modified']} | "
                       f"{', '.join(f'{r} {n}' for r, n in s['removed'].items()) or '-'} |" for s in m["steps"])
     details = "\n".join(f"| {d} | {n} |" for d, n in m["top_quarantine_details"])
     shown = "\n".join(f"| {c['cluster_id']} | {c['kind']} | {c['kept_row_id']} | {c['removed_row_id']} | "
-                      f"{c['similarity']} |" for c in clusters[:sample])
+                      f"{c['similarity']} |" for c in clusters)
     return (f"### Rows per source\n| source | in | out |\n|---|---|---|\n{sources}\n\n"
             f"### Steps, in order\n| step | in | out | rewritten | removed |\n|---|---|---|---|---|\n{steps}\n\n"
             f"### Most common quarantine details\n| detail | rows |\n|---|---|\n{details}\n\n"
-            f"### Duplicate clusters (first {sample} of {len(clusters)})\n"
+            f"### Duplicate clusters (first {len(clusters)} of {total_clusters})\n"
             f"| cluster | kind | kept | removed | similarity |\n|---|---|---|---|---|\n{shown}\n")
 
 
 def metadata(artifact, recipe) -> dict:
     m = artifact.metrics
     return {"rows_out": m["rows_out"], "quarantined": m["quarantined"],
-            "data_report": dg.MetadataValue.md(data_report(m, read_table(artifact.path, "clusters").to_pylist())),
+            "data_report": dg.MetadataValue.md(data_report(m, first_rows(artifact.path, "clusters", SHOWN_CLUSTERS),
+                                                            table_rows(artifact.path, "clusters"))),
             "pii_scrubbed": counts_table(m["pii_scrubbed"], "kind", "replaced")}
 
 

@@ -7,8 +7,8 @@ import dagster as dg
 
 from assets.stage_asset import NOT_CONFIGURED, stage_asset
 from engine.data.format import sft_view_source
-from engine.data.written_views import (answers_by_row, eval_rows, label_problems, pair_lengths_sampled, parent_dir,
-                                       sft_lengths, view_splits)
+from engine.data.written_views import (answers_by_row, decoded_row_ids, eval_rows, label_problems,
+                                       pair_lengths_sampled, parent_dir, sft_lengths, view_splits)
 from engine.graph import FORMATTED_DATA
 from engine.models.load import load_tokenizer, model_dir
 
@@ -70,10 +70,10 @@ def labels_are_the_answers(artifact, recipe) -> tuple[bool, str]:
     """The written SFT view, read back: every row has label tokens, each equal to its input token, and its runs of
     label tokens decode to the assistant answers of the clean_data row it was made from (a sample of rows per
     split; a cut row's to a beginning of its answer)."""
-    source = sft_view_source(artifact.path)
-    answers = answers_by_row(parent_dir(artifact.path, "clean_data"), source)
-    rows, decoded, problems = label_problems(view_splits(artifact.path, "sft"), answers, base_tokenizer(artifact.path),
-                                             recipe.data.cutoff_len, answers_cut_as_text=source != "sft")
+    source, splits = sft_view_source(artifact.path), view_splits(artifact.path, "sft")
+    answers = answers_by_row(parent_dir(artifact.path, "clean_data"), source, decoded_row_ids(splits))
+    rows, decoded, problems = label_problems(splits, answers, base_tokenizer(artifact.path), recipe.data.cutoff_len,
+                                             answers_cut_as_text=source != "sft")
     if problems:
         return False, (f"{len(problems)} of {rows} written SFT rows do not train on their answers: "
                        f"{'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''}")
@@ -88,9 +88,8 @@ def lengths_within_cutoff(artifact, recipe) -> tuple[bool, str]:
     """The written rows' lengths against data.cutoff_len: every SFT row's input_ids; preference and KTO rows (a
     sample per split) as the trainers tokenize them, each prompt with each answer."""
     cutoff = recipe.data.cutoff_len
-    lengths = sft_lengths(view_splits(artifact.path, "sft"))
-    over = sum(n > cutoff for n in lengths)
-    parts = [(over == 0, f"sft: {len(lengths)} rows, longest {max(lengths, default=0)}, {over} over")]
+    rows, longest, over = sft_lengths(view_splits(artifact.path, "sft"), cutoff)
+    parts = [(over == 0, f"sft: {rows} rows, longest {longest}, {over} over")]
     for view, columns in PAIR_ANSWERS.items():
         splits = view_splits(artifact.path, view)
         if not splits:

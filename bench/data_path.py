@@ -239,20 +239,23 @@ def high_water_mb() -> float:
 
 class TreeMemory:
     """The peak of this process's RSS plus its workers', sampled every 0.1 s while inside (a pool's workers have no
-    high-water mark the parent can read after they exit)."""
+    high-water mark the parent can read after they exit); and the peak of their PSS summed, which counts a page that
+    several processes map once (Ray's object store in shared memory: the RSS sum counts it per worker)."""
 
     def __enter__(self):
         import psutil
-        self.peak, self.done = 0.0, threading.Event()
+        self.peak, self.peak_pss, self.done = 0.0, 0.0, threading.Event()
         me = psutil.Process()
 
         def sample():
             while not self.done.wait(0.1):
-                total = 0
+                rss = pss = 0
                 for proc in [me, *me.children(recursive=True)]:
                     with contextlib.suppress(psutil.Error):
-                        total += proc.memory_info().rss
-                self.peak = max(self.peak, total / 2**20)
+                        memory = proc.memory_full_info()  # /proc/PID/smaps_rollup: ~0.1 ms a process
+                        rss, pss = rss + memory.rss, pss + memory.pss
+                self.peak = max(self.peak, rss / 2**20)
+                self.peak_pss = max(self.peak_pss, pss / 2**20)
         self.thread = threading.Thread(target=sample, daemon=True)
         self.thread.start()
         return self
@@ -266,6 +269,7 @@ def child(setup: str, stage: str, work: Path) -> None:
     with TreeMemory() as tree:
         result = run_stage(setup, stage, work)
     result["peak_rss_mb"] = max(high_water_mb(), tree.peak)
+    result["peak_pss_mb"] = tree.peak_pss
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -399,6 +403,10 @@ def report(n: int, results: Results, ray: str | None) -> None:
                         f"{' (goal <= 1.3x)' if base == 'lf1' else ''}; ")
             print(f"  {SETUPS[setup]}: {path}formatted_data {formatted:.1f} s = "
                   f"{lf / formatted:.2f}x as fast as {SETUPS[base]}{' (goal >= 2x)' if base == 'lf1' else ''}")
+    counted_once = [f"{SETUPS[s]} {stage} {r['peak_pss_mb']:,.0f} MB" for s in SETUPS for stage in STAGES
+                    if (r := results.get(s, stage)) and r.get("peak_pss_mb")]
+    if counted_once:  # figures recorded before PSS was sampled have none
+        print(f"peak PSS summed (a page several processes map counted once): {', '.join(counted_once)}")
     disk = [f"{SETUPS[s]} {results.get(s, 'formatted')['disk_mb']:,.0f} MB" for s in SETUPS
             if results.get(s, "formatted") and "disk_mb" in results.get(s, "formatted")]
     if disk:

@@ -5,6 +5,7 @@ import json
 import re
 
 import dagster as dg
+from datasets import Dataset
 import pytest
 
 from assets.clean_data import every_source_within_loss_bound
@@ -209,6 +210,46 @@ def test_labels_of_cut_rows_decode_to_beginnings_of_their_answers(tiny_model_dir
     row = next(r for r in view_splits(tmp_path / "sft", "sft")["train"] if len(r["input_ids"]) < 24)
     misplaced = {**row, "labels": [t if label == IGNORE else IGNORE for t, label in zip(row["input_ids"], row["labels"])]}
     answers = answers_by_row(tmp_path / "sft-clean", "sft")
-    _, _, problems = label_problems({"train": [misplaced]}, answers, tokenizer, 24, False)
+    _, _, problems = label_problems({"train": Dataset.from_list([misplaced])}, answers, tokenizer, 24, False)
     assert len(problems) == 1 and re.match(rf"train {row['row_id']}: answer 0 decodes to '.*', expected '.*'",
                                            problems[0]), problems
+
+
+def test_the_checks_every_row_gets_find_on_batches_what_row_by_row_finds(tiny_model_dir, sample_rows, tmp_path,
+                                                                       monkeypatch):
+    """Rows with labels shorter than their input_ids, with no label token, with a label that is not its input token
+    (the first and last rows of a batch among them): label_problems on Arrow batches of 7 rows names the same rows
+    with the same problems, in the same order, as row_problem on every row."""
+    from engine.data import written_views
+    from engine.data.written_views import (answer_markup, answers_by_row, decoded_steps, label_problems, row_problem,
+                                           view_splits)
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rows = [r for r in sample_rows[0] if r["kind"] == "sft"][:80]
+    format_rows(rows, tokenizer, 64, 0.2, 0, tmp_path / "out")
+    (tmp_path / "clean").mkdir()
+    write_rows(rows, tmp_path / "clean" / "rows.parquet", ROW_COLUMNS)
+    splits = view_splits(tmp_path / "out", "sft")
+    train = splits["train"].to_list()
+
+    def mislabel(row):  # its first trained label one more than its input token
+        i = next(i for i, label in enumerate(row["labels"]) if label != IGNORE)
+        row["labels"][i] = row["input_ids"][i] + 1
+    train[0]["labels"] = train[0]["labels"][:-1]
+    train[6]["labels"] = [IGNORE] * len(train[6]["labels"])
+    mislabel(train[7])
+    mislabel(train[30])
+    train[-1]["labels"] = [*train[-1]["labels"], IGNORE]
+    splits = {**splits, "train": Dataset.from_list(train)}
+    answers = answers_by_row(tmp_path / "clean", "sft")
+    monkeypatch.setattr(written_views, "DECODED_PER_SPLIT", 5)
+    monkeypatch.setattr(written_views, "CHECKED_ROWS", 7)
+    markup, steps = answer_markup(tokenizer), decoded_steps(splits)
+    expected = [f"{split} {row['row_id']}: {problem}" for split, dataset in splits.items()
+                for i, row in enumerate(dataset)
+                if (problem := row_problem(row, answers, tokenizer, markup, 64, False, i % steps[split] == 0))]
+    checked, decoded, problems = label_problems(splits, answers, tokenizer, 64, False)
+    assert problems == expected and len(problems) == 5, problems
+    assert checked == len(train) + len(splits["eval"]) and decoded == sum(
+        -(-len(d) // steps[s]) for s, d in splits.items())
+    assert [p.split(": ", 1)[1].split(" ")[0] for p in problems[:3]] == ["%d" % (len(train[0]["input_ids"]) - 1),
+                                                                          "no", "label"]

@@ -147,14 +147,20 @@ print(f"closed in {time.monotonic() - began:.1f} s", flush=True)
 """
 
 
+def outcome_and_seconds(script: str, *args: str) -> tuple[str, float]:
+    """Runs `script` in its own process group (stopped with escalation past 120 s): the first line it printed (its
+    pool's result or error) and the seconds it took its pool to close ("closed in N s")."""
+    done = processes.run([sys.executable, "-c", script, *args], timeout=120, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    outcome, closed = done.stdout.decode().splitlines()[:2]
+    return outcome, float(closed.split()[2])
+
+
 def test_a_stage_that_fails_does_not_wait_for_its_workers_jobs():
     """The stage's input fails while a worker runs a long job: the pool closes with the error at once (the worker
     stopped); it used to wait for the job to end."""
-    done = processes.run([sys.executable, "-c", BUSY], timeout=120, cwd=Path(__file__).parent.parent)
-    out = done.stdout.decode().splitlines()
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    assert out[0] == "the input failed"
-    assert float(out[1].split()[2]) < 60
+    outcome, seconds = outcome_and_seconds(BUSY)
+    assert outcome == "the input failed" and seconds < 60
 
 
 STUCK = """
@@ -178,9 +184,5 @@ print(f"closed in {time.monotonic() - began:.1f} s", flush=True)
 def test_a_worker_stuck_in_its_start_up_does_not_hold_the_stage(failing):
     """Every job ran here (the worker never started): the pool closes at once, the stage's result or error out, the
     stuck worker stopped; it used to wait for the worker forever."""
-    done = processes.run([sys.executable, "-c", STUCK, "failing" if failing else "ok"],
-                         timeout=120, cwd=Path(__file__).parent.parent)
-    out = done.stdout.decode().splitlines()
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    assert out[0] == ("job 7" if failing else "45")
-    assert float(out[1].split()[2]) < 30
+    outcome, seconds = outcome_and_seconds(STUCK, "failing" if failing else "ok")
+    assert outcome == ("job 7" if failing else "45") and seconds < 30

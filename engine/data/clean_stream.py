@@ -6,10 +6,11 @@ the batch size and data.memory_gb rather than by the corpus.
 - a segment of row-local steps runs batch by batch on the pool; its kept rows go to a temporary part file (Parquet,
   messages as JSON text, with positions) that the next segment reads back batch by batch;
 - a dedup segment reads its part file once for the keys (exact) or per kind for the texts (near), which go through
-  dedup.py's out-of-core path (digests, signatures on disk), then once more to write the kept rows and record the
-  removed ones: the kept member of each cluster is its lowest position, as in memory;
+  dedup_spill.py's out-of-core path (digests, signatures on disk) and come back as arrays (`Removals`), then once
+  more to write the kept rows and record the removed ones: the kept member of each cluster is its lowest position,
+  as in memory;
 - quarantine and rewrites are spooled with their ORDER and written at the end in (step, position) order by DuckDB;
-  clusters are written as they are found, in `clean()`'s order.
+  a dedup step's clusters are spooled per kind and appended at the step's end, in `clean()`'s order.
 The part files and spools live in a temporary directory under `work_dir`, removed on every exit path.
 """
 
@@ -19,10 +20,12 @@ import json
 import tempfile
 from array import array
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -30,10 +33,12 @@ import pyarrow.parquet as pq
 from engine.data.clean import (NEAR_KINDS, ORDER, POSITION, ROW_LOCAL_STEPS, BatchOutcome, Combined, Tally,
                                _clean_in_worker, cluster_record, corpus_order, exact_detail, exact_key,
                                near_detail, near_text, quarantine_record, segments, stored_row)
-from engine.data.dedup import exact_duplicates, near_duplicate_clusters
+from engine.data.dedup_spill import spilled_exact_pairs, spilled_near_arrays
+from engine.data.minhash import lsh_params
 from engine.runtime.pool import OrderedPool
+from engine.store.bounded_sql import bounded_duckdb
 from engine.store.tables import (CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS, ShardWriter,
-                                 parquet_batches, table_files)
+                                 parquet_batches, schema_of, table_files)
 
 if TYPE_CHECKING:
     from engine.recipe import CleanSection
@@ -118,6 +123,61 @@ def _stored_rows(rows: list[dict]) -> list[dict]:
     return [stored_row({**r, "messages": json.loads(r["messages"])}) for r in rows]
 
 
+@dataclass
+class Removals:
+    """A dedup step's removed rows as arrays sorted by the part's row index: removed, the kept row of its cluster,
+    their similarity, its kind (an index into `names`). ~25 bytes a duplicate, where a dict of tuples took ~250."""
+    removed: np.ndarray
+    kept: np.ndarray
+    similarity: np.ndarray
+    kinds: np.ndarray
+    names: tuple[str, ...]
+
+    @staticmethod
+    def joined(parts: list["Removals"], names: tuple[str, ...]) -> "Removals":
+        """Each kind's removals (a row has one kind: no row is removed twice) as one, sorted by row index."""
+        if not parts:
+            return Removals(*(np.empty(0, t) for t in (np.int64, np.int64, np.float64, np.int8)), names)
+        columns = [np.concatenate([getattr(p, c) for p in parts]) for c in ("removed", "kept", "similarity", "kinds")]
+        order = np.argsort(columns[0], kind="stable")
+        return Removals(*(c[order] for c in columns), names)
+
+
+class ClusterSpools:
+    """A dedup step's cluster records, one Parquet file per kind while the step runs, appended to the clusters
+    table kind after kind at its end (clean()'s order), so no record stays in memory."""
+
+    def __init__(self, work: Path, names: tuple[str, ...]):
+        self.paths = [work / f"clusters-{n}.parquet" for n in range(len(names))]
+        self.pending: list[list[dict]] = [[] for _ in names]
+        self.writers: list[pq.ParquetWriter | None] = [None] * len(names)
+
+    def add(self, kind: int, record: dict) -> None:
+        self.pending[kind].append(record)
+
+    def flush(self) -> None:
+        for kind, records in enumerate(self.pending):
+            if records:
+                if self.writers[kind] is None:
+                    self.writers[kind] = pq.ParquetWriter(self.paths[kind], schema_of(CLUSTER_COLUMNS))
+                self.writers[kind].write_table(pa.Table.from_pylist(records, schema=schema_of(CLUSTER_COLUMNS)))
+                self.pending[kind] = []
+
+    def append_to(self, table: ShardWriter, batch_rows: int) -> None:
+        self.flush()
+        for kind, writer in enumerate(self.writers):
+            if writer is not None:
+                writer.close()
+                for batch in parquet_batches([self.paths[kind]], batch_rows):
+                    table.add_all(batch.to_pylist())  # as rows: the table's row groups as if never spooled
+
+    def close(self) -> None:
+        for path, writer in zip(self.paths, self.writers, strict=True):
+            if writer is not None:
+                writer.close()
+            path.unlink(missing_ok=True)
+
+
 class StreamClean:
     """One streamed clean: ordered input, each segment from one part file to the next, then the tables."""
 
@@ -128,9 +188,7 @@ class StreamClean:
         self.quarantine = Spool(work / "quarantine.parquet", QUARANTINE_COLUMNS)
         self.rewrites = Spool(work / "rewrites.parquet", REWRITE_COLUMNS)
         self.parts: list[Part] = []
-        self.con = duckdb.connect()
-        self.con.execute(f"SET memory_limit = '{max(int(memory_gb * 1024 / 2), 64)}MB'")  # half: the rest is ours
-        self.con.execute("SET temp_directory = ?", [str(work / "duckdb")])
+        self.con = bounded_duckdb(memory_gb, work / "duckdb")
 
     def run(self, files: list[Path], out: Path, source_order: list[str]) -> dict:
         try:
@@ -237,14 +295,16 @@ class StreamClean:
     def exact(self, part: Part, step, first: int) -> Part:
         jobs = ((rows, step) for rows in part.batches(self.batch_rows, parsed=False))
         keys = (key for batch in self.on_pool(_exact_keys, jobs) for key in batch)  # no length: spilled
-        found = {dup: ("exact", kept, 1.0) for kept, dup in exact_duplicates(keys, self.memory_gb, self.work)}
+        pairs = spilled_exact_pairs(keys, self.memory_gb, self.work)
+        found = Removals(pairs[:, 1], pairs[:, 0], np.ones(len(pairs)), np.zeros(len(pairs), np.int8), ("exact",))
         return self.removing(part, step, first, found, "exact_duplicate", lambda kept, _: exact_detail(kept))
 
     def near(self, part: Part, step, first: int) -> Part:
-        bands_rows = (step.bands, step.rows) if step.bands else None
-        kinds = set(pc.unique(pq.read_table(part.path, columns=["kind"]).column("kind")).to_pylist())
-        found = {}
-        for kind in (k for k in NEAR_KINDS if k in kinds):
+        bands, rows = (step.bands, step.rows) if step.bands else lsh_params(step.threshold, step.num_perm)
+        kinds = [k for k in NEAR_KINDS
+                 if k in set(pc.unique(pq.read_table(part.path, columns=["kind"]).column("kind")).to_pylist())]
+        found = []
+        for code, kind in enumerate(kinds):
             index = array("q")  # the part's row index of each text compared
 
             def texts(kind=kind, index=index):
@@ -252,36 +312,51 @@ class StreamClean:
                     if (text := near_text(row, kind, step)) is not None:
                         index.append(i)
                         yield text
-            for a, b, jaccard in near_duplicate_clusters(texts(), step.threshold, step.num_perm, step.shingle_size,
-                                                         bands_rows, self.memory_gb, self.work):
-                found[index[b]] = (kind, index[a], jaccard)
-        return self.removing(part, step, first, found, "near_duplicate", near_detail)
+            kept, removed, jaccard = spilled_near_arrays(texts(), step.threshold, step.num_perm, step.shingle_size,
+                                                         bands, rows, self.memory_gb, self.work)
+            at = np.frombuffer(index, np.int64) if len(index) else np.empty(0, np.int64)
+            found.append(Removals(at[removed], at[kept], jaccard, np.full(len(removed), code, np.int8), ()))
+        return self.removing(part, step, first, Removals.joined(found, tuple(kinds)), "near_duplicate", near_detail)
 
-    def removing(self, part: Part, step, first: int, found: dict[int, tuple[str, int, float]], reason: str,
+    def removing(self, part: Part, step, first: int, found: "Removals", reason: str,
                  detail: Callable[[dict, float], str]) -> Part:
-        """The part's rows but those in `found` (row index -> (cluster kind, kept row's index, similarity)), each
-        recorded in quarantine and clusters (in `clean()`'s order: by kind in NEAR_KINDS order, then index)."""
-        kept_ids = {kept: None for _, kept, _ in found.values()}
-        out, clusters = self.next_part(), {kind: [] for kind in ("exact", *NEAR_KINDS)}
+        """The part's rows but those in `found`, each recorded in quarantine and clusters (in `clean()`'s order: by
+        kind in NEAR_KINDS order, then index; each kind's records spooled to a file until the step ends)."""
+        kept_at, members = np.unique(found.kept, return_inverse=True)
+        last_use = np.zeros(len(kept_at), np.int64)  # each kept row's last removed member: its row_id held till then
+        np.maximum.at(last_use, members, found.removed)
+        done_order, done, kept_ids = np.argsort(last_use, kind="stable"), 0, {}
+        out, clusters = self.next_part(), ClusterSpools(self.work, found.names)
         at = 0  # the part's index of the batch's first row
-        for rows in part.batches(self.batch_rows, parsed=False):  # rows copied as they are, messages as text
-            keep, dropped = [], []
-            for i, row in enumerate(rows, at):
-                if i in kept_ids:
-                    kept_ids[i] = {"row_id": row["row_id"]}
-                if i not in found:
-                    keep.append(row)
-                    continue
-                kind, kept, similarity = found[i]
-                dropped.append(quarantine_record(row, step.step, first, reason, detail(kept_ids[kept], similarity)))
-                clusters[kind].append(cluster_record("exact" if kind == "exact" else "near", kept_ids[kept], row,
-                                                     similarity))
-            self.quarantine.add(dropped)
-            out.add(keep, parsed=False)
-            at += len(rows)
-        for records in clusters.values():
-            self.clusters.add_all(records)
-        removed = len(found)
+        try:
+            for rows in part.batches(self.batch_rows, parsed=False):  # rows copied as they are, messages as text
+                keep, dropped = [], []
+                span = [at, at + len(rows)]
+                here = dict(zip(found.removed[slice(*np.searchsorted(found.removed, span))].tolist(),
+                                range(*np.searchsorted(found.removed, span))))  # row index -> its place in `found`
+                kept_here = set(kept_at[slice(*np.searchsorted(kept_at, span))].tolist())
+                for i, row in enumerate(rows, at):
+                    if i in kept_here:
+                        kept_ids[i] = row["row_id"]
+                    if (j := here.get(i)) is None:
+                        keep.append(row)
+                        continue
+                    kind, first_row = found.names[found.kinds[j]], {"row_id": kept_ids[int(found.kept[j])]}
+                    similarity = float(found.similarity[j])
+                    dropped.append(quarantine_record(row, step.step, first, reason, detail(first_row, similarity)))
+                    clusters.add(found.kinds[j], cluster_record("exact" if kind == "exact" else "near", first_row,
+                                                                row, similarity))
+                self.quarantine.add(dropped)
+                out.add(keep, parsed=False)
+                clusters.flush()
+                at += len(rows)
+                while done < len(done_order) and last_use[done_order[done]] < at:
+                    kept_ids.pop(int(kept_at[done_order[done]]), None)
+                    done += 1
+            clusters.append_to(self.clusters, self.batch_rows)
+        finally:
+            clusters.close()
+        removed = len(found.removed)
         self.combined.add(BatchOutcome([], [], [], Counter(), [
             {"step": step.step, "rows_in": part.count, "rows_out": part.count - removed,
              "removed": {reason: removed} if removed else {}, "modified": 0}]), first)

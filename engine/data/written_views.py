@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.data.constants import IGNORE
 from engine.data.format import TRAINED_ROLES, chat_messages, conversation_length
 from engine.errors import DataError
 from engine.store.digests import MANIFEST
-from engine.store.tables import table_dicts
+from engine.store.tables import table_batches
 
 DECODED_PER_SPLIT = 512  # rows per split whose labels are decoded (evenly spaced); every row's labels are counted
 
@@ -35,22 +37,25 @@ def view_splits(formatted_dir: Path, view: str) -> dict:
     return dict(load_from_disk(formatted_dir / view)) if (formatted_dir / view).is_dir() else {}
 
 
-def answers_by_row(clean_data: Path, sft_view_from: str) -> dict[str, list[str]]:
+def answers_by_row(clean_data: Path, sft_view_from: str, wanted: set[str] | None = None) -> dict[str, list[str]]:
     """row_id -> the answers its SFT row is trained on, in order, as the chat template is given them: an SFT row's
     assistant turns and tool calls; a pair's chosen answer or a desirable KTO answer where the view is made of
-    those."""
+    those. Of the `wanted` rows only where given (the rows a check decodes: not a dict of the whole corpus)."""
     answers = {}
-    for row in table_dicts(clean_data, "rows"):
-        messages = json.loads(row["messages"])
-        trained = [i for i, m in enumerate(messages) if m["role"] in TRAINED_ROLES]
-        rendered = chat_messages(messages)
-        turns = [rendered[i]["content"] for i in trained]  # a multi-turn prompt's earlier answers are trained too
-        if sft_view_from == "sft" and row["kind"] == "sft":
-            answers[row["row_id"]] = turns
-        elif sft_view_from == "preference" and row["kind"] == "preference":
-            answers[row["row_id"]] = [*turns, row["chosen"]]
-        elif sft_view_from == "kto" and row["kind"] == "kto" and row["label"] == "true":
-            answers[row["row_id"]] = turns  # its last message is the answer
+    for batch in table_batches(clean_data, "rows"):
+        if wanted is not None:
+            batch = batch.filter(pc.is_in(batch.column("row_id"), pa.array(sorted(wanted), pa.string())))
+        for row in batch.to_pylist():
+            messages = json.loads(row["messages"])
+            trained = [i for i, m in enumerate(messages) if m["role"] in TRAINED_ROLES]
+            rendered = chat_messages(messages)
+            turns = [rendered[i]["content"] for i in trained]  # a multi-turn prompt's earlier answers are trained too
+            if sft_view_from == "sft" and row["kind"] == "sft":
+                answers[row["row_id"]] = turns
+            elif sft_view_from == "preference" and row["kind"] == "preference":
+                answers[row["row_id"]] = [*turns, row["chosen"]]
+            elif sft_view_from == "kto" and row["kind"] == "kto" and row["label"] == "true":
+                answers[row["row_id"]] = turns  # its last message is the answer
     return answers
 
 
@@ -96,23 +101,64 @@ def span_matches(decoded: str, answer: str, markup: tuple[str, str], cut: bool, 
     return cut_as_text and (bool(middle.strip()) or not last) and answer.startswith(middle)
 
 
+def decoded_steps(sft_splits: dict) -> dict[str, int]:
+    """split -> every how many rows one is decoded (up to DECODED_PER_SPLIT rows per split, evenly spaced)."""
+    return {split: max(1, -(-len(dataset) // DECODED_PER_SPLIT)) for split, dataset in sft_splits.items()}
+
+
+def decoded_row_ids(sft_splits: dict) -> set[str]:
+    """The row_ids of the rows label_problems decodes: the only rows whose answers it needs."""
+    steps = decoded_steps(sft_splits)
+    return {row_id for split, dataset in sft_splits.items()
+            for row_id in dataset.select(range(0, len(dataset), steps[split]))["row_id"]}
+
+
 def label_problems(sft_splits: dict, answers: dict[str, list[str]], tokenizer, cutoff_len: int,
                    answers_cut_as_text: bool) -> tuple[int, int, list[str]]:
     """Every written SFT row: labels as long as input_ids, at least one trained token, each trained label equal to
     the input token at its position; up to DECODED_PER_SPLIT rows per split: each run of trained tokens decoded
-    and compared with that row's answer. Returns (rows, rows decoded, problems, one per row)."""
+    and compared with that row's answer. Returns (rows, rows decoded, problems, one per row). The checks every
+    row gets run on Arrow batches; a row is read as Python only when it is decoded or one of them failed."""
     rows = decoded = 0
     problems, markup = [], answer_markup(tokenizer)
     for split, dataset in sft_splits.items():
-        step = max(1, -(-len(dataset) // DECODED_PER_SPLIT))
-        for index, row in enumerate(dataset):
-            rows += 1
-            problem = row_problem(row, answers, tokenizer, markup, cutoff_len, answers_cut_as_text,
-                                  index % step == 0)
-            decoded += index % step == 0
-            if problem:
-                problems.append(f"{split} {row['row_id']}: {problem}")
+        step = decoded_steps(sft_splits)[split]
+        for start, batch in arrow_batches(dataset):
+            read = sorted({*flagged_rows(batch), *range(-start % step, batch.num_rows, step)})
+            for i in read:
+                row = batch.slice(i, 1).to_pylist()[0]
+                problem = row_problem(row, answers, tokenizer, markup, cutoff_len, answers_cut_as_text,
+                                      (start + i) % step == 0)
+                if problem:
+                    problems.append(f"{split} {row['row_id']}: {problem}")
+            rows += batch.num_rows
+        decoded += -(-len(dataset) // step)
     return rows, decoded, problems
+
+
+CHECKED_ROWS = 10_000  # rows of a view read at a time for the checks every row gets
+
+
+def arrow_batches(dataset):
+    """(index of its first row, Arrow table) per CHECKED_ROWS rows of a written view."""
+    for start in range(0, len(dataset), CHECKED_ROWS):
+        yield start, dataset.with_format("arrow")[start:start + CHECKED_ROWS]
+
+
+def flagged_rows(batch: pa.Table) -> list[int]:
+    """Indices of the rows of `batch` that fail a check every row gets (row_problem says which): labels not as
+    long as input_ids, no trained token, a trained label that is not its input token."""
+    ids, labels = (batch.column(c).combine_chunks() for c in ("input_ids", "labels"))
+    uneven = pc.not_equal(pc.list_value_length(ids), pc.list_value_length(labels)).to_numpy(zero_copy_only=False)
+    even = np.flatnonzero(~uneven)
+    ids, labels = ids.take(even), labels.take(even)
+    flat_labels, flat_ids = labels.flatten().to_numpy(), ids.flatten().to_numpy()
+    owner = pc.list_parent_indices(labels).to_numpy()
+    trained = flat_labels != IGNORE
+    untrained = np.bincount(owner[trained], minlength=len(even)) == 0
+    wrong = np.zeros(len(even), bool)
+    wrong[owner[trained & (flat_labels != flat_ids)]] = True
+    return sorted({*np.flatnonzero(uneven).tolist(), *even[untrained | wrong].tolist()})
 
 
 def row_problem(row: dict, answers: dict[str, list[str]], tokenizer, markup: tuple[str, str], cutoff_len: int,
@@ -141,10 +187,16 @@ def row_problem(row: dict, answers: dict[str, list[str]], tokenizer, markup: tup
     return None
 
 
-def sft_lengths(sft_splits: dict) -> list[int]:
-    """Every written SFT row's number of input_ids (from the Arrow column's list lengths)."""
-    return [n for dataset in sft_splits.values()
-            for n in pc.list_value_length(dataset.data.column("input_ids")).to_pylist()]
+def sft_lengths(sft_splits: dict, cutoff_len: int) -> tuple[int, int, int]:
+    """Every written SFT row's number of input_ids (the Arrow column's list lengths, a batch at a time): (rows,
+    longest, rows over cutoff_len)."""
+    rows = longest = over = 0
+    for dataset in sft_splits.values():
+        for _, batch in arrow_batches(dataset):
+            lengths = pc.list_value_length(batch.column("input_ids"))
+            rows, longest = rows + len(lengths), max(longest, pc.max(lengths).as_py() or 0)
+            over += pc.sum(pc.greater(lengths, cutoff_len)).as_py() or 0
+    return rows, longest, over
 
 
 def pair_lengths_sampled(splits: dict, answer_columns: tuple[str, ...], tokenizer) -> tuple[int, int, list[int]]:

@@ -56,9 +56,10 @@ class DataSection(Section):
         "(preference pairs for rm and dpo, KTO rows for kto); below it the formatted_data check fails, since an "
         "accuracy from a handful of pairs means nothing")
     memory_gb: Float = operational(
-        4.0, gt=0, description="operational: the memory clean_data's exact_dedup and near_dedup, and formatted_data's "
-        "decontamination, may hold; a corpus whose dedup would hold more goes through spilled partitions on disk "
-        "(in the stage's work directory) with the same kept rows. LLaMA-Factory has no such key")
+        4.0, gt=0, description="operational: the memory clean_data's exact_dedup and near_dedup (and its "
+        "no_exact_duplicates check), and formatted_data's decontamination, may hold; a corpus whose dedup would hold "
+        "more goes through spilled partitions on disk (in the stage's work directory) with the same kept rows. "
+        "LLaMA-Factory has no such key")
     engine: Literal["local", "ray"] = operational(
         "local", description="operational: where clean_data runs its steps: local (this machine's processes) or ray "
         "(Ray Data on the cluster at ray_address; needs `pip install -e '.[ray]'`). The rows, quarantine, clusters, "

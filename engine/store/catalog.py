@@ -217,6 +217,16 @@ class Catalog:
             self.row_views(con, sql, artifacts)
             return con.execute(sql, params or []).fetchall()
 
+    def query_batches(self, sql: str, params: list | None = None, artifacts: list[str] | None = None,
+                      batch_rows: int = 10_000) -> Iterator[list[tuple]]:
+        """query's rows `batch_rows` at a time: a result of millions of rows (a corpus's lineage) is never held
+        whole."""
+        with self.connect() as con:
+            self.row_views(con, sql, artifacts)
+            result = con.execute(sql, params or [])
+            while batch := result.fetchmany(batch_rows):
+                yield batch
+
 
 def manifest_files(listed: str | list[str]) -> list[str]:
     """A manifest's files of one table: a list (sharded tables), or the one file name manifests held before."""

@@ -93,13 +93,16 @@ def write_training_rows(catalog: Catalog, artifact: str, out: Path) -> int:
     nodes = {n["asset"]: n["fingerprint"] for n in ancestry(catalog, resolve(catalog, artifact))}
     if "formatted_data" not in nodes:
         raise LineageError(f"{artifact!r} was not made from formatted data, so no training rows lead to it")
-    rows = catalog.query(TRAINING_ROWS_SQL, [nodes.get("raw_data"), nodes["formatted_data"]],
-                         artifacts=[f for f in (nodes.get("raw_data"), nodes["formatted_data"]) if f])
+    batches = catalog.query_batches(TRAINING_ROWS_SQL, [nodes.get("raw_data"), nodes["formatted_data"]],
+                                    artifacts=[f for f in (nodes.get("raw_data"), nodes["formatted_data"]) if f])
     out.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
     with out.open("w") as handle:
         handle.write("source,row_id,raw_content_hash,clean_content_hash,view,split\n")
-        handle.writelines(",".join(map(str, r)) + "\n" for r in rows)
-    return len(rows)
+        for rows in batches:
+            handle.writelines(",".join(map(str, r)) + "\n" for r in rows)
+            count += len(rows)
+    return count
 
 
 def verdict(passed: bool | None) -> str:

@@ -90,6 +90,16 @@ def table_batches(folder: Path, name: str, columns: list[str] | None = None,
     yield from parquet_batches(table_files(folder, name), batch_rows, columns)
 
 
+def first_rows(folder: Path, name: str, count: int) -> list[dict]:
+    """Table `name`'s first `count` rows as dicts (a sample for a report), read in batches of `count` rows."""
+    rows: list[dict] = []
+    for batch in table_batches(folder, name, batch_rows=max(count, 1)):
+        if len(rows) >= count:
+            break
+        rows += batch.to_pylist()[:count - len(rows)]
+    return rows
+
+
 def read_table(folder: Path, name: str, columns: list[str] | None = None) -> pa.Table:
     """Table `name` whole, as one Arrow table (for tables that are small by nature: clusters, a report's rows)."""
     files = table_files(folder, name)
