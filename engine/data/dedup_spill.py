@@ -147,8 +147,9 @@ def spilled_near_arrays(texts: Iterable[str], threshold: float, num_perm: int, k
                 append_partitioned(records, (records["key"] >> np.uint64(32)) % np.uint64(per_band), per_band,
                                    path_of(band))
         chunk = pairs_per_chunk(memory_gb, num_perm)
-        edges = []
+        edges = np.empty((0, 2), dtype=np.int64)
         for band in range(bands):
+            found = [edges]
             for p in range(per_band):
                 if not path_of(band)(p).exists():
                     continue
@@ -157,8 +158,11 @@ def spilled_near_arrays(texts: Iterable[str], threshold: float, num_perm: int, k
                 del records
                 if len(pairs):
                     estimate, filled = sig.agreement(pairs, chunk)
-                    edges.append(pairs[filled & (estimate >= threshold)])
-        edges = np.unique(np.concatenate(edges), axis=0) if edges else np.empty((0, 2), dtype=np.int64)
+                    found.append(pairs[filled & (estimate >= threshold)])
+            # unique after each band: a near copy shares most bands with its text, so the edges held stay the distinct
+            # ones instead of up to `bands` copies of each
+            edges = np.unique(np.concatenate(found), axis=0)
+            del found
         labels = components(n, edges)
         del edges
         removed = np.flatnonzero(labels != np.arange(n))
