@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from typing import Iterator
 
 import dagster as dg
 
 from engine.data.ray_engine import require_ray
+from engine.runtime.pool import usable_cores
 from engine.recipe import Recipe
 
 RAY_LOGGERS = ("ray.data", "ray")  # Ray Data's progress ("Running Dataset ...", per operator counts) and Ray's own
@@ -59,7 +59,7 @@ def ray_resource(address: str | None):
 
     if address:
         return RayCluster(address=address, data_execution_options=pyarrow_sort)
-    return LocalRay(ray_init_options={"num_cpus": os.cpu_count(), "include_dashboard": False},
+    return LocalRay(ray_init_options={"num_cpus": usable_cores(), "include_dashboard": False},
                     data_execution_options=pyarrow_sort)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.data_path import SOURCE, generate  # noqa: E402
+from engine.runtime.pool import usable_cores  # noqa: E402
 
 
 def tables_digest(out: Path, report: dict) -> str:
@@ -62,8 +62,8 @@ def main() -> None:
     ingest_to(raw, resolve_sources(data, "datasets.yaml", [SOURCE]))
     files = table_files(raw, "rows")
     start = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
-    print(f"Ray start-up: {time.perf_counter() - start:.1f} s ({os.cpu_count()} CPUs)")
+    ray.init(num_cpus=usable_cores(), include_dashboard=False)
+    print(f"Ray start-up: {time.perf_counter() - start:.1f} s ({usable_cores()} CPUs)")
     default = CleanSection()
     with_near = CleanSection(steps=[*default.steps, TypeAdapter(CleanStep).validate_python({"step": "near_dedup"})])
     print("| steps | engine | rows | seconds | rows/s | tables digest |\n|---|---|---|---|---|---|")

@@ -17,7 +17,6 @@ How each part stays what one local pass makes:
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -31,6 +30,7 @@ from engine.data.clean import (NEAR_KINDS, ORDER, POSITION, ROW_LOCAL_STEPS, Bat
                                whitespace_blind_hash)
 from engine.data.minhash import band_keys, lsh_params, signatures
 from engine.errors import RecipeError
+from engine.runtime.pool import usable_cores
 from engine.runtime.progress import LOGGER
 from engine.store.tables import ROW_COLUMNS
 
@@ -58,8 +58,8 @@ def connected(ray, address: str | None) -> bool:
     Ray with the machine's cores. True when this call started the connection (and so must end it)."""
     if ray.is_initialized():
         return False
-    LOGGER.info(f"clean_data: starting Ray ({address or f'local, {os.cpu_count()} CPUs'})")
-    ray.init(address=address, **({} if address else {"num_cpus": os.cpu_count()}), include_dashboard=False,
+    LOGGER.info(f"clean_data: starting Ray ({address or f'local, {usable_cores()} CPUs'})")
+    ray.init(address=address, **({} if address else {"num_cpus": usable_cores()}), include_dashboard=False,
              log_to_driver=True)
     return True
 

@@ -42,12 +42,17 @@ def _one_tokenizer_thread(on: bool) -> None:
                 os.environ[QUIET[0]] = _quiet["saved"]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or taskset's share, not the machine's)."""
+    return len(os.sched_getaffinity(0))
+
+
 def worker_count(setting: int | None, rows: int) -> int:
     """data.preprocessing_num_workers, or where unset every core this process may use for POOL_MIN_ROWS rows or
     more, and one process below."""
     if setting is not None:
         return setting
-    return len(os.sched_getaffinity(0)) if rows >= POOL_MIN_ROWS else 1
+    return usable_cores() if rows >= POOL_MIN_ROWS else 1
 
 
 def pool_state() -> Any:
