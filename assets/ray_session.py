@@ -10,16 +10,16 @@ from typing import Iterator
 import dagster as dg
 
 from engine.data.ray_engine import require_ray
-from engine.runtime.pool import usable_cores
 from engine.recipe import Recipe
+from engine.runtime.pool import usable_cores
 
 RAY_LOGGERS = ("ray.data", "ray")  # Ray Data's progress ("Running Dataset ...", per operator counts) and Ray's own
 
 
 @contextlib.contextmanager
 def ray_session(context: dg.AssetExecutionContext, recipe: Recipe) -> Iterator[None]:
-    """Inside, this process is a Ray driver attached to data.ray_address (unset: a local Ray with the machine's
-    cores, stopped on the way out), and Ray's log lines reach the run's log; nothing where data.engine is local."""
+    """Inside, this process is a Ray driver attached to data.ray_address (unset: a local Ray with the cores this
+    process may use, stopped on the way out), and Ray's log lines reach the run's log; nothing where data.engine is local."""
     if recipe.data.engine != "ray":
         yield
         return
