@@ -19,7 +19,8 @@ RAY_LOGGERS = ("ray.data", "ray")  # Ray Data's progress ("Running Dataset ...",
 @contextlib.contextmanager
 def ray_session(context: dg.AssetExecutionContext, recipe: Recipe) -> Iterator[None]:
     """Inside, this process is a Ray driver attached to data.ray_address (unset: a local Ray with the cores this
-    process may use, stopped on the way out), and Ray's log lines reach the run's log; nothing where data.engine is local."""
+    process may use, stopped on the way out), and Ray's log lines reach the run's log; nothing where data.engine is
+    local."""
     if recipe.data.engine != "ray":
         yield
         return
