@@ -35,9 +35,10 @@ def exact_duplicates(clean_dir: Path, memory_gb: float, shown: int = 3) -> tuple
                 rows += batch.num_rows
         con = bounded_duckdb(memory_gb, Path(work) / "duckdb")
         try:
-            con.execute("CREATE TEMP TABLE firsts AS SELECT kind, key, min(position) AS first, arg_min(row_id, position)"
-                        " AS first_row FROM read_parquet(?) GROUP BY kind, key HAVING count(*) > 1", [str(keys)])
-            later = ("FROM read_parquet(?) AS k JOIN firsts USING (kind, key) WHERE k.position > firsts.first")
+            con.execute("CREATE TEMP TABLE firsts AS SELECT kind, key, min(position) AS first, "
+                        "arg_min(row_id, position) AS first_row FROM read_parquet(?) GROUP BY kind, key "
+                        "HAVING count(*) > 1", [str(keys)])
+            later = "FROM read_parquet(?) AS k JOIN firsts USING (kind, key) WHERE k.position > firsts.first"
             (count,) = con.execute(f"SELECT count(*) {later}", [str(keys)]).fetchone()
             examples = con.execute(f"SELECT k.row_id || ' = ' || firsts.first_row {later} ORDER BY k.position LIMIT ?",
                                    [str(keys), shown]).fetchall()
