@@ -43,7 +43,7 @@ chromium:
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }
 
 test: env chromium
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
 clean-artifacts:
 	rm -rf $(TUNELINE_HOME)
