@@ -348,12 +348,14 @@ def eval_conversations(formatted_dir: Path, clean_dir: Path, scan: int) -> Itera
     import pyarrow as pa
     import pyarrow.compute as pc
     from engine.data.format import read_view
-    from engine.store.tables import read_table
+    from engine.store.tables import table_batches
     if (formatted_dir / "sft").is_dir():
-        eval_ids = read_view(formatted_dir, "sft")["eval"]["row_id"][:scan]
-        table = read_table(clean_dir, "rows", columns=["row_id", "messages"])
-        rows = {r["row_id"]: json.loads(r["messages"])
-                for r in table.filter(pc.is_in(table["row_id"], value_set=pa.array(eval_ids, pa.string()))).to_pylist()}
+        evaluation = read_view(formatted_dir, "sft")["eval"]
+        eval_ids = evaluation.select(range(min(scan, len(evaluation))))["row_id"]
+        wanted, rows = pa.array(eval_ids, pa.string()), {}
+        for batch in table_batches(clean_dir, "rows", ["row_id", "messages"]):  # a batch at a time: not the corpus
+            rows |= {r["row_id"]: json.loads(r["messages"])
+                     for r in batch.filter(pc.is_in(batch.column("row_id"), value_set=wanted)).to_pylist()}
         for row_id in eval_ids:
             messages = rows.get(row_id, [])
             # a preference row's messages are its prompt (an SFT view made of chosen answers: engine/data/format.py)
