@@ -301,8 +301,9 @@ class StreamClean:
 
     def near(self, part: Part, step, first: int) -> Part:
         bands, rows = (step.bands, step.rows) if step.bands else lsh_params(step.threshold, step.num_perm)
-        kinds = [k for k in NEAR_KINDS
-                 if k in set(pc.unique(pq.read_table(part.path, columns=["kind"]).column("kind")).to_pylist())]
+        present = {k for batch in parquet_batches([part.path], self.batch_rows, ["kind"])
+                   for k in pc.unique(batch.column("kind")).to_pylist()}
+        kinds = [k for k in NEAR_KINDS if k in present]
         found = []
         for code, kind in enumerate(kinds):
             index = array("q")  # the part's row index of each text compared
