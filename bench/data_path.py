@@ -252,8 +252,9 @@ class TreeMemory:
                 rss = pss = 0
                 for proc in [me, *me.children(recursive=True)]:
                     with contextlib.suppress(psutil.Error):
-                        memory = proc.memory_full_info()  # /proc/PID/smaps_rollup: ~0.1 ms a process
-                        rss, pss = rss + memory.rss, pss + memory.pss
+                        rss += proc.memory_info().rss
+                    with contextlib.suppress(psutil.Error):  # smaps_rollup (~0.1 ms) may be denied where RSS is not
+                        pss += proc.memory_full_info().pss
                 self.peak = max(self.peak, rss / 2**20)
                 self.peak_pss = max(self.peak_pss, pss / 2**20)
         self.thread = threading.Thread(target=sample, daemon=True)

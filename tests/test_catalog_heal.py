@@ -2,6 +2,7 @@
 outside a transaction) is re-loaded from its artifact, exactly once."""
 
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 
 from engine.build import build_stage
@@ -184,13 +185,14 @@ def test_a_query_about_some_artifacts_opens_only_their_files(tmp_path):
         home.catalog().query(sql, [built[1].fingerprint])
 
 
-def test_a_query_read_in_batches_gives_the_rows_of_a_whole_one(tmp_path):
-    """query_batches (what `tuneline lineage --rows` writes a corpus's rows from) holds `batch_rows` rows at a time
-    and gives query's rows, in its order."""
+def test_a_query_written_to_parquet_gives_the_rows_of_a_whole_one(tmp_path):
+    """query_to_parquet (what `tuneline lineage --rows` writes a corpus's rows from) gives query's rows, in its order,
+    written `batch_rows` at a time."""
     home, recipe = Home(tmp_path), load_recipe("tiny")[0]
     build_stage(home, make_plan([Stage("raw_like", entry=sharded_raw_like, tables=RAW_LIKE.tables)], recipe),
                 "raw_like", recipe)
     sql = "SELECT row_id, source FROM raw_rows ORDER BY row_id DESC"
-    batches = list(home.catalog().query_batches(sql, batch_rows=3))
-    assert [len(b) for b in batches] == [3, 3, 1]
-    assert [r for b in batches for r in b] == home.catalog().query(sql)
+    home.catalog().query_to_parquet(sql, None, None, tmp_path / "rows.parquet", batch_rows=3)
+    written = pq.ParquetFile(tmp_path / "rows.parquet")
+    assert written.metadata.num_row_groups == 3
+    assert [tuple(r.values()) for r in written.read().to_pylist()] == home.catalog().query(sql)

@@ -219,7 +219,8 @@ def test_the_checks_every_row_gets_find_on_batches_what_row_by_row_finds(tiny_mo
                                                                        monkeypatch):
     """Rows with labels shorter than their input_ids, with no label token, with a label that is not its input token
     (the first and last rows of a batch among them): label_problems on Arrow batches of 7 rows names the same rows
-    with the same problems, in the same order, as row_problem on every row."""
+    with the same problems, in the same order, as row_problem on every row; the rows it decodes are the ones
+    row_problem decodes (a wrong answer planted on one inside a later batch is found)."""
     from engine.data import written_views
     from engine.data.written_views import (answer_markup, answers_by_row, decoded_steps, label_problems, row_problem,
                                            view_splits)
@@ -244,11 +245,15 @@ def test_the_checks_every_row_gets_find_on_batches_what_row_by_row_finds(tiny_mo
     monkeypatch.setattr(written_views, "DECODED_PER_SPLIT", 5)
     monkeypatch.setattr(written_views, "CHECKED_ROWS", 7)
     markup, steps = answer_markup(tokenizer), decoded_steps(splits)
+    decoded_later = 2 * steps["train"]  # a decoded row inside a later batch: its answer no longer what it trains on
+    assert decoded_later % 7 and decoded_later not in (0, 6, 7, 30, len(train) - 1), decoded_later
+    answers[train[decoded_later]["row_id"]] = ["an answer it was not made from"]
     expected = [f"{split} {row['row_id']}: {problem}" for split, dataset in splits.items()
                 for i, row in enumerate(dataset)
                 if (problem := row_problem(row, answers, tokenizer, markup, 64, False, i % steps[split] == 0))]
     checked, decoded, problems = label_problems(splits, answers, tokenizer, 64, False)
-    assert problems == expected and len(problems) == 5, problems
+    assert problems == expected and len(problems) == 6, problems
+    assert f"train {train[decoded_later]['row_id']}: answer 0 decodes to" in problems[3], problems
     assert checked == len(train) + len(splits["eval"]) and decoded == sum(
         -(-len(d) // steps[s]) for s, d in splits.items())
     assert [p.split(": ", 1)[1].split(" ")[0] for p in problems[:3]] == ["%d" % (len(train[0]["input_ids"]) - 1),

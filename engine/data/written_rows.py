@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.data.ingest import content_hash
@@ -21,14 +22,15 @@ def exact_duplicates(clean_dir: Path, memory_gb: float, shown: int = 3) -> tuple
     """(written rows, written rows whose kind and texts an earlier written row has, the first `shown` of those as
     "row_id = the earlier row_id"). Each row's hash is computed again from its written texts (not the content_hash
     column cleaning wrote); the keys go to a Parquet file and DuckDB groups them within `memory_gb` (a dict of every
-    row's key would grow with the corpus: ~250 bytes a row)."""
+    row's key would grow with the corpus: ~250 bytes a row). The file and DuckDB's spill go under $TMPDIR."""
     with tempfile.TemporaryDirectory(prefix="tuneline-duplicates-") as work:
         keys, rows = Path(work) / "keys.parquet", 0
         with pq.ParquetWriter(keys, KEYS) as writer:
             for batch in table_batches(clean_dir, "rows", HASHED):
                 hashed = [content_hash(json.loads(r["messages"]), r["chosen"], r["rejected"], r["tools"], r["label"])
                           for r in batch.to_pylist()]
-                writer.write_batch(pa.record_batch([batch.column("kind"), pa.array(hashed, pa.string()),
+                writer.write_batch(pa.record_batch([pc.fill_null(batch.column("kind"), ""),  # joins match on it
+                                                    pa.array(hashed, pa.string()),
                                                     batch.column("row_id"),
                                                     pa.array(range(rows, rows + batch.num_rows), pa.int64())],
                                                    schema=KEYS))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 import duckdb
+import pyarrow.parquet as pq
 
 from engine.errors import DataError
 
@@ -217,15 +218,16 @@ class Catalog:
             self.row_views(con, sql, artifacts)
             return con.execute(sql, params or []).fetchall()
 
-    def query_batches(self, sql: str, params: list | None = None, artifacts: list[str] | None = None,
-                      batch_rows: int = 10_000) -> Iterator[list[tuple]]:
-        """query's rows `batch_rows` at a time: a result of millions of rows (a corpus's lineage) is never held
-        whole."""
+    def query_to_parquet(self, sql: str, params: list | None, artifacts: list[str] | None, path: Path,
+                         batch_rows: int = 10_000) -> None:
+        """query's rows written to the Parquet file `path`, `batch_rows` at a time: a result of millions of rows (a
+        corpus's lineage) is never held whole, and the catalog is free again once they are on disk."""
         with self.connect() as con:
             self.row_views(con, sql, artifacts)
-            result = con.execute(sql, params or [])
-            while batch := result.fetchmany(batch_rows):
-                yield batch
+            reader = con.sql(sql, params=params or None).to_arrow_reader(batch_rows)
+            with pq.ParquetWriter(path, reader.schema) as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
 
 
 def manifest_files(listed: str | list[str]) -> list[str]:

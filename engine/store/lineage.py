@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from engine.store.catalog import Catalog
 from engine.errors import TunelineError
+from engine.store.tables import parquet_batches
 
 ANCESTRY_SQL = """
 WITH RECURSIVE tree(fingerprint, depth) AS (
@@ -93,15 +96,18 @@ def write_training_rows(catalog: Catalog, artifact: str, out: Path) -> int:
     nodes = {n["asset"]: n["fingerprint"] for n in ancestry(catalog, resolve(catalog, artifact))}
     if "formatted_data" not in nodes:
         raise LineageError(f"{artifact!r} was not made from formatted data, so no training rows lead to it")
-    batches = catalog.query_batches(TRAINING_ROWS_SQL, [nodes.get("raw_data"), nodes["formatted_data"]],
-                                    artifacts=[f for f in (nodes.get("raw_data"), nodes["formatted_data"]) if f])
     out.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with out.open("w") as handle:
-        handle.write("source,row_id,raw_content_hash,clean_content_hash,view,split\n")
-        for rows in batches:
-            handle.writelines(",".join(map(str, r)) + "\n" for r in rows)
-            count += len(rows)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:  # `out` whole or untouched
+        found, written = Path(tmp) / "rows.parquet", Path(tmp) / "rows.csv"
+        catalog.query_to_parquet(TRAINING_ROWS_SQL, [nodes.get("raw_data"), nodes["formatted_data"]],
+                                 [f for f in (nodes.get("raw_data"), nodes["formatted_data"]) if f], found)
+        count = 0
+        with written.open("w") as handle:
+            handle.write("source,row_id,raw_content_hash,clean_content_hash,view,split\n")
+            for batch in parquet_batches([found], 10_000):
+                handle.writelines(",".join(map(str, row.values())) + "\n" for row in batch.to_pylist())
+                count += batch.num_rows
+        os.replace(written, out)
     return count
 
 
