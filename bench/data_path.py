@@ -51,10 +51,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.runtime.pool import usable_cores  # noqa: E402  # the cores Ray and the pools use
+
 CUTOFF_LEN = 1024
 SOURCE = "alpaca_bench"
 DATA_FILE = "alpaca.jsonl"
-CORES = len(os.sched_getaffinity(0))
+CORES = usable_cores()
 SETUPS = {"local1": "local 1 process", "localall": f"local {CORES} cores", "ray": "ray",
           "lf1": "LF map num_proc=1", "lfall": f"LF map num_proc={CORES}"}
 STAGES = ("raw", "clean", "formatted")
@@ -116,7 +118,7 @@ def ray_status() -> str | None:
 
 def run_stage(setup: str, stage: str, work: Path) -> dict:
     """One stage of one setup, in this (fresh) process: {rows, seconds}."""
-    from engine.store.tables import ROW_COLUMNS, table_rows
+    from engine.store.tables import table_rows
     from engine.runtime.pool import worker_count
     out = work / setup / stage
     shutil.rmtree(out, ignore_errors=True)  # what a killed run of this stage left
@@ -129,19 +131,16 @@ def run_stage(setup: str, stage: str, work: Path) -> dict:
         seconds = time.perf_counter() - start
         return {"rows": table_rows(out, "rows") + table_rows(out, "quarantine"), "seconds": seconds}
     if stage == "clean":  # clean_data's code for each engine (engine/data/clean_stage.py), its tables as shards
-        from engine.data.clean_stage import write_result
         from engine.data.clean_stream import stream_clean
         from engine.data.ray_engine import connected, ray_clean, require_ray
         from engine.recipe.clean import CleanSection
-        from engine.store.tables import ShardWriter, table_files
+        from engine.store.tables import table_files
         raw = input_of(setup, "raw", work)
         if setup == "ray":  # a local Ray of every core, started before the clock (on a cluster it is running)
             connected(require_ray(), None)
         start = time.perf_counter()
         if setup == "ray":
-            with ShardWriter(out, "rows", ROW_COLUMNS) as kept:
-                write_result(out, ray_clean(table_files(raw, "rows"), CleanSection(), [SOURCE], memory_gb=MEMORY_GB,
-                                            spill_dir=out, sink=kept.add_all), kept_written=True)
+            ray_clean(table_files(raw, "rows"), out, CleanSection(), [SOURCE], memory_gb=MEMORY_GB, work_dir=out)
             workers = CORES
         else:
             workers = 1 if setup == "local1" else worker_count(None, table_rows(raw, "rows"))

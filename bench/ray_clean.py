@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.data_path import SOURCE, generate  # noqa: E402
+from bench.data_path import DATA_FILE, SOURCE, generate  # noqa: E402
 from engine.runtime.pool import usable_cores  # noqa: E402
 
 
@@ -43,20 +43,19 @@ def main() -> None:
     import ray
     from pydantic import TypeAdapter
 
-    from engine.data.clean_stage import write_result
     from engine.data.clean_stream import stream_clean
     from engine.data.ingest import ingest_to
     from engine.data.ray_engine import ray_clean
     from engine.data.registry import resolve_sources
     from engine.recipe import CleanSection, CleanStep
     from engine.runtime.pool import worker_count
-    from engine.store.tables import ROW_COLUMNS, ShardWriter, table_files, table_rows
+    from engine.store.tables import table_files, table_rows
 
     work = args.work or Path(tempfile.mkdtemp(prefix="ray-clean-"))
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
-    generate(args.rows, data / "alpaca.json")
-    (data / "datasets.yaml").write_text(f"{SOURCE}:\n  file_name: alpaca.json\n  formatting: alpaca\n")
+    generate(args.rows, data / DATA_FILE)
+    (data / "datasets.yaml").write_text(f"{SOURCE}:\n  file_name: {DATA_FILE}\n  formatting: alpaca\n")
     raw = work / "raw"
     raw.mkdir(exist_ok=True)
     ingest_to(raw, resolve_sources(data, "datasets.yaml", [SOURCE]))
@@ -77,9 +76,7 @@ def main() -> None:
                     report = stream_clean(raw, out, cfg, [SOURCE], work_dir=out,
                                           workers=worker_count(None, table_rows(raw, "rows")))
                 else:
-                    with ShardWriter(out, "rows", ROW_COLUMNS) as kept:
-                        result = ray_clean(files, cfg, [SOURCE], spill_dir=out, sink=kept.add_all)
-                    report = write_result(out, result, kept_written=True)
+                    report = ray_clean(files, out, cfg, [SOURCE], work_dir=out)
                 seconds = time.perf_counter() - start
                 digest = tables_digest(out, report)
                 rows = report["rows_in"]

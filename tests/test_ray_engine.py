@@ -16,13 +16,13 @@ from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E
 from pydantic import TypeAdapter  # noqa: E402
 
 from engine.data.clean import clean  # noqa: E402
+from engine.data.clean_stage import write_result  # noqa: E402
 from engine.data.ingest import content_hash, ingest  # noqa: E402
 from engine.data.ray_engine import ray_clean, require_ray  # noqa: E402
 from engine.data.registry import resolve_sources  # noqa: E402
 from engine.errors import RecipeError  # noqa: E402
 from engine.recipe import CleanSection, CleanStep  # noqa: E402
-from engine.store.tables import (CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS,  # noqa: E402
-                                 ShardWriter, read_table, table_files, write_rows)
+from engine.store.tables import ROW_COLUMNS, ShardWriter, read_table, table_files, table_rows  # noqa: E402
 
 STOCK = Path("tests/fixtures/llamafactory/data")
 SELECTED = ["alpaca_en_demo", "identity", "glaive_toolcall_en_demo", "dpo_en_demo", "kto_en_demo"]
@@ -47,21 +47,30 @@ def steps(*specs) -> CleanSection:
 
 def shards(rows: list[dict], folder: Path) -> list[Path]:
     """raw_data's rows as its shards hold them (several small files, not in the cleaning order)."""
-    folder.mkdir(parents=True, exist_ok=True)
     with ShardWriter(folder, "rows", ROW_COLUMNS, shard_rows=11) as writer:
         writer.add_all(reversed(rows))
     return table_files(folder, "rows")
 
 
-def written(result, folder: Path) -> dict[str, bytes]:
-    """The bytes clean_raw_data's writers make of a result: the four tables and the report."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, records, columns in (("rows", result.rows, ROW_COLUMNS), ("quarantine", result.quarantine,
-                                   QUARANTINE_COLUMNS), ("clusters", result.clusters, CLUSTER_COLUMNS),
-                                  ("rewrites", result.rewrites, REWRITE_COLUMNS)):
-        write_rows(records, folder / f"{name}.parquet", columns)
-    (folder / "report.json").write_text(json.dumps(result.report))
-    return {f.name: f.read_bytes() for f in sorted(folder.iterdir())}
+TABLES = ("rows", "quarantine", "clusters", "rewrites")
+
+
+def written(folder: Path, report: dict) -> dict[str, list[bytes] | str]:
+    """The bytes of an engine's four tables (every shard) and its report."""
+    return {name: [f.read_bytes() for f in table_files(folder, name)] for name in TABLES} | {
+        "report": json.dumps(report)}
+
+
+def both(rows: list[dict], folder: Path, cfg: CleanSection, source_order: list[str], **ray_options) -> tuple:
+    """What ray_clean writes of the rows and what `clean()` writes (as the asset's writers shard it), and both
+    reports."""
+    for name in ("raw", "local", "ray"):
+        (folder / name).mkdir(parents=True)
+    local = write_result(folder / "local", clean(rows, cfg, source_order, ray_options.get("count_tokens")))
+    on_ray = ray_clean(shards(rows, folder / "raw"), folder / "ray", cfg, source_order, work_dir=folder / "ray",
+                       **ray_options)
+    assert [p.name for p in (folder / "ray").iterdir() if p.name.startswith(".")] == []  # its spools are gone
+    return written(folder / "ray", on_ray), written(folder / "local", local), on_ray, local
 
 
 def test_the_asset_builds_the_same_rows_on_ray_with_rays_lines_in_the_run_log(tmp_path):
@@ -125,11 +134,14 @@ def corpora(draw) -> list[dict]:
         messages = [{"role": "user", "content": question}] + ([] if kind == "preference" else
                                                                [{"role": "assistant", "content": answer}])
         chosen, rejected = (answer, f"not {answer}") if kind == "preference" else (None, None)
-        rows.append({"source": source, "row_id": f"{source}:part{n % 2}.json:{n * 7}", "format": "sharegpt",
-                     "content_hash": content_hash(messages, chosen, rejected, None, None), "kind": kind,
-                     "messages": json.dumps(messages), "chosen": chosen, "rejected": rejected, "tools": None,
-                     "label": None})
+        rows.append(row(source, f"{source}:part{n % 2}.json:{n * 7}", kind, messages, chosen, rejected))
     return rows
+
+
+def row(source: str, row_id: str, kind: str, messages: list[dict], chosen=None, rejected=None) -> dict:
+    return {"source": source, "row_id": row_id, "format": "sharegpt",
+            "content_hash": content_hash(messages, chosen, rejected, None, None), "kind": kind,
+            "messages": json.dumps(messages), "chosen": chosen, "rejected": rejected, "tools": None, "label": None}
 
 
 GENERATED_STEPS = steps({"step": "normalize", "strip_trailing_spaces": True}, {"step": "length", "min_chars": 12},
@@ -143,10 +155,26 @@ GENERATED_STEPS = steps({"step": "normalize", "strip_trailing_spaces": True}, {"
 @given(rows=corpora())
 def test_ray_and_local_write_the_same_bytes_on_generated_rows(session, tmp_path_factory, rows):
     folder = tmp_path_factory.mktemp("generated")
-    local = clean(rows, GENERATED_STEPS, ["web", "books"])
-    on_ray = ray_clean(shards(rows, folder / "raw"), GENERATED_STEPS, ["web", "books"], batch_rows=BLOCK_ROWS)
-    assert written(on_ray, folder / "ray") == written(local, folder / "local")
-    assert {"exact_duplicate", "near_duplicate"} <= set(local.report["quarantine_by_reason"])  # the planted copies
+    on_ray, local, _, report = both(rows, folder, GENERATED_STEPS, ["web", "books"], batch_rows=BLOCK_ROWS)
+    assert on_ray == local
+    assert {"exact_duplicate", "near_duplicate"} <= set(report["quarantine_by_reason"])  # the planted copies
+
+
+def test_a_chain_of_near_copies_goes_to_its_lowest_row_even_where_the_two_are_not_alike(session, tmp_path):
+    """c ~ b ~ a with a and c below the threshold: one component, both copies removed, a measured against c (its
+    lowest row) as local does, not against the row that joined it."""
+    trees = PLANTED + "spruce willow yew aspen beech chestnut cypress ebony hawthorn holly laurel maple".split()
+    b = trees[:2] + ["x1", "x2"] + trees[4:]
+    c = b[:20] + ["y1", "y2"] + b[22:]
+    answers = ["zzz unrelated words here please", " ".join(c), " ".join(trees), " ".join(b)]
+    rows = [row("s", f"s:{n}", "sft", [{"role": "user", "content": "q"}, {"role": "assistant", "content": answer}])
+            for n, answer in enumerate(answers)]
+    near = steps({"step": "near_dedup", "threshold": 0.7, "num_perm": 64, "min_chars": 20})
+    on_ray, local, _, _ = both(rows, tmp_path, near, ["s"], batch_rows=2)
+    assert on_ray == local
+    clusters = read_table(tmp_path / "ray", "clusters").to_pylist()
+    assert [(c["kept_row_id"], c["removed_row_id"]) for c in clusters] == [("s:1", "s:2"), ("s:1", "s:3")]
+    assert clusters[0]["similarity"] < 0.7  # s:2 joined through s:3
 
 
 def test_ray_and_local_write_the_same_bytes_on_the_llamafactory_demo_files_with_every_step(session, tmp_path):
@@ -157,17 +185,13 @@ def test_ray_and_local_write_the_same_bytes_on_the_llamafactory_demo_files_with_
                        {"step": "repetition"}, {"step": "pii"}, {"step": "blocklist", "words": ["hello"]},
                        {"step": "exact_dedup"}, {"step": "near_dedup", "threshold": 0.7})
     count_tokens = lambda text: len(text.split())  # noqa: E731  # a token counter travels to Ray's workers
-    local = clean(rows, every_step, SELECTED, count_tokens)
-    streamed = []  # as the asset takes them: a block at a time, into the table's writer
-    on_ray = ray_clean(shards(rows, tmp_path / "raw"), every_step, SELECTED, count_tokens, batch_rows=97,
-                       sink=streamed.extend)
-    assert on_ray.rows == [] and len(streamed) > 97
-    on_ray.rows = streamed
-    assert written(on_ray, tmp_path / "ray") == written(local, tmp_path / "local")
-    removed = on_ray.report["quarantine_by_reason"]
+    on_ray, local, report, _ = both(rows, tmp_path, every_step, SELECTED, count_tokens=count_tokens, batch_rows=97)
+    assert on_ray == local
+    assert table_rows(tmp_path / "ray", "rows") > 97  # kept rows of several blocks
+    removed = report["quarantine_by_reason"]
     assert removed["exact_duplicate"] > 0 and removed["near_duplicate"] > 0 and removed["blocklisted"] > 0
     assert removed["too_many_tokens"] > 0
-    assert on_ray.rewrites and on_ray.report["pii_scrubbed"]  # html stripped, PII replaced: records to compare
+    assert report["rewritten"] and report["pii_scrubbed"]  # html stripped, PII replaced: records to compare
 
 
 def test_engine_ray_without_ray_installed_says_how_to_install_it(monkeypatch):

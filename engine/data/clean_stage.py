@@ -26,22 +26,20 @@ def clean_raw_data(run: "StageRun") -> dict:
     source_order = list(json.loads((raw / "manifest.json").read_text())["metrics"]["by_source"])
     count_tokens = token_counter(run.recipe.model.model_name_or_path) if cfg.counts_tokens() else None
     if run.recipe.data.engine == "ray":  # the same result on a Ray cluster
-        with ShardWriter(run.out, "rows", ROW_COLUMNS) as kept:
-            result = ray_clean(table_files(raw, "rows"), cfg, source_order, count_tokens, run.recipe.data.memory_gb,
-                               spill_dir=run.out, address=run.recipe.data.ray_address, sink=kept.add_all)
-        return write_result(run.out, result, kept_written=True)
+        return ray_clean(table_files(raw, "rows"), run.out, cfg, source_order, count_tokens, run.recipe.data.memory_gb,
+                         work_dir=run.out, address=run.recipe.data.ray_address)
     workers = worker_count(run.recipe.data.preprocessing_num_workers, table_rows(raw, "rows"))
     # batch by batch, through part files in a temporary directory of run.out, gone before publishing
     return stream_clean(raw, run.out, cfg, source_order, count_tokens, run.recipe.data.memory_gb, work_dir=run.out,
                         workers=workers)
 
 
-def write_result(out, result, kept_written: bool = False) -> dict:
-    """A CleanResult's tables as the artifact's shards (the kept rows too unless `kept_written`); its report."""
-    tables = (("rows", result.rows, ROW_COLUMNS),) * (not kept_written)
-    for name, records, columns in tables + (("quarantine", result.quarantine, QUARANTINE_COLUMNS),
-                                            ("clusters", result.clusters, CLUSTER_COLUMNS),
-                                            ("rewrites", result.rewrites, REWRITE_COLUMNS)):
+def write_result(out, result) -> dict:
+    """A CleanResult's tables as the artifact's shards (the in-memory `clean()`'s, for comparisons); its report."""
+    for name, records, columns in (("rows", result.rows, ROW_COLUMNS),
+                                   ("quarantine", result.quarantine, QUARANTINE_COLUMNS),
+                                   ("clusters", result.clusters, CLUSTER_COLUMNS),
+                                   ("rewrites", result.rewrites, REWRITE_COLUMNS)):
         with ShardWriter(out, name, columns) as table:
             table.add_all(records)
     return result.report

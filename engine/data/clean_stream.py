@@ -63,7 +63,7 @@ class Spool:
 
     def __init__(self, path: Path, columns: list[str]):
         self.path, self.columns, self.count = path, columns, 0
-        self.schema = pa.schema([(c, pa.string()) for c in columns] + [(c, pa.int64()) for c in ORDER_COLUMNS])
+        self.schema = pa.schema(list(schema_of(columns)) + [(c, pa.int64()) for c in ORDER_COLUMNS])
         self.writer: pq.ParquetWriter | None = None
 
     def add(self, records: list[dict]) -> None:
@@ -226,13 +226,7 @@ class StreamClean:
             for final in self.on_pool(_stored_rows, jobs):
                 tally.kept(final)
                 table.add_all(final)
-        for name, spool, columns, count_of in (("quarantine", self.quarantine, QUARANTINE_COLUMNS, tally.quarantined),
-                                               ("rewrites", self.rewrites, REWRITE_COLUMNS, tally.rewritten)):
-            with ShardWriter(out, name, columns) as table:
-                for batch in spool.sorted_batches(self.con, self.batch_rows):
-                    records = batch.to_pylist()
-                    count_of(records)
-                    table.add_all(records)  # row groups as `clean()`'s writer makes them: the same bytes
+        write_spooled(out, self.quarantine, self.rewrites, self.con, self.batch_rows, tally)
         return self.combined.report(tally, rows_in_by_source, source_order)
 
     def survey(self, files: list[Path], source_order: list[str]) -> tuple[Counter, bool]:
@@ -357,8 +351,23 @@ class StreamClean:
             clusters.append_to(self.clusters, self.batch_rows)
         finally:
             clusters.close()
-        removed = len(found.removed)
-        self.combined.add(BatchOutcome([], [], [], Counter(), [
-            {"step": step.step, "rows_in": part.count, "rows_out": part.count - removed,
-             "removed": {reason: removed} if removed else {}, "modified": 0}]), first)
+        self.combined.add(dedup_outcome(step.step, part.count, len(found.removed), reason), first)
         return out.close()
+
+
+def dedup_outcome(step: str, rows_in: int, removed: int, reason: str) -> BatchOutcome:
+    """A dedup step's counts as a batch outcome (its records are spooled, not held)."""
+    return BatchOutcome([], [], [], Counter(), [{"step": step, "rows_in": rows_in, "rows_out": rows_in - removed,
+                                                 "removed": {reason: removed} if removed else {}, "modified": 0}])
+
+
+def write_spooled(out: Path, quarantine: Spool, rewrites: Spool, con: duckdb.DuckDBPyConnection, batch_rows: int,
+                  tally: Tally) -> None:
+    """The spooled quarantine and rewrites as the artifact's tables, in (step, position) order, counted in `tally`."""
+    for name, spool, columns, count_of in (("quarantine", quarantine, QUARANTINE_COLUMNS, tally.quarantined),
+                                           ("rewrites", rewrites, REWRITE_COLUMNS, tally.rewritten)):
+        with ShardWriter(out, name, columns) as table:
+            for batch in spool.sorted_batches(con, batch_rows):
+                records = batch.to_pylist()
+                count_of(records)
+                table.add_all(records)  # row groups as `clean()`'s writer makes them: the same bytes

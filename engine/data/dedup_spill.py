@@ -5,13 +5,13 @@ Near: texts stream in, in chunks of bounded characters, to a signature file (n x
 (key, index) records go to partition files by band and key hash; each partition alone gives its buckets' candidate
 pairs (a bucket never spans two partitions, and records sit in index order, so a bucket's first member is its lowest
 index, as in memory), which are checked against signatures read back from the file and kept as edges. Components
-take the minimum label over the edges in memory: 8 bytes a document for the labels (three such arrays while
-propagating) and 16 an edge; edges are verified near duplicates, few compared to documents.
+take the minimum label over the edges in memory, over the documents in an edge alone (minhash.edge_components):
+16 bytes an edge and ~24 a document in one, none for the others; edges are verified near duplicates.
 Exact: (128-bit BLAKE2b digest of the key, index) records partitioned by digest; the lowest index of each digest is
 kept (two distinct keys share a digest with probability ~n^2 / 2^129).
 
 Each phase (signature chunks, band records, one partition, verification chunks, exact batches) holds about a quarter
-of `memory_gb` at most, beside the labels; the files live in a temporary directory under `spill_dir`, removed on
+of `memory_gb` at most, beside the edges; the files live in a temporary directory under `spill_dir`, removed on
 every exit path. Written here because no library does it: datasketch's LSH storage is per key (dict, Redis,
 Cassandra), and an out-of-core sort of (key, index) records is a few numpy calls per partition.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.data.constants import MAX_SHINGLE
-from engine.data.minhash import EMPTY, band_keys, bucket_pairs, chunk_signatures, components, densify
+from engine.data.minhash import EMPTY, band_keys, bucket_pairs, chunk_signatures, densify, edge_components
 
 RECORD = np.dtype([("key", "<u8"), ("index", "<i8")])  # one document's key in one band
 DIGEST = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("index", "<i8")])  # one exact-dedup key's 128-bit digest
@@ -163,12 +163,13 @@ def spilled_near_arrays(texts: Iterable[str], threshold: float, num_perm: int, k
             # ones instead of up to `bands` copies of each
             edges = np.unique(np.concatenate(found), axis=0)
             del found
-        labels = components(n, edges)
+        nodes, roots = edge_components(edges)
         del edges
-        removed = np.flatnonzero(labels != np.arange(n))
-        estimate = (sig.agreement(np.stack([labels[removed], removed], axis=1), chunk)[0] if len(removed)
+        moved = roots != nodes
+        kept, removed = roots[moved].astype(np.int64), nodes[moved].astype(np.int64)
+        estimate = (sig.agreement(np.stack([kept, removed], axis=1), chunk)[0] if len(removed)
                     else np.empty(0, np.float64))
-        return labels[removed].astype(np.int64), removed.astype(np.int64), estimate
+        return kept, removed, estimate
 
 
 def key_digests(keys: list[str]) -> np.ndarray:

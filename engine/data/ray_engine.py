@@ -1,38 +1,48 @@
 """Ray Data as clean_data's engine (`data.engine: ray`): the recipe's clean steps over raw_data's shards on a Ray
-cluster, with the same kept rows, quarantine, clusters, rewrites and report as engine/data/clean.py's `clean()`.
+cluster, writing the same tables (byte for byte) and report as the local engine (engine/data/clean_stream.py).
 
 How each part stays what one local pass makes:
 - order: rows are sorted on Ray by local's key (source priority, file, row index); a row's POSITION is its block's
   offset (prefix sums over the sorted blocks' row counts) plus its place in the block;
-- row-local segments: `map_batches` over batches in block order calling `clean_batch`; each batch returns its kept
-  rows and, as one more row, its outcome (quarantine, rewrites, pii counts, per-step counts), which `Combined` adds
-  in position order as it adds local's batches;
-- exact_dedup: a group-by on the step's key finds every key that more than one row holds; near_dedup: one group-by
-  per LSH band (minhash.py's signatures and band keys) finds every bucket of more than one row. Only those candidate
-  rows come to the driver, where Cleaner's own exact_dedup / near_dedup run over them (one definition of each step;
-  the signature check and min-label components are minhash.py's): every member of a shared bucket is a candidate,
-  so the star edges, checks and components over the candidates are the ones a pass over every row makes.
+- row-local segments: `map_batches` calling `clean_batch`; each batch returns its kept rows and, as one more row, its
+  outcome (quarantine, rewrites, pii counts, per-step counts), which the driver spools in block order, as the local
+  engine spools its batches';
+- exact_dedup: a group-by on the step's key; in each group of more than one row every row but the lowest position
+  goes, pointing at it;
+- near_dedup: a group-by on (kind, LSH band, band key) finds the rows in a shared bucket (candidates; minhash.py's
+  signatures and band keys); a second group-by over the candidates' bands, carrying their signatures, makes each
+  bucket's star edges (its lowest position to each other member) and keeps those whose signatures agree at the
+  threshold; the components of those edges are labelled by their lowest position (minhash.edge_components, over
+  the edges' nodes alone); a third group-by, by component, measures each removed row against its component's lowest row.
+The driver holds no row and no signature: positions (8 bytes a candidate or removed row) and verified edges (16
+bytes); the removed rows' records stream back into spools (Parquet files sorted by DuckDB within data.memory_gb):
+clusters appended to their table by (kind, position) at each dedup's end, quarantine and rewrites written in (step,
+position) order at the end, as the local engine does.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from engine.data.clean import (NEAR_KINDS, ORDER, POSITION, ROW_LOCAL_STEPS, BatchOutcome, Cleaner, CleanResult,
-                               Combined, clean_batch, current_hash, dedup_text, row_position, segments, stored_row,
-                               whitespace_blind_hash)
-from engine.data.minhash import band_keys, lsh_params, signatures
+from engine.data.clean import (NEAR_KINDS, ORDER, POSITION, ROW_LOCAL_STEPS, BatchOutcome, Combined, Tally,
+                               clean_batch, cluster_record, exact_detail, exact_key, near_detail, near_text,
+                               quarantine_record, row_position, segments, stored_row)
+from engine.data.clean_stream import STREAM_MEMORY_GB, Spool, dedup_outcome, write_spooled
+from engine.data.minhash import EMPTY, band_keys, edge_components, lsh_params, signatures
 from engine.errors import RecipeError
 from engine.runtime.pool import usable_cores
 from engine.runtime.progress import LOGGER
-from engine.store.tables import ROW_COLUMNS
+from engine.store.bounded_sql import bounded_duckdb
+from engine.store.tables import (CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS, ShardWriter,
+                                 parquet_batches)
 
 if TYPE_CHECKING:
     from engine.recipe import CleanSection
@@ -40,6 +50,11 @@ if TYPE_CHECKING:
 OUTCOME = "_outcome"  # a batch's outcome (JSON) in the one extra row it returns; null in kept rows
 SORT_KEY = ("_priority", "_head", "_index")
 ROWS_SCHEMA = pa.schema([(c, pa.string()) for c in ROW_COLUMNS] + [(POSITION, pa.int64()), (OUTCOME, pa.string())])
+STORED_SCHEMA = pa.schema([(c, pa.string()) for c in ROW_COLUMNS] + [(POSITION, pa.int64())])
+# a removed row: its position and ids, its kind (an index into NEAR_KINDS; 0 for exact), the kept row of its cluster
+REMOVAL_SCHEMA = pa.schema([(POSITION, pa.int64()), ("source", pa.string()), ("row_id", pa.string()),
+                            ("kind", pa.int8()), ("kept", pa.int64()), ("kept_row_id", pa.string()),
+                            ("similarity", pa.float64())])
 
 
 def require_ray():
@@ -64,20 +79,21 @@ def connected(ray, address: str | None) -> bool:
     return True
 
 
-def ray_clean(files: list[Path], cfg: "CleanSection", source_order: list[str],
+def ray_clean(files: list[Path], out: Path, cfg: "CleanSection", source_order: list[str],
               count_tokens: Callable[[str], int] | None = None, memory_gb: float | None = None,
-              spill_dir: Path | None = None, batch_rows: int = 10_000, address: str | None = None,
-              sink: Callable[[list[dict]], None] | None = None) -> CleanResult:
-    """`clean()` on Ray over raw_data's Parquet `files`: the same CleanResult. `batch_rows` is both the rows of a
+              work_dir: Path | None = None, batch_rows: int = 10_000, address: str | None = None) -> dict:
+    """stream_clean on Ray over raw_data's Parquet `files`: the rows, quarantine, clusters and rewrites tables
+    written as shards to `out`, the same bytes, and the same report (returned). `batch_rows` is both the rows of a
     block and of a map_batches batch (any size gives the same result); `address`: the Ray cluster, None a local one.
-    With `sink`, the kept rows (as stored, in order) go to it a block at a time and the result's `rows` is empty:
-    the driver never holds the corpus."""
+    The spools and the sort of the records (bounded by `memory_gb`) live in a temporary directory under `work_dir`."""
     ray = require_ray()
     started = connected(ray, address)
     options = ray.data.DataContext.get_current().execution_options
     preserved, options.preserve_order = options.preserve_order, True  # batches in position order, as local's
     try:
-        return RayClean(ray, cfg, count_tokens, memory_gb, spill_dir, batch_rows).run(files, source_order, sink)
+        with tempfile.TemporaryDirectory(prefix=".clean-ray-", dir=work_dir) as tmp:
+            return RayClean(ray, Path(tmp), cfg, count_tokens, memory_gb or STREAM_MEMORY_GB,
+                            batch_rows).run(files, out, source_order)
     finally:
         options.preserve_order = preserved
         if started:
@@ -85,31 +101,44 @@ def ray_clean(files: list[Path], cfg: "CleanSection", source_order: list[str],
 
 
 class RayClean:
-    """One clean over Ray: ordered rows with positions, then each segment of steps in turn."""
+    """One clean over Ray: ordered rows with positions, then each segment of steps in turn; records spooled."""
 
-    def __init__(self, ray, cfg, count_tokens, memory_gb, spill_dir, batch_rows):
-        self.ray, self.cfg, self.count_tokens = ray, cfg, count_tokens
-        self.memory_gb, self.spill_dir, self.batch_rows = memory_gb, spill_dir, batch_rows
+    def __init__(self, ray, work: Path, cfg, count_tokens, memory_gb: float, batch_rows: int):
+        self.ray, self.work, self.cfg, self.count_tokens, self.batch_rows = ray, work, cfg, count_tokens, batch_rows
         self.combined = Combined()
+        self.quarantine = Spool(work / "quarantine.parquet", QUARANTINE_COLUMNS)
+        self.rewrites = Spool(work / "rewrites.parquet", REWRITE_COLUMNS)
+        self.con = bounded_duckdb(memory_gb, work / "duckdb")
 
-    def run(self, files: list[Path], source_order: list[str], sink: Callable[[list[dict]], None] | None) -> CleanResult:
+    def run(self, files: list[Path], out: Path, source_order: list[str]) -> dict:
+        try:
+            return self.passes(files, out, source_order)
+        finally:  # on an error too: no file left open in the directory about to be removed
+            for spool in (self.quarantine, self.rewrites):
+                if spool.writer is not None and spool.writer.is_open:
+                    spool.writer.close()
+            self.con.close()
+
+    def passes(self, files: list[Path], out: Path, source_order: list[str]) -> dict:
         rows_in_by_source = Counter()
-        for file in files:  # the source column alone, from each shard
-            rows_in_by_source.update(pq.read_table(file, columns=["source"]).column("source").to_pylist())
+        for batch in parquet_batches(files, self.batch_rows, ["source"]):  # in raw's row order, as local counts
+            rows_in_by_source.update(dict(zip(*(c.to_pylist() for c in pc.value_counts(batch["source"]).flatten()))))
         count = sum(rows_in_by_source.values())
         current = self.ordered(files, source_order) if count else None
-        for first, steps in segments(self.cfg.steps):
-            step = steps[0].step
-            LOGGER.info(f"clean_data: {', '.join(s.step for s in steps)} on Ray")
-            if step in ROW_LOCAL_STEPS:
-                current, count = self.row_local(current, steps, first) if current is not None else (None, 0)
-            else:
-                current, count = self.dedup(current, steps[0], first, count)
-        final, rows_out_by_source = [], Counter()
-        for batch in kept_batches(current):
-            rows_out_by_source.update(r["source"] for r in batch)
-            final.extend(batch) if sink is None else sink(batch)
-        return self.combined.result(final, rows_in_by_source, source_order, rows_out_by_source)
+        with ShardWriter(out, "clusters", CLUSTER_COLUMNS) as self.clusters:
+            for first, steps in segments(self.cfg.steps):
+                LOGGER.info(f"clean_data: {', '.join(s.step for s in steps)} on Ray")
+                if steps[0].step in ROW_LOCAL_STEPS:
+                    current, count = self.row_local(current, steps, first) if current is not None else (None, 0)
+                else:
+                    current, count = self.dedup(current, steps[0], first, count)
+        tally = Tally()
+        with ShardWriter(out, "rows", ROW_COLUMNS) as table:
+            for rows in kept_batches(current):
+                tally.kept(rows)
+                table.add_all(rows)
+        write_spooled(out, self.quarantine, self.rewrites, self.con, self.batch_rows, tally)
+        return self.combined.report(tally, rows_in_by_source, source_order)
 
     def ordered(self, files: list[Path], source_order: list[str]):
         """raw's rows sorted by local's key, each with its POSITION, in blocks of at most batch_rows rows."""
@@ -119,7 +148,7 @@ class RayClean:
         ds = ds.map_batches(sort_key, fn_kwargs={"priority": priority}, batch_format="pyarrow")
         blocks = ds.sort(list(SORT_KEY)).to_arrow_refs()
         counts = ray.get([ray.remote(num_rows).remote(b) for b in blocks])
-        offsets = [sum(counts[:i]) for i in range(len(counts))]  # prefix sums over the sorted blocks
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()  # prefix sums over the sorted blocks
         numbered = [ray.remote(with_positions).remote(b, at) for b, at in zip(blocks, offsets, strict=True)]
         return ray.data.from_arrow_refs(numbered).repartition(target_num_rows_per_block=self.batch_rows)
 
@@ -127,50 +156,107 @@ class RayClean:
         out = ds.map_batches(segment_batch, batch_size=self.batch_rows, batch_format="pyarrow",
                              fn_kwargs={"steps": steps, "first": first, "count_tokens": self.count_tokens}
                              ).materialize()
-        outcomes = sorted(out.map_batches(outcome_rows, batch_format="pyarrow", fn_kwargs={"wanted": True})
-                          .select_columns([POSITION, OUTCOME]).take_all(), key=lambda r: r[POSITION])
         kept = 0
-        for record in outcomes:
-            outcome = outcome_of(record[OUTCOME])
-            self.combined.add(outcome, first)
-            kept += outcome.steps[-1]["rows_out"]
+        outcomes = out.map_batches(outcome_rows, batch_format="pyarrow", fn_kwargs={"wanted": True})
+        for batch in in_order(outcomes.select_columns([POSITION, OUTCOME])):
+            for text in batch[OUTCOME].to_pylist():  # one a batch of rows
+                outcome = outcome_of(text)
+                self.combined.add(BatchOutcome([], [], [], outcome.pii_counts, outcome.steps), first)
+                self.quarantine.add(outcome.quarantine)
+                self.rewrites.add(outcome.rewrites)
+                kept += outcome.steps[-1]["rows_out"]
         return out.map_batches(outcome_rows, batch_format="pyarrow", fn_kwargs={"wanted": False}), kept
 
     def dedup(self, ds, step, first: int, count: int):
-        """exact_dedup or near_dedup: candidates found by group-bys on Ray, Cleaner's step over them on the driver."""
-        if step.step == "exact_dedup":
-            keys = ds.map_batches(exact_keys, batch_format="pyarrow",
-                                  fn_kwargs={"ignore_whitespace": step.ignore_whitespace}) if ds is not None else None
-            group = ["key"]
-        else:
-            bands, rows = (step.bands, step.rows) if step.bands else lsh_params(step.threshold, step.num_perm)
-            keys = ds.map_batches(near_keys, batch_format="pyarrow",
-                                  fn_kwargs={"cfg": step, "bands": bands, "rows": rows}) if ds is not None else None
-            group = ["kind", "band", "key"]
-        candidates = sorted({r[POSITION] for r in keys.groupby(group).map_groups(
-            shared, batch_format="pyarrow").select_columns([POSITION]).take_all()}) if keys is not None else []
-        chosen = [] if not candidates else [parsed(r) for r in ds.map_batches(
-            at_positions, batch_format="pyarrow", fn_kwargs={"positions": candidates}).take_all()]
-        cleaner = Cleaner(sorted(chosen, key=lambda r: r[POSITION]), self.count_tokens, self.memory_gb,
-                          self.spill_dir, first_step=first)
-        cleaner.run(step)
-        removed = sorted(set(candidates) - {r[POSITION] for r in cleaner.rows})
-        cleaner.steps[0] |= {"rows_in": count, "rows_out": count - len(removed)}  # over every row, not the candidates
-        self.combined.add_dedup(cleaner, first)
-        if removed and ds is not None:
-            ds = ds.map_batches(at_positions, batch_format="pyarrow", fn_kwargs={"positions": removed, "keep": False})
+        """exact_dedup or near_dedup: the removed rows found by group-bys on Ray, recorded, and filtered out."""
+        reason = "exact_duplicate" if step.step == "exact_dedup" else "near_duplicate"
+        removed = np.empty(0, np.int64)
+        if ds is not None:
+            ds = ds.materialize()  # read by several passes
+            found = self.exact_removals(ds, step) if step.step == "exact_dedup" else self.near_removals(ds, step)
+            removed = self.recorded(found, step, first, reason) if found is not None else removed
+        self.combined.add(dedup_outcome(step.step, count, len(removed), reason), first)
+        if len(removed):
+            ds = ds.map_batches(without_positions, batch_format="pyarrow", fn_kwargs={"removed": removed})
         return ds, count - len(removed)
+
+    @staticmethod
+    def exact_removals(ds, step):
+        """Every row whose key a lower position holds, pointing at that row."""
+        keys = ds.map_batches(exact_key_rows, batch_format="pyarrow", fn_kwargs={"step": step})
+        return keys.groupby("key").map_groups(exact_group, batch_format="pyarrow")
+
+    def near_removals(self, ds, step):
+        """Every row whose component of verified star edges has a lower position, measured against that row; None
+        when no bucket is shared or no edge verifies."""
+        bands, rows = (step.bands, step.rows) if step.bands else lsh_params(step.threshold, step.num_perm)
+        banded = {"step": step, "bands": bands, "rows": rows}
+        group = ["kind", "band", "key"]
+        shared = ds.map_batches(band_rows, batch_format="pyarrow", fn_kwargs=banded).groupby(group).map_groups(
+            shared_positions, batch_format="pyarrow")
+        candidates = unique_column(shared, [POSITION])
+        if not len(candidates):
+            return None
+        edges = ds.map_batches(band_rows, batch_format="pyarrow", fn_kwargs={**banded, "among": candidates[:, 0]}
+                               ).groupby(group).map_groups(verified_star_edges, batch_format="pyarrow",
+                                                           fn_kwargs={"threshold": step.threshold})
+        edges = unique_column(edges, ["a", "b"])
+        if not len(edges):
+            return None
+        nodes, roots = edge_components(edges)
+        members = ds.map_batches(member_rows, batch_format="pyarrow",
+                                 fn_kwargs={"step": step, "nodes": nodes, "roots": roots})
+        return members.groupby("root").map_groups(root_similarity, batch_format="pyarrow")
+
+    def recorded(self, found, step, first: int, reason: str) -> np.ndarray:
+        """The removed rows' quarantine (spooled) and cluster records (spooled by (kind, position), then appended to
+        the table in that order, local's); their positions, sorted."""
+        clusters, positions = Spool(self.work / f"clusters-{first}.parquet", CLUSTER_COLUMNS), []
+        try:
+            for batch in found.iter_batches(batch_size=self.batch_rows, batch_format="pyarrow"):
+                records, cluster_records = [], []
+                for r in batch.to_pylist():
+                    kept = {"row_id": r["kept_row_id"]}
+                    exact = reason == "exact_duplicate"
+                    records.append(quarantine_record(r, step.step, first, reason,
+                                                     exact_detail(kept) if exact else near_detail(kept, r["similarity"])))
+                    cluster_records.append({**cluster_record("exact" if exact else "near", kept, r, r["similarity"]),
+                                            ORDER: (r["kind"], r[POSITION])})
+                self.quarantine.add(records)
+                clusters.add(cluster_records)
+                positions.append(batch[POSITION].to_numpy())
+            for batch in clusters.sorted_batches(self.con, self.batch_rows):
+                self.clusters.add_all(batch.to_pylist())
+        finally:
+            if clusters.writer is not None and clusters.writer.is_open:
+                clusters.writer.close()
+            clusters.path.unlink(missing_ok=True)
+        return np.sort(np.concatenate(positions)) if positions else np.empty(0, np.int64)
+
+
+def in_order(ds) -> Iterator[pa.Table]:
+    """A dataset's blocks in POSITION order (they stay in order: preserve_order), checked."""
+    last = -1
+    for batch in [] if ds is None else ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        positions = batch[POSITION].to_numpy()
+        if len(positions) and (positions[0] <= last or (np.diff(positions) <= 0).any()):
+            raise RuntimeError(f"clean_data on Ray: rows came back out of order at position {positions[0]}")
+        last = int(positions[-1]) if len(positions) else last
+        yield batch
 
 
 def kept_batches(ds) -> Iterator[list[dict]]:
-    """The kept rows as stored, a block at a time, in position order (blocks stay in order: preserve_order)."""
-    last = -1
-    for batch in [] if ds is None else ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        positions = batch[POSITION].to_pylist()
-        if positions and (positions[0] <= last or positions != sorted(positions)):
-            raise RuntimeError(f"clean_data on Ray: kept rows came back out of order at position {positions[0]}")
-        last = positions[-1] if positions else last
-        yield [stored_row(parsed(r)) for r in batch.select(ROW_COLUMNS + [POSITION]).to_pylist()]
+    """The kept rows as stored (made so on Ray), a block at a time, in position order."""
+    stored = None if ds is None else ds.map_batches(stored_batch, batch_format="pyarrow")
+    for batch in in_order(stored):
+        yield batch.select(ROW_COLUMNS).to_pylist()
+
+
+def unique_column(ds, columns: list[str]) -> np.ndarray:
+    """The distinct rows of a dataset's int64 `columns`, as an (n, len(columns)) array sorted by row."""
+    parts = [np.unique(np.stack([b[c].to_numpy() for c in columns], axis=1), axis=0)
+             for b in ds.select_columns(columns).iter_batches(batch_size=None, batch_format="pyarrow") if b.num_rows]
+    return np.unique(np.concatenate(parts), axis=0) if parts else np.empty((0, len(columns)), np.int64)
 
 
 # --- what runs on Ray's workers (plain functions of Arrow tables, pickled to the workers)
@@ -200,9 +286,13 @@ def parsed(row: dict) -> dict:
     return {**{k: v for k, v in row.items() if k != OUTCOME}, "messages": json.loads(row["messages"])}
 
 
+def parsed_rows_of(batch: pa.Table) -> list[dict]:
+    return [parsed(r) for r in batch.select(ROW_COLUMNS + [POSITION]).to_pylist()]
+
+
 def segment_batch(batch: pa.Table, steps: list, first: int, count_tokens) -> pa.Table:
     """One batch through a segment of row-local steps: its kept rows, then one row holding its outcome."""
-    rows = sorted((parsed(r) for r in batch.select(ROW_COLUMNS + [POSITION]).to_pylist()), key=lambda r: r[POSITION])
+    rows = sorted(parsed_rows_of(batch), key=lambda r: r[POSITION])
     if not rows:
         return ROWS_SCHEMA.empty_table()
     outcome = clean_batch(rows, steps, first, count_tokens)
@@ -227,36 +317,114 @@ def outcome_rows(batch: pa.Table, wanted: bool) -> pa.Table:
     return batch.filter(has_outcome if wanted else pc.invert(has_outcome))
 
 
-def exact_keys(batch: pa.Table, ignore_whitespace: bool) -> pa.Table:
-    """Each row's exact_dedup key, as Cleaner.exact_dedup computes it."""
-    key_of = whitespace_blind_hash if ignore_whitespace else current_hash
-    rows = [parsed(r) for r in batch.to_pylist()]
+def stored_batch(batch: pa.Table) -> pa.Table:
+    """Kept rows as the table stores them (stored_row: content_hash recomputed), positions kept."""
+    return pa.Table.from_pylist([{**stored_row(r), POSITION: r[POSITION]} for r in parsed_rows_of(batch)],
+                                schema=STORED_SCHEMA)
+
+
+def without_positions(batch: pa.Table, removed: np.ndarray) -> pa.Table:
+    """The batch's rows but those whose POSITION is in `removed` (sorted)."""
+    return batch.filter(pa.array(~np.isin(batch[POSITION].to_numpy(), removed, assume_unique=True)))
+
+
+NO_REMOVALS = REMOVAL_SCHEMA.empty_table()
+NO_EDGES = pa.table({"a": pa.array([], pa.int64()), "b": pa.array([], pa.int64())})
+
+
+def removals(columns: dict) -> pa.Table:
+    return pa.table({name: columns[name] for name in REMOVAL_SCHEMA.names}).cast(REMOVAL_SCHEMA)
+
+
+def exact_key_rows(batch: pa.Table, step) -> pa.Table:
+    """Each row's exact_dedup key (clean.exact_key), with its position and ids."""
+    rows = parsed_rows_of(batch)
     return pa.table({POSITION: pa.array([r[POSITION] for r in rows], pa.int64()),
-                     "key": pa.array([f"{r['kind']}:{key_of(r)}" for r in rows], pa.string())})
+                     "source": pa.array([r["source"] for r in rows], pa.string()),
+                     "row_id": pa.array([r["row_id"] for r in rows], pa.string()),
+                     "key": pa.array([exact_key(r, step) for r in rows], pa.string())})
 
 
-def near_keys(batch: pa.Table, cfg, bands: int, rows: int) -> pa.Table:
-    """(position, kind, band, band key) of every row near_dedup compares, one per LSH band (minhash.py's keys)."""
-    compared = [(r[POSITION], r["kind"], text) for r in map(parsed, batch.to_pylist())
-                if r["kind"] in NEAR_KINDS and len(text := dedup_text(r)) >= cfg.min_chars]
-    if not compared:
-        return pa.table({POSITION: pa.array([], pa.int64()), "kind": pa.array([], pa.string()),
-                         "band": pa.array([], pa.int64()), "key": pa.array([], pa.uint64())})
-    positions, kinds, texts = zip(*compared)
-    sig = signatures(list(texts), cfg.num_perm, cfg.shingle_size)
-    n = len(texts)
-    return pa.table({POSITION: pa.array(list(positions) * bands, pa.int64()),
-                     "kind": pa.array(list(kinds) * bands, pa.string()),
-                     "band": pa.array([b for b in range(bands) for _ in range(n)], pa.int64()),
-                     "key": pa.array(pa.concat_arrays([pa.array(band_keys(sig, b, rows)) for b in range(bands)]))})
+def exact_group(group: pa.Table) -> pa.Table:
+    """One key's rows: every one but the lowest position is removed, pointing at it."""
+    if group.num_rows < 2:  # most keys: nothing to build
+        return NO_REMOVALS
+    group = group.sort_by(POSITION)
+    n = group.num_rows - 1
+    first = group.slice(0, 1).to_pylist()[0]
+    rest = group.slice(1)
+    return removals({POSITION: rest[POSITION], "source": rest["source"], "row_id": rest["row_id"],
+                     "kind": np.zeros(n, np.int8), "kept": np.full(n, first[POSITION], np.int64),
+                     "kept_row_id": [first["row_id"]] * n, "similarity": np.ones(n)})
 
 
-def shared(group: pa.Table) -> pa.Table:
-    """A group-by's group when more than one row shares its key (a duplicate candidate), else nothing."""
-    return group if group.num_rows > 1 else group.slice(0, 0)
+def compared(batch: pa.Table, step, among: np.ndarray | None = None) -> tuple[list[dict], np.ndarray]:
+    """The batch's rows near_dedup compares (clean.near_text: a kind it compares, min_chars), only those whose
+    POSITION is in `among` (sorted) when given, with their signatures (minhash.signatures)."""
+    if among is not None:
+        batch = batch.filter(pa.array(np.isin(batch[POSITION].to_numpy(), among)))
+    rows = [(r, text) for r in parsed_rows_of(batch)
+            if r["kind"] in NEAR_KINDS and (text := near_text(r, r["kind"], step)) is not None]
+    sig = signatures([text for _, text in rows], step.num_perm, step.shingle_size)
+    return [r for r, _ in rows], sig
 
 
-def at_positions(batch: pa.Table, positions: list[int], keep: bool = True) -> pa.Table:
-    """The batch's rows whose POSITION is (keep) or is not (keep=False) in `positions`."""
-    inside = pc.is_in(batch[POSITION], value_set=pa.array(positions, pa.int64()))
-    return batch.filter(inside if keep else pc.invert(inside))
+def band_rows(batch: pa.Table, step, bands: int, rows: int, among: np.ndarray | None = None) -> pa.Table:
+    """(position, kind, band, band key) of every compared row, one per LSH band (minhash.py's keys); with `among`,
+    of those rows alone, each carrying its signature."""
+    kept, sig = compared(batch, step, among)
+    n = len(kept)
+    columns = {POSITION: pa.array(np.tile([r[POSITION] for r in kept], bands).astype(np.int64)),
+               "kind": pa.array([r["kind"] for r in kept] * bands, pa.string()),
+               "band": pa.array(np.repeat(np.arange(bands, dtype=np.int64), n)),
+               "key": pa.array(np.concatenate([band_keys(sig, b, rows) for b in range(bands)])
+                               if n else np.empty(0, np.uint64))}
+    if among is not None:
+        columns["signature"] = pa.array([row.tobytes() for row in sig] * bands, pa.binary())
+    return pa.table(columns)
+
+
+def shared_positions(group: pa.Table) -> pa.Table:
+    """A bucket's positions when more than one row shares it (candidates), else nothing."""
+    return group.select([POSITION]) if group.num_rows > 1 else group.select([POSITION]).slice(0, 0)
+
+
+def signature_matrix(column) -> np.ndarray:
+    values = column.to_pylist()
+    return np.frombuffer(b"".join(values), np.uint32).reshape(len(values), -1)
+
+
+def verified_star_edges(group: pa.Table, threshold: float) -> pa.Table:
+    """A shared bucket's star edges (its lowest position, another member) whose signatures agree at `threshold`
+    (minhash.agreement); none from a bucket of empty texts (their signatures match nothing), as local's check."""
+    if group.num_rows < 2:  # a candidate's bucket in a band where it shares none
+        return NO_EDGES
+    group = group.sort_by(POSITION)
+    sig = signature_matrix(group["signature"])
+    positions = group[POSITION].to_numpy()
+    similar = (sig[1:] == sig[0]).mean(axis=1) >= threshold if sig[0, 0] != EMPTY else np.zeros(len(sig) - 1, bool)
+    return pa.table({"a": np.full(int(similar.sum()), positions[0], np.int64), "b": positions[1:][similar]})
+
+
+def member_rows(batch: pa.Table, step, nodes: np.ndarray, roots: np.ndarray) -> pa.Table:
+    """The batch's rows in a component (`nodes` sorted, `roots` their lowest positions), each with its root, ids,
+    kind and signature."""
+    kept, sig = compared(batch, step, nodes)
+    positions = np.array([r[POSITION] for r in kept], np.int64)
+    return pa.table({"root": roots[np.searchsorted(nodes, positions)].astype(np.int64), POSITION: positions,
+                     "source": pa.array([r["source"] for r in kept], pa.string()),
+                     "row_id": pa.array([r["row_id"] for r in kept], pa.string()),
+                     "kind": pa.array([NEAR_KINDS.index(r["kind"]) for r in kept], pa.int8()),
+                     "signature": pa.array([row.tobytes() for row in sig], pa.binary())})
+
+
+def root_similarity(group: pa.Table) -> pa.Table:
+    """One component: every member but its root removed, with its agreement with the root's signature (as local's
+    estimate against the component's lowest row)."""
+    group = group.sort_by(POSITION)
+    sig = signature_matrix(group["signature"])
+    first, rest = group.slice(0, 1).to_pylist()[0], group.slice(1)
+    n = rest.num_rows
+    return removals({POSITION: rest[POSITION], "source": rest["source"], "row_id": rest["row_id"],
+                     "kind": rest["kind"], "kept": np.full(n, first[POSITION], np.int64),
+                     "kept_row_id": [first["row_id"]] * n, "similarity": (sig[1:] == sig[0]).mean(axis=1)})

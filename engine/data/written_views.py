@@ -15,7 +15,7 @@ from engine.data.constants import IGNORE
 from engine.data.format import TRAINED_ROLES, chat_messages, conversation_length
 from engine.errors import DataError
 from engine.store.digests import MANIFEST
-from engine.store.tables import table_batches
+from engine.store.tables import rows_with_ids, table_batches
 
 DECODED_PER_SPLIT = 512  # rows per split whose labels are decoded (evenly spaced); every row's labels are counted
 
@@ -42,20 +42,19 @@ def answers_by_row(clean_data: Path, sft_view_from: str, wanted: set[str] | None
     assistant turns and tool calls; a pair's chosen answer or a desirable KTO answer where the view is made of
     those. Of the `wanted` rows only where given (the rows a check decodes: not a dict of the whole corpus)."""
     answers = {}
-    for batch in table_batches(clean_data, "rows"):
-        if wanted is not None:
-            batch = batch.filter(pc.is_in(batch.column("row_id"), pa.array(sorted(wanted), pa.string())))
-        for row in batch.to_pylist():
-            messages = json.loads(row["messages"])
-            trained = [i for i, m in enumerate(messages) if m["role"] in TRAINED_ROLES]
-            rendered = chat_messages(messages)
-            turns = [rendered[i]["content"] for i in trained]  # a multi-turn prompt's earlier answers are trained too
-            if sft_view_from == "sft" and row["kind"] == "sft":
-                answers[row["row_id"]] = turns
-            elif sft_view_from == "preference" and row["kind"] == "preference":
-                answers[row["row_id"]] = [*turns, row["chosen"]]
-            elif sft_view_from == "kto" and row["kind"] == "kto" and row["label"] == "true":
-                answers[row["row_id"]] = turns  # its last message is the answer
+    rows = (r for batch in table_batches(clean_data, "rows") for r in batch.to_pylist()) if wanted is None \
+        else rows_with_ids(clean_data, "rows", wanted)
+    for row in rows:
+        messages = json.loads(row["messages"])
+        trained = [i for i, m in enumerate(messages) if m["role"] in TRAINED_ROLES]
+        rendered = chat_messages(messages)
+        turns = [rendered[i]["content"] for i in trained]  # a multi-turn prompt's earlier answers are trained too
+        if sft_view_from == "sft" and row["kind"] == "sft":
+            answers[row["row_id"]] = turns
+        elif sft_view_from == "preference" and row["kind"] == "preference":
+            answers[row["row_id"]] = [*turns, row["chosen"]]
+        elif sft_view_from == "kto" and row["kind"] == "kto" and row["label"] == "true":
+            answers[row["row_id"]] = turns  # its last message is the answer
     return answers
 
 
@@ -121,8 +120,9 @@ def label_problems(sft_splits: dict, answers: dict[str, list[str]], tokenizer, c
     row gets run on Arrow batches; a row is read as Python only when it is decoded or one of them failed."""
     rows = decoded = 0
     problems, markup = [], answer_markup(tokenizer)
+    steps = decoded_steps(sft_splits)
     for split, dataset in sft_splits.items():
-        step = decoded_steps(sft_splits)[split]
+        step = steps[split]
         for start, batch in arrow_batches(dataset):
             read = sorted({*flagged_rows(batch), *range(-start % step, batch.num_rows, step)})
             for i in read:

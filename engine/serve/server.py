@@ -345,17 +345,13 @@ def smoke_question(formatted_dir: Path, clean_dir: Path, scan: int = 64) -> dict
 
 def eval_conversations(formatted_dir: Path, clean_dir: Path, scan: int) -> Iterator[tuple[str, list[dict]]]:
     """(row_id, the conversation before its answer) of the first `scan` rows of the first eval split there is."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
     from engine.data.format import read_view
-    from engine.store.tables import table_batches
+    from engine.store.tables import rows_with_ids
     if (formatted_dir / "sft").is_dir():
         evaluation = read_view(formatted_dir, "sft")["eval"]
         eval_ids = evaluation.select(range(min(scan, len(evaluation))))["row_id"]
-        wanted, rows = pa.array(eval_ids, pa.string()), {}
-        for batch in table_batches(clean_dir, "rows", ["row_id", "messages"]):  # a batch at a time: not the corpus
-            rows |= {r["row_id"]: json.loads(r["messages"])
-                     for r in batch.filter(pc.is_in(batch.column("row_id"), value_set=wanted)).to_pylist()}
+        rows = {r["row_id"]: json.loads(r["messages"])
+                for r in rows_with_ids(clean_dir, "rows", eval_ids, ["row_id", "messages"])}
         for row_id in eval_ids:
             messages = rows.get(row_id, [])
             # a preference row's messages are its prompt (an SFT view made of chosen answers: engine/data/format.py)
