@@ -1,8 +1,9 @@
 """The data path at scale: raw_data, clean_data and formatted_data per stage, against LLaMA-Factory's tokenization.
 
 Generates N alpaca records as JSON lines, streamed to the file 50,000 at a time (seeded; instruction 8-25 words,
-an input on 40% of them, answers of 30-250 words drawn from a Zipf vocabulary of 20,000 made-up words) into a registry of their own, and a byte-level BPE tokenizer
-(32,000 tokens, ChatML template: engine.models.load.train_tokenizer) trained on a sample of them. Then, each stage
+an input on 40% of them, answers of 30-250 words drawn from a Zipf vocabulary of 20,000 made-up words; 12% planted
+copies of earlier rows: exact, whitespace-only and near, 4% each) into a registry of their own, and a byte-level BPE
+tokenizer (32,000 tokens, ChatML template: engine.models.load.train_tokenizer) trained on a sample of them. Then, each stage
 of each setup in a fresh process of its own (peak RSS: that stage's alone, its pool workers' included, sampled every
 0.1 s), prints rows/s and peak RSS per stage for:
   local 1:    the stages' entry code (engine.data.ingest.ingest_to, engine.data.clean_stream.stream_clean with
@@ -65,7 +66,8 @@ MEMORY_GB = 4.0  # data.memory_gb's default: dedup and decontamination spill to 
 
 def generate(n: int, path: Path, seed: int = 7, chunk: int = 50_000) -> None:
     """n alpaca records as JSON lines at `path`, generated and written `chunk` rows at a time (memory stays bounded
-    for 10M rows; the rows depend on the chunk size, which is fixed)."""
+    for 10M rows; the rows depend on the chunk size, which is fixed), with planted copies of earlier rows of the
+    chunk: 4% exact, 4% differing in whitespace only, 4% near (PLANTED)."""
     rng = np.random.default_rng(seed)
     letters = np.array(list("etaoinshrdlucmfwypvbgkjqxz"))
     freq = np.array([12.7, 9.1, 8.2, 7.5, 7.0, 6.7, 6.3, 6.1, 6.0, 4.3, 4.0, 2.8, 2.8, 2.4, 2.2, 2.0, 2.0, 1.9, 1.5,
@@ -78,13 +80,34 @@ def generate(n: int, path: Path, seed: int = 7, chunk: int = 50_000) -> None:
             lengths = np.stack([rng.integers(8, 26, m), np.where(rng.random(m) < 0.4, rng.integers(5, 41, m), 0),
                                 rng.integers(30, 251, m)], axis=1)
             words = vocab[rng.choice(len(vocab), int(lengths.sum()), p=zipf / zipf.sum())]
-            at = 0
+            at, rows = 0, []
             for row in lengths:
                 texts = []
                 for length in row:
                     texts.append((" ".join(words[at:at + length]).capitalize() + ".") if length else "")
                     at += length
+                rows.append(texts)
+            for i, (draw, of) in enumerate(zip(rng.random(m), rng.integers(0, np.maximum(np.arange(m), 1)))):
+                if i and draw < PLANTED["near"]:  # an earlier row of the chunk again, as a copy
+                    rows[i] = planted_copy(rows[of], draw, vocab, rng)
+            for texts in rows:
                 out.write(json.dumps({"instruction": texts[0], "input": texts[1], "output": texts[2]}) + "\n")
+
+
+PLANTED = {"exact": 0.04, "spaces": 0.08, "near": 0.12}  # cumulative shares: exact, whitespace-only, near copies
+
+
+def planted_copy(texts: list[str], draw: float, vocab: np.ndarray, rng) -> list[str]:
+    """A copy of a row: the same texts (exact_dedup removes it), its output's spaces doubled (exact_dedup's
+    whitespace-blind key removes it), or its output with 3 words replaced (a near copy: near_dedup's, where on)."""
+    if draw < PLANTED["exact"]:
+        return list(texts)
+    if draw < PLANTED["spaces"]:
+        return [texts[0], texts[1], texts[2].replace(" ", "  ")]
+    words = texts[2].split(" ")
+    for at in rng.integers(0, len(words), 3):
+        words[at] = vocab[rng.integers(0, len(vocab))]
+    return [texts[0], texts[1], " ".join(words)]
 
 
 def sample_records(path: Path, n: int) -> Iterator[dict]:

@@ -177,6 +177,18 @@ def test_a_chain_of_near_copies_goes_to_its_lowest_row_even_where_the_two_are_no
     assert clusters[0]["similarity"] < 0.7  # s:2 joined through s:3
 
 
+@pytest.mark.parametrize("specs", [
+    [{"step": "near_dedup", "min_chars": 100_000}, {"step": "exact_dedup"}],  # near_dedup compares no row
+    [{"step": "length", "min_chars": 100_000}, {"step": "exact_dedup"}, {"step": "near_dedup"}],  # no row left
+], ids=["nothing-compared", "nothing-left"])
+def test_a_dedup_with_no_rows_to_compare_gives_local_s_tables(session, tmp_path, specs):
+    rows = [row("s", f"s:{n}", "sft", [{"role": "user", "content": "q"}, {"role": "assistant", "content": answer}])
+            for n, answer in enumerate(["one answer", "one answer", "another answer"])]
+    on_ray, local, report, _ = both(rows, tmp_path, steps(*specs), ["s"], batch_rows=2)
+    assert on_ray == local
+    assert report["steps"][-1]["step"] == specs[-1]["step"]  # every dedup step is in the report, with its counts
+
+
 def test_ray_and_local_write_the_same_bytes_on_the_llamafactory_demo_files_with_every_step(session, tmp_path):
     rows, quarantined, _ = ingest(resolve_sources(STOCK, "dataset_info.json", SELECTED))
     assert quarantined == []

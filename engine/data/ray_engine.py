@@ -171,7 +171,7 @@ class RayClean:
         """exact_dedup or near_dedup: the removed rows found by group-bys on Ray, recorded, and filtered out."""
         reason = "exact_duplicate" if step.step == "exact_dedup" else "near_duplicate"
         removed = np.empty(0, np.int64)
-        if ds is not None:
+        if ds is not None and count:  # a group-by needs rows: none may be left by the steps before
             ds = ds.materialize()  # read by several passes
             found = self.exact_removals(ds, step) if step.step == "exact_dedup" else self.near_removals(ds, step)
             removed = self.recorded(found, step, first, reason) if found is not None else removed
@@ -192,8 +192,10 @@ class RayClean:
         bands, rows = (step.bands, step.rows) if step.bands else lsh_params(step.threshold, step.num_perm)
         banded = {"step": step, "bands": bands, "rows": rows}
         group = ["kind", "band", "key"]
-        shared = ds.map_batches(band_rows, batch_format="pyarrow", fn_kwargs=banded).groupby(group).map_groups(
-            shared_positions, batch_format="pyarrow")
+        keys = ds.map_batches(band_rows, batch_format="pyarrow", fn_kwargs=banded).materialize()
+        if not keys.count():  # no row near_dedup compares (another kind, or shorter than min_chars)
+            return None
+        shared = keys.groupby(group).map_groups(shared_positions, batch_format="pyarrow")
         candidates = unique_column(shared, [POSITION])
         if not len(candidates):
             return None
