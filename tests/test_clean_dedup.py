@@ -6,7 +6,7 @@ import pytest
 
 from engine.data.clean import clean
 from engine.data.dedup import near_duplicate_clusters
-from engine.data.minhash import signatures
+from engine.data.minhash import components, edge_components, signatures
 from engine.data.ingest import content_hash
 from engine.recipe import CleanSection, load_recipe
 
@@ -140,6 +140,22 @@ def test_clusters_keep_their_lowest_index_and_chain():
              base + "!!"]
     found = near_duplicate_clusters(texts, threshold=0.8, num_perm=128, k=5)
     assert sorted((kept, removed) for kept, removed, _ in found) == [(1, 3), (1, 4)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_components_over_the_edges_nodes_are_those_over_every_document(seed):
+    """edge_components labels only the documents in an edge; each gets the lowest index of its component, as
+    components over all n documents gives it (chains, stars, isolated documents, repeated and reversed edges)."""
+    rng = np.random.default_rng(seed)
+    n = 200
+    edges = rng.integers(0, n, (int(rng.integers(0, 150)), 2))
+    edges = np.concatenate([edges, edges[::-1, ::-1]])  # each edge again, the other way round
+    labels = components(n, edges)
+    nodes, roots = edge_components(edges)
+    assert np.array_equal(nodes, np.unique(edges))
+    assert np.array_equal(roots, labels[nodes])
+    outside = np.setdiff1d(np.arange(n), nodes)
+    assert np.array_equal(labels[outside], outside)  # a document in no edge is its own root: nothing to hold for it
 
 
 def test_length_in_tokens_counts_with_the_given_tokenizer():
