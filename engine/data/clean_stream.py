@@ -77,6 +77,11 @@ class Spool:
         self.writer.write_table(pa.Table.from_pydict(table, schema=self.schema))
         self.count += len(records)
 
+    def close(self) -> None:
+        """The file closed where it is open (on an error path too: before its directory goes)."""
+        if self.writer is not None and self.writer.is_open:
+            self.writer.close()
+
     def sorted_batches(self, con: duckdb.DuckDBPyConnection, batch_rows: int) -> Iterator[pa.RecordBatch]:
         if self.writer is None:
             return
@@ -199,9 +204,11 @@ class StreamClean:
                 self.pool = pool
                 return self.passes(files, out, source_order, rows_in_by_source, in_order)
         finally:  # on an error too: no file left open in the directory about to be removed
-            for writer in [s.writer for s in (self.quarantine, self.rewrites)] + [p.writer for p in self.parts]:
-                if writer is not None and writer.is_open:
-                    writer.close()
+            self.quarantine.close()
+            self.rewrites.close()
+            for part in self.parts:
+                if part.writer.is_open:
+                    part.writer.close()
             self.con.close()
 
     def passes(self, files: list[Path], out: Path, source_order: list[str], rows_in_by_source: Counter,

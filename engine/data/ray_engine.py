@@ -114,9 +114,8 @@ class RayClean:
         try:
             return self.passes(files, out, source_order)
         finally:  # on an error too: no file left open in the directory about to be removed
-            for spool in (self.quarantine, self.rewrites):
-                if spool.writer is not None and spool.writer.is_open:
-                    spool.writer.close()
+            self.quarantine.close()
+            self.rewrites.close()
             self.con.close()
 
     def passes(self, files: list[Path], out: Path, source_order: list[str]) -> dict:
@@ -214,12 +213,12 @@ class RayClean:
         """The removed rows' quarantine (spooled) and cluster records (spooled by (kind, position), then appended to
         the table in that order, local's); their positions, sorted."""
         clusters, positions = Spool(self.work / f"clusters-{first}.parquet", CLUSTER_COLUMNS), []
+        exact = reason == "exact_duplicate"
         try:
             for batch in found.iter_batches(batch_size=self.batch_rows, batch_format="pyarrow"):
                 records, cluster_records = [], []
                 for r in batch.to_pylist():
                     kept = {"row_id": r["kept_row_id"]}
-                    exact = reason == "exact_duplicate"
                     records.append(quarantine_record(r, step.step, first, reason,
                                                      exact_detail(kept) if exact else near_detail(kept, r["similarity"])))
                     cluster_records.append({**cluster_record("exact" if exact else "near", kept, r, r["similarity"]),
@@ -230,8 +229,7 @@ class RayClean:
             for batch in clusters.sorted_batches(self.con, self.batch_rows):
                 self.clusters.add_all(batch.to_pylist())
         finally:
-            if clusters.writer is not None and clusters.writer.is_open:
-                clusters.writer.close()
+            clusters.close()
             clusters.path.unlink(missing_ok=True)
         return np.sort(np.concatenate(positions)) if positions else np.empty(0, np.int64)
 
