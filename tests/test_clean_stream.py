@@ -102,7 +102,7 @@ def test_a_step_that_fails_leaves_no_file_open(raw, tmp_path, monkeypatch):
     open_when_failing = []
 
     def failing(self, part, step, first):
-        open_when_failing.append(self.quarantine.writer.is_open)  # the length step quarantined rows before
+        open_when_failing.append(self.records.quarantine.writer.is_open)  # the length step quarantined rows before
         raise RuntimeError("planted")
     monkeypatch.setattr(StreamClean, "exact", failing)
     with pytest.raises(RuntimeError, match="planted") as failure:  # its traceback held, as a caller's log holds it

@@ -5,8 +5,12 @@ asset; without ray installed, one line says how to get it."""
 import json
 import signal
 import sys
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
@@ -15,10 +19,12 @@ import dagster as dg  # noqa: E402
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 from pydantic import TypeAdapter  # noqa: E402
 
-from engine.data.clean import clean  # noqa: E402
+from engine.data.clean import POSITION, clean, near_text  # noqa: E402
 from engine.data.clean_stage import write_result  # noqa: E402
 from engine.data.ingest import content_hash, ingest  # noqa: E402
-from engine.data.ray_engine import ray_clean, require_ray  # noqa: E402
+from engine.data.minhash import lsh_params, signatures  # noqa: E402
+from engine.data.ray_engine import (band_rows, distinct_sorted, in_sorted, parsed, ray_clean, require_ray,  # noqa: E402
+                                    shared_buckets, signature_matrix)
 from engine.data.registry import resolve_sources  # noqa: E402
 from engine.errors import RecipeError  # noqa: E402
 from engine.recipe import CleanSection, CleanStep  # noqa: E402
@@ -175,6 +181,45 @@ def test_a_chain_of_near_copies_goes_to_its_lowest_row_even_where_the_two_are_no
     clusters = read_table(tmp_path / "ray", "clusters").to_pylist()
     assert [(c["kept_row_id"], c["removed_row_id"]) for c in clusters] == [("s:1", "s:2"), ("s:1", "s:3")]
     assert clusters[0]["similarity"] < 0.7  # s:2 joined through s:3
+
+
+def test_the_second_near_pass_carries_each_candidate_to_its_shared_buckets_alone():
+    """The chain's rows: each copy shares some of its LSH bands' buckets with the others, not all; the second pass
+    emits a candidate's row (with its whole signature) in those buckets alone, and no row of the unrelated one."""
+    trees = PLANTED + "spruce willow yew aspen beech chestnut cypress ebony hawthorn holly laurel maple".split()
+    b = trees[:2] + ["x1", "x2"] + trees[4:]
+    c = b[:20] + ["y1", "y2"] + b[22:]
+    answers = ["zzz unrelated words here please", " ".join(c), " ".join(trees), " ".join(b)]
+    batch = pa.Table.from_pylist([
+        {**row("s", f"s:{n}", "sft", [{"role": "user", "content": "q"}, {"role": "assistant", "content": answer}]),
+         POSITION: n} for n, answer in enumerate(answers)])
+    near = steps({"step": "near_dedup", "threshold": 0.7, "num_perm": 64, "min_chars": 20}).steps[0]
+    bands, rows = lsh_params(0.7, 64)
+    first = band_rows(batch, near, bands, rows)
+    buckets = Counter((r["kind"], r["band"], r["key"]) for r in first.to_pylist())
+    shared = sorted((r[POSITION], r["band"]) for r in first.to_pylist()
+                    if buckets[(r["kind"], r["band"], r["key"])] > 1)
+    codes = np.sort(np.concatenate([  # each bucket's rows through the first pass's function, as its group-by's
+        shared_buckets(first.filter((pc.field("band") == band) & (pc.field("key") == pa.scalar(key, pa.uint64()))),
+                       bands)["code"].to_numpy()
+        for _, band, key in buckets]))
+    candidates = sorted({position for position, _ in shared})
+    assert candidates == [1, 2, 3] and len(shared) < len(candidates) * bands  # some bands shared, not all
+    second = band_rows(batch, near, bands, rows, shared=codes)
+    assert sorted(zip(second[POSITION].to_pylist(), second["band"].to_pylist())) == shared
+    whole = signatures([near_text(parsed(r), "sft", near) for r in batch.to_pylist()], 64, near.shingle_size)
+    assert all(np.array_equal(signature_matrix(second["signature"])[i], whole[p])
+               for i, p in enumerate(second[POSITION].to_pylist()))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_in_sorted_is_isin_and_distinct_sorted_is_unique(seed):
+    rng = np.random.default_rng(seed)
+    values, sorted_values = rng.integers(0, 50, 200), np.unique(rng.integers(0, 50, 20))
+    assert np.array_equal(in_sorted(values, sorted_values), np.isin(values, sorted_values))
+    assert not in_sorted(values, np.empty(0, np.int64)).any()
+    assert np.array_equal(distinct_sorted(np.sort(values)), np.unique(values))
+    assert len(distinct_sorted(np.empty(0, np.int64))) == 0
 
 
 @pytest.mark.parametrize("specs", [

@@ -9,7 +9,8 @@ the batch size and data.memory_gb rather than by the corpus.
   dedup_spill.py's out-of-core path (digests, signatures on disk) and come back as arrays (`Removals`), then once
   more to write the kept rows and record the removed ones: the kept member of each cluster is its lowest position,
   as in memory;
-- quarantine and rewrites are spooled with their ORDER and written at the end in (step, position) order by DuckDB;
+- quarantine and rewrites are spooled with their ORDER and written at the end in (step, position) order by DuckDB
+  (spooled_records.py, as the Ray engine's);
   a dedup step's clusters are spooled per kind and appended at the step's end, in `clean()`'s order.
 The part files and spools live in a temporary directory under `work_dir`, removed on every exit path.
 """
@@ -24,28 +25,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.data.clean import (NEAR_KINDS, ORDER, POSITION, ROW_LOCAL_STEPS, BatchOutcome, Combined, Tally,
-                               _clean_in_worker, cluster_record, corpus_order, exact_detail, exact_key,
-                               near_detail, near_text, quarantine_record, segments, stored_row)
+from engine.data.clean import (NEAR_KINDS, POSITION, ROW_LOCAL_STEPS, Tally, _clean_in_worker, cluster_record,
+                               corpus_order, exact_detail, exact_key, near_detail, near_text, quarantine_record,
+                               segments, stored_row)
 from engine.data.dedup_spill import spilled_exact_pairs, spilled_near_arrays
 from engine.data.minhash import lsh_params
+from engine.data.spooled_records import SpooledRecords
 from engine.runtime.pool import OrderedPool
-from engine.store.bounded_sql import bounded_duckdb
-from engine.store.tables import (CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS, ShardWriter,
-                                 parquet_batches, schema_of, table_files)
+from engine.store.tables import CLUSTER_COLUMNS, ROW_COLUMNS, ShardWriter, parquet_batches, schema_of, table_files
 
 if TYPE_CHECKING:
     from engine.recipe import CleanSection
 
 STREAM_MEMORY_GB = 1.0  # dedup's and the sort's bound where data.memory_gb is unset: the streamed path always spills
 PART_SCHEMA = pa.schema([(c, pa.string()) for c in ROW_COLUMNS] + [(POSITION, pa.int64())])
-ORDER_COLUMNS = ("_step", "_pos", "_seq")  # a spooled record's ORDER, and its place among records of equal ORDER
 
 
 def stream_clean(raw: Path, out: Path, cfg: "CleanSection", source_order: list[str],
@@ -56,39 +54,6 @@ def stream_clean(raw: Path, out: Path, cfg: "CleanSection", source_order: list[s
     with tempfile.TemporaryDirectory(prefix=".clean-stream-", dir=work_dir) as tmp:
         return StreamClean(Path(tmp), cfg, count_tokens, memory_gb or STREAM_MEMORY_GB, batch_rows,
                            workers).run(table_files(raw, "rows"), out, source_order)
-
-
-class Spool:
-    """Records with their ORDER, appended to a Parquet file, read back sorted by (step, position) with DuckDB."""
-
-    def __init__(self, path: Path, columns: list[str]):
-        self.path, self.columns, self.count = path, columns, 0
-        self.schema = pa.schema(list(schema_of(columns)) + [(c, pa.int64()) for c in ORDER_COLUMNS])
-        self.writer: pq.ParquetWriter | None = None
-
-    def add(self, records: list[dict]) -> None:
-        if not records:
-            return
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, self.schema)
-        table = {c: [r[c] for r in records] for c in self.columns}
-        table |= {"_step": [r[ORDER][0] for r in records], "_pos": [r[ORDER][1] for r in records],
-                  "_seq": list(range(self.count, self.count + len(records)))}
-        self.writer.write_table(pa.Table.from_pydict(table, schema=self.schema))
-        self.count += len(records)
-
-    def close(self) -> None:
-        """The file closed where it is open (on an error path too: before its directory goes)."""
-        if self.writer is not None and self.writer.is_open:
-            self.writer.close()
-
-    def sorted_batches(self, con: duckdb.DuckDBPyConnection, batch_rows: int) -> Iterator[pa.RecordBatch]:
-        if self.writer is None:
-            return
-        self.writer.close()
-        reader = con.sql(f"SELECT {', '.join(self.columns)} FROM read_parquet($1) ORDER BY {', '.join(ORDER_COLUMNS)}",
-                         params=[str(self.path)]).to_arrow_reader(batch_rows)
-        yield from reader
 
 
 class Part:
@@ -189,11 +154,8 @@ class StreamClean:
     def __init__(self, work: Path, cfg, count_tokens, memory_gb: float, batch_rows: int, workers: int):
         self.work, self.cfg, self.count_tokens = work, cfg, count_tokens
         self.memory_gb, self.batch_rows, self.workers = memory_gb, batch_rows, workers
-        self.combined = Combined()
-        self.quarantine = Spool(work / "quarantine.parquet", QUARANTINE_COLUMNS)
-        self.rewrites = Spool(work / "rewrites.parquet", REWRITE_COLUMNS)
+        self.records = SpooledRecords(work, memory_gb)
         self.parts: list[Part] = []
-        self.con = bounded_duckdb(memory_gb, work / "duckdb")
 
     def run(self, files: list[Path], out: Path, source_order: list[str]) -> dict:
         try:
@@ -204,12 +166,10 @@ class StreamClean:
                 self.pool = pool
                 return self.passes(files, out, source_order, rows_in_by_source, in_order)
         finally:  # on an error too: no file left open in the directory about to be removed
-            self.quarantine.close()
-            self.rewrites.close()
+            self.records.close()
             for part in self.parts:
                 if part.writer.is_open:
                     part.writer.close()
-            self.con.close()
 
     def passes(self, files: list[Path], out: Path, source_order: list[str], rows_in_by_source: Counter,
                in_order: bool) -> dict:
@@ -233,8 +193,7 @@ class StreamClean:
             for final in self.on_pool(_stored_rows, jobs):
                 tally.kept(final)
                 table.add_all(final)
-        write_spooled(out, self.quarantine, self.rewrites, self.con, self.batch_rows, tally)
-        return self.combined.report(tally, rows_in_by_source, source_order)
+        return self.records.write(out, self.batch_rows, tally, rows_in_by_source, source_order)
 
     def survey(self, files: list[Path], source_order: list[str]) -> tuple[Counter, bool]:
         """Rows in by source (in raw's row order, as `clean()` counts them), and whether raw's rows are already in
@@ -252,7 +211,7 @@ class StreamClean:
         if in_order:
             reader = parquet_batches(files, self.batch_rows)
         else:  # DuckDB's sort spills past its memory limit; row_position's split of a row id, in SQL
-            reader = self.con.sql(
+            reader = self.records.con.sql(
                 "SELECT * FROM read_parquet($1) ORDER BY coalesce(list_position($2::VARCHAR[], source) - 1, $3), "
                 "regexp_extract(row_id, '^(.*):', 1), CAST(regexp_extract(row_id, ':([^:]*)$', 1) AS HUGEINT)",
                 params=[[str(f) for f in files], source_order, len(source_order)]).to_arrow_reader(self.batch_rows)
@@ -283,9 +242,7 @@ class StreamClean:
         part = self.next_part()
         jobs = ((rows, steps, first) for rows in batches)
         for outcome in self.on_pool(_clean_in_worker, jobs):
-            self.combined.add(BatchOutcome([], [], [], outcome.pii_counts, outcome.steps), first)
-            self.quarantine.add(outcome.quarantine)
-            self.rewrites.add(outcome.rewrites)
+            self.records.add_batch(outcome, first)
             part.add(outcome.rows)
         return part.close()
 
@@ -348,7 +305,7 @@ class StreamClean:
                     dropped.append(quarantine_record(row, step.step, first, reason, detail(first_row, similarity)))
                     clusters.add(found.kinds[j], cluster_record("exact" if kind == "exact" else "near", first_row,
                                                                 row, similarity))
-                self.quarantine.add(dropped)
+                self.records.quarantine.add(dropped)
                 out.add(keep, parsed=False)
                 clusters.flush()
                 at += len(rows)
@@ -358,23 +315,6 @@ class StreamClean:
             clusters.append_to(self.clusters, self.batch_rows)
         finally:
             clusters.close()
-        self.combined.add(dedup_outcome(step.step, part.count, len(found.removed), reason), first)
+        self.records.add_dedup(step.step, first, part.count, len(found.removed), reason)
         return out.close()
 
-
-def dedup_outcome(step: str, rows_in: int, removed: int, reason: str) -> BatchOutcome:
-    """A dedup step's counts as a batch outcome (its records are spooled, not held)."""
-    return BatchOutcome([], [], [], Counter(), [{"step": step, "rows_in": rows_in, "rows_out": rows_in - removed,
-                                                 "removed": {reason: removed} if removed else {}, "modified": 0}])
-
-
-def write_spooled(out: Path, quarantine: Spool, rewrites: Spool, con: duckdb.DuckDBPyConnection, batch_rows: int,
-                  tally: Tally) -> None:
-    """The spooled quarantine and rewrites as the artifact's tables, in (step, position) order, counted in `tally`."""
-    for name, spool, columns, count_of in (("quarantine", quarantine, QUARANTINE_COLUMNS, tally.quarantined),
-                                           ("rewrites", rewrites, REWRITE_COLUMNS, tally.rewritten)):
-        with ShardWriter(out, name, columns) as table:
-            for batch in spool.sorted_batches(con, batch_rows):
-                records = batch.to_pylist()
-                count_of(records)
-                table.add_all(records)  # row groups as `clean()`'s writer makes them: the same bytes

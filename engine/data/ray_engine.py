@@ -10,14 +10,15 @@ How each part stays what one local pass makes:
 - exact_dedup: a group-by on the step's key; in each group of more than one row every row but the lowest position
   goes, pointing at it;
 - near_dedup: a group-by on (kind, LSH band, band key) finds the rows in a shared bucket (candidates; minhash.py's
-  signatures and band keys); a second group-by over the candidates' bands, carrying their signatures, makes each
-  bucket's star edges (its lowest position to each other member) and keeps those whose signatures agree at the
-  threshold; the components of those edges are labelled by their lowest position (minhash.edge_components, over
-  the edges' nodes alone); a third group-by, by component, measures each removed row against its component's lowest row.
-The driver holds no row and no signature: positions (8 bytes a candidate or removed row) and verified edges (16
-bytes); the removed rows' records stream back into spools (Parquet files sorted by DuckDB within data.memory_gb):
-clusters appended to their table by (kind, position) at each dedup's end, quarantine and rewrites written in (step,
-position) order at the end, as the local engine does.
+  signatures and band keys); a second group-by over the candidates' shared buckets alone (their other bands meet
+  no other row), carrying their signatures, makes each bucket's star edges (its lowest position to each other
+  member) and keeps those whose signatures agree at the threshold; the components of those edges are labelled by
+  their lowest position (minhash.edge_components, over the edges' nodes alone); a third group-by, by component,
+  measures each removed row against its component's lowest row.
+The driver holds no row and no signature: (position, band) codes (8 bytes a candidate's shared bucket), positions
+(8 bytes a removed row) and verified edges (16 bytes); the removed rows' records stream back into spools (Parquet
+files sorted by DuckDB within data.memory_gb): clusters appended to their table by (kind, position) at each dedup's
+end, quarantine and rewrites written in (step, position) order at the end, as the local engine does.
 """
 
 from __future__ import annotations
@@ -32,17 +33,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.data.clean import (NEAR_KINDS, ORDER, POSITION, ROW_LOCAL_STEPS, BatchOutcome, Combined, Tally,
-                               clean_batch, cluster_record, exact_detail, exact_key, near_detail, near_text,
-                               quarantine_record, row_position, segments, stored_row)
-from engine.data.clean_stream import STREAM_MEMORY_GB, Spool, dedup_outcome, write_spooled
+from engine.data.clean import (NEAR_KINDS, ORDER, POSITION, ROW_LOCAL_STEPS, BatchOutcome, Tally, clean_batch,
+                               cluster_record, exact_detail, exact_key, near_detail, near_text, quarantine_record,
+                               row_position, segments, stored_row)
+from engine.data.clean_stream import STREAM_MEMORY_GB
 from engine.data.minhash import EMPTY, band_keys, edge_components, lsh_params, signatures
 from engine.errors import RecipeError
 from engine.runtime.pool import usable_cores
+from engine.data.spooled_records import Spool, SpooledRecords
 from engine.runtime.progress import LOGGER
-from engine.store.bounded_sql import bounded_duckdb
-from engine.store.tables import (CLUSTER_COLUMNS, QUARANTINE_COLUMNS, REWRITE_COLUMNS, ROW_COLUMNS, ShardWriter,
-                                 parquet_batches)
+from engine.store.tables import CLUSTER_COLUMNS, ROW_COLUMNS, ShardWriter, parquet_batches
 
 if TYPE_CHECKING:
     from engine.recipe import CleanSection
@@ -105,18 +105,13 @@ class RayClean:
 
     def __init__(self, ray, work: Path, cfg, count_tokens, memory_gb: float, batch_rows: int):
         self.ray, self.work, self.cfg, self.count_tokens, self.batch_rows = ray, work, cfg, count_tokens, batch_rows
-        self.combined = Combined()
-        self.quarantine = Spool(work / "quarantine.parquet", QUARANTINE_COLUMNS)
-        self.rewrites = Spool(work / "rewrites.parquet", REWRITE_COLUMNS)
-        self.con = bounded_duckdb(memory_gb, work / "duckdb")
+        self.records = SpooledRecords(work, memory_gb)
 
     def run(self, files: list[Path], out: Path, source_order: list[str]) -> dict:
         try:
             return self.passes(files, out, source_order)
         finally:  # on an error too: no file left open in the directory about to be removed
-            self.quarantine.close()
-            self.rewrites.close()
-            self.con.close()
+            self.records.close()
 
     def passes(self, files: list[Path], out: Path, source_order: list[str]) -> dict:
         rows_in_by_source = Counter()
@@ -136,8 +131,7 @@ class RayClean:
             for rows in kept_batches(current):
                 tally.kept(rows)
                 table.add_all(rows)
-        write_spooled(out, self.quarantine, self.rewrites, self.con, self.batch_rows, tally)
-        return self.combined.report(tally, rows_in_by_source, source_order)
+        return self.records.write(out, self.batch_rows, tally, rows_in_by_source, source_order)
 
     def ordered(self, files: list[Path], source_order: list[str]):
         """raw's rows sorted by local's key, each with its POSITION, in blocks of at most batch_rows rows."""
@@ -160,9 +154,7 @@ class RayClean:
         for batch in in_order(outcomes.select_columns([POSITION, OUTCOME])):
             for text in batch[OUTCOME].to_pylist():  # one a batch of rows
                 outcome = outcome_of(text)
-                self.combined.add(BatchOutcome([], [], [], outcome.pii_counts, outcome.steps), first)
-                self.quarantine.add(outcome.quarantine)
-                self.rewrites.add(outcome.rewrites)
+                self.records.add_batch(outcome, first)
                 kept += outcome.steps[-1]["rows_out"]
         return out.map_batches(outcome_rows, batch_format="pyarrow", fn_kwargs={"wanted": False}), kept
 
@@ -174,7 +166,7 @@ class RayClean:
             ds = ds.materialize()  # read by several passes
             found = self.exact_removals(ds, step) if step.step == "exact_dedup" else self.near_removals(ds, step)
             removed = self.recorded(found, step, first, reason) if found is not None else removed
-        self.combined.add(dedup_outcome(step.step, count, len(removed), reason), first)
+        self.records.add_dedup(step.step, first, count, len(removed), reason)
         if len(removed):
             ds = ds.map_batches(without_positions, batch_format="pyarrow", fn_kwargs={"removed": removed})
         return ds, count - len(removed)
@@ -194,13 +186,12 @@ class RayClean:
         keys = ds.map_batches(band_rows, batch_format="pyarrow", fn_kwargs=banded).materialize()
         if not keys.count():  # no row near_dedup compares (another kind, or shorter than min_chars)
             return None
-        shared = keys.groupby(group).map_groups(shared_positions, batch_format="pyarrow")
-        candidates = unique_column(shared, [POSITION])
-        if not len(candidates):
+        shared = keys.groupby(group).map_groups(shared_buckets, batch_format="pyarrow", fn_kwargs={"bands": bands})
+        codes = unique_column(shared, ["code"])[:, 0]  # each candidate's bands in which it shares a bucket
+        if not len(codes):
             return None
-        edges = ds.map_batches(band_rows, batch_format="pyarrow", fn_kwargs={**banded, "among": candidates[:, 0]}
-                               ).groupby(group).map_groups(verified_star_edges, batch_format="pyarrow",
-                                                           fn_kwargs={"threshold": step.threshold})
+        edges = ds.map_batches(band_rows, batch_format="pyarrow", fn_kwargs={**banded, "shared": codes}).groupby(
+            group).map_groups(verified_star_edges, batch_format="pyarrow", fn_kwargs={"threshold": step.threshold})
         edges = unique_column(edges, ["a", "b"])
         if not len(edges):
             return None
@@ -223,10 +214,10 @@ class RayClean:
                                                      exact_detail(kept) if exact else near_detail(kept, r["similarity"])))
                     cluster_records.append({**cluster_record("exact" if exact else "near", kept, r, r["similarity"]),
                                             ORDER: (r["kind"], r[POSITION])})
-                self.quarantine.add(records)
+                self.records.quarantine.add(records)
                 clusters.add(cluster_records)
                 positions.append(batch[POSITION].to_numpy())
-            for batch in clusters.sorted_batches(self.con, self.batch_rows):
+            for batch in clusters.sorted_batches(self.records.con, self.batch_rows):
                 self.clusters.add_all(batch.to_pylist())
         finally:
             clusters.close()
@@ -325,15 +316,20 @@ def stored_batch(batch: pa.Table) -> pa.Table:
 
 def without_positions(batch: pa.Table, removed: np.ndarray) -> pa.Table:
     """The batch's rows but those whose POSITION is in `removed` (sorted)."""
-    return batch.filter(pa.array(~np.isin(batch[POSITION].to_numpy(), removed, assume_unique=True)))
+    return batch.filter(pa.array(~in_sorted(batch[POSITION].to_numpy(), removed)))
 
 
 NO_REMOVALS = REMOVAL_SCHEMA.empty_table()
-NO_EDGES = pa.table({"a": pa.array([], pa.int64()), "b": pa.array([], pa.int64())})
 
 
-def removals(columns: dict) -> pa.Table:
-    return pa.table({name: columns[name] for name in REMOVAL_SCHEMA.names}).cast(REMOVAL_SCHEMA)
+def pointing_at_lowest(group: pa.Table, kind, similarity) -> pa.Table:
+    """The rows of `group` (sorted by POSITION) but its first, each removed pointing at the first, with their `kind`
+    and `similarity` (arrays over those rows)."""
+    first, rest = group.slice(0, 1).to_pylist()[0], group.slice(1)
+    n = rest.num_rows
+    return pa.table({POSITION: rest[POSITION], "source": rest["source"], "row_id": rest["row_id"], "kind": kind,
+                     "kept": np.full(n, first[POSITION], np.int64), "kept_row_id": [first["row_id"]] * n,
+                     "similarity": similarity}).cast(REMOVAL_SCHEMA)
 
 
 def exact_key_rows(batch: pa.Table, step) -> pa.Table:
@@ -349,44 +345,68 @@ def exact_group(group: pa.Table) -> pa.Table:
     """One key's rows: every one but the lowest position is removed, pointing at it."""
     if group.num_rows < 2:  # most keys: nothing to build
         return NO_REMOVALS
-    group = group.sort_by(POSITION)
     n = group.num_rows - 1
-    first = group.slice(0, 1).to_pylist()[0]
-    rest = group.slice(1)
-    return removals({POSITION: rest[POSITION], "source": rest["source"], "row_id": rest["row_id"],
-                     "kind": np.zeros(n, np.int8), "kept": np.full(n, first[POSITION], np.int64),
-                     "kept_row_id": [first["row_id"]] * n, "similarity": np.ones(n)})
+    return pointing_at_lowest(group.sort_by(POSITION), np.zeros(n, np.int8), np.ones(n))
 
 
 def compared(batch: pa.Table, step, among: np.ndarray | None = None) -> tuple[list[dict], np.ndarray]:
     """The batch's rows near_dedup compares (clean.near_text: a kind it compares, min_chars), only those whose
     POSITION is in `among` (sorted) when given, with their signatures (minhash.signatures)."""
     if among is not None:
-        batch = batch.filter(pa.array(np.isin(batch[POSITION].to_numpy(), among)))
+        batch = batch.filter(pa.array(in_sorted(batch[POSITION].to_numpy(), among)))
     rows = [(r, text) for r in parsed_rows_of(batch)
             if r["kind"] in NEAR_KINDS and (text := near_text(r, r["kind"], step)) is not None]
     sig = signatures([text for _, text in rows], step.num_perm, step.shingle_size)
     return [r for r, _ in rows], sig
 
 
-def band_rows(batch: pa.Table, step, bands: int, rows: int, among: np.ndarray | None = None) -> pa.Table:
-    """(position, kind, band, band key) of every compared row, one per LSH band (minhash.py's keys); with `among`,
-    of those rows alone, each carrying its signature."""
-    kept, sig = compared(batch, step, among)
+def band_rows(batch: pa.Table, step, bands: int, rows: int, shared: np.ndarray | None = None) -> pa.Table:
+    """(position, kind, band, band key) of every compared row, one per LSH band (minhash.py's keys). With `shared`
+    (the bucket_codes of each shared bucket's members, sorted): only the bands in which a row shares a bucket, each
+    carrying the row's signature (in another band it would meet no other row)."""
+    candidates = None if shared is None else distinct_sorted(shared // bands)  # sorted, as the codes are
+    kept, sig = compared(batch, step, candidates)
     n = len(kept)
-    columns = {POSITION: pa.array(np.tile([r[POSITION] for r in kept], bands).astype(np.int64)),
-               "kind": pa.array([r["kind"] for r in kept] * bands, pa.string()),
-               "band": pa.array(np.repeat(np.arange(bands, dtype=np.int64), n)),
-               "key": pa.array(np.concatenate([band_keys(sig, b, rows) for b in range(bands)])
-                               if n else np.empty(0, np.uint64))}
-    if among is not None:
-        columns["signature"] = pa.array([row.tobytes() for row in sig] * bands, pa.binary())
-    return pa.table(columns)
+    positions = np.tile(np.array([r[POSITION] for r in kept], np.int64), bands)
+    band = np.repeat(np.arange(bands, dtype=np.int64), n)
+    table = pa.table({POSITION: positions, "kind": pa.array([r["kind"] for r in kept] * bands, pa.string()),
+                      "band": band, "key": np.concatenate([band_keys(sig, b, rows) for b in range(bands)])
+                      if n else np.empty(0, np.uint64)})
+    if shared is None:
+        return table
+    wanted = np.flatnonzero(in_sorted(bucket_codes(positions, band, bands), shared))
+    return table.take(wanted).append_column("signature", signature_array(sig[wanted % max(n, 1)]))
 
 
-def shared_positions(group: pa.Table) -> pa.Table:
-    """A bucket's positions when more than one row shares it (candidates), else nothing."""
-    return group.select([POSITION]) if group.num_rows > 1 else group.select([POSITION]).slice(0, 0)
+def distinct_sorted(values: np.ndarray) -> np.ndarray:
+    """A sorted array without repeats, in one pass (np.unique would sort it again, in every batch)."""
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
+
+
+def in_sorted(values: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
+    """Whether each of `values` is in `sorted_values` (a binary search each: the sorted array is not sorted again
+    per batch, as np.isin would)."""
+    if not len(sorted_values):
+        return np.zeros(len(values), bool)
+    at = np.searchsorted(sorted_values, values)
+    return (at < len(sorted_values)) & (sorted_values[np.minimum(at, len(sorted_values) - 1)] == values)
+
+
+def bucket_codes(positions: np.ndarray, band: np.ndarray, bands: int) -> np.ndarray:
+    """A (row, band) pair as one int64 (8 bytes on the driver), ordered as the pairs are."""
+    return positions * bands + band
+
+
+def shared_buckets(group: pa.Table, bands: int) -> pa.Table:
+    """A bucket's members' bucket_codes when more than one row shares it, else none."""
+    shared = group.slice(0, group.num_rows if group.num_rows > 1 else 0)
+    return pa.table({"code": pa.array(bucket_codes(shared[POSITION].to_numpy(), shared["band"].to_numpy(), bands),
+                                      pa.int64())})
+
+
+def signature_array(sig: np.ndarray) -> pa.Array:
+    """Signatures (one row each) as an Arrow binary column; signature_matrix reads it back."""
+    return pa.array([row.tobytes() for row in sig], pa.binary())
 
 
 def signature_matrix(column) -> np.ndarray:
@@ -397,9 +417,7 @@ def signature_matrix(column) -> np.ndarray:
 def verified_star_edges(group: pa.Table, threshold: float) -> pa.Table:
     """A shared bucket's star edges (its lowest position, another member) whose signatures agree at `threshold`
     (minhash.agreement); none from a bucket of empty texts (their signatures match nothing), as local's check."""
-    if group.num_rows < 2:  # a candidate's bucket in a band where it shares none
-        return NO_EDGES
-    group = group.sort_by(POSITION)
+    group = group.sort_by(POSITION)  # of two rows or more: shared buckets alone come here
     sig = signature_matrix(group["signature"])
     positions = group[POSITION].to_numpy()
     similar = (sig[1:] == sig[0]).mean(axis=1) >= threshold if sig[0, 0] != EMPTY else np.zeros(len(sig) - 1, bool)
@@ -415,7 +433,7 @@ def member_rows(batch: pa.Table, step, nodes: np.ndarray, roots: np.ndarray) -> 
                      "source": pa.array([r["source"] for r in kept], pa.string()),
                      "row_id": pa.array([r["row_id"] for r in kept], pa.string()),
                      "kind": pa.array([NEAR_KINDS.index(r["kind"]) for r in kept], pa.int8()),
-                     "signature": pa.array([row.tobytes() for row in sig], pa.binary())})
+                     "signature": signature_array(sig)})
 
 
 def root_similarity(group: pa.Table) -> pa.Table:
@@ -423,8 +441,4 @@ def root_similarity(group: pa.Table) -> pa.Table:
     estimate against the component's lowest row)."""
     group = group.sort_by(POSITION)
     sig = signature_matrix(group["signature"])
-    first, rest = group.slice(0, 1).to_pylist()[0], group.slice(1)
-    n = rest.num_rows
-    return removals({POSITION: rest[POSITION], "source": rest["source"], "row_id": rest["row_id"],
-                     "kind": rest["kind"], "kept": np.full(n, first[POSITION], np.int64),
-                     "kept_row_id": [first["row_id"]] * n, "similarity": (sig[1:] == sig[0]).mean(axis=1)})
+    return pointing_at_lowest(group, group["kind"].slice(1), (sig[1:] == sig[0]).mean(axis=1))
