@@ -23,7 +23,7 @@ from engine.data.clean import POSITION, clean, near_text  # noqa: E402
 from engine.data.clean_stage import write_result  # noqa: E402
 from engine.data.ingest import content_hash, ingest  # noqa: E402
 from engine.data.minhash import lsh_params, signatures  # noqa: E402
-from engine.data.ray_engine import (band_rows, distinct_sorted, in_sorted, parsed, ray_clean, require_ray,  # noqa: E402
+from engine.data.ray_engine import (band_rows, in_sorted, parsed, ray_clean, require_ray, sharing,  # noqa: E402
                                     shared_buckets, signature_matrix)
 from engine.data.registry import resolve_sources  # noqa: E402
 from engine.errors import RecipeError  # noqa: E402
@@ -213,13 +213,15 @@ def test_the_second_near_pass_carries_each_candidate_to_its_shared_buckets_alone
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_in_sorted_is_isin_and_distinct_sorted_is_unique(seed):
+def test_in_sorted_is_isin_and_sharing_finds_the_rows_of_the_codes(seed):
     rng = np.random.default_rng(seed)
     values, sorted_values = rng.integers(0, 50, 200), np.unique(rng.integers(0, 50, 20))
     assert np.array_equal(in_sorted(values, sorted_values), np.isin(values, sorted_values))
     assert not in_sorted(values, np.empty(0, np.int64)).any()
-    assert np.array_equal(distinct_sorted(np.sort(values)), np.unique(values))
-    assert len(distinct_sorted(np.empty(0, np.int64))) == 0
+    bands, positions = 7, rng.integers(0, 60, 100)
+    codes = np.unique(rng.integers(0, 50 * bands, 40))  # rows 50-59 have none: codes past the last
+    assert np.array_equal(sharing(positions, codes, bands), np.isin(positions, np.unique(codes // bands)))
+    assert not sharing(positions, np.empty(0, np.int64), bands).any()
 
 
 @pytest.mark.parametrize("specs", [

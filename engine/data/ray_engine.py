@@ -38,9 +38,9 @@ from engine.data.clean import (NEAR_KINDS, ORDER, POSITION, ROW_LOCAL_STEPS, Bat
                                row_position, segments, stored_row)
 from engine.data.clean_stream import STREAM_MEMORY_GB
 from engine.data.minhash import EMPTY, band_keys, edge_components, lsh_params, signatures
+from engine.data.spooled_records import Spool, SpooledRecords
 from engine.errors import RecipeError
 from engine.runtime.pool import usable_cores
-from engine.data.spooled_records import Spool, SpooledRecords
 from engine.runtime.progress import LOGGER
 from engine.store.tables import CLUSTER_COLUMNS, ROW_COLUMNS, ShardWriter, parquet_batches
 
@@ -364,8 +364,9 @@ def band_rows(batch: pa.Table, step, bands: int, rows: int, shared: np.ndarray |
     """(position, kind, band, band key) of every compared row, one per LSH band (minhash.py's keys). With `shared`
     (the bucket_codes of each shared bucket's members, sorted): only the bands in which a row shares a bucket, each
     carrying the row's signature (in another band it would meet no other row)."""
-    candidates = None if shared is None else distinct_sorted(shared // bands)  # sorted, as the codes are
-    kept, sig = compared(batch, step, candidates)
+    if shared is not None:
+        batch = batch.filter(pa.array(sharing(batch[POSITION].to_numpy(), shared, bands)))
+    kept, sig = compared(batch, step)
     n = len(kept)
     positions = np.tile(np.array([r[POSITION] for r in kept], np.int64), bands)
     band = np.repeat(np.arange(bands, dtype=np.int64), n)
@@ -378,9 +379,13 @@ def band_rows(batch: pa.Table, step, bands: int, rows: int, shared: np.ndarray |
     return table.take(wanted).append_column("signature", signature_array(sig[wanted % max(n, 1)]))
 
 
-def distinct_sorted(values: np.ndarray) -> np.ndarray:
-    """A sorted array without repeats, in one pass (np.unique would sort it again, in every batch)."""
-    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
+def sharing(positions: np.ndarray, shared: np.ndarray, bands: int) -> np.ndarray:
+    """Whether each row shares a bucket in some band: a code of `shared` (sorted bucket_codes) in its range
+    [position * bands, (position + 1) * bands), a binary search each (no array derived from the codes per batch)."""
+    if not len(shared):
+        return np.zeros(len(positions), bool)
+    at = np.searchsorted(shared, bucket_codes(positions, 0, bands))
+    return (at < len(shared)) & (shared[np.minimum(at, len(shared) - 1)] < bucket_codes(positions + 1, 0, bands))
 
 
 def in_sorted(values: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
