@@ -7,6 +7,7 @@ import signal
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -23,8 +24,8 @@ from engine.data.clean import POSITION, clean, near_text  # noqa: E402
 from engine.data.clean_stage import write_result  # noqa: E402
 from engine.data.ingest import content_hash, ingest  # noqa: E402
 from engine.data.minhash import lsh_params, signatures  # noqa: E402
-from engine.data.ray_engine import (band_rows, in_sorted, parsed, ray_clean, require_ray, sharing,  # noqa: E402
-                                    shared_buckets, signature_matrix)
+from engine.data.ray_engine import (RayClean, band_rows, in_sorted, parsed, ray_clean, require_ray,  # noqa: E402
+                                    sharing, shared_buckets, signature_matrix, this_node)
 from engine.data.registry import resolve_sources  # noqa: E402
 from engine.errors import RecipeError  # noqa: E402
 from engine.recipe import CleanSection, CleanStep  # noqa: E402
@@ -236,7 +237,18 @@ def test_a_dedup_with_no_rows_to_compare_gives_local_s_tables(session, tmp_path,
     assert report["steps"][-1]["step"] == specs[-1]["step"]  # every dedup step is in the report, with its counts
 
 
-def test_ray_and_local_write_the_same_bytes_on_the_llamafactory_demo_files_with_every_step(session, tmp_path):
+@pytest.mark.parametrize("on_disk", [True, False], ids=["passes-on-disk", "passes-in-object-store"])
+def test_ray_and_local_write_the_same_bytes_on_the_llamafactory_demo_files_with_every_step(session, tmp_path,
+                                                                                          monkeypatch, on_disk):
+    """The passes' rows as Parquet files in the work directory (this machine's Ray) or in the object store (a
+    cluster's): the same bytes."""
+    assert this_node(ray)  # the module's local Ray: files unless told otherwise
+    if not on_disk:
+        monkeypatch.setattr("engine.data.ray_engine.this_node", lambda _: None)
+    passes, from_files = [], RayClean.from_files
+    monkeypatch.setattr(RayClean, "from_files", lambda self, folder, files: (
+        passes.append((folder.name, len(files), sorted(f.name for f in folder.iterdir()) == sorted(
+            Path(f).name for f in files))), from_files(self, folder, files))[1])
     rows, quarantined, _ = ingest(resolve_sources(STOCK, "dataset_info.json", SELECTED))
     assert quarantined == []
     every_step = steps({"step": "normalize"}, {"step": "strip_html"},
@@ -251,6 +263,24 @@ def test_ray_and_local_write_the_same_bytes_on_the_llamafactory_demo_files_with_
     assert removed["exact_duplicate"] > 0 and removed["near_duplicate"] > 0 and removed["blocklisted"] > 0
     assert removed["too_many_tokens"] > 0
     assert report["rewritten"] and report["pii_scrubbed"]  # html stripped, PII replaced: records to compare
+    # on disk: the ordered rows in a file or more, each of the segment's batches' kept rows in a file of its own
+    assert [name for name, _, _ in passes] == (["pass-ordered", "pass-segment-0"] if on_disk else [])
+    assert all(whole for _, _, whole in passes)  # the files it reads are the folder's, no partial one
+    assert not on_disk or passes[1][1] > 1
+
+
+def test_passes_go_to_the_work_directory_only_where_the_cluster_is_this_machine_alone(session, monkeypatch):
+    """A cluster of other machines, or this one reached as a Ray client: their workers do not see the work
+    directory, so the passes stay in the object store."""
+    me = ray.get_runtime_context().get_node_id()
+    cluster = lambda *nodes: SimpleNamespace(  # noqa: E731
+        nodes=lambda: [{"NodeID": node, "Alive": alive} for node, alive in nodes],
+        get_runtime_context=ray.get_runtime_context)
+    assert this_node(cluster((me, True), ("gone", False))) == me
+    assert this_node(cluster((me, True), ("other", True))) is None
+    assert this_node(cluster(("other", True), (me, False))) is None
+    monkeypatch.setattr("ray.util.client.ray.is_connected", lambda: True)
+    assert this_node(cluster((me, True))) is None
 
 
 def test_engine_ray_without_ray_installed_says_how_to_install_it(monkeypatch):

@@ -15,6 +15,10 @@ How each part stays what one local pass makes:
   member) and keeps those whose signatures agree at the threshold; the components of those edges are labelled by
   their lowest position (minhash.edge_components, over the edges' nodes alone); a third group-by, by component,
   measures each removed row against its component's lowest row.
+Where the cluster is this machine alone, the ordered rows and each row-local segment's kept rows are Parquet files
+in the work directory, one a block, named by its first position and read back a file a task in that order (tasks
+kept on this machine): the object store holds a block only while it moves, so it neither fills (holding the maps
+back) nor spills. On a cluster of several machines those rows are materialized in the object store instead.
 The driver holds no row and no signature: (position, band) codes (8 bytes a candidate's shared bucket), positions
 (8 bytes a removed row) and verified edges (16 bytes); the removed rows' records stream back into spools (Parquet
 files sorted by DuckDB within data.memory_gb): clusters appended to their table by (kind, position) at each dedup's
@@ -24,14 +28,18 @@ end, quarantine and rewrites written in (step, position) order at the end, as th
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from engine.data.clean import (NEAR_KINDS, ORDER, POSITION, ROW_LOCAL_STEPS, BatchOutcome, Tally, clean_batch,
                                cluster_record, exact_detail, exact_key, near_detail, near_text, quarantine_record,
@@ -48,6 +56,7 @@ if TYPE_CHECKING:
     from engine.recipe import CleanSection
 
 OUTCOME = "_outcome"  # a batch's outcome (JSON) in the one extra row it returns; null in kept rows
+FILE = "_file"  # the file of a batch's kept rows, beside its outcome (null when none is kept, or no files are used)
 SORT_KEY = ("_priority", "_head", "_index")
 ROWS_SCHEMA = pa.schema([(c, pa.string()) for c in ROW_COLUMNS] + [(POSITION, pa.int64()), (OUTCOME, pa.string())])
 STORED_SCHEMA = pa.schema([(c, pa.string()) for c in ROW_COLUMNS] + [(POSITION, pa.int64())])
@@ -106,6 +115,28 @@ class RayClean:
     def __init__(self, ray, work: Path, cfg, count_tokens, memory_gb: float, batch_rows: int):
         self.ray, self.work, self.cfg, self.count_tokens, self.batch_rows = ray, work, cfg, count_tokens, batch_rows
         self.records = SpooledRecords(work, memory_gb)
+        self.node = this_node(ray)  # None: a cluster of several machines, whose rows stay in the object store
+        self.last_pass: Path | None = None  # the folder of the files read now
+
+    def pass_folder(self, name: str) -> Path:
+        folder = self.work / f"pass-{name}"
+        folder.mkdir()
+        return folder
+
+    def pinned(self) -> dict:
+        """Remote arguments keeping a task on this machine, whose disk holds the passes' files (the node label Ray
+        Data's own local:// reads select)."""
+        return {"label_selector": {"ray.io/node-id": self.node}}
+
+    def from_files(self, folder: Path, files: list[str]):
+        """The rows of a pass's `files` (in position order), a file a task; the pass before this one, which no one
+        reads any more, removed."""
+        if self.last_pass is not None:
+            shutil.rmtree(self.last_pass)
+        self.last_pass = folder
+        if not files:  # no row left: an empty dataset, as a materialized one would be
+            return self.ray.data.from_arrow(ROWS_SCHEMA.empty_table())
+        return self.ray.data.read_datasource(pass_files(files), **self.pinned())
 
     def run(self, files: list[Path], out: Path, source_order: list[str]) -> dict:
         try:
@@ -142,20 +173,35 @@ class RayClean:
         blocks = ds.sort(list(SORT_KEY)).to_arrow_refs()
         counts = ray.get([ray.remote(num_rows).remote(b) for b in blocks])
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()  # prefix sums over the sorted blocks
+        if self.node is not None:
+            folder = self.pass_folder("ordered")
+            write = ray.remote(with_positions_written).options(**self.pinned())
+            files = ray.get([write.remote(b, at, str(folder)) for b, at in zip(blocks, offsets, strict=True)])
+            return self.from_files(folder, [f for f in files if f])
         numbered = [ray.remote(with_positions).remote(b, at) for b, at in zip(blocks, offsets, strict=True)]
-        return ray.data.from_arrow_refs(numbered).repartition(target_num_rows_per_block=self.batch_rows)
+        return ray.data.from_arrow_refs(numbered).repartition(target_num_rows_per_block=self.batch_rows).materialize()
 
     def row_local(self, ds, steps: list, first: int):
-        out = ds.map_batches(segment_batch, batch_size=self.batch_rows, batch_format="pyarrow",
-                             fn_kwargs={"steps": steps, "first": first, "count_tokens": self.count_tokens}
-                             ).materialize()
-        kept = 0
-        outcomes = out.map_batches(outcome_rows, batch_format="pyarrow", fn_kwargs={"wanted": True})
-        for batch in in_order(outcomes.select_columns([POSITION, OUTCOME])):
-            for text in batch[OUTCOME].to_pylist():  # one a batch of rows
+        """A segment of row-local steps over every row: its batches' outcomes recorded in position order; the kept
+        rows (and their count)."""
+        segment = {"steps": steps, "first": first, "count_tokens": self.count_tokens}
+        if self.node is not None:  # each batch's kept rows to a file of the pass, its outcome back
+            folder = self.pass_folder(f"segment-{first}")
+            outcomes = ds.map_batches(segment_written, batch_size=self.batch_rows, batch_format="pyarrow",
+                                      fn_kwargs={**segment, "folder": str(folder)}, **self.pinned())
+        else:
+            out = ds.map_batches(segment_batch, batch_size=self.batch_rows, batch_format="pyarrow",
+                                 fn_kwargs=segment).materialize()
+            outcomes = out.map_batches(outcome_rows, batch_format="pyarrow", fn_kwargs={"wanted": True})
+        kept, files = 0, []
+        for batch in in_order(outcomes):
+            for text, file in zip(batch[OUTCOME].to_pylist(), batch[FILE].to_pylist()):  # one a batch of rows
                 outcome = outcome_of(text)
                 self.records.add_batch(outcome, first)
                 kept += outcome.steps[-1]["rows_out"]
+                files += [file] if file else []
+        if self.node is not None:
+            return self.from_files(folder, files), kept
         return out.map_batches(outcome_rows, batch_format="pyarrow", fn_kwargs={"wanted": False}), kept
 
     def dedup(self, ds, step, first: int, count: int):
@@ -163,7 +209,7 @@ class RayClean:
         reason = "exact_duplicate" if step.step == "exact_dedup" else "near_duplicate"
         removed = np.empty(0, np.int64)
         if ds is not None and count:  # a group-by needs rows: none may be left by the steps before
-            ds = ds.materialize()  # read by several passes
+            # read by several passes: the kept rows of the ordered rows or of a segment, files or materialized
             found = self.exact_removals(ds, step) if step.step == "exact_dedup" else self.near_removals(ds, step)
             removed = self.recorded(found, step, first, reason) if found is not None else removed
         self.records.add_dedup(step.step, first, count, len(removed), reason)
@@ -225,6 +271,17 @@ class RayClean:
         return np.sort(np.concatenate(positions)) if positions else np.empty(0, np.int64)
 
 
+def this_node(ray) -> str | None:
+    """This machine's node id when Ray's cluster is this machine alone and this process its driver (not a Ray
+    client): its workers then read and write the work directory; else None."""
+    from ray.util.client import ray as client
+    if client.is_connected():
+        return None
+    alive = [node for node in ray.nodes() if node["Alive"]]
+    node = ray.get_runtime_context().get_node_id()
+    return node if len(alive) == 1 and alive[0]["NodeID"] == node else None
+
+
 def in_order(ds) -> Iterator[pa.Table]:
     """A dataset's blocks in POSITION order (they stay in order: preserve_order), checked."""
     last = -1
@@ -272,6 +329,52 @@ def with_positions(block: pa.Table, offset: int) -> pa.Table:
     return block.append_column(OUTCOME, pa.nulls(block.num_rows, pa.string())).cast(ROWS_SCHEMA)
 
 
+def with_positions_written(block: pa.Table, offset: int, folder: str) -> str | None:
+    """A sorted block with its positions (with_positions) written to a file of the pass `folder`; its path (None
+    for an empty block: no file)."""
+    return written(with_positions(block, offset), folder) if block.num_rows else None
+
+
+def written(table: pa.Table, folder: str) -> str:
+    """Rows (in position order) to a file named by their first position, whole or not at all (a retried task
+    writes the same bytes again); its path."""
+    path = os.path.join(folder, f"{table[POSITION][0].as_py():015d}.parquet")
+    pq.write_table(table, path + ".partial")
+    os.replace(path + ".partial", path)
+    return path
+
+
+def pass_files(files: list[str]):
+    """A pass's files as a Ray Data datasource: a read task a file, in their order (read_parquet packs files into
+    read tasks out of order)."""
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class PassFiles(Datasource):
+        def estimate_inmemory_data_size(self) -> None:
+            return None
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list:
+            return [ReadTask(partial(read_file, path), BlockMetadata(num_rows=None, size_bytes=None,
+                                                                     input_files=[path], exec_stats=None))
+                    for path in files]
+
+    return PassFiles()
+
+
+def read_file(path: str) -> list[pa.Table]:
+    return [pq.read_table(path, schema=ROWS_SCHEMA)]
+
+
+def segment_written(batch: pa.Table, folder: str, **segment) -> pa.Table:
+    """segment_batch, its kept rows written to a file of the pass `folder`: the batch's outcome row, with the
+    path of that file (null when no row is kept)."""
+    rows = segment_batch(batch, **segment)
+    kept, outcome = outcome_rows(rows, wanted=False), outcome_rows(rows, wanted=True)
+    path = written(kept, folder) if kept.num_rows else None
+    return outcome.select([POSITION, OUTCOME]).append_column(FILE, pa.array([path] * outcome.num_rows, pa.string()))
+
+
 def parsed(row: dict) -> dict:
     """A row as the steps read it (`messages` a list), its POSITION kept, no outcome column."""
     return {**{k: v for k, v in row.items() if k != OUTCOME}, "messages": json.loads(row["messages"])}
@@ -303,9 +406,12 @@ def outcome_of(text: str) -> BatchOutcome:
 
 
 def outcome_rows(batch: pa.Table, wanted: bool) -> pa.Table:
-    """The batch's outcome rows (wanted) or its kept rows (not wanted)."""
+    """The batch's outcome rows (wanted: their position and outcome, no file) or its kept rows (not wanted)."""
     has_outcome = pc.is_valid(batch[OUTCOME])
-    return batch.filter(has_outcome if wanted else pc.invert(has_outcome))
+    if not wanted:
+        return batch.filter(pc.invert(has_outcome))
+    outcomes = batch.filter(has_outcome).select([POSITION, OUTCOME])
+    return outcomes.append_column(FILE, pa.nulls(outcomes.num_rows, pa.string()))
 
 
 def stored_batch(batch: pa.Table) -> pa.Table:
